@@ -1,0 +1,57 @@
+"""The HTTP service: a thin aiohttp app over PostgreSQL and Kafka."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import generate_latest
+from stripemeter.api import health, usage
+from stripemeter.api.errors import ApiError, error_response, json_response
+from stripemeter.api.http_metrics import Handler, metrics_middleware
+
+from stripemeter.config import Settings
+from stripemeter.db.pool import open_pool
+
+log = logging.getLogger(__name__)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return json_response(exc.body(), status=exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal_error", "internal error; see the API log")
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), content_type="text/plain", charset="utf-8")
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=4 * 1024 * 1024)
+    app["settings"] = settings
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        app["pool"] = await open_pool(settings.database_url.value)
+        yield
+        await app["pool"].close()
+
+    app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/health/live", health.live)
+    app.router.add_get("/health/ready", health.ready)
+    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/v1/usage/history", usage.get_history)
+    return app
+
+
+def run(settings: Settings) -> None:
+    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=None)

@@ -1,0 +1,49 @@
+"""GET /v1/usage/history"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from aiohttp import web
+from stripemeter.api import params
+from stripemeter.api.errors import bad_request, json_response
+from stripemeter.streams.deltas import micros_to_number
+
+from stripemeter.db.usage import usage_history
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+async def get_history(request: web.Request) -> web.Response:
+    tenant = params.required(request, "tenantId")
+    metric = params.required(request, "metric")
+    customer = params.required(request, "customerRef")
+    granularity = params.choice(request, "granularity", ("hour", "day"), "hour")
+    now = datetime.now(UTC)
+    until = params.optional_time(request, "until") or now.replace(
+        minute=0, second=0, microsecond=0
+    ) + timedelta(hours=1)
+    since = params.optional_time(request, "since") or month_start(now)
+    if since >= until:
+        raise bad_request("since", "must be before until")
+    async with request.app["pool"].connection() as conn:
+        rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)  # type: ignore[arg-type]
+    series = [
+        {"start": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": micros_to_number(m)}
+        for start, m in rows
+    ]
+    total = micros_to_number(sum(m for _, m in rows))
+    return json_response(
+        {
+            "tenantId": tenant,
+            "metric": metric,
+            "customerRef": customer,
+            "granularity": granularity,
+            "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "series": series,
+            "total": total,
+        }
+    )

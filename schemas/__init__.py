@@ -1,0 +1,1 @@
+"""Wire formats (JSON Schemas of the contract records) and SQL migrations."""

@@ -1,0 +1,36 @@
+"""Dead-letter records (contract shape) for inputs that can never be counted."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import orjson
+
+from stripemeter.events import InvalidEvent
+
+
+def dead_letter(error: InvalidEvent, topic: str, partition: int, offset: int, raw: bytes | None) -> bytes:
+    """``{"error", "topic", "partition", "offset", "raw"}``; raw is the original value as a string.
+
+    A value that is not UTF-8 is carried as base64 with ``"rawEncoding": "base64"`` so nothing is
+    lost. For one bad element of an array message, ``raw`` is that element and ``index`` its place.
+    """
+    record: dict[str, Any] = {
+        "error": error.as_error(),
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+    }
+    if error.index is not None:
+        record["index"] = error.index
+        record["raw"] = orjson.dumps(error.raw_item).decode()
+    elif raw is None:
+        record["raw"] = None
+    else:
+        try:
+            record["raw"] = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            record["raw"] = base64.b64encode(raw).decode()
+            record["rawEncoding"] = "base64"
+    return orjson.dumps(record)

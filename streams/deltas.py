@@ -1,0 +1,63 @@
+"""The usage.deltas record: a counter's new absolute total and its sequence number."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from stripemeter.events import MICROS
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket_ms: int
+    total_micros: int
+    seq: int  # grows with every change of this counter; consumers keep the highest
+
+
+def iso_hour(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+def micros_to_number(micros: int) -> int | float:
+    return micros // MICROS if micros % MICROS == 0 else micros / MICROS
+
+
+def encode_delta(delta: Delta) -> bytes:
+    """Contract fields plus ``totalMicros``, the exact total in micro-units (floats can round)."""
+    return orjson.dumps(
+        {
+            "tenantId": delta.tenant_id,
+            "metric": delta.metric,
+            "customerRef": delta.customer_ref,
+            "bucket": iso_hour(delta.bucket_ms),
+            "total": micros_to_number(delta.total_micros),
+            "seq": delta.seq,
+            "totalMicros": delta.total_micros,
+        }
+    )
+
+
+def decode_delta(raw: bytes) -> Delta:
+    value: dict[str, Any] = orjson.loads(raw)
+    micros = value.get("totalMicros")
+    if micros is None:
+        micros = round(float(value["total"]) * MICROS)
+    return Delta(
+        value["tenantId"],
+        value["metric"],
+        value["customerRef"],
+        parse_iso_ms(value["bucket"]),
+        int(micros),
+        int(value["seq"]),
+    )

@@ -1,0 +1,139 @@
+"""Intake: usage.events -> validated events re-keyed by (tenant, customer), or dead letters.
+
+A plain aiokafka stage, because Faust's per-message cost (~3,600 messages/s here) is far below what
+single-event producers send. It reads big batches, validates each event, and writes one message per
+target partition of the keyed topic holding many events.
+
+Order per batch (at-least-once, made exact downstream):
+1. produce keyed batches and dead letters, and wait until the broker has them (acks=all);
+2. only then commit the consumed offsets.
+A crash between 1 and 2 re-sends the same events with the same Source; the counting stage
+recognises them by that Source and never counts them twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import murmur2
+from aiokafka.structs import TopicPartition
+from stripemeter.streams.dead_letters import dead_letter
+from stripemeter.streams.records import Source, encode_batch, encode_keyed
+
+from stripemeter import metrics
+from stripemeter.events import InvalidEvent, decode_message
+from stripemeter.topics import TopicNames
+
+log = logging.getLogger(__name__)
+
+MAX_EVENTS_PER_MESSAGE = 2000
+FETCH_MAX_BYTES = 32 * 1024 * 1024
+
+
+def partition_for(routing_key: str, partitions: int) -> int:
+    """The same partition the Java and aiokafka default partitioners choose for this key."""
+    return (murmur2(routing_key.encode()) & 0x7FFFFFFF) % partitions
+
+
+def route(
+    records: list[Any], names: TopicNames, keyed_partitions: int, now_ms: int
+) -> tuple[dict[int, list[list[Any]]], list[bytes], int]:
+    """Pure step: messages -> (keyed items per target partition, dead letters, events read)."""
+    keyed: dict[int, list[list[Any]]] = defaultdict(list)
+    dead: list[bytes] = []
+    seen = 0
+    for msg in records:
+        results = decode_message(msg.value, now_ms)
+        for position, result in enumerate(results):
+            seen += 1
+            if isinstance(result, InvalidEvent):
+                dead.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
+                continue
+            source = Source(msg.partition, msg.offset, position)
+            target = partition_for(f"{result.tenant_id}|{result.customer_ref}", keyed_partitions)
+            keyed[target].append(encode_keyed(result, source))
+    return keyed, dead, seen
+
+
+class Intake:
+    """Runs the intake loop until stopped."""
+
+    def __init__(self, bootstrap: str, names: TopicNames, group_id: str, poll_records: int = 5000):
+        self.bootstrap = bootstrap
+        self.names = names
+        self.group_id = group_id
+        self.poll_records = poll_records
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            self.names.events,
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=FETCH_MAX_BYTES,
+            fetch_max_bytes=FETCH_MAX_BYTES,
+            isolation_level="read_committed",
+        )
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=1024 * 1024,
+            max_request_size=FETCH_MAX_BYTES,
+        )
+        await producer.start()
+        await consumer.start()
+        try:
+            keyed_partitions = len(await producer.partitions_for(self.names.keyed))
+            log.info(
+                "intake started: %s -> %s (%d partitions)",
+                self.names.events,
+                self.names.keyed,
+                keyed_partitions,
+            )
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=200, max_records=self.poll_records)
+                if not batch:
+                    continue
+                await self._handle(batch, consumer, producer, keyed_partitions)
+        finally:
+            await consumer.stop()
+            await producer.stop()
+            log.info("intake stopped")
+
+    async def _handle(
+        self,
+        batch: dict[TopicPartition, list[Any]],
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        keyed_partitions: int,
+    ) -> None:
+        records = [msg for msgs in batch.values() for msg in msgs]
+        keyed, dead, seen = route(records, self.names, keyed_partitions, int(time.time() * 1000))
+        futures = []
+        for partition, items in keyed.items():
+            for start in range(0, len(items), MAX_EVENTS_PER_MESSAGE):
+                chunk = items[start : start + MAX_EVENTS_PER_MESSAGE]
+                futures.append(
+                    await producer.send(self.names.keyed, encode_batch(chunk), partition=partition)
+                )
+        for value in dead:
+            futures.append(await producer.send(self.names.dlq, value))
+        if futures:
+            await asyncio.gather(*futures)
+        await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        metrics.INTAKE_MESSAGES.inc(len(records))
+        if dead:
+            metrics.EVENTS.labels("rejected").inc(len(dead))
+            log.info("dead-lettered %d of %d events", len(dead), seen)
+
+    def stop(self) -> None:
+        self._stopping.set()

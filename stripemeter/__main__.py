@@ -1,0 +1,3 @@
+from stripemeter.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,219 @@
+"""The `stripemeter` command: every process and operator task behind one entry point."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+
+from stripemeter.config import ConfigError, Settings, load_settings
+from stripemeter.logs import configure_logging
+
+log = logging.getLogger("stripemeter")
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    say("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    for row in cells:
+        say("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+# --- subcommands ---------------------------------------------------------------------------------
+
+
+def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.local.stack import up
+
+    up(settings, say, with_app=not args.infra_only)
+    cmd_stack_status(settings, args)
+    return 0
+
+
+def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.local.stack import down
+
+    down(settings, say)
+    return 0
+
+
+def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.local.stack import status
+
+    rows = status(settings)
+    print_table(["service", "state", "listens on", "log"], rows)
+    return 0
+
+
+def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.db.migrate import migrate
+
+    applied = migrate(settings.database_url.value)
+    say(
+        f"applied {len(applied)} migration(s)"
+        + (
+            ": " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+            if applied
+            else "; the schema is up to date"
+        )
+    )
+    return 0
+
+
+def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.kafka_admin import ensure_topics
+    from stripemeter.topics import TopicNames, topic_specs
+
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    result = asyncio.run(
+        ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
+    )
+    for name in result.created:
+        say(f"created      {name}")
+    for name in result.existing:
+        say(f"{'reconfigured' if name in result.reconfigured else 'exists':12} {name}")
+    return 0
+
+
+def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.kafka_admin import describe
+    from stripemeter.topics import TopicNames, topic_specs
+
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    ours = [s.name for s in topic_specs(names, settings.partitions)]
+    infos = asyncio.run(describe(settings.kafka_bootstrap_servers))
+    infos = [i for i in infos if args.all or i.name in ours]
+    rows = [
+        (
+            i.name,
+            i.partitions,
+            _retention(i.config.get("retention.ms", "?")),
+            i.config.get("cleanup.policy", "?"),
+            i.messages,
+        )
+        for i in infos
+    ]
+    missing = sorted(set(ours) - {i.name for i in infos})
+    print_table(["topic", "partitions", "retention", "cleanup", "messages"], rows)
+    if missing and not args.all:
+        say("missing (run `stripemeter topics create`): " + ", ".join(missing))
+    return 0
+
+
+def _retention(ms: str) -> str:
+    try:
+        value = int(ms)
+    except ValueError:
+        return ms
+    if value < 0:
+        return "forever"
+    hours = value / 3_600_000
+    return f"{hours / 24:g}d" if hours >= 24 else f"{hours:g}h"
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from stripemeter.streams.app import create_app
+
+    app = create_app(settings)
+    worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.api.app import run
+
+    run(settings)
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.demo import run_demo
+
+    return run_demo(settings, say)
+
+
+# --- parser ---------------------------------------------------------------------------------------
+
+Command = Callable[[Settings, argparse.Namespace], int]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stripemeter",
+        description="Kafka-native usage metering for Stripe Billing Meters. "
+        "Configuration comes from the environment (see README: Configuration).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(
+        parent: argparse._SubParsersAction, name: str, func: Command, help: str
+    ) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    stack = sub.add_parser(
+        "stack", help="run the local stack (Kafka, PostgreSQL, worker, API) in the background"
+    )
+    stack_sub = stack.add_subparsers(dest="action", metavar="ACTION", required=True)
+    up = add(
+        stack_sub, "up", cmd_stack_up, "start everything (harmless when already running) and wait until ready"
+    )
+    up.add_argument("--infra-only", action="store_true", help="only Kafka, PostgreSQL, migrations and topics")
+    add(stack_sub, "down", cmd_stack_down, "stop everything the stack started; data is kept")
+    add(stack_sub, "status", cmd_stack_status, "show what runs, where it listens and where it logs")
+
+    db = sub.add_parser("db", help="PostgreSQL schema")
+    db_sub = db.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add(db_sub, "migrate", cmd_db_migrate, "apply pending SQL migrations (idempotent)")
+
+    topics = sub.add_parser("topics", help="Kafka topics as code")
+    topics_sub = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add(
+        topics_sub,
+        "create",
+        cmd_topics_create,
+        "create every stripemeter topic and align its config (idempotent)",
+    )
+    lst = add(
+        topics_sub,
+        "list",
+        cmd_topics_list,
+        "show stripemeter topics: partitions, retention, cleanup, messages",
+    )
+    lst.add_argument("--all", action="store_true", help="show every topic on the broker, not only ours")
+
+    add(sub, "worker", cmd_worker, "run a pipeline worker (intake, counting, sink); scale by running more")
+    add(sub, "api", cmd_api, "run the HTTP API")
+    add(sub, "demo", cmd_demo, "bring the local stack up, send sample usage and print what was counted")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"stripemeter: configuration error: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        return int(args.func(settings, args))
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if settings.log_level.upper() == "DEBUG":
+            raise
+        print(f"stripemeter {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

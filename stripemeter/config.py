@@ -1,0 +1,132 @@
+"""Settings: the environment is read here, once, into one frozen object.
+
+Everything below takes plain arguments; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in repr, logs or tracebacks."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self.value else "Secret('')"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: Secret = Secret("postgresql://stripemeter:stripemeter@127.0.0.1:5433/stripemeter")
+    stripe_api_key: Secret = Secret("")
+    stripe_api_base: str = ""
+    topic_prefix: str = ""
+    app_id: str = "stripemeter"
+    partitions: int = 4
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    worker_web_port: int = 6066
+    state_dir: Path = Path(".stack")
+    cache_dir: Path = Path("~/.cache/stripemeter")
+    kafka_version: str = "4.1.1"
+    kafka_heap: str = "512m"
+    store: str = "rocksdb://"
+    lateness_seconds: int = 48 * 3600
+    delta_flush_seconds: float = 1.0
+    log_level: str = "INFO"
+
+    @property
+    def worker_data_dir(self) -> Path:
+        return self.state_dir / "worker" / self.app_id
+
+    def with_overrides(self, **changes: object) -> Settings:
+        return replace(self, **changes)
+
+
+# environment variable -> Settings field
+ENV_VARS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "DATABASE_URL": "database_url",
+    "STRIPE_API_KEY": "stripe_api_key",
+    "STRIPE_API_BASE": "stripe_api_base",
+    "STRIPEMETER_TOPIC_PREFIX": "topic_prefix",
+    "STRIPEMETER_APP_ID": "app_id",
+    "STRIPEMETER_PARTITIONS": "partitions",
+    "STRIPEMETER_API_HOST": "api_host",
+    "STRIPEMETER_API_PORT": "api_port",
+    "STRIPEMETER_WORKER_WEB_PORT": "worker_web_port",
+    "STRIPEMETER_STATE_DIR": "state_dir",
+    "STRIPEMETER_CACHE_DIR": "cache_dir",
+    "STRIPEMETER_KAFKA_VERSION": "kafka_version",
+    "STRIPEMETER_KAFKA_HEAP": "kafka_heap",
+    "STRIPEMETER_STORE": "store",
+    "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
+    "STRIPEMETER_DELTA_FLUSH_SECONDS": "delta_flush_seconds",
+    "STRIPEMETER_LOG_LEVEL": "log_level",
+}
+
+
+def _convert(env_name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, Secret):
+            return Secret(raw)
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{env_name}={raw!r} is not a valid {type(default).__name__}") from exc
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment and validate them (fail fast, naming the variable)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    values: dict[str, object] = {}
+    for env_name, attr in ENV_VARS.items():
+        if env_name in env and env[env_name] != "":
+            values[attr] = _convert(env_name, env[env_name], getattr(defaults, attr))
+    settings = replace(defaults, **values)
+    settings = replace(
+        settings,
+        state_dir=settings.state_dir.expanduser().resolve(),
+        cache_dir=settings.cache_dir.expanduser().resolve(),
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.partitions < 1:
+        raise ConfigError("STRIPEMETER_PARTITIONS must be at least 1")
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS must not be empty")
+    if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+    if settings.lateness_seconds < 0:
+        raise ConfigError("STRIPEMETER_LATENESS_SECONDS must not be negative")
+    for f in fields(settings):
+        if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
+            raise ConfigError(f"{f.name} must be a TCP port")

@@ -1,0 +1,1 @@
+"""PostgreSQL: what must be queried or audited (ledger, counters snapshot, mappings, reports)."""

@@ -1,0 +1,235 @@
+"""The usage event: parsing and validation as pure functions (no clock, no I/O).
+
+Quantities are held as integer micro-units (``quantity * 10**6``) so that sums are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+import orjson
+
+MICROS = 1_000_000
+HOUR_MS = 3_600_000
+MAX_FUTURE_MS = HOUR_MS
+MAX_META_BYTES = 4096
+MAX_BATCH = 1000
+# Reject anything bigger before parsing: no event is anywhere near this, and a several-MB message
+# must not cost the worker a several-MB parse.
+MAX_MESSAGE_BYTES = 1024 * 1024
+
+TENANT_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+METRIC_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
+RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+class InvalidEvent(ValueError):
+    """An input that can never be counted: it goes to the dead-letter topic, never retried."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, index: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+        self.index = index
+        self.raw_item: Any = None  # the offending element of an array message
+
+    def as_error(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.field is not None:
+            error["field"] = self.field
+        if self.index is not None:
+            error["index"] = self.index
+        return error
+
+
+@dataclass(frozen=True, slots=True)
+class UsageEvent:
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    quantity_micros: int
+    ts_ms: int  # event time, UTC epoch milliseconds
+    idempotency_key: str
+    key_derived: bool
+    resource_id: str | None
+    meta: dict[str, Any] | None
+
+    @property
+    def bucket_ms(self) -> int:
+        return self.ts_ms - self.ts_ms % HOUR_MS
+
+    @property
+    def stream_key(self) -> str:
+        """One counter stream: the unit of watermarks and lateness."""
+        return f"{self.tenant_id}|{self.metric}|{self.customer_ref}"
+
+    @property
+    def counter_key(self) -> str:
+        return f"{self.stream_key}|{self.bucket_ms}"
+
+
+def derive_idempotency_key(
+    tenant_id: str, metric: str, customer_ref: str, resource_id: str | None, ts_ms: int, quantity_micros: int
+) -> str:
+    """``drv_`` + the first 32 hex digits of sha256 over the identifying fields joined by ``\\x1f``.
+
+    ts is normalised to UTC epoch milliseconds and quantity to integer micro-units, so the same
+    usage written with another offset or number spelling derives the same key.
+    """
+    material = "\x1f".join(
+        [tenant_id, metric, customer_ref, resource_id or "", str(ts_ms), str(quantity_micros)]
+    )
+    return "drv_" + hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _string(
+    obj: dict[str, Any], field: str, required: bool, max_len: int, pattern: re.Pattern[str] | None = None
+) -> str | None:
+    value = obj.get(field)
+    if value is None:
+        if required:
+            raise InvalidEvent("missing_field", f"{field} is required", field)
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"{field} must be a string, got {type(value).__name__}", field)
+    if pattern is not None:
+        if not pattern.match(value):
+            raise InvalidEvent("invalid_value", f"{field} must match {pattern.pattern}", field)
+    elif not 1 <= len(value) <= max_len:
+        raise InvalidEvent("invalid_value", f"{field} must be 1-{max_len} characters", field)
+    return value
+
+
+def parse_quantity(value: Any) -> int:
+    """A finite number >= 0 with at most 6 decimals, as integer micro-units."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent("wrong_type", f"quantity must be a number, got {type(value).__name__}", "quantity")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent("invalid_value", "quantity must be finite", "quantity")
+    if value < 0:
+        raise InvalidEvent("invalid_value", "quantity must be >= 0", "quantity")
+    if isinstance(value, int):
+        micros = value * MICROS
+    else:
+        try:
+            exact = Decimal(repr(value))  # shortest repr: what the producer wrote
+        except InvalidOperation as exc:
+            raise InvalidEvent("invalid_value", "quantity is not a number", "quantity") from exc
+        scaled = exact * MICROS
+        if scaled != scaled.to_integral_value():
+            raise InvalidEvent("invalid_value", "quantity has more than 6 decimals", "quantity")
+        micros = int(scaled)
+    if micros >= 10**30:
+        raise InvalidEvent("invalid_value", "quantity is too large", "quantity")
+    return micros
+
+
+def parse_ts(value: Any, now_ms: int) -> int:
+    if value is None:
+        raise InvalidEvent("missing_field", "ts is required", "ts")
+    if not isinstance(value, str):
+        raise InvalidEvent("wrong_type", f"ts must be an RFC 3339 string, got {type(value).__name__}", "ts")
+    if not RFC3339_RE.match(value):
+        raise InvalidEvent(
+            "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
+        )
+    text = value
+    fraction = re.search(r"\.(\d+)", text)
+    if fraction and len(fraction.group(1)) > 6:  # fromisoformat takes at most microseconds
+        text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError as exc:
+        raise InvalidEvent("invalid_value", f"ts is not a valid date-time: {exc}", "ts") from exc
+    ts_ms = int(parsed.timestamp() * 1000)
+    if ts_ms > now_ms + MAX_FUTURE_MS:
+        raise InvalidEvent("ts_in_future", "ts is more than 1 h in the future", "ts")
+    if ts_ms < 0:
+        raise InvalidEvent("invalid_value", "ts is before 1970", "ts")
+    return ts_ms
+
+
+def parse_event(obj: Any, now_ms: int) -> UsageEvent:
+    """Validate one decoded JSON value against the contract's event schema."""
+    if not isinstance(obj, dict):
+        raise InvalidEvent("not_object", f"an event must be a JSON object, got {_json_type(obj)}")
+    tenant_id = _string(obj, "tenantId", True, 64, TENANT_RE)
+    metric = _string(obj, "metric", True, 100, METRIC_RE)
+    customer_ref = _string(obj, "customerRef", True, 255)
+    if "quantity" not in obj or obj["quantity"] is None:
+        raise InvalidEvent("missing_field", "quantity is required", "quantity")
+    quantity_micros = parse_quantity(obj["quantity"])
+    ts_ms = parse_ts(obj.get("ts"), now_ms)
+    key = _string(obj, "idempotencyKey", False, 255)
+    resource_id = _string(obj, "resourceId", False, 255)
+    meta = obj.get("meta")
+    if meta is not None:
+        if not isinstance(meta, dict):
+            raise InvalidEvent("wrong_type", "meta must be an object", "meta")
+        if len(orjson.dumps(meta)) > MAX_META_BYTES:
+            raise InvalidEvent("too_large", f"meta is larger than {MAX_META_BYTES} bytes as JSON", "meta")
+    assert tenant_id is not None and metric is not None and customer_ref is not None
+    derived = key is None
+    if key is None:
+        key = derive_idempotency_key(tenant_id, metric, customer_ref, resource_id, ts_ms, quantity_micros)
+    return UsageEvent(
+        tenant_id, metric, customer_ref, quantity_micros, ts_ms, key, derived, resource_id, meta
+    )
+
+
+def decode_message(raw: bytes | None, now_ms: int) -> list[UsageEvent | InvalidEvent]:
+    """One Kafka message: a single event or a JSON array of up to 1000, each validated on its own.
+
+    A message that cannot be read at all yields exactly one InvalidEvent for the whole message.
+    """
+    if raw is None:
+        return [InvalidEvent("empty", "message has no value")]
+    if len(raw) > MAX_MESSAGE_BYTES:
+        return [InvalidEvent("too_large", f"message is {len(raw)} bytes; the limit is {MAX_MESSAGE_BYTES}")]
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return [InvalidEvent("not_json", f"message is not UTF-8 JSON: {exc}")]
+    if isinstance(value, list):
+        if not value:
+            return [InvalidEvent("empty", "message is an empty array")]
+        if len(value) > MAX_BATCH:
+            return [InvalidEvent("too_large", f"array holds {len(value)} events; the limit is {MAX_BATCH}")]
+        return [_parse_or_error(item, now_ms, index) for index, item in enumerate(value)]
+    return [_parse_or_error(value, now_ms, None)]
+
+
+def _parse_or_error(obj: Any, now_ms: int, index: int | None) -> UsageEvent | InvalidEvent:
+    try:
+        return parse_event(obj, now_ms)
+    except InvalidEvent as error:
+        if index is not None:
+            error.index = index
+            error.raw_item = obj
+        return error
+
+
+def _json_type(value: Any) -> str:
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return "a number"
+
+
+def format_micros(micros: int) -> str:
+    """Micro-units as a plain decimal string without trailing zeros."""
+    sign = "-" if micros < 0 else ""
+    whole, frac = divmod(abs(micros), MICROS)
+    return f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"

@@ -1,0 +1,180 @@
+"""`stripemeter stack up|down|status`: the whole local stack in the background, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from stripemeter.config import Settings
+from stripemeter.local.kafka import LocalKafka
+from stripemeter.local.postgres import LocalPostgres, install_server
+from stripemeter.local.procs import Managed, port_open, tail, wait_for
+
+Say = Callable[[str], None]
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    address: str
+    managed: Managed
+
+
+def _managed(settings: Settings, name: str) -> Managed:
+    return Managed(name, settings.state_dir / "run", settings.state_dir / "logs")
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= response.status < 300
+    except OSError:
+        return False
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    env = dict(os.environ)
+    env["STRIPEMETER_STATE_DIR"] = str(settings.state_dir)
+    env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
+    env["DATABASE_URL"] = settings.database_url.value
+    return env
+
+
+def _wait(name: str, managed: Managed, check: Callable[[], bool], timeout: float) -> None:
+    def ready_or_dead() -> bool:
+        return check() or managed.pid() is None
+
+    wait_for(ready_or_dead, timeout)
+    if not check():
+        raise StackError(
+            f"{name} did not become ready within {timeout:.0f}s; last log lines of {managed.logfile}:\n"
+            f"{tail(managed.logfile)}"
+        )
+
+
+def start_postgres(settings: Settings, say: Say) -> LocalPostgres:
+    pg = LocalPostgres.from_settings(settings, install_server())
+    managed = _managed(settings, "postgres")
+    if managed.pid() is None:
+        if port_open(pg.host, pg.port):
+            raise StackError(
+                f"port {pg.host}:{pg.port} is taken by another process; set DATABASE_URL to another port"
+            )
+        pg.init()
+        managed.start(pg.server_command())
+        say(f"starting PostgreSQL on {pg.host}:{pg.port}")
+    _wait("PostgreSQL", managed, pg.ready, 60)
+    pg.ensure_database()
+    return pg
+
+
+def start_kafka(settings: Settings, say: Say) -> LocalKafka:
+    kafka = LocalKafka.from_settings(settings)
+    managed = _managed(settings, "kafka")
+    if managed.pid() is None:
+        if port_open(kafka.host, kafka.port):
+            raise StackError(
+                f"port {kafka.host}:{kafka.port} is taken by another process; "
+                "set KAFKA_BOOTSTRAP_SERVERS to another port"
+            )
+        if not kafka.installed():
+            say(f"fetching Apache Kafka {kafka.version} from Maven Central into {kafka.cache_dir} (once)")
+        kafka.install()
+        kafka.format_storage()
+        managed.start(kafka.broker_command())
+        say(f"starting Kafka {kafka.version} on {kafka.host}:{kafka.port}")
+    _wait("Kafka", managed, lambda: port_open(kafka.host, kafka.port), 90)
+    return kafka
+
+
+def start_process(settings: Settings, name: str, argv: list[str], ready_url: str, say: Say) -> None:
+    managed = _managed(settings, name)
+    if managed.pid() is None:
+        managed.start(argv, env=_child_env(settings))
+        say(f"starting {name}")
+    _wait(name, managed, lambda: http_ok(ready_url), 120)
+
+
+def services(settings: Settings) -> list[Service]:
+    pg = LocalPostgres.from_settings(settings, Path("/"))
+    kafka = LocalKafka.from_settings(settings)
+    return [
+        Service("postgres", f"{pg.host}:{pg.port}", _managed(settings, "postgres")),
+        Service("kafka", f"{kafka.host}:{kafka.port}", _managed(settings, "kafka")),
+        Service("worker", f"http://127.0.0.1:{settings.worker_web_port}", _managed(settings, "worker")),
+        Service("api", f"http://{settings.api_host}:{settings.api_port}", _managed(settings, "api")),
+    ]
+
+
+def up(settings: Settings, say: Say, with_app: bool = True) -> None:
+    """Start (or find running) PostgreSQL, Kafka, then migrations, topics, the worker and the API."""
+    from stripemeter.db.migrate import migrate
+    from stripemeter.kafka_admin import ensure_topics
+    from stripemeter.topics import TopicNames, topic_specs
+
+    start_postgres(settings, say)
+    applied = migrate(settings.database_url.value)
+    if applied:
+        say(
+            f"applied {len(applied)} migration(s): " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        )
+    start_kafka(settings, say)
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    result = _retry_until_ready(
+        lambda: asyncio.run(
+            ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
+        )
+    )
+    if result.created:
+        say(f"created {len(result.created)} topic(s)")
+    if with_app:
+        me = [sys.executable, "-m", "stripemeter"]
+        start_process(
+            settings,
+            "worker",
+            [*me, "worker"],
+            f"http://127.0.0.1:{settings.worker_web_port}/health/live",
+            say,
+        )
+        start_process(
+            settings, "api", [*me, "api"], f"http://{settings.api_host}:{settings.api_port}/health/ready", say
+        )
+
+
+def _retry_until_ready(action: Callable[[], object], attempts: int = 30) -> object:
+    """The broker's port opens a moment before it serves metadata."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def down(settings: Settings, say: Say) -> None:
+    for service in reversed(services(settings)):
+        if service.managed.stop(timeout=60):
+            say(f"stopped {service.name}")
+
+
+def status(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(service, state, address, log file) for each part of the stack."""
+    rows = []
+    for service in services(settings):
+        pid = service.managed.pid()
+        state = f"running (pid {pid})" if pid else "stopped"
+        rows.append((service.name, state, service.address, str(service.managed.logfile)))
+    return rows
