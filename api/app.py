@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import generate_latest
 from stripemeter.api import health, usage
+from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
@@ -38,12 +39,12 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=4 * 1024 * 1024)
-    app["settings"] = settings
+    app[SETTINGS] = settings
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        app["pool"] = await open_pool(settings.database_url.value)
+        app[POOL] = await open_pool(settings.database_url.value)
         yield
-        await app["pool"].close()
+        await app[POOL].close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health/live", health.live)

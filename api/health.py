@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response
 
 
@@ -13,7 +14,7 @@ async def live(request: web.Request) -> web.Response:
 async def ready(request: web.Request) -> web.Response:
     checks: dict[str, dict[str, object]] = {}
     try:
-        async with request.app["pool"].connection() as conn:
+        async with request.app[POOL].connection() as conn:
             await conn.execute("SELECT 1")
         checks["postgres"] = {"status": "ok"}
     except Exception as exc:

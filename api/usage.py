@@ -6,6 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from stripemeter.api import params
+from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.deltas import micros_to_number
 
@@ -28,7 +29,7 @@ async def get_history(request: web.Request) -> web.Response:
     since = params.optional_time(request, "since") or month_start(now)
     if since >= until:
         raise bad_request("since", "must be before until")
-    async with request.app["pool"].connection() as conn:
+    async with request.app[POOL].connection() as conn:
         rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)  # type: ignore[arg-type]
     series = [
         {"start": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": micros_to_number(m)}

@@ -130,3 +130,12 @@ def _validate(settings: Settings) -> None:
     for f in fields(settings):
         if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
             raise ConfigError(f"{f.name} must be a TCP port")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for env_name, attr in ENV_VARS.items():
+        value = getattr(settings, attr)
+        env[env_name] = value.value if isinstance(value, Secret) else str(value)
+    return env

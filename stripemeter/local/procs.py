@@ -59,14 +59,26 @@ class Managed:
         self.pidfile.write_text(f"{proc.pid}\n")
         return proc.pid
 
-    def stop(self, timeout: float = 30.0) -> bool:
-        """SIGTERM the process group, SIGKILL after ``timeout``; True if something was stopped."""
+    def stop(
+        self,
+        timeout: float = 30.0,
+        sig: signal.Signals = signal.SIGTERM,
+        gone: Callable[[], bool] | None = None,
+    ) -> bool:
+        """Signal the process group, SIGKILL after ``timeout``; True if something was stopped.
+
+        ``gone`` is an extra check (a closed port, say) for processes whose launcher exits first.
+        """
         pid = self.pid()
         if pid is None:
             self.pidfile.unlink(missing_ok=True)
             return False
-        _signal_group(pid, signal.SIGTERM)
-        if not wait_for(lambda: not pid_alive(pid), timeout):
+
+        def stopped() -> bool:
+            return not pid_alive(pid) and (gone is None or gone())
+
+        _signal_group(pid, sig)
+        if not wait_for(stopped, timeout):
             _signal_group(pid, signal.SIGKILL)
             wait_for(lambda: not pid_alive(pid), 10)
         self.pidfile.unlink(missing_ok=True)

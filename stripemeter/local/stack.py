@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stripemeter.config import Settings
+from stripemeter.config import Settings, settings_env
 from stripemeter.local.kafka import LocalKafka
 from stripemeter.local.postgres import LocalPostgres, install_server
 from stripemeter.local.procs import Managed, port_open, tail, wait_for
@@ -27,6 +28,8 @@ class Service:
     name: str
     address: str
     managed: Managed
+    port: tuple[str, int]
+    stop_signal: signal.Signals = signal.SIGTERM
 
 
 def _managed(settings: Settings, name: str) -> Managed:
@@ -42,11 +45,7 @@ def http_ok(url: str, timeout: float = 1.0) -> bool:
 
 
 def _child_env(settings: Settings) -> dict[str, str]:
-    env = dict(os.environ)
-    env["STRIPEMETER_STATE_DIR"] = str(settings.state_dir)
-    env["KAFKA_BOOTSTRAP_SERVERS"] = settings.kafka_bootstrap_servers
-    env["DATABASE_URL"] = settings.database_url.value
-    return env
+    return {**os.environ, **settings_env(settings)}
 
 
 def _wait(name: str, managed: Managed, check: Callable[[], bool], timeout: float) -> None:
@@ -61,31 +60,43 @@ def _wait(name: str, managed: Managed, check: Callable[[], bool], timeout: float
         )
 
 
-def start_postgres(settings: Settings, say: Say) -> LocalPostgres:
+def start_postgres(settings: Settings, say: Say) -> None:
     pg = LocalPostgres.from_settings(settings, install_server())
     managed = _managed(settings, "postgres")
     if managed.pid() is None:
         if port_open(pg.host, pg.port):
-            raise StackError(
-                f"port {pg.host}:{pg.port} is taken by another process; set DATABASE_URL to another port"
-            )
+            if not _postgres_answers(settings):
+                raise StackError(
+                    f"port {pg.host}:{pg.port} is taken by a process that does not accept DATABASE_URL; "
+                    "point DATABASE_URL at another port"
+                )
+            say(f"reusing the PostgreSQL already listening on {pg.host}:{pg.port}")
+            return
         pg.init()
         managed.start(pg.server_command())
         say(f"starting PostgreSQL on {pg.host}:{pg.port}")
     _wait("PostgreSQL", managed, pg.ready, 60)
     pg.ensure_database()
-    return pg
 
 
-def start_kafka(settings: Settings, say: Say) -> LocalKafka:
+def _postgres_answers(settings: Settings) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(settings.database_url.value, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def start_kafka(settings: Settings, say: Say) -> None:
     kafka = LocalKafka.from_settings(settings)
     managed = _managed(settings, "kafka")
     if managed.pid() is None:
         if port_open(kafka.host, kafka.port):
-            raise StackError(
-                f"port {kafka.host}:{kafka.port} is taken by another process; "
-                "set KAFKA_BOOTSTRAP_SERVERS to another port"
-            )
+            say(f"reusing the Kafka broker already listening on {kafka.host}:{kafka.port}")
+            return
         if not kafka.installed():
             say(f"fetching Apache Kafka {kafka.version} from Maven Central into {kafka.cache_dir} (once)")
         kafka.install()
@@ -93,7 +104,6 @@ def start_kafka(settings: Settings, say: Say) -> LocalKafka:
         managed.start(kafka.broker_command())
         say(f"starting Kafka {kafka.version} on {kafka.host}:{kafka.port}")
     _wait("Kafka", managed, lambda: port_open(kafka.host, kafka.port), 90)
-    return kafka
 
 
 def start_process(settings: Settings, name: str, argv: list[str], ready_url: str, say: Say) -> None:
@@ -108,10 +118,27 @@ def services(settings: Settings) -> list[Service]:
     pg = LocalPostgres.from_settings(settings, Path("/"))
     kafka = LocalKafka.from_settings(settings)
     return [
-        Service("postgres", f"{pg.host}:{pg.port}", _managed(settings, "postgres")),
-        Service("kafka", f"{kafka.host}:{kafka.port}", _managed(settings, "kafka")),
-        Service("worker", f"http://127.0.0.1:{settings.worker_web_port}", _managed(settings, "worker")),
-        Service("api", f"http://{settings.api_host}:{settings.api_port}", _managed(settings, "api")),
+        # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
+        Service(
+            "postgres",
+            f"{pg.host}:{pg.port}",
+            _managed(settings, "postgres"),
+            (pg.host, pg.port),
+            signal.SIGINT,
+        ),
+        Service("kafka", f"{kafka.host}:{kafka.port}", _managed(settings, "kafka"), (kafka.host, kafka.port)),
+        Service(
+            "worker",
+            f"http://127.0.0.1:{settings.worker_web_port}",
+            _managed(settings, "worker"),
+            ("127.0.0.1", settings.worker_web_port),
+        ),
+        Service(
+            "api",
+            f"http://{settings.api_host}:{settings.api_port}",
+            _managed(settings, "api"),
+            (settings.api_host, settings.api_port),
+        ),
     ]
 
 
@@ -166,7 +193,10 @@ def _retry_until_ready(action: Callable[[], object], attempts: int = 30) -> obje
 
 def down(settings: Settings, say: Say) -> None:
     for service in reversed(services(settings)):
-        if service.managed.stop(timeout=60):
+        host, port = service.port
+        if service.managed.stop(
+            timeout=60, sig=service.stop_signal, gone=lambda h=host, p=port: not port_open(h, p)
+        ):
             say(f"stopped {service.name}")
 
 

@@ -1,0 +1,11 @@
+"""Typed keys for what the API keeps on its aiohttp Application."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from psycopg_pool import AsyncConnectionPool
+
+from stripemeter.config import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+POOL = web.AppKey("pool", AsyncConnectionPool)

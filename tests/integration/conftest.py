@@ -1,0 +1,59 @@
+"""Integration tests run on the real local Kafka and PostgreSQL (started once, or reused)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from stripemeter.api.app import create_app as create_api
+
+from stripemeter.config import Settings, load_settings
+from stripemeter.kafka_admin import ensure_topics
+from stripemeter.local.stack import up
+from stripemeter.topics import TopicNames, topic_specs
+from tests.integration.harness import WorkerProcess, isolated_settings
+
+
+@pytest.fixture(scope="session")
+def stack() -> Settings:
+    settings = load_settings()
+    up(settings, say=lambda message: print(message), with_app=False)
+    return settings
+
+
+@pytest_asyncio.fixture
+async def env(stack: Settings, tmp_path: Path) -> Settings:
+    """Settings isolated for one test, with its topics created."""
+    settings = isolated_settings(stack, tmp_path)
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    await ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
+    return settings
+
+
+@pytest.fixture
+def workers(env: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
+    started: list[WorkerProcess] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]):
+    def start(name: str = "w1", **overrides: object) -> WorkerProcess:
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", **overrides).start()
+        workers.append(worker)
+        return worker
+
+    return start
+
+
+@pytest_asyncio.fixture
+async def api(env: Settings) -> AsyncIterator[TestClient]:
+    client = TestClient(TestServer(create_api(env)))
+    await client.start_server()
+    yield client
+    await client.close()

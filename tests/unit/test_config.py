@@ -1,0 +1,34 @@
+from __future__ import annotations
+
+import pytest
+
+from stripemeter.config import ConfigError, Secret, load_settings
+
+
+def test_defaults_and_overrides() -> None:
+    settings = load_settings({"STRIPEMETER_PARTITIONS": "2", "STRIPE_API_KEY": "sk_test_123"})
+    assert settings.partitions == 2
+    assert settings.stripe_api_key.value == "sk_test_123"
+    assert settings.state_dir.is_absolute()
+
+
+def test_secrets_never_show() -> None:
+    settings = load_settings({"STRIPE_API_KEY": "sk_test_secret", "DATABASE_URL": "postgresql://u:pw@h/db"})
+    assert "sk_test_secret" not in repr(settings)
+    assert "pw" not in repr(settings)
+    assert str(Secret("x")) == "Secret('**********')"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STRIPEMETER_PARTITIONS", "many"),
+        ("STRIPEMETER_PARTITIONS", "0"),
+        ("DATABASE_URL", "mysql://x"),
+        ("STRIPEMETER_API_PORT", "70000"),
+    ],
+)
+def test_bad_settings_name_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert name.lower().removeprefix("stripemeter_") in str(info.value).lower() or name in str(info.value)

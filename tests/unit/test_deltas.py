@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import orjson
+from stripemeter.streams.deltas import Delta, decode_delta, encode_delta
+
+from stripemeter.db.counters import latest_per_counter
+
+
+def test_delta_record_has_the_contract_fields() -> None:
+    raw = encode_delta(Delta("demo", "requests", "acme", 1_794_988_800_000, 1_500_000, 3))
+    assert orjson.loads(raw) == {
+        "tenantId": "demo",
+        "metric": "requests",
+        "customerRef": "acme",
+        "bucket": "2026-11-18T08:00:00Z",
+        "total": 1.5,
+        "seq": 3,
+        "totalMicros": 1_500_000,
+    }
+    assert decode_delta(raw) == Delta("demo", "requests", "acme", 1_794_988_800_000, 1_500_000, 3)
+
+
+def test_latest_per_counter_keeps_highest_seq() -> None:
+    a1 = Delta("t", "m", "a", 0, 1, 1)
+    a3 = Delta("t", "m", "a", 0, 3, 3)
+    a2 = Delta("t", "m", "a", 0, 2, 2)
+    b = Delta("t", "m", "b", 0, 9, 1)
+    assert sorted(latest_per_counter([a1, a3, a2, b]), key=lambda d: d.customer_ref) == [a3, b]
