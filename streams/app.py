@@ -1,33 +1,40 @@
-"""The worker: one Faust app wiring intake, counting, checkpoints and the counters sink.
+"""The worker: one Faust app wiring intake, metering, checkpoints and the PostgreSQL sink.
 
-Data path:  usage.events --intake--> {app}-events-keyed --count--> counters table
-            --checkpoint--> usage.deltas --sink--> PostgreSQL counters
+Data path:
+  usage.events --intake--> {app}-events-keyed --meter (Faust agent)--> dedupe/counters/watermarks tables
+      --checkpoint--> usage.deltas, usage.late, {app}-ledger --sink--> PostgreSQL
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import faust
+import psycopg
 from aiohttp import web as aioweb
+from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
 from stripemeter.streams.checkpoint import Checkpointer
-from stripemeter.streams.counting import FoldResult, fold
 from stripemeter.streams.intake import Intake
-from stripemeter.streams.records import decode_batch, decode_keyed
-from stripemeter.streams.sink import CounterSink
-from stripemeter.streams.tables import TrackedTable
+from stripemeter.streams.metering import Metering
+from stripemeter.streams.policy import MetricPolicy, Policies
+from stripemeter.streams.records import decode_batch
+from stripemeter.streams.sink import PostgresSink
+from stripemeter.streams.state import ChangelogState, mark_clean_stop, prepare_table_dir
 
 from stripemeter import metrics
 from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
+from stripemeter.db.mappings import load_policies
+from stripemeter.topics import TABLES, TopicNames
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
+POLICY_REFRESH_INTERVAL = 10.0
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -44,64 +51,80 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.worker_web_port,
         web_enabled=True,
         producer_acks=-1,
-        producer_max_request_size=8 * 1024 * 1024,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=0,
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
         stream_buffer_maxsize=4096,
         worker_redirect_stdouts=False,
     )
-    app.producer.buffer.max_messages = 10_000  # Faust hard-codes 100 (faust #173)
+    prepare_table_dir(Path(app.conf.tabledir), settings.worker_data_dir)
 
     keyed_topic = app.topic(
         names.keyed, value_serializer="raw", key_serializer="raw", partitions=settings.partitions
     )
-    deltas_topic = app.topic(names.deltas, value_serializer="raw", key_serializer="raw")
-    counters = TrackedTable(
-        app,
-        name="counters",
-        default=None,
-        partitions=settings.partitions,
-        beacon=app.tables.beacon,
-        key_type=str,
-        help="hour-bucket counters: [total_micros, seq, applied_offset]",
-    )
-    app.tables.add(counters)
+    states = {
+        name: ChangelogState(app.Table(name, default=None, partitions=settings.partitions, key_type=bytes))
+        for name in TABLES
+    }
+    policies = Policies(MetricPolicy(lateness_ms=settings.lateness_seconds * 1000))
+    metering = Metering(states["dedupe"], states["counters"], states["watermarks"], policies)
+    checkpointer = Checkpointer(metering, states, names)
+    producer_started = asyncio.Event()
 
-    async def send_delta(key: bytes, value: bytes) -> Any:
-        return await deltas_topic.send(key=key, value=value)
-
-    checkpointer = Checkpointer(counters, send_delta)
-    app.stripemeter_checkpointer = checkpointer  # type: ignore[attr-defined]
-
-    @app.agent(keyed_topic, name="count")
-    async def count(stream: Any) -> None:
+    @app.agent(keyed_topic, name="meter")
+    async def meter(stream: Any) -> None:
+        await producer_started.wait()
         async for event in stream.noack().events():
-            started = time.perf_counter()
-            result = FoldResult()
-            value = event.value
-            if value:
-                items = [decode_keyed(item)[0] for item in decode_batch(value)]
-                fold(items, event.message.offset, counters, result)
-                metrics.EVENTS.labels("counted").inc(result.counted)
-            checkpointer.add(event, result.touched)
-            metrics.COUNTING_BATCH_SECONDS.observe(time.perf_counter() - started)
+            if event.value:
+                with metrics.COUNTING_BATCH_SECONDS.time():
+                    metering.process(event.message.partition, event.message.offset, decode_batch(event.value))
+            checkpointer.add(event)
 
     @app.timer(CHECKPOINT_INTERVAL)
     async def checkpoint() -> None:
+        if not producer_started.is_set():
+            return
         try:
             await checkpointer.run()
         except Exception as exc:  # a lost write must never be acknowledged: restart instead
-            log.exception("checkpoint failed; crashing the worker so uncommitted input is read again")
+            log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
             await app.crash(exc)
 
+    @app.on_partitions_revoked.connect
+    async def flush_before_revoke(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+        """Nothing staged for a partition may reach its changelog after another worker took it over."""
+        if producer_started.is_set():
+            await checkpointer.run()
+        metrics.WORKER_PARTITIONS.set(0)
+
+    @app.on_rebalance_complete.connect
+    async def count_partitions(app: faust.App, **kwargs: Any) -> None:
+        metrics.WORKER_PARTITIONS.set(
+            len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed])
+        )
+
+    @app.task
+    async def start_producer() -> None:
+        checkpointer.producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=2,
+            max_batch_size=1024 * 1024,
+            max_request_size=16 * 1024 * 1024,
+        )
+        await checkpointer.producer.start()
+        producer_started.set()
+
     intake = Intake(settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake")
-    sink = CounterSink(
+    sink = PostgresSink(
         settings.kafka_bootstrap_servers,
-        names.deltas,
-        f"{settings.app_id}-counters-sink",
+        names,
+        f"{settings.app_id}-postgres-sink",
         settings.database_url.value,
     )
 
@@ -111,8 +134,38 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.task
     async def run_sink() -> None:
-        await _supervise(app, "counters sink", sink.run)
+        await _supervise(app, "postgres sink", sink.run)
 
+    @app.task
+    async def refresh_policies() -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(settings.database_url.value) as conn:
+                    policies.replace(await load_policies(conn, policies.default))
+            except psycopg.Error as exc:
+                log.warning("could not load metric mappings (keeping the previous ones): %s", exc)
+            await asyncio.sleep(POLICY_REFRESH_INTERVAL)
+
+    @app.service
+    class CleanStop(faust.Service):  # type: ignore[misc]
+        """Marks a graceful stop, after everything was checkpointed, so the next start keeps RocksDB."""
+
+        async def on_stop(self) -> None:
+            intake.stop()
+            sink.stop()
+            if producer_started.is_set():
+                try:
+                    await checkpointer.run()
+                    await checkpointer.producer.stop()
+                    mark_clean_stop(settings.worker_data_dir)
+                except Exception:
+                    log.exception("final checkpoint failed; the next start rebuilds tables from changelogs")
+
+    _add_pages(app)
+    return app
+
+
+def _add_pages(app: faust.App) -> None:
     @app.page("/health/live")
     async def live(self: Any, request: Any) -> Any:
         return self.json({"status": "alive"})
@@ -120,7 +173,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.page("/health/ready")
     async def ready(self: Any, request: Any) -> Any:
         recovered = app.tables.recovery.completed.is_set()
-        rebalancing = app.rebalancing
+        rebalancing = bool(app.rebalancing)
         status = "ready" if recovered and not rebalancing else "not_ready"
         body = {"status": status, "tablesRecovered": recovered, "rebalancing": rebalancing}
         return self.json(body, status=200 if status == "ready" else 503)
@@ -129,10 +182,8 @@ def create_app(settings: Settings) -> faust.App:
     async def prometheus(self: Any, request: Any) -> Any:
         return aioweb.Response(body=generate_latest(), content_type="text/plain", charset="utf-8")
 
-    return app
 
-
-async def _supervise(app: faust.App, name: str, run: Any) -> None:
+async def _supervise(app: faust.App, name: str, run: Callable[[], Awaitable[None]]) -> None:
     """Run a plain-aiokafka stage; if it fails, crash the worker rather than run half a pipeline."""
     try:
         await run()

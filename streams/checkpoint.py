@@ -1,64 +1,115 @@
-"""Checkpoint: publish touched counters, wait for every write, then acknowledge the input.
+"""Checkpoint: make everything the processed messages caused durable, then acknowledge them.
 
-Order, and why:
-1. send one usage.deltas record per touched counter (its current total and seq);
-2. wait until the broker has acknowledged those and every changelog write made so far;
-3. acknowledge the keyed messages processed before step 1, so Faust may commit their offsets.
-A crash anywhere leaves those messages uncommitted; they are read again, skipped by the counters
-(already applied) and their counters published again - the writer keeps the highest seq.
+The order, and why it is exact:
+1. dedupe and counter changelog records, ledger records and too-late records; wait for all;
+2. watermark changelog records and one usage.deltas record per touched counter (its current total
+   and seq); wait for all. Watermarks go after counters so that a durable watermark implies that
+   the decisions that advanced it are durable too: re-reading the input after a crash then finds
+   the same dedupe entries and never calls a counted event "too late";
+3. record in each changelog partition's store how far it is persisted;
+4. acknowledge the keyed messages, so Faust may commit their offsets.
+A crash anywhere before 4 leaves those messages uncommitted: they are read again, every counter
+skips what it already applied and its latest total is published again (the writer keeps the
+highest seq).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
+from aiokafka import AIOKafkaProducer
 from stripemeter.streams.counting import split_counter_key
 from stripemeter.streams.deltas import Delta, encode_delta
-from stripemeter.streams.tables import TrackedTable
+from stripemeter.streams.metering import Metering
+from stripemeter.streams.state import ChangelogState, send_records
 
 from stripemeter import metrics
+from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-SendDelta = Callable[[bytes, bytes], Awaitable[asyncio.Future[Any]]]
+LEDGER_ITEMS_PER_MESSAGE = 2000
 
 
 class Checkpointer:
-    def __init__(self, counters: TrackedTable, send_delta: SendDelta):
-        self.counters = counters
-        self.send_delta = send_delta
-        self.touched: set[str] = set()
+    def __init__(
+        self,
+        metering: Metering,
+        states: dict[str, ChangelogState],
+        names: TopicNames,
+        producer: AIOKafkaProducer | None = None,
+    ):
+        self.metering = metering
+        self.states = states
+        self.names = names
+        self.producer: AIOKafkaProducer = producer  # type: ignore[assignment]  # set once the loop runs
         self.pending: list[Any] = []  # faust events processed but not yet acknowledged
         self._lock = asyncio.Lock()
 
-    def add(self, event: Any, touched: set[str]) -> None:
+    def add(self, event: Any) -> None:
         self.pending.append(event)
-        self.touched |= touched
 
     async def run(self) -> int:
         """One checkpoint; returns the number of deltas published."""
         async with self._lock:
-            if not self.pending and not self.touched:
+            if not self.pending and not self.metering.outcomes.touched and not self.metering.outcomes.ledger:
                 return 0
-            touched, self.touched = self.touched, set()
             pending, self.pending = self.pending, []
-            futures = self.counters.take_unflushed()
-            published = 0
-            for key in touched:
-                value = self.counters.get(key)
-                if value is None:
+            outcomes = self.metering.take_outcomes()
+            persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
+
+            futures = await self._send_changelog(("dedupe", "counters"), persisted)
+            for start in range(0, len(outcomes.ledger), LEDGER_ITEMS_PER_MESSAGE):
+                chunk = outcomes.ledger[start : start + LEDGER_ITEMS_PER_MESSAGE]
+                futures.append(await self.producer.send(self.names.ledger, orjson.dumps(chunk)))
+            for record in outcomes.late:
+                futures.append(await self.producer.send(self.names.late, record))
+            await _all(futures)
+
+            futures = await self._send_changelog(("watermarks",), persisted)
+            counters = self.states["counters"]
+            for ckey, partition in outcomes.touched.items():
+                raw = counters.get(partition, ckey)
+                if raw is None:
                     continue
-                tenant, metric, customer, bucket = split_counter_key(key)
+                value = orjson.loads(raw)
+                tenant, metric, customer, bucket = split_counter_key(ckey.decode())
                 record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
                 routing = f"{tenant}|{metric}|{customer}".encode()
-                futures.append(await self.send_delta(routing, record))
-                published += 1
-            if futures:
-                await asyncio.gather(*futures)
+                futures.append(await self.producer.send(self.names.deltas, record, key=routing))
+            await _all(futures)
+
+            for state, partition, future, count in persisted:
+                state.mark_persisted(partition, future.result().offset + count - 1)
             for event in pending:
                 event.ack()
-            metrics.DELTAS.inc(published)
-            return published
+            for outcome, n in outcomes.counts.items():
+                metrics.EVENTS.labels(outcome).inc(n)
+            metrics.DELTAS.inc(len(outcomes.touched))
+            return len(outcomes.touched)
+
+    async def _send_changelog(
+        self, tables: Sequence[str], persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]]
+    ) -> list[asyncio.Future[Any]]:
+        futures: list[asyncio.Future[Any]] = []
+        for name in tables:
+            state = self.states[name]
+            for partition, staged in state.take_staged().items():
+                if not staged:
+                    continue
+                sent = await send_records(
+                    self.producer, state.changelog_topic, partition, list(staged.items())
+                )
+                futures.extend(future for future, _ in sent)
+                last_future, last_count = sent[-1]
+                persisted.append((state, partition, last_future, last_count))
+        return futures
+
+
+async def _all(futures: list[asyncio.Future[Any]]) -> None:
+    if futures:
+        await asyncio.gather(*futures)

@@ -1,25 +1,25 @@
-"""Counting: keyed events folded into hour-bucket counters, exactly once under redelivery.
+"""Counter values and how events fold into them (pure).
 
-Pure: works on any MutableMapping (the Faust table in the worker, a dict in tests).
-
-Every counter value is ``[total_micros, seq, applied_offset]``. ``applied_offset`` is the offset, in
-the keyed topic partition that feeds this counter, of the last message applied to it. All events of
-one counter come from one partition in order, so a message at an offset <= ``applied_offset`` has
-already been applied: after a crash it is skipped for that counter, and the counter is reported as
-touched so its latest total is published again (that publication may have been lost with the crash).
+A counter value is ``[value_micros, seq, applied_offset, last_ts_ms]``:
+- ``value_micros``: the aggregate in micro-units (a count of n events is n * 10**6);
+- ``seq``: grows by one with every change, so consumers can keep the newest;
+- ``applied_offset``: offset, in the keyed partition that feeds this counter, of the last message
+  applied. All events of a counter come from one partition in order, so a message at or below it
+  has been applied already (a redelivery after a crash) and must not change the value again;
+- ``last_ts_ms``: event time of the value for ``last`` counters (the newest event wins).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from stripemeter.events import UsageEvent
+from stripemeter.streams.policy import Aggregation
 
-SEP = "\x1f"  # customerRef may hold any printable character; this one it may not sensibly hold
+from stripemeter.events import MICROS
 
-CounterValue = list[int]  # [total_micros, seq, applied_offset]
+SEP = "\x1f"  # never in tenant or metric; customerRef is split from the right
+
+CounterValue = list[int]
 
 
 def counter_key(tenant_id: str, metric: str, customer_ref: str, bucket_ms: int) -> str:
@@ -33,25 +33,33 @@ def split_counter_key(key: str) -> tuple[str, str, str, int]:
 
 
 @dataclass
-class FoldResult:
-    touched: set[str] = field(default_factory=set)  # counters whose total may need publishing
-    counted: int = 0
+class Partial:
+    """What one message adds to one counter."""
+
+    aggregation: Aggregation
+    micros: int = 0  # sum of quantities, or number of events * MICROS for count
+    last_ts: int = -1
+    last_micros: int = 0
+
+    def add(self, quantity_micros: int, ts_ms: int) -> None:
+        if self.aggregation == "sum":
+            self.micros += quantity_micros
+        elif self.aggregation == "count":
+            self.micros += MICROS
+        elif ts_ms >= self.last_ts:
+            self.last_ts, self.last_micros = ts_ms, quantity_micros
 
 
-def fold(
-    events: Iterable[UsageEvent], offset: int, table: MutableMapping[str, Any], result: FoldResult
-) -> None:
-    """Add ``events`` (all from the keyed message at ``offset``) to their counters."""
-    sums: dict[str, int] = {}
-    for event in events:
-        key = counter_key(event.tenant_id, event.metric, event.customer_ref, event.bucket_ms)
-        sums[key] = sums.get(key, 0) + event.quantity_micros
-        result.counted += 1
-    for key, micros in sums.items():
-        value = table.get(key)
-        if value is None:
-            table[key] = [micros, 1, offset]
-        elif value[2] < offset:
-            table[key] = [value[0] + micros, value[1] + 1, offset]
-        # else: already applied before a crash; publish again below
-        result.touched.add(key)
+def apply(value: CounterValue | None, partial: Partial, offset: int) -> CounterValue | None:
+    """The counter after ``partial`` from the message at ``offset``; None if already applied."""
+    if value is not None and value[2] >= offset:
+        return None
+    if value is None:
+        value = [0, 0, -1, -1]
+    total, seq, _, last_ts = value
+    if partial.aggregation == "last":
+        if partial.last_ts >= last_ts:
+            total, last_ts = partial.last_micros, partial.last_ts
+    else:
+        total += partial.micros
+    return [total, seq + 1, offset, last_ts]

@@ -69,13 +69,18 @@ class TopicNames:
         """Internal: valid events re-keyed by (tenant, customer), many per message."""
         return f"{self.app_id}-events-keyed"
 
+    @property
+    def ledger(self) -> str:
+        """Internal: every counted, duplicate and too-late event with its outcome, for PostgreSQL."""
+        return f"{self.app_id}-ledger"
+
     def changelog(self, table: str) -> str:
         """Faust names a table's changelog ``{app_id}-{table}-changelog``."""
         return f"{self.app_id}-{table}-changelog"
 
 
 # Tables the worker keeps; each gets a compacted changelog with the source topic's partition count.
-TABLES = ("counters",)
+TABLES = ("dedupe", "counters", "watermarks")
 
 
 def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
@@ -107,6 +112,15 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
             internal=True,
             purpose="valid events re-keyed by tenant and customer",
             max_message_bytes=4 * 1024 * 1024,
+        ),
+        TopicSpec(
+            names.ledger,
+            partitions,
+            7 * DAY_MS,
+            "delete",
+            internal=True,
+            purpose="events with their outcome, on their way to the PostgreSQL ledger",
+            max_message_bytes=8 * 1024 * 1024,
         ),
         *(
             TopicSpec(names.changelog(t), partitions, -1, "compact", internal=True, purpose=f"{t} table")

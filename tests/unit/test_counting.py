@@ -1,34 +1,32 @@
 from __future__ import annotations
 
-from stripemeter.streams.counting import FoldResult, counter_key, fold, split_counter_key
-
-from stripemeter.events import UsageEvent
+from stripemeter.streams.counting import Partial, apply, counter_key, split_counter_key
 
 HOUR = 3_600_000
 
 
-def ev(customer: str, micros: int, ts_ms: int) -> UsageEvent:
-    return UsageEvent("t", "m", customer, micros, ts_ms, f"k{customer}{ts_ms}{micros}", False, None, None)
+def partial(aggregation: str, *events: tuple[int, int]) -> Partial:
+    p = Partial(aggregation)  # type: ignore[arg-type]
+    for micros, ts in events:
+        p.add(micros, ts)
+    return p
 
 
-def test_fold_sums_per_hour_bucket_and_bumps_seq_once_per_message() -> None:
-    table: dict[str, list[int]] = {}
-    fold([ev("a", 1, 10), ev("a", 2, HOUR - 1), ev("a", 4, HOUR), ev("b", 8, 5)], 0, table, FoldResult())
-    assert table[counter_key("t", "m", "a", 0)] == [3, 1, 0]
-    assert table[counter_key("t", "m", "a", HOUR)] == [4, 1, 0]
-    assert table[counter_key("t", "m", "b", 0)] == [8, 1, 0]
-    fold([ev("a", 5, 20)], 1, table, FoldResult())
-    assert table[counter_key("t", "m", "a", 0)] == [8, 2, 1]
+def test_sum_count_last() -> None:
+    assert apply(None, partial("sum", (1, 10), (2, 5)), 0) == [3, 1, 0, -1]
+    assert apply(None, partial("count", (1, 10), (2, 5)), 0) == [2_000_000, 1, 0, -1]
+    assert apply(None, partial("last", (1, 10), (2, 5)), 0) == [1, 1, 0, 10]
+    # a later message with an older event does not replace the newest value of a last counter
+    assert apply([1, 1, 0, 10], partial("last", (7, 9)), 1) == [1, 2, 1, 10]
+    assert apply([1, 1, 0, 10], partial("last", (7, 11)), 1) == [7, 2, 1, 11]
 
 
-def test_redelivered_message_is_not_counted_again_but_republished() -> None:
-    table: dict[str, list[int]] = {}
-    fold([ev("a", 1, 10)], 7, table, FoldResult())
-    again = FoldResult()
-    fold([ev("a", 1, 10)], 7, table, again)  # the same keyed message after a crash
-    fold([ev("a", 1, 10)], 3, table, again)  # an older one
-    assert table[counter_key("t", "m", "a", 0)] == [1, 1, 7]
-    assert again.touched == {counter_key("t", "m", "a", 0)}
+def test_message_at_or_below_applied_offset_changes_nothing() -> None:
+    value = apply(None, partial("sum", (5, 1)), 7)
+    assert value == [5, 1, 7, -1]
+    assert apply(value, partial("sum", (5, 1)), 7) is None
+    assert apply(value, partial("sum", (5, 1)), 3) is None
+    assert apply(value, partial("sum", (5, 1)), 8) == [10, 2, 8, -1]
 
 
 def test_counter_key_round_trips_customer_refs_with_separators() -> None:

@@ -1,0 +1,120 @@
+"""Changelog-backed key-value state on Faust tables, written in bulk.
+
+Faust owns what it is good at: which partitions this worker holds, the RocksDB store per partition,
+and restoring it from the changelog topic after a rebalance or restart. Writing through
+``Table.__setitem__`` costs about 30 us per key here (~3,600 changelog writes/s through Faust's
+producer buffer), so the hot path writes the partition's RocksDB directly and stages the changelog
+records; the checkpoint sends them with aiokafka's batch API and only then acknowledges the input.
+
+Each value is a full snapshot of its key (never a diff), so a crash that loses some changelog
+records and keeps others still leaves every key at a state it really had; the counting stage makes
+that exact (see ``metering.py``). A worker that did not stop cleanly drops its local RocksDB
+files at start and rebuilds them from the changelog, because local writes may be ahead of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+
+log = logging.getLogger(__name__)
+
+CLEAN_MARKER = "clean-shutdown"
+
+
+class ChangelogState:
+    """One Faust table used as a bulk-written, changelog-backed store of bytes."""
+
+    def __init__(self, table: faust.Table):
+        self.table = table
+        self._staged: dict[int, dict[bytes, bytes | None]] = defaultdict(dict)
+
+    @property
+    def name(self) -> str:
+        return str(self.table.name)
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+    def _db(self, partition: int) -> Any:
+        return self.table.data._db_for_partition(partition)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        value: bytes | None = self._db(partition).get(key)
+        return value
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        """Write locally now; the changelog record leaves with the next checkpoint."""
+        db = self._db(partition)
+        if value is None:
+            db.delete(key)
+        else:
+            db.put(key, value)
+        self._staged[partition][key] = value
+
+    def items(self, partition: int) -> Any:
+        offset_key = self.table.data.offset_key
+        for key, value in self._db(partition).items():
+            if key != offset_key:
+                yield key, value
+
+    def take_staged(self) -> dict[int, dict[bytes, bytes | None]]:
+        staged, self._staged = self._staged, defaultdict(dict)
+        return staged
+
+    def mark_persisted(self, partition: int, offset: int) -> None:
+        """Tell Faust's store how far the changelog holds our writes (recovery resumes after it)."""
+        self.table.data.set_persisted_offset(faust.types.TP(self.changelog_topic, partition), offset)
+
+    def drop_partitions(self, partitions: set[int]) -> None:
+        for partition in partitions:
+            self._staged.pop(partition, None)
+
+
+async def send_records(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int | None,
+    records: list[tuple[bytes | None, bytes | None]],
+) -> list[tuple[asyncio.Future[Any], int]]:
+    """Send records to one partition in as few batches as possible.
+
+    Returns ``(delivery future, records in that batch)`` per batch, in order; the last record's offset
+    is the last batch's base offset plus its record count minus one.
+    """
+    sent: list[tuple[asyncio.Future[Any], int]] = []
+    batch = producer.create_batch()
+    count = 0
+    for key, value in records:
+        if batch.append(key=key, value=value, timestamp=None) is None:
+            sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+            batch, count = producer.create_batch(), 0
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                raise ValueError(f"a record of {len(value or b'')} bytes does not fit one batch for {topic}")
+        count += 1
+    if count:
+        sent.append((await producer.send_batch(batch, topic, partition=partition), count))
+    return sent
+
+
+def prepare_table_dir(tabledir: Path, datadir: Path) -> None:
+    """Drop local table files unless the last stop was clean, then forget the marker until next stop."""
+    marker = datadir / CLEAN_MARKER
+    if marker.exists():
+        marker.unlink()
+        return
+    if tabledir.exists():
+        log.warning("last stop was not clean: rebuilding table state from the changelogs (%s)", tabledir)
+        shutil.rmtree(tabledir, ignore_errors=True)
+
+
+def mark_clean_stop(datadir: Path) -> None:
+    (datadir / CLEAN_MARKER).touch()

@@ -1,0 +1,85 @@
+"""Metric and customer mappings: what ties local names to Stripe, and per-metric rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from stripemeter.streams.policy import MetricPolicy
+
+
+@dataclass(frozen=True)
+class MetricMapping:
+    tenant_id: str
+    metric: str
+    stripe_meter_event_name: str
+    aggregation: str
+    lateness_seconds: int | None
+
+
+UPSERT_METRIC = """
+INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds)
+VALUES (%s, %s, %s, %s, %s)
+ON CONFLICT (tenant_id, metric) DO UPDATE
+SET stripe_meter_event_name = EXCLUDED.stripe_meter_event_name, aggregation = EXCLUDED.aggregation,
+    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now()
+RETURNING tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds, updated_at
+"""
+
+UPSERT_CUSTOMER = """
+INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (tenant_id, customer_ref) DO UPDATE
+SET stripe_customer_id = EXCLUDED.stripe_customer_id, billing_anchor = EXCLUDED.billing_anchor,
+    updated_at = now()
+RETURNING tenant_id, customer_ref, stripe_customer_id, billing_anchor, updated_at
+"""
+
+
+async def upsert_metric(conn: psycopg.AsyncConnection, m: MetricMapping) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        UPSERT_METRIC, (m.tenant_id, m.metric, m.stripe_meter_event_name, m.aggregation, m.lateness_seconds)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def upsert_customer(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    customer: str,
+    stripe_customer_id: str,
+    anchor: datetime | None,
+) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(UPSERT_CUSTOMER, (tenant, customer, stripe_customer_id, anchor))
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> list[dict[str, Any]]:
+    assert table in ("metric_mappings", "customer_mappings")
+    order = "metric" if table == "metric_mappings" else "customer_ref"
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(f"SELECT * FROM {table} WHERE tenant_id = %s ORDER BY {order}", (tenant,))
+    return await cur.fetchall()
+
+
+async def load_policies(
+    conn: psycopg.AsyncConnection, default: MetricPolicy
+) -> dict[tuple[str, str], MetricPolicy]:
+    cur = await conn.execute("SELECT tenant_id, metric, aggregation, lateness_seconds FROM metric_mappings")
+    return {
+        (tenant, metric): MetricPolicy(
+            aggregation,  # type: ignore[arg-type]
+            default.lateness_ms if lateness is None else lateness * 1000,
+        )
+        for tenant, metric, aggregation, lateness in await cur.fetchall()
+    }

@@ -1,0 +1,103 @@
+"""The metering decisions against an in-memory state, including redelivery after a crash."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import orjson
+from stripemeter.streams.counting import counter_key
+from stripemeter.streams.metering import Metering
+from stripemeter.streams.policy import MetricPolicy, Policies
+from stripemeter.streams.records import Source, encode_keyed
+
+from stripemeter.events import UsageEvent
+
+HOUR = 3_600_000
+T0 = 1_794_988_800_000  # an hour boundary
+
+
+class DictKV:
+    def __init__(self) -> None:
+        self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
+
+    def get(self, partition: int, key: bytes) -> bytes | None:
+        return self.data[partition].get(key)
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
+        if value is None:
+            self.data[partition].pop(key, None)
+        else:
+            self.data[partition][key] = value
+
+
+def item(key: str, micros: int, ts: int, src: int, customer: str = "c", metric: str = "m") -> list[object]:
+    event = UsageEvent("t", metric, customer, micros, ts, key, False, None, None)
+    return encode_keyed(event, Source(0, src, 0))
+
+
+def make(lateness_ms: int = 48 * HOUR, **by_metric: MetricPolicy) -> tuple[Metering, DictKV]:
+    counters = DictKV()
+    policies = Policies(MetricPolicy(lateness_ms=lateness_ms), {("t", m): p for m, p in by_metric.items()})
+    return Metering(DictKV(), counters, DictKV(), policies), counters
+
+
+def total(counters: DictKV, bucket: int, customer: str = "c", metric: str = "m") -> int:
+    raw = counters.get(0, counter_key("t", metric, customer, bucket).encode())
+    return orjson.loads(raw)[0] if raw else 0
+
+
+def test_duplicates_count_once_even_inside_one_message() -> None:
+    m, counters = make()
+    m.process(0, 0, [item("k1", 5, T0, 1), item("k1", 5, T0, 2), item("k2", 1, T0, 3)])
+    m.process(0, 1, [item("k1", 5, T0 + 10, 4)])  # same key later, other ts: still a duplicate
+    assert total(counters, T0) == 6
+    assert [r[0] for r in m.outcomes.ledger] == ["counted", "duplicate", "counted", "duplicate"]
+
+
+def test_late_within_window_counts_into_its_own_bucket_beyond_goes_to_late() -> None:
+    m, counters = make(lateness_ms=2 * HOUR)
+    m.process(0, 0, [item("new", 1, T0 + 10 * HOUR, 1)])
+    m.process(0, 1, [item("ok", 2, T0 + 8 * HOUR, 2), item("old", 4, T0 + 7 * HOUR, 3)])
+    assert total(counters, T0 + 8 * HOUR) == 2
+    assert total(counters, T0 + 7 * HOUR) == 0
+    assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted", "late"]
+    late = orjson.loads(m.outcomes.late[0])
+    assert (late["idempotencyKey"], late["lateness"]) == ("old", 7200)
+    assert late["watermark"].startswith("2026-11-18T18:00:00")
+
+
+def test_per_metric_lateness_and_aggregation() -> None:
+    m, counters = make(seats=MetricPolicy("last", 0), calls=MetricPolicy("count", HOUR))
+    m.process(
+        0,
+        0,
+        [item("a", 3_000_000, T0 + 5, 1, metric="seats"), item("b", 9_000_000, T0 + 1, 2, metric="seats")],
+    )
+    m.process(0, 1, [item("c", 7, T0, 3, metric="calls"), item("d", 8, T0, 4, metric="calls")])
+    assert total(counters, T0, metric="seats") == 3_000_000
+    assert total(counters, T0, metric="calls") == 2_000_000
+
+
+def test_redelivered_message_after_a_crash_counts_nothing_twice() -> None:
+    m, counters = make()
+    batch = [item("k1", 5, T0, 1), item("k2", 7, T0, 2)]
+    m.process(0, 10, batch)
+    m.take_outcomes()
+    m.process(0, 10, batch)  # the keyed message read again: same offset
+    assert total(counters, T0) == 12
+    again = m.take_outcomes()
+    assert [r[0] for r in again.ledger] == ["counted", "counted"]  # same ledger rows again (idempotent)
+    assert again.touched  # and the counter is published again
+
+    m.process(0, 11, batch)  # intake re-sent the same inputs at a new keyed offset
+    assert total(counters, T0) == 12
+    assert m.take_outcomes().ledger == []
+
+
+def test_counted_event_redelivered_after_watermark_moved_is_not_called_late() -> None:
+    m, counters = make(lateness_ms=HOUR)
+    m.process(0, 0, [item("early", 1, T0, 1)])
+    m.process(0, 1, [item("much-later", 1, T0 + 5 * HOUR, 2)])
+    m.process(0, 0, [item("early", 1, T0, 1)])  # crash: message 0 read again
+    assert total(counters, T0) == 1
+    assert m.outcomes.ledger[-1][0] == "counted"
