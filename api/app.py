@@ -6,9 +6,10 @@ import logging
 from collections.abc import AsyncIterator
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.api import health, usage
-from stripemeter.api.appkeys import POOL, SETTINGS
+from stripemeter.api import events, health, ingest, mappings, usage
+from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
@@ -16,6 +17,9 @@ from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
 
 log = logging.getLogger(__name__)
+
+# 1000 events of at most ~4 KiB meta each, with room to spare; above it: 413
+MAX_BODY_BYTES = 6 * 1024 * 1024
 
 
 @web.middleware
@@ -38,19 +42,37 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=4 * 1024 * 1024)
+    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await open_pool(settings.database_url.value)
+        producer = AIOKafkaProducer(
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            max_request_size=8 * 1024 * 1024,
+            request_timeout_ms=15000,
+        )
+        await producer.start()
+        app[PRODUCER] = producer
         yield
+        await producer.stop()
         await app[POOL].close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_post("/v1/events/ingest", ingest.ingest)
+    app.router.add_get("/v1/events", events.get_events)
+    app.router.add_get("/v1/watermarks", events.get_watermarks)
     app.router.add_get("/v1/usage/history", usage.get_history)
+    app.router.add_put("/v1/mappings/{tenantId}/{metric}", mappings.put_metric)
+    app.router.add_get("/v1/mappings/{tenantId}", mappings.list_metrics)
+    app.router.add_put("/v1/customers/{tenantId}/{customerRef}", mappings.put_customer)
+    app.router.add_get("/v1/customers/{tenantId}", mappings.list_customers)
     return app
 
 

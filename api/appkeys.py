@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from aiohttp import web
+from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from stripemeter.config import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
+PRODUCER = web.AppKey("producer", AIOKafkaProducer)

@@ -33,3 +33,16 @@ def choice(request: web.Request, name: str, options: tuple[str, ...], default: s
     if value not in options:
         raise bad_request(name, f"must be one of {', '.join(options)}")
     return value
+
+
+def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise bad_request(name, "must be an integer") from None
+    if not low <= value <= high:
+        raise bad_request(name, f"must be between {low} and {high}")
+    return value

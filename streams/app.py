@@ -25,6 +25,7 @@ from stripemeter.streams.policy import MetricPolicy, Policies
 from stripemeter.streams.records import decode_batch
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.streams.state import ChangelogState, mark_clean_stop, prepare_table_dir
+from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 
 from stripemeter import metrics
 from stripemeter.config import Settings
@@ -48,6 +49,7 @@ def create_app(settings: Settings) -> faust.App:
         topic_partitions=settings.partitions,
         topic_replication_factor=1,
         web_host="127.0.0.1",
+        web_bind="127.0.0.1",
         web_port=settings.worker_web_port,
         web_enabled=True,
         producer_acks=-1,
@@ -93,6 +95,18 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # a lost write must never be acknowledged: restart instead
             log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
             await app.crash(exc)
+
+    watchdog = RecoveryWatchdog(app.tables.recovery)
+
+    @app.timer(5.0)
+    async def watch_recovery() -> None:
+        if watchdog.stalled():
+            log.error(
+                "table recovery made no progress for %.0fs (%d changelog records left); restarting",
+                watchdog.stall_seconds,
+                app.tables.recovery.active_remaining_total(),
+            )
+            restart_process()
 
     @app.on_partitions_revoked.connect
     async def flush_before_revoke(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:

@@ -136,6 +136,21 @@ def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.bench import Workload, throughput
+
+    workload = Workload(args.events, args.customers, args.per_message)
+    asyncio.run(throughput(settings, workload, args.partitions, say))
+    return 0
+
+
+def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.bench import latency
+
+    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.demo import run_demo
 
@@ -192,6 +207,32 @@ def build_parser() -> argparse.ArgumentParser:
         "show stripemeter topics: partitions, retention, cleanup, messages",
     )
     lst.add_argument("--all", action="store_true", help="show every topic on the broker, not only ours")
+
+    bench = sub.add_parser(
+        "bench", help="measure the pipeline on the local broker against a plain-aiokafka baseline"
+    )
+    bench_sub = bench.add_subparsers(dest="action", metavar="ACTION", required=True)
+    tp = add(
+        bench_sub,
+        "throughput",
+        cmd_bench_throughput,
+        "events/s from usage.events to usage.deltas for one worker, and the same run's baseline",
+    )
+    tp.add_argument("--events", type=int, default=200_000, help="events to count (default 200000)")
+    tp.add_argument(
+        "--per-message", type=int, default=1000, help="events per Kafka message; 1 = single events"
+    )
+    tp.add_argument("--customers", type=int, default=5000, help="distinct customers (default 5000)")
+    tp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    lat = add(
+        bench_sub,
+        "latency",
+        cmd_bench_latency,
+        "produce-to-delta latency under a fixed load, and the worker's memory over the run",
+    )
+    lat.add_argument("--rate", type=int, default=10_000, help="background events/s (default 10000)")
+    lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
+    lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
     add(sub, "worker", cmd_worker, "run a pipeline worker (intake, counting, sink); scale by running more")
     add(sub, "api", cmd_api, "run the HTTP API")

@@ -20,3 +20,6 @@ WORKER_PARTITIONS = Gauge("stripemeter_worker_assigned_partitions", "Partitions 
 SINK_SKIPPED = Counter(
     "stripemeter_sink_skipped_records_total", "Unreadable records the PostgreSQL sink skipped", ["topic"]
 )
+INGEST_EVENTS = Counter(
+    "stripemeter_ingest_events_total", "Events received by POST /v1/events/ingest, by status", ["status"]
+)

@@ -44,3 +44,50 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.25)
+
+
+async def counters_of(settings: Settings, tenant: str) -> dict[tuple[str, str, int], int]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT metric, customer_ref, (extract(epoch FROM bucket) * 1000)::bigint, total_micros::bigint"
+            " FROM counters WHERE tenant_id = %s",
+            (tenant,),
+        )
+        return {(m, c, int(b)): int(t) for m, c, b, t in await cur.fetchall() if t}
+
+
+async def outcomes_of(settings: Settings, tenant: str) -> dict[str, int]:
+    import psycopg
+
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT outcome, count(*) FROM events WHERE tenant_id = %s GROUP BY outcome", (tenant,)
+        )
+        return {outcome: int(n) for outcome, n in await cur.fetchall()}
+
+
+async def read_topic(settings: Settings, topic: str, expect: int, timeout: float = 30) -> list[Any]:
+    """Read ``expect`` records of ``topic`` from the beginning (fewer if the timeout passes)."""
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=32 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < expect and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            records.extend(m for msgs in batch.values() for m in msgs)
+    finally:
+        await consumer.stop()
+    return records

@@ -14,7 +14,7 @@ from stripemeter.config import Settings, load_settings
 from stripemeter.kafka_admin import ensure_topics
 from stripemeter.local.stack import up
 from stripemeter.topics import TopicNames, topic_specs
-from tests.integration.harness import WorkerProcess, isolated_settings
+from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -43,7 +43,14 @@ def workers(env: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
 
 @pytest.fixture
 def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]):
-    def start(name: str = "w1", **overrides: object) -> WorkerProcess:
+    """Start a worker; workers of one ``slot`` share a state dir and port (a restart of the same
+    machine), workers of different slots are different machines."""
+    ports: dict[str, int] = {}
+
+    def start(name: str = "w1", slot: str | None = None, **overrides: object) -> WorkerProcess:
+        slot = slot or name
+        port = ports.setdefault(slot, free_port())
+        overrides = {"state_dir": tmp_path / f"state-{slot}", "worker_web_port": port, **overrides}
         worker = WorkerProcess(env, tmp_path / f"{name}.log", **overrides).start()
         workers.append(worker)
         return worker

@@ -1,0 +1,98 @@
+"""PUT/GET /v1/mappings/{tenantId}[/{metric}] and /v1/customers/{tenantId}[/{customerRef}]"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+from stripemeter.api.appkeys import POOL
+from stripemeter.api.errors import bad_request, json_response
+from stripemeter.streams.policy import AGGREGATIONS
+
+from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
+from stripemeter.events import METRIC_RE, TENANT_RE
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise bad_request("body", "is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("body", "must be a JSON object", code="invalid_body")
+    return body
+
+
+def _text(body: dict[str, Any], field: str, max_len: int = 255) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise bad_request(field, f"is required: a string of 1-{max_len} characters")
+    return value
+
+
+def _tenant(request: web.Request) -> str:
+    tenant = request.match_info["tenantId"]
+    if not TENANT_RE.match(tenant):
+        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
+    return tenant
+
+
+def _view(row: dict[str, Any]) -> dict[str, Any]:
+    def camel(name: str) -> str:
+        head, *rest = name.split("_")
+        return head + "".join(part.title() for part in rest)
+
+    return {camel(k): (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
+
+
+async def put_metric(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    metric = request.match_info["metric"]
+    if not METRIC_RE.match(metric):
+        raise bad_request("metric", f"must match {METRIC_RE.pattern}")
+    body = await _json_object(request)
+    event_name = _text(body, "stripeMeterEventName", 100)
+    aggregation = body.get("aggregation", "sum")
+    if aggregation not in AGGREGATIONS:
+        raise bad_request("aggregation", f"must be one of {', '.join(AGGREGATIONS)}")
+    lateness = body.get("latenessSeconds")
+    if lateness is not None and (isinstance(lateness, bool) or not isinstance(lateness, int) or lateness < 0):
+        raise bad_request("latenessSeconds", "must be a whole number of seconds >= 0")
+    async with request.app[POOL].connection() as conn:
+        row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
+    return json_response(_view(row))
+
+
+async def put_customer(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    customer = request.match_info["customerRef"]
+    body = await _json_object(request)
+    stripe_id = _text(body, "stripeCustomerId")
+    anchor_raw = body.get("billingAnchor")
+    anchor = None
+    if anchor_raw is not None:
+        try:
+            anchor = datetime.fromisoformat(str(anchor_raw).replace("Z", "+00:00"))
+        except ValueError:
+            raise bad_request("billingAnchor", "must be an RFC 3339 date-time") from None
+        if anchor.tzinfo is None:
+            raise bad_request("billingAnchor", "must carry a UTC offset")
+    async with request.app[POOL].connection() as conn:
+        row = await upsert_customer(conn, tenant, customer, stripe_id, anchor)
+    return json_response(_view(row))
+
+
+async def list_metrics(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    async with request.app[POOL].connection() as conn:
+        rows = await list_rows(conn, "metric_mappings", tenant)
+    return json_response({"tenantId": tenant, "mappings": [_view(r) for r in rows]})
+
+
+async def list_customers(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    async with request.app[POOL].connection() as conn:
+        rows = await list_rows(conn, "customer_mappings", tenant)
+    return json_response({"tenantId": tenant, "customers": [_view(r) for r in rows]})

@@ -1,0 +1,374 @@
+"""`stripemeter bench`: the pipeline's throughput and latency on the local broker, with a baseline.
+
+Throughput: N events are written to an isolated usage.events first; then (a) the baseline - plain
+aiokafka getmany + orjson decode + dict aggregation of the same events - reads them all, and (b) a
+real worker (subprocess) counts them, timed from its readiness until usage.deltas shows every
+counter complete. Both rates and their ratio are printed.
+
+Latency: load at a fixed rate, plus one probe event every 50 ms for a probe customer; each probe's
+latency is the time from its produce call to the first usage.deltas total that includes it.
+The worker's resident memory is sampled throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stripemeter.config import Settings, settings_env
+from stripemeter.kafka_admin import ensure_topics
+from stripemeter.topics import TopicNames, topic_specs
+
+Say = Callable[[str], None]
+HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class Workload:
+    events: int
+    customers: int
+    per_message: int  # 1 = one event per message; otherwise a JSON array per message
+
+    def messages(self, tenant: str, now_ms: int) -> list[bytes]:
+        rng = random.Random(5)
+        out: list[bytes] = []
+        batch: list[bytes] = []
+        for i in range(self.events):
+            event = {
+                "tenantId": tenant,
+                "metric": "requests",
+                "customerRef": f"c{rng.randrange(self.customers)}",
+                "quantity": 1,
+                "ts": _iso(now_ms - rng.randrange(0, 2 * HOUR_MS)),
+                "idempotencyKey": f"e{i}",
+            }
+            encoded = orjson.dumps(event)
+            if self.per_message == 1:
+                out.append(encoded)
+                continue
+            batch.append(encoded)
+            if len(batch) == self.per_message:
+                out.append(b"[" + b",".join(batch) + b"]")
+                batch = []
+        if batch:
+            out.append(b"[" + b",".join(batch) + b"]")
+        return out
+
+
+def _iso(ms: int) -> str:
+    import datetime as dt
+
+    return (
+        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
+
+
+def isolated(settings: Settings, tag: str, partitions: int) -> Settings:
+    return settings.with_overrides(
+        topic_prefix=f"bench-{tag}.",
+        app_id=f"bench-{tag}",
+        partitions=partitions,
+        state_dir=settings.state_dir / "bench" / tag,
+        worker_web_port=_free_port(),
+    )
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def produce_all(settings: Settings, topic: str, messages: list[bytes], say: Say) -> float:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        linger_ms=20,
+        max_batch_size=1024 * 1024,
+        max_request_size=8 * 1024 * 1024,
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        futures = []
+        for i, value in enumerate(messages):
+            futures.append(await producer.send(topic, value, key=str(i % 64).encode()))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures = []
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+async def baseline(settings: Settings, topic: str, expected_events: int) -> float:
+    """Plain aiokafka consume + orjson decode + dict aggregation: events per second."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+        fetch_max_bytes=64 * 1024 * 1024,
+    )
+    await consumer.start()
+    totals: dict[tuple[str, str, str, str], float] = {}
+    seen = 0
+    started = time.perf_counter()
+    try:
+        while seen < expected_events:
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for messages in batch.values():
+                for message in messages:
+                    value = orjson.loads(message.value)
+                    for e in value if isinstance(value, list) else (value,):
+                        key = (e["tenantId"], e["metric"], e["customerRef"], e["ts"][:13])
+                        totals[key] = totals.get(key, 0) + e["quantity"]
+                        seen += 1
+    finally:
+        await consumer.stop()
+    return seen / (time.perf_counter() - started)
+
+
+class DeltaWatcher:
+    """Follows usage.deltas and keeps the newest total per counter."""
+
+    def __init__(self, settings: Settings, topic: str):
+        self.settings = settings
+        self.topic = topic
+        self.totals: dict[tuple[str, str, str, str], tuple[int, int]] = {}
+        self.sum_micros = 0
+        self.on_update: Callable[[tuple[str, str, str, str], int], None] | None = None
+
+    async def run(self, until: Callable[[], bool]) -> None:
+        consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            group_id=None,
+        )
+        await consumer.start()
+        try:
+            while not until():
+                batch = await consumer.getmany(timeout_ms=100)
+                for messages in batch.values():
+                    for message in messages:
+                        d = orjson.loads(message.value)
+                        key = (d["tenantId"], d["metric"], d["customerRef"], d["bucket"])
+                        old_seq, old_total = self.totals.get(key, (-1, 0))
+                        if d["seq"] > old_seq:
+                            self.totals[key] = (d["seq"], d["totalMicros"])
+                            self.sum_micros += d["totalMicros"] - old_total
+                            if self.on_update is not None:
+                                self.on_update(key, d["totalMicros"])
+        finally:
+            await consumer.stop()
+
+
+class Worker:
+    def __init__(self, settings: Settings, log: Path):
+        self.settings = settings
+        log.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stripemeter", "worker"],
+            env={**os.environ, **settings_env(settings)},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        url = f"http://127.0.0.1:{self.settings.worker_web_port}/health/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited early; see {self.log.name}")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as r:
+                    if r.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("worker not ready in time")
+
+    def rss_mib(self) -> float:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except FileNotFoundError:
+            pass
+        return 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.log.close()
+
+
+async def throughput(settings: Settings, workload: Workload, partitions: int, say: Say) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    env = isolated(settings, tag, partitions)
+    names = TopicNames(env.topic_prefix, env.app_id)
+    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    messages = workload.messages("bench", int(time.time() * 1000))
+    say(
+        f"producing {workload.events:,} events in {len(messages):,} messages "
+        f"({workload.per_message} per message, {workload.customers:,} customers)..."
+    )
+    await produce_all(env, names.events, messages, say)
+    say("baseline: plain aiokafka consume + orjson decode + dict aggregation...")
+    base_rate = await baseline(env, names.events, workload.events)
+    say(f"  {base_rate:,.0f} events/s")
+    say("pipeline: one worker, usage.events -> usage.deltas...")
+    watcher = DeltaWatcher(env, names.deltas)
+    expected = workload.events * 1_000_000
+    worker = Worker(env, env.state_dir / "worker.log")
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        started = time.perf_counter()
+        deadline = started + 600
+        await watcher.run(lambda: watcher.sum_micros >= expected or time.perf_counter() > deadline)
+        elapsed = time.perf_counter() - started
+        rss = worker.rss_mib()
+    finally:
+        worker.stop()
+    if watcher.sum_micros != expected:
+        raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
+    rate = workload.events / elapsed
+    say(
+        f"  {rate:,.0f} events/s ({elapsed:.1f}s, worker RSS {rss:.0f} MiB, {len(watcher.totals):,} counters)"
+    )
+    say(f"  ratio pipeline/baseline: {rate / base_rate:.2f}")
+    return {
+        "events": workload.events,
+        "perMessage": workload.per_message,
+        "pipelineEventsPerSec": rate,
+        "baselineEventsPerSec": base_rate,
+        "ratio": rate / base_rate,
+        "workerRssMiB": rss,
+    }
+
+
+async def latency(settings: Settings, rate: int, seconds: int, partitions: int, say: Say) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    env = isolated(settings, tag, partitions)
+    names = TopicNames(env.topic_prefix, env.app_id)
+    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    worker = Worker(env, env.state_dir / "worker.log")
+    watcher = DeltaWatcher(env, names.deltas)
+    probe_sent: list[float] = []
+    latencies: list[float] = []
+    seen_probe = 0
+
+    def on_update(key: tuple[str, str, str, str], total_micros: int) -> None:
+        nonlocal seen_probe
+        if key[2] != "probe":
+            return
+        now = time.perf_counter()
+        while seen_probe < total_micros // 1_000_000 and seen_probe < len(probe_sent):
+            latencies.append(now - probe_sent[seen_probe])
+            seen_probe += 1
+
+    watcher.on_update = on_update
+    rss: list[float] = []
+    done = False
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        watch = asyncio.ensure_future(watcher.run(lambda: done))
+        producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
+        await producer.start()
+        rng = random.Random(3)
+        now_ms = int(time.time() * 1000)
+        started = time.perf_counter()
+        sent = 0
+        say(f"load: {rate:,} events/s, one event per message, for {seconds}s; probes every 50 ms")
+        tick = 0
+        while time.perf_counter() - started < seconds:
+            tick += 1
+            target = int((time.perf_counter() - started) * rate)
+            while sent < target:
+                e = {
+                    "tenantId": "bench",
+                    "metric": "requests",
+                    "customerRef": f"c{rng.randrange(5000)}",
+                    "quantity": 1,
+                    "ts": _iso(now_ms),
+                    "idempotencyKey": f"l{sent}",
+                }
+                await producer.send(names.events, orjson.dumps(e))
+                sent += 1
+            probe = {
+                "tenantId": "bench",
+                "metric": "requests",
+                "customerRef": "probe",
+                "quantity": 1,
+                "ts": _iso(now_ms),
+                "idempotencyKey": f"p{len(probe_sent)}",
+            }
+            probe_sent.append(time.perf_counter())
+            await producer.send(names.events, orjson.dumps(probe))
+            if tick % 20 == 0:
+                rss.append(worker.rss_mib())
+            await asyncio.sleep(0.05)
+        await producer.flush()
+        await producer.stop()
+        deadline = time.perf_counter() + 60
+        while seen_probe < len(probe_sent) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.1)
+        done = True
+        await watch
+    finally:
+        done = True
+        worker.stop()
+    latencies.sort()
+    if not latencies:
+        raise RuntimeError("no probe reached usage.deltas")
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+
+    achieved = sent / seconds
+    say(
+        f"  sent {sent:,} events ({achieved:,.0f}/s) + {len(probe_sent)} probes; {len(latencies)} probes seen"
+    )
+    say(
+        f"  produce-to-delta latency: p50 {pct(0.5) * 1000:.0f} ms, p99 {pct(0.99) * 1000:.0f} ms, "
+        f"max {latencies[-1] * 1000:.0f} ms"
+    )
+    if rss:
+        say(f"  worker RSS: first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB")
+    return {
+        "rate": achieved,
+        "p50": pct(0.5),
+        "p99": pct(0.99),
+        "rssFirst": rss[0] if rss else None,
+        "rssLast": rss[-1] if rss else None,
+    }
