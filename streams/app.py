@@ -36,9 +36,12 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 POLICY_REFRESH_INTERVAL = 10.0
+DEDUPE_SWEEP_INTERVAL = 600.0
+DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
+    """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``."""
     names = TopicNames(settings.topic_prefix, settings.app_id)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -96,6 +99,18 @@ def create_app(settings: Settings) -> faust.App:
             log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
             await app.crash(exc)
 
+    @app.timer(DEDUPE_SWEEP_INTERVAL)
+    async def expire_dedupe() -> None:
+        """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
+        if app.rebalancing or not app.tables.recovery.completed.is_set():
+            return
+        partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
+        for partition in partitions:
+            expired = metering.expire_dedupe(partition, states["dedupe"].items(partition), DEDUPE_MARGIN_MS)
+            if expired:
+                log.info("expired %d dedupe entries of partition %d", expired, partition)
+            await asyncio.sleep(0)
+
     watchdog = RecoveryWatchdog(app.tables.recovery)
 
     @app.timer(5.0)
@@ -135,20 +150,17 @@ def create_app(settings: Settings) -> faust.App:
         producer_started.set()
 
     intake = Intake(settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake")
-    sink = PostgresSink(
-        settings.kafka_bootstrap_servers,
-        names,
-        f"{settings.app_id}-postgres-sink",
-        settings.database_url.value,
-    )
+    sink = postgres_sink(settings)
 
     @app.task
     async def run_intake() -> None:
         await _supervise(app, "intake", intake.run)
 
-    @app.task
-    async def run_sink() -> None:
-        await _supervise(app, "postgres sink", sink.run)
+    if with_sink:
+
+        @app.task
+        async def run_sink() -> None:
+            await _supervise(app, "postgres sink", sink.run)
 
     @app.task
     async def refresh_policies() -> None:
@@ -177,6 +189,16 @@ def create_app(settings: Settings) -> faust.App:
 
     _add_pages(app)
     return app
+
+
+def postgres_sink(settings: Settings) -> PostgresSink:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    return PostgresSink(
+        settings.kafka_bootstrap_servers,
+        names,
+        f"{settings.app_id}-postgres-sink",
+        settings.database_url.value,
+    )
 
 
 def _add_pages(app: faust.App) -> None:

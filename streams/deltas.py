@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -21,6 +22,7 @@ class Delta:
     seq: int  # grows with every change of this counter; consumers keep the highest
 
 
+@lru_cache(maxsize=4096)
 def iso_hour(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

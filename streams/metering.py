@@ -16,16 +16,17 @@ Only counted events enter the dedupe table, so a counted duplicate always sees i
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-from stripemeter.streams.counting import SEP, Partial, apply, counter_key
+from stripemeter.streams.counting import SEP, Partial, apply
 from stripemeter.streams.policy import Policies
-from stripemeter.streams.records import Source, decode_keyed
+from stripemeter.streams.records import decode_keyed
 
-from stripemeter.events import UsageEvent
+from stripemeter.events import HOUR_MS, UsageEvent
 
 COUNTED, DUPLICATE, LATE = "counted", "duplicate", "late"
 
@@ -92,80 +93,92 @@ class Metering:
         return taken
 
     def process(self, partition: int, offset: int, items: list[list[Any]]) -> None:
+        """Decide, count and record every event of the keyed message at ``offset``.
+
+        The hot loop works on the raw keyed items (see ``records.encode_keyed``), not on objects.
+        """
         out = self.outcomes
+        ledger = out.ledger
+        counts = out.counts
+        dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
+        policy_of = self.policies.get
         partials: dict[bytes, Partial] = {}
         watermarks: dict[bytes, int | None] = {}
         advanced: set[bytes] = set()
         for item in items:
-            event, source = decode_keyed(item)
-            outcome = self._decide(partition, offset, event, source, watermarks, out)
-            if outcome is None:
-                continue
-            out.ledger.append([outcome, *item])
-            out.counts[outcome] += 1
-            if outcome != COUNTED:
-                continue
-            skey = stream_key(event)
-            current = self._watermark(partition, skey, watermarks)
-            if current is None or current < event.ts_ms:
-                watermarks[skey] = event.ts_ms
+            tenant, metric, customer, micros, ts_ms, key = (
+                item[0],
+                item[1],
+                item[2],
+                item[3],
+                item[4],
+                item[5],
+            )
+            src = (item[9], item[10], item[11])
+            dkey = f"{tenant}{SEP}{key}".encode()
+            skey = f"{tenant}{SEP}{metric}{SEP}{customer}".encode()
+            seen_raw = dedupe_get(partition, dkey)
+            if seen_raw is not None:
+                seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
+                if (seen[0], seen[1], seen[2]) != src:
+                    ledger.append([DUPLICATE, *item])
+                    counts[DUPLICATE] += 1
+                    continue
+                if seen[3] != offset:
+                    continue  # intake re-sent an input already handled: no trace
+                watermark = self._watermark(partition, skey, watermarks)  # re-applied after a crash
+            else:
+                watermark = self._watermark(partition, skey, watermarks)
+                lateness = policy_of(tenant, metric).lateness_ms
+                if watermark is not None and ts_ms < watermark - lateness:
+                    out.late.append(late_record(decode_keyed(item)[0], watermark, lateness))
+                    ledger.append([LATE, *item])
+                    counts[LATE] += 1
+                    continue
+                dedupe_put(partition, dkey, orjson.dumps([*src, offset, ts_ms, metric, customer]))
+            ledger.append([COUNTED, *item])
+            counts[COUNTED] += 1
+            if watermark is None or watermark < ts_ms:
+                watermarks[skey] = ts_ms
                 advanced.add(skey)
-            ckey = counter_key(event.tenant_id, event.metric, event.customer_ref, event.bucket_ms).encode()
+            ckey = f"{tenant}{SEP}{metric}{SEP}{customer}{SEP}{ts_ms - ts_ms % HOUR_MS}".encode()
             partial = partials.get(ckey)
             if partial is None:
-                partial = partials[ckey] = Partial(
-                    self.policies.get(event.tenant_id, event.metric).aggregation
-                )
-            partial.add(event.quantity_micros, event.ts_ms)
+                partial = partials[ckey] = Partial(policy_of(tenant, metric).aggregation)
+            partial.add(micros, ts_ms)
+        counters_get, counters_put = self.counters.get, self.counters.put
+        touched = out.touched
         for ckey, partial in partials.items():
-            raw = self.counters.get(partition, ckey)
+            raw = counters_get(partition, ckey)
             new = apply(orjson.loads(raw) if raw is not None else None, partial, offset)
             if new is not None:
-                self.counters.put(partition, ckey, orjson.dumps(new))
-            out.touched[ckey] = partition  # published again even when already applied
+                counters_put(partition, ckey, orjson.dumps(new))
+            touched[ckey] = partition  # published again even when already applied
         for skey in advanced:
             self.watermarks.put(partition, skey, str(watermarks[skey]).encode())
+
+    def expire_dedupe(self, partition: int, entries: Iterable[tuple[bytes, bytes]], margin_ms: int) -> int:
+        """Drop dedupe entries no duplicate can need any more; returns how many.
+
+        An entry can go once its event time is older than its stream's watermark minus the metric's
+        lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
+        """
+        expired = 0
+        cache: dict[bytes, int | None] = {}
+        for key, raw in list(entries):
+            tenant = key.split(SEP.encode(), 1)[0].decode()
+            seen = orjson.loads(raw)
+            ts_ms, metric, customer = seen[4], seen[5], seen[6]
+            skey = f"{tenant}{SEP}{metric}{SEP}{customer}".encode()
+            watermark = self._watermark(partition, skey, cache)
+            lateness = self.policies.get(tenant, metric).lateness_ms
+            if watermark is not None and ts_ms < watermark - lateness - margin_ms:
+                self.dedupe.put(partition, key, None)
+                expired += 1
+        return expired
 
     def _watermark(self, partition: int, skey: bytes, cache: dict[bytes, int | None]) -> int | None:
         if skey not in cache:
             stored = self.watermarks.get(partition, skey)
             cache[skey] = int(stored) if stored is not None else None
         return cache[skey]
-
-    def _decide(
-        self,
-        partition: int,
-        offset: int,
-        event: UsageEvent,
-        source: Source,
-        watermarks: dict[bytes, int | None],
-        out: Outcomes,
-    ) -> str | None:
-        dkey = dedupe_key(event)
-        raw = self.dedupe.get(partition, dkey)
-        if raw is not None:
-            seen = orjson.loads(raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
-            if (seen[0], seen[1], seen[2]) == (source.partition, source.offset, source.index):
-                return COUNTED if seen[3] == offset else None
-            return DUPLICATE
-        watermark = self._watermark(partition, stream_key(event), watermarks)
-        lateness = self.policies.get(event.tenant_id, event.metric).lateness_ms
-        if watermark is not None and event.ts_ms < watermark - lateness:
-            out.late.append(late_record(event, watermark, lateness))
-            return LATE
-        self.dedupe.put(
-            partition,
-            dkey,
-            orjson.dumps(
-                [
-                    source.partition,
-                    source.offset,
-                    source.index,
-                    offset,
-                    event.ts_ms,
-                    event.metric,
-                    event.customer_ref,
-                ]
-            ),
-        )
-        return COUNTED

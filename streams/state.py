@@ -23,6 +23,7 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
+from rocksdict import WriteBatch
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +49,14 @@ class ChangelogState:
         return self.table.data._db_for_partition(partition)
 
     def get(self, partition: int, key: bytes) -> bytes | None:
+        staged = self._staged.get(partition)
+        if staged is not None and key in staged:
+            return staged[key]
         value: bytes | None = self._db(partition).get(key)
         return value
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        """Write locally now; the changelog record leaves with the next checkpoint."""
-        db = self._db(partition)
-        if value is None:
-            db.delete(key)
-        else:
-            db.put(key, value)
+        """Stage a write (None deletes); ``take_staged`` applies it locally and hands it on."""
         self._staged[partition][key] = value
 
     def items(self, partition: int) -> Any:
@@ -67,7 +66,17 @@ class ChangelogState:
                 yield key, value
 
     def take_staged(self) -> dict[int, dict[bytes, bytes | None]]:
+        """Write the staged changes to the local RocksDB (one batch per partition) and return them,
+        so the checkpoint can send them to the changelog."""
         staged, self._staged = self._staged, defaultdict(dict)
+        for partition, changes in staged.items():
+            batch = WriteBatch(raw_mode=True)
+            for key, value in changes.items():
+                if value is None:
+                    batch.delete(key)
+                else:
+                    batch.put(key, value)
+            self._db(partition).write(batch)
         return staged
 
     def mark_persisted(self, partition: int, offset: int) -> None:

@@ -187,16 +187,19 @@ class DeltaWatcher:
 
 
 class Worker:
-    def __init__(self, settings: Settings, log: Path):
+    def __init__(self, settings: Settings, log: Path, separate_sink: bool = False):
         self.settings = settings
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stripemeter", "worker"],
-            env={**os.environ, **settings_env(settings)},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        env = {**os.environ, **settings_env(settings)}
+        me = [sys.executable, "-m", "stripemeter"]
+        worker_args = ["worker", "--no-sink"] if separate_sink else ["worker"]
+        self.proc = self._spawn([*me, *worker_args], env)
+        self.sink = self._spawn([*me, "sink"], env) if separate_sink else None
+
+    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
     def wait_ready(self, timeout: float = 120) -> None:
@@ -214,6 +217,9 @@ class Worker:
             time.sleep(0.1)
         raise RuntimeError("worker not ready in time")
 
+    def alive(self) -> bool:
+        return self.proc.poll() is None and (self.sink is None or self.sink.poll() is None)
+
     def rss_mib(self) -> float:
         try:
             for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -224,16 +230,20 @@ class Worker:
         return 0.0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+        for proc in (self.proc, self.sink):
+            if proc is None or proc.poll() is not None:
+                continue
+            os.killpg(proc.pid, signal.SIGTERM)
             try:
-                self.proc.wait(30)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(proc.pid, signal.SIGKILL)
         self.log.close()
 
 
-async def throughput(settings: Settings, workload: Workload, partitions: int, say: Say) -> dict[str, Any]:
+async def throughput(
+    settings: Settings, workload: Workload, partitions: int, say: Say, separate_sink: bool = False
+) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = isolated(settings, tag, partitions)
     names = TopicNames(env.topic_prefix, env.app_id)
@@ -247,15 +257,18 @@ async def throughput(settings: Settings, workload: Workload, partitions: int, sa
     say("baseline: plain aiokafka consume + orjson decode + dict aggregation...")
     base_rate = await baseline(env, names.events, workload.events)
     say(f"  {base_rate:,.0f} events/s")
-    say("pipeline: one worker, usage.events -> usage.deltas...")
+    where = "in its own process" if separate_sink else "inside the worker"
+    say(f"pipeline: one worker, usage.events -> usage.deltas (PostgreSQL sink {where})...")
     watcher = DeltaWatcher(env, names.deltas)
     expected = workload.events * 1_000_000
-    worker = Worker(env, env.state_dir / "worker.log")
+    worker = Worker(env, env.state_dir / "worker.log", separate_sink)
     try:
         await asyncio.to_thread(worker.wait_ready)
         started = time.perf_counter()
         deadline = started + 600
-        await watcher.run(lambda: watcher.sum_micros >= expected or time.perf_counter() > deadline)
+        await watcher.run(
+            lambda: watcher.sum_micros >= expected or time.perf_counter() > deadline or not worker.alive()
+        )
         elapsed = time.perf_counter() - started
         rss = worker.rss_mib()
     finally:

@@ -123,9 +123,24 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from stripemeter.streams.app import create_app
 
-    app = create_app(settings)
+    app = create_app(settings, with_sink=not args.no_sink)
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.streams.app import postgres_sink
+
+    asyncio.run(postgres_sink(settings).run())
+    return 0
+
+
+def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.stripe_emulator import run
+
+    say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here)")
+    run(args.host, args.port)
     return 0
 
 
@@ -140,7 +155,7 @@ def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import Workload, throughput
 
     workload = Workload(args.events, args.customers, args.per_message)
-    asyncio.run(throughput(settings, workload, args.partitions, say))
+    asyncio.run(throughput(settings, workload, args.partitions, say, args.separate_sink))
     return 0
 
 
@@ -224,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--customers", type=int, default=5000, help="distinct customers (default 5000)")
     tp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    tp.add_argument("--separate-sink", action="store_true", help="run the PostgreSQL sink as its own process")
     lat = add(
         bench_sub,
         "latency",
@@ -234,8 +250,29 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
-    add(sub, "worker", cmd_worker, "run a pipeline worker (intake, counting, sink); scale by running more")
+    worker = add(
+        sub, "worker", cmd_worker, "run a pipeline worker (intake, metering, sink); scale by running more"
+    )
+    worker.add_argument(
+        "--no-sink",
+        action="store_true",
+        help="leave PostgreSQL writes to a separate `stripemeter sink` process",
+    )
+    add(
+        sub,
+        "sink",
+        cmd_sink,
+        "write the ledger, dead letters and counters to PostgreSQL (if workers use --no-sink)",
+    )
     add(sub, "api", cmd_api, "run the HTTP API")
+    emulator = add(
+        sub,
+        "stripe-emulator",
+        cmd_stripe_emulator,
+        "run the stateful Stripe Billing Meters emulator (tests, demo)",
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
     add(sub, "demo", cmd_demo, "bring the local stack up, send sample usage and print what was counted")
     return parser
 

@@ -45,7 +45,7 @@ class Settings:
     worker_web_port: int = 6066
     state_dir: Path = Path(".stack")
     cache_dir: Path = Path("~/.cache/stripemeter")
-    kafka_version: str = "4.1.1"
+    kafka_version: str = "4.3.1"
     kafka_heap: str = "512m"
     store: str = "rocksdb://"
     lateness_seconds: int = 48 * 3600

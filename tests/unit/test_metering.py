@@ -101,3 +101,18 @@ def test_counted_event_redelivered_after_watermark_moved_is_not_called_late() ->
     m.process(0, 0, [item("early", 1, T0, 1)])  # crash: message 0 read again
     assert total(counters, T0) == 1
     assert m.outcomes.ledger[-1][0] == "counted"
+
+
+def test_dedupe_state_expires_behind_the_lateness_window_and_47h_duplicates_still_count_once() -> None:
+    m, counters = make(lateness_ms=48 * HOUR)
+    dedupe = m.dedupe
+    assert isinstance(dedupe, DictKV)
+    m.process(0, 0, [item("old", 1, T0, 1), item("recent", 1, T0 + 30 * HOUR, 2)])
+    m.process(0, 1, [item("old", 1, T0, 3)])  # a duplicate 47 h after: still known
+    assert total(counters, T0) == 1
+    m.process(0, 2, [item("now", 1, T0 + 50 * HOUR, 4)])  # the watermark moves past old + 48 h + margin
+    assert m.expire_dedupe(0, dedupe.data[0].items(), margin_ms=HOUR) == 1
+    assert set(dedupe.data[0]) == {b"t\x1frecent", b"t\x1fnow"}
+    m.process(0, 3, [item("old", 1, T0, 5)])  # its duplicate now: too late, never counted
+    assert total(counters, T0) == 1
+    assert m.outcomes.ledger[-1][0] == "late"

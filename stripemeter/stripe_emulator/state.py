@@ -1,0 +1,169 @@
+"""The emulator's in-memory Stripe account: customers, meters, meter events, idempotency, faults.
+
+Each method is one API operation: it takes the decoded params, applies the rules from `meters`,
+`events` and `summaries`, and returns the JSON-ready object or raises StripeApiError. Time comes from
+the injected clock (plus `clock_offset`, which `POST /_emulator/clock` moves), never from time.time().
+Not thread-safe; one instance per app.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from stripemeter.stripe_emulator import events, meters, summaries
+from stripemeter.stripe_emulator.errors import invalid, no_such, reject_unknown
+from stripemeter.stripe_emulator.events import MeterEvent
+from stripemeter.stripe_emulator.faults import Faults
+from stripemeter.stripe_emulator.idempotency import IdempotencyStore
+from stripemeter.stripe_emulator.pagination import paginate
+from stripemeter.stripe_emulator.wire import new_id
+
+Params = dict[str, Any]
+
+
+class EmulatorState:
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self.faults = Faults()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every object and fault; the clock stays."""
+        self.clock_offset = 0.0
+        self.faults.reset()
+        self.idempotency = IdempotencyStore()
+        self.customers: dict[str, Params] = {}
+        self.meters: dict[str, Params] = {}
+        self.events: list[MeterEvent] = []
+        self._by_identifier: dict[str, MeterEvent] = {}
+
+    def now(self) -> float:
+        return self.clock() + self.clock_offset
+
+    # --- customers ------------------------------------------------------------------------------
+
+    def create_customer(self, params: Params) -> Params:
+        reject_unknown(params, {"email", "name", "description", "metadata"})
+        customer = {
+            "id": new_id("cus"),
+            "object": "customer",
+            "created": int(self.now()),
+            "description": params.get("description"),
+            "email": params.get("email"),
+            "livemode": False,
+            "metadata": params.get("metadata") or {},
+            "name": params.get("name"),
+        }
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def get_customer(self, customer_id: str) -> Params:
+        if customer_id not in self.customers:
+            raise no_such("customer", customer_id)
+        return self.customers[customer_id]
+
+    def list_customers(self, params: Params, url: str) -> Params:
+        reject_unknown(params, {"email", "limit", "starting_after", "ending_before"})
+        items = [c for c in reversed(self.customers.values()) if params.get("email") in (None, c["email"])]
+        return paginate(items, params, url)
+
+    # --- meters ---------------------------------------------------------------------------------
+
+    def create_meter(self, params: Params) -> Params:
+        meter = meters.new_meter(params, new_id("mtr"), int(self.now()))
+        if self._meter_for(meter["event_name"]) is not None:
+            raise invalid(f"A meter with event_name '{meter['event_name']}' already exists.", "event_name")
+        self.meters[meter["id"]] = meter
+        return meter
+
+    def get_meter(self, meter_id: str) -> Params:
+        if meter_id not in self.meters:
+            raise no_such("billing.meter", meter_id)
+        return self.meters[meter_id]
+
+    def list_meters(self, params: Params, url: str) -> Params:
+        reject_unknown(params, {"status", "limit", "starting_after", "ending_before"})
+        status = params.get("status")
+        if status not in (None, "active", "inactive"):
+            raise invalid("Invalid status: must be one of active, inactive", "status")
+        items = [m for m in reversed(self.meters.values()) if status in (None, m["status"])]
+        return paginate(items, params, url)
+
+    def update_meter(self, meter_id: str, params: Params) -> Params:
+        meter = meters.updated_meter(self.get_meter(meter_id), params, int(self.now()))
+        self.meters[meter_id] = meter
+        return meter
+
+    def set_meter_status(self, meter_id: str, status: str) -> Params:
+        meter = meters.with_status(self.get_meter(meter_id), status, int(self.now()))
+        self.meters[meter_id] = meter
+        return meter
+
+    def _meter_for(self, event_name: str) -> Params | None:
+        return next((m for m in self.meters.values() if m["event_name"] == event_name), None)
+
+    # --- meter events ---------------------------------------------------------------------------
+
+    def record_meter_event(self, params: Params) -> Params:
+        now = self.now()
+        event_name, payload = events.check_event_params(params)
+        meter = self._meter_for(event_name)
+        if meter is None:
+            raise invalid(
+                f"No active meter was found for event_name '{event_name}'.", "event_name", "no_meter"
+            )
+        if meter["status"] != "active":
+            raise invalid(
+                f"The meter for event_name '{event_name}' is inactive.", "event_name", "archived_meter"
+            )
+        customer, value = events.payload_customer_and_value(meter, payload)
+        if customer not in self.customers:
+            key = meter["customer_mapping"]["event_payload_key"]
+            raise invalid(
+                f"No such customer: '{customer}'", f"payload[{key}]", "meter_event_customer_not_found"
+            )
+        timestamp = events.parse_timestamp(params.get("timestamp"), now)
+        identifier = params.get("identifier") or str(uuid.uuid4())
+        previous = self._by_identifier.get(identifier)
+        if previous is not None and now - previous.received <= events.IDENTIFIER_WINDOW_SECONDS:
+            raise events.duplicate_identifier(identifier)
+        event = MeterEvent(meter["id"], event_name, identifier, customer, value, payload, timestamp, now)
+        self.events.append(event)
+        self._by_identifier[identifier] = event
+        return event.wire()
+
+    def cancel_meter_event(self, params: Params) -> Params:
+        event_name, identifier = events.check_cancel_params(params)
+        if self._meter_for(event_name) is None:
+            raise invalid(f"No meter was found for event_name '{event_name}'.", "event_name", "no_meter")
+        found = self._by_identifier.get(identifier)
+        if found is not None and found.event_name != event_name:
+            found = None
+        event = events.check_cancellable(found, identifier, self.now())
+        event.cancelled = True
+        return {
+            "object": "billing.meter_event_adjustment",
+            "cancel": {"identifier": identifier},
+            "event_name": event_name,
+            "livemode": False,
+            "status": "complete",
+            "type": "cancel",
+        }
+
+    # --- summaries and introspection ------------------------------------------------------------
+
+    def event_summaries(self, meter_id: str, params: Params, url: str) -> Params:
+        meter = self.get_meter(meter_id)
+        query = summaries.parse_query(params)
+        if query.customer not in self.customers:
+            raise no_such("customer", query.customer, param="customer")
+        visible_before = self.now() - self.faults.summary_delay
+        counted = (e for e in self.meter_events(meter_id) if e.received <= visible_before)
+        return paginate(summaries.summarize(meter, counted, query), params, url)
+
+    def meter_events(self, meter_id: str, include_cancelled: bool = False) -> list[MeterEvent]:
+        """Accepted events of one meter in receipt order (cancelled ones only when asked)."""
+        return [e for e in self.events if e.meter_id == meter_id and (include_cancelled or not e.cancelled)]

@@ -1,0 +1,166 @@
+"""Pure parts of the Stripe emulator: form decoding, pagination, value and time rules, summaries, faults."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stripemeter.stripe_emulator.errors import StripeApiError
+from stripemeter.stripe_emulator.events import MeterEvent, parse_timestamp, parse_value
+from stripemeter.stripe_emulator.faults import Faults
+from stripemeter.stripe_emulator.pagination import paginate
+from stripemeter.stripe_emulator.summaries import SummaryQuery, aggregate, parse_query, summarize
+from stripemeter.stripe_emulator.wire import decode_form
+
+NOW = 1_750_000_000
+
+
+@pytest.mark.parametrize(
+    ("pairs", "expected"),
+    [
+        ([("a", "1")], {"a": "1"}),
+        ([("payload[stripe_customer_id]", "cus_x"), ("payload[value]", "3")],
+         {"payload": {"stripe_customer_id": "cus_x", "value": "3"}}),
+        ([("default_aggregation[formula]", "sum")], {"default_aggregation": {"formula": "sum"}}),
+        ([("expand[0]", "a"), ("expand[1]", "b")], {"expand": ["a", "b"]}),
+        ([("expand[]", "a"), ("expand[]", "b")], {"expand": ["a", "b"]}),
+        ([("a[b][c]", "1")], {"a": {"b": {"c": "1"}}}),
+        ([("metadata[k]", "")], {"metadata": {"k": ""}}),
+    ],
+)  # fmt: skip
+def test_decode_form(pairs: list[tuple[str, str]], expected: dict[str, Any]) -> None:
+    assert decode_form(pairs) == expected
+
+
+def test_decode_form_refuses_conflicting_shapes() -> None:
+    with pytest.raises(StripeApiError):
+        decode_form([("a", "1"), ("a[b]", "2")])
+
+
+@pytest.mark.parametrize(
+    ("params", "ids", "has_more"),
+    [
+        ({}, ["o9", "o8", "o7", "o6", "o5", "o4", "o3", "o2", "o1", "o0"], False),
+        ({"limit": "3"}, ["o9", "o8", "o7"], True),
+        ({"limit": "3", "starting_after": "o7"}, ["o6", "o5", "o4"], True),
+        ({"limit": "5", "starting_after": "o4"}, ["o3", "o2", "o1", "o0"], False),
+        ({"limit": "2", "ending_before": "o7"}, ["o9", "o8"], False),
+        ({"limit": "2", "ending_before": "o4"}, ["o6", "o5"], True),
+    ],
+)
+def test_paginate(params: dict[str, str], ids: list[str], has_more: bool) -> None:
+    items = [{"id": f"o{i}"} for i in reversed(range(10))]
+    page = paginate(items, params, "/v1/things")
+    assert [o["id"] for o in page["data"]] == ids
+    assert page["has_more"] is has_more
+    assert page["object"] == "list" and page["url"] == "/v1/things"
+
+
+@pytest.mark.parametrize(
+    "params", [{"limit": "0"}, {"limit": "101"}, {"limit": "x"}, {"starting_after": "nope"}]
+)
+def test_paginate_refuses_bad_cursors(params: dict[str, str]) -> None:
+    with pytest.raises(StripeApiError) as caught:
+        paginate([{"id": "a"}], params, "/v1/x")
+    assert caught.value.status == 400
+    assert caught.value.param in ("limit", "starting_after")
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"), [("0", 0), ("25", 25), ("-7", -7), ("999999999999999", 10**15 - 1)]
+)
+def test_parse_value_accepts_whole_numbers(raw: str, value: int) -> None:
+    assert parse_value(raw, "payload[value]") == value
+
+
+@pytest.mark.parametrize("raw", ["1.5", "abc", "", "1e3", "1000000000000000", "--1"])
+def test_parse_value_refuses(raw: str) -> None:
+    with pytest.raises(StripeApiError) as caught:
+        parse_value(raw, "payload[value]")
+    assert caught.value.param == "payload[value]"
+
+
+@pytest.mark.parametrize(
+    ("offset", "ok"),
+    [(0, True), (-35 * 86400, True), (-35 * 86400 - 1, False), (300, True), (301, False)],
+)
+def test_parse_timestamp_window(offset: int, ok: bool) -> None:
+    if ok:
+        assert parse_timestamp(str(NOW + offset), NOW) == NOW + offset
+    else:
+        with pytest.raises(StripeApiError) as caught:
+            parse_timestamp(str(NOW + offset), NOW)
+        assert caught.value.param == "timestamp"
+
+
+def _event(ts: int, value: int, customer: str = "cus_a") -> MeterEvent:
+    return MeterEvent("mtr_1", "calls", f"id{ts}-{value}", customer, value, {}, ts, ts)
+
+
+@pytest.mark.parametrize(("formula", "expected"), [("sum", 6.0), ("count", 3.0), ("last", 2.0)])
+def test_aggregate(formula: str, expected: float) -> None:
+    events = [_event(100, 1), _event(300, 2), _event(200, 3)]
+    assert aggregate(formula, events) == expected
+
+
+def test_last_prefers_later_receipt_on_equal_timestamps() -> None:
+    assert aggregate("last", [_event(100, 1), _event(100, 9)]) == 9.0
+
+
+def test_summarize_groups_by_hour_newest_first() -> None:
+    day = 1_749_945_600
+    meter = {"id": "mtr_1", "default_aggregation": {"formula": "sum"}}
+    events = [
+        _event(day + 10, 1),
+        _event(day + 3600 + 5, 2),
+        _event(day + 3600 + 50, 3),
+        _event(day + 20, 4, "cus_b"),
+    ]
+    query = SummaryQuery("cus_a", day, day + 86400, "hour")
+    result = summarize(meter, events, query)
+    assert [(s["start_time"], s["end_time"], s["aggregated_value"]) for s in result] == [
+        (day + 3600, day + 7200, 5.0),
+        (day, day + 3600, 1.0),
+    ]
+    assert all(s["id"].startswith("mtrusg_") for s in result)
+    assert summarize(meter, events, query)[0]["id"] == result[0]["id"]
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [
+        ({"start_time": "60", "end_time": "120"}, "customer"),
+        ({"customer": "c", "end_time": "120"}, "start_time"),
+        ({"customer": "c", "start_time": "61", "end_time": "120"}, "start_time"),
+        ({"customer": "c", "start_time": "60", "end_time": "121"}, "end_time"),
+        ({"customer": "c", "start_time": "120", "end_time": "60"}, "end_time"),
+        ({"customer": "c", "start_time": "60", "end_time": "7200", "value_grouping_window": "hour"},
+         "start_time"),
+        ({"customer": "c", "start_time": "0", "end_time": "7260", "value_grouping_window": "hour"},
+         "end_time"),
+        ({"customer": "c", "start_time": "3600", "end_time": "86400", "value_grouping_window": "day"},
+         "start_time"),
+        ({"customer": "c", "start_time": "0", "end_time": "60", "value_grouping_window": "week"},
+         "value_grouping_window"),
+    ],
+)  # fmt: skip
+def test_parse_query_names_the_bad_param(params: dict[str, str], param: str) -> None:
+    with pytest.raises(StripeApiError) as caught:
+        parse_query(params)
+    assert caught.value.param == param
+
+
+def test_faults_take_in_order_and_scope() -> None:
+    faults = Faults()
+    faults.update({"drop_connections": 1, "rate_limit": 1, "server_errors": 1, "path_prefix": "/v1/billing"})
+    assert faults.take("/v1/customers") is None
+    assert faults.take("/_emulator/faults") is None
+    taken = [faults.take("/v1/billing/meter_events") for _ in range(4)]
+    assert taken == ["drop", "rate_limit", "server_error", None]
+
+
+@pytest.mark.parametrize("changes", [{"nope": 1}, {"rate_limit": -1}, {"rate_limit": 1.5}, {"latency": "x"}])
+def test_faults_update_refuses_nonsense(changes: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Faults().update(changes)
