@@ -37,6 +37,15 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 POLICY_REFRESH_INTERVAL = 10.0
 DEDUPE_SWEEP_INTERVAL = 600.0
+# Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
+# are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024 * 1024,
+    "block_cache_size": 16 * 1024 * 1024,
+    "block_cache_compressed_size": 4 * 1024 * 1024,
+}
 DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
@@ -72,7 +81,11 @@ def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
         names.keyed, value_serializer="raw", key_serializer="raw", partitions=settings.partitions
     )
     states = {
-        name: ChangelogState(app.Table(name, default=None, partitions=settings.partitions, key_type=bytes))
+        name: ChangelogState(
+            app.Table(
+                name, default=None, partitions=settings.partitions, key_type=bytes, options=ROCKSDB_OPTIONS
+            )
+        )
         for name in TABLES
     }
     policies = Policies(MetricPolicy(lateness_ms=settings.lateness_seconds * 1000))
