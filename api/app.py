@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.api import events, health, ingest, mappings, usage
+from stripemeter.api import events, health, ingest, mappings, pushes, usage
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
@@ -73,6 +73,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/mappings/{tenantId}", mappings.list_metrics)
     app.router.add_put("/v1/customers/{tenantId}/{customerRef}", mappings.put_customer)
     app.router.add_get("/v1/customers/{tenantId}", mappings.list_customers)
+    app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
     return app
 
 

@@ -30,6 +30,8 @@ from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 from stripemeter import metrics
 from stripemeter.config import Settings
 from stripemeter.db.mappings import load_policies
+from stripemeter.stripe_push.client import make_client
+from stripemeter.stripe_push.writer import StripeWriter
 from stripemeter.topics import TABLES, TopicNames
 
 log = logging.getLogger(__name__)
@@ -169,6 +171,15 @@ def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
     async def run_intake() -> None:
         await _supervise(app, "intake", intake.run)
 
+    if settings.stripe_api_key or settings.stripe_api_base:
+        writer = stripe_writer(settings)
+
+        @app.task
+        async def run_stripe_writer() -> None:
+            await _supervise(app, "stripe writer", writer.run)
+    else:
+        log.warning("STRIPE_API_KEY is not set: counters are not pushed to Stripe")
+
     if with_sink:
 
         @app.task
@@ -202,6 +213,19 @@ def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
 
     _add_pages(app)
     return app
+
+
+def stripe_writer(settings: Settings) -> StripeWriter:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    return StripeWriter(
+        settings.kafka_bootstrap_servers,
+        names.deltas,
+        f"{settings.app_id}-stripe-writer",
+        settings.database_url.value,
+        client,
+        settings.stripe_calls_per_second,
+    )
 
 
 def postgres_sink(settings: Settings) -> PostgresSink:

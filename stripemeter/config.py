@@ -50,6 +50,7 @@ class Settings:
     store: str = "rocksdb://"
     lateness_seconds: int = 48 * 3600
     delta_flush_seconds: float = 1.0
+    stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     log_level: str = "INFO"
 
     @property
@@ -79,6 +80,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_STORE": "store",
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
     "STRIPEMETER_DELTA_FLUSH_SECONDS": "delta_flush_seconds",
+    "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
     "STRIPEMETER_LOG_LEVEL": "log_level",
 }
 

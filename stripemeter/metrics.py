@@ -23,3 +23,14 @@ SINK_SKIPPED = Counter(
 INGEST_EVENTS = Counter(
     "stripemeter_ingest_events_total", "Events received by POST /v1/events/ingest, by status", ["status"]
 )
+STRIPE_PUSHES = Counter(
+    "stripemeter_stripe_pushes_total",
+    "Meter events sent to Stripe, by outcome (delivered, duplicate, permanent, rate_limited, transient)",
+    ["outcome"],
+)
+STRIPE_PUSH_SECONDS = Histogram(
+    "stripemeter_stripe_push_seconds",
+    "Latency of one meter event call",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+STRIPE_PARKED = Gauge("stripemeter_stripe_parked_counters", "Counters parked after a permanent Stripe error")

@@ -1,0 +1,38 @@
+"""GET /v1/stripe/pushes: what reached Stripe per counter, and what waits or is parked (and why)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from stripemeter.api import params
+from stripemeter.api.appkeys import POOL
+from stripemeter.api.errors import json_response
+from stripemeter.streams.deltas import micros_to_number
+
+from stripemeter.db.pushes import list_pushes
+
+STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
+
+
+async def get_pushes(request: web.Request) -> web.Response:
+    tenant = params.required(request, "tenantId")
+    status = params.choice(request, "status", STATUSES, "")
+    async with request.app[POOL].connection() as conn:
+        rows = await list_pushes(conn, tenant, status or None)
+    return json_response(
+        {
+            "tenantId": tenant,
+            "counters": [
+                {
+                    "metric": r["metric"],
+                    "customerRef": r["customer_ref"],
+                    "bucket": r["bucket"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "local": micros_to_number(int(r["latest_micros"])),
+                    "pushed": int(r["pushed_units"]),
+                    "status": r["status"],
+                    "reason": r["reason"],
+                    "attempts": r["attempts"],
+                }
+                for r in rows
+            ],
+        }
+    )

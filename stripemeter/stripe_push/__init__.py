@@ -1,0 +1,1 @@
+"""Where usage leaves for Stripe: the writer that pushes counter changes as Billing Meter events."""

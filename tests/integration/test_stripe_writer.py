@@ -1,0 +1,151 @@
+"""The Stripe writer against the project's emulator: parity, crash safety, faults, parking."""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+
+from stripemeter.config import Settings
+from stripemeter.stripe_emulator import EmulatorState, create_app
+from tests.integration.client import counters_of, eventually, produce
+from tests.integration.harness import free_port
+
+
+@pytest_asyncio.fixture
+async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
+    state = EmulatorState()
+    server = TestServer(create_app(state), host="127.0.0.1", port=free_port())
+    await server.start_server()
+    yield state, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def setup_tenant(
+    api: TestClient, state: EmulatorState, tenant: str, customers: list[str]
+) -> dict[str, str]:
+    event_name = f"req_{uuid.uuid4().hex[:8]}"
+    state.create_meter(
+        {"display_name": "requests", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
+    )
+    put = await api.put(
+        f"/v1/mappings/{tenant}/requests", json={"stripeMeterEventName": event_name, "aggregation": "sum"}
+    )
+    assert put.status == 200
+    ids = {}
+    for customer in customers:
+        ids[customer] = state.create_customer({"email": f"{customer}@example.com"})["id"]
+        assert (
+            await api.put(f"/v1/customers/{tenant}/{customer}", json={"stripeCustomerId": ids[customer]})
+        ).status == 200
+    return ids
+
+
+def stripe_totals(state: EmulatorState, ids: dict[str, str]) -> Counter[tuple[str, int]]:
+    by_id = {v: k for k, v in ids.items()}
+    totals: Counter[tuple[str, int]] = Counter()
+    for meter_id in list(state.meters):
+        for e in state.meter_events(meter_id):
+            if e.customer in by_id:
+                totals[(by_id[e.customer], e.timestamp - e.timestamp % 3600)] += e.value
+    return totals
+
+
+def local_totals(counters: dict[tuple[str, str, int], int]) -> Counter[tuple[str, int]]:
+    return Counter({(c, b // 1000): t // 1_000_000 for (_m, c, b), t in counters.items()})
+
+
+def events(tenant: str, customers: list[str], n: int) -> list[dict]:
+    now = datetime.now(UTC)
+    return [
+        {
+            "tenantId": tenant,
+            "metric": "requests",
+            "customerRef": customers[i % len(customers)],
+            "quantity": 1 + i % 3,
+            "ts": (now - timedelta(minutes=7 * (i % 20))).isoformat().replace("+00:00", "Z"),
+            "idempotencyKey": f"e{i}",
+        }
+        for i in range(n)
+    ]
+
+
+async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
+    env: Settings,
+    start_worker,
+    api: TestClient,
+    emulator: tuple[EmulatorState, str],
+) -> None:
+    state, base = emulator
+    tenant = f"sw-{uuid.uuid4().hex[:6]}"
+    customers = [f"c{i}" for i in range(5)]
+    ids = await setup_tenant(api, state, tenant, customers)
+    stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
+    worker = start_worker("w1", slot="main", **stripe)
+    worker.wait_ready()
+    state.faults.update({"rate_limit": 5, "server_errors": 5})  # a 429 storm and 500s
+    await produce(env, [events(tenant, customers, 300)])
+
+    async def parity_at(total: int) -> bool:
+        local = local_totals(await counters_of(env, tenant))
+        return sum(local.values()) == total and stripe_totals(state, ids) == local
+
+    async def parity() -> bool:
+        return await parity_at(sum(1 + i % 3 for i in range(300)))
+
+    await eventually(parity, timeout=90, what="Stripe totals equal to local counters")
+
+    # More usage; Stripe answers slowly, and the worker dies while a push is in flight: between the
+    # Stripe call and recording its answer.
+    state.faults.update({"latency": 1.0})
+    await produce(env, [events(tenant, customers, 400)[300:]])
+
+    async def push_in_flight() -> bool:
+        body = await (
+            await api.get("/v1/stripe/pushes", params={"tenantId": tenant, "status": "pending"})
+        ).json()
+        return bool(body["counters"])
+
+    await eventually(push_in_flight, timeout=60, what="a pending push")
+    worker.kill9()
+    state.faults.update({"latency": 0})
+    start_worker("w2", slot="main", **stripe).wait_ready()
+
+    async def parity_after() -> bool:
+        return await parity_at(sum(1 + i % 3 for i in range(400)))
+
+    await eventually(parity_after, timeout=120, what="parity after kill -9 and restart")
+
+
+async def test_unknown_customer_is_parked_while_the_others_flow(
+    env: Settings,
+    start_worker,
+    api: TestClient,
+    emulator: tuple[EmulatorState, str],
+) -> None:
+    state, base = emulator
+    tenant = f"pk-{uuid.uuid4().hex[:6]}"
+    ids = await setup_tenant(api, state, tenant, ["good"])
+    await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": "cus_doesnotexist"})
+    stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
+    start_worker(**stripe).wait_ready()
+    await produce(env, [events(tenant, ["good", "ghost"], 20)])
+
+    async def parked() -> bool:
+        body = await (
+            await api.get("/v1/stripe/pushes", params={"tenantId": tenant, "status": "parked"})
+        ).json()
+        return any(c["customerRef"] == "ghost" for c in body["counters"])
+
+    await eventually(parked, timeout=60, what="the ghost customer parked")
+    body = await (await api.get("/v1/stripe/pushes", params={"tenantId": tenant, "status": "parked"})).json()
+    assert all(c["reason"] for c in body["counters"])
+
+    async def good_synced() -> bool:
+        return sum(stripe_totals(state, ids).values()) == sum(1 + i % 3 for i in range(0, 20, 2))
+
+    await eventually(good_synced, timeout=60, what="the good customer pushed")
