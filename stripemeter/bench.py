@@ -385,3 +385,61 @@ async def latency(settings: Settings, rate: int, seconds: int, partitions: int, 
         "rssFirst": rss[0] if rss else None,
         "rssLast": rss[-1] if rss else None,
     }
+
+
+async def stripe_pushes(
+    settings: Settings, events: int, customers: int, calls_per_second: float, partitions: int, say: Say
+) -> dict[str, Any]:
+    """Pushes/s against the emulator and events per Stripe call, for many customers."""
+    import psycopg
+    from aiohttp import web
+
+    from stripemeter.db.mappings import MetricMapping, upsert_customer, upsert_metric
+    from stripemeter.stripe_emulator import EmulatorState, create_app
+
+    tag = uuid.uuid4().hex[:6]
+    port = _free_port()
+    env = isolated(settings, tag, partitions).with_overrides(
+        stripe_api_base=f"http://127.0.0.1:{port}", stripe_calls_per_second=calls_per_second
+    )
+    env = env.with_overrides(stripe_api_key=type(env.stripe_api_key)("sk_test_bench"))
+    names = TopicNames(env.topic_prefix, env.app_id)
+    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    state = EmulatorState()
+    runner = web.AppRunner(create_app(state), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    tenant = f"bench-{tag}"
+    meter = state.create_meter(
+        {"display_name": "requests", "event_name": f"bench_{tag}", "default_aggregation": {"formula": "sum"}}
+    )
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        await upsert_metric(conn, MetricMapping(tenant, "requests", meter["event_name"], "sum", None))
+        for c in range(customers):
+            cus = state.create_customer({"email": f"c{c}@example.com"})["id"]
+            await upsert_customer(conn, tenant, f"c{c}", cus, None)
+    messages = Workload(events, customers, 1000).messages(tenant, int(time.time() * 1000))
+    worker = Worker(env, env.state_dir / "worker.log")
+    try:
+        await asyncio.to_thread(worker.wait_ready)
+        say(f"{events:,} events for {customers:,} customers; writer limited to {calls_per_second:g} calls/s")
+        started = time.perf_counter()
+        await produce_all(env, names.events, messages, say)
+        deadline = started + 900
+        while time.perf_counter() < deadline and worker.alive():
+            if sum(e.value for e in state.meter_events(meter["id"])) >= events:
+                break
+            await asyncio.sleep(0.2)
+        elapsed = time.perf_counter() - started
+    finally:
+        worker.stop()
+        await runner.cleanup()
+    pushed = state.meter_events(meter["id"])
+    total = sum(e.value for e in pushed)
+    if total != events:
+        raise RuntimeError(f"Stripe holds {total:,} of {events:,} units")
+    say(
+        f"  {len(pushed):,} meter events in {elapsed:.1f}s from first produce to parity: "
+        f"{len(pushed) / elapsed:,.0f} pushes/s, {events / len(pushed):,.1f} events per Stripe call"
+    )
+    return {"pushes": len(pushed), "seconds": elapsed, "eventsPerCall": events / len(pushed)}

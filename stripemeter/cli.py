@@ -166,6 +166,15 @@ def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.bench import stripe_pushes
+
+    asyncio.run(
+        stripe_pushes(settings, args.events, args.customers, args.calls_per_second, args.partitions, say)
+    )
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.demo import run_demo
 
@@ -249,6 +258,16 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=int, default=10_000, help="background events/s (default 10000)")
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    sb = add(
+        bench_sub,
+        "stripe",
+        cmd_bench_stripe,
+        "pushes/s to the Stripe emulator and events per Stripe call (the coalescing ratio)",
+    )
+    sb.add_argument("--events", type=int, default=100_000, help="events (default 100000)")
+    sb.add_argument("--customers", type=int, default=2000, help="customers (default 2000)")
+    sb.add_argument("--calls-per-second", type=float, default=500, help="writer rate limit (default 500)")
+    sb.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
     worker = add(
         sub, "worker", cmd_worker, "run a pipeline worker (intake, metering, sink); scale by running more"
