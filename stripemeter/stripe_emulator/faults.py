@@ -3,6 +3,7 @@
 - `rate_limit`: the next N requests get 429 (stripe-python raises RateLimitError and, unless told,
   does not retry it).
 - `server_errors`: the next N requests get 500 api_error with `Stripe-Should-Retry: true`.
+- `server_error_rate`: besides, each request gets that 500 with this probability (0 to 1).
 - `drop_connections`: the next N connections are closed without an answer (APIConnectionError).
 - `latency`: seconds added to every request.
 - `summary_delay`: seconds after receipt before an event counts in event summaries (Stripe
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
@@ -26,6 +28,7 @@ STRIPE_PATHS = ("/v1/", "/v2/")
 class Faults:
     rate_limit: int = 0
     server_errors: int = 0
+    server_error_rate: float = 0.0
     drop_connections: int = 0
     latency: float = 0.0
     summary_delay: float = 0.0
@@ -49,6 +52,8 @@ class Faults:
         if self.server_errors > 0:
             self.server_errors -= 1
             return "server_error"
+        if self.server_error_rate and random.random() < self.server_error_rate:
+            return "server_error"
         return None
 
     def update(self, changes: Mapping[str, Any]) -> None:
@@ -64,6 +69,8 @@ class Faults:
                 raise ValueError(f"{key} must be a non-negative number")
             elif types[key] == "int" and int(value) != value:
                 raise ValueError(f"{key} must be a whole number")
+            elif key.endswith("_rate") and value > 1:
+                raise ValueError(f"{key} is a probability: 0 to 1")
             setattr(self, key, int(value) if types[key] == "int" else value)
 
     def reset(self) -> None:

@@ -29,6 +29,8 @@ from stripemeter.stripe_push.plan import next_push, units
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF_SECONDS = 5.0
+
 
 class RateLimiter:
     """At most ``rate`` calls per second, spread evenly."""
@@ -126,7 +128,8 @@ class StripeWriter:
             else:
                 await pushes.mark_failed_attempt(conn, key, result.reason)
                 if result.outcome == "rate_limited" or "APIConnectionError" in result.reason:
-                    self._backoff_until = time.monotonic() + self._backoff * (1 + random.random())
-                    self._backoff = min(self._backoff * 2, 30.0)
+                    # exponential, capped, with jitter so that many writers do not retry in step
+                    self._backoff_until = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
+                    self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
         metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
         return delivered

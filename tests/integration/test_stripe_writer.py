@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,9 +28,10 @@ async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
 
 async def setup_tenant(
     api: TestClient, state: EmulatorState, tenant: str, customers: list[str]
-) -> dict[str, str]:
+) -> tuple[dict[str, str], str]:
+    """A meter and customers in the emulator, and the mappings that tie them to the tenant."""
     event_name = f"req_{uuid.uuid4().hex[:8]}"
-    state.create_meter(
+    meter = state.create_meter(
         {"display_name": "requests", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
     )
     put = await api.put(
@@ -39,10 +41,11 @@ async def setup_tenant(
     ids = {}
     for customer in customers:
         ids[customer] = state.create_customer({"email": f"{customer}@example.com"})["id"]
-        assert (
-            await api.put(f"/v1/customers/{tenant}/{customer}", json={"stripeCustomerId": ids[customer]})
-        ).status == 200
-    return ids
+        response = await api.put(
+            f"/v1/customers/{tenant}/{customer}", json={"stripeCustomerId": ids[customer]}
+        )
+        assert response.status == 200
+    return ids, meter["id"]
 
 
 def stripe_totals(state: EmulatorState, ids: dict[str, str]) -> Counter[tuple[str, int]]:
@@ -52,6 +55,24 @@ def stripe_totals(state: EmulatorState, ids: dict[str, str]) -> Counter[tuple[st
         for e in state.meter_events(meter_id):
             if e.customer in by_id:
                 totals[(by_id[e.customer], e.timestamp - e.timestamp % 3600)] += e.value
+    return totals
+
+
+def summaries(base: str, meter_id: str, ids: dict[str, str]) -> Counter[tuple[str, int]]:
+    """Stripe's own view, through the real client: hourly event summaries per customer."""
+    import stripe
+
+    client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": base, "meter_events": base})
+    now = int(datetime.now(UTC).timestamp())
+    start, end = now - now % 3600 - 6 * 3600, now - now % 3600 + 3600
+    totals: Counter[tuple[str, int]] = Counter()
+    for customer, cus in ids.items():
+        page = client.v1.billing.meters.event_summaries.list(
+            meter_id, {"customer": cus, "start_time": start, "end_time": end, "value_grouping_window": "hour"}
+        )
+        for summary in page.auto_paging_iter():
+            if summary.aggregated_value:
+                totals[(customer, summary.start_time)] += int(summary.aggregated_value)
     return totals
 
 
@@ -83,21 +104,27 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     state, base = emulator
     tenant = f"sw-{uuid.uuid4().hex[:6]}"
     customers = [f"c{i}" for i in range(5)]
-    ids = await setup_tenant(api, state, tenant, customers)
+    ids, meter_id = await setup_tenant(api, state, tenant, customers)
     stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
     worker = start_worker("w1", slot="main", **stripe)
     worker.wait_ready()
-    state.faults.update({"rate_limit": 5, "server_errors": 5})  # a 429 storm and 500s
+    # a 429 storm, and 30 % of meter event calls failing with 500
+    state.faults.update(
+        {"rate_limit": 8, "server_error_rate": 0.3, "path_prefix": "/v1/billing/meter_events"}
+    )
     await produce(env, [events(tenant, customers, 300)])
 
     async def parity_at(total: int) -> bool:
         local = local_totals(await counters_of(env, tenant))
-        return sum(local.values()) == total and stripe_totals(state, ids) == local
+        if sum(local.values()) != total or stripe_totals(state, ids) != local:
+            return False
+        # and Stripe's own summaries, per customer and hour, say the same
+        return await asyncio.to_thread(summaries, base, meter_id, ids) == local
 
     async def parity() -> bool:
         return await parity_at(sum(1 + i % 3 for i in range(300)))
 
-    await eventually(parity, timeout=90, what="Stripe totals equal to local counters")
+    await eventually(parity, timeout=120, what="Stripe totals equal to local counters")
 
     # More usage; Stripe answers slowly, and the worker dies while a push is in flight: between the
     # Stripe call and recording its answer.
@@ -112,7 +139,7 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
 
     await eventually(push_in_flight, timeout=60, what="a pending push")
     worker.kill9()
-    state.faults.update({"latency": 0})
+    state.faults.update({"latency": 0, "server_error_rate": 0})
     start_worker("w2", slot="main", **stripe).wait_ready()
 
     async def parity_after() -> bool:
@@ -129,7 +156,7 @@ async def test_unknown_customer_is_parked_while_the_others_flow(
 ) -> None:
     state, base = emulator
     tenant = f"pk-{uuid.uuid4().hex[:6]}"
-    ids = await setup_tenant(api, state, tenant, ["good"])
+    ids, _ = await setup_tenant(api, state, tenant, ["good"])
     await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": "cus_doesnotexist"})
     stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
     start_worker(**stripe).wait_ready()
