@@ -32,6 +32,11 @@ FROM stripe_pushes p
 LEFT JOIN metric_mappings m ON m.tenant_id = p.tenant_id AND m.metric = p.metric
 LEFT JOIN customer_mappings c ON c.tenant_id = p.tenant_id AND c.customer_ref = p.customer_ref
 WHERE p.status IN ('waiting', 'pending', 'unmapped')
+  -- a counter whose last push failed waits 0.25 s * 2^attempts (at most 30 s, with jitter) on its own,
+  -- so one failing customer never holds back the others
+  AND (p.attempts = 0
+       OR p.updated_at + least(0.25 * power(2, p.attempts), 30) * (0.5 + random() / 2) * interval '1 second'
+          <= now())
 ORDER BY p.attempts, p.updated_at
 LIMIT %s
 """

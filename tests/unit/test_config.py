@@ -32,3 +32,10 @@ def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({name: value})
     assert name.lower().removeprefix("stripemeter_") in str(info.value).lower() or name in str(info.value)
+
+
+def test_kafka_cluster_ids_never_look_like_options() -> None:
+    from stripemeter.local.kafka import _kafka_cluster_id
+
+    ids = {_kafka_cluster_id() for _ in range(2000)}
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
