@@ -24,7 +24,7 @@ SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, up
 WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
 """
 
-TODO = """
+DUE = """
 SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.latest_seq, p.pushed_units,
        p.pending_identifier, p.pending_to_units, p.attempts,
        m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id
@@ -68,7 +68,7 @@ async def due(
 ) -> list[tuple[Key, CounterState, Mapping | None, int]]:
     """Counters with something to push (or waiting for a mapping), fewest failed attempts first."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(TODO, (limit,))
+    await cur.execute(DUE, (limit,))
     out = []
     for r in await cur.fetchall():
         key: Key = (r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"])
