@@ -83,13 +83,16 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.kafka_admin import describe
+    from stripemeter.kafka_admin import describe, list_topic_names
     from stripemeter.topics import TopicNames, topic_specs
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     ours = [s.name for s in topic_specs(names, settings.partitions)]
-    infos = asyncio.run(describe(settings.kafka_bootstrap_servers))
-    infos = [i for i in infos if args.all or i.name in ours]
+    if args.all:
+        infos = asyncio.run(describe(settings.kafka_bootstrap_servers))
+    else:
+        existing = set(asyncio.run(list_topic_names(settings.kafka_bootstrap_servers)))
+        infos = asyncio.run(describe(settings.kafka_bootstrap_servers, [n for n in ours if n in existing]))
     rows = [
         (
             i.name,

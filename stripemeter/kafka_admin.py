@@ -97,6 +97,14 @@ async def partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dic
     return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(topics)}
 
 
+async def list_topic_names(bootstrap: str) -> list[str]:
+    admin = await _admin(bootstrap)
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 async def describe(bootstrap: str, topics: list[str] | None = None) -> list[TopicInfo]:
     """Partitions, retention/cleanup config and message counts of ``topics`` (default: all)."""
     admin = await _admin(bootstrap)
