@@ -51,8 +51,9 @@ ROCKSDB_OPTIONS = {
 DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
-def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
-    """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``."""
+def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = True) -> faust.App:
+    """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
+    ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``."""
     names = TopicNames(settings.topic_prefix, settings.app_id)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -164,12 +165,14 @@ def create_app(settings: Settings, with_sink: bool = True) -> faust.App:
         await checkpointer.producer.start()
         producer_started.set()
 
-    intake = Intake(settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake")
+    intake = intake_stage(settings)
     sink = postgres_sink(settings)
 
-    @app.task
-    async def run_intake() -> None:
-        await _supervise(app, "intake", intake.run)
+    if with_intake:
+
+        @app.task
+        async def run_intake() -> None:
+            await _supervise(app, "intake", intake.run)
 
     if settings.stripe_api_key or settings.stripe_api_base:
         writer = stripe_writer(settings)
@@ -226,6 +229,11 @@ def stripe_writer(settings: Settings) -> StripeWriter:
         client,
         settings.stripe_calls_per_second,
     )
+
+
+def intake_stage(settings: Settings) -> Intake:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    return Intake(settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake")
 
 
 def postgres_sink(settings: Settings) -> PostgresSink:

@@ -187,15 +187,20 @@ class DeltaWatcher:
 
 
 class Worker:
-    def __init__(self, settings: Settings, log: Path, separate_sink: bool = False):
+    def __init__(
+        self, settings: Settings, log: Path, separate_sink: bool = False, separate_intake: bool = False
+    ):
         self.settings = settings
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
         env = {**os.environ, **settings_env(settings)}
         me = [sys.executable, "-m", "stripemeter"]
-        worker_args = ["worker", "--no-sink"] if separate_sink else ["worker"]
+        worker_args = ["worker"]
+        worker_args += ["--no-sink"] if separate_sink else []
+        worker_args += ["--no-intake"] if separate_intake else []
         self.proc = self._spawn([*me, *worker_args], env)
         self.sink = self._spawn([*me, "sink"], env) if separate_sink else None
+        self.intake = self._spawn([*me, "intake"], env) if separate_intake else None
 
     def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -218,7 +223,7 @@ class Worker:
         raise RuntimeError("worker not ready in time")
 
     def alive(self) -> bool:
-        return self.proc.poll() is None and (self.sink is None or self.sink.poll() is None)
+        return all(p.poll() is None for p in (self.proc, self.sink, self.intake) if p is not None)
 
     def rss_mib(self) -> float:
         try:
@@ -230,7 +235,7 @@ class Worker:
         return 0.0
 
     def stop(self) -> None:
-        for proc in (self.proc, self.sink):
+        for proc in (self.proc, self.sink, self.intake):
             if proc is None or proc.poll() is not None:
                 continue
             os.killpg(proc.pid, signal.SIGTERM)
@@ -242,7 +247,12 @@ class Worker:
 
 
 async def throughput(
-    settings: Settings, workload: Workload, partitions: int, say: Say, separate_sink: bool = False
+    settings: Settings,
+    workload: Workload,
+    partitions: int,
+    say: Say,
+    separate_sink: bool = False,
+    separate_intake: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = isolated(settings, tag, partitions)
@@ -261,7 +271,9 @@ async def throughput(
     say(f"pipeline: one worker, usage.events -> usage.deltas (PostgreSQL sink {where})...")
     watcher = DeltaWatcher(env, names.deltas)
     expected = workload.events * 1_000_000
-    worker = Worker(env, env.state_dir / "worker.log", separate_sink)
+    if separate_intake:
+        say("  (intake in its own process)")
+    worker = Worker(env, env.state_dir / "worker.log", separate_sink, separate_intake)
     try:
         await asyncio.to_thread(worker.wait_ready)
         started = time.perf_counter()
@@ -290,12 +302,14 @@ async def throughput(
     }
 
 
-async def latency(settings: Settings, rate: int, seconds: int, partitions: int, say: Say) -> dict[str, Any]:
+async def latency(
+    settings: Settings, rate: int, seconds: int, partitions: int, say: Say, separate: bool = False
+) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = isolated(settings, tag, partitions)
     names = TopicNames(env.topic_prefix, env.app_id)
     await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
-    worker = Worker(env, env.state_dir / "worker.log")
+    worker = Worker(env, env.state_dir / "worker.log", separate_sink=separate, separate_intake=separate)
     watcher = DeltaWatcher(env, names.deltas)
     probe_sent: list[float] = []
     latencies: list[float] = []

@@ -126,9 +126,16 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from stripemeter.streams.app import create_app
 
-    app = create_app(settings, with_sink=not args.no_sink)
+    app = create_app(settings, with_sink=not args.no_sink, with_intake=not args.no_intake)
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
+    return 0
+
+
+def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.streams.app import intake_stage
+
+    asyncio.run(intake_stage(settings).run())
     return 0
 
 
@@ -158,14 +165,16 @@ def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import Workload, throughput
 
     workload = Workload(args.events, args.customers, args.per_message)
-    asyncio.run(throughput(settings, workload, args.partitions, say, args.separate_sink))
+    asyncio.run(
+        throughput(settings, workload, args.partitions, say, args.separate_sink, args.separate_intake)
+    )
     return 0
 
 
 def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import latency
 
-    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say))
+    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.separate))
     return 0
 
 
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--customers", type=int, default=5000, help="distinct customers (default 5000)")
     tp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     tp.add_argument("--separate-sink", action="store_true", help="run the PostgreSQL sink as its own process")
+    tp.add_argument("--separate-intake", action="store_true", help="run intake as its own process")
     lat = add(
         bench_sub,
         "latency",
@@ -261,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=int, default=10_000, help="background events/s (default 10000)")
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    lat.add_argument(
+        "--separate", action="store_true", help="run intake and the PostgreSQL sink as their own processes"
+    )
     sb = add(
         bench_sub,
         "stripe",
@@ -280,6 +293,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave PostgreSQL writes to a separate `stripemeter sink` process",
     )
+    worker.add_argument(
+        "--no-intake",
+        action="store_true",
+        help="leave usage.events to a separate `stripemeter intake` process (another core)",
+    )
+    add(sub, "intake", cmd_intake, "validate and re-key usage.events on its own (if workers use --no-intake)")
     add(
         sub,
         "sink",
