@@ -49,48 +49,61 @@ class Checkpointer:
         self.producer: AIOKafkaProducer = producer  # type: ignore[assignment]  # set once the loop runs
         self.pending: list[Any] = []  # faust events processed but not yet acknowledged
         self._lock = asyncio.Lock()
+        self.failed = False  # a checkpoint raised: local state may be ahead of the changelogs
 
     def add(self, event: Any) -> None:
         self.pending.append(event)
 
+    async def wait_idle(self) -> bool:
+        """Wait for a running checkpoint to finish; True if none ever failed."""
+        async with self._lock:
+            return not self.failed
+
     async def run(self) -> int:
         """One checkpoint; returns the number of deltas published."""
         async with self._lock:
-            if not self.pending and not self.metering.outcomes.touched and not self.metering.outcomes.ledger:
-                return 0
-            pending, self.pending = self.pending, []
-            outcomes = self.metering.take_outcomes()
-            persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
+            try:
+                return await self._run()
+            except BaseException:
+                self.failed = True
+                raise
 
-            futures = await self._send_changelog(("dedupe", "counters"), persisted)
-            for start in range(0, len(outcomes.ledger), LEDGER_ITEMS_PER_MESSAGE):
-                chunk = outcomes.ledger[start : start + LEDGER_ITEMS_PER_MESSAGE]
-                futures.append(await self.producer.send(self.names.ledger, orjson.dumps(chunk)))
-            for record in outcomes.late:
-                futures.append(await self.producer.send(self.names.late, record))
-            await _all(futures)
+    async def _run(self) -> int:
+        if not self.pending and not self.metering.outcomes.touched and not self.metering.outcomes.ledger:
+            return 0
+        pending, self.pending = self.pending, []
+        outcomes = self.metering.take_outcomes()
+        persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
 
-            futures = await self._send_changelog(("watermarks",), persisted)
-            counters = self.states["counters"]
-            for ckey, partition in outcomes.touched.items():
-                raw = counters.get(partition, ckey)
-                if raw is None:
-                    continue
-                value = orjson.loads(raw)
-                tenant, metric, customer, bucket = split_counter_key(ckey.decode())
-                record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
-                routing = f"{tenant}|{metric}|{customer}".encode()
-                futures.append(await self.producer.send(self.names.deltas, record, key=routing))
-            await _all(futures)
+        futures = await self._send_changelog(("dedupe", "counters"), persisted)
+        for start in range(0, len(outcomes.ledger), LEDGER_ITEMS_PER_MESSAGE):
+            chunk = outcomes.ledger[start : start + LEDGER_ITEMS_PER_MESSAGE]
+            futures.append(await self.producer.send(self.names.ledger, orjson.dumps(chunk)))
+        for record in outcomes.late:
+            futures.append(await self.producer.send(self.names.late, record))
+        await _all(futures)
 
-            for state, partition, future, count in persisted:
-                state.mark_persisted(partition, future.result().offset + count - 1)
-            for event in pending:
-                event.ack()
-            for outcome, n in outcomes.counts.items():
-                metrics.EVENTS.labels(outcome).inc(n)
-            metrics.DELTAS.inc(len(outcomes.touched))
-            return len(outcomes.touched)
+        futures = await self._send_changelog(("watermarks",), persisted)
+        counters = self.states["counters"]
+        for ckey, partition in outcomes.touched.items():
+            raw = counters.get(partition, ckey)
+            if raw is None:
+                continue
+            value = orjson.loads(raw)
+            tenant, metric, customer, bucket = split_counter_key(ckey.decode())
+            record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
+            routing = f"{tenant}|{metric}|{customer}".encode()
+            futures.append(await self.producer.send(self.names.deltas, record, key=routing))
+        await _all(futures)
+
+        for state, partition, future, count in persisted:
+            state.mark_persisted(partition, future.result().offset + count - 1)
+        for event in pending:
+            event.ack()
+        for outcome, n in outcomes.counts.items():
+            metrics.EVENTS.labels(outcome).inc(n)
+        metrics.DELTAS.inc(len(outcomes.touched))
+        return len(outcomes.touched)
 
     async def _send_changelog(
         self, tables: Sequence[str], persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]]
