@@ -22,8 +22,13 @@ SEP = "\x1f"  # never in tenant or metric; customerRef is split from the right
 CounterValue = list[int]
 
 
+def stream_key(tenant_id: str, metric: str, customer_ref: str) -> str:
+    """One counter stream: the unit of watermarks and lateness."""
+    return f"{tenant_id}{SEP}{metric}{SEP}{customer_ref}"
+
+
 def counter_key(tenant_id: str, metric: str, customer_ref: str, bucket_ms: int) -> str:
-    return f"{tenant_id}{SEP}{metric}{SEP}{customer_ref}{SEP}{bucket_ms}"
+    return f"{stream_key(tenant_id, metric, customer_ref)}{SEP}{bucket_ms}"
 
 
 def split_counter_key(key: str) -> tuple[str, str, str, int]:

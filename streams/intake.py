@@ -41,7 +41,7 @@ def partition_for(routing_key: str, partitions: int) -> int:
 
 
 def route(
-    records: list[Any], names: TopicNames, keyed_partitions: int, now_ms: int
+    records: list[Any], keyed_partitions: int, now_ms: int
 ) -> tuple[dict[int, list[list[Any]]], list[bytes], int]:
     """Pure step: messages -> (keyed items per target partition, dead letters, events read)."""
     keyed: dict[int, list[list[Any]]] = defaultdict(list)
@@ -117,7 +117,7 @@ class Intake:
         keyed_partitions: int,
     ) -> None:
         records = [msg for msgs in batch.values() for msg in msgs]
-        keyed, dead, seen = route(records, self.names, keyed_partitions, int(time.time() * 1000))
+        keyed, dead, seen = route(records, keyed_partitions, int(time.time() * 1000))
         futures = []
         for partition, items in keyed.items():
             for start in range(0, len(items), MAX_EVENTS_PER_MESSAGE):

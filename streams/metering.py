@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-from stripemeter.streams.counting import SEP, Partial, apply
+from stripemeter.streams.counting import SEP, Partial, apply, counter_key, stream_key
 from stripemeter.streams.policy import Policies
 from stripemeter.streams.records import decode_keyed
 
@@ -45,14 +45,6 @@ class Outcomes:
     late: list[bytes] = field(default_factory=list)  # usage.late records
     touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
     counts: Counter[str] = field(default_factory=Counter)
-
-
-def dedupe_key(event: UsageEvent) -> bytes:
-    return f"{event.tenant_id}{SEP}{event.idempotency_key}".encode()
-
-
-def stream_key(event: UsageEvent) -> bytes:
-    return f"{event.tenant_id}{SEP}{event.metric}{SEP}{event.customer_ref}".encode()
 
 
 def iso_ms(ms: int) -> str:
@@ -116,7 +108,7 @@ class Metering:
             )
             src = (item[9], item[10], item[11])
             dkey = f"{tenant}{SEP}{key}".encode()
-            skey = f"{tenant}{SEP}{metric}{SEP}{customer}".encode()
+            skey = stream_key(tenant, metric, customer).encode()
             seen_raw = dedupe_get(partition, dkey)
             if seen_raw is not None:
                 seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
@@ -141,7 +133,7 @@ class Metering:
             if watermark is None or watermark < ts_ms:
                 watermarks[skey] = ts_ms
                 advanced.add(skey)
-            ckey = f"{tenant}{SEP}{metric}{SEP}{customer}{SEP}{ts_ms - ts_ms % HOUR_MS}".encode()
+            ckey = counter_key(tenant, metric, customer, ts_ms - ts_ms % HOUR_MS).encode()
             partial = partials.get(ckey)
             if partial is None:
                 partial = partials[ckey] = Partial(policy_of(tenant, metric).aggregation)
@@ -169,7 +161,7 @@ class Metering:
             tenant = key.split(SEP.encode(), 1)[0].decode()
             seen = orjson.loads(raw)
             ts_ms, metric, customer = seen[4], seen[5], seen[6]
-            skey = f"{tenant}{SEP}{metric}{SEP}{customer}".encode()
+            skey = stream_key(tenant, metric, customer).encode()
             watermark = self._watermark(partition, skey, cache)
             lateness = self.policies.get(tenant, metric).lateness_ms
             if watermark is not None and ts_ms < watermark - lateness - margin_ms:

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stripemeter.config import Settings, settings_env
 from stripemeter.kafka_admin import ensure_topics
+from stripemeter.local.procs import free_port
 from stripemeter.topics import TopicNames, topic_specs
 
 Say = Callable[[str], None]
@@ -85,16 +86,8 @@ def isolated(settings: Settings, tag: str, partitions: int) -> Settings:
         app_id=f"bench-{tag}",
         partitions=partitions,
         state_dir=settings.state_dir / "bench" / tag,
-        worker_web_port=_free_port(),
+        worker_web_port=free_port(),
     )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def produce_all(settings: Settings, topic: str, messages: list[bytes], say: Say) -> float:
@@ -412,7 +405,7 @@ async def stripe_pushes(
     from stripemeter.stripe_emulator import EmulatorState, create_app
 
     tag = uuid.uuid4().hex[:6]
-    port = _free_port()
+    port = free_port()
     env = isolated(settings, tag, partitions).with_overrides(
         stripe_api_base=f"http://127.0.0.1:{port}", stripe_calls_per_second=calls_per_second
     )

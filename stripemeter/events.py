@@ -65,15 +65,6 @@ class UsageEvent:
     def bucket_ms(self) -> int:
         return self.ts_ms - self.ts_ms % HOUR_MS
 
-    @property
-    def stream_key(self) -> str:
-        """One counter stream: the unit of watermarks and lateness."""
-        return f"{self.tenant_id}|{self.metric}|{self.customer_ref}"
-
-    @property
-    def counter_key(self) -> str:
-        return f"{self.stream_key}|{self.bucket_ms}"
-
 
 def derive_idempotency_key(
     tenant_id: str, metric: str, customer_ref: str, resource_id: str | None, ts_ms: int, quantity_micros: int

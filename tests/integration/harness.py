@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,12 +12,7 @@ import uuid
 from pathlib import Path
 
 from stripemeter.config import Settings, settings_env
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from stripemeter.local.procs import free_port
 
 
 def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Settings:

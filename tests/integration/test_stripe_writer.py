@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from stripemeter.config import Settings
+from stripemeter.config import Secret, Settings
 from stripemeter.stripe_emulator import EmulatorState, create_app
 from tests.integration.client import counters_of, eventually, produce
 from tests.integration.harness import free_port
@@ -46,6 +46,11 @@ async def setup_tenant(
         )
         assert response.status == 200
     return ids, meter["id"]
+
+
+def emulator_settings(base: str) -> dict[str, object]:
+    """Worker settings that point the Stripe writer at the emulator."""
+    return {"stripe_api_base": base, "stripe_api_key": Secret("sk_test_emulator")}
 
 
 def stripe_totals(state: EmulatorState, ids: dict[str, str]) -> Counter[tuple[str, int]]:
@@ -105,7 +110,7 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     tenant = f"sw-{uuid.uuid4().hex[:6]}"
     customers = [f"c{i}" for i in range(5)]
     ids, meter_id = await setup_tenant(api, state, tenant, customers)
-    stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
+    stripe = emulator_settings(base)
     worker = start_worker("w1", slot="main", **stripe)
     worker.wait_ready()
     # a 429 storm, and 30 % of meter event calls failing with 500
@@ -158,7 +163,7 @@ async def test_unknown_customer_is_parked_while_the_others_flow(
     tenant = f"pk-{uuid.uuid4().hex[:6]}"
     ids, _ = await setup_tenant(api, state, tenant, ["good"])
     await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": "cus_doesnotexist"})
-    stripe = {"stripe_api_base": base, "stripe_api_key": type(env.stripe_api_key)("sk_test_emulator")}
+    stripe = emulator_settings(base)
     start_worker(**stripe).wait_ready()
     await produce(env, [events(tenant, ["good", "ghost"], 20)])
 
