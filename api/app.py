@@ -8,13 +8,17 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.api import events, health, ingest, mappings, pushes, usage
-from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
+from stripemeter.api import events, health, ingest, mappings, pushes, reconciliation, usage
+from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
+from stripemeter import metrics
 from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
+from stripemeter.db.reconciliation import latest_all
+from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,19 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
+    await refresh_reconciliation_gauges(request)
     return web.Response(body=generate_latest(), content_type="text/plain", charset="utf-8")
+
+
+async def refresh_reconciliation_gauges(request: web.Request) -> None:
+    """The drift gauges show the latest verdict per item, whichever process reconciled it."""
+    async with request.app[POOL].connection() as conn:
+        rows = await latest_all(conn)
+    metrics.RECONCILIATION_DIFF_PCT.clear()
+    metrics.RECONCILIATION_DIFF_ABS.clear()
+    for tenant, metric, customer, period, pct, diff in rows:
+        metrics.RECONCILIATION_DIFF_PCT.labels(tenant, metric, customer, period).set(pct)
+        metrics.RECONCILIATION_DIFF_ABS.labels(tenant, metric, customer, period).set(diff)
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -57,6 +73,9 @@ def create_app(settings: Settings) -> web.Application:
         )
         await producer.start()
         app[PRODUCER] = producer
+        if stripe_configured(settings):
+            names = TopicNames(settings.topic_prefix, settings.app_id)
+            app[RECONCILER] = build_reconciler(settings, kafka_publisher(producer, names.drift))
         yield
         await producer.stop()
         await app[POOL].close()
@@ -74,6 +93,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_put("/v1/customers/{tenantId}/{customerRef}", mappings.put_customer)
     app.router.add_get("/v1/customers/{tenantId}", mappings.list_customers)
     app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
+    app.router.add_get("/v1/reconciliation/summary", reconciliation.get_summary)
+    app.router.add_post("/v1/reconciliation/run", reconciliation.post_run)
     return app
 
 

@@ -7,7 +7,9 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from stripemeter.config import Settings
+from stripemeter.reconcile.runner import Reconciler
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
+RECONCILER = web.AppKey("reconciler", Reconciler)

@@ -5,31 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
+from stripemeter.api import params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.policy import AGGREGATIONS
 
 from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
 from stripemeter.events import METRIC_RE, TENANT_RE
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise bad_request("body", "is not valid JSON", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise bad_request("body", "must be a JSON object", code="invalid_body")
-    return body
-
-
-def _text(body: dict[str, Any], field: str, max_len: int = 255) -> str:
-    value = body.get(field)
-    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
-        raise bad_request(field, f"is required: a string of 1-{max_len} characters")
-    return value
 
 
 def _tenant(request: web.Request) -> str:
@@ -52,8 +35,8 @@ async def put_metric(request: web.Request) -> web.Response:
     metric = request.match_info["metric"]
     if not METRIC_RE.match(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
-    body = await _json_object(request)
-    event_name = _text(body, "stripeMeterEventName", 100)
+    body = await params.json_object(request)
+    event_name = params.body_text(body, "stripeMeterEventName", 100)
     aggregation = body.get("aggregation", "sum")
     if aggregation not in AGGREGATIONS:
         raise bad_request("aggregation", f"must be one of {', '.join(AGGREGATIONS)}")
@@ -68,8 +51,8 @@ async def put_metric(request: web.Request) -> web.Response:
 async def put_customer(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     customer = request.match_info["customerRef"]
-    body = await _json_object(request)
-    stripe_id = _text(body, "stripeCustomerId")
+    body = await params.json_object(request)
+    stripe_id = params.body_text(body, "stripeCustomerId")
     anchor_raw = body.get("billingAnchor")
     anchor = None
     if anchor_raw is not None:

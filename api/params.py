@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
+import orjson
 from aiohttp import web
 from stripemeter.api.errors import bad_request
 
@@ -46,3 +48,24 @@ def integer(request: web.Request, name: str, default: int, low: int, high: int) 
     if not low <= value <= high:
         raise bad_request(name, f"must be between {low} and {high}")
     return value
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        raise bad_request("body", "is not valid JSON", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise bad_request("body", "must be a JSON object", code="invalid_body")
+    return body
+
+
+def body_text(body: dict[str, Any], field: str, max_len: int = 255) -> str:
+    value = body.get(field)
+    if not isinstance(value, str) or not 1 <= len(value) <= max_len:
+        raise bad_request(field, f"is required: a string of 1-{max_len} characters")
+    return value
+
+
+def optional_body_text(body: dict[str, Any], field: str, max_len: int = 255) -> str | None:
+    return None if body.get(field) is None else body_text(body, field, max_len)

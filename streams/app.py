@@ -30,6 +30,7 @@ from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 from stripemeter import metrics
 from stripemeter.config import Settings
 from stripemeter.db.mappings import load_policies
+from stripemeter.reconcile.service import build_reconciler, kafka_publisher, run_schedule, stripe_configured
 from stripemeter.stripe_push.client import make_client
 from stripemeter.stripe_push.writer import StripeWriter
 from stripemeter.topics import TABLES, TopicNames
@@ -178,7 +179,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         async def run_intake() -> None:
             await _supervise(app, "intake", intake.run)
 
-    if settings.stripe_api_key or settings.stripe_api_base:
+    if stripe_configured(settings):
         writer = stripe_writer(settings)
 
         @app.task
@@ -186,6 +187,20 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             await _supervise(app, "stripe writer", writer.run)
     else:
         log.warning("STRIPE_API_KEY is not set: counters are not pushed to Stripe")
+
+    reconcile_stopping = asyncio.Event()
+    if stripe_configured(settings) and settings.reconcile_interval_seconds > 0:
+
+        @app.task
+        async def run_reconciler() -> None:
+            await producer_started.wait()
+            # not at once: a restarting fleet would otherwise reconcile on every start
+            await asyncio.sleep(min(60.0, settings.reconcile_interval_seconds))
+            publish = kafka_publisher(checkpointer.producer, names.drift)
+            reconciler = build_reconciler(settings, publish)
+            await _supervise(
+                app, "reconciler", lambda: run_schedule(settings, reconciler, reconcile_stopping)
+            )
 
     if with_sink:
 
@@ -214,6 +229,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         """
 
         async def on_stop(self) -> None:
+            reconcile_stopping.set()
             intake.stop()
             sink.stop()
             if producer_started.is_set():

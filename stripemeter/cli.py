@@ -187,6 +187,16 @@ def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.operate import reconcile
+    from stripemeter.reconcile.runner import RunRequest
+
+    align = "all" if args.align_all else "within_epsilon"
+    request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")
+    report = asyncio.run(reconcile(settings, request, args.json, say, print_table))
+    return 3 if report["status"] == "drift" else 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.demo import run_demo
 
@@ -314,6 +324,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
+    rec = add(
+        sub,
+        "reconcile",
+        cmd_reconcile,
+        "compare local totals with Stripe for one tenant and period now; align what is within epsilon"
+        " (exit status 3 when drift remains)",
+    )
+    rec.add_argument("--tenant", required=True, help="tenant to reconcile")
+    rec.add_argument("--metric", help="only this metric (default: every metric of the tenant)")
+    rec.add_argument("--period", help="billing period YYYY-MM (default: the current one)")
+    rec.add_argument(
+        "--align-all",
+        action="store_true",
+        help="also correct Stripe where drift is beyond epsilon (after a replay made local totals right)",
+    )
+    rec.add_argument("--json", action="store_true", help="print the full report as JSON")
     add(sub, "demo", cmd_demo, "bring the local stack up, send sample usage and print what was counted")
     return parser
 

@@ -52,6 +52,10 @@ class Settings:
     delta_flush_seconds: float = 1.0
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     log_level: str = "INFO"
+    reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
+    reconcile_epsilon: float = 0.005
+    reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
+    reconcile_calls_per_second: float = 20.0
 
     @property
     def worker_data_dir(self) -> Path:
@@ -82,6 +86,10 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_DELTA_FLUSH_SECONDS": "delta_flush_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
     "STRIPEMETER_LOG_LEVEL": "log_level",
+    "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+    "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
+    "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
+    "STRIPEMETER_RECONCILE_CALLS_PER_SECOND": "reconcile_calls_per_second",
 }
 
 
@@ -129,6 +137,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("DATABASE_URL must be a postgresql:// URL")
     if settings.lateness_seconds < 0:
         raise ConfigError("STRIPEMETER_LATENESS_SECONDS must not be negative")
+    if not 0 <= settings.reconcile_epsilon < 1:
+        raise ConfigError("STRIPEMETER_RECONCILE_EPSILON must be in [0, 1)")
+    if settings.reconcile_calls_per_second <= 0 or settings.stripe_calls_per_second <= 0:
+        raise ConfigError("STRIPEMETER_*_CALLS_PER_SECOND must be positive")
     for f in fields(settings):
         if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
             raise ConfigError(f"{f.name} must be a TCP port")

@@ -34,3 +34,28 @@ STRIPE_PUSH_SECONDS = Histogram(
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
 )
 STRIPE_PARKED = Gauge("stripemeter_stripe_parked_counters", "Counters parked after a permanent Stripe error")
+RECONCILIATION_LABELS = ["tenant", "metric", "customer", "period"]
+RECONCILIATION_DIFF_PCT = Gauge(
+    "reconciliation_diff_pct",
+    "Relative drift between local totals and Stripe (0.01 = 1 %) at the latest reconciliation",
+    RECONCILIATION_LABELS,
+)
+RECONCILIATION_DIFF_ABS = Gauge(
+    "reconciliation_diff_abs",
+    "Absolute drift between local totals and Stripe, in whole units, at the latest reconciliation",
+    RECONCILIATION_LABELS,
+)
+RECONCILIATION_RUNS = Counter(
+    "stripemeter_reconciliation_runs_total", "Reconciliation runs, by result", ["result"]
+)
+RECONCILIATION_SECONDS = Histogram(
+    "stripemeter_reconciliation_seconds",
+    "Duration of one reconciliation run",
+    buckets=(0.1, 0.5, 1, 5, 15, 60, 300, 900),
+)
+RECONCILIATION_ITEMS = Counter(
+    "stripemeter_reconciliation_items_total", "Items checked by reconciliation, by status", ["status"]
+)
+RECONCILIATION_ADJUSTMENTS = Counter(
+    "stripemeter_reconciliation_adjustments_total", "Aligning corrections sent to Stripe by reconciliation"
+)

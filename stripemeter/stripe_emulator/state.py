@@ -39,6 +39,8 @@ class EmulatorState:
         self.meters: dict[str, Params] = {}
         self.events: list[MeterEvent] = []
         self._by_identifier: dict[str, MeterEvent] = {}
+        # summaries read one customer of one meter; an index keeps them cheap with many customers
+        self._by_meter_customer: dict[tuple[str, str], list[MeterEvent]] = {}
 
     def now(self) -> float:
         return self.clock() + self.clock_offset
@@ -133,6 +135,7 @@ class EmulatorState:
         event = MeterEvent(meter["id"], event_name, identifier, customer, value, payload, timestamp, now)
         self.events.append(event)
         self._by_identifier[identifier] = event
+        self._by_meter_customer.setdefault((meter["id"], customer), []).append(event)
         return event.wire()
 
     def cancel_meter_event(self, params: Params) -> Params:
@@ -161,7 +164,8 @@ class EmulatorState:
         if query.customer not in self.customers:
             raise no_such("customer", query.customer, param="customer")
         visible_before = self.now() - self.faults.summary_delay
-        counted = (e for e in self.meter_events(meter_id) if e.received <= visible_before)
+        own = self._by_meter_customer.get((meter_id, query.customer), [])
+        counted = (e for e in own if not e.cancelled and e.received <= visible_before)
         return paginate(summaries.summarize(meter, counted, query), params, url)
 
     def meter_events(self, meter_id: str, include_cancelled: bool = False) -> list[MeterEvent]:

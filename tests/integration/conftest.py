@@ -13,6 +13,8 @@ from stripemeter.api.app import create_app as create_api
 from stripemeter.config import Settings, load_settings
 from stripemeter.kafka_admin import ensure_topics
 from stripemeter.local.stack import up
+from stripemeter.stripe_emulator import EmulatorState
+from stripemeter.stripe_emulator import create_app as create_emulator
 from stripemeter.topics import TopicNames, topic_specs
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 
@@ -64,3 +66,13 @@ async def api(env: Settings) -> AsyncIterator[TestClient]:
     await client.start_server()
     yield client
     await client.close()
+
+
+@pytest_asyncio.fixture
+async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
+    """The Stripe emulator in this process (tests inspect and fault it directly), and its base URL."""
+    state = EmulatorState()
+    server = TestServer(create_emulator(state), host="127.0.0.1", port=free_port())
+    await server.start_server()
+    yield state, str(server.make_url("")).rstrip("/")
+    await server.close()

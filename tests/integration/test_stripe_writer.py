@@ -5,62 +5,14 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Secret, Settings
-from stripemeter.stripe_emulator import EmulatorState, create_app
+from stripemeter.config import Settings
+from stripemeter.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
-from tests.integration.harness import free_port
-
-
-@pytest_asyncio.fixture
-async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
-    state = EmulatorState()
-    server = TestServer(create_app(state), host="127.0.0.1", port=free_port())
-    await server.start_server()
-    yield state, str(server.make_url("")).rstrip("/")
-    await server.close()
-
-
-async def setup_tenant(
-    api: TestClient, state: EmulatorState, tenant: str, customers: list[str]
-) -> tuple[dict[str, str], str]:
-    """A meter and customers in the emulator, and the mappings that tie them to the tenant."""
-    event_name = f"req_{uuid.uuid4().hex[:8]}"
-    meter = state.create_meter(
-        {"display_name": "requests", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
-    )
-    put = await api.put(
-        f"/v1/mappings/{tenant}/requests", json={"stripeMeterEventName": event_name, "aggregation": "sum"}
-    )
-    assert put.status == 200
-    ids = {}
-    for customer in customers:
-        ids[customer] = state.create_customer({"email": f"{customer}@example.com"})["id"]
-        response = await api.put(
-            f"/v1/customers/{tenant}/{customer}", json={"stripeCustomerId": ids[customer]}
-        )
-        assert response.status == 200
-    return ids, meter["id"]
-
-
-def emulator_settings(base: str) -> dict[str, object]:
-    """Worker settings that point the Stripe writer at the emulator."""
-    return {"stripe_api_base": base, "stripe_api_key": Secret("sk_test_emulator")}
-
-
-def stripe_totals(state: EmulatorState, ids: dict[str, str]) -> Counter[tuple[str, int]]:
-    by_id = {v: k for k, v in ids.items()}
-    totals: Counter[tuple[str, int]] = Counter()
-    for meter_id in list(state.meters):
-        for e in state.meter_events(meter_id):
-            if e.customer in by_id:
-                totals[(by_id[e.customer], e.timestamp - e.timestamp % 3600)] += e.value
-    return totals
+from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 
 
 def summaries(base: str, meter_id: str, ids: dict[str, str]) -> Counter[tuple[str, int]]:

@@ -1,0 +1,133 @@
+"""GET /v1/reconciliation/summary (the latest verdicts) and POST /v1/reconciliation/run (one cycle now)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from stripemeter.api import params
+from stripemeter.api.appkeys import POOL, RECONCILER
+from stripemeter.api.errors import ApiError, bad_request, json_response
+
+from stripemeter.db import reconciliation as db
+from stripemeter.events import METRIC_RE, TENANT_RE
+from stripemeter.reconcile import periods
+from stripemeter.reconcile.compare import relative
+from stripemeter.reconcile.runner import RunRequest, overall_status
+
+CSV_COLUMNS = (
+    "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",
+    "checkedAt",
+)  # fmt: skip
+
+
+def _period(raw: str | None) -> str:
+    if raw is None:
+        return periods.current_name(datetime.now(UTC))
+    try:
+        periods.parse_name(raw)
+    except ValueError:
+        raise bad_request("period", "must be YYYY-MM, e.g. 2026-11") from None
+    return raw
+
+
+def _checked(value: str, field: str, pattern: Any) -> str:
+    if not pattern.match(value):
+        raise bad_request(field, f"must match {pattern.pattern}")
+    return value
+
+
+def _number(value: Any) -> int | float:
+    number = float(value)
+    return int(number) if number.is_integer() else number
+
+
+def item_view(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "customerRef": row["customer_ref"],
+        "local": _number(row["local"]),
+        "stripe": _number(row["stripe"]),
+        "diffAbs": _number(row["diff_abs"]),
+        "diffPct": round(float(row["diff_pct"]), 6),
+        "status": row["status"],
+        "action": row["action"],
+        "inFlight": _number(row["in_flight"]),
+        "causes": row["causes"],
+        "hours": row["hours"],
+        "periodStart": periods.iso(row["period_start"]),
+        "periodEnd": periods.iso(row["period_end"]),
+        "checkedAt": row["checked_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "runId": row["run_id"],
+    }
+
+
+async def get_summary(request: web.Request) -> web.StreamResponse:
+    tenant = _checked(params.required(request, "tenantId"), "tenantId", TENANT_RE)
+    metric = _checked(params.required(request, "metric"), "metric", METRIC_RE)
+    period_name = _period(request.query.get("period") or None)
+    customer = request.query.get("customerRef") or None
+    output = params.choice(request, "format", ("json", "csv"), "json")
+    async with request.app[POOL].connection() as conn:
+        rows = await db.latest(conn, tenant, metric, period_name, customer)
+    items = [item_view(r) for r in rows]
+    if output == "csv":
+        return csv_response(items, f"reconciliation-{tenant}-{metric}-{period_name}.csv")
+    local = sum(i["local"] for i in items)
+    stripe = sum(i["stripe"] for i in items)
+    diff = sum(i["diffAbs"] for i in items)
+    return json_response(
+        {
+            "tenantId": tenant,
+            "metric": metric,
+            "period": periods.period(period_name).wire(),
+            "epsilon": request.app[RECONCILER].settings.epsilon if RECONCILER in request.app else None,
+            "status": overall_status(items),
+            "checkedAt": max((i["checkedAt"] for i in items), default=None),
+            "items": items,
+            "totals": {
+                "local": local,
+                "stripe": stripe,
+                "diffAbs": diff,
+                "diffPct": round(relative(diff, local, stripe), 6),
+            },
+        }
+    )
+
+
+def csv_response(items: list[dict[str, Any]], filename: str) -> web.Response:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(CSV_COLUMNS)
+    for item in items:
+        row = {**item, "causes": " ".join(c["code"] for c in item["causes"])}
+        writer.writerow([row[c] for c in CSV_COLUMNS])
+    return web.Response(
+        text=out.getvalue(),
+        content_type="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+    )
+
+
+async def post_run(request: web.Request) -> web.Response:
+    body = await params.json_object(request)
+    tenant = _checked(params.body_text(body, "tenantId", 64), "tenantId", TENANT_RE)
+    metric = params.optional_body_text(body, "metric", 100)
+    if metric is not None:
+        _checked(metric, "metric", METRIC_RE)
+    period_raw = params.optional_body_text(body, "period", 7)
+    period_name = _period(period_raw) if period_raw is not None else None
+    align = body.get("align", "within_epsilon")
+    if align not in ("within_epsilon", "all"):
+        raise bad_request("align", "must be within_epsilon or all")
+    if RECONCILER not in request.app:
+        raise ApiError(
+            "stripe_not_configured", "set STRIPE_API_KEY or STRIPE_API_BASE to reconcile", status=503
+        )
+    async with request.app[POOL].connection() as conn:
+        report = await request.app[RECONCILER].run(
+            conn, RunRequest(tenant, metric, period_name, align=align, trigger="api")
+        )
+    return json_response(report)

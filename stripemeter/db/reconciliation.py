@@ -1,0 +1,228 @@
+"""Reconciliation in PostgreSQL: what it reads (counters, writer state, late events, corrections)
+and what it stores (runs, items, the latest verdict per item, corrections sent to Stripe)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+# Per hour: the newest local total (counters snapshot or the writer's copy, whichever has the higher
+# seq), what the writer delivered, and when the hour last changed (a local change, or a finished push).
+HOURS = """
+SELECT coalesce(c.metric, p.metric) AS metric,
+       coalesce(c.customer_ref, p.customer_ref) AS customer_ref,
+       coalesce(c.bucket, p.bucket) AS bucket,
+       CASE WHEN p.latest_seq IS NOT NULL AND (c.seq IS NULL OR p.latest_seq > c.seq)
+            THEN p.latest_micros ELSE c.total_micros END AS local_micros,
+       p.pushed_units, p.status, p.reason,
+       extract(epoch FROM CASE WHEN p.status = 'synced' THEN greatest(c.updated_at, p.updated_at)
+                               ELSE coalesce(c.updated_at, p.updated_at) END) AS changed_at
+FROM (SELECT * FROM counters WHERE tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
+      AND (%(metric)s::text IS NULL OR metric = %(metric)s)) c
+FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >= %(start)s
+           AND bucket < %(end)s AND (%(metric)s::text IS NULL OR metric = %(metric)s)) p
+  ON c.metric = p.metric AND c.customer_ref = p.customer_ref AND c.bucket = p.bucket
+"""
+
+LATE = """
+SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
+FROM events
+WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %(end)s
+  AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+GROUP BY 1, 2, 3
+"""
+
+CORRECTIONS = """
+SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at
+FROM adjustments
+WHERE target = 'stripe' AND tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
+  AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status <> 'failed'
+GROUP BY 1, 2, 3
+"""
+
+
+def _range(tenant: str, metric: str | None, start: datetime, end: datetime) -> dict[str, Any]:
+    return {"tenant": tenant, "metric": metric, "start": start, "end": end}
+
+
+async def _rows(conn: psycopg.AsyncConnection, query: str, params: dict[str, Any]) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    return await cur.fetchall()
+
+
+async def hours(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
+):
+    return await _rows(conn, HOURS, _range(tenant, metric, start, end))
+
+
+async def late_events(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
+):
+    return await _rows(conn, LATE, _range(tenant, metric, start, end))
+
+
+async def recent_corrections(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
+):
+    return await _rows(conn, CORRECTIONS, _range(tenant, metric, start, end))
+
+
+async def mappings(conn: psycopg.AsyncConnection, tenant: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metric -> (event name, aggregation), customer -> (stripe customer id, billing anchor))."""
+    metrics = {
+        r["metric"]: (r["stripe_meter_event_name"], r["aggregation"])
+        for r in await _rows(
+            conn, "SELECT * FROM metric_mappings WHERE tenant_id = %(tenant)s", {"tenant": tenant}
+        )
+    }
+    customers = {
+        r["customer_ref"]: (r["stripe_customer_id"], r["billing_anchor"])
+        for r in await _rows(
+            conn, "SELECT * FROM customer_mappings WHERE tenant_id = %(tenant)s", {"tenant": tenant}
+        )
+    }
+    return metrics, customers
+
+
+async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
+    """Tenants with a mapping or a counter since ``since``: the ones a scheduled run checks."""
+    cur = await conn.execute(
+        "SELECT tenant_id FROM metric_mappings"
+        " UNION SELECT DISTINCT tenant_id FROM counters WHERE bucket >= %s ORDER BY 1",
+        (since,),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+# --- runs -------------------------------------------------------------------------------------------
+
+
+async def start_run(
+    conn: psycopg.AsyncConnection,
+    run_id: str,
+    tenant: str,
+    metric: str | None,
+    period: str,
+    trigger: str,
+    epsilon: float,
+) -> None:
+    await conn.execute(
+        "INSERT INTO reconciliation_runs (run_id, tenant_id, metric, period, trigger, epsilon)"
+        " VALUES (%s, %s, %s, %s, %s, %s)",
+        (run_id, tenant, metric, period, trigger, epsilon),
+    )
+
+
+ITEM_COLUMNS = (
+    "run_id", "tenant_id", "metric", "customer_ref", "period", "period_start", "period_end", "local",
+    "stripe", "diff_abs", "diff_pct", "status", "action", "in_flight", "causes", "hours", "checked_at",
+)  # fmt: skip
+
+UPSERT_LATEST = f"""
+INSERT INTO reconciliation_latest SELECT * FROM reconciliation_items WHERE run_id = %s
+ON CONFLICT (tenant_id, metric, customer_ref, period) DO UPDATE SET
+{", ".join(f"{c} = EXCLUDED.{c}" for c in ITEM_COLUMNS if c not in ("tenant_id", "metric", "customer_ref"))}
+"""
+
+
+async def finish_run(
+    conn: psycopg.AsyncConnection, run_id: str, items: list[tuple[Any, ...]], counts: dict[str, int]
+) -> None:
+    """Store every item, make them the latest verdicts, and close the run: one transaction."""
+    async with conn.transaction():
+        async with conn.cursor().copy(
+            f"COPY reconciliation_items ({', '.join(ITEM_COLUMNS)}) FROM STDIN"
+        ) as copy:
+            for row in items:
+                await copy.write_row(
+                    [orjson.dumps(v).decode() if isinstance(v, list | dict) else v for v in row]
+                )
+        await conn.execute(UPSERT_LATEST, (run_id,))
+        await conn.execute(
+            "UPDATE reconciliation_runs SET status = 'finished', finished_at = now(), items = %s,"
+            " parity = %s, within_epsilon = %s, drift = %s, adjusted = %s, stripe_calls = %s"
+            " WHERE run_id = %s",
+            (
+                len(items),
+                counts.get("parity", 0),
+                counts.get("within_epsilon", 0),
+                counts.get("drift", 0),
+                counts.get("adjusted", 0),
+                counts.get("stripe_calls", 0),
+                run_id,
+            ),
+        )
+        # history is kept for a little over one billing period
+        await conn.execute("DELETE FROM reconciliation_runs WHERE started_at < now() - interval '40 days'")
+
+
+async def fail_run(conn: psycopg.AsyncConnection, run_id: str, error: str) -> None:
+    await conn.execute(
+        "UPDATE reconciliation_runs SET status = 'failed', finished_at = now(), error = %s WHERE run_id = %s",
+        (error[:1000], run_id),
+    )
+
+
+async def latest(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str, period: str, customer: str | None
+) -> list[dict[str, Any]]:
+    query = "SELECT * FROM reconciliation_latest WHERE tenant_id = %s AND metric = %s AND period = %s"
+    params: list[Any] = [tenant, metric, period]
+    if customer is not None:
+        query += " AND customer_ref = %s"
+        params.append(customer)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query + " ORDER BY customer_ref", params)
+    return await cur.fetchall()
+
+
+async def latest_all(conn: psycopg.AsyncConnection) -> list[tuple[str, str, str, str, float, float]]:
+    """Every latest verdict's gauge values: (tenant, metric, customer, period, diff_pct, diff_abs)."""
+    cur = await conn.execute(
+        "SELECT tenant_id, metric, customer_ref, period, diff_pct, diff_abs FROM reconciliation_latest"
+    )
+    return [(t, m, c, p, float(pct), float(abs_)) for t, m, c, p, pct, abs_ in await cur.fetchall()]
+
+
+# --- corrections sent to Stripe ------------------------------------------------------------------------
+
+
+async def record_correction(
+    conn: psycopg.AsyncConnection,
+    adjustment_id: str,
+    key: tuple[str, str, str],
+    bucket: datetime,
+    ts: datetime,
+    delta_units: int,
+    run_id: str,
+) -> None:
+    await conn.execute(
+        "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
+        " reason, target, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s)"
+        " ON CONFLICT (adjustment_id) DO NOTHING",
+        (adjustment_id, *key, bucket, ts, delta_units * 1_000_000, run_id),
+    )
+
+
+async def finish_correction(conn: psycopg.AsyncConnection, adjustment_id: str, error: str | None) -> None:
+    await conn.execute(
+        "UPDATE adjustments SET status = %s, error = %s,"
+        " applied_at = CASE WHEN %s::text IS NULL THEN now() END"
+        " WHERE adjustment_id = %s",
+        ("failed" if error else "applied", error, error, adjustment_id),
+    )
+
+
+async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
+    """Corrections recorded but never confirmed (a crash mid-call): resent with the same identifier."""
+    return await _rows(
+        conn,
+        "SELECT * FROM adjustments WHERE target = 'stripe' AND status = 'pending' AND tenant_id = %(tenant)s",
+        {"tenant": tenant},
+    )

@@ -1,0 +1,114 @@
+"""Operator commands behind the CLI: ``stripemeter reconcile`` (and, later, ``replay``).
+
+They run in-process against PostgreSQL, Kafka and Stripe with the same code as the API, so they work
+when the API is down; results print as a table (or JSON with ``--json``), progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from stripemeter.config import Settings
+from stripemeter.reconcile.runner import RunRequest
+from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.topics import TopicNames
+
+Say = Callable[[str], None]
+Table = Callable[[list[str], list[list[object]]], None]
+
+
+class ProgressBar:
+    """``[#####.....] 512/1000  3.1 s`` on stderr, redrawn at most 10 times a second."""
+
+    def __init__(self, label: str, width: int = 30):
+        self.label = label
+        self.width = width
+        self.started = time.monotonic()
+        self._drawn = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - self._drawn < 0.1:
+            return
+        self._drawn = now
+        filled = self.width * done // max(total, 1)
+        bar = "#" * filled + "." * (self.width - filled)
+        end = "\n" if done >= total else ""
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{total}  {now - self.started:.1f} s{end}")
+        sys.stderr.flush()
+
+
+RECONCILE_COLUMNS = [
+    "metric",
+    "customer",
+    "local",
+    "stripe",
+    "diff",
+    "diff %",
+    "status",
+    "action",
+    "in flight",
+    "cause",
+]
+
+
+def reconcile_row(i: dict[str, Any]) -> list[object]:
+    causes = ", ".join(c["code"] for c in i["causes"]) or "-"
+    pct = f"{i['diffPct']:.3%}"
+    return [
+        i["metric"],
+        i["customerRef"],
+        i["local"],
+        i["stripe"],
+        i["diffAbs"],
+        pct,
+        i["status"],
+        i["action"],
+        i["inFlight"],
+        causes,
+    ]
+
+
+async def reconcile(
+    settings: Settings, request: RunRequest, as_json: bool, say: Say, table: Table
+) -> dict[str, Any]:
+    if not stripe_configured(settings):
+        raise RuntimeError("set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator) to reconcile")
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        reconciler = build_reconciler(settings, kafka_publisher(producer, names.drift))
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url.value, autocommit=True
+        ) as conn:
+            report = await reconciler.run(
+                conn, request, progress=None if as_json else ProgressBar("checking")
+            )
+    finally:
+        await producer.stop()
+    if as_json:
+        say(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return report
+    say(
+        f"reconciliation {report['runId']}: tenant {report['tenantId']}, period {report['period']['name']}"
+        f" ({report['period']['start']} .. {report['period']['end']}), epsilon {report['epsilon']:.2%}"
+    )
+    shown = [i for i in report["items"] if i["status"] != "parity" or i["inFlight"]]
+    if shown:
+        table(RECONCILE_COLUMNS, [reconcile_row(i) for i in shown])
+    t = report["totals"]
+    parity = sum(1 for i in report["items"] if i["status"] == "parity")
+    say(
+        f"{len(report['items'])} items: {parity} at parity, {len(report['items']) - parity} not;"
+        f" {len(report['adjusted'])} corrections sent; totals local {t['local']} / Stripe {t['stripe']}"
+        f" (diff {t['diffAbs']}, {t['diffPct']:.3%}); status {report['status'].upper()}"
+    )
+    return report

@@ -1,0 +1,427 @@
+"""One reconciliation cycle for a tenant (and optionally one metric) over one billing period.
+
+1. Load the period's hours from PostgreSQL: local totals, what the writer delivered, late events,
+   recent corrections; and the mappings.
+2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
+   the customer's hours and judge each (see ``compare``).
+3. Within epsilon (or when the operator asks to align everything): send the aligning meter events,
+   each recorded as an audited adjustment before the call, so a crash resends the same identifier.
+4. Store the run and its items, publish every item beyond parity to ``reconciliation.drift``, and set
+   the ``reconciliation_diff_*`` gauges.
+Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process starts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+import psycopg
+import stripe
+
+from stripemeter import metrics
+from stripemeter.db import reconciliation as db
+from stripemeter.reconcile import periods
+from stripemeter.reconcile.compare import Hour, Item, Verdict, judge, judge_totals, relative
+from stripemeter.reconcile.stripe_reader import StripeReader
+
+log = logging.getLogger(__name__)
+
+HOUR_S = 3600
+# Stripe takes meter events up to 35 days old; an hour older than this cannot be corrected by an event
+CORRECTABLE_SECONDS = 35 * 24 * HOUR_S - HOUR_S
+Publish = Callable[[list[bytes]], Awaitable[None]]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    tenant_id: str
+    metric: str | None = None
+    period: str | None = None  # YYYY-MM; None: the current period
+    align: Literal["within_epsilon", "all"] = "within_epsilon"
+    trigger: str = "api"
+    # scheduled runs skip items whose period closed more than CLOSED_GRACE ago: they cannot change
+    # any more, and checking them again costs Stripe calls
+    only_open: bool = False
+
+
+CLOSED_GRACE_SECONDS = 2 * 24 * HOUR_S
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    epsilon: float = 0.005
+    settle_seconds: float = 300.0  # Stripe's summaries are eventually consistent
+
+
+def iso_s(seconds: int) -> str:
+    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class Reconciler:
+    def __init__(self, reader: StripeReader, publish: Publish, settings: ReconcileSettings):
+        self.reader = reader
+        self.publish = publish
+        self.settings = settings
+
+    async def run(
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        now: float | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """One cycle; ``progress(done, total)`` is told as items are checked against Stripe."""
+        now = time.time() if now is None else now
+        period_name = request.period or periods.current_name(datetime.fromtimestamp(now, tz=UTC))
+        lock = f"stripemeter-reconcile:{request.tenant_id}"
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
+        try:
+            return await self._run_locked(conn, request, period_name, now, progress)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+
+    async def _run_locked(
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        period_name: str,
+        now: float,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        calls_before = self.reader.calls
+        run_id = "rec_" + uuid.uuid4().hex[:20]
+        await db.start_run(
+            conn,
+            run_id,
+            request.tenant_id,
+            request.metric,
+            period_name,
+            request.trigger,
+            self.settings.epsilon,
+        )
+        try:
+            await self._resend_pending(conn, request.tenant_id)
+            items, ranges, metric_map, customer_map = await self._load(conn, request, period_name, now)
+            meters = await self.reader.meters_by_event_name() if metric_map else {}
+            done = 0
+
+            async def check(item: Item) -> Verdict:
+                nonlocal done
+                verdict = await self._check(item, ranges[_key(item)], metric_map, customer_map, meters, now)
+                done += 1
+                if progress is not None:
+                    progress(done, len(items))
+                return verdict
+
+            verdicts = await asyncio.gather(*(check(item) for item in items))
+            checked_at = datetime.fromtimestamp(now, tz=UTC)
+            rows, drift_records, report_items, adjusted = [], [], [], []
+            counts: Counter[str] = Counter()
+            for item, verdict in zip(items, verdicts, strict=True):
+                period = ranges[_key(item)]
+                action, sent = await self._act(
+                    conn, run_id, request, item, verdict, metric_map, customer_map, now
+                )
+                adjusted.extend(sent)
+                counts[verdict.status] += 1
+                counts["adjusted"] += bool(sent)
+                wire = item_wire(item, verdict, action, period, checked_at)
+                report_items.append(wire)
+                rows.append(
+                    (
+                        run_id, item.tenant_id, item.metric, item.customer_ref, period_name, period.start,
+                        period.end, verdict.local, verdict.stripe, verdict.diff_abs, verdict.diff_pct,
+                        verdict.status, action, verdict.in_flight, verdict.causes, wire["hours"], checked_at,
+                    )
+                )  # fmt: skip
+                labels = (item.tenant_id, item.metric, item.customer_ref, period_name)
+                metrics.RECONCILIATION_DIFF_PCT.labels(*labels).set(verdict.diff_pct)
+                metrics.RECONCILIATION_DIFF_ABS.labels(*labels).set(verdict.diff_abs)
+                metrics.RECONCILIATION_ITEMS.labels(verdict.status).inc()
+                if verdict.status != "parity":
+                    drift_records.append(drift_record(item, wire, period_name, action, checked_at))
+            counts["stripe_calls"] = self.reader.calls - calls_before
+            await db.finish_run(conn, run_id, rows, counts)
+            if drift_records:
+                await self.publish(drift_records)
+        except Exception as exc:
+            await db.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
+            metrics.RECONCILIATION_RUNS.labels("failed").inc()
+            raise
+        seconds = time.perf_counter() - started
+        metrics.RECONCILIATION_RUNS.labels("finished").inc()
+        metrics.RECONCILIATION_SECONDS.observe(seconds)
+        log.info(
+            "reconciliation %s: tenant %s metric %s period %s: %d items, %d parity, %d within epsilon,"
+            " %d drift, %d adjusted, %d Stripe calls, %.2f s",
+            run_id, request.tenant_id, request.metric or "*", period_name, len(report_items),
+            counts["parity"], counts["within_epsilon"], counts["drift"], counts["adjusted"],
+            counts["stripe_calls"], seconds,
+        )  # fmt: skip
+        month = periods.period(period_name)
+        return {
+            "runId": run_id,
+            "tenantId": request.tenant_id,
+            "metric": request.metric,
+            "period": month.wire(),
+            "epsilon": self.settings.epsilon,
+            "status": overall_status(report_items),
+            "items": report_items,
+            "totals": totals(report_items),
+            "adjusted": adjusted,
+            "flagged": [
+                {
+                    "metric": i["metric"],
+                    "customerRef": i["customerRef"],
+                    "causes": [c["code"] for c in i["causes"]],
+                }
+                for i in report_items
+                if i["status"] == "drift"
+            ],
+            "stripeCalls": counts["stripe_calls"],
+            "durationSeconds": round(seconds, 3),
+        }
+
+    async def _load(
+        self, conn: psycopg.AsyncConnection, request: RunRequest, period_name: str, now: float
+    ) -> tuple[list[Item], dict[tuple[str, str], periods.Period], dict[str, Any], dict[str, Any]]:
+        tenant = request.tenant_id
+        metric_map, customer_map = await db.mappings(conn, tenant)
+        month = periods.period(period_name)
+        # anchored cycles start inside the month and end inside the next one
+        start, end = month.start, month.end + timedelta(days=31)
+        hour_rows = await db.hours(conn, tenant, request.metric, start, end)
+        late_rows = await db.late_events(conn, tenant, request.metric, start, end)
+        corrected = {
+            (r["metric"], r["customer_ref"], int(r["bucket"].timestamp())): float(r["at"])
+            for r in await db.recent_corrections(conn, tenant, request.metric, start, end)
+        }
+        wanted = (
+            [request.metric] if request.metric else sorted(set(metric_map) | {r["metric"] for r in hour_rows})
+        )
+        keys = {(r["metric"], r["customer_ref"]) for r in hour_rows if r["metric"] in wanted}
+        keys |= {(m, c) for m in wanted if m in metric_map for c in customer_map}
+        items: dict[tuple[str, str], Item] = {}
+        ranges: dict[tuple[str, str], periods.Period] = {}
+        for metric, customer in sorted(keys):
+            anchor = customer_map[customer][1] if customer in customer_map else None
+            period = periods.period(period_name, anchor)
+            if period.start.timestamp() > now:
+                continue  # this customer's cycle of that name has not begun
+            if request.only_open and period.end.timestamp() < now - CLOSED_GRACE_SECONDS:
+                continue
+            missing = []
+            if metric not in metric_map:
+                missing.append("metric mapping")
+            if customer not in customer_map:
+                missing.append("customer mapping")
+            aggregation = metric_map[metric][1] if metric in metric_map else "sum"
+            items[(metric, customer)] = Item(tenant, metric, customer, aggregation, missing=missing)
+            ranges[(metric, customer)] = period
+        for r in hour_rows:
+            key = (r["metric"], r["customer_ref"])
+            if key not in items or not ranges[key].start <= r["bucket"] < ranges[key].end:
+                continue
+            bucket = int(r["bucket"].timestamp())
+            changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
+            local_micros = int(r["local_micros"]) if r["local_micros"] is not None else 0
+            pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
+            items[key].hours[bucket] = Hour(
+                local_micros // 1_000_000, pushed, r["status"], r["reason"], changed_at
+            )
+        for r in late_rows:
+            key = (r["metric"], r["customer_ref"])
+            if key in items and ranges[key].start <= r["bucket"] < ranges[key].end:
+                items[key].late_count += int(r["n"])
+                items[key].late_micros += int(r["micros"] or 0)
+        for (metric, customer, bucket), at in corrected.items():
+            item = items.get((metric, customer))
+            if item is not None and bucket not in item.hours:  # a correction into an hour we never counted
+                item.hours[bucket] = Hour(0, None, None, None, at)
+        return list(items.values()), ranges, metric_map, customer_map
+
+    async def _check(
+        self,
+        item: Item,
+        period: periods.Period,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+        meters: dict[str, str],
+        now: float,
+    ) -> Verdict:
+        settle, epsilon = self.settings.settle_seconds, self.settings.epsilon
+        if item.missing:
+            return judge(item, {}, now, settle, epsilon)
+        event_name = metric_map[item.metric][0]
+        meter_id = meters.get(event_name)
+        if meter_id is None:
+            item.missing.append(f"active Stripe meter for event name {event_name!r}")
+            return judge(item, {}, now, settle, epsilon)
+        customer = customer_map[item.customer_ref][0]
+        start, end = int(period.start.timestamp()), int(period.end.timestamp())
+        try:
+            verdict = judge_totals(item, await self.reader.period_total(meter_id, customer, start, end))
+            if verdict is not None:
+                return verdict
+            stripe_hours = await self.reader.hourly(meter_id, customer, start, end)
+        except stripe.InvalidRequestError as exc:
+            # e.g. the mapped Stripe customer does not exist: a mapping problem, not a failed run
+            item.missing.append(f"valid Stripe customer ({exc.user_message or exc})")
+            stripe_hours = {}
+        return judge(item, stripe_hours, now, settle, epsilon)
+
+    async def _act(
+        self,
+        conn: psycopg.AsyncConnection,
+        run_id: str,
+        request: RunRequest,
+        item: Item,
+        verdict: Verdict,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+        now: float,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Send the corrections the policy allows; returns the item's action and what was sent."""
+        if verdict.status == "parity":
+            return ("wait" if verdict.in_flight else "none"), []
+        allowed = verdict.status == "within_epsilon" or request.align == "all"
+        corrections = [(b, v) for b, v in verdict.corrections if now - b < CORRECTABLE_SECONDS]
+        if not allowed or not corrections or len(corrections) != len(verdict.hours):
+            return "replay", []
+        event_name = metric_map[item.metric][0]
+        customer = customer_map[item.customer_ref][0]
+        sent = []
+        for bucket, value in corrections:
+            identifier = correction_identifier(item, bucket, run_id)
+            ts = max(bucket, min(bucket + HOUR_S // 2, int(now)))
+            key = (item.tenant_id, item.metric, item.customer_ref)
+            bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
+            await db.record_correction(
+                conn, identifier, key, bucket_dt, datetime.fromtimestamp(ts, tz=UTC), value, run_id
+            )
+            error = await self._send(event_name, customer, value, ts, identifier)
+            await db.finish_correction(conn, identifier, error)
+            if error:
+                log.warning("correction %s for %s/%s/%s failed: %s", identifier, *key, error)
+                return "replay", sent
+            metrics.RECONCILIATION_ADJUSTMENTS.inc()
+            log.info("adjusted %s/%s/%s @%s by %+d in Stripe (%s)", *key, iso_s(bucket), value, identifier)
+            sent.append(
+                {
+                    "adjustmentId": identifier,
+                    "metric": item.metric,
+                    "customerRef": item.customer_ref,
+                    "bucket": iso_s(bucket),
+                    "value": value,
+                }
+            )
+        return "adjusted", sent
+
+    async def _send(self, event_name: str, customer: str, value: int, ts: int, identifier: str) -> str | None:
+        payload = {"stripe_customer_id": customer, "value": str(value)}
+        try:
+            await self.reader.send_correction(event_name, payload, ts, identifier)
+        except stripe.InvalidRequestError as exc:
+            if "already exists" not in str(exc):
+                return str(exc)[:500]
+        except stripe.StripeError as exc:
+            return f"{type(exc).__name__}: {exc}"[:500]
+        return None
+
+    async def _resend_pending(self, conn: psycopg.AsyncConnection, tenant: str) -> None:
+        pending = await db.pending_corrections(conn, tenant)
+        if not pending:
+            return
+        metric_map, customer_map = await db.mappings(conn, tenant)
+        for row in pending:
+            if row["metric"] not in metric_map or row["customer_ref"] not in customer_map:
+                await db.finish_correction(conn, row["adjustment_id"], "mapping removed before the resend")
+                continue
+            error = await self._send(
+                metric_map[row["metric"]][0],
+                customer_map[row["customer_ref"]][0],
+                int(row["delta_micros"]) // 1_000_000,
+                int(row["ts"].timestamp()),
+                row["adjustment_id"],
+            )
+            await db.finish_correction(conn, row["adjustment_id"], error)
+
+
+def _key(item: Item) -> tuple[str, str]:
+    return (item.metric, item.customer_ref)
+
+
+def correction_identifier(item: Item, bucket: int, run_id: str) -> str:
+    counter = "\x1f".join([item.tenant_id, item.metric, item.customer_ref, str(bucket)])
+    return f"smrec_{hashlib.sha256(counter.encode()).hexdigest()[:24]}_{run_id}"
+
+
+def item_wire(
+    item: Item, verdict: Verdict, action: str, period: periods.Period, checked_at: datetime
+) -> dict[str, Any]:
+    return {
+        "metric": item.metric,
+        "customerRef": item.customer_ref,
+        "periodStart": periods.iso(period.start),
+        "periodEnd": periods.iso(period.end),
+        "local": verdict.local,
+        "stripe": verdict.stripe,
+        "diffAbs": verdict.diff_abs,
+        "diffPct": round(verdict.diff_pct, 6),
+        "status": verdict.status,
+        "action": action,
+        "inFlight": verdict.in_flight,
+        "causes": verdict.causes,
+        "hours": [{**h, "bucket": iso_s(h["bucket"])} for h in verdict.hours],
+        "checkedAt": checked_at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> bytes:
+    """The contract's reconciliation.drift record, plus the causes and the differing hours."""
+    return orjson.dumps(
+        {
+            "tenantId": item.tenant_id,
+            "metric": item.metric,
+            "customerRef": item.customer_ref,
+            "period": period_name,
+            "local": wire["local"],
+            "stripe": wire["stripe"],
+            "diffAbs": wire["diffAbs"],
+            "diffPct": wire["diffPct"],
+            "status": wire["status"],
+            "action": action,
+            "at": at.isoformat().replace("+00:00", "Z"),
+            "causes": wire["causes"],
+            "hours": wire["hours"],
+        }
+    )
+
+
+def overall_status(items: list[dict[str, Any]]) -> str:
+    statuses = {i["status"] for i in items}
+    return "drift" if "drift" in statuses else "within_epsilon" if "within_epsilon" in statuses else "parity"
+
+
+def totals(items: list[dict[str, Any]]) -> dict[str, Any]:
+    local = sum(i["local"] for i in items)
+    stripe_total = sum(i["stripe"] for i in items)
+    diff = sum(i["diffAbs"] for i in items)
+    return {
+        "local": local,
+        "stripe": stripe_total,
+        "diffAbs": diff,
+        "diffPct": round(relative(diff, local, stripe_total), 6),
+    }

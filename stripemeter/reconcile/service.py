@@ -1,0 +1,85 @@
+"""Wiring reconciliation to the outside: a Reconciler from Settings, drift records to Kafka, and the
+scheduled runs a worker makes (one worker at a time: a PostgreSQL advisory lock elects it)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from stripemeter.config import Settings
+from stripemeter.db import reconciliation as db
+from stripemeter.reconcile import periods
+from stripemeter.reconcile.runner import Publish, Reconciler, ReconcileSettings, RunRequest
+from stripemeter.reconcile.stripe_reader import StripeReader
+from stripemeter.stripe_push.client import make_client
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_LOCK = "stripemeter-reconcile-schedule"
+
+
+def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:
+    async def publish(records: list[bytes]) -> None:
+        sent = [await producer.send(topic, record) for record in records]
+        await asyncio.gather(*sent)
+
+    return publish
+
+
+def stripe_configured(settings: Settings) -> bool:
+    return bool(settings.stripe_api_key or settings.stripe_api_base)
+
+
+def build_reconciler(settings: Settings, publish: Publish, concurrency: int = 8) -> Reconciler:
+    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    reader = StripeReader(client, settings.reconcile_calls_per_second, concurrency)
+    return Reconciler(
+        reader,
+        publish,
+        ReconcileSettings(
+            epsilon=settings.reconcile_epsilon, settle_seconds=settings.reconcile_settle_seconds
+        ),
+    )
+
+
+def scheduled_periods(now: datetime) -> list[str]:
+    """The current period and the one before (late usage and invoice grace still reach it)."""
+    return sorted({periods.current_name(now - timedelta(days=32)), periods.current_name(now)}, reverse=True)
+
+
+async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asyncio.Event) -> None:
+    """Every ``reconcile_interval_seconds``: reconcile every tenant, if this worker holds the lock."""
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        while not stopping.is_set():
+            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+            row = await cur.fetchone()
+            if row and row[0]:
+                try:
+                    await run_all(conn, reconciler)
+                except Exception:
+                    log.exception(
+                        "scheduled reconciliation failed; next try in %.0f s",
+                        settings.reconcile_interval_seconds,
+                    )
+                finally:
+                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), settings.reconcile_interval_seconds)
+
+
+async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler) -> None:
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    tenants = await db.tenants(conn, now - timedelta(days=70))
+    for tenant in tenants:
+        for period in scheduled_periods(now):
+            await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+    log.info(
+        "scheduled reconciliation of %d tenants done in %.1f s", len(tenants), time.perf_counter() - started
+    )

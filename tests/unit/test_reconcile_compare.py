@@ -1,0 +1,114 @@
+"""Judging reconciliation items: per-hour comparison, in-flight hours, epsilon, causes, corrections."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from stripemeter.reconcile import periods
+from stripemeter.reconcile.compare import Hour, Item, judge, judge_totals
+
+NOW = 1_800_000_000.0
+H0, H1, H2 = 1_799_982_000, 1_799_985_600, 1_799_989_200  # three hour starts before NOW
+
+
+def synced(units: int, changed_at: float = NOW - 3600) -> Hour:
+    return Hour(units, units, "synced", None, changed_at)
+
+
+def item(**hours: Hour) -> Item:
+    it = Item("t", "requests", "c1", "sum")
+    it.hours = {int(k[1:]): v for k, v in hours.items()}
+    return it
+
+
+def test_equal_hours_are_parity_and_totals_alone_can_prove_it() -> None:
+    it = item(**{f"h{H0}": synced(500), f"h{H1}": synced(500)})
+    verdict = judge(it, {H0: 500, H1: 500}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.diff_abs, verdict.causes, verdict.corrections) == ("parity", 0, [], [])
+    assert judge_totals(it, 1000) is not None
+    assert judge_totals(it, 1001) is None
+
+
+def test_a_small_foreign_push_is_within_epsilon_and_corrected_in_its_hour() -> None:
+    it = item(**{f"h{H0}": synced(500), f"h{H1}": synced(500)})
+    verdict = judge(it, {H0: 500, H1: 503}, NOW, 60, 0.005)
+    assert verdict.status == "within_epsilon"
+    assert verdict.hours == [{"bucket": H1, "local": 500, "stripe": 503, "diff": -3}]
+    assert verdict.corrections == [(H1, -3)]
+    assert [c["code"] for c in verdict.causes] == ["stripe_higher"]
+
+
+def test_differences_in_two_hours_do_not_cancel_out() -> None:
+    it = item(**{f"h{H0}": synced(100), f"h{H1}": synced(100)})
+    verdict = judge(it, {H0: 150, H1: 50}, NOW, 60, 0.005)
+    assert verdict.local == verdict.stripe == 200
+    assert verdict.diff_abs == 100 and verdict.status == "drift"
+    assert {c["code"] for c in verdict.causes} == {"stripe_higher", "stripe_missing"}
+
+
+def test_a_recent_change_is_in_flight_not_drift() -> None:
+    it = item(**{f"h{H0}": synced(500), f"h{H2}": Hour(80, 0, "waiting", None, NOW - 5)})
+    verdict = judge(it, {H0: 500}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.in_flight, verdict.diff_abs) == ("parity", 80, 0)
+
+
+def test_an_old_unpushed_change_is_drift_named_not_yet_pushed_and_left_to_the_writer() -> None:
+    it = item(**{f"h{H0}": synced(500), f"h{H2}": Hour(80, 0, "waiting", None, NOW - 3600)})
+    verdict = judge(it, {H0: 500}, NOW, 60, 0.005)
+    assert verdict.status == "drift"
+    assert [c["code"] for c in verdict.causes] == ["not_yet_pushed"]
+    assert verdict.corrections == []  # the writer still owes it: correcting too would count it twice
+
+
+def test_parked_and_unmapped_items_name_their_cause() -> None:
+    it = item(**{f"h{H0}": Hour(10, 0, "parked", "No such customer: 'cus_x'", NOW - 3600)})
+    verdict = judge(it, {}, NOW, 60, 0.005)
+    assert verdict.causes[0] == {"code": "push_parked", "message": "No such customer: 'cus_x'", "hours": 1}
+    it = item(**{f"h{H0}": Hour(10, None, None, None, NOW - 3600)})
+    it.missing = ["customer mapping"]
+    verdict = judge(it, {}, NOW, 60, 0.005)
+    assert verdict.causes[0]["code"] == "missing_mapping" and verdict.corrections == []
+
+
+def test_late_events_are_reported_with_count_and_total() -> None:
+    it = item(**{f"h{H0}": synced(10)})
+    it.late_count, it.late_micros = 3, 4_500_000
+    verdict = judge(it, {H0: 10}, NOW, 60, 0.005)
+    assert verdict.status == "parity"
+    assert verdict.causes[0]["code"] == "late_events"
+    assert (verdict.causes[0]["count"], verdict.causes[0]["total"]) == (3, 4.5)
+
+
+def test_a_stripe_only_hour_is_corrected_to_zero() -> None:
+    it = item(**{f"h{H0}": synced(1000)})
+    verdict = judge(it, {H0: 1000, H1: 2}, NOW, 60, 0.005)
+    assert verdict.status == "within_epsilon" and verdict.corrections == [(H1, -2)]
+
+
+def test_last_meters_compare_the_newest_hour_and_are_never_corrected_by_an_event() -> None:
+    it = item(**{f"h{H0}": synced(7), f"h{H1}": synced(9)})
+    it.aggregation = "last"
+    verdict = judge(it, {H0: 7, H1: 8}, NOW, 60, 0.5)
+    assert (verdict.local, verdict.stripe, verdict.status, verdict.corrections) == (
+        9,
+        8,
+        "within_epsilon",
+        [],
+    )
+
+
+def test_periods_are_calendar_months_or_the_customers_own_cycle() -> None:
+    p = periods.period("2026-11")
+    assert (p.start, p.end) == (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    assert periods.period("2026-12").end == datetime(2027, 1, 1, tzinfo=UTC)
+    anchor = datetime(2026, 1, 31, 13, 45, tzinfo=UTC)
+    p = periods.period("2026-02", anchor)
+    assert (p.start, p.end) == (datetime(2026, 2, 28, 13, tzinfo=UTC), datetime(2026, 3, 31, 13, tzinfo=UTC))
+    assert periods.current_name(datetime(2026, 3, 5, tzinfo=UTC), anchor) == "2026-02"
+    assert periods.current_name(datetime(2026, 3, 5, tzinfo=UTC)) == "2026-03"
+    for bad in ("2026-13", "2026-1", "26-01", "2026/01"):
+        try:
+            periods.parse_name(bad)
+        except ValueError:
+            continue
+        raise AssertionError(bad)
