@@ -308,6 +308,13 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 3 if report["status"] == "drift" else 0
 
 
+def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.bench_reconcile import reconcile_many
+
+    asyncio.run(reconcile_many(settings, args.customers, args.hours, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.demo import run_demo
 
@@ -451,6 +458,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tool.add_argument("name", metavar="NAME", help="one of: " + ", ".join(tool_names()))
     tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
+
+    br = add(
+        bench_sub,
+        "reconcile",
+        cmd_bench_reconcile,
+        "one reconciliation of many customers against the emulator, next to the bare Stripe calls",
+    )
+    br.add_argument("--customers", type=int, default=10_000, help="customers (default 10000)")
+    br.add_argument("--hours", type=int, default=3, help="counted hours per customer (default 3)")
 
     worker = add(
         sub, "worker", cmd_worker, "run a pipeline worker (intake, metering, sink); scale by running more"

@@ -18,14 +18,19 @@ class SendResult:
     reason: str = ""
 
 
-def make_client(api_key: str, api_base: str) -> stripe.StripeClient:
-    """A client for Stripe, or the emulator at ``api_base``; we retry ourselves (max_network_retries=0)."""
+def make_client(
+    api_key: str, api_base: str, http_client: stripe.AIOHTTPClient | None = None
+) -> stripe.StripeClient:
+    """A client for Stripe, or the emulator at ``api_base``; we retry ourselves (max_network_retries=0).
+
+    Pass ``http_client`` to be able to close its connections (``await http_client.close_async()``).
+    """
     bases = {"api": api_base.rstrip("/"), "meter_events": api_base.rstrip("/")} if api_base else None
     return stripe.StripeClient(
         api_key,
         base_addresses=bases,
         max_network_retries=0,
-        http_client=stripe.AIOHTTPClient(),  # type: ignore[arg-type]
+        http_client=http_client or stripe.AIOHTTPClient(),  # type: ignore[arg-type]
     )
 
 
