@@ -8,8 +8,18 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.api import events, health, ingest, mappings, pushes, reconciliation, usage
-from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
+from stripemeter.api import (
+    adjustments,
+    events,
+    health,
+    ingest,
+    mappings,
+    pushes,
+    reconciliation,
+    replay,
+    usage,
+)
+from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, REPLAYER, SETTINGS
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
@@ -18,6 +28,7 @@ from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
 from stripemeter.db.reconciliation import latest_all
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.replay.runner import Replayer
 from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -73,8 +84,9 @@ def create_app(settings: Settings) -> web.Application:
         )
         await producer.start()
         app[PRODUCER] = producer
+        names = TopicNames(settings.topic_prefix, settings.app_id)
+        app[REPLAYER] = Replayer(producer, names.keyed)
         if stripe_configured(settings):
-            names = TopicNames(settings.topic_prefix, settings.app_id)
             app[RECONCILER] = build_reconciler(settings, kafka_publisher(producer, names.drift))
         yield
         await producer.stop()
@@ -95,6 +107,10 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
     app.router.add_get("/v1/reconciliation/summary", reconciliation.get_summary)
     app.router.add_post("/v1/reconciliation/run", reconciliation.post_run)
+    app.router.add_post("/v1/replay", replay.post_replay)
+    app.router.add_get("/v1/replay/{replayId}", replay.get_replay)
+    app.router.add_post("/v1/adjustments", adjustments.post_adjustment)
+    app.router.add_get("/v1/adjustments", adjustments.list_adjustments)
     return app
 
 

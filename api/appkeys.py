@@ -8,8 +8,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from stripemeter.config import Settings
 from stripemeter.reconcile.runner import Reconciler
+from stripemeter.replay.runner import Replayer
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 RECONCILER = web.AppKey("reconciler", Reconciler)
+REPLAYER = web.AppKey("replayer", Replayer)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
 from stripemeter.streams.checkpoint import Checkpointer
+from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.metering import Metering
 from stripemeter.streams.policy import MetricPolicy, Policies
@@ -105,7 +107,12 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
     async def meter(stream: Any) -> None:
         await producer_started.wait()
         async for event in stream.noack().events():
-            if event.value:
+            if event.value and is_control(event.value):
+                corrections = decode_control(event.value)
+                metering.process_control(
+                    event.message.partition, event.message.offset, corrections, int(time.time() * 1000)
+                )
+            elif event.value:
                 with metrics.COUNTING_BATCH_SECONDS.time():
                     metering.process(event.message.partition, event.message.offset, decode_batch(event.value))
             checkpointer.add(event)

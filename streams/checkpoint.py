@@ -101,7 +101,10 @@ class Checkpointer:
         for event in pending:
             event.ack()
         for outcome, n in outcomes.counts.items():
-            metrics.EVENTS.labels(outcome).inc(n)
+            if outcome == "correction":
+                metrics.CORRECTIONS.inc(n)
+            else:
+                metrics.EVENTS.labels(outcome).inc(n)
         metrics.DELTAS.inc(len(outcomes.touched))
         return len(outcomes.touched)
 

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
+from stripemeter.streams.control import Correction
 from stripemeter.streams.counting import SEP, Partial, apply, counter_key, stream_key
 from stripemeter.streams.policy import Policies
 from stripemeter.streams.records import decode_keyed
@@ -29,6 +30,7 @@ from stripemeter.streams.records import decode_keyed
 from stripemeter.events import HOUR_MS, UsageEvent
 
 COUNTED, DUPLICATE, LATE = "counted", "duplicate", "late"
+CORRECTION = "correction"  # an outcome of control messages, not of events
 
 
 class KV(Protocol):
@@ -148,6 +150,32 @@ class Metering:
             touched[ckey] = partition  # published again even when already applied
         for skey in advanced:
             self.watermarks.put(partition, skey, str(watermarks[skey]).encode())
+
+    def process_control(
+        self, partition: int, offset: int, corrections: list[Correction], now_ms: int
+    ) -> None:
+        """Apply the corrections of the control message at ``offset``, each at most once."""
+        partials: dict[bytes, Partial] = {}
+        for c in corrections:
+            dkey = f"{c.tenant_id}{SEP}~correction:{c.id}".encode()
+            seen_raw = self.dedupe.get(partition, dkey)
+            if seen_raw is not None and orjson.loads(seen_raw)[3] != offset:
+                continue  # applied from an earlier message: sent twice
+            if seen_raw is None:
+                # kept like an event of now: until the stream's watermark passes now + lateness + margin
+                self.dedupe.put(
+                    partition, dkey, orjson.dumps([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
+                )
+            ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
+            partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
+            partial.add(c.micros, c.ts_ms)
+            self.outcomes.counts[CORRECTION] += 1
+        for ckey, partial in partials.items():
+            raw = self.counters.get(partition, ckey)
+            new = apply(orjson.loads(raw) if raw is not None else None, partial, offset)
+            if new is not None:
+                self.counters.put(partition, ckey, orjson.dumps(new))
+            self.outcomes.touched[ckey] = partition
 
     def expire_dedupe(self, partition: int, entries: Iterable[tuple[bytes, bytes]], margin_ms: int) -> int:
         """Drop dedupe entries no duplicate can need any more; returns how many.

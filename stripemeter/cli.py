@@ -177,8 +177,8 @@ def cmd_topics_describe(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
+    from stripemeter.instants import parse_instant_ms
     from stripemeter.topic_inspect.kinds import logical_name, resolve_topic, topic_kind
-    from stripemeter.topic_inspect.since import parse_instant_ms
     from stripemeter.topic_inspect.tail import TailRequest, tail
     from stripemeter.topics import TopicNames
 

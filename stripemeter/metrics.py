@@ -59,3 +59,11 @@ RECONCILIATION_ITEMS = Counter(
 RECONCILIATION_ADJUSTMENTS = Counter(
     "stripemeter_reconciliation_adjustments_total", "Aligning corrections sent to Stripe by reconciliation"
 )
+CORRECTIONS = Counter(
+    "stripemeter_counter_corrections_total",
+    "Replay and adjustment corrections applied to counters by the meter",
+)
+REPLAYS = Counter("stripemeter_replays_total", "Replays, by mode and result", ["mode", "result"])
+REPLAY_SECONDS = Histogram(
+    "stripemeter_replay_seconds", "Duration of one replay", ["mode"], buckets=(0.05, 0.1, 0.5, 1, 5, 30, 120)
+)

@@ -31,7 +31,8 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
 LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM events
-WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %(end)s
+WHERE tenant_id = %(tenant)s AND outcome = 'late' AND replay_id IS NULL
+  AND ts >= %(start)s AND ts < %(end)s
   AND (%(metric)s::text IS NULL OR metric = %(metric)s)
 GROUP BY 1, 2, 3
 """

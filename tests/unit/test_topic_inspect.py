@@ -9,12 +9,12 @@ import pytest
 from aiokafka.structs import TopicPartition
 
 from stripemeter.cli import build_parser, glue_negative_durations
+from stripemeter.instants import BadInstant, parse_duration_ms, parse_instant_ms
 from stripemeter.topic_inspect.decode import decode_record
 from stripemeter.topic_inspect.kafka_tools import UnknownTool, tool_args, tool_command
 from stripemeter.topic_inspect.kinds import is_ours, logical_name, resolve_topic, topic_kind
 from stripemeter.topic_inspect.overview import PartitionState, TopicState, lag_rows
 from stripemeter.topic_inspect.render import Position, json_line, text_line
-from stripemeter.topic_inspect.since import BadInstant, parse_duration_ms, parse_instant_ms
 from stripemeter.topic_inspect.tail import TailRequest, matches
 from stripemeter.topics import TopicNames
 

@@ -1,4 +1,4 @@
-"""``--since``: a signed ISO 8601 duration relative to now, ``now``, or an RFC 3339 instant (pure)."""
+"""Instants operators type: a signed ISO 8601 duration relative to now, ``now``, or RFC 3339 (pure)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,57 @@
+"""POST /v1/replay (dry-run or apply) and GET /v1/replay/{replayId} (the stored report)."""
+
+from __future__ import annotations
+
+import time
+
+from aiohttp import web
+from stripemeter.api import params
+from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
+from stripemeter.api.errors import ApiError, bad_request, json_response
+
+from stripemeter.db import replay as db
+from stripemeter.events import METRIC_RE, TENANT_RE
+from stripemeter.replay.runner import ReplayRequest, UnknownMetric
+from stripemeter.replay.window import WindowError, parse_window
+
+
+def parse_request(body: dict, max_window_seconds: int, now_ms: int) -> ReplayRequest:
+    tenant = params.body_text(body, "tenantId", 64)
+    if not TENANT_RE.match(tenant):
+        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
+    metrics = body.get("metrics")
+    if not isinstance(metrics, list) or not metrics or len(metrics) > 100:
+        raise bad_request("metrics", "is required: a list of 1-100 metric names")
+    for metric in metrics:
+        if not isinstance(metric, str) or not METRIC_RE.match(metric):
+            raise bad_request("metrics", f"{metric!r} is not a metric name ({METRIC_RE.pattern})")
+    customer = params.optional_body_text(body, "customerRef")
+    mode = body.get("mode", "dry-run")
+    if mode not in ("dry-run", "apply"):
+        raise bad_request("mode", 'must be "dry-run" or "apply"')
+    try:
+        window = parse_window(body.get("since"), body.get("until", "now"), now_ms, max_window_seconds)
+    except WindowError as exc:
+        raise bad_request(exc.field, str(exc).split(": ", 1)[1]) from None
+    return ReplayRequest(tenant, sorted(set(metrics)), customer, window, mode)
+
+
+async def post_replay(request: web.Request) -> web.Response:
+    body = await params.json_object(request)
+    settings = request.app[SETTINGS]
+    replay = parse_request(body, settings.replay_max_window_seconds, int(time.time() * 1000))
+    async with request.app[POOL].connection() as conn:
+        try:
+            report = await request.app[REPLAYER].run(conn, replay)
+        except UnknownMetric as exc:
+            raise bad_request("metrics", str(exc), code="unknown_metric") from None
+    return json_response(report)
+
+
+async def get_replay(request: web.Request) -> web.Response:
+    replay_id = request.match_info["replayId"]
+    async with request.app[POOL].connection() as conn:
+        report = await db.load(conn, replay_id)
+    if report is None:
+        raise ApiError("not_found", f"no replay {replay_id!r}", field="replayId", status=404)
+    return json_response(report)

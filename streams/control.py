@@ -1,0 +1,82 @@
+"""Corrections for the meter, sent through the keyed topic: replays and adjustments.
+
+A control message is a JSON object (event messages are JSON arrays) in the keyed partition of the
+counters it corrects, so it is applied in order with the events and under the same exactly-once rules:
+the counter's applied offset stops a redelivered message, and the dedupe table stops the same
+correction sent twice in two messages (its id is recorded like an idempotency key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from stripemeter.streams.intake import partition_for
+
+Kind = Literal["add", "last"]
+CORRECTIONS_PER_MESSAGE = 2000  # ~300 KB; the keyed topic takes 4 MiB messages
+
+
+@dataclass(frozen=True)
+class Correction:
+    id: str  # deterministic: the same correction sent again is recognised
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket_ms: int
+    kind: Kind  # "add": micros join the total; "last": the value at ts_ms, if newer than the counter's
+    micros: int
+    ts_ms: int
+
+
+def is_control(raw: bytes) -> bool:
+    return raw[:1] == b"{"
+
+
+def encode_control(corrections: list[Correction]) -> bytes:
+    return orjson.dumps(
+        {
+            "corrections": [
+                [c.id, c.tenant_id, c.metric, c.customer_ref, c.bucket_ms, c.kind, c.micros, c.ts_ms]
+                for c in corrections
+            ]
+        }
+    )
+
+
+def decode_control(raw: bytes) -> list[Correction]:
+    return [Correction(*item) for item in orjson.loads(raw)["corrections"]]
+
+
+def by_partition(corrections: list[Correction], partitions: int) -> dict[int, list[Correction]]:
+    """The keyed partition of each correction: where intake sends its stream's events."""
+    routed: dict[int, list[Correction]] = defaultdict(list)
+    for c in corrections:
+        routed[partition_for(f"{c.tenant_id}|{c.customer_ref}", partitions)].append(c)
+    return routed
+
+
+async def send_corrections(
+    producer: AIOKafkaProducer,
+    keyed_topic: str,
+    corrections: list[Correction],
+    progress: Callable[[int, int], None] | None = None,
+) -> None:
+    """Every correction into its counter's keyed partition; returns once the broker has them all."""
+    partitions = len(await producer.partitions_for(keyed_topic))
+    messages = [
+        (partition, routed[i : i + CORRECTIONS_PER_MESSAGE])
+        for partition, routed in by_partition(corrections, partitions).items()
+        for i in range(0, len(routed), CORRECTIONS_PER_MESSAGE)
+    ]
+    sent = []
+    for done, (partition, chunk) in enumerate(messages, start=1):
+        sent.append(await producer.send(keyed_topic, encode_control(chunk), partition=partition))
+        if progress is not None:
+            progress(done, len(messages))
+    await asyncio.gather(*sent)

@@ -1,0 +1,63 @@
+"""Audited corrections of counters (``adjustments`` with target 'counter')."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+
+async def aggregation_of(conn: psycopg.AsyncConnection, tenant: str, metric: str) -> str | None:
+    cur = await conn.execute(
+        "SELECT aggregation FROM metric_mappings WHERE tenant_id = %s AND metric = %s", (tenant, metric)
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
+async def record(
+    conn: psycopg.AsyncConnection,
+    adjustment_id: str,
+    key: tuple[str, str, str],
+    bucket: datetime,
+    ts: datetime,
+    delta_micros: int,
+    reason: str,
+) -> dict[str, Any]:
+    """Insert, or return the existing row of a retried request (same id)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
+        " reason, target) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'counter')"
+        " ON CONFLICT (adjustment_id) DO UPDATE SET adjustment_id = EXCLUDED.adjustment_id RETURNING *",
+        (adjustment_id, *key, bucket, ts, delta_micros, reason),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def mark_applied(conn: psycopg.AsyncConnection, adjustment_id: str) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "UPDATE adjustments SET status = 'applied', applied_at = coalesce(applied_at, now())"
+        " WHERE adjustment_id = %s RETURNING *",
+        (adjustment_id,),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def list_rows(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, customer: str | None, limit: int
+) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT * FROM adjustments WHERE tenant_id = %s AND (%s::text IS NULL OR metric = %s)"
+        " AND (%s::text IS NULL OR customer_ref = %s) ORDER BY created_at DESC LIMIT %s",
+        (tenant, metric, metric, customer, customer, limit),
+    )
+    return await cur.fetchall()

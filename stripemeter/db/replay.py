@@ -1,0 +1,146 @@
+"""Replay in PostgreSQL: the too-late events a window still owes, the counters they change, and the
+stored replay reports."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+# Too-late events of the window not counted yet: one per idempotency key (the first received), and
+# none whose key was counted by the stream or by an earlier replay (a duplicate is never counted).
+PENDING_LATE = """
+SELECT DISTINCT ON (e.idempotency_key)
+       e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,
+       e.source_topic, e.source_partition, e.source_offset, e.source_index
+FROM events e
+WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.metric = ANY(%(metrics)s)
+  AND e.ts >= %(since)s AND e.ts < %(until)s AND e.replay_id IS NULL
+  AND (%(customer)s::text IS NULL OR e.customer_ref = %(customer)s)
+  AND NOT EXISTS (
+      SELECT 1 FROM events d
+      WHERE d.tenant_id = e.tenant_id AND d.idempotency_key = e.idempotency_key
+        AND (d.outcome = 'counted' OR (d.outcome = 'late' AND d.replay_id IS NOT NULL)))
+ORDER BY e.idempotency_key, e.source_topic, e.source_partition, e.source_offset, e.source_index
+"""
+
+SCANNED = """
+SELECT count(*) FROM events
+WHERE tenant_id = %(tenant)s AND metric = ANY(%(metrics)s) AND ts >= %(since)s AND ts < %(until)s
+  AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)
+"""
+
+COUNTERS = """
+SELECT c.metric, c.customer_ref, c.bucket, c.total_micros
+FROM counters c
+JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(metric, customer_ref, bucket)
+  ON c.tenant_id = %s AND c.metric = k.metric AND c.customer_ref = k.customer_ref AND c.bucket = k.bucket
+"""
+
+MARK = """
+UPDATE events SET replay_id = %s
+FROM unnest(%s::text[], %s::int[], %s::bigint[], %s::int[]) AS s(topic, part, off, idx)
+WHERE events.source_topic = s.topic AND events.source_partition = s.part AND events.source_offset = s.off
+  AND events.source_index = s.idx AND events.replay_id IS NULL
+"""
+
+
+def _scope(
+    tenant: str, metrics: list[str], customer: str | None, since: datetime, until: datetime
+) -> dict[str, Any]:
+    return {"tenant": tenant, "metrics": metrics, "customer": customer, "since": since, "until": until}
+
+
+async def pending_late(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metrics: list[str],
+    customer: str | None,
+    since: datetime,
+    until: datetime,
+) -> list[dict[str, Any]]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(PENDING_LATE, _scope(tenant, metrics, customer, since, until))
+    return await cur.fetchall()
+
+
+async def events_scanned(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metrics: list[str],
+    customer: str | None,
+    since: datetime,
+    until: datetime,
+) -> int:
+    cur = await conn.execute(SCANNED, _scope(tenant, metrics, customer, since, until))
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def counter_totals(
+    conn: psycopg.AsyncConnection, tenant: str, keys: list[tuple[str, str, datetime]]
+) -> dict[tuple[str, str, datetime], int]:
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        COUNTERS, ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], tenant)
+    )
+    return {(m, c, b): int(t) for m, c, b, t in await cur.fetchall()}
+
+
+async def mark_replayed(
+    conn: psycopg.AsyncConnection, replay_id: str, sources: list[tuple[str, int, int, int]]
+) -> int:
+    cur = await conn.execute(
+        MARK,
+        (
+            replay_id,
+            [s[0] for s in sources],
+            [s[1] for s in sources],
+            [s[2] for s in sources],
+            [s[3] for s in sources],
+        ),
+    )
+    return cur.rowcount
+
+
+async def store(
+    conn: psycopg.AsyncConnection,
+    replay_id: str,
+    scope: dict[str, Any],
+    mode: str,
+    status: str,
+    report: dict[str, Any],
+) -> None:
+    await conn.execute(
+        "INSERT INTO replays (replay_id, tenant_id, metrics, customer_ref, since, until, mode, status,"
+        " events_scanned, report, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " CASE WHEN %s IN ('applied', 'planned') THEN now() END)"
+        " ON CONFLICT (replay_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report,"
+        " finished_at = EXCLUDED.finished_at",
+        (
+            replay_id, scope["tenant"], scope["metrics"], scope["customer"], scope["since"], scope["until"],
+            mode, status, report["eventsScanned"], orjson.dumps(report).decode(), status,
+        ),
+    )  # fmt: skip
+
+
+async def fail(conn: psycopg.AsyncConnection, replay_id: str, error: str) -> None:
+    await conn.execute(
+        "UPDATE replays SET status = 'failed', error = %s, finished_at = now() WHERE replay_id = %s",
+        (error[:1000], replay_id),
+    )
+
+
+async def load(conn: psycopg.AsyncConnection, replay_id: str) -> dict[str, Any] | None:
+    cur = await conn.execute(
+        "SELECT report, status, tenant_id, error FROM replays WHERE replay_id = %s", (replay_id,)
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return None
+    report, status, tenant, error = row
+    return {**report, "status": status, "tenantId": tenant, **({"error": error} if error else {})}

@@ -1,0 +1,53 @@
+"""The replay window (pure): ``since`` / ``until`` as RFC 3339, ``now`` or a signed ISO 8601 duration,
+widened to whole hours because counters are hour buckets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from stripemeter.instants import BadInstant, parse_instant_ms
+
+HOUR_MS = 3_600_000
+
+
+class WindowError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Window:
+    since: datetime  # inclusive, on the hour
+    until: datetime  # exclusive, on the hour
+
+    def wire(self) -> dict[str, str]:
+        return {"since": _iso(self.since), "until": _iso(self.until)}
+
+
+def _iso(moment: datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _instant(field: str, raw: object, now_ms: int) -> int:
+    if not isinstance(raw, str) or not raw:
+        raise WindowError(field, 'is required: RFC 3339, "now", or a duration like -PT24H')
+    try:
+        return parse_instant_ms(raw, now_ms)
+    except BadInstant as exc:
+        raise WindowError(field, str(exc)) from None
+
+
+def parse_window(since_raw: object, until_raw: object, now_ms: int, max_seconds: int) -> Window:
+    since_ms = _instant("since", since_raw, now_ms)
+    until_ms = _instant("until", until_raw, now_ms)
+    if since_ms >= until_ms:
+        raise WindowError("since", "must be before until")
+    since_ms -= since_ms % HOUR_MS
+    until_ms += -until_ms % HOUR_MS
+    if until_ms - since_ms > max_seconds * 1000:
+        raise WindowError("since", f"the window is longer than the maximum of {max_seconds // 3600} hours")
+    return Window(
+        datetime.fromtimestamp(since_ms / 1000, tz=UTC), datetime.fromtimestamp(until_ms / 1000, tz=UTC)
+    )

@@ -1,0 +1,234 @@
+"""Replay on the real broker: dry-run changes nothing anywhere; apply counts too-late events exactly
+once (idempotent, safe to retry, safe while live events flow and across a kill -9); adjustments."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from aiohttp.test_utils import TestClient
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stripemeter.config import Settings
+from stripemeter.topics import TopicNames
+from tests.integration.client import counters_of, eventually, outcomes_of, produce
+
+HOUR_MS = 3_600_000
+
+
+def now_ms() -> int:
+    return int(datetime.now(UTC).timestamp() * 1000)
+
+
+def ev(tenant: str, customer: str, ts_ms: int, quantity: int, key: str) -> dict[str, Any]:
+    ts = (
+        datetime.fromtimestamp(ts_ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    )
+    return {"tenantId": tenant, "metric": "requests", "customerRef": customer, "quantity": quantity, "ts": ts,
+            "idempotencyKey": key}  # fmt: skip
+
+
+def oracle(events: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
+    """Per (customer, hour bucket) micros: every distinct idempotency key once, too-late ones included."""
+    seen: set[str] = set()
+    totals: Counter[tuple[str, int]] = Counter()
+    for e in events:
+        if e["idempotencyKey"] in seen:
+            continue
+        seen.add(e["idempotencyKey"])
+        ts = int(datetime.fromisoformat(e["ts"].replace("Z", "+00:00")).timestamp() * 1000)
+        totals[(e["customerRef"], ts - ts % HOUR_MS)] += e["quantity"] * 1_000_000
+    return totals
+
+
+async def local(env: Settings, tenant: str) -> Counter[tuple[str, int]]:
+    return Counter({(c, b): t for (_m, c, b), t in (await counters_of(env, tenant)).items()})
+
+
+async def end_offsets(env: Settings, topics: list[str]) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=env.kafka_bootstrap_servers)
+    await consumer.start()
+    try:
+        parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        if not parts:
+            await consumer.topics()
+            parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
+        return await consumer.end_offsets(parts)
+    finally:
+        await consumer.stop()
+
+
+async def replayed_rows(env: Settings, tenant: str) -> int:
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT count(*) FROM events WHERE tenant_id = %s AND replay_id IS NOT NULL", (tenant,)
+        )
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+def scenario(tenant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Fresh usage (advances the watermarks), then too-late events 60 h old: some twice, one a
+    duplicate of a fresh event's key."""
+    now = now_ms()
+    fresh = [ev(tenant, f"c{i % 3}", now - 60_000 * i, 1 + i % 4, f"f{i}") for i in range(60)]
+    old = now - 60 * HOUR_MS
+    late = [ev(tenant, f"c{i % 3}", old - 600_000 * (i % 7), 2 + i % 3, f"l{i}") for i in range(40)]
+    late += late[:5]  # sent twice: counted once
+    late.append(ev(tenant, "c0", old, 9, "f3"))  # key of a fresh event: a duplicate, never counted
+    return fresh, late
+
+
+async def replay(api: TestClient, tenant: str, mode: str, **extra: Any) -> dict[str, Any]:
+    body = {
+        "tenantId": tenant,
+        "metrics": ["requests"],
+        "since": "-P4D",
+        "until": "now",
+        "mode": mode,
+        **extra,
+    }
+    response = await api.post("/v1/replay", json=body)
+    assert response.status == 200, await response.text()
+    return await response.json()
+
+
+async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_once(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    tenant = f"rp-{uuid.uuid4().hex[:6]}"
+    start_worker("w1").wait_ready()
+    fresh, late = scenario(tenant)
+    await produce(env, [fresh])
+    await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
+    await produce(env, [late])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
+    await asyncio.sleep(1.5)  # let every delta of the fresh usage settle
+    names = TopicNames(env.topic_prefix, env.app_id)
+    counters_before = await local(env, tenant)
+    offsets_before = await end_offsets(env, [names.deltas, names.keyed])
+
+    dry = await replay(api, tenant, "dry-run")
+    distinct_late = sum(v for k, v in oracle(fresh + late).items()) - sum(oracle(fresh).values())
+    assert dry["applied"] is False and dry["mode"] == "dry-run"
+    assert dry["eventsScanned"] == 60 + 46 and dry["eventsReplayed"] == 40
+    assert dry["totals"]["delta"] * 1_000_000 == distinct_late
+    assert all(c["after"] - c["before"] == c["delta"] for c in dry["counters"])
+    # ... and nothing changed anywhere: counters, topics, the ledger
+    await asyncio.sleep(2)
+    assert await local(env, tenant) == counters_before
+    assert await end_offsets(env, [names.deltas, names.keyed]) == offsets_before
+    assert await replayed_rows(env, tenant) == 0
+
+    applied = await replay(api, tenant, "apply")
+    assert applied["applied"] is True and applied["totals"] == dry["totals"]
+    expected = oracle(fresh + late)
+    await eventually(
+        lambda: _equals(local(env, tenant), expected), timeout=30, what="counters = ledger truth"
+    )
+    assert await replayed_rows(env, tenant) == 40
+    again = await replay(api, tenant, "apply")
+    assert again["totals"]["delta"] == 0 and again["counters"] == []
+    stored = await (await api.get(f"/v1/replay/{applied['replayId']}")).json()
+    assert stored["status"] == "applied" and stored["totals"] == applied["totals"]
+    await asyncio.sleep(1.5)
+    assert await local(env, tenant) == expected
+
+
+async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_counts(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    tenant = f"rl-{uuid.uuid4().hex[:6]}"
+    worker = start_worker("w1", slot="main")
+    worker.wait_ready()
+    fresh, late = scenario(tenant)
+    await produce(env, [fresh])
+    await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
+    await produce(env, [late])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
+    now = now_ms()
+    live = [ev(tenant, f"c{i % 3}", now - 1000 * (i % 300), 1, f"live{i}") for i in range(3000)]
+    live += live[:200]  # duplicates while the replay runs
+
+    async def feed() -> None:
+        for i in range(0, len(live), 100):
+            await produce(env, [live[i : i + 100]])
+            await asyncio.sleep(0.05)
+
+    feeding = asyncio.create_task(feed())
+    await asyncio.sleep(0.5)
+    first, second = await asyncio.gather(replay(api, tenant, "apply"), replay(api, tenant, "apply"))
+    assert sorted([first["eventsReplayed"], second["eventsReplayed"]]) == [0, 40]  # one of them did it
+    worker.kill9()  # right after the apply: the corrections may or may not be checkpointed
+    await feeding
+    start_worker("w1", slot="main").wait_ready()
+    expected = oracle(fresh + late + live)
+    await eventually(
+        lambda: _equals(local(env, tenant), expected), timeout=90, what="counters = ledger truth"
+    )
+    assert (await replay(api, tenant, "apply"))["totals"]["delta"] == 0
+
+
+async def test_adjustments_are_counted_once_and_listed(env: Settings, start_worker, api: TestClient) -> None:
+    tenant = f"ad-{uuid.uuid4().hex[:6]}"
+    start_worker("w1").wait_ready()
+    now = now_ms()
+    await produce(env, [[ev(tenant, "acme", now, 10, "a1")]])
+    bucket = now - now % HOUR_MS
+    await eventually(
+        lambda: _equals(local(env, tenant), Counter({("acme", bucket): 10_000_000})), what="usage"
+    )
+    ts = datetime.fromtimestamp(now / 1000, tz=UTC).isoformat()
+    body = {
+        "tenantId": tenant,
+        "metric": "requests",
+        "customerRef": "acme",
+        "ts": ts,
+        "delta": -2.5,
+        "reason": "refund",
+    }
+    for _ in range(2):  # a retried request with the same Idempotency-Key counts once
+        response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
+        assert response.status == 201
+        created = await response.json()
+    assert (created["delta"], created["status"], created["target"]) == (-2.5, "applied", "counter")
+    await eventually(
+        lambda: _equals(local(env, tenant), Counter({("acme", bucket): 7_500_000})), what="adjusted"
+    )
+    listed = await (await api.get(f"/v1/adjustments?tenantId={tenant}")).json()
+    assert [a["adjustmentId"] for a in listed["adjustments"]] == [created["adjustmentId"]]
+    bad = await api.post("/v1/adjustments", json={**body, "delta": 0})
+    assert bad.status == 400 and (await bad.json())["error"]["field"] == "delta"
+
+
+async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient) -> None:
+    base = {"tenantId": "t", "metrics": ["requests"], "since": "-PT24H", "until": "now", "mode": "dry-run"}
+    cases = [
+        ({"metrics": ["nope"]}, "metrics"),
+        ({"metrics": []}, "metrics"),
+        ({"since": "now", "until": "-PT1H"}, "since"),
+        ({"since": "-PT24X"}, "since"),
+        ({"since": "2026-11-20T00:00:00"}, "since"),
+        ({"until": "tomorrow"}, "until"),
+        ({"since": "-P400D"}, "since"),
+        ({"mode": "later"}, "mode"),
+        ({"tenantId": "bad tenant"}, "tenantId"),
+    ]
+    for change, field in cases:
+        response = await api.post("/v1/replay", json={**base, **change})
+        assert response.status == 400, (change, await response.text())
+        assert (await response.json())["error"]["field"] == field, change
+    missing = await api.get("/v1/replay/rpl_nope")
+    assert missing.status == 404
+
+
+async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) -> bool:
+    return (await outcomes_of(env, tenant)).get(outcome, 0) >= n
+
+
+async def _equals(actual: Any, expected: Counter[tuple[str, int]]) -> bool:
+    return +(await actual) == +expected
