@@ -308,6 +308,20 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 3 if report["status"] == "drift" else 0
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.operate import replay
+
+    report = asyncio.run(replay(settings, args, say, print_table))
+    return 0 if report else 1
+
+
+def cmd_bench_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.bench_replay import replay_window
+
+    asyncio.run(replay_window(settings, args.events, args.late, args.customers, say))
+    return 0
+
+
 def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench_reconcile import reconcile_many
 
@@ -459,6 +473,15 @@ def build_parser() -> argparse.ArgumentParser:
     tool.add_argument("name", metavar="NAME", help="one of: " + ", ".join(tool_names()))
     tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")
 
+    bp = add(
+        bench_sub,
+        "replay",
+        cmd_bench_replay,
+        "replay dry-run and apply over a seeded ledger window, next to a bare scan of the window",
+    )
+    bp.add_argument("--events", type=int, default=10_000, help="ledger rows in the window (default 10000)")
+    bp.add_argument("--late", type=int, default=10_000, help="how many of them are too late (default 10000)")
+    bp.add_argument("--customers", type=int, default=1000, help="customers (default 1000)")
     br = add(
         bench_sub,
         "reconcile",
@@ -497,6 +520,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
+    rep = add(
+        sub,
+        "replay",
+        cmd_replay,
+        "count a window's too-late events exactly once: a dry-run by default, --apply to change counters"
+        " (the change then reaches Stripe through the writer)",
+    )
+    rep.add_argument("--tenant", required=True, help="tenant to replay")
+    rep.add_argument("--metric", action="append", required=True, help="metric to replay (repeat for more)")
+    rep.add_argument("--customer", help="only this customerRef")
+    rep.add_argument("--since", required=True, help="RFC 3339, now, or a duration like -PT24H or -P7D")
+    rep.add_argument("--until", default="now", help="as --since (default: now)")
+    rep.add_argument("--apply", action="store_true", help="apply the corrections (default: dry-run only)")
+    rep.add_argument("--json", action="store_true", help="print the full report as JSON")
     rec = add(
         sub,
         "reconcile",
@@ -518,10 +555,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def glue_negative_durations(argv: Sequence[str]) -> list[str]:
-    """``--since -PT1H`` -> ``--since=-PT1H``: argparse would take ``-PT1H`` for an option."""
+    """``--since -PT1H`` -> ``--since=-PT1H`` (and ``--until``): argparse would take ``-PT1H`` for an
+    option."""
     out: list[str] = []
     for arg in argv:
-        if out and out[-1] == "--since" and arg[:2].upper() == "-P":
+        if out and out[-1] in ("--since", "--until") and arg[:2].upper() == "-P":
             out[-1] = f"--since={arg}"
         else:
             out.append(arg)

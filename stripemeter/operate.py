@@ -1,4 +1,4 @@
-"""Operator commands behind the CLI: ``stripemeter reconcile`` (and, later, ``replay``).
+"""Operator commands behind the CLI: ``stripemeter reconcile`` and ``stripemeter replay``.
 
 They run in-process against PostgreSQL, Kafka and Stripe with the same code as the API, so they work
 when the API is down; results print as a table (or JSON with ``--json``), progress goes to stderr.
@@ -6,6 +6,7 @@ when the API is down; results print as a table (or JSON with ``--json``), progre
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from collections.abc import Callable
@@ -110,5 +111,51 @@ async def reconcile(
         f"{len(report['items'])} items: {parity} at parity, {len(report['items']) - parity} not;"
         f" {len(report['adjusted'])} corrections sent; totals local {t['local']} / Stripe {t['stripe']}"
         f" (diff {t['diffAbs']}, {t['diffPct']:.3%}); status {report['status'].upper()}"
+    )
+    return report
+
+
+REPLAY_COLUMNS = ["metric", "customer", "bucket", "before", "after", "delta", "events"]
+
+
+async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: Table) -> dict[str, Any]:
+    from stripemeter.replay.runner import Replayer, ReplayRequest
+    from stripemeter.replay.window import parse_window
+
+    window = parse_window(args.since, args.until, int(time.time() * 1000), settings.replay_max_window_seconds)
+    mode = "apply" if args.apply else "dry-run"
+    request = ReplayRequest(args.tenant, sorted(set(args.metric)), args.customer, window, mode)
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
+    )
+    await producer.start()
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url.value, autocommit=True
+        ) as conn:
+            progress = None if args.json else ProgressBar("sending corrections")
+            report = await Replayer(producer, names.keyed).run(conn, request, progress)
+    finally:
+        await producer.stop()
+    if args.json:
+        say(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
+        return report
+    w = report["window"]
+    say(
+        f"replay {report['replayId']} ({mode}): tenant {args.tenant}, metrics {', '.join(request.metrics)},"
+        f" window {w['since']} .. {w['until']}: {report['eventsScanned']:,} events scanned,"
+        f" {report['eventsReplayed']:,} too-late events to count"
+    )
+    if report["counters"]:
+        rows = [[c["metric"], c["customerRef"], c["bucket"], c["before"], c["after"], c["delta"], c["events"]]
+                for c in report["counters"]]  # fmt: skip
+        table(REPLAY_COLUMNS, rows)
+    t, n = report["totals"], len(report["counters"])
+    say(f"total: before {t['before']}, after {t['after']}, delta {t['delta']} in {n} counters")
+    say(
+        "applied: the meter counts them now; the writer pushes the change to Stripe"
+        if report["applied"]
+        else "dry-run: nothing changed; run again with --apply to count them"
     )
     return report

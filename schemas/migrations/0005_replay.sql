@@ -1,6 +1,11 @@
 -- Replay: too-late events counted on an operator's request, exactly once.
--- A ledger row with outcome 'late' that a replay has counted carries that replay's id.
-ALTER TABLE events ADD COLUMN replay_id text;
+-- The idempotency keys a replay has counted (the ledger itself is never rewritten).
+CREATE TABLE replayed_keys (
+    tenant_id       text NOT NULL,
+    idempotency_key text NOT NULL,
+    replay_id       text NOT NULL,
+    PRIMARY KEY (tenant_id, idempotency_key)
+);
 -- Replays and the reconciler look only at too-late events; keep finding them cheap in big windows.
 CREATE INDEX events_late ON events (tenant_id, metric, ts) WHERE outcome = 'late';
 

@@ -31,8 +31,9 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
 LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM events
-WHERE tenant_id = %(tenant)s AND outcome = 'late' AND replay_id IS NULL
-  AND ts >= %(start)s AND ts < %(end)s
+WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %(end)s
+  AND NOT EXISTS (SELECT 1 FROM replayed_keys r WHERE r.tenant_id = events.tenant_id
+                  AND r.idempotency_key = events.idempotency_key)
   AND (%(metric)s::text IS NULL OR metric = %(metric)s)
 GROUP BY 1, 2, 3
 """

@@ -36,7 +36,7 @@ class CounterChange:
 class Plan:
     changes: list[CounterChange]
     corrections: list[Correction]
-    sources: list[Source]
+    keys: list[str]  # idempotency keys of the events counted
 
 
 def bucket_of(ts: datetime) -> datetime:
@@ -55,7 +55,7 @@ def make_plan(
     grouped: dict[CounterId, list[dict[str, Any]]] = {}
     for row in rows:
         grouped.setdefault((row["metric"], row["customer_ref"], bucket_of(row["ts"])), []).append(row)
-    changes, corrections, all_sources = [], [], []
+    changes, corrections, keys = [], [], []
     for counter in sorted(grouped):
         events = grouped[counter]
         metric, customer, bucket = counter
@@ -81,5 +81,5 @@ def make_plan(
             after = current + micros
         changes.append(CounterChange(metric, customer, bucket, current, after, len(events)))
         corrections.append(correction)
-        all_sources.extend(sources)
-    return Plan(changes, corrections, all_sources)
+        keys.extend(r["idempotency_key"] for r in events)
+    return Plan(changes, corrections, keys)

@@ -120,7 +120,7 @@ class Replayer:
             await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
             report = {**report, "applied": True}
             async with conn.transaction():
-                await db.mark_replayed(conn, replay_id, plan.sources)
+                await db.mark_replayed(conn, replay_id, request.tenant_id, plan.keys)
                 await db.store(conn, replay_id, scope, request.mode, "applied", report)
         except Exception as exc:
             await db.fail(conn, replay_id, f"{type(exc).__name__}: {exc}")

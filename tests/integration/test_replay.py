@@ -64,9 +64,7 @@ async def end_offsets(env: Settings, topics: list[str]) -> dict[TopicPartition, 
 
 async def replayed_rows(env: Settings, tenant: str) -> int:
     async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
-        cur = await conn.execute(
-            "SELECT count(*) FROM events WHERE tenant_id = %s AND replay_id IS NOT NULL", (tenant,)
-        )
+        cur = await conn.execute("SELECT count(*) FROM replayed_keys WHERE tenant_id = %s", (tenant,))
         row = await cur.fetchone()
         return int(row[0]) if row else 0
 
