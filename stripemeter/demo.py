@@ -1,14 +1,26 @@
-"""`stripemeter demo`: the local stack, sample usage through real Kafka, and what was counted."""
+"""`stripemeter demo`: the whole story on the local stack, with the Stripe emulator.
+
+1. usage for three customers over three hours, with duplicates and late events inside the window,
+   is counted exactly once and reaches Stripe;
+2. during a Stripe outage more usage arrives: reconciliation shows the drift and its cause;
+3. the outage ends, the writer catches up; too-late events (older than the window) are waiting;
+4. a replay dry-run shows what they would change, apply counts them, and Stripe follows;
+5. reconciliation shows parity, and a stray meter event in Stripe is found and aligned.
+
+Each run uses its own tenant, so reruns tell the same story.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -19,88 +31,281 @@ from stripemeter.topics import TopicNames
 Say = Callable[[str], None]
 
 CUSTOMERS = ("acme-42", "globex-7", "initech-3")
+EVENT_NAME = "demo_api_requests"
 
 
-def sample_events(tenant: str, now: datetime) -> list[dict[str, object]]:
-    """Three customers, three hours of API calls; deterministic so a rerun adds nothing new."""
+class Http:
+    """Tiny JSON (and Stripe-style form) client: the demo talks to the API and the emulator like a user."""
+
+    def __init__(self, base: str, headers: dict[str, str] | None = None):
+        self.base = base.rstrip("/")
+        self.headers = headers or {}
+
+    def call(self, method: str, path: str, body: Any = None, form: dict[str, str] | None = None) -> Any:
+        data, headers = None, dict(self.headers)
+        if body is not None:
+            data, headers["Content-Type"] = json.dumps(body).encode(), "application/json"
+        elif form is not None:
+            data = urllib.parse.urlencode(form).encode()
+            headers["Content-Type"] = "application/x-www-form-urlencoded"
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        with urllib.request.urlopen(request, timeout=60) as response:
+            raw = response.read()
+        return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
+
+
+def iso(moment: datetime) -> str:
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def usage(tenant: str, customer: str, ts: datetime, quantity: int, key: str) -> dict[str, Any]:
+    return {
+        "tenantId": tenant,
+        "metric": "requests",
+        "customerRef": customer,
+        "quantity": quantity,
+        "ts": iso(ts),
+        "idempotencyKey": key,
+    }
+
+
+def first_batch(tenant: str, now: datetime) -> list[dict[str, Any]]:
+    """Three hours of calls; the newest hour first, then two late hours (inside the 48 h window)."""
     events = []
-    for hours_ago in (2, 1, 0):
-        hour = (now - timedelta(hours=hours_ago)).replace(minute=5, second=0, microsecond=0)
+    for hours_ago in (0, 1, 2):
+        hour = (now - timedelta(hours=hours_ago)).replace(minute=0, second=0, microsecond=0)
         for n, customer in enumerate(CUSTOMERS):
-            for i in range(n + 2):
-                events.append(
-                    {
-                        "tenantId": tenant,
-                        "metric": "requests",
-                        "customerRef": customer,
-                        "quantity": 10 * (i + 1),
-                        "ts": (hour + timedelta(minutes=i)).isoformat().replace("+00:00", "Z"),
-                        "idempotencyKey": f"demo-{customer}-{hour:%Y%m%d%H}-{i}",
-                    }
-                )
+            for i in range(4 + n):
+                ts = min(hour + timedelta(minutes=5 + i), now)
+                events.append(usage(tenant, customer, ts, 10 * (i + 1), f"{customer}-{hours_ago}-{i}"))
     return events
 
 
-async def produce(settings: Settings, events: list[dict[str, object]]) -> None:
+async def send(settings: Settings, messages: list[Any]) -> None:
     names = TopicNames(settings.topic_prefix, settings.app_id)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
     try:
-        # Half as single-event messages, half as one array message, plus one bad message.
-        half = len(events) // 2
-        for event in events[:half]:
-            await producer.send(
-                names.events, orjson.dumps(event), key=f"{event['tenantId']}:{event['customerRef']}".encode()
-            )
-        await producer.send(names.events, orjson.dumps(events[half:]))
-        await producer.send(names.events, b'{"tenantId": "demo", "quantity": "lots"}')
+        for message in messages:
+            await producer.send(names.events, orjson.dumps(message))
         await producer.flush()
     finally:
         await producer.stop()
 
 
-def history(settings: Settings, tenant: str, customer: str, since: datetime) -> dict[str, object]:
-    query = urllib.parse.urlencode(
-        {
-            "tenantId": tenant,
-            "metric": "requests",
-            "customerRef": customer,
-            "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        }
-    )
-    url = f"http://{settings.api_host}:{settings.api_port}/v1/usage/history?{query}"
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.loads(response.read())
-
-
-def run_demo(settings: Settings, say: Say, tenant: str = "demo") -> int:
-    from stripemeter.local.stack import up
-
-    say("== bringing up the local stack")
-    up(settings, say)
-    now = datetime.now(UTC)
-    events = sample_events(tenant, now)
-    expected: dict[str, float] = {}
+def distinct_total(events: list[dict[str, Any]]) -> int:
+    seen: dict[str, int] = {}
     for e in events:
-        expected[str(e["customerRef"])] = expected.get(str(e["customerRef"]), 0) + float(e["quantity"])  # type: ignore[arg-type]
-    say(f"== sending {len(events)} usage events (and one malformed message) to usage.events")
-    asyncio.run(produce(settings, events))
-    # The three hours this run writes; an earlier run wrote the same keys there, so they count once.
-    since = (now - timedelta(hours=2)).replace(minute=0, second=0, microsecond=0)
-    deadline = time.monotonic() + 60
-    results: dict[str, dict[str, object]] = {}
-    while time.monotonic() < deadline:
-        results = {c: history(settings, tenant, c, since) for c in CUSTOMERS}
-        if all(float(results[c]["total"]) >= expected[c] for c in CUSTOMERS):  # type: ignore[arg-type]
-            break
+        seen.setdefault(e["idempotencyKey"], e["quantity"])
+    return sum(seen.values())
+
+
+def wait(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.5)
-    say("== counted usage (GET /v1/usage/history), per customer and hour")
-    ok = True
-    for customer in CUSTOMERS:
-        body = results.get(customer, {"series": [], "total": 0})
-        series = " ".join(f"{s['start'][11:16]}={s['value']}" for s in body["series"])  # type: ignore[index,union-attr]
-        mark = "ok" if float(body["total"]) == expected[customer] else f"expected {expected[customer]:g}"  # type: ignore[arg-type]
-        ok = ok and mark == "ok"
-        say(f"  {customer:10}  total={body['total']:<6}  {series}  [{mark}]")
-    say("== the malformed message went to usage.events.dlq (see `stripemeter topics list`)")
+
+
+class Demo:
+    def __init__(self, settings: Settings, say: Say, tenant: str):
+        from stripemeter.local.stack import emulator_url
+
+        self.settings = settings
+        self.say = say
+        self.tenant = tenant
+        self.api = Http(f"http://{settings.api_host}:{settings.api_port}")
+        self.stripe = Http(emulator_url(settings), {"Authorization": "Bearer sk_test_local_emulator"})
+        self.period = ""
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    def setup_stripe(self) -> None:
+        meters = self.stripe.call("GET", "/v1/billing/meters?limit=100")["data"]
+        if not any(m["event_name"] == EVENT_NAME for m in meters):
+            self.stripe.call(
+                "POST",
+                "/v1/billing/meters",
+                form={
+                    "display_name": "API requests",
+                    "event_name": EVENT_NAME,
+                    "default_aggregation[formula]": "sum",
+                    "customer_mapping[type]": "by_id",
+                    "customer_mapping[event_payload_key]": "stripe_customer_id",
+                    "value_settings[event_payload_key]": "value",
+                },
+            )
+        self.api.call(
+            "PUT",
+            f"/v1/mappings/{self.tenant}/requests",
+            {"stripeMeterEventName": EVENT_NAME, "aggregation": "sum"},
+        )
+        for customer in CUSTOMERS:
+            cus = self.stripe.call("POST", "/v1/customers", form={"email": f"{customer}@example.com"})["id"]
+            self.api.call("PUT", f"/v1/customers/{self.tenant}/{customer}", {"stripeCustomerId": cus})
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def local_total(self) -> float:
+        body = self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")
+        return sum(c["local"] for c in body["counters"])
+
+    def stripe_total(self) -> float:
+        body = self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")
+        return sum(c["pushed"] for c in body["counters"])
+
+    def synced(self) -> bool:
+        body = self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")
+        return bool(body["counters"]) and all(c["status"] == "synced" for c in body["counters"])
+
+    def reconcile(self, align: str = "within_epsilon") -> dict[str, Any]:
+        report = self.api.call(
+            "POST", "/v1/reconciliation/run", {"tenantId": self.tenant, "metric": "requests", "align": align}
+        )
+        self.period = report["period"]["name"]
+        return report
+
+    def show_summary(self) -> dict[str, Any]:
+        query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "period": self.period})
+        summary = self.api.call("GET", f"/v1/reconciliation/summary?{query}")
+        t = summary["totals"]
+        self.say(
+            f"  summary {summary['period']['name']}: status {summary['status'].upper()}  "
+            f"local {t['local']}  stripe {t['stripe']}  diff {t['diffAbs']} ({t['diffPct']:.2%})"
+        )
+        for item in summary["items"]:
+            causes = "; ".join(_cause(c) for c in item["causes"]) or "-"
+            pending = f"  in flight {item['inFlight']}" if item["inFlight"] else ""
+            self.say(
+                f"    {item['customerRef']:10} local {item['local']:>5}  stripe {item['stripe']:>5}"
+                f"  {item['status']:14} {item['action']:8}{pending}  {causes}"
+            )
+        return summary
+
+    def replay(self, mode: str) -> dict[str, Any]:
+        report = self.api.call(
+            "POST",
+            "/v1/replay",
+            {"tenantId": self.tenant, "metrics": ["requests"], "since": "-P4D", "until": "now", "mode": mode},
+        )
+        t = report["totals"]
+        self.say(
+            f"  {mode}: {report['eventsScanned']} events scanned, {report['eventsReplayed']} too late,"
+            f" total {t['before']} -> {t['after']} (delta {t['delta']}), applied={report['applied']}"
+        )
+        for c in report["counters"]:
+            self.say(
+                f"    {c['customerRef']:10} {c['bucket']}  {c['before']} -> {c['after']}  ({c['delta']:+})"
+            )
+        return report
+
+    # --- the story -------------------------------------------------------------------------------
+
+    def run(self) -> bool:
+        say, settings, now = self.say, self.settings, datetime.now(UTC)
+        say(f"== tenant {self.tenant}: a meter and three customers in the Stripe emulator, and the mappings")
+        self.setup_stripe()
+
+        events = first_batch(self.tenant, now)
+        duplicates = events[::5]
+        say(
+            f"== 1. {len(events)} usage events over three hours (the two older hours arrive late), "
+            f"plus {len(duplicates)} duplicates"
+        )
+        asyncio.run(send(settings, [events[:20], *events[20:], duplicates]))
+        expected = distinct_total(events)
+        wait("usage counted and pushed", lambda: self.local_total() == expected and self.synced())
+        say(f"  counted {self.local_total():g} (expected {expected}); Stripe has {self.stripe_total():g}")
+
+        say("== 2. Stripe outage: every meter-event call fails with 500 while more usage arrives")
+        self.stripe.call(
+            "POST", "/_emulator/faults", {"server_error_rate": 1.0, "path_prefix": "/v1/billing/meter_events"}
+        )
+        more = [
+            usage(self.tenant, CUSTOMERS[0], now - timedelta(minutes=1), 25, f"outage-{i}") for i in range(4)
+        ]
+        asyncio.run(send(settings, [more]))
+        expected += distinct_total(more)
+        wait("the new usage counted", lambda: self.local_total() == expected)
+        say(f"  waiting {settings.reconcile_settle_seconds:.0f} s (younger changes are in flight, not drift)")
+        time.sleep(settings.reconcile_settle_seconds + 1)
+        self.reconcile()
+        self.show_summary()
+
+        say("== 3. the outage ends; the writer catches up. Too-late events (60 h old, window 48 h) arrive")
+        self.stripe.call("POST", "/_emulator/faults", {"server_error_rate": 0.0})
+        old = now - timedelta(hours=60)
+        late = [
+            usage(self.tenant, c, old + timedelta(minutes=i), 5, f"late-{c}-{i}")
+            for c in CUSTOMERS
+            for i in range(3)
+        ]
+        asyncio.run(send(settings, [late]))
+        wait("the writer in sync", self.synced, timeout=120)
+        wait("the too-late events in the ledger", lambda: self._late_in_ledger() >= len(late))
+        self.reconcile()
+        self.show_summary()
+
+        say("== 4. replay the last four days: dry-run first (changes nothing), then apply")
+        dry = self.replay("dry-run")
+        self.replay("apply")
+        expected += distinct_total(late)
+        wait(
+            "the replayed usage pushed", lambda: self.local_total() == expected and self.synced(), timeout=120
+        )
+        say("  and apply once more (idempotent):")
+        again = self.replay("apply")
+
+        say("== 5. reconciliation after the replay; then a stray meter event (+1) appears in Stripe")
+        self.reconcile()
+        self.show_summary()
+        customer_id = self.api.call("GET", f"/v1/customers/{self.tenant}")["customers"][0]["stripeCustomerId"]
+        self.stripe.call(
+            "POST",
+            "/v1/billing/meter_events",
+            form={
+                "event_name": EVENT_NAME,
+                "payload[stripe_customer_id]": customer_id,
+                "payload[value]": "1",
+                "timestamp": str(int(now.timestamp()) - 2 * 3600),  # an hour settled long ago
+            },
+        )
+        adjusted = self.reconcile()
+        for a in adjusted["adjusted"]:
+            say(f"  aligned {a['customerRef']} {a['bucket']} by {a['value']:+} in Stripe")
+        final = self.reconcile()
+        summary = self.show_summary()
+        ok = (
+            summary["status"] == "parity"
+            and summary["totals"]["local"] == expected
+            and dry["totals"]["delta"] == distinct_total(late)
+            and again["totals"]["delta"] == 0
+            and final["status"] == "parity"
+        )
+        verdict = "PARITY" if ok else "NOT AT PARITY"
+        say(f"== {verdict}: local {summary['totals']['local']}, expected {expected}")
+        return ok
+
+    def _late_in_ledger(self) -> int:
+        query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "limit": 500})
+        return sum(1 for e in self.api.call("GET", f"/v1/events?{query}")["events"] if e["outcome"] == "late")
+
+
+def _cause(cause: dict[str, Any]) -> str:
+    extra = f" ({cause['count']} events, total {cause['total']:g})" if cause["code"] == "late_events" else ""
+    return cause["code"] + extra
+
+
+def run_demo(settings: Settings, say: Say, tenant: str | None = None) -> int:
+    from stripemeter.local.stack import app_settings, up
+
+    say("== bringing up the local stack (Kafka, PostgreSQL, Stripe emulator, worker, API)")
+    up(settings, say)
+    tenant = tenant or f"demo-{datetime.now(UTC):%H%M%S}"
+    try:
+        ok = Demo(app_settings(settings), say, tenant).run()
+    except urllib.error.HTTPError as exc:
+        say(f"demo failed: {exc.code} {exc.reason} on {exc.url}: {exc.read()[:500]!r}")
+        return 1
     return 0 if ok else 1

@@ -26,7 +26,7 @@ async def list_events(
     params: dict[str, Any] = {"tenant": tenant, "limit": limit}
     for column, value in (("metric", metric), ("customer_ref", customer)):
         if value is not None:
-            where.append(sql.SQL("{} = %({})s").format(sql.Identifier(column), sql.Placeholder(column)))
+            where.append(sql.SQL("{} = {}").format(sql.Identifier(column), sql.Placeholder(column)))
             params[column] = value
     if since is not None:
         where.append(sql.SQL("ts >= %(since)s"))

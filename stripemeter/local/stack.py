@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from stripemeter.config import Settings, settings_env
+from stripemeter.config import Secret, Settings, settings_env
 from stripemeter.local.kafka import LocalKafka
 from stripemeter.local.postgres import LocalPostgres, install_server
 from stripemeter.local.procs import Managed, port_open, tail, wait_for
@@ -114,6 +114,27 @@ def start_process(settings: Settings, name: str, argv: list[str], ready_url: str
     _wait(name, managed, lambda: http_ok(ready_url), 120)
 
 
+def uses_emulator(settings: Settings) -> bool:
+    """No Stripe configured: the local stack runs the project's emulator and points at it."""
+    return not (settings.stripe_api_key or settings.stripe_api_base)
+
+
+def app_settings(settings: Settings) -> Settings:
+    """What the stack's worker and API run with: the emulator when no Stripe is configured, and a
+    short settle time (the emulator's summaries are immediate)."""
+    if not uses_emulator(settings):
+        return settings
+    return settings.with_overrides(
+        stripe_api_base=emulator_url(settings),
+        stripe_api_key=Secret("sk_test_local_emulator"),
+        reconcile_settle_seconds=min(settings.reconcile_settle_seconds, 10.0),
+    )
+
+
+def emulator_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.emulator_port}"
+
+
 def services(settings: Settings) -> list[Service]:
     pg = LocalPostgres.from_settings(settings, Path("/"))
     kafka = LocalKafka.from_settings(settings)
@@ -127,6 +148,12 @@ def services(settings: Settings) -> list[Service]:
             signal.SIGINT,
         ),
         Service("kafka", f"{kafka.host}:{kafka.port}", _managed(settings, "kafka"), (kafka.host, kafka.port)),
+        Service(
+            "stripe-emulator",
+            emulator_url(settings),
+            _managed(settings, "stripe-emulator"),
+            ("127.0.0.1", settings.emulator_port),
+        ),
         Service(
             "worker",
             f"http://127.0.0.1:{settings.worker_web_port}",
@@ -165,6 +192,15 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
         say(f"created {len(result.created)} topic(s)")
     if with_app:
         me = [sys.executable, "-m", "stripemeter"]
+        if uses_emulator(settings):
+            start_process(
+                settings,
+                "stripe-emulator",
+                [*me, "stripe-emulator", "--port", str(settings.emulator_port)],
+                emulator_url(settings) + "/_emulator/faults",
+                say,
+            )
+        settings = app_settings(settings)
         start_process(
             settings,
             "worker",

@@ -129,7 +129,9 @@ class Reconciler:
             checked_at = datetime.fromtimestamp(now, tz=UTC)
             rows, drift_records, report_items, adjusted = [], [], [], []
             counts: Counter[str] = Counter()
-            for item, verdict in zip(items, verdicts, strict=True):
+            for n, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
+                if n % 500 == 499:
+                    await asyncio.sleep(0)  # inside a worker: let the meter run between chunks
                 period = ranges[_key(item)]
                 action, sent = await self._act(
                     conn, run_id, request, item, verdict, metric_map, customer_map, now

@@ -26,6 +26,9 @@ def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Setting
         worker_web_port=free_port(),
         api_port=free_port(),
         log_level="INFO",
+        # tests share one database: a scheduled run would reconcile every test's tenants against this
+        # test's emulator; tests that reconcile do it on demand
+        reconcile_interval_seconds=0,
     )
 
 
