@@ -77,6 +77,9 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
         broker_session_timeout=10.0,
+        # with a stable id (a StatefulSet pod name) a restarted worker gets its partitions back
+        # without a rebalance, as long as it returns within the session timeout
+        consumer_group_instance_id=settings.group_instance_id or None,
         broker_heartbeat_interval=1.0,
         stream_buffer_maxsize=4096,
         # Faust would wait for every unacknowledged message before a rebalance or stop completes;

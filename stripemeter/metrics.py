@@ -67,3 +67,18 @@ REPLAYS = Counter("stripemeter_replays_total", "Replays, by mode and result", ["
 REPLAY_SECONDS = Histogram(
     "stripemeter_replay_seconds", "Duration of one replay", ["mode"], buckets=(0.05, 0.1, 0.5, 1, 5, 30, 120)
 )
+CONSUMER_LAG_MESSAGES = Gauge(
+    "stripemeter_consumer_lag_messages",
+    "Records not yet consumed (end offset minus committed offset), per consumer group and partition",
+    ["group", "topic", "partition"],
+)
+CONSUMER_LAG_SECONDS = Gauge(
+    "stripemeter_consumer_lag_seconds",
+    "Age of the oldest record not yet consumed (0 when caught up), per consumer group and partition",
+    ["group", "topic", "partition"],
+)
+STRIPE_ERRORS = Counter(
+    "stripemeter_stripe_errors_total",
+    "Errors from Stripe calls, by error class (RateLimitError, APIError, APIConnectionError, ...)",
+    ["type"],
+)
