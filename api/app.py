@@ -19,7 +19,7 @@ from stripemeter.api import (
     replay,
     usage,
 )
-from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, REPLAYER, SETTINGS
+from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, REPLAYER, SETTINGS, STRIPE_CHECK
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
@@ -71,6 +71,7 @@ async def refresh_reconciliation_gauges(request: web.Request) -> None:
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
+    app[STRIPE_CHECK] = {}
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await open_pool(settings.database_url.value)

@@ -15,3 +15,4 @@ POOL = web.AppKey("pool", AsyncConnectionPool)
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 REPLAYER = web.AppKey("replayer", Replayer)
+STRIPE_CHECK = web.AppKey("stripe_check", dict)  # the last Stripe reachability check and when

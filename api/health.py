@@ -1,10 +1,30 @@
-"""GET /health/live and /health/ready"""
+"""GET /health/live and /health/ready.
+
+Readiness runs real checks and says which failed:
+- **unhealthy** (503): PostgreSQL does not answer, Kafka does not serve metadata, or no worker of this
+  app has sent a heartbeat in the last 30 s (nothing would be counted);
+- **degraded** (200): Stripe does not answer (usage is still counted; pushes wait), a worker is
+  rebalancing or recovering its tables, or a consumer group lags more than
+  ``STRIPEMETER_READY_MAX_LAG_SECONDS``;
+- **healthy** (200): everything answers and keeps up.
+The Stripe check is one cheap call (list one meter), cached for a minute.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from typing import Any
+
 from aiohttp import web
-from stripemeter.api.appkeys import POOL
+from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS, STRIPE_CHECK
 from stripemeter.api.errors import json_response
+
+HEARTBEAT_STALE_SECONDS = 30
+STRIPE_CHECK_TTL = 60.0
+TIMEOUT = 3.0
+
+Check = dict[str, Any]
 
 
 async def live(request: web.Request) -> web.Response:
@@ -12,13 +32,77 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    checks: dict[str, dict[str, object]] = {}
+    postgres, workers = await _postgres_and_workers(request)
+    checks = {
+        "postgres": postgres,
+        "kafka": await _kafka(request),
+        "stripe": await _stripe(request),
+        "workers": workers,
+    }
+    statuses = {c["status"] for c in checks.values()}
+    status = "unhealthy" if "down" in statuses else "degraded" if "degraded" in statuses else "healthy"
+    return json_response({"status": status, "checks": checks}, status=503 if status == "unhealthy" else 200)
+
+
+async def _postgres_and_workers(request: web.Request) -> tuple[Check, Check]:
+    settings = request.app[SETTINGS]
     try:
-        async with request.app[POOL].connection() as conn:
-            await conn.execute("SELECT 1")
-        checks["postgres"] = {"status": "ok"}
+        async with asyncio.timeout(TIMEOUT), request.app[POOL].connection() as conn:
+            cur = await conn.execute(
+                "SELECT worker_id, ready, state, extract(epoch FROM now() - seen_at) FROM worker_heartbeats"
+                " WHERE app_id = %s AND seen_at > now() - %s * interval '1 second' ORDER BY worker_id",
+                (settings.app_id, HEARTBEAT_STALE_SECONDS),
+            )
+            rows = await cur.fetchall()
     except Exception as exc:
-        checks["postgres"] = {"status": "down", "error": type(exc).__name__}
-    healthy = all(c["status"] == "ok" for c in checks.values())
-    body = {"status": "healthy" if healthy else "unhealthy", "checks": checks}
-    return json_response(body, status=200 if healthy else 503)
+        down = {"status": "down", "error": type(exc).__name__}
+        return down, {"status": "down", "error": "PostgreSQL is down: heartbeats unknown"}
+    return {"status": "ok"}, _workers(rows, settings.ready_max_lag_seconds)
+
+
+def _workers(rows: list[tuple[Any, ...]], max_lag: float) -> Check:
+    if not rows:
+        return {"status": "down", "alive": 0, "error": f"no worker heartbeat in {HEARTBEAT_STALE_SECONDS} s"}
+    lag: dict[str, float] = {}
+    for _id, _ready, state, _age in rows:
+        for group, seconds in (state.get("lagSeconds") or {}).items():
+            lag[group] = max(lag.get(group, 0.0), float(seconds))
+    not_ready = [worker for worker, ready, _state, _age in rows if not ready]
+    behind = {group: round(seconds, 1) for group, seconds in lag.items() if seconds > max_lag}
+    check: Check = {
+        "status": "degraded" if not_ready or behind else "ok",
+        "alive": len(rows),
+        "ready": len(rows) - len(not_ready),
+        "lagSeconds": {group: round(seconds, 1) for group, seconds in sorted(lag.items())},
+    }
+    if not_ready:
+        check["notReady"] = not_ready
+    if behind:
+        check["behind"] = behind
+    return check
+
+
+async def _kafka(request: web.Request) -> Check:
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await request.app[PRODUCER].client.fetch_all_metadata()
+    except Exception as exc:
+        return {"status": "down", "error": type(exc).__name__}
+    return {"status": "ok"}
+
+
+async def _stripe(request: web.Request) -> Check:
+    if RECONCILER not in request.app:
+        return {"status": "disabled", "message": "no STRIPE_API_KEY or STRIPE_API_BASE: usage is not pushed"}
+    cached = request.app[STRIPE_CHECK]
+    if cached and time.monotonic() - cached["at"] < STRIPE_CHECK_TTL:
+        return cached["check"]
+    client = request.app[RECONCILER].reader.client
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            await client.v1.billing.meters.list_async({"limit": 1})
+        check: Check = {"status": "ok"}
+    except Exception as exc:
+        check = {"status": "degraded", "error": type(exc).__name__}
+    request.app[STRIPE_CHECK].update({"at": time.monotonic(), "check": check})
+    return check

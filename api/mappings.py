@@ -12,6 +12,7 @@ from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.policy import AGGREGATIONS
 
 from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
+from stripemeter.db.pushes import retry_parked
 from stripemeter.events import METRIC_RE, TENANT_RE
 
 
@@ -45,7 +46,8 @@ async def put_metric(request: web.Request) -> web.Response:
         raise bad_request("latenessSeconds", "must be a whole number of seconds >= 0")
     async with request.app[POOL].connection() as conn:
         row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
-    return json_response(_view(row))
+        retried = await retry_parked(conn, tenant, metric=metric)
+    return json_response({**_view(row), "countersRetried": retried})
 
 
 async def put_customer(request: web.Request) -> web.Response:
@@ -64,7 +66,8 @@ async def put_customer(request: web.Request) -> web.Response:
             raise bad_request("billingAnchor", "must carry a UTC offset")
     async with request.app[POOL].connection() as conn:
         row = await upsert_customer(conn, tenant, customer, stripe_id, anchor)
-    return json_response(_view(row))
+        retried = await retry_parked(conn, tenant, customer=customer)
+    return json_response({**_view(row), "countersRetried": retried})
 
 
 async def list_metrics(request: web.Request) -> web.Response:

@@ -19,6 +19,7 @@ import psycopg
 from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
+from stripemeter.streams import heartbeat
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.intake import Intake
@@ -198,7 +199,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
     else:
         log.warning("STRIPE_API_KEY is not set: counters are not pushed to Stripe")
 
-    reconcile_stopping = asyncio.Event()
+    tasks_stopping = asyncio.Event()
     if stripe_configured(settings) and settings.reconcile_interval_seconds > 0:
 
         @app.task
@@ -208,15 +209,27 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             await asyncio.sleep(min(60.0, settings.reconcile_interval_seconds))
             publish = kafka_publisher(checkpointer.producer, names.drift)
             reconciler = build_reconciler(settings, publish)
-            await _supervise(
-                app, "reconciler", lambda: run_schedule(settings, reconciler, reconcile_stopping)
-            )
+            await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, tasks_stopping))
 
     if with_sink:
 
         @app.task
         async def run_sink() -> None:
             await _supervise(app, "postgres sink", sink.run)
+
+    def worker_status() -> dict[str, Any]:
+        recovered = app.tables.recovery.completed.is_set()
+        rebalancing = bool(app.rebalancing)
+        return {
+            "ready": recovered and not rebalancing,
+            "tablesRecovered": recovered,
+            "rebalancing": rebalancing,
+            "partitions": len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed]),
+        }
+
+    @app.task
+    async def run_heartbeat() -> None:
+        await heartbeat.run(settings, worker_status, tasks_stopping)
 
     @app.task
     async def refresh_policies() -> None:
@@ -239,7 +252,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         """
 
         async def on_stop(self) -> None:
-            reconcile_stopping.set()
+            tasks_stopping.set()
             intake.stop()
             sink.stop()
             if producer_started.is_set():

@@ -58,6 +58,7 @@ class Settings:
     reconcile_epsilon: float = 0.005
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
     reconcile_calls_per_second: float = 20.0
+    ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
     replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
 
     @property
@@ -96,6 +97,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
     "STRIPEMETER_RECONCILE_CALLS_PER_SECOND": "reconcile_calls_per_second",
     "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
+    "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
 }
 
 

@@ -143,3 +143,17 @@ async def parked_count(conn: psycopg.AsyncConnection) -> int:
     cur = await conn.execute("SELECT count(*) FROM stripe_pushes WHERE status = 'parked'")
     row = await cur.fetchone()
     return int(row[0]) if row else 0
+
+
+async def retry_parked(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None = None, customer: str | None = None
+) -> int:
+    """A changed mapping may fix what parked a counter (an unknown customer or meter): try again."""
+    cur = await conn.execute(
+        "UPDATE stripe_pushes SET status = 'waiting', attempts = 0, reason = NULL, pending_identifier = NULL,"
+        " pending_to_units = NULL, updated_at = now()"
+        " WHERE tenant_id = %s AND status IN ('parked', 'unmapped')"
+        " AND (%s::text IS NULL OR metric = %s) AND (%s::text IS NULL OR customer_ref = %s)",
+        (tenant, metric, metric, customer, customer),
+    )
+    return cur.rowcount

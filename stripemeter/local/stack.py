@@ -209,7 +209,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
             say,
         )
         start_process(
-            settings, "api", [*me, "api"], f"http://{settings.api_host}:{settings.api_port}/health/ready", say
+            settings, "api", [*me, "api"], f"http://{settings.api_host}:{settings.api_port}/health/live", say
         )
 
 

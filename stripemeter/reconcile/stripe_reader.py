@@ -11,6 +11,7 @@ from typing import Any
 
 import stripe
 
+from stripemeter import metrics
 from stripemeter.stripe_push.writer import RateLimiter
 
 PAGE = 100
@@ -27,7 +28,11 @@ class StripeReader:
         async with self.slots:
             await self.limiter.wait()
             self.calls += 1
-            return await fn(*args)
+            try:
+                return await fn(*args)
+            except stripe.StripeError as error:
+                metrics.STRIPE_ERRORS.labels(type(error).__name__).inc()
+                raise
 
     async def meters_by_event_name(self) -> dict[str, str]:
         """Active meters: event name -> meter id."""

@@ -7,6 +7,7 @@ from typing import Literal
 
 import stripe
 
+from stripemeter import metrics
 from stripemeter.stripe_push.plan import Push
 
 Outcome = Literal["delivered", "duplicate", "permanent", "rate_limited", "transient"]
@@ -61,5 +62,6 @@ async def send(client: stripe.StripeClient, push: Push) -> SendResult:
             {"idempotency_key": push.identifier},
         )
     except stripe.StripeError as error:
+        metrics.STRIPE_ERRORS.labels(type(error).__name__).inc()
         return classify(error)
     return SendResult("delivered")
