@@ -19,7 +19,7 @@ from stripemeter.streams.control import Correction, send_corrections
 from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db import adjustments as db
-from stripemeter.events import METRIC_RE, MICROS, TENANT_RE
+from stripemeter.events import METRIC_RE, MICROS
 from stripemeter.topics import TopicNames
 
 HOUR_S = 3600
@@ -50,9 +50,7 @@ def _ts(raw: Any) -> datetime:
 
 async def post_adjustment(request: web.Request) -> web.Response:
     body = await params.json_object(request)
-    tenant = params.body_text(body, "tenantId", 64)
-    if not TENANT_RE.match(tenant):
-        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
+    tenant = params.body_tenant(request, body)
     metric = params.body_text(body, "metric", 100)
     if not METRIC_RE.match(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
@@ -98,7 +96,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def list_adjustments(request: web.Request) -> web.Response:
-    tenant = params.required(request, "tenantId")
+    tenant = params.tenant(request)
     metric = request.query.get("metric") or None
     customer = request.query.get("customerRef") or None
     limit = params.integer(request, "limit", 100, 1, 1000)

@@ -19,7 +19,17 @@ from stripemeter.api import (
     replay,
     usage,
 )
-from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, REPLAYER, SETTINGS, STRIPE_CHECK
+from stripemeter.api.appkeys import (
+    KEY_CACHE,
+    POOL,
+    PRODUCER,
+    RATE_LIMITER,
+    RECONCILER,
+    REPLAYER,
+    SETTINGS,
+    STRIPE_CHECK,
+)
+from stripemeter.api.auth import RateLimiter, auth_middleware
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 
@@ -42,7 +52,7 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except ApiError as exc:
-        return json_response(exc.body(), status=exc.status)
+        return json_response(exc.body(), status=exc.status, headers=exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -69,9 +79,13 @@ async def refresh_reconciliation_gauges(request: web.Request) -> None:
 
 
 def create_app(settings: Settings) -> web.Application:
-    app = web.Application(middlewares=[metrics_middleware, error_middleware], client_max_size=MAX_BODY_BYTES)
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+    )
     app[SETTINGS] = settings
     app[STRIPE_CHECK] = {}
+    app[KEY_CACHE] = {}
+    app[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_second)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await open_pool(settings.database_url.value)

@@ -16,3 +16,5 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 REPLAYER = web.AppKey("replayer", Replayer)
 STRIPE_CHECK = web.AppKey("stripe_check", dict)  # the last Stripe reachability check and when
+KEY_CACHE = web.AppKey("key_cache", dict)  # key id -> (row or None, fetched at)
+RATE_LIMITER = web.AppKey("rate_limiter", object)

@@ -10,11 +10,19 @@ from aiohttp import web
 class ApiError(Exception):
     status = 400
 
-    def __init__(self, code: str, message: str, field: str | None = None, status: int | None = None):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        field: str | None = None,
+        status: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
         self.field = field
+        self.headers = headers or {}
         if status is not None:
             self.status = status
 
@@ -33,7 +41,9 @@ def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-def json_response(body: Any, status: int = 200) -> web.Response:
+def json_response(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
     import orjson
 
-    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
+    return web.Response(
+        body=orjson.dumps(body), status=status, content_type="application/json", headers=headers
+    )

@@ -64,7 +64,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def get_events(request: web.Request) -> web.Response:
-    tenant = params.required(request, "tenantId")
+    tenant = params.tenant(request)
     limit = params.integer(request, "limit", default=100, low=1, high=MAX_LIMIT)
     cursor = request.query.get("cursor")
     async with request.app[POOL].connection() as conn:
@@ -83,7 +83,7 @@ async def get_events(request: web.Request) -> web.Response:
 
 
 async def get_watermarks(request: web.Request) -> web.Response:
-    tenant = params.required(request, "tenantId")
+    tenant = params.tenant(request)
     metric = params.required(request, "metric")
     default_lateness = request.app[SETTINGS].lateness_seconds
     async with request.app[POOL].connection() as conn:

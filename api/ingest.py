@@ -16,6 +16,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from stripemeter.api.appkeys import PRODUCER, SETTINGS
+from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
 
 from stripemeter.events import MAX_BATCH, InvalidEvent, parse_event
@@ -75,6 +76,18 @@ async def ingest(request: web.Request) -> web.Response:
                     "idempotencyKey": key if isinstance(key, str) else None,
                     "status": "rejected",
                     "error": error.as_error(),
+                }
+            )
+            continue
+        if not may_see(request, event.tenant_id):
+            message = "tenantId: this API key belongs to another tenant"
+            error = {"code": "tenant_forbidden", "message": message, "field": "tenantId"}
+            results.append(
+                {
+                    "index": index,
+                    "idempotencyKey": event.idempotency_key,
+                    "status": "rejected",
+                    "error": error,
                 }
             )
             continue

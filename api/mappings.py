@@ -8,6 +8,7 @@ from typing import Any
 from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL
+from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.policy import AGGREGATIONS
 
@@ -20,7 +21,7 @@ def _tenant(request: web.Request) -> str:
     tenant = request.match_info["tenantId"]
     if not TENANT_RE.match(tenant):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
-    return tenant
+    return check_tenant(request, tenant)
 
 
 def _view(row: dict[str, Any]) -> dict[str, Any]:

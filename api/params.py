@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request
 
 
@@ -69,3 +70,18 @@ def body_text(body: dict[str, Any], field: str, max_len: int = 255) -> str:
 
 def optional_body_text(body: dict[str, Any], field: str, max_len: int = 255) -> str | None:
     return None if body.get(field) is None else body_text(body, field, max_len)
+
+
+def tenant(request: web.Request) -> str:
+    """The ``tenantId`` query parameter: required, and one the caller's key may see."""
+    return check_tenant(request, required(request, "tenantId"))
+
+
+def body_tenant(request: web.Request, body: dict[str, Any]) -> str:
+    """The body's ``tenantId``: well-formed, and one the caller's key may see."""
+    from stripemeter.events import TENANT_RE
+
+    value = body_text(body, "tenantId", 64)
+    if not TENANT_RE.match(value):
+        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
+    return check_tenant(request, value)

@@ -14,7 +14,7 @@ STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
 
 
 async def get_pushes(request: web.Request) -> web.Response:
-    tenant = params.required(request, "tenantId")
+    tenant = params.tenant(request)
     status = params.choice(request, "status", STATUSES, "")
     async with request.app[POOL].connection() as conn:
         rows = await list_pushes(conn, tenant, status or None)

@@ -65,7 +65,7 @@ def item_view(row: dict[str, Any]) -> dict[str, Any]:
 
 
 async def get_summary(request: web.Request) -> web.StreamResponse:
-    tenant = _checked(params.required(request, "tenantId"), "tenantId", TENANT_RE)
+    tenant = _checked(params.tenant(request), "tenantId", TENANT_RE)
     metric = _checked(params.required(request, "metric"), "metric", METRIC_RE)
     period_name = _period(request.query.get("period") or None)
     customer = request.query.get("customerRef") or None
@@ -113,7 +113,7 @@ def csv_response(items: list[dict[str, Any]], filename: str) -> web.Response:
 
 async def post_run(request: web.Request) -> web.Response:
     body = await params.json_object(request)
-    tenant = _checked(params.body_text(body, "tenantId", 64), "tenantId", TENANT_RE)
+    tenant = params.body_tenant(request, body)
     metric = params.optional_body_text(body, "metric", 100)
     if metric is not None:
         _checked(metric, "metric", METRIC_RE)

@@ -7,18 +7,17 @@ import time
 from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
+from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
 
 from stripemeter.db import replay as db
-from stripemeter.events import METRIC_RE, TENANT_RE
+from stripemeter.events import METRIC_RE
 from stripemeter.replay.runner import ReplayRequest, UnknownMetric
 from stripemeter.replay.window import WindowError, parse_window
 
 
-def parse_request(body: dict, max_window_seconds: int, now_ms: int) -> ReplayRequest:
-    tenant = params.body_text(body, "tenantId", 64)
-    if not TENANT_RE.match(tenant):
-        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
+def parse_request(request: web.Request, body: dict, max_window_seconds: int, now_ms: int) -> ReplayRequest:
+    tenant = params.body_tenant(request, body)
     metrics = body.get("metrics")
     if not isinstance(metrics, list) or not metrics or len(metrics) > 100:
         raise bad_request("metrics", "is required: a list of 1-100 metric names")
@@ -39,7 +38,7 @@ def parse_request(body: dict, max_window_seconds: int, now_ms: int) -> ReplayReq
 async def post_replay(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     settings = request.app[SETTINGS]
-    replay = parse_request(body, settings.replay_max_window_seconds, int(time.time() * 1000))
+    replay = parse_request(request, body, settings.replay_max_window_seconds, int(time.time() * 1000))
     async with request.app[POOL].connection() as conn:
         try:
             report = await request.app[REPLAYER].run(conn, replay)
@@ -52,6 +51,6 @@ async def get_replay(request: web.Request) -> web.Response:
     replay_id = request.match_info["replayId"]
     async with request.app[POOL].connection() as conn:
         report = await db.load(conn, replay_id)
-    if report is None:
+    if report is None or not may_see(request, report["tenantId"]):
         raise ApiError("not_found", f"no replay {replay_id!r}", field="replayId", status=404)
     return json_response(report)

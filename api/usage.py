@@ -18,7 +18,7 @@ def month_start(moment: datetime) -> datetime:
 
 
 async def get_history(request: web.Request) -> web.Response:
-    tenant = params.required(request, "tenantId")
+    tenant = params.tenant(request)
     metric = params.required(request, "metric")
     customer = params.required(request, "customerRef")
     granularity = params.choice(request, "granularity", ("hour", "day"), "hour")

@@ -329,6 +329,36 @@ def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter import keys
+
+    token = asyncio.run(keys.create(settings, args.tenant, args.scopes, args.description))
+    say(token)
+    print(
+        "this key is shown once and stored only as a salted hash; send it as: Authorization: Bearer <key>",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter import keys
+
+    rows = asyncio.run(keys.list_rows(settings, args.tenant))
+    print_table(["key id", "tenant", "scopes", "state", "created", "last used", "description"], rows)
+    return 0
+
+
+def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter import keys
+
+    if asyncio.run(keys.revoke(settings, args.key_id)):
+        say(f"revoked {args.key_id}; the API refuses it within 5 s")
+        return 0
+    say(f"no active key {args.key_id}")
+    return 1
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.demo import run_demo
 
@@ -520,6 +550,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
+    keys = sub.add_parser("keys", help="API keys for the HTTP API")
+    keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
+    kc = add(keys_sub, "create", cmd_keys_create, "create a key; it is printed once, only its hash is stored")
+    kc.add_argument("--tenant", required=True, help="the tenant the key may see ('*' for every tenant)")
+    kc.add_argument(
+        "--scopes", required=True, help="comma-separated: ingest, read, replay, reconcile, admin (admin: all)"
+    )
+    kc.add_argument("--description", help="what the key is for")
+    kl = add(keys_sub, "list", cmd_keys_list, "list keys (ids, tenants, scopes, state; never the secrets)")
+    kl.add_argument("--tenant", help="only this tenant's keys")
+    kr = add(keys_sub, "revoke", cmd_keys_revoke, "revoke a key by its id")
+    kr.add_argument("key_id", help="the key id (the part after smk_)")
+
     rep = add(
         sub,
         "replay",

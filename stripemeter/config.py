@@ -58,6 +58,8 @@ class Settings:
     reconcile_epsilon: float = 0.005
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
     reconcile_calls_per_second: float = 20.0
+    auth_enabled: bool = True  # API keys on /v1; off only for purely local use
+    rate_limit_per_second: float = 50.0  # per tenant, on /v1
     ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
     replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
 
@@ -98,6 +100,8 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_RECONCILE_CALLS_PER_SECOND": "reconcile_calls_per_second",
     "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
+    "STRIPEMETER_AUTH": "auth_enabled",
+    "STRIPEMETER_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",
 }
 
 

@@ -54,6 +54,16 @@ class Http:
         return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
 
 
+def api_auth(settings: Settings) -> dict[str, str]:
+    """The local stack's API key as a header (the stack writes it when it starts)."""
+    from stripemeter.keys import local_key_file
+
+    path = local_key_file(settings)
+    if not settings.auth_enabled or not path.exists():
+        return {}
+    return {"Authorization": f"Bearer {path.read_text().strip()}"}
+
+
 def iso(moment: datetime) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -115,7 +125,7 @@ class Demo:
         self.settings = settings
         self.say = say
         self.tenant = tenant
-        self.api = Http(f"http://{settings.api_host}:{settings.api_port}")
+        self.api = Http(f"http://{settings.api_host}:{settings.api_port}", api_auth(settings))
         self.stripe = Http(emulator_url(settings), {"Authorization": "Bearer sk_test_local_emulator"})
         self.period = ""
 

@@ -200,6 +200,13 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
                 emulator_url(settings) + "/_emulator/faults",
                 say,
             )
+        if settings.auth_enabled:
+            from stripemeter.keys import ensure_local_key
+
+            path, created = ensure_local_key(settings)
+            say(
+                f"{'created' if created else 'using'} the local stack's API key (every tenant, admin): {path}"
+            )
         settings = app_settings(settings)
         start_process(
             settings,

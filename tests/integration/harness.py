@@ -29,6 +29,8 @@ def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Setting
         # tests share one database: a scheduled run would reconcile every test's tenants against this
         # test's emulator; tests that reconcile do it on demand
         reconcile_interval_seconds=0,
+        # API keys are tested on their own (test_security); the other tests call the API without
+        auth_enabled=False,
     )
 
 

@@ -1,4 +1,5 @@
-"""The README's demo command tells the whole story and ends in parity (on isolated ports and topics)."""
+"""The README's demo command tells the whole story and ends in parity (on isolated ports and topics),
+with API keys on, and no secret in any log of the run."""
 
 from __future__ import annotations
 
@@ -6,17 +7,29 @@ from pathlib import Path
 
 from stripemeter.config import Settings
 from stripemeter.demo import run_demo
-from stripemeter.local.stack import down
+from stripemeter.local.stack import app_settings, down
 from tests.integration.harness import free_port, isolated_settings
 
 
 def test_demo_ends_in_parity(stack: Settings, tmp_path: Path) -> None:
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port())
+    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port(), auth_enabled=True)
     lines: list[str] = []
     try:
         assert run_demo(settings, lines.append) == 0, "\n".join(lines)
+        api_key = (settings.state_dir / "api-key").read_text().strip()
     finally:
         down(settings, lines.append)
+    # no secret in any log of the full run: the API key, the Stripe key, the database password
+    logs = "\n".join(
+        [*lines, *(p.read_text(errors="replace") for p in (settings.state_dir / "logs").glob("*.log"))]
+    )
+    for secret in (
+        api_key,
+        api_key.split("_")[2],
+        app_settings(settings).stripe_api_key.value,
+        "stripemeter:stripemeter@",
+    ):
+        assert secret not in logs
     story = "\n".join(lines)
     assert "status DRIFT" in story and "not_yet_pushed" in story  # the outage, seen by reconciliation
     assert "late_events (3 events, total 15)" in story  # too-late events waiting for a replay

@@ -32,7 +32,7 @@ def run_block(block: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def test_every_runbook_command_works_and_the_playbook_ends_in_parity(stack: Settings, tmp_path: Path) -> None:
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port())
+    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port(), auth_enabled=True)
     log: list[str] = []
     up(settings, log.append)
     app = app_settings(settings)
@@ -73,6 +73,7 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(stack: Sett
             "API": f"http://{app.api_host}:{app.api_port}",
             "TENANT": tenant,
             "METRIC": "requests",
+            "AUTH": f"Authorization: Bearer {(app.state_dir / 'api-key').read_text().strip()}",
             "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
         }
         blocks = bash_blocks(RUNBOOK.read_text())

@@ -1,0 +1,148 @@
+"""API keys, scopes, tenant isolation on every /v1 route, the rate limit and the size limits."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest_asyncio
+from aiohttp.test_utils import TestClient, TestServer
+from stripemeter.api.app import create_app as create_api
+
+from stripemeter import keys
+from stripemeter.config import Settings
+
+
+@pytest_asyncio.fixture
+async def secured(env: Settings) -> AsyncIterator[TestClient]:
+    client = TestClient(
+        TestServer(create_api(env.with_overrides(auth_enabled=True, rate_limit_per_second=1000)))
+    )
+    await client.start_server()
+    yield client
+    await client.close()
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_requests_without_a_valid_key_are_refused(env: Settings, secured: TestClient) -> None:
+    tenant = f"sa-{uuid.uuid4().hex[:6]}"
+    token = await keys.create(env, tenant, "read", "test")
+    ok = await secured.get(f"/v1/watermarks?tenantId={tenant}&metric=m", headers=bearer(token))
+    assert ok.status == 200
+    for headers in ({}, {"Authorization": "Basic x"}, bearer("smk_nothing"), bearer(token[:-2] + "xx")):
+        response = await secured.get(f"/v1/watermarks?tenantId={tenant}&metric=m", headers=headers)
+        assert response.status == 401, headers
+        assert (await response.json())["error"]["code"] == "unauthorized"
+        assert token.split("_")[2] not in await response.text()
+    revoked = await keys.create(env, tenant, "read", "to revoke")
+    assert await keys.revoke(env, revoked.split("_")[1])
+    assert (
+        await secured.get(f"/v1/watermarks?tenantId={tenant}&metric=m", headers=bearer(revoked))
+    ).status == 401
+    # health and metrics stay open for probes and Prometheus
+    assert (await secured.get("/health/live")).status == 200
+    assert (await secured.get("/metrics")).status == 200
+
+
+async def test_scopes_limit_what_a_key_does(env: Settings, secured: TestClient) -> None:
+    tenant = f"sb-{uuid.uuid4().hex[:6]}"
+    reader = bearer(await keys.create(env, tenant, "read", None))
+    ingester = bearer(await keys.create(env, tenant, "ingest", None))
+    event = {"tenantId": tenant, "metric": "m", "customerRef": "c", "quantity": 1,
+             "ts": datetime.now(UTC).isoformat().replace("+00:00", "Z")}  # fmt: skip
+    refused = await secured.post("/v1/events/ingest", json={"events": [event]}, headers=reader)
+    assert refused.status == 403 and "'ingest' scope" in (await refused.json())["error"]["message"]
+    assert (await secured.post("/v1/events/ingest", json={"events": [event]}, headers=ingester)).status == 202
+    assert (await secured.get(f"/v1/events?tenantId={tenant}", headers=ingester)).status == 403
+    mapping = {"stripeMeterEventName": "x", "aggregation": "sum"}
+    assert (await secured.put(f"/v1/mappings/{tenant}/m", json=mapping, headers=reader)).status == 403
+
+
+def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
+    """Every /v1 route, called by a key of tenant ``a`` about tenant ``b``."""
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    event = {"tenantId": b, "metric": "m", "customerRef": "c", "quantity": 1, "ts": now}
+    return [
+        ("POST", "/v1/events/ingest", {"events": [event]}),
+        ("GET", f"/v1/events?tenantId={b}", None),
+        ("GET", f"/v1/watermarks?tenantId={b}&metric=m", None),
+        ("GET", f"/v1/usage/history?tenantId={b}&metric=m&customerRef=c", None),
+        ("PUT", f"/v1/mappings/{b}/m", {"stripeMeterEventName": "x", "aggregation": "sum"}),
+        ("GET", f"/v1/mappings/{b}", None),
+        ("PUT", f"/v1/customers/{b}/c", {"stripeCustomerId": "cus_x"}),
+        ("GET", f"/v1/customers/{b}", None),
+        ("GET", f"/v1/stripe/pushes?tenantId={b}", None),
+        ("GET", f"/v1/reconciliation/summary?tenantId={b}&metric=m", None),
+        ("POST", "/v1/reconciliation/run", {"tenantId": b}),
+        ("POST", "/v1/replay", {"tenantId": b, "metrics": ["m"], "since": "-PT1H", "until": "now"}),
+        ("GET", "/v1/replay/{replayId}", None),
+        ("POST", "/v1/adjustments", {**event, "delta": 1, "reason": "x"}),
+        ("GET", f"/v1/adjustments?tenantId={b}", None),
+    ]
+
+
+async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
+    env: Settings, secured: TestClient
+) -> None:
+    a, b = f"ta-{uuid.uuid4().hex[:6]}", f"tb-{uuid.uuid4().hex[:6]}"
+    key_a = bearer(await keys.create(env, a, "admin", None))
+    key_b = bearer(await keys.create(env, b, "admin", None))
+    replay = await secured.post(
+        "/v1/replay", json={"tenantId": b, "metrics": ["m"], "since": "-PT1H", "until": "now"}, headers=key_b
+    )
+    replay_id = (
+        (await replay.json()).get("replayId", "rpl_missing") if replay.status == 200 else "rpl_missing"
+    )
+    routes = walk(a, b)
+    templates = {
+        r.resource.canonical
+        for r in secured.app.router.routes()
+        if r.resource and r.method != "HEAD" and r.resource.canonical.startswith("/v1/")
+    }
+    walked = {path.split("?")[0] for _m, path, _b in routes} | {
+        "/v1/mappings/{tenantId}/{metric}",
+        "/v1/mappings/{tenantId}",
+        "/v1/customers/{tenantId}/{customerRef}",
+        "/v1/customers/{tenantId}",
+    }
+    assert templates <= walked, f"routes not walked: {templates - walked}"
+    for method, path, body in routes:
+        path = path.replace("{replayId}", replay_id)
+        response = await secured.request(method, path, json=body, headers=key_a)
+        payload = await response.json()
+        if path == "/v1/events/ingest":  # per-event results: the event is rejected, nothing accepted
+            assert response.status == 202 and payload["accepted"] == 0
+            assert payload["results"][0]["error"]["code"] == "tenant_forbidden"
+        elif path.startswith("/v1/replay/"):
+            assert response.status == 404, (path, payload)  # another tenant's replay does not exist for A
+        else:
+            assert response.status == 403, (method, path, payload)
+            assert payload["error"]["code"] == "tenant_forbidden" and payload["error"]["field"] == "tenantId"
+
+
+async def test_rate_limit_answers_429_with_retry_after(env: Settings) -> None:
+    client = TestClient(
+        TestServer(create_api(env.with_overrides(auth_enabled=False, rate_limit_per_second=2)))
+    )
+    await client.start_server()
+    try:
+        statuses = [(await client.get("/v1/watermarks?tenantId=rl&metric=m")).status for _ in range(4)]
+        limited = await client.get("/v1/watermarks?tenantId=rl&metric=m")
+        assert statuses == [200] * 4 and limited.status == 429
+        assert int(limited.headers["Retry-After"]) >= 1
+        assert (await client.get("/v1/watermarks?tenantId=other&metric=m")).status == 200  # per tenant
+    finally:
+        await client.close()
+
+
+async def test_size_limits(api: TestClient) -> None:
+    too_big = await api.post("/v1/events/ingest", data=b"x" * (7 * 1024 * 1024))
+    assert too_big.status == 413
+    event = {"tenantId": "t", "metric": "m", "customerRef": "c", "quantity": 1, "ts": "2026-01-01T00:00:00Z"}
+    too_many = await api.post("/v1/events/ingest", json={"events": [event] * 1001})
+    assert too_many.status == 400 and (await too_many.json())["error"]["field"] == "events"
