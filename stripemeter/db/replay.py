@@ -3,6 +3,7 @@ stored replay reports."""
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -42,34 +43,25 @@ JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(metric, customer_ref
 """
 
 
-def _scope(
-    tenant: str, metrics: list[str], customer: str | None, since: datetime, until: datetime
-) -> dict[str, Any]:
-    return {"tenant": tenant, "metrics": metrics, "customer": customer, "since": since, "until": until}
+@dataclass(frozen=True)
+class Scope:
+    """What a replay covers: one tenant's metrics (and maybe one customer) over [since, until)."""
+
+    tenant: str
+    metrics: list[str]
+    customer: str | None
+    since: datetime
+    until: datetime
 
 
-async def pending_late(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    metrics: list[str],
-    customer: str | None,
-    since: datetime,
-    until: datetime,
-) -> list[dict[str, Any]]:
+async def pending_late(conn: psycopg.AsyncConnection, scope: Scope) -> list[dict[str, Any]]:
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(PENDING_LATE, _scope(tenant, metrics, customer, since, until))
+    await cur.execute(PENDING_LATE, asdict(scope))
     return await cur.fetchall()
 
 
-async def events_scanned(
-    conn: psycopg.AsyncConnection,
-    tenant: str,
-    metrics: list[str],
-    customer: str | None,
-    since: datetime,
-    until: datetime,
-) -> int:
-    cur = await conn.execute(SCANNED, _scope(tenant, metrics, customer, since, until))
+async def events_scanned(conn: psycopg.AsyncConnection, scope: Scope) -> int:
+    cur = await conn.execute(SCANNED, asdict(scope))
     row = await cur.fetchone()
     return int(row[0]) if row else 0
 
@@ -98,7 +90,7 @@ async def mark_replayed(conn: psycopg.AsyncConnection, replay_id: str, tenant: s
 async def store(
     conn: psycopg.AsyncConnection,
     replay_id: str,
-    scope: dict[str, Any],
+    scope: Scope,
     mode: str,
     status: str,
     report: dict[str, Any],
@@ -110,7 +102,7 @@ async def store(
         " ON CONFLICT (replay_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report,"
         " finished_at = EXCLUDED.finished_at",
         (
-            replay_id, scope["tenant"], scope["metrics"], scope["customer"], scope["since"], scope["until"],
+            replay_id, scope.tenant, scope.metrics, scope.customer, scope.since, scope.until,
             mode, status, report["eventsScanned"], orjson.dumps(report).decode(), status,
         ),
     )  # fmt: skip

@@ -88,19 +88,9 @@ class Replayer:
         metric_map, _customers = await mappings_db.mappings(conn, request.tenant_id)
         await check_metrics(conn, request.tenant_id, request.metrics, metric_map)
         w = request.window
-        scope = {
-            "tenant": request.tenant_id,
-            "metrics": request.metrics,
-            "customer": request.customer_ref,
-            "since": w.since,
-            "until": w.until,
-        }
-        scanned = await db.events_scanned(
-            conn, request.tenant_id, request.metrics, request.customer_ref, w.since, w.until
-        )
-        rows = await db.pending_late(
-            conn, request.tenant_id, request.metrics, request.customer_ref, w.since, w.until
-        )
+        scope = db.Scope(request.tenant_id, request.metrics, request.customer_ref, w.since, w.until)
+        scanned = await db.events_scanned(conn, scope)
+        rows = await db.pending_late(conn, scope)
         keys = sorted(
             {
                 (r["metric"], r["customer_ref"], r["ts"].replace(minute=0, second=0, microsecond=0))
