@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.ops.promql import exported_series, unknown_references
+
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "ops" / "prometheus"
 ALERTS = PROMETHEUS / "alerts.yml"
@@ -85,3 +87,9 @@ def test_every_alert_has_a_unit_test() -> None:
         assert tested.get(rule["alert"]) == {"fires", "silent"}, (
             f"{rule['alert']} needs a test where it fires and one where it does not"
         )
+
+
+def test_alerts_use_metrics_the_code_exports() -> None:
+    known = exported_series()
+    problems = [f"{r['alert']}: {p}" for r in alert_rules() for p in unknown_references(r["expr"], known)]
+    assert not problems, "\n".join(problems)
