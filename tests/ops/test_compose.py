@@ -1,0 +1,90 @@
+"""docker-compose.yml against the Compose specification (check-jsonschema's vendored schema), and
+in step with the code, the local stack, the Prometheus config and the Grafana provisioning."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import yaml
+
+from stripemeter.config import Settings
+from tests.ops.deployment import KNOWN_ENV, ROOT, check_command
+
+COMPOSE = ROOT / "docker-compose.yml"
+OURS = ("init", "stripe-emulator", "worker", "api")  # services running the stripemeter image
+
+
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_compose_file_matches_the_compose_specification() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec", str(COMPOSE)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_our_services_use_only_settings_the_code_reads() -> None:
+    services = compose()["services"]
+    for name in OURS:
+        service = services[name]
+        assert service["build"] == ".", name
+        check_command(service["command"])
+        unknown = set(service.get("environment", {})) - KNOWN_ENV
+        assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
+
+
+def test_without_stripe_settings_the_emulator_is_used_as_by_the_local_stack() -> None:
+    services = compose()["services"]
+    emulator = services["stripe-emulator"]
+    assert emulator["command"][-4:] == ["--host", "0.0.0.0", "--port", "12111"]
+    for name in ("worker", "api"):
+        env = services[name]["environment"]
+        # the same key the local stack gives the emulator (stripemeter/local/stack.py)
+        assert env["STRIPE_API_KEY"] == "${STRIPE_API_KEY:-sk_test_local_emulator}"
+        # `-`, not `:-`: an empty STRIPE_API_BASE chooses Stripe's own API
+        assert env["STRIPE_API_BASE"] == "${STRIPE_API_BASE-http://stripe-emulator:12111}"
+        assert services[name]["depends_on"]["stripe-emulator"] == {"condition": "service_healthy"}
+
+
+def test_ports_agree_with_the_settings_and_the_prometheus_config() -> None:
+    services = compose()["services"]
+    defaults = Settings()
+    assert services["worker"]["expose"] == [str(defaults.worker_web_port)]
+    assert services["api"]["environment"]["STRIPEMETER_API_HOST"] == "0.0.0.0"
+    assert services["api"]["ports"] == ["${STRIPEMETER_API_PORT:-3000}:3000"]
+    assert "6066" in str(services["worker"]["healthcheck"]["test"])
+    scrape = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
+    assert jobs["stripemeter-api"]["static_configs"][0]["targets"] == ["api:3000"]
+    (dns,) = jobs["stripemeter-worker"]["dns_sd_configs"]
+    assert dns["names"] == ["worker"] and dns["port"] == defaults.worker_web_port
+
+
+def test_monitoring_profile_mounts_the_rules_and_the_dashboards() -> None:
+    services = compose()["services"]
+    prometheus, grafana = services["prometheus"], services["grafana"]
+    assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
+    assert "./ops/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert prometheus["ports"] == ["${PROMETHEUS_PORT:-9090}:9090"]
+    assert "./ops/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
+    assert "./ops/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
+    assert grafana["ports"] == ["${GRAFANA_PORT:-3001}:3000"]
+    env = grafana["environment"]
+    assert env["GF_SECURITY_ADMIN_USER"].endswith(":-admin}")
+    assert env["GF_SECURITY_ADMIN_PASSWORD"].endswith(":-admin}")
+    for volume in prometheus["volumes"] + grafana["volumes"]:
+        if volume.startswith("./"):
+            assert (ROOT / volume.split(":")[0]).is_dir(), volume
+
+
+def test_compose_kafka_is_the_local_stacks_version() -> None:
+    image = compose()["services"]["kafka"]["image"]
+    assert re.fullmatch(r"apache/kafka:(.+)", image).group(1) == Settings().kafka_version
