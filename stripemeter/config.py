@@ -43,6 +43,7 @@ class Settings:
     api_host: str = "127.0.0.1"
     api_port: int = 3000
     worker_web_port: int = 6066
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in containers, for probes and Prometheus
     group_instance_id: str = ""  # static group membership (e.g. the pod name); empty: dynamic
     emulator_port: int = 12111  # the local stack's Stripe emulator, when no Stripe is configured
     state_dir: Path = Path(".stack")
@@ -83,6 +84,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_API_HOST": "api_host",
     "STRIPEMETER_API_PORT": "api_port",
     "STRIPEMETER_WORKER_WEB_PORT": "worker_web_port",
+    "STRIPEMETER_WORKER_WEB_HOST": "worker_web_host",
     "STRIPEMETER_EMULATOR_PORT": "emulator_port",
     "STRIPEMETER_GROUP_INSTANCE_ID": "group_instance_id",
     "STRIPEMETER_STATE_DIR": "state_dir",
