@@ -20,6 +20,7 @@ from stripemeter.api import (
     usage,
 )
 from stripemeter.api.appkeys import (
+    GAUGES_VERSION,
     KEY_CACHE,
     POOL,
     PRODUCER,
@@ -36,7 +37,7 @@ from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter import metrics
 from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
-from stripemeter.db.reconciliation import latest_all
+from stripemeter.db.reconciliation import latest_not_at_parity, latest_version
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
 from stripemeter.replay.runner import Replayer
 from stripemeter.topics import TopicNames
@@ -68,14 +69,20 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def refresh_reconciliation_gauges(request: web.Request) -> None:
-    """The drift gauges show the latest verdict per item, whichever process reconciled it."""
+    """The drift gauges show the latest verdict of every item not at parity, whichever process
+    reconciled it; a series disappears when its item is back at parity. Reloaded only when a run
+    has finished since the last scrape."""
     async with request.app[POOL].connection() as conn:
-        rows = await latest_all(conn)
+        version = await latest_version(conn)
+        if version == request.app[GAUGES_VERSION].get("version"):
+            return
+        rows = await latest_not_at_parity(conn)
     metrics.RECONCILIATION_DIFF_PCT.clear()
     metrics.RECONCILIATION_DIFF_ABS.clear()
     for tenant, metric, customer, period, pct, diff in rows:
         metrics.RECONCILIATION_DIFF_PCT.labels(tenant, metric, customer, period).set(pct)
         metrics.RECONCILIATION_DIFF_ABS.labels(tenant, metric, customer, period).set(diff)
+    request.app[GAUGES_VERSION]["version"] = version
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -85,6 +92,7 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[STRIPE_CHECK] = {}
     app[KEY_CACHE] = {}
+    app[GAUGES_VERSION] = {}
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_second)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

@@ -18,3 +18,4 @@ REPLAYER = web.AppKey("replayer", Replayer)
 STRIPE_CHECK = web.AppKey("stripe_check", dict)  # the last Stripe reachability check and when
 KEY_CACHE = web.AppKey("key_cache", dict)  # key id -> (row or None, fetched at)
 RATE_LIMITER = web.AppKey("rate_limiter", object)
+GAUGES_VERSION = web.AppKey("gauges_version", dict)  # which reconciliation runs the drift gauges show

@@ -184,10 +184,23 @@ async def latest(
     return await cur.fetchall()
 
 
-async def latest_all(conn: psycopg.AsyncConnection) -> list[tuple[str, str, str, str, float, float]]:
-    """Every latest verdict's gauge values: (tenant, metric, customer, period, diff_pct, diff_abs)."""
+async def latest_version(conn: psycopg.AsyncConnection) -> tuple[Any, ...]:
+    """Changes whenever a run finishes: (runs finished, the newest finish)."""
+    cur = await conn.execute(
+        "SELECT count(*), max(finished_at) FROM reconciliation_runs WHERE status = 'finished'"
+    )
+    row = await cur.fetchone()
+    return tuple(row) if row else ()
+
+
+async def latest_not_at_parity(
+    conn: psycopg.AsyncConnection,
+) -> list[tuple[str, str, str, str, float, float]]:
+    """Gauge values of every item whose latest verdict is not parity:
+    (tenant, metric, customer, period, diff_pct, diff_abs)."""
     cur = await conn.execute(
         "SELECT tenant_id, metric, customer_ref, period, diff_pct, diff_abs FROM reconciliation_latest"
+        " WHERE status <> 'parity'"
     )
     return [(t, m, c, p, float(pct), float(abs_)) for t, m, c, p, pct, abs_ in await cur.fetchall()]
 

@@ -14,6 +14,7 @@ Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
@@ -148,9 +149,7 @@ class Reconciler:
                         verdict.status, action, verdict.in_flight, verdict.causes, wire["hours"], checked_at,
                     )
                 )  # fmt: skip
-                labels = (item.tenant_id, item.metric, item.customer_ref, period_name)
-                metrics.RECONCILIATION_DIFF_PCT.labels(*labels).set(verdict.diff_pct)
-                metrics.RECONCILIATION_DIFF_ABS.labels(*labels).set(verdict.diff_abs)
+                set_gauges((item.tenant_id, item.metric, item.customer_ref, period_name), verdict)
                 metrics.RECONCILIATION_ITEMS.labels(verdict.status).inc()
                 if verdict.status != "parity":
                     drift_records.append(drift_record(item, wire, period_name, action, checked_at))
@@ -359,6 +358,19 @@ class Reconciler:
                 row["adjustment_id"],
             )
             await db.finish_correction(conn, row["adjustment_id"], error)
+
+
+def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:
+    """A series per item not at parity; an item back at parity loses its series."""
+    for gauge, value in (
+        (metrics.RECONCILIATION_DIFF_PCT, verdict.diff_pct),
+        (metrics.RECONCILIATION_DIFF_ABS, verdict.diff_abs),
+    ):
+        if verdict.status != "parity":
+            gauge.labels(*labels).set(value)
+        else:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
 
 
 def _key(item: Item) -> tuple[str, str]:
