@@ -19,7 +19,7 @@ import psycopg
 from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.streams import heartbeat
+from stripemeter.streams import heartbeat, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.intake import Intake
@@ -49,9 +49,7 @@ ROCKSDB_OPTIONS = {
     "write_buffer_size": 8 * 1024 * 1024,
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024 * 1024,
-    "block_cache_size": 16 * 1024 * 1024,
-    "block_cache_compressed_size": 4 * 1024 * 1024,
-}
+}  # caches and memtables share one budget: see streams/rocksdb_memory.py
 DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
@@ -59,6 +57,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
     """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
     ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``."""
     names = TopicNames(settings.topic_prefix, settings.app_id)
+    rocksdb_memory.install()
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,

@@ -1,0 +1,54 @@
+"""One memory budget for all of the worker's RocksDB tables.
+
+Faust opens one RocksDB per table partition (three tables x N partitions), each with its own block
+cache, and RocksDB keeps the index and filter blocks of every SST file outside any cache: memory then
+grows with the dedupe state, which holds 48 h of idempotency keys. Here every database shares one LRU
+cache that also holds index and filter blocks, and one write-buffer manager charges all memtables to
+that same cache, so the tables use about ``BUDGET_BYTES`` whatever their size on disk.
+"""
+
+from __future__ import annotations
+
+import rocksdict
+from faust.stores import rocksdb as faust_rocksdb
+
+BUDGET_BYTES = 192 * 1024 * 1024
+MEMTABLES_BYTES = 64 * 1024 * 1024  # part of the budget
+
+_shared: tuple[rocksdict.Cache, rocksdict.WriteBufferManager] | None = None
+
+
+def _budget() -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
+    global _shared
+    if _shared is None:
+        cache = rocksdict.Cache(BUDGET_BYTES)
+        _shared = (
+            cache,
+            rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(MEMTABLES_BYTES, False, cache),
+        )
+    return _shared
+
+
+def bounded_options(self: faust_rocksdb.RocksDBOptions) -> rocksdict.Options:
+    """Faust's rocksdict options, with the shared cache and write-buffer manager."""
+    cache, buffers = _budget()
+    options = rocksdict.Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.set_max_open_files(self.max_open_files)
+    options.set_write_buffer_size(self.write_buffer_size)
+    options.set_target_file_size_base(self.target_file_size_base)
+    options.set_max_write_buffer_number(self.max_write_buffer_number)
+    options.set_write_buffer_manager(buffers)
+    table = rocksdict.BlockBasedOptions()
+    table.set_bloom_filter(self.bloom_filter_size, block_based=True)
+    table.set_block_cache(cache)
+    table.set_cache_index_and_filter_blocks(True)
+    table.set_pin_l0_filter_and_index_blocks_in_cache(True)
+    table.set_index_type(rocksdict.BlockBasedIndexType.binary_search())
+    options.set_block_based_table_factory(table)
+    return options
+
+
+def install() -> None:
+    """Make Faust open every RocksDB table with the shared budget (rocksdict driver only)."""
+    faust_rocksdb.RocksDBOptions.as_options = bounded_options  # type: ignore[method-assign]
