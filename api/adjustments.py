@@ -52,7 +52,7 @@ async def post_adjustment(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     tenant = params.body_tenant(request, body)
     metric = params.body_text(body, "metric", 100)
-    if not METRIC_RE.match(metric):
+    if not METRIC_RE.fullmatch(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
     customer = params.body_text(body, "customerRef")
     ts = _ts(body.get("ts"))

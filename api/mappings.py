@@ -19,7 +19,7 @@ from stripemeter.events import METRIC_RE, TENANT_RE
 
 def _tenant(request: web.Request) -> str:
     tenant = request.match_info["tenantId"]
-    if not TENANT_RE.match(tenant):
+    if not TENANT_RE.fullmatch(tenant):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
     return check_tenant(request, tenant)
 
@@ -35,7 +35,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 async def put_metric(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     metric = request.match_info["metric"]
-    if not METRIC_RE.match(metric):
+    if not METRIC_RE.fullmatch(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
     body = await params.json_object(request)
     event_name = params.body_text(body, "stripeMeterEventName", 100)

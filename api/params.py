@@ -82,6 +82,6 @@ def body_tenant(request: web.Request, body: dict[str, Any]) -> str:
     from stripemeter.events import TENANT_RE
 
     value = body_text(body, "tenantId", 64)
-    if not TENANT_RE.match(value):
+    if not TENANT_RE.fullmatch(value):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
     return check_tenant(request, value)

@@ -91,10 +91,12 @@ def _string(
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{field} must be a string, got {type(value).__name__}", field)
     if pattern is not None:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise InvalidEvent("invalid_value", f"{field} must match {pattern.pattern}", field)
     elif not 1 <= len(value) <= max_len:
         raise InvalidEvent("invalid_value", f"{field} must be 1-{max_len} characters", field)
+    elif "\x00" in value:  # PostgreSQL text cannot hold it: the sink could never store the event
+        raise InvalidEvent("invalid_value", f"{field} must not contain the NUL character", field)
     return value
 
 
@@ -127,7 +129,7 @@ def parse_ts(value: Any, now_ms: int) -> int:
         raise InvalidEvent("missing_field", "ts is required", "ts")
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"ts must be an RFC 3339 string, got {type(value).__name__}", "ts")
-    if not RFC3339_RE.match(value):
+    if not RFC3339_RE.fullmatch(value):
         raise InvalidEvent(
             "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
         )
@@ -164,8 +166,14 @@ def parse_event(obj: Any, now_ms: int) -> UsageEvent:
     if meta is not None:
         if not isinstance(meta, dict):
             raise InvalidEvent("wrong_type", "meta must be an object", "meta")
-        if len(orjson.dumps(meta)) > MAX_META_BYTES:
+        try:
+            size = len(orjson.dumps(meta))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
+            raise InvalidEvent("too_deep", "meta is nested too deeply", "meta") from None
+        if size > MAX_META_BYTES:
             raise InvalidEvent("too_large", f"meta is larger than {MAX_META_BYTES} bytes as JSON", "meta")
+        if _holds_nul(meta):  # PostgreSQL's jsonb refuses \u0000
+            raise InvalidEvent("invalid_value", "meta must not contain the NUL character", "meta")
     assert tenant_id is not None and metric is not None and customer_ref is not None
     derived = key is None
     if key is None:
@@ -205,6 +213,16 @@ def _parse_or_error(obj: Any, now_ms: int, index: int | None) -> UsageEvent | In
             error.index = index
             error.raw_item = obj
         return error
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _json_type(value: Any) -> str:
