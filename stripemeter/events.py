@@ -20,6 +20,9 @@ HOUR_MS = 3_600_000
 MAX_FUTURE_MS = HOUR_MS
 MAX_META_BYTES = 4096
 MAX_BATCH = 1000
+# Micro-units travel through Kafka records and table state as JSON integers, which orjson writes up to
+# 64 bits: a bigger quantity stopped the intake when it was written.
+MAX_MICROS = 2**63 - 1
 # Reject anything bigger before parsing: no event is anywhere near this, and a several-MB message
 # must not cost the worker a several-MB parse.
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -119,8 +122,8 @@ def parse_quantity(value: Any) -> int:
         if scaled != scaled.to_integral_value():
             raise InvalidEvent("invalid_value", "quantity has more than 6 decimals", "quantity")
         micros = int(scaled)
-    if micros >= 10**30:
-        raise InvalidEvent("invalid_value", "quantity is too large", "quantity")
+    if micros > MAX_MICROS:
+        raise InvalidEvent("invalid_value", f"quantity is above {format_micros(MAX_MICROS)}", "quantity")
     return micros
 
 
