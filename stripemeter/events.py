@@ -171,8 +171,10 @@ def parse_event(obj: Any, now_ms: int) -> UsageEvent:
             raise InvalidEvent("wrong_type", "meta must be an object", "meta")
         try:
             size = len(orjson.dumps(meta))
-        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels)
-            raise InvalidEvent("too_deep", "meta is nested too deeply", "meta") from None
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels), or a huge int
+            raise InvalidEvent(
+                "unwritable", "meta is nested too deeply or holds a number too large", "meta"
+            ) from None
         if size > MAX_META_BYTES:
             raise InvalidEvent("too_large", f"meta is larger than {MAX_META_BYTES} bytes as JSON", "meta")
         if _holds_nul(meta):  # PostgreSQL's jsonb refuses \u0000
