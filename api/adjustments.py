@@ -19,7 +19,7 @@ from stripemeter.streams.control import Correction, send_corrections
 from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db import adjustments as db
-from stripemeter.events import METRIC_RE, MICROS
+from stripemeter.events import MAX_MICROS, METRIC_RE, MICROS, format_micros
 from stripemeter.topics import TopicNames
 
 HOUR_S = 3600
@@ -28,8 +28,10 @@ HOUR_S = 3600
 def _delta_micros(raw: Any) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int | float) or not math.isfinite(raw) or raw == 0:
         raise bad_request("delta", "is required: a finite, non-zero number (negative to subtract)")
+    if abs(raw) * MICROS > MAX_MICROS:  # corrections travel as 64-bit JSON integers, like quantities
+        raise bad_request("delta", f"is beyond ±{format_micros(MAX_MICROS)}")
     micros = round(raw * MICROS)
-    if abs(raw * MICROS - micros) > 1e-6 * max(1.0, abs(raw)):
+    if micros == 0 or abs(raw * MICROS - micros) > 1e-6 * max(1.0, abs(raw)):
         raise bad_request("delta", "has more than 6 decimals")
     return micros
 
@@ -45,21 +47,26 @@ def _ts(raw: Any) -> datetime:
         raise bad_request("ts", "must carry a UTC offset")
     if ts.timestamp() > time.time() + HOUR_S:
         raise bad_request("ts", "is more than 1 h in the future")
-    return ts.astimezone(UTC)
+    try:
+        return ts.astimezone(UTC)
+    except OverflowError:  # before year 1 in UTC
+        raise bad_request("ts", "is out of range") from None
 
 
 async def post_adjustment(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     tenant = params.body_tenant(request, body)
     metric = params.body_text(body, "metric", 100)
-    if not METRIC_RE.match(metric):
+    if not METRIC_RE.fullmatch(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
     customer = params.body_text(body, "customerRef")
     ts = _ts(body.get("ts"))
     micros = _delta_micros(body.get("delta"))
     reason = params.body_text(body, "reason", 500)
     key = request.headers.get("Idempotency-Key")
-    digest = hashlib.sha256(f"{tenant}\x1f{key}".encode()).hexdigest()[:24] if key else uuid.uuid4().hex[:24]
+    # a header's non-UTF-8 bytes arrive as surrogates: hash the bytes that were sent
+    material = f"{tenant}\x1f{key}".encode("utf-8", "surrogateescape") if key else None
+    digest = hashlib.sha256(material).hexdigest()[:24] if material else uuid.uuid4().hex[:24]
     adjustment_id = "adj_" + digest
     bucket = ts.replace(minute=0, second=0, microsecond=0)
     async with request.app[POOL].connection() as conn:

@@ -14,6 +14,7 @@ from stripemeter.api import (
     health,
     ingest,
     mappings,
+    openapi,
     pushes,
     reconciliation,
     replay,
@@ -33,6 +34,7 @@ from stripemeter.api.appkeys import (
 from stripemeter.api.auth import RateLimiter, auth_middleware
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
+from stripemeter.api.params import no_nul_middleware
 
 from stripemeter import metrics
 from stripemeter.config import Settings
@@ -87,7 +89,8 @@ async def refresh_reconciliation_gauges(request: web.Request) -> None:
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, auth_middleware], client_max_size=MAX_BODY_BYTES
+        middlewares=[metrics_middleware, error_middleware, auth_middleware, no_nul_middleware],
+        client_max_size=MAX_BODY_BYTES,
     )
     app[SETTINGS] = settings
     app[STRIPE_CHECK] = {}
@@ -119,6 +122,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
     app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/openapi.json", openapi.get_document)
     app.router.add_post("/v1/events/ingest", ingest.ingest)
     app.router.add_get("/v1/events", events.get_events)
     app.router.add_get("/v1/watermarks", events.get_watermarks)

@@ -16,10 +16,12 @@ from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, u
 from stripemeter.db.pushes import retry_parked
 from stripemeter.events import METRIC_RE, TENANT_RE
 
+MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
+
 
 def _tenant(request: web.Request) -> str:
     tenant = request.match_info["tenantId"]
-    if not TENANT_RE.match(tenant):
+    if not TENANT_RE.fullmatch(tenant):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
     return check_tenant(request, tenant)
 
@@ -35,7 +37,7 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
 async def put_metric(request: web.Request) -> web.Response:
     tenant = _tenant(request)
     metric = request.match_info["metric"]
-    if not METRIC_RE.match(metric):
+    if not METRIC_RE.fullmatch(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
     body = await params.json_object(request)
     event_name = params.body_text(body, "stripeMeterEventName", 100)
@@ -43,8 +45,10 @@ async def put_metric(request: web.Request) -> web.Response:
     if aggregation not in AGGREGATIONS:
         raise bad_request("aggregation", f"must be one of {', '.join(AGGREGATIONS)}")
     lateness = body.get("latenessSeconds")
-    if lateness is not None and (isinstance(lateness, bool) or not isinstance(lateness, int) or lateness < 0):
-        raise bad_request("latenessSeconds", "must be a whole number of seconds >= 0")
+    if lateness is not None and (
+        isinstance(lateness, bool) or not isinstance(lateness, int) or not 0 <= lateness <= MAX_LATENESS
+    ):
+        raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
     async with request.app[POOL].connection() as conn:
         row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
         retried = await retry_parked(conn, tenant, metric=metric)

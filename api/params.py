@@ -9,6 +9,7 @@ import orjson
 from aiohttp import web
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request
+from stripemeter.api.http_metrics import Handler
 
 
 def required(request: web.Request, name: str) -> str:
@@ -28,7 +29,10 @@ def optional_time(request: web.Request, name: str) -> datetime | None:
         raise bad_request(name, "must be an RFC 3339 date-time") from None
     if parsed.tzinfo is None:
         raise bad_request(name, "must carry a UTC offset, e.g. 2026-11-20T00:00:00Z")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        raise bad_request(name, "is out of range") from None
 
 
 def choice(request: web.Request, name: str, options: tuple[str, ...], default: str) -> str:
@@ -65,6 +69,8 @@ def body_text(body: dict[str, Any], field: str, max_len: int = 255) -> str:
     value = body.get(field)
     if not isinstance(value, str) or not 1 <= len(value) <= max_len:
         raise bad_request(field, f"is required: a string of 1-{max_len} characters")
+    if "\x00" in value:
+        raise bad_request(field, "must not contain the NUL character")
     return value
 
 
@@ -82,6 +88,15 @@ def body_tenant(request: web.Request, body: dict[str, Any]) -> str:
     from stripemeter.events import TENANT_RE
 
     value = body_text(body, "tenantId", 64)
-    if not TENANT_RE.match(value):
+    if not TENANT_RE.fullmatch(value):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
     return check_tenant(request, value)
+
+
+@web.middleware
+async def no_nul_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """400 for a NUL character in a query parameter or path segment: PostgreSQL text cannot hold it."""
+    for name, value in (*request.query.items(), *request.match_info.items()):
+        if "\x00" in name or "\x00" in value:
+            raise bad_request(name.replace("\x00", "\\0"), "must not contain the NUL character")
+    return await handler(request)

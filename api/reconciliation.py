@@ -35,7 +35,7 @@ def _period(raw: str | None) -> str:
 
 
 def _checked(value: str, field: str, pattern: Any) -> str:
-    if not pattern.match(value):
+    if not pattern.fullmatch(value):
         raise bad_request(field, f"must match {pattern.pattern}")
     return value
 

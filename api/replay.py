@@ -22,7 +22,7 @@ def parse_request(request: web.Request, body: dict, max_window_seconds: int, now
     if not isinstance(metrics, list) or not metrics or len(metrics) > 100:
         raise bad_request("metrics", "is required: a list of 1-100 metric names")
     for metric in metrics:
-        if not isinstance(metric, str) or not METRIC_RE.match(metric):
+        if not isinstance(metric, str) or not METRIC_RE.fullmatch(metric):
             raise bad_request("metrics", f"{metric!r} is not a metric name ({METRIC_RE.pattern})")
     customer = params.optional_body_text(body, "customerRef")
     mode = body.get("mode", "dry-run")

@@ -14,7 +14,8 @@ def dead_letter(error: InvalidEvent, topic: str, partition: int, offset: int, ra
     """``{"error", "topic", "partition", "offset", "raw"}``; raw is the original value as a string.
 
     A value that is not UTF-8 is carried as base64 with ``"rawEncoding": "base64"`` so nothing is
-    lost. For one bad element of an array message, ``raw`` is that element and ``index`` its place.
+    lost. For one bad element of an array message, ``raw`` is that element and ``index`` its place
+    (the whole message when the element is nested too deeply to be written on its own).
     """
     record: dict[str, Any] = {
         "error": error.as_error(),
@@ -24,7 +25,8 @@ def dead_letter(error: InvalidEvent, topic: str, partition: int, offset: int, ra
     }
     if error.index is not None:
         record["index"] = error.index
-        record["raw"] = orjson.dumps(error.raw_item).decode()
+    if error.index is not None and (item := _encoded(error.raw_item)) is not None:
+        record["raw"] = item
     elif raw is None:
         record["raw"] = None
     else:
@@ -34,3 +36,11 @@ def dead_letter(error: InvalidEvent, topic: str, partition: int, offset: int, ra
             record["raw"] = base64.b64encode(raw).decode()
             record["rawEncoding"] = "base64"
     return orjson.dumps(record)
+
+
+def _encoded(item: Any) -> str | None:
+    """The element as JSON; None when nested deeper than orjson writes (then raw is the message)."""
+    try:
+        return orjson.dumps(item).decode()
+    except orjson.JSONEncodeError:
+        return None

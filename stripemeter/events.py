@@ -20,6 +20,9 @@ HOUR_MS = 3_600_000
 MAX_FUTURE_MS = HOUR_MS
 MAX_META_BYTES = 4096
 MAX_BATCH = 1000
+# Micro-units travel through Kafka records and table state as JSON integers, which orjson writes up to
+# 64 bits: a bigger quantity stopped the intake when it was written.
+MAX_MICROS = 2**63 - 1
 # Reject anything bigger before parsing: no event is anywhere near this, and a several-MB message
 # must not cost the worker a several-MB parse.
 MAX_MESSAGE_BYTES = 1024 * 1024
@@ -91,10 +94,12 @@ def _string(
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"{field} must be a string, got {type(value).__name__}", field)
     if pattern is not None:
-        if not pattern.match(value):
+        if not pattern.fullmatch(value):
             raise InvalidEvent("invalid_value", f"{field} must match {pattern.pattern}", field)
     elif not 1 <= len(value) <= max_len:
         raise InvalidEvent("invalid_value", f"{field} must be 1-{max_len} characters", field)
+    elif "\x00" in value:  # PostgreSQL text cannot hold it: the sink could never store the event
+        raise InvalidEvent("invalid_value", f"{field} must not contain the NUL character", field)
     return value
 
 
@@ -117,8 +122,8 @@ def parse_quantity(value: Any) -> int:
         if scaled != scaled.to_integral_value():
             raise InvalidEvent("invalid_value", "quantity has more than 6 decimals", "quantity")
         micros = int(scaled)
-    if micros >= 10**30:
-        raise InvalidEvent("invalid_value", "quantity is too large", "quantity")
+    if micros > MAX_MICROS:
+        raise InvalidEvent("invalid_value", f"quantity is above {format_micros(MAX_MICROS)}", "quantity")
     return micros
 
 
@@ -127,7 +132,7 @@ def parse_ts(value: Any, now_ms: int) -> int:
         raise InvalidEvent("missing_field", "ts is required", "ts")
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"ts must be an RFC 3339 string, got {type(value).__name__}", "ts")
-    if not RFC3339_RE.match(value):
+    if not RFC3339_RE.fullmatch(value):
         raise InvalidEvent(
             "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
         )
@@ -164,8 +169,16 @@ def parse_event(obj: Any, now_ms: int) -> UsageEvent:
     if meta is not None:
         if not isinstance(meta, dict):
             raise InvalidEvent("wrong_type", "meta must be an object", "meta")
-        if len(orjson.dumps(meta)) > MAX_META_BYTES:
+        try:
+            size = len(orjson.dumps(meta))
+        except orjson.JSONEncodeError:  # nested deeper than orjson writes (254 levels), or a huge int
+            raise InvalidEvent(
+                "unwritable", "meta is nested too deeply or holds a number too large", "meta"
+            ) from None
+        if size > MAX_META_BYTES:
             raise InvalidEvent("too_large", f"meta is larger than {MAX_META_BYTES} bytes as JSON", "meta")
+        if _holds_nul(meta):  # PostgreSQL's jsonb refuses \u0000
+            raise InvalidEvent("invalid_value", "meta must not contain the NUL character", "meta")
     assert tenant_id is not None and metric is not None and customer_ref is not None
     derived = key is None
     if key is None:
@@ -205,6 +218,16 @@ def _parse_or_error(obj: Any, now_ms: int, index: int | None) -> UsageEvent | In
             error.index = index
             error.raw_item = obj
         return error
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any("\x00" in k or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _json_type(value: Any) -> str:

@@ -19,7 +19,7 @@ Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 
 
 async def create(settings: Settings, tenant: str, scopes_raw: str, description: str | None) -> str:
-    if tenant != ALL_TENANTS and not TENANT_RE.match(tenant):
+    if tenant != ALL_TENANTS and not TENANT_RE.fullmatch(tenant):
         raise ValueError(f"--tenant must match {TENANT_RE.pattern} (or be '*' for every tenant)")
     scopes = parse_scopes(scopes_raw)
     key = new_key()
