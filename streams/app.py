@@ -57,7 +57,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
     """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
     ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``."""
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    rocksdb_memory.install()
+    rocksdb_memory.install(settings.rocksdb_memory_mb)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,

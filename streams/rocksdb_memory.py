@@ -4,7 +4,7 @@ Faust opens one RocksDB per table partition (three tables x N partitions), each 
 cache, and RocksDB keeps the index and filter blocks of every SST file outside any cache: memory then
 grows with the dedupe state, which holds 48 h of idempotency keys. Here every database shares one LRU
 cache that also holds index and filter blocks, and one write-buffer manager charges all memtables to
-that same cache, so the tables use about ``BUDGET_BYTES`` whatever their size on disk.
+that same cache, so the tables use about ``STRIPEMETER_ROCKSDB_MEMORY_MB`` whatever their size on disk.
 """
 
 from __future__ import annotations
@@ -12,20 +12,20 @@ from __future__ import annotations
 import rocksdict
 from faust.stores import rocksdb as faust_rocksdb
 
-BUDGET_BYTES = 192 * 1024 * 1024
-MEMTABLES_BYTES = 64 * 1024 * 1024  # part of the budget
-
+MIB = 1024 * 1024
+_budget_bytes = 192 * MIB
 _shared: tuple[rocksdict.Cache, rocksdict.WriteBufferManager] | None = None
 
 
 def _budget() -> tuple[rocksdict.Cache, rocksdict.WriteBufferManager]:
+    """One cache of the whole budget; memtables may take a third of it."""
     global _shared
     if _shared is None:
-        cache = rocksdict.Cache(BUDGET_BYTES)
-        _shared = (
-            cache,
-            rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(MEMTABLES_BYTES, False, cache),
+        cache = rocksdict.Cache(_budget_bytes)
+        buffers = rocksdict.WriteBufferManager.new_write_buffer_manager_with_cache(
+            _budget_bytes // 3, False, cache
         )
+        _shared = (cache, buffers)
     return _shared
 
 
@@ -49,6 +49,8 @@ def bounded_options(self: faust_rocksdb.RocksDBOptions) -> rocksdict.Options:
     return options
 
 
-def install() -> None:
-    """Make Faust open every RocksDB table with the shared budget (rocksdict driver only)."""
+def install(budget_mb: int) -> None:
+    """Make Faust open every RocksDB table with one shared budget (rocksdict driver only)."""
+    global _budget_bytes
+    _budget_bytes = budget_mb * MIB
     faust_rocksdb.RocksDBOptions.as_options = bounded_options  # type: ignore[method-assign]

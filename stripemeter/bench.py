@@ -385,6 +385,8 @@ async def latency(
     )
     if rss:
         say(f"  worker RSS: first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB")
+        curve = " ".join(f"{rss[i * len(rss) // 10]:.0f}" for i in range(10))
+        say(f"  worker RSS at each tenth of the run: {curve} {rss[-1]:.0f} MiB")
     return {
         "rate": achieved,
         "p50": pct(0.5),

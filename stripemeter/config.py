@@ -51,6 +51,7 @@ class Settings:
     kafka_version: str = "4.3.1"
     kafka_heap: str = "512m"
     store: str = "rocksdb://"
+    rocksdb_memory_mb: int = 192  # block cache + memtables of all the worker's tables together
     lateness_seconds: int = 48 * 3600
     delta_flush_seconds: float = 1.0
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
@@ -92,6 +93,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_KAFKA_VERSION": "kafka_version",
     "STRIPEMETER_KAFKA_HEAP": "kafka_heap",
     "STRIPEMETER_STORE": "store",
+    "STRIPEMETER_ROCKSDB_MEMORY_MB": "rocksdb_memory_mb",
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
     "STRIPEMETER_DELTA_FLUSH_SECONDS": "delta_flush_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",

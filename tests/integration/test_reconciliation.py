@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from stripemeter.api.app import create_app as create_api
 
 from stripemeter.config import Settings
+from stripemeter.demo import usage
 from stripemeter.reconcile.periods import current_name
 from stripemeter.stripe_emulator import EmulatorState
 from stripemeter.topics import TopicNames
@@ -45,14 +46,7 @@ def iso(seconds: float) -> str:
 
 
 def event(tenant: str, customer: str, ts: float, quantity: int, key: str) -> dict[str, Any]:
-    return {
-        "tenantId": tenant,
-        "metric": "requests",
-        "customerRef": customer,
-        "quantity": quantity,
-        "ts": iso(ts),
-        "idempotencyKey": key,
-    }
+    return usage(tenant, customer, datetime.fromtimestamp(ts, tz=UTC), quantity, key)
 
 
 def hours_before_now(n: int) -> int:
