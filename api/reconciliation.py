@@ -15,8 +15,7 @@ from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.db import reconciliation as db
 from stripemeter.events import METRIC_RE, TENANT_RE
 from stripemeter.reconcile import periods
-from stripemeter.reconcile.compare import relative
-from stripemeter.reconcile.runner import RunRequest, overall_status
+from stripemeter.reconcile.runner import RunRequest, overall_status, totals
 
 CSV_COLUMNS = (
     "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",
@@ -75,9 +74,6 @@ async def get_summary(request: web.Request) -> web.StreamResponse:
     items = [item_view(r) for r in rows]
     if output == "csv":
         return csv_response(items, f"reconciliation-{tenant}-{metric}-{period_name}.csv")
-    local = sum(i["local"] for i in items)
-    stripe = sum(i["stripe"] for i in items)
-    diff = sum(i["diffAbs"] for i in items)
     return json_response(
         {
             "tenantId": tenant,
@@ -87,12 +83,7 @@ async def get_summary(request: web.Request) -> web.StreamResponse:
             "status": overall_status(items),
             "checkedAt": max((i["checkedAt"] for i in items), default=None),
             "items": items,
-            "totals": {
-                "local": local,
-                "stripe": stripe,
-                "diffAbs": diff,
-                "diffPct": round(relative(diff, local, stripe), 6),
-            },
+            "totals": totals(items),
         }
     )
 

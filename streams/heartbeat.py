@@ -52,6 +52,7 @@ async def run(settings: Settings, status: Callable[[], dict[str, Any]], stopping
     me, started = worker_id(settings), datetime.now(UTC)
     max_lag: dict[str, float] = {}
     last_lag = 0.0
+    conn: psycopg.AsyncConnection | None = None  # one connection for every beat
     while not stopping.is_set():
         if time.monotonic() - last_lag >= LAG_INTERVAL:
             last_lag = time.monotonic()
@@ -64,16 +65,18 @@ async def run(settings: Settings, status: Callable[[], dict[str, Any]], stopping
             except Exception as exc:  # lag is advice; a failed measurement must not stop the worker
                 log.warning("could not measure consumer lag: %s", exc)
         state = {**status(), "lagSeconds": max_lag}
+        host, pid = socket.gethostname(), os.getpid()
+        row = (me, settings.app_id, host, pid, state["ready"], orjson.dumps(state).decode(), started)
         try:
-            async with await psycopg.AsyncConnection.connect(
-                settings.database_url.value, autocommit=True
-            ) as conn:
-                await conn.execute(
-                    UPSERT,
-                    (me, settings.app_id, socket.gethostname(), os.getpid(), state["ready"],
-                     orjson.dumps(state).decode(), started),
-                )  # fmt: skip
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True)
+            await conn.execute(UPSERT, row)
         except psycopg.Error as exc:
             log.warning("could not write the heartbeat: %s", exc)
+            if conn is not None:
+                await conn.close()
+            conn = None  # connect again at the next beat
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stopping.wait(), HEARTBEAT_INTERVAL)
+    if conn is not None:
+        await conn.close()

@@ -396,15 +396,30 @@ async def latency(
     }
 
 
+async def emulator_with_meter(port: int, tag: str) -> tuple[Any, Any, dict[str, Any]]:
+    """The Stripe emulator on ``port`` in this process, with one ``sum`` meter ``bench_{tag}``;
+    returns (state, runner to clean up, meter)."""
+    from aiohttp import web
+
+    from stripemeter.stripe_emulator import EmulatorState, create_app
+
+    state = EmulatorState()
+    runner = web.AppRunner(create_app(state), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    meter = state.create_meter(
+        {"display_name": "requests", "event_name": f"bench_{tag}", "default_aggregation": {"formula": "sum"}}
+    )
+    return state, runner, meter
+
+
 async def stripe_pushes(
     settings: Settings, events: int, customers: int, calls_per_second: float, partitions: int, say: Say
 ) -> dict[str, Any]:
     """Pushes/s against the emulator and events per Stripe call, for many customers."""
     import psycopg
-    from aiohttp import web
 
     from stripemeter.db.mappings import MetricMapping, upsert_customer, upsert_metric
-    from stripemeter.stripe_emulator import EmulatorState, create_app
 
     tag = uuid.uuid4().hex[:6]
     port = free_port()
@@ -414,14 +429,8 @@ async def stripe_pushes(
     env = env.with_overrides(stripe_api_key=type(env.stripe_api_key)("sk_test_bench"))
     names = TopicNames(env.topic_prefix, env.app_id)
     await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
-    state = EmulatorState()
-    runner = web.AppRunner(create_app(state), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state, runner, meter = await emulator_with_meter(port, tag)
     tenant = f"bench-{tag}"
-    meter = state.create_meter(
-        {"display_name": "requests", "event_name": f"bench_{tag}", "default_aggregation": {"formula": "sum"}}
-    )
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         await upsert_metric(conn, MetricMapping(tenant, "requests", meter["event_name"], "sum", None))
         for c in range(customers):

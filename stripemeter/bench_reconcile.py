@@ -17,15 +17,15 @@ from typing import Any
 
 import psycopg
 import stripe
-from aiohttp import web
 
+from stripemeter.bench import emulator_with_meter
 from stripemeter.config import Settings
 from stripemeter.local.procs import free_port
 from stripemeter.reconcile.periods import current_name
 from stripemeter.reconcile.periods import period as period_of
 from stripemeter.reconcile.runner import Reconciler, ReconcileSettings, RunRequest
 from stripemeter.reconcile.stripe_reader import StripeReader
-from stripemeter.stripe_emulator import EmulatorState, create_app
+from stripemeter.stripe_emulator import EmulatorState
 from stripemeter.stripe_push.client import make_client
 
 Say = Callable[[str], None]
@@ -116,14 +116,8 @@ async def reconcile_many(
     tag = uuid.uuid4().hex[:6]
     tenant = f"bench-rec-{tag}"
     port = free_port()
-    state = EmulatorState()
-    runner = web.AppRunner(create_app(state), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    state, runner, meter = await emulator_with_meter(port, tag)
     base = f"http://127.0.0.1:{port}"
-    meter = state.create_meter(
-        {"display_name": "requests", "event_name": f"bench_{tag}", "default_aggregation": {"formula": "sum"}}
-    )
     hours = bench_hours(int(time.time()), hours_per_customer)
     period = current_name(datetime.fromtimestamp(hours[-1], tz=UTC))
     published: list[bytes] = []

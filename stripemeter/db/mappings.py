@@ -83,3 +83,18 @@ async def load_policies(
         )
         for tenant, metric, aggregation, lateness in await cur.fetchall()
     }
+
+
+async def stripe_mappings(
+    conn: psycopg.AsyncConnection, tenant: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metric -> (event name, aggregation), customer -> (Stripe customer id, billing anchor))."""
+    metrics = {
+        r["metric"]: (r["stripe_meter_event_name"], r["aggregation"])
+        for r in await list_rows(conn, "metric_mappings", tenant)
+    }
+    customers = {
+        r["customer_ref"]: (r["stripe_customer_id"], r["billing_anchor"])
+        for r in await list_rows(conn, "customer_mappings", tenant)
+    }
+    return metrics, customers

@@ -75,23 +75,6 @@ async def recent_corrections(
     return await _rows(conn, CORRECTIONS, _range(tenant, metric, start, end))
 
 
-async def mappings(conn: psycopg.AsyncConnection, tenant: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(metric -> (event name, aggregation), customer -> (stripe customer id, billing anchor))."""
-    metrics = {
-        r["metric"]: (r["stripe_meter_event_name"], r["aggregation"])
-        for r in await _rows(
-            conn, "SELECT * FROM metric_mappings WHERE tenant_id = %(tenant)s", {"tenant": tenant}
-        )
-    }
-    customers = {
-        r["customer_ref"]: (r["stripe_customer_id"], r["billing_anchor"])
-        for r in await _rows(
-            conn, "SELECT * FROM customer_mappings WHERE tenant_id = %(tenant)s", {"tenant": tenant}
-        )
-    }
-    return metrics, customers
-
-
 async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
     """Tenants with a mapping or a counter since ``since``: the ones a scheduled run checks."""
     cur = await conn.execute(

@@ -31,9 +31,11 @@ import stripe
 
 from stripemeter import metrics
 from stripemeter.db import reconciliation as db
+from stripemeter.db.mappings import stripe_mappings
 from stripemeter.reconcile import periods
 from stripemeter.reconcile.compare import Hour, Item, Verdict, judge, judge_totals, relative
 from stripemeter.reconcile.stripe_reader import StripeReader
+from stripemeter.stripe_push.plan import Push, stamp
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +115,9 @@ class Reconciler:
             self.settings.epsilon,
         )
         try:
-            await self._resend_pending(conn, request.tenant_id)
-            items, ranges, metric_map, customer_map = await self._load(conn, request, period_name, now)
+            metric_map, customer_map = await stripe_mappings(conn, request.tenant_id)
+            await self._resend_pending(conn, request.tenant_id, metric_map, customer_map)
+            items, ranges = await self._load(conn, request, period_name, now, metric_map, customer_map)
             meters = await self.reader.meters_by_event_name() if metric_map else {}
             done = 0
 
@@ -196,10 +199,15 @@ class Reconciler:
         }
 
     async def _load(
-        self, conn: psycopg.AsyncConnection, request: RunRequest, period_name: str, now: float
-    ) -> tuple[list[Item], dict[tuple[str, str], periods.Period], dict[str, Any], dict[str, Any]]:
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        period_name: str,
+        now: float,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+    ) -> tuple[list[Item], dict[tuple[str, str], periods.Period]]:
         tenant = request.tenant_id
-        metric_map, customer_map = await db.mappings(conn, tenant)
         month = periods.period(period_name)
         # anchored cycles start inside the month and end inside the next one
         start, end = month.start, month.end + timedelta(days=31)
@@ -251,7 +259,7 @@ class Reconciler:
             item = items.get((metric, customer))
             if item is not None and bucket not in item.hours:  # a correction into an hour we never counted
                 item.hours[bucket] = Hour(0, None, None, None, at)
-        return list(items.values()), ranges, metric_map, customer_map
+        return list(items.values()), ranges
 
     async def _check(
         self,
@@ -306,7 +314,7 @@ class Reconciler:
         sent = []
         for bucket, value in corrections:
             identifier = correction_identifier(item, bucket, run_id)
-            ts = max(bucket, min(bucket + HOUR_S // 2, int(now)))
+            ts = stamp(bucket, int(now))
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
             await db.record_correction(
@@ -331,21 +339,19 @@ class Reconciler:
         return "adjusted", sent
 
     async def _send(self, event_name: str, customer: str, value: int, ts: int, identifier: str) -> str | None:
+        """None once Stripe has the correction ("already exists" included), else why not."""
         payload = {"stripe_customer_id": customer, "value": str(value)}
-        try:
-            await self.reader.send_correction(event_name, payload, ts, identifier)
-        except stripe.InvalidRequestError as exc:
-            if "already exists" not in str(exc):
-                return str(exc)[:500]
-        except stripe.StripeError as exc:
-            return f"{type(exc).__name__}: {exc}"[:500]
-        return None
+        result = await self.reader.send(Push(identifier, event_name, payload, ts, value))
+        return None if result.outcome in ("delivered", "duplicate") else result.reason
 
-    async def _resend_pending(self, conn: psycopg.AsyncConnection, tenant: str) -> None:
+    async def _resend_pending(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+    ) -> None:
         pending = await db.pending_corrections(conn, tenant)
-        if not pending:
-            return
-        metric_map, customer_map = await db.mappings(conn, tenant)
         for row in pending:
             if row["metric"] not in metric_map or row["customer_ref"] not in customer_map:
                 await db.finish_correction(conn, row["adjustment_id"], "mapping removed before the resend")

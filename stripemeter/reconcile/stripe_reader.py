@@ -12,6 +12,8 @@ from typing import Any
 import stripe
 
 from stripemeter import metrics
+from stripemeter.stripe_push.client import SendResult, send
+from stripemeter.stripe_push.plan import Push
 from stripemeter.stripe_push.writer import RateLimiter
 
 PAGE = 100
@@ -72,14 +74,12 @@ class StripeReader:
                 return hours
             params = {**params, "starting_after": page.data[-1].id}
 
-    async def send_correction(
-        self, event_name: str, payload: dict[str, str], timestamp: int, identifier: str
-    ) -> None:
-        await self._call(
-            self.client.v1.billing.meter_events.create_async,
-            {"event_name": event_name, "payload": payload, "identifier": identifier, "timestamp": timestamp},
-            {"idempotency_key": identifier},
-        )
+    async def send(self, push: Push) -> SendResult:
+        """One meter event, as the writer sends it (same identifier rules and error classes)."""
+        async with self.slots:
+            await self.limiter.wait()
+            self.calls += 1
+            return await send(self.client, push)
 
 
 def _whole(value: Any) -> int:

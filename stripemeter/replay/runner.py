@@ -25,8 +25,8 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter import metrics
-from stripemeter.db import reconciliation as mappings_db
 from stripemeter.db import replay as db
+from stripemeter.db.mappings import list_rows
 from stripemeter.replay.plan import Plan, make_plan
 from stripemeter.replay.window import Window
 from stripemeter.streams.control import send_corrections
@@ -85,8 +85,10 @@ class Replayer:
     async def _run_locked(
         self, conn: psycopg.AsyncConnection, request: ReplayRequest, progress: Progress | None
     ) -> dict[str, Any]:
-        metric_map, _customers = await mappings_db.mappings(conn, request.tenant_id)
-        await check_metrics(conn, request.tenant_id, request.metrics, metric_map)
+        aggregations = {
+            r["metric"]: r["aggregation"] for r in await list_rows(conn, "metric_mappings", request.tenant_id)
+        }
+        await check_metrics(conn, request.tenant_id, request.metrics, aggregations)
         w = request.window
         scope = db.Scope(request.tenant_id, request.metrics, request.customer_ref, w.since, w.until)
         scanned = await db.events_scanned(conn, scope)
@@ -98,7 +100,6 @@ class Replayer:
             }
         )
         before = await db.counter_totals(conn, request.tenant_id, keys)
-        aggregations = {m: agg for m, (_event, agg) in metric_map.items()}
         plan = make_plan(request.tenant_id, rows, aggregations, before)
         replay_id = "rpl_" + uuid.uuid4().hex[:20]
         report = build_report(replay_id, request, scanned, plan, applied=False)
@@ -119,11 +120,11 @@ class Replayer:
 
 
 async def check_metrics(
-    conn: psycopg.AsyncConnection, tenant: str, wanted: list[str], metric_map: dict[str, Any]
+    conn: psycopg.AsyncConnection, tenant: str, wanted: list[str], mapped: dict[str, str]
 ) -> None:
     """A metric is known when it has a mapping or the tenant has counted it."""
     for metric in wanted:
-        if metric in metric_map:
+        if metric in mapped:
             continue
         cur = await conn.execute(
             "SELECT EXISTS (SELECT 1 FROM counters WHERE tenant_id = %s AND metric = %s)"

@@ -65,6 +65,12 @@ def identifier(state: CounterState, from_units: int, to_units: int) -> str:
     return f"sm_{digest}_{from_units}_{to_units}_{state.latest_seq}"
 
 
+def stamp(bucket_s: int, now_s: int) -> int:
+    """A meter event's timestamp: inside the counter's hour, so Stripe's hour summaries line up with
+    ours, and never ahead of now (Stripe refuses more than 5 minutes ahead)."""
+    return max(bucket_s, min(bucket_s + HOUR_S // 2, now_s))
+
+
 def next_push(state: CounterState, mapping: Mapping, now_s: int) -> Push | None:
     """The push to make now, or None when Stripe already has this counter's whole units."""
     if state.pending_identifier is not None and state.pending_to_units is not None:
@@ -80,8 +86,6 @@ def next_push(state: CounterState, mapping: Mapping, now_s: int) -> Push | None:
         identifier=ident,
         event_name=mapping.event_name,
         payload={mapping.customer_key: mapping.stripe_customer_id, mapping.value_key: str(value)},
-        # inside the counter's hour, so Stripe's hour summaries line up with ours, and never ahead
-        # of now (Stripe refuses more than 5 minutes ahead)
-        timestamp=max(state.bucket_s, min(state.bucket_s + HOUR_S // 2, now_s)),
+        timestamp=stamp(state.bucket_s, now_s),
         to_units=to_units,
     )

@@ -85,7 +85,7 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         asyncio.run(
             send(app, [[usage(tenant, "acme-42", now - timedelta(minutes=i), 10, f"e{i}") for i in range(5)]])
         )
-        wait(lambda: demo.local_total() == 50 and demo.synced(), "usage pushed")
+        wait(lambda: demo.delivered(50), "usage pushed")
         customer = demo.api.call("GET", f"/v1/customers/{tenant}")["customers"][0]["stripeCustomerId"]
         demo.stripe.call(  # a foreign meter event: Stripe 20 % above what was counted
             "POST",
