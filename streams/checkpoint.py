@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.streams.counting import split_counter_key
 from stripemeter.streams.deltas import Delta, encode_delta
 from stripemeter.streams.metering import Metering
+from stripemeter.streams.partitioning import Partitioner
 from stripemeter.streams.state import ChangelogState, send_records
 
 from stripemeter import metrics
@@ -50,6 +52,7 @@ class Checkpointer:
         self.pending: list[Any] = []  # faust events processed but not yet acknowledged
         self._lock = asyncio.Lock()
         self.failed = False  # a checkpoint raised: local state may be ahead of the changelogs
+        self._deltas_partition: Partitioner | None = None
 
     def add(self, event: Any) -> None:
         self.pending.append(event)
@@ -84,16 +87,11 @@ class Checkpointer:
         await _all(futures)
 
         futures = await self._send_changelog(("watermarks",), persisted)
-        counters = self.states["counters"]
-        for ckey, partition in outcomes.touched.items():
-            raw = counters.get(partition, ckey)
-            if raw is None:
-                continue
-            value = orjson.loads(raw)
-            tenant, metric, customer, bucket = split_counter_key(ckey.decode())
-            record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
-            routing = f"{tenant}|{metric}|{customer}".encode()
-            futures.append(await self.producer.send(self.names.deltas, record, key=routing))
+        for partition, records in (await self._deltas(outcomes.touched)).items():
+            futures.extend(
+                future
+                for future, _ in await send_records(self.producer, self.names.deltas, partition, records)
+            )
         await _all(futures)
 
         for state, partition, future, count in persisted:
@@ -107,6 +105,23 @@ class Checkpointer:
                 metrics.EVENTS.labels(outcome).inc(n)
         metrics.DELTAS.inc(len(outcomes.touched))
         return len(outcomes.touched)
+
+    async def _deltas(self, touched: dict[bytes, int]) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+        """A usage.deltas record per touched counter, keyed ``tenant|metric|customer``, per partition."""
+        if self._deltas_partition is None:
+            self._deltas_partition = Partitioner(len(await self.producer.partitions_for(self.names.deltas)))
+        counters = self.states["counters"]
+        out: dict[int, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
+        for ckey, partition in touched.items():
+            raw = counters.get(partition, ckey)
+            if raw is None:
+                continue
+            value = orjson.loads(raw)
+            tenant, metric, customer, bucket = split_counter_key(ckey.decode())
+            record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
+            routing = f"{tenant}|{metric}|{customer}"
+            out[self._deltas_partition(routing)].append((routing.encode(), record))
+        return out
 
     async def _send_changelog(
         self, tables: Sequence[str], persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]]

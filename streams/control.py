@@ -16,7 +16,7 @@ from typing import Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from stripemeter.streams.intake import partition_for
+from stripemeter.streams.partitioning import partition_for
 
 Kind = Literal["add", "last"]
 CORRECTIONS_PER_MESSAGE = 2000  # ~300 KB; the keyed topic takes 4 MiB messages

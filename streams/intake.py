@@ -20,10 +20,10 @@ from collections import defaultdict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.partitioner import murmur2
 from aiokafka.structs import TopicPartition
 from stripemeter.streams.dead_letters import dead_letter
-from stripemeter.streams.records import Source, encode_batch, encode_keyed
+from stripemeter.streams.partitioning import Partitioner
+from stripemeter.streams.records import encode_batch, keyed_item
 
 from stripemeter import metrics
 from stripemeter.events import InvalidEvent, decode_message
@@ -35,13 +35,8 @@ MAX_EVENTS_PER_MESSAGE = 2000
 FETCH_MAX_BYTES = 32 * 1024 * 1024
 
 
-def partition_for(routing_key: str, partitions: int) -> int:
-    """The same partition the Java and aiokafka default partitioners choose for this key."""
-    return (murmur2(routing_key.encode()) & 0x7FFFFFFF) % partitions
-
-
 def route(
-    records: list[Any], keyed_partitions: int, now_ms: int
+    records: list[Any], target_of: Partitioner, now_ms: int
 ) -> tuple[dict[int, list[list[Any]]], list[bytes], int]:
     """Pure step: messages -> (keyed items per target partition, dead letters, events read)."""
     keyed: dict[int, list[list[Any]]] = defaultdict(list)
@@ -49,14 +44,13 @@ def route(
     seen = 0
     for msg in records:
         results = decode_message(msg.value, now_ms)
+        seen += len(results)
         for position, result in enumerate(results):
-            seen += 1
             if isinstance(result, InvalidEvent):
                 dead.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
                 continue
-            source = Source(msg.partition, msg.offset, position)
-            target = partition_for(f"{result.tenant_id}|{result.customer_ref}", keyed_partitions)
-            keyed[target].append(encode_keyed(result, source))
+            target = target_of(f"{result.tenant_id}|{result.customer_ref}")
+            keyed[target].append(keyed_item(result, msg.partition, msg.offset, position))
     return keyed, dead, seen
 
 
@@ -92,12 +86,12 @@ class Intake:
         await producer.start()
         await consumer.start()
         try:
-            keyed_partitions = len(await producer.partitions_for(self.names.keyed))
+            keyed_partitions = Partitioner(len(await producer.partitions_for(self.names.keyed)))
             log.info(
                 "intake started: %s -> %s (%d partitions)",
                 self.names.events,
                 self.names.keyed,
-                keyed_partitions,
+                keyed_partitions.partitions,
             )
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=200, max_records=self.poll_records)
@@ -114,7 +108,7 @@ class Intake:
         batch: dict[TopicPartition, list[Any]],
         consumer: AIOKafkaConsumer,
         producer: AIOKafkaProducer,
-        keyed_partitions: int,
+        keyed_partitions: Partitioner,
     ) -> None:
         records = [msg for msgs in batch.values() for msg in msgs]
         keyed, dead, seen = route(records, keyed_partitions, int(time.time() * 1000))

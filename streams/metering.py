@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 import orjson
 from stripemeter.streams.control import Correction
-from stripemeter.streams.counting import SEP, Partial, apply, counter_key, stream_key
-from stripemeter.streams.policy import Policies
+from stripemeter.streams.counting import SEP, Partial, apply, bucket_key, counter_key, stream_key
+from stripemeter.streams.policy import MetricPolicy, Policies
 from stripemeter.streams.records import decode_keyed
 
 from stripemeter.events import HOUR_MS, UsageEvent
@@ -93,53 +93,55 @@ class Metering:
         """
         out = self.outcomes
         ledger = out.ledger
-        counts = out.counts
         dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
-        policy_of = self.policies.get
+        policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         watermarks: dict[bytes, int | None] = {}
         advanced: set[bytes] = set()
+        counted = duplicates = 0
         for item in items:
-            tenant, metric, customer, micros, ts_ms, key = (
-                item[0],
-                item[1],
-                item[2],
-                item[3],
-                item[4],
-                item[5],
-            )
-            src = (item[9], item[10], item[11])
+            tenant, metric, customer, micros, ts_ms, key = item[:6]
             dkey = f"{tenant}{SEP}{key}".encode()
             skey = stream_key(tenant, metric, customer).encode()
+            policy = policies.get((tenant, metric))
+            if policy is None:
+                policy = policies[tenant, metric] = self.policies.get(tenant, metric)
+            watermark = (
+                watermarks[skey] if skey in watermarks else self._watermark(partition, skey, watermarks)
+            )
             seen_raw = dedupe_get(partition, dkey)
             if seen_raw is not None:
                 seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
-                if (seen[0], seen[1], seen[2]) != src:
+                if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
                     ledger.append([DUPLICATE, *item])
-                    counts[DUPLICATE] += 1
+                    duplicates += 1
                     continue
                 if seen[3] != offset:
                     continue  # intake re-sent an input already handled: no trace
-                watermark = self._watermark(partition, skey, watermarks)  # re-applied after a crash
+                # else: this very message again after a crash: re-applied (counters skip it by offset)
             else:
-                watermark = self._watermark(partition, skey, watermarks)
-                lateness = policy_of(tenant, metric).lateness_ms
-                if watermark is not None and ts_ms < watermark - lateness:
-                    out.late.append(late_record(decode_keyed(item)[0], watermark, lateness))
+                if watermark is not None and ts_ms < watermark - policy.lateness_ms:
+                    out.late.append(late_record(decode_keyed(item)[0], watermark, policy.lateness_ms))
                     ledger.append([LATE, *item])
-                    counts[LATE] += 1
+                    out.counts[LATE] += 1
                     continue
-                dedupe_put(partition, dkey, orjson.dumps([*src, offset, ts_ms, metric, customer]))
+                dedupe_put(
+                    partition,
+                    dkey,
+                    orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
+                )
             ledger.append([COUNTED, *item])
-            counts[COUNTED] += 1
+            counted += 1
             if watermark is None or watermark < ts_ms:
                 watermarks[skey] = ts_ms
                 advanced.add(skey)
-            ckey = counter_key(tenant, metric, customer, ts_ms - ts_ms % HOUR_MS).encode()
+            ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             partial = partials.get(ckey)
             if partial is None:
-                partial = partials[ckey] = Partial(policy_of(tenant, metric).aggregation)
+                partial = partials[ckey] = Partial(policy.aggregation)
             partial.add(micros, ts_ms)
+        out.counts[COUNTED] += counted
+        out.counts[DUPLICATE] += duplicates
         counters_get, counters_put = self.counters.get, self.counters.put
         touched = out.touched
         for ckey, partial in partials.items():

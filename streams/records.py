@@ -5,16 +5,14 @@ Compact JSON arrays (not objects) keep the hot path cheap; one Kafka message hol
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
 from stripemeter.events import UsageEvent
 
 
-@dataclass(frozen=True, slots=True)
-class Source:
+class Source(NamedTuple):
     """Where an event was read from usage.events: its identity as an input."""
 
     partition: int
@@ -23,19 +21,25 @@ class Source:
 
 
 def encode_keyed(event: UsageEvent, source: Source) -> list[Any]:
+    return keyed_item(event, *source)
+
+
+def keyed_item(event: UsageEvent, partition: int, offset: int, index: int) -> list[Any]:
+    """The keyed record of ``event`` read at ``partition``/``offset`` (``index`` inside an array)."""
+    tenant, metric, customer, micros, ts_ms, key, derived, resource, meta = event
     return [
-        event.tenant_id,
-        event.metric,
-        event.customer_ref,
-        event.quantity_micros,
-        event.ts_ms,
-        event.idempotency_key,
-        int(event.key_derived),
-        event.resource_id,
-        event.meta,
-        source.partition,
-        source.offset,
-        source.index,
+        tenant,
+        metric,
+        customer,
+        micros,
+        ts_ms,
+        key,
+        int(derived),
+        resource,
+        meta,
+        partition,
+        offset,
+        index,
     ]
 
 

@@ -5,13 +5,13 @@ Quantities are held as integer micro-units (``quantity * 10**6``) so that sums a
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import math
 import re
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -52,8 +52,9 @@ class InvalidEvent(ValueError):
         return error
 
 
-@dataclass(frozen=True, slots=True)
-class UsageEvent:
+class UsageEvent(NamedTuple):
+    """A valid event (a tuple: an immutable dataclass costs 1.4 us to build, this 0.3 us)."""
+
     tenant_id: str
     metric: str
     customer_ref: str
@@ -103,9 +104,27 @@ def _string(
     return value
 
 
+_known_tenants: set[str] = set()  # names that matched their pattern: a set lookup instead of a regex
+_known_metrics: set[str] = set()
+
+
+def _name(obj: dict[str, Any], field: str, max_len: int, pattern: re.Pattern[str], known: set[str]) -> str:
+    value = obj.get(field)
+    if value.__class__ is str and value in known:
+        return value  # type: ignore[no-any-return]
+    checked = _string(obj, field, True, max_len, pattern)
+    assert checked is not None
+    if len(known) > 10_000:
+        known.clear()
+    known.add(checked)
+    return checked
+
+
 def parse_quantity(value: Any) -> int:
     """A finite number >= 0 with at most 6 decimals, as integer micro-units."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if value.__class__ is int and 0 <= value <= MAX_MICROS // MICROS:  # the common case, cheaply
+        return value * MICROS  # type: ignore[no-any-return]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise InvalidEvent("wrong_type", f"quantity must be a number, got {type(value).__name__}", "quantity")
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidEvent("invalid_value", "quantity must be finite", "quantity")
@@ -128,23 +147,20 @@ def parse_quantity(value: Any) -> int:
 
 
 def parse_ts(value: Any, now_ms: int) -> int:
+    """RFC 3339 with an offset -> UTC epoch milliseconds (fractions beyond milliseconds truncated).
+
+    The text splits into a fixed-width date-time (19 characters) and a suffix (fraction and
+    offset); both repeat a lot in real streams, so each part is validated once and remembered.
+    """
     if value is None:
         raise InvalidEvent("missing_field", "ts is required", "ts")
     if not isinstance(value, str):
         raise InvalidEvent("wrong_type", f"ts must be an RFC 3339 string, got {type(value).__name__}", "ts")
-    if not RFC3339_RE.fullmatch(value):
-        raise InvalidEvent(
-            "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
-        )
-    text = value
-    fraction = re.search(r"\.(\d+)", text)
-    if fraction and len(fraction.group(1)) > 6:  # fromisoformat takes at most microseconds
-        text = text.replace(fraction.group(0), "." + fraction.group(1)[:6], 1)
-    try:
-        parsed = datetime.fromisoformat(text.replace("z", "Z"))
-    except ValueError as exc:
-        raise InvalidEvent("invalid_value", f"ts is not a valid date-time: {exc}", "ts") from exc
-    ts_ms = int(parsed.timestamp() * 1000)
+    seconds = _ts_seconds.get(value[:19])
+    suffix = _ts_suffixes.get(value[19:])
+    if seconds is None or suffix is None:
+        seconds, suffix = _learn_ts(value)
+    ts_ms = (seconds - suffix[1]) * 1000 + suffix[0]
     if ts_ms > now_ms + MAX_FUTURE_MS:
         raise InvalidEvent("ts_in_future", "ts is more than 1 h in the future", "ts")
     if ts_ms < 0:
@@ -152,12 +168,43 @@ def parse_ts(value: Any, now_ms: int) -> int:
     return ts_ms
 
 
+_ts_seconds: dict[str, int] = {}  # "YYYY-MM-DDTHH:MM:SS" -> epoch seconds, read as UTC
+_ts_suffixes: dict[str, tuple[int, int]] = {}  # ".123+02:00" -> (milliseconds, offset in seconds)
+_TS_CACHE_LIMIT = 20_000  # a new second of event time every second: about 5 hours of them
+
+
+def _learn_ts(value: str) -> tuple[int, tuple[int, int]]:
+    """Validate a whole ts the slow way and remember its two parts."""
+    match = RFC3339_RE.fullmatch(value)
+    if not match:
+        raise InvalidEvent(
+            "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
+        )
+    digits = (match.group(1) or ".")[1:]
+    text = value[:19] + ("." + digits[:6] if digits else "") + value[19 + len(match.group(1) or "") :]
+    try:
+        parsed = datetime.fromisoformat(text.replace("z", "Z"))
+    except ValueError as exc:
+        raise InvalidEvent("invalid_value", f"ts is not a valid date-time: {exc}", "ts") from exc
+    offset = parsed.utcoffset()
+    assert offset is not None  # the pattern requires one
+    seconds = calendar.timegm(parsed.replace(tzinfo=None, microsecond=0).timetuple())
+    suffix = (parsed.microsecond // 1000, int(offset.total_seconds()))
+    if len(_ts_seconds) > _TS_CACHE_LIMIT:
+        _ts_seconds.clear()
+    if len(_ts_suffixes) > _TS_CACHE_LIMIT:
+        _ts_suffixes.clear()
+    _ts_seconds[value[:19]] = seconds
+    _ts_suffixes[value[19:]] = suffix
+    return seconds, suffix
+
+
 def parse_event(obj: Any, now_ms: int) -> UsageEvent:
     """Validate one decoded JSON value against the contract's event schema."""
     if not isinstance(obj, dict):
         raise InvalidEvent("not_object", f"an event must be a JSON object, got {_json_type(obj)}")
-    tenant_id = _string(obj, "tenantId", True, 64, TENANT_RE)
-    metric = _string(obj, "metric", True, 100, METRIC_RE)
+    tenant_id = _name(obj, "tenantId", 64, TENANT_RE, _known_tenants)
+    metric = _name(obj, "metric", 100, METRIC_RE, _known_metrics)
     customer_ref = _string(obj, "customerRef", True, 255)
     if "quantity" not in obj or obj["quantity"] is None:
         raise InvalidEvent("missing_field", "quantity is required", "quantity")

@@ -1,6 +1,13 @@
 from __future__ import annotations
 
-from stripemeter.streams.counting import Partial, apply, counter_key, split_counter_key
+from stripemeter.streams.counting import (
+    Partial,
+    apply,
+    bucket_key,
+    counter_key,
+    split_counter_key,
+    stream_key,
+)
 
 HOUR = 3_600_000
 
@@ -32,3 +39,9 @@ def test_message_at_or_below_applied_offset_changes_nothing() -> None:
 def test_counter_key_round_trips_customer_refs_with_separators() -> None:
     key = counter_key("t", "m:x", "cust|with|bars and spaces", 7 * HOUR)
     assert split_counter_key(key) == ("t", "m:x", "cust|with|bars and spaces", 7 * HOUR)
+
+
+def test_bucket_key_is_counter_key_in_bytes() -> None:
+    for customer in ("acme", "cust|with|bars", "ünïcode ✓"):
+        stream = stream_key("t", "m", customer).encode()
+        assert bucket_key(stream, 7 * HOUR) == counter_key("t", "m", customer, 7 * HOUR).encode()

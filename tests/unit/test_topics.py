@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from stripemeter.streams.intake import partition_for
+from stripemeter.streams.partitioning import partition_for
 
 from stripemeter.topics import TopicNames, topic_specs
 
