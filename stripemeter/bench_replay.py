@@ -19,7 +19,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.config import Settings
-from stripemeter.kafka_admin import ensure_topics
+from stripemeter.kafka_admin import delete_topics_of, ensure_topics
 from stripemeter.replay.runner import Replayer, ReplayRequest
 from stripemeter.replay.window import Window
 from stripemeter.topics import TopicNames, topic_specs
@@ -98,4 +98,5 @@ async def replay_window(
                 await conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))
     finally:
         await producer.stop()
+        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
     return results
