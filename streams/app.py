@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 POLICY_REFRESH_INTERVAL = 10.0
 DEDUPE_SWEEP_INTERVAL = 600.0
+MEMORY_GAUGE_INTERVAL = 5.0
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
 # are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
 ROCKSDB_OPTIONS = {
@@ -141,6 +143,14 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             if expired:
                 log.info("expired %d dedupe entries of partition %d", expired, partition)
             await asyncio.sleep(0)
+
+    @app.timer(MEMORY_GAUGE_INTERVAL)
+    async def measure_memory() -> None:
+        """Where the worker's memory is: RocksDB by kind, and Python's own heap."""
+        databases = [db for state in states.values() for db in state.databases()]
+        for kind, size in rocksdb_memory.usage(databases).items():
+            metrics.ROCKSDB_MEMORY.labels(kind).set(size)
+        metrics.PYTHON_BLOCKS.set(sys.getallocatedblocks())
 
     watchdog = RecoveryWatchdog(app.tables.recovery)
 

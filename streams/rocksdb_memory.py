@@ -54,3 +54,21 @@ def install(budget_mb: int) -> None:
     global _budget_bytes
     _budget_bytes = budget_mb * MIB
     faust_rocksdb.RocksDBOptions.as_options = bounded_options  # type: ignore[method-assign]
+
+
+PROPERTIES = {
+    "memtables": "rocksdb.cur-size-all-mem-tables",
+    "table_readers": "rocksdb.estimate-table-readers-mem",
+}
+
+
+def usage(databases: list[rocksdict.Rdict]) -> dict[str, int]:
+    """Memory by kind over ``databases``; the cache is shared, so it is counted once."""
+    totals = dict.fromkeys(["block_cache", "pinned", *PROPERTIES], 0)
+    for db in databases:
+        for kind, name in PROPERTIES.items():
+            totals[kind] += db.property_int_value(name) or 0
+    if databases:
+        totals["block_cache"] = databases[0].property_int_value("rocksdb.block-cache-usage") or 0
+        totals["pinned"] = databases[0].property_int_value("rocksdb.block-cache-pinned-usage") or 0
+    return totals

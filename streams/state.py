@@ -48,6 +48,10 @@ class ChangelogState:
     def _db(self, partition: int) -> Any:
         return self.table.data._db_for_partition(partition)
 
+    def databases(self) -> list[Any]:
+        """The RocksDB databases open for this table (one per partition held)."""
+        return list(getattr(self.table.data, "_dbs", {}).values())
+
     def get(self, partition: int, key: bytes) -> bytes | None:
         staged = self._staged.get(partition)
         if staged is not None and key in staged:

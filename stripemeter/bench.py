@@ -30,7 +30,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stripemeter.config import Settings, settings_env
-from stripemeter.kafka_admin import ensure_topics
+from stripemeter.kafka_admin import delete_topics_of, ensure_topics
 from stripemeter.local.procs import free_port
 from stripemeter.topics import TopicNames, topic_specs
 
@@ -227,6 +227,23 @@ class Worker:
             pass
         return 0.0
 
+    def memory_gauges(self) -> dict[str, float]:
+        """The worker's RocksDB memory by kind and Python's allocated blocks, from its /metrics."""
+        url = f"http://127.0.0.1:{self.settings.worker_web_port}/metrics"
+        gauges: dict[str, float] = {}
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
+            return gauges
+        for line in text.splitlines():
+            if line.startswith("stripemeter_rocksdb_memory_bytes{"):
+                kind = line.split('kind="', 1)[1].split('"', 1)[0]
+                gauges[kind] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("stripemeter_python_allocated_blocks "):
+                gauges["python_blocks"] = float(line.rsplit(" ", 1)[1])
+        return gauges
+
     def stop(self) -> None:
         for proc in (self.proc, self.sink, self.intake):
             if proc is None or proc.poll() is not None:
@@ -278,6 +295,7 @@ async def throughput(
         rss = worker.rss_mib()
     finally:
         worker.stop()
+        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
     if watcher.sum_micros != expected:
         raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
     rate = workload.events / elapsed
@@ -319,6 +337,7 @@ async def latency(
 
     watcher.on_update = on_update
     rss: list[float] = []
+    gauges: list[dict[str, float]] = []
     done = False
     try:
         await asyncio.to_thread(worker.wait_ready)
@@ -331,6 +350,7 @@ async def latency(
         sent = 0
         say(f"load: {rate:,} events/s, one event per message, for {seconds}s; probes every 50 ms")
         tick = 0
+        next_gauges = started + 5
         while time.perf_counter() - started < seconds:
             tick += 1
             target = int((time.perf_counter() - started) * rate)
@@ -357,6 +377,9 @@ async def latency(
             await producer.send(names.events, orjson.dumps(probe))
             if tick % 20 == 0:
                 rss.append(worker.rss_mib())
+            if time.perf_counter() >= next_gauges:
+                gauges.append(await asyncio.to_thread(worker.memory_gauges))
+                next_gauges += 5
             await asyncio.sleep(0.05)
         await producer.flush()
         await producer.stop()
@@ -368,6 +391,7 @@ async def latency(
     finally:
         done = True
         worker.stop()
+        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
     latencies.sort()
     if not latencies:
         raise RuntimeError("no probe reached usage.deltas")
@@ -387,6 +411,8 @@ async def latency(
         say(f"  worker RSS: first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB")
         curve = " ".join(f"{rss[i * len(rss) // 10]:.0f}" for i in range(10))
         say(f"  worker RSS at each tenth of the run: {curve} {rss[-1]:.0f} MiB")
+    if gauges:
+        _say_memory_curves(gauges, say)
     return {
         "rate": achieved,
         "p50": pct(0.5),
@@ -394,6 +420,17 @@ async def latency(
         "rssFirst": rss[0] if rss else None,
         "rssLast": rss[-1] if rss else None,
     }
+
+
+def _say_memory_curves(gauges: list[dict[str, float]], say: Say) -> None:
+    """Where the worker's memory went over the run, at each tenth: RocksDB by kind, Python's heap."""
+    picks = [gauges[i * len(gauges) // 10] for i in range(10)] + [gauges[-1]]
+    for kind in ("block_cache", "memtables", "table_readers", "pinned"):
+        say(f"  RocksDB {kind} (MiB): " + " ".join(f"{g.get(kind, 0) / 2**20:.0f}" for g in picks))
+    say(
+        "  Python allocated blocks (thousands): "
+        + " ".join(f"{g.get('python_blocks', 0) / 1000:.0f}" for g in picks)
+    )
 
 
 async def emulator_with_meter(port: int, tag: str) -> tuple[Any, Any, dict[str, Any]]:
@@ -451,6 +488,7 @@ async def stripe_pushes(
         elapsed = time.perf_counter() - started
     finally:
         worker.stop()
+        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
         await runner.cleanup()
     pushed = state.meter_events(meter["id"])
     total = sum(e.value for e in pushed)

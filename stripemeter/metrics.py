@@ -82,3 +82,13 @@ STRIPE_ERRORS = Counter(
     "Errors from Stripe calls, by error class (RateLimitError, APIError, APIConnectionError, ...)",
     ["type"],
 )
+ROCKSDB_MEMORY = Gauge(
+    "stripemeter_rocksdb_memory_bytes",
+    "RocksDB memory of this worker's tables, by kind: block_cache (shared; index and filter blocks and "
+    "memtables are charged to it), memtables, table_readers (outside the cache), pinned",
+    ["kind"],
+)
+PYTHON_BLOCKS = Gauge(
+    "stripemeter_python_allocated_blocks",
+    "Memory blocks held by Python's allocator in this process (sys.getallocatedblocks; a leak grows it)",
+)
