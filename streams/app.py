@@ -8,6 +8,7 @@ Data path:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import sys
 import time
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 POLICY_REFRESH_INTERVAL = 10.0
 DEDUPE_SWEEP_INTERVAL = 600.0
+DEDUPE_SWEEP_CHUNK = 5_000  # entries between yields to the event loop (about 15 ms)
 MEMORY_GAUGE_INTERVAL = 5.0
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
 # are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
@@ -134,15 +136,25 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
 
     @app.timer(DEDUPE_SWEEP_INTERVAL)
     async def expire_dedupe() -> None:
-        """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
+        """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark.
+
+        In chunks, yielding between them: the state holds every key of the lateness window (millions),
+        and one pass over it would stop the event loop for many seconds.
+        """
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
         for partition in partitions:
-            expired = metering.expire_dedupe(partition, states["dedupe"].items(partition), DEDUPE_MARGIN_MS)
+            entries = states["dedupe"].items(partition)
+            expired = 0
+            while chunk := list(itertools.islice(entries, DEDUPE_SWEEP_CHUNK)):
+                expired += metering.expire_dedupe(partition, chunk, DEDUPE_MARGIN_MS)
+                await asyncio.sleep(0)
+                if app.rebalancing:
+                    log.info("dedupe sweep of partition %d stopped by a rebalance", partition)
+                    return
             if expired:
                 log.info("expired %d dedupe entries of partition %d", expired, partition)
-            await asyncio.sleep(0)
 
     @app.timer(MEMORY_GAUGE_INTERVAL)
     async def measure_memory() -> None:

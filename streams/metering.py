@@ -184,10 +184,11 @@ class Metering:
 
         An entry can go once its event time is older than its stream's watermark minus the metric's
         lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
+        ``entries`` may be a live RocksDB iterator: deletes are only staged here.
         """
         expired = 0
         cache: dict[bytes, int | None] = {}
-        for key, raw in list(entries):
+        for key, raw in entries:
             tenant = key.split(SEP.encode(), 1)[0].decode()
             seen = orjson.loads(raw)
             ts_ms, metric, customer = seen[4], seen[5], seen[6]
