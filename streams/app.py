@@ -8,7 +8,6 @@ Data path:
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import sys
 import time
@@ -24,6 +23,7 @@ from prometheus_client import generate_latest
 from stripemeter.streams import heartbeat, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
+from stripemeter.streams.dedupe_sweep import DedupeSweep
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.metering import Metering
 from stripemeter.streams.policy import MetricPolicy, Policies
@@ -44,8 +44,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 POLICY_REFRESH_INTERVAL = 10.0
-DEDUPE_SWEEP_INTERVAL = 600.0
-DEDUPE_SWEEP_CHUNK = 5_000  # entries between yields to the event loop (about 15 ms)
+DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (streams/dedupe_sweep.py)
 MEMORY_GAUGE_INTERVAL = 5.0
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
 # are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
@@ -134,27 +133,23 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
             await app.crash(exc)
 
+    sweep = DedupeSweep(metering, states["dedupe"], DEDUPE_MARGIN_MS)
+
     @app.timer(DEDUPE_SWEEP_INTERVAL)
     async def expire_dedupe() -> None:
-        """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark.
-
-        In chunks, yielding between them: the state holds every key of the lateness window (millions),
-        and one pass over it would stop the event loop for many seconds.
-        """
+        """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
         if app.rebalancing or not app.tables.recovery.completed.is_set():
             return
         partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
         for partition in partitions:
-            entries = states["dedupe"].items(partition)
-            expired = 0
-            while chunk := list(itertools.islice(entries, DEDUPE_SWEEP_CHUNK)):
-                expired += metering.expire_dedupe(partition, chunk, DEDUPE_MARGIN_MS)
-                await asyncio.sleep(0)
-                if app.rebalancing:
-                    log.info("dedupe sweep of partition %d stopped by a rebalance", partition)
-                    return
+            checked, expired = await sweep.step(partition, lambda: bool(app.rebalancing))
+            metrics.DEDUPE_EXPIRED.inc(expired)
             if expired:
-                log.info("expired %d dedupe entries of partition %d", expired, partition)
+                log.info(
+                    "expired %d of %d dedupe entries checked in partition %d", expired, checked, partition
+                )
+            if app.rebalancing:
+                return
 
     @app.timer(MEMORY_GAUGE_INTERVAL)
     async def measure_memory() -> None:

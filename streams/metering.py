@@ -81,6 +81,11 @@ class Metering:
         self.watermarks = watermarks
         self.policies = policies
         self.outcomes = Outcomes()
+        self._new_entries: dict[int, int] = {}  # dedupe entries written per partition since last asked
+
+    def take_new_entries(self, partition: int) -> int:
+        """Dedupe entries written in ``partition`` since the last call (they pace the sweep)."""
+        return self._new_entries.pop(partition, 0)
 
     def take_outcomes(self) -> Outcomes:
         taken, self.outcomes = self.outcomes, Outcomes()
@@ -142,6 +147,7 @@ class Metering:
             partial.add(micros, ts_ms)
         out.counts[COUNTED] += counted
         out.counts[DUPLICATE] += duplicates
+        self._new_entries[partition] = self._new_entries.get(partition, 0) + counted
         counters_get, counters_put = self.counters.get, self.counters.put
         touched = out.touched
         for ckey, partial in partials.items():
@@ -179,19 +185,33 @@ class Metering:
                 self.counters.put(partition, ckey, orjson.dumps(new))
             self.outcomes.touched[ckey] = partition
 
-    def expire_dedupe(self, partition: int, entries: Iterable[tuple[bytes, bytes]], margin_ms: int) -> int:
+    def expire_dedupe(
+        self,
+        partition: int,
+        entries: Iterable[tuple[bytes, bytes]],
+        margin_ms: int,
+        now_ms: int | None = None,
+    ) -> int:
         """Drop dedupe entries no duplicate can need any more; returns how many.
 
         An entry can go once its event time is older than its stream's watermark minus the metric's
         lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
-        ``entries`` may be a live RocksDB iterator: deletes are only staged here.
+        ``entries`` may be a live RocksDB iterator: deletes are only staged here. With ``now_ms``,
+        entries too recent to expire under any stream's watermark (no event is accepted more than
+        an hour ahead of the clock; two allowed here) are passed over without looking one up.
         """
         expired = 0
         cache: dict[bytes, int | None] = {}
+        horizon = None
+        if now_ms is not None:
+            horizon = now_ms + 2 * HOUR_MS - self.policies.min_lateness_ms() - margin_ms
         for key, raw in entries:
-            tenant = key.split(SEP.encode(), 1)[0].decode()
             seen = orjson.loads(raw)
-            ts_ms, metric, customer = seen[4], seen[5], seen[6]
+            ts_ms = seen[4]
+            if horizon is not None and ts_ms >= horizon:
+                continue
+            tenant = key.split(SEP.encode(), 1)[0].decode()
+            metric, customer = seen[5], seen[6]
             skey = stream_key(tenant, metric, customer).encode()
             watermark = self._watermark(partition, skey, cache)
             lateness = self.policies.get(tenant, metric).lateness_ms

@@ -63,9 +63,10 @@ class ChangelogState:
         """Stage a write (None deletes); ``take_staged`` applies it locally and hands it on."""
         self._staged[partition][key] = value
 
-    def items(self, partition: int) -> Any:
+    def items(self, partition: int, from_key: bytes | None = None) -> Any:
+        """The partition's entries in key order, from ``from_key`` (or the first key) on."""
         offset_key = self.table.data.offset_key
-        for key, value in self._db(partition).items():
+        for key, value in self._db(partition).items(from_key=from_key):
             if key != offset_key:
                 yield key, value
 

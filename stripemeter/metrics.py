@@ -92,3 +92,7 @@ PYTHON_BLOCKS = Gauge(
     "stripemeter_python_allocated_blocks",
     "Memory blocks held by Python's allocator in this process (sys.getallocatedblocks; a leak grows it)",
 )
+DEDUPE_EXPIRED = Counter(
+    "stripemeter_dedupe_expired_total",
+    "Dedupe entries removed because their event time fell behind the lateness window plus the margin",
+)

@@ -1,0 +1,57 @@
+"""The dedupe sweep: bounded steps that go on where the last one stopped and keep up with writes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+from stripemeter.streams.dedupe_sweep import DedupeSweep
+
+from tests.unit.test_metering import HOUR, T0, DictKV, item, make
+
+
+class SortedKV(DictKV):
+    """DictKV with RocksDB's iteration: key order, from a key on, over a snapshot."""
+
+    def items(self, partition: int, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+        snapshot = sorted(self.data[partition].items())
+        return iter([(k, v) for k, v in snapshot if from_key is None or k >= from_key])
+
+
+def test_steps_are_bounded_resume_where_they_stopped_and_expire_only_what_fell_behind() -> None:
+    m, _ = make(lateness_ms=48 * HOUR)
+    m.dedupe = dedupe = SortedKV()
+    m.process(0, 0, [item(f"old{i:03d}", 1, T0, i) for i in range(100)])
+    m.process(0, 1, [item(f"new{i:03d}", 1, T0 + 60 * HOUR, 100 + i) for i in range(100)])  # watermark moves
+    m.take_new_entries(0)  # as if earlier steps had seen these writes
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=30, chunk=7)
+
+    steps = [asyncio.run(sweep.step(0, lambda: False)) for _ in range(8)]
+
+    # keys in order: new000-new099 (kept), then old000-old099 (behind the window); each step resumes at
+    # the last key it checked (checked again if it is still there); the 7th ends the pass, the 8th
+    # starts the next one from the first key
+    assert steps == [(30, 0), (30, 0), (30, 0), (30, 17), (30, 30), (30, 30), (23, 23), (30, 0)]
+    assert sorted(dedupe.data[0]) == sorted(f"t\x1fnew{i:03d}".encode() for i in range(100))
+
+
+def test_a_step_checks_twice_the_entries_written_since_the_last_one() -> None:
+    m, _ = make()
+    m.dedupe = dedupe = SortedKV()
+    m.process(0, 0, [item(f"k{i:04d}", 1, T0, i) for i in range(500)])
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, chunk=50)
+    assert asyncio.run(sweep.step(0, lambda: False)) == (500, 0)  # budget 2 x 500, but only 500 exist
+    assert asyncio.run(sweep.step(0, lambda: False)) == (10, 0)  # nothing new written: the minimum
+
+
+def test_passing_over_recent_entries_changes_no_decision() -> None:
+    now = T0 + 100 * HOUR
+    decided = []
+    for now_ms in (None, now):
+        m, _ = make(lateness_ms=48 * HOUR)
+        m.dedupe = dedupe = SortedKV()
+        m.process(0, 0, [item(f"e{h:03d}", 1, T0 + h * HOUR, h) for h in range(0, 101, 3)])
+        expired = m.expire_dedupe(0, list(dedupe.items(0)), margin_ms=HOUR, now_ms=now_ms)
+        decided.append((expired, sorted(dedupe.data[0])))
+    assert decided[0] == decided[1]
+    assert decided[0][0] == 17  # before T0 + 50 h: behind the watermark (99 h) - 48 h - 1 h
