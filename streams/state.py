@@ -36,6 +36,7 @@ class ChangelogState:
     def __init__(self, table: faust.Table):
         self.table = table
         self._staged: dict[int, dict[bytes, bytes | None]] = defaultdict(dict)
+        self._store: Any = None
 
     @property
     def name(self) -> str:
@@ -46,7 +47,11 @@ class ChangelogState:
         return str(self.table.changelog_topic.get_topic_name())
 
     def _db(self, partition: int) -> Any:
-        return self.table.data._db_for_partition(partition)
+        store = self._store
+        if store is None:
+            store = self._store = self.table.data  # created once per table, then stable
+        db = store._dbs.get(partition)  # an open database, as _db_for_partition returns it, but cheaper
+        return db if db is not None else store._db_for_partition(partition)
 
     def databases(self) -> list[Any]:
         """The RocksDB databases open for this table (one per partition held)."""

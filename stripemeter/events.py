@@ -230,9 +230,13 @@ def parse_event(obj: Any, now_ms: int) -> UsageEvent:
     derived = key is None
     if key is None:
         key = derive_idempotency_key(tenant_id, metric, customer_ref, resource_id, ts_ms, quantity_micros)
-    return UsageEvent(
-        tenant_id, metric, customer_ref, quantity_micros, ts_ms, key, derived, resource_id, meta
+    # tuple.__new__ directly: a NamedTuple's own __new__ is a Python function, a third of a microsecond
+    return _new_tuple(  # type: ignore[no-any-return]
+        UsageEvent, (tenant_id, metric, customer_ref, quantity_micros, ts_ms, key, derived, resource_id, meta)
     )
+
+
+_new_tuple = tuple.__new__
 
 
 def decode_message(raw: bytes | None, now_ms: int) -> list[UsageEvent | InvalidEvent]:
