@@ -24,7 +24,7 @@ class Entries(Protocol):
 
 class DedupeSweep:
     def __init__(
-        self, metering: Metering, dedupe: Entries, margin_ms: int, min_step: int = 20_000, chunk: int = 5_000
+        self, metering: Metering, dedupe: Entries, margin_ms: int, min_step: int = 20_000, chunk: int = 2_000
     ):
         self.metering = metering
         self.dedupe = dedupe

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 import orjson
 from stripemeter.streams.control import Correction
-from stripemeter.streams.counting import SEP, Partial, apply, bucket_key, counter_key, stream_key
+from stripemeter.streams.counting import SEP, SEP_BYTES, Partial, apply, bucket_key, counter_key, stream_key
 from stripemeter.streams.policy import MetricPolicy, Policies
 from stripemeter.streams.records import decode_keyed
 
@@ -197,24 +197,26 @@ class Metering:
         An entry can go once its event time is older than its stream's watermark minus the metric's
         lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
         ``entries`` may be a live RocksDB iterator: deletes are only staged here. With ``now_ms``,
-        entries too recent to expire under any stream's watermark (no event is accepted more than
-        an hour ahead of the clock; two allowed here) are passed over without looking one up.
+        entries too recent to expire under any watermark of their stream (no event is accepted more
+        than an hour ahead of the clock; two allowed here) are passed over without looking one up.
         """
         expired = 0
-        cache: dict[bytes, int | None] = {}
-        horizon = None
-        if now_ms is not None:
-            horizon = now_ms + 2 * HOUR_MS - self.policies.min_lateness_ms() - margin_ms
+        watermarks: dict[bytes, int | None] = {}
+        horizons: dict[tuple[bytes, str], tuple[int, int]] = {}  # (tenant, metric) -> lateness, horizon
         for key, raw in entries:
             seen = orjson.loads(raw)
-            ts_ms = seen[4]
-            if horizon is not None and ts_ms >= horizon:
+            ts_ms, metric = seen[4], seen[5]
+            tenant_raw = key.split(SEP_BYTES, 1)[0]
+            known = horizons.get((tenant_raw, metric))
+            if known is None:
+                lateness = self.policies.get(tenant_raw.decode(), metric).lateness_ms
+                horizon = now_ms + 2 * HOUR_MS - lateness - margin_ms if now_ms is not None else 2**63
+                known = horizons[tenant_raw, metric] = (lateness, horizon)
+            lateness, horizon = known
+            if ts_ms >= horizon:
                 continue
-            tenant = key.split(SEP.encode(), 1)[0].decode()
-            metric, customer = seen[5], seen[6]
-            skey = stream_key(tenant, metric, customer).encode()
-            watermark = self._watermark(partition, skey, cache)
-            lateness = self.policies.get(tenant, metric).lateness_ms
+            skey = stream_key(tenant_raw.decode(), metric, seen[6]).encode()
+            watermark = self._watermark(partition, skey, watermarks)
             if watermark is not None and ts_ms < watermark - lateness - margin_ms:
                 self.dedupe.put(partition, key, None)
                 expired += 1

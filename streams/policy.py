@@ -25,9 +25,5 @@ class Policies:
     def get(self, tenant: str, metric: str) -> MetricPolicy:
         return self.by_metric.get((tenant, metric), self.default)
 
-    def min_lateness_ms(self) -> int:
-        """The smallest lateness of any metric: no dedupe entry younger than it can expire."""
-        return min([self.default.lateness_ms, *(p.lateness_ms for p in self.by_metric.values())])
-
     def replace(self, by_metric: dict[tuple[str, str], MetricPolicy]) -> None:
         self.by_metric = by_metric

@@ -23,11 +23,13 @@ from typing import Any
 
 import faust
 from aiokafka import AIOKafkaProducer
-from rocksdict import WriteBatch
+from rocksdict import ReadOptions, WriteBatch
 
 log = logging.getLogger(__name__)
 
 CLEAN_MARKER = "clean-shutdown"
+_SCAN = ReadOptions()
+_SCAN.fill_cache(False)
 
 
 class ChangelogState:
@@ -69,9 +71,13 @@ class ChangelogState:
         self._staged[partition][key] = value
 
     def items(self, partition: int, from_key: bytes | None = None) -> Any:
-        """The partition's entries in key order, from ``from_key`` (or the first key) on."""
+        """The partition's entries in key order, from ``from_key`` (or the first key) on.
+
+        A scan must not fill the block cache: it would evict the blocks the hot path's point reads
+        need (a 10-minute run with a scanning dedupe sweep filled the cache and p50 rose 0.2 -> 0.9 s).
+        """
         offset_key = self.table.data.offset_key
-        for key, value in self._db(partition).items(from_key=from_key):
+        for key, value in self._db(partition).items(from_key=from_key, read_opt=_SCAN):
             if key != offset_key:
                 yield key, value
 
