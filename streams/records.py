@@ -27,20 +27,8 @@ def encode_keyed(event: UsageEvent, source: Source) -> list[Any]:
 def keyed_item(event: UsageEvent, partition: int, offset: int, index: int) -> list[Any]:
     """The keyed record of ``event`` read at ``partition``/``offset`` (``index`` inside an array)."""
     tenant, metric, customer, micros, ts_ms, key, derived, resource, meta = event
-    return [
-        tenant,
-        metric,
-        customer,
-        micros,
-        ts_ms,
-        key,
-        int(derived),
-        resource,
-        meta,
-        partition,
-        offset,
-        index,
-    ]
+    return [tenant, metric, customer, micros, ts_ms, key, int(derived), resource, meta,
+            partition, offset, index]  # fmt: skip
 
 
 def decode_keyed(item: list[Any]) -> tuple[UsageEvent, Source]:
