@@ -84,6 +84,9 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         # without a rebalance, as long as it returns within the session timeout
         consumer_group_instance_id=settings.group_instance_id or None,
         broker_heartbeat_interval=1.0,
+        # a topic missing from the broker's metadata at start (just created, or a broker still loading
+        # after a restart) leaves the worker without partitions until the next refresh: 30 s, not 5 min
+        consumer_metadata_max_age_ms=30_000,
         stream_buffer_maxsize=4096,
         # Faust would wait for every unacknowledged message before a rebalance or stop completes;
         # ours are acknowledged only by checkpoints, and a message left unacknowledged is simply
