@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.streams.counting import split_counter_key
 from stripemeter.streams.deltas import Delta, encode_delta
 from stripemeter.streams.metering import Metering
-from stripemeter.streams.partitioning import Partitioner
+from stripemeter.streams.partitioning import Partitioner, delta_routing_key
 from stripemeter.streams.state import ChangelogState, send_records
 
 from stripemeter import metrics
@@ -119,7 +119,7 @@ class Checkpointer:
             value = orjson.loads(raw)
             tenant, metric, customer, bucket = split_counter_key(ckey.decode())
             record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
-            routing = f"{tenant}|{metric}|{customer}"
+            routing = delta_routing_key(tenant, metric, customer)
             out[self._deltas_partition(routing)].append((routing.encode(), record))
         return out
 

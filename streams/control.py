@@ -16,7 +16,7 @@ from typing import Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from stripemeter.streams.partitioning import partition_for
+from stripemeter.streams.partitioning import keyed_routing_key, partition_for
 
 Kind = Literal["add", "last"]
 CORRECTIONS_PER_MESSAGE = 2000  # ~300 KB; the keyed topic takes 4 MiB messages
@@ -57,7 +57,7 @@ def by_partition(corrections: list[Correction], partitions: int) -> dict[int, li
     """The keyed partition of each correction: where intake sends its stream's events."""
     routed: dict[int, list[Correction]] = defaultdict(list)
     for c in corrections:
-        routed[partition_for(f"{c.tenant_id}|{c.customer_ref}", partitions)].append(c)
+        routed[partition_for(keyed_routing_key(c.tenant_id, c.customer_ref), partitions)].append(c)
     return routed
 
 

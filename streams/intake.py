@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from stripemeter.streams.dead_letters import dead_letter
-from stripemeter.streams.partitioning import Partitioner
+from stripemeter.streams.partitioning import Partitioner, keyed_routing_key
 from stripemeter.streams.records import encode_batch, keyed_item
 
 from stripemeter import metrics
@@ -49,7 +49,7 @@ def route(
             if isinstance(result, InvalidEvent):
                 dead.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
                 continue
-            target = target_of(f"{result.tenant_id}|{result.customer_ref}")
+            target = target_of(keyed_routing_key(result.tenant_id, result.customer_ref))
             keyed[target].append(keyed_item(result, msg.partition, msg.offset, position))
     return keyed, dead, seen
 

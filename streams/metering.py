@@ -111,9 +111,7 @@ class Metering:
             policy = policies.get((tenant, metric))
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
-            watermark = (
-                watermarks[skey] if skey in watermarks else self._watermark(partition, skey, watermarks)
-            )
+            watermark = self._watermark(partition, skey, watermarks)
             seen_raw = dedupe_get(partition, dkey)
             if seen_raw is not None:
                 seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]

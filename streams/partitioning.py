@@ -5,6 +5,16 @@ from __future__ import annotations
 from aiokafka.partitioner import murmur2
 
 
+def keyed_routing_key(tenant_id: str, customer_ref: str) -> str:
+    """The key of the keyed topic: a customer's events, and corrections of them, share a partition."""
+    return f"{tenant_id}|{customer_ref}"
+
+
+def delta_routing_key(tenant_id: str, metric: str, customer_ref: str) -> str:
+    """The key of usage.deltas: one counter stream's deltas stay in order on one partition."""
+    return f"{tenant_id}|{metric}|{customer_ref}"
+
+
 def partition_for(routing_key: str, partitions: int) -> int:
     """The same partition the Java and aiokafka default partitioners choose for this key."""
     return (murmur2(routing_key.encode()) & 0x7FFFFFFF) % partitions

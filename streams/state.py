@@ -48,16 +48,19 @@ class ChangelogState:
     def changelog_topic(self) -> str:
         return str(self.table.changelog_topic.get_topic_name())
 
+    def _rocksdb_store(self) -> Any:
+        if self._store is None:
+            self._store = self.table.data  # created once per table, then stable
+        return self._store
+
     def _db(self, partition: int) -> Any:
-        store = self._store
-        if store is None:
-            store = self._store = self.table.data  # created once per table, then stable
+        store = self._rocksdb_store()
         db = store._dbs.get(partition)  # an open database, as _db_for_partition returns it, but cheaper
         return db if db is not None else store._db_for_partition(partition)
 
     def databases(self) -> list[Any]:
         """The RocksDB databases open for this table (one per partition held)."""
-        return list(getattr(self.table.data, "_dbs", {}).values())
+        return list(self._rocksdb_store()._dbs.values())
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         staged = self._staged.get(partition)

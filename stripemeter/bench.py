@@ -30,9 +30,8 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from stripemeter.config import Settings, settings_env
-from stripemeter.kafka_admin import delete_topics_of, ensure_topics
+from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
-from stripemeter.topics import TopicNames, topic_specs
 
 Say = Callable[[str], None]
 HOUR_MS = 3_600_000
@@ -266,8 +265,7 @@ async def throughput(
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = isolated(settings, tag, partitions)
-    names = TopicNames(env.topic_prefix, env.app_id)
-    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     messages = workload.messages("bench", int(time.time() * 1000))
     say(
         f"producing {workload.events:,} events in {len(messages):,} messages "
@@ -318,8 +316,7 @@ async def latency(
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = isolated(settings, tag, partitions)
-    names = TopicNames(env.topic_prefix, env.app_id)
-    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     worker = Worker(env, env.state_dir / "worker.log", separate_sink=separate, separate_intake=separate)
     watcher = DeltaWatcher(env, names.deltas)
     probe_sent: list[float] = []
@@ -464,8 +461,7 @@ async def stripe_pushes(
         stripe_api_base=f"http://127.0.0.1:{port}", stripe_calls_per_second=calls_per_second
     )
     env = env.with_overrides(stripe_api_key=type(env.stripe_api_key)("sk_test_bench"))
-    names = TopicNames(env.topic_prefix, env.app_id)
-    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, partitions))
+    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     state, runner, meter = await emulator_with_meter(port, tag)
     tenant = f"bench-{tag}"
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:

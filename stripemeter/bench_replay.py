@@ -19,10 +19,9 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.config import Settings
-from stripemeter.kafka_admin import delete_topics_of, ensure_topics
+from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.replay.runner import Replayer, ReplayRequest
 from stripemeter.replay.window import Window
-from stripemeter.topics import TopicNames, topic_specs
 
 Say = Callable[[str], None]
 HOUR = timedelta(hours=1)
@@ -61,8 +60,7 @@ async def replay_window(
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = settings.with_overrides(topic_prefix=f"b{tag}.", app_id=f"bench-{tag}")
-    names = TopicNames(env.topic_prefix, env.app_id)
-    await ensure_topics(env.kafka_bootstrap_servers, topic_specs(names, 4))
+    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, 4)
     tenant = f"bench-rp-{tag}"
     start = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     window = Window(start, start + 24 * HOUR)

@@ -180,8 +180,8 @@ def _learn_ts(value: str) -> tuple[int, tuple[int, int]]:
         raise InvalidEvent(
             "invalid_value", "ts must be RFC 3339 with a UTC offset, e.g. 2026-11-20T14:03:11Z", "ts"
         )
-    digits = (match.group(1) or ".")[1:]
-    text = value[:19] + ("." + digits[:6] if digits else "") + value[19 + len(match.group(1) or "") :]
+    fraction = match.group(1) or ""  # fromisoformat takes at most microseconds: "." + 6 digits
+    text = value[:19] + fraction[:7] + value[19 + len(fraction) :]
     try:
         parsed = datetime.fromisoformat(text.replace("z", "Z"))
     except ValueError as exc:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
-from stripemeter.topics import TopicSpec
+from stripemeter.topics import TopicNames, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -105,15 +105,30 @@ async def list_topic_names(bootstrap: str) -> list[str]:
         await admin.close()
 
 
+async def create_topics_of(bootstrap: str, app_id: str, topic_prefix: str, partitions: int) -> TopicNames:
+    """Create every topic of one isolated deployment (benchmarks, tests); ``delete_topics_of`` undoes it."""
+    names = TopicNames(topic_prefix, app_id)
+    await ensure_topics(bootstrap, topic_specs(names, partitions))
+    return names
+
+
 async def delete_topics_of(bootstrap: str, app_id: str, topic_prefix: str) -> int:
-    """Delete every topic of one isolated deployment (benchmarks and tests): its prefixed topics and
-    Faust's ``{app_id}-`` internals. A broker holding thousands of leftovers restarts slowly."""
-    admin = await _admin(bootstrap)
+    """Delete every topic of one isolated deployment: its prefixed topics and Faust's ``{app_id}-``
+    internals (a broker holding thousands of leftovers restarts slowly). Best effort: a broker that
+    cannot be reached only leaves them over."""
+    try:
+        admin = await _admin(bootstrap)
+    except KafkaError as exc:
+        log.warning("could not delete the topics of %s: %s", app_id, exc)
+        return 0
     try:
         doomed = [t for t in await admin.list_topics() if t.startswith((topic_prefix, f"{app_id}-"))]
         for start in range(0, len(doomed), 100):
             await admin.delete_topics(doomed[start : start + 100])
         return len(doomed)
+    except KafkaError as exc:
+        log.warning("could not delete the topics of %s: %s", app_id, exc)
+        return 0
     finally:
         await admin.close()
 

@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from aiokafka.errors import KafkaError
 from stripemeter.api.app import create_app as create_api
 
 from stripemeter.config import Settings, load_settings
-from stripemeter.kafka_admin import delete_topics_of, ensure_topics
+from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.stack import up
 from stripemeter.stripe_emulator import EmulatorState
 from stripemeter.stripe_emulator import create_app as create_emulator
-from stripemeter.topics import TopicNames, topic_specs
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 
 
@@ -32,11 +29,10 @@ def stack() -> Settings:
 async def env(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings isolated for one test, with its topics created (and deleted after it)."""
     settings = isolated_settings(stack, tmp_path)
-    names = TopicNames(settings.topic_prefix, settings.app_id)
-    await ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
+    bootstrap, app_id, prefix = settings.kafka_bootstrap_servers, settings.app_id, settings.topic_prefix
+    await create_topics_of(bootstrap, app_id, prefix, settings.partitions)
     yield settings
-    with contextlib.suppress(KafkaError):  # a test that stopped the broker: the topics are left over
-        await delete_topics_of(settings.kafka_bootstrap_servers, settings.app_id, settings.topic_prefix)
+    await delete_topics_of(bootstrap, app_id, prefix)  # a test that stopped the broker leaves them over
 
 
 @pytest.fixture
