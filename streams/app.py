@@ -179,6 +179,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         """Nothing staged for a partition may reach its changelog after another worker took it over."""
         if producer_started.is_set():
             await checkpointer.run()
+        sweep.forget()
         metrics.WORKER_PARTITIONS.set(0)
 
     @app.on_rebalance_complete.connect

@@ -30,6 +30,7 @@ from stripemeter.streams.records import decode_keyed
 from stripemeter.events import HOUR_MS, UsageEvent
 
 COUNTED, DUPLICATE, LATE = "counted", "duplicate", "late"
+NEVER = 2**63  # an event time later than any real one
 CORRECTION = "correction"  # an outcome of control messages, not of events
 
 
@@ -74,6 +75,12 @@ def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes
     return orjson.dumps(record)
 
 
+def expiry_horizon(now_ms: int, lateness_ms: int, margin_ms: int) -> int:
+    """Dedupe entries with event times from here on cannot expire yet under any watermark: no event
+    is accepted more than an hour ahead of the clock (two allowed here), so no watermark is either."""
+    return now_ms + 2 * HOUR_MS - lateness_ms - margin_ms
+
+
 class Metering:
     def __init__(self, dedupe: KV, counters: KV, watermarks: KV, policies: Policies):
         self.dedupe = dedupe
@@ -81,11 +88,20 @@ class Metering:
         self.watermarks = watermarks
         self.policies = policies
         self.outcomes = Outcomes()
-        self._new_entries: dict[int, int] = {}  # dedupe entries written per partition since last asked
+        # per partition, since last asked: dedupe entries written, and the earliest ts + lateness of them
+        self._written: dict[int, tuple[int, int]] = {}
 
-    def take_new_entries(self, partition: int) -> int:
-        """Dedupe entries written in ``partition`` since the last call (they pace the sweep)."""
-        return self._new_entries.pop(partition, 0)
+    def take_written(self, partition: int) -> tuple[int, int]:
+        """Dedupe entries written in ``partition`` since the last call, and the earliest event time plus
+        lateness among them (``NEVER`` if none): they pace the sweep and tell it when the first of them
+        could expire (see ``expiry_horizon``)."""
+        return self._written.pop(partition, (0, NEVER))
+
+    def _note_written(self, partition: int, count: int, earliest_due_ms: int) -> None:
+        before = self._written.get(partition)
+        if before is not None:
+            count, earliest_due_ms = before[0] + count, min(before[1], earliest_due_ms)
+        self._written[partition] = (count, earliest_due_ms)
 
     def take_outcomes(self) -> Outcomes:
         taken, self.outcomes = self.outcomes, Outcomes()
@@ -104,6 +120,7 @@ class Metering:
         watermarks: dict[bytes, int | None] = {}
         advanced: set[bytes] = set()
         counted = duplicates = 0
+        earliest_due = NEVER
         for item in items:
             tenant, metric, customer, micros, ts_ms, key = item[:6]
             dkey = f"{tenant}{SEP}{key}".encode()
@@ -133,6 +150,8 @@ class Metering:
                     dkey,
                     orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
                 )
+                if ts_ms + policy.lateness_ms < earliest_due:
+                    earliest_due = ts_ms + policy.lateness_ms
             ledger.append([COUNTED, *item])
             counted += 1
             if watermark is None or watermark < ts_ms:
@@ -145,7 +164,7 @@ class Metering:
             partial.add(micros, ts_ms)
         out.counts[COUNTED] += counted
         out.counts[DUPLICATE] += duplicates
-        self._new_entries[partition] = self._new_entries.get(partition, 0) + counted
+        self._note_written(partition, counted, earliest_due)
         counters_get, counters_put = self.counters.get, self.counters.put
         touched = out.touched
         for ckey, partial in partials.items():
@@ -172,6 +191,8 @@ class Metering:
                 self.dedupe.put(
                     partition, dkey, orjson.dumps([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
                 )
+                lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
+                self._note_written(partition, 1, now_ms + lateness_ms)
             ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
             partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
             partial.add(c.micros, c.ts_ms)
@@ -189,8 +210,9 @@ class Metering:
         entries: Iterable[tuple[bytes, bytes]],
         margin_ms: int,
         now_ms: int | None = None,
-    ) -> int:
-        """Drop dedupe entries no duplicate can need any more; returns how many.
+    ) -> tuple[int, int]:
+        """Drop dedupe entries no duplicate can need any more; returns how many, and the earliest event
+        time plus lateness among the entries kept (``NEVER`` if none).
 
         An entry can go once its event time is older than its stream's watermark minus the metric's
         lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
@@ -199,6 +221,7 @@ class Metering:
         than an hour ahead of the clock; two allowed here) are passed over without looking one up.
         """
         expired = 0
+        earliest_due = NEVER
         watermarks: dict[bytes, int | None] = {}
         horizons: dict[tuple[bytes, str], tuple[int, int]] = {}  # (tenant, metric) -> lateness, horizon
         for key, raw in entries:
@@ -208,17 +231,19 @@ class Metering:
             known = horizons.get((tenant_raw, metric))
             if known is None:
                 lateness = self.policies.get(tenant_raw.decode(), metric).lateness_ms
-                horizon = now_ms + 2 * HOUR_MS - lateness - margin_ms if now_ms is not None else 2**63
+                horizon = expiry_horizon(now_ms, lateness, margin_ms) if now_ms is not None else NEVER
                 known = horizons[tenant_raw, metric] = (lateness, horizon)
             lateness, horizon = known
-            if ts_ms >= horizon:
-                continue
-            skey = stream_key(tenant_raw.decode(), metric, seen[6]).encode()
-            watermark = self._watermark(partition, skey, watermarks)
-            if watermark is not None and ts_ms < watermark - lateness - margin_ms:
-                self.dedupe.put(partition, key, None)
-                expired += 1
-        return expired
+            if ts_ms < horizon:
+                skey = stream_key(tenant_raw.decode(), metric, seen[6]).encode()
+                watermark = self._watermark(partition, skey, watermarks)
+                if watermark is not None and ts_ms < watermark - lateness - margin_ms:
+                    self.dedupe.put(partition, key, None)
+                    expired += 1
+                    continue
+            if ts_ms + lateness < earliest_due:
+                earliest_due = ts_ms + lateness
+        return expired, earliest_due
 
     def _watermark(self, partition: int, skey: bytes, cache: dict[bytes, int | None]) -> int | None:
         if skey not in cache:

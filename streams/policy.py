@@ -26,4 +26,5 @@ class Policies:
         return self.by_metric.get((tenant, metric), self.default)
 
     def replace(self, by_metric: dict[tuple[str, str], MetricPolicy]) -> None:
-        self.by_metric = by_metric
+        if by_metric != self.by_metric:  # unchanged: the same object stays, a sign nothing changed
+            self.by_metric = by_metric

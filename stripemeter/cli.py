@@ -235,30 +235,30 @@ def _retention(ms: str) -> str:
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from faust import Worker
 
-    from stripemeter.streams import gc_tuning
+    from stripemeter.streams import memory_tuning
     from stripemeter.streams.app import create_app
 
     app = create_app(settings, with_sink=not args.no_sink, with_intake=not args.no_intake)
-    gc_tuning.tune()
+    memory_tuning.tune()
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
     return 0
 
 
 def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.streams import gc_tuning
+    from stripemeter.streams import memory_tuning
     from stripemeter.streams.app import intake_stage
 
-    gc_tuning.tune()
+    memory_tuning.tune()
     asyncio.run(intake_stage(settings).run())
     return 0
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.streams import gc_tuning
+    from stripemeter.streams import memory_tuning
     from stripemeter.streams.app import postgres_sink
 
-    gc_tuning.tune()
+    memory_tuning.tune()
     asyncio.run(postgres_sink(settings).run())
     return 0
 

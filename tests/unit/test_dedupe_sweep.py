@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Iterator
 
 from stripemeter.streams.dedupe_sweep import DedupeSweep
+from stripemeter.streams.policy import MetricPolicy
 
 from tests.unit.test_metering import HOUR, T0, DictKV, item, make
 
@@ -23,15 +24,15 @@ def test_steps_are_bounded_resume_where_they_stopped_and_expire_only_what_fell_b
     m.dedupe = dedupe = SortedKV()
     m.process(0, 0, [item(f"old{i:03d}", 1, T0, i) for i in range(100)])
     m.process(0, 1, [item(f"new{i:03d}", 1, T0 + 60 * HOUR, 100 + i) for i in range(100)])  # watermark moves
-    m.take_new_entries(0)  # as if earlier steps had seen these writes
-    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=30, chunk=7)
+    m.take_written(0)  # as if earlier steps had seen these writes
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=30, chunk=7, clock_ms=lambda: T0 + 60 * HOUR)
 
     steps = [asyncio.run(sweep.step(0, lambda: False)) for _ in range(8)]
 
     # keys in order: new000-new099 (kept), then old000-old099 (behind the window); each step resumes at
-    # the last key it checked (checked again if it is still there); the 7th ends the pass, the 8th
-    # starts the next one from the first key
-    assert steps == [(30, 0), (30, 0), (30, 0), (30, 17), (30, 30), (30, 30), (23, 23), (30, 0)]
+    # the last key it checked (checked again if it is still there); the 7th ends the pass; nothing left
+    # can expire before the clock moves on, so the 8th sleeps
+    assert steps == [(30, 0), (30, 0), (30, 0), (30, 17), (30, 30), (30, 30), (23, 23), (0, 0)]
     assert sorted(dedupe.data[0]) == sorted(f"t\x1fnew{i:03d}".encode() for i in range(100))
 
 
@@ -39,7 +40,7 @@ def test_a_step_checks_twice_the_entries_written_since_the_last_one() -> None:
     m, _ = make()
     m.dedupe = dedupe = SortedKV()
     m.process(0, 0, [item(f"k{i:04d}", 1, T0, i) for i in range(500)])
-    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, chunk=50)
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, chunk=50, clock_ms=lambda: T0 + 100 * HOUR)
     assert asyncio.run(sweep.step(0, lambda: False)) == (500, 0)  # budget 2 x 500, but only 500 exist
     assert asyncio.run(sweep.step(0, lambda: False)) == (10, 0)  # nothing new written: the minimum
 
@@ -51,7 +52,55 @@ def test_passing_over_recent_entries_changes_no_decision() -> None:
         m, _ = make(lateness_ms=48 * HOUR)
         m.dedupe = dedupe = SortedKV()
         m.process(0, 0, [item(f"e{h:03d}", 1, T0 + h * HOUR, h) for h in range(0, 101, 3)])
-        expired = m.expire_dedupe(0, list(dedupe.items(0)), margin_ms=HOUR, now_ms=now_ms)
+        expired, _ = m.expire_dedupe(0, list(dedupe.items(0)), margin_ms=HOUR, now_ms=now_ms)
         decided.append((expired, sorted(dedupe.data[0])))
     assert decided[0] == decided[1]
     assert decided[0][0] == 17  # before T0 + 50 h: behind the watermark (99 h) - 48 h - 1 h
+
+
+def test_after_a_complete_pass_the_sweep_sleeps_until_its_first_entry_could_expire() -> None:
+    clock = [T0]
+    m, _ = make(lateness_ms=48 * HOUR, short=MetricPolicy(lateness_ms=10 * HOUR))
+    m.dedupe = dedupe = SortedKV()
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, chunk=4, clock_ms=lambda: clock[0])
+    m.process(0, 0, [item(f"k{i}", 1, T0, i) for i in range(6)])
+
+    assert asyncio.run(sweep.step(0, lambda: False)) == (6, 0)  # the first pass: nothing known yet
+    assert asyncio.run(sweep.step(0, lambda: False)) == (0, 0)  # due T0 + 48 h: nothing can expire for days
+    # an entry written since, of a metric with a shorter lateness, brings the wake-up forward: T0 - 5 h
+    # + 10 h is due when the clock's horizon (now + 2 h - margin) passes it
+    m.process(0, 1, [item("short", 1, T0 - 5 * HOUR, 9, metric="short")])
+    clock[0] = T0 + 4 * HOUR
+    assert asyncio.run(sweep.step(0, lambda: False)) == (0, 0)
+    clock[0] = T0 + 4 * HOUR + 1
+    assert asyncio.run(sweep.step(0, lambda: False)) == (7, 0)
+
+
+def test_a_change_of_policies_starts_a_new_pass() -> None:
+    m, _ = make(lateness_ms=48 * HOUR)
+    m.dedupe = dedupe = SortedKV()
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, clock_ms=lambda: T0)
+    m.process(0, 0, [item(f"k{i}", 1, T0, i) for i in range(3)])
+    assert asyncio.run(sweep.step(0, lambda: False)) == (3, 0)
+    m.policies.replace({})  # the same policies again: still asleep
+    assert asyncio.run(sweep.step(0, lambda: False)) == (0, 0)
+    m.policies.replace({("t", "m"): MetricPolicy(lateness_ms=HOUR)})
+    assert asyncio.run(sweep.step(0, lambda: False)) == (3, 0)
+
+
+def test_a_rebalance_forgets_what_the_sweep_knew_even_mid_step() -> None:
+    m, _ = make(lateness_ms=48 * HOUR)
+    m.dedupe = dedupe = SortedKV()
+    sweep = DedupeSweep(m, dedupe, margin_ms=HOUR, min_step=10, chunk=2, clock_ms=lambda: T0 + HOUR)
+    m.process(0, 0, [item(f"k{i}", 1, T0, i) for i in range(6)])
+    forgotten = iter([False, True])  # forget() lands while the step yields between chunks
+
+    def rebalance_midway() -> bool:
+        if next(forgotten, False):
+            sweep.forget()
+        return False
+
+    assert asyncio.run(sweep.step(0, rebalance_midway)) == (6, 0)
+    assert not sweep.idle(0, T0 + HOUR)  # the pass spanned a rebalance: it taught nothing
+    assert asyncio.run(sweep.step(0, lambda: False)) == (6, 0)
+    assert sweep.idle(0, T0 + HOUR)

