@@ -20,7 +20,7 @@ import psycopg
 from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.streams import heartbeat, rocksdb_memory
+from stripemeter.streams import heartbeat, memory_tuning, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.dedupe_sweep import DedupeSweep
@@ -156,11 +156,13 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
 
     @app.timer(MEMORY_GAUGE_INTERVAL)
     async def measure_memory() -> None:
-        """Where the worker's memory is: RocksDB by kind, and Python's own heap."""
+        """Where the worker's memory is: RocksDB by kind, Python's own heap, and the C heap under both."""
         databases = [db for state in states.values() for db in state.databases()]
         for kind, size in rocksdb_memory.usage(databases).items():
             metrics.ROCKSDB_MEMORY.labels(kind).set(size)
         metrics.PYTHON_BLOCKS.set(sys.getallocatedblocks())
+        for kind, size in (memory_tuning.heap_usage() or {}).items():
+            metrics.HEAP_MEMORY.labels(kind).set(size)
 
     watchdog = RecoveryWatchdog(app.tables.recovery)
 

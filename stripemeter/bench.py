@@ -239,8 +239,12 @@ class Worker:
             if line.startswith("stripemeter_rocksdb_memory_bytes{"):
                 kind = line.split('kind="', 1)[1].split('"', 1)[0]
                 gauges[kind] = float(line.rsplit(" ", 1)[1])
+            elif line.startswith("stripemeter_heap_bytes{"):
+                kind = line.split('kind="', 1)[1].split('"', 1)[0]
+                gauges[f"heap_{kind}"] = float(line.rsplit(" ", 1)[1])
             elif line.startswith("stripemeter_python_allocated_blocks "):
                 gauges["python_blocks"] = float(line.rsplit(" ", 1)[1])
+        gauges["rss"] = self.rss_mib() * 2**20
         return gauges
 
     def stop(self) -> None:
@@ -427,6 +431,13 @@ def _say_memory_curves(gauges: list[dict[str, float]], say: Say) -> None:
     say(
         "  Python allocated blocks (thousands): "
         + " ".join(f"{g.get('python_blocks', 0) / 1000:.0f}" for g in picks)
+    )
+    for kind in ("in_use", "free"):
+        say(f"  C heap {kind} (MiB): " + " ".join(f"{g.get(f'heap_{kind}', 0) / 2**20:.0f}" for g in picks))
+    # the cache only ever grows to its budget; a leak would show here, outside it
+    say(
+        "  RSS outside RocksDB's block cache (MiB): "
+        + " ".join(f"{(g.get('rss', 0) - g.get('block_cache', 0)) / 2**20:.0f}" for g in picks)
     )
 
 

@@ -92,6 +92,11 @@ PYTHON_BLOCKS = Gauge(
     "stripemeter_python_allocated_blocks",
     "Memory blocks held by Python's allocator in this process (sys.getallocatedblocks; a leak grows it)",
 )
+HEAP_MEMORY = Gauge(
+    "stripemeter_heap_bytes",
+    "The C heap of this process (glibc), by kind: in_use, free (held but unused), mapped (big pieces)",
+    ["kind"],
+)
 DEDUPE_EXPIRED = Counter(
     "stripemeter_dedupe_expired_total",
     "Dedupe entries removed because their event time fell behind the lateness window plus the margin",
