@@ -25,11 +25,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
+import psycopg
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from psycopg import sql
 
-from stripemeter.config import Settings, settings_env
+from stripemeter.config import Secret, Settings, settings_env
+from stripemeter.db.migrate import migrate
 from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
 
@@ -79,14 +83,41 @@ def _iso(ms: int) -> str:
     )
 
 
-def isolated(settings: Settings, tag: str, partitions: int) -> Settings:
+async def isolated(settings: Settings, tag: str, partitions: int) -> Settings:
+    """Settings for one run: its own topics, state, port and PostgreSQL schema (``release`` drops them).
+
+    A run writes millions of ledger rows; in a shared table earlier runs' rows (the dev database had
+    collected 104 million) make every later run's PostgreSQL side slower, and its numbers meaningless.
+    """
+    schema = f"bench_{tag}"
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    url = with_search_path(settings.database_url.value, schema)
+    await asyncio.to_thread(migrate, url)
     return settings.with_overrides(
         topic_prefix=f"bench-{tag}.",
         app_id=f"bench-{tag}",
         partitions=partitions,
         state_dir=settings.state_dir / "bench" / tag,
         worker_web_port=free_port(),
+        database_url=Secret(url),
     )
+
+
+def with_search_path(url: str, schema: str) -> str:
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+async def release(env: Settings) -> None:
+    """Drop what ``isolated`` made: the run's topics and its PostgreSQL schema."""
+    await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+    schema = env.app_id.replace("-", "_")
+    base = urlunsplit(urlsplit(env.database_url.value)._replace(query=""))
+    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
+        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 async def produce_all(settings: Settings, topic: str, messages: list[bytes], say: Say) -> float:
@@ -268,7 +299,7 @@ async def throughput(
     separate_intake: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
-    env = isolated(settings, tag, partitions)
+    env = await isolated(settings, tag, partitions)
     names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     messages = workload.messages("bench", int(time.time() * 1000))
     say(
@@ -297,7 +328,7 @@ async def throughput(
         rss = worker.rss_mib()
     finally:
         worker.stop()
-        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+        await release(env)
     if watcher.sum_micros != expected:
         raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
     rate = workload.events / elapsed
@@ -319,7 +350,7 @@ async def latency(
     settings: Settings, rate: int, seconds: int, partitions: int, say: Say, separate: bool = False
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
-    env = isolated(settings, tag, partitions)
+    env = await isolated(settings, tag, partitions)
     names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     worker = Worker(env, env.state_dir / "worker.log", separate_sink=separate, separate_intake=separate)
     watcher = DeltaWatcher(env, names.deltas)
@@ -392,7 +423,7 @@ async def latency(
     finally:
         done = True
         worker.stop()
-        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+        await release(env)
     latencies.sort()
     if not latencies:
         raise RuntimeError("no probe reached usage.deltas")
@@ -462,13 +493,11 @@ async def stripe_pushes(
     settings: Settings, events: int, customers: int, calls_per_second: float, partitions: int, say: Say
 ) -> dict[str, Any]:
     """Pushes/s against the emulator and events per Stripe call, for many customers."""
-    import psycopg
-
     from stripemeter.db.mappings import MetricMapping, upsert_customer, upsert_metric
 
     tag = uuid.uuid4().hex[:6]
     port = free_port()
-    env = isolated(settings, tag, partitions).with_overrides(
+    env = (await isolated(settings, tag, partitions)).with_overrides(
         stripe_api_base=f"http://127.0.0.1:{port}", stripe_calls_per_second=calls_per_second
     )
     env = env.with_overrides(stripe_api_key=type(env.stripe_api_key)("sk_test_bench"))
@@ -495,7 +524,7 @@ async def stripe_pushes(
         elapsed = time.perf_counter() - started
     finally:
         worker.stop()
-        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+        await release(env)
         await runner.cleanup()
     pushed = state.meter_events(meter["id"])
     total = sum(e.value for e in pushed)
