@@ -49,7 +49,7 @@ class DedupeSweep:
         self._due: dict[int, int] = {}
         self._pass_due: dict[int, int] = {}
         self._generation = 0  # bumped by forget(): a step that spans it must not record what it saw
-        self._policies: object = None  # the policies the knowledge was gathered under
+        self._policies_version = metering.policies.version  # the policies the knowledge was gathered under
 
     def forget(self) -> None:
         """After a rebalance: the next step of every partition starts a new pass, knowing nothing."""
@@ -65,10 +65,9 @@ class DedupeSweep:
 
     async def step(self, partition: int, interrupted: Callable[[], bool]) -> tuple[int, int]:
         """One step over ``partition``; returns (entries checked, entries expired)."""
-        policies = self.metering.policies.by_metric
-        if policies is not self._policies:  # lateness may have shrunk: what was learnt may be too late
+        if self.metering.policies.version != self._policies_version:  # lateness may have shrunk
             self.forget()
-            self._policies = policies
+            self._policies_version = self.metering.policies.version
         written, written_due = self.metering.take_written(partition)
         if partition in self._due:
             self._due[partition] = min(self._due[partition], written_due)

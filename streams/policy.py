@@ -21,10 +21,12 @@ class Policies:
     def __init__(self, default: MetricPolicy, by_metric: dict[tuple[str, str], MetricPolicy] | None = None):
         self.default = default
         self.by_metric = by_metric or {}
+        self.version = 0  # grows whenever the policies change (what was learnt under them may be stale)
 
     def get(self, tenant: str, metric: str) -> MetricPolicy:
         return self.by_metric.get((tenant, metric), self.default)
 
     def replace(self, by_metric: dict[tuple[str, str], MetricPolicy]) -> None:
-        if by_metric != self.by_metric:  # unchanged: the same object stays, a sign nothing changed
+        if by_metric != self.by_metric:
             self.by_metric = by_metric
+            self.version += 1

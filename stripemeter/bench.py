@@ -37,6 +37,7 @@ from stripemeter.db.migrate import migrate
 from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
 from stripemeter.streams.state import send_records
+from stripemeter.topics import TopicNames
 
 Say = Callable[[str], None]
 HOUR_MS = 3_600_000
@@ -84,25 +85,33 @@ def _iso(ms: int) -> str:
     )
 
 
-async def isolated(settings: Settings, tag: str, partitions: int) -> Settings:
-    """Settings for one run: its own topics, state, port and PostgreSQL schema (``release`` drops them).
+async def isolated(settings: Settings, tag: str, partitions: int) -> tuple[Settings, TopicNames]:
+    """Settings for one run, with its own topics, state, port and PostgreSQL schema, all created here;
+    ``release`` drops the topics and the schema.
 
     A run writes millions of ledger rows; in a shared table earlier runs' rows (the dev database had
     collected 104 million) make every later run's PostgreSQL side slower, and its numbers meaningless.
     """
-    schema = f"bench_{tag}"
+    app_id = f"bench-{tag}"
+    schema = _schema_of(app_id)
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
         await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
     url = with_search_path(settings.database_url.value, schema)
     await asyncio.to_thread(migrate, url)
-    return settings.with_overrides(
-        topic_prefix=f"bench-{tag}.",
-        app_id=f"bench-{tag}",
+    env = settings.with_overrides(
+        topic_prefix=f"{app_id}.",
+        app_id=app_id,
         partitions=partitions,
         state_dir=settings.state_dir / "bench" / tag,
         worker_web_port=free_port(),
         database_url=Secret(url),
     )
+    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
+    return env, names
+
+
+def _schema_of(app_id: str) -> str:
+    return app_id.replace("-", "_")
 
 
 def with_search_path(url: str, schema: str) -> str:
@@ -115,10 +124,9 @@ def with_search_path(url: str, schema: str) -> str:
 async def release(env: Settings) -> None:
     """Drop what ``isolated`` made: the run's topics and its PostgreSQL schema."""
     await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
-    schema = env.app_id.replace("-", "_")
-    base = urlunsplit(urlsplit(env.database_url.value)._replace(query=""))
-    async with await psycopg.AsyncConnection.connect(base, autocommit=True) as conn:
-        await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_schema_of(env.app_id)))
+        await conn.execute(drop)
 
 
 async def produce_all(settings: Settings, topic: str, messages: list[bytes], say: Say) -> float:
@@ -214,6 +222,10 @@ class DeltaWatcher:
             await consumer.stop()
 
 
+# gauges with a ``kind`` label that bench latency follows, and the prefix of their keys in its samples
+KIND_GAUGES = {"stripemeter_rocksdb_memory_bytes{": "", "stripemeter_heap_bytes{": "heap_"}
+
+
 class Worker:
     def __init__(
         self, settings: Settings, log: Path, separate_sink: bool = False, separate_intake: bool = False
@@ -272,12 +284,10 @@ class Worker:
         except OSError:
             return gauges
         for line in text.splitlines():
-            if line.startswith("stripemeter_rocksdb_memory_bytes{"):
+            by_kind = next((p for p in KIND_GAUGES if line.startswith(p)), None)
+            if by_kind is not None:
                 kind = line.split('kind="', 1)[1].split('"', 1)[0]
-                gauges[kind] = float(line.rsplit(" ", 1)[1])
-            elif line.startswith("stripemeter_heap_bytes{"):
-                kind = line.split('kind="', 1)[1].split('"', 1)[0]
-                gauges[f"heap_{kind}"] = float(line.rsplit(" ", 1)[1])
+                gauges[KIND_GAUGES[by_kind] + kind] = float(line.rsplit(" ", 1)[1])
             elif line.startswith("stripemeter_python_allocated_blocks "):
                 gauges["python_blocks"] = float(line.rsplit(" ", 1)[1])
         gauges["rss"] = self.rss_mib() * 2**20
@@ -304,8 +314,7 @@ async def throughput(
     separate_intake: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
-    env = await isolated(settings, tag, partitions)
-    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
+    env, names = await isolated(settings, tag, partitions)
     messages = workload.messages("bench", int(time.time() * 1000))
     say(
         f"producing {workload.events:,} events in {len(messages):,} messages "
@@ -355,8 +364,7 @@ async def latency(
     settings: Settings, rate: int, seconds: int, partitions: int, say: Say, separate: bool = False
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
-    env = await isolated(settings, tag, partitions)
-    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
+    env, names = await isolated(settings, tag, partitions)
     worker = Worker(env, env.state_dir / "worker.log", separate_sink=separate, separate_intake=separate)
     watcher = DeltaWatcher(env, names.deltas, only_customer="probe")
     probe_sent: list[float] = []
@@ -516,11 +524,12 @@ async def stripe_pushes(
 
     tag = uuid.uuid4().hex[:6]
     port = free_port()
-    env = (await isolated(settings, tag, partitions)).with_overrides(
-        stripe_api_base=f"http://127.0.0.1:{port}", stripe_calls_per_second=calls_per_second
+    env, names = await isolated(settings, tag, partitions)
+    env = env.with_overrides(
+        stripe_api_base=f"http://127.0.0.1:{port}",
+        stripe_calls_per_second=calls_per_second,
+        stripe_api_key=Secret("sk_test_bench"),
     )
-    env = env.with_overrides(stripe_api_key=type(env.stripe_api_key)("sk_test_bench"))
-    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
     state, runner, meter = await emulator_with_meter(port, tag)
     tenant = f"bench-{tag}"
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
