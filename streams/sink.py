@@ -5,7 +5,8 @@
 - ``usage.deltas``: counter totals -> the ``counters`` snapshot (newest seq wins).
 
 Write, then commit: a batch is written in one transaction (idempotent: the ledger is keyed by the
-input's source, counters are guarded by seq) before its offsets are committed.
+input's source, counters are guarded by seq) before its offsets are committed. Records travel to
+PostgreSQL as the raw JSON they were read as; PostgreSQL unpacks them (see ``db/ledger.py``).
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from typing import Any
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer
-from stripemeter.streams.deltas import Delta, decode_delta
 
 from stripemeter import metrics
+from stripemeter.db import counters, ledger
 from stripemeter.db.counters import upsert_counters
-from stripemeter.db.ledger import ledger_row, rejected_row, watermarks_of, write_ledger
+from stripemeter.db.ledger import rejected_row, write_ledger
 from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,8 @@ class PostgresSink:
         )
         await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        await ledger.create_staging(conn)
+        await counters.create_staging(conn)
         log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
         try:
             while not self._stopping.is_set():
@@ -62,26 +65,51 @@ class PostgresSink:
             await consumer.stop()
 
     async def _write(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
-        rows: list[tuple[Any, ...]] = []
-        items: list[list[Any]] = []
-        deltas: list[Delta] = []
+        """The batch in one transaction. If PostgreSQL refuses it (a record it cannot read), each
+        record alone, in a savepoint of its own: the unreadable ones are skipped, the rest written."""
+        records = self._readable(messages)
+        try:
+            async with conn.transaction():
+                await self._apply(conn, records)
+            return
+        except (psycopg.DataError, psycopg.IntegrityError) as exc:
+            log.warning(
+                "PostgreSQL refused a batch of %d records (%s); writing them one by one", len(records), exc
+            )
+        async with conn.transaction():
+            for record in records:
+                try:
+                    async with conn.transaction():
+                        await self._apply(conn, [record])
+                except (psycopg.DataError, psycopg.IntegrityError) as exc:
+                    self._skip(record[0], exc)
+
+    def _readable(self, messages: list[Any]) -> list[tuple[Any, Any]]:
+        """(message, payload) pairs: ledger and delta records as raw bytes, dead letters as rows."""
+        records: list[tuple[Any, Any]] = []
         for msg in messages:
-            try:
-                if msg.topic == self.names.ledger:
-                    chunk = orjson.loads(msg.value)
-                    items.extend(chunk)
-                    rows.extend(ledger_row(self.names.events, item) for item in chunk)
-                elif msg.topic == self.names.dlq:
-                    rows.append(rejected_row(orjson.loads(msg.value)))
-                else:
-                    deltas.append(decode_delta(msg.value))
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                metrics.SINK_SKIPPED.labels(msg.topic).inc()
-                log.error(
-                    "skipping unreadable record %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, exc
-                )
-        await write_ledger(conn, rows, watermarks_of(items))
-        await upsert_counters(conn, deltas)
+            if msg.value is None:
+                self._skip(msg, "no value")
+            elif msg.topic != self.names.dlq:
+                records.append((msg, msg.value))
+            else:
+                try:
+                    records.append((msg, rejected_row(orjson.loads(msg.value))))
+                except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
+                    self._skip(msg, exc)
+        return records
+
+    async def _apply(self, conn: psycopg.AsyncConnection, records: list[tuple[Any, Any]]) -> None:
+        ledger, deltas = self.names.ledger, self.names.deltas
+        chunks = [raw for msg, raw in records if msg.topic == ledger]
+        rejected = [row for msg, row in records if msg.topic == self.names.dlq]
+        await write_ledger(conn, self.names.events, chunks, rejected)
+        await upsert_counters(conn, [raw for msg, raw in records if msg.topic == deltas])
+
+    @staticmethod
+    def _skip(msg: Any, reason: object) -> None:
+        metrics.SINK_SKIPPED.labels(msg.topic).inc()
+        log.error("skipping unreadable record %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
     def stop(self) -> None:
         self._stopping.set()

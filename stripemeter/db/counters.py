@@ -1,16 +1,27 @@
-"""SQL for the counters snapshot, as pure text plus thin async executors."""
+"""The counters snapshot: usage.deltas records as PostgreSQL rows, newest seq wins.
+
+The sink loads the delta records as they were read (COPY into a temporary ``jsonb`` table) and one
+INSERT ... SELECT keeps the highest seq per counter: no Python object per delta on the way.
+"""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import psycopg
 
+from stripemeter.db.ledger import copy_json_line
 from stripemeter.streams.deltas import Delta
 
+CREATE_DELTA_STAGING = "CREATE TEMP TABLE IF NOT EXISTS deltas_in (delta jsonb) ON COMMIT DELETE ROWS"
+
+# totalMicros is exact; a record with only the contract's `total` is converted like decode_delta does.
 UPSERT_COUNTERS = """
 INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::bigint[])
+SELECT DISTINCT ON (1, 2, 3, 4)
+       delta->>'tenantId', delta->>'metric', delta->>'customerRef', (delta->>'bucket')::timestamptz,
+       coalesce((delta->>'totalMicros')::numeric, round((delta->>'total')::numeric * 1000000)),
+       (delta->>'seq')::bigint
+FROM deltas_in
+ORDER BY 1, 2, 3, 4, 6 DESC
 ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
 SET total_micros = EXCLUDED.total_micros, seq = EXCLUDED.seq, updated_at = now()
 WHERE counters.seq < EXCLUDED.seq
@@ -27,17 +38,14 @@ def latest_per_counter(deltas: list[Delta]) -> list[Delta]:
     return list(best.values())
 
 
-async def upsert_counters(conn: psycopg.AsyncConnection, deltas: list[Delta]) -> None:
-    rows = latest_per_counter(deltas)
-    if not rows:
+async def create_staging(conn: psycopg.AsyncConnection) -> None:
+    await conn.execute(CREATE_DELTA_STAGING)
+
+
+async def upsert_counters(conn: psycopg.AsyncConnection, records: list[bytes]) -> None:
+    """Apply raw usage.deltas records. Call inside the batch's transaction."""
+    if not records:
         return
-    params = (
-        [d.tenant_id for d in rows],
-        [d.metric for d in rows],
-        [d.customer_ref for d in rows],
-        [datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC) for d in rows],
-        [d.total_micros for d in rows],
-        [d.seq for d in rows],
-    )
-    async with conn.transaction():
-        await conn.execute(UPSERT_COUNTERS, params)
+    async with conn.cursor().copy("COPY deltas_in (delta) FROM STDIN") as copy:
+        await copy.write(b"".join(map(copy_json_line, records)))
+    await conn.execute(UPSERT_COUNTERS)

@@ -1,4 +1,10 @@
-"""Writing the event ledger: rows built as pure COPY text, loaded in one round trip per batch."""
+"""Writing the event ledger, in one transaction per sink batch.
+
+Ledger records (the worker's own JSON arrays, many events per record) go to PostgreSQL as they were
+read: COPY puts each record in a temporary ``jsonb`` row and one INSERT ... SELECT unpacks them. The
+sink builds no Python object per event; PostgreSQL parses the JSON, in C. Dead letters (rare, and
+JSON objects from anywhere) are turned into rows in Python.
+"""
 
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ STAGING_COLUMNS = (
     "raw",
 )
 
+# Temporary tables, created once per connection; ON COMMIT DELETE ROWS empties them at every commit.
 CREATE_STAGING = """
 CREATE TEMP TABLE IF NOT EXISTS events_in (
     source_topic text, source_partition integer, source_offset bigint, source_index integer, outcome text,
@@ -51,10 +58,26 @@ FROM events_in
 ON CONFLICT DO NOTHING
 """
 
+CREATE_LEDGER_STAGING = "CREATE TEMP TABLE IF NOT EXISTS ledger_in (chunk jsonb) ON COMMIT DELETE ROWS"
+
+# A ledger item is [outcome, tenant, metric, customer, micros, ts_ms, key, derived, resource, meta,
+# source partition, source offset, source index] (see streams/metering.py and streams/records.py).
+INSERT_FROM_LEDGER = """
+INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
+                    customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta)
+SELECT %s, (e->>10)::integer, (e->>11)::bigint, (e->>12)::integer, e->>0, e->>1, e->>2, e->>3,
+       (e->>4)::numeric, to_timestamp((e->>5)::bigint / 1000.0), e->>6, e->>7 IN ('1', 'true'), e->>8,
+       nullif(e->9, 'null'::jsonb)
+FROM ledger_in, jsonb_array_elements(chunk) AS e
+ON CONFLICT DO NOTHING
+"""
+
 UPSERT_WATERMARKS = """
 INSERT INTO watermarks (tenant_id, metric, customer_ref, watermark)
-SELECT t, m, c, to_timestamp(w / 1000.0)
-FROM unnest(%s::text[], %s::text[], %s::text[], %s::bigint[]) AS x(t, m, c, w)
+SELECT e->>1, e->>2, e->>3, to_timestamp(max((e->>5)::bigint) / 1000.0)
+FROM ledger_in, jsonb_array_elements(chunk) AS e
+WHERE e->>0 = 'counted'
+GROUP BY 1, 2, 3
 ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
 SET watermark = EXCLUDED.watermark, updated_at = now()
 WHERE watermarks.watermark < EXCLUDED.watermark
@@ -88,30 +111,6 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:
     return "".join("\t".join(map(copy_field, row)) + "\n" for row in rows).encode()
 
 
-def ledger_row(source_topic: str, item: list[Any]) -> tuple[Any, ...]:
-    """A ledger record ``[outcome, *keyed item]`` as a staging row."""
-    outcome, tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, part, offset, index = item
-    return (
-        source_topic,
-        part,
-        offset,
-        index,
-        outcome,
-        tenant,
-        metric,
-        customer,
-        micros,
-        ts_ms,
-        key,
-        bool(derived),
-        resource,
-        meta,
-        None,
-        None,
-        None,
-    )
-
-
 def rejected_row(dead_letter: dict[str, Any]) -> tuple[Any, ...]:
     """A dead-letter record as a staging row (outcome ``rejected``)."""
     error = dead_letter.get("error") or {}
@@ -139,39 +138,32 @@ def rejected_row(dead_letter: dict[str, Any]) -> tuple[Any, ...]:
     )
 
 
-def watermarks_of(items: Iterable[list[Any]]) -> dict[tuple[str, str, str], int]:
-    newest: dict[tuple[str, str, str], int] = {}
-    for item in items:
-        if item[0] != "counted":
-            continue
-        stream = (item[1], item[2], item[3])
-        if newest.get(stream, -1) < item[5]:
-            newest[stream] = item[5]
-    return newest
+def copy_json_line(raw: bytes) -> bytes:
+    """A JSON document as one line of COPY text: backslashes doubled, line breaks and tabs escaped
+    (compact JSON has none outside strings, but a record from elsewhere might)."""
+    line = raw.replace(b"\\", b"\\\\")
+    if b"\n" in line or b"\r" in line or b"\t" in line:
+        line = line.replace(b"\n", b"\\n").replace(b"\r", b"\\r").replace(b"\t", b"\\t")
+    return line + b"\n"
+
+
+async def create_staging(conn: psycopg.AsyncConnection) -> None:
+    """The connection's temporary tables (a no-op after the first call)."""
+    await conn.execute(CREATE_STAGING)
+    await conn.execute(CREATE_LEDGER_STAGING)
 
 
 async def write_ledger(
-    conn: psycopg.AsyncConnection, rows: list[tuple[Any, ...]], watermarks: dict[tuple[str, str, str], int]
+    conn: psycopg.AsyncConnection, source_topic: str, chunks: list[bytes], rejected: list[tuple[Any, ...]]
 ) -> None:
-    """Insert the rows (idempotently) and advance watermarks, in one transaction."""
-    if not rows and not watermarks:
-        return
-    async with conn.transaction():
-        if rows:
-            await conn.execute(CREATE_STAGING)
-            async with conn.cursor().copy(
-                f"COPY events_in ({', '.join(STAGING_COLUMNS)}) FROM STDIN"
-            ) as copy:
-                await copy.write(copy_text(rows))
-            await conn.execute(INSERT_FROM_STAGING)
-        if watermarks:
-            keys = list(watermarks)
-            await conn.execute(
-                UPSERT_WATERMARKS,
-                (
-                    [k[0] for k in keys],
-                    [k[1] for k in keys],
-                    [k[2] for k in keys],
-                    [watermarks[k] for k in keys],
-                ),
-            )
+    """Insert ledger records (raw JSON arrays of items) and dead-letter rows, idempotently, and advance
+    the watermarks of the counted events. Call inside the batch's transaction."""
+    if chunks:
+        async with conn.cursor().copy("COPY ledger_in (chunk) FROM STDIN") as copy:
+            await copy.write(b"".join(map(copy_json_line, chunks)))
+        await conn.execute(INSERT_FROM_LEDGER, (source_topic,))
+        await conn.execute(UPSERT_WATERMARKS)
+    if rejected:
+        async with conn.cursor().copy(f"COPY events_in ({', '.join(STAGING_COLUMNS)}) FROM STDIN") as copy:
+            await copy.write(copy_text(rejected))
+        await conn.execute(INSERT_FROM_STAGING)

@@ -1,0 +1,132 @@
+"""The PostgreSQL sink against the real database: raw records in, rows out, bad records skipped alone."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any, NamedTuple
+
+import orjson
+import psycopg
+import pytest
+from prometheus_client import REGISTRY
+from stripemeter.streams.deltas import Delta, encode_delta
+from stripemeter.streams.sink import PostgresSink
+
+from stripemeter.config import Settings
+from stripemeter.db import counters, ledger
+from stripemeter.topics import TopicNames
+
+HOUR_MS = 3_600_000
+T0 = 1_790_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary in 2026
+
+
+class Message(NamedTuple):
+    """What the sink reads from a ConsumerRecord."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes | None
+
+
+def item(outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int) -> list[Any]:
+    """A ledger item as the worker writes it (see streams/metering.py)."""
+    meta = {"path": "/v1/x\\y\t"} if offset == 1 else None  # escapes survive COPY
+    return [outcome, tenant, "requests", customer, micros, ts_ms, key, 0, None, meta, 0, offset, 0]
+
+
+def delta(tenant: str, customer: str, total_micros: int, seq: int) -> bytes:
+    return encode_delta(Delta(tenant, "requests", customer, T0, total_micros, seq))
+
+
+def skipped(topic: str) -> float:
+    return REGISTRY.get_sample_value("stripemeter_sink_skipped_records_total", {"topic": topic}) or 0.0
+
+
+async def write(env: Settings, names: TopicNames, messages: list[Message]) -> None:
+    sink = PostgresSink("unused", names, "unused", env.database_url.value)
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        await ledger.create_staging(conn)
+        await counters.create_staging(conn)
+        await sink._write(conn, messages)  # noqa: SLF001 - the unit under test, without Kafka
+
+
+async def rows(env: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = await conn.execute(sql, params)
+        return await cur.fetchall()
+
+
+async def test_ledger_dead_letters_and_deltas_land_once(env: Settings) -> None:
+    names = TopicNames(env.topic_prefix, env.app_id)
+    tenant = f"sink-{uuid.uuid4().hex[:8]}"
+    chunk = [
+        item("counted", tenant, "acme", 2_500_000, T0 + 1_000, "k1", 1),
+        item("duplicate", tenant, "acme", 2_500_000, T0 + 1_000, "k1", 2),
+        item("counted", tenant, "acme", 1_000_000, T0 + 9_000, "k2", 3),
+        item("late", tenant, "acme", 1_000_000, T0 - 50 * HOUR_MS, "k3", 4),
+    ]
+    dead_letter = {"topic": names.events, "partition": 0, "offset": 5, "index": 0,
+                   "error": {"code": "invalid_json", "message": "not JSON"}, "raw": "{nope"}  # fmt: skip
+    batch = [
+        Message(names.ledger, 0, 0, orjson.dumps(chunk)),
+        Message(names.dlq, 0, 0, orjson.dumps(dead_letter)),
+        Message(names.deltas, 0, 0, delta(tenant, "acme", 2_500_000, 1)),
+        Message(names.deltas, 0, 2, delta(tenant, "acme", 3_500_000, 2)),
+        Message(names.deltas, 0, 1, delta(tenant, "acme", 1_000_000, 0)),  # older seq, read later
+    ]
+    await write(env, names, batch)
+    await write(env, names, batch)  # a redelivered batch changes nothing
+
+    ledger_rows = await rows(
+        env,
+        "SELECT source_offset, outcome, quantity_micros, ts, idempotency_key, key_derived, meta"
+        " FROM events WHERE source_topic = %s AND outcome <> 'rejected' ORDER BY source_offset",
+        names.events,
+    )
+    assert [(r[0], r[1], int(r[2]), r[4]) for r in ledger_rows] == [
+        (1, "counted", 2_500_000, "k1"),
+        (2, "duplicate", 2_500_000, "k1"),
+        (3, "counted", 1_000_000, "k2"),
+        (4, "late", 1_000_000, "k3"),
+    ]
+    assert int(ledger_rows[0][3].timestamp() * 1000) == T0 + 1_000
+    assert ledger_rows[0][5] is False
+    assert ledger_rows[0][6] == {"path": "/v1/x\\y\t"}
+    assert ledger_rows[1][6] is None
+    rejected = await rows(
+        env, "SELECT error_code, raw FROM events WHERE source_topic = %s AND outcome = 'rejected'", names.events
+    )
+    assert rejected == [("invalid_json", "{nope")]
+    [(watermark,)] = await rows(env, "SELECT watermark FROM watermarks WHERE tenant_id = %s", tenant)
+    assert int(watermark.timestamp() * 1000) == T0 + 9_000  # the newest counted event; late ones do not move it
+    assert await rows(env, "SELECT total_micros, seq FROM counters WHERE tenant_id = %s", tenant) == [(3_500_000, 2)]
+
+
+async def test_unreadable_records_are_skipped_and_the_rest_written(env: Settings) -> None:
+    names = TopicNames(env.topic_prefix, env.app_id)
+    tenant = f"sink-{uuid.uuid4().hex[:8]}"
+    before = {topic: skipped(topic) for topic in (names.ledger, names.dlq, names.deltas)}
+    batch = [
+        Message(names.ledger, 0, 0, orjson.dumps([item("counted", tenant, "acme", 1_000_000, T0, "a", 1)])),
+        Message(names.ledger, 0, 1, b'{"not": "an array"}'),
+        Message(names.ledger, 0, 2, b"[[1, 2, 3]]"),  # items without the fields the ledger needs
+        Message(names.dlq, 0, 0, b"\xff\xfe not json"),
+        Message(names.deltas, 0, 0, b'{"tenantId": "x", "bucket": "yesterday"}'),
+        Message(names.deltas, 0, 1, None),
+        Message(names.deltas, 0, 2, delta(tenant, "beta", 7_000_000, 3)),
+    ]
+    await write(env, names, batch)
+
+    counted = await rows(env, "SELECT idempotency_key FROM events WHERE tenant_id = %s", tenant)
+    assert counted == [("a",)]
+    totals = await rows(env, "SELECT customer_ref, total_micros FROM counters WHERE tenant_id = %s", tenant)
+    assert totals == [("beta", 7_000_000)]
+    after = {topic: skipped(topic) - n for topic, n in before.items()}
+    assert after == {names.ledger: 2, names.dlq: 1, names.deltas: 2}
+
+
+@pytest.mark.parametrize("raw", [b'{"a": "tab\there"}', b'{"a": "line\\nbreak \\\\ slash"}'])
+def test_copy_json_line_keeps_one_record_per_line(raw: bytes) -> None:
+    line = ledger.copy_json_line(raw)
+    assert line.endswith(b"\n") and line.count(b"\n") == 1 and b"\t" not in line
