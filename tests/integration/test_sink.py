@@ -29,7 +29,9 @@ class Message(NamedTuple):
     value: bytes | None
 
 
-def item(outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int) -> list[Any]:
+def item(
+    outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int
+) -> list[Any]:
     """A ledger item as the worker writes it (see streams/metering.py)."""
     meta = {"path": "/v1/x\\y\t"} if offset == 1 else None  # escapes survive COPY
     return [outcome, tenant, "requests", customer, micros, ts_ms, key, 0, None, meta, 0, offset, 0]
@@ -48,7 +50,7 @@ async def write(env: Settings, names: TopicNames, messages: list[Message]) -> No
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         await ledger.create_staging(conn)
         await counters.create_staging(conn)
-        await sink._write(conn, messages)  # noqa: SLF001 - the unit under test, without Kafka
+        await sink._write(conn, messages)  # the unit under test, without Kafka
 
 
 async def rows(env: Settings, sql: str, *params: Any) -> list[tuple[Any, ...]]:
@@ -95,12 +97,18 @@ async def test_ledger_dead_letters_and_deltas_land_once(env: Settings) -> None:
     assert ledger_rows[0][6] == {"path": "/v1/x\\y\t"}
     assert ledger_rows[1][6] is None
     rejected = await rows(
-        env, "SELECT error_code, raw FROM events WHERE source_topic = %s AND outcome = 'rejected'", names.events
+        env,
+        "SELECT error_code, raw FROM events WHERE source_topic = %s AND outcome = 'rejected'",
+        names.events,
     )
     assert rejected == [("invalid_json", "{nope")]
     [(watermark,)] = await rows(env, "SELECT watermark FROM watermarks WHERE tenant_id = %s", tenant)
-    assert int(watermark.timestamp() * 1000) == T0 + 9_000  # the newest counted event; late ones do not move it
-    assert await rows(env, "SELECT total_micros, seq FROM counters WHERE tenant_id = %s", tenant) == [(3_500_000, 2)]
+    assert (
+        int(watermark.timestamp() * 1000) == T0 + 9_000
+    )  # the newest counted event; late ones do not move it
+    assert await rows(env, "SELECT total_micros, seq FROM counters WHERE tenant_id = %s", tenant) == [
+        (3_500_000, 2)
+    ]
 
 
 async def test_unreadable_records_are_skipped_and_the_rest_written(env: Settings) -> None:
