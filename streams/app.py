@@ -20,7 +20,7 @@ import psycopg
 from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
-from stripemeter.streams import heartbeat, memory_tuning, rocksdb_memory
+from stripemeter.streams import fetch_wait, heartbeat, memory_tuning, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.dedupe_sweep import DedupeSweep
@@ -94,6 +94,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
     )
+    app.transport = fetch_wait.Transport(app.conf.broker_consumer, app)  # before anything uses it
     prepare_table_dir(Path(app.conf.tabledir), settings.worker_data_dir)
 
     keyed_topic = app.topic(

@@ -66,7 +66,8 @@ class Checkpointer:
         """One checkpoint; returns the number of deltas published."""
         async with self._lock:
             try:
-                return await self._run()
+                with metrics.CHECKPOINT_SECONDS.time():
+                    return await self._run()
             except BaseException:
                 self.failed = True
                 raise

@@ -22,6 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from stripemeter.streams.dead_letters import dead_letter
+from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.streams.partitioning import Partitioner, keyed_routing_key
 from stripemeter.streams.records import encode_batch, keyed_item
 
@@ -71,6 +72,7 @@ class Intake:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=FETCH_MAX_BYTES,
             fetch_max_bytes=FETCH_MAX_BYTES,
             isolation_level="read_committed",

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer
+from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 
 from stripemeter import metrics
 from stripemeter.db import counters, ledger
@@ -45,6 +46,7 @@ class PostgresSink:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
             max_partition_fetch_bytes=32 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
@@ -58,7 +60,10 @@ class PostgresSink:
                 batch = await consumer.getmany(timeout_ms=200, max_records=2000)
                 if not batch:
                     continue
-                await self._write(conn, [m for msgs in batch.values() for m in msgs])
+                with metrics.SINK_BATCH_SECONDS.time():
+                    await self._write(conn, [m for msgs in batch.values() for m in msgs])
+                for tp, msgs in batch.items():
+                    metrics.SINK_RECORDS.labels(tp.topic).inc(len(msgs))
                 await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         finally:
             await conn.close()

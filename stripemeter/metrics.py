@@ -17,6 +17,19 @@ COUNTING_BATCH_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2),
 )
 WORKER_PARTITIONS = Gauge("stripemeter_worker_assigned_partitions", "Partitions assigned to this worker")
+CHECKPOINT_SECONDS = Histogram(
+    "stripemeter_checkpoint_seconds",
+    "Time for one checkpoint: changelogs, ledger and deltas published and acknowledged, input acked",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+SINK_BATCH_SECONDS = Histogram(
+    "stripemeter_sink_batch_seconds",
+    "Time for the PostgreSQL sink to write one batch (one transaction)",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
+SINK_RECORDS = Counter(
+    "stripemeter_sink_records_total", "Records the PostgreSQL sink wrote or skipped, by topic", ["topic"]
+)
 SINK_SKIPPED = Counter(
     "stripemeter_sink_skipped_records_total", "Unreadable records the PostgreSQL sink skipped", ["topic"]
 )

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaConsumer
 from stripemeter import metrics
 from stripemeter.db import pushes
 from stripemeter.streams.deltas import decode_delta
+from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.stripe_push.client import send
 from stripemeter.stripe_push.plan import next_push, units
 
@@ -78,6 +79,7 @@ class StripeWriter:
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
         await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)

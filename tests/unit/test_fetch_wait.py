@@ -1,0 +1,17 @@
+"""The worker's Faust consumer fetches with the short wait of streams/fetch_wait.py, not Faust's 1.5 s."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from stripemeter.streams import fetch_wait
+from stripemeter.streams.app import create_app
+
+from stripemeter.config import Settings
+
+
+async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path) -> None:
+    app = create_app(Settings(state_dir=tmp_path))
+    assert isinstance(app.transport, fetch_wait.Transport)
+    consumer = app.consumer._thread._create_worker_consumer(app.transport)  # built, not started
+    assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
