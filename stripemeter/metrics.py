@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+SHORT_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)  # buckets for steps that should take well under 1 s
+
 EVENTS = Counter(
     "stripemeter_events_total",
     "Usage events read from usage.events, by outcome (counted, duplicate, late, rejected)",
@@ -20,12 +22,12 @@ WORKER_PARTITIONS = Gauge("stripemeter_worker_assigned_partitions", "Partitions 
 CHECKPOINT_SECONDS = Histogram(
     "stripemeter_checkpoint_seconds",
     "Time for one checkpoint: changelogs, ledger and deltas published and acknowledged, input acked",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+    buckets=SHORT_SECONDS,
 )
 SINK_BATCH_SECONDS = Histogram(
     "stripemeter_sink_batch_seconds",
     "Time for the PostgreSQL sink to write one batch (one transaction)",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+    buckets=SHORT_SECONDS,
 )
 SINK_RECORDS = Counter(
     "stripemeter_sink_records_total", "Records the PostgreSQL sink wrote or skipped, by topic", ["topic"]
@@ -44,7 +46,7 @@ STRIPE_PUSHES = Counter(
 STRIPE_PUSH_SECONDS = Histogram(
     "stripemeter_stripe_push_seconds",
     "Latency of one meter event call",
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+    buckets=SHORT_SECONDS,
 )
 STRIPE_PARKED = Gauge("stripemeter_stripe_parked_counters", "Counters parked after a permanent Stripe error")
 RECONCILIATION_LABELS = ["tenant", "metric", "customer", "period"]
