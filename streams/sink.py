@@ -52,8 +52,7 @@ class PostgresSink:
         )
         await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
-        await ledger.create_staging(conn)
-        await counters.create_staging(conn)
+        await self.prepare(conn)
         log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
         try:
             while not self._stopping.is_set():
@@ -68,6 +67,12 @@ class PostgresSink:
         finally:
             await conn.close()
             await consumer.stop()
+
+    @staticmethod
+    async def prepare(conn: psycopg.AsyncConnection) -> None:
+        """The connection's temporary staging tables (ledger, dead letters, deltas)."""
+        await ledger.create_staging(conn)
+        await counters.create_staging(conn)
 
     async def _write(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
         """The batch in one transaction. If PostgreSQL refuses it (a record it cannot read), each
@@ -105,11 +110,11 @@ class PostgresSink:
         return records
 
     async def _apply(self, conn: psycopg.AsyncConnection, records: list[tuple[Any, Any]]) -> None:
-        ledger, deltas = self.names.ledger, self.names.deltas
-        chunks = [raw for msg, raw in records if msg.topic == ledger]
-        rejected = [row for msg, row in records if msg.topic == self.names.dlq]
-        await write_ledger(conn, self.names.events, chunks, rejected)
-        await upsert_counters(conn, [raw for msg, raw in records if msg.topic == deltas])
+        by_topic: dict[str, list[Any]] = {self.names.ledger: [], self.names.dlq: [], self.names.deltas: []}
+        for msg, payload in records:
+            by_topic[msg.topic].append(payload)
+        await write_ledger(conn, self.names.events, by_topic[self.names.ledger], by_topic[self.names.dlq])
+        await upsert_counters(conn, by_topic[self.names.deltas])
 
     @staticmethod
     def _skip(msg: Any, reason: object) -> None:

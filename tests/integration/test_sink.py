@@ -13,7 +13,7 @@ from stripemeter.streams.deltas import Delta, encode_delta
 from stripemeter.streams.sink import PostgresSink
 
 from stripemeter.config import Settings
-from stripemeter.db import counters, ledger
+from stripemeter.db import ledger
 from stripemeter.topics import TopicNames
 
 HOUR_MS = 3_600_000
@@ -48,8 +48,7 @@ def skipped(topic: str) -> float:
 async def write(env: Settings, names: TopicNames, messages: list[Message]) -> None:
     sink = PostgresSink("unused", names, "unused", env.database_url.value)
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
-        await ledger.create_staging(conn)
-        await counters.create_staging(conn)
+        await sink.prepare(conn)
         await sink._write(conn, messages)  # the unit under test, without Kafka
 
 
