@@ -165,6 +165,10 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
         for kind, size in (memory_tuning.heap_usage() or {}).items():
             metrics.HEAP_MEMORY.labels(kind).set(size)
 
+    @app.timer(memory_tuning.CYCLE_INTERVAL)
+    async def collect_cycles() -> None:
+        memory_tuning.collect_cycles()
+
     watchdog = RecoveryWatchdog(app.tables.recovery)
 
     @app.timer(5.0)

@@ -250,7 +250,7 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams.app import intake_stage
 
     memory_tuning.tune()
-    asyncio.run(intake_stage(settings).run())
+    asyncio.run(memory_tuning.run_collecting_cycles(intake_stage(settings).run()))
     return 0
 
 
@@ -259,7 +259,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams.app import postgres_sink
 
     memory_tuning.tune()
-    asyncio.run(postgres_sink(settings).run())
+    asyncio.run(memory_tuning.run_collecting_cycles(postgres_sink(settings).run()))
     return 0
 
 

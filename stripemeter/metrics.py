@@ -112,6 +112,15 @@ HEAP_MEMORY = Gauge(
     "The C heap of this process (glibc), by kind: in_use, free (held but unused), mapped (big pieces)",
     ["kind"],
 )
+GC_SECONDS = Histogram(
+    "stripemeter_gc_full_collection_seconds",
+    "Pause of each full garbage collection (run on a timer: see streams/memory_tuning.py)",
+    buckets=SHORT_SECONDS,
+)
+GC_COLLECTED = Counter(
+    "stripemeter_gc_collected_objects_total",
+    "Unreachable objects (reference cycles) found by full collections",
+)
 DEDUPE_EXPIRED = Counter(
     "stripemeter_dedupe_expired_total",
     "Dedupe entries removed because their event time fell behind the lateness window plus the margin",

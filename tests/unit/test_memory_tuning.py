@@ -30,3 +30,46 @@ def test_heap_usage_reports_in_use_free_and_mapped_bytes() -> None:
     usage = memory_tuning.heap_usage()
     assert usage is not None and set(usage) == {"in_use", "free", "mapped"}
     assert usage["in_use"] > 0
+
+
+def test_collect_cycles_frees_what_the_tuned_thresholds_leave_behind() -> None:
+    # in a child: tune() freezes the heap and changes the thresholds for the whole process
+    script = """
+import weakref
+from stripemeter.streams import memory_tuning
+memory_tuning.tune()
+
+class Client:  # like a stopped aiokafka consumer: a cycle holding what it fetched
+    pass
+
+client = Client()
+client.me, client.fetched = client, bytes(8_000_000)
+alive = weakref.ref(client)
+del client
+for _ in range(200_000):
+    [()]  # short-lived containers: under the tuned thresholds no collection frees the cycle
+assert alive() is not None
+assert memory_tuning.collect_cycles() >= 1
+assert alive() is None
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+
+
+async def test_run_collecting_cycles_collects_while_the_stage_runs_and_stops_with_it() -> None:
+    import asyncio
+
+    from stripemeter import metrics
+    from stripemeter.streams import memory_tuning
+
+    def runs() -> float:
+        return next(
+            s.value for s in metrics.GC_SECONDS.collect()[0].samples if s.name.endswith("_count")
+        )
+
+    before = runs()
+    await memory_tuning.run_collecting_cycles(asyncio.sleep(0.3), interval=0.02)
+    during = runs() - before
+    assert during >= 1  # each full collection of the test process takes tens of ms
+    await asyncio.sleep(0.1)
+    assert runs() - before == during  # the collector stopped with the stage
