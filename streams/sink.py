@@ -5,9 +5,7 @@
 - ``usage.deltas``: counter totals -> the ``counters`` snapshot (newest seq wins).
 
 Write, then commit: a batch is written in one transaction (idempotent: the ledger is keyed by the
-input's source, counters are guarded by seq) before its offsets are committed. Both keys restart
-on a new Kafka cluster, so at start the sink claims the database for its cluster and refuses one
-claimed by another (``db/kafka_cluster.py``). Records travel to
+input's source, counters are guarded by seq) before its offsets are committed. Records travel to
 PostgreSQL as the raw JSON they were read as; PostgreSQL unpacks them (see ``db/ledger.py``).
 """
 
@@ -22,8 +20,8 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 
-from stripemeter import kafka_admin, metrics
-from stripemeter.db import counters, kafka_cluster, ledger
+from stripemeter import metrics
+from stripemeter.db import counters, ledger
 from stripemeter.db.counters import upsert_counters
 from stripemeter.db.ledger import rejected_row, write_ledger
 from stripemeter.topics import TopicNames
@@ -40,15 +38,6 @@ class PostgresSink:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
-        try:
-            await kafka_cluster.claim(conn, await kafka_admin.cluster_id(self.bootstrap), self.bootstrap)
-            await self.prepare(conn)
-            await self._consume(conn)
-        finally:
-            await conn.close()
-
-    async def _consume(self, conn: psycopg.AsyncConnection) -> None:
         consumer = AIOKafkaConsumer(
             self.names.ledger,
             self.names.dlq,
@@ -62,6 +51,8 @@ class PostgresSink:
             fetch_max_bytes=64 * 1024 * 1024,
         )
         await consumer.start()
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        await self.prepare(conn)
         log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
         try:
             while not self._stopping.is_set():
@@ -74,6 +65,7 @@ class PostgresSink:
                     metrics.SINK_RECORDS.labels(tp.topic).inc(len(msgs))
                 await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
         finally:
+            await conn.close()
             await consumer.stop()
 
     @staticmethod

@@ -39,15 +39,6 @@ async def _admin(bootstrap: str) -> AIOKafkaAdminClient:
     return admin
 
 
-async def cluster_id(bootstrap: str) -> str:
-    """The cluster's ID, as the broker reports it in its metadata."""
-    admin = await _admin(bootstrap)
-    try:
-        return str((await admin.describe_cluster())["cluster_id"])
-    finally:
-        await admin.close()
-
-
 async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> EnsureResult:
     """Create missing topics and bring configs of existing ones in line; safe to run any number of times."""
     admin = await _admin(bootstrap)

@@ -12,9 +12,8 @@ from prometheus_client import REGISTRY
 from stripemeter.streams.deltas import Delta, encode_delta
 from stripemeter.streams.sink import PostgresSink
 
-from stripemeter import kafka_admin
 from stripemeter.config import Settings
-from stripemeter.db import kafka_cluster, ledger
+from stripemeter.db import ledger
 from stripemeter.topics import TopicNames
 
 HOUR_MS = 3_600_000
@@ -109,33 +108,6 @@ async def test_ledger_dead_letters_and_deltas_land_once(env: Settings) -> None:
     assert await rows(env, "SELECT total_micros, seq FROM counters WHERE tenant_id = %s", tenant) == [
         (3_500_000, 2)
     ]
-
-
-async def test_a_database_is_claimed_by_one_kafka_cluster(env: Settings) -> None:
-    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
-        await conn.execute("DELETE FROM kafka_cluster")  # in this transaction only: rolled back below
-        await kafka_cluster.claim(conn, "cluster-a", "kafka-a:9092")
-        await kafka_cluster.claim(conn, "cluster-a", "kafka-a:9092")  # the same cluster again: fine
-        with pytest.raises(kafka_cluster.ClusterMismatch, match=r"cluster cluster-a .* is cluster cluster-b"):
-            await kafka_cluster.claim(conn, "cluster-b", "kafka-b:9092")
-        await conn.rollback()
-
-
-async def test_the_sink_refuses_a_database_of_another_kafka_cluster(env: Settings) -> None:
-    """A fresh broker with an old database: its offsets would collide with the ledger's keys."""
-    names = TopicNames(env.topic_prefix, env.app_id)
-    sink = PostgresSink(env.kafka_bootstrap_servers, names, f"{env.app_id}-sink", env.database_url.value)
-    ours = await kafka_admin.cluster_id(env.kafka_bootstrap_servers)
-    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
-        await kafka_cluster.claim(conn, ours, env.kafka_bootstrap_servers)
-        await conn.execute("UPDATE kafka_cluster SET cluster_id = 'an-earlier-cluster'")
-        try:
-            with pytest.raises(
-                kafka_cluster.ClusterMismatch, match=f"an-earlier-cluster.* is cluster {ours}"
-            ):
-                await sink.run()
-        finally:
-            await conn.execute("UPDATE kafka_cluster SET cluster_id = %s", (ours,))
 
 
 async def test_unreadable_records_are_skipped_and_the_rest_written(env: Settings) -> None:
