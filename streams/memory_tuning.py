@@ -19,9 +19,10 @@ the older generations are almost never collected, so reference cycles that libra
 are never freed. A stopped aiokafka consumer is such a cycle, and it holds the record batches it
 fetched: the worker's lag measurement (a consumer every 15 s) kept them all, 150-700 KiB each, and
 RSS outside RocksDB's cache grew 154-167 MiB in 10 minutes at 10,000 events/s. ``collect_cycles``
-runs a full collection every ``CYCLE_INTERVAL`` seconds from each process's event loop (10-30 ms
-here, with the start-up heap frozen out of it), then ``malloc_trim``: the freed batches leave holes
-of whole pages, which trimming gives back (without it the free heap grew 16-18 -> 56-74 MiB in 10 minutes).
+runs a full collection every ``CYCLE_INTERVAL`` seconds from each process's event loop, then
+``malloc_trim`` (20-50 ms together here, with the start-up heap frozen out of the collection): the
+freed batches leave holes of whole pages, which trimming gives back (without it the free heap grew
+16-18 -> 56-74 MiB in 10 minutes).
 """
 
 from __future__ import annotations

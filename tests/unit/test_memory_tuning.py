@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
+
+from stripemeter.streams import memory_tuning
+
+from stripemeter import metrics
 
 
 def test_malloc_settings_apply_and_big_pieces_get_their_own_mappings() -> None:
@@ -25,8 +30,6 @@ assert memory_tuning.heap_usage()["mapped"] < after["mapped"]  # unmapped whole 
 
 
 def test_heap_usage_reports_in_use_free_and_mapped_bytes() -> None:
-    from stripemeter.streams import memory_tuning
-
     usage = memory_tuning.heap_usage()
     assert usage is not None and set(usage) == {"in_use", "free", "mapped"}
     assert usage["in_use"] > 0
@@ -57,12 +60,6 @@ assert alive() is None
 
 
 async def test_run_collecting_cycles_collects_while_the_stage_runs_and_stops_with_it() -> None:
-    import asyncio
-
-    from stripemeter.streams import memory_tuning
-
-    from stripemeter import metrics
-
     def runs() -> float:
         return next(s.value for s in metrics.GC_SECONDS.collect()[0].samples if s.name.endswith("_count"))
 
