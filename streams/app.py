@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -19,7 +20,6 @@ import faust
 import psycopg
 from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
-from prometheus_client import generate_latest
 from stripemeter.streams import fetch_wait, heartbeat, memory_tuning, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.control import decode_control, is_control
@@ -29,11 +29,12 @@ from stripemeter.streams.metering import Metering
 from stripemeter.streams.policy import MetricPolicy, Policies
 from stripemeter.streams.records import decode_batch
 from stripemeter.streams.sink import PostgresSink
+from stripemeter.streams.stages import StageProcess, StageProcesses
 from stripemeter.streams.state import ChangelogState, mark_clean_stop, prepare_table_dir
 from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 
 from stripemeter import metrics
-from stripemeter.config import Settings
+from stripemeter.config import Settings, settings_env
 from stripemeter.db.mappings import load_policies
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, run_schedule, stripe_configured
 from stripemeter.stripe_push.client import make_client
@@ -56,9 +57,13 @@ ROCKSDB_OPTIONS = {
 DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
-def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = True) -> faust.App:
+def create_app(
+    settings: Settings, with_sink: bool = True, with_intake: bool = True, child_processes: bool = True
+) -> faust.App:
     """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
-    ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``."""
+    ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``. Intake and the sink
+    run as the worker's child processes (see ``stages.py``), or with ``child_processes=False`` inside it.
+    """
     names = TopicNames(settings.topic_prefix, settings.app_id)
     rocksdb_memory.install(settings.rocksdb_memory_mb)
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
@@ -210,8 +215,13 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
 
     intake = intake_stage(settings)
     sink = postgres_sink(settings)
+    tasks_stopping = asyncio.Event()
+    wanted = [stage for stage, wanted in (("intake", with_intake), ("sink", with_sink)) if wanted]
+    children = StageProcesses(wanted if child_processes else [], {**os.environ, **settings_env(settings)})
+    for child in children.children:
+        app.task(_supervisor(child, tasks_stopping))
 
-    if with_intake:
+    if with_intake and not child_processes:
 
         @app.task
         async def run_intake() -> None:
@@ -226,7 +236,6 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
     else:
         log.warning("STRIPE_API_KEY is not set: counters are not pushed to Stripe")
 
-    tasks_stopping = asyncio.Event()
     if stripe_configured(settings) and settings.reconcile_interval_seconds > 0:
 
         @app.task
@@ -238,21 +247,26 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             reconciler = build_reconciler(settings, publish)
             await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, tasks_stopping))
 
-    if with_sink:
+    if with_sink and not child_processes:
 
         @app.task
         async def run_sink() -> None:
             await _supervise(app, "postgres sink", sink.run)
 
-    def worker_status() -> dict[str, Any]:
+    def readiness() -> dict[str, Any]:
         recovered = app.tables.recovery.completed.is_set()
         rebalancing = bool(app.rebalancing)
+        stages = children.running()  # {} unless intake and the sink are child processes
         return {
-            "ready": recovered and not rebalancing,
+            "ready": recovered and not rebalancing and all(stages.values()),
             "tablesRecovered": recovered,
             "rebalancing": rebalancing,
-            "partitions": len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed]),
+            "stagesRunning": stages,
         }
+
+    def worker_status() -> dict[str, Any]:
+        partitions = len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed])
+        return {**readiness(), "partitions": partitions}
 
     @app.task
     async def run_heartbeat() -> None:
@@ -282,6 +296,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
             tasks_stopping.set()
             intake.stop()
             sink.stop()
+            await children.stop()
             if producer_started.is_set():
                 clean = await checkpointer.wait_idle()
                 await checkpointer.producer.stop()
@@ -290,7 +305,7 @@ def create_app(settings: Settings, with_sink: bool = True, with_intake: bool = T
                 else:
                     log.warning("a checkpoint failed; the next start rebuilds tables from the changelogs")
 
-    _add_pages(app)
+    _add_pages(app, readiness, children)
     return app
 
 
@@ -322,22 +337,29 @@ def postgres_sink(settings: Settings) -> PostgresSink:
     )
 
 
-def _add_pages(app: faust.App) -> None:
+def _add_pages(app: faust.App, status: Callable[[], dict[str, Any]], children: StageProcesses) -> None:
     @app.page("/health/live")
     async def live(self: Any, request: Any) -> Any:
         return self.json({"status": "alive"})
 
     @app.page("/health/ready")
     async def ready(self: Any, request: Any) -> Any:
-        recovered = app.tables.recovery.completed.is_set()
-        rebalancing = bool(app.rebalancing)
-        status = "ready" if recovered and not rebalancing else "not_ready"
-        body = {"status": status, "tablesRecovered": recovered, "rebalancing": rebalancing}
-        return self.json(body, status=200 if status == "ready" else 503)
+        body = status()
+        body = {"status": "ready" if body.pop("ready") else "not_ready", **body}
+        return self.json(body, status=200 if body["status"] == "ready" else 503)
 
     @app.page("/metrics")
     async def prometheus(self: Any, request: Any) -> Any:
-        return aioweb.Response(body=generate_latest(), content_type="text/plain", charset="utf-8")
+        body = await children.exposition()
+        return aioweb.Response(body=body, content_type="text/plain", charset="utf-8")
+
+
+def _supervisor(child: StageProcess, stopping: asyncio.Event) -> Callable[[], Awaitable[None]]:
+    async def supervise() -> None:
+        await child.supervise(stopping)
+
+    supervise.__name__ = supervise.__qualname__ = f"supervise_{child.stage}"
+    return supervise
 
 
 async def _supervise(app: faust.App, name: str, run: Callable[[], Awaitable[None]]) -> None:

@@ -36,6 +36,7 @@ from stripemeter.config import Secret, Settings, settings_env
 from stripemeter.db.migrate import migrate
 from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
+from stripemeter.streams.stages import stage_children
 from stripemeter.streams.state import send_records
 from stripemeter.topics import TopicNames
 
@@ -227,23 +228,16 @@ KIND_GAUGES = {"stripemeter_rocksdb_memory_bytes{": "", "stripemeter_heap_bytes{
 
 
 class Worker:
-    def __init__(
-        self, settings: Settings, log: Path, separate_sink: bool = False, separate_intake: bool = False
-    ):
+    """``stripemeter worker`` (with its intake and sink children unless ``single_process``)."""
+
+    def __init__(self, settings: Settings, log: Path, single_process: bool = False):
         self.settings = settings
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
         env = {**os.environ, **settings_env(settings)}
-        me = [sys.executable, "-m", "stripemeter"]
-        worker_args = ["worker"]
-        worker_args += ["--no-sink"] if separate_sink else []
-        worker_args += ["--no-intake"] if separate_intake else []
-        self.proc = self._spawn([*me, *worker_args], env)
-        self.sink = self._spawn([*me, "sink"], env) if separate_sink else None
-        self.intake = self._spawn([*me, "intake"], env) if separate_intake else None
-
-    def _spawn(self, argv: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
+        argv = [sys.executable, "-m", "stripemeter", "worker"]
+        argv += ["--single-process"] if single_process else []
+        self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
 
@@ -263,16 +257,15 @@ class Worker:
         raise RuntimeError("worker not ready in time")
 
     def alive(self) -> bool:
-        return all(p.poll() is None for p in (self.proc, self.sink, self.intake) if p is not None)
+        return self.proc.poll() is None
 
     def rss_mib(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except FileNotFoundError:
-            pass
-        return 0.0
+        """The worker's own process: metering and its RocksDB tables."""
+        return _rss_mib(self.proc.pid)
+
+    def stages_rss_mib(self) -> dict[str, float]:
+        """The worker's child processes (intake, sink) by stage."""
+        return {stage: _rss_mib(pid) for stage, pid in stage_children(self.proc.pid).items()}
 
     def memory_gauges(self) -> dict[str, float]:
         """The worker's RocksDB memory by kind and Python's allocated blocks, from its /metrics."""
@@ -294,15 +287,27 @@ class Worker:
         return gauges
 
     def stop(self) -> None:
-        for proc in (self.proc, self.sink, self.intake):
-            if proc is None or proc.poll() is not None:
-                continue
-            os.killpg(proc.pid, signal.SIGTERM)
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)  # its children are in its process group
             try:
-                proc.wait(30)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(self.proc.pid, signal.SIGKILL)
         self.log.close()
+
+
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
+
+
+def _stages_text(stages: dict[str, float]) -> str:
+    return "".join(f", {stage} {rss:.0f} MiB" for stage, rss in sorted(stages.items()))
 
 
 async def throughput(
@@ -310,8 +315,7 @@ async def throughput(
     workload: Workload,
     partitions: int,
     say: Say,
-    separate_sink: bool = False,
-    separate_intake: bool = False,
+    single_process: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env, names = await isolated(settings, tag, partitions)
@@ -324,13 +328,10 @@ async def throughput(
     say("baseline: plain aiokafka consume + orjson decode + dict aggregation...")
     base_rate = await baseline(env, names.events, workload.events)
     say(f"  {base_rate:,.0f} events/s")
-    where = "in its own process" if separate_sink else "inside the worker"
-    say(f"pipeline: one worker, usage.events -> usage.deltas (PostgreSQL sink {where})...")
+    say(f"pipeline: one worker ({_layout(single_process)}), usage.events -> usage.deltas...")
     watcher = DeltaWatcher(env, names.deltas)
     expected = workload.events * 1_000_000
-    if separate_intake:
-        say("  (intake in its own process)")
-    worker = Worker(env, env.state_dir / "worker.log", separate_sink, separate_intake)
+    worker = Worker(env, env.state_dir / "worker.log", single_process)
     try:
         await asyncio.to_thread(worker.wait_ready)
         started = time.perf_counter()
@@ -339,7 +340,7 @@ async def throughput(
             lambda: watcher.sum_micros >= expected or time.perf_counter() > deadline or not worker.alive()
         )
         elapsed = time.perf_counter() - started
-        rss = worker.rss_mib()
+        rss, stages_rss = worker.rss_mib(), worker.stages_rss_mib()
     finally:
         worker.stop()
         await release(env)
@@ -347,7 +348,8 @@ async def throughput(
         raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
     rate = workload.events / elapsed
     say(
-        f"  {rate:,.0f} events/s ({elapsed:.1f}s, worker RSS {rss:.0f} MiB, {len(watcher.totals):,} counters)"
+        f"  {rate:,.0f} events/s ({elapsed:.1f}s, {len(watcher.totals):,} counters; "
+        f"RSS: metering {rss:.0f} MiB{_stages_text(stages_rss)})"
     )
     say(f"  ratio pipeline/baseline: {rate / base_rate:.2f}")
     return {
@@ -357,15 +359,20 @@ async def throughput(
         "baselineEventsPerSec": base_rate,
         "ratio": rate / base_rate,
         "workerRssMiB": rss,
+        "stagesRssMiB": stages_rss,
     }
 
 
+def _layout(single_process: bool) -> str:
+    return "intake, metering and sink in one process" if single_process else "intake and sink as its children"
+
+
 async def latency(
-    settings: Settings, rate: int, seconds: int, partitions: int, say: Say, separate: bool = False
+    settings: Settings, rate: int, seconds: int, partitions: int, say: Say, single_process: bool = False
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env, names = await isolated(settings, tag, partitions)
-    worker = Worker(env, env.state_dir / "worker.log", separate_sink=separate, separate_intake=separate)
+    worker = Worker(env, env.state_dir / "worker.log", single_process)
     watcher = DeltaWatcher(env, names.deltas, only_customer="probe")
     probe_sent: list[float] = []
     latencies: list[float] = []
@@ -386,6 +393,8 @@ async def latency(
     done = False
     try:
         await asyncio.to_thread(worker.wait_ready)
+        say(f"worker: {_layout(single_process)}")
+        stages_first = worker.stages_rss_mib()
         watch = asyncio.ensure_future(watcher.run(lambda: done))
         producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
@@ -442,6 +451,7 @@ async def latency(
             await asyncio.sleep(0.1)
         done = True
         await watch
+        stages_last = worker.stages_rss_mib()
     finally:
         done = True
         worker.stop()
@@ -470,6 +480,8 @@ async def latency(
         say(f"  worker RSS: first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB")
         curve = " ".join(f"{rss[i * len(rss) // 10]:.0f}" for i in range(10))
         say(f"  worker RSS at each tenth of the run: {curve} {rss[-1]:.0f} MiB")
+    for stage, last in sorted(stages_last.items()):
+        say(f"  {stage} process RSS: first {stages_first.get(stage, 0):.0f} MiB, last {last:.0f} MiB")
     if gauges:
         _say_memory_curves(gauges, say)
     return {

@@ -238,7 +238,12 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams import memory_tuning
     from stripemeter.streams.app import create_app
 
-    app = create_app(settings, with_sink=not args.no_sink, with_intake=not args.no_intake)
+    app = create_app(
+        settings,
+        with_sink=not args.no_sink,
+        with_intake=not args.no_intake,
+        child_processes=not args.single_process,
+    )
     memory_tuning.tune()
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
     worker.execute_from_commandline()
@@ -246,20 +251,20 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.streams import memory_tuning
+    from stripemeter.streams import memory_tuning, stages
     from stripemeter.streams.app import intake_stage
 
     memory_tuning.tune()
-    asyncio.run(memory_tuning.run_collecting_cycles(intake_stage(settings).run()))
+    asyncio.run(stages.run_stage(intake_stage(settings), args.worker_socket))
     return 0
 
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.streams import memory_tuning
+    from stripemeter.streams import memory_tuning, stages
     from stripemeter.streams.app import postgres_sink
 
     memory_tuning.tune()
-    asyncio.run(memory_tuning.run_collecting_cycles(postgres_sink(settings).run()))
+    asyncio.run(stages.run_stage(postgres_sink(settings), args.worker_socket))
     return 0
 
 
@@ -282,16 +287,14 @@ def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import Workload, throughput
 
     workload = Workload(args.events, args.customers, args.per_message)
-    asyncio.run(
-        throughput(settings, workload, args.partitions, say, args.separate_sink, args.separate_intake)
-    )
+    asyncio.run(throughput(settings, workload, args.partitions, say, args.single_process))
     return 0
 
 
 def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import latency
 
-    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.separate))
+    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.single_process))
     return 0
 
 
@@ -374,6 +377,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 # --- parser ---------------------------------------------------------------------------------------
 
 Command = Callable[[Settings, argparse.Namespace], int]
+
+
+SINGLE_PROCESS_BENCH = "run the worker with --single-process (intake and sink inside it), to compare"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -473,8 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--customers", type=int, default=5000, help="distinct customers (default 5000)")
     tp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
-    tp.add_argument("--separate-sink", action="store_true", help="run the PostgreSQL sink as its own process")
-    tp.add_argument("--separate-intake", action="store_true", help="run intake as its own process")
+    tp.add_argument("--single-process", action="store_true", help=SINGLE_PROCESS_BENCH)
     lat = add(
         bench_sub,
         "latency",
@@ -484,9 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=int, default=10_000, help="background events/s (default 10000)")
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
-    lat.add_argument(
-        "--separate", action="store_true", help="run intake and the PostgreSQL sink as their own processes"
-    )
+    lat.add_argument("--single-process", action="store_true", help=SINGLE_PROCESS_BENCH)
     sb = add(
         bench_sub,
         "stripe",
@@ -528,7 +531,11 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--hours", type=int, default=3, help="counted hours per customer (default 3)")
 
     worker = add(
-        sub, "worker", cmd_worker, "run a pipeline worker (intake, metering, sink); scale by running more"
+        sub,
+        "worker",
+        cmd_worker,
+        "run a pipeline worker: metering here, intake and the PostgreSQL sink as its child processes; "
+        "scale by running more",
     )
     worker.add_argument(
         "--no-sink",
@@ -538,15 +545,23 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument(
         "--no-intake",
         action="store_true",
-        help="leave usage.events to a separate `stripemeter intake` process (another core)",
+        help="leave usage.events to a separate `stripemeter intake` process",
     )
-    add(sub, "intake", cmd_intake, "validate and re-key usage.events on its own (if workers use --no-intake)")
-    add(
-        sub,
-        "sink",
-        cmd_sink,
-        "write the ledger, dead letters and counters to PostgreSQL (if workers use --no-sink)",
+    worker.add_argument(
+        "--single-process",
+        action="store_true",
+        help="run intake and the sink inside the worker's process, not as children (one core, less memory)",
     )
+    for name, run, text in (
+        ("intake", cmd_intake, "validate and re-key usage.events on its own (if workers use --no-intake)"),
+        (
+            "sink",
+            cmd_sink,
+            "write the ledger, dead letters and counters to PostgreSQL (if workers use --no-sink)",
+        ),
+    ):
+        stage = add(sub, name, run, text)
+        stage.add_argument("--worker-socket", type=int, help=argparse.SUPPRESS)  # set by a parent worker
     add(sub, "api", cmd_api, "run the HTTP API")
     emulator = add(
         sub,

@@ -18,6 +18,11 @@ COUNTING_BATCH_SECONDS = Histogram(
     "Time to count one keyed message",
     buckets=(0.001, 0.005, 0.02, 0.1, 0.5, 2),
 )
+STAGE_RESTARTS = Counter(
+    "stripemeter_worker_stage_restarts_total",
+    "Times the worker restarted a stage's child process (intake, sink) after it exited",
+    ["stage"],
+)
 WORKER_PARTITIONS = Gauge("stripemeter_worker_assigned_partitions", "Partitions assigned to this worker")
 CHECKPOINT_SECONDS = Histogram(
     "stripemeter_checkpoint_seconds",

@@ -49,11 +49,13 @@ def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]):
     machine), workers of different slots are different machines."""
     ports: dict[str, int] = {}
 
-    def start(name: str = "w1", slot: str | None = None, **overrides: object) -> WorkerProcess:
+    def start(
+        name: str = "w1", slot: str | None = None, args: tuple[str, ...] = (), **overrides: object
+    ) -> WorkerProcess:
         slot = slot or name
         port = ports.setdefault(slot, free_port())
         overrides = {"state_dir": tmp_path / f"state-{slot}", "worker_web_port": port, **overrides}
-        worker = WorkerProcess(env, tmp_path / f"{name}.log", **overrides).start()
+        worker = WorkerProcess(env, tmp_path / f"{name}.log", args, **overrides).start()
         workers.append(worker)
         return worker
 

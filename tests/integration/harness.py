@@ -11,6 +11,8 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from stripemeter.streams.stages import stage_children
+
 from stripemeter.config import Settings, settings_env
 from stripemeter.local.procs import free_port
 
@@ -37,9 +39,10 @@ def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Setting
 class WorkerProcess:
     """``stripemeter worker`` as a child process with its own log file."""
 
-    def __init__(self, settings: Settings, log_path: Path, **overrides: object):
+    def __init__(self, settings: Settings, log_path: Path, args: tuple[str, ...] = (), **overrides: object):
         self.settings = settings.with_overrides(**overrides) if overrides else settings
         self.log_path = log_path
+        self.args = args
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -50,7 +53,7 @@ class WorkerProcess:
         env = {**os.environ, **settings_env(self.settings)}
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "stripemeter", "worker"],
+            [sys.executable, "-m", "stripemeter", "worker", *self.args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -73,6 +76,15 @@ class WorkerProcess:
             time.sleep(0.2)
         raise AssertionError(f"worker not ready after {timeout}s:\n{self.log_tail()}")
 
+    def children(self) -> dict[str, int]:
+        """The worker's stage child processes (intake, sink) by stage."""
+        assert self.proc is not None
+        return stage_children(self.proc.pid)
+
+    def scrape(self) -> str:
+        with urllib.request.urlopen(self.web + "/metrics", timeout=5) as r:
+            return str(r.read().decode())
+
     def kill9(self) -> None:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
@@ -92,3 +104,11 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not: an orphan's reaper may be slow or absent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

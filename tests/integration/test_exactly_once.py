@@ -8,7 +8,9 @@ of usage.deltas) and the ledger's outcome counts with what the oracle says.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import uuid
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +20,7 @@ from stripemeter.config import Settings
 from stripemeter.local.procs import Managed
 from stripemeter.local.stack import start_kafka
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
-from tests.integration.harness import WorkerProcess
+from tests.integration.harness import WorkerProcess, alive
 from tests.integration.workload import Workload, build, chunks
 
 
@@ -101,6 +103,44 @@ async def test_kill_9_at_random_moments(env: Settings, start_worker) -> None:
     await assert_matches_oracle(env, w)
 
 
+async def test_kill_9_of_the_workers_stage_processes(env: Settings, start_worker) -> None:
+    """The worker restarts a killed intake or sink child; the counters still match the oracle. A
+    worker killed on its own takes its children with it."""
+    w = build(f"kc-{uuid.uuid4().hex[:6]}", events=5000)
+    worker: WorkerProcess = start_worker()
+    worker.wait_ready()
+    await send_anchors(env, w)
+    rng = random.Random(7)
+
+    async def chaos() -> None:
+        for stage in ("intake", "sink", "intake"):
+            await asyncio.sleep(rng.uniform(1.0, 3.0))
+            killed = worker.children()[stage]
+            os.kill(killed, signal.SIGKILL)
+
+            async def replaced(stage: str = stage, killed: int = killed) -> bool:
+                return worker.children().get(stage, killed) != killed
+
+            await eventually(replaced, timeout=30, what=f"a new {stage} process")
+
+    await during(stream_slowly(env, w, seconds=12), chaos)
+    await assert_matches_oracle(env, w)
+    scrape = worker.scrape()
+    assert 'stripemeter_worker_stage_restarts_total{stage="intake"} 2.0' in scrape
+    assert 'stripemeter_worker_stage_restarts_total{stage="sink"} 1.0' in scrape
+    assert 'stripemeter_intake_messages_total{stage="intake"}' in scrape  # the child's own metrics
+
+    children = worker.children().values()
+    assert worker.proc is not None
+    os.kill(worker.proc.pid, signal.SIGKILL)  # the worker alone, not its process group
+    worker.proc.wait(10)
+
+    async def children_gone() -> bool:
+        return not any(alive(pid) for pid in children)
+
+    await eventually(children_gone, timeout=30, what="the stage processes to stop after their worker")
+
+
 async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worker) -> None:
     w = build(f"rb-{uuid.uuid4().hex[:6]}", events=5000)
     first = start_worker("a")
@@ -109,7 +149,9 @@ async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worke
 
     async def chaos() -> None:
         await asyncio.sleep(2)
-        second = start_worker("b")  # joins: partitions move to it mid-stream
+        # joins: partitions move to it mid-stream; it runs every stage in one process, as an older
+        # worker would in a rolling upgrade
+        second = start_worker("b", args=("--single-process",))
         await asyncio.sleep(6)
         first.stop()  # leaves gracefully: everything moves to the second
         await asyncio.to_thread(second.wait_ready, 120)
