@@ -58,11 +58,11 @@ DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
 def create_app(
-    settings: Settings, with_sink: bool = True, with_intake: bool = True, child_processes: bool = True
+    settings: Settings, with_sink: bool = True, with_intake: bool = True, child_processes: bool = False
 ) -> faust.App:
     """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
     ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``. Intake and the sink
-    run as the worker's child processes (see ``stages.py``), or with ``child_processes=False`` inside it.
+    run inside the worker, or with ``child_processes=True`` as its child processes (see ``stages.py``).
     """
     names = TopicNames(settings.topic_prefix, settings.app_id)
     rocksdb_memory.install(settings.rocksdb_memory_mb)

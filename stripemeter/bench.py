@@ -228,15 +228,15 @@ KIND_GAUGES = {"stripemeter_rocksdb_memory_bytes{": "", "stripemeter_heap_bytes{
 
 
 class Worker:
-    """``stripemeter worker`` (with its intake and sink children unless ``single_process``)."""
+    """``stripemeter worker`` (with intake and sink as its children if ``stage_processes``)."""
 
-    def __init__(self, settings: Settings, log: Path, single_process: bool = False):
+    def __init__(self, settings: Settings, log: Path, stage_processes: bool = False):
         self.settings = settings
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
         env = {**os.environ, **settings_env(settings)}
         argv = [sys.executable, "-m", "stripemeter", "worker"]
-        argv += ["--single-process"] if single_process else []
+        argv += ["--stage-processes"] if stage_processes else []
         self.proc = subprocess.Popen(
             argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
         )
@@ -315,7 +315,7 @@ async def throughput(
     workload: Workload,
     partitions: int,
     say: Say,
-    single_process: bool = False,
+    stage_processes: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env, names = await isolated(settings, tag, partitions)
@@ -328,10 +328,10 @@ async def throughput(
     say("baseline: plain aiokafka consume + orjson decode + dict aggregation...")
     base_rate = await baseline(env, names.events, workload.events)
     say(f"  {base_rate:,.0f} events/s")
-    say(f"pipeline: one worker ({_layout(single_process)}), usage.events -> usage.deltas...")
+    say(f"pipeline: one worker ({_layout(stage_processes)}), usage.events -> usage.deltas...")
     watcher = DeltaWatcher(env, names.deltas)
     expected = workload.events * 1_000_000
-    worker = Worker(env, env.state_dir / "worker.log", single_process)
+    worker = Worker(env, env.state_dir / "worker.log", stage_processes)
     try:
         await asyncio.to_thread(worker.wait_ready)
         started = time.perf_counter()
@@ -363,16 +363,18 @@ async def throughput(
     }
 
 
-def _layout(single_process: bool) -> str:
-    return "intake, metering and sink in one process" if single_process else "intake and sink as its children"
+def _layout(stage_processes: bool) -> str:
+    return (
+        "intake and sink as its children" if stage_processes else "intake, metering and sink in one process"
+    )
 
 
 async def latency(
-    settings: Settings, rate: int, seconds: int, partitions: int, say: Say, single_process: bool = False
+    settings: Settings, rate: int, seconds: int, partitions: int, say: Say, stage_processes: bool = False
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env, names = await isolated(settings, tag, partitions)
-    worker = Worker(env, env.state_dir / "worker.log", single_process)
+    worker = Worker(env, env.state_dir / "worker.log", stage_processes)
     watcher = DeltaWatcher(env, names.deltas, only_customer="probe")
     probe_sent: list[float] = []
     latencies: list[float] = []
@@ -389,12 +391,12 @@ async def latency(
 
     watcher.on_update = on_update
     rss: list[float] = []
+    stages_rss: list[dict[str, float]] = []
     gauges: list[dict[str, float]] = []
     done = False
     try:
         await asyncio.to_thread(worker.wait_ready)
-        say(f"worker: {_layout(single_process)}")
-        stages_first = worker.stages_rss_mib()
+        say(f"worker: {_layout(stage_processes)}")
         watch = asyncio.ensure_future(watcher.run(lambda: done))
         producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
@@ -440,6 +442,7 @@ async def latency(
             await producer.send(names.events, orjson.dumps(probe))
             if tick % 20 == 0:
                 rss.append(worker.rss_mib())
+                stages_rss.append(worker.stages_rss_mib())
             if time.perf_counter() >= next_gauges:
                 gauges.append(await asyncio.to_thread(worker.memory_gauges))
                 next_gauges += 5
@@ -451,7 +454,6 @@ async def latency(
             await asyncio.sleep(0.1)
         done = True
         await watch
-        stages_last = worker.stages_rss_mib()
     finally:
         done = True
         worker.stop()
@@ -480,8 +482,9 @@ async def latency(
         say(f"  worker RSS: first {rss[0]:.0f} MiB, last {rss[-1]:.0f} MiB, max {max(rss):.0f} MiB")
         curve = " ".join(f"{rss[i * len(rss) // 10]:.0f}" for i in range(10))
         say(f"  worker RSS at each tenth of the run: {curve} {rss[-1]:.0f} MiB")
-    for stage, last in sorted(stages_last.items()):
-        say(f"  {stage} process RSS: first {stages_first.get(stage, 0):.0f} MiB, last {last:.0f} MiB")
+    for stage in sorted(stages_rss[-1] if stages_rss else {}):
+        curve = " ".join(f"{stages_rss[i * len(stages_rss) // 10].get(stage, 0):.0f}" for i in range(10))
+        say(f"  {stage} process RSS at each tenth of the run: {curve} {stages_rss[-1][stage]:.0f} MiB")
     if gauges:
         _say_memory_curves(gauges, say)
     return {

@@ -242,7 +242,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         settings,
         with_sink=not args.no_sink,
         with_intake=not args.no_intake,
-        child_processes=not args.single_process,
+        child_processes=args.stage_processes,
     )
     memory_tuning.tune()
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
@@ -287,14 +287,14 @@ def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import Workload, throughput
 
     workload = Workload(args.events, args.customers, args.per_message)
-    asyncio.run(throughput(settings, workload, args.partitions, say, args.single_process))
+    asyncio.run(throughput(settings, workload, args.partitions, say, args.stage_processes))
     return 0
 
 
 def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.bench import latency
 
-    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.single_process))
+    asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.stage_processes))
     return 0
 
 
@@ -379,7 +379,7 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 Command = Callable[[Settings, argparse.Namespace], int]
 
 
-SINGLE_PROCESS_BENCH = "run the worker with --single-process (intake and sink inside it), to compare"
+STAGE_PROCESSES_BENCH = "run the worker with --stage-processes (intake and sink as its children)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,7 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tp.add_argument("--customers", type=int, default=5000, help="distinct customers (default 5000)")
     tp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
-    tp.add_argument("--single-process", action="store_true", help=SINGLE_PROCESS_BENCH)
+    tp.add_argument("--stage-processes", action="store_true", help=STAGE_PROCESSES_BENCH)
     lat = add(
         bench_sub,
         "latency",
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     lat.add_argument("--rate", type=int, default=10_000, help="background events/s (default 10000)")
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
-    lat.add_argument("--single-process", action="store_true", help=SINGLE_PROCESS_BENCH)
+    lat.add_argument("--stage-processes", action="store_true", help=STAGE_PROCESSES_BENCH)
     sb = add(
         bench_sub,
         "stripe",
@@ -534,8 +534,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "worker",
         cmd_worker,
-        "run a pipeline worker: metering here, intake and the PostgreSQL sink as its child processes; "
-        "scale by running more",
+        "run a pipeline worker (intake, metering, PostgreSQL sink); scale by running more",
     )
     worker.add_argument(
         "--no-sink",
@@ -548,9 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="leave usage.events to a separate `stripemeter intake` process",
     )
     worker.add_argument(
-        "--single-process",
+        "--stage-processes",
         action="store_true",
-        help="run intake and the sink inside the worker's process, not as children (one core, less memory)",
+        help="run intake and the PostgreSQL sink as child processes of the worker (up to three cores; "
+        "on a machine shared with the broker and PostgreSQL one process was faster)",
     )
     for name, run, text in (
         ("intake", cmd_intake, "validate and re-key usage.events on its own (if workers use --no-intake)"),

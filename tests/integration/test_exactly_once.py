@@ -107,7 +107,7 @@ async def test_kill_9_of_the_workers_stage_processes(env: Settings, start_worker
     """The worker restarts a killed intake or sink child; the counters still match the oracle. A
     worker killed on its own takes its children with it."""
     w = build(f"kc-{uuid.uuid4().hex[:6]}", events=5000)
-    worker: WorkerProcess = start_worker()
+    worker: WorkerProcess = start_worker(args=("--stage-processes",))
     worker.wait_ready()
     await send_anchors(env, w)
     rng = random.Random(7)
@@ -149,9 +149,9 @@ async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worke
 
     async def chaos() -> None:
         await asyncio.sleep(2)
-        # joins: partitions move to it mid-stream; it runs every stage in one process, as an older
-        # worker would in a rolling upgrade
-        second = start_worker("b", args=("--single-process",))
+        # joins: partitions move to it mid-stream; it runs intake and the sink as child processes,
+        # the first one inside: a fleet may mix both
+        second = start_worker("b", args=("--stage-processes",))
         await asyncio.sleep(6)
         first.stop()  # leaves gracefully: everything moves to the second
         await asyncio.to_thread(second.wait_ready, 120)
