@@ -58,11 +58,11 @@ DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 
 
 def create_app(
-    settings: Settings, with_sink: bool = True, with_intake: bool = True, child_processes: bool = False
+    settings: Settings, with_sink: bool = True, with_intake: bool = True, stage_processes: bool = False
 ) -> faust.App:
     """The worker; ``with_sink=False`` leaves PostgreSQL to a separate ``stripemeter sink``, and
     ``with_intake=False`` leaves usage.events to a separate ``stripemeter intake``. Intake and the sink
-    run inside the worker, or with ``child_processes=True`` as its child processes (see ``stages.py``).
+    run inside the worker, or with ``stage_processes=True`` as its child processes (see ``stages.py``).
     """
     names = TopicNames(settings.topic_prefix, settings.app_id)
     rocksdb_memory.install(settings.rocksdb_memory_mb)
@@ -217,11 +217,11 @@ def create_app(
     sink = postgres_sink(settings)
     tasks_stopping = asyncio.Event()
     wanted = [stage for stage, wanted in (("intake", with_intake), ("sink", with_sink)) if wanted]
-    children = StageProcesses(wanted if child_processes else [], {**os.environ, **settings_env(settings)})
+    children = StageProcesses(wanted if stage_processes else [], {**os.environ, **settings_env(settings)})
     for child in children.children:
         app.task(_supervisor(child, tasks_stopping))
 
-    if with_intake and not child_processes:
+    if with_intake and not stage_processes:
 
         @app.task
         async def run_intake() -> None:
@@ -247,7 +247,7 @@ def create_app(
             reconciler = build_reconciler(settings, publish)
             await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, tasks_stopping))
 
-    if with_sink and not child_processes:
+    if with_sink and not stage_processes:
 
         @app.task
         async def run_sink() -> None:

@@ -1,4 +1,5 @@
-"""Intake and the PostgreSQL sink as child processes of the worker, so a worker uses more than one core.
+"""Intake and the PostgreSQL sink as child processes of the worker, so a worker can use more than one
+core (``stripemeter worker --stage-processes``; by default all three stages share one process).
 
 Metering runs in the worker's own process (Faust); ``stripemeter intake`` and ``stripemeter sink`` run
 as its children. The worker holds one end of a socket pair per child:

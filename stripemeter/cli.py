@@ -242,7 +242,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         settings,
         with_sink=not args.no_sink,
         with_intake=not args.no_intake,
-        child_processes=args.stage_processes,
+        stage_processes=args.stage_processes,
     )
     memory_tuning.tune()
     worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
