@@ -216,8 +216,8 @@ def create_app(
     intake = intake_stage(settings)
     sink = postgres_sink(settings)
     tasks_stopping = asyncio.Event()
-    wanted = [stage for stage, wanted in (("intake", with_intake), ("sink", with_sink)) if wanted]
-    children = StageProcesses(wanted if stage_processes else [], {**os.environ, **settings_env(settings)})
+    here = [stage for stage, on in (("intake", with_intake), ("sink", with_sink)) if on]  # not elsewhere
+    children = StageProcesses(here if stage_processes else [], {**os.environ, **settings_env(settings)})
     for child in children.children:
         app.task(_supervisor(child, tasks_stopping))
 

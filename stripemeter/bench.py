@@ -232,6 +232,8 @@ class Worker:
 
     def __init__(self, settings: Settings, log: Path, stage_processes: bool = False):
         self.settings = settings
+        self.stage_processes = stage_processes
+        self._children: dict[str, int] = {}  # stage -> pid, looked up again when one is gone
         log.parent.mkdir(parents=True, exist_ok=True)
         self.log = open(log, "ab")  # noqa: SIM115 - held for the child's lifetime
         env = {**os.environ, **settings_env(settings)}
@@ -264,8 +266,15 @@ class Worker:
         return _rss_mib(self.proc.pid)
 
     def stages_rss_mib(self) -> dict[str, float]:
-        """The worker's child processes (intake, sink) by stage."""
-        return {stage: _rss_mib(pid) for stage, pid in stage_children(self.proc.pid).items()}
+        """The worker's child processes (intake, sink) by stage. Finding them reads all of /proc, so
+        it is done again only when one of them is gone (restarted)."""
+        if not self.stage_processes:
+            return {}
+        rss = {stage: _rss_mib(pid) for stage, pid in self._children.items()}
+        if len(rss) < 2 or not all(rss.values()):  # both stages run as children; one may be starting
+            self._children = stage_children(self.proc.pid)
+            rss = {stage: _rss_mib(pid) for stage, pid in self._children.items()}
+        return rss
 
     def memory_gauges(self) -> dict[str, float]:
         """The worker's RocksDB memory by kind and Python's allocated blocks, from its /metrics."""
