@@ -40,6 +40,10 @@ SINK_RECORDS = Counter(
 SINK_SKIPPED = Counter(
     "stripemeter_sink_skipped_records_total", "Unreadable records the PostgreSQL sink skipped", ["topic"]
 )
+LEDGER_REWRITES = Counter(
+    "stripemeter_sink_ledger_rewrites_total",
+    "Sink batches with ledger rows already written (read again after a crash), inserted skipping those",
+)
 INGEST_EVENTS = Counter(
     "stripemeter_ingest_events_total", "Events received by POST /v1/events/ingest, by status", ["status"]
 )

@@ -110,6 +110,44 @@ async def test_ledger_dead_letters_and_deltas_land_once(env: Settings) -> None:
     ]
 
 
+def rewrites() -> float:
+    return REGISTRY.get_sample_value("stripemeter_sink_ledger_rewrites_total") or 0.0
+
+
+async def test_ledger_rows_written_before_are_kept_and_the_new_ones_added(env: Settings) -> None:
+    """A crash between the ledger write and the offset commit, or a meter that published the same
+    events twice: records overlap rows already written, in earlier batches or in the same one."""
+    names = TopicNames(env.topic_prefix, env.app_id)
+    tenant = f"sink-{uuid.uuid4().hex[:8]}"
+    first = [item("counted", tenant, "acme", 1_000_000, T0 + i, f"k{i}", i) for i in (1, 2)]
+    before = rewrites()
+    await write(env, names, [Message(names.ledger, 0, 0, orjson.dumps(first))])
+    assert rewrites() == before  # new rows: the plain insert
+
+    again = [item("counted", tenant, "acme", 5_000_000, T0 + i, f"k{i}", i) for i in (1, 2, 3)]
+    also = [item("counted", tenant, "acme", 7_000_000, T0 + 4, "k4", 4)]
+    await write(
+        env,
+        names,
+        [
+            Message(names.ledger, 0, 1, orjson.dumps(again)),
+            Message(names.ledger, 0, 2, orjson.dumps(also + also)),  # one event twice in one batch
+        ],
+    )
+    assert rewrites() == before + 1
+    ledger_rows = await rows(
+        env,
+        "SELECT source_offset, quantity_micros FROM events WHERE tenant_id = %s ORDER BY source_offset",
+        tenant,
+    )
+    assert [(offset, int(micros)) for offset, micros in ledger_rows] == [
+        (1, 1_000_000),  # as first written
+        (2, 1_000_000),
+        (3, 5_000_000),
+        (4, 7_000_000),
+    ]
+
+
 async def test_unreadable_records_are_skipped_and_the_rest_written(env: Settings) -> None:
     names = TopicNames(env.topic_prefix, env.app_id)
     tenant = f"sink-{uuid.uuid4().hex[:8]}"
