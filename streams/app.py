@@ -55,6 +55,9 @@ ROCKSDB_OPTIONS = {
     "target_file_size_base": 16 * 1024 * 1024,
 }  # caches and memtables share one budget: see streams/rocksdb_memory.py
 DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
+# Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
+# when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
+REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
 
 
 def create_app(
@@ -109,7 +112,8 @@ def create_app(
         name: ChangelogState(
             app.Table(
                 name, default=None, partitions=settings.partitions, key_type=bytes, options=ROCKSDB_OPTIONS
-            )
+            ),
+            remember=REMEMBERED_VALUES.get(name, 0),
         )
         for name in TABLES
     }
@@ -192,10 +196,14 @@ def create_app(
         if producer_started.is_set():
             await checkpointer.run()
         sweep.forget()
+        for state in states.values():
+            state.forget()  # a partition held again may have been written by another worker meanwhile
         metrics.WORKER_PARTITIONS.set(0)
 
     @app.on_rebalance_complete.connect
     async def count_partitions(app: faust.App, **kwargs: Any) -> None:
+        for state in states.values():
+            state.forget()  # again once assigned: nothing may have been remembered in between
         metrics.WORKER_PARTITIONS.set(
             len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed])
         )

@@ -37,6 +37,8 @@ CORRECTION = "correction"  # an outcome of control messages, not of events
 class KV(Protocol):
     def get(self, partition: int, key: bytes) -> bytes | None: ...
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]: ...
+
     def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
 
 
@@ -114,22 +116,27 @@ class Metering:
         """
         out = self.outcomes
         ledger = out.ledger
-        dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
+        dedupe_put = self.dedupe.put
+        # one multi-get for the message's dedupe keys; entries written by this message are looked up
+        # in ``written_here`` first (a key twice in one message must see its first occurrence)
+        dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
+        stored = self.dedupe.get_many(partition, dkeys)
+        written_here: dict[bytes, bytes] = {}
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         watermarks: dict[bytes, int | None] = {}
         advanced: set[bytes] = set()
         counted = duplicates = 0
         earliest_due = NEVER
-        for item in items:
-            tenant, metric, customer, micros, ts_ms, key = item[:6]
-            dkey = f"{tenant}{SEP}{key}".encode()
+        for item, dkey, seen_raw in zip(items, dkeys, stored, strict=True):
+            tenant, metric, customer, micros, ts_ms = item[:5]
             skey = stream_key(tenant, metric, customer).encode()
             policy = policies.get((tenant, metric))
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
             watermark = self._watermark(partition, skey, watermarks)
-            seen_raw = dedupe_get(partition, dkey)
+            if written_here and dkey in written_here:
+                seen_raw = written_here[dkey]
             if seen_raw is not None:
                 seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
@@ -145,11 +152,10 @@ class Metering:
                     ledger.append([LATE, *item])
                     out.counts[LATE] += 1
                     continue
-                dedupe_put(
-                    partition,
-                    dkey,
-                    orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
+                entry = written_here[dkey] = orjson.dumps(
+                    [item[9], item[10], item[11], offset, ts_ms, metric, customer]
                 )
+                dedupe_put(partition, dkey, entry)
                 if ts_ms + policy.lateness_ms < earliest_due:
                     earliest_due = ts_ms + policy.lateness_ms
             ledger.append([COUNTED, *item])

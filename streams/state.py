@@ -33,12 +33,22 @@ _SCAN.fill_cache(False)
 
 
 class ChangelogState:
-    """One Faust table used as a bulk-written, changelog-backed store of bytes."""
+    """One Faust table used as a bulk-written, changelog-backed store of bytes.
 
-    def __init__(self, table: faust.Table):
+    With ``remember``, up to that many values read or written stay in a dict in front of RocksDB
+    (all are forgotten when it is full). Counters are read once per message that touches them and
+    again when their delta is published; their working set is small and hot, and a RocksDB read
+    costs microseconds. Only this worker writes a partition it holds, so a remembered value stays
+    true until the partition changes hands: ``forget`` is called when partitions are revoked.
+    """
+
+    def __init__(self, table: faust.Table, remember: int = 0):
         self.table = table
         self._staged: dict[int, dict[bytes, bytes | None]] = defaultdict(dict)
         self._store: Any = None
+        self._remember = remember
+        self._recent: dict[int, dict[bytes, bytes | None]] = defaultdict(dict)
+        self._recent_count = 0
 
     @property
     def name(self) -> str:
@@ -66,8 +76,34 @@ class ChangelogState:
         staged = self._staged.get(partition)
         if staged is not None and key in staged:
             return staged[key]
-        value: bytes | None = self._db(partition).get(key)
+        if not self._remember:
+            value: bytes | None = self._db(partition).get(key)
+            return value
+        recent = self._recent[partition]
+        if key in recent:
+            return recent[key]
+        value = recent[key] = self._db(partition).get(key)
+        self._recent_count += 1
+        if self._recent_count > self._remember:
+            self.forget()
         return value
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        """``get`` of every key, in one RocksDB multi-get (about half the cost per key)."""
+        if self._remember:
+            return [self.get(partition, key) for key in keys]
+        values: list[bytes | None] = self._db(partition).get(keys)
+        staged = self._staged.get(partition)
+        if staged:
+            for i, key in enumerate(keys):
+                if key in staged:
+                    values[i] = staged[key]
+        return values
+
+    def forget(self) -> None:
+        """Drop the remembered values (partitions changed hands, or the dict is full)."""
+        self._recent.clear()
+        self._recent_count = 0
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Stage a write (None deletes); ``take_staged`` applies it locally and hands it on."""
@@ -96,15 +132,18 @@ class ChangelogState:
                 else:
                     batch.put(key, value)
             self._db(partition).write(batch)
+            if self._remember:
+                recent = self._recent[partition]
+                before = len(recent)
+                recent.update(changes)
+                self._recent_count += len(recent) - before
+        if self._recent_count > self._remember:
+            self.forget()
         return staged
 
     def mark_persisted(self, partition: int, offset: int) -> None:
         """Tell Faust's store how far the changelog holds our writes (recovery resumes after it)."""
         self.table.data.set_persisted_offset(faust.types.TP(self.changelog_topic, partition), offset)
-
-    def drop_partitions(self, partitions: set[int]) -> None:
-        for partition in partitions:
-            self._staged.pop(partition, None)
 
 
 async def send_records(

@@ -23,6 +23,9 @@ class DictKV:
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.data[partition].get(key)
 
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
+        return [self.get(partition, key) for key in keys]
+
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         if value is None:
             self.data[partition].pop(key, None)
