@@ -190,20 +190,24 @@ def create_app(
             )
             restart_process()
 
+    def forget_remembered() -> None:
+        """A partition held again may have been written by another worker meanwhile, and a changelog
+        restore writes RocksDB directly: values remembered in front of it are true no more."""
+        for state in states.values():
+            state.forget()
+
     @app.on_partitions_revoked.connect
     async def flush_before_revoke(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
         """Nothing staged for a partition may reach its changelog after another worker took it over."""
         if producer_started.is_set():
             await checkpointer.run()
         sweep.forget()
-        for state in states.values():
-            state.forget()  # a partition held again may have been written by another worker meanwhile
+        forget_remembered()
         metrics.WORKER_PARTITIONS.set(0)
 
     @app.on_rebalance_complete.connect
     async def count_partitions(app: faust.App, **kwargs: Any) -> None:
-        for state in states.values():
-            state.forget()  # again once assigned: nothing may have been remembered in between
+        forget_remembered()  # again once assigned: nothing may have been remembered in between
         metrics.WORKER_PARTITIONS.set(
             len([tp for tp in app.consumer.assignment() if tp.topic == names.keyed])
         )

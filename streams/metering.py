@@ -116,12 +116,12 @@ class Metering:
         """
         out = self.outcomes
         ledger = out.ledger
-        dedupe_put = self.dedupe.put
-        # one multi-get for the message's dedupe keys; entries written by this message are looked up
-        # in ``written_here`` first (a key twice in one message must see its first occurrence)
+        dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
+        # one multi-get for the message's dedupe keys, read before any is written; a key twice in one
+        # message must see what its first occurrence wrote, so such a message reads key by key
         dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
-        stored = self.dedupe.get_many(partition, dkeys)
-        written_here: dict[bytes, bytes] = {}
+        repeated = len(set(dkeys)) < len(dkeys)
+        stored = [None] * len(dkeys) if repeated else self.dedupe.get_many(partition, dkeys)
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         watermarks: dict[bytes, int | None] = {}
@@ -135,8 +135,8 @@ class Metering:
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
             watermark = self._watermark(partition, skey, watermarks)
-            if written_here and dkey in written_here:
-                seen_raw = written_here[dkey]
+            if repeated:
+                seen_raw = dedupe_get(partition, dkey)
             if seen_raw is not None:
                 seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
@@ -152,10 +152,11 @@ class Metering:
                     ledger.append([LATE, *item])
                     out.counts[LATE] += 1
                     continue
-                entry = written_here[dkey] = orjson.dumps(
-                    [item[9], item[10], item[11], offset, ts_ms, metric, customer]
+                dedupe_put(
+                    partition,
+                    dkey,
+                    orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
                 )
-                dedupe_put(partition, dkey, entry)
                 if ts_ms + policy.lateness_ms < earliest_due:
                     earliest_due = ts_ms + policy.lateness_ms
             ledger.append([COUNTED, *item])
