@@ -313,8 +313,8 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     align = "all" if args.align_all else "within_epsilon"
     request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")
-    report = asyncio.run(reconcile(settings, request, args.json, say, print_table))
-    return 3 if report["status"] == "drift" else 0
+    reports = asyncio.run(reconcile(settings, request, args.json, say, print_table))
+    return 3 if any(report["status"] == "drift" for report in reports) else 0
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
@@ -602,12 +602,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub,
         "reconcile",
         cmd_reconcile,
-        "compare local totals with Stripe for one tenant and period now; align what is within epsilon"
-        " (exit status 3 when drift remains)",
+        "compare local totals with Stripe for one tenant now, per billing period; align what is within"
+        " epsilon (exit status 3 when drift remains in any period)",
     )
     rec.add_argument("--tenant", required=True, help="tenant to reconcile")
     rec.add_argument("--metric", help="only this metric (default: every metric of the tenant)")
-    rec.add_argument("--period", help="billing period YYYY-MM (default: the current one)")
+    rec.add_argument(
+        "--period",
+        help="billing period YYYY-MM (default: every period whose invoice can still change: the current"
+        " one, and the previous one shortly after it closed)",
+    )
     rec.add_argument(
         "--align-all",
         action="store_true",

@@ -127,7 +127,7 @@ class Demo:
         self.tenant = tenant
         self.api = Http(f"http://{settings.api_host}:{settings.api_port}", api_auth(settings))
         self.stripe = Http(emulator_url(settings), {"Authorization": "Bearer sk_test_local_emulator"})
-        self.period = ""
+        self.periods: set[str] = set()  # the billing periods the story's usage falls in
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -176,29 +176,41 @@ class Demo:
         counters = self.counters()
         return sum(c["local"] for c in counters) == total and all(c["status"] == "synced" for c in counters)
 
-    def reconcile(self, align: str = "within_epsilon") -> dict[str, Any]:
-        report = self.api.call(
-            "POST", "/v1/reconciliation/run", {"tenantId": self.tenant, "metric": "requests", "align": align}
-        )
-        self.period = report["period"]["name"]
-        return report
+    def note_usage(self, events: list[dict[str, Any]]) -> None:
+        """Remember the billing periods (UTC months here: no billing anchors) the usage falls in."""
+        self.periods |= {e["ts"][:7] for e in events}
 
-    def show_summary(self) -> dict[str, Any]:
-        query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "period": self.period})
-        summary = self.api.call("GET", f"/v1/reconciliation/summary?{query}")
-        t = summary["totals"]
-        self.say(
-            f"  summary {summary['period']['name']}: status {summary['status'].upper()}  "
-            f"local {t['local']}  stripe {t['stripe']}  diff {t['diffAbs']} ({t['diffPct']:.2%})"
-        )
-        for item in summary["items"]:
-            causes = "; ".join(_cause(c) for c in item["causes"]) or "-"
-            pending = f"  in flight {item['inFlight']}" if item["inFlight"] else ""
-            self.say(
-                f"    {item['customerRef']:10} local {item['local']:>5}  stripe {item['stripe']:>5}"
-                f"  {item['status']:14} {item['action']:8}{pending}  {causes}"
+    def reconcile(self, align: str = "within_epsilon") -> list[dict[str, Any]]:
+        """One reconciliation run for each period the story's usage falls in, oldest first."""
+        return [
+            self.api.call(
+                "POST",
+                "/v1/reconciliation/run",
+                {"tenantId": self.tenant, "metric": "requests", "period": period, "align": align},
             )
-        return summary
+            for period in sorted(self.periods)
+        ]
+
+    def show_summary(self) -> list[dict[str, Any]]:
+        """The latest verdicts of every period the story's usage falls in, oldest first."""
+        summaries = []
+        for period in sorted(self.periods):
+            query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "period": period})
+            summary = self.api.call("GET", f"/v1/reconciliation/summary?{query}")
+            t = summary["totals"]
+            self.say(
+                f"  summary {summary['period']['name']}: status {summary['status'].upper()}  "
+                f"local {t['local']}  stripe {t['stripe']}  diff {t['diffAbs']} ({t['diffPct']:.2%})"
+            )
+            for item in summary["items"]:
+                causes = "; ".join(_cause(c) for c in item["causes"]) or "-"
+                pending = f"  in flight {item['inFlight']}" if item["inFlight"] else ""
+                self.say(
+                    f"    {item['customerRef']:10} local {item['local']:>5}  stripe {item['stripe']:>5}"
+                    f"  {item['status']:14} {item['action']:8}{pending}  {causes}"
+                )
+            summaries.append(summary)
+        return summaries
 
     def replay(self, mode: str) -> dict[str, Any]:
         report = self.api.call(
@@ -230,6 +242,8 @@ class Demo:
             f"== 1. {len(events)} usage events over three hours (the two older hours arrive late), "
             f"plus {len(duplicates)} duplicates"
         )
+        self.note_usage(events)
+        say(f"  their billing periods: {', '.join(sorted(self.periods))}")
         asyncio.run(send(settings, [events[:20], *events[20:], duplicates]))
         expected = distinct_total(events)
         wait("usage counted and pushed", lambda: self.delivered(expected))
@@ -239,9 +253,8 @@ class Demo:
         self.stripe.call(
             "POST", "/_emulator/faults", {"server_error_rate": 1.0, "path_prefix": "/v1/billing/meter_events"}
         )
-        more = [
-            usage(self.tenant, CUSTOMERS[0], now - timedelta(minutes=1), 25, f"outage-{i}") for i in range(4)
-        ]
+        more = [usage(self.tenant, CUSTOMERS[0], now, 50, f"outage-{i}") for i in range(4)]
+        self.note_usage(more)
         asyncio.run(send(settings, [more]))
         expected += distinct_total(more)
         wait("the new usage counted", lambda: self.local_total() == expected)
@@ -252,12 +265,14 @@ class Demo:
 
         say("== 3. the outage ends; the writer catches up. Too-late events (60 h old, window 48 h) arrive")
         self.stripe.call("POST", "/_emulator/faults", {"server_error_rate": 0.0})
-        old = now - timedelta(hours=60)
+        old = (now - timedelta(hours=60)).replace(minute=0, second=0, microsecond=0)  # one hour, one period
         late = [
             usage(self.tenant, c, old + timedelta(minutes=i), 5, f"late-{c}-{i}")
             for c in CUSTOMERS
             for i in range(3)
         ]
+        self.note_usage(late)
+        say(f"  they fall in {late[0]['ts'][:7]}; the story spans {', '.join(sorted(self.periods))}")
         asyncio.run(send(settings, [late]))
         wait("the writer in sync", self.synced, timeout=120)
         wait("the too-late events in the ledger", lambda: self._late_in_ledger() >= len(late))
@@ -276,6 +291,10 @@ class Demo:
         self.reconcile()
         self.show_summary()
         customer_id = self.api.call("GET", f"/v1/customers/{self.tenant}")["customers"][0]["stripeCustomerId"]
+        # into this hour, the current period's busiest for acme-42 (so +1 stays within epsilon), once
+        # its last change has settled
+        time.sleep(settings.reconcile_settle_seconds + 1)
+        stray_hour = now.replace(minute=0, second=0, microsecond=0)
         self.stripe.call(
             "POST",
             "/v1/billing/meter_events",
@@ -283,23 +302,24 @@ class Demo:
                 "event_name": EVENT_NAME,
                 "payload[stripe_customer_id]": customer_id,
                 "payload[value]": "1",
-                "timestamp": str(int(now.timestamp()) - 2 * 3600),  # an hour settled long ago
+                "timestamp": str(int(stray_hour.timestamp())),
             },
         )
-        adjusted = self.reconcile()
-        for a in adjusted["adjusted"]:
-            say(f"  aligned {a['customerRef']} {a['bucket']} by {a['value']:+} in Stripe")
+        for report in self.reconcile():
+            for a in report["adjusted"]:
+                say(f"  aligned {a['customerRef']} {a['bucket']} by {a['value']:+} in Stripe")
         final = self.reconcile()
-        summary = self.show_summary()
+        summaries = self.show_summary()
+        local = sum(s["totals"]["local"] for s in summaries)
         ok = (
-            summary["status"] == "parity"
-            and summary["totals"]["local"] == expected
+            all(s["status"] == "parity" for s in summaries)
+            and local == expected
             and dry["totals"]["delta"] == distinct_total(late)
             and again["totals"]["delta"] == 0
-            and final["status"] == "parity"
+            and all(report["status"] == "parity" for report in final)
         )
         verdict = "PARITY" if ok else "NOT AT PARITY"
-        say(f"== {verdict}: local {summary['totals']['local']}, expected {expected}")
+        say(f"== {verdict}: local {local}, expected {expected} (periods {', '.join(sorted(self.periods))})")
         return ok
 
     def _late_in_ledger(self) -> int:

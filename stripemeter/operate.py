@@ -10,6 +10,8 @@ import argparse
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -18,7 +20,7 @@ from aiokafka import AIOKafkaProducer
 
 from stripemeter.config import Settings
 from stripemeter.reconcile.runner import RunRequest
-from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.reconcile.service import build_reconciler, kafka_publisher, open_periods, stripe_configured
 from stripemeter.topics import TopicNames
 
 Say = Callable[[str], None]
@@ -79,30 +81,48 @@ def reconcile_row(i: dict[str, Any]) -> list[object]:
 
 async def reconcile(
     settings: Settings, request: RunRequest, as_json: bool, say: Say, table: Table
-) -> dict[str, Any]:
+) -> list[dict[str, Any]]:
+    """One run per period: ``request.period``, or every period whose invoice can still change (the
+    current one and the previous one shortly after it closed, per billing anchor). One report each."""
     if not stripe_configured(settings):
         raise RuntimeError("set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator) to reconcile")
     names = TopicNames(settings.topic_prefix, settings.app_id)
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
+    reports = []
     try:
         reconciler = build_reconciler(settings, kafka_publisher(producer, names.drift))
         async with await psycopg.AsyncConnection.connect(
             settings.database_url.value, autocommit=True
         ) as conn:
-            report = await reconciler.run(
-                conn, request, progress=None if as_json else ProgressBar("checking")
+            wanted = (
+                [request.period]
+                if request.period
+                else await open_periods(conn, request.tenant_id, datetime.now(UTC))
             )
+            for period in wanted:
+                report = await reconciler.run(
+                    conn,
+                    replace(request, period=period),
+                    progress=None if as_json else ProgressBar(f"checking {period}"),
+                )
+                reports.append(report)
+                show_reconciliation(report, as_json, say, table)
     finally:
         await producer.stop()
+    return reports
+
+
+def show_reconciliation(report: dict[str, Any], as_json: bool, say: Say, table: Table) -> None:
     if as_json:
         say(orjson.dumps(report, option=orjson.OPT_INDENT_2).decode())
-        return report
+        return
     say(
         f"reconciliation {report['runId']}: tenant {report['tenantId']}, period {report['period']['name']}"
         f" ({report['period']['start']} .. {report['period']['end']}), epsilon {report['epsilon']:.2%}"
     )
-    shown = [i for i in report["items"] if i["status"] != "parity" or i["inFlight"]]
+    # not at parity, still in flight, or with too-late events waiting for a replay
+    shown = [i for i in report["items"] if i["status"] != "parity" or i["inFlight"] or i["causes"]]
     if shown:
         table(RECONCILE_COLUMNS, [reconcile_row(i) for i in shown])
     t = report["totals"]
@@ -112,7 +132,6 @@ async def reconcile(
         f" {len(report['adjusted'])} corrections sent; totals local {t['local']} / Stripe {t['stripe']}"
         f" (diff {t['diffAbs']}, {t['diffPct']:.3%}); status {report['status'].upper()}"
     )
-    return report
 
 
 REPLAY_COLUMNS = ["metric", "customer", "bucket", "before", "after", "delta", "events"]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 _NAME = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
@@ -62,3 +63,23 @@ def current_name(now: datetime, anchor: datetime | None = None) -> str:
     if now < _cycle_start(year, month, anchor):
         year, month = (year - 1, 12) if month == 1 else (year, month - 1)
     return f"{year:04d}-{month:02d}"
+
+
+def previous_name(name: str) -> str:
+    year, month = parse_name(name)
+    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+    return f"{year:04d}-{month:02d}"
+
+
+def open_names(now: datetime, anchors: Iterable[datetime | None], grace: timedelta) -> list[str]:
+    """Names of the periods whose invoices can still change at ``now``, newest first: for the calendar
+    month and each billing anchor, the current period, and the previous one until ``grace`` after its
+    end (Stripe finalises an invoice some time after its period closes)."""
+    names: set[str] = set()
+    for anchor in {None, *anchors}:
+        current = current_name(now, anchor)
+        names.add(current)
+        previous = previous_name(current)
+        if period(previous, anchor).end + grace > now:
+            names.add(previous)
+    return sorted(names, reverse=True)

@@ -58,7 +58,9 @@ class RunRequest:
     only_open: bool = False
 
 
-CLOSED_GRACE_SECONDS = 2 * 24 * HOUR_S
+# Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
+# invoice.created webhooks fail: until then the closed period's usage can still change the invoice
+CLOSED_GRACE_SECONDS = 3 * 24 * HOUR_S
 
 
 @dataclass(frozen=True)

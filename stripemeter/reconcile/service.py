@@ -15,7 +15,13 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.config import Settings
 from stripemeter.db import reconciliation as db
 from stripemeter.reconcile import periods
-from stripemeter.reconcile.runner import Publish, Reconciler, ReconcileSettings, RunRequest
+from stripemeter.reconcile.runner import (
+    CLOSED_GRACE_SECONDS,
+    Publish,
+    Reconciler,
+    ReconcileSettings,
+    RunRequest,
+)
 from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_push.client import make_client
 
@@ -48,9 +54,14 @@ def build_reconciler(settings: Settings, publish: Publish, concurrency: int = 8)
     )
 
 
-def scheduled_periods(now: datetime) -> list[str]:
-    """The current period and the one before (late usage and invoice grace still reach it)."""
-    return sorted({periods.current_name(now - timedelta(days=32)), periods.current_name(now)}, reverse=True)
+async def open_periods(conn: psycopg.AsyncConnection, tenant: str, now: datetime) -> list[str]:
+    """The tenant's periods whose invoices can still change: the calendar month's and each billing
+    anchor's current period, and the previous ones shortly after they closed."""
+    cur = await conn.execute(
+        "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
+    )
+    anchors = [row[0] for row in await cur.fetchall()]
+    return periods.open_names(now, anchors, timedelta(seconds=CLOSED_GRACE_SECONDS))
 
 
 async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asyncio.Event) -> None:
@@ -78,7 +89,7 @@ async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler) -> None
     started = time.perf_counter()
     tenants = await db.tenants(conn, now - timedelta(days=70))
     for tenant in tenants:
-        for period in scheduled_periods(now):
+        for period in await open_periods(conn, tenant, now):
             await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
     log.info(
         "scheduled reconciliation of %d tenants done in %.1f s", len(tenants), time.perf_counter() - started
