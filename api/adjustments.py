@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -36,7 +35,7 @@ def _delta_micros(raw: Any) -> int:
     return micros
 
 
-def _ts(raw: Any) -> datetime:
+def _ts(raw: Any, now: float) -> datetime:
     if not isinstance(raw, str):
         raise bad_request("ts", "is required: an RFC 3339 time with an offset")
     try:
@@ -45,7 +44,7 @@ def _ts(raw: Any) -> datetime:
         raise bad_request("ts", "must be an RFC 3339 time, e.g. 2026-11-20T14:00:00Z") from None
     if ts.tzinfo is None:
         raise bad_request("ts", "must carry a UTC offset")
-    if ts.timestamp() > time.time() + HOUR_S:
+    if ts.timestamp() > now + HOUR_S:
         raise bad_request("ts", "is more than 1 h in the future")
     try:
         return ts.astimezone(UTC)
@@ -60,7 +59,8 @@ async def post_adjustment(request: web.Request) -> web.Response:
     if not METRIC_RE.fullmatch(metric):
         raise bad_request("metric", f"must match {METRIC_RE.pattern}")
     customer = params.body_text(body, "customerRef")
-    ts = _ts(body.get("ts"))
+    settings = request.app[SETTINGS]
+    ts = _ts(body.get("ts"), settings.clock())
     micros = _delta_micros(body.get("delta"))
     reason = params.body_text(body, "reason", 500)
     key = request.headers.get("Idempotency-Key")
@@ -72,16 +72,17 @@ async def post_adjustment(request: web.Request) -> web.Response:
     async with request.app[POOL].connection() as conn:
         if await db.aggregation_of(conn, tenant, metric) == "last":
             raise bad_request("metric", "is a 'last' metric: a signed correction has no meaning for it")
-        row = await db.record(conn, adjustment_id, (tenant, metric, customer), bucket, ts, micros, reason)
+        row = await db.record(
+            conn, adjustment_id, (tenant, metric, customer), bucket, ts, micros, reason, settings.clock.utc()
+        )
         # the same correction id again (a retried request) is applied once by the meter
         correction = Correction(
             adjustment_id, tenant, metric, customer, int(bucket.timestamp() * 1000), "add",
             int(row["delta_micros"]), int(bucket.timestamp() * 1000),
         )  # fmt: skip
-        settings = request.app[SETTINGS]
         keyed = TopicNames(settings.topic_prefix, settings.app_id).keyed
         await send_corrections(request.app[PRODUCER], keyed, [correction])
-        row = await db.mark_applied(conn, adjustment_id)
+        row = await db.mark_applied(conn, adjustment_id, settings.clock.utc())
     return json_response(view(row), status=201)
 
 

@@ -8,7 +8,6 @@ retries the same body after a timeout or a 503 gets every event counted once.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import orjson
@@ -61,7 +60,7 @@ async def ingest(request: web.Request) -> web.Response:
     except orjson.JSONDecodeError:
         raise bad_request("body", "is not valid JSON", code="invalid_json") from None
     events = validate_body(body)
-    now_ms = int(time.time() * 1000)
+    now_ms = request.app[SETTINGS].clock.ms()
     results: list[dict[str, Any]] = []
     accepted: list[bytes] = []
     tenant = None

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 from stripemeter.api import params
-from stripemeter.api.appkeys import POOL
+from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.policy import AGGREGATIONS
@@ -51,7 +51,7 @@ async def put_metric(request: web.Request) -> web.Response:
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
     async with request.app[POOL].connection() as conn:
         row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
-        retried = await retry_parked(conn, tenant, metric=metric)
+        retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), metric=metric)
     return json_response({**_view(row), "countersRetried": retried})
 
 
@@ -71,7 +71,7 @@ async def put_customer(request: web.Request) -> web.Response:
             raise bad_request("billingAnchor", "must carry a UTC offset")
     async with request.app[POOL].connection() as conn:
         row = await upsert_customer(conn, tenant, customer, stripe_id, anchor)
-        retried = await retry_parked(conn, tenant, customer=customer)
+        retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), customer=customer)
     return json_response({**_view(row), "countersRetried": retried})
 
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC, datetime
+from datetime import UTC
 from typing import Any
 
 from aiohttp import web
 from stripemeter.api import params
-from stripemeter.api.appkeys import POOL, RECONCILER
+from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
 
 from stripemeter.db import reconciliation as db
@@ -23,13 +23,15 @@ CSV_COLUMNS = (
 )  # fmt: skip
 
 
-def _period(raw: str | None) -> str:
+def _period(request: web.Request, raw: str | None) -> str:
     if raw is None:
-        return periods.current_name(datetime.now(UTC))
+        return periods.current_name(request.app[SETTINGS].clock.utc())
     try:
         periods.parse_name(raw)
-    except ValueError:
-        raise bad_request("period", "must be YYYY-MM, e.g. 2026-11") from None
+    except periods.PeriodError:
+        raise bad_request(
+            "period", f"must be YYYY-MM from {periods.MIN_YEAR}-01 to {periods.MAX_YEAR}-12, e.g. 2026-11"
+        ) from None
     return raw
 
 
@@ -66,7 +68,7 @@ def item_view(row: dict[str, Any]) -> dict[str, Any]:
 async def get_summary(request: web.Request) -> web.StreamResponse:
     tenant = _checked(params.tenant(request), "tenantId", TENANT_RE)
     metric = _checked(params.required(request, "metric"), "metric", METRIC_RE)
-    period_name = _period(request.query.get("period") or None)
+    period_name = _period(request, request.query.get("period") or None)
     customer = request.query.get("customerRef") or None
     output = params.choice(request, "format", ("json", "csv"), "json")
     async with request.app[POOL].connection() as conn:
@@ -109,7 +111,7 @@ async def post_run(request: web.Request) -> web.Response:
     if metric is not None:
         _checked(metric, "metric", METRIC_RE)
     period_raw = params.optional_body_text(body, "period", 7)
-    period_name = _period(period_raw) if period_raw is not None else None
+    period_name = _period(request, period_raw) if period_raw is not None else None
     align = body.get("align", "within_epsilon")
     if align not in ("within_epsilon", "all"):
         raise bad_request("align", "must be within_epsilon or all")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
@@ -38,7 +36,7 @@ def parse_request(request: web.Request, body: dict, max_window_seconds: int, now
 async def post_replay(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     settings = request.app[SETTINGS]
-    replay = parse_request(request, body, settings.replay_max_window_seconds, int(time.time() * 1000))
+    replay = parse_request(request, body, settings.replay_max_window_seconds, settings.clock.ms())
     async with request.app[POOL].connection() as conn:
         try:
             report = await request.app[REPLAYER].run(conn, replay)

@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp import web
 from stripemeter.api import params
-from stripemeter.api.appkeys import POOL
+from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.streams.deltas import micros_to_number
 
@@ -22,7 +22,7 @@ async def get_history(request: web.Request) -> web.Response:
     metric = params.required(request, "metric")
     customer = params.required(request, "customerRef")
     granularity = params.choice(request, "granularity", ("hour", "day"), "hour")
-    now = datetime.now(UTC)
+    now = request.app[SETTINGS].clock.utc()
     until = params.optional_time(request, "until") or now.replace(
         minute=0, second=0, microsecond=0
     ) + timedelta(hours=1)

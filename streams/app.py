@@ -11,7 +11,6 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -129,7 +128,7 @@ def create_app(
             if event.value and is_control(event.value):
                 corrections = decode_control(event.value)
                 metering.process_control(
-                    event.message.partition, event.message.offset, corrections, int(time.time() * 1000)
+                    event.message.partition, event.message.offset, corrections, settings.clock.ms()
                 )
             elif event.value:
                 with metrics.COUNTING_BATCH_SECONDS.time():
@@ -146,7 +145,7 @@ def create_app(
             log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
             await app.crash(exc)
 
-    sweep = DedupeSweep(metering, states["dedupe"], DEDUPE_MARGIN_MS)
+    sweep = DedupeSweep(metering, states["dedupe"], DEDUPE_MARGIN_MS, clock_ms=settings.clock.ms)
 
     @app.timer(DEDUPE_SWEEP_INTERVAL)
     async def expire_dedupe() -> None:
@@ -331,12 +330,15 @@ def stripe_writer(settings: Settings) -> StripeWriter:
         settings.database_url.value,
         client,
         settings.stripe_calls_per_second,
+        clock=settings.clock,
     )
 
 
 def intake_stage(settings: Settings) -> Intake:
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    return Intake(settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake")
+    return Intake(
+        settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake", clock=settings.clock
+    )
 
 
 def postgres_sink(settings: Settings) -> PostgresSink:
@@ -346,6 +348,7 @@ def postgres_sink(settings: Settings) -> PostgresSink:
         names,
         f"{settings.app_id}-postgres-sink",
         settings.database_url.value,
+        clock=settings.clock,
     )
 
 

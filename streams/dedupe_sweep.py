@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from stripemeter.streams.metering import NEVER, Metering, expiry_horizon
+
+from stripemeter.clock import SYSTEM
 
 
 class Entries(Protocol):
@@ -35,7 +36,7 @@ class DedupeSweep:
         margin_ms: int,
         min_step: int = 20_000,
         chunk: int = 2_000,
-        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        clock_ms: Callable[[], int] = SYSTEM.ms,
     ):
         self.metering = metering
         self.clock_ms = clock_ms

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -28,6 +27,7 @@ from stripemeter.streams.partitioning import Partitioner, keyed_routing_key
 from stripemeter.streams.records import encode_batch, keyed_item
 
 from stripemeter import metrics
+from stripemeter.clock import SYSTEM, Clock
 from stripemeter.events import InvalidEvent, decode_message
 from stripemeter.topics import TopicNames
 
@@ -63,8 +63,16 @@ def route(
 class Intake:
     """Runs the intake loop until stopped."""
 
-    def __init__(self, bootstrap: str, names: TopicNames, group_id: str, poll_records: int = 5000):
+    def __init__(
+        self,
+        bootstrap: str,
+        names: TopicNames,
+        group_id: str,
+        poll_records: int = 5000,
+        clock: Clock = SYSTEM,
+    ):
         self.bootstrap = bootstrap
+        self.clock = clock
         self.names = names
         self.group_id = group_id
         self.poll_records = poll_records
@@ -118,7 +126,7 @@ class Intake:
         keyed_partitions: Partitioner,
     ) -> None:
         records = [msg for msgs in batch.values() for msg in msgs]
-        keyed, dead, seen = route(records, keyed_partitions, int(time.time() * 1000))
+        keyed, dead, seen = route(records, keyed_partitions, self.clock.ms())
         futures = []
         for partition, items in keyed.items():
             for start in range(0, len(items), MAX_EVENTS_PER_MESSAGE):

@@ -22,6 +22,7 @@ from stripemeter.streams import batching
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 
 from stripemeter import metrics
+from stripemeter.clock import SYSTEM, Clock
 from stripemeter.db import counters, ledger
 from stripemeter.db.counters import upsert_counters
 from stripemeter.db.ledger import rejected_row, write_ledger
@@ -37,8 +38,11 @@ BATCH_LINGER_SECONDS = 0.5
 
 
 class PostgresSink:
-    def __init__(self, bootstrap: str, names: TopicNames, group_id: str, database_url: str):
+    def __init__(
+        self, bootstrap: str, names: TopicNames, group_id: str, database_url: str, clock: Clock = SYSTEM
+    ):
         self.bootstrap = bootstrap
+        self.clock = clock
         self.names = names
         self.group_id = group_id
         self.database_url = database_url
@@ -121,7 +125,7 @@ class PostgresSink:
         for msg, payload in records:
             by_topic[msg.topic].append(payload)
         await write_ledger(conn, self.names.events, by_topic[self.names.ledger], by_topic[self.names.dlq])
-        await upsert_counters(conn, by_topic[self.names.deltas])
+        await upsert_counters(conn, by_topic[self.names.deltas], self.clock.utc())
 
     @staticmethod
     def _skip(msg: Any, reason: object) -> None:

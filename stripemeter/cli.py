@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 from stripemeter.config import ConfigError, Settings, load_settings
@@ -190,6 +191,7 @@ def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
         shown_as=logical_name(names, topic),
         kind=topic_kind(names, topic),
         start=start,
+        # Kafka's record timestamps are real time, not the application's clock
         since_ms=parse_instant_ms(args.since, int(time.time() * 1000)) if args.since else None,
         last=args.last,
         follow=args.follow,
@@ -272,7 +274,7 @@ def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.stripe_emulator import run
 
     say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here)")
-    run(args.host, args.port)
+    run(args.host, args.port, settings.clock)
     return 0
 
 
@@ -369,9 +371,34 @@ def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.clock import Clock
     from stripemeter.demo import run_demo
 
+    if args.at is not None:
+        settings = settings.with_overrides(clock_offset_seconds=Clock.starting_at(args.at).offset_seconds)
     return run_demo(settings, say)
+
+
+def period_name(text: str) -> str:
+    from stripemeter.reconcile.periods import PeriodError, parse_name
+
+    try:
+        parse_name(text)
+    except PeriodError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def instant(text: str) -> datetime:
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an RFC 3339 time like 2027-01-01T00:30:00Z"
+        ) from None
+    if moment.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} has no UTC offset; add Z or +HH:MM")
+    return moment
 
 
 # --- parser ---------------------------------------------------------------------------------------
@@ -609,6 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--metric", help="only this metric (default: every metric of the tenant)")
     rec.add_argument(
         "--period",
+        type=period_name,
         help="billing period YYYY-MM (default: every period whose invoice can still change: the current"
         " one, and the previous one shortly after it closed)",
     )
@@ -618,7 +646,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also correct Stripe where drift is beyond epsilon (after a replay made local totals right)",
     )
     rec.add_argument("--json", action="store_true", help="print the full report as JSON")
-    add(sub, "demo", cmd_demo, "bring the local stack up, send sample usage and print what was counted")
+    demo = add(sub, "demo", cmd_demo, "bring the local stack up, send sample usage and tell the whole story")
+    demo.add_argument(
+        "--at",
+        type=instant,
+        help="live at this instant (e.g. 2027-01-01T00:30:00Z): the stack's worker, API and Stripe"
+        " emulator start with the same clock offset (stop a stack running at another time first)",
+    )
     return parser
 
 

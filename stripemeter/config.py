@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from stripemeter.clock import Clock
+
 
 class ConfigError(ValueError):
     """A setting is missing or malformed; the message names the variable."""
@@ -64,6 +66,11 @@ class Settings:
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
     ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
     replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
+    clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.clock_offset_seconds)
 
     @property
     def worker_data_dir(self) -> Path:
@@ -106,6 +113,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
     "STRIPEMETER_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",
+    "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
 }
 
 

@@ -232,7 +232,7 @@ class Demo:
     # --- the story -------------------------------------------------------------------------------
 
     def run(self) -> bool:
-        say, settings, now = self.say, self.settings, datetime.now(UTC)
+        say, settings, now = self.say, self.settings, self.settings.clock.utc()
         say(f"== tenant {self.tenant}: a meter and three customers in the Stripe emulator, and the mappings")
         self.setup_stripe()
 
@@ -327,6 +327,23 @@ class Demo:
         return sum(1 for e in self.api.call("GET", f"/v1/events?{query}")["events"] if e["outcome"] == "late")
 
 
+def _same_clock(settings: Settings, say: Say) -> bool:
+    """A stack already running keeps the clock it started with: the story needs the demo's."""
+    from stripemeter.local.stack import emulator_url, uses_emulator
+
+    if not uses_emulator(settings):
+        return True
+    theirs = Http(emulator_url(settings)).call("GET", "/_emulator/clock")["now"]
+    if abs(theirs - settings.clock()) < 60:
+        return True
+    seen, mine = datetime.fromtimestamp(theirs, tz=UTC), settings.clock.utc()
+    say(
+        f"the running stack lives at {seen:%Y-%m-%d %H:%M} UTC, the demo at {mine:%Y-%m-%d %H:%M} UTC:"
+        " stop it first (stripemeter stack down)"
+    )
+    return False
+
+
 def _cause(cause: dict[str, Any]) -> str:
     extra = f" ({cause['count']} events, total {cause['total']:g})" if cause["code"] == "late_events" else ""
     return cause["code"] + extra
@@ -336,8 +353,12 @@ def run_demo(settings: Settings, say: Say, tenant: str | None = None) -> int:
     from stripemeter.local.stack import app_settings, up
 
     say("== bringing up the local stack (Kafka, PostgreSQL, Stripe emulator, worker, API)")
+    if settings.clock_offset_seconds:
+        say(f"   living at {settings.clock.utc():%Y-%m-%d %H:%M:%S} UTC: the stack starts with that clock")
     up(settings, say)
-    tenant = tenant or f"demo-{datetime.now(UTC):%H%M%S}"
+    if not _same_clock(settings, say):
+        return 1
+    tenant = tenant or f"demo-{settings.clock.utc():%H%M%S}"
     try:
         ok = Demo(app_settings(settings), say, tenant).run()
     except urllib.error.HTTPError as exc:

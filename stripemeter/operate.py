@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -98,7 +97,7 @@ async def reconcile(
             wanted = (
                 [request.period]
                 if request.period
-                else await open_periods(conn, request.tenant_id, datetime.now(UTC))
+                else await open_periods(conn, request.tenant_id, settings.clock.utc())
             )
             for period in wanted:
                 report = await reconciler.run(
@@ -141,7 +140,7 @@ async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: 
     from stripemeter.replay.runner import Replayer, ReplayRequest
     from stripemeter.replay.window import parse_window
 
-    window = parse_window(args.since, args.until, int(time.time() * 1000), settings.replay_max_window_seconds)
+    window = parse_window(args.since, args.until, settings.clock.ms(), settings.replay_max_window_seconds)
     mode = "apply" if args.apply else "dry-run"
     request = ReplayRequest(args.tenant, sorted(set(args.metric)), args.customer, window, mode)
     names = TopicNames(settings.topic_prefix, settings.app_id)

@@ -25,26 +25,27 @@ async def record(
     ts: datetime,
     delta_micros: int,
     reason: str,
+    now: datetime,
 ) -> dict[str, Any]:
     """Insert, or return the existing row of a retried request (same id)."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
-        " reason, target) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'counter')"
+        " reason, target, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'counter', %s)"
         " ON CONFLICT (adjustment_id) DO UPDATE SET adjustment_id = EXCLUDED.adjustment_id RETURNING *",
-        (adjustment_id, *key, bucket, ts, delta_micros, reason),
+        (adjustment_id, *key, bucket, ts, delta_micros, reason, now),
     )
     row = await cur.fetchone()
     assert row is not None
     return row
 
 
-async def mark_applied(conn: psycopg.AsyncConnection, adjustment_id: str) -> dict[str, Any]:
+async def mark_applied(conn: psycopg.AsyncConnection, adjustment_id: str, now: datetime) -> dict[str, Any]:
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
-        "UPDATE adjustments SET status = 'applied', applied_at = coalesce(applied_at, now())"
+        "UPDATE adjustments SET status = 'applied', applied_at = coalesce(applied_at, %s)"
         " WHERE adjustment_id = %s RETURNING *",
-        (adjustment_id,),
+        (now, adjustment_id),
     )
     row = await cur.fetchone()
     assert row is not None

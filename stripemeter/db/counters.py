@@ -6,6 +6,8 @@ INSERT ... SELECT keeps the highest seq per counter: no Python object per delta 
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import psycopg
 
 from stripemeter.db.ledger import copy_json_line
@@ -15,15 +17,15 @@ CREATE_DELTA_STAGING = "CREATE TEMP TABLE IF NOT EXISTS deltas_in (delta jsonb) 
 
 # totalMicros is exact; a record with only the contract's `total` is converted like decode_delta does.
 UPSERT_COUNTERS = """
-INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq)
+INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at)
 SELECT DISTINCT ON (1, 2, 3, 4)
        delta->>'tenantId', delta->>'metric', delta->>'customerRef', (delta->>'bucket')::timestamptz,
        coalesce((delta->>'totalMicros')::numeric, round((delta->>'total')::numeric * 1000000)),
-       (delta->>'seq')::bigint
+       (delta->>'seq')::bigint, %s::timestamptz
 FROM deltas_in
 ORDER BY 1, 2, 3, 4, 6 DESC
 ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
-SET total_micros = EXCLUDED.total_micros, seq = EXCLUDED.seq, updated_at = now()
+SET total_micros = EXCLUDED.total_micros, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at
 WHERE counters.seq < EXCLUDED.seq
 """
 
@@ -42,10 +44,11 @@ async def create_staging(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(CREATE_DELTA_STAGING)
 
 
-async def upsert_counters(conn: psycopg.AsyncConnection, records: list[bytes]) -> None:
-    """Apply raw usage.deltas records. Call inside the batch's transaction."""
+async def upsert_counters(conn: psycopg.AsyncConnection, records: list[bytes], now: datetime) -> None:
+    """Apply raw usage.deltas records, changed at ``now`` (the application's clock: reconciliation
+    compares it with its own). Call inside the batch's transaction."""
     if not records:
         return
     async with conn.cursor().copy("COPY deltas_in (delta) FROM STDIN") as copy:
         await copy.write(b"".join(map(copy_json_line, records)))
-    await conn.execute(UPSERT_COUNTERS)
+    await conn.execute(UPSERT_COUNTERS, (now,))

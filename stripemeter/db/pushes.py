@@ -15,10 +15,12 @@ from stripemeter.stripe_push.plan import CounterState, Mapping
 Key = tuple[str, str, str, datetime]
 
 UPSERT_LATEST = """
-INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq)
-SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::bigint[])
+INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq, updated_at)
+SELECT *, %s::timestamptz
+FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[], %s::bigint[])
 ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
-SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, updated_at = now(),
+SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq,
+    updated_at = EXCLUDED.updated_at,
     status = CASE WHEN stripe_pushes.status IN ('pending', 'parked') THEN stripe_pushes.status
                   ELSE 'waiting' END
 WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
@@ -36,7 +38,7 @@ WHERE p.status IN ('waiting', 'pending', 'unmapped')
   -- so one failing customer never holds back the others
   AND (p.attempts = 0
        OR p.updated_at + least(0.25 * power(2, p.attempts), 30) * (0.5 + random() / 2) * interval '1 second'
-          <= now())
+          <= %s)
 ORDER BY p.attempts, p.updated_at
 LIMIT %s
 """
@@ -46,13 +48,14 @@ def bucket_time(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
-async def record_latest(conn: psycopg.AsyncConnection, deltas: list[Delta]) -> None:
+async def record_latest(conn: psycopg.AsyncConnection, deltas: list[Delta], now: datetime) -> None:
     rows = latest_per_counter(deltas)
     if not rows:
         return
     await conn.execute(
         UPSERT_LATEST,
         (
+            now,
             [d.tenant_id for d in rows],
             [d.metric for d in rows],
             [d.customer_ref for d in rows],
@@ -64,11 +67,11 @@ async def record_latest(conn: psycopg.AsyncConnection, deltas: list[Delta]) -> N
 
 
 async def due(
-    conn: psycopg.AsyncConnection, limit: int
+    conn: psycopg.AsyncConnection, limit: int, now: datetime
 ) -> list[tuple[Key, CounterState, Mapping | None, int]]:
     """Counters with something to push (or waiting for a mapping), fewest failed attempts first."""
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(DUE, (limit,))
+    await cur.execute(DUE, (now, limit))
     out = []
     for r in await cur.fetchall():
         key: Key = (r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"])
@@ -90,39 +93,49 @@ async def due(
     return out
 
 
-async def _update(conn: psycopg.AsyncConnection, key: Key, assignments: str, params: tuple[Any, ...]) -> None:
+async def _update(
+    conn: psycopg.AsyncConnection, key: Key, assignments: str, params: tuple[Any, ...], now: datetime
+) -> None:
     await conn.execute(
-        f"UPDATE stripe_pushes SET {assignments}, updated_at = now()"
+        f"UPDATE stripe_pushes SET {assignments}, updated_at = %s"
         " WHERE tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s",
-        (*params, *key),
+        (*params, now, *key),
     )
 
 
-async def mark_pending(conn: psycopg.AsyncConnection, key: Key, identifier: str, to_units: int) -> None:
+async def mark_pending(
+    conn: psycopg.AsyncConnection, key: Key, identifier: str, to_units: int, now: datetime
+) -> None:
     await _update(
         conn,
         key,
         "status = 'pending', pending_identifier = %s, pending_to_units = %s",
         (identifier, to_units),
+        now,
     )
 
 
-async def mark_pushed(conn: psycopg.AsyncConnection, key: Key, to_units: int, synced: bool) -> None:
+async def mark_pushed(
+    conn: psycopg.AsyncConnection, key: Key, to_units: int, synced: bool, now: datetime
+) -> None:
     await _update(
         conn,
         key,
         "pushed_units = %s, pending_identifier = NULL, pending_to_units = NULL, attempts = 0, reason = NULL,"
         " status = %s",
         (to_units, "synced" if synced else "waiting"),
+        now,
     )
 
 
-async def mark_status(conn: psycopg.AsyncConnection, key: Key, status: str, reason: str | None) -> None:
-    await _update(conn, key, "status = %s, reason = %s", (status, reason))
+async def mark_status(
+    conn: psycopg.AsyncConnection, key: Key, status: str, reason: str | None, now: datetime
+) -> None:
+    await _update(conn, key, "status = %s, reason = %s", (status, reason), now)
 
 
-async def mark_failed_attempt(conn: psycopg.AsyncConnection, key: Key, reason: str) -> None:
-    await _update(conn, key, "attempts = attempts + 1, reason = %s", (reason,))
+async def mark_failed_attempt(conn: psycopg.AsyncConnection, key: Key, reason: str, now: datetime) -> None:
+    await _update(conn, key, "attempts = attempts + 1, reason = %s", (reason,), now)
 
 
 async def list_pushes(conn: psycopg.AsyncConnection, tenant: str, status: str | None) -> list[dict[str, Any]]:
@@ -146,14 +159,18 @@ async def parked_count(conn: psycopg.AsyncConnection) -> int:
 
 
 async def retry_parked(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str | None = None, customer: str | None = None
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    now: datetime,
+    metric: str | None = None,
+    customer: str | None = None,
 ) -> int:
     """A changed mapping may fix what parked a counter (an unknown customer or meter): try again."""
     cur = await conn.execute(
         "UPDATE stripe_pushes SET status = 'waiting', attempts = 0, reason = NULL, pending_identifier = NULL,"
-        " pending_to_units = NULL, updated_at = now()"
+        " pending_to_units = NULL, updated_at = %s"
         " WHERE tenant_id = %s AND status IN ('parked', 'unmapped')"
         " AND (%s::text IS NULL OR metric = %s) AND (%s::text IS NULL OR customer_ref = %s)",
-        (tenant, metric, metric, customer, customer),
+        (now, tenant, metric, metric, customer, customer),
     )
     return cur.rowcount

@@ -199,21 +199,26 @@ async def record_correction(
     ts: datetime,
     delta_units: int,
     run_id: str,
+    now: datetime,
 ) -> None:
     await conn.execute(
         "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
-        " reason, target, run_id) VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s)"
+        " reason, target, run_id, created_at)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s, %s)"
         " ON CONFLICT (adjustment_id) DO NOTHING",
-        (adjustment_id, *key, bucket, ts, delta_units * 1_000_000, run_id),
+        (adjustment_id, *key, bucket, ts, delta_units * 1_000_000, run_id, now),
     )
 
 
-async def finish_correction(conn: psycopg.AsyncConnection, adjustment_id: str, error: str | None) -> None:
+async def finish_correction(
+    conn: psycopg.AsyncConnection, adjustment_id: str, error: str | None, now: datetime
+) -> None:
+    """``now``: the application's clock, which the settle time is measured on."""
     await conn.execute(
         "UPDATE adjustments SET status = %s, error = %s,"
-        " applied_at = CASE WHEN %s::text IS NULL THEN now() END"
+        " applied_at = CASE WHEN %s::text IS NULL THEN %s::timestamptz END"
         " WHERE adjustment_id = %s",
-        ("failed" if error else "applied", error, error, adjustment_id),
+        ("failed" if error else "applied", error, error, now, adjustment_id),
     )
 
 

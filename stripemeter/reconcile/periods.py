@@ -1,9 +1,12 @@
 """Billing periods (pure): ``YYYY-MM`` names a UTC calendar month, or a customer's own cycle.
 
 A customer mapping may carry a billing-cycle anchor; the cycle named ``YYYY-MM`` is then the one that
-starts in that month, on the anchor's day (clamped to the month's last day) and hour. Bounds are
-floored to the hour so that every period is a whole number of hour buckets, which is what lets local
-totals and Stripe's summaries cover exactly the same range.
+starts in that month, on the anchor's day (clamped to the month's last day), hour and minute, as
+Stripe's own cycle does (seconds are dropped: Stripe's summaries take minute boundaries).
+
+Counters are hour buckets, and the writer stamps each hour's meter events with the hour's start. So an
+hour belongs to the period that holds its start, in Stripe and here alike: with a 10:45 anchor the
+10:00 hour of the anchor day is billed, and reconciled, in the cycle that ends at 10:45.
 """
 
 from __future__ import annotations
@@ -14,14 +17,34 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-_NAME = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
+_NAME = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
+# Stripe timestamps are unix seconds; the last year leaves room for an anchored cycle's end
+MIN_YEAR, MAX_YEAR = 1970, 9998
+HOUR = timedelta(hours=1)
+
+
+class PeriodError(ValueError):
+    """A period name that is not ``YYYY-MM`` or lies outside the supported years."""
 
 
 @dataclass(frozen=True)
 class Period:
     name: str
-    start: datetime  # inclusive, hour-aligned UTC
+    start: datetime  # inclusive, minute-aligned UTC
     end: datetime  # exclusive
+
+    @property
+    def first_hour(self) -> datetime:
+        """The first hour bucket of the period: the first hour starting at or after ``start``."""
+        return _ceil_hour(self.start)
+
+    @property
+    def hours_end(self) -> datetime:
+        """The first hour bucket after the period."""
+        return _ceil_hour(self.end)
+
+    def holds(self, moment: datetime) -> bool:
+        return self.start <= moment < self.end
 
     def wire(self) -> dict[str, str]:
         return {"name": self.name, "start": iso(self.start), "end": iso(self.end)}
@@ -31,16 +54,28 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _ceil_hour(moment: datetime) -> datetime:
+    floored = moment.replace(minute=0, second=0, microsecond=0)
+    return floored if floored == moment else floored + HOUR
+
+
 def parse_name(name: str) -> tuple[int, int]:
-    """``YYYY-MM`` -> (year, month); ValueError otherwise."""
-    match = _NAME.match(name)
+    """``YYYY-MM`` -> (year, month); PeriodError otherwise."""
+    match = _NAME.fullmatch(name)
     if not match:
-        raise ValueError(f"period {name!r} is not YYYY-MM")
-    return int(match.group(1)), int(match.group(2))
+        raise PeriodError(f"period {name!r} is not YYYY-MM")
+    year, month = int(match.group(1)), int(match.group(2))
+    if not MIN_YEAR <= year <= MAX_YEAR:
+        raise PeriodError(f"period {name!r} is outside {MIN_YEAR}-01 .. {MAX_YEAR}-12")
+    return year, month
 
 
 def _next_month(year: int, month: int) -> tuple[int, int]:
     return (year + 1, 1) if month == 12 else (year, month + 1)
+
+
+def _previous_month(year: int, month: int) -> tuple[int, int]:
+    return (year - 1, 12) if month == 1 else (year, month - 1)
 
 
 def _cycle_start(year: int, month: int, anchor: datetime | None) -> datetime:
@@ -48,7 +83,7 @@ def _cycle_start(year: int, month: int, anchor: datetime | None) -> datetime:
         return datetime(year, month, 1, tzinfo=UTC)
     anchor = anchor.astimezone(UTC)
     day = min(anchor.day, calendar.monthrange(year, month)[1])
-    return datetime(year, month, day, anchor.hour, tzinfo=UTC)
+    return datetime(year, month, day, anchor.hour, anchor.minute, tzinfo=UTC)
 
 
 def period(name: str, anchor: datetime | None = None) -> Period:
@@ -61,14 +96,17 @@ def current_name(now: datetime, anchor: datetime | None = None) -> str:
     now = now.astimezone(UTC)
     year, month = now.year, now.month
     if now < _cycle_start(year, month, anchor):
-        year, month = (year - 1, 12) if month == 1 else (year, month - 1)
+        year, month = _previous_month(year, month)
     return f"{year:04d}-{month:02d}"
+
+
+def holding(moment: datetime, anchor: datetime | None = None) -> Period:
+    """The period holding ``moment`` (for an hour bucket: its start)."""
+    return period(current_name(moment, anchor), anchor)
 
 
 def previous_name(name: str) -> str:
-    year, month = parse_name(name)
-    year, month = (year - 1, 12) if month == 1 else (year, month - 1)
-    return f"{year:04d}-{month:02d}"
+    return "{:04d}-{:02d}".format(*_previous_month(*parse_name(name)))
 
 
 def open_names(now: datetime, anchors: Iterable[datetime | None], grace: timedelta) -> list[str]:

@@ -30,6 +30,7 @@ import psycopg
 import stripe
 
 from stripemeter import metrics
+from stripemeter.clock import SYSTEM, Clock
 from stripemeter.db import reconciliation as db
 from stripemeter.db.mappings import stripe_mappings
 from stripemeter.reconcile import periods
@@ -74,7 +75,10 @@ def iso_s(seconds: int) -> str:
 
 
 class Reconciler:
-    def __init__(self, reader: StripeReader, publish: Publish, settings: ReconcileSettings):
+    def __init__(
+        self, reader: StripeReader, publish: Publish, settings: ReconcileSettings, clock: Clock = SYSTEM
+    ):
+        self.clock = clock
         self.reader = reader
         self.publish = publish
         self.settings = settings
@@ -87,7 +91,7 @@ class Reconciler:
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """One cycle; ``progress(done, total)`` is told as items are checked against Stripe."""
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         period_name = request.period or periods.current_name(datetime.fromtimestamp(now, tz=UTC))
         lock = f"stripemeter-reconcile:{request.tenant_id}"
         await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
@@ -286,7 +290,9 @@ class Reconciler:
             verdict = judge_totals(item, await self.reader.period_total(meter_id, customer, start, end))
             if verdict is not None:
                 return verdict
-            stripe_hours = await self.reader.hourly(meter_id, customer, start, end)
+            # hour summaries take hour-aligned bounds: the hours whose start lies in the period
+            first, after = int(period.first_hour.timestamp()), int(period.hours_end.timestamp())
+            stripe_hours = await self.reader.hourly(meter_id, customer, first, after)
         except stripe.InvalidRequestError as exc:
             # e.g. the mapped Stripe customer does not exist: a mapping problem, not a failed run
             item.missing.append(f"valid Stripe customer ({exc.user_message or exc})")
@@ -316,14 +322,21 @@ class Reconciler:
         sent = []
         for bucket, value in corrections:
             identifier = correction_identifier(item, bucket, run_id)
-            ts = stamp(bucket, int(now))
+            ts = stamp(bucket)
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
             await db.record_correction(
-                conn, identifier, key, bucket_dt, datetime.fromtimestamp(ts, tz=UTC), value, run_id
+                conn,
+                identifier,
+                key,
+                bucket_dt,
+                datetime.fromtimestamp(ts, tz=UTC),
+                value,
+                run_id,
+                self.clock.utc(),
             )
             error = await self._send(event_name, customer, value, ts, identifier)
-            await db.finish_correction(conn, identifier, error)
+            await db.finish_correction(conn, identifier, error, self.clock.utc())
             if error:
                 log.warning("correction %s for %s/%s/%s failed: %s", identifier, *key, error)
                 return "replay", sent
@@ -356,7 +369,9 @@ class Reconciler:
         pending = await db.pending_corrections(conn, tenant)
         for row in pending:
             if row["metric"] not in metric_map or row["customer_ref"] not in customer_map:
-                await db.finish_correction(conn, row["adjustment_id"], "mapping removed before the resend")
+                await db.finish_correction(
+                    conn, row["adjustment_id"], "mapping removed before the resend", self.clock.utc()
+                )
                 continue
             error = await self._send(
                 metric_map[row["metric"]][0],
@@ -365,7 +380,7 @@ class Reconciler:
                 int(row["ts"].timestamp()),
                 row["adjustment_id"],
             )
-            await db.finish_correction(conn, row["adjustment_id"], error)
+            await db.finish_correction(conn, row["adjustment_id"], error, self.clock.utc())
 
 
 def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:

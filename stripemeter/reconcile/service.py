@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import psycopg
 from aiokafka import AIOKafkaProducer
@@ -51,6 +51,7 @@ def build_reconciler(settings: Settings, publish: Publish, concurrency: int = 8)
         ReconcileSettings(
             epsilon=settings.reconcile_epsilon, settle_seconds=settings.reconcile_settle_seconds
         ),
+        settings.clock,
     )
 
 
@@ -85,7 +86,7 @@ async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asy
 
 
 async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler) -> None:
-    now = datetime.now(UTC)
+    now = reconciler.clock.utc()
     started = time.perf_counter()
     tenants = await db.tenants(conn, now - timedelta(days=70))
     for tenant in tenants:

@@ -2,7 +2,8 @@
 
 - `GET|POST /_emulator/faults`: read or partially update the faults (JSON body, see `faults.Faults`).
 - `POST /_emulator/reset`: forget all objects and faults.
-- `POST /_emulator/clock`: `{"advance": seconds}` moves the emulator's clock forward; answers `{"now"}`.
+- `GET /_emulator/clock`: `{"now"}`, the emulator's unix time; `POST /_emulator/clock` with
+  `{"advance": seconds}` moves it forward and answers the same.
 - `GET /_emulator/meters/{id}/events`: the accepted, non-cancelled meter events of one meter.
 """
 
@@ -55,6 +56,9 @@ def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
         state.clock_offset += advance
         return json_response({"now": state.now()})
 
+    async def read_clock(request: web.Request) -> web.Response:
+        return json_response({"now": request.app[key].now()})
+
     async def events(request: web.Request) -> web.Response:
         state = request.app[key]
         found = state.meter_events(request.match_info["id"])
@@ -64,4 +68,5 @@ def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
     app.router.add_post(PREFIX + "faults", set_faults)
     app.router.add_post(PREFIX + "reset", reset)
     app.router.add_post(PREFIX + "clock", clock)
+    app.router.add_get(PREFIX + "clock", read_clock)
     app.router.add_get(PREFIX + "meters/{id}/events", events)

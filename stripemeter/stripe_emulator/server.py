@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -155,7 +156,7 @@ async def serve(host: str = "127.0.0.1", port: int = 12111, state: EmulatorState
         await runner.cleanup()
 
 
-def run(host: str = "127.0.0.1", port: int = 12111) -> None:
-    """Blocking entry point for the CLI; stops on Ctrl-C."""
+def run(host: str = "127.0.0.1", port: int = 12111, clock: Callable[[], float] = time.time) -> None:
+    """Blocking entry point for the CLI; stops on Ctrl-C. ``clock``: the deployment's (see clock.py)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, port))
+        asyncio.run(serve(host, port, EmulatorState(clock)))

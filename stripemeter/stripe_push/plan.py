@@ -65,13 +65,23 @@ def identifier(state: CounterState, from_units: int, to_units: int) -> str:
     return f"sm_{digest}_{from_units}_{to_units}_{state.latest_seq}"
 
 
-def stamp(bucket_s: int, now_s: int) -> int:
-    """A meter event's timestamp: inside the counter's hour, so Stripe's hour summaries line up with
-    ours, and never ahead of now (Stripe refuses more than 5 minutes ahead)."""
-    return max(bucket_s, min(bucket_s + HOUR_S // 2, now_s))
+# Stripe refuses meter events stamped more than 5 minutes ahead of its clock
+MAX_AHEAD_S = 4 * 60
 
 
-def next_push(state: CounterState, mapping: Mapping, now_s: int) -> Push | None:
+def stamp(bucket_s: int) -> int:
+    """A meter event's timestamp: the start of the counter's hour, always the same for one hour, so
+    a resent request is the same request, Stripe's hour summaries line up with ours, and the hour lands
+    in the billing period that holds its start (see reconcile/periods.py)."""
+    return bucket_s
+
+
+def not_begun(state: CounterState, now_s: int) -> bool:
+    """An event may be up to an hour ahead of the clock; Stripe takes its stamp 5 minutes ahead."""
+    return state.bucket_s > now_s + MAX_AHEAD_S
+
+
+def next_push(state: CounterState, mapping: Mapping) -> Push | None:
     """The push to make now, or None when Stripe already has this counter's whole units."""
     if state.pending_identifier is not None and state.pending_to_units is not None:
         to_units = state.pending_to_units
@@ -86,6 +96,6 @@ def next_push(state: CounterState, mapping: Mapping, now_s: int) -> Push | None:
         identifier=ident,
         event_name=mapping.event_name,
         payload={mapping.customer_key: mapping.stripe_customer_id, mapping.value_key: str(value)},
-        timestamp=stamp(state.bucket_s, now_s),
+        timestamp=stamp(state.bucket_s),
         to_units=to_units,
     )

@@ -22,11 +22,12 @@ import stripe
 from aiokafka import AIOKafkaConsumer
 
 from stripemeter import metrics
+from stripemeter.clock import SYSTEM, Clock
 from stripemeter.db import pushes
 from stripemeter.streams.deltas import decode_delta
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.stripe_push.client import send
-from stripemeter.stripe_push.plan import next_push, units
+from stripemeter.stripe_push.plan import next_push, not_begun, units
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,9 @@ class StripeWriter:
         client: stripe.StripeClient,
         calls_per_second: float = 20.0,
         flush_interval: float = 1.0,
+        clock: Clock = SYSTEM,
     ):
+        self.clock = clock
         self.bootstrap = bootstrap
         self.deltas_topic = deltas_topic
         self.group_id = group_id
@@ -90,7 +93,7 @@ class StripeWriter:
                 batch = await consumer.getmany(timeout_ms=100, max_records=5000)
                 if batch:
                     deltas = [decode_delta(m.value) for msgs in batch.values() for m in msgs if m.value]
-                    await pushes.record_latest(conn, deltas)
+                    await pushes.record_latest(conn, deltas, self.clock.utc())
                     await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
                 if time.monotonic() - last_flush >= self.flush_interval:
                     last_flush = time.monotonic()
@@ -102,18 +105,22 @@ class StripeWriter:
     async def push_due(self, conn: psycopg.AsyncConnection, limit: int = 500) -> int:
         """Push every counter that has a change; returns how many pushes Stripe accepted."""
         delivered = 0
-        for key, state, mapping, _attempts in await pushes.due(conn, limit):
+        for key, state, mapping, _attempts in await pushes.due(conn, limit, self.clock.utc()):
             if self._stopping.is_set() or time.monotonic() < self._backoff_until:
                 break
             if mapping is None:
-                await pushes.mark_status(conn, key, "unmapped", "no metric or customer mapping yet")
+                await pushes.mark_status(
+                    conn, key, "unmapped", "no metric or customer mapping yet", self.clock.utc()
+                )
                 continue
-            push = next_push(state, mapping, int(time.time()))
+            if not_begun(state, int(self.clock())):
+                continue  # stays due until its hour begins
+            push = next_push(state, mapping)
             if push is None:
-                await pushes.mark_pushed(conn, key, state.pushed_units, synced=True)
+                await pushes.mark_pushed(conn, key, state.pushed_units, True, self.clock.utc())
                 continue
             if state.pending_identifier is None:
-                await pushes.mark_pending(conn, key, push.identifier, push.to_units)
+                await pushes.mark_pending(conn, key, push.identifier, push.to_units, self.clock.utc())
             await self.limiter.wait()
             started = time.perf_counter()
             result = await send(self.client, push)
@@ -121,14 +128,14 @@ class StripeWriter:
             metrics.STRIPE_PUSHES.labels(result.outcome).inc()
             if result.outcome in ("delivered", "duplicate"):
                 synced = push.to_units == units(state.latest_micros)
-                await pushes.mark_pushed(conn, key, push.to_units, synced)
+                await pushes.mark_pushed(conn, key, push.to_units, synced, self.clock.utc())
                 delivered += 1
                 self._backoff = 0.5
             elif result.outcome == "permanent":
                 log.warning("parked %s/%s/%s @%s: %s", *key, result.reason)
-                await pushes.mark_status(conn, key, "parked", result.reason)
+                await pushes.mark_status(conn, key, "parked", result.reason, self.clock.utc())
             else:
-                await pushes.mark_failed_attempt(conn, key, result.reason)
+                await pushes.mark_failed_attempt(conn, key, result.reason, self.clock.utc())
                 if result.outcome == "rate_limited" or "APIConnectionError" in result.reason:
                     # exponential, capped, with jitter so that many writers do not retry in step
                     self._backoff_until = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)

@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -81,17 +81,20 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         tenant = f"pm-{uuid.uuid4().hex[:6]}"
         demo = Demo(app, log.append, tenant)
         demo.setup_stripe()
-        now = datetime.now(UTC)
-        asyncio.run(
-            send(app, [[usage(tenant, "acme-42", now - timedelta(minutes=i), 10, f"e{i}") for i in range(5)]])
-        )
+        now = app.clock.utc()
+        hour = now.replace(minute=0, second=0, microsecond=0)  # all in one hour: one period, any date
+        events = [
+            usage(tenant, "acme-42", max(hour, now - timedelta(minutes=i)), 10, f"e{i}") for i in range(5)
+        ]
+        demo.note_usage(events)
+        asyncio.run(send(app, [events]))
         wait(lambda: demo.delivered(50), "usage pushed")
         customer = demo.api.call("GET", f"/v1/customers/{tenant}")["customers"][0]["stripeCustomerId"]
         demo.stripe.call(  # a foreign meter event: Stripe 20 % above what was counted
             "POST",
             "/v1/billing/meter_events",
             form={"event_name": EVENT_NAME, "payload[stripe_customer_id]": customer, "payload[value]": "10",
-                  "timestamp": str(int(now.timestamp()) - 7200)},
+                  "timestamp": str(int(hour.timestamp()))},
         )  # fmt: skip
 
         rules = tmp_path / "alerts.yml"
@@ -108,7 +111,7 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         )  # fmt: skip
         base = f"http://127.0.0.1:{port}"
         time.sleep(app.reconcile_settle_seconds + 1)
-        report = demo.reconcile()
+        (report,) = demo.reconcile()
         assert {i["customerRef"]: i["status"] for i in report["items"]}["acme-42"] == "drift"
 
         wait(lambda: (a := drift_alert(base, tenant, "acme-42")) is not None and a["state"] == "firing",
@@ -117,7 +120,7 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         # the runbook's remedy: a replay finds nothing missing locally; then Stripe is aligned
         assert demo.replay("apply")["totals"]["delta"] == 0
         demo.reconcile(align="all")
-        wait(lambda: demo.reconcile()["status"] == "parity", "parity", timeout=60)
+        wait(lambda: demo.reconcile()[0]["status"] == "parity", "parity", timeout=60)
         wait(lambda: drift_alert(base, tenant, "acme-42") is None, "the drift alert to resolve")
     finally:
         if prometheus is not None:

@@ -54,6 +54,15 @@ def hours_before_now(n: int) -> int:
     return now - now % HOUR - n * HOUR
 
 
+def two_hours_of_one_period() -> tuple[int, int]:
+    """Two consecutive settled hours in one billing period, whatever the date (in the first hours of a
+    month, the last two of the month before)."""
+    h1, h2 = hours_before_now(2), hours_before_now(1)
+    if current_name(datetime.fromtimestamp(h1, tz=UTC)) != current_name(datetime.fromtimestamp(h2, tz=UTC)):
+        h1, h2 = hours_before_now(3), hours_before_now(2)
+    return h1, h2
+
+
 async def writer_synced(stripe_env: Settings, state: EmulatorState, tenant: str, ids: dict[str, str]) -> bool:
     local = Counter(
         {(c, b // 1000): t // 1_000_000 for (_m, c, b), t in (await counters_of(stripe_env, tenant)).items()}
@@ -93,7 +102,7 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
     customers = ["c0", "c1", "c2", "c3", "c4"]
     ids, _meter = await setup_tenant(rapi, state, tenant, customers[:4])  # c4 has no customer mapping
     start_worker("w1", **emulator_settings(base), reconcile_interval_seconds=0).wait_ready()
-    h1, h2 = hours_before_now(2), hours_before_now(1)
+    h1, h2 = two_hours_of_one_period()
     period = current_name(datetime.fromtimestamp(h1, tz=UTC))
     batch = [
         event(tenant, c, h + 60 * i, 50, f"{c}-{h}-{i}")

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
-from stripemeter.reconcile import periods
 from stripemeter.reconcile.compare import Hour, Item, judge, judge_totals
 
 NOW = 1_800_000_000.0
@@ -95,20 +92,3 @@ def test_last_meters_compare_the_newest_hour_and_are_never_corrected_by_an_event
         "within_epsilon",
         [],
     )
-
-
-def test_periods_are_calendar_months_or_the_customers_own_cycle() -> None:
-    p = periods.period("2026-11")
-    assert (p.start, p.end) == (datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
-    assert periods.period("2026-12").end == datetime(2027, 1, 1, tzinfo=UTC)
-    anchor = datetime(2026, 1, 31, 13, 45, tzinfo=UTC)
-    p = periods.period("2026-02", anchor)
-    assert (p.start, p.end) == (datetime(2026, 2, 28, 13, tzinfo=UTC), datetime(2026, 3, 31, 13, tzinfo=UTC))
-    assert periods.current_name(datetime(2026, 3, 5, tzinfo=UTC), anchor) == "2026-02"
-    assert periods.current_name(datetime(2026, 3, 5, tzinfo=UTC)) == "2026-03"
-    for bad in ("2026-13", "2026-1", "26-01", "2026/01"):
-        try:
-            periods.parse_name(bad)
-        except ValueError:
-            continue
-        raise AssertionError(bad)
