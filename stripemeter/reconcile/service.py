@@ -90,8 +90,17 @@ async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler) -> None
     started = time.perf_counter()
     tenants = await db.tenants(conn, now - timedelta(days=70))
     for tenant in tenants:
-        for period in await open_periods(conn, tenant, now):
-            await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+        await reconcile_tenant(conn, reconciler, tenant, now)
     log.info(
         "scheduled reconciliation of %d tenants done in %.1f s", len(tenants), time.perf_counter() - started
     )
+
+
+async def reconcile_tenant(
+    conn: psycopg.AsyncConnection, reconciler: Reconciler, tenant: str, now: datetime
+) -> list[str]:
+    """A scheduled run of one tenant: every period whose invoice can still change. Returns them."""
+    wanted = await open_periods(conn, tenant, now)
+    for period in wanted:
+        await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+    return wanted

@@ -3,16 +3,23 @@ with API keys on, and no secret in any log of the run."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
+
+import pytest
 
 from stripemeter.config import Settings
 from stripemeter.demo import run_demo
 from stripemeter.local.stack import app_settings, down
 from tests.integration.harness import free_port, isolated_settings
+from tests.timematrix import clock_offset, instants
 
 
-def test_demo_ends_in_parity(stack: Settings, tmp_path: Path) -> None:
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port(), auth_enabled=True)
+@pytest.mark.parametrize("at", instants())
+def test_demo_ends_in_parity(stack: Settings, tmp_path: Path, at: datetime | None) -> None:
+    settings = isolated_settings(stack, tmp_path).with_overrides(
+        emulator_port=free_port(), auth_enabled=True, clock_offset_seconds=clock_offset(at)
+    )
     lines: list[str] = []
     try:
         assert run_demo(settings, lines.append) == 0, "\n".join(lines)

@@ -10,13 +10,16 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from stripemeter.config import Settings, settings_env
 from stripemeter.demo import EVENT_NAME, Demo, send, usage
 from stripemeter.local.stack import app_settings, down, up
 from tests.integration.harness import free_port, isolated_settings
+from tests.timematrix import clock_offset, instants
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "ops" / "RECONCILIATION.md"
 
@@ -31,8 +34,13 @@ def run_block(block: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
     )
 
 
-def test_every_runbook_command_works_and_the_playbook_ends_in_parity(stack: Settings, tmp_path: Path) -> None:
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port(), auth_enabled=True)
+@pytest.mark.parametrize("at", instants("first-hour-of-a-year"))
+def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
+    stack: Settings, tmp_path: Path, at: datetime | None
+) -> None:
+    settings = isolated_settings(stack, tmp_path).with_overrides(
+        emulator_port=free_port(), auth_enabled=True, clock_offset_seconds=clock_offset(at)
+    )
     log: list[str] = []
     up(settings, log.append)
     app = app_settings(settings)
@@ -40,7 +48,7 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(stack: Sett
     try:
         demo = Demo(app, log.append, tenant)
         demo.setup_stripe()
-        now = datetime.now(UTC)
+        now = app.clock.utc()
         customers = ("acme-42", "globex-7")
         fresh = [
             usage(tenant, c, now - timedelta(minutes=i), 10, f"{c}-{i}") for c in customers for i in range(3)

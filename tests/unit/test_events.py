@@ -189,3 +189,22 @@ def test_array_over_1000_is_rejected_whole() -> None:
 )
 def test_format_micros(micros: int, text: str) -> None:
     assert format_micros(micros) == text
+
+
+@pytest.mark.parametrize(
+    ("now", "latest_accepted"),
+    [
+        ("2026-12-31T23:30:00Z", "2027-01-01T00:30:00Z"),  # into the next year
+        ("2028-02-28T23:59:00Z", "2028-02-29T00:59:00Z"),  # into a leap day
+        ("2026-11-30T23:00:00Z", "2026-12-01T00:00:00Z"),  # into the next month
+    ],
+)
+def test_an_hour_ahead_across_calendar_boundaries(now: str, latest_accepted: str) -> None:
+    from datetime import datetime
+
+    now_ms = int(datetime.fromisoformat(now.replace("Z", "+00:00")).timestamp() * 1000)
+    assert parse_event(event(ts=latest_accepted), now_ms).ts_ms == now_ms + 3_600_000
+    one_more = latest_accepted.replace(":00Z", ":01Z")
+    with pytest.raises(InvalidEvent) as info:
+        parse_event(event(ts=one_more), now_ms)
+    assert info.value.code == "ts_in_future"

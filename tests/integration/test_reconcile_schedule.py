@@ -1,0 +1,135 @@
+"""The scheduled reconciliation checks the period whose invoice is closing, at the instants where that
+is hard: the first hours of a month and of a year, three days after a month ended, a leap month, and a
+customer's own 10:45 cycle."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import psycopg
+import pytest
+import pytest_asyncio
+from aiohttp.test_utils import TestServer
+
+from stripemeter.clock import Clock
+from stripemeter.config import Settings
+from stripemeter.reconcile.service import build_reconciler, reconcile_tenant
+from stripemeter.stripe_emulator import EmulatorState, create_app
+from tests.integration.harness import free_port
+from tests.integration.stripe_helpers import emulator_settings
+
+HOUR = timedelta(hours=1)
+
+
+async def no_publish(records: list[bytes]) -> None:
+    return None
+
+
+@pytest_asyncio.fixture
+async def emulator_at(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EmulatorState, str]]:
+    state = EmulatorState(Clock.starting_at(request.param))
+    server = TestServer(create_app(state), host="127.0.0.1", port=free_port())
+    await server.start_server()
+    yield state, str(server.make_url("")).rstrip("/")
+    await server.close()
+
+
+async def seed(
+    conn: psycopg.AsyncConnection, state: EmulatorState, tenant: str, hour: datetime, anchor: datetime | None
+) -> str:
+    """A customer with one settled hour of 1,000 units, delivered; Stripe holds one unit less (a push
+    it dropped): within epsilon, so a run that checks that hour's period aligns it."""
+    event_name = f"req_{uuid.uuid4().hex[:8]}"
+    state.create_meter(
+        {"display_name": "r", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
+    )
+    customer_id = state.create_customer({"email": "c@example.com"})["id"]
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'requests', %s, 'sum')",
+        (tenant, event_name),
+    )
+    await conn.execute(
+        "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)"
+        " VALUES (%s, 'c', %s, %s)",
+        (tenant, customer_id, anchor),
+    )
+    changed = hour + HOUR
+    await conn.execute(
+        "INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at)"
+        " VALUES (%s, 'requests', 'c', %s, 1000000000, 1, %s)",
+        (tenant, hour, changed),
+    )
+    await conn.execute(
+        "INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq,"
+        " pushed_units, status, updated_at) VALUES (%s, 'requests', 'c', %s, 1000000000, 1, 1000,"
+        " 'synced', %s)",
+        (tenant, hour, changed),
+    )
+    state.record_meter_event(
+        {
+            "event_name": event_name,
+            "payload": {"stripe_customer_id": customer_id, "value": "999"},
+            "timestamp": str(int(hour.timestamp())),
+        }
+    )
+    return customer_id
+
+
+def stripe_holds(state: EmulatorState, customer_id: str) -> int:
+    events = (e for meter in state.meters for e in state.meter_events(meter))
+    return sum(e.value for e in events if e.customer == customer_id)
+
+
+def utc(*parts: int) -> datetime:
+    return datetime(*parts, tzinfo=UTC)
+
+
+# now; the hour the usage is in, and the period that hour belongs to; the customer's billing anchor;
+# whether the schedule still checks (and so aligns) that period
+CASES = [
+    # 1 December, first hour: November closed 30 minutes ago, its invoice is being finalised
+    (utc(2026, 12, 1, 0, 30), utc(2026, 11, 30, 23), "2026-11", None, True),
+    # 2 December: the old schedule took "now - 32 days" and checked October instead
+    (utc(2026, 12, 2, 0, 45), utc(2026, 11, 30, 12), "2026-11", None, True),
+    # 72 hours after November closed its invoice is final: no longer checked
+    (utc(2026, 12, 4, 0, 30), utc(2026, 11, 30, 23), "2026-11", None, False),
+    # New Year: December of the year before
+    (utc(2027, 1, 1, 1, 30), utc(2026, 12, 31, 23), "2026-12", None, True),
+    # after a leap day: 29 February
+    (utc(2028, 3, 1, 0, 10), utc(2028, 2, 29, 22), "2028-02", None, True),
+    # a 10:45 anchor on the 15th, 45 minutes after a cycle closed: its 10:00 hour is the old cycle's
+    (utc(2026, 12, 15, 11, 30), utc(2026, 12, 15, 10), "2026-11", utc(2026, 1, 15, 10, 45), True),
+    # an anchor on the 31st in February: the cycle closed on the 28th at 13:45
+    (utc(2027, 3, 1, 9), utc(2027, 2, 28, 13), "2027-01", utc(2026, 1, 31, 13, 45), True),
+]
+
+
+@pytest.mark.parametrize(
+    ("emulator_at", "hour", "period", "anchor", "checked"), CASES, indirect=["emulator_at"]
+)
+async def test_the_schedule_reconciles_the_previous_period_while_its_invoice_can_change(
+    env: Settings,
+    emulator_at: tuple[EmulatorState, str],
+    hour: datetime,
+    period: str,
+    anchor: datetime | None,
+    checked: bool,
+) -> None:
+    state, base = emulator_at
+    clock = state.clock
+    assert isinstance(clock, Clock)
+    settings = env.with_overrides(
+        **emulator_settings(base), clock_offset_seconds=clock.offset_seconds, reconcile_settle_seconds=0
+    )
+    tenant = f"sc-{uuid.uuid4().hex[:6]}"
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        customer_id = await seed(conn, state, tenant, hour, anchor)
+        checked_periods = await reconcile_tenant(
+            conn, build_reconciler(settings, no_publish), tenant, clock.utc()
+        )
+    assert (period in checked_periods) == checked, checked_periods
+    # aligned (+1) where the schedule looked, untouched where the invoice is final
+    assert stripe_holds(state, customer_id) == (1000 if checked else 999)
