@@ -23,6 +23,14 @@ class StackError(RuntimeError):
     pass
 
 
+# How long a start may take before it is called failed (a process that dies ends the wait at once).
+# Sized for a cold first start on two cores while other work runs: a second broker's JVM started
+# next to a running one took over 90 s on a fresh machine.
+POSTGRES_START_SECONDS = 120
+KAFKA_START_SECONDS = 240
+PROCESS_START_SECONDS = 240
+
+
 @dataclass(frozen=True)
 class Service:
     name: str
@@ -75,7 +83,7 @@ def start_postgres(settings: Settings, say: Say) -> None:
         pg.init()
         managed.start(pg.server_command())
         say(f"starting PostgreSQL on {pg.host}:{pg.port}")
-    _wait("PostgreSQL", managed, pg.ready, 60)
+    _wait("PostgreSQL", managed, pg.ready, POSTGRES_START_SECONDS)
     pg.ensure_database()
 
 
@@ -103,7 +111,7 @@ def start_kafka(settings: Settings, say: Say) -> None:
         kafka.format_storage()
         managed.start(kafka.broker_command())
         say(f"starting Kafka {kafka.version} on {kafka.host}:{kafka.port}")
-    _wait("Kafka", managed, lambda: port_open(kafka.host, kafka.port), 90)
+    _wait("Kafka", managed, lambda: port_open(kafka.host, kafka.port), KAFKA_START_SECONDS)
 
 
 def start_process(settings: Settings, name: str, argv: list[str], ready_url: str, say: Say) -> None:
@@ -111,7 +119,7 @@ def start_process(settings: Settings, name: str, argv: list[str], ready_url: str
     if managed.pid() is None:
         managed.start(argv, env=_child_env(settings))
         say(f"starting {name}")
-    _wait(name, managed, lambda: http_ok(ready_url), 120)
+    _wait(name, managed, lambda: http_ok(ready_url), PROCESS_START_SECONDS)
 
 
 def uses_emulator(settings: Settings) -> bool:
