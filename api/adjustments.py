@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import math
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp import web
@@ -18,7 +18,11 @@ from stripemeter.streams.control import Correction, send_corrections
 from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db import adjustments as db
+from stripemeter.db.counters import wait_applied
+from stripemeter.db.mappings import customer_anchor
 from stripemeter.events import MAX_MICROS, METRIC_RE, MICROS, format_micros
+from stripemeter.reconcile import periods
+from stripemeter.replay.runner import shown_when_applied
 from stripemeter.topics import TopicNames
 
 HOUR_S = 3600
@@ -81,9 +85,26 @@ async def post_adjustment(request: web.Request) -> web.Response:
             int(row["delta_micros"]), int(bucket.timestamp() * 1000),
         )  # fmt: skip
         keyed = TopicNames(settings.topic_prefix, settings.app_id).keyed
-        await send_corrections(request.app[PRODUCER], keyed, [correction])
-        row = await db.mark_applied(conn, adjustment_id, settings.clock.utc())
-    return json_response(view(row), status=201)
+        (sent,) = await send_corrections(request.app[PRODUCER], keyed, [correction])
+        row = await db.mark_applied(conn, adjustment_id, settings.clock.utc(), sent.partition, sent.offset)
+        # read your writes: answer once the counter shows it, or say that it does not yet
+        visible = await wait_applied(conn, [shown_when_applied(sent)], settings.apply_wait_seconds)
+        if visible:
+            row = await db.mark_visible(conn, adjustment_id, settings.clock.utc())
+        anchor = await customer_anchor(conn, tenant, customer)
+    grace = timedelta(seconds=settings.invoice_grace_seconds)
+    _, (note,) = periods.notes_for([(anchor, bucket, micros)], settings.clock.utc(), grace)
+    body = {
+        **view(row),
+        "period": {**note.period.wire(), "state": note.state},
+        "warnings": [w for w in [note.warning(grace)] if w],
+    }
+    if not visible:
+        body["message"] = (
+            f"sent to the meter; the counter did not show it within {settings.apply_wait_seconds:.0f} s (is a"
+            " worker running, or behind?): GET /v1/adjustments lists it with visible: true once it does"
+        )
+    return json_response(body, status=201 if visible else 202)
 
 
 def view(row: dict[str, Any]) -> dict[str, Any]:
@@ -99,6 +120,7 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "target": row["target"],
         "status": row["status"],
         "runId": row["run_id"],
+        "visible": row["visible_at"] is not None if row["target"] == "counter" else None,
         "createdAt": row["created_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
     }
 

@@ -41,7 +41,7 @@ from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
 from stripemeter.db.reconciliation import latest_not_at_parity, latest_version
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
-from stripemeter.replay.runner import Replayer
+from stripemeter.replay.runner import build_replayer
 from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def create_app(settings: Settings) -> web.Application:
         await producer.start()
         app[PRODUCER] = producer
         names = TopicNames(settings.topic_prefix, settings.app_id)
-        app[REPLAYER] = Replayer(producer, names.keyed)
+        app[REPLAYER] = build_replayer(settings, producer)
         if stripe_configured(settings):
             app[RECONCILER] = build_reconciler(settings, kafka_publisher(producer, names.drift))
         yield

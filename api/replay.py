@@ -10,7 +10,7 @@ from stripemeter.api.errors import ApiError, bad_request, json_response
 
 from stripemeter.db import replay as db
 from stripemeter.events import METRIC_RE
-from stripemeter.replay.runner import ReplayRequest, UnknownMetric
+from stripemeter.replay.runner import ReplayRequest, UnknownMetric, refresh_visibility
 from stripemeter.replay.window import WindowError, parse_window
 
 
@@ -49,6 +49,7 @@ async def get_replay(request: web.Request) -> web.Response:
     replay_id = request.match_info["replayId"]
     async with request.app[POOL].connection() as conn:
         report = await db.load(conn, replay_id)
-    if report is None or not may_see(request, report["tenantId"]):
-        raise ApiError("not_found", f"no replay {replay_id!r}", field="replayId", status=404)
+        if report is None or not may_see(request, report["tenantId"]):
+            raise ApiError("not_found", f"no replay {replay_id!r}", field="replayId", status=404)
+        report = await refresh_visibility(conn, replay_id, report)
     return json_response(report)

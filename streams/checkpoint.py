@@ -119,7 +119,9 @@ class Checkpointer:
                 continue
             value = orjson.loads(raw)
             tenant, metric, customer, bucket = split_counter_key(ckey.decode())
-            record = encode_delta(Delta(tenant, metric, customer, bucket, value[0], value[1]))
+            record = encode_delta(
+                Delta(tenant, metric, customer, bucket, value[0], value[1], partition, value[2])
+            )
             routing = delta_routing_key(tenant, metric, customer)
             out[self._deltas_partition(routing)].append((routing.encode(), record))
         return out

@@ -61,12 +61,22 @@ def by_partition(corrections: list[Correction], partitions: int) -> dict[int, li
     return routed
 
 
+@dataclass(frozen=True)
+class Sent:
+    """Where a correction's control message landed: the counter shows it once it has applied that
+    keyed offset (see usage.deltas' ``keyedOffset``)."""
+
+    correction: Correction
+    partition: int
+    offset: int
+
+
 async def send_corrections(
     producer: AIOKafkaProducer,
     keyed_topic: str,
     corrections: list[Correction],
     progress: Callable[[int, int], None] | None = None,
-) -> None:
+) -> list[Sent]:
     """Every correction into its counter's keyed partition; returns once the broker has them all."""
     partitions = len(await producer.partitions_for(keyed_topic))
     messages = [
@@ -79,4 +89,9 @@ async def send_corrections(
         sent.append(await producer.send(keyed_topic, encode_control(chunk), partition=partition))
         if progress is not None:
             progress(done, len(messages))
-    await asyncio.gather(*sent)
+    written = await asyncio.gather(*sent)
+    return [
+        Sent(c, meta.partition, meta.offset)
+        for (_partition, chunk), meta in zip(messages, written, strict=True)
+        for c in chunk
+    ]

@@ -1,4 +1,9 @@
-"""The usage.deltas record: a counter's new absolute total and its sequence number."""
+"""The usage.deltas record: a counter's new absolute total and its sequence number.
+
+Besides the contract's fields it carries ``totalMicros`` (the exact total) and where the counter's
+keyed messages are applied up to (``keyedPartition``, ``keyedOffset``): a replay or an adjustment
+knows the offset of the control message it sent, so it can tell when the counters show it.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ class Delta(NamedTuple):
     bucket_ms: int
     total_micros: int
     seq: int  # grows with every change of this counter; consumers keep the highest
+    keyed_partition: int = -1  # the keyed partition that feeds the counter
+    keyed_offset: int = -1  # the last keyed message applied to it
 
 
 @lru_cache(maxsize=4096)
@@ -34,18 +41,21 @@ def micros_to_number(micros: int) -> int | float:
 
 
 def encode_delta(delta: Delta) -> bytes:
-    """Contract fields plus ``totalMicros``, the exact total in micro-units (floats can round)."""
-    return orjson.dumps(
-        {
-            "tenantId": delta.tenant_id,
-            "metric": delta.metric,
-            "customerRef": delta.customer_ref,
-            "bucket": iso_hour(delta.bucket_ms),
-            "total": micros_to_number(delta.total_micros),
-            "seq": delta.seq,
-            "totalMicros": delta.total_micros,
-        }
-    )
+    """Contract fields plus ``totalMicros``, the exact total in micro-units (floats can round), and the
+    keyed message applied last."""
+    record: dict[str, Any] = {
+        "tenantId": delta.tenant_id,
+        "metric": delta.metric,
+        "customerRef": delta.customer_ref,
+        "bucket": iso_hour(delta.bucket_ms),
+        "total": micros_to_number(delta.total_micros),
+        "seq": delta.seq,
+        "totalMicros": delta.total_micros,
+    }
+    if delta.keyed_offset >= 0:
+        record["keyedPartition"] = delta.keyed_partition
+        record["keyedOffset"] = delta.keyed_offset
+    return orjson.dumps(record)
 
 
 def decode_delta(raw: bytes) -> Delta:
@@ -60,4 +70,6 @@ def decode_delta(raw: bytes) -> Delta:
         parse_iso_ms(value["bucket"]),
         int(micros),
         int(value["seq"]),
+        int(value.get("keyedPartition", -1)),
+        int(value.get("keyedOffset", -1)),
     )

@@ -191,8 +191,12 @@ class Metering:
         for c in corrections:
             dkey = f"{c.tenant_id}{SEP}~correction:{c.id}".encode()
             seen_raw = self.dedupe.get(partition, dkey)
+            ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
+            partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
             if seen_raw is not None and orjson.loads(seen_raw)[3] != offset:
-                continue  # applied from an earlier message: sent twice
+                # applied from an earlier message (sent twice): adds nothing, but the counter still
+                # records this message as applied, so whoever sent it sees it in the counters
+                continue
             if seen_raw is None:
                 # kept like an event of now: until the stream's watermark passes now + lateness + margin
                 self.dedupe.put(
@@ -200,8 +204,6 @@ class Metering:
                 )
                 lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
                 self._note_written(partition, 1, now_ms + lateness_ms)
-            ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
-            partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
             partial.add(c.micros, c.ts_ms)
             self.outcomes.counts[CORRECTION] += 1
         for ckey, partial in partials.items():

@@ -66,6 +66,10 @@ class Settings:
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
     ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
     replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
+    # Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
+    # invoice.created webhooks fail: until then a closed period's usage can still change the invoice
+    invoice_grace_seconds: int = 72 * 3600
+    apply_wait_seconds: float = 30.0  # a replay apply or an adjustment waits this long to show
     clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
 
     @property
@@ -113,6 +117,8 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
     "STRIPEMETER_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",
+    "STRIPEMETER_INVOICE_GRACE_SECONDS": "invoice_grace_seconds",
+    "STRIPEMETER_APPLY_WAIT_SECONDS": "apply_wait_seconds",
     "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
 }
 

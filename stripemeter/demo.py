@@ -225,8 +225,11 @@ class Demo:
         )
         for c in report["counters"]:
             self.say(
-                f"    {c['customerRef']:10} {c['bucket']}  {c['before']} -> {c['after']}  ({c['delta']:+})"
+                f"    {c['customerRef']:10} {c['bucket']} (period {c['period']})"
+                f"  {c['before']} -> {c['after']}  ({c['delta']:+})"
             )
+        for warning in report["warnings"]:
+            self.say(f"    warning: {warning}")
         return report
 
     # --- the story -------------------------------------------------------------------------------

@@ -97,7 +97,9 @@ async def reconcile(
             wanted = (
                 [request.period]
                 if request.period
-                else await open_periods(conn, request.tenant_id, settings.clock.utc())
+                else await open_periods(
+                    conn, request.tenant_id, settings.clock.utc(), settings.invoice_grace_seconds
+                )
             )
             for period in wanted:
                 report = await reconciler.run(
@@ -133,17 +135,16 @@ def show_reconciliation(report: dict[str, Any], as_json: bool, say: Say, table: 
     )
 
 
-REPLAY_COLUMNS = ["metric", "customer", "bucket", "before", "after", "delta", "events"]
+REPLAY_COLUMNS = ["metric", "customer", "bucket", "period", "before", "after", "delta", "events"]
 
 
 async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: Table) -> dict[str, Any]:
-    from stripemeter.replay.runner import Replayer, ReplayRequest
+    from stripemeter.replay.runner import ReplayRequest, build_replayer
     from stripemeter.replay.window import parse_window
 
     window = parse_window(args.since, args.until, settings.clock.ms(), settings.replay_max_window_seconds)
     mode = "apply" if args.apply else "dry-run"
     request = ReplayRequest(args.tenant, sorted(set(args.metric)), args.customer, window, mode)
-    names = TopicNames(settings.topic_prefix, settings.app_id)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
     )
@@ -153,7 +154,7 @@ async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: 
             settings.database_url.value, autocommit=True
         ) as conn:
             progress = None if args.json else ProgressBar("sending corrections")
-            report = await Replayer(producer, names.keyed).run(conn, request, progress)
+            report = await build_replayer(settings, producer).run(conn, request, progress)
     finally:
         await producer.stop()
     if args.json:
@@ -166,14 +167,19 @@ async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: 
         f" {report['eventsReplayed']:,} too-late events to count"
     )
     if report["counters"]:
-        rows = [[c["metric"], c["customerRef"], c["bucket"], c["before"], c["after"], c["delta"], c["events"]]
-                for c in report["counters"]]  # fmt: skip
+        rows = [[c["metric"], c["customerRef"], c["bucket"], c["period"], c["before"], c["after"], c["delta"],
+                 c["events"]] for c in report["counters"]]  # fmt: skip
         table(REPLAY_COLUMNS, rows)
     t, n = report["totals"], len(report["counters"])
     say(f"total: before {t['before']}, after {t['after']}, delta {t['delta']} in {n} counters")
-    say(
-        "applied: the meter counts them now; the writer pushes the change to Stripe"
-        if report["applied"]
-        else "dry-run: nothing changed; run again with --apply to count them"
-    )
+    for p in report["periods"]:
+        say(f"period {p['name']} ({p['state']}): {p['counters']} counters, delta {p['delta']}")
+    for warning in report["warnings"]:
+        say(f"warning: {warning}")
+    if not report["applied"]:
+        say("dry-run: nothing changed; run again with --apply to count them")
+    elif report["visible"]:
+        say("applied: the counters show the change; the writer pushes it to Stripe")
+    else:
+        say(f"applied, not yet visible: {report['message']}")
     return report

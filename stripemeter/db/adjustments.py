@@ -40,13 +40,25 @@ async def record(
     return row
 
 
-async def mark_applied(conn: psycopg.AsyncConnection, adjustment_id: str, now: datetime) -> dict[str, Any]:
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "UPDATE adjustments SET status = 'applied', applied_at = coalesce(applied_at, %s)"
-        " WHERE adjustment_id = %s RETURNING *",
-        (now, adjustment_id),
+async def mark_applied(
+    conn: psycopg.AsyncConnection, adjustment_id: str, now: datetime, partition: int, offset: int
+) -> dict[str, Any]:
+    """Sent to the meter: its control message is at ``offset`` of keyed ``partition``."""
+    return await _update(
+        conn,
+        "status = 'applied', applied_at = coalesce(applied_at, %s), keyed_partition = %s, keyed_offset = %s",
+        (now, partition, offset, adjustment_id),
     )
+
+
+async def mark_visible(conn: psycopg.AsyncConnection, adjustment_id: str, now: datetime) -> dict[str, Any]:
+    """The counter shows the correction."""
+    return await _update(conn, "visible_at = coalesce(visible_at, %s)", (now, adjustment_id))
+
+
+async def _update(conn: psycopg.AsyncConnection, assignments: str, params: tuple[Any, ...]) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(f"UPDATE adjustments SET {assignments} WHERE adjustment_id = %s RETURNING *", params)
     row = await cur.fetchone()
     assert row is not None
     return row

@@ -98,3 +98,13 @@ async def stripe_mappings(
         for r in await list_rows(conn, "customer_mappings", tenant)
     }
     return metrics, customers
+
+
+async def customer_anchor(conn: psycopg.AsyncConnection, tenant: str, customer: str) -> datetime | None:
+    """The customer's billing anchor; None for calendar months (or no mapping)."""
+    cur = await conn.execute(
+        "SELECT billing_anchor FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s",
+        (tenant, customer),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None

@@ -11,6 +11,8 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from stripemeter.db.counters import Applied
+
 # Too-late events of the window not counted yet: one per idempotency key (the first received), and
 # none whose key was counted by the stream or by an earlier replay (a duplicate is never counted).
 PENDING_LATE = """
@@ -94,18 +96,48 @@ async def store(
     mode: str,
     status: str,
     report: dict[str, Any],
+    targets: list[Applied] | None = None,
 ) -> None:
+    """The report; for an apply also where its corrections went (``targets``: see read your writes)."""
+    stored_targets = None
+    if targets is not None:
+        rows = [
+            [t.tenant_id, t.metric, t.customer_ref, t.bucket.isoformat(), t.keyed_partition, t.keyed_offset]
+            for t in targets
+        ]
+        stored_targets = orjson.dumps(rows).decode()
     await conn.execute(
         "INSERT INTO replays (replay_id, tenant_id, metrics, customer_ref, since, until, mode, status,"
-        " events_scanned, report, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+        " events_scanned, report, targets, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
         " CASE WHEN %s IN ('applied', 'planned') THEN now() END)"
         " ON CONFLICT (replay_id) DO UPDATE SET status = EXCLUDED.status, report = EXCLUDED.report,"
-        " finished_at = EXCLUDED.finished_at",
+        " targets = coalesce(EXCLUDED.targets, replays.targets), finished_at = EXCLUDED.finished_at",
         (
             replay_id, scope.tenant, scope.metrics, scope.customer, scope.since, scope.until,
-            mode, status, report["eventsScanned"], orjson.dumps(report).decode(), status,
+            mode, status, report["eventsScanned"], orjson.dumps(report).decode(), stored_targets, status,
         ),
     )  # fmt: skip
+
+
+async def load_targets(conn: psycopg.AsyncConnection, replay_id: str) -> list[Applied]:
+    cur = await conn.execute("SELECT targets FROM replays WHERE replay_id = %s", (replay_id,))
+    row = await cur.fetchone()
+    if row is None or row[0] is None:
+        return []
+    return [
+        Applied(tenant, metric, customer, datetime.fromisoformat(bucket), partition, offset)
+        for tenant, metric, customer, bucket, partition, offset in row[0]
+    ]
+
+
+async def mark_visible(
+    conn: psycopg.AsyncConnection, replay_id: str, report: dict[str, Any], at: datetime | None
+) -> None:
+    """The counters show every correction of the apply (``at``: when; None: noticed later)."""
+    await conn.execute(
+        "UPDATE replays SET report = %s, visible_at = coalesce(%s, now()) WHERE replay_id = %s",
+        (orjson.dumps(report).decode(), at, replay_id),
+    )
 
 
 async def fail(conn: psycopg.AsyncConnection, replay_id: str, error: str) -> None:

@@ -16,6 +16,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 _NAME = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 # Stripe timestamps are unix seconds; the last year leaves room for an anchored cycle's end
@@ -121,3 +122,67 @@ def open_names(now: datetime, anchors: Iterable[datetime | None], grace: timedel
         if period(previous, anchor).end + grace > now:
             names.add(previous)
     return sorted(names, reverse=True)
+
+
+# --- what a correction's period means for billing -------------------------------------------------
+
+PeriodState = Literal["open", "closing", "closed"]
+# Stripe takes meter events up to 35 days old: an older hour cannot be changed there at all
+STRIPE_MAX_AGE = timedelta(days=35)
+
+
+def state_at(p: Period, now: datetime, grace: timedelta) -> PeriodState:
+    """``open`` until the period ends, ``closing`` while its invoice can still change (``grace``
+    after the end), ``closed`` after: the invoice is likely final."""
+    if now < p.end:
+        return "open"
+    return "closing" if now < p.end + grace else "closed"
+
+
+@dataclass
+class PeriodNote:
+    """One period a correction changes: how many counters, by how much, and what that means now."""
+
+    period: Period
+    state: PeriodState
+    counters: int = 0
+    delta_micros: int = 0
+    too_old_for_stripe: int = 0  # counters of hours older than Stripe accepts
+
+    def warning(self, grace: timedelta) -> str | None:
+        name, end = self.period.name, iso(self.period.end)
+        if self.too_old_for_stripe:
+            return (
+                f"period {name}: {self.too_old_for_stripe} changed hour(s) are older than Stripe's 35 days;"
+                " the writer cannot push them (settle them outside Stripe)"
+            )
+        if self.state == "closed":
+            return (
+                f"period {name} closed at {end}: its invoice is likely final, so Stripe will not bill this"
+                " change (settle it with a credit note or an invoice item)"
+            )
+        if self.state == "closing":
+            return (
+                f"period {name} ended at {end}: its invoice is being finalised (at the latest by"
+                f" {iso(self.period.end + grace)}); the change counts only if it reaches Stripe before then"
+            )
+        return None
+
+
+def notes_for(
+    changes: Iterable[tuple[datetime | None, datetime, int]], now: datetime, grace: timedelta
+) -> tuple[list[str], list[PeriodNote]]:
+    """For changes ``(billing anchor, hour bucket, delta micros)``: the period name of each, in order,
+    and one note per period, oldest first."""
+    names: list[str] = []
+    notes: dict[tuple[str, datetime], PeriodNote] = {}
+    for anchor, bucket, delta in changes:
+        p = holding(bucket, anchor)
+        note = notes.get((p.name, p.start))
+        if note is None:
+            note = notes[p.name, p.start] = PeriodNote(p, state_at(p, now, grace))
+        note.counters += 1
+        note.delta_micros += delta
+        note.too_old_for_stripe += bucket < now - STRIPE_MAX_AGE
+        names.append(p.name)
+    return names, [notes[k] for k in sorted(notes, key=lambda k: (k[1], k[0]))]

@@ -54,20 +54,16 @@ class RunRequest:
     period: str | None = None  # YYYY-MM; None: the current period
     align: Literal["within_epsilon", "all"] = "within_epsilon"
     trigger: str = "api"
-    # scheduled runs skip items whose period closed more than CLOSED_GRACE ago: they cannot change
-    # any more, and checking them again costs Stripe calls
+    # scheduled runs skip items whose invoice is likely final (their period closed more than the
+    # invoice grace ago): they cannot change any more, and checking them again costs Stripe calls
     only_open: bool = False
-
-
-# Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
-# invoice.created webhooks fail: until then the closed period's usage can still change the invoice
-CLOSED_GRACE_SECONDS = 3 * 24 * HOUR_S
 
 
 @dataclass(frozen=True)
 class ReconcileSettings:
     epsilon: float = 0.005
     settle_seconds: float = 300.0  # Stripe's summaries are eventually consistent
+    invoice_grace_seconds: float = 72 * 3600.0  # how long a closed period's invoice can still change
 
 
 def iso_s(seconds: int) -> str:
@@ -235,7 +231,7 @@ class Reconciler:
             period = periods.period(period_name, anchor)
             if period.start.timestamp() > now:
                 continue  # this customer's cycle of that name has not begun
-            if request.only_open and period.end.timestamp() < now - CLOSED_GRACE_SECONDS:
+            if request.only_open and period.end.timestamp() < now - self.settings.invoice_grace_seconds:
                 continue
             missing = []
             if metric not in metric_map:

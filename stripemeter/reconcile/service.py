@@ -16,7 +16,6 @@ from stripemeter.config import Settings
 from stripemeter.db import reconciliation as db
 from stripemeter.reconcile import periods
 from stripemeter.reconcile.runner import (
-    CLOSED_GRACE_SECONDS,
     Publish,
     Reconciler,
     ReconcileSettings,
@@ -49,20 +48,24 @@ def build_reconciler(settings: Settings, publish: Publish, concurrency: int = 8)
         reader,
         publish,
         ReconcileSettings(
-            epsilon=settings.reconcile_epsilon, settle_seconds=settings.reconcile_settle_seconds
+            epsilon=settings.reconcile_epsilon,
+            settle_seconds=settings.reconcile_settle_seconds,
+            invoice_grace_seconds=settings.invoice_grace_seconds,
         ),
         settings.clock,
     )
 
 
-async def open_periods(conn: psycopg.AsyncConnection, tenant: str, now: datetime) -> list[str]:
+async def open_periods(
+    conn: psycopg.AsyncConnection, tenant: str, now: datetime, grace_seconds: float
+) -> list[str]:
     """The tenant's periods whose invoices can still change: the calendar month's and each billing
     anchor's current period, and the previous ones shortly after they closed."""
     cur = await conn.execute(
         "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
     )
     anchors = [row[0] for row in await cur.fetchall()]
-    return periods.open_names(now, anchors, timedelta(seconds=CLOSED_GRACE_SECONDS))
+    return periods.open_names(now, anchors, timedelta(seconds=grace_seconds))
 
 
 async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asyncio.Event) -> None:
@@ -100,7 +103,7 @@ async def reconcile_tenant(
     conn: psycopg.AsyncConnection, reconciler: Reconciler, tenant: str, now: datetime
 ) -> list[str]:
     """A scheduled run of one tenant: every period whose invoice can still change. Returns them."""
-    wanted = await open_periods(conn, tenant, now)
+    wanted = await open_periods(conn, tenant, now, reconciler.settings.invoice_grace_seconds)
     for period in wanted:
         await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
     return wanted

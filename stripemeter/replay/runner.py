@@ -19,22 +19,29 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter import metrics
+from stripemeter.clock import SYSTEM, Clock
+from stripemeter.config import Settings
 from stripemeter.db import replay as db
+from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import list_rows
+from stripemeter.reconcile import periods
 from stripemeter.replay.plan import Plan, make_plan
 from stripemeter.replay.window import Window
-from stripemeter.streams.control import send_corrections
+from stripemeter.streams.control import Sent, send_corrections
 from stripemeter.streams.deltas import micros_to_number
+from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
 Mode = Literal["dry-run", "apply"]
+DEFAULT_INVOICE_GRACE = timedelta(hours=72)
 Progress = Callable[[int, int], None]
 
 
@@ -52,9 +59,19 @@ class UnknownMetric(ValueError):
 
 
 class Replayer:
-    def __init__(self, producer: AIOKafkaProducer, keyed_topic: str):
+    def __init__(
+        self,
+        producer: AIOKafkaProducer,
+        keyed_topic: str,
+        clock: Clock = SYSTEM,
+        invoice_grace: timedelta = DEFAULT_INVOICE_GRACE,
+        visible_timeout: float = 30.0,
+    ):
         self.producer = producer
         self.keyed_topic = keyed_topic
+        self.clock = clock
+        self.invoice_grace = invoice_grace
+        self.visible_timeout = visible_timeout
 
     async def run(
         self, conn: psycopg.AsyncConnection, request: ReplayRequest, progress: Progress | None = None
@@ -101,22 +118,49 @@ class Replayer:
         )
         before = await db.counter_totals(conn, request.tenant_id, keys)
         plan = make_plan(request.tenant_id, rows, aggregations, before)
+        anchors = {
+            r["customer_ref"]: r["billing_anchor"]
+            for r in await list_rows(conn, "customer_mappings", request.tenant_id)
+        }
+        changes = [(anchors.get(c.customer_ref), c.bucket, c.delta_micros) for c in plan.changes]
+        period_names, notes = periods.notes_for(changes, self.clock.utc(), self.invoice_grace)
         replay_id = "rpl_" + uuid.uuid4().hex[:20]
-        report = build_report(replay_id, request, scanned, plan, applied=False)
+        report = build_report(replay_id, request, scanned, plan, period_names, notes, self.invoice_grace)
         if request.mode == "dry-run":
             await db.store(conn, replay_id, scope, request.mode, "planned", report)
             return report
         await db.store(conn, replay_id, scope, request.mode, "applying", report)
         try:
-            await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
-            report = {**report, "applied": True}
+            sent = await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
+            targets = [shown_when_applied(s) for s in sent]
+            report = {**report, "applied": True, "visible": not targets}
             async with conn.transaction():
                 await db.mark_replayed(conn, replay_id, request.tenant_id, plan.keys)
-                await db.store(conn, replay_id, scope, request.mode, "applied", report)
+                await db.store(conn, replay_id, scope, request.mode, "applied", report, targets)
         except Exception as exc:
             await db.fail(conn, replay_id, f"{type(exc).__name__}: {exc}")
             raise
-        return report
+        return await self._read_your_writes(conn, replay_id, report, targets)
+
+    async def _read_your_writes(
+        self, conn: psycopg.AsyncConnection, replay_id: str, report: dict[str, Any], targets: list[Applied]
+    ) -> dict[str, Any]:
+        """Return once the counters show every correction, or say that they do not yet."""
+        if await wait_applied(conn, targets, self.visible_timeout):
+            report = {**report, "visible": True}
+            await db.mark_visible(conn, replay_id, report, self.clock.utc())
+            return report
+        log.warning(
+            "replay %s: the counters do not show all %d corrections after %.0f s", replay_id, len(targets),
+            self.visible_timeout,
+        )  # fmt: skip
+        return {**report, "message": not_visible_message(replay_id, self.visible_timeout)}
+
+
+def build_replayer(settings: Settings, producer: AIOKafkaProducer) -> Replayer:
+    keyed = TopicNames(settings.topic_prefix, settings.app_id).keyed
+    grace = timedelta(seconds=settings.invoice_grace_seconds)
+    return Replayer(producer, keyed, settings.clock, grace, settings.apply_wait_seconds)
 
 
 async def check_metrics(
@@ -136,8 +180,42 @@ async def check_metrics(
             raise UnknownMetric(f"unknown metric {metric!r} for tenant {tenant!r}: no mapping and no usage")
 
 
+def shown_when_applied(sent: Sent) -> Applied:
+    c = sent.correction
+    bucket = datetime.fromtimestamp(c.bucket_ms / 1000, tz=UTC)
+    return Applied(c.tenant_id, c.metric, c.customer_ref, bucket, sent.partition, sent.offset)
+
+
+def not_visible_message(replay_id: str, waited: float) -> str:
+    return (
+        f"the corrections are in Kafka but the counters did not show all of them within {waited:.0f} s"
+        " (is a worker running, or behind?); they count once the meter applies them:"
+        f" GET /v1/replay/{replay_id} says visible: true then"
+    )
+
+
+async def refresh_visibility(
+    conn: psycopg.AsyncConnection, replay_id: str, report: dict[str, Any]
+) -> dict[str, Any]:
+    """A stored apply that the counters did not show yet: look again."""
+    if not report.get("applied") or report.get("visible", True):
+        return report
+    targets = await db.load_targets(conn, replay_id)
+    if await wait_applied(conn, targets, 0):
+        report = {**report, "visible": True}
+        report.pop("message", None)
+        await db.mark_visible(conn, replay_id, report, None)
+    return report
+
+
 def build_report(
-    replay_id: str, request: ReplayRequest, scanned: int, plan: Plan, applied: bool
+    replay_id: str,
+    request: ReplayRequest,
+    scanned: int,
+    plan: Plan,
+    period_names: list[str],
+    notes: list[periods.PeriodNote],
+    grace: timedelta,
 ) -> dict[str, Any]:
     before = sum(c.before_micros for c in plan.changes)
     after = sum(c.after_micros for c in plan.changes)
@@ -159,13 +237,24 @@ def build_report(
                 "after": micros_to_number(c.after_micros),
                 "delta": micros_to_number(c.delta_micros),
                 "events": c.events,
+                "period": period,
             }
-            for c in plan.changes
+            for c, period in zip(plan.changes, period_names, strict=True)
         ],
+        "periods": [
+            {
+                **n.period.wire(),
+                "state": n.state,
+                "counters": n.counters,
+                "delta": micros_to_number(n.delta_micros),
+            }
+            for n in notes
+        ],
+        "warnings": [w for n in notes if (w := n.warning(grace))],
         "totals": {
             "before": micros_to_number(before),
             "after": micros_to_number(after),
             "delta": micros_to_number(after - before),
         },
-        "applied": applied,
+        "applied": False,
     }

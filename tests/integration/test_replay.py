@@ -124,10 +124,12 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
 
     applied = await replay(api, tenant, "apply")
     assert applied["applied"] is True and applied["totals"] == dry["totals"]
+    # read your writes: the apply returns once the counters show it
+    assert applied["visible"] is True
     expected = oracle(fresh + late)
-    await eventually(
-        lambda: _equals(local(env, tenant), expected), timeout=30, what="counters = ledger truth"
-    )
+    assert await local(env, tenant) == expected
+    assert {c["period"] for c in applied["counters"]} == {p["name"] for p in applied["periods"]}
+    assert sum(p["counters"] for p in applied["periods"]) == len(applied["counters"])
     assert await replayed_rows(env, tenant) == 40
     again = await replay(api, tenant, "apply")
     assert again["totals"]["delta"] == 0 and again["counters"] == []
@@ -193,14 +195,51 @@ async def test_adjustments_are_counted_once_and_listed(env: Settings, start_work
         response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
         assert response.status == 201
         created = await response.json()
+        # read your writes: answered once the counter shows it
+        assert created["visible"] is True
+        assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
     assert (created["delta"], created["status"], created["target"]) == (-2.5, "applied", "counter")
-    await eventually(
-        lambda: _equals(local(env, tenant), Counter({("acme", bucket): 7_500_000})), what="adjusted"
-    )
+    assert created["period"]["state"] == "open" and created["warnings"] == []
     listed = await (await api.get(f"/v1/adjustments?tenantId={tenant}")).json()
     assert [a["adjustmentId"] for a in listed["adjustments"]] == [created["adjustmentId"]]
     bad = await api.post("/v1/adjustments", json={**body, "delta": 0})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "delta"
+
+
+async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
+    env: Settings, start_worker, tmp_path
+) -> None:
+    """Read your writes: without a running meter an apply cannot show; it says so, and where to look."""
+    from aiohttp.test_utils import TestServer
+    from stripemeter.api.app import create_app
+
+    tenant = f"rv-{uuid.uuid4().hex[:6]}"
+    worker = start_worker("w1", slot="main")
+    worker.wait_ready()
+    fresh, late = scenario(tenant)
+    await produce(env, [fresh])
+    await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
+    await produce(env, [late])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
+    worker.stop()
+    client = TestClient(TestServer(create_app(env.with_overrides(apply_wait_seconds=1.0))))
+    await client.start_server()
+    try:
+        applied = await replay(client, tenant, "apply")
+        assert (applied["applied"], applied["visible"]) == (True, False)
+        assert f"/v1/replay/{applied['replayId']}" in applied["message"]
+        stored = await (await client.get(f"/v1/replay/{applied['replayId']}")).json()
+        assert stored["visible"] is False
+        start_worker("w1", slot="main").wait_ready()
+
+        async def shown() -> bool:
+            report = await (await client.get(f"/v1/replay/{applied['replayId']}")).json()
+            return bool(report["visible"])
+
+        await eventually(shown, timeout=60, what="the apply to show")
+        assert await local(env, tenant) == oracle(fresh + late)
+    finally:
+        await client.close()
 
 
 async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient) -> None:

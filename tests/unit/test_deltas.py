@@ -6,6 +6,13 @@ from stripemeter.streams.deltas import Delta, decode_delta, encode_delta
 from stripemeter.db.counters import latest_per_counter
 
 
+def test_delta_record_tells_which_keyed_message_it_has_applied() -> None:
+    delta = Delta("demo", "requests", "acme", 1_794_988_800_000, 1_500_000, 3, 1, 4711)
+    record = orjson.loads(encode_delta(delta))
+    assert (record["keyedPartition"], record["keyedOffset"]) == (1, 4711)
+    assert decode_delta(encode_delta(delta)) == delta
+
+
 def test_delta_record_has_the_contract_fields() -> None:
     raw = encode_delta(Delta("demo", "requests", "acme", 1_794_988_800_000, 1_500_000, 3))
     assert orjson.loads(raw) == {
