@@ -203,7 +203,7 @@ async def test_runbook_examples_late_event_and_duplicate_end_in_parity(
     ids, _meter = await setup_tenant(rapi, state, tenant, ["acme"])
     start_worker("w1", **emulator_settings(base), reconcile_interval_seconds=0).wait_ready()
     now_hour = hours_before_now(0)
-    period = current_name(datetime.now(UTC))
+    period = current_name(datetime.fromtimestamp(now_hour, tz=UTC))
     await produce(stripe_env, [[event(tenant, "acme", now_hour + 30 * i, 100, f"e{i}") for i in range(10)]])
     await eventually(lambda: writer_synced(stripe_env, state, tenant, ids), timeout=90, what="writer parity")
 
@@ -273,6 +273,13 @@ async def test_run_and_summary_reject_bad_requests(rapi: TestClient) -> None:
     assert (await bad.json())["error"]["field"] == "tenantId"
     bad = await rapi.get("/v1/reconciliation/summary?tenantId=t")
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "metric"
+    for period in ("0000-01", "9999-12", "2026-11%0A", "2026-11-01"):
+        bad = await rapi.get(f"/v1/reconciliation/summary?tenantId=t&metric=m&period={period}")
+        assert bad.status == 400 and (await bad.json())["error"]["field"] == "period", period
+        bad = await rapi.post(
+            "/v1/reconciliation/run", json={"tenantId": "t", "period": period.replace("%0A", "\n")}
+        )
+        assert bad.status == 400 and (await bad.json())["error"]["field"] == "period", period
     empty = await (
         await rapi.get("/v1/reconciliation/summary?tenantId=nobody&metric=m&period=2026-01")
     ).json()
