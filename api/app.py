@@ -18,6 +18,7 @@ from stripemeter.api import (
     pushes,
     reconciliation,
     replay,
+    stripe_webhook,
     usage,
 )
 from stripemeter.api.appkeys import (
@@ -132,6 +133,7 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_put("/v1/customers/{tenantId}/{customerRef}", mappings.put_customer)
     app.router.add_get("/v1/customers/{tenantId}", mappings.list_customers)
     app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
+    app.router.add_post(stripe_webhook.PATH, stripe_webhook.post_webhook)
     app.router.add_get("/v1/reconciliation/summary", reconciliation.get_summary)
     app.router.add_post("/v1/reconciliation/run", reconciliation.post_run)
     app.router.add_post("/v1/replay", replay.post_replay)

@@ -19,6 +19,7 @@ from stripemeter.auth import Principal, required_scope, split_token, verify
 from stripemeter.db import api_keys
 
 PRINCIPAL = web.RequestKey("principal", Principal)
+WEBHOOK_PATH = "/v1/stripe/webhook"  # Stripe's deliveries carry its signature, not an API key
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
 
 
@@ -73,7 +74,7 @@ async def authenticate(request: web.Request) -> Principal:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith("/v1/"):
+    if not request.path.startswith("/v1/") or request.path == WEBHOOK_PATH:  # Stripe signs its own
         return await handler(request)
     settings = request.app[SETTINGS]
     tenant = request.query.get("tenantId") or request.match_info.get("tenantId") or "-"

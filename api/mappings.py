@@ -5,16 +5,19 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+import stripe
 from aiohttp import web
 from stripemeter.api import params
-from stripemeter.api.appkeys import POOL, SETTINGS
+from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_tenant
-from stripemeter.api.errors import bad_request, json_response
+from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.streams.policy import AGGREGATIONS
 
 from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
-from stripemeter.db.pushes import retry_parked
+from stripemeter.db.pushes import buckets_of, repartition_periods, retry_parked
 from stripemeter.events import METRIC_RE, TENANT_RE
+from stripemeter.reconcile import periods
+from stripemeter.stripe_push.plan import meter_problem
 
 MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
 
@@ -49,10 +52,40 @@ async def put_metric(request: web.Request) -> web.Response:
         isinstance(lateness, bool) or not isinstance(lateness, int) or not 0 <= lateness <= MAX_LATENESS
     ):
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
+    meter_check = await check_meter(request, event_name, aggregation)
     async with request.app[POOL].connection() as conn:
         row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
         retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), metric=metric)
-    return json_response({**_view(row), "countersRetried": retried})
+    return json_response({**_view(row), "countersRetried": retried, "meterCheck": meter_check})
+
+
+async def check_meter(request: web.Request, event_name: str, aggregation: str) -> dict[str, Any]:
+    """Read the Stripe meter of ``event_name`` now: 422 naming the field when it cannot carry the
+    metric (none, inactive, pre-aggregating, or a formula that does not fit); when Stripe is not
+    configured or cannot be reached, the mapping is saved and the writer checks on first use."""
+    if RECONCILER not in request.app:
+        return {"status": "skipped", "reason": "Stripe is not configured"}
+    catalog = request.app[RECONCILER].reader.meters
+    try:
+        await catalog.refresh()
+    except stripe.StripeError as exc:
+        return {
+            "status": "skipped",
+            "reason": f"Stripe could not be read ({type(exc).__name__}); the writer checks",
+        }
+    meter = catalog.all().get(event_name)
+    problem = meter_problem(meter, event_name, aggregation)
+    if problem is not None:
+        field, reason = problem
+        raise ApiError("stripe_meter_mismatch", f"{field}: {reason}", field=field, status=422)
+    assert meter is not None
+    return {
+        "status": "ok",
+        "meterId": meter.id,
+        "formula": meter.formula,
+        "customerKey": meter.customer_key,
+        "valueKey": meter.value_key,
+    }
 
 
 async def put_customer(request: web.Request) -> web.Response:
@@ -69,8 +102,13 @@ async def put_customer(request: web.Request) -> web.Response:
             raise bad_request("billingAnchor", "must be an RFC 3339 date-time") from None
         if anchor.tzinfo is None:
             raise bad_request("billingAnchor", "must carry a UTC offset")
+    if anchor is not None:
+        anchor = anchor.replace(second=0, microsecond=0)  # Stripe's summaries take minute boundaries
     async with request.app[POOL].connection() as conn:
         row = await upsert_customer(conn, tenant, customer, stripe_id, anchor)
+        # the customer's hours may belong to other periods now: their whole units are carried anew
+        starts = {b: periods.holding(b, anchor).start for b in await buckets_of(conn, tenant, customer)}
+        await repartition_periods(conn, tenant, customer, starts)
         retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), customer=customer)
     return json_response({**_view(row), "countersRetried": retried})
 

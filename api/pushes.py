@@ -31,6 +31,7 @@ async def get_pushes(request: web.Request) -> web.Response:
                     "status": r["status"],
                     "reason": r["reason"],
                     "attempts": r["attempts"],
+                    "pendingIdentifier": r["pending_identifier"],
                 }
                 for r in rows
             ],

@@ -36,6 +36,7 @@ from stripemeter import metrics
 from stripemeter.config import Settings, settings_env
 from stripemeter.db.mappings import load_policies
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, run_schedule, stripe_configured
+from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client
 from stripemeter.stripe_push.writer import StripeWriter
 from stripemeter.topics import TABLES, TopicNames
@@ -238,8 +239,10 @@ def create_app(
         async def run_intake() -> None:
             await _supervise(app, "intake", intake.run)
 
+    # one Stripe budget for the process: the writer and the reconciler share Stripe's per-account limits
+    budget = StripeBudget(settings.stripe_calls_per_second)
     if stripe_configured(settings):
-        writer = stripe_writer(settings)
+        writer = stripe_writer(settings, budget)
 
         @app.task
         async def run_stripe_writer() -> None:
@@ -255,7 +258,7 @@ def create_app(
             # not at once: a restarting fleet would otherwise reconcile on every start
             await asyncio.sleep(min(60.0, settings.reconcile_interval_seconds))
             publish = kafka_publisher(checkpointer.producer, names.drift)
-            reconciler = build_reconciler(settings, publish)
+            reconciler = build_reconciler(settings, publish, budget)
             await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, tasks_stopping))
 
     if with_sink and not stage_processes:
@@ -320,16 +323,17 @@ def create_app(
     return app
 
 
-def stripe_writer(settings: Settings) -> StripeWriter:
+def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
     names = TopicNames(settings.topic_prefix, settings.app_id)
     client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
     return StripeWriter(
         settings.kafka_bootstrap_servers,
         names.deltas,
         f"{settings.app_id}-stripe-writer",
+        settings.app_id,
         settings.database_url.value,
         client,
-        settings.stripe_calls_per_second,
+        budget,
         clock=settings.clock,
     )
 

@@ -26,6 +26,7 @@ from stripemeter.reconcile.periods import period as period_of
 from stripemeter.reconcile.runner import Reconciler, ReconcileSettings, RunRequest
 from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_emulator import EmulatorState
+from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client
 
 Say = Callable[[str], None]
@@ -133,7 +134,7 @@ async def reconcile_many(
             say(f"seeding {customers:,} customers x {len(hours)} hours (PostgreSQL and the emulator) ...")
             drifted = await seed(conn, state, tenant, meter["event_name"], customers, hours)
             client = make_client("sk_test_bench", base, http)
-            reader = StripeReader(client, calls_per_second=1e9, concurrency=CONCURRENCY)
+            reader = StripeReader(client, StripeBudget(1e9), concurrency=CONCURRENCY)
             customer_ids = [c["id"] for c in state.customers.values()]
             p = period_of(period)
             base_seconds = await baseline(

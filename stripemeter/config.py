@@ -39,6 +39,7 @@ class Settings:
     database_url: Secret = Secret("postgresql://stripemeter:stripemeter@127.0.0.1:5433/stripemeter")
     stripe_api_key: Secret = Secret("")
     stripe_api_base: str = ""
+    stripe_webhook_secret: Secret = Secret("")  # signs Stripe's event deliveries to POST /v1/stripe/webhook
     topic_prefix: str = ""
     app_id: str = "stripemeter"
     partitions: int = 4
@@ -61,7 +62,6 @@ class Settings:
     reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
     reconcile_epsilon: float = 0.005
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
-    reconcile_calls_per_second: float = 20.0
     auth_enabled: bool = True  # API keys on /v1; off only for purely local use
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
     ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
@@ -90,6 +90,7 @@ ENV_VARS: dict[str, str] = {
     "DATABASE_URL": "database_url",
     "STRIPE_API_KEY": "stripe_api_key",
     "STRIPE_API_BASE": "stripe_api_base",
+    "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
     "STRIPEMETER_TOPIC_PREFIX": "topic_prefix",
     "STRIPEMETER_APP_ID": "app_id",
     "STRIPEMETER_PARTITIONS": "partitions",
@@ -112,7 +113,6 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
     "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
     "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
-    "STRIPEMETER_RECONCILE_CALLS_PER_SECOND": "reconcile_calls_per_second",
     "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
@@ -169,8 +169,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_LATENESS_SECONDS must not be negative")
     if not 0 <= settings.reconcile_epsilon < 1:
         raise ConfigError("STRIPEMETER_RECONCILE_EPSILON must be in [0, 1)")
-    if settings.reconcile_calls_per_second <= 0 or settings.stripe_calls_per_second <= 0:
-        raise ConfigError("STRIPEMETER_*_CALLS_PER_SECOND must be positive")
+    if settings.stripe_calls_per_second <= 0:
+        raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND must be positive")
     for f in fields(settings):
         if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
             raise ConfigError(f"{f.name} must be a TCP port")

@@ -49,7 +49,8 @@ INGEST_EVENTS = Counter(
 )
 STRIPE_PUSHES = Counter(
     "stripemeter_stripe_pushes_total",
-    "Meter events sent to Stripe, by outcome (delivered, duplicate, permanent, rate_limited, transient)",
+    "Meter events sent to Stripe, by outcome (delivered, refused, idempotency_conflict, server_error,"
+    " unreachable, rate_limited, transient)",
     ["outcome"],
 )
 STRIPE_PUSH_SECONDS = Histogram(
@@ -58,6 +59,17 @@ STRIPE_PUSH_SECONDS = Histogram(
     buckets=SHORT_SECONDS,
 )
 STRIPE_PARKED = Gauge("stripemeter_stripe_parked_counters", "Counters parked after a permanent Stripe error")
+STRIPE_IDEMPOTENCY_CONFLICTS = Counter(
+    "stripemeter_stripe_idempotency_conflicts_total",
+    "Meter event requests Stripe answered idempotency_error (a key first used with other parameters):"
+    " the counter is parked, never retried blindly",
+)
+STRIPE_ERROR_REPORTS = Counter(
+    "stripemeter_stripe_error_reports_total",
+    "Meter events Stripe accepted and then reported as not counted (v1.billing.meter.error_report_triggered),"
+    " by Stripe's error code",
+    ["code"],
+)
 RECONCILIATION_LABELS = ["tenant", "metric", "customer", "period"]
 RECONCILIATION_DIFF_PCT = Gauge(
     "reconciliation_diff_pct",

@@ -3,12 +3,14 @@ and what it stores (runs, items, the latest verdict per item, corrections sent t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg.rows import dict_row
+
+from stripemeter.stripe_push.plan import Request
 
 # Per hour: the newest local total (counters snapshot or the writer's copy, whichever has the higher
 # seq), what the writer delivered, and when the hour last changed (a local change, or a finished push).
@@ -22,9 +24,11 @@ SELECT coalesce(c.metric, p.metric) AS metric,
        extract(epoch FROM CASE WHEN p.status = 'synced' THEN greatest(c.updated_at, p.updated_at)
                                ELSE coalesce(c.updated_at, p.updated_at) END) AS changed_at
 FROM (SELECT * FROM counters WHERE tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
-      AND (%(metric)s::text IS NULL OR metric = %(metric)s)) c
+      AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+      AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)) c
 FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >= %(start)s
-           AND bucket < %(end)s AND (%(metric)s::text IS NULL OR metric = %(metric)s)) p
+           AND bucket < %(end)s AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+           AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)) p
   ON c.metric = p.metric AND c.customer_ref = p.customer_ref AND c.bucket = p.bucket
 """
 
@@ -58,9 +62,14 @@ async def _rows(conn: psycopg.AsyncConnection, query: str, params: dict[str, Any
 
 
 async def hours(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
-):
-    return await _rows(conn, HOURS, _range(tenant, metric, start, end))
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metric: str | None,
+    start: datetime,
+    end: datetime,
+    customer: str | None = None,
+) -> list[dict[str, Any]]:
+    return await _rows(conn, HOURS, {**_range(tenant, metric, start, end), "customer": customer})
 
 
 async def late_events(
@@ -193,21 +202,23 @@ async def latest_not_at_parity(
 
 async def record_correction(
     conn: psycopg.AsyncConnection,
-    adjustment_id: str,
+    request: Request,
     key: tuple[str, str, str],
     bucket: datetime,
-    ts: datetime,
-    delta_units: int,
     run_id: str,
     now: datetime,
 ) -> None:
+    """An aligning meter event, recorded with its exact request before it is sent."""
     await conn.execute(
         "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
-        " reason, target, run_id, created_at)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s, %s)"
+        " reason, target, run_id, created_at, request)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s, %s, %s)"
         " ON CONFLICT (adjustment_id) DO NOTHING",
-        (adjustment_id, *key, bucket, ts, delta_units * 1_000_000, run_id, now),
-    )
+        (
+            request.identifier, *key, bucket, datetime.fromtimestamp(request.timestamp, tz=UTC),
+            request.value * 1_000_000, run_id, now, orjson.dumps(request.wire()).decode(),
+        ),
+    )  # fmt: skip
 
 
 async def finish_correction(
@@ -229,3 +240,15 @@ async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> lis
         "SELECT * FROM adjustments WHERE target = 'stripe' AND status = 'pending' AND tenant_id = %(tenant)s",
         {"tenant": tenant},
     )
+
+
+async def delivered_corrections(conn: psycopg.AsyncConnection, key: tuple[str, str, str, datetime]) -> int:
+    """Whole units the reconciler's delivered corrections added to one hour in Stripe."""
+    cur = await conn.execute(
+        "SELECT coalesce(sum(delta_micros), 0) FROM adjustments"
+        " WHERE target = 'stripe' AND status = 'applied'"
+        " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s",
+        key,
+    )
+    row = await cur.fetchone()
+    return int(row[0]) // 1_000_000 if row else 0

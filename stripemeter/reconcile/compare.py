@@ -6,7 +6,8 @@ than ``settle_seconds`` ago is *in flight*: Stripe may not show it yet, so it is
 never counted as drift.
 
 ``local`` is what Stripe should hold: whole units per hour, as the writer pushes them (Stripe meter
-values are whole numbers; a fractional remainder waits until it adds up). ``diffAbs`` sums the
+values are whole numbers; within a period a fraction carries into the next hour, see
+stripe_push/plan.targets), computed here from the exact local totals. ``diffAbs`` sums the
 absolute differences of the settled hours (a surplus in one hour does not hide a loss in another);
 ``diffPct`` divides it by the larger of the two totals, as the contract's epsilon does.
 """
@@ -21,11 +22,12 @@ Status = Literal["parity", "within_epsilon", "drift"]
 
 @dataclass(frozen=True)
 class Hour:
-    local: int  # whole units counted in this hour
+    local: int  # whole units Stripe should hold for this hour (fractions carried within the period)
     pushed: int | None  # whole units the writer recorded as delivered; None: the writer never saw it
     writer_status: str | None  # stripe_pushes.status
     writer_reason: str | None
     changed_at: float  # unix seconds of the newest local change, push or correction of this hour
+    exact_micros: int = 0  # the exact local total of the hour
 
 
 @dataclass
@@ -41,6 +43,9 @@ class Item:
 
     def local_total(self) -> int:
         return total(self.aggregation, {b: h.local for b, h in self.hours.items()})
+
+    def exact_total_micros(self) -> int:
+        return total(self.aggregation, {b: h.exact_micros for b, h in self.hours.items()})
 
 
 @dataclass
@@ -181,14 +186,19 @@ def causes(item: Item, drifting: list[dict[str, int]]) -> list[dict[str, Any]]:
 
 
 def corrections(item: Item, drifting: list[dict[str, int]]) -> list[tuple[int, int]]:
-    """Meter events that align Stripe with local, for hours the writer has fully delivered.
+    """Meter events that align Stripe with local, for hours the writer has fully delivered, or never
+    had (Stripe holds usage of an hour nobody counted).
 
-    An hour the writer still owes (not pushed, parked, unmapped) is left to the writer: correcting it
-    here too would count the change twice. ``last`` meters are not corrected by an extra event.
+    An hour the writer still owes or may still send (waiting, pending, parked, unmapped: local 0
+    included, a correction can bring a counter to 0 while the writer still owes the change) is left to
+    the writer: correcting it here too would count the change twice. ``last`` meters are not corrected
+    by an extra event.
     """
     if item.aggregation == "last" or item.missing:
         return []
-    return [(h["bucket"], h["diff"]) for h in drifting if _synced(item, h["bucket"]) or h["local"] == 0]
+    return [
+        (h["bucket"], h["diff"]) for h in drifting if _delivered(item, h["bucket"]) or _never_counted(item, h)
+    ]
 
 
 def _status(item: Item, bucket: int) -> str | None:
@@ -199,6 +209,17 @@ def _status(item: Item, bucket: int) -> str | None:
 def _synced(item: Item, bucket: int) -> bool:
     hour = item.hours.get(bucket)
     return hour is not None and hour.pushed is not None and hour.pushed == hour.local
+
+
+def _delivered(item: Item, bucket: int) -> bool:
+    """The writer delivered the hour's target and has nothing in flight for it."""
+    hour = item.hours.get(bucket)
+    return _synced(item, bucket) and hour is not None and hour.writer_status == "synced"
+
+
+def _never_counted(item: Item, h: dict[str, int]) -> bool:
+    hour = item.hours.get(h["bucket"])
+    return hour is None or (hour.local == 0 and hour.pushed is None and hour.writer_status is None)
 
 
 def _unpushed(item: Item, h: dict[str, int]) -> bool:

@@ -36,7 +36,7 @@ from stripemeter.db.mappings import stripe_mappings
 from stripemeter.reconcile import periods
 from stripemeter.reconcile.compare import Hour, Item, Verdict, judge, judge_totals, relative
 from stripemeter.reconcile.stripe_reader import StripeReader
-from stripemeter.stripe_push.plan import Push, stamp
+from stripemeter.stripe_push.plan import Meter, Request, targets
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +118,7 @@ class Reconciler:
         )
         try:
             metric_map, customer_map = await stripe_mappings(conn, request.tenant_id)
-            await self._resend_pending(conn, request.tenant_id, metric_map, customer_map)
+            await self._resend_pending(conn, request.tenant_id)
             items, ranges = await self._load(conn, request, period_name, now, metric_map, customer_map)
             meters = await self.reader.meters_by_event_name() if metric_map else {}
             done = 0
@@ -140,7 +140,7 @@ class Reconciler:
                     await asyncio.sleep(0)  # inside a worker: let the meter run between chunks
                 period = ranges[_key(item)]
                 action, sent = await self._act(
-                    conn, run_id, request, item, verdict, metric_map, customer_map, now
+                    conn, run_id, request, item, verdict, meters, metric_map, customer_map, period, now
                 )
                 adjusted.extend(sent)
                 counts[verdict.status] += 1
@@ -241,20 +241,23 @@ class Reconciler:
             aggregation = metric_map[metric][1] if metric in metric_map else "sum"
             items[(metric, customer)] = Item(tenant, metric, customer, aggregation, missing=missing)
             ranges[(metric, customer)] = period
+        raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for r in hour_rows:
             key = (r["metric"], r["customer_ref"])
-            if key not in items or not ranges[key].start <= r["bucket"] < ranges[key].end:
-                continue
-            bucket = int(r["bucket"].timestamp())
-            changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
-            local_micros = int(r["local_micros"]) if r["local_micros"] is not None else 0
-            pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
-            items[key].hours[bucket] = Hour(
-                local_micros // 1_000_000, pushed, r["status"], r["reason"], changed_at
-            )
+            if key in items and ranges[key].holds(r["bucket"]):
+                raw.setdefault(key, []).append(r)
+        for key, rows in raw.items():
+            rows.sort(key=lambda r: r["bucket"])
+            micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
+            # what Stripe should hold per hour: whole units, fractions carried (as the writer pushes)
+            for r, exact, target in zip(rows, micros, targets(items[key].aggregation, micros), strict=True):
+                bucket = int(r["bucket"].timestamp())
+                changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
+                pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
+                items[key].hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
         for r in late_rows:
             key = (r["metric"], r["customer_ref"])
-            if key in items and ranges[key].start <= r["bucket"] < ranges[key].end:
+            if key in items and ranges[key].holds(r["bucket"]):
                 items[key].late_count += int(r["n"])
                 items[key].late_micros += int(r["micros"] or 0)
         for (metric, customer, bucket), at in corrected.items():
@@ -269,17 +272,18 @@ class Reconciler:
         period: periods.Period,
         metric_map: dict[str, Any],
         customer_map: dict[str, Any],
-        meters: dict[str, str],
+        meters: dict[str, Meter],
         now: float,
     ) -> Verdict:
         settle, epsilon = self.settings.settle_seconds, self.settings.epsilon
         if item.missing:
             return judge(item, {}, now, settle, epsilon)
         event_name = metric_map[item.metric][0]
-        meter_id = meters.get(event_name)
-        if meter_id is None:
+        meter = meters.get(event_name)
+        if meter is None or not meter.active:
             item.missing.append(f"active Stripe meter for event name {event_name!r}")
             return judge(item, {}, now, settle, epsilon)
+        meter_id = meter.id
         customer = customer_map[item.customer_ref][0]
         start, end = int(period.start.timestamp()), int(period.end.timestamp())
         try:
@@ -302,8 +306,10 @@ class Reconciler:
         request: RunRequest,
         item: Item,
         verdict: Verdict,
+        meters: dict[str, Meter],
         metric_map: dict[str, Any],
         customer_map: dict[str, Any],
+        period: periods.Period,
         now: float,
     ) -> tuple[str, list[dict[str, Any]]]:
         """Send the corrections the policy allows; returns the item's action and what was sent."""
@@ -313,25 +319,23 @@ class Reconciler:
         corrections = [(b, v) for b, v in verdict.corrections if now - b < CORRECTABLE_SECONDS]
         if not allowed or not corrections or len(corrections) != len(verdict.hours):
             return "replay", []
-        event_name = metric_map[item.metric][0]
+        meter = meters.get(metric_map[item.metric][0])
+        if meter is None:
+            return "replay", []
+        if not await self._unchanged(conn, item, [b for b, _ in corrections], period):
+            return "wait", []  # the writer or new usage moved an hour since it was read: in flight
         customer = customer_map[item.customer_ref][0]
         sent = []
         for bucket, value in corrections:
             identifier = correction_identifier(item, bucket, run_id)
-            ts = stamp(bucket)
+            request = Request(
+                identifier, meter.event_name, {meter.customer_key: customer, meter.value_key: str(value)},
+                bucket, value, value,  # stamped at the hour's start, like the writer's
+            )  # fmt: skip
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
-            await db.record_correction(
-                conn,
-                identifier,
-                key,
-                bucket_dt,
-                datetime.fromtimestamp(ts, tz=UTC),
-                value,
-                run_id,
-                self.clock.utc(),
-            )
-            error = await self._send(event_name, customer, value, ts, identifier)
+            await db.record_correction(conn, request, key, bucket_dt, run_id, self.clock.utc())
+            error = await self._send(request)
             await db.finish_correction(conn, identifier, error, self.clock.utc())
             if error:
                 log.warning("correction %s for %s/%s/%s failed: %s", identifier, *key, error)
@@ -349,33 +353,41 @@ class Reconciler:
             )
         return "adjusted", sent
 
-    async def _send(self, event_name: str, customer: str, value: int, ts: int, identifier: str) -> str | None:
-        """None once Stripe has the correction ("already exists" included), else why not."""
-        payload = {"stripe_customer_id": customer, "value": str(value)}
-        result = await self.reader.send(Push(identifier, event_name, payload, ts, value))
-        return None if result.outcome in ("delivered", "duplicate") else result.reason
-
-    async def _resend_pending(
-        self,
-        conn: psycopg.AsyncConnection,
-        tenant: str,
-        metric_map: dict[str, Any],
-        customer_map: dict[str, Any],
-    ) -> None:
-        pending = await db.pending_corrections(conn, tenant)
-        for row in pending:
-            if row["metric"] not in metric_map or row["customer_ref"] not in customer_map:
-                await db.finish_correction(
-                    conn, row["adjustment_id"], "mapping removed before the resend", self.clock.utc()
-                )
+    async def _unchanged(
+        self, conn: psycopg.AsyncConnection, item: Item, buckets: list[int], period: periods.Period
+    ) -> bool:
+        """Whether the hours to correct still read as they did before Stripe was read: a correction is
+        never built on a local snapshot older than its Stripe reads."""
+        rows = await db.hours(conn, item.tenant_id, item.metric, period.start, period.end, item.customer_ref)
+        now_seen = {int(r["bucket"].timestamp()): r for r in rows}
+        for bucket in buckets:
+            before, after = item.hours.get(bucket), now_seen.get(bucket)
+            if before is None and after is None:
                 continue
-            error = await self._send(
-                metric_map[row["metric"]][0],
-                customer_map[row["customer_ref"]][0],
-                int(row["delta_micros"]) // 1_000_000,
-                int(row["ts"].timestamp()),
-                row["adjustment_id"],
-            )
+            if before is None or after is None:
+                return False
+            pushed = int(after["pushed_units"]) if after["pushed_units"] is not None else None
+            exact = int(after["local_micros"]) if after["local_micros"] is not None else 0
+            if (exact, pushed, after["status"]) != (before.exact_micros, before.pushed, before.writer_status):
+                return False
+        return True
+
+    async def _send(self, request: Request) -> str | None:
+        """None once Stripe has the correction ("already exists" included), else why not."""
+        result = await self.reader.send(request)
+        return None if result.outcome == "delivered" else result.reason
+
+    async def _resend_pending(self, conn: psycopg.AsyncConnection, tenant: str) -> None:
+        """Corrections recorded but not confirmed (a crash mid-call): the recorded request again."""
+        for row in await db.pending_corrections(conn, tenant):
+            request = Request.from_wire(row["request"]) if row["request"] else None
+            if request is None:
+                await db.finish_correction(
+                    conn, row["adjustment_id"], "recorded without its request (before an upgrade)",
+                    self.clock.utc(),
+                )  # fmt: skip
+                continue
+            error = await self._send(request)
             await db.finish_correction(conn, row["adjustment_id"], error, self.clock.utc())
 
 

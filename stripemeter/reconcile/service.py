@@ -22,6 +22,7 @@ from stripemeter.reconcile.runner import (
     RunRequest,
 )
 from stripemeter.reconcile.stripe_reader import StripeReader
+from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,13 @@ def stripe_configured(settings: Settings) -> bool:
     return bool(settings.stripe_api_key or settings.stripe_api_base)
 
 
-def build_reconciler(settings: Settings, publish: Publish, concurrency: int = 8) -> Reconciler:
+def build_reconciler(
+    settings: Settings, publish: Publish, budget: StripeBudget | None = None, concurrency: int = 8
+) -> Reconciler:
+    """``budget``: the process's Stripe budget, shared with its writer (a new one if None)."""
     client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
-    reader = StripeReader(client, settings.reconcile_calls_per_second, concurrency)
+    budget = budget or StripeBudget(settings.stripe_calls_per_second)
+    reader = StripeReader(client, budget, concurrency)
     return Reconciler(
         reader,
         publish,

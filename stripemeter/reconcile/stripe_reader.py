@@ -1,7 +1,10 @@
-"""Reading what Stripe holds: meters by event name, and event summaries per customer.
+"""Reading what Stripe holds: meters by event name, and event summaries per customer; and sending the
+reconciler's aligning meter events.
 
-Calls are rate limited and run a few at a time; reconciling 10,000 customers is 10,000 cheap period
-summaries plus one hourly listing for each customer whose totals differ.
+Every call goes through the process's Stripe budget (shared with the writer) and is retried when
+Stripe answers 429 or cannot be reached (see stripe_push/calls.py), so a busy moment does not abort a
+run. A few calls run at a time; reconciling 10,000 customers is 10,000 cheap period summaries plus one
+hourly listing for each customer whose totals differ.
 """
 
 from __future__ import annotations
@@ -11,42 +14,35 @@ from typing import Any
 
 import stripe
 
-from stripemeter import metrics
+from stripemeter.stripe_push.budget import StripeBudget
+from stripemeter.stripe_push.calls import StripeCalls
 from stripemeter.stripe_push.client import SendResult, send
-from stripemeter.stripe_push.plan import Push
-from stripemeter.stripe_push.writer import RateLimiter
+from stripemeter.stripe_push.meters import MeterCatalog
+from stripemeter.stripe_push.plan import Meter, Request
 
 PAGE = 100
 
 
 class StripeReader:
-    def __init__(self, client: stripe.StripeClient, calls_per_second: float, concurrency: int = 8):
+    def __init__(self, client: stripe.StripeClient, budget: StripeBudget, concurrency: int = 8):
         self.client = client
-        self.limiter = RateLimiter(calls_per_second)
+        self.budget = budget
+        self.call = StripeCalls(budget)
         self.slots = asyncio.Semaphore(concurrency)
-        self.calls = 0
+        self.meters = MeterCatalog(client, self._call)
+
+    @property
+    def calls(self) -> int:
+        return self.call.made
 
     async def _call(self, fn: Any, *args: Any) -> Any:
         async with self.slots:
-            await self.limiter.wait()
-            self.calls += 1
-            try:
-                return await fn(*args)
-            except stripe.StripeError as error:
-                metrics.STRIPE_ERRORS.labels(type(error).__name__).inc()
-                raise
+            return await self.call(fn, *args)
 
-    async def meters_by_event_name(self) -> dict[str, str]:
-        """Active meters: event name -> meter id."""
-        found: dict[str, str] = {}
-        params: dict[str, Any] = {"limit": PAGE, "status": "active"}
-        while True:
-            page = await self._call(self.client.v1.billing.meters.list_async, params)
-            for meter in page.data:
-                found.setdefault(meter.event_name, meter.id)
-            if not page.has_more or not page.data:
-                return found
-            params = {**params, "starting_after": page.data[-1].id}
+    async def meters_by_event_name(self) -> dict[str, Meter]:
+        """Every meter, read now: event name -> meter (active ones win)."""
+        await self.meters.refresh()
+        return self.meters.all()
 
     async def period_total(self, meter_id: str, customer: str, start: int, end: int) -> int:
         """One summary over [start, end): the customer's period total."""
@@ -65,21 +61,25 @@ class StripeReader:
             "limit": PAGE,
         }
         while True:
-            page = await self._call(
-                self.client.v1.billing.meters.event_summaries.list_async, meter_id, params
-            )
+            list_summaries = self.client.v1.billing.meters.event_summaries.list_async
+            page = await self._call(list_summaries, meter_id, params)
             for summary in page.data:
                 hours[int(summary.start_time)] = _whole(summary.aggregated_value)
             if not page.has_more or not page.data:
                 return hours
             params = {**params, "starting_after": page.data[-1].id}
 
-    async def send(self, push: Push) -> SendResult:
-        """One meter event, as the writer sends it (same identifier rules and error classes)."""
+    async def send(self, request: Request) -> SendResult:
+        """One meter event, under the same rules as the writer's (identifier, outcomes)."""
         async with self.slots:
-            await self.limiter.wait()
-            self.calls += 1
-            return await send(self.client, push)
+            for _ in range(self.call.attempts):
+                await self.budget.acquire()
+                self.call.made += 1
+                result = await send(self.client, request)
+                if result.outcome not in ("rate_limited", "unreachable"):
+                    return result
+                self.budget.slow_down(result.retry_after)
+            return result
 
 
 def _whole(value: Any) -> int:

@@ -1,51 +1,99 @@
-"""The Stripe writer: usage.deltas -> what each counter holds -> one meter event per change.
+"""The Stripe writer: usage.deltas -> what each counter hour holds -> meter events, exactly once.
 
-Per counter, in this order (crash-safe):
+**One owner per counter.** A counter's deltas are keyed by its stream, so they arrive in one partition
+of usage.deltas, and the writers of a deployment share those partitions as a consumer group. A writer
+pushes only the counters of the partitions it holds; on each assignment it claims the partition's
+lease, whose epoch grows, and every change it makes to a push row is a compare-and-set naming that
+epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
+moved on, changes nothing and reads again.
+
+**Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
-2. a push is planned and recorded as pending (identifier + target) before Stripe is called;
-3. Stripe is called with that identifier; success, or "an event already exists with identifier",
-   records the target as pushed.
-A crash between 2 and 3 sends the same identifier again, which Stripe refuses as a duplicate: the
-event counts once. Pushes of a counter are serialised, so coalescing is natural: whatever arrived
-since the last push goes out as one difference.
+2. the hour's target in whole units is computed (plan.targets: fractions carry within the period);
+   the request that reaches it is recorded as pending, exactly, before Stripe is called;
+3. Stripe is called with that request; success, or "an event already exists with identifier", records
+   the target as delivered. A crash, timeout, 429 or 5xx leaves the request pending and it is sent
+   again unchanged (a new idempotency key after a 5xx, since Stripe replays a 500 to the same key).
+   A refusal parks the counter with Stripe's message; an ``idempotency_error`` parks it too.
+4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
+   summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
+   what was delivered without it: a new request is planned; anything else: parked for an operator).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
+import os
+import socket
 import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
 
 import psycopg
 import stripe
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stripemeter import metrics
 from stripemeter.clock import SYSTEM, Clock
 from stripemeter.db import pushes
+from stripemeter.db.pushes import Fence, Latest, Stream
+from stripemeter.db.reconciliation import delivered_corrections
+from stripemeter.reconcile import periods
 from stripemeter.streams.deltas import decode_delta
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
-from stripemeter.stripe_push.client import send
-from stripemeter.stripe_push.plan import next_push, not_begun, units
+from stripemeter.streams.partitioning import Partitioner, delta_routing_key
+from stripemeter.stripe_push.budget import StripeBudget
+from stripemeter.stripe_push.calls import StripeCalls
+from stripemeter.stripe_push.client import SendResult, send
+from stripemeter.stripe_push.meters import MeterCatalog
+from stripemeter.stripe_push.plan import (
+    IDENTIFIER_WINDOW_S,
+    Meter,
+    Request,
+    Row,
+    meter_problem,
+    new_request,
+    not_begun,
+    targets,
+    too_old,
+)
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF_SECONDS = 5.0
 
+class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+    """The usage.deltas partitions this writer holds, each with the epoch of its lease."""
 
-class RateLimiter:
-    """At most ``rate`` calls per second, spread evenly."""
+    def __init__(self, database_url: str, app_id: str, owner: str, clock: Clock):
+        self.database_url = database_url
+        self.app_id = app_id
+        self.owner = owner
+        self.clock = clock
+        self.epochs: dict[int, int] = {}
 
-    def __init__(self, rate: float):
-        self.interval = 1.0 / rate
-        self._next = 0.0
+    def fence(self, partition: int) -> Fence | None:
+        epoch = self.epochs.get(partition)
+        return None if epoch is None else Fence(self.app_id, epoch)
 
-    async def wait(self) -> None:
-        now = time.monotonic()
-        if self._next > now:
-            await asyncio.sleep(self._next - now)
-        self._next = max(now, self._next) + self.interval
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.epochs.pop(tp.partition, None)
+        if revoked:
+            log.info(
+                "stripe writer %s gave up partitions %s", self.owner, sorted(tp.partition for tp in revoked)
+            )
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+            for tp in assigned:
+                self.epochs[tp.partition] = await pushes.claim(
+                    conn, self.app_id, tp.partition, self.owner, self.clock.utc()
+                )
+        if assigned:
+            held = {p: self.epochs[p] for p in sorted(tp.partition for tp in assigned)}
+            log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
 
 
 class StripeWriter:
@@ -54,22 +102,25 @@ class StripeWriter:
         bootstrap: str,
         deltas_topic: str,
         group_id: str,
+        app_id: str,
         database_url: str,
         client: stripe.StripeClient,
-        calls_per_second: float = 20.0,
+        budget: StripeBudget,
         flush_interval: float = 1.0,
         clock: Clock = SYSTEM,
     ):
-        self.clock = clock
         self.bootstrap = bootstrap
         self.deltas_topic = deltas_topic
         self.group_id = group_id
         self.database_url = database_url
         self.client = client
-        self.limiter = RateLimiter(calls_per_second)
+        self.budget = budget
+        self.calls = StripeCalls(budget)
+        self.meters = MeterCatalog(client, self.calls)
         self.flush_interval = flush_interval
-        self._backoff_until = 0.0
-        self._backoff = 0.5
+        self.clock = clock
+        owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.ownership = Ownership(database_url, app_id, owner, clock)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -77,23 +128,23 @@ class StripeWriter:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            self.deltas_topic,
             bootstrap_servers=self.bootstrap,
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
         )
+        consumer.subscribe([self.deltas_topic], listener=self.ownership)
         await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         log.info("stripe writer started: %s -> Stripe Billing Meters", self.deltas_topic)
         last_flush = 0.0
         try:
+            await self._assign_old_rows(conn, consumer)
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=5000)
                 if batch:
-                    deltas = [decode_delta(m.value) for msgs in batch.values() for m in msgs if m.value]
-                    await pushes.record_latest(conn, deltas, self.clock.utc())
+                    await self._record(conn, [m for msgs in batch.values() for m in msgs if m.value])
                     await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
                 if time.monotonic() - last_flush >= self.flush_interval:
                     last_flush = time.monotonic()
@@ -102,43 +153,207 @@ class StripeWriter:
             await conn.close()
             await consumer.stop()
 
-    async def push_due(self, conn: psycopg.AsyncConnection, limit: int = 500) -> int:
-        """Push every counter that has a change; returns how many pushes Stripe accepted."""
-        delivered = 0
-        for key, state, mapping, _attempts in await pushes.due(conn, limit, self.clock.utc()):
-            if self._stopping.is_set() or time.monotonic() < self._backoff_until:
-                break
-            if mapping is None:
-                await pushes.mark_status(
-                    conn, key, "unmapped", "no metric or customer mapping yet", self.clock.utc()
+    async def _record(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
+        deltas = [(decode_delta(m.value), m.partition) for m in messages]
+        anchors = await pushes.anchors(conn, ((d.tenant_id, d.customer_ref) for d, _ in deltas))
+        latest = []
+        for d, partition in deltas:
+            bucket = datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC)
+            start = periods.holding(bucket, anchors[d.tenant_id, d.customer_ref]).start
+            latest.append(
+                Latest(d.tenant_id, d.metric, d.customer_ref, bucket, d.total_micros, d.seq, partition, start)
+            )
+        await pushes.record_latest(conn, latest, self.clock.utc())
+
+    async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+        """Rows from before partitions and periods were recorded get them (see migration 0010)."""
+        partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if not partition_count:
+            await consumer.topics()
+            partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        partition_of = Partitioner(max(partition_count, 1))
+        while rows := await pushes.unassigned_rows(conn, 1000):
+            anchors = await pushes.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
+            assigned = [
+                (
+                    (r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
+                    partition_of(delta_routing_key(r["tenant_id"], r["metric"], r["customer_ref"])),
+                    periods.holding(r["bucket"], anchors[r["tenant_id"], r["customer_ref"]]).start,
                 )
-                continue
-            if not_begun(state, int(self.clock())):
-                continue  # stays due until its hour begins
-            push = next_push(state, mapping)
-            if push is None:
-                await pushes.mark_pushed(conn, key, state.pushed_units, True, self.clock.utc())
-                continue
-            if state.pending_identifier is None:
-                await pushes.mark_pending(conn, key, push.identifier, push.to_units, self.clock.utc())
-            await self.limiter.wait()
-            started = time.perf_counter()
-            result = await send(self.client, push)
-            metrics.STRIPE_PUSH_SECONDS.observe(time.perf_counter() - started)
-            metrics.STRIPE_PUSHES.labels(result.outcome).inc()
-            if result.outcome in ("delivered", "duplicate"):
-                synced = push.to_units == units(state.latest_micros)
-                await pushes.mark_pushed(conn, key, push.to_units, synced, self.clock.utc())
-                delivered += 1
-                self._backoff = 0.5
-            elif result.outcome == "permanent":
-                log.warning("parked %s/%s/%s @%s: %s", *key, result.reason)
-                await pushes.mark_status(conn, key, "parked", result.reason, self.clock.utc())
-            else:
-                await pushes.mark_failed_attempt(conn, key, result.reason, self.clock.utc())
-                if result.outcome == "rate_limited" or "APIConnectionError" in result.reason:
-                    # exponential, capped, with jitter so that many writers do not retry in step
-                    self._backoff_until = time.monotonic() + self._backoff * random.uniform(0.5, 1.0)
-                    self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+                for r in rows
+            ]
+            await pushes.assign_rows(conn, assigned)
+            log.info("stripe writer: recorded partition and period of %d older push rows", len(assigned))
+
+    # --- pushing -----------------------------------------------------------------------------------
+
+    async def push_due(self, conn: psycopg.AsyncConnection) -> int:
+        """One round over the due streams of the partitions held; returns how many pushes landed."""
+        delivered = 0
+        for stream in await pushes.due(conn, sorted(self.ownership.epochs), self.clock.utc()):
+            if self._stopping.is_set():
+                break
+            delivered += await self._push_stream(conn, stream)
         metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
         return delivered
+
+    async def _push_stream(self, conn: psycopg.AsyncConnection, stream: Stream) -> int:
+        meter = await self.meters.get(stream.event_name) if stream.event_name else None
+        problem = meter_problem(meter, stream.event_name, stream.aggregation) if stream.event_name else None
+        wanted = targets(stream.aggregation, [row.latest_micros for row in stream.rows])
+        delivered = 0
+        for row, target in zip(stream.rows, wanted, strict=True):
+            fence = self.ownership.fence(row.delta_partition)
+            if fence is None or self._stopping.is_set():
+                return delivered  # the partition went to another writer meanwhile
+            if row.status == "parked":
+                continue
+            now = self.clock.utc()
+            if row.pending_raw is not None:
+                delivered += await self._resend(conn, row, target, meter, fence, now)
+            elif target == row.pushed_units:
+                if row.status != "synced":
+                    await pushes.mark_synced(conn, row, fence, now)
+            elif not_begun(row, now.timestamp()):
+                continue  # stays due until its hour begins
+            elif too_old(row, now.timestamp()):
+                await self._park(conn, row, "the hour is older than the 35 days Stripe accepts", fence)
+            elif stream.event_name is None or stream.stripe_customer is None:
+                await pushes.park(conn, row, "no metric or customer mapping yet", fence, now, "unmapped")
+            elif problem is not None or meter is None:
+                await self._park(conn, row, problem[1] if problem else "no Stripe meter", fence)
+            else:
+                request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
+                if await pushes.record_pending(conn, row, request, fence, now):
+                    recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
+                    delivered += await self._send(conn, recorded, request, 0, target, fence)
+        return delivered
+
+    async def _resend(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        target: int,
+        meter: Meter | None,
+        fence: Fence,
+        now: datetime,
+    ) -> int:
+        request = row.pending
+        since = row.pending_since or 0.0
+        if request is None or now.timestamp() - since > IDENTIFIER_WINDOW_S:
+            await self._settle_old_pending(conn, row, meter, fence)
+            return 0
+        return await self._send(conn, row, request, row.pending_attempt, target, fence)
+
+    async def _send(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        attempt: int,
+        target: int,
+        fence: Fence,
+    ) -> int:
+        await self.budget.acquire()
+        started = time.perf_counter()
+        result = await send(self.client, request, attempt)
+        metrics.STRIPE_PUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.STRIPE_PUSHES.labels(result.outcome).inc()
+        now = self.clock.utc()
+        if result.outcome == "delivered":
+            self.budget.recovered()
+            synced = request.to_units == target
+            await pushes.mark_delivered(
+                conn, row, request.identifier, request.to_units, synced, row.version, fence, now
+            )
+            return 1
+        await self._failed(conn, row, request, result, fence, now)
+        return 0
+
+    async def _failed(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        result: SendResult,
+        fence: Fence,
+        now: datetime,
+    ) -> None:
+        key = "/".join(map(str, row.key[:3])) + f" @{row.key[3]:%Y-%m-%dT%H:%MZ}"
+        if result.outcome == "refused":
+            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
+            await pushes.refuse_pending(
+                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
+            )
+        elif result.outcome == "idempotency_conflict":
+            metrics.STRIPE_IDEMPOTENCY_CONFLICTS.inc()
+            log.error(
+                "idempotency_error for %s of %s: the key was first used with other parameters; parked, not"
+                " retried (%s)", request.identifier, key, result.reason,
+            )  # fmt: skip
+            await pushes.park(conn, row, f"idempotency_error: {result.reason}", fence, now)
+        else:
+            if result.outcome in ("rate_limited", "unreachable"):
+                self.budget.slow_down(result.retry_after)
+            new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
+            await pushes.mark_attempt(conn, row, request.identifier, result.reason, new_key, fence, now)
+
+    async def _park(self, conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence) -> None:
+        log.warning("parked %s/%s/%s @%s: %s", *row.key, reason)
+        await pushes.park(conn, row, reason, fence, self.clock.utc())
+
+    async def _settle_old_pending(
+        self, conn: psycopg.AsyncConnection, row: Row, meter: Meter | None, fence: Fence
+    ) -> None:
+        """A request pending longer than Stripe keeps identifiers: did it land? Stripe's summary of the
+        hour holds what was delivered to it (pushes and reconciliation's corrections), plus the
+        request if it landed."""
+        raw = row.pending_raw or {}
+        identifier = str(raw.get("identifier"))
+        to_units = int(raw.get("toUnits", row.pushed_units))
+        if meter is None:
+            await self._park(
+                conn, row, f"pending {identifier} is older than 24 h and its meter is unknown", fence
+            )
+            return
+        customer = await self._stripe_customer(conn, row)
+        if customer is None:
+            await self._park(
+                conn, row, f"pending {identifier} is older than 24 h; no customer mapping", fence
+            )
+            return
+        start = int(row.key[3].timestamp())
+        page = await self.calls(
+            self.client.v1.billing.meters.event_summaries.list_async,
+            meter.id,
+            {"customer": customer, "start_time": start, "end_time": start + 3600},
+        )
+        holds = sum(round(float(s.aggregated_value or 0)) for s in page.data)
+        corrections = await delivered_corrections(conn, row.key)
+        last = meter.formula == "last"
+        without = row.pushed_units if last else row.pushed_units + corrections
+        landed = to_units if last else to_units + corrections
+        now = self.clock.utc()
+        if holds == landed:
+            log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
+            await pushes.mark_delivered(conn, row, identifier, to_units, False, row.version, fence, now)
+        elif holds == without:
+            log.info(
+                "pending %s older than 24 h never landed (Stripe holds %d): planning anew", identifier, holds
+            )
+            await pushes.forget_pending(
+                conn, row, identifier, "not in Stripe's summary after 24 h", fence, now
+            )
+        else:
+            await self._park(
+                conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
+                f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
+            )  # fmt: skip
+
+    async def _stripe_customer(self, conn: psycopg.AsyncConnection, row: Row) -> str | None:
+        cur = await conn.execute(
+            "SELECT stripe_customer_id FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s",
+            (row.key[0], row.key[2]),
+        )
+        found = await cur.fetchone()
+        return found[0] if found else None

@@ -19,7 +19,7 @@ ALERTS = PROMETHEUS / "alerts.yml"
 ALERTS_DOC = ROOT / "ops" / "ALERTS.md"
 INSTALL_HINT = (
     "promtool is missing: install Debian's Prometheus package "
-    "(`apt-get install -y --no-install-recommends prometheus`; .ci/run does this in CI)"
+    "(`./dev test` installs it: `apt-get install -y --no-install-recommends prometheus`)"
 )
 
 

@@ -1,59 +1,106 @@
+"""Deciding pushes: whole-unit targets that carry fractions, the recorded request, meter checks."""
+
 from __future__ import annotations
 
-from stripemeter.stripe_push.plan import CounterState, Mapping, next_push, not_begun
+from datetime import UTC, datetime
 
-BUCKET = 1_795_485_600  # an hour boundary
-M = Mapping("api_requests", "sum", "cus_1")
+import pytest
+
+from stripemeter.stripe_push.plan import (
+    Meter,
+    Request,
+    Row,
+    idempotency_key,
+    identifier,
+    identifier_of_key,
+    meter_problem,
+    new_request,
+    not_begun,
+    targets,
+    too_old,
+)
+
+BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
+METER = Meter("mtr_1", "api_requests", "sum", "customer", "units", True, None)
 
 
-def state(
-    latest_micros: int, pushed: int = 0, seq: int = 1, pending: tuple[str, int] | None = None
-) -> CounterState:
-    return CounterState(
-        "t",
-        "requests",
-        "acme",
-        BUCKET,
-        latest_micros,
-        seq,
-        pushed,
-        pending[0] if pending else None,
-        pending[1] if pending else None,
+def row(latest_micros: int, pushed: int = 0, version: int = 3) -> Row:
+    return Row(
+        ("t", "requests", "acme", BUCKET), latest_micros, pushed, "waiting", version, 0, None, None, 0, 0
     )
 
 
-def test_pushes_the_whole_unit_difference_inside_the_bucket() -> None:
-    push = next_push(state(7_500_000, pushed=3), M)
-    assert push is not None
-    assert push.payload == {"stripe_customer_id": "cus_1", "value": "4"}
-    assert push.timestamp == BUCKET  # the hour's start: one stamp for every resend
-    assert push.to_units == 7
-    assert push.identifier.endswith("_3_7_1") and len(push.identifier) <= 100
+def test_fractions_carry_from_hour_to_hour_and_nothing_is_lost() -> None:
+    # 0.9 units in every hour of a 30-day month: 648 units, not 0
+    assert sum(targets("sum", [900_000] * 720)) == 648
+    assert targets("sum", [900_000, 900_000, 900_000]) == [0, 1, 1]
+    assert targets("sum", [2_500_000, 2_500_000]) == [2, 3]
+    # whole-number usage: each hour holds its own units, whatever came before
+    assert targets("sum", [3_000_000, 5_000_000, 1_000_000]) == [3, 5, 1]
+    # a negative correction carries too (floor of a negative total)
+    assert targets("sum", [1_500_000, -2_000_000, 600_000]) == [1, -2, 1]
+    assert targets("count", [2_000_000, 1_000_000]) == [2, 1]
 
 
-def test_nothing_to_push_until_a_whole_unit_accumulates() -> None:
-    assert next_push(state(3_900_000, pushed=3), M) is None
+def test_last_holds_each_hours_value_rounded_half_up() -> None:
+    assert targets("last", [2_400_000, 2_500_000, 7_000_000]) == [2, 3, 7]
 
 
-def test_a_pending_push_is_retried_with_the_same_identifier_and_range() -> None:
-    first = next_push(state(5_000_000), M)
-    assert first is not None
-    retry = next_push(state(9_000_000, seq=2, pending=(first.identifier, first.to_units)), M)
-    assert retry is not None
-    assert (retry.identifier, retry.payload["value"], retry.to_units) == (first.identifier, "5", 5)
+def test_the_request_is_the_difference_with_the_meters_own_keys_stamped_at_the_hours_start() -> None:
+    request = new_request(row(7_500_000, pushed=3), 7, "sum", METER, "cus_1")
+    assert request.payload == {"customer": "cus_1", "units": "4"}
+    assert (request.timestamp, request.value, request.to_units) == (int(BUCKET.timestamp()), 4, 7)
+    assert request.identifier == identifier(row(0).key, 4) and len(request.identifier) <= 100
+    assert request.params() == {
+        "event_name": "api_requests",
+        "payload": {"customer": "cus_1", "units": "4"},
+        "identifier": request.identifier,
+        "timestamp": int(BUCKET.timestamp()),
+    }
+    last = new_request(row(2_000_000, pushed=5), 2, "last", METER, "cus_1")
+    assert last.payload["units"] == "2"
 
 
-def test_identifier_is_new_when_a_total_comes_back_to_an_earlier_value() -> None:
-    a = next_push(state(5_000_000, pushed=3, seq=4), M)
-    b = next_push(state(5_000_000, pushed=3, seq=9), M)
-    assert a is not None and b is not None and a.identifier != b.identifier
+def test_a_recorded_request_is_sent_again_unchanged() -> None:
+    request = new_request(row(7_000_000), 7, "sum", METER, "cus_1")
+    assert Request.from_wire(request.wire()) == request
+    # recorded before requests were (migration 0010): identifier and target only
+    assert Request.from_wire({"identifier": "sm_x", "toUnits": 3, "recorded": False}) is None
 
 
-def test_an_hour_that_has_not_begun_waits_and_last_pushes_the_value() -> None:
-    # an event may be up to an hour ahead; Stripe refuses stamps more than 5 minutes ahead
-    assert not_begun(state(1), now_s=BUCKET - 3000)
-    assert not not_begun(state(1), now_s=BUCKET - 200)
-    push = next_push(state(2_000_000), Mapping("seats", "last", "cus_1"))
-    assert push is not None
-    assert push.timestamp == BUCKET
-    assert push.payload["value"] == "2"
+def test_identifiers_differ_per_version_and_keys_per_attempt() -> None:
+    assert identifier(row(0).key, 4) != identifier(row(0).key, 5)
+    request = new_request(row(1_000_000), 1, "sum", METER, "cus_1")
+    assert idempotency_key(request, 0) == request.identifier
+    assert idempotency_key(request, 2) == request.identifier + "-r2"
+    assert identifier_of_key(idempotency_key(request, 2)) == request.identifier
+    assert identifier_of_key(request.identifier) == request.identifier
+
+
+def test_hours_stripe_would_refuse_wait_or_park() -> None:
+    start = BUCKET.timestamp()
+    assert not_begun(row(1), start - 3000)  # an event up to an hour ahead; Stripe takes 5 minutes
+    assert not not_begun(row(1), start - 200)
+    assert too_old(row(1), start + 35 * 86400)
+    assert not too_old(row(1), start + 34 * 86400)
+
+
+@pytest.mark.parametrize(
+    ("meter", "aggregation", "field"),
+    [
+        (None, "sum", "stripeMeterEventName"),
+        (Meter("m", "e", "sum", "c", "v", False, None), "sum", "stripeMeterEventName"),
+        (Meter("m", "e", "sum", "c", "v", True, "hour"), "sum", "stripeMeterEventName"),
+        (Meter("m", "e", "count", "c", "v", True, None), "count", "aggregation"),
+        (Meter("m", "e", "count", "c", "v", True, None), "sum", "aggregation"),
+        (Meter("m", "e", "sum", "c", "v", True, None), "last", "aggregation"),
+        (Meter("m", "e", "sum", "c", "v", True, None), "sum", None),
+        (Meter("m", "e", "sum", "c", "v", True, None), "count", None),  # counts travel as values
+        (Meter("m", "e", "last", "c", "v", True, None), "last", None),
+    ],
+)
+def test_a_meter_must_carry_the_metrics_aggregation(
+    meter: Meter | None, aggregation: str, field: str | None
+) -> None:
+    problem = meter_problem(meter, "e", aggregation)
+    assert (problem[0] if problem else None) == field

@@ -1,0 +1,74 @@
+"""POST /v1/stripe/webhook: Stripe's event destination for meter error reports.
+
+Stripe signs every delivery (``Stripe-Signature``, checked with ``STRIPE_WEBHOOK_SECRET`` by the
+``stripe`` package), so this route needs no API key. A ``v1.billing.meter.error_report_triggered``
+notification is a thin event: the full event is read from Stripe, and every request it names is
+marked as dropped and its counter parked with Stripe's reason (stripe_push/error_reports.py). Other
+event types are acknowledged and ignored. Answering 2xx tells Stripe not to deliver again; a failure
+here answers 5xx, and Stripe retries.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import stripe
+from aiohttp import web
+from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
+from stripemeter.api.errors import ApiError, json_response
+
+from stripemeter import metrics
+from stripemeter.db.pushes import drop_request
+from stripemeter.stripe_push.error_reports import meter_changed, reported_requests
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/stripe/webhook"
+ERROR_REPORT = "v1.billing.meter.error_report_triggered"
+
+
+async def post_webhook(request: web.Request) -> web.Response:
+    settings = request.app[SETTINGS]
+    if not settings.stripe_webhook_secret or RECONCILER not in request.app:
+        raise ApiError(
+            "webhook_not_configured",
+            "set STRIPE_WEBHOOK_SECRET and Stripe's settings to receive events",
+            status=503,
+        )
+    reader = request.app[RECONCILER].reader
+    raw = await request.read()
+    try:
+        notification = reader.client.parse_event_notification(
+            raw, request.headers.get("Stripe-Signature"), settings.stripe_webhook_secret.value
+        )
+    except stripe.SignatureVerificationError:
+        raise ApiError(
+            "invalid_signature", "Stripe-Signature does not match", field="Stripe-Signature"
+        ) from None
+    except (ValueError, KeyError):
+        raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
+    if notification.type != ERROR_REPORT:
+        return json_response({"received": True, "handled": False})
+    event = await notification.fetch_event_async()
+    reported = reported_requests(event.data)
+    if meter_changed(event.data):
+        reader.meters.invalidate()
+    parked = []
+    async with request.app[POOL].connection() as conn:
+        for r in reported:
+            metrics.STRIPE_ERROR_REPORTS.labels(r.code).inc()
+            dropped = await drop_request(
+                conn, r.identifier, f"Stripe dropped it ({r.code}): {r.message}", settings.clock.utc()
+            )
+            if dropped is None:
+                continue  # not ours, or reported before
+            tenant, metric, customer, bucket = dropped.key
+            log.warning(
+                "Stripe dropped %s (%s: %s): %s/%s/%s @%s parked, %d units no longer counted as delivered",
+                r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(), dropped.value,
+            )  # fmt: skip
+            parked.append(
+                {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
+                 "customerRef": customer, "bucket": bucket.strftime("%Y-%m-%dT%H:%M:%SZ")}
+            )  # fmt: skip
+    return json_response({"received": True, "handled": True, "parked": parked})

@@ -1,0 +1,50 @@
+"""One Stripe call budget per process, shared by the writer and the reconciler.
+
+Stripe limits calls per account, not per caller: test mode allows 25 operations a second for
+everything, live mode 1,000 meter events a second besides 100 other operations. Every Stripe call a
+process makes waits for the budget (``STRIPEMETER_STRIPE_CALLS_PER_SECOND``, spread evenly), and a
+429 or a connection error from any of them pauses all of them, exponentially with jitter (0.5 s
+doubling to 5 s), until a call succeeds again. How to size it for N workers: see the README.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+
+MAX_PAUSE_SECONDS = 5.0
+FIRST_PAUSE_SECONDS = 0.5
+
+
+class StripeBudget:
+    def __init__(self, calls_per_second: float, monotonic: Callable[[], float] = time.monotonic):
+        self.interval = 1.0 / calls_per_second
+        self.monotonic = monotonic
+        self._next = 0.0  # when the next call may start
+        self._paused_until = 0.0
+        self._pause = FIRST_PAUSE_SECONDS
+
+    async def acquire(self) -> None:
+        """Wait for this call's turn (and for a pause after a 429 to end)."""
+        while True:
+            now = self.monotonic()
+            start = max(self._next, self._paused_until, now)
+            if start <= now:
+                self._next = now + self.interval
+                return
+            await asyncio.sleep(start - now)
+
+    def slow_down(self, retry_after: float | None = None) -> float:
+        """Stripe said 429 (or could not be reached): everyone waits; returns the pause."""
+        pause = retry_after if retry_after else self._pause * random.uniform(0.5, 1.0)
+        self._paused_until = max(self._paused_until, self.monotonic() + pause)
+        self._pause = min(self._pause * 2, MAX_PAUSE_SECONDS)
+        return pause
+
+    def recovered(self) -> None:
+        self._pause = FIRST_PAUSE_SECONDS
+
+    def paused(self) -> bool:
+        return self.monotonic() < self._paused_until
