@@ -92,3 +92,29 @@ def test_last_meters_compare_the_newest_hour_and_are_never_corrected_by_an_event
         "within_epsilon",
         [],
     )
+
+
+def test_an_hour_the_writer_may_still_send_is_never_corrected_local_zero_included() -> None:
+    """A correction brought a counter to 0 and the writer still owes Stripe the -5: correcting it here
+    too would take the 5 away twice."""
+    for status in ("waiting", "pending", "parked", "unmapped"):
+        it = item(**{f"h{H0}": synced(1000), f"h{H1}": Hour(0, 5, status, None, NOW - 3600)})
+        verdict = judge(it, {H0: 1000, H1: 5}, NOW, 60, 0.005)
+        assert verdict.status == "within_epsilon" and verdict.corrections == [], status
+    # delivered and nothing in flight: the writer is done with it, so the difference is Stripe's
+    it = item(**{f"h{H0}": synced(1000), f"h{H1}": synced(0)})
+    assert judge(it, {H0: 1000, H1: 5}, NOW, 60, 0.005).corrections == [(H1, -5)]
+
+
+def test_stripe_is_compared_with_whole_unit_targets_of_the_exact_totals() -> None:
+    """0.9 units in each of three hours: Stripe should hold 0, 1, 1 (targets carry the fraction); the
+    exact total is kept for the report."""
+    it = item(
+        **{
+            f"h{H0}": Hour(0, 0, "synced", None, NOW - 3600, 900_000),
+            f"h{H1}": Hour(1, 1, "synced", None, NOW - 3600, 900_000),
+            f"h{H2}": Hour(1, 1, "synced", None, NOW - 3600, 900_000),
+        }
+    )
+    verdict = judge(it, {H1: 1, H2: 1}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.local, it.exact_total_micros()) == ("parity", 2, 2_700_000)

@@ -1,0 +1,145 @@
+"""The writer's rows in PostgreSQL: every change is a compare-and-set on the row version (or the
+pending request) and the lease epoch, so a writer that lost its partition or read a stale row changes
+nothing; error reports take back what a dropped request was thought to deliver."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import psycopg
+import pytest
+
+from stripemeter.config import Settings
+from stripemeter.db import pushes
+from stripemeter.db.pushes import Fence, Latest
+from stripemeter.stripe_push.plan import Meter, Row, new_request
+
+NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
+BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
+METER = Meter("mtr_1", "api", "sum", "stripe_customer_id", "value", True, None)
+
+
+@pytest.fixture
+async def conn(stack: Settings):
+    async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as c:
+        yield c
+
+
+async def seeded(conn: psycopg.AsyncConnection, total_micros: int = 5_000_000) -> tuple[str, str]:
+    tenant, app = f"pr-{uuid.uuid4().hex[:6]}", f"app-{uuid.uuid4().hex[:6]}"
+    period = datetime(2026, 11, 1, tzinfo=UTC)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", BUCKET, total_micros, 1, 0, period)], NOW)
+    return tenant, app
+
+
+async def due_row(conn: psycopg.AsyncConnection, tenant: str) -> Row:
+    for stream in await pushes.due(conn, [0], NOW, streams=100_000):
+        for row in stream.rows:
+            if row.key[0] == tenant:
+                return row
+    raise AssertionError("no due row")
+
+
+async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_nothing(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    tenant, app = await seeded(conn)
+    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW))
+    row = await due_row(conn, tenant)
+    request = new_request(row, 5, "sum", METER, "cus_1")
+    # another writer takes the partition over: the first one's epoch is over
+    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW))
+    assert second.epoch == first.epoch + 1
+    assert not await pushes.record_pending(conn, row, request, first, NOW)
+    # a new delta arrives after the row was read: the read is stale
+    await pushes.record_latest(
+        conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
+    )
+    assert not await pushes.record_pending(conn, row, request, second, NOW)
+    fresh = await due_row(conn, tenant)
+    assert fresh.latest_micros == 6_000_000 and fresh.version > row.version
+    request = new_request(fresh, 6, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, fresh, request, second, NOW)
+    assert not await pushes.record_pending(conn, fresh, request, second, NOW)  # recorded once
+    pending = await due_row(conn, tenant)
+    assert pending.pending == request and pending.status == "pending"
+    # only the holder of the pending request's identifier may record the answer
+    assert not await pushes.mark_delivered(conn, pending, "sm_other_1", 6, True, pending.version, second, NOW)
+    assert not await pushes.mark_delivered(
+        conn, pending, request.identifier, 6, True, pending.version, first, NOW
+    )
+    assert await pushes.mark_delivered(
+        conn, pending, request.identifier, 6, True, pending.version, second, NOW
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "SELECT pushed_units, status, pending_request FROM stripe_pushes WHERE tenant_id = %s", (tenant,)
+        )
+        assert await cur.fetchone() == (6, "synced", None)
+        await cur.execute(
+            "SELECT status FROM stripe_push_requests WHERE identifier = %s", (request.identifier,)
+        )
+        assert await cur.fetchone() == ("delivered",)
+
+
+async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(conn: psycopg.AsyncConnection) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    row = await due_row(conn, tenant)
+    request = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    recorded = await due_row(conn, tenant)
+    await pushes.record_latest(
+        conn, [Latest(tenant, "m", "c", BUCKET, 9_000_000, 2, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
+    )
+    # the answer arrives: delivered, but not synced, since the counter moved meanwhile
+    assert await pushes.mark_delivered(
+        conn, recorded, request.identifier, 5, True, recorded.version, fence, NOW
+    )
+    after = await due_row(conn, tenant)
+    assert (after.pushed_units, after.status, after.latest_micros) == (5, "waiting", 9_000_000)
+
+
+async def test_unparking_keeps_a_request_that_may_have_landed_and_sends_it_under_a_new_key(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    row = await due_row(conn, tenant)
+    request = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.park(conn, pending, "idempotency_error: ...", fence, NOW)
+    assert await pushes.retry_parked(conn, tenant, NOW) == 1
+    again = await due_row(conn, tenant)
+    assert (again.status, again.pending, again.pending_attempt) == ("pending", request, 1)
+
+
+async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    row = await due_row(conn, tenant)
+    refused = new_request(row, 5, "sum", METER, "cus_gone")
+    assert await pushes.record_pending(conn, row, refused, fence, NOW)
+    assert await pushes.refuse_pending(
+        conn, await due_row(conn, tenant), refused.identifier, "no such customer", fence, NOW
+    )
+    assert await pushes.retry_parked(conn, tenant, NOW) == 1
+    row = await due_row(conn, tenant)
+    assert (row.status, row.pending_raw, row.pushed_units) == ("waiting", None, 0)
+    # a new request lands (200) ... and Stripe reports later that it dropped it
+    landed = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, landed, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.mark_delivered(conn, pending, landed.identifier, 5, True, pending.version, fence, NOW)
+    dropped = await pushes.drop_request(conn, landed.identifier, "Stripe dropped it (no_meter)", NOW)
+    assert dropped is not None and dropped.value == 5 and dropped.was_delivered
+    assert await pushes.drop_request(conn, landed.identifier, "again", NOW) is None  # reported twice: once
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "SELECT pushed_units, status, reason FROM stripe_pushes WHERE tenant_id = %s", (tenant,)
+        )
+        assert await cur.fetchone() == (0, "parked", "Stripe dropped it (no_meter)")
