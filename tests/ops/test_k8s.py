@@ -87,7 +87,7 @@ def test_env_comes_from_settings_the_code_reads_and_references_exist() -> None:
     (config,) = by_kind("ConfigMap").values()
     (secret,) = by_kind("Secret").values()
     assert set(config["data"]) <= KNOWN_ENV, sorted(set(config["data"]) - KNOWN_ENV)
-    assert set(secret["stringData"]) == {"STRIPE_API_KEY", "DATABASE_URL"}
+    assert set(secret["stringData"]) == {"STRIPE_API_KEY", "DATABASE_URL", "STRIPE_WEBHOOK_SECRET"}
     assert not {"STRIPE_API_KEY", "DATABASE_URL"} & set(config["data"]), "secrets belong in the Secret"
     for workload in workloads():
         for container in containers(workload):
