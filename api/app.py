@@ -21,6 +21,7 @@ from stripemeter.api import (
     usage,
 )
 from stripemeter.api.appkeys import (
+    AUTH_LIMITER,
     GAUGES_VERSION,
     KEY_CACHE,
     POOL,
@@ -31,7 +32,7 @@ from stripemeter.api.appkeys import (
     SETTINGS,
     STRIPE_CHECK,
 )
-from stripemeter.api.auth import RateLimiter, auth_middleware
+from stripemeter.api.auth import KeyCache, RateLimiter, auth_middleware, failure_limiter
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.params import no_nul_middleware
@@ -94,7 +95,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STRIPE_CHECK] = {}
-    app[KEY_CACHE] = {}
+    app[KEY_CACHE] = KeyCache()
+    app[AUTH_LIMITER] = failure_limiter(settings.auth_failures_per_minute)
     app[GAUGES_VERSION] = {}
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_second)
 
