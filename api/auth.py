@@ -7,11 +7,11 @@ scopes must cover the route (``stripemeter.auth.required_scope``); handlers then
 Unauthenticated load costs bounded work. Key rows are cached in two bounded LRUs: valid keys for
 ``KEY_CACHE_SECONDS`` (at most ``KEY_CACHE_SIZE``), key ids that found nothing for
 ``MISS_CACHE_SECONDS`` (at most ``MISS_CACHE_SIZE``; a flood of made-up ids never evicts a valid key).
-A lookup that needs PostgreSQL first takes a token from its client's failure budget
-(``STRIPEMETER_AUTH_FAILURES_PER_MINUTE``, per peer address or IPv6 /64, or per X-Forwarded-For entry
-when ``STRIPEMETER_API_PROXY_HOPS`` says a proxy sets it); a lookup that finds a valid key gives it
-back, every failed attempt keeps it, and a client without tokens gets 429 with Retry-After before any
-query. Concurrent lookups of one key id share one query.
+A lookup of an id not found valid within the last hour first takes a token from its client's failure
+budget (``STRIPEMETER_AUTH_FAILURES_PER_MINUTE``, per peer address or IPv6 /64, or per X-Forwarded-For
+entry when ``STRIPEMETER_API_PROXY_HOPS`` says a proxy sets it); a lookup that finds a valid key gives
+it back, every failed attempt keeps it, and a client without tokens gets 429 with Retry-After before
+any query. Concurrent lookups of one key id share one query.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
 KEY_CACHE_SIZE = 10_000  # valid keys remembered (one row each, well under 1 KiB)
 MISS_CACHE_SECONDS = 30.0  # a key id that found nothing is not looked up again for this long
 MISS_CACHE_SIZE = 10_000  # such ids remembered
+KNOWN_SECONDS = 3600.0  # an id found valid this recently is not a guess: its lookups need no token
 MAX_BUCKETS = 10_000  # tenants or clients with a token bucket; the least recently seen go first
 
 V = TypeVar("V")
@@ -86,6 +87,7 @@ class KeyCache:
     ):
         self.found: BoundedCache[dict[str, Any]] = BoundedCache(size, ttl)
         self.missing: BoundedCache[bool] = BoundedCache(miss_size, miss_ttl)
+        self.known: BoundedCache[bool] = BoundedCache(size, KNOWN_SECONDS)  # ids found valid lately
         self.inflight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
 
     def get(self, key_id: str, now: float) -> tuple[dict[str, Any] | None] | None:
@@ -98,10 +100,12 @@ class KeyCache:
     def put(self, key_id: str, row: dict[str, Any] | None, now: float) -> None:
         if row is None:
             self.found.discard(key_id)
+            self.known.discard(key_id)
             self.missing.put(key_id, True, now)
         else:
             self.missing.discard(key_id)
             self.found.put(key_id, row, now)
+            self.known.put(key_id, True, now)
         metrics.API_KEY_CACHE_ENTRIES.labels("found").set(len(self.found))
         metrics.API_KEY_CACHE_ENTRIES.labels("missing").set(len(self.missing))
 
@@ -203,12 +207,17 @@ async def authenticate(request: web.Request) -> Principal:
     limiter: RateLimiter = request.app[AUTH_LIMITER]
     cache: KeyCache = request.app[KEY_CACHE]
     charged = False  # this attempt holds a token of the client's failure budget
-    known = cache.get(key_id, time.monotonic())
+    now = time.monotonic()
+    known = cache.get(key_id, now)
     if known is None and (pending := cache.inflight.get(key_id)) is not None:
         shared = await asyncio.shield(pending)  # another request is asking PostgreSQL: share its answer
         known = None if shared is _ASK_AGAIN else (shared,)
     if known is not None:
         row = known[0]
+    elif cache.known.get(key_id, now) is not None:
+        # an id found valid lately: its lookups are bounded by the found cache (one per 5 s per id),
+        # not by the caller, so they need no token and a throttled client's own key still works
+        row = await _lookup(request.app, cache, key_id)
     else:
         wait = limiter.take(client)  # before the query: a client out of tokens costs no query
         if wait > 0:

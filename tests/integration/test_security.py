@@ -242,16 +242,29 @@ async def test_made_up_keys_cost_a_bounded_number_of_lookups_per_client(
 async def test_without_a_proxy_setting_forwarded_for_is_not_trusted(
     env: Settings, lookups: list[str]
 ) -> None:
+    """All from 127.0.0.1, whatever X-Forwarded-For claims; once throttled, the client's own key, found
+    valid earlier, still works (looked up again when its 5 s, here 0.2 s, are over) but guesses do not."""
     client = TestClient(
         TestServer(create_api(env.with_overrides(auth_enabled=True, rate_limit_per_second=10_000)))
     )
+    client.app[KEY_CACHE] = KeyCache(ttl=0.2)
     await client.start_server()
+    tenant = f"sp-{uuid.uuid4().hex[:6]}"
+    own = bearer(await keys.create(env, tenant, "read", None))
+    path = f"/v1/events?tenantId={tenant}"
     try:
+        assert (await client.get(path, headers=own)).status == 200
         statuses = []
-        for i in range(40):  # each claims another address; all come from 127.0.0.1
+        for i in range(40):  # each claims another address
             headers = {**bearer(made_up_key()), "X-Forwarded-For": f"192.0.2.{i}"}
-            statuses.append((await client.get("/v1/events?tenantId=x", headers=headers)).status)
-        assert statuses == [401] * 30 + [429] * 10 and len(lookups) == 30
+            statuses.append((await client.get(path, headers=headers)).status)
+        assert statuses == [401] * 30 + [429] * 10 and len(lookups) == 31
+        await asyncio.sleep(0.3)
+        assert (await client.get(path, headers=own)).status == 200 and len(lookups) == 32
+        assert (await client.get(path, headers=bearer(made_up_key()))).status == 429 and len(lookups) == 32
+        # a wrong secret for the known id is a failed attempt like any other
+        wrong = bearer(own["Authorization"].removeprefix("Bearer ")[:-3] + "xyz")
+        assert (await client.get(path, headers=wrong)).status == 429
     finally:
         await client.close()
 
