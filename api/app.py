@@ -57,6 +57,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        response = json_response(
+            {"error": {"code": "invalid_body", "message": f"body: cannot be read ({exc})", "field": "body"}},
+            status=400,
+        )
+        response.force_close()  # the rest of the body cannot be read: the connection cannot go on
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
