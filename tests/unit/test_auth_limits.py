@@ -50,6 +50,20 @@ def test_key_cache_keeps_misses_apart_from_valid_keys() -> None:
     assert (KEY_CACHE_SIZE, MISS_CACHE_SIZE) == (10_000, 10_000)  # what the README says
 
 
+def test_key_cache_remembers_which_ids_were_valid_for_an_hour_and_forgets_revoked_ones() -> None:
+    cache = KeyCache(size=2)
+    cache.put("valid", {"key_id": "valid"}, now=0)
+    assert cache.get("valid", now=10) is None  # the row itself is read again after 5 s
+    assert cache.known.get("valid", now=3599) == (True,)  # but the id is no guess: no token needed
+    assert cache.known.get("valid", now=3601) is None
+    cache.put("valid", {"key_id": "valid"}, now=4000)
+    cache.put("valid", None, now=4001)  # revoked
+    assert cache.known.get("valid", now=4002) is None
+    for i in range(100):
+        cache.put(f"v{i}", {"key_id": f"v{i}"}, now=5000)
+    assert len(cache.known) == 2
+
+
 def test_rate_limiter_refills_and_gives_back() -> None:
     limiter = failure_limiter(30)  # 30 at once, then one every 2 s
     assert [limiter.take("c", now=0) for _ in range(30)] == [0.0] * 30
