@@ -22,6 +22,7 @@ from stripemeter.api import (
     usage,
 )
 from stripemeter.api.appkeys import (
+    AUTH_LIMITER,
     GAUGES_VERSION,
     KEY_CACHE,
     POOL,
@@ -32,7 +33,7 @@ from stripemeter.api.appkeys import (
     SETTINGS,
     STRIPE_CHECK,
 )
-from stripemeter.api.auth import RateLimiter, auth_middleware
+from stripemeter.api.auth import KeyCache, RateLimiter, auth_middleware, failure_limiter
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.params import no_nul_middleware
@@ -57,6 +58,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
+        response = json_response(
+            {"error": {"code": "invalid_body", "message": f"body: cannot be read ({exc})", "field": "body"}},
+            status=400,
+        )
+        response.force_close()  # the rest of the body cannot be read: the connection cannot go on
+        return response
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -95,7 +103,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[STRIPE_CHECK] = {}
-    app[KEY_CACHE] = {}
+    app[KEY_CACHE] = KeyCache()
+    app[AUTH_LIMITER] = failure_limiter(settings.auth_failures_per_minute)
     app[GAUGES_VERSION] = {}
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_second)
 

@@ -1,46 +1,181 @@
-"""Who may call /v1: API keys with scopes, one tenant per key, and a per-tenant rate limit.
+"""Who may call /v1: API keys with scopes, one tenant per key, and per-tenant and per-client limits.
 
 Every /v1 request needs ``Authorization: Bearer smk_...`` unless ``STRIPEMETER_AUTH=off``. The key's
 scopes must cover the route (``stripemeter.auth.required_scope``); handlers then call
 ``check_tenant`` for every tenant a request names, so a key of tenant A never reads or writes B.
+
+Unauthenticated load costs bounded work. Key rows are cached in two bounded LRUs: valid keys for
+``KEY_CACHE_SECONDS`` (at most ``KEY_CACHE_SIZE``), key ids that found nothing for
+``MISS_CACHE_SECONDS`` (at most ``MISS_CACHE_SIZE``; a flood of made-up ids never evicts a valid key).
+A lookup of an id not found valid within the last hour first takes a token from its client's failure
+budget (``STRIPEMETER_AUTH_FAILURES_PER_MINUTE``, per peer address or IPv6 /64, or per X-Forwarded-For
+entry when ``STRIPEMETER_API_PROXY_HOPS`` says a proxy sets it); a lookup that finds a valid key gives
+it back, every failed attempt keeps it, and a client without tokens gets 429 with Retry-After before
+any query. Concurrent lookups of one key id share one query.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
 import math
 import time
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
 
 from aiohttp import web
-from stripemeter.api.appkeys import KEY_CACHE, POOL, RATE_LIMITER, SETTINGS
+from stripemeter.api.appkeys import AUTH_LIMITER, KEY_CACHE, POOL, RATE_LIMITER, SETTINGS
 from stripemeter.api.errors import ApiError
 from stripemeter.api.http_metrics import Handler, route_template
 
+from stripemeter import metrics
 from stripemeter.auth import Principal, required_scope, split_token, verify
 from stripemeter.db import api_keys
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 WEBHOOK_PATH = "/v1/stripe/webhook"  # Stripe's deliveries carry its signature, not an API key
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
+KEY_CACHE_SIZE = 10_000  # valid keys remembered (one row each, well under 1 KiB)
+MISS_CACHE_SECONDS = 30.0  # a key id that found nothing is not looked up again for this long
+MISS_CACHE_SIZE = 10_000  # such ids remembered
+KNOWN_SECONDS = 3600.0  # an id found valid this recently is not a guess: its lookups need no token
+MAX_BUCKETS = 10_000  # tenants or clients with a token bucket; the least recently seen go first
+
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[V]):
+    """At most ``size`` entries, each for ``ttl`` seconds; the least recently used goes first."""
+
+    def __init__(self, size: int, ttl: float):
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[V, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> tuple[V] | None:
+        """``(value,)`` while fresh, else None (an expired entry is dropped)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now - entry[1] > self.ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return (entry[0],)
+
+    def put(self, key: str, value: V, now: float) -> None:
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+class KeyCache:
+    """Key id -> its row: valid keys and ids that found nothing, in separate bounded caches."""
+
+    def __init__(
+        self,
+        size: int = KEY_CACHE_SIZE,
+        miss_size: int = MISS_CACHE_SIZE,
+        ttl: float = KEY_CACHE_SECONDS,
+        miss_ttl: float = MISS_CACHE_SECONDS,
+    ):
+        self.found: BoundedCache[dict[str, Any]] = BoundedCache(size, ttl)
+        self.missing: BoundedCache[bool] = BoundedCache(miss_size, miss_ttl)
+        self.known: BoundedCache[bool] = BoundedCache(size, KNOWN_SECONDS)  # ids found valid lately
+        self.inflight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+
+    def get(self, key_id: str, now: float) -> tuple[dict[str, Any] | None] | None:
+        """``(row,)`` or ``(None,)`` when known, None when PostgreSQL must be asked."""
+        hit = self.found.get(key_id, now)
+        if hit is not None:
+            return hit
+        return (None,) if self.missing.get(key_id, now) is not None else None
+
+    def put(self, key_id: str, row: dict[str, Any] | None, now: float) -> None:
+        if row is None:
+            self.found.discard(key_id)
+            self.known.discard(key_id)
+            self.missing.put(key_id, True, now)
+        else:
+            self.missing.discard(key_id)
+            self.found.put(key_id, row, now)
+            self.known.put(key_id, True, now)
+        metrics.API_KEY_CACHE_ENTRIES.labels("found").set(len(self.found))
+        metrics.API_KEY_CACHE_ENTRIES.labels("missing").set(len(self.missing))
 
 
 class RateLimiter:
-    """A token bucket per tenant: ``rate`` requests a second, bursts up to ``2 * rate``."""
+    """A token bucket per name: ``rate`` tokens a second, up to ``burst`` (default ``2 * rate``).
 
-    def __init__(self, rate: float):
+    At most ``max_names`` buckets are kept; the least recently used is forgotten (it starts full
+    again), so made-up names cannot grow memory.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, max_names: int = MAX_BUCKETS):
         self.rate = rate
-        self.burst = max(2 * rate, 1.0)
-        self.buckets: dict[str, tuple[float, float]] = {}  # tenant -> (tokens, at)
+        self.burst = max(2 * rate, 1.0) if burst is None else max(burst, 1.0)
+        self.max_names = max_names
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # name -> (tokens, at)
 
-    def take(self, tenant: str, now: float | None = None) -> float:
-        """0 when allowed, else the seconds until a request would be."""
+    def take(self, name: str, now: float | None = None) -> float:
+        """0 when allowed (one token taken), else the seconds until a token is there."""
         now = time.monotonic() if now is None else now
-        tokens, at = self.buckets.get(tenant, (self.burst, now))
+        tokens, at = self.buckets.get(name, (self.burst, now))
         tokens = min(self.burst, tokens + (now - at) * self.rate)
         if tokens >= 1:
-            self.buckets[tenant] = (tokens - 1, now)
+            self._set(name, tokens - 1, now)
             return 0.0
-        self.buckets[tenant] = (tokens, now)
-        return (1 - tokens) / self.rate
+        self._set(name, tokens, now)
+        return (1 - tokens) / self.rate if self.rate > 0 else math.inf
+
+    def give_back(self, name: str) -> None:
+        """Return a token taken for something that turned out not to count against ``name``."""
+        if name in self.buckets:
+            tokens, at = self.buckets[name]
+            self.buckets[name] = (min(self.burst, tokens + 1), at)
+
+    def _set(self, name: str, tokens: float, now: float) -> None:
+        self.buckets[name] = (tokens, now)
+        self.buckets.move_to_end(name)
+        while len(self.buckets) > self.max_names:
+            self.buckets.popitem(last=False)
+
+
+def failure_limiter(per_minute: float) -> RateLimiter:
+    """Failed API-key attempts per client: ``per_minute`` at once, then refilled over a minute."""
+    return RateLimiter(per_minute / 60.0, burst=per_minute)
+
+
+def client_of(request: web.Request, proxy_hops: int) -> str:
+    """Who is calling, for the failure budget (see ``client_address``)."""
+    return client_address(request.remote, request.headers.getall("X-Forwarded-For", []), proxy_hops)
+
+
+def client_address(remote: str | None, forwarded: list[str], proxy_hops: int) -> str:
+    """The peer address; with ``proxy_hops`` proxies in front, the address the outermost of them saw:
+    the ``proxy_hops``-th X-Forwarded-For entry from the right (entries left of it are the caller's
+    to invent; with fewer entries, the peer). IPv6 counts per /64, what one host usually holds."""
+    address = remote or "-"
+    if proxy_hops > 0:
+        entries = [part.strip() for header in forwarded for part in header.split(",") if part.strip()]
+        if len(entries) >= proxy_hops:
+            address = entries[-proxy_hops]
+    try:
+        ip = ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return address[:100]
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 def unauthorized(message: str) -> ApiError:
@@ -49,27 +184,84 @@ def unauthorized(message: str) -> ApiError:
     )
 
 
+def throttled(wait: float) -> ApiError:
+    metrics.API_AUTH_THROTTLED.inc()
+    return ApiError(
+        "rate_limited",
+        "too many failed API-key attempts from this client; retry later",
+        status=429,
+        headers={"Retry-After": str(max(1, math.ceil(wait)))},
+    )
+
+
 async def authenticate(request: web.Request) -> Principal:
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
+        metrics.API_AUTH_FAILURES.labels("missing").inc()
         raise unauthorized("missing API key: send Authorization: Bearer <key>")
     parts = split_token(token.strip())
     if parts is None:
+        metrics.API_AUTH_FAILURES.labels("malformed").inc()
         raise unauthorized("malformed API key")
     key_id, secret = parts
-    cache = request.app[KEY_CACHE]
-    cached = cache.get(key_id)
-    if cached is None or time.monotonic() - cached[1] > KEY_CACHE_SECONDS:
-        async with request.app[POOL].connection() as conn:
+    client = client_of(request, request.app[SETTINGS].api_proxy_hops)
+    limiter: RateLimiter = request.app[AUTH_LIMITER]
+    cache: KeyCache = request.app[KEY_CACHE]
+    charged = False  # this attempt holds a token of the client's failure budget
+    now = time.monotonic()
+    known = cache.get(key_id, now)
+    if known is None and (pending := cache.inflight.get(key_id)) is not None:
+        shared = await asyncio.shield(pending)  # another request is asking PostgreSQL: share its answer
+        known = None if shared is _ASK_AGAIN else (shared,)
+    if known is not None:
+        row = known[0]
+    elif cache.known.get(key_id, now) is not None:
+        # an id found valid lately: its lookups are bounded by the found cache (one per 5 s per id),
+        # not by the caller, so they need no token and a throttled client's own key still works
+        row = await _lookup(request.app, cache, key_id)
+    else:
+        wait = limiter.take(client)  # before the query: a client out of tokens costs no query
+        if wait > 0:
+            raise throttled(wait)
+        charged = True
+        try:
+            row = await _lookup(request.app, cache, key_id)
+        except BaseException:
+            limiter.give_back(client)  # PostgreSQL failed, not the caller
+            raise
+    if row is not None and verify(bytes(row["salt"]), bytes(row["hash"]), secret):
+        if charged:
+            limiter.give_back(client)
+        return Principal(row["key_id"], row["tenant_id"], frozenset(row["scopes"]))
+    if not charged:  # a failure answered from the cache: it still counts against the client
+        wait = limiter.take(client)
+        if wait > 0:
+            raise throttled(wait)
+    metrics.API_AUTH_FAILURES.labels("unknown_key" if row is None else "wrong_secret").inc()
+    raise unauthorized("unknown or revoked API key")
+
+
+_ASK_AGAIN: Any = object()  # what a shared lookup answers when it failed: each request asks itself
+
+
+async def _lookup(app: web.Application, cache: KeyCache, key_id: str) -> dict[str, Any] | None:
+    """One PostgreSQL lookup of ``key_id``, shared by every request that asks while it runs."""
+    future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+    cache.inflight[key_id] = future
+    try:
+        async with app[POOL].connection() as conn:
             row = await api_keys.find(conn, key_id)
             if row is not None:
                 await api_keys.touch(conn, key_id)
-        cached = (row, time.monotonic())
-        cache[key_id] = cached
-    row = cached[0]
-    if row is None or not verify(bytes(row["salt"]), bytes(row["hash"]), secret):
-        raise unauthorized("unknown or revoked API key")
-    return Principal(row["key_id"], row["tenant_id"], frozenset(row["scopes"]))
+        metrics.API_KEY_LOOKUPS.labels("found" if row is not None else "not_found").inc()
+        cache.put(key_id, row, time.monotonic())
+        future.set_result(row)
+        return row
+    finally:
+        if cache.inflight.get(key_id) is future:
+            del cache.inflight[key_id]
+        if not future.done():
+            future.set_result(_ASK_AGAIN)
 
 
 @web.middleware

@@ -1,13 +1,21 @@
-"""POST /v1/events/ingest: validate each event, write the accepted ones durably to usage.events.
+"""POST /v1/events/ingest: judge each event as intake will, write the accepted ones durably to usage.events.
+
+An event is ``accepted`` only when intake is bound to read it as a valid event: the endpoint validates
+it with ``parse_event``, encodes it as it will be written (compact JSON, with its derived
+idempotencyKey), and runs intake's own ``decode_message`` on those bytes inside an array, as they
+will be read. So what it accepts is counted (or found a duplicate, or late) and never dead-lettered.
+Per-event faults, including those orjson refuses inside one event (see ``ingest_body``), are answered
+per event with intake's code and the field at fault; no body gets a 500.
 
 "accepted" means the broker acknowledged the message holding the event (acks=all). Accepted events
-are written as JSON arrays of up to ``CHUNK_BYTES`` each, so the worker pays its per-message cost
-once per chunk. An event without idempotencyKey is written with its derived key, so a client that
-retries the same body after a timeout or a 503 gets every event counted once.
+are written as JSON arrays of at most ``events.MAX_MESSAGE_BYTES`` (1 MiB, what intake reads) and
+``events.MAX_BATCH`` events each. An event without idempotencyKey is written with its derived key, so a
+client that retries the same body after a timeout or a 503 gets every event counted once.
 """
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import orjson
@@ -17,25 +25,42 @@ from aiokafka.errors import KafkaError
 from stripemeter.api.appkeys import PRODUCER, SETTINGS
 from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
+from stripemeter.api.ingest_body import Unreadable, decode_event, split_events
 
-from stripemeter.events import MAX_BATCH, InvalidEvent, parse_event
+from stripemeter.events import (
+    MAX_BATCH,
+    MAX_MESSAGE_BYTES,
+    InvalidEvent,
+    UsageEvent,
+    decode_message,
+    parse_event,
+)
 from stripemeter.metrics import INGEST_EVENTS
 from stripemeter.topics import TopicNames
 
-CHUNK_BYTES = 512 * 1024
+log = logging.getLogger(__name__)
+
+CHUNK_BYTES = MAX_MESSAGE_BYTES  # a usage.events message intake reads whole
+# the most an event may take as written: inside "[...]", so one event alone still makes a message
+MAX_EVENT_BYTES = MAX_MESSAGE_BYTES - 2
+KNOWN_FIELDS = frozenset(
+    ("tenantId", "metric", "customerRef", "quantity", "ts", "idempotencyKey", "resourceId", "meta")
+)
 
 
-def chunk_by_size(encoded: list[bytes], limit: int = CHUNK_BYTES) -> list[bytes]:
-    """Join JSON-encoded events into JSON arrays of at most ``limit`` bytes (one event may exceed it)."""
+def chunk_by_size(encoded: list[bytes], limit: int = CHUNK_BYTES, max_events: int = MAX_BATCH) -> list[bytes]:
+    """Join JSON-encoded events into JSON arrays of at most ``limit`` bytes and ``max_events`` events."""
     chunks: list[bytes] = []
     current: list[bytes] = []
     size = 2
     for item in encoded:
-        if current and size + len(item) + 1 > limit:
+        if len(item) + 2 > limit:
+            raise ValueError(f"an event of {len(item)} bytes does not fit a message of {limit}")
+        if current and (size + len(item) + 1 > limit or len(current) == max_events):
             chunks.append(b"[" + b",".join(current) + b"]")
             current, size = [], 2
         current.append(item)
-        size += len(item) + 1
+        size += len(item) + (1 if len(current) > 1 else 0)
     if current:
         chunks.append(b"[" + b",".join(current) + b"]")
     return chunks
@@ -54,30 +79,98 @@ def validate_body(body: Any) -> list[Any]:
     return events
 
 
-async def ingest(request: web.Request) -> web.Response:
+def read_events(raw: bytes) -> list[Any]:
+    """The body's events, decoded; an event orjson refuses on its own is an InvalidEvent in its place."""
     try:
-        body = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        raise bad_request("body", "is not valid JSON", code="invalid_json") from None
-    events = validate_body(body)
+        return validate_body(orjson.loads(raw))
+    except orjson.JSONDecodeError as exc:
+        whole = exc
+    try:  # the fault may be inside one event: judge each on its own
+        outline, elements = split_events(raw)
+    except Unreadable:
+        raise bad_request("body", f"is not valid JSON ({whole.msg})", code="invalid_json") from None
+    validate_body(outline)  # the outline holds a 0 for each event
+    return [decode_event(element) for element in elements]
+
+
+def encode(obj: dict[str, Any], event: UsageEvent) -> bytes:
+    """The event as written: the client's object with its derived idempotencyKey. An unknown field
+    orjson cannot write (nested beyond 254 levels) is left out: unknown fields are ignored anyway."""
+    if event.key_derived:
+        obj = {**obj, "idempotencyKey": event.idempotency_key}
+    try:
+        return orjson.dumps(obj)
+    except orjson.JSONEncodeError:
+        return orjson.dumps({k: v for k, v in obj.items() if k in KNOWN_FIELDS or _writable(v)})
+
+
+def _writable(value: Any) -> bool:
+    try:
+        orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        return False
+    return True
+
+
+def judge(obj: Any, now_ms: int) -> tuple[UsageEvent, bytes] | InvalidEvent:
+    """Intake's verdict on ``obj`` as the endpoint would write it: the event and its bytes, or why not."""
+    if isinstance(obj, InvalidEvent):
+        return obj
+    try:
+        event = parse_event(obj, now_ms)
+    except InvalidEvent as error:
+        return error
+    encoded = encode(obj, event)
+    if len(encoded) > MAX_EVENT_BYTES:
+        largest = max(obj, key=lambda k: len(orjson.dumps(obj[k])) if _writable(obj[k]) else 0)
+        return InvalidEvent(
+            "too_large",
+            f"the event is {len(encoded)} bytes as JSON, its largest field {largest!r}; a usage.events"
+            f" message is at most {MAX_MESSAGE_BYTES} bytes",
+            largest,
+        )
+    (read,) = decode_message(b"[" + encoded + b"]", now_ms)  # what intake will make of these bytes
+    if isinstance(read, InvalidEvent):  # not expected: parse_event said yes to the same content
+        log.warning("ingest: intake would refuse an event parse_event accepted: %s", read.message)
+        return InvalidEvent(read.code, read.message, read.field)
+    if read._replace(key_derived=event.key_derived) != event:  # written with its key: no longer derived
+        log.warning("ingest: an event reads back differently as written: %r != %r", read, event)
+        return InvalidEvent("unwritable", "the event does not read back the same once written as JSON")
+    return event, encoded
+
+
+def _echo_key(obj: Any) -> str | None:
+    """The client's idempotencyKey when it is one (a valid string), for a rejected event's result."""
+    key = obj.get("idempotencyKey") if isinstance(obj, dict) else None
+    return key if isinstance(key, str) and 1 <= len(key) <= 255 and "\x00" not in key else None
+
+
+def _error(error: InvalidEvent) -> dict[str, Any]:
+    body: dict[str, Any] = {"code": error.code, "message": error.message}
+    if error.field is not None:
+        body["field"] = error.field
+    return body
+
+
+async def ingest(request: web.Request) -> web.Response:
+    events = read_events(await request.read())
     now_ms = request.app[SETTINGS].clock.ms()
     results: list[dict[str, Any]] = []
     accepted: list[bytes] = []
     tenant = None
     for index, obj in enumerate(events):
-        try:
-            event = parse_event(obj, now_ms)
-        except InvalidEvent as error:
-            key = obj.get("idempotencyKey") if isinstance(obj, dict) else None
+        verdict = judge(obj, now_ms)
+        if isinstance(verdict, InvalidEvent):
             results.append(
                 {
                     "index": index,
-                    "idempotencyKey": key if isinstance(key, str) else None,
+                    "idempotencyKey": _echo_key(obj),
                     "status": "rejected",
-                    "error": error.as_error(),
+                    "error": _error(verdict),
                 }
             )
             continue
+        event, encoded = verdict
         if not may_see(request, event.tenant_id):
             message = "tenantId: this API key belongs to another tenant"
             error = {"code": "tenant_forbidden", "message": message, "field": "tenantId"}
@@ -90,9 +183,7 @@ async def ingest(request: web.Request) -> web.Response:
                 }
             )
             continue
-        if event.key_derived:
-            obj = {**obj, "idempotencyKey": event.idempotency_key}
-        accepted.append(orjson.dumps(obj))
+        accepted.append(encoded)
         tenant = tenant or event.tenant_id
         results.append({"index": index, "idempotencyKey": event.idempotency_key, "status": "accepted"})
     if accepted:

@@ -64,6 +64,8 @@ class Settings:
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
     auth_enabled: bool = True  # API keys on /v1; off only for purely local use
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
+    auth_failures_per_minute: float = 30.0  # failed API-key attempts per client, at once or per minute
+    api_proxy_hops: int = 0  # reverse proxies in front of the API that append to X-Forwarded-For
     ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
     replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
     # Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
@@ -117,6 +119,8 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
     "STRIPEMETER_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",
+    "STRIPEMETER_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
+    "STRIPEMETER_API_PROXY_HOPS": "api_proxy_hops",
     "STRIPEMETER_INVOICE_GRACE_SECONDS": "invoice_grace_seconds",
     "STRIPEMETER_APPLY_WAIT_SECONDS": "apply_wait_seconds",
     "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
@@ -171,6 +175,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_RECONCILE_EPSILON must be in [0, 1)")
     if settings.stripe_calls_per_second <= 0:
         raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND must be positive")
+    if settings.auth_failures_per_minute <= 0:
+        raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE must be positive")
+    if settings.api_proxy_hops < 0:
+        raise ConfigError("STRIPEMETER_API_PROXY_HOPS must not be negative")
     for f in fields(settings):
         if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
             raise ConfigError(f"{f.name} must be a TCP port")

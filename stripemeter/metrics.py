@@ -47,6 +47,25 @@ LEDGER_REWRITES = Counter(
 INGEST_EVENTS = Counter(
     "stripemeter_ingest_events_total", "Events received by POST /v1/events/ingest, by status", ["status"]
 )
+API_AUTH_FAILURES = Counter(
+    "stripemeter_api_auth_failures_total",
+    "Requests refused 401 by the API, by reason (missing, malformed, unknown_key, wrong_secret)",
+    ["reason"],
+)
+API_AUTH_THROTTLED = Counter(
+    "stripemeter_api_auth_throttled_total",
+    "Requests refused 429 because their client spent its failed API-key attempts (no query made)",
+)
+API_KEY_LOOKUPS = Counter(
+    "stripemeter_api_key_lookups_total",
+    "API-key lookups in PostgreSQL, by result (found, not_found)",
+    ["result"],
+)
+API_KEY_CACHE_ENTRIES = Gauge(
+    "stripemeter_api_key_cache_entries",
+    "API-key ids the API remembers, by kind (found: valid keys; missing: ids that found nothing)",
+    ["kind"],
+)
 STRIPE_PUSHES = Counter(
     "stripemeter_stripe_pushes_total",
     "Meter events sent to Stripe, by outcome (delivered, refused, idempotency_conflict, server_error,"

@@ -1,18 +1,26 @@
-"""API keys, scopes, tenant isolation on every /v1 route, the rate limit and the size limits."""
+"""API keys, scopes, tenant isolation on every /v1 route, the rate limits and the size limits."""
 
 from __future__ import annotations
 
+import asyncio
+import secrets
+import time
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 from stripemeter.api.app import create_app as create_api
+from stripemeter.api.appkeys import KEY_CACHE
+from stripemeter.api.auth import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
 
 from stripemeter import keys
 from stripemeter.config import Settings
+from stripemeter.db import api_keys
 
 
 @pytest_asyncio.fixture
@@ -146,3 +154,145 @@ async def test_size_limits(api: TestClient) -> None:
     event = {"tenantId": "t", "metric": "m", "customerRef": "c", "quantity": 1, "ts": "2026-01-01T00:00:00Z"}
     too_many = await api.post("/v1/events/ingest", json={"events": [event] * 1001})
     assert too_many.status == 400 and (await too_many.json())["error"]["field"] == "events"
+
+
+def made_up_key() -> str:
+    return f"smk_{secrets.token_hex(6)}_{secrets.token_urlsafe(24)}"
+
+
+@pytest.fixture
+def lookups(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every key id the API looks up in PostgreSQL, in order."""
+    seen: list[str] = []
+    find = api_keys.find
+
+    async def counting(conn: Any, key_id: str) -> Any:
+        seen.append(key_id)
+        return await find(conn, key_id)
+
+    monkeypatch.setattr(api_keys, "find", counting)
+    return seen
+
+
+def sample(name: str, labels: dict[str, str] | None = None) -> float:
+    return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+
+async def test_made_up_keys_cost_a_bounded_number_of_lookups_per_client(
+    env: Settings, lookups: list[str]
+) -> None:
+    """One client floods /v1 with fresh made-up key ids, 50 at a time: after its 30 failed attempts
+    it gets 429 with Retry-After and no PostgreSQL lookup at all, while another client's valid key
+    keeps working. Behind a proxy (STRIPEMETER_API_PROXY_HOPS=1) the client is the X-Forwarded-For
+    entry the proxy appended; what the caller writes left of it changes nothing."""
+    settings = env.with_overrides(auth_enabled=True, rate_limit_per_second=10_000, api_proxy_hops=1)
+    client = TestClient(TestServer(create_api(settings)))
+    await client.start_server()
+    tenant = f"sl-{uuid.uuid4().hex[:6]}"
+    valid = bearer(await keys.create(env, tenant, "read", "auth load test"))
+    path = f"/v1/watermarks?tenantId={tenant}&metric=m"
+    throttled_before = sample("stripemeter_api_auth_throttled_total")
+    try:
+
+        async def attack(i: int) -> tuple[int, str | None]:
+            headers = {**bearer(made_up_key()), "X-Forwarded-For": f"10.9.{i % 250}.1, 203.0.113.7"}
+            response = await client.get(path, headers=headers)
+            return response.status, response.headers.get("Retry-After")
+
+        async def victim() -> int:
+            headers = {**valid, "X-Forwarded-For": "198.51.100.9"}
+            return (await client.get(path, headers=headers)).status
+
+        started = time.monotonic()
+        results: list[tuple[int, str | None]] = []
+        victims: list[int] = []
+        for wave in range(10):  # 500 made-up keys
+            *answers, answer = await asyncio.gather(*(attack(wave * 50 + i) for i in range(50)), victim())
+            results.extend(answers)
+            victims.append(answer)
+        elapsed = time.monotonic() - started
+        statuses = [status for status, _ in results]
+        # 30 at once plus one every 2 s of the run, never one per request
+        bound = 30 + int(elapsed / 2) + 1
+        attacker_lookups = [k for k in lookups if k != valid["Authorization"].split("_")[1]]
+        assert len(attacker_lookups) <= bound, (len(attacker_lookups), elapsed)
+        assert statuses.count(401) == len(attacker_lookups) and statuses.count(429) == 500 - len(
+            attacker_lookups
+        )
+        assert all(int(retry) >= 1 for status, retry in results if status == 429)
+        assert victims == [200] * 10  # another client with a valid key is never refused
+        assert sample("stripemeter_api_auth_throttled_total") - throttled_before == statuses.count(429)
+        print(f"500 made-up keys in {elapsed:.2f}s: {len(attacker_lookups)} lookups, "
+              f"{statuses.count(429)} answered 429")  # fmt: skip
+
+        # the throttled client cannot query, not even with a key id it has not tried yet
+        before = len(lookups)
+        retry = await client.get(path, headers={**bearer(made_up_key()), "X-Forwarded-For": "203.0.113.7"})
+        assert retry.status == 429 and len(lookups) == before
+        assert (await retry.json())["error"]["code"] == "rate_limited"
+        # the cache stayed within its bounds
+        cache = client.app[KEY_CACHE]
+        assert isinstance(cache, KeyCache)
+        assert len(cache.found) <= KEY_CACHE_SIZE and len(cache.missing) <= MISS_CACHE_SIZE
+        assert len(cache.missing) == len(attacker_lookups) and not cache.inflight
+    finally:
+        await client.close()
+
+
+async def test_without_a_proxy_setting_forwarded_for_is_not_trusted(
+    env: Settings, lookups: list[str]
+) -> None:
+    """All from 127.0.0.1, whatever X-Forwarded-For claims; once throttled, the client's own key, found
+    valid earlier, still works (looked up again when its 5 s, here 0.2 s, are over) but guesses do not."""
+    client = TestClient(
+        TestServer(create_api(env.with_overrides(auth_enabled=True, rate_limit_per_second=10_000)))
+    )
+    client.app[KEY_CACHE] = KeyCache(ttl=0.2)
+    await client.start_server()
+    tenant = f"sp-{uuid.uuid4().hex[:6]}"
+    own = bearer(await keys.create(env, tenant, "read", None))
+    path = f"/v1/events?tenantId={tenant}"
+    try:
+        assert (await client.get(path, headers=own)).status == 200
+        statuses = []
+        for i in range(40):  # each claims another address
+            headers = {**bearer(made_up_key()), "X-Forwarded-For": f"192.0.2.{i}"}
+            statuses.append((await client.get(path, headers=headers)).status)
+        assert statuses == [401] * 30 + [429] * 10 and len(lookups) == 31
+        await asyncio.sleep(0.3)
+        assert (await client.get(path, headers=own)).status == 200 and len(lookups) == 32
+        assert (await client.get(path, headers=bearer(made_up_key()))).status == 429 and len(lookups) == 32
+        # a wrong secret for the known id is a failed attempt like any other
+        wrong = bearer(own["Authorization"].removeprefix("Bearer ")[:-3] + "xyz")
+        assert (await client.get(path, headers=wrong)).status == 429
+    finally:
+        await client.close()
+
+
+async def test_a_repeated_made_up_key_is_looked_up_once_and_the_cache_stays_bounded(
+    env: Settings, lookups: list[str]
+) -> None:
+    settings = env.with_overrides(
+        auth_enabled=True, rate_limit_per_second=10_000, auth_failures_per_minute=1e6
+    )
+    client = TestClient(TestServer(create_api(settings)))
+    client.app[KEY_CACHE] = KeyCache(size=4, miss_size=16)  # small bounds, same code
+    await client.start_server()
+    try:
+        same = bearer(made_up_key())
+        answers = await asyncio.gather(
+            *(client.get("/v1/events?tenantId=x", headers=same) for _ in range(20))
+        )
+        assert {a.status for a in answers} == {401}
+        assert len(lookups) == 1  # concurrent requests share one query; later ones hit the 30 s miss cache
+        for _ in range(200):
+            assert (await client.get("/v1/events?tenantId=x", headers=bearer(made_up_key()))).status == 401
+        cache = client.app[KEY_CACHE]
+        assert len(cache.missing) == 16 and len(lookups) == 201
+        tenant = f"sc-{uuid.uuid4().hex[:6]}"
+        for _ in range(6):  # more valid keys than the cache holds: each still works
+            token = await keys.create(env, tenant, "read", None)
+            assert (await client.get(f"/v1/events?tenantId={tenant}", headers=bearer(token))).status == 200
+        assert len(cache.found) == 4
+    finally:
+        await client.close()

@@ -67,16 +67,50 @@ def test_ports_agree_with_the_settings_and_the_prometheus_config() -> None:
     assert dns["names"] == ["worker"] and dns["port"] == defaults.worker_web_port
 
 
+def published(service: dict) -> list[tuple[str | None, str, str]]:
+    """(host address or None for every interface, host port, container port) of each published port."""
+    ports = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):  # the long syntax
+            ports.append((entry.get("host_ip"), str(entry.get("published")), str(entry["target"])))
+            continue
+        # "[ip:]host:container": the host part may hold ${VAR:-default}, whose ':' is not a separator
+        parts = re.findall(r"\$\{[^}]*\}|[^:]+", str(entry))
+        assert len(parts) in (2, 3), entry
+        ports.append((parts[0], parts[1], parts[2]) if len(parts) == 3 else (None, parts[0], parts[1]))
+    return ports
+
+
+def test_only_the_api_is_published_beyond_loopback() -> None:
+    """Whatever answers without a key (the Stripe emulator's control routes, Prometheus' lifecycle
+    API, Grafana's default admin) is published on 127.0.0.1 only; the API needs a key on /v1."""
+    services = compose()["services"]
+    assert published(services["stripe-emulator"]) == [
+        ("127.0.0.1", "${STRIPEMETER_EMULATOR_PORT:-12111}", "12111")
+    ]
+    for name, service in services.items():
+        for host, _port, _target in published(service):
+            assert name == "api" or host == "127.0.0.1", f"{name} publishes a port beyond loopback"
+    assert {name for name, service in services.items() if published(service)} == {
+        "api",
+        "stripe-emulator",
+        "prometheus",
+        "grafana",
+    }
+    for name in ("kafka", "postgres", "worker"):
+        assert "ports" not in services[name], name
+
+
 def test_monitoring_profile_mounts_the_rules_and_the_dashboards() -> None:
     services = compose()["services"]
     prometheus, grafana = services["prometheus"], services["grafana"]
     assert prometheus["profiles"] == ["monitoring"] and grafana["profiles"] == ["monitoring"]
     assert "./ops/prometheus:/etc/prometheus:ro" in prometheus["volumes"]
     assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
-    assert prometheus["ports"] == ["${PROMETHEUS_PORT:-9090}:9090"]
+    assert prometheus["ports"] == ["127.0.0.1:${PROMETHEUS_PORT:-9090}:9090"]
     assert "./ops/grafana/provisioning:/etc/grafana/provisioning:ro" in grafana["volumes"]
     assert "./ops/grafana/dashboards:/var/lib/grafana/dashboards:ro" in grafana["volumes"]
-    assert grafana["ports"] == ["${GRAFANA_PORT:-3001}:3000"]
+    assert grafana["ports"] == ["127.0.0.1:${GRAFANA_PORT:-3001}:3000"]
     env = grafana["environment"]
     assert env["GF_SECURITY_ADMIN_USER"].endswith(":-admin}")
     assert env["GF_SECURITY_ADMIN_PASSWORD"].endswith(":-admin}")
