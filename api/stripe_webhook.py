@@ -30,10 +30,10 @@ ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 async def post_webhook(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     if not settings.stripe_webhook_secret or RECONCILER not in request.app:
-        raise ApiError(
+        raise ApiError(  # nothing to verify a delivery with: refused
             "webhook_not_configured",
             "set STRIPE_WEBHOOK_SECRET and Stripe's settings to receive events",
-            status=503,
+            status=403,
         )
     reader = request.app[RECONCILER].reader
     raw = await request.read()

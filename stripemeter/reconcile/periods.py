@@ -88,7 +88,11 @@ def _cycle_start(year: int, month: int, anchor: datetime | None) -> datetime:
 
 
 def period(name: str, anchor: datetime | None = None) -> Period:
-    year, month = parse_name(name)
+    return _period(*parse_name(name), anchor)
+
+
+def _period(year: int, month: int, anchor: datetime | None) -> Period:
+    name = f"{year:04d}-{month:02d}"
     return Period(name, _cycle_start(year, month, anchor), _cycle_start(*_next_month(year, month), anchor))
 
 
@@ -102,8 +106,10 @@ def current_name(now: datetime, anchor: datetime | None = None) -> str:
 
 
 def holding(moment: datetime, anchor: datetime | None = None) -> Period:
-    """The period holding ``moment`` (for an hour bucket: its start)."""
-    return period(current_name(moment, anchor), anchor)
+    """The period holding ``moment`` (for an hour bucket: its start); any year an event can have,
+    not only those a period name may give."""
+    year, month = (int(part) for part in current_name(moment, anchor).split("-"))
+    return _period(year, month, anchor)
 
 
 def previous_name(name: str) -> str:

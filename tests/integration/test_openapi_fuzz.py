@@ -52,6 +52,7 @@ async def served(env: Settings, emulator: tuple[object, str]) -> AsyncIterator[s
         rate_limit_per_second=1e6,
         stripe_api_base=emulator[1],
         stripe_api_key=Secret("sk_test_fuzz"),
+        apply_wait_seconds=0.2,  # no worker runs: adjustments answer 202 "still being applied" at once
     )
     # the worker's own heartbeat writer stands in for a worker, so readiness answers 200, not 503
     stopping = asyncio.Event()

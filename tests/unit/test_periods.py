@@ -119,3 +119,11 @@ def test_period_names_outside_the_supported_range_are_refused(bad: str) -> None:
 def test_the_supported_range_is_whole() -> None:
     assert periods.period("1970-01").start == datetime(1970, 1, 1, tzinfo=UTC)
     assert periods.period("9998-12", datetime(2026, 1, 31, 23, 59, tzinfo=UTC)).end.year == 9999
+
+
+def test_any_hour_an_event_can_have_has_a_period() -> None:
+    """Ingest takes old timestamps; their hours still belong to a period (names are range-checked,
+    hours are not)."""
+    old = datetime(576, 6, 17, 16, tzinfo=UTC)
+    assert periods.holding(old).start == datetime(576, 6, 1, tzinfo=UTC)
+    assert periods.holding(old, datetime(2026, 1, 31, 10, 45, tzinfo=UTC)).holds(old)
