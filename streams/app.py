@@ -25,6 +25,7 @@ from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.dedupe_sweep import DedupeSweep
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.metering import Metering
+from stripemeter.streams.packing import payload_limit
 from stripemeter.streams.policy import MetricPolicy, Policies
 from stripemeter.streams.records import decode_batch
 from stripemeter.streams.sink import PostgresSink
@@ -35,6 +36,7 @@ from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 from stripemeter import metrics
 from stripemeter.config import Settings, settings_env
 from stripemeter.db.mappings import load_policies
+from stripemeter.kafka_admin import message_limits
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, run_schedule, stripe_configured
 from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client
@@ -223,6 +225,8 @@ def create_app(
             max_request_size=16 * 1024 * 1024,
         )
         await checkpointer.producer.start()
+        limits = await message_limits(settings.kafka_bootstrap_servers, [names.ledger])
+        checkpointer.ledger_limit = payload_limit(limits[names.ledger])
         producer_started.set()
 
     intake = intake_stage(settings)

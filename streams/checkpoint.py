@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.streams.counting import split_counter_key
 from stripemeter.streams.deltas import Delta, encode_delta
 from stripemeter.streams.metering import Metering
+from stripemeter.streams.packing import pack_arrays, payload_limit
 from stripemeter.streams.partitioning import Partitioner, delta_routing_key
 from stripemeter.streams.state import ChangelogState, send_records
 
@@ -33,8 +34,6 @@ from stripemeter import metrics
 from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
-
-LEDGER_ITEMS_PER_MESSAGE = 2000
 
 
 class Checkpointer:
@@ -53,6 +52,7 @@ class Checkpointer:
         self._lock = asyncio.Lock()
         self.failed = False  # a checkpoint raised: local state may be ahead of the changelogs
         self._deltas_partition: Partitioner | None = None
+        self.ledger_limit = payload_limit(8 * 1024 * 1024)  # the broker's, once the producer starts
 
     def add(self, event: Any) -> None:
         self.pending.append(event)
@@ -80,9 +80,9 @@ class Checkpointer:
         persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
 
         futures = await self._send_changelog(("dedupe", "counters"), persisted)
-        for start in range(0, len(outcomes.ledger), LEDGER_ITEMS_PER_MESSAGE):
-            chunk = outcomes.ledger[start : start + LEDGER_ITEMS_PER_MESSAGE]
-            futures.append(await self.producer.send(self.names.ledger, orjson.dumps(chunk)))
+        ledger = [orjson.dumps(item) for item in outcomes.ledger]
+        for message in pack_arrays(ledger, self.ledger_limit):  # by bytes: the ledger topic's limit
+            futures.append(await self.producer.send(self.names.ledger, message))
         for record in outcomes.late:
             futures.append(await self.producer.send(self.names.late, record))
         await _all(futures)

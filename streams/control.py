@@ -16,10 +16,13 @@ from typing import Literal
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from stripemeter.streams.packing import chunk_lengths, payload_limit
 from stripemeter.streams.partitioning import keyed_routing_key, partition_for
 
 Kind = Literal["add", "last"]
-CORRECTIONS_PER_MESSAGE = 2000  # ~300 KB; the keyed topic takes 4 MiB messages
+# control messages are packed by bytes to what any topic takes unless lowered (the broker's default
+# max.message.bytes); one correction is under a kilobyte (bounded names and numbers)
+CONTROL_LIMIT = payload_limit(1024 * 1024) - len(b'{"corrections":}')
 
 
 @dataclass(frozen=True)
@@ -38,15 +41,16 @@ def is_control(raw: bytes) -> bool:
     return raw[:1] == b"{"
 
 
+def encode_correction(c: Correction) -> bytes:
+    return orjson.dumps([c.id, c.tenant_id, c.metric, c.customer_ref, c.bucket_ms, c.kind, c.micros, c.ts_ms])
+
+
 def encode_control(corrections: list[Correction]) -> bytes:
-    return orjson.dumps(
-        {
-            "corrections": [
-                [c.id, c.tenant_id, c.metric, c.customer_ref, c.bucket_ms, c.kind, c.micros, c.ts_ms]
-                for c in corrections
-            ]
-        }
-    )
+    return control_message(b"[" + b",".join(map(encode_correction, corrections)) + b"]")
+
+
+def control_message(array: bytes) -> bytes:
+    return b'{"corrections":' + array + b"}"
 
 
 def decode_control(raw: bytes) -> list[Correction]:
@@ -79,19 +83,22 @@ async def send_corrections(
 ) -> list[Sent]:
     """Every correction into its counter's keyed partition; returns once the broker has them all."""
     partitions = len(await producer.partitions_for(keyed_topic))
-    messages = [
-        (partition, routed[i : i + CORRECTIONS_PER_MESSAGE])
-        for partition, routed in by_partition(corrections, partitions).items()
-        for i in range(0, len(routed), CORRECTIONS_PER_MESSAGE)
-    ]
+    messages: list[tuple[int, list[Correction], bytes]] = []
+    for partition, routed in by_partition(corrections, partitions).items():
+        encoded = [encode_correction(c) for c in routed]
+        start = 0
+        for length in chunk_lengths([len(e) for e in encoded], CONTROL_LIMIT):
+            array = b"[" + b",".join(encoded[start : start + length]) + b"]"
+            messages.append((partition, routed[start : start + length], control_message(array)))
+            start += length
     sent = []
-    for done, (partition, chunk) in enumerate(messages, start=1):
-        sent.append(await producer.send(keyed_topic, encode_control(chunk), partition=partition))
+    for done, (partition, _chunk, value) in enumerate(messages, start=1):
+        sent.append(await producer.send(keyed_topic, value, partition=partition))
         if progress is not None:
             progress(done, len(messages))
     written = await asyncio.gather(*sent)
     return [
         Sent(c, meta.partition, meta.offset)
-        for (_partition, chunk), meta in zip(messages, written, strict=True)
+        for (_partition, chunk, _value), meta in zip(messages, written, strict=True)
         for c in chunk
     ]

@@ -18,22 +18,24 @@ import logging
 from collections import defaultdict
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 from stripemeter.streams import batching
 from stripemeter.streams.dead_letters import dead_letter
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.streams.packing import pack_arrays, payload_limit
 from stripemeter.streams.partitioning import Partitioner, keyed_routing_key
-from stripemeter.streams.records import encode_batch, keyed_item
+from stripemeter.streams.records import keyed_item
 
 from stripemeter import metrics
 from stripemeter.clock import SYSTEM, Clock
 from stripemeter.events import InvalidEvent, decode_message
+from stripemeter.kafka_admin import message_limits
 from stripemeter.topics import TopicNames
 
 log = logging.getLogger(__name__)
 
-MAX_EVENTS_PER_MESSAGE = 2000
 FETCH_MAX_BYTES = 32 * 1024 * 1024
 # a poll may wait this long to fill (see batching.py): at 10,000 single-event messages a second the
 # keyed messages then hold ~125 events each instead of a handful, and the meter's work per message
@@ -42,21 +44,47 @@ LINGER_SECONDS = 0.05
 
 
 def route(
-    records: list[Any], target_of: Partitioner, now_ms: int
-) -> tuple[dict[int, list[list[Any]]], list[bytes], int]:
-    """Pure step: messages -> (keyed items per target partition, dead letters, events read)."""
-    keyed: dict[int, list[list[Any]]] = defaultdict(list)
+    records: list[Any], target_of: Partitioner, now_ms: int, item_limit: int
+) -> tuple[dict[int, list[bytes]], list[bytes], int]:
+    """Pure step: messages -> (encoded keyed items per target partition, dead letters, events read).
+
+    A message whose handling raises (an input no rule foresaw, or a bug) is dead-lettered whole with
+    ``processing_failed`` and the batch goes on; nothing of it is routed. A keyed item over
+    ``item_limit`` bytes (no valid event is) is dead-lettered ``too_large``.
+    """
+    keyed: dict[int, list[bytes]] = defaultdict(list)
     dead: list[bytes] = []
     seen = 0
     for msg in records:
-        results = decode_message(msg.value, now_ms)
+        try:
+            results = decode_message(msg.value, now_ms)
+            routed, rejected = [], []
+            for position, result in enumerate(results):
+                if isinstance(result, InvalidEvent):
+                    rejected.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
+                    continue
+                item = orjson.dumps(keyed_item(result, msg.partition, msg.offset, position))
+                if len(item) > item_limit:
+                    error = InvalidEvent("too_large", f"the event is {len(item)} bytes as a keyed record")
+                    error.index, error.raw_item = position, None
+                    rejected.append(dead_letter(error, msg.topic, msg.partition, msg.offset, msg.value))
+                    continue
+                routed.append((target_of(keyed_routing_key(result.tenant_id, result.customer_ref)), item))
+        except Exception as exc:
+            log.exception(
+                "dead-lettering %s[%d]@%d: handling it failed", msg.topic, msg.partition, msg.offset
+            )
+            metrics.POISON_MESSAGES.labels("intake").inc()
+            failed = InvalidEvent(
+                "processing_failed", f"handling this message failed: {type(exc).__name__}: {exc}"
+            )
+            dead.append(dead_letter(failed, msg.topic, msg.partition, msg.offset, msg.value))
+            seen += 1
+            continue
         seen += len(results)
-        for position, result in enumerate(results):
-            if isinstance(result, InvalidEvent):
-                dead.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
-                continue
-            target = target_of(keyed_routing_key(result.tenant_id, result.customer_ref))
-            keyed[target].append(keyed_item(result, msg.partition, msg.offset, position))
+        dead.extend(rejected)
+        for target, item in routed:
+            keyed[target].append(item)
     return keyed, dead, seen
 
 
@@ -76,6 +104,7 @@ class Intake:
         self.names = names
         self.group_id = group_id
         self.poll_records = poll_records
+        self.keyed_limit = payload_limit(4 * 1024 * 1024)  # replaced by the broker's when it runs
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -102,11 +131,14 @@ class Intake:
         await consumer.start()
         try:
             keyed_partitions = Partitioner(len(await producer.partitions_for(self.names.keyed)))
+            limits = await message_limits(self.bootstrap, [self.names.keyed])
+            self.keyed_limit = payload_limit(limits[self.names.keyed])
             log.info(
-                "intake started: %s -> %s (%d partitions)",
+                "intake started: %s -> %s (%d partitions, messages up to %d bytes)",
                 self.names.events,
                 self.names.keyed,
                 keyed_partitions.partitions,
+                self.keyed_limit,
             )
             while not self._stopping.is_set():
                 batch = await batching.gather(consumer, self.poll_records, LINGER_SECONDS, self._stopping)
@@ -126,14 +158,11 @@ class Intake:
         keyed_partitions: Partitioner,
     ) -> None:
         records = [msg for msgs in batch.values() for msg in msgs]
-        keyed, dead, seen = route(records, keyed_partitions, self.clock.ms())
+        keyed, dead, seen = route(records, keyed_partitions, self.clock.ms(), self.keyed_limit)
         futures = []
         for partition, items in keyed.items():
-            for start in range(0, len(items), MAX_EVENTS_PER_MESSAGE):
-                chunk = items[start : start + MAX_EVENTS_PER_MESSAGE]
-                futures.append(
-                    await producer.send(self.names.keyed, encode_batch(chunk), partition=partition)
-                )
+            for message in pack_arrays(items, self.keyed_limit):  # by bytes: the keyed topic's limit
+                futures.append(await producer.send(self.names.keyed, message, partition=partition))
         for value in dead:
             futures.append(await producer.send(self.names.dlq, value))
         if futures:

@@ -164,3 +164,16 @@ async def message_counts(bootstrap: str, partitions: dict[str, int]) -> dict[str
     for tp in tps:
         totals[tp.topic] = totals.get(tp.topic, 0) + ends[tp] - starts[tp]
     return totals
+
+
+DEFAULT_MESSAGE_BYTES = 1024 * 1024 + 12  # the broker's default max.message.bytes
+
+
+async def message_limits(bootstrap: str, topics: list[str]) -> dict[str, int]:
+    """Each topic's ``max.message.bytes`` as the broker has it (what a produced message must fit)."""
+    admin = await _admin(bootstrap)
+    try:
+        configs = await describe_configs(admin, topics)
+    finally:
+        await admin.close()
+    return {t: int(configs.get(t, {}).get("max.message.bytes") or DEFAULT_MESSAGE_BYTES) for t in topics}

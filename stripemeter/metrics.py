@@ -12,6 +12,12 @@ EVENTS = Counter(
     ["outcome"],
 )
 INTAKE_MESSAGES = Counter("stripemeter_intake_messages_total", "Messages read from usage.events")
+POISON_MESSAGES = Counter(
+    "stripemeter_poison_messages_total",
+    "Messages whose handling raised (an input no rule foresaw): dead-lettered with processing_failed,"
+    " by stage",
+    ["stage"],
+)
 DELTAS = Counter("stripemeter_deltas_total", "Counter change records published to usage.deltas")
 COUNTING_BATCH_SECONDS = Histogram(
     "stripemeter_counting_batch_seconds",
