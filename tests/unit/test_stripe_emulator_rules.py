@@ -151,6 +151,31 @@ def test_parse_query_names_the_bad_param(params: dict[str, str], param: str) -> 
     assert caught.value.param == param
 
 
+def _pre(ts: int, value: int, customer: str = "cus_a") -> MeterEvent:
+    return MeterEvent("mtr_1", "calls", f"id{ts}-{value}", customer, value, {}, ts, 0)
+
+
+@pytest.mark.parametrize(
+    ("window", "events", "expected"),
+    [
+        # hour: the newest per customer and hour counts; a tie goes to the later received
+        ("hour", [_pre(10, 1), _pre(3000, 2), _pre(20, 4), _pre(3700, 8)], [(0, 2.0), (3600, 8.0)]),
+        ("hour", [_pre(10, 1), _pre(10, 5)], [(0, 5.0)]),
+        ("hour", [_pre(50, 3), _pre(10, 5)], [(0, 3.0)]),
+        ("hour", [_pre(10, 3), _pre(20, 5, "cus_b")], [(0, 3.0)]),
+        # day: one value for the whole UTC day
+        ("day", [_pre(10, 1), _pre(3000, 2), _pre(7300, 4)], [(7200, 4.0), (0, 0.0)]),
+    ],
+)
+def test_event_time_window_keeps_the_newest_event(
+    window: str, events: list[MeterEvent], expected: list[tuple[int, float]]
+) -> None:
+    meter = {"id": "mtr_1", "default_aggregation": {"formula": "sum"}, "event_time_window": window}
+    query = SummaryQuery("cus_a", 0, 86400, "hour")
+    found = {s["start_time"]: s["aggregated_value"] for s in summarize(meter, events, query)}
+    assert [(start, found.get(start, 0.0)) for start, _ in expected] == expected
+
+
 def test_faults_take_in_order_and_scope() -> None:
     faults = Faults()
     faults.update({"drop_connections": 1, "rate_limit": 1, "server_errors": 1, "path_prefix": "/v1/billing"})
