@@ -1,9 +1,13 @@
-"""The emulator's in-memory Stripe account: customers, meters, meter events, idempotency, faults.
+"""The emulator's in-memory Stripe account: customers, meters, meter events, idempotency, faults and
+the operations budget.
 
 Each method is one API operation: it takes the decoded params, applies the rules from `meters`,
 `events` and `summaries`, and returns the JSON-ready object or raises StripeApiError. Time comes from
-the injected clock (plus `clock_offset`, which `POST /_emulator/clock` moves), never from time.time().
+the injected clock (plus `clock_offset`, which `POST /_emulator/clock` moves), never from time.time()
+(the operations budget runs on real time, see budget.py).
 Not thread-safe; one instance per app.
+
+`ops_per_second` is the shared budget (Stripe test mode: 25; 0 = unlimited; also settable as a fault).
 """
 
 from __future__ import annotations
@@ -14,24 +18,31 @@ from collections.abc import Callable
 from typing import Any
 
 from stripemeter.stripe_emulator import events, meters, summaries
+from stripemeter.stripe_emulator.budget import OpsBudget
 from stripemeter.stripe_emulator.errors import invalid, no_such, reject_unknown
-from stripemeter.stripe_emulator.events import MeterEvent
-from stripemeter.stripe_emulator.faults import Faults
+from stripemeter.stripe_emulator.events import EventRequest, MeterEvent
+from stripemeter.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, Faults
 from stripemeter.stripe_emulator.idempotency import IdempotencyStore
 from stripemeter.stripe_emulator.pagination import paginate
 from stripemeter.stripe_emulator.wire import new_id
 
 Params = dict[str, Any]
+CUSTOMER_PARAMS = {"email", "name", "description", "metadata"}
 
 
 class EmulatorState:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        ops_per_second: float = TEST_MODE_OPS_PER_SECOND,
+    ) -> None:
         self.clock = clock
-        self.faults = Faults()
+        self.faults = Faults(ops_per_second=ops_per_second)
+        self.budget = OpsBudget()
         self.reset()
 
     def reset(self) -> None:
-        """Forget every object and fault; the clock stays."""
+        """Forget every object and fault; the clock and settings stay."""
         self.clock_offset = 0.0
         self.faults.reset()
         self.idempotency = IdempotencyStore()
@@ -48,7 +59,7 @@ class EmulatorState:
     # --- customers ------------------------------------------------------------------------------
 
     def create_customer(self, params: Params) -> Params:
-        reject_unknown(params, {"email", "name", "description", "metadata"})
+        reject_unknown(params, CUSTOMER_PARAMS)
         customer = {
             "id": new_id("cus"),
             "object": "customer",
@@ -111,32 +122,39 @@ class EmulatorState:
 
     def record_meter_event(self, params: Params) -> Params:
         now = self.now()
-        event_name, payload = events.check_event_params(params)
-        meter = self._meter_for(event_name)
-        if meter is None:
-            raise invalid(
-                f"No active meter was found for event_name '{event_name}'.", "event_name", "no_meter"
-            )
-        if meter["status"] != "active":
-            raise invalid(
-                f"The meter for event_name '{event_name}' is inactive.", "event_name", "archived_meter"
-            )
-        customer, value = events.payload_customer_and_value(meter, payload)
-        if customer not in self.customers:
-            key = meter["customer_mapping"]["event_payload_key"]
-            raise invalid(
-                f"No such customer: '{customer}'", f"payload[{key}]", "meter_event_customer_not_found"
-            )
-        timestamp = events.parse_timestamp(params.get("timestamp"), now)
-        identifier = params.get("identifier") or str(uuid.uuid4())
+        request = events.check_event_params(params)
+        meter = self._meter_for(request.event_name)
+        customer, value, timestamp = events.validate_event(meter, request, self.customers.__contains__, now)
+        identifier = self._free_identifier(request.identifier, now)
+        assert meter is not None
+        return self._store_event(meter, identifier, customer, value, request, timestamp, now).wire()
+
+    def _free_identifier(self, identifier: str | None, now: float) -> str:
+        """The event's identifier (generated when none was sent); refused while another event has it."""
+        if identifier is None:
+            return str(uuid.uuid4())
         previous = self._by_identifier.get(identifier)
         if previous is not None and now - previous.received <= events.IDENTIFIER_WINDOW_SECONDS:
             raise events.duplicate_identifier(identifier)
-        event = MeterEvent(meter["id"], event_name, identifier, customer, value, payload, timestamp, now)
+        return identifier
+
+    def _store_event(
+        self,
+        meter: Params,
+        identifier: str,
+        customer: str,
+        value: int,
+        request: EventRequest,
+        timestamp: int,
+        now: float,
+    ) -> MeterEvent:
+        event = MeterEvent(
+            meter["id"], request.event_name, identifier, customer, value, request.payload, timestamp, now
+        )
         self.events.append(event)
         self._by_identifier[identifier] = event
         self._by_meter_customer.setdefault((meter["id"], customer), []).append(event)
-        return event.wire()
+        return event
 
     def cancel_meter_event(self, params: Params) -> Params:
         event_name, identifier = events.check_cancel_params(params)

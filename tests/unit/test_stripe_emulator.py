@@ -17,6 +17,7 @@ from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app
 DAY = 1_749_945_600  # a UTC midnight
 START = DAY + 12 * 3600
 SUM = {"formula": "sum"}
+UNLIMITED = 0  # operations per second: these tests are not about Stripe's rate limit
 T = TypeVar("T")
 
 
@@ -34,7 +35,7 @@ class Emulator:
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     clock = ManualClock(START)
-    state = EmulatorState(clock=clock)
+    state = EmulatorState(clock=clock, ops_per_second=UNLIMITED)
     server = TestServer(create_app(state), host="127.0.0.1")
     await server.start_server()
     yield Emulator(state, clock, f"http://127.0.0.1:{server.port}")
@@ -225,11 +226,11 @@ async def test_summary_pagination(emu: Emulator) -> None:
         ({"stripe_customer_id": "cus_nope", "value": "1"}, {}, "payload[stripe_customer_id]",
          "meter_event_customer_not_found"),
         ({"value": "1"}, {}, "payload[stripe_customer_id]", "meter_event_no_customer_defined"),
-        ({"stripe_customer_id": "CUSTOMER"}, {}, "payload[value]", "meter_event_value_not_found"),
+        ({"stripe_customer_id": "CUSTOMER"}, {}, "payload[value]", "meter_event_invalid_value"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1.5"}, {}, "payload[value]",
          "meter_event_invalid_value"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1234567890123456"}, {}, "payload[value]",
-         "meter_event_invalid_value"),
+         "meter_event_value_too_many_digits"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1"}, {"timestamp": START - 36 * 86400}, "timestamp",
          "timestamp_too_far_in_past"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1"}, {"timestamp": START + 301}, "timestamp",
@@ -360,15 +361,19 @@ async def test_rate_limit_burst(emu: Emulator) -> None:
     await send(client, customer, "1")
 
 
-async def test_server_error_burst_is_retried(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_server_error_is_stored_for_its_key(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500 while executing is Stripe's answer for that idempotency key: the client's own retries
+    (same key) get it replayed; a dropped connection is not stored, so a retry runs afresh."""
     monkeypatch.setattr(stripe._http_client.HTTPClient, "INITIAL_DELAY", 0.01)
     monkeypatch.setattr(stripe._http_client.HTTPClient, "MAX_DELAY", 0.02)
     _, customer, meter = await setup_meter(emu)
     emu.state.faults.server_errors = 1
     with pytest.raises(stripe.APIError) as caught:
-        await send(emu.client(), customer, "1")
+        await send(emu.client(retries=2), customer, "1", identifier="stuck")
     assert caught.value.http_status == 500 and caught.value.headers["Stripe-Should-Retry"] == "true"
-    emu.state.faults.update({"server_errors": 2, "drop_connections": 1})
+    assert caught.value.headers["Idempotent-Replayed"] == "true"  # the last of three attempts
+    assert emu.state.faults.server_errors == 0 and emu.state.meter_events(meter) == []
+    emu.state.faults.update({"drop_connections": 2})
     await send(emu.client(retries=3), customer, "1", identifier="retried")
     assert [e.identifier for e in emu.state.meter_events(meter)] == ["retried"]
 
