@@ -5,7 +5,7 @@ answer at once. The processing rules (`validate_event`) need the account: an act
 event name, an existing customer under the meter's customer key, a whole number (negative allowed,
 at most 15 significant digits; Stripe takes decimals only on request) under its value key, a
 `timestamp` within the past 35 days and at most 5 minutes ahead. By default the emulator applies
-them before answering (400).
+them before answering (400); in async validation mode after answering 200 (see state.py).
 `identifier` is unique for 24 h after receipt. A cancel adjustment can only reach an event received
 in the last 24 h.
 """
@@ -138,9 +138,10 @@ def validate_event(
     customer_exists: Callable[[str], bool],
     now: float,
 ) -> tuple[str, int, int]:
-    """What Stripe validates once it processes an event (here before answering): an active meter for
-    the name, a known customer under the meter's customer key, a whole number under its value key, a
-    timestamp in the window. Returns (customer, value, timestamp)."""
+    """What Stripe validates once it processes an event (synchronously by default here, after the
+    answer in async mode): an active meter for the name, a known customer under the meter's customer
+    key, a whole number under its value key, a timestamp in the window. Returns (customer, value,
+    timestamp)."""
     event_name = request.event_name
     if meter is None:
         raise invalid(f"No active meter was found for event_name '{event_name}'.", "event_name", "no_meter")

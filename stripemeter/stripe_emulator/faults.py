@@ -30,6 +30,9 @@ was created with):
 - `ops_per_second`: one shared budget for every `/v1/` and `/v2/` request, reads and writes together
   (Stripe test mode allows 25 operations per second); above it the answer is 429 `rate_limit`.
   0 means unlimited. Not limited by `path_prefix`.
+- `async_validation`: when true, `POST /v1/billing/meter_events` checks only the request's shape and
+  the identifier synchronously and validates the rest after answering 200, as Stripe does; a failing
+  event is dropped and reported (see `state.EmulatorState.record_meter_event`).
 """
 
 from __future__ import annotations
@@ -59,6 +62,7 @@ class Faults:
     summary_delay: float = 0.0
     path_prefix: str | None = None
     ops_per_second: float = TEST_MODE_OPS_PER_SECOND
+    async_validation: bool = False
 
     def __post_init__(self) -> None:
         self._initial = asdict(self)

@@ -1,4 +1,5 @@
-"""The HTTP face of the emulator: Stripe's v1 routes for customers and billing meters on aiohttp.
+"""The HTTP face of the emulator: Stripe's v1 routes for customers and billing meters on aiohttp,
+and `GET /v2/core/events/{id}` for the events that carry error reports.
 
 Every Stripe request passes, in this order (each step as Stripe places it):
 1. Request-Id; injected latency; dropped connection (nothing processed, nothing stored);
@@ -11,6 +12,7 @@ Every Stripe request passes, in this order (each step as Stripe places it):
    500 (after the state changed; stored); then the answer is stored for the key;
 7. an injected lost response: the connection is aborted after all of the above.
 Errors anywhere become Stripe's error envelope; unknown routes become 404 "Unrecognized request URL".
+Error reports queued by the state are handed to the webhook sender after each request.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from stripemeter.stripe_emulator.errors import StripeApiError, reject_unknown
 from stripemeter.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, rate_limited, server_error
 from stripemeter.stripe_emulator.idempotency import StoredResponse, fingerprint
 from stripemeter.stripe_emulator.state import CUSTOMER_PARAMS, EmulatorState
+from stripemeter.stripe_emulator.webhooks import Sender
 from stripemeter.stripe_emulator.wire import decode_form, error_response, json_response, new_id
 
 log = logging.getLogger(__name__)
 
 STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
+SENDER: web.AppKey[Sender] = web.AppKey("webhook_sender", Sender)
 REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
 EXECUTED: web.RequestKey[bool] = web.RequestKey("executed", bool)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -128,6 +132,12 @@ async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorSta
     return response
 
 
+def _send_outbox(app: web.Application) -> None:
+    state, sender = app[STATE], app[SENDER]
+    while state.outbox:
+        sender.send(*state.outbox.pop(0))
+
+
 @web.middleware
 async def stripe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = new_id("req")
@@ -142,6 +152,8 @@ async def stripe_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
         message = f"Unrecognized request URL ({request.method}: {request.path})."
         response = error_response(StripeApiError(404, "invalid_request_error", message))
+    finally:
+        _send_outbox(request.app)
     response.headers["Request-Id"] = request[REQUEST_ID]
     return response
 
@@ -172,6 +184,10 @@ def _id(request: web.Request) -> str:
 
 def _no_params(params: dict[str, Any]) -> None:
     reject_unknown(params, set())
+
+
+def _record_meter_event(state: EmulatorState, params: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    return state.record_meter_event(params, request.headers.get("Idempotency-Key"))
 
 
 ROUTES: list[tuple[str, str, Operation, Check | None]] = [
@@ -205,22 +221,30 @@ ROUTES: list[tuple[str, str, Operation, Check | None]] = [
         lambda s, p, r: s.event_summaries(_id(r), p, r.path),
         None,
     ),
-    ("POST", "/v1/billing/meter_events", lambda s, p, r: s.record_meter_event(p), events.check_event_params),
+    ("POST", "/v1/billing/meter_events", _record_meter_event, events.check_event_params),
     (
         "POST",
         "/v1/billing/meter_event_adjustments",
         lambda s, p, r: s.cancel_meter_event(p),
         events.check_cancel_params,
     ),
+    # no parameter check: stripe-python 16's fetch_event_async() sends its `usage` list along
+    ("GET", "/v2/core/events/{id}", lambda s, p, r: s.get_v2_event(_id(r)), None),
 ]
 
 
 def create_app(state: EmulatorState | None = None) -> web.Application:
     app = web.Application(middlewares=[stripe_middleware])
     app[STATE] = state or EmulatorState()
+    app[SENDER] = Sender()
     for method, path, operation, check in ROUTES:
         app.router.add_route(method, path, endpoint(operation, check))
     control.add_routes(app, STATE)
+
+    async def close_sender(app: web.Application) -> None:
+        await app[SENDER].close()
+
+    app.on_cleanup.append(close_sender)
     return app
 
 

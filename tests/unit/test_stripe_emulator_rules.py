@@ -176,13 +176,15 @@ def test_fault_rates_and_reset_to_the_settings_given() -> None:
     faults.update({"server_error_rate": 1.0, "lost_response_rate": 1.0, "ops_per_second": 5})
     assert all(faults.take_server_error("/v1/x") and faults.take_lost_response("/v1/x") for _ in range(5))
     assert faults.server_errors == 0 and faults.ops_per_second == 5
+    faults.update({"async_validation": True})
     faults.reset()
     assert faults.as_dict() == {**Faults().as_dict(), "ops_per_second": 1000}
+    assert faults.async_validation is False
 
 
 @pytest.mark.parametrize(
     "changes",
-    [{"lost_response_rate": 2}, {"lost_responses": 0.5}, {"ops_per_second": -1}],
+    [{"async_validation": 1}, {"lost_response_rate": 2}, {"lost_responses": 0.5}, {"ops_per_second": -1}],
 )
 def test_faults_update_refuses_bad_settings(changes: dict[str, Any]) -> None:
     faults = Faults()

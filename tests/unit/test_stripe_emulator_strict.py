@@ -1,21 +1,25 @@
 """The emulator is at least as strict as Stripe: idempotent answers of failed requests, lost responses,
-pre-aggregated meters, custom payload keys and test mode's shared operations budget. Driven through
-the real `stripe` package."""
+asynchronous validation reported through a signed webhook, pre-aggregated meters, custom payload keys
+and test mode's shared operations budget. Driven through the real `stripe` package."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import pytest
 import stripe
+from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app
+from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app, webhooks
 from tests.unit.test_stripe_emulator import START, Emulator, call, send, setup_meter, totals
+
+SECRET = "whsec_test_emulator"
 
 
 @pytest.fixture
@@ -25,6 +29,47 @@ async def emu() -> AsyncIterator[Emulator]:
     server = TestServer(create_app(state), host="127.0.0.1")
     await server.start_server()
     yield Emulator(state, clock, f"http://127.0.0.1:{server.port}")
+    await server.close()
+
+
+@dataclass
+class Receiver:
+    """A webhook endpoint: records every delivery; answers 500 to the first `failures` of them."""
+
+    url: str = ""
+    failures: int = 0
+    received: list[tuple[bytes, str]] = field(default_factory=list)
+    answered: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.received.append((await request.read(), request.headers.get("Stripe-Signature", "")))
+        if self.failures > 0:
+            self.failures -= 1
+            return web.Response(status=500)
+        self.answered.set()
+        return web.Response(text="ok")
+
+    async def delivered(self, count: int, timeout: float = 10) -> list[tuple[bytes, str]]:
+        deadline = time.monotonic() + timeout
+        while len(self.received) < count or self.failures:
+            assert time.monotonic() < deadline, f"{len(self.received)} deliveries, expected {count}"
+            await asyncio.sleep(0.02)
+        return self.received
+
+
+@pytest.fixture
+async def receiver(emu: Emulator) -> AsyncIterator[Receiver]:
+    hook = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", hook.handle)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    hook.url = f"http://127.0.0.1:{server.port}/hook"
+    async with aiohttp.ClientSession() as session:
+        body = {"url": hook.url, "secret": SECRET}
+        async with session.post(emu.url + "/_emulator/webhook", json=body) as response:
+            assert response.status == 200
+    yield hook
     await server.close()
 
 
@@ -115,6 +160,126 @@ async def test_lost_response_is_processed_and_its_retry_gets_the_stored_answer(e
     await call(emu.client(retries=1).v1.billing.meter_events.create, event_params(customer, "6"))
     assert emu.state.faults.lost_responses == 0
     assert [e.value for e in emu.state.meter_events(meter)] == [4, 6]
+
+
+# --- asynchronous validation, error reports and the webhook -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        ({"event_name": "nothing"}, "no_meter"),
+        ({"payload": {"stripe_customer_id": "cus_nope", "value": "1"}}, "meter_event_customer_not_found"),
+        ({"payload": {"value": "1"}}, "meter_event_no_customer_defined"),
+        ({"payload": {"stripe_customer_id": "CUSTOMER", "value": "1.5"}}, "meter_event_invalid_value"),
+        ({"payload": {"stripe_customer_id": "CUSTOMER", "value": "1" * 16}},
+         "meter_event_value_too_many_digits"),
+        ({"timestamp": START - 36 * 86400}, "timestamp_too_far_in_past"),
+        ({"timestamp": START + 301}, "timestamp_in_future"),
+    ],
+)  # fmt: skip
+async def test_async_validation_accepts_then_drops_and_reports(
+    emu: Emulator, receiver: Receiver, change: dict[str, Any], code: str
+) -> None:
+    client, customer, meter = await setup_meter(emu)
+    emu.state.faults.async_validation = True
+    params = {**event_params(customer, "7", identifier="bad-1", timestamp=START - 60), **change}
+    if "payload" in change:
+        params["payload"] = {k: customer if v == "CUSTOMER" else v for k, v in change["payload"].items()}
+    accepted = await create_event(client, params, "idem-bad-1")
+    assert accepted.object == "billing.meter_event" and accepted.identifier == "bad-1"
+    assert emu.state.meter_events(meter) == [] and await totals(client, meter, customer) == []
+    [(body, signature)] = await receiver.delivered(1)
+
+    notification = emu.client().parse_event_notification(body, signature, SECRET)
+    expected_type = webhooks.NO_METER if code == "no_meter" else webhooks.ERROR_REPORT
+    assert notification.type == expected_type and not notification.livemode
+    if code != "no_meter":
+        assert notification.related_object.id == meter  # type: ignore[attr-defined]
+        assert notification.related_object.url == f"/v1/billing/meters/{meter}"  # type: ignore[attr-defined]
+    http = stripe.AIOHTTPClient()
+    async_client = stripe.StripeClient(
+        "sk_test_emulator",
+        base_addresses={"api": emu.url},  # type: ignore[typeddict-item]
+        http_client=http,  # type: ignore[arg-type]
+    )
+    try:
+        event = await async_client.parse_event_notification(body, signature, SECRET).fetch_event_async()
+    finally:
+        await http.close_async()
+    assert event.id == notification.id and event.type == expected_type
+    reason = event.data.reason  # type: ignore[attr-defined]
+    assert reason.error_count == 1 and reason.error_types[0].code == code
+    sample = reason.error_types[0].sample_errors[0]
+    assert sample.request.identifier == "idem-bad-1" and sample.error_message
+    assert event.data.validation_start.endswith("Z")  # type: ignore[attr-defined]
+
+    # the dropped event's identifier is not reserved: the corrected event goes through
+    await create_event(
+        client, event_params(customer, "7", identifier="bad-1", timestamp=START - 60), "idem-2"
+    )
+    assert await totals(client, meter, customer) == [7.0]
+    async with aiohttp.ClientSession() as session, session.get(emu.url + "/_emulator/error_reports") as r:
+        [report] = (await r.json())["data"]
+    assert report["code"] == code and report["event"] == event.id and report["delivery"]["delivered"]
+
+
+async def test_async_validation_keeps_the_synchronous_checks(emu: Emulator) -> None:
+    client, customer, _ = await setup_meter(emu)
+    emu.state.faults.async_validation = True
+    await send(client, customer, "1", identifier="once")
+    with pytest.raises(stripe.InvalidRequestError) as duplicate:
+        await send(client, customer, "1", identifier="once")
+    assert "An event already exists with identifier once" in str(duplicate.value)
+    for bad, param in [
+        ({"payload": {}}, "payload"),
+        ({"timestamp": "soon"}, "timestamp"),
+        ({"identifier": "i" * 101}, "identifier"),
+        ({"colour": "red"}, "colour"),
+    ]:
+        with pytest.raises(stripe.InvalidRequestError) as caught:
+            await call(client.v1.billing.meter_events.create, {**event_params(customer), **bad})
+        assert caught.value.param == param
+    # without an Idempotency-Key the report names the meter event's identifier
+    async with aiohttp.ClientSession() as session:
+        form = {"event_name": "api_calls", "payload[stripe_customer_id]": "cus_nope", "payload[value]": "1"}
+        form["identifier"] = "no-key"
+        headers = {"Authorization": "Bearer sk_test_x"}
+        async with session.post(emu.url + "/v1/billing/meter_events", data=form, headers=headers) as r:
+            assert r.status == 200
+        async with session.get(emu.url + "/_emulator/error_reports") as r:
+            [report] = (await r.json())["data"]
+    assert report["identifier"] == "no-key" and report["delivery"] is None  # no webhook configured
+    assert emu.state.v2_events[report["event"]]["data"]["reason"]["error_types"][0]["sample_errors"][0][
+        "request"
+    ] == {"identifier": "no-key"}
+
+
+async def test_webhook_is_retried_until_the_receiver_takes_it(
+    emu: Emulator, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(webhooks, "RETRY_DELAYS", (0.05, 0.05, 0.05))
+    client, _, _ = await setup_meter(emu)
+    emu.state.faults.async_validation = True
+    receiver.failures = 2
+    await send(client, "cus_nope", "1")
+    received = await receiver.delivered(3)
+    assert len({body for body, _ in received}) == 1  # the same notification, signed afresh each time
+    async with aiohttp.ClientSession() as session, session.get(emu.url + "/_emulator/webhook") as r:
+        [delivery] = (await r.json())["deliveries"]
+    assert delivery["attempts"] == ["500", "500", "200"] and delivery["delivered"]
+    with pytest.raises(stripe.SignatureVerificationError):
+        emu.client().parse_event_notification(received[0][0], received[0][1], "whsec_other")
+
+
+async def test_v2_events_need_an_api_key(emu: Emulator) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.get(emu.url + "/v2/core/events/evt_x") as r:
+            assert r.status == 401
+        async with session.get(
+            emu.url + "/v2/core/events/evt_x", headers={"Authorization": "Bearer sk_test_x"}
+        ) as r:
+            assert r.status == 404
 
 
 # --- meters: pre-aggregated windows, custom payload keys -----------------------------------------
