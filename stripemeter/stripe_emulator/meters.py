@@ -32,12 +32,12 @@ def _nested(params: dict[str, Any], name: str, allowed: set[str], needed: tuple[
     value = params.get(name, {})
     if not isinstance(value, dict):
         raise invalid(f"Invalid {name}: must be an object.", param=name)
-    reject_unknown(value, allowed, prefix=name)
-    if name in params:
+    if name in params:  # a missing key is named before an unknown one, as stripe-mock (the spec) does
         for key in needed:
             if value.get(key) is None:
                 label = f"{name}[{key}]"
                 raise invalid(f"Missing required param: {label}.", param=label, code="parameter_missing")
+    reject_unknown(value, allowed, prefix=name)
     for key, item in value.items():
         if not isinstance(item, str):
             raise invalid(f"Invalid {name}[{key}]: must be a string.", param=f"{name}[{key}]")

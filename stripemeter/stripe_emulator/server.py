@@ -18,6 +18,7 @@ Error reports queued by the state are handed to the webhook sender after each re
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 import time
@@ -31,7 +32,7 @@ from stripemeter.stripe_emulator import control, events, meters
 from stripemeter.stripe_emulator.errors import StripeApiError, reject_unknown
 from stripemeter.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, rate_limited, server_error
 from stripemeter.stripe_emulator.idempotency import StoredResponse, fingerprint
-from stripemeter.stripe_emulator.state import CUSTOMER_PARAMS, EmulatorState
+from stripemeter.stripe_emulator.state import EmulatorState, check_customer
 from stripemeter.stripe_emulator.webhooks import Sender
 from stripemeter.stripe_emulator.wire import decode_form, error_response, json_response, new_id
 
@@ -48,7 +49,13 @@ STORED_HEADERS = ("Stripe-Should-Retry",)
 
 
 def _api_key(request: web.Request) -> str:
+    """The secret key from `Authorization: Bearer <key>`, or Basic auth with the key as user name
+    (`curl -u sk_test_...:`), as Stripe takes it."""
     scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            key = base64.b64decode(key.strip(), validate=True).decode().partition(":")[0]
+        scheme = "bearer"
     if scheme.lower() != "bearer" or not key.strip():
         raise StripeApiError(
             401,
@@ -191,12 +198,7 @@ def _record_meter_event(state: EmulatorState, params: dict[str, Any], request: w
 
 
 ROUTES: list[tuple[str, str, Operation, Check | None]] = [
-    (
-        "POST",
-        "/v1/customers",
-        lambda s, p, r: s.create_customer(p),
-        lambda p: reject_unknown(p, CUSTOMER_PARAMS),
-    ),
+    ("POST", "/v1/customers", lambda s, p, r: s.create_customer(p), check_customer),
     ("GET", "/v1/customers", lambda s, p, r: s.list_customers(p, r.path), None),
     ("GET", "/v1/customers/{id}", lambda s, p, r: s.get_customer(_id(r)), None),
     ("POST", "/v1/billing/meters", lambda s, p, r: s.create_meter(p), meters.check_create),

@@ -29,7 +29,21 @@ from stripemeter.stripe_emulator.webhooks import Delivery, Destination
 from stripemeter.stripe_emulator.wire import new_id
 
 Params = dict[str, Any]
-CUSTOMER_PARAMS = {"email", "name", "description", "metadata"}
+CUSTOMER_LENGTHS = {"email": 512, "name": 256, "description": 5000}
+
+
+def check_customer(params: Params) -> None:
+    """The shape checks of `POST /v1/customers` for the parameters the emulator keeps (the spec's)."""
+    reject_unknown(params, {*CUSTOMER_LENGTHS, "metadata"})
+    for name, longest in CUSTOMER_LENGTHS.items():
+        value = params.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > longest):
+            raise invalid(f"Invalid {name}: must be a string of at most {longest} characters.", param=name)
+    metadata = params.get("metadata")
+    if metadata not in (None, "") and (
+        not isinstance(metadata, dict) or any(not isinstance(v, str) for v in metadata.values())
+    ):
+        raise invalid("Invalid metadata: must be a hash of strings, or empty.", param="metadata")
 
 
 class EmulatorState:
@@ -67,7 +81,7 @@ class EmulatorState:
     # --- customers ------------------------------------------------------------------------------
 
     def create_customer(self, params: Params) -> Params:
-        reject_unknown(params, CUSTOMER_PARAMS)
+        check_customer(params)
         customer = {
             "id": new_id("cus"),
             "object": "customer",
@@ -75,7 +89,7 @@ class EmulatorState:
             "description": params.get("description"),
             "email": params.get("email"),
             "livemode": False,
-            "metadata": params.get("metadata") or {},
+            "metadata": params.get("metadata") or {},  # "" means none
             "name": params.get("name"),
         }
         self.customers[customer["id"]] = customer

@@ -50,7 +50,7 @@ def parse_query(params: dict[str, Any]) -> SummaryQuery:
     customer = required(params, "customer")
     start = parse_int(required(params, "start_time"), "start_time")
     end = parse_int(required(params, "end_time"), "end_time")
-    window = params.get("value_grouping_window") or None
+    window = params.get("value_grouping_window")  # an empty one is refused, as the spec's enum does
     if window is not None and window not in WINDOW_SECONDS:
         raise invalid("Invalid value_grouping_window: must be one of hour, day", "value_grouping_window")
     seconds, unit = (WINDOW_SECONDS[window], "UTC " + window) if window else (60, "minute")

@@ -128,7 +128,9 @@ async def test_meter_lifecycle(emu: Emulator) -> None:
           "customer_mapping": {"event_payload_key": "customer", "type": "by_email"}},
          "customer_mapping[type]"),
         ({"display_name": "d", "event_name": "e9", "default_aggregation": SUM,
-          "value_settings": {"key": "units"}}, "value_settings[key]"),
+          "value_settings": {"key": "units"}}, "value_settings[event_payload_key]"),
+        ({"display_name": "d", "event_name": "e11", "default_aggregation": SUM,
+          "value_settings": {"event_payload_key": "units", "key": "x"}}, "value_settings[key]"),
         ({"display_name": "d", "event_name": "e10", "default_aggregation": SUM, "event_time_window": "week"},
          "event_time_window"),
         ({"display_name": "d", "event_name": "e" * 101, "default_aggregation": SUM}, "event_name"),
@@ -340,6 +342,22 @@ async def test_missing_or_bad_api_key(emu: Emulator) -> None:
     async with aiohttp.ClientSession() as session, session.get(emu.url + "/v1/customers") as response:
         assert response.status == 401 and response.headers["Request-Id"].startswith("req_")
         assert (await response.json())["error"]["type"] == "invalid_request_error"
+    # Basic auth with the key as user name, as `curl -u sk_test_...:` sends it
+    async with aiohttp.ClientSession() as session:
+        for key, status in [("sk_test_x", 200), ("sk_live_x", 401)]:
+            async with session.get(emu.url + "/v1/customers", auth=aiohttp.BasicAuth(key, "")) as response:
+                assert response.status == status
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"email": {"a": "b"}}, "email"), ({"name": "n" * 257}, "name"), ({"metadata": "x"}, "metadata"),
+     ({"metadata": {"a": {"b": "c"}}}, "metadata"), ({"phone": "1"}, "phone")],
+)  # fmt: skip
+async def test_customer_create_errors(emu: Emulator, params: dict[str, Any], param: str) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        await call(emu.client().v1.customers.create, params)
+    assert caught.value.param == param and emu.state.customers == {}
 
 
 async def test_unknown_route_is_a_stripe_404(emu: Emulator) -> None:
