@@ -3,8 +3,9 @@
 Point `stripe.StripeClient(key, base_addresses={"api": url, "meter_events": url})` at it. It keeps
 customers, meters, meter events and adjustments in memory, answers event summaries from them, and can
 inject Stripe's failure modes (see `faults`). Idempotent answers are stored and replayed as Stripe
-does (500s included), and test mode's 25 operations per second are enforced. Deliberate differences
-from Stripe, kept small:
+does (500s included), test mode's 25 operations per second are enforced, and requests are accepted or
+refused as Stripe's stripe-mock does (tests/integration/test_stripe_mock.py), or more strictly where
+Stripe's spec or docs say so. Deliberate differences from Stripe, kept small:
 
 - By default, validation that Stripe does asynchronously (unknown meter or customer, missing payload
   keys, bad values, timestamps out of range) is answered synchronously with 400, so tests see it at
