@@ -224,6 +224,19 @@ async def test_async_validation_accepts_then_drops_and_reports(
     assert report["code"] == code and report["event"] == event.id and report["delivery"]["delivered"]
 
 
+async def test_async_validation_reports_an_inactive_meter(emu: Emulator, receiver: Receiver) -> None:
+    client, customer, meter = await setup_meter(emu)
+    await call(client.v1.billing.meters.deactivate, meter)
+    emu.state.faults.async_validation = True
+    await send(client, customer, "3", identifier="to-archived")
+    [(body, signature)] = await receiver.delivered(1)
+    notification = emu.client().parse_event_notification(body, signature, SECRET)
+    assert notification.related_object.id == meter  # type: ignore[attr-defined]
+    [report] = emu.state.error_reports
+    assert (report["code"], report["meter"], report["event"]) == ("archived_meter", meter, notification.id)
+    assert emu.state.meter_events(meter) == []
+
+
 async def test_async_validation_keeps_the_synchronous_checks(emu: Emulator) -> None:
     client, customer, _ = await setup_meter(emu)
     emu.state.faults.async_validation = True
