@@ -270,7 +270,9 @@ async def test_the_projects_requests_are_accepted_by_stripe_mock_and_the_emulato
 Request = Callable[[Server], Callable[[stripe.StripeClient], Awaitable[Any]]]
 
 
-def event(change: dict[str, Any] | None = None, drop: tuple[str, ...] = (), custom: bool = False) -> Request:
+def event(
+    change: dict[str, Any] | None = None, drop: tuple[str, ...] = (), custom: bool = False, retry: int = 0
+) -> Request:
     """A meter event as the writer sends it (with an Idempotency-Key), changed for the variants; the
     payload value "CUSTOMER" stands for the server's customer."""
 
@@ -292,7 +294,8 @@ def event(change: dict[str, Any] | None = None, drop: tuple[str, ...] = (), cust
             params["payload"] = {
                 k: server.customer if v == "CUSTOMER" else v for k, v in params["payload"].items()
             }
-        options: Any = {"idempotency_key": params.get("identifier") or f"key_{tag}"}
+        key = params.get("identifier") or f"key_{tag}"
+        options: Any = {"idempotency_key": f"{key}-r{retry}" if retry else key}
         return lambda client: client.v1.billing.meter_events.create_async(params, options)
 
     return build
@@ -347,6 +350,7 @@ def customer(params: dict[str, Any]) -> Request:
 NEGATIVE = {"payload": {"stripe_customer_id": "CUSTOMER", "value": "-3"}}
 CUSTOM_NEGATIVE = {"payload": {"account": "CUSTOMER", "units": "-4"}}
 RECONCILIATION = {"identifier": f"smrec_{'a' * 24}_rec_{'b' * 20}"}
+SHORT_ID = f"sm_{'c' * 24}_12"  # sm_<24 hex>_<row version>, with the Idempotency-Key <identifier>-r1
 PERIOD_TOTAL = {"start_time": PERIOD[0], "end_time": PERIOD[1]}
 CUSTOM_METER = {
     "customer_mapping": {"type": "by_id", "event_payload_key": "account"},
@@ -361,6 +365,7 @@ SENT: list[tuple[str, Request]] = [
     ("meter event, custom payload keys", event(custom=True)),
     ("meter event, custom payload keys, negative", event(CUSTOM_NEGATIVE, custom=True)),
     ("meter event, reconciliation identifier", event(RECONCILIATION)),
+    ("meter event, identifier sm_<24 hex>_<n>, a retry's key", event({"identifier": SHORT_ID}, retry=1)),
     ("meter event, no identifier or timestamp (the demo's)", event(drop=("identifier", "timestamp"))),
     ("meter event, empty identifier", event({"identifier": ""})),
     ("meters, active, a page after a cursor", meters_list()),
