@@ -530,7 +530,7 @@ async def emulator_with_meter(port: int, tag: str) -> tuple[Any, Any, dict[str, 
 
     from stripemeter.stripe_emulator import EmulatorState, create_app
 
-    state = EmulatorState()
+    state = EmulatorState(ops_per_second=0)  # no test-mode rate limit: the benchmarks measure our side
     runner = web.AppRunner(create_app(state), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -273,8 +273,9 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.stripe_emulator import run
 
-    say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here)")
-    run(args.host, args.port, settings.clock)
+    budget = f"{args.ops_per_second:g} operations/s" if args.ops_per_second > 0 else "no rate limit"
+    say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here; {budget})")
+    run(args.host, args.port, settings.clock, args.ops_per_second)
     return 0
 
 
@@ -598,6 +599,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
+    emulator.add_argument(
+        "--ops-per-second",
+        type=float,
+        default=25.0,
+        help="one budget for all requests, reads and writes, as in Stripe test mode (default 25; 0: none)",
+    )
     keys = sub.add_parser("keys", help="API keys for the HTTP API")
     keys_sub = keys.add_subparsers(dest="action", metavar="ACTION", required=True)
     kc = add(keys_sub, "create", cmd_keys_create, "create a key; it is printed once, only its hash is stored")

@@ -5,6 +5,11 @@
 - `GET /_emulator/clock`: `{"now"}`, the emulator's unix time; `POST /_emulator/clock` with
   `{"advance": seconds}` moves it forward and answers the same.
 - `GET /_emulator/meters/{id}/events`: the accepted, non-cancelled meter events of one meter.
+- `POST /_emulator/webhook` with `{"url": "...", "secret": "whsec_..."}`: the one event destination
+  that error reports are sent to, signed with `secret` (`{"url": null}` removes it); `GET` shows it
+  (without the secret) and every delivery so far (attempts and outcome).
+- `GET /_emulator/error_reports`: the error reports of events dropped by async validation, oldest
+  first: `{code, message, meter, event_name, identifier, received, event, delivery}`.
 """
 
 from __future__ import annotations
@@ -64,6 +69,33 @@ def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
         found = state.meter_events(request.match_info["id"])
         return json_response({"data": [{**e.wire(), "cancelled": e.cancelled} for e in found]})
 
+    def deliveries(state: EmulatorState) -> dict[str, dict[str, Any]]:
+        return {d.event_id: d.as_dict() for d in state.deliveries}
+
+    async def set_webhook(request: web.Request) -> web.Response:
+        state = request.app[key]
+        body = await _json_body(request)
+        url, secret = body.get("url"), body.get("secret")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            raise web.HTTPBadRequest(text="url must be an http(s) URL or null")
+        if url is not None and (not isinstance(secret, str) or not secret):
+            raise web.HTTPBadRequest(text="secret must be a non-empty string (Stripe's look like whsec_...)")
+        state.set_webhook(url, secret)
+        return await get_webhook(request)
+
+    async def get_webhook(request: web.Request) -> web.Response:
+        state = request.app[key]
+        url = state.webhook.url if state.webhook else None
+        return json_response({"url": url, "deliveries": list(deliveries(state).values())})
+
+    async def error_reports(request: web.Request) -> web.Response:
+        state = request.app[key]
+        sent = deliveries(state)
+        return json_response({"data": [{**r, "delivery": sent.get(r["event"])} for r in state.error_reports]})
+
+    app.router.add_post(PREFIX + "webhook", set_webhook)
+    app.router.add_get(PREFIX + "webhook", get_webhook)
+    app.router.add_get(PREFIX + "error_reports", error_reports)
     app.router.add_get(PREFIX + "faults", get_faults)
     app.router.add_post(PREFIX + "faults", set_faults)
     app.router.add_post(PREFIX + "reset", reset)

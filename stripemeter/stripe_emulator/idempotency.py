@@ -1,10 +1,13 @@
-"""Idempotency keys on POST, as Stripe applies them.
+"""Idempotency keys on POST, as Stripe applies them (API v1).
 
-The first request with a key runs and, when it succeeds, its answer is stored for 24 h. A later request
-with the same key and the same endpoint and parameters gets that answer again with
+The first request with a key runs; once the endpoint started executing, its answer - status, body and
+the `Stripe-Should-Retry` header - is stored for 24 h, success or failure, 500s included. A later
+request with the same key and the same endpoint and parameters gets that answer again with
 `Idempotent-Replayed: true`; different parameters give 400 `idempotency_error` (stripe-python raises
 IdempotencyError); a request while the first is still running gets 409 `idempotency_error`.
-Keys are scoped to the API key. Only 2xx answers are stored (see the package docstring).
+Nothing is stored for a request that never executed: refused by the shape checks (unknown or missing
+parameter, wrong type), rate limited (429), in conflict (409), or dropped before it arrived; a retry
+of those runs afresh. Keys are scoped to the API key. The server decides what executed (server.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class StoredResponse:
     fingerprint: str
     status: int
     body: bytes
+    headers: dict[str, str]
     request_id: str
     created: float
 

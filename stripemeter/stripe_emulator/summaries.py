@@ -4,7 +4,9 @@
 boundaries when `value_grouping_window` is `hour` or `day`. Without a window the whole range is one
 summary. The emulator returns a summary only for windows holding at least one counted event (so an
 empty range gives an empty list), newest window first. `last` is the value of the event with the
-newest timestamp (the later received wins a tie).
+newest timestamp (the later received wins a tie). A meter with an `event_time_window` (`hour` or
+`day`) takes pre-aggregated events: of each customer's events in one such window (by timestamp, UTC
+aligned) only the newest counts, the later received winning a tie.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def parse_query(params: dict[str, Any]) -> SummaryQuery:
     customer = required(params, "customer")
     start = parse_int(required(params, "start_time"), "start_time")
     end = parse_int(required(params, "end_time"), "end_time")
-    window = params.get("value_grouping_window") or None
+    window = params.get("value_grouping_window")  # an empty one is refused, as the spec's enum does
     if window is not None and window not in WINDOW_SECONDS:
         raise invalid("Invalid value_grouping_window: must be one of hour, day", "value_grouping_window")
     seconds, unit = (WINDOW_SECONDS[window], "UTC " + window) if window else (60, "minute")
@@ -73,10 +75,24 @@ def aggregate(formula: str, events: list[MeterEvent]) -> float:
     return float(sum(e.value for e in events))
 
 
+def newest_per_window(events: Iterable[MeterEvent], window: str) -> list[MeterEvent]:
+    """Of events in receipt order, the newest per (customer, event time window); receipt order kept."""
+    size = WINDOW_SECONDS[window]
+    newest: dict[tuple[str, int], tuple[int, MeterEvent]] = {}
+    for position, event in enumerate(events):
+        key = (event.customer, event.timestamp - event.timestamp % size)
+        kept = newest.get(key)
+        if kept is None or event.timestamp >= kept[1].timestamp:
+            newest[key] = (position, event)
+    return [event for _, event in sorted(newest.values(), key=lambda kept: kept[0])]
+
+
 def summarize(
     meter: dict[str, Any], events: Iterable[MeterEvent], query: SummaryQuery
 ) -> list[dict[str, Any]]:
     """Summaries of `events` (already filtered to counted ones, in receipt order), newest window first."""
+    if meter.get("event_time_window"):
+        events = newest_per_window(events, meter["event_time_window"])
     size = WINDOW_SECONDS[query.window] if query.window else None
     buckets: dict[int, list[MeterEvent]] = {}
     for event in events:

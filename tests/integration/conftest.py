@@ -73,7 +73,7 @@ async def api(env: Settings) -> AsyncIterator[TestClient]:
 @pytest_asyncio.fixture
 async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
     """The Stripe emulator in this process (tests inspect and fault it directly), and its base URL."""
-    state = EmulatorState()
+    state = EmulatorState(ops_per_second=0)  # unlimited: these tests are not about Stripe's rate limit
     server = TestServer(create_emulator(state), host="127.0.0.1", port=free_port())
     await server.start_server()
     yield state, str(server.make_url("")).rstrip("/")

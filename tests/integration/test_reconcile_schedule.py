@@ -29,7 +29,7 @@ async def no_publish(records: list[bytes]) -> None:
 
 @pytest_asyncio.fixture
 async def emulator_at(request: pytest.FixtureRequest) -> AsyncIterator[tuple[EmulatorState, str]]:
-    state = EmulatorState(Clock.starting_at(request.param))
+    state = EmulatorState(Clock.starting_at(request.param), ops_per_second=0)  # not about rate limits
     server = TestServer(create_app(state), host="127.0.0.1", port=free_port())
     await server.start_server()
     yield state, str(server.make_url("")).rstrip("/")

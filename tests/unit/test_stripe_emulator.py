@@ -17,6 +17,7 @@ from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app
 DAY = 1_749_945_600  # a UTC midnight
 START = DAY + 12 * 3600
 SUM = {"formula": "sum"}
+UNLIMITED = 0  # operations per second: these tests are not about Stripe's rate limit
 T = TypeVar("T")
 
 
@@ -34,7 +35,7 @@ class Emulator:
 @pytest.fixture
 async def emu() -> AsyncIterator[Emulator]:
     clock = ManualClock(START)
-    state = EmulatorState(clock=clock)
+    state = EmulatorState(clock=clock, ops_per_second=UNLIMITED)
     server = TestServer(create_app(state), host="127.0.0.1")
     await server.start_server()
     yield Emulator(state, clock, f"http://127.0.0.1:{server.port}")
@@ -116,9 +117,23 @@ async def test_meter_lifecycle(emu: Emulator) -> None:
         ({"display_name": "d", "event_name": "api_calls", "default_aggregation": SUM}, "event_name"),
         ({"display_name": "d", "event_name": "e2", "default_aggregation": {"formula": "max"}},
          "default_aggregation[formula]"),
-        ({"display_name": "d", "event_name": "e3"}, "default_aggregation[formula]"),
+        ({"display_name": "d", "event_name": "e3"}, "default_aggregation"),
         ({"event_name": "e4", "default_aggregation": SUM}, "display_name"),
         ({"display_name": "d", "event_name": "e5", "default_aggregation": SUM, "colour": "red"}, "colour"),
+        ({"display_name": "d", "event_name": "e6", "default_aggregation": SUM,
+          "customer_mapping": {"type": "by_id"}}, "customer_mapping[event_payload_key]"),
+        ({"display_name": "d", "event_name": "e7", "default_aggregation": SUM,
+          "customer_mapping": {"event_payload_key": "customer"}}, "customer_mapping[type]"),
+        ({"display_name": "d", "event_name": "e8", "default_aggregation": SUM,
+          "customer_mapping": {"event_payload_key": "customer", "type": "by_email"}},
+         "customer_mapping[type]"),
+        ({"display_name": "d", "event_name": "e9", "default_aggregation": SUM,
+          "value_settings": {"key": "units"}}, "value_settings[event_payload_key]"),
+        ({"display_name": "d", "event_name": "e11", "default_aggregation": SUM,
+          "value_settings": {"event_payload_key": "units", "key": "x"}}, "value_settings[key]"),
+        ({"display_name": "d", "event_name": "e10", "default_aggregation": SUM, "event_time_window": "week"},
+         "event_time_window"),
+        ({"display_name": "d", "event_name": "e" * 101, "default_aggregation": SUM}, "event_name"),
     ],
 )  # fmt: skip
 async def test_meter_create_errors(emu: Emulator, params: dict[str, Any], param: str) -> None:
@@ -213,11 +228,11 @@ async def test_summary_pagination(emu: Emulator) -> None:
         ({"stripe_customer_id": "cus_nope", "value": "1"}, {}, "payload[stripe_customer_id]",
          "meter_event_customer_not_found"),
         ({"value": "1"}, {}, "payload[stripe_customer_id]", "meter_event_no_customer_defined"),
-        ({"stripe_customer_id": "CUSTOMER"}, {}, "payload[value]", "meter_event_value_not_found"),
+        ({"stripe_customer_id": "CUSTOMER"}, {}, "payload[value]", "meter_event_invalid_value"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1.5"}, {}, "payload[value]",
          "meter_event_invalid_value"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1234567890123456"}, {}, "payload[value]",
-         "meter_event_invalid_value"),
+         "meter_event_value_too_many_digits"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1"}, {"timestamp": START - 36 * 86400}, "timestamp",
          "timestamp_too_far_in_past"),
         ({"stripe_customer_id": "CUSTOMER", "value": "1"}, {"timestamp": START + 301}, "timestamp",
@@ -327,6 +342,22 @@ async def test_missing_or_bad_api_key(emu: Emulator) -> None:
     async with aiohttp.ClientSession() as session, session.get(emu.url + "/v1/customers") as response:
         assert response.status == 401 and response.headers["Request-Id"].startswith("req_")
         assert (await response.json())["error"]["type"] == "invalid_request_error"
+    # Basic auth with the key as user name, as `curl -u sk_test_...:` sends it
+    async with aiohttp.ClientSession() as session:
+        for key, status in [("sk_test_x", 200), ("sk_live_x", 401)]:
+            async with session.get(emu.url + "/v1/customers", auth=aiohttp.BasicAuth(key, "")) as response:
+                assert response.status == status
+
+
+@pytest.mark.parametrize(
+    ("params", "param"),
+    [({"email": {"a": "b"}}, "email"), ({"name": "n" * 257}, "name"), ({"metadata": "x"}, "metadata"),
+     ({"metadata": {"a": {"b": "c"}}}, "metadata"), ({"phone": "1"}, "phone")],
+)  # fmt: skip
+async def test_customer_create_errors(emu: Emulator, params: dict[str, Any], param: str) -> None:
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        await call(emu.client().v1.customers.create, params)
+    assert caught.value.param == param and emu.state.customers == {}
 
 
 async def test_unknown_route_is_a_stripe_404(emu: Emulator) -> None:
@@ -348,15 +379,19 @@ async def test_rate_limit_burst(emu: Emulator) -> None:
     await send(client, customer, "1")
 
 
-async def test_server_error_burst_is_retried(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_server_error_is_stored_for_its_key(emu: Emulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 500 while executing is Stripe's answer for that idempotency key: the client's own retries
+    (same key) get it replayed; a dropped connection is not stored, so a retry runs afresh."""
     monkeypatch.setattr(stripe._http_client.HTTPClient, "INITIAL_DELAY", 0.01)
     monkeypatch.setattr(stripe._http_client.HTTPClient, "MAX_DELAY", 0.02)
     _, customer, meter = await setup_meter(emu)
     emu.state.faults.server_errors = 1
     with pytest.raises(stripe.APIError) as caught:
-        await send(emu.client(), customer, "1")
+        await send(emu.client(retries=2), customer, "1", identifier="stuck")
     assert caught.value.http_status == 500 and caught.value.headers["Stripe-Should-Retry"] == "true"
-    emu.state.faults.update({"server_errors": 2, "drop_connections": 1})
+    assert caught.value.headers["Idempotent-Replayed"] == "true"  # the last of three attempts
+    assert emu.state.faults.server_errors == 0 and emu.state.meter_events(meter) == []
+    emu.state.faults.update({"drop_connections": 2})
     await send(emu.client(retries=3), customer, "1", identifier="retried")
     assert [e.identifier for e in emu.state.meter_events(meter)] == ["retried"]
 

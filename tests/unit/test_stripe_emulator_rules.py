@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from stripemeter.stripe_emulator.budget import OpsBudget
 from stripemeter.stripe_emulator.errors import StripeApiError
 from stripemeter.stripe_emulator.events import MeterEvent, parse_timestamp, parse_value
 from stripemeter.stripe_emulator.faults import Faults
@@ -151,13 +152,82 @@ def test_parse_query_names_the_bad_param(params: dict[str, str], param: str) -> 
     assert caught.value.param == param
 
 
-def test_faults_take_in_order_and_scope() -> None:
+def test_faults_are_taken_per_stage_and_scope() -> None:
     faults = Faults()
-    faults.update({"drop_connections": 1, "rate_limit": 1, "server_errors": 1, "path_prefix": "/v1/billing"})
-    assert faults.take("/v1/customers") is None
-    assert faults.take("/_emulator/faults") is None
-    taken = [faults.take("/v1/billing/meter_events") for _ in range(4)]
-    assert taken == ["drop", "rate_limit", "server_error", None]
+    faults.update(
+        {"drop_connections": 1, "rate_limit": 1, "server_errors": 1, "landed_server_errors": 1,
+         "lost_responses": 1, "path_prefix": "/v1/billing"}
+    )  # fmt: skip
+    takes = [
+        faults.take_drop,
+        faults.take_rate_limit,
+        faults.take_server_error,
+        faults.take_landed_server_error,
+        faults.take_lost_response,
+    ]
+    assert not any(take("/v1/customers") for take in takes)
+    assert not any(take("/_emulator/faults") for take in takes)
+    assert all(take("/v1/billing/meter_events") for take in takes)
+    assert not any(take("/v1/billing/meter_events") for take in takes)
+
+
+def test_fault_rates_and_reset_to_the_settings_given() -> None:
+    faults = Faults(ops_per_second=1000)
+    faults.update({"server_error_rate": 1.0, "lost_response_rate": 1.0, "ops_per_second": 5})
+    assert all(faults.take_server_error("/v1/x") and faults.take_lost_response("/v1/x") for _ in range(5))
+    assert faults.server_errors == 0 and faults.ops_per_second == 5
+    faults.update({"async_validation": True})
+    faults.reset()
+    assert faults.as_dict() == {**Faults().as_dict(), "ops_per_second": 1000}
+    assert faults.async_validation is False
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [{"async_validation": 1}, {"lost_response_rate": 2}, {"lost_responses": 0.5}, {"ops_per_second": -1}],
+)
+def test_faults_update_refuses_bad_settings(changes: dict[str, Any]) -> None:
+    faults = Faults()
+    with pytest.raises(ValueError):
+        faults.update({"latency": 1, **changes})
+    assert faults.latency == 0  # nothing applied
+
+
+def test_ops_budget_is_a_one_second_bucket() -> None:
+    now = [100.0]
+    budget = OpsBudget(clock=lambda: now[0])
+    assert all(budget.take(25) for _ in range(25))
+    assert not budget.take(25)
+    now[0] += 0.2  # 5 more operations
+    assert sum(budget.take(25) for _ in range(10)) == 5
+    now[0] += 10  # it holds at most one second
+    assert sum(budget.take(25) for _ in range(30)) == 25
+    assert all(budget.take(0) for _ in range(1000))  # 0: unlimited
+
+
+def _pre(ts: int, value: int, customer: str = "cus_a") -> MeterEvent:
+    return MeterEvent("mtr_1", "calls", f"id{ts}-{value}", customer, value, {}, ts, 0)
+
+
+@pytest.mark.parametrize(
+    ("window", "events", "expected"),
+    [
+        # hour: the newest per customer and hour counts; a tie goes to the later received
+        ("hour", [_pre(10, 1), _pre(3000, 2), _pre(20, 4), _pre(3700, 8)], [(0, 2.0), (3600, 8.0)]),
+        ("hour", [_pre(10, 1), _pre(10, 5)], [(0, 5.0)]),
+        ("hour", [_pre(50, 3), _pre(10, 5)], [(0, 3.0)]),
+        ("hour", [_pre(10, 3), _pre(20, 5, "cus_b")], [(0, 3.0)]),
+        # day: one value for the whole UTC day
+        ("day", [_pre(10, 1), _pre(3000, 2), _pre(7300, 4)], [(7200, 4.0), (0, 0.0)]),
+    ],
+)
+def test_event_time_window_keeps_the_newest_event(
+    window: str, events: list[MeterEvent], expected: list[tuple[int, float]]
+) -> None:
+    meter = {"id": "mtr_1", "default_aggregation": {"formula": "sum"}, "event_time_window": window}
+    query = SummaryQuery("cus_a", 0, 86400, "hour")
+    found = {s["start_time"]: s["aggregated_value"] for s in summarize(meter, events, query)}
+    assert [(start, found.get(start, 0.0)) for start, _ in expected] == expected
 
 
 @pytest.mark.parametrize("changes", [{"nope": 1}, {"rate_limit": -1}, {"rate_limit": 1.5}, {"latency": "x"}])
