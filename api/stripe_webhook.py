@@ -49,7 +49,7 @@ async def post_webhook(request: web.Request) -> web.Response:
         raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
     if notification.type != ERROR_REPORT:
         return json_response({"received": True, "handled": False})
-    event = await notification.fetch_event_async()
+    event = await reader.call(notification.fetch_event_async)  # within the budget, 429s waited out
     reported = reported_requests(event.data)
     if meter_changed(event.data):
         reader.meters.invalidate()
@@ -64,8 +64,9 @@ async def post_webhook(request: web.Request) -> web.Response:
                 continue  # not ours, or reported before
             tenant, metric, customer, bucket = dropped.key
             log.warning(
-                "Stripe dropped %s (%s: %s): %s/%s/%s @%s parked, %d units no longer counted as delivered",
-                r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(), dropped.value,
+                "Stripe dropped %s (%s: %s): %s/%s/%s @%s %s, %d units no longer counted as delivered",
+                r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(),
+                "due again (its mapping changed since)" if dropped.mapping_fixed else "parked", dropped.value,
             )  # fmt: skip
             parked.append(
                 {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,

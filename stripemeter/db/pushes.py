@@ -482,14 +482,16 @@ class Dropped:
     key: Key
     value: int
     was_delivered: bool
+    mapping_fixed: bool = False  # the mapping changed since: due again, not parked
 
 
 async def drop_request(
     conn: psycopg.AsyncConnection, identifier: str, reason: str, now: datetime
 ) -> Dropped | None:
     """Stripe reported (asynchronously) that the request never counted: the hour holds that much less
-    than recorded, and the counter is parked with Stripe's reason until its cause is fixed. Idempotent:
-    a report delivered twice changes nothing the second time."""
+    than recorded, and the counter is parked with Stripe's reason until its cause is fixed - unless
+    the mapping changed since the request was sent (the report came after the fix): then the counter is
+    simply due again. Idempotent: a report delivered twice changes nothing the second time."""
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         await cur.execute(
@@ -503,11 +505,15 @@ async def drop_request(
         key: Key = (found["tenant_id"], found["metric"], found["customer_ref"], found["bucket"])
         request = found["request"]
         value, delivered = int(request.get("value", 0)), found["status"] == "delivered"
-        params = _params(key, None, now, reason=reason[:1000], identifier=identifier, value=value)
+        fixed = await _mapping_changed_since(cur, key, request)
+        params = _params(
+            key, None, now, reason=reason[:1000], identifier=identifier, value=value,
+            status="waiting" if fixed else "parked",
+        )  # fmt: skip
         if delivered:
             # sum and count hold what was delivered; a last hour holds what the request replaced
             await cur.execute(
-                f"""UPDATE stripe_pushes SET status = 'parked', reason = %(reason)s, version = version + 1,
+                f"""UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, version = version + 1,
                        updated_at = %(now)s,
                        pushed_units = CASE WHEN m.aggregation = 'last' THEN coalesce((
                            SELECT (r.request ->> 'toUnits')::bigint FROM stripe_push_requests r
@@ -524,7 +530,7 @@ async def drop_request(
             )
         else:  # still pending here (its answer was lost): it did not land
             await cur.execute(
-                f"UPDATE stripe_pushes SET status = 'parked', reason = %(reason)s, pending_request = NULL,"
+                f"UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, pending_request = NULL,"
                 f" pending_since = NULL, pending_attempt = 0, version = version + 1, updated_at = %(now)s"
                 f" WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s",
                 params,
@@ -534,7 +540,26 @@ async def drop_request(
             " WHERE identifier = %(identifier)s",
             params,
         )
-    return Dropped(key, value, delivered)
+    return Dropped(key, value, delivered, fixed)
+
+
+async def _mapping_changed_since(cur: psycopg.AsyncCursor[Any], key: Key, request: dict[str, Any]) -> bool:
+    """Whether the counter's mappings now name another meter event name or Stripe customer than the
+    request was sent with."""
+    await cur.execute(
+        "SELECT (SELECT stripe_meter_event_name FROM metric_mappings WHERE tenant_id = %s AND metric = %s),"
+        " (SELECT stripe_customer_id FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s)",
+        (key[0], key[1], key[0], key[2]),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    current = list(row.values()) if isinstance(row, dict) else list(row)
+    event_name, customer = current
+    if event_name is None or customer is None:
+        return False  # no mapping now: nothing was fixed
+    sent_to = (request.get("payload") or {}).values()
+    return event_name != request.get("event_name") or customer not in sent_to
 
 
 def utc(seconds: float) -> datetime:

@@ -109,6 +109,7 @@ def _stored(
 
 async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorState) -> web.StreamResponse:
     faults, path = state.faults, request.path
+    state.requests[f"{request.method} {path}"] += 1
     if faults.applies_to(path) and faults.latency > 0:
         await asyncio.sleep(faults.latency)
     if faults.take_drop(path):

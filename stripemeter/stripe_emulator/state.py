@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -65,6 +66,7 @@ class EmulatorState:
         self.idempotency = IdempotencyStore()
         self.webhook: Destination | None = None
         self.error_reports: list[Params] = []
+        self.requests: Counter[str] = Counter()  # "METHOD /path" -> requests received (tests' numbers)
         self.v2_events: dict[str, Params] = {}
         self.deliveries: list[Delivery] = []
         self.outbox: list[tuple[Destination, Params, Delivery]] = []  # the server sends them

@@ -33,7 +33,8 @@ log = logging.getLogger(__name__)
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 NO_METER = "v1.billing.meter.no_meter_found"
-RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
+# Stripe retries a failed delivery for up to three days; a few minutes, doubling, stand in for it
+RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0)
 TIMEOUT_SECONDS = 10.0
 USER_AGENT = "Stripe/1.0 (+https://stripe.com/docs/webhooks)"
 

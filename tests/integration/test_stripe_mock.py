@@ -23,6 +23,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,8 +36,10 @@ from stripemeter.reconcile.compare import Item
 from stripemeter.reconcile.runner import correction_identifier
 from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_emulator import EmulatorState, create_app
+from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client, send
-from stripemeter.stripe_push.plan import CounterState, Mapping, Push, next_push
+from stripemeter.stripe_push.plan import Meter, Row, new_request, targets
+from stripemeter.stripe_push.plan import Request as MeterEvent
 
 INSTALL = "go install github.com/stripe/stripe-mock@latest"
 KEY = "sk_test_emulatorspec"  # stripe-mock wants sk_test_<one part>
@@ -181,32 +184,43 @@ def meter_params(event_name: str, keys: dict[str, str] | None = None) -> dict[st
     }
 
 
-def pushes(event_name: str, customer: str, keys: dict[str, str] | None = None) -> list[Push]:
+def pushes(event_name: str, customer: str, keys: dict[str, str] | None = None) -> list[MeterEvent]:
     """The writer's and the reconciler's meter events, built by the project's own planning code:
-    positive, negative and zero differences, a `last` value, and a reconciliation correction."""
+    positive, negative and carried differences, a `last` value, and a reconciliation correction."""
     tag = uuid.uuid4().hex[:8]
-    mapping = Mapping(event_name, "sum", customer)
-    if keys is not None:
-        mapping = Mapping(event_name, "sum", customer, keys["customer_mapping"], keys["value_settings"])
-    states = [
-        CounterState(f"t-{tag}", "requests", "acme", THIS_HOUR - HOUR, 25_000_000, 3, 0, None, None),
-        CounterState(f"t-{tag}", "requests", "acme", THIS_HOUR - HOUR, 22_000_000, 4, 25, None, None),
-        CounterState(f"t-{tag}", "requests", "acme", THIS_HOUR - 2 * HOUR, 1_000_000, 9, 0, None, None),
+    customer_key, value_key = (
+        (keys["customer_mapping"], keys["value_settings"]) if keys else ("stripe_customer_id", "value")
+    )
+    sums = Meter("mtr_x", event_name, "sum", customer_key, value_key, True, None)
+    lasts = Meter("mtr_y", event_name, "last", customer_key, value_key, True, None)
+
+    def row(metric: str, hour: int, micros: int, pushed: int, version: int) -> Row:
+        bucket = datetime.fromtimestamp(hour, tz=UTC)
+        return Row(
+            (f"t-{tag}", metric, "acme", bucket), micros, pushed, "waiting", version, 0, None, None, 0, 0
+        )
+
+    # two hours of one period: 1 and 25 units; then the second is corrected down to 22.5 (a negative
+    # change of 3: the half unit carries on)
+    hours = [
+        row("requests", THIS_HOUR - 2 * HOUR, 1_000_000, 0, 9),
+        row("requests", THIS_HOUR - HOUR, 25_000_000, 0, 3),
     ]
-    made = [next_push(s, mapping) for s in states]
-    seats = CounterState(f"t-{tag}", "seats", "acme", THIS_HOUR - HOUR, 22_000_000, 4, 25, None, None)
-    last = next_push(seats, Mapping(event_name, "last", customer, mapping.customer_key, mapping.value_key))
-    found = [p for p in [*made, last] if p is not None]
-    assert [p.payload[mapping.value_key] for p in found] == ["25", "-3", "1", "22"]
-    assert all(re.fullmatch(r"sm_[0-9a-f]{24}_\d+_\d+_\d+", p.identifier) for p in found)
+    wanted = targets("sum", [r.latest_micros for r in hours])
+    made = [new_request(r, t, "sum", sums, customer) for r, t in zip(hours, wanted, strict=True)]
+    lowered = row("requests", THIS_HOUR - HOUR, 22_500_000, 25, 4)
+    made.append(new_request(lowered, targets("sum", [1_000_000, 22_500_000])[1], "sum", sums, customer))
+    made.append(new_request(row("seats", THIS_HOUR - HOUR, 22_000_000, 25, 4), 22, "last", lasts, customer))
+    assert [p.payload[value_key] for p in made] == ["1", "25", "-3", "22"]
+    assert all(re.fullmatch(r"sm_[0-9a-f]{24}_\d+", p.identifier) for p in made)
     run_id = "rec_" + uuid.uuid4().hex[:20]  # as reconcile/runner.py names a run
     correction = correction_identifier(
         Item(f"t-{tag}", "requests", "acme", "sum"), THIS_HOUR - 2 * HOUR, run_id
     )
     assert re.fullmatch(r"smrec_[0-9a-f]{24}_rec_[0-9a-f]{20}", correction)
-    payload = {mapping.customer_key: customer, mapping.value_key: "-2"}
-    found.append(Push(correction, event_name, payload, THIS_HOUR - 2 * HOUR, 0))
-    return found
+    payload = {customer_key: customer, value_key: "-2"}
+    made.append(MeterEvent(correction, event_name, payload, THIS_HOUR - 2 * HOUR, -2, -2))
+    return made
 
 
 async def setup(server: Server) -> None:
@@ -248,20 +262,20 @@ async def test_the_projects_requests_are_accepted_by_stripe_mock_and_the_emulato
     for a customer of their own."""
     for server in servers:
         customer = (await create_customer(server.client)).id
-        meters = await StripeReader(server.client, calls_per_second=1000).meters_by_event_name()
+        meters = await StripeReader(server.client, StripeBudget(1000)).meters_by_event_name()
         assert meters, server.name
         for event_name, keys in [(server.event_name, None), (server.custom_event_name, CUSTOM_KEYS)]:
             for push in pushes(event_name, customer, keys):
                 result = await send(server.client, push)
                 assert result.outcome == "delivered", (server.name, push, result)
-        reader = StripeReader(server.client, calls_per_second=1000)
+        reader = StripeReader(server.client, StripeBudget(1000))
         totals = [
             await reader.period_total(m, customer, *PERIOD) for m in (server.meter, server.custom_meter)
         ]
         hours = await reader.hourly(server.meter, customer, *HOURS)
         if server.name == "emulator":
-            assert meters[server.event_name] == server.meter
-            assert meters[server.custom_event_name] == server.custom_meter
+            assert meters[server.event_name].id == server.meter
+            assert meters[server.custom_event_name].id == server.custom_meter
             assert totals == [25 - 3 + 1 + 22 - 2] * 2
             assert hours == {THIS_HOUR - HOUR: 25 - 3 + 22, THIS_HOUR - 2 * HOUR: 1 - 2}
 

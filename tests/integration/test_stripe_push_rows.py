@@ -143,3 +143,33 @@ async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
             "SELECT pushed_units, status, reason FROM stripe_pushes WHERE tenant_id = %s", (tenant,)
         )
         assert await cur.fetchone() == (0, "parked", "Stripe dropped it (no_meter)")
+
+
+async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_due_not_parked(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    tenant, app = await seeded(conn)
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'm', 'api', 'sum')",
+        (tenant,),
+    )
+    await conn.execute(
+        "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id)"
+        " VALUES (%s, 'c', 'cus_typo')",
+        (tenant,),
+    )
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    row = await due_row(conn, tenant)
+    sent = new_request(row, 5, "sum", METER, "cus_typo")
+    assert await pushes.record_pending(conn, row, sent, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.mark_delivered(conn, pending, sent.identifier, 5, True, pending.version, fence, NOW)
+    # the operator fixes the customer id before Stripe's report on the typo arrives
+    await conn.execute(
+        "UPDATE customer_mappings SET stripe_customer_id = 'cus_right' WHERE tenant_id = %s", (tenant,)
+    )
+    dropped = await pushes.drop_request(conn, sent.identifier, "Stripe dropped it (customer not found)", NOW)
+    assert dropped is not None and dropped.mapping_fixed
+    after = await due_row(conn, tenant)
+    assert (after.status, after.pushed_units) == ("waiting", 0)  # pushed again, to the right customer
