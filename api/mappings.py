@@ -54,7 +54,9 @@ async def put_metric(request: web.Request) -> web.Response:
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
     meter_check = await check_meter(request, event_name, aggregation)
     async with request.app[POOL].connection() as conn:
-        row = await upsert_metric(conn, MetricMapping(tenant, metric, event_name, aggregation, lateness))
+        settings = request.app[SETTINGS]
+        mapping = MetricMapping(tenant, metric, event_name, aggregation, lateness)
+        row = await upsert_metric(conn, mapping, settings.clock.utc(), settings.lateness_seconds)
         retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), metric=metric)
     return json_response({**_view(row), "countersRetried": retried, "meterCheck": meter_check})
 

@@ -21,13 +21,11 @@ from aiohttp import web as aioweb
 from aiokafka import AIOKafkaProducer
 from stripemeter.streams import fetch_wait, heartbeat, memory_tuning, rocksdb_memory
 from stripemeter.streams.checkpoint import Checkpointer
-from stripemeter.streams.control import decode_control, is_control
 from stripemeter.streams.dedupe_sweep import DedupeSweep
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.metering import Metering
 from stripemeter.streams.packing import payload_limit
-from stripemeter.streams.policy import MetricPolicy, Policies
-from stripemeter.streams.records import decode_batch
+from stripemeter.streams.policy import DEDUPE_MARGIN_MS, MetricPolicy, Policies
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.streams.stages import StageProcess, StageProcesses
 from stripemeter.streams.state import ChangelogState, mark_clean_stop, prepare_table_dir
@@ -56,7 +54,6 @@ ROCKSDB_OPTIONS = {
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024 * 1024,
 }  # caches and memtables share one budget: see streams/rocksdb_memory.py
-DEDUPE_MARGIN_MS = 3_600_000  # dedupe outlives the lateness window by an hour
 # Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
 # when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
 REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
@@ -120,7 +117,9 @@ def create_app(
         for name in TABLES
     }
     policies = Policies(MetricPolicy(lateness_ms=settings.lateness_seconds * 1000))
-    metering = Metering(states["dedupe"], states["counters"], states["watermarks"], policies)
+    metering = Metering(
+        states["dedupe"], states["counters"], states["watermarks"], policies, events_topic=names.events
+    )
     checkpointer = Checkpointer(metering, states, names)
     producer_started = asyncio.Event()
 
@@ -128,14 +127,17 @@ def create_app(
     async def meter(stream: Any) -> None:
         await producer_started.wait()
         async for event in stream.noack().events():
-            if event.value and is_control(event.value):
-                corrections = decode_control(event.value)
-                metering.process_control(
-                    event.message.partition, event.message.offset, corrections, settings.clock.ms()
-                )
-            elif event.value:
+            if event.value:
                 with metrics.COUNTING_BATCH_SECONDS.time():
-                    metering.process(event.message.partition, event.message.offset, decode_batch(event.value))
+                    handled = metering.handle(
+                        event.message.partition,
+                        event.message.offset,
+                        event.value,
+                        settings.clock.ms(),
+                        names.keyed,
+                    )
+                if not handled:
+                    metrics.POISON_MESSAGES.labels("meter").inc()
             checkpointer.add(event)
 
     @app.timer(CHECKPOINT_INTERVAL)

@@ -85,6 +85,8 @@ class Checkpointer:
             futures.append(await self.producer.send(self.names.ledger, message))
         for record in outcomes.late:
             futures.append(await self.producer.send(self.names.late, record))
+        for record in outcomes.dead:  # events the meter could not count, with their reasons
+            futures.append(await self.producer.send(self.names.dlq, record))
         await _all(futures)
 
         futures = await self._send_changelog(("watermarks",), persisted)

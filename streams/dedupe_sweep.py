@@ -19,7 +19,8 @@ import itertools
 from collections.abc import Callable, Iterator
 from typing import Protocol
 
-from stripemeter.streams.metering import NEVER, Metering, expiry_horizon
+from stripemeter.streams.metering import NEVER, Metering
+from stripemeter.streams.policy import expiry_horizon
 
 from stripemeter.clock import SYSTEM
 

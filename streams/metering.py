@@ -15,6 +15,7 @@ Only counted events enter the dedupe table, so a counted duplicate always sees i
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -22,24 +23,51 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
-from stripemeter.streams.control import Correction
-from stripemeter.streams.counting import SEP, SEP_BYTES, Partial, apply, bucket_key, counter_key, stream_key
-from stripemeter.streams.policy import MetricPolicy, Policies
-from stripemeter.streams.records import decode_keyed
+from stripemeter.streams.control import Correction, decode_control, is_control
+from stripemeter.streams.counting import (
+    SEP,
+    SEP_BYTES,
+    CounterValue,
+    Partial,
+    apply,
+    bucket_key,
+    counter_key,
+    stream_key,
+)
+from stripemeter.streams.dead_letters import dead_letter
+from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.streams.records import decode_batch, decode_keyed
 
-from stripemeter.events import HOUR_MS, UsageEvent
+from stripemeter.events import HOUR_MS, MAX_MICROS, MICROS, InvalidEvent, UsageEvent, format_micros
 
-COUNTED, DUPLICATE, LATE = "counted", "duplicate", "late"
+log = logging.getLogger(__name__)
+
+COUNTED, DUPLICATE, LATE, REJECTED = "counted", "duplicate", "late", "rejected"
 NEVER = 2**63  # an event time later than any real one
+NEVER_BEFORE = -(2**63)
 CORRECTION = "correction"  # an outcome of control messages, not of events
 
 
 class KV(Protocol):
+    """What the meter needs of a table (``state.ChangelogState``, ``memory_state.MemoryState``)."""
+
     def get(self, partition: int, key: bytes) -> bytes | None: ...
 
     def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]: ...
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+
+    def savepoint(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+# What a message's own content can make the meter's code raise: the message is set aside (dead letters
+# with processing_failed) and the partition moves on. Anything else (RocksDB failing, say) is an
+# infrastructure fault and stops the worker, which resumes without loss once it is back.
+POISON = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError, AttributeError)
 
 
 @dataclass
@@ -50,14 +78,26 @@ class Outcomes:
     late: list[bytes] = field(default_factory=list)  # usage.late records
     touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
     counts: Counter[str] = field(default_factory=Counter)
+    dead: list[bytes] = field(default_factory=list)  # dead letters: events the meter cannot count
+
+    def mark(self) -> tuple[int, int, int, int, Counter[str]]:
+        return len(self.ledger), len(self.late), len(self.touched), len(self.dead), self.counts.copy()
+
+    def undo(self, mark: tuple[int, int, int, int, Counter[str]]) -> None:
+        """Forget what was added since ``mark`` (touched keys are kept in insertion order)."""
+        ledger, late, touched, dead, counts = mark
+        del self.ledger[ledger:], self.late[late:], self.dead[dead:]
+        for key in list(self.touched)[touched:]:
+            del self.touched[key]
+        self.counts = counts
 
 
 def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes:
-    """The event as received (normalised) plus the watermark and lateness it failed against."""
+def event_record(event: UsageEvent) -> dict[str, Any]:
+    """The event as received, normalised (the contract's fields)."""
     record: dict[str, Any] = {
         "tenantId": event.tenant_id,
         "metric": event.metric,
@@ -67,24 +107,33 @@ def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes
         else event.quantity_micros // 1_000_000,
         "ts": iso_ms(event.ts_ms),
         "idempotencyKey": event.idempotency_key,
-        "watermark": iso_ms(watermark_ms),
-        "lateness": lateness_ms // 1000,
     }
     if event.resource_id is not None:
         record["resourceId"] = event.resource_id
     if event.meta is not None:
         record["meta"] = event.meta
-    return orjson.dumps(record)
+    return record
 
 
-def expiry_horizon(now_ms: int, lateness_ms: int, margin_ms: int) -> int:
-    """Dedupe entries with event times from here on cannot expire yet under any watermark: no event
-    is accepted more than an hour ahead of the clock (two allowed here), so no watermark is either."""
-    return now_ms + 2 * HOUR_MS - lateness_ms - margin_ms
+def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes:
+    """The event as received (normalised) plus the watermark and lateness it failed against."""
+    return orjson.dumps(
+        {**event_record(event), "watermark": iso_ms(watermark_ms), "lateness": lateness_ms // 1000}
+    )
+
+
+def item_dead_letter(error: InvalidEvent, item: list[Any], events_topic: str) -> bytes:
+    """A dead letter for one event of a keyed message, under its place in usage.events."""
+    error.index = item[11]
+    error.raw_item = event_record(decode_keyed(item)[0])
+    return dead_letter(error, events_topic, item[9], item[10], None)
 
 
 class Metering:
-    def __init__(self, dedupe: KV, counters: KV, watermarks: KV, policies: Policies):
+    def __init__(
+        self, dedupe: KV, counters: KV, watermarks: KV, policies: Policies, events_topic: str = "usage.events"
+    ):
+        self.events_topic = events_topic
         self.dedupe = dedupe
         self.counters = counters
         self.watermarks = watermarks
@@ -109,6 +158,53 @@ class Metering:
         taken, self.outcomes = self.outcomes, Outcomes()
         return taken
 
+    def handle(self, partition: int, offset: int, raw: bytes, now_ms: int, topic: str = "keyed") -> bool:
+        """One keyed message, events or corrections, all or nothing: a message whose handling raises
+        (see ``POISON``) leaves nothing staged, is dead-lettered (each of its events under its place
+        in usage.events, with ``processing_failed``) and the partition moves on. False if so."""
+        tables = (self.dedupe, self.counters, self.watermarks)
+        mark = self.outcomes.mark()
+        written = dict(self._written)
+        for table in tables:
+            table.savepoint()
+        try:
+            if is_control(raw):
+                self.process_control(partition, offset, decode_control(raw), now_ms)
+            else:
+                self.process(partition, offset, decode_batch(raw))
+        except POISON as exc:
+            for table in tables:
+                table.rollback()
+            self.outcomes.undo(mark)
+            self._written = written
+            self._dead_letter_message(partition, offset, raw, f"{type(exc).__name__}: {exc}", topic)
+            return False
+        for table in tables:
+            table.release()
+        return True
+
+    def _dead_letter_message(self, partition: int, offset: int, raw: bytes, why: str, topic: str) -> None:
+        """Each event of the message under its place in usage.events; a message that cannot even be
+        read as events (or a control message), as itself."""
+        log.exception("keyed message %s[%d]@%d could not be handled; dead-lettered", topic, partition, offset)
+        message = f"the meter could not handle this event's message: {why}"[:1000]
+        dead: list[bytes] = []
+        try:
+            items = [] if is_control(raw) else decode_batch(raw)
+        except POISON:
+            items = []
+        for item in items:
+            error = InvalidEvent("processing_failed", message)
+            try:
+                dead.append(item_dead_letter(error, item, self.events_topic))
+            except POISON:  # the item itself is malformed: as it was written, under the keyed message
+                error.index, error.raw_item = items.index(item), item
+                dead.append(dead_letter(error, topic, partition, offset, None))
+        if not dead:
+            dead = [dead_letter(InvalidEvent("processing_failed", message), topic, partition, offset, raw)]
+        self.outcomes.dead.extend(dead)
+        self.outcomes.counts[REJECTED] += len(dead)
+
     def process(self, partition: int, offset: int, items: list[list[Any]]) -> None:
         """Decide, count and record every event of the keyed message at ``offset``.
 
@@ -121,20 +217,22 @@ class Metering:
         # message must see what its first occurrence wrote, so such a message reads key by key
         dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
         repeated = len(set(dkeys)) < len(dkeys)
-        stored = [None] * len(dkeys) if repeated else self.dedupe.get_many(partition, dkeys)
+        known = [None] * len(dkeys) if repeated else self.dedupe.get_many(partition, dkeys)
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
+        stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
         watermarks: dict[bytes, int | None] = {}
         advanced: set[bytes] = set()
         counted = duplicates = 0
         earliest_due = NEVER
-        for item, dkey, seen_raw in zip(items, dkeys, stored, strict=True):
+        for item, dkey, seen_raw in zip(items, dkeys, known, strict=True):
             tenant, metric, customer, micros, ts_ms = item[:5]
             skey = stream_key(tenant, metric, customer).encode()
             policy = policies.get((tenant, metric))
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
             watermark = self._watermark(partition, skey, watermarks)
+            ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             if repeated:
                 seen_raw = dedupe_get(partition, dkey)
             if seen_raw is not None:
@@ -147,10 +245,26 @@ class Metering:
                     continue  # intake re-sent an input already handled: no trace
                 # else: this very message again after a crash: re-applied (counters skip it by offset)
             else:
-                if watermark is not None and ts_ms < watermark - policy.lateness_ms:
-                    out.late.append(late_record(decode_keyed(item)[0], watermark, policy.lateness_ms))
+                if policy.too_late(ts_ms, watermark):
+                    # the watermark it failed against (the horizon's, if that is later)
+                    against = max(
+                        watermark if watermark is not None else NEVER_BEFORE,
+                        policy.horizon_ms + policy.lateness_ms,
+                    )
+                    out.late.append(late_record(decode_keyed(item)[0], against, policy.lateness_ms))
                     ledger.append([LATE, *item])
                     out.counts[LATE] += 1
+                    continue
+                if policy.aggregation != "last" and self._would_overflow(
+                    partition, ckey, partials, stored, MICROS if policy.aggregation == "count" else micros
+                ):
+                    error = InvalidEvent(
+                        "counter_overflow",
+                        f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
+                        field="quantity",
+                    )
+                    out.dead.append(item_dead_letter(error, item, self.events_topic))
+                    out.counts[REJECTED] += 1
                     continue
                 dedupe_put(
                     partition,
@@ -164,7 +278,6 @@ class Metering:
             if watermark is None or watermark < ts_ms:
                 watermarks[skey] = ts_ms
                 advanced.add(skey)
-            ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             partial = partials.get(ckey)
             if partial is None:
                 partial = partials[ckey] = Partial(policy.aggregation)
@@ -172,16 +285,38 @@ class Metering:
         out.counts[COUNTED] += counted
         out.counts[DUPLICATE] += duplicates
         self._note_written(partition, counted, earliest_due)
-        counters_get, counters_put = self.counters.get, self.counters.put
+        counters_put = self.counters.put
         touched = out.touched
         for ckey, partial in partials.items():
-            raw = counters_get(partition, ckey)
-            new = apply(orjson.loads(raw) if raw is not None else None, partial, offset)
+            value = stored[ckey] if ckey in stored else self._counter(partition, ckey)
+            new = apply(value, partial, offset)
             if new is not None:
                 counters_put(partition, ckey, orjson.dumps(new))
             touched[ckey] = partition  # published again even when already applied
         for skey in advanced:
             self.watermarks.put(partition, skey, str(watermarks[skey]).encode())
+
+    def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
+        raw = self.counters.get(partition, ckey)
+        return orjson.loads(raw) if raw is not None else None
+
+    def _would_overflow(
+        self,
+        partition: int,
+        ckey: bytes,
+        partials: dict[bytes, Partial],
+        stored: dict[bytes, CounterValue | None],
+        add: int,
+    ) -> bool:
+        """Whether counting the event takes its counter beyond what 64-bit micro-units hold (then the
+        event is rejected before anything is staged for it, so the ledger matches the counters). The
+        counter is read once per message, as it is read for the update anyway."""
+        if ckey not in stored:
+            stored[ckey] = self._counter(partition, ckey)
+        value, partial = stored[ckey], partials.get(ckey)
+        base = value[0] if value is not None else 0
+        pending = partial.micros if partial is not None else 0
+        return abs(base + pending + add) > MAX_MICROS
 
     def process_control(
         self, partition: int, offset: int, corrections: list[Correction], now_ms: int

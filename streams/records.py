@@ -45,5 +45,6 @@ def encode_batch(items: list[list[Any]]) -> bytes:
 
 def decode_batch(raw: bytes) -> list[list[Any]]:
     value = orjson.loads(raw)
-    assert isinstance(value, list)
+    if not isinstance(value, list):
+        raise TypeError(f"a keyed message holds a JSON array of events, not {type(value).__name__}")
     return value

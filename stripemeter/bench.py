@@ -557,7 +557,8 @@ async def stripe_pushes(
     state, runner, meter = await emulator_with_meter(port, tag)
     tenant = f"bench-{tag}"
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
-        await upsert_metric(conn, MetricMapping(tenant, "requests", meter["event_name"], "sum", None))
+        mapping = MetricMapping(tenant, "requests", meter["event_name"], "sum", None)
+        await upsert_metric(conn, mapping, settings.clock.utc(), settings.lateness_seconds)
         for c in range(customers):
             cus = state.create_customer({"email": f"c{c}@example.com"})["id"]
             await upsert_customer(conn, tenant, f"c{c}", cus, None)

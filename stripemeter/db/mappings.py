@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -21,13 +21,26 @@ class MetricMapping:
     lateness_seconds: int | None
 
 
+# Lateness raised: remember the horizon under the old lateness (streams/policy.py); the later of that
+# and any horizon set before. A new mapping raises it from the default.
 UPSERT_METRIC = """
-INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds)
-VALUES (%s, %s, %s, %s, %s)
+INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds,
+                             dedupe_horizon)
+VALUES (%(tenant)s, %(metric)s, %(event_name)s, %(aggregation)s, %(lateness)s,
+        CASE WHEN coalesce(%(lateness)s, %(default)s) > %(default)s
+             THEN %(horizon_from_default)s END)
 ON CONFLICT (tenant_id, metric) DO UPDATE
 SET stripe_meter_event_name = EXCLUDED.stripe_meter_event_name, aggregation = EXCLUDED.aggregation,
-    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now()
-RETURNING tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds, updated_at
+    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now(),
+    dedupe_horizon = CASE
+        WHEN coalesce(EXCLUDED.lateness_seconds, %(default)s)
+             > coalesce(metric_mappings.lateness_seconds, %(default)s)
+        THEN greatest(metric_mappings.dedupe_horizon,
+                      %(now)s + interval '1 hour'
+                      - make_interval(secs => coalesce(metric_mappings.lateness_seconds, %(default)s)))
+        ELSE metric_mappings.dedupe_horizon END
+RETURNING tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds, dedupe_horizon,
+          updated_at
 """
 
 UPSERT_CUSTOMER = """
@@ -40,11 +53,21 @@ RETURNING tenant_id, customer_ref, stripe_customer_id, billing_anchor, updated_a
 """
 
 
-async def upsert_metric(conn: psycopg.AsyncConnection, m: MetricMapping) -> dict[str, Any]:
+async def upsert_metric(
+    conn: psycopg.AsyncConnection, m: MetricMapping, now: datetime, default_lateness_seconds: int
+) -> dict[str, Any]:
+    """Save the mapping; raising its lateness sets the dedupe horizon (see streams/policy.py: now
+    plus two hours, less the old lateness and the hour's margin, is now + 1 h - old lateness)."""
     cur = conn.cursor(row_factory=dict_row)
+    horizon_from_default = now + timedelta(hours=1) - timedelta(seconds=default_lateness_seconds)
     await cur.execute(
-        UPSERT_METRIC, (m.tenant_id, m.metric, m.stripe_meter_event_name, m.aggregation, m.lateness_seconds)
-    )
+        UPSERT_METRIC,
+        {
+            "tenant": m.tenant_id, "metric": m.metric, "event_name": m.stripe_meter_event_name,
+            "aggregation": m.aggregation, "lateness": m.lateness_seconds, "default": default_lateness_seconds,
+            "now": now, "horizon_from_default": horizon_from_default,
+        },
+    )  # fmt: skip
     row = await cur.fetchone()
     assert row is not None
     return row
@@ -75,13 +98,16 @@ async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> l
 async def load_policies(
     conn: psycopg.AsyncConnection, default: MetricPolicy
 ) -> dict[tuple[str, str], MetricPolicy]:
-    cur = await conn.execute("SELECT tenant_id, metric, aggregation, lateness_seconds FROM metric_mappings")
+    cur = await conn.execute(
+        "SELECT tenant_id, metric, aggregation, lateness_seconds, dedupe_horizon FROM metric_mappings"
+    )
     return {
         (tenant, metric): MetricPolicy(
             aggregation,  # type: ignore[arg-type]
             default.lateness_ms if lateness is None else lateness * 1000,
+            default.horizon_ms if horizon is None else int(horizon.timestamp() * 1000),
         )
-        for tenant, metric, aggregation, lateness in await cur.fetchall()
+        for tenant, metric, aggregation, lateness, horizon in await cur.fetchall()
     }
 
 

@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 from stripemeter.streams.dedupe_sweep import DedupeSweep
 from stripemeter.streams.policy import MetricPolicy
 
 from tests.unit.test_metering import HOUR, T0, DictKV, item, make
 
-
-class SortedKV(DictKV):
-    """DictKV with RocksDB's iteration: key order, from a key on, over a snapshot."""
-
-    def items(self, partition: int, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-        snapshot = sorted(self.data[partition].items())
-        return iter([(k, v) for k, v in snapshot if from_key is None or k >= from_key])
+SortedKV = DictKV  # MemoryState iterates in key order over a snapshot, as RocksDB does
 
 
 def test_steps_are_bounded_resume_where_they_stopped_and_expire_only_what_fell_behind() -> None:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
-
 import orjson
 from stripemeter.streams.counting import counter_key
+from stripemeter.streams.memory_state import MemoryState
 from stripemeter.streams.metering import Metering
-from stripemeter.streams.policy import MetricPolicy, Policies
+from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
 from stripemeter.streams.records import Source, encode_keyed
 
 from stripemeter.events import UsageEvent
@@ -16,21 +15,7 @@ HOUR = 3_600_000
 T0 = 1_794_988_800_000  # an hour boundary
 
 
-class DictKV:
-    def __init__(self) -> None:
-        self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
-
-    def get(self, partition: int, key: bytes) -> bytes | None:
-        return self.data[partition].get(key)
-
-    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]:
-        return [self.get(partition, key) for key in keys]
-
-    def put(self, partition: int, key: bytes, value: bytes | None) -> None:
-        if value is None:
-            self.data[partition].pop(key, None)
-        else:
-            self.data[partition][key] = value
+DictKV = MemoryState  # the name these tests grew up with
 
 
 def item(key: str, micros: int, ts: int, src: int, customer: str = "c", metric: str = "m") -> list[object]:
@@ -119,3 +104,66 @@ def test_dedupe_state_expires_behind_the_lateness_window_and_47h_duplicates_stil
     m.process(0, 3, [item("old", 1, T0, 5)])  # its duplicate now: too late, never counted
     assert total(counters, T0) == 1
     assert m.outcomes.ledger[-1][0] == "late"
+
+
+def test_an_event_that_would_overflow_its_counter_is_rejected_before_anything_is_staged() -> None:
+    """Three events of the largest quantity: the third would leave 64-bit micro-units. It is rejected
+    (a dead letter naming the field), has no dedupe entry, and the counter holds the two counted."""
+    big = 9_223_372_036_854 * 1_000_000 // 3 * 2  # 2/3 of the largest counter
+    m, counters = make()
+    m.process(0, 0, [item("a", big // 2, T0, 1), item("b", big // 2, T0, 2), item("c", big, T0, 3)])
+    assert total(counters, T0) == big
+    assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted"]
+    (dead,) = [orjson.loads(d) for d in m.outcomes.dead]
+    assert (dead["error"]["code"], dead["error"]["field"], dead["offset"], dead["index"]) == (
+        "counter_overflow",
+        "quantity",
+        3,
+        0,
+    )
+    assert m.dedupe.get(0, b"t\x1fc") is None  # a retry is rejected again, not called a duplicate
+    m.process(0, 1, [item("c", big, T0, 3)])
+    assert total(counters, T0) == big and len(m.outcomes.dead) == 2
+    # the same message read again after a crash decides the same
+    m.process(0, 0, [item("a", big // 2, T0, 1), item("b", big // 2, T0, 2), item("c", big, T0, 3)])
+    assert total(counters, T0) == big and len(m.outcomes.dead) == 3
+
+
+def test_a_message_whose_handling_raises_leaves_nothing_staged_and_is_dead_lettered() -> None:
+    m, counters = make()
+    assert m.handle(0, 0, orjson.dumps([item("ok", 5, T0, 1)]), T0)
+    before = (dict(m.dedupe.data[0]), total(counters, T0), list(m.outcomes.ledger))
+    poisoned = [item("fine", 1, T0, 2), item("bad", 1, T0, 3)]
+    poisoned[1][4] = "not a time"  # the event time of the second event cannot be computed with
+    assert not m.handle(0, 1, orjson.dumps(poisoned), T0)
+    assert (dict(m.dedupe.data[0]), total(counters, T0), list(m.outcomes.ledger)) == before
+    dead = [orjson.loads(d) for d in m.outcomes.dead]
+    # the readable event under its place in usage.events; the malformed one as written, under the
+    # keyed message
+    assert [(d["error"]["code"], d["topic"], d["offset"]) for d in dead] == [
+        ("processing_failed", "usage.events", 2),
+        ("processing_failed", "keyed", 1),
+    ]
+    assert not m.handle(0, 2, b"not json", T0)  # unreadable: the keyed message itself
+    assert orjson.loads(m.outcomes.dead[-1])["topic"] == "keyed"
+    assert m.handle(0, 3, orjson.dumps([item("later", 2, T0, 4)]), T0)  # and the partition moves on
+    assert total(counters, T0) == 7
+
+
+def test_raising_lateness_cannot_count_a_duplicate_whose_dedupe_entry_expired() -> None:
+    """Lateness 2 h; an event is counted, its entry expires behind the window. Lateness is raised to
+    10 h: the event sent again is inside the new window, but older than the horizon (the entries from
+    there on all still exist), so it is too late, not counted twice."""
+    m, counters = make(lateness_ms=2 * HOUR)
+    m.process(0, 0, [item("old", 1, T0, 1)])
+    m.process(0, 1, [item("now", 1, T0 + 5 * HOUR, 2)])  # watermark T0 + 5 h
+    assert m.expire_dedupe(0, list(m.dedupe.data[0].items()), margin_ms=HOUR)[0] == 1
+    raised_at = T0 + 5 * HOUR
+    horizon = expiry_horizon(raised_at, 2 * HOUR)
+    m.policies.replace({("t", "m"): MetricPolicy("sum", 10 * HOUR, horizon)})
+    m.process(0, 2, [item("old", 1, T0, 3)])
+    assert total(counters, T0) == 1
+    assert m.outcomes.ledger[-1][0] == "late"
+    # an event inside the window and after the horizon still counts
+    m.process(0, 3, [item("fresh", 1, raised_at - HOUR, 4)])
+    assert m.outcomes.ledger[-1][0] == "counted"
