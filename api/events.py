@@ -53,6 +53,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "resourceId": row["resource_id"],
         "meta": row["meta"],
         "outcome": row["outcome"],
+        "keyReusedAcrossCustomers": row["key_reused"],
         "source": {
             "topic": row["source_topic"],
             "partition": row["source_partition"],

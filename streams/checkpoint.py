@@ -25,7 +25,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from stripemeter.streams.counting import split_counter_key
 from stripemeter.streams.deltas import Delta, encode_delta
-from stripemeter.streams.metering import Metering
+from stripemeter.streams.metering import KEY_REUSED, Metering
 from stripemeter.streams.packing import pack_arrays, payload_limit
 from stripemeter.streams.partitioning import Partitioner, delta_routing_key
 from stripemeter.streams.state import ChangelogState, send_records
@@ -104,6 +104,8 @@ class Checkpointer:
         for outcome, n in outcomes.counts.items():
             if outcome == "correction":
                 metrics.CORRECTIONS.inc(n)
+            elif outcome == KEY_REUSED:
+                metrics.KEYS_REUSED.inc(n)
             else:
                 metrics.EVENTS.labels(outcome).inc(n)
         metrics.DELTAS.inc(len(outcomes.touched))

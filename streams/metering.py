@@ -11,6 +11,12 @@ Decisions per event, exact under redelivery (see the README's "Exactly once"):
 - otherwise: counted. Its dedupe entry, the watermark and the counter are written.
 
 Only counted events enter the dedupe table, so a counted duplicate always sees its original.
+
+An idempotency key is one event per (tenant, customer): the contract's tenant-wide scope would need
+every event's key checked across partitions, and a customer's events all live in one. The entry is
+``tenant + key``; when it belongs to another customer (same partition), this customer's own entry
+``tenant + key + customer`` decides, and the reuse is counted (stripemeter_idempotency_keys_reused).
+Reuse across partitions is not seen here: the ledger (GET /v1/events) flags it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from stripemeter.events import HOUR_MS, MAX_MICROS, MICROS, InvalidEvent, UsageE
 log = logging.getLogger(__name__)
 
 COUNTED, DUPLICATE, LATE, REJECTED = "counted", "duplicate", "late", "rejected"
+KEY_REUSED = "key_reused"  # not an outcome: an idempotency key seen for a second customer
 NEVER = 2**63  # an event time later than any real one
 NEVER_BEFORE = -(2**63)
 CORRECTION = "correction"  # an outcome of control messages, not of events
@@ -235,8 +242,16 @@ class Metering:
             ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             if repeated:
                 seen_raw = dedupe_get(partition, dkey)
-            if seen_raw is not None:
-                seen = orjson.loads(seen_raw)  # [src partition, src offset, src index, keyed offset, ts, ...]
+            # [src partition, src offset, src index, keyed offset, ts, metric, customer]
+            seen = orjson.loads(seen_raw) if seen_raw is not None else None
+            if seen is not None and seen[6] != customer:
+                # the key was first used by another customer: keys are one event per (tenant,
+                # customer, key), so this customer's own entry decides (see the module's docstring)
+                dkey = dkey + SEP_BYTES + customer.encode()
+                seen_raw = dedupe_get(partition, dkey)
+                seen = orjson.loads(seen_raw) if seen_raw is not None else None
+                out.counts[KEY_REUSED] += 1
+            if seen is not None:
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
                     ledger.append([DUPLICATE, *item])
                     duplicates += 1

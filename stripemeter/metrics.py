@@ -12,6 +12,11 @@ EVENTS = Counter(
     ["outcome"],
 )
 INTAKE_MESSAGES = Counter("stripemeter_intake_messages_total", "Messages read from usage.events")
+KEYS_REUSED = Counter(
+    "stripemeter_idempotency_keys_reused_total",
+    "Events whose idempotency key was first used by another customer of the tenant, as the meter saw"
+    " it in one partition (counted: a key is one event per tenant and customer)",
+)
 POISON_MESSAGES = Counter(
     "stripemeter_poison_messages_total",
     "Messages whose handling raised (an input no rule foresaw): dead-lettered with processing_failed,"

@@ -42,11 +42,16 @@ async def list_events(
             )
         )
         params.update(zip(("a_ts", "a_topic", "a_partition", "a_offset", "a_index"), after, strict=True))
+    # key_reused: the key was used for another customer of the tenant too (a key is one event per
+    # tenant and customer; see streams/metering.py), looked up for the page's rows only
     query = sql.SQL(
-        "SELECT tenant_id, metric, customer_ref, quantity_micros, ts, idempotency_key, key_derived,"
+        "SELECT page.*, EXISTS (SELECT 1 FROM events o WHERE o.tenant_id = page.tenant_id"
+        " AND o.idempotency_key = page.idempotency_key AND o.customer_ref <> page.customer_ref) AS key_reused"
+        " FROM (SELECT tenant_id, metric, customer_ref, quantity_micros, ts, idempotency_key, key_derived,"
         " resource_id, meta, outcome, source_topic, source_partition, source_offset, source_index,"
         " recorded_at FROM events WHERE {} ORDER BY ts DESC, source_topic DESC, source_partition DESC,"
-        " source_offset DESC, source_index DESC LIMIT %(limit)s"
+        " source_offset DESC, source_index DESC LIMIT %(limit)s) page"
+        " ORDER BY ts DESC, source_topic DESC, source_partition DESC, source_offset DESC, source_index DESC"
     ).format(sql.SQL(" AND ").join(where))
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(query, params)

@@ -167,3 +167,12 @@ def test_raising_lateness_cannot_count_a_duplicate_whose_dedupe_entry_expired() 
     # an event inside the window and after the horizon still counts
     m.process(0, 3, [item("fresh", 1, raised_at - HOUR, 4)])
     assert m.outcomes.ledger[-1][0] == "counted"
+
+
+def test_a_key_is_one_event_per_customer_and_its_reuse_is_counted() -> None:
+    m, counters = make()
+    m.process(0, 0, [item("order-1", 5, T0, 1, customer="a"), item("order-1", 7, T0, 2, customer="b")])
+    m.process(0, 1, [item("order-1", 7, T0, 3, customer="b"), item("order-1", 5, T0, 4, customer="a")])
+    assert (total(counters, T0, customer="a"), total(counters, T0, customer="b")) == (5, 7)
+    assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted", "duplicate", "duplicate"]
+    assert m.outcomes.counts["key_reused"] == 2

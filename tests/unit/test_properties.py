@@ -201,19 +201,20 @@ def streams(draw: st.DrawFn) -> tuple[list[tuple[str, str, int, int]], list[tupl
 
 
 def oracle(events: list[tuple[str, str, int, int]], order: list[int]) -> tuple[list[str], dict[Any, int]]:
-    """First occurrence of a key counts unless it is too late against the stream's watermark then."""
-    counted: set[str] = set()
+    """First occurrence of a key of a customer counts unless it is too late against the stream's
+    watermark then (a key is one event per tenant and customer)."""
+    counted: set[tuple[str, str]] = set()
     watermark: dict[str, int] = {}
     outcomes, totals = [], defaultdict(int)
     for i in order:
         key, customer, micros, ts = events[i]
-        if key in counted:
+        if (key, customer) in counted:
             outcomes.append("duplicate")
         elif customer in watermark and ts < watermark[customer] - LATENESS:
             outcomes.append("late")
         else:
             outcomes.append("counted")
-            counted.add(key)
+            counted.add((key, customer))
             watermark[customer] = max(ts, watermark.get(customer, ts))
             totals[(customer, ts - ts % HOUR)] += micros
     return outcomes, {k: v for k, v in totals.items() if v}
@@ -233,7 +234,7 @@ def test_metering_matches_the_oracle_under_duplicates_lateness_and_redelivery(
     messages: list[tuple[int, list[int]]] = []  # keyed offset, event indexes
     first: list[int] = []
     first_outcome: dict[int, str] = {}
-    counted_keys: set[str] = set()
+    counted_keys: set[tuple[str, str]] = set()
     next_offset = 0
     for kind, arg in deliveries:
         if kind == "new":
@@ -254,13 +255,15 @@ def test_metering_matches_the_oracle_under_duplicates_lateness_and_redelivery(
                 first.append(i)
                 first_outcome[i] = rows[(i, 0)]
                 if rows[(i, 0)] == "counted":
-                    counted_keys.add(events[i][0])
+                    counted_keys.add((events[i][0], events[i][1]))
             elif kind == "resend" and first_outcome[i] == "counted":
                 assert (i, 0) not in rows  # intake re-sent it: already handled, no trace
             else:
                 again = rows[(i, 0)]  # the ledger keeps the first row of a source; counters never change
                 # a too-late event read again after its key was counted since is called a duplicate
-                late_then_counted = first_outcome[i] == "late" and events[i][0] in counted_keys
+                late_then_counted = (
+                    first_outcome[i] == "late" and (events[i][0], events[i][1]) in counted_keys
+                )
                 assert again == first_outcome[i] or (late_then_counted and again == "duplicate")
 
     expected_outcomes, expected_totals = oracle(events, first)
