@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+from aiokafka import AIOKafkaProducer
 
 from stripemeter.config import Settings
 from stripemeter.topics import TopicNames
@@ -78,3 +79,56 @@ async def test_hostile_kafka_inputs_are_dead_letters_and_counting_goes_on(
         assert error["message"] and record["raw"] is not None
     assert records[2]["index"] == 1  # the deep element, carried with its whole message
     assert records[7]["rawEncoding"] == "base64" and records[9]["rawEncoding"] == "base64"
+
+
+async def test_maxima_an_overflow_and_a_poisoned_keyed_message_leave_the_worker_running(
+    env: Settings, start_worker
+) -> None:
+    """Through real Kafka: 12 messages of 240 events with a 3.9 KiB meta each (every message just under
+    1 MiB, 11 MiB in all, sent to one partition so intake packs them), a 1,000-event array, three
+    events of the largest quantity for one counter (one fits it, two would overflow it), and a keyed
+    message the meter cannot handle, written straight to the keyed topic. Everything valid is counted, every
+    other event is a dead letter with its code, and the worker is the same process throughout."""
+    worker = start_worker()
+    worker.wait_ready()
+    pid = worker.proc.pid if worker.proc else None
+    tenant = f"mx-{uuid.uuid4().hex[:6]}"
+    meta = {"blob": "m" * (4096 - 20)}
+    heavy = [
+        [event(tenant, customerRef=f"c{m}", idempotencyKey=f"h{m}-{i}", meta=meta) for i in range(240)]
+        for m in range(12)
+    ]
+    assert all(1_000_000 < len(orjson.dumps(batch)) < 1024 * 1024 for batch in heavy)
+    wide = [event(tenant, customerRef="wide", idempotencyKey=f"w{i}") for i in range(1000)]
+    largest = 9_223_372_036_854
+    overflow = [event(tenant, customerRef="big", quantity=largest, idempotencyKey=f"b{i}") for i in range(3)]
+    await produce(env, [*heavy, wide, overflow], key=b"maxima")
+    names = TopicNames(env.topic_prefix, env.app_id)
+    broken_item = [tenant, "requests", "poison", "not micro-units", "not a time", "k", 0, None, None, 0, 9, 0]
+    poisoned = orjson.dumps([broken_item])
+    keyed = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
+    await keyed.start()
+    try:
+        await keyed.send_and_wait(names.keyed, poisoned, partition=0)
+    finally:
+        await keyed.stop()
+    await produce(env, [event(tenant, customerRef="after", quantity=3, idempotencyKey="after")])
+
+    async def all_counted() -> bool:
+        totals = await counters_of(env, tenant)
+        by_customer: dict[str, int] = {}
+        for (_metric, customer, _bucket), micros in totals.items():
+            by_customer[customer] = by_customer.get(customer, 0) + micros
+        return (
+            all(by_customer.get(f"c{m}") == 240_000_000 for m in range(12))
+            and by_customer.get("wide") == 1_000_000_000
+            and by_customer.get("big") == largest * 1_000_000
+            and by_customer.get("after") == 3_000_000
+        )
+
+    await eventually(all_counted, timeout=120, what="every valid event counted")
+    assert worker.proc is not None and worker.proc.poll() is None and worker.proc.pid == pid
+    records = [orjson.loads(m.value) for m in await read_topic(env, names.dlq, expect=3)]
+    codes = sorted(r["error"]["code"] for r in records)
+    assert codes.count("counter_overflow") == 2 and "processing_failed" in codes, codes
+    assert "Restarting" not in worker.log_tail(400) and "crashed" not in worker.log_tail(400).lower()
