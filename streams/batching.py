@@ -8,10 +8,14 @@ produce request, a keyed message the meter reads one by one. Waiting a little fo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import CommitFailedError, IllegalStateError
+
+log = logging.getLogger(__name__)
 
 
 async def gather(
@@ -31,3 +35,23 @@ async def gather(
             batch.setdefault(tp, []).extend(msgs)
             count += len(msgs)
     return batch
+
+
+async def commit_handled(consumer: AIOKafkaConsumer, batch: dict[Any, list[Any]]) -> None:
+    """Commit the batch's offsets of the partitions this consumer still holds.
+
+    A rebalance can take a partition away between ``getmany`` and the commit (a worker joined or
+    left); committing it then raises, and it once stopped a worker that had done nothing wrong. The
+    new owner reads those records again, and every stage's writes are idempotent, so leaving them
+    uncommitted is what at-least-once asks for.
+    """
+    held = consumer.assignment()
+    offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items() if tp in held}
+    if len(offsets) < len(batch):
+        log.info("not committing %d partition(s) given away by a rebalance", len(batch) - len(offsets))
+    if not offsets:
+        return
+    try:
+        await consumer.commit(offsets)
+    except (CommitFailedError, IllegalStateError) as exc:  # the group moved on meanwhile
+        log.info("commit left to the partitions' new owner after a rebalance: %s", exc)

@@ -167,7 +167,7 @@ class Intake:
             futures.append(await producer.send(self.names.dlq, value))
         if futures:
             await asyncio.gather(*futures)
-        await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+        await batching.commit_handled(consumer, batch)
         metrics.INTAKE_MESSAGES.inc(len(records))
         if dead:
             metrics.EVENTS.labels("rejected").inc(len(dead))

@@ -74,7 +74,7 @@ class PostgresSink:
                     await self._write(conn, [m for msgs in batch.values() for m in msgs])
                 for tp, msgs in batch.items():
                     metrics.SINK_RECORDS.labels(tp.topic).inc(len(msgs))
-                await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                await batching.commit_handled(consumer, batch)
         finally:
             await conn.close()
             await consumer.stop()

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -361,7 +362,7 @@ def run_demo(settings: Settings, say: Say, tenant: str | None = None) -> int:
     up(settings, say)
     if not _same_clock(settings, say):
         return 1
-    tenant = tenant or f"demo-{settings.clock.utc():%H%M%S}"
+    tenant = tenant or f"demo-{uuid.uuid4().hex[:8]}"  # never one of an earlier run, whatever the clock
     try:
         ok = Demo(app_settings(settings), say, tenant).run()
     except urllib.error.HTTPError as exc:

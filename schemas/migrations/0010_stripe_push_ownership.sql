@@ -15,6 +15,8 @@ CREATE TABLE stripe_writer_leases (
 );
 
 ALTER TABLE stripe_pushes
+    -- the app (STRIPEMETER_APP_ID) whose usage.deltas the row comes from: its writers push it
+    ADD COLUMN app_id          text,
     ADD COLUMN delta_partition integer,
     ADD COLUMN version         bigint  NOT NULL DEFAULT 0,
     -- the first hour of the billing period the hour belongs to (the customer's cycle, if anchored):
@@ -38,8 +40,8 @@ SET pending_request = jsonb_build_object(
 WHERE pending_identifier IS NOT NULL;
 
 ALTER TABLE stripe_pushes DROP COLUMN pending_identifier, DROP COLUMN pending_to_units;
-CREATE INDEX stripe_pushes_by_partition ON stripe_pushes (delta_partition)
-    WHERE status IN ('waiting', 'pending', 'unmapped');
+CREATE INDEX stripe_pushes_by_partition ON stripe_pushes (app_id, delta_partition)
+    WHERE status IN ('waiting', 'pending');
 
 -- Every meter event request the writer sent, by identifier: what an error report from Stripe
 -- (v1.billing.meter.error_report_triggered, naming the identifier) refers to, and an audit trail.

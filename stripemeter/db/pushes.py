@@ -32,6 +32,7 @@ class Latest:
     bucket: datetime
     total_micros: int
     seq: int
+    app_id: str
     partition: int
     period_start: datetime
 
@@ -55,12 +56,12 @@ class Fence:
 
 
 UPSERT_LATEST = """
-INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq,
+INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq, app_id,
                            delta_partition, period_start, updated_at)
 SELECT *, %s::timestamptz FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[],
-                                     %s::bigint[], %s::integer[], %s::timestamptz[])
+                                     %s::bigint[], %s::text[], %s::integer[], %s::timestamptz[])
 ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
-SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq,
+SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, app_id = EXCLUDED.app_id,
     delta_partition = EXCLUDED.delta_partition, period_start = EXCLUDED.period_start,
     updated_at = EXCLUDED.updated_at, version = stripe_pushes.version + 1,
     status = CASE WHEN stripe_pushes.status IN ('pending', 'parked') THEN stripe_pushes.status
@@ -75,7 +76,8 @@ DUE = """
 WITH due AS (
     SELECT DISTINCT tenant_id, metric, customer_ref, period_start
     FROM stripe_pushes
-    WHERE delta_partition = ANY(%(partitions)s) AND status IN ('waiting', 'pending', 'unmapped')
+    -- unmapped counters wait for a mapping: saving one makes them waiting (retry_parked)
+    WHERE app_id = %(app)s AND delta_partition = ANY(%(partitions)s) AND status IN ('waiting', 'pending')
       AND period_start IS NOT NULL
       AND (attempts = 0
            OR updated_at + least(0.25 * power(2, attempts), 30) * (0.5 + random() / 2) * interval '1 second'
@@ -140,6 +142,7 @@ async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now
             [d.bucket for d in rows],
             [d.total_micros for d in rows],
             [d.seq for d in rows],
+            [d.app_id for d in rows],
             [d.partition for d in rows],
             [d.period_start for d in rows],
         ),
@@ -166,13 +169,13 @@ async def anchors(
 
 
 async def due(
-    conn: psycopg.AsyncConnection, partitions: list[int], now: datetime, streams: int = 200
+    conn: psycopg.AsyncConnection, app_id: str, partitions: list[int], now: datetime, streams: int = 200
 ) -> list[Stream]:
-    """Streams of the given partitions with something to do, all hours of each period."""
+    """Streams of the app's given partitions with something to do, all hours of each period."""
     if not partitions:
         return []
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(DUE, {"partitions": partitions, "now": now, "streams": streams})
+    await cur.execute(DUE, {"app": app_id, "partitions": partitions, "now": now, "streams": streams})
     grouped: dict[tuple[Any, ...], Stream] = {}
     for r in await cur.fetchall():
         group = (r["tenant_id"], r["metric"], r["customer_ref"], r["period_start"])
@@ -379,26 +382,30 @@ async def unassigned_rows(conn: psycopg.AsyncConnection, limit: int) -> list[dic
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT tenant_id, metric, customer_ref, bucket FROM stripe_pushes"
-        " WHERE delta_partition IS NULL OR period_start IS NULL LIMIT %s",
+        " WHERE app_id IS NULL OR delta_partition IS NULL OR period_start IS NULL LIMIT %s",
         (limit,),
     )
     return await cur.fetchall()
 
 
-async def assign_rows(conn: psycopg.AsyncConnection, rows: list[tuple[Key, int, datetime]]) -> None:
-    """Set partition and period of rows found by ``unassigned_rows``."""
+async def assign_rows(
+    conn: psycopg.AsyncConnection, app_id: str, rows: list[tuple[Key, int, datetime]]
+) -> None:
+    """Set app, partition and period of rows found by ``unassigned_rows``. Their status stays: an hour
+    delivered before whole units were carried keeps what it holds until its stream changes again."""
     if not rows:
         return
     await conn.execute(
-        "UPDATE stripe_pushes p SET delta_partition = k.partition, period_start = k.period_start,"
-        " version = p.version + 1, status = CASE WHEN p.status = 'synced' THEN 'waiting' ELSE p.status END"
+        "UPDATE stripe_pushes p SET app_id = %s, delta_partition = k.partition,"
+        " period_start = k.period_start,"
+        " version = p.version + 1"
         " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::integer[],"
         " %s::timestamptz[])"
         " AS k(tenant_id, metric, customer_ref, bucket, partition, period_start)"
         " WHERE p.tenant_id = k.tenant_id AND p.metric = k.metric AND p.customer_ref = k.customer_ref"
         " AND p.bucket = k.bucket",
         (
-            [k[0] for k, _, _ in rows], [k[1] for k, _, _ in rows], [k[2] for k, _, _ in rows],
+            app_id, [k[0] for k, _, _ in rows], [k[1] for k, _, _ in rows], [k[2] for k, _, _ in rows],
             [k[3] for k, _, _ in rows], [p for _, p, _ in rows], [s for _, _, s in rows],
         ),
     )  # fmt: skip

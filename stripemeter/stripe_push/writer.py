@@ -41,6 +41,7 @@ from stripemeter.db import pushes
 from stripemeter.db.pushes import Fence, Latest, Stream
 from stripemeter.db.reconciliation import delivered_corrections
 from stripemeter.reconcile import periods
+from stripemeter.streams.batching import commit_handled
 from stripemeter.streams.deltas import decode_delta
 from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.streams.partitioning import Partitioner, delta_routing_key
@@ -112,6 +113,7 @@ class StripeWriter:
         self.bootstrap = bootstrap
         self.deltas_topic = deltas_topic
         self.group_id = group_id
+        self.app_id = app_id
         self.database_url = database_url
         self.client = client
         self.budget = budget
@@ -145,7 +147,7 @@ class StripeWriter:
                 batch = await consumer.getmany(timeout_ms=100, max_records=5000)
                 if batch:
                     await self._record(conn, [m for msgs in batch.values() for m in msgs if m.value])
-                    await consumer.commit({tp: msgs[-1].offset + 1 for tp, msgs in batch.items()})
+                    await commit_handled(consumer, batch)
                 if time.monotonic() - last_flush >= self.flush_interval:
                     last_flush = time.monotonic()
                     await self.push_due(conn)
@@ -161,7 +163,17 @@ class StripeWriter:
             bucket = datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC)
             start = periods.holding(bucket, anchors[d.tenant_id, d.customer_ref]).start
             latest.append(
-                Latest(d.tenant_id, d.metric, d.customer_ref, bucket, d.total_micros, d.seq, partition, start)
+                Latest(
+                    d.tenant_id,
+                    d.metric,
+                    d.customer_ref,
+                    bucket,
+                    d.total_micros,
+                    d.seq,
+                    self.app_id,
+                    partition,
+                    start,
+                )
             )
         await pushes.record_latest(conn, latest, self.clock.utc())
 
@@ -182,7 +194,7 @@ class StripeWriter:
                 )
                 for r in rows
             ]
-            await pushes.assign_rows(conn, assigned)
+            await pushes.assign_rows(conn, self.app_id, assigned)
             log.info("stripe writer: recorded partition and period of %d older push rows", len(assigned))
 
     # --- pushing -----------------------------------------------------------------------------------
@@ -190,7 +202,7 @@ class StripeWriter:
     async def push_due(self, conn: psycopg.AsyncConnection) -> int:
         """One round over the due streams of the partitions held; returns how many pushes landed."""
         delivered = 0
-        for stream in await pushes.due(conn, sorted(self.ownership.epochs), self.clock.utc()):
+        for stream in await pushes.due(conn, self.app_id, sorted(self.ownership.epochs), self.clock.utc()):
             if self._stopping.is_set():
                 break
             delivered += await self._push_stream(conn, stream)

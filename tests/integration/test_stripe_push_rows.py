@@ -27,14 +27,16 @@ async def conn(stack: Settings):
 
 
 async def seeded(conn: psycopg.AsyncConnection, total_micros: int = 5_000_000) -> tuple[str, str]:
-    tenant, app = f"pr-{uuid.uuid4().hex[:6]}", f"app-{uuid.uuid4().hex[:6]}"
+    tenant = f"pr-{uuid.uuid4().hex[:6]}"
+    app = "app-" + tenant
     period = datetime(2026, 11, 1, tzinfo=UTC)
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", BUCKET, total_micros, 1, 0, period)], NOW)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", BUCKET, total_micros, 1, app, 0, period)], NOW)
     return tenant, app
 
 
 async def due_row(conn: psycopg.AsyncConnection, tenant: str) -> Row:
-    for stream in await pushes.due(conn, [0], NOW, streams=100_000):
+    app = "app-" + tenant  # seeded() names the app after the tenant
+    for stream in await pushes.due(conn, app, [0], NOW, streams=100_000):
         for row in stream.rows:
             if row.key[0] == tenant:
                 return row
@@ -54,7 +56,7 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
     assert not await pushes.record_pending(conn, row, request, first, NOW)
     # a new delta arrives after the row was read: the read is stale
     await pushes.record_latest(
-        conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
+        conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
     )
     assert not await pushes.record_pending(conn, row, request, second, NOW)
     fresh = await due_row(conn, tenant)
@@ -91,7 +93,7 @@ async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(conn: psyc
     assert await pushes.record_pending(conn, row, request, fence, NOW)
     recorded = await due_row(conn, tenant)
     await pushes.record_latest(
-        conn, [Latest(tenant, "m", "c", BUCKET, 9_000_000, 2, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
+        conn, [Latest(tenant, "m", "c", BUCKET, 9_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
     )
     # the answer arrives: delivered, but not synced, since the counter moved meanwhile
     assert await pushes.mark_delivered(
