@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
 from aiohttp.test_utils import TestClient
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from stripemeter.streams.control import Correction, send_corrections
 
 from stripemeter.config import Settings
 from stripemeter.topics import TopicNames
@@ -191,19 +192,130 @@ async def test_adjustments_are_counted_once_and_listed(env: Settings, start_work
         "delta": -2.5,
         "reason": "refund",
     }
-    for _ in range(2):  # a retried request with the same Idempotency-Key counts once
-        response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
-        assert response.status == 201
-        created = await response.json()
-        # read your writes: answered once the counter shows it
-        assert created["visible"] is True
-        assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
+    keyed = [TopicNames(env.topic_prefix, env.app_id).keyed]
+    response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
+    assert response.status == 201 and "Idempotent-Replayed" not in response.headers
+    first = await response.read()
+    created = await response.json()
+    # read your writes: answered once the counter shows it
+    assert created["visible"] is True
+    assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
+    sent = await end_offsets(env, keyed)
+    # a retry with the same key and the same request (ts at another offset, delta written otherwise):
+    # the stored answer, byte for byte, and nothing sent to the meter
+    local_ts = datetime.fromtimestamp(now / 1000, tz=UTC).astimezone(timezone(timedelta(hours=-5)))
+    for again in (body, {**body, "ts": local_ts.isoformat(), "delta": -2.500000}):
+        response = await api.post("/v1/adjustments", json=again, headers={"Idempotency-Key": "refund-1"})
+        assert response.status == 201 and response.headers["Idempotent-Replayed"] == "true"
+        assert await response.read() == first
+    assert await end_offsets(env, keyed) == sent
     assert (created["delta"], created["status"], created["target"]) == (-2.5, "applied", "counter")
     assert created["period"]["state"] == "open" and created["warnings"] == []
+    # the same key with another request: 409 naming the key, and nothing changes
+    for change in (
+        {"delta": -3},
+        {"customerRef": "other"},
+        {"reason": "goodwill"},
+        {"ts": ts[:-6] + "+01:00"},
+    ):
+        response = await api.post(
+            "/v1/adjustments", json={**body, **change}, headers={"Idempotency-Key": "refund-1"}
+        )
+        assert response.status == 409, (change, await response.text())
+        error = (await response.json())["error"]
+        assert (error["code"], error["field"]) == ("idempotency_conflict", "Idempotency-Key")
+        assert '"refund-1"' in error["message"] and next(iter(change)) in error["message"]
+    await asyncio.sleep(1)
+    assert await end_offsets(env, keyed) == sent
+    assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
     listed = await (await api.get(f"/v1/adjustments?tenantId={tenant}")).json()
     assert [a["adjustmentId"] for a in listed["adjustments"]] == [created["adjustmentId"]]
+    # the key is the tenant's: another tenant's same key is its own adjustment
+    other = await api.post(
+        "/v1/adjustments", json={**body, "tenantId": f"{tenant}-b"}, headers={"Idempotency-Key": "refund-1"}
+    )
+    assert other.status in (201, 202) and (await other.json())["adjustmentId"] != created["adjustmentId"]
+    # without a key, every request is a new adjustment
+    for _ in range(2):
+        response = await api.post("/v1/adjustments", json={**body, "delta": 1})
+        assert response.status == 201
+    assert await local(env, tenant) == Counter({("acme", bucket): 9_500_000})
     bad = await api.post("/v1/adjustments", json={**body, "delta": 0})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "delta"
+
+
+async def test_an_adjustment_retried_after_the_meter_forgot_it_still_applies_once(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    """The meter's dedupe entry for a correction expires after the lateness window (48 h) plus an hour.
+    A worker living 3 days later sees the stream's watermark move on and expires it for real; a retry
+    of the adjustment then still applies once: the stored answer, nothing sent. The same correction sent
+    again straight to the meter (what a retry that relied on its dedupe did) counts twice."""
+    tenant = f"ax-{uuid.uuid4().hex[:6]}"
+    worker = start_worker("w1", slot="main")
+    worker.wait_ready()
+    now = now_ms()
+    bucket = now - now % HOUR_MS
+    await produce(env, [[ev(tenant, "acme", now, 10, "a1")]])
+    await eventually(
+        lambda: _equals(local(env, tenant), Counter({("acme", bucket): 10_000_000})), what="usage"
+    )
+    body = {
+        "tenantId": tenant,
+        "metric": "requests",
+        "customerRef": "acme",
+        "ts": datetime.fromtimestamp(now / 1000, tz=UTC).isoformat(),
+        "delta": -2.5,
+        "reason": "refund",
+    }
+    headers = {"Idempotency-Key": "refund-late"}
+    response = await api.post("/v1/adjustments", json=body, headers=headers)
+    assert response.status == 201
+    first = await response.read()
+    adjustment_id = (await response.json())["adjustmentId"]
+    expected = Counter({("acme", bucket): 7_500_000})
+    assert await local(env, tenant) == expected
+
+    # three days on: new usage moves the stream's watermark, and the sweep expires the old entries
+    worker.stop()
+    later = start_worker("w1", slot="main", clock_offset_seconds=72 * 3600)
+    later.wait_ready()
+    then = now + 72 * HOUR_MS
+    await produce(env, [[ev(tenant, "acme", then, 1, "a2")]])
+    expected[("acme", then - then % HOUR_MS)] = 1_000_000
+    await eventually(lambda: _equals(local(env, tenant), expected), what="usage three days later")
+
+    async def expired() -> bool:  # the entries of a1 and of the correction (a2's is too recent)
+        return _metric(later.scrape(), "stripemeter_dedupe_expired_total") >= 2
+
+    await eventually(expired, what="the dedupe sweep to expire the correction's entry")
+
+    keyed = [TopicNames(env.topic_prefix, env.app_id).keyed]
+    sent = await end_offsets(env, keyed)
+    response = await api.post("/v1/adjustments", json=body, headers=headers)
+    assert (response.status, await response.read()) == (201, first)
+    assert response.headers["Idempotent-Replayed"] == "true"
+    assert await end_offsets(env, keyed) == sent  # nothing sent to the meter
+    await asyncio.sleep(1.5)
+    assert await local(env, tenant) == expected
+
+    # what a retry relying on the meter's dedupe did: the same correction again counts twice now
+    producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        again = Correction(adjustment_id, tenant, "requests", "acme", bucket, "add", -2_500_000, bucket)
+        await send_corrections(producer, keyed[0], [again])
+    finally:
+        await producer.stop()
+    expected[("acme", bucket)] = 5_000_000
+    await eventually(lambda: _equals(local(env, tenant), expected), what="the meter to count it again")
+
+
+def _metric(scraped: str, name: str) -> float:
+    for line in scraped.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
