@@ -92,7 +92,7 @@ async def replay_window(
             say(f"  baseline (bare count + sum over the window): {baseline:.3f} s;"
                 f" ratio baseline/apply {baseline / results['apply']:.2f}")  # fmt: skip
             results["baseline"] = baseline
-            for table in ("events", "replays"):
+            for table in ("events", "replays", "replay_corrections", "replayed_keys"):
                 await conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))
     finally:
         await producer.stop()

@@ -1,4 +1,10 @@
-"""Audited corrections of counters (``adjustments`` with target 'counter')."""
+"""Audited corrections of counters (``adjustments`` with target 'counter').
+
+A row is recorded ('pending') before its correction is sent, marked 'applied' with where the
+correction landed once the broker has it, and given the answer the API returned (``response_status``,
+``response_body``) once done: a retry with the same Idempotency-Key returns that answer and sends
+nothing (see api/adjustments.py).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,29 @@ async def aggregation_of(conn: psycopg.AsyncConnection, tenant: str, metric: str
     return row[0] if row else None
 
 
+async def lock(conn: psycopg.AsyncConnection, adjustment_id: str) -> None:
+    """One request per adjustment id at a time (a session lock: ``unlock`` it)."""
+    await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (_lock_name(adjustment_id),))
+
+
+async def unlock(conn: psycopg.AsyncConnection, adjustment_id: str) -> None:
+    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_lock_name(adjustment_id),))
+
+
+def _lock_name(adjustment_id: str) -> str:
+    return f"stripemeter-adjustment:{adjustment_id}"
+
+
+async def find(conn: psycopg.AsyncConnection, adjustment_id: str) -> dict[str, Any] | None:
+    """The row, with the stored answer's body as the exact JSON text it was sent as."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT *, response_body::text AS response_text FROM adjustments WHERE adjustment_id = %s",
+        (adjustment_id,),
+    )
+    return await cur.fetchone()
+
+
 async def record(
     conn: psycopg.AsyncConnection,
     adjustment_id: str,
@@ -27,12 +56,11 @@ async def record(
     reason: str,
     now: datetime,
 ) -> dict[str, Any]:
-    """Insert, or return the existing row of a retried request (same id)."""
+    """Insert a new adjustment, 'pending' until its correction is sent."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
-        " reason, target, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'counter', %s)"
-        " ON CONFLICT (adjustment_id) DO UPDATE SET adjustment_id = EXCLUDED.adjustment_id RETURNING *",
+        " reason, target, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'counter', %s) RETURNING *",
         (adjustment_id, *key, bucket, ts, delta_micros, reason, now),
     )
     row = await cur.fetchone()
@@ -54,6 +82,14 @@ async def mark_applied(
 async def mark_visible(conn: psycopg.AsyncConnection, adjustment_id: str, now: datetime) -> dict[str, Any]:
     """The counter shows the correction."""
     return await _update(conn, "visible_at = coalesce(visible_at, %s)", (now, adjustment_id))
+
+
+async def store_response(conn: psycopg.AsyncConnection, adjustment_id: str, status: int, body: str) -> None:
+    """The answer given (``body``: its exact JSON text): what a retry with the same key returns."""
+    await conn.execute(
+        "UPDATE adjustments SET response_status = %s, response_body = %s::json WHERE adjustment_id = %s",
+        (status, body, adjustment_id),
+    )
 
 
 async def _update(conn: psycopg.AsyncConnection, assignments: str, params: tuple[Any, ...]) -> dict[str, Any]:

@@ -36,8 +36,11 @@ LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM events
 WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %(end)s
-  AND NOT EXISTS (SELECT 1 FROM replayed_keys r WHERE r.tenant_id = events.tenant_id
-                  AND r.idempotency_key = events.idempotency_key)
+  AND NOT EXISTS (SELECT 1 FROM replayed_keys r
+                  LEFT JOIN replay_corrections c ON c.correction_id = r.correction_id
+                  WHERE r.tenant_id = events.tenant_id AND r.idempotency_key = events.idempotency_key
+                    -- claimed by a correction an apply recorded but did not see sent: still waiting
+                    AND c.status IS DISTINCT FROM 'recorded')
   AND (%(metric)s::text IS NULL OR metric = %(metric)s)
 GROUP BY 1, 2, 3
 """

@@ -1,10 +1,11 @@
-"""Replay in PostgreSQL: the too-late events a window still owes, the counters they change, and the
-stored replay reports."""
+"""Replay in PostgreSQL: the too-late events a window still owes, the counters they change, the
+corrections an apply recorded (with the keys each counts) before sending them, and the stored replay
+reports."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -12,9 +13,12 @@ import psycopg
 from psycopg.rows import dict_row
 
 from stripemeter.db.counters import Applied
+from stripemeter.replay.plan import CounterId, Recorded
+from stripemeter.streams.control import Correction, Sent
 
 # Too-late events of the window not counted yet: one per idempotency key (the first received), and
-# none whose key was counted by the stream or by an earlier replay (a duplicate is never counted).
+# none whose key was counted by the stream or claimed by a replay's correction (a duplicate is never
+# counted; a claimed key is counted by its correction, sent or still to be re-sent).
 PENDING_LATE = """
 SELECT DISTINCT ON (e.idempotency_key)
        e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,
@@ -29,6 +33,17 @@ WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.metric = ANY(%(metri
       SELECT 1 FROM events d
       WHERE d.tenant_id = e.tenant_id AND d.idempotency_key = e.idempotency_key AND d.outcome = 'counted')
 ORDER BY e.idempotency_key, e.source_topic, e.source_partition, e.source_offset, e.source_index
+"""
+
+# Corrections recorded by an apply whose send was not acknowledged (a crash or an error in between):
+# the next apply of a window that holds them sends them again, with the same ids.
+UNCONFIRMED = """
+SELECT correction_id, metric, customer_ref, bucket, kind, micros, ts_ms, events
+FROM replay_corrections
+WHERE tenant_id = %(tenant)s AND status = 'recorded' AND metric = ANY(%(metrics)s)
+  AND bucket >= %(since)s AND bucket < %(until)s
+  AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)
+ORDER BY metric, customer_ref, bucket, correction_id
 """
 
 SCANNED = """
@@ -79,14 +94,58 @@ async def counter_totals(
     return {(m, c, b): int(t) for m, c, b, t in await cur.fetchall()}
 
 
-async def mark_replayed(conn: psycopg.AsyncConnection, replay_id: str, tenant: str, keys: list[str]) -> None:
-    """Record the keys as counted (COPY: a replay of 10,000 events must take well under a second)."""
-    async with (
-        conn.cursor() as cur,
-        cur.copy("COPY replayed_keys (tenant_id, idempotency_key, replay_id) FROM STDIN") as copy,
-    ):
-        for key in keys:
-            await copy.write_row((tenant, key, replay_id))
+async def unconfirmed(conn: psycopg.AsyncConnection, scope: Scope) -> list[tuple[CounterId, Recorded]]:
+    cur = await conn.execute(UNCONFIRMED, asdict(scope))
+    found = []
+    for ident, metric, customer, bucket, kind, micros, ts_ms, events in await cur.fetchall():
+        bucket_ms = int(bucket.timestamp() * 1000)
+        correction = Correction(ident, scope.tenant, metric, customer, bucket_ms, kind, int(micros), ts_ms)
+        found.append(((metric, customer, bucket), Recorded(correction, events)))
+    return found
+
+
+async def record_corrections(
+    conn: psycopg.AsyncConnection, replay_id: str, tenant: str, new: list[tuple[Correction, list[str]]]
+) -> None:
+    """Before anything is sent: each new correction, and its events' keys claimed for it (call in a
+    transaction). COPY: a replay of 10,000 events must take well under a second."""
+    if not new:
+        return
+    columns = (
+        "correction_id, replay_id, tenant_id, metric, customer_ref, bucket, kind, micros, ts_ms, events,"
+        " status"
+    )
+    async with conn.cursor() as cur:
+        async with cur.copy(f"COPY replay_corrections ({columns}) FROM STDIN") as copy:
+            for c, keys in new:
+                bucket = datetime.fromtimestamp(c.bucket_ms / 1000, tz=UTC)
+                await copy.write_row(
+                    (c.id, replay_id, tenant, c.metric, c.customer_ref, bucket, c.kind, c.micros, c.ts_ms,
+                     len(keys), "recorded")
+                )  # fmt: skip
+        copy_keys = "COPY replayed_keys (tenant_id, idempotency_key, replay_id, correction_id) FROM STDIN"
+        async with cur.copy(copy_keys) as copy:
+            for c, keys in new:
+                for key in keys:
+                    await copy.write_row((tenant, key, replay_id, c.id))
+
+
+async def mark_sent(conn: psycopg.AsyncConnection, replay_id: str, sent: list[Sent]) -> None:
+    """The broker acknowledged these corrections: where each landed (no apply sends them again)."""
+    if not sent:
+        return
+    await conn.execute(
+        "UPDATE replay_corrections c SET status = 'sent', sent_by = %s, keyed_partition = s.part,"
+        " keyed_offset = s.off, sent_at = now()"
+        " FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS s(id, part, off)"
+        " WHERE c.correction_id = s.id AND c.status = 'recorded'",
+        (
+            replay_id,
+            [s.correction.id for s in sent],
+            [s.partition for s in sent],
+            [s.offset for s in sent],
+        ),
+    )
 
 
 async def store(

@@ -2,14 +2,18 @@
 
 The ledger is the truth. Every event the stream counted is already in its counter exactly once (the
 fault tests prove it); what a window can still owe are its too-late events. A replay finds them (one
-per idempotency key; none whose key was counted already), groups them per counter and:
+per idempotency key; none whose key was counted already or is claimed by a replay's correction),
+groups them per counter and:
 
 - dry-run: reports before / after / delta per counter and in total, and changes nothing anywhere;
-- apply: sends one correction per counter through the keyed topic (so the meter applies it in order
-  with live events, and publishes the new total to usage.deltas, from where the writer pushes it),
-  then marks the events as counted by this replay. A second apply finds nothing left: delta 0. A
-  retry after a crash between the two steps sends the same corrections again, with the same ids, and
-  the meter applies each once.
+- apply: in one transaction records one correction per counter with the keys of the events it counts
+  (claiming them: no later plan covers them again), then sends the corrections through the keyed
+  topic (so the meter applies them in order with live events, and publishes the new totals to
+  usage.deltas, from where the writer pushes them), then marks them sent. A second apply finds
+  nothing left: delta 0. An apply that fails or crashes after recording leaves corrections recorded
+  but not marked sent: the next apply of a window holding them sends them again first, with the same
+  ids and the same events, whatever arrived since (the meter applies each id once), and plans new
+  corrections only for events no correction claims.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from stripemeter.db import replay as db
 from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import list_rows
 from stripemeter.reconcile import periods
-from stripemeter.replay.plan import Plan, make_plan
+from stripemeter.replay.plan import Plan, bucket_of, make_plan
 from stripemeter.replay.window import Window
 from stripemeter.streams.control import Sent, send_corrections
 from stripemeter.streams.deltas import micros_to_number
@@ -109,15 +113,13 @@ class Replayer:
         w = request.window
         scope = db.Scope(request.tenant_id, request.metrics, request.customer_ref, w.since, w.until)
         scanned = await db.events_scanned(conn, scope)
+        recorded = await db.unconfirmed(conn, scope)
         rows = await db.pending_late(conn, scope)
         keys = sorted(
-            {
-                (r["metric"], r["customer_ref"], r["ts"].replace(minute=0, second=0, microsecond=0))
-                for r in rows
-            }
+            {(r["metric"], r["customer_ref"], bucket_of(r["ts"])) for r in rows} | {c for c, _r in recorded}
         )
         before = await db.counter_totals(conn, request.tenant_id, keys)
-        plan = make_plan(request.tenant_id, rows, aggregations, before)
+        plan = make_plan(request.tenant_id, rows, aggregations, before, recorded)
         anchors = {
             r["customer_ref"]: r["billing_anchor"]
             for r in await list_rows(conn, "customer_mappings", request.tenant_id)
@@ -129,13 +131,16 @@ class Replayer:
         if request.mode == "dry-run":
             await db.store(conn, replay_id, scope, request.mode, "planned", report)
             return report
-        await db.store(conn, replay_id, scope, request.mode, "applying", report)
+        # the events each correction counts are fixed and stored before anything is sent
+        async with conn.transaction():
+            await db.store(conn, replay_id, scope, request.mode, "applying", report)
+            await db.record_corrections(conn, replay_id, request.tenant_id, plan.new)
         try:
             sent = await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
             targets = [shown_when_applied(s) for s in sent]
             report = {**report, "applied": True, "visible": not targets}
             async with conn.transaction():
-                await db.mark_replayed(conn, replay_id, request.tenant_id, plan.keys)
+                await db.mark_sent(conn, replay_id, sent)
                 await db.store(conn, replay_id, scope, request.mode, "applied", report, targets)
         except Exception as exc:
             await db.fail(conn, replay_id, f"{type(exc).__name__}: {exc}")
@@ -238,6 +243,7 @@ def build_report(
                 "delta": micros_to_number(c.delta_micros),
                 "events": c.events,
                 "period": period,
+                **({"resent": c.resent} if c.resent else {}),
             }
             for c, period in zip(plan.changes, period_names, strict=True)
         ],

@@ -6,14 +6,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+import pytest
 from aiohttp.test_utils import TestClient
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import KafkaConnectionError
+from stripemeter.streams.control import Correction, send_corrections
+from stripemeter.streams.partitioning import keyed_routing_key, partition_for
 
 from stripemeter.config import Settings
+from stripemeter.db.reconciliation import late_events
+from stripemeter.replay.runner import ReplayRequest, build_replayer
+from stripemeter.replay.window import Window, parse_window
 from stripemeter.topics import TopicNames
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
 
@@ -173,6 +180,119 @@ async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_
     assert (await replay(api, tenant, "apply"))["totals"]["delta"] == 0
 
 
+class FailingAfter:
+    """A producer that sends ``sends`` messages and then fails: a broker gone in the middle of an apply."""
+
+    def __init__(self, producer: AIOKafkaProducer, sends: int):
+        self.producer = producer
+        self.sends = sends
+        self.partitions: list[int] = []  # of the messages sent
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return await self.producer.partitions_for(topic)
+
+    async def send(self, topic: str, value: bytes, partition: int) -> Any:
+        if len(self.partitions) >= self.sends:
+            raise KafkaConnectionError("injected: the broker went away")
+        self.partitions.append(partition)
+        return await self.producer.send(topic, value, partition=partition)
+
+
+def spread_tenant(prefix: str, partitions: int) -> str:
+    """A tenant whose customers c0, c1, c2 are in more than one keyed partition."""
+    while True:
+        tenant = f"{prefix}-{uuid.uuid4().hex[:6]}"
+        if len({partition_for(keyed_routing_key(tenant, f"c{i}"), partitions) for i in range(3)}) > 1:
+            return tenant
+
+
+async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts_each_event_once(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    """An apply sends the corrections of one keyed partition, then fails before the other. A new
+    too-late event then arrives for a counter whose correction was sent. The retry re-sends what the
+    failed apply recorded (same ids, same events: the meter applies each once) and counts the new
+    event with a correction of its own: every event once."""
+    tenant = spread_tenant("rf", env.partitions)
+    start_worker("w1").wait_ready()
+    fresh, late = scenario(tenant)
+    await produce(env, [fresh])
+    await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
+    await produce(env, [late])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
+    window = parse_window("-P4D", "now", now_ms(), env.replay_max_window_seconds)
+    request = ReplayRequest(tenant, ["requests"], None, window, "apply")
+    waiting = await waiting_late(env, tenant, window)  # ledger rows: the 40 keys, 5 of them twice
+    assert waiting == 45
+    producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    failing = FailingAfter(producer, 1)
+    try:
+        async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+            with pytest.raises(KafkaConnectionError):
+                await build_replayer(env, failing).run(conn, request)  # type: ignore[arg-type]
+        await producer.flush()  # what was sent before the failure reaches the meter
+    finally:
+        await producer.stop()
+    assert len(failing.partitions) == 1
+    assert await replayed_rows(env, tenant) == 40  # claimed by the recorded corrections
+    counters = len({(e["customerRef"], _ms(e["ts"]) // HOUR_MS) for e in late[:40]})
+    assert await correction_states(env, tenant) == {"recorded": counters}
+    assert await waiting_late(env, tenant, window) == waiting  # the reconciler still names them as owed
+    # the meter applied the corrections that were sent: those customers' too-late events count now
+    in_sent = {c for c in ("c0", "c1", "c2") if partition_of(env, tenant, c) == failing.partitions[0]}
+    full, only_fresh = oracle(fresh + late), oracle(fresh)
+    partly = Counter({k: (full if k[0] in in_sent else only_fresh)[k] for k in full})
+    await eventually(lambda: _equals(local(env, tenant), partly), what="the sent corrections applied")
+
+    # a new too-late event for a counter whose correction was sent
+    customer = sorted(in_sent)[0]
+    hour_of = next(e for e in late if e["customerRef"] == customer)["ts"]
+    new = ev(tenant, customer, _ms(hour_of), 7, "late-after-failure")
+    await produce(env, [[new]])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 46), what="the new too-late event")
+
+    dry = await replay(api, tenant, "dry-run")  # what the retry will do, changing nothing
+    assert dry["eventsReplayed"] == 41 and sum(c.get("resent", 0) for c in dry["counters"]) == 40
+    assert await replayed_rows(env, tenant) == 40
+
+    retried = await replay(api, tenant, "apply")
+    assert retried["applied"] is True and retried["visible"] is True
+    assert retried["eventsReplayed"] == 41 and sum(c.get("resent", 0) for c in retried["counters"]) == 40
+    expected = oracle(fresh + late + [new])
+    assert await local(env, tenant) == expected
+    assert await replayed_rows(env, tenant) == 41
+    assert await correction_states(env, tenant) == {"sent": counters + 1}
+    assert await waiting_late(env, tenant, window) == 0
+    again = await replay(api, tenant, "apply")
+    assert again["eventsReplayed"] == 0 and again["counters"] == []
+    await asyncio.sleep(1.5)
+    assert await local(env, tenant) == expected
+
+
+def partition_of(env: Settings, tenant: str, customer: str) -> int:
+    return partition_for(keyed_routing_key(tenant, customer), env.partitions)
+
+
+def _ms(iso: str) -> int:
+    return int(datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp() * 1000)
+
+
+async def waiting_late(env: Settings, tenant: str, window: Window) -> int:
+    """Too-late events the reconciler reports as waiting for a replay."""
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        rows = await late_events(conn, tenant, None, window.since, window.until)
+        return sum(int(r["n"]) for r in rows)
+
+
+async def correction_states(env: Settings, tenant: str) -> dict[str, int]:
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT status, count(*) FROM replay_corrections WHERE tenant_id = %s GROUP BY status", (tenant,)
+        )
+        return {status: int(n) for status, n in await cur.fetchall()}
+
+
 async def test_adjustments_are_counted_once_and_listed(env: Settings, start_worker, api: TestClient) -> None:
     tenant = f"ad-{uuid.uuid4().hex[:6]}"
     start_worker("w1").wait_ready()
@@ -191,19 +311,130 @@ async def test_adjustments_are_counted_once_and_listed(env: Settings, start_work
         "delta": -2.5,
         "reason": "refund",
     }
-    for _ in range(2):  # a retried request with the same Idempotency-Key counts once
-        response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
-        assert response.status == 201
-        created = await response.json()
-        # read your writes: answered once the counter shows it
-        assert created["visible"] is True
-        assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
+    keyed = [TopicNames(env.topic_prefix, env.app_id).keyed]
+    response = await api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": "refund-1"})
+    assert response.status == 201 and "Idempotent-Replayed" not in response.headers
+    first = await response.read()
+    created = await response.json()
+    # read your writes: answered once the counter shows it
+    assert created["visible"] is True
+    assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
+    sent = await end_offsets(env, keyed)
+    # a retry with the same key and the same request (ts at another offset, delta written otherwise):
+    # the stored answer, byte for byte, and nothing sent to the meter
+    local_ts = datetime.fromtimestamp(now / 1000, tz=UTC).astimezone(timezone(timedelta(hours=-5)))
+    for again in (body, {**body, "ts": local_ts.isoformat(), "delta": -2.500000}):
+        response = await api.post("/v1/adjustments", json=again, headers={"Idempotency-Key": "refund-1"})
+        assert response.status == 201 and response.headers["Idempotent-Replayed"] == "true"
+        assert await response.read() == first
+    assert await end_offsets(env, keyed) == sent
     assert (created["delta"], created["status"], created["target"]) == (-2.5, "applied", "counter")
     assert created["period"]["state"] == "open" and created["warnings"] == []
+    # the same key with another request: 409 naming the key, and nothing changes
+    for change in (
+        {"delta": -3},
+        {"customerRef": "other"},
+        {"reason": "goodwill"},
+        {"ts": ts[:-6] + "+01:00"},
+    ):
+        response = await api.post(
+            "/v1/adjustments", json={**body, **change}, headers={"Idempotency-Key": "refund-1"}
+        )
+        assert response.status == 409, (change, await response.text())
+        error = (await response.json())["error"]
+        assert (error["code"], error["field"]) == ("idempotency_conflict", "Idempotency-Key")
+        assert '"refund-1"' in error["message"] and next(iter(change)) in error["message"]
+    await asyncio.sleep(1)
+    assert await end_offsets(env, keyed) == sent
+    assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
     listed = await (await api.get(f"/v1/adjustments?tenantId={tenant}")).json()
     assert [a["adjustmentId"] for a in listed["adjustments"]] == [created["adjustmentId"]]
+    # the key is the tenant's: another tenant's same key is its own adjustment
+    other = await api.post(
+        "/v1/adjustments", json={**body, "tenantId": f"{tenant}-b"}, headers={"Idempotency-Key": "refund-1"}
+    )
+    assert other.status in (201, 202) and (await other.json())["adjustmentId"] != created["adjustmentId"]
+    # without a key, every request is a new adjustment
+    for _ in range(2):
+        response = await api.post("/v1/adjustments", json={**body, "delta": 1})
+        assert response.status == 201
+    assert await local(env, tenant) == Counter({("acme", bucket): 9_500_000})
     bad = await api.post("/v1/adjustments", json={**body, "delta": 0})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "delta"
+
+
+async def test_an_adjustment_retried_after_the_meter_forgot_it_still_applies_once(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    """The meter's dedupe entry for a correction expires after the lateness window (48 h) plus an hour.
+    A worker living 3 days later sees the stream's watermark move on and expires it for real; a retry
+    of the adjustment then still applies once: the stored answer, nothing sent. The same correction sent
+    again straight to the meter (what a retry that relied on its dedupe did) counts twice."""
+    tenant = f"ax-{uuid.uuid4().hex[:6]}"
+    worker = start_worker("w1", slot="main")
+    worker.wait_ready()
+    now = now_ms()
+    bucket = now - now % HOUR_MS
+    await produce(env, [[ev(tenant, "acme", now, 10, "a1")]])
+    await eventually(
+        lambda: _equals(local(env, tenant), Counter({("acme", bucket): 10_000_000})), what="usage"
+    )
+    body = {
+        "tenantId": tenant,
+        "metric": "requests",
+        "customerRef": "acme",
+        "ts": datetime.fromtimestamp(now / 1000, tz=UTC).isoformat(),
+        "delta": -2.5,
+        "reason": "refund",
+    }
+    headers = {"Idempotency-Key": "refund-late"}
+    response = await api.post("/v1/adjustments", json=body, headers=headers)
+    assert response.status == 201
+    first = await response.read()
+    adjustment_id = (await response.json())["adjustmentId"]
+    expected = Counter({("acme", bucket): 7_500_000})
+    assert await local(env, tenant) == expected
+
+    # three days on: new usage moves the stream's watermark, and the sweep expires the old entries
+    worker.stop()
+    later = start_worker("w1", slot="main", clock_offset_seconds=72 * 3600)
+    later.wait_ready()
+    then = now + 72 * HOUR_MS
+    await produce(env, [[ev(tenant, "acme", then, 1, "a2")]])
+    expected[("acme", then - then % HOUR_MS)] = 1_000_000
+    await eventually(lambda: _equals(local(env, tenant), expected), what="usage three days later")
+
+    async def expired() -> bool:  # the entries of a1 and of the correction (a2's is too recent)
+        return _metric(later.scrape(), "stripemeter_dedupe_expired_total") >= 2
+
+    await eventually(expired, what="the dedupe sweep to expire the correction's entry")
+
+    keyed = [TopicNames(env.topic_prefix, env.app_id).keyed]
+    sent = await end_offsets(env, keyed)
+    response = await api.post("/v1/adjustments", json=body, headers=headers)
+    assert (response.status, await response.read()) == (201, first)
+    assert response.headers["Idempotent-Replayed"] == "true"
+    assert await end_offsets(env, keyed) == sent  # nothing sent to the meter
+    await asyncio.sleep(1.5)
+    assert await local(env, tenant) == expected
+
+    # what a retry relying on the meter's dedupe did: the same correction again counts twice now
+    producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        again = Correction(adjustment_id, tenant, "requests", "acme", bucket, "add", -2_500_000, bucket)
+        await send_corrections(producer, keyed[0], [again])
+    finally:
+        await producer.stop()
+    expected[("acme", bucket)] = 5_000_000
+    await eventually(lambda: _equals(local(env, tenant), expected), what="the meter to count it again")
+
+
+def _metric(scraped: str, name: str) -> float:
+    for line in scraped.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
 
 
 async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
