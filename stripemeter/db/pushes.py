@@ -501,6 +501,12 @@ async def drop_request(
     simply due again. Idempotent: a report delivered twice changes nothing the second time."""
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
+        # the counter's row first, then the request's: the order every other change takes them in
+        await cur.execute(
+            "SELECT 1 FROM stripe_pushes p JOIN stripe_push_requests r"
+            " USING (tenant_id, metric, customer_ref, bucket) WHERE r.identifier = %s FOR UPDATE OF p",
+            (identifier,),
+        )
         await cur.execute(
             "SELECT tenant_id, metric, customer_ref, bucket, request, status FROM stripe_push_requests"
             " WHERE identifier = %s FOR UPDATE",

@@ -63,6 +63,13 @@ from stripemeter.stripe_push.plan import (
 
 log = logging.getLogger(__name__)
 
+# PostgreSQL gave up on a statement because of a concurrent one: nothing changed, so try again later
+CONTENDED = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+
 
 class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     """The usage.deltas partitions this writer holds, each with the epoch of its lease."""
@@ -205,7 +212,10 @@ class StripeWriter:
         for stream in await pushes.due(conn, self.app_id, sorted(self.ownership.epochs), self.clock.utc()):
             if self._stopping.is_set():
                 break
-            delivered += await self._push_stream(conn, stream)
+            try:
+                delivered += await self._push_stream(conn, stream)
+            except CONTENDED as exc:  # another writer or the webhook held the rows: next round
+                log.info("stripe writer: %s; the stream waits for the next round", type(exc).__name__)
         metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
         return delivered
 
