@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Iterator
-from typing import Any
 
-_ABSENT = object()
+from stripemeter.streams.undo import UndoLog
 
 
 class MemoryState:
     def __init__(self) -> None:
         self.data: dict[int, dict[bytes, bytes]] = defaultdict(dict)
-        self._undo: dict[tuple[int, bytes], Any] | None = None
+        self._undo = UndoLog()
 
     def get(self, partition: int, key: bytes) -> bytes | None:
         return self.data[partition].get(key)
@@ -24,26 +23,20 @@ class MemoryState:
 
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         store = self.data[partition]
-        if self._undo is not None and (partition, key) not in self._undo:
-            self._undo[partition, key] = store.get(key, _ABSENT)
+        self._undo.note(partition, key, store)
         if value is None:
             store.pop(key, None)
         else:
             store[key] = value
 
     def savepoint(self) -> None:
-        self._undo = {}
+        self._undo.start()
 
     def release(self) -> None:
-        self._undo = None
+        self._undo.release()
 
     def rollback(self) -> None:
-        for (partition, key), before in (self._undo or {}).items():
-            if before is _ABSENT:
-                self.data[partition].pop(key, None)
-            else:
-                self.data[partition][key] = before
-        self._undo = None
+        self._undo.undo(self.data)
 
     def items(self, partition: int, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
         """Key order, from ``from_key`` on, over a snapshot (as RocksDB iterates)."""

@@ -24,11 +24,11 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 from rocksdict import ReadOptions, WriteBatch
+from stripemeter.streams.undo import UndoLog
 
 log = logging.getLogger(__name__)
 
 CLEAN_MARKER = "clean-shutdown"
-_ABSENT = object()  # a key not staged before a savepoint
 _SCAN = ReadOptions()
 _SCAN.fill_cache(False)
 
@@ -50,7 +50,7 @@ class ChangelogState:
         self._remember = remember
         self._recent: dict[int, dict[bytes, bytes | None]] = defaultdict(dict)
         self._recent_count = 0
-        self._undo: dict[tuple[int, bytes], Any] | None = None  # staged values before the savepoint
+        self._undo = UndoLog()  # staged values before the savepoint
 
     @property
     def name(self) -> str:
@@ -110,26 +110,20 @@ class ChangelogState:
     def put(self, partition: int, key: bytes, value: bytes | None) -> None:
         """Stage a write (None deletes); ``take_staged`` applies it locally and hands it on."""
         staged = self._staged[partition]
-        if self._undo is not None and (partition, key) not in self._undo:
-            self._undo[partition, key] = staged.get(key, _ABSENT)
+        self._undo.note(partition, key, staged)
         staged[key] = value
 
     def savepoint(self) -> None:
         """Start remembering what the following writes replace, so ``rollback`` can undo them."""
-        self._undo = {}
+        self._undo.start()
 
     def release(self) -> None:
         """Keep the writes since the savepoint."""
-        self._undo = None
+        self._undo.release()
 
     def rollback(self) -> None:
         """Undo every write staged since the savepoint (a message whose handling failed)."""
-        for (partition, key), before in (self._undo or {}).items():
-            if before is _ABSENT:
-                self._staged[partition].pop(key, None)
-            else:
-                self._staged[partition][key] = before
-        self._undo = None
+        self._undo.undo(self._staged)
 
     def items(self, partition: int, from_key: bytes | None = None) -> Any:
         """The partition's entries in key order, from ``from_key`` (or the first key) on.

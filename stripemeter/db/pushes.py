@@ -293,22 +293,8 @@ async def refuse_pending(
 ) -> bool:
     """Stripe refused the pending request (it did not land): park the counter and forget the request,
     so that once the cause is fixed a new request is planned from the fixed mapping."""
-    return await _changed(
-        conn,
-        f"""
-        WITH parked AS (
-            UPDATE stripe_pushes SET status = 'parked', reason = %(reason)s, pending_request = NULL,
-                   pending_since = NULL, pending_attempt = 0, version = version + 1, updated_at = %(now)s
-            WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
-            RETURNING 1
-        ), logged AS (
-            UPDATE stripe_push_requests SET status = 'refused', reason = %(reason)s, updated_at = %(now)s
-            WHERE identifier = %(identifier)s AND EXISTS (SELECT 1 FROM parked)
-            RETURNING 1
-        )
-        SELECT count(*) FROM parked
-        """,
-        _params(row.key, fence, now, reason=reason[:1000], identifier=identifier),
+    return await _drop_pending(
+        conn, row, identifier, reason, fence, now, "status = 'parked', reason = %(reason)s"
     )
 
 
@@ -316,21 +302,36 @@ async def forget_pending(
     conn: psycopg.AsyncConnection, row: Row, identifier: str, reason: str, fence: Fence, now: datetime
 ) -> bool:
     """Stripe's summaries show the pending request never landed: plan a new one (new identifier)."""
+    return await _drop_pending(
+        conn, row, identifier, reason, fence, now, "status = 'waiting', attempts = 0, reason = NULL"
+    )
+
+
+async def _drop_pending(
+    conn: psycopg.AsyncConnection,
+    row: Row,
+    identifier: str,
+    reason: str,
+    fence: Fence,
+    now: datetime,
+    row_change: str,
+) -> bool:
+    """Forget the row's pending request ``identifier`` (it did not land), apply ``row_change`` to the
+    row, and record the request as refused with ``reason``; nothing changes unless the fence holds."""
     return await _changed(
         conn,
         f"""
-        WITH forgotten AS (
-            UPDATE stripe_pushes SET status = 'waiting', pending_request = NULL, pending_since = NULL,
-                   pending_attempt = 0, attempts = 0, reason = NULL, version = version + 1,
-                   updated_at = %(now)s
+        WITH dropped AS (
+            UPDATE stripe_pushes SET {row_change}, pending_request = NULL, pending_since = NULL,
+                   pending_attempt = 0, version = version + 1, updated_at = %(now)s
             WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
             RETURNING 1
         ), logged AS (
             UPDATE stripe_push_requests SET status = 'refused', reason = %(reason)s, updated_at = %(now)s
-            WHERE identifier = %(identifier)s AND EXISTS (SELECT 1 FROM forgotten)
+            WHERE identifier = %(identifier)s AND EXISTS (SELECT 1 FROM dropped)
             RETURNING 1
         )
-        SELECT count(*) FROM forgotten
+        SELECT count(*) FROM dropped
         """,
         _params(row.key, fence, now, reason=reason[:1000], identifier=identifier),
     )
