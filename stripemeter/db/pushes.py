@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -71,7 +71,8 @@ WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
 
 # The streams of the given partitions that have something to do, each with all its hours of the
 # period: targets carry fractions from hour to hour (plan.targets), so one changed hour can move later
-# ones. A counter whose last attempt failed waits 0.25 s * 2^attempts (at most 30 s, with jitter).
+# ones. A counter whose last attempt failed waits 0.25 s * 2^attempts (at most 30 s, with jitter; the
+# writer skips such an hour of a stream picked for another hour: plan.retry_wait).
 DUE = """
 WITH due AS (
     SELECT DISTINCT tenant_id, metric, customer_ref, period_start
@@ -86,7 +87,7 @@ WITH due AS (
 )
 SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.pushed_units, p.status,
        p.version, p.delta_partition, p.pending_request, extract(epoch FROM p.pending_since) AS pending_since,
-       p.pending_attempt, p.attempts, p.period_start,
+       p.pending_attempt, p.attempts, p.period_start, extract(epoch FROM p.updated_at) AS updated_at,
        m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id
 FROM stripe_pushes p
 JOIN due USING (tenant_id, metric, customer_ref, period_start)
@@ -196,6 +197,7 @@ async def due(
                 pending_since=float(r["pending_since"]) if r["pending_since"] is not None else None,
                 pending_attempt=int(r["pending_attempt"]),
                 attempts=int(r["attempts"]),
+                updated_at=float(r["updated_at"]),
             )
         )
     return list(grouped.values())
@@ -236,10 +238,17 @@ async def record_pending(
 MARK_DELIVERED = f"""
 WITH delivered AS (
     UPDATE stripe_pushes
-    SET pushed_units = %(to_units)s, pending_request = NULL, pending_since = NULL, pending_attempt = 0,
-        attempts = 0, reason = NULL, version = version + 1, updated_at = %(now)s,
-        -- synced only if nothing changed since the decision (a new delta made it waiting again)
-        status = CASE WHEN version = %(version)s THEN %(status)s ELSE 'waiting' END
+    -- a sum or count request adds its value to what the hour holds now: a report that an earlier
+    -- request was dropped may have lowered it since this one was recorded; a last request replaces it
+    SET pushed_units = CASE WHEN %(added)s::bigint IS NULL THEN %(to_units)s
+                            ELSE pushed_units + %(added)s::bigint END,
+        pending_request = NULL, pending_since = NULL, pending_attempt = 0,
+        attempts = 0, version = version + 1, updated_at = %(now)s,
+        -- a counter parked meanwhile (a drop report) stays parked with its reason; otherwise synced
+        -- only if nothing changed since the decision (a new delta made it waiting again)
+        reason = CASE WHEN status = 'parked' THEN reason END,
+        status = CASE WHEN status = 'parked' THEN 'parked'
+                      WHEN version = %(version)s THEN %(status)s ELSE 'waiting' END
     WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
     RETURNING 1
 ), logged AS (
@@ -260,11 +269,13 @@ async def mark_delivered(
     recorded_version: int,
     fence: Fence,
     now: datetime,
+    added: int | None = None,
 ) -> bool:
-    """Stripe has the pending request: the hour holds ``to_units``."""
+    """Stripe has the pending request: the hour holds ``to_units`` (a ``last`` request), or for a sum
+    or count request, what it held plus ``added``, the request's value."""
     params = _params(
         row.key, fence, now, to_units=to_units, version=recorded_version, identifier=request_identifier,
-        status="synced" if synced else "waiting",
+        status="synced" if synced else "waiting", added=added,
     )  # fmt: skip
     return await _changed(conn, MARK_DELIVERED, params)
 
@@ -574,7 +585,3 @@ async def _mapping_changed_since(cur: psycopg.AsyncCursor[Any], key: Key, reques
         return False  # no mapping now: nothing was fixed
     sent_to = (request.get("payload") or {}).values()
     return event_name != request.get("event_name") or customer not in sent_to
-
-
-def utc(seconds: float) -> datetime:
-    return datetime.fromtimestamp(seconds, tz=UTC)

@@ -4,6 +4,7 @@ not found is looked for again after a few seconds (a meter created meanwhile).""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -11,6 +12,8 @@ from typing import Any
 import stripe
 
 from stripemeter.stripe_push.plan import Meter
+
+log = logging.getLogger(__name__)
 
 PAGE = 100
 TTL_SECONDS = 60.0
@@ -53,7 +56,14 @@ class MeterCatalog:
     async def get(self, event_name: str) -> Meter | None:
         age = self.monotonic() - self._read_at
         if age > TTL_SECONDS or (event_name not in self._meters and age > MISSING_RECHECK_SECONDS):
-            await self.refresh()
+            try:
+                await self.refresh()
+            except stripe.StripeError as exc:
+                if event_name not in self._meters:
+                    raise
+                # Stripe is failing: the meter as last read still says how to send; read again soon
+                self._read_at = self.monotonic() - TTL_SECONDS + MISSING_RECHECK_SECONDS
+                log.warning("reading Stripe's meters failed (%s); using them as read before", exc)
         return self._meters.get(event_name)
 
     def all(self) -> dict[str, Meter]:

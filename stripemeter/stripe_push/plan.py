@@ -33,6 +33,8 @@ MAX_AGE_S = 35 * 24 * HOUR_S - 2 * HOUR_S
 # Stripe keeps identifiers and idempotency keys at least 24 h: a pending request older than this is
 # not resent blindly (see writer.py: whether it landed is read from Stripe's summaries)
 IDENTIFIER_WINDOW_S = 23 * HOUR_S
+# how long Stripe's summaries may take to show a meter event that landed
+SUMMARY_LAG_S = 600
 
 Key = tuple[str, str, str, datetime]  # tenant, metric, customer, hour bucket
 
@@ -97,6 +99,12 @@ class Row:
     pending_since: float | None  # unix seconds the pending request was first sent
     pending_attempt: int
     attempts: int
+    updated_at: float = 0.0  # unix seconds of the row's last change
+
+    def retry_wait(self, now_s: float) -> bool:
+        """Whether the hour's last failed attempt is too recent to try again (0.25 s doubling to 30 s;
+        the lower edge of the jitter db/pushes.DUE picks streams with)."""
+        return self.attempts > 0 and now_s < self.updated_at + min(0.25 * 2**self.attempts, 30.0) * 0.5
 
     @property
     def bucket_s(self) -> int:

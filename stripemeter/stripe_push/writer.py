@@ -51,6 +51,7 @@ from stripemeter.stripe_push.client import SendResult, send
 from stripemeter.stripe_push.meters import MeterCatalog
 from stripemeter.stripe_push.plan import (
     IDENTIFIER_WINDOW_S,
+    SUMMARY_LAG_S,
     Meter,
     Request,
     Row,
@@ -80,6 +81,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
         self.owner = owner
         self.clock = clock
         self.epochs: dict[int, int] = {}
+        self.unclaimed: set[int] = set()  # assigned, lease not claimed yet (PostgreSQL failed): retried
 
     def fence(self, partition: int) -> Fence | None:
         epoch = self.epochs.get(partition)
@@ -88,19 +90,36 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
             self.epochs.pop(tp.partition, None)
+            self.unclaimed.discard(tp.partition)
         if revoked:
             log.info(
                 "stripe writer %s gave up partitions %s", self.owner, sorted(tp.partition for tp in revoked)
             )
 
     async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
-        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
-            for tp in assigned:
-                self.epochs[tp.partition] = await pushes.claim(
-                    conn, self.app_id, tp.partition, self.owner, self.clock.utc()
-                )
-        if assigned:
-            held = {p: self.epochs[p] for p in sorted(tp.partition for tp in assigned)}
+        self.unclaimed |= {tp.partition for tp in assigned}
+        await self.claim()
+
+    async def claim(self) -> None:
+        """Claim the leases of the partitions assigned but not claimed yet. The consumer swallows what a
+        rebalance callback raises, so a failure here is logged and the writer's next round tries again;
+        until then the partition's counters are recorded but not pushed."""
+        if not self.unclaimed:
+            return
+        held = {}
+        try:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                for partition in sorted(self.unclaimed):
+                    epoch = await pushes.claim(conn, self.app_id, partition, self.owner, self.clock.utc())
+                    if partition in self.unclaimed:  # not revoked while claiming
+                        self.unclaimed.discard(partition)
+                        self.epochs[partition] = held[partition] = epoch
+        except psycopg.Error as exc:
+            log.error(
+                "stripe writer %s could not claim partitions %s (%s); trying again next round",
+                self.owner, sorted(self.unclaimed), exc,
+            )  # fmt: skip
+        if held:
             log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
 
 
@@ -163,12 +182,25 @@ class StripeWriter:
             await consumer.stop()
 
     async def _record(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
-        deltas = [(decode_delta(m.value), m.partition) for m in messages]
+        deltas = []
+        for m in messages:
+            try:
+                deltas.append((decode_delta(m.value), m.partition))
+            except ValueError as exc:
+                self._unusable(m, exc)
         anchors = await pushes.anchors(conn, ((d.tenant_id, d.customer_ref) for d, _ in deltas))
         latest = []
         for d, partition in deltas:
             bucket = datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC)
-            start = periods.holding(bucket, anchors[d.tenant_id, d.customer_ref]).start
+            try:
+                start = periods.holding(bucket, anchors[d.tenant_id, d.customer_ref]).start
+            except (ValueError, OverflowError) as exc:  # a bucket no billing period can hold
+                log.error(
+                    "stripe writer: skipped the delta of %s/%s/%s @%s: %s",
+                    d.tenant_id, d.metric, d.customer_ref, bucket, exc,
+                )  # fmt: skip
+                metrics.POISON_MESSAGES.labels("writer").inc()
+                continue
             latest.append(
                 Latest(
                     d.tenant_id,
@@ -183,6 +215,16 @@ class StripeWriter:
                 )
             )
         await pushes.record_latest(conn, latest, self.clock.utc())
+
+    @staticmethod
+    def _unusable(message: Any, exc: Exception) -> None:
+        """A delta record the writer cannot read stops nothing: it is logged and counted, and the
+        partition moves on (reconciliation shows the counter if Stripe misses it)."""
+        log.error(
+            "stripe writer: skipped unreadable record %s[%d]@%d (%s): %.200r",
+            message.topic, message.partition, message.offset, exc, message.value,
+        )  # fmt: skip
+        metrics.POISON_MESSAGES.labels("writer").inc()
 
     async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         """Rows from before partitions and periods were recorded get them (see migration 0010)."""
@@ -208,6 +250,7 @@ class StripeWriter:
 
     async def push_due(self, conn: psycopg.AsyncConnection) -> int:
         """One round over the due streams of the partitions held; returns how many pushes landed."""
+        await self.ownership.claim()
         delivered = 0
         for stream in await pushes.due(conn, self.app_id, sorted(self.ownership.epochs), self.clock.utc()):
             if self._stopping.is_set():
@@ -216,6 +259,11 @@ class StripeWriter:
                 delivered += await self._push_stream(conn, stream)
             except CONTENDED as exc:  # another writer or the webhook held the rows: next round
                 log.info("stripe writer: %s; the stream waits for the next round", type(exc).__name__)
+            except stripe.StripeError as exc:  # a read (meters, summaries) failed after its retries
+                log.warning(
+                    "stripe writer: reading Stripe for %s/%s/%s failed (%s: %s); the stream waits for the"
+                    " next round", *stream.rows[0].key[:3], type(exc).__name__, exc,
+                )  # fmt: skip
         metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
         return delivered
 
@@ -228,11 +276,11 @@ class StripeWriter:
             fence = self.ownership.fence(row.delta_partition)
             if fence is None or self._stopping.is_set():
                 return delivered  # the partition went to another writer meanwhile
-            if row.status == "parked":
-                continue
             now = self.clock.utc()
+            if row.status == "parked" or row.retry_wait(now.timestamp()):
+                continue
             if row.pending_raw is not None:
-                delivered += await self._resend(conn, row, target, meter, fence, now)
+                delivered += await self._resend(conn, row, target, stream, meter, fence, now)
             elif target == row.pushed_units:
                 if row.status != "synced":
                     await pushes.mark_synced(conn, row, fence, now)
@@ -248,7 +296,9 @@ class StripeWriter:
                 request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
                 if await pushes.record_pending(conn, row, request, fence, now):
                     recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
-                    delivered += await self._send(conn, recorded, request, 0, target, fence)
+                    delivered += await self._send(
+                        conn, recorded, request, 0, target, stream.aggregation, fence
+                    )
         return delivered
 
     async def _resend(
@@ -256,16 +306,19 @@ class StripeWriter:
         conn: psycopg.AsyncConnection,
         row: Row,
         target: int,
+        stream: Stream,
         meter: Meter | None,
         fence: Fence,
         now: datetime,
     ) -> int:
         request = row.pending
         since = row.pending_since or 0.0
+        if request is None and now.timestamp() - row.updated_at < SUMMARY_LAG_S:
+            return 0  # recorded by a writer before 0010, moments ago: Stripe's summary may not show it yet
         if request is None or now.timestamp() - since > IDENTIFIER_WINDOW_S:
-            await self._settle_old_pending(conn, row, meter, fence)
+            await self._settle_old_pending(conn, row, stream, meter, fence)
             return 0
-        return await self._send(conn, row, request, row.pending_attempt, target, fence)
+        return await self._send(conn, row, request, row.pending_attempt, target, stream.aggregation, fence)
 
     async def _send(
         self,
@@ -274,6 +327,7 @@ class StripeWriter:
         request: Request,
         attempt: int,
         target: int,
+        aggregation: str,
         fence: Fence,
     ) -> int:
         await self.budget.acquire()
@@ -285,8 +339,9 @@ class StripeWriter:
         if result.outcome == "delivered":
             self.budget.recovered()
             synced = request.to_units == target
+            added = None if aggregation == "last" else request.value
             await pushes.mark_delivered(
-                conn, row, request.identifier, request.to_units, synced, row.version, fence, now
+                conn, row, request.identifier, request.to_units, synced, row.version, fence, now, added
             )
             return 1
         await self._failed(conn, row, request, result, fence, now)
@@ -325,7 +380,7 @@ class StripeWriter:
         await pushes.park(conn, row, reason, fence, self.clock.utc())
 
     async def _settle_old_pending(
-        self, conn: psycopg.AsyncConnection, row: Row, meter: Meter | None, fence: Fence
+        self, conn: psycopg.AsyncConnection, row: Row, stream: Stream, meter: Meter | None, fence: Fence
     ) -> None:
         """A request pending longer than Stripe keeps identifiers: did it land? Stripe's summary of the
         hour holds what was delivered to it (pushes and reconciliation's corrections), plus the
@@ -338,7 +393,7 @@ class StripeWriter:
                 conn, row, f"pending {identifier} is older than 24 h and its meter is unknown", fence
             )
             return
-        customer = await self._stripe_customer(conn, row)
+        customer = stream.stripe_customer
         if customer is None:
             await self._park(
                 conn, row, f"pending {identifier} is older than 24 h; no customer mapping", fence
@@ -358,7 +413,10 @@ class StripeWriter:
         now = self.clock.utc()
         if holds == landed:
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
-            await pushes.mark_delivered(conn, row, identifier, to_units, False, row.version, fence, now)
+            added = None if last else to_units - row.pushed_units
+            await pushes.mark_delivered(
+                conn, row, identifier, to_units, False, row.version, fence, now, added
+            )
         elif holds == without:
             log.info(
                 "pending %s older than 24 h never landed (Stripe holds %d): planning anew", identifier, holds
@@ -371,11 +429,3 @@ class StripeWriter:
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
                 f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
-
-    async def _stripe_customer(self, conn: psycopg.AsyncConnection, row: Row) -> str | None:
-        cur = await conn.execute(
-            "SELECT stripe_customer_id FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s",
-            (row.key[0], row.key[2]),
-        )
-        found = await cur.fetchone()
-        return found[0] if found else None

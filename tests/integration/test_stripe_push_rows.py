@@ -175,3 +175,58 @@ async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_d
     assert dropped is not None and dropped.mapping_fixed
     after = await due_row(conn, tenant)
     assert (after.status, after.pushed_units) == ("waiting", 0)  # pushed again, to the right customer
+
+
+async def test_a_push_landing_after_an_earlier_one_was_reported_dropped_adds_only_itself(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    row = await due_row(conn, tenant)
+    first = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, first, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.mark_delivered(
+        conn, pending, first.identifier, 5, True, pending.version, fence, NOW, 5
+    )
+    # one more unit: the second request (+1) is in flight when Stripe reports the first one dropped
+    await pushes.record_latest(
+        conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
+    )
+    row = await due_row(conn, tenant)
+    second = new_request(row, 6, "sum", METER, "cus_1")
+    assert second.value == 1
+    assert await pushes.record_pending(conn, row, second, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.drop_request(conn, first.identifier, "Stripe dropped it (no_meter)", NOW) is not None
+    # the second answers 200: the hour holds its 1 unit, not the 6 it was aiming at, and stays parked
+    assert await pushes.mark_delivered(
+        conn, pending, second.identifier, 6, True, pending.version, fence, NOW, 1
+    )
+    async with conn.cursor() as cur:
+        await cur.execute(
+            "SELECT pushed_units, status, reason, pending_request FROM stripe_pushes WHERE tenant_id = %s",
+            (tenant,),
+        )
+        assert await cur.fetchone() == (1, "parked", "Stripe dropped it (no_meter)", None)
+
+
+async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next_round(
+    stack: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    from aiokafka import TopicPartition
+
+    from stripemeter.clock import SYSTEM
+    from stripemeter.stripe_push.writer import Ownership
+
+    app = f"app-own-{uuid.uuid4().hex[:6]}"
+    ownership = Ownership("postgresql://nobody@127.0.0.1:1/none", app, "w", SYSTEM)  # PostgreSQL unreachable
+    await ownership.on_partitions_assigned(
+        [TopicPartition("usage.deltas", 0), TopicPartition("usage.deltas", 1)]
+    )
+    assert ownership.epochs == {} and ownership.unclaimed == {0, 1}
+    assert "could not claim partitions [0, 1]" in caplog.text
+    await ownership.on_partitions_revoked([TopicPartition("usage.deltas", 1)])
+    ownership.database_url = stack.database_url.value  # PostgreSQL is back
+    await ownership.claim()
+    assert set(ownership.epochs) == {0} and not ownership.unclaimed

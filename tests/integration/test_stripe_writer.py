@@ -116,8 +116,18 @@ async def test_unknown_customer_is_parked_while_the_others_flow(
     ids, _ = await setup_tenant(api, state, tenant, ["good"])
     await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": "cus_doesnotexist"})
     stripe = emulator_settings(base)
-    start_worker(**stripe).wait_ready()
+    # Stripe fails every read of its meters (the writer's meter catalog) while the worker starts
+    state.faults.update({"server_error_rate": 1.0, "path_prefix": "/v1/billing/meters"})
+    worker = start_worker(**stripe)
+    worker.wait_ready()
     await produce(env, [events(tenant, ["good", "ghost"], 20)])
+
+    async def reads_failed() -> bool:
+        return "reading Stripe for" in worker.log_tail(400)
+
+    await eventually(reads_failed, timeout=60, what="the writer meeting a failing meter read")
+    assert worker.proc is not None and worker.proc.poll() is None, worker.log_tail()  # still counting
+    state.faults.update({"server_error_rate": 0.0, "path_prefix": None})
 
     async def parked() -> bool:
         body = await (

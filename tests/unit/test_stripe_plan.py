@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
@@ -28,6 +29,15 @@ def row(latest_micros: int, pushed: int = 0, version: int = 3) -> Row:
     return Row(
         ("t", "requests", "acme", BUCKET), latest_micros, pushed, "waiting", version, 0, None, None, 0, 0
     )
+
+
+def test_a_failed_hour_waits_its_backoff_even_in_a_stream_picked_for_another_hour() -> None:
+    failed = replace(row(5_000_000), attempts=3, updated_at=1_000.0)  # waits 1 s (2 s * 0.5, jitter's edge)
+    assert failed.retry_wait(1_000.5)
+    assert not failed.retry_wait(1_001.0)
+    many = replace(row(5_000_000), attempts=40, updated_at=1_000.0)  # at most 30 s (15 s at the edge)
+    assert many.retry_wait(1_014.9) and not many.retry_wait(1_015.0)
+    assert not row(5_000_000).retry_wait(0.0)  # never failed: never waits
 
 
 def test_fractions_carry_from_hour_to_hour_and_nothing_is_lost() -> None:
