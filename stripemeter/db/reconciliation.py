@@ -4,7 +4,7 @@ and what it stores (runs, items, the latest verdict per item, corrections sent t
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import psycopg
@@ -45,8 +45,12 @@ WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %
 GROUP BY 1, 2, 3
 """
 
+# Per hour, the reconciler's corrections that may be in Stripe (refused ones did not land): the newest
+# one's time, and whether one is still unanswered ('pending': it may have landed; the hour is in flight
+# until Stripe answers it).
 CORRECTIONS = """
-SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at
+SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at,
+       bool_or(status = 'pending') AS pending
 FROM adjustments
 WHERE target = 'stripe' AND tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
   AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status <> 'failed'
@@ -225,19 +229,30 @@ async def record_correction(
 
 
 async def finish_correction(
-    conn: psycopg.AsyncConnection, adjustment_id: str, error: str | None, now: datetime
+    conn: psycopg.AsyncConnection,
+    adjustment_id: str,
+    status: Literal["applied", "failed", "pending", "unknown"],
+    error: str | None,
+    now: datetime,
+    new_key: bool = False,
 ) -> None:
-    """``now``: the application's clock, which the settle time is measured on."""
+    """What Stripe's answer means for a pending correction: ``applied`` (delivered), ``failed`` (refused:
+    it did not land), still ``pending`` (no clear answer: it may have landed; sent again under its
+    identifier, with the next idempotency key when ``new_key``: after a 5xx) or ``unknown`` (no answer
+    within Stripe's identifier window: never sent again). ``now``: the application's clock, which the
+    settle time is measured on."""
     await conn.execute(
-        "UPDATE adjustments SET status = %s, error = %s,"
-        " applied_at = CASE WHEN %s::text IS NULL THEN %s::timestamptz END"
-        " WHERE adjustment_id = %s",
-        ("failed" if error else "applied", error, error, now, adjustment_id),
+        "UPDATE adjustments SET status = %(status)s, error = %(error)s,"
+        " applied_at = CASE WHEN %(status)s::text = 'applied' THEN %(now)s::timestamptz END,"
+        " send_attempt = send_attempt + %(bump)s"
+        " WHERE adjustment_id = %(id)s AND status = 'pending'",
+        {"status": status, "error": error, "now": now, "bump": int(new_key), "id": adjustment_id},
     )
 
 
 async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
-    """Corrections recorded but never confirmed (a crash mid-call): resent with the same identifier."""
+    """Corrections recorded but not answered clearly (a crash mid-call, a 5xx, a timeout): resent with
+    the same identifier while Stripe keeps it."""
     return await _rows(
         conn,
         "SELECT * FROM adjustments WHERE target = 'stripe' AND status = 'pending' AND tenant_id = %(tenant)s",

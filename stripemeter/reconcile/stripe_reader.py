@@ -69,12 +69,15 @@ class StripeReader:
                 return hours
             params = {**params, "starting_after": page.data[-1].id}
 
-    async def send(self, request: Request) -> SendResult:
-        """One meter event, under the same rules as the writer's (identifier, outcomes); 429s and lost
-        connections are retried with the same key like every other call (StripeCalls)."""
-        create = self.client.v1.billing.meter_events.create_async
+    async def send(self, request: Request, attempt: int = 0) -> SendResult:
+        """One meter event, under the same rules as the writer's (identifier, outcomes, the attempt's
+        idempotency key); 429s and lost connections are retried with the same key like every other call
+        (StripeCalls)."""
+        key = idempotency_key(request, attempt)
         try:
-            await self._call(create, request.params(), {"idempotency_key": idempotency_key(request, 0)})
+            await self._call(
+                self.client.v1.billing.meter_events.create_async, request.params(), {"idempotency_key": key}
+            )
         except stripe.StripeError as error:
             return classify(error)
         return SendResult("delivered")

@@ -155,3 +155,10 @@ async def test_the_reconcilers_meter_events_are_retried_like_its_reads() -> None
         ]
     )
     assert (await reader.send(CORRECTION)).outcome == "delivered"
+
+
+async def test_a_correction_resent_after_a_5xx_uses_the_next_idempotency_key() -> None:
+    """Stripe replays a 500 to every retry with the same key; the identifier stays (it stops a double)."""
+    reader, events = reader_with(["event"])
+    assert (await reader.send(CORRECTION, 2)).outcome == "delivered"
+    assert events.keys == ["smrec_x_rec_y-r2"]
