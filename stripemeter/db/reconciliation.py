@@ -101,6 +101,42 @@ async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
     return [r[0] for r in await cur.fetchall()]
 
 
+# --- the schedule -----------------------------------------------------------------------------------
+
+SCHEDULED_PASS = "reconcile"
+
+# the pass is claimed when the last one started an interval ago or more, or more than an interval
+# ahead (a clock that was moved back); workers' clocks may differ by less than an interval
+CLAIM_PASS = """
+INSERT INTO reconciliation_schedule AS s (name, started_at, started_by)
+VALUES (%(name)s, %(now)s, %(by)s)
+ON CONFLICT (name) DO UPDATE SET started_at = EXCLUDED.started_at, started_by = EXCLUDED.started_by
+WHERE s.started_at <= %(now)s - make_interval(secs => %(interval)s)
+   OR s.started_at > %(now)s + make_interval(secs => %(interval)s)
+RETURNING started_at
+"""
+
+
+async def claim_scheduled_pass(
+    conn: psycopg.AsyncConnection, now: datetime, interval_seconds: float, by: str
+) -> bool:
+    """Whether this worker makes the scheduled pass starting ``now``: no other worker started one within
+    the interval. Atomic (one row); the caller holds the schedule's lock besides, so passes never overlap."""
+    cur = await conn.execute(
+        CLAIM_PASS, {"name": SCHEDULED_PASS, "now": now, "by": by, "interval": float(interval_seconds)}
+    )
+    return await cur.fetchone() is not None
+
+
+async def last_scheduled_pass(conn: psycopg.AsyncConnection) -> datetime | None:
+    """When the newest scheduled pass started, whichever worker made it."""
+    cur = await conn.execute(
+        "SELECT started_at FROM reconciliation_schedule WHERE name = %s", (SCHEDULED_PASS,)
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
+
+
 # --- runs -------------------------------------------------------------------------------------------
 
 
