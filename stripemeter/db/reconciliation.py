@@ -306,3 +306,17 @@ async def delivered_corrections(conn: psycopg.AsyncConnection, key: tuple[str, s
     )
     row = await cur.fetchone()
     return int(row[0]) // 1_000_000 if row else 0
+
+
+async def uncertain_corrections(
+    conn: psycopg.AsyncConnection, key: tuple[str, str, str, datetime]
+) -> list[int]:
+    """Whole units of each of the reconciler's corrections to one hour that may or may not be in Stripe:
+    ``pending`` (not answered clearly yet) or ``unknown`` (never answered within 24 h). The writer's
+    24 h check counts Stripe's hour as delivered + any subset of these."""
+    cur = await conn.execute(
+        "SELECT delta_micros FROM adjustments WHERE target = 'stripe' AND status IN ('pending', 'unknown')"
+        " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s ORDER BY created_at",
+        key,
+    )
+    return [int(row[0]) // 1_000_000 for row in await cur.fetchall()]

@@ -16,6 +16,7 @@ from aiohttp.test_utils import TestServer
 from psycopg.rows import dict_row
 
 from stripemeter.config import Settings
+from stripemeter.db import reconciliation as db
 from stripemeter.reconcile.runner import Reconciler, RunRequest
 from stripemeter.reconcile.service import build_reconciler
 from stripemeter.stripe_emulator import EmulatorState, create_app
@@ -91,6 +92,10 @@ async def test_a_correction_answered_500_that_landed_is_resent_under_its_identif
         [row] = await corrections(conn, tenant)
         assert row["status"] == "pending"  # a 500 may have landed: not failed, not forgotten
         assert correction_events(state, customer_id) == [row["adjustment_id"]]  # ... and it did
+        # what the writer's 24 h check reads for the hour: maybe +1, surely nothing yet
+        hour = (tenant, "requests", "c", START - timedelta(hours=3))
+        assert await db.uncertain_corrections(conn, hour) == [1]
+        assert await db.delivered_corrections(conn, hour) == 0
 
         # settled past the settle time, but Stripe's summaries do not show the correction yet
         clock.advance(SETTLE + 60)
@@ -99,6 +104,8 @@ async def test_a_correction_answered_500_that_landed_is_resent_under_its_identif
         rows = await corrections(conn, tenant)
         assert [(r["adjustment_id"], r["status"]) for r in rows] == [(row["adjustment_id"], "applied")]
         assert second["items"][0]["inFlight"] == 1 and second["items"][0]["status"] == "parity"
+        assert await db.uncertain_corrections(conn, hour) == []
+        assert await db.delivered_corrections(conn, hour) == 1
 
         clock.advance(SUMMARY_DELAY)
         third = await reconcile(conn, reconciler, tenant)
