@@ -56,7 +56,6 @@ class Settings:
     store: str = "rocksdb://"
     rocksdb_memory_mb: int = 192  # block cache + memtables of all the worker's tables together
     lateness_seconds: int = 48 * 3600
-    delta_flush_seconds: float = 1.0
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     log_level: str = "INFO"
     reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
@@ -109,7 +108,6 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_STORE": "store",
     "STRIPEMETER_ROCKSDB_MEMORY_MB": "rocksdb_memory_mb",
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
-    "STRIPEMETER_DELTA_FLUSH_SECONDS": "delta_flush_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
     "STRIPEMETER_LOG_LEVEL": "log_level",
     "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",

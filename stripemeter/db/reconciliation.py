@@ -4,7 +4,7 @@ and what it stores (runs, items, the latest verdict per item, corrections sent t
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import psycopg
@@ -45,8 +45,12 @@ WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %
 GROUP BY 1, 2, 3
 """
 
+# Per hour, the reconciler's corrections that may be in Stripe (refused ones did not land): the newest
+# one's time, and whether one is still unanswered ('pending': it may have landed; the hour is in flight
+# until Stripe answers it).
 CORRECTIONS = """
-SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at
+SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at,
+       bool_or(status = 'pending') AS pending
 FROM adjustments
 WHERE target = 'stripe' AND tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
   AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status <> 'failed'
@@ -95,6 +99,42 @@ async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
         (since,),
     )
     return [r[0] for r in await cur.fetchall()]
+
+
+# --- the schedule -----------------------------------------------------------------------------------
+
+SCHEDULED_PASS = "reconcile"
+
+# the pass is claimed when the last one started an interval ago or more, or more than an interval
+# ahead (a clock that was moved back); workers' clocks may differ by less than an interval
+CLAIM_PASS = """
+INSERT INTO reconciliation_schedule AS s (name, started_at, started_by)
+VALUES (%(name)s, %(now)s, %(by)s)
+ON CONFLICT (name) DO UPDATE SET started_at = EXCLUDED.started_at, started_by = EXCLUDED.started_by
+WHERE s.started_at <= %(now)s - make_interval(secs => %(interval)s)
+   OR s.started_at > %(now)s + make_interval(secs => %(interval)s)
+RETURNING started_at
+"""
+
+
+async def claim_scheduled_pass(
+    conn: psycopg.AsyncConnection, now: datetime, interval_seconds: float, by: str
+) -> bool:
+    """Whether this worker makes the scheduled pass starting ``now``: no other worker started one within
+    the interval. Atomic (one row); the caller holds the schedule's lock besides, so passes never overlap."""
+    cur = await conn.execute(
+        CLAIM_PASS, {"name": SCHEDULED_PASS, "now": now, "by": by, "interval": float(interval_seconds)}
+    )
+    return await cur.fetchone() is not None
+
+
+async def last_scheduled_pass(conn: psycopg.AsyncConnection) -> datetime | None:
+    """When the newest scheduled pass started, whichever worker made it."""
+    cur = await conn.execute(
+        "SELECT started_at FROM reconciliation_schedule WHERE name = %s", (SCHEDULED_PASS,)
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -225,19 +265,30 @@ async def record_correction(
 
 
 async def finish_correction(
-    conn: psycopg.AsyncConnection, adjustment_id: str, error: str | None, now: datetime
+    conn: psycopg.AsyncConnection,
+    adjustment_id: str,
+    status: Literal["applied", "failed", "pending", "unknown"],
+    error: str | None,
+    now: datetime,
+    new_key: bool = False,
 ) -> None:
-    """``now``: the application's clock, which the settle time is measured on."""
+    """What Stripe's answer means for a pending correction: ``applied`` (delivered), ``failed`` (refused:
+    it did not land), still ``pending`` (no clear answer: it may have landed; sent again under its
+    identifier, with the next idempotency key when ``new_key``: after a 5xx) or ``unknown`` (no answer
+    within Stripe's identifier window: never sent again). ``now``: the application's clock, which the
+    settle time is measured on."""
     await conn.execute(
-        "UPDATE adjustments SET status = %s, error = %s,"
-        " applied_at = CASE WHEN %s::text IS NULL THEN %s::timestamptz END"
-        " WHERE adjustment_id = %s",
-        ("failed" if error else "applied", error, error, now, adjustment_id),
+        "UPDATE adjustments SET status = %(status)s, error = %(error)s,"
+        " applied_at = CASE WHEN %(status)s::text = 'applied' THEN %(now)s::timestamptz END,"
+        " send_attempt = send_attempt + %(bump)s"
+        " WHERE adjustment_id = %(id)s AND status = 'pending'",
+        {"status": status, "error": error, "now": now, "bump": int(new_key), "id": adjustment_id},
     )
 
 
 async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
-    """Corrections recorded but never confirmed (a crash mid-call): resent with the same identifier."""
+    """Corrections recorded but not answered clearly (a crash mid-call, a 5xx, a timeout): resent with
+    the same identifier while Stripe keeps it."""
     return await _rows(
         conn,
         "SELECT * FROM adjustments WHERE target = 'stripe' AND status = 'pending' AND tenant_id = %(tenant)s",
@@ -255,3 +306,17 @@ async def delivered_corrections(conn: psycopg.AsyncConnection, key: tuple[str, s
     )
     row = await cur.fetchone()
     return int(row[0]) // 1_000_000 if row else 0
+
+
+async def uncertain_corrections(
+    conn: psycopg.AsyncConnection, key: tuple[str, str, str, datetime]
+) -> list[int]:
+    """Whole units of each of the reconciler's corrections to one hour that may or may not be in Stripe:
+    ``pending`` (not answered clearly yet) or ``unknown`` (never answered within 24 h). The writer's
+    24 h check counts Stripe's hour as delivered + any subset of these."""
+    cur = await conn.execute(
+        "SELECT delta_micros FROM adjustments WHERE target = 'stripe' AND status IN ('pending', 'unknown')"
+        " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s ORDER BY created_at",
+        key,
+    )
+    return [int(row[0]) // 1_000_000 for row in await cur.fetchall()]

@@ -3,7 +3,8 @@
 An item is one (tenant, metric, customer, period). Every hour bucket is compared on its own, so a
 difference is located, not just noticed. An hour whose local total, push or correction changed less
 than ``settle_seconds`` ago is *in flight*: Stripe may not show it yet, so it is reported apart and
-never counted as drift.
+never counted as drift (the runner gives an hour with a correction Stripe has not answered clearly an
+endless settle time: it may have landed).
 
 ``local`` is what Stripe should hold: whole units per hour, as the writer pushes them (Stripe meter
 values are whole numbers; within a period a fraction carries into the next hour, see

@@ -5,7 +5,8 @@
 2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
    the customer's hours and judge each (see ``compare``).
 3. Within epsilon (or when the operator asks to align everything): send the aligning meter events,
-   each recorded as an audited adjustment before the call, so a crash resends the same identifier.
+   each recorded as an audited adjustment before the call, so a crash or an unclear answer (5xx,
+   timeout) resends the same identifier; such an hour stays in flight until Stripe answers.
 4. Store the run and its items, publish every item beyond parity to ``reconciliation.drift``, and set
    the ``reconciliation_diff_*`` gauges.
 Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process starts them.
@@ -17,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections import Counter
@@ -36,9 +38,19 @@ from stripemeter.db.mappings import stripe_mappings
 from stripemeter.reconcile import periods
 from stripemeter.reconcile.compare import Hour, Item, Verdict, judge, judge_totals, relative
 from stripemeter.reconcile.stripe_reader import StripeReader
-from stripemeter.stripe_push.plan import Meter, Request, targets
+from stripemeter.stripe_push.plan import IDENTIFIER_WINDOW_S, Meter, Request, targets
 
 log = logging.getLogger(__name__)
+
+CorrectionStatus = Literal["applied", "failed", "pending"]
+# What a send's outcome means for a correction: delivered; refused (it did not land); anything else
+# (5xx, timeout, no connection after retries, 409): it may have landed, so it stays pending, its hour in
+# flight, and is sent again under the same identifier (Stripe answers "already exists" if it landed).
+CORRECTION_STATUS: dict[str, CorrectionStatus] = {
+    "delivered": "applied",
+    "refused": "failed",
+    "idempotency_conflict": "failed",
+}
 
 HOUR_S = 3600
 # Stripe takes meter events up to 35 days old; an hour older than this cannot be corrected by an event
@@ -215,8 +227,11 @@ class Reconciler:
         start, end = month.start, month.end + timedelta(days=31)
         hour_rows = await db.hours(conn, tenant, request.metric, start, end)
         late_rows = await db.late_events(conn, tenant, request.metric, start, end)
+        # an hour with an unanswered correction is in flight until Stripe answers it (it may have landed)
         corrected = {
-            (r["metric"], r["customer_ref"], int(r["bucket"].timestamp())): float(r["at"])
+            (r["metric"], r["customer_ref"], int(r["bucket"].timestamp())): (
+                math.inf if r["pending"] else float(r["at"])
+            )
             for r in await db.recent_corrections(conn, tenant, request.metric, start, end)
         }
         wanted = (
@@ -335,12 +350,16 @@ class Reconciler:
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
             await db.record_correction(conn, request, key, bucket_dt, run_id, self.clock.utc())
-            error = await self._send(request)
-            await db.finish_correction(conn, identifier, error, self.clock.utc())
-            if error:
-                log.warning("correction %s for %s/%s/%s failed: %s", identifier, *key, error)
+            status, reason = await self._send(conn, request, 0)
+            if status == "failed":
+                log.warning("Stripe refused correction %s for %s/%s/%s: %s", identifier, *key, reason)
                 return "replay", sent
-            metrics.RECONCILIATION_ADJUSTMENTS.inc()
+            if status == "pending":
+                log.warning(
+                    "correction %s for %s/%s/%s not answered (%s): it may have landed; sent again under its"
+                    " identifier by the next run", identifier, *key, reason,
+                )  # fmt: skip
+                return "wait", sent
             log.info("adjusted %s/%s/%s @%s by %+d in Stripe (%s)", *key, iso_s(bucket), value, identifier)
             sent.append(
                 {
@@ -372,23 +391,45 @@ class Reconciler:
                 return False
         return True
 
-    async def _send(self, request: Request) -> str | None:
-        """None once Stripe has the correction ("already exists" included), else why not."""
-        result = await self.reader.send(request)
-        return None if result.outcome == "delivered" else result.reason
+    async def _send(
+        self, conn: psycopg.AsyncConnection, request: Request, attempt: int
+    ) -> tuple[CorrectionStatus, str]:
+        """Send a recorded correction and store what the answer means (see ``CORRECTION_STATUS``);
+        returns its status and Stripe's reason. A 5xx moves the next resend to a new idempotency key."""
+        result = await self.reader.send(request, attempt)
+        status = CORRECTION_STATUS.get(result.outcome, "pending")
+        await db.finish_correction(
+            conn, request.identifier, status, result.reason or None, self.clock.utc(),
+            new_key=result.outcome == "server_error",
+        )  # fmt: skip
+        if status == "applied":
+            metrics.RECONCILIATION_ADJUSTMENTS.inc()
+        return status, result.reason
 
     async def _resend_pending(self, conn: psycopg.AsyncConnection, tenant: str) -> None:
-        """Corrections recorded but not confirmed (a crash mid-call): the recorded request again."""
+        """Corrections recorded but not answered clearly (a crash mid-call, a 5xx, a timeout): the
+        recorded request again, under its identifier, while Stripe keeps identifiers; after that never
+        (it could count twice): marked unknown, and the hour is judged by Stripe's settled summaries."""
+        now = self.clock()
         for row in await db.pending_corrections(conn, tenant):
             request = Request.from_wire(row["request"]) if row["request"] else None
             if request is None:
                 await db.finish_correction(
-                    conn, row["adjustment_id"], "recorded without its request (before an upgrade)",
+                    conn, row["adjustment_id"], "unknown", "recorded without its request (before an upgrade)",
                     self.clock.utc(),
                 )  # fmt: skip
-                continue
-            error = await self._send(request)
-            await db.finish_correction(conn, row["adjustment_id"], error, self.clock.utc())
+            elif now - row["created_at"].timestamp() > IDENTIFIER_WINDOW_S:
+                log.warning(
+                    "correction %s unanswered for longer than Stripe keeps identifiers: not sent again",
+                    row["adjustment_id"],
+                )
+                await db.finish_correction(
+                    conn, row["adjustment_id"], "unknown", f"no clear answer from Stripe within 24 h (last:"
+                    f" {row['error'] or 'none'}); not sent again: Stripe's summaries show whether it landed",
+                    self.clock.utc(),
+                )  # fmt: skip
+            else:
+                await self._send(conn, request, int(row["send_attempt"]))
 
 
 def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:

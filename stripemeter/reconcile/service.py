@@ -1,11 +1,14 @@
 """Wiring reconciliation to the outside: a Reconciler from Settings, drift records to Kafka, and the
-scheduled runs a worker makes (one worker at a time: a PostgreSQL advisory lock elects it)."""
+scheduled runs: every worker runs the schedule, one pass per interval happens across all of them (a
+PostgreSQL advisory lock and the last pass's start in ``reconciliation_schedule``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
+import socket
 import time
 from datetime import datetime, timedelta
 
@@ -28,6 +31,7 @@ from stripemeter.stripe_push.client import make_client
 log = logging.getLogger(__name__)
 
 SCHEDULE_LOCK = "stripemeter-reconcile-schedule"
+RECHECK_SECONDS = 5.0  # how often a worker looks again while another one's pass is overdue
 
 
 def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:
@@ -74,27 +78,46 @@ async def open_periods(
 
 
 async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asyncio.Event) -> None:
-    """Every ``reconcile_interval_seconds``: reconcile every tenant, if this worker holds the lock."""
+    """Every worker runs this; across all of them one pass reconciles every tenant once per
+    ``reconcile_interval_seconds`` (see ``scheduled_pass``)."""
+    interval = settings.reconcile_interval_seconds
+    worker = f"{socket.gethostname()}:{os.getpid()}"
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
         while not stopping.is_set():
-            cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
-            row = await cur.fetchone()
-            if row and row[0]:
-                try:
-                    await run_all(conn, reconciler)
-                except Exception:
-                    log.exception(
-                        "scheduled reconciliation failed; next try in %.0f s",
-                        settings.reconcile_interval_seconds,
-                    )
-                finally:
-                    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+            wait = await scheduled_pass(conn, reconciler, interval, worker)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), settings.reconcile_interval_seconds)
+                await asyncio.wait_for(stopping.wait(), wait)
 
 
-async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler) -> None:
-    now = reconciler.clock.utc()
+async def scheduled_pass(
+    conn: psycopg.AsyncConnection, reconciler: Reconciler, interval: float, worker: str
+) -> float:
+    """One turn of a worker's schedule: the pass, when this worker holds the schedule's lock (passes
+    never overlap) and no worker started one within the interval (the last start is in PostgreSQL, on
+    the application's clock). Returns the seconds to wait until the next pass is due."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+    row = await cur.fetchone()
+    if row and row[0]:
+        try:
+            now = reconciler.clock.utc()
+            if await db.claim_scheduled_pass(conn, now, interval, worker):
+                try:
+                    await run_all(conn, reconciler, now)
+                except Exception:
+                    log.exception("scheduled reconciliation failed; next try in %.0f s", interval)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+    last = await db.last_scheduled_pass(conn)
+    if last is None:
+        return interval
+    due = last.timestamp() + interval - reconciler.clock()
+    if due <= 0:  # overdue, yet another worker holds the lock (a pass longer than the interval)
+        return min(interval, RECHECK_SECONDS)
+    return min(interval, max(due, 0.05))
+
+
+async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler, now: datetime | None = None) -> None:
+    now = now or reconciler.clock.utc()
     started = time.perf_counter()
     tenants = await db.tenants(conn, now - timedelta(days=70))
     for tenant in tenants:

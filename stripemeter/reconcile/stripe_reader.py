@@ -16,9 +16,9 @@ import stripe
 
 from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.calls import StripeCalls
-from stripemeter.stripe_push.client import SendResult, send
+from stripemeter.stripe_push.client import SendResult, classify
 from stripemeter.stripe_push.meters import MeterCatalog
-from stripemeter.stripe_push.plan import Meter, Request
+from stripemeter.stripe_push.plan import Meter, Request, idempotency_key
 
 PAGE = 100
 
@@ -69,17 +69,18 @@ class StripeReader:
                 return hours
             params = {**params, "starting_after": page.data[-1].id}
 
-    async def send(self, request: Request) -> SendResult:
-        """One meter event, under the same rules as the writer's (identifier, outcomes)."""
-        async with self.slots:
-            for _ in range(self.call.attempts):
-                await self.budget.acquire()
-                self.call.made += 1
-                result = await send(self.client, request)
-                if result.outcome not in ("rate_limited", "unreachable"):
-                    return result
-                self.budget.slow_down(result.retry_after)
-            return result
+    async def send(self, request: Request, attempt: int = 0) -> SendResult:
+        """One meter event, under the same rules as the writer's (identifier, outcomes, the attempt's
+        idempotency key); 429s and lost connections are retried with the same key like every other call
+        (StripeCalls)."""
+        key = idempotency_key(request, attempt)
+        try:
+            await self._call(
+                self.client.v1.billing.meter_events.create_async, request.params(), {"idempotency_key": key}
+            )
+        except stripe.StripeError as error:
+            return classify(error)
+        return SendResult("delivered")
 
 
 def _whole(value: Any) -> int:

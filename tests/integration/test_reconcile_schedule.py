@@ -1,12 +1,15 @@
 """The scheduled reconciliation checks the period whose invoice is closing, at the instants where that
 is hard: the first hours of a month and of a year, three days after a month ended, a leap month, and a
-customer's own 10:45 cycle."""
+customer's own 10:45 cycle; and it makes one pass per interval however many workers run it."""
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -15,8 +18,10 @@ from aiohttp.test_utils import TestServer
 
 from stripemeter.clock import Clock
 from stripemeter.config import Settings
+from stripemeter.reconcile import service
 from stripemeter.reconcile.service import build_reconciler, reconcile_tenant
 from stripemeter.stripe_emulator import EmulatorState, create_app
+from stripemeter.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 
@@ -133,3 +138,87 @@ async def test_the_schedule_reconciles_the_previous_period_while_its_invoice_can
     assert (period in checked_periods) == checked, checked_periods
     # aligned (+1) where the schedule looked, untouched where the invoice is final
     assert stripe_holds(state, customer_id) == (1000 if checked else 999)
+
+
+class AppClock(ManualClock):
+    def utc(self) -> datetime:
+        return datetime.fromtimestamp(self.now, tz=UTC)
+
+
+Passes = list[tuple[str, float]]
+
+
+def recording_passes(monkeypatch: pytest.MonkeyPatch, names: dict[int, str]) -> Passes:
+    """Replace the pass's work (reconciling every tenant of a shared database) by a note of who made
+    it and when: these tests are about how often it happens."""
+    passes: Passes = []
+
+    async def run_all(conn: psycopg.AsyncConnection, reconciler: Any, now: datetime | None = None) -> None:
+        passes.append((names[id(reconciler)], reconciler.clock()))
+
+    monkeypatch.setattr(service, "run_all", run_all)
+    return passes
+
+
+async def forget_passes(settings: Settings) -> None:
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        await conn.execute("DELETE FROM reconciliation_schedule")
+
+
+async def test_one_scheduled_pass_per_interval_across_workers(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers' schedules on one database with staggered timers: one pass per interval in all, made
+    by whichever worker finds it due; a worker never starts one while another's is running."""
+    interval = 900.0
+    clock = AppClock(utc(2026, 12, 10, 12).timestamp())
+    a, b = build_reconciler(env, no_publish), build_reconciler(env, no_publish)
+    a.clock = b.clock = clock  # type: ignore[assignment]
+    passes = recording_passes(monkeypatch, {id(a): "a", id(b): "b"})
+    await forget_passes(env)
+    start = clock.now
+    url = env.database_url.value
+    async with (
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn_a,
+        await psycopg.AsyncConnection.connect(url, autocommit=True) as conn_b,
+    ):
+        assert await service.scheduled_pass(conn_a, a, interval, "a") == pytest.approx(interval)
+        clock.advance(interval / 2)
+        # b's timer: a pass started half an interval ago; the next is due in the other half
+        assert await service.scheduled_pass(conn_b, b, interval, "b") == pytest.approx(interval / 2)
+        clock.advance(interval / 2)
+        assert await service.scheduled_pass(conn_b, b, interval, "b") == pytest.approx(interval)
+        clock.advance(interval / 3)
+        assert await service.scheduled_pass(conn_a, a, interval, "a") == pytest.approx(interval * 2 / 3)
+        clock.advance(interval * 2 / 3 + 1)
+
+        # a's pass is due and running when b's timer fires past its due time too: b waits a little
+        async def a_pass_that_b_interrupts(conn: Any, reconciler: Any, now: Any = None) -> None:
+            passes.append(("a", reconciler.clock()))
+            clock.advance(interval + 1)
+            wait = await service.scheduled_pass(conn_b, b, interval, "b")
+            assert wait == service.RECHECK_SECONDS
+
+        monkeypatch.setattr(service, "run_all", a_pass_that_b_interrupts)
+        await service.scheduled_pass(conn_a, a, interval, "a")
+    assert passes == [("a", start), ("b", start + interval), ("a", start + 2 * interval + 1)]
+
+
+async def test_staggered_workers_make_one_pass_per_interval_in_real_time(
+    env: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    interval = 1.0
+    settings = env.with_overrides(reconcile_interval_seconds=interval)
+    a, b = build_reconciler(settings, no_publish), build_reconciler(settings, no_publish)
+    passes = recording_passes(monkeypatch, {id(a): "a", id(b): "b"})
+    await forget_passes(settings)
+    stopping = asyncio.Event()
+    first = asyncio.create_task(service.run_schedule(settings, a, stopping))
+    await asyncio.sleep(interval / 2)
+    second = asyncio.create_task(service.run_schedule(settings, b, stopping))
+    await asyncio.sleep(3 * interval - 0.3)
+    stopping.set()
+    await asyncio.gather(first, second)
+    starts = [at for _, at in passes]
+    assert len(passes) in (3, 4), passes
+    assert all(later - earlier >= interval - 1e-3 for earlier, later in itertools.pairwise(starts)), passes

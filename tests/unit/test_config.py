@@ -1,8 +1,12 @@
 from __future__ import annotations
 
+import re
+from dataclasses import fields
+from pathlib import Path
+
 import pytest
 
-from stripemeter.config import ConfigError, Secret, load_settings
+from stripemeter.config import ENV_VARS, ConfigError, Secret, Settings, load_settings
 
 
 def test_defaults_and_overrides() -> None:
@@ -39,3 +43,28 @@ def test_kafka_cluster_ids_never_look_like_options() -> None:
 
     ids = {_kafka_cluster_id() for _ in range(2000)}
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_readme_documents_every_variable_read() -> None:
+    """Every variable config.py reads has a row in the README's Configuration table."""
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| `")]
+    documented = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0])}
+    assert set(ENV_VARS) - documented == set()
+    assert documented - set(ENV_VARS) == set()
+
+
+def test_every_setting_is_used() -> None:
+    """A setting read from the environment and used nowhere misleads whoever sets it."""
+    sources = "\n".join(
+        path.read_text()
+        for folder in ("stripemeter", "streams", "api")
+        for path in (ROOT / folder).rglob("*.py")
+        if path.name != "config.py"
+    )
+    unused = [f.name for f in fields(Settings) if not re.search(rf"\.{f.name}\b", sources)]
+    assert unused == []

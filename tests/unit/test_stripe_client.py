@@ -1,16 +1,19 @@
-"""What a Stripe answer means for a push, the shared budget, retried reads, and error reports."""
+"""What a Stripe answer means for a push, the shared budget, retried reads and sends, and error reports."""
 
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 import stripe
 
+from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_push.budget import StripeBudget
-from stripemeter.stripe_push.calls import StripeCalls
+from stripemeter.stripe_push.calls import ATTEMPTS, StripeCalls
 from stripemeter.stripe_push.client import classify
 from stripemeter.stripe_push.error_reports import meter_changed, reported_requests
+from stripemeter.stripe_push.plan import Request
 
 
 def error(cls: type[stripe.StripeError], status: int, message: str, **kw: object) -> stripe.StripeError:
@@ -100,3 +103,62 @@ def test_error_reports_name_requests_by_identifier_or_idempotency_key() -> None:
         {"error_message": "x", "request": {"identifier": "i"}}
     ]
     assert meter_changed(data)
+
+
+class FakeMeterEvents:
+    """``client.v1.billing.meter_events``: answers from a script, remembers the idempotency keys."""
+
+    def __init__(self, answers: list[object]):
+        self.answers = answers
+        self.keys: list[str] = []
+
+    async def create_async(self, params: dict[str, object], options: dict[str, str]) -> object:
+        self.keys.append(options["idempotency_key"])
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+
+def reader_with(answers: list[object]) -> tuple[StripeReader, FakeMeterEvents]:
+    events = FakeMeterEvents(answers)
+    client = SimpleNamespace(v1=SimpleNamespace(billing=SimpleNamespace(meter_events=events)))
+    budget = StripeBudget(1000)
+    budget.slow_down = lambda retry_after=None: 0.0  # type: ignore[method-assign]
+    return StripeReader(client, budget), events  # type: ignore[arg-type]
+
+
+CORRECTION = Request("smrec_x_rec_y", "api_requests", {"stripe_customer_id": "cus_1", "value": "2"}, 0, 2, 2)
+
+
+async def test_the_reconcilers_meter_events_are_retried_like_its_reads() -> None:
+    """429s and lost connections: the same request under the same key until Stripe answers; anything
+    else is the answer (a 500 is not retried here: it needs a new key)."""
+    reader, events = reader_with(
+        [error(stripe.RateLimitError, 429, "slow down"), stripe.APIConnectionError("reset"), "event"]
+    )
+    assert (await asyncio.wait_for(reader.send(CORRECTION), 5)).outcome == "delivered"
+    assert events.keys == ["smrec_x_rec_y"] * 3 and reader.calls == 3
+    reader, events = reader_with([stripe.APIConnectionError("reset") for _ in range(ATTEMPTS)])
+    assert (await asyncio.wait_for(reader.send(CORRECTION), 5)).outcome == "unreachable"
+    assert reader.calls == ATTEMPTS
+    reader, events = reader_with([error(stripe.APIError, 500, "An unknown error occurred")])
+    assert (await reader.send(CORRECTION)).outcome == "server_error" and reader.calls == 1
+    reader, events = reader_with(
+        [
+            error(
+                stripe.InvalidRequestError,
+                400,
+                "An event already exists with identifier x",
+                param="identifier",
+            )
+        ]
+    )
+    assert (await reader.send(CORRECTION)).outcome == "delivered"
+
+
+async def test_a_correction_resent_after_a_5xx_uses_the_next_idempotency_key() -> None:
+    """Stripe replays a 500 to every retry with the same key; the identifier stays (it stops a double)."""
+    reader, events = reader_with(["event"])
+    assert (await reader.send(CORRECTION, 2)).outcome == "delivered"
+    assert events.keys == ["smrec_x_rec_y-r2"]
