@@ -164,6 +164,24 @@ def new_request(row: Row, target_units: int, aggregation: str, meter: Meter, str
     )
 
 
+def did_it_land(holds: int, without: int, landed: int, uncertain: Sequence[int]) -> str:
+    """Whether a request pending for longer than Stripe keeps identifiers landed, from what Stripe's
+    summary of the hour ``holds``: ``without`` it, or ``landed`` with it. Reconciliation corrections
+    of the hour whose answer was lost (``uncertain``) may each be in the summary or not, so every subset
+    of them is allowed on both sides; a value both sides can explain is ``unknown`` (so is one neither
+    can, and more than 8 uncertain corrections)."""
+    if len(uncertain) > 8:
+        return "unknown"
+    extras = {0}
+    for units in uncertain:
+        extras |= {e + units for e in extras}
+    is_landed = any(holds == landed + e for e in extras)
+    is_without = any(holds == without + e for e in extras)
+    if is_landed != is_without:
+        return "landed" if is_landed else "not_landed"
+    return "unknown"
+
+
 def not_begun(row: Row, now_s: float) -> bool:
     """An event may be up to an hour ahead of the clock; Stripe takes a stamp 5 minutes ahead."""
     return row.bucket_s > now_s + MAX_AHEAD_S

@@ -39,7 +39,7 @@ from stripemeter import metrics
 from stripemeter.clock import SYSTEM, Clock
 from stripemeter.db import pushes
 from stripemeter.db.pushes import Fence, Latest, Stream
-from stripemeter.db.reconciliation import delivered_corrections
+from stripemeter.db.reconciliation import delivered_corrections, uncertain_corrections
 from stripemeter.reconcile import periods
 from stripemeter.streams.batching import commit_handled
 from stripemeter.streams.deltas import decode_delta
@@ -55,6 +55,7 @@ from stripemeter.stripe_push.plan import (
     Meter,
     Request,
     Row,
+    did_it_land,
     meter_problem,
     new_request,
     not_begun,
@@ -410,14 +411,16 @@ class StripeWriter:
         last = meter.formula == "last"
         without = row.pushed_units if last else row.pushed_units + corrections
         landed = to_units if last else to_units + corrections
+        uncertain = [] if last else await uncertain_corrections(conn, row.key)
+        verdict = did_it_land(holds, without, landed, uncertain)
         now = self.clock.utc()
-        if holds == landed:
+        if verdict == "landed":
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
             added = None if last else to_units - row.pushed_units
             await pushes.mark_delivered(
                 conn, row, identifier, to_units, False, row.version, fence, now, added
             )
-        elif holds == without:
+        elif verdict == "not_landed":
             log.info(
                 "pending %s older than 24 h never landed (Stripe holds %d): planning anew", identifier, holds
             )

@@ -114,3 +114,16 @@ def test_a_meter_must_carry_the_metrics_aggregation(
 ) -> None:
     problem = meter_problem(meter, "e", aggregation)
     assert (problem[0] if problem else None) == field
+
+
+def test_a_pending_request_older_than_a_day_is_judged_by_what_stripes_hour_holds() -> None:
+    from stripemeter.stripe_push.plan import did_it_land
+
+    assert did_it_land(8, 5, 8, []) == "landed"
+    assert did_it_land(5, 5, 8, []) == "not_landed"
+    assert did_it_land(7, 5, 8, []) == "unknown"
+    # a correction of +2 whose answer was lost may be in the hour or not
+    assert did_it_land(10, 5, 8, [2]) == "landed"
+    assert did_it_land(7, 5, 8, [2]) == "not_landed"
+    assert did_it_land(8, 5, 8, [3]) == "unknown"  # landed, or not landed plus the correction
+    assert did_it_land(8, 5, 8, [1] * 9) == "unknown"
