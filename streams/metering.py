@@ -16,6 +16,8 @@ An idempotency key is one event per (tenant, customer): the contract's tenant-wi
 every event's key checked across partitions, and a customer's events all live in one. The entry is
 ``tenant + key``; when it belongs to another customer (same partition), this customer's own entry
 ``tenant + key + customer`` decides, and the reuse is counted (stripemeter_idempotency_keys_reused).
+Both entries are read for every event (in the message's one multi-get): the first customer's entry
+can expire before the second one's, and the second customer's retry must still find its own.
 Reuse across partitions is not seen here: the ledger (GET /v1/events) flags it.
 """
 
@@ -220,11 +222,19 @@ class Metering:
         out = self.outcomes
         ledger = out.ledger
         dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
-        # one multi-get for the message's dedupe keys, read before any is written; a key twice in one
-        # message must see what its first occurrence wrote, so such a message reads key by key
+        # one multi-get for the message's dedupe keys, read before any is written: each event's
+        # ``tenant|key`` and its customer's own ``tenant|key|customer`` (see the module's docstring);
+        # a key twice in one message must see what its first occurrence wrote, so such a message
+        # reads key by key
         dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
+        own_keys = [dkey + SEP_BYTES + item[2].encode() for item, dkey in zip(items, dkeys, strict=True)]
         repeated = len(set(dkeys)) < len(dkeys)
-        known = [None] * len(dkeys) if repeated else self.dedupe.get_many(partition, dkeys)
+        if repeated:
+            known: list[bytes | None] = [None] * len(dkeys)
+            known_own: list[bytes | None] = known
+        else:
+            both = self.dedupe.get_many(partition, dkeys + own_keys)
+            known, known_own = both[: len(dkeys)], both[len(dkeys) :]
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
@@ -232,7 +242,9 @@ class Metering:
         advanced: set[bytes] = set()
         counted = duplicates = 0
         earliest_due = NEVER
-        for item, dkey, seen_raw in zip(items, dkeys, known, strict=True):
+        for item, dkey, own_key, seen_raw, own_raw in zip(
+            items, dkeys, own_keys, known, known_own, strict=True
+        ):
             tenant, metric, customer, micros, ts_ms = item[:5]
             skey = stream_key(tenant, metric, customer).encode()
             policy = policies.get((tenant, metric))
@@ -242,14 +254,15 @@ class Metering:
             ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             if repeated:
                 seen_raw = dedupe_get(partition, dkey)
+                own_raw = dedupe_get(partition, own_key)
             # [src partition, src offset, src index, keyed offset, ts, metric, customer]
             seen = orjson.loads(seen_raw) if seen_raw is not None else None
-            if seen is not None and seen[6] != customer:
-                # the key was first used by another customer: keys are one event per (tenant,
-                # customer, key), so this customer's own entry decides (see the module's docstring)
-                dkey = dkey + SEP_BYTES + customer.encode()
-                seen_raw = dedupe_get(partition, dkey)
-                seen = orjson.loads(seen_raw) if seen_raw is not None else None
+            if (seen is not None and seen[6] != customer) or (seen is None and own_raw is not None):
+                # the key was first used by another customer (whose entry may have expired since):
+                # keys are one event per (tenant, customer, key), so this customer's own entry
+                # decides (see the module's docstring)
+                dkey = own_key
+                seen = orjson.loads(own_raw) if own_raw is not None else None
                 out.counts[KEY_REUSED] += 1
             if seen is not None:
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:

@@ -176,3 +176,27 @@ def test_a_key_is_one_event_per_customer_and_its_reuse_is_counted() -> None:
     assert (total(counters, T0, customer="a"), total(counters, T0, customer="b")) == (5, 7)
     assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted", "duplicate", "duplicate"]
     assert m.outcomes.counts["key_reused"] == 2
+
+
+def test_a_reused_key_stays_one_event_for_its_second_customer_after_the_first_ones_entry_expires() -> None:
+    """Customer b uses key k first (entry ``t|k``), then a (entry ``t|k|a``). b's stream moves on and
+    the sweep drops b's entry while a's is still needed: a's retry of k is still a duplicate."""
+    m, counters = make(lateness_ms=2 * HOUR)
+    m.process(0, 0, [item("k", 5, T0, 1, customer="b")])
+    m.process(0, 1, [item("k", 7, T0, 2, customer="a")])
+    m.process(0, 2, [item("b-now", 1, T0 + 5 * HOUR, 3, customer="b")])  # only b's watermark moves
+    assert m.expire_dedupe(0, list(m.dedupe.data[0].items()), margin_ms=HOUR)[0] == 1
+    assert b"t\x1fk" not in m.dedupe.data[0] and b"t\x1fk\x1fa" in m.dedupe.data[0]
+    m.take_outcomes()
+    m.process(0, 3, [item("k", 7, T0, 4, customer="a")])  # a's producer retries k
+    assert total(counters, T0, customer="a") == 7
+    again = m.take_outcomes()
+    assert [r[0] for r in again.ledger] == ["duplicate"]
+    assert again.counts["key_reused"] == 1  # still seen as the key another customer used
+    # the same inside a message that repeats the key (read key by key)
+    m.process(0, 4, [item("k", 7, T0, 5, customer="a"), item("k", 7, T0, 6, customer="a")])
+    assert total(counters, T0, customer="a") == 7
+    assert [r[0] for r in m.take_outcomes().ledger] == ["duplicate", "duplicate"]
+    # and a third customer's first use of k still counts
+    m.process(0, 5, [item("k", 3, T0 + 4 * HOUR, 7, customer="c")])
+    assert total(counters, T0 + 4 * HOUR, customer="c") == 3
