@@ -483,6 +483,8 @@ async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient
         ({"since": "2026-11-20T00:00:00"}, "since"),
         ({"until": "tomorrow"}, "until"),
         ({"since": "-P400D"}, "since"),
+        ({"since": "0999-01-01T00:00:00Z", "until": "0999-01-02T00:00:00Z"}, "since"),
+        ({"since": "-P999999999D", "until": "-P999999998D"}, "since"),
         ({"mode": "later"}, "mode"),
         ({"tenantId": "bad tenant"}, "tenantId"),
     ]
@@ -492,6 +494,16 @@ async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient
         assert (await response.json())["error"]["field"] == field, change
     missing = await api.get("/v1/replay/rpl_nope")
     assert missing.status == 404
+
+
+async def test_an_adjustment_time_before_1970_is_refused_naming_ts(env: Settings, api: TestClient) -> None:
+    """Such a ``ts`` made a delta whose bucket the Stripe writer could not read back (year 999 was
+    written "999"), or with a billing anchor a period before year 1: the API refuses it."""
+    body = {"tenantId": "t", "metric": "requests", "customerRef": "acme", "delta": 1, "reason": "refund"}
+    for ts in ("0999-01-01T05:00:00Z", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
+        response = await api.post("/v1/adjustments", json={**body, "ts": ts})
+        assert response.status == 400, (ts, await response.text())
+        assert (await response.json())["error"]["field"] == "ts", ts
 
 
 async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) -> bool:
