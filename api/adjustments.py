@@ -28,6 +28,7 @@ from stripemeter.reconcile import periods
 from stripemeter.topics import TopicNames
 
 HOUR_S = 3600
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _delta_micros(raw: Any) -> int:
@@ -50,12 +51,13 @@ def _ts(raw: Any, now: float) -> datetime:
         raise bad_request("ts", "must be an RFC 3339 time, e.g. 2026-11-20T14:00:00Z") from None
     if ts.tzinfo is None:
         raise bad_request("ts", "must carry a UTC offset")
+    # the bounds of a usage event's ts (stripemeter.events.parse_ts): from 1970 to 1 h ahead. An
+    # earlier ts made a bucket the writer could not read back, or a billing period before year 1
+    if ts < EPOCH:
+        raise bad_request("ts", "is before 1970")
     if ts.timestamp() > now + HOUR_S:
         raise bad_request("ts", "is more than 1 h in the future")
-    try:
-        return ts.astimezone(UTC)
-    except OverflowError:  # before year 1 in UTC
-        raise bad_request("ts", "is out of range") from None
+    return ts.astimezone(UTC)
 
 
 @dataclass(frozen=True)

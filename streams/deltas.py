@@ -29,7 +29,10 @@ class Delta(NamedTuple):
 
 @lru_cache(maxsize=4096)
 def iso_hour(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """``YYYY-MM-DDTHH:MM:SSZ``, the year always four digits (``strftime("%Y")`` writes the year 999
+    as ``999``, which ``parse_iso_ms`` cannot read back)."""
+    d = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}Z"
 
 
 def parse_iso_ms(text: str) -> int:

@@ -16,6 +16,8 @@ An idempotency key is one event per (tenant, customer): the contract's tenant-wi
 every event's key checked across partitions, and a customer's events all live in one. The entry is
 ``tenant + key``; when it belongs to another customer (same partition), this customer's own entry
 ``tenant + key + customer`` decides, and the reuse is counted (stripemeter_idempotency_keys_reused).
+Both entries are read for every event (in the message's one multi-get): the first customer's entry
+can expire before the second one's, and the second customer's retry must still find its own.
 Reuse across partitions is not seen here: the ledger (GET /v1/events) flags it.
 """
 
@@ -99,6 +101,10 @@ class Outcomes:
         self.counts = counts
 
 
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
 def iso_ms(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -166,51 +172,119 @@ class Metering:
         return taken
 
     def handle(self, partition: int, offset: int, raw: bytes, now_ms: int, topic: str = "keyed") -> bool:
-        """One keyed message, events or corrections, all or nothing: a message whose handling raises
-        (see ``POISON``) leaves nothing staged, is dead-lettered (each of its events under its place
-        in usage.events, with ``processing_failed``) and the partition moves on. False if so."""
-        tables = (self.dedupe, self.counters, self.watermarks)
+        """One keyed message, events or corrections, under one savepoint. When its handling raises (see
+        ``POISON``) nothing it staged is kept; then its events are tried one at a time (``_isolate``):
+        only those that raise are dead-lettered (each under its place in usage.events, with
+        ``processing_failed`` and what failed), the others are counted, exactly once, and the partition
+        moves on. A control message, or one that cannot be read as events, is dead-lettered whole.
+        False if anything of the message was set aside."""
         mark = self.outcomes.mark()
         written = dict(self._written)
-        for table in tables:
-            table.savepoint()
+        self._savepoint()
+        items: list[list[Any]] | None = None
         try:
             if is_control(raw):
                 self.process_control(partition, offset, decode_control(raw), now_ms)
             else:
-                self.process(partition, offset, decode_batch(raw))
+                items = decode_batch(raw)
+                self.process(partition, offset, items)
         except POISON as exc:
-            for table in tables:
-                table.rollback()
-            self.outcomes.undo(mark)
-            self._written = written
-            self._dead_letter_message(partition, offset, raw, f"{type(exc).__name__}: {exc}", topic)
+            self._rollback(mark, written)
+            log.exception("keyed message %s[%d]@%d could not be handled", topic, partition, offset)
+            if not items:
+                self._dead_letter_message(partition, offset, raw, _reason(exc), topic)
+            else:
+                self._isolate(partition, offset, raw, items, topic, _reason(exc))
             return False
-        for table in tables:
-            table.release()
+        self._release()
         return True
+
+    def _savepoint(self) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.savepoint()
+
+    def _release(self) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.release()
+
+    def _rollback(
+        self, mark: tuple[int, int, int, int, Counter[str]], written: dict[int, tuple[int, int]]
+    ) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.rollback()
+        self.outcomes.undo(mark)
+        self._written = written
+
+    def _isolate(
+        self, partition: int, offset: int, raw: bytes, items: list[list[Any]], topic: str, why: str
+    ) -> None:
+        """The events of a keyed message whose handling raised, each tried alone under its own savepoint
+        (always rolled back); those that raise are dead-lettered with what failed, the rest are then
+        counted together, as one message at ``offset``. Together, not one by one: a counter takes one
+        update per keyed message (its applied offset guards redelivery), so events counted one by one
+        at the same offset would count only the first. If the rest still raise together (no event
+        alone does), the whole message is dead-lettered, as before."""
+        failed: dict[int, str] = {}
+        for index, item in enumerate(items):
+            mark, written = self.outcomes.mark(), dict(self._written)
+            self._savepoint()
+            try:
+                self.process(partition, offset, [item])
+            except POISON as exc:
+                failed[index] = _reason(exc)
+                log.warning(
+                    "keyed message %s[%d]@%d: event %d could not be handled: %s",
+                    topic, partition, offset, index, failed[index],
+                )  # fmt: skip
+            finally:
+                self._rollback(mark, written)
+        rest = [item for index, item in enumerate(items) if index not in failed]
+        if failed and rest:
+            mark, written = self.outcomes.mark(), dict(self._written)
+            self._savepoint()
+            try:
+                self.process(partition, offset, rest)
+            except POISON as exc:
+                self._rollback(mark, written)
+                failed, why = {}, _reason(exc)
+            else:
+                self._release()
+        if not failed:
+            self._dead_letter_message(partition, offset, raw, why, topic)
+            return
+        for index, reason in failed.items():
+            self._dead_letter_event(
+                partition, offset, items, index, f"the meter could not handle this event: {reason}", topic
+            )
+        self.outcomes.counts[REJECTED] += len(failed)
+
+    def _dead_letter_event(
+        self, partition: int, offset: int, items: list[list[Any]], index: int, message: str, topic: str
+    ) -> None:
+        """One event of a keyed message under its place in usage.events; a malformed one as it was
+        written, under the keyed message."""
+        error = InvalidEvent("processing_failed", message[:1000])
+        try:
+            self.outcomes.dead.append(item_dead_letter(error, items[index], self.events_topic))
+        except POISON:
+            error.index, error.raw_item = index, items[index]
+            self.outcomes.dead.append(dead_letter(error, topic, partition, offset, None))
 
     def _dead_letter_message(self, partition: int, offset: int, raw: bytes, why: str, topic: str) -> None:
         """Each event of the message under its place in usage.events; a message that cannot even be
         read as events (or a control message), as itself."""
-        log.exception("keyed message %s[%d]@%d could not be handled; dead-lettered", topic, partition, offset)
-        message = f"the meter could not handle this event's message: {why}"[:1000]
-        dead: list[bytes] = []
+        message = f"the meter could not handle this event's message: {why}"
         try:
             items = [] if is_control(raw) else decode_batch(raw)
         except POISON:
             items = []
-        for item in items:
-            error = InvalidEvent("processing_failed", message)
-            try:
-                dead.append(item_dead_letter(error, item, self.events_topic))
-            except POISON:  # the item itself is malformed: as it was written, under the keyed message
-                error.index, error.raw_item = items.index(item), item
-                dead.append(dead_letter(error, topic, partition, offset, None))
-        if not dead:
-            dead = [dead_letter(InvalidEvent("processing_failed", message), topic, partition, offset, raw)]
-        self.outcomes.dead.extend(dead)
-        self.outcomes.counts[REJECTED] += len(dead)
+        before = len(self.outcomes.dead)
+        for index in range(len(items)):
+            self._dead_letter_event(partition, offset, items, index, message, topic)
+        if not items:
+            error = InvalidEvent("processing_failed", message[:1000])
+            self.outcomes.dead.append(dead_letter(error, topic, partition, offset, raw))
+        self.outcomes.counts[REJECTED] += len(self.outcomes.dead) - before
 
     def process(self, partition: int, offset: int, items: list[list[Any]]) -> None:
         """Decide, count and record every event of the keyed message at ``offset``.
@@ -220,11 +294,19 @@ class Metering:
         out = self.outcomes
         ledger = out.ledger
         dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
-        # one multi-get for the message's dedupe keys, read before any is written; a key twice in one
-        # message must see what its first occurrence wrote, so such a message reads key by key
+        # one multi-get for the message's dedupe keys, read before any is written: each event's
+        # ``tenant|key`` and its customer's own ``tenant|key|customer`` (see the module's docstring);
+        # a key twice in one message must see what its first occurrence wrote, so such a message
+        # reads key by key
         dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
+        own_keys = [dkey + SEP_BYTES + item[2].encode() for item, dkey in zip(items, dkeys, strict=True)]
         repeated = len(set(dkeys)) < len(dkeys)
-        known = [None] * len(dkeys) if repeated else self.dedupe.get_many(partition, dkeys)
+        if repeated:
+            known: list[bytes | None] = [None] * len(dkeys)
+            known_own: list[bytes | None] = known
+        else:
+            both = self.dedupe.get_many(partition, dkeys + own_keys)
+            known, known_own = both[: len(dkeys)], both[len(dkeys) :]
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
@@ -232,7 +314,9 @@ class Metering:
         advanced: set[bytes] = set()
         counted = duplicates = 0
         earliest_due = NEVER
-        for item, dkey, seen_raw in zip(items, dkeys, known, strict=True):
+        for item, dkey, own_key, seen_raw, own_raw in zip(
+            items, dkeys, own_keys, known, known_own, strict=True
+        ):
             tenant, metric, customer, micros, ts_ms = item[:5]
             skey = stream_key(tenant, metric, customer).encode()
             policy = policies.get((tenant, metric))
@@ -242,14 +326,15 @@ class Metering:
             ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             if repeated:
                 seen_raw = dedupe_get(partition, dkey)
+                own_raw = dedupe_get(partition, own_key)
             # [src partition, src offset, src index, keyed offset, ts, metric, customer]
             seen = orjson.loads(seen_raw) if seen_raw is not None else None
-            if seen is not None and seen[6] != customer:
-                # the key was first used by another customer: keys are one event per (tenant,
-                # customer, key), so this customer's own entry decides (see the module's docstring)
-                dkey = dkey + SEP_BYTES + customer.encode()
-                seen_raw = dedupe_get(partition, dkey)
-                seen = orjson.loads(seen_raw) if seen_raw is not None else None
+            if (seen is not None and seen[6] != customer) or (seen is None and own_raw is not None):
+                # the key was first used by another customer (whose entry may have expired since):
+                # keys are one event per (tenant, customer, key), so this customer's own entry
+                # decides (see the module's docstring)
+                dkey = own_key
+                seen = orjson.loads(own_raw) if own_raw is not None else None
                 out.counts[KEY_REUSED] += 1
             if seen is not None:
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:

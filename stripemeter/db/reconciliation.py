@@ -32,16 +32,28 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
   ON c.metric = p.metric AND c.customer_ref = p.customer_ref AND c.bucket = p.bucket
 """
 
+# Too-late events waiting for a replay: the events a replay of the range would count (db/replay.py's
+# PENDING_LATE: one per idempotency key and customer, the first received, none the stream counted),
+# and also those claimed by a correction an apply recorded but did not see sent (still waiting).
 LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
-FROM events
-WHERE tenant_id = %(tenant)s AND outcome = 'late' AND ts >= %(start)s AND ts < %(end)s
-  AND NOT EXISTS (SELECT 1 FROM replayed_keys r
-                  LEFT JOIN replay_corrections c ON c.correction_id = r.correction_id
-                  WHERE r.tenant_id = events.tenant_id AND r.idempotency_key = events.idempotency_key
-                    -- claimed by a correction an apply recorded but did not see sent: still waiting
-                    AND c.status IS DISTINCT FROM 'recorded')
-  AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+FROM (
+    SELECT DISTINCT ON (e.idempotency_key, e.customer_ref) e.metric, e.customer_ref, e.ts, e.quantity_micros
+    FROM events e
+    WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.ts >= %(start)s AND e.ts < %(end)s
+      AND (%(metric)s::text IS NULL OR e.metric = %(metric)s)
+      AND NOT EXISTS (SELECT 1 FROM replayed_keys r
+                      LEFT JOIN replay_corrections c ON c.correction_id = r.correction_id
+                      WHERE r.tenant_id = e.tenant_id AND r.idempotency_key = e.idempotency_key
+                        AND r.customer_ref = e.customer_ref
+                        -- claimed by a correction an apply recorded but did not see sent: still waiting
+                        AND c.status IS DISTINCT FROM 'recorded')
+      AND NOT EXISTS (SELECT 1 FROM events d
+                      WHERE d.tenant_id = e.tenant_id AND d.idempotency_key = e.idempotency_key
+                        AND d.customer_ref = e.customer_ref AND d.outcome = 'counted')
+    ORDER BY e.idempotency_key, e.customer_ref, e.source_topic, e.source_partition, e.source_offset,
+             e.source_index
+) waiting
 GROUP BY 1, 2, 3
 """
 

@@ -16,11 +16,13 @@ from stripemeter.db.counters import Applied
 from stripemeter.replay.plan import CounterId, Recorded
 from stripemeter.streams.control import Correction, Sent
 
-# Too-late events of the window not counted yet: one per idempotency key (the first received), and
-# none whose key was counted by the stream or claimed by a replay's correction (a duplicate is never
-# counted; a claimed key is counted by its correction, sent or still to be re-sent).
+# Too-late events of the window not counted yet: one per idempotency key and customer (the first
+# received; a key is one event per tenant and customer, so a key two customers reused is owed once for
+# each), and none whose key the stream counted for that customer or a replay's correction claimed for
+# that customer (a duplicate is never counted; a claimed key is counted by its correction, sent or
+# still to be re-sent). The reconciler's LATE (db/reconciliation.py) picks the same events.
 PENDING_LATE = """
-SELECT DISTINCT ON (e.idempotency_key)
+SELECT DISTINCT ON (e.idempotency_key, e.customer_ref)
        e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,
        e.source_topic, e.source_partition, e.source_offset, e.source_index
 FROM events e
@@ -28,11 +30,15 @@ WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.metric = ANY(%(metri
   AND e.ts >= %(since)s AND e.ts < %(until)s
   AND (%(customer)s::text IS NULL OR e.customer_ref = %(customer)s)
   AND NOT EXISTS (
-      SELECT 1 FROM replayed_keys r WHERE r.tenant_id = e.tenant_id AND r.idempotency_key = e.idempotency_key)
+      SELECT 1 FROM replayed_keys r
+      WHERE r.tenant_id = e.tenant_id AND r.idempotency_key = e.idempotency_key
+        AND r.customer_ref = e.customer_ref)
   AND NOT EXISTS (
       SELECT 1 FROM events d
-      WHERE d.tenant_id = e.tenant_id AND d.idempotency_key = e.idempotency_key AND d.outcome = 'counted')
-ORDER BY e.idempotency_key, e.source_topic, e.source_partition, e.source_offset, e.source_index
+      WHERE d.tenant_id = e.tenant_id AND d.idempotency_key = e.idempotency_key
+        AND d.customer_ref = e.customer_ref AND d.outcome = 'counted')
+ORDER BY e.idempotency_key, e.customer_ref,
+         e.source_topic, e.source_partition, e.source_offset, e.source_index
 """
 
 # Corrections recorded by an apply whose send was not acknowledged (a crash or an error in between):
@@ -123,11 +129,12 @@ async def record_corrections(
                     (c.id, replay_id, tenant, c.metric, c.customer_ref, bucket, c.kind, c.micros, c.ts_ms,
                      len(keys), "recorded")
                 )  # fmt: skip
-        copy_keys = "COPY replayed_keys (tenant_id, idempotency_key, replay_id, correction_id) FROM STDIN"
-        async with cur.copy(copy_keys) as copy:
+        # a correction counts one counter's events, so the keys it claims are its customer's
+        columns = "tenant_id, idempotency_key, customer_ref, replay_id, correction_id"
+        async with cur.copy(f"COPY replayed_keys ({columns}) FROM STDIN") as copy:
             for c, keys in new:
                 for key in keys:
-                    await copy.write_row((tenant, key, replay_id, c.id))
+                    await copy.write_row((tenant, key, c.customer_ref, replay_id, c.id))
 
 
 async def mark_sent(conn: psycopg.AsyncConnection, replay_id: str, sent: list[Sent]) -> None:

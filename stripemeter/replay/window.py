@@ -7,8 +7,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from stripemeter.instants import BadInstant, parse_instant_ms
+from stripemeter.reconcile.periods import MAX_YEAR
 
 HOUR_MS = 3_600_000
+LAST_MS = int(datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC).timestamp() * 1000)  # the end of MAX_YEAR
 
 
 class WindowError(ValueError):
@@ -39,9 +41,20 @@ def _instant(field: str, raw: object, now_ms: int) -> int:
         raise WindowError(field, str(exc)) from None
 
 
+def _bounded(field: str, ms: int) -> int:
+    """Within the years an event (from 1970 on, see stripemeter.events.parse_ts) and a billing period
+    (up to ``periods.MAX_YEAR``) can have: outside them a window holds nothing, and its hours would
+    not be written as four-digit years, or not at all."""
+    if ms < 0:
+        raise WindowError(field, "is before 1970")
+    if ms > LAST_MS:
+        raise WindowError(field, f"is after the end of {MAX_YEAR}")
+    return ms
+
+
 def parse_window(since_raw: object, until_raw: object, now_ms: int, max_seconds: int) -> Window:
-    since_ms = _instant("since", since_raw, now_ms)
-    until_ms = _instant("until", until_raw, now_ms)
+    since_ms = _bounded("since", _instant("since", since_raw, now_ms))
+    until_ms = _bounded("until", _instant("until", until_raw, now_ms))
     if since_ms >= until_ms:
         raise WindowError("since", "must be before until")
     since_ms -= since_ms % HOUR_MS

@@ -222,8 +222,9 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
     await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
     window = parse_window("-P4D", "now", now_ms(), env.replay_max_window_seconds)
     request = ReplayRequest(tenant, ["requests"], None, window, "apply")
-    waiting = await waiting_late(env, tenant, window)  # ledger rows: the 40 keys, 5 of them twice
-    assert waiting == 45
+    # the 40 keys (5 of them sent twice): what the replay counts, one per key and customer
+    waiting = await waiting_late(env, tenant, window)
+    assert waiting == 40
     producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
     await producer.start()
     failing = FailingAfter(producer, 1)
@@ -268,6 +269,69 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
     assert again["eventsReplayed"] == 0 and again["counters"] == []
     await asyncio.sleep(1.5)
     assert await local(env, tenant) == expected
+
+
+async def test_a_key_reused_by_two_customers_is_replayed_once_for_each(
+    env: Settings, start_worker, api: TestClient
+) -> None:
+    """A key is one event per (tenant, customer): a too-late event of one customer is owed whatever
+    another customer of the tenant did with the same key (counted it, sent it late too, or had it
+    counted by a replay). The reconciler names as waiting what the replay counts."""
+    tenant = f"rk-{uuid.uuid4().hex[:6]}"
+    start_worker("w1").wait_ready()
+    now = now_ms()
+    fresh = [ev(tenant, c, now - 60_000 * i, 1, f"f{c}{i}") for c in ("a", "b") for i in range(5)]
+    fresh.append(ev(tenant, "a", now, 1, "counted-by-a"))
+    await produce(env, [fresh])
+    await eventually(lambda: _outcome_at_least(env, tenant, "counted", 11), what="fresh usage counted")
+    old = now - 60 * HOUR_MS
+    late = [
+        ev(tenant, "a", old, 2, "shared"),
+        ev(tenant, "b", old + 1000, 3, "shared"),
+        ev(tenant, "a", old, 2, "shared"),  # a retry of each: still one event per customer
+        ev(tenant, "b", old + 1000, 3, "shared"),
+        ev(tenant, "b", old, 5, "counted-by-a"),  # a counted the key; b's event is its own
+        ev(tenant, "a", old, 4, "claimed"),
+    ]
+    await produce(env, [late])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 6), what="too-late events in the ledger")
+    window = parse_window("-P4D", "now", now_ms(), env.replay_max_window_seconds)
+    assert await waiting_late(env, tenant, window) == 4
+
+    dry = await replay(api, tenant, "dry-run")
+    assert dry["eventsReplayed"] == 4 and dry["totals"]["delta"] == 2 + 3 + 5 + 4
+    applied = await replay(api, tenant, "apply")
+    assert applied["applied"] is True and applied["visible"] is True
+    expected = oracle_per_customer(fresh + late)
+    assert await local(env, tenant) == expected
+    assert await waiting_late(env, tenant, window) == 0
+
+    # b now sends a too-late event with the key a's too-late event was replayed under
+    claimed_by_b = ev(tenant, "b", old, 6, "claimed")
+    await produce(env, [[claimed_by_b]])
+    await eventually(lambda: _outcome_at_least(env, tenant, "late", 7), what="b's too-late event")
+    assert await waiting_late(env, tenant, window) == 1
+    again = await replay(api, tenant, "apply")
+    assert again["eventsReplayed"] == 1 and again["totals"]["delta"] == 6
+    expected = oracle_per_customer(fresh + late + [claimed_by_b])
+    assert await local(env, tenant) == expected
+    assert await waiting_late(env, tenant, window) == 0
+    assert (await replay(api, tenant, "apply"))["eventsReplayed"] == 0
+    await asyncio.sleep(1.5)
+    assert await local(env, tenant) == expected
+
+
+def oracle_per_customer(events: list[dict[str, Any]]) -> Counter[tuple[str, int]]:
+    """As ``oracle``, with a key one event per customer."""
+    seen: set[tuple[str, str]] = set()
+    totals: Counter[tuple[str, int]] = Counter()
+    for e in events:
+        if (e["customerRef"], e["idempotencyKey"]) in seen:
+            continue
+        seen.add((e["customerRef"], e["idempotencyKey"]))
+        ts = _ms(e["ts"])
+        totals[(e["customerRef"], ts - ts % HOUR_MS)] += e["quantity"] * 1_000_000
+    return totals
 
 
 def partition_of(env: Settings, tenant: str, customer: str) -> int:
@@ -483,6 +547,8 @@ async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient
         ({"since": "2026-11-20T00:00:00"}, "since"),
         ({"until": "tomorrow"}, "until"),
         ({"since": "-P400D"}, "since"),
+        ({"since": "0999-01-01T00:00:00Z", "until": "0999-01-02T00:00:00Z"}, "since"),
+        ({"since": "-P999999999D", "until": "-P999999998D"}, "since"),
         ({"mode": "later"}, "mode"),
         ({"tenantId": "bad tenant"}, "tenantId"),
     ]
@@ -492,6 +558,16 @@ async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient
         assert (await response.json())["error"]["field"] == field, change
     missing = await api.get("/v1/replay/rpl_nope")
     assert missing.status == 404
+
+
+async def test_an_adjustment_time_before_1970_is_refused_naming_ts(env: Settings, api: TestClient) -> None:
+    """Such a ``ts`` made a delta whose bucket the Stripe writer could not read back (year 999 was
+    written "999"), or with a billing anchor a period before year 1: the API refuses it."""
+    body = {"tenantId": "t", "metric": "requests", "customerRef": "acme", "delta": 1, "reason": "refund"}
+    for ts in ("0999-01-01T05:00:00Z", "0001-01-01T00:00:00Z", "1969-12-31T23:59:59Z"):
+        response = await api.post("/v1/adjustments", json={**body, "ts": ts})
+        assert response.status == 400, (ts, await response.text())
+        assert (await response.json())["error"]["field"] == "ts", ts
 
 
 async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) -> bool:

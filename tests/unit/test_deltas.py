@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from datetime import datetime
+
 import orjson
 from stripemeter.streams.deltas import Delta, decode_delta, encode_delta
 
@@ -33,3 +35,14 @@ def test_latest_per_counter_keeps_highest_seq() -> None:
     a2 = Delta("t", "m", "a", 0, 2, 2)
     b = Delta("t", "m", "b", 0, 9, 1)
     assert sorted(latest_per_counter([a1, a3, a2, b]), key=lambda d: d.customer_ref) == [a3, b]
+
+
+def test_a_delta_of_any_year_decodes_to_itself() -> None:
+    """The bucket's year is always four digits: ``strftime("%Y")`` wrote the year 999 as ``999``, and
+    such a delta could not be read back (the writer stopped on it)."""
+    for bucket in ("0001-01-01T00:00:00Z", "0999-01-01T05:00:00Z", "1969-12-31T23:00:00Z",
+                   "1970-01-01T00:00:00Z", "2026-11-18T08:00:00Z", "9999-12-31T23:00:00Z"):  # fmt: skip
+        ms = int(datetime.fromisoformat(bucket.replace("Z", "+00:00")).timestamp() * 1000)
+        delta = Delta("t", "m", "c", ms, 1_000_000, 1)
+        assert orjson.loads(encode_delta(delta))["bucket"] == bucket
+        assert decode_delta(encode_delta(delta)) == delta

@@ -129,25 +129,102 @@ def test_an_event_that_would_overflow_its_counter_is_rejected_before_anything_is
     assert total(counters, T0) == big and len(m.outcomes.dead) == 3
 
 
-def test_a_message_whose_handling_raises_leaves_nothing_staged_and_is_dead_lettered() -> None:
+def test_a_message_whose_handling_raises_dead_letters_only_the_event_at_fault() -> None:
     m, counters = make()
     assert m.handle(0, 0, orjson.dumps([item("ok", 5, T0, 1)]), T0)
-    before = (dict(m.dedupe.data[0]), total(counters, T0), list(m.outcomes.ledger))
     poisoned = [item("fine", 1, T0, 2), item("bad", 1, T0, 3)]
     poisoned[1][4] = "not a time"  # the event time of the second event cannot be computed with
     assert not m.handle(0, 1, orjson.dumps(poisoned), T0)
-    assert (dict(m.dedupe.data[0]), total(counters, T0), list(m.outcomes.ledger)) == before
+    assert total(counters, T0) == 6  # the first event counted
+    assert b"t\x1fbad" not in m.dedupe.data[0]
+    assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted"]
     dead = [orjson.loads(d) for d in m.outcomes.dead]
-    # the readable event under its place in usage.events; the malformed one as written, under the
-    # keyed message
-    assert [(d["error"]["code"], d["topic"], d["offset"]) for d in dead] == [
-        ("processing_failed", "usage.events", 2),
-        ("processing_failed", "keyed", 1),
+    # the malformed event as written, under the keyed message, saying what failed
+    assert [(d["error"]["code"], d["topic"], d["offset"], d["index"]) for d in dead] == [
+        ("processing_failed", "keyed", 1, 1)
     ]
+    assert "TypeError" in dead[0]["error"]["message"]
     assert not m.handle(0, 2, b"not json", T0)  # unreadable: the keyed message itself
     assert orjson.loads(m.outcomes.dead[-1])["topic"] == "keyed"
     assert m.handle(0, 3, orjson.dumps([item("later", 2, T0, 4)]), T0)  # and the partition moves on
-    assert total(counters, T0) == 7
+    assert total(counters, T0) == 8
+
+
+class Savepoints(MemoryState):
+    def __init__(self) -> None:
+        super().__init__()
+        self.savepoints = 0
+
+    def savepoint(self) -> None:
+        self.savepoints += 1
+        super().savepoint()
+
+
+class Bug(Policies):
+    """A policy lookup that raises for one metric: an event no rule foresaw."""
+
+    def get(self, tenant: str, metric: str) -> MetricPolicy:
+        if metric == "poison":
+            raise KeyError(f"no rule for {metric}")
+        return super().get(tenant, metric)
+
+
+def keyed(
+    tenant: str, customer: str, key: str, micros: int, ts: int, src: int, metric: str = "m"
+) -> list[object]:
+    return encode_keyed(
+        UsageEvent(tenant, metric, customer, micros, ts, key, False, None, None), Source(0, src, 0)
+    )
+
+
+def test_an_event_that_raises_in_a_packed_message_is_dead_lettered_alone_and_the_rest_count_once() -> None:
+    """Intake packs events of several tenants and customers into one keyed message. One of them makes
+    the meter raise: only it is dead-lettered (under its place in usage.events, naming the failure);
+    the others count, exactly once, also when the message is read again after a crash."""
+    dedupe, counters, watermarks = Savepoints(), Savepoints(), Savepoints()
+    m = Metering(dedupe, counters, watermarks, Bug(MetricPolicy()))
+    packed = [
+        keyed("t", "a", "a1", 2, T0, 10),
+        keyed("t", "a", "a2", 3, T0 + 1, 11),  # the same counter as a1: both must count
+        keyed("u", "x", "p1", 9, T0, 12, metric="poison"),
+        keyed("t", "b", "b1", 5, T0, 13),
+        keyed("u", "x", "x1", 7, T0, 14),
+    ]
+    assert m.handle(0, 0, orjson.dumps([keyed("t", "a", "a0", 1, T0, 9)]), T0)  # the normal path:
+    assert (dedupe.savepoints, counters.savepoints, watermarks.savepoints) == (1, 1, 1)  # one savepoint
+    m.take_outcomes()
+
+    def totals() -> tuple[int, int, int]:
+        def one(tenant: str, customer: str) -> int:
+            raw = counters.get(0, counter_key(tenant, "m", customer, T0).encode())
+            return orjson.loads(raw)[0] if raw else 0
+
+        return one("t", "a"), one("t", "b"), one("u", "x")
+
+    assert not m.handle(0, 1, orjson.dumps(packed), T0)
+    assert totals() == (6, 5, 7)
+    out = m.take_outcomes()
+    assert sorted((r[0], r[6]) for r in out.ledger) == [
+        ("counted", "a1"), ("counted", "a2"), ("counted", "b1"), ("counted", "x1")
+    ]  # fmt: skip
+    (dead,) = [orjson.loads(d) for d in out.dead]
+    assert (dead["error"]["code"], dead["topic"], dead["offset"], dead["index"]) == (
+        "processing_failed", "usage.events", 12, 0
+    )  # fmt: skip
+    assert "KeyError" in dead["error"]["message"] and "no rule for poison" in dead["error"]["message"]
+    assert dead["raw"] and orjson.loads(dead["raw"])["idempotencyKey"] == "p1"
+    assert (out.counts["counted"], out.counts["rejected"]) == (4, 1)
+    assert b"u\x1fp1" not in dedupe.data[0]
+
+    # the message read again after a crash: the same decisions, nothing counted twice
+    assert not m.handle(0, 1, orjson.dumps(packed), T0)
+    assert totals() == (6, 5, 7)
+    again = m.take_outcomes()
+    assert sorted(r[6] for r in again.ledger) == ["a1", "a2", "b1", "x1"] and len(again.dead) == 1
+    # intake re-sending the same inputs at a later keyed offset: already handled, no trace
+    assert not m.handle(0, 2, orjson.dumps(packed), T0)
+    assert totals() == (6, 5, 7)
+    assert m.take_outcomes().ledger == []
 
 
 def test_raising_lateness_cannot_count_a_duplicate_whose_dedupe_entry_expired() -> None:
@@ -176,3 +253,27 @@ def test_a_key_is_one_event_per_customer_and_its_reuse_is_counted() -> None:
     assert (total(counters, T0, customer="a"), total(counters, T0, customer="b")) == (5, 7)
     assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted", "duplicate", "duplicate"]
     assert m.outcomes.counts["key_reused"] == 2
+
+
+def test_a_reused_key_stays_one_event_for_its_second_customer_after_the_first_ones_entry_expires() -> None:
+    """Customer b uses key k first (entry ``t|k``), then a (entry ``t|k|a``). b's stream moves on and
+    the sweep drops b's entry while a's is still needed: a's retry of k is still a duplicate."""
+    m, counters = make(lateness_ms=2 * HOUR)
+    m.process(0, 0, [item("k", 5, T0, 1, customer="b")])
+    m.process(0, 1, [item("k", 7, T0, 2, customer="a")])
+    m.process(0, 2, [item("b-now", 1, T0 + 5 * HOUR, 3, customer="b")])  # only b's watermark moves
+    assert m.expire_dedupe(0, list(m.dedupe.data[0].items()), margin_ms=HOUR)[0] == 1
+    assert b"t\x1fk" not in m.dedupe.data[0] and b"t\x1fk\x1fa" in m.dedupe.data[0]
+    m.take_outcomes()
+    m.process(0, 3, [item("k", 7, T0, 4, customer="a")])  # a's producer retries k
+    assert total(counters, T0, customer="a") == 7
+    again = m.take_outcomes()
+    assert [r[0] for r in again.ledger] == ["duplicate"]
+    assert again.counts["key_reused"] == 1  # still seen as the key another customer used
+    # the same inside a message that repeats the key (read key by key)
+    m.process(0, 4, [item("k", 7, T0, 5, customer="a"), item("k", 7, T0, 6, customer="a")])
+    assert total(counters, T0, customer="a") == 7
+    assert [r[0] for r in m.take_outcomes().ledger] == ["duplicate", "duplicate"]
+    # and a third customer's first use of k still counts
+    m.process(0, 5, [item("k", 3, T0 + 4 * HOUR, 7, customer="c")])
+    assert total(counters, T0 + 4 * HOUR, customer="c") == 3

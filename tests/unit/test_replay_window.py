@@ -42,3 +42,30 @@ def test_the_maximum_counts_from_whole_hours() -> None:
     with pytest.raises(WindowError) as info:
         parse_window("-P35D", "now", now, MAX)  # widened to 35 days and an hour
     assert info.value.field == "since"
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "field"),
+    [
+        ("0999-01-01T00:00:00Z", "0999-01-02T00:00:00Z", "since"),  # its hours were written "999-..."
+        ("1969-12-31T00:00:00Z", "1970-01-01T01:00:00Z", "since"),
+        ("-P999999999D", "-P999999998D", "since"),  # beyond any datetime: was a 500
+        ("9998-12-31T00:00:00Z", "9999-01-01T00:00:01Z", "until"),
+        ("+P999999999D", "+P999999999DT1H", "since"),
+    ],
+)
+def test_windows_outside_the_years_events_can_have_are_refused_naming_the_field(
+    since: str, until: str, field: str
+) -> None:
+    with pytest.raises(WindowError) as info:
+        parse_window(since, until, ms("2026-11-20T00:00:00Z"), MAX)
+    assert info.value.field == field
+
+
+def test_windows_at_the_edges_of_the_supported_years() -> None:
+    now = ms("2026-11-20T00:00:00Z")
+    assert parse_window("1970-01-01T00:00:00Z", "1970-01-02T00:00:00Z", now, MAX)
+    assert parse_window("9998-12-31T23:30:00Z", "9999-01-01T00:00:00Z", now, MAX).wire() == {
+        "since": "9998-12-31T23:00:00Z",
+        "until": "9999-01-01T00:00:00Z",
+    }
