@@ -62,7 +62,8 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], UsageEvent]:
     micros, ts_ms = draw(micros_values), draw(instants_ms)
     key = draw(st.none() | texts)
     resource = draw(st.none() | texts)
-    small_text = st.text(st.characters(blacklist_characters="\x00"), max_size=8)
+    # no lone surrogates: JSON from the wire cannot hold them (the decoder refuses them as not_json)
+    small_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=8)
     meta = draw(
         st.none() | st.dictionaries(small_text, st.integers(-(2**63), 2**63 - 1) | small_text, max_size=4)
     )
