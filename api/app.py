@@ -33,9 +33,10 @@ from stripemeter.api.appkeys import (
     SETTINGS,
     STRIPE_CHECK,
 )
-from stripemeter.api.auth import KeyCache, RateLimiter, auth_middleware, failure_limiter
+from stripemeter.api.auth import auth_middleware
 from stripemeter.api.errors import ApiError, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
+from stripemeter.api.limits import KeyCache, RateLimiter, failure_limiter
 from stripemeter.api.params import no_nul_middleware
 
 from stripemeter import metrics

@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
+from stripemeter.api.limits import KeyCache, RateLimiter
 
 from stripemeter.config import Settings
 from stripemeter.reconcile.runner import Reconciler
@@ -16,7 +17,7 @@ PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 REPLAYER = web.AppKey("replayer", Replayer)
 STRIPE_CHECK = web.AppKey("stripe_check", dict)  # the last Stripe reachability check and when
-KEY_CACHE = web.AppKey("key_cache", object)  # api.auth.KeyCache: key id -> row, bounded
-RATE_LIMITER = web.AppKey("rate_limiter", object)  # requests per tenant
-AUTH_LIMITER = web.AppKey("auth_limiter", object)  # failed API-key attempts per client
+KEY_CACHE = web.AppKey("key_cache", KeyCache)  # key id -> row, bounded
+RATE_LIMITER = web.AppKey("rate_limiter", RateLimiter)  # requests per tenant
+AUTH_LIMITER = web.AppKey("auth_limiter", RateLimiter)  # failed API-key attempts per client
 GAUGES_VERSION = web.AppKey("gauges_version", dict)  # which reconciliation runs the drift gauges show

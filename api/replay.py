@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
@@ -14,7 +16,9 @@ from stripemeter.replay.runner import ReplayRequest, UnknownMetric, refresh_visi
 from stripemeter.replay.window import WindowError, parse_window
 
 
-def parse_request(request: web.Request, body: dict, max_window_seconds: int, now_ms: int) -> ReplayRequest:
+def parse_request(
+    request: web.Request, body: dict[str, Any], max_window_seconds: int, now_ms: int
+) -> ReplayRequest:
     tenant = params.body_tenant(request, body)
     metrics = body.get("metrics")
     if not isinstance(metrics, list) or not metrics or len(metrics) > 100:
@@ -29,7 +33,7 @@ def parse_request(request: web.Request, body: dict, max_window_seconds: int, now
     try:
         window = parse_window(body.get("since"), body.get("until", "now"), now_ms, max_window_seconds)
     except WindowError as exc:
-        raise bad_request(exc.field, str(exc).split(": ", 1)[1]) from None
+        raise bad_request(exc.field, exc.detail) from None
     return ReplayRequest(tenant, sorted(set(metrics)), customer, window, mode)
 
 

@@ -14,9 +14,12 @@ LAST_MS = int(datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC).timestamp() * 1000)  # th
 
 
 class WindowError(ValueError):
-    def __init__(self, field: str, message: str):
-        super().__init__(f"{field}: {message}")
+    """A bad ``since`` or ``until``: ``field`` names it, ``detail`` says what is wrong with it."""
+
+    def __init__(self, field: str, detail: str):
+        super().__init__(f"{field}: {detail}")
         self.field = field
+        self.detail = detail
 
 
 @dataclass(frozen=True)

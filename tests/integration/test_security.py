@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import KEY_CACHE
-from stripemeter.api.auth import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
+from stripemeter.api.limits import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
 
 from stripemeter import keys
 from stripemeter.config import Settings

@@ -1,14 +1,14 @@
-"""The API's bounded key cache, token buckets and client identity (pure parts of api/auth.py)."""
+"""The API's bounded key cache, token buckets (api/limits.py) and client identity (api/auth.py)."""
 
 from __future__ import annotations
 
-from stripemeter.api.auth import (
+from stripemeter.api.auth import client_address
+from stripemeter.api.limits import (
     KEY_CACHE_SIZE,
     MISS_CACHE_SIZE,
     BoundedCache,
     KeyCache,
     RateLimiter,
-    client_address,
     failure_limiter,
 )
 

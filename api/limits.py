@@ -1,0 +1,132 @@
+"""The API's bounded memory of who asked: API-key rows in bounded LRUs, token buckets per name.
+
+Kept apart from ``auth`` so the application's typed keys (``appkeys``) can name these types.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import OrderedDict
+from typing import Any, Generic, TypeVar
+
+from stripemeter import metrics
+
+KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
+KEY_CACHE_SIZE = 10_000  # valid keys remembered (one row each, well under 1 KiB)
+MISS_CACHE_SECONDS = 30.0  # a key id that found nothing is not looked up again for this long
+MISS_CACHE_SIZE = 10_000  # such ids remembered
+KNOWN_SECONDS = 3600.0  # an id found valid this recently is not a guess: its lookups need no token
+MAX_BUCKETS = 10_000  # tenants or clients with a token bucket; the least recently seen go first
+
+V = TypeVar("V")
+
+
+class BoundedCache(Generic[V]):
+    """At most ``size`` entries, each for ``ttl`` seconds; the least recently used goes first."""
+
+    def __init__(self, size: int, ttl: float):
+        self.size = size
+        self.ttl = ttl
+        self._entries: OrderedDict[str, tuple[V, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str, now: float) -> tuple[V] | None:
+        """``(value,)`` while fresh, else None (an expired entry is dropped)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if now - entry[1] > self.ttl:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return (entry[0],)
+
+    def put(self, key: str, value: V, now: float) -> None:
+        self._entries[key] = (value, now)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+
+    def discard(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+
+class KeyCache:
+    """Key id -> its row: valid keys and ids that found nothing, in separate bounded caches."""
+
+    def __init__(
+        self,
+        size: int = KEY_CACHE_SIZE,
+        miss_size: int = MISS_CACHE_SIZE,
+        ttl: float = KEY_CACHE_SECONDS,
+        miss_ttl: float = MISS_CACHE_SECONDS,
+    ):
+        self.found: BoundedCache[dict[str, Any]] = BoundedCache(size, ttl)
+        self.missing: BoundedCache[bool] = BoundedCache(miss_size, miss_ttl)
+        self.known: BoundedCache[bool] = BoundedCache(size, KNOWN_SECONDS)  # ids found valid lately
+        self.inflight: dict[str, asyncio.Future[dict[str, Any] | None]] = {}
+
+    def get(self, key_id: str, now: float) -> tuple[dict[str, Any] | None] | None:
+        """``(row,)`` or ``(None,)`` when known, None when PostgreSQL must be asked."""
+        hit = self.found.get(key_id, now)
+        if hit is not None:
+            return hit
+        return (None,) if self.missing.get(key_id, now) is not None else None
+
+    def put(self, key_id: str, row: dict[str, Any] | None, now: float) -> None:
+        if row is None:
+            self.found.discard(key_id)
+            self.known.discard(key_id)
+            self.missing.put(key_id, True, now)
+        else:
+            self.missing.discard(key_id)
+            self.found.put(key_id, row, now)
+            self.known.put(key_id, True, now)
+        metrics.API_KEY_CACHE_ENTRIES.labels("found").set(len(self.found))
+        metrics.API_KEY_CACHE_ENTRIES.labels("missing").set(len(self.missing))
+
+
+class RateLimiter:
+    """A token bucket per name: ``rate`` tokens a second, up to ``burst`` (default ``2 * rate``).
+
+    At most ``max_names`` buckets are kept; the least recently used is forgotten (it starts full
+    again), so made-up names cannot grow memory.
+    """
+
+    def __init__(self, rate: float, burst: float | None = None, max_names: int = MAX_BUCKETS):
+        self.rate = rate
+        self.burst = max(2 * rate, 1.0) if burst is None else max(burst, 1.0)
+        self.max_names = max_names
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # name -> (tokens, at)
+
+    def take(self, name: str, now: float | None = None) -> float:
+        """0 when allowed (one token taken), else the seconds until a token is there."""
+        now = time.monotonic() if now is None else now
+        tokens, at = self.buckets.get(name, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.rate)
+        if tokens >= 1:
+            self._set(name, tokens - 1, now)
+            return 0.0
+        self._set(name, tokens, now)
+        return (1 - tokens) / self.rate if self.rate > 0 else math.inf
+
+    def give_back(self, name: str) -> None:
+        """Return a token taken for something that turned out not to count against ``name``."""
+        if name in self.buckets:
+            tokens, at = self.buckets[name]
+            self.buckets[name] = (min(self.burst, tokens + 1), at)
+
+    def _set(self, name: str, tokens: float, now: float) -> None:
+        self.buckets[name] = (tokens, now)
+        self.buckets.move_to_end(name)
+        while len(self.buckets) > self.max_names:
+            self.buckets.popitem(last=False)
+
+
+def failure_limiter(per_minute: float) -> RateLimiter:
+    """Failed API-key attempts per client: ``per_minute`` at once, then refilled over a minute."""
+    return RateLimiter(per_minute / 60.0, burst=per_minute)
