@@ -43,7 +43,7 @@ def _skip(text: str, at: int) -> int:
 
 def _value_end(text: str, at: int) -> int:
     try:
-        return _LENIENT.raw_decode(text, at)[1]  # type: ignore[no-any-return]
+        return _LENIENT.raw_decode(text, at)[1]
     except (ValueError, RecursionError) as exc:
         raise Unreadable(f"no JSON value at character {at}") from exc
 

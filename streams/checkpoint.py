@@ -47,7 +47,7 @@ class Checkpointer:
         self.metering = metering
         self.states = states
         self.names = names
-        self.producer: AIOKafkaProducer = producer  # type: ignore[assignment]  # set once the loop runs
+        self.producer: AIOKafkaProducer = producer  # set once the loop runs
         self.pending: list[Any] = []  # faust events processed but not yet acknowledged
         self._lock = asyncio.Lock()
         self.failed = False  # a checkpoint raised: local state may be ahead of the changelogs

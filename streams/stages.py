@@ -231,7 +231,7 @@ def merged_exposition(children: dict[str, str]) -> bytes:
                 families[_exposed_name(family)] = family
             elif {mine.type, family.type} <= {"info", "gauge"} or mine.type == family.type:
                 mine.samples = [*mine.samples, *samples]
-    return generate_latest(_Families(list(families.values())))  # type: ignore[arg-type]
+    return generate_latest(_Families(list(families.values())))
 
 
 def _exposed_name(family: Metric) -> str:

@@ -76,7 +76,7 @@ async def replay_window(
             replayer = Replayer(producer, names.keyed)
             baseline = min([await bare_scan(conn, tenant, window) for _ in range(3)])
             for mode in ("dry-run", "apply"):
-                request = ReplayRequest(tenant, ["requests"], None, window, mode)  # type: ignore[arg-type]
+                request = ReplayRequest(tenant, ["requests"], None, window, mode)
                 started = time.perf_counter()
                 report = await replayer.run(conn, request)
                 seconds = time.perf_counter() - started

@@ -180,12 +180,12 @@ def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
 
     from stripemeter.instants import parse_instant_ms
     from stripemeter.topic_inspect.kinds import logical_name, resolve_topic, topic_kind
-    from stripemeter.topic_inspect.tail import TailRequest, tail
+    from stripemeter.topic_inspect.tail import TailRequest, TailStart, tail
     from stripemeter.topics import TopicNames
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     topic = resolve_topic(names, args.topic)
-    start = "beginning" if args.from_beginning else "since" if args.since else "last"
+    start: TailStart = "beginning" if args.from_beginning else "since" if args.since else "last"
     request = TailRequest(
         topic=topic,
         shown_as=logical_name(names, topic),
@@ -312,9 +312,9 @@ def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.operate import reconcile
-    from stripemeter.reconcile.runner import RunRequest
+    from stripemeter.reconcile.runner import Align, RunRequest
 
-    align = "all" if args.align_all else "within_epsilon"
+    align: Align = "all" if args.align_all else "within_epsilon"
     request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")
     reports = asyncio.run(reconcile(settings, request, args.json, say, print_table))
     return 3 if any(report["status"] == "drift" for report in reports) else 0
@@ -419,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def add(
-        parent: argparse._SubParsersAction, name: str, func: Command, help: str
+        parent: argparse._SubParsersAction[argparse.ArgumentParser], name: str, func: Command, help: str
     ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, help=help, description=help)
         p.set_defaults(func=func)

@@ -139,11 +139,11 @@ REPLAY_COLUMNS = ["metric", "customer", "bucket", "period", "before", "after", "
 
 
 async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: Table) -> dict[str, Any]:
-    from stripemeter.replay.runner import ReplayRequest, build_replayer
+    from stripemeter.replay.runner import Mode, ReplayRequest, build_replayer
     from stripemeter.replay.window import parse_window
 
     window = parse_window(args.since, args.until, settings.clock.ms(), settings.replay_max_window_seconds)
-    mode = "apply" if args.apply else "dry-run"
+    mode: Mode = "apply" if args.apply else "dry-run"
     request = ReplayRequest(args.tenant, sorted(set(args.metric)), args.customer, window, mode)
     producer = AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True

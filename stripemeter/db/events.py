@@ -22,7 +22,7 @@ async def list_events(
     limit: int,
     after: tuple[Any, ...] | None,
 ) -> list[dict[str, Any]]:
-    where = [sql.SQL("tenant_id = %(tenant)s")]
+    where: list[sql.Composable] = [sql.SQL("tenant_id = %(tenant)s")]
     params: dict[str, Any] = {"tenant": tenant, "limit": limit}
     for column, value in (("metric", metric), ("customer_ref", customer)):
         if value is not None:

@@ -103,7 +103,7 @@ async def load_policies(
     )
     return {
         (tenant, metric): MetricPolicy(
-            aggregation,  # type: ignore[arg-type]
+            aggregation,
             default.lateness_ms if lateness is None else lateness * 1000,
             default.horizon_ms if horizon is None else int(horizon.timestamp() * 1000),
         )

@@ -93,13 +93,13 @@ async def hours(
 
 async def late_events(
     conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
-):
+) -> list[dict[str, Any]]:
     return await _rows(conn, LATE, _range(tenant, metric, start, end))
 
 
 async def recent_corrections(
     conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
-):
+) -> list[dict[str, Any]]:
     return await _rows(conn, CORRECTIONS, _range(tenant, metric, start, end))
 
 

@@ -10,11 +10,14 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from stripemeter.config import Secret, Settings, settings_env
 from stripemeter.local.kafka import LocalKafka
 from stripemeter.local.postgres import LocalPostgres, install_server
 from stripemeter.local.procs import Managed, port_open, tail, wait_for
+
+T = TypeVar("T")
 
 Say = Callable[[str], None]
 
@@ -47,7 +50,7 @@ def _managed(settings: Settings, name: str) -> Managed:
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 300
+            return 200 <= int(response.status) < 300
     except OSError:
         return False
 
@@ -228,7 +231,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
         )
 
 
-def _retry_until_ready(action: Callable[[], object], attempts: int = 30) -> object:
+def _retry_until_ready(action: Callable[[], T], attempts: int = 30) -> T:
     """The broker's port opens a moment before it serves metadata."""
     import time
 
@@ -245,9 +248,11 @@ def _retry_until_ready(action: Callable[[], object], attempts: int = 30) -> obje
 def down(settings: Settings, say: Say) -> None:
     for service in reversed(services(settings)):
         host, port = service.port
-        if service.managed.stop(
-            timeout=60, sig=service.stop_signal, gone=lambda h=host, p=port: not port_open(h, p)
-        ):
+
+        def closed(h: str = host, p: int = port) -> bool:
+            return not port_open(h, p)
+
+        if service.managed.stop(timeout=60, sig=service.stop_signal, gone=closed):
             say(f"stopped {service.name}")
 
 

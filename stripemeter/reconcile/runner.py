@@ -43,6 +43,7 @@ from stripemeter.stripe_push.plan import IDENTIFIER_WINDOW_S, Meter, Request, ta
 log = logging.getLogger(__name__)
 
 CorrectionStatus = Literal["applied", "failed", "pending"]
+Align = Literal["within_epsilon", "all"]  # which drift a run corrects: within epsilon only, or all
 # What a send's outcome means for a correction: delivered; refused (it did not land); anything else
 # (5xx, timeout, no connection after retries, 409): it may have landed, so it stays pending, its hour in
 # flight, and is sent again under the same identifier (Stripe answers "already exists" if it landed).
@@ -64,7 +65,7 @@ class RunRequest:
     tenant_id: str
     metric: str | None = None
     period: str | None = None  # YYYY-MM; None: the current period
-    align: Literal["within_epsilon", "all"] = "within_epsilon"
+    align: Align = "within_epsilon"
     trigger: str = "api"
     # scheduled runs skip items whose invoice is likely final (their period closed more than the
     # invoice grace ago): they cannot change any more, and checking them again costs Stripe calls
@@ -340,17 +341,17 @@ class Reconciler:
         if not await self._unchanged(conn, item, [b for b, _ in corrections], period):
             return "wait", []  # the writer or new usage moved an hour since it was read: in flight
         customer = customer_map[item.customer_ref][0]
-        sent = []
+        sent: list[dict[str, Any]] = []
         for bucket, value in corrections:
             identifier = correction_identifier(item, bucket, run_id)
-            request = Request(
+            correction = Request(
                 identifier, meter.event_name, {meter.customer_key: customer, meter.value_key: str(value)},
                 bucket, value, value,  # stamped at the hour's start, like the writer's
             )  # fmt: skip
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
-            await db.record_correction(conn, request, key, bucket_dt, run_id, self.clock.utc())
-            status, reason = await self._send(conn, request, 0)
+            await db.record_correction(conn, correction, key, bucket_dt, run_id, self.clock.utc())
+            status, reason = await self._send(conn, correction, 0)
             if status == "failed":
                 log.warning("Stripe refused correction %s for %s/%s/%s: %s", identifier, *key, reason)
                 return "replay", sent

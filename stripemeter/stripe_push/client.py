@@ -49,7 +49,7 @@ def make_client(
         api_key,
         base_addresses=bases,
         max_network_retries=0,
-        http_client=http_client or stripe.AIOHTTPClient(),  # type: ignore[arg-type]
+        http_client=http_client or stripe.AIOHTTPClient(),
     )
 
 

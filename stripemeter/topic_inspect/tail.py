@@ -28,12 +28,15 @@ class TopicNotFound(LookupError):
     pass
 
 
+TailStart = Literal["beginning", "since", "last"]  # where a tail begins reading
+
+
 @dataclass(frozen=True)
 class TailRequest:
     topic: str  # full name on the broker
     shown_as: str  # name printed on each line
     kind: Kind
-    start: Literal["beginning", "since", "last"] = "last"
+    start: TailStart = "last"
     since_ms: int | None = None
     last: int = 10  # records per partition, for start="last"
     follow: bool = False
