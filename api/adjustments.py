@@ -18,14 +18,14 @@ from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.streams.control import Correction, send_corrections
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db import adjustments as db
 from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import customer_anchor
-from stripemeter.events import MAX_MICROS, METRIC_RE, MICROS, format_micros
+from stripemeter.events import MAX_MICROS, METRIC_RE
 from stripemeter.reconcile import periods
 from stripemeter.topics import TopicNames
+from stripemeter.units import MICROS, format_micros, micros_to_number
 
 HOUR_S = 3600
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

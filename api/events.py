@@ -11,9 +11,9 @@ from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.events import list_events, list_watermarks
+from stripemeter.units import micros_to_number
 
 MAX_LIMIT = 1000
 

@@ -6,9 +6,9 @@ from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.pushes import list_pushes
+from stripemeter.units import micros_to_number
 
 STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
 

@@ -8,9 +8,9 @@ from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.usage import usage_history
+from stripemeter.units import micros_to_number
 
 
 def month_start(moment: datetime) -> datetime:

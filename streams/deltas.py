@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
-from stripemeter.events import MICROS
+from stripemeter.units import MICROS, micros_to_number
 
 
 class Delta(NamedTuple):
@@ -37,10 +37,6 @@ def iso_hour(ms: int) -> str:
 
 def parse_iso_ms(text: str) -> int:
     return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def micros_to_number(micros: int) -> int | float:
-    return micros // MICROS if micros % MICROS == 0 else micros / MICROS
 
 
 def encode_delta(delta: Delta) -> bytes:

@@ -46,7 +46,8 @@ from stripemeter.streams.dead_letters import dead_letter
 from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
 from stripemeter.streams.records import decode_batch, decode_keyed
 
-from stripemeter.events import HOUR_MS, MAX_MICROS, MICROS, InvalidEvent, UsageEvent, format_micros
+from stripemeter.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.units import MICROS, format_micros, micros_to_number
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ def event_record(event: UsageEvent) -> dict[str, Any]:
         "tenantId": event.tenant_id,
         "metric": event.metric,
         "customerRef": event.customer_ref,
-        "quantity": event.quantity_micros / 1_000_000
-        if event.quantity_micros % 1_000_000
-        else event.quantity_micros // 1_000_000,
+        "quantity": micros_to_number(event.quantity_micros),
         "ts": iso_ms(event.ts_ms),
         "idempotencyKey": event.idempotency_key,
     }

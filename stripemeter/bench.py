@@ -39,6 +39,7 @@ from stripemeter.local.procs import free_port
 from stripemeter.streams.stages import stage_children
 from stripemeter.streams.state import send_records
 from stripemeter.topics import TopicNames
+from stripemeter.units import MICROS, floor_units, micros_to_float
 
 Say = Callable[[str], None]
 HOUR_MS = 3_600_000
@@ -339,7 +340,7 @@ async def throughput(
     say(f"  {base_rate:,.0f} events/s")
     say(f"pipeline: one worker ({_layout(stage_processes)}), usage.events -> usage.deltas...")
     watcher = DeltaWatcher(env, names.deltas)
-    expected = workload.events * 1_000_000
+    expected = workload.events * MICROS
     worker = Worker(env, env.state_dir / "worker.log", stage_processes)
     try:
         await asyncio.to_thread(worker.wait_ready)
@@ -354,7 +355,9 @@ async def throughput(
         worker.stop()
         await release(env)
     if watcher.sum_micros != expected:
-        raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
+        raise RuntimeError(
+            f"pipeline counted {micros_to_float(watcher.sum_micros):,.0f} of {workload.events:,} events"
+        )
     rate = workload.events / elapsed
     say(
         f"  {rate:,.0f} events/s ({elapsed:.1f}s, {len(watcher.totals):,} counters; "
@@ -394,7 +397,7 @@ async def latency(
         if key[2] != "probe":
             return
         now = time.perf_counter()
-        while seen_probe < total_micros // 1_000_000 and seen_probe < len(probe_sent):
+        while seen_probe < floor_units(total_micros) and seen_probe < len(probe_sent):
             latencies.append(now - probe_sent[seen_probe])
             seen_probe += 1
 

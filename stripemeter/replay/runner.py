@@ -39,8 +39,8 @@ from stripemeter.reconcile import periods
 from stripemeter.replay.plan import Plan, bucket_of, make_plan
 from stripemeter.replay.window import Window
 from stripemeter.streams.control import Sent, send_corrections
-from stripemeter.streams.deltas import micros_to_number
 from stripemeter.topics import TopicNames
+from stripemeter.units import micros_to_number
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 
 from stripemeter.streams.counting import SEP, split_counter_key
-from stripemeter.streams.deltas import iso_hour, micros_to_number
+from stripemeter.streams.deltas import iso_hour
 from stripemeter.streams.metering import iso_ms
 from stripemeter.topic_inspect.kinds import Kind
+from stripemeter.units import micros_to_number
 
 PREVIEW_CHARS = 120
 PREVIEW_BYTES = 32
