@@ -24,6 +24,7 @@ from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import customer_anchor
 from stripemeter.events import MAX_MICROS, METRIC_RE
 from stripemeter.reconcile import periods
+from stripemeter.timefmt import iso_exact, iso_seconds
 from stripemeter.topics import TopicNames
 from stripemeter.units import MICROS, format_micros, micros_to_number
 
@@ -204,15 +205,15 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "tenantId": row["tenant_id"],
         "metric": row["metric"],
         "customerRef": row["customer_ref"],
-        "ts": row["ts"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "bucket": row["bucket"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ts": iso_exact(row["ts"]),
+        "bucket": iso_seconds(row["bucket"]),
         "delta": micros_to_number(int(row["delta_micros"])),
         "reason": row["reason"],
         "target": row["target"],
         "status": row["status"],
         "runId": row["run_id"],
         "visible": row["visible_at"] is not None if row["target"] == "counter" else None,
-        "createdAt": row["created_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "createdAt": iso_exact(row["created_at"]),
     }
 
 

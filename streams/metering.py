@@ -27,7 +27,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -47,6 +46,7 @@ from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
 from stripemeter.streams.records import decode_batch, decode_keyed
 
 from stripemeter.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.timefmt import iso_ms
 from stripemeter.units import MICROS, format_micros, micros_to_number
 
 log = logging.getLogger(__name__)
@@ -104,10 +104,6 @@ class Outcomes:
 
 def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-
-
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def event_record(event: UsageEvent) -> dict[str, Any]:

@@ -38,6 +38,7 @@ from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
 from stripemeter.streams.stages import stage_children
 from stripemeter.streams.state import send_records
+from stripemeter.timefmt import iso_ms
 from stripemeter.topics import TopicNames
 from stripemeter.units import MICROS, floor_units, micros_to_float
 
@@ -61,7 +62,7 @@ class Workload:
                 "metric": "requests",
                 "customerRef": f"c{rng.randrange(self.customers)}",
                 "quantity": 1,
-                "ts": _iso(now_ms - rng.randrange(0, 2 * HOUR_MS)),
+                "ts": iso_ms(now_ms - rng.randrange(0, 2 * HOUR_MS)),
                 "idempotencyKey": f"e{i}",
             }
             encoded = orjson.dumps(event)
@@ -75,16 +76,6 @@ class Workload:
         if batch:
             out.append(b"[" + b",".join(batch) + b"]")
         return out
-
-
-def _iso(ms: int) -> str:
-    import datetime as dt
-
-    return (
-        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 async def isolated(settings: Settings, tag: str, partitions: int) -> tuple[Settings, TopicNames]:
@@ -413,7 +404,7 @@ async def latency(
         producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
         rng = random.Random(3)
-        ts = _iso(int(time.time() * 1000))
+        ts = iso_ms(int(time.time() * 1000))
         partitions_of_events = len(await producer.partitions_for(names.events))
         started = time.perf_counter()
         sent = 0

@@ -14,8 +14,7 @@ from typing import Any
 import orjson
 
 from stripemeter.streams.counting import SEP, split_counter_key
-from stripemeter.streams.deltas import iso_hour
-from stripemeter.streams.metering import iso_ms
+from stripemeter.timefmt import iso_hour, iso_ms
 from stripemeter.topic_inspect.kinds import Kind
 from stripemeter.units import micros_to_number
 
