@@ -18,14 +18,15 @@ from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.streams.control import Correction, send_corrections
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db import adjustments as db
 from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import customer_anchor
-from stripemeter.events import MAX_MICROS, METRIC_RE, MICROS, format_micros
+from stripemeter.events import MAX_MICROS, METRIC_RE
 from stripemeter.reconcile import periods
+from stripemeter.timefmt import iso_exact, iso_seconds
 from stripemeter.topics import TopicNames
+from stripemeter.units import MICROS, format_micros, micros_to_number
 
 HOUR_S = 3600
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -204,15 +205,15 @@ def view(row: dict[str, Any]) -> dict[str, Any]:
         "tenantId": row["tenant_id"],
         "metric": row["metric"],
         "customerRef": row["customer_ref"],
-        "ts": row["ts"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
-        "bucket": row["bucket"].astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "ts": iso_exact(row["ts"]),
+        "bucket": iso_seconds(row["bucket"]),
         "delta": micros_to_number(int(row["delta_micros"])),
         "reason": row["reason"],
         "target": row["target"],
         "status": row["status"],
         "runId": row["run_id"],
         "visible": row["visible_at"] is not None if row["target"] == "counter" else None,
-        "createdAt": row["created_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "createdAt": iso_exact(row["created_at"]),
     }
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -11,15 +11,12 @@ from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.events import list_events, list_watermarks
+from stripemeter.timefmt import iso_millis
+from stripemeter.units import micros_to_number
 
 MAX_LIMIT = 1000
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def encode_cursor(row: dict[str, Any]) -> str:
@@ -47,7 +44,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
         "metric": row["metric"],
         "customerRef": row["customer_ref"],
         "quantity": micros_to_number(int(row["quantity_micros"])),
-        "ts": iso(row["ts"]),
+        "ts": iso_millis(row["ts"]),
         "idempotencyKey": row["idempotency_key"],
         "idempotencyKeyDerived": row["key_derived"],
         "resourceId": row["resource_id"],
@@ -60,7 +57,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
             "offset": row["source_offset"],
             "index": row["source_index"],
         },
-        "recordedAt": iso(row["recorded_at"]),
+        "recordedAt": iso_millis(row["recorded_at"]),
     }
 
 
@@ -96,7 +93,7 @@ async def get_watermarks(request: web.Request) -> web.Response:
             "watermarks": [
                 {
                     "customerRef": r["customer_ref"],
-                    "watermark": iso(r["watermark"]),
+                    "watermark": iso_millis(r["watermark"]),
                     "latenessSeconds": default_lateness
                     if r["lateness_seconds"] is None
                     else r["lateness_seconds"],

@@ -6,9 +6,10 @@ from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.pushes import list_pushes
+from stripemeter.timefmt import iso_seconds
+from stripemeter.units import micros_to_number
 
 STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
 
@@ -25,7 +26,7 @@ async def get_pushes(request: web.Request) -> web.Response:
                 {
                     "metric": r["metric"],
                     "customerRef": r["customer_ref"],
-                    "bucket": r["bucket"].strftime("%Y-%m-%dT%H:%M:%SZ"),
+                    "bucket": iso_seconds(r["bucket"]),
                     "local": micros_to_number(int(r["latest_micros"])),
                     "pushed": int(r["pushed_units"]),
                     "status": r["status"],

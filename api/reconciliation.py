@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-from datetime import UTC
 from typing import Any
 
 from aiohttp import web
@@ -16,6 +15,7 @@ from stripemeter.db import reconciliation as db
 from stripemeter.events import METRIC_RE, TENANT_RE
 from stripemeter.reconcile import periods
 from stripemeter.reconcile.runner import RunRequest, overall_status, totals
+from stripemeter.timefmt import iso_exact, iso_seconds
 
 CSV_COLUMNS = (
     "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",
@@ -58,9 +58,9 @@ def item_view(row: dict[str, Any]) -> dict[str, Any]:
         "inFlight": _number(row["in_flight"]),
         "causes": row["causes"],
         "hours": row["hours"],
-        "periodStart": periods.iso(row["period_start"]),
-        "periodEnd": periods.iso(row["period_end"]),
-        "checkedAt": row["checked_at"].astimezone(UTC).isoformat().replace("+00:00", "Z"),
+        "periodStart": iso_seconds(row["period_start"]),
+        "periodEnd": iso_seconds(row["period_end"]),
+        "checkedAt": iso_exact(row["checked_at"]),
         "runId": row["run_id"],
     }
 

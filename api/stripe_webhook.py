@@ -20,6 +20,7 @@ from stripemeter.api.errors import ApiError, json_response
 from stripemeter import metrics
 from stripemeter.db.pushes import drop_request
 from stripemeter.stripe_push.error_reports import meter_changed, reported_requests
+from stripemeter.timefmt import iso_seconds
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,6 @@ async def post_webhook(request: web.Request) -> web.Response:
             )  # fmt: skip
             parked.append(
                 {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
-                 "customerRef": customer, "bucket": bucket.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                 "customerRef": customer, "bucket": iso_seconds(bucket)}
             )  # fmt: skip
     return json_response({"received": True, "handled": True, "parked": parked})

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from aiohttp import web
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-from stripemeter.streams.deltas import micros_to_number
 
 from stripemeter.db.usage import usage_history
+from stripemeter.timefmt import iso_seconds
+from stripemeter.units import micros_to_number
 
 
 def month_start(moment: datetime) -> datetime:
@@ -31,10 +32,7 @@ async def get_history(request: web.Request) -> web.Response:
         raise bad_request("since", "must be before until")
     async with request.app[POOL].connection() as conn:
         rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)  # type: ignore[arg-type]
-    series = [
-        {"start": start.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "value": micros_to_number(m)}
-        for start, m in rows
-    ]
+    series = [{"start": iso_seconds(start), "value": micros_to_number(m)} for start, m in rows]
     total = micros_to_number(sum(m for _, m in rows))
     return json_response(
         {
@@ -42,8 +40,8 @@ async def get_history(request: web.Request) -> web.Response:
             "metric": metric,
             "customerRef": customer,
             "granularity": granularity,
-            "since": since.strftime("%Y-%m-%dT%H:%M:%SZ"),
-            "until": until.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "since": iso_seconds(since),
+            "until": iso_seconds(until),
             "series": series,
             "total": total,
         }

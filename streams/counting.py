@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from stripemeter.streams.policy import Aggregation
 
-from stripemeter.events import MICROS
+from stripemeter.units import MICROS
 
 SEP = "\x1f"  # never in tenant or metric; customerRef is split from the right
 SEP_BYTES = SEP.encode()

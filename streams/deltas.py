@@ -7,13 +7,12 @@ knows the offset of the control message it sent, so it can tell when the counter
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any, NamedTuple
 
 import orjson
 
-from stripemeter.events import MICROS
+from stripemeter.timefmt import iso_hour, parse_iso_ms
+from stripemeter.units import MICROS, micros_to_number
 
 
 class Delta(NamedTuple):
@@ -25,22 +24,6 @@ class Delta(NamedTuple):
     seq: int  # grows with every change of this counter; consumers keep the highest
     keyed_partition: int = -1  # the keyed partition that feeds the counter
     keyed_offset: int = -1  # the last keyed message applied to it
-
-
-@lru_cache(maxsize=4096)
-def iso_hour(ms: int) -> str:
-    """``YYYY-MM-DDTHH:MM:SSZ``, the year always four digits (``strftime("%Y")`` writes the year 999
-    as ``999``, which ``parse_iso_ms`` cannot read back)."""
-    d = datetime.fromtimestamp(ms / 1000, tz=UTC)
-    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}Z"
-
-
-def parse_iso_ms(text: str) -> int:
-    return int(datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp() * 1000)
-
-
-def micros_to_number(micros: int) -> int | float:
-    return micros // MICROS if micros % MICROS == 0 else micros / MICROS
 
 
 def encode_delta(delta: Delta) -> bytes:

@@ -27,7 +27,6 @@ import logging
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -46,7 +45,9 @@ from stripemeter.streams.dead_letters import dead_letter
 from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
 from stripemeter.streams.records import decode_batch, decode_keyed
 
-from stripemeter.events import HOUR_MS, MAX_MICROS, MICROS, InvalidEvent, UsageEvent, format_micros
+from stripemeter.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.timefmt import iso_ms
+from stripemeter.units import MICROS, format_micros, micros_to_number
 
 log = logging.getLogger(__name__)
 
@@ -105,19 +106,13 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def iso_ms(ms: int) -> str:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def event_record(event: UsageEvent) -> dict[str, Any]:
     """The event as received, normalised (the contract's fields)."""
     record: dict[str, Any] = {
         "tenantId": event.tenant_id,
         "metric": event.metric,
         "customerRef": event.customer_ref,
-        "quantity": event.quantity_micros / 1_000_000
-        if event.quantity_micros % 1_000_000
-        else event.quantity_micros // 1_000_000,
+        "quantity": micros_to_number(event.quantity_micros),
         "ts": iso_ms(event.ts_ms),
         "idempotencyKey": event.idempotency_key,
     }

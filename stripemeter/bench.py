@@ -38,7 +38,9 @@ from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.local.procs import free_port
 from stripemeter.streams.stages import stage_children
 from stripemeter.streams.state import send_records
+from stripemeter.timefmt import iso_ms
 from stripemeter.topics import TopicNames
+from stripemeter.units import MICROS, floor_units, micros_to_float
 
 Say = Callable[[str], None]
 HOUR_MS = 3_600_000
@@ -60,7 +62,7 @@ class Workload:
                 "metric": "requests",
                 "customerRef": f"c{rng.randrange(self.customers)}",
                 "quantity": 1,
-                "ts": _iso(now_ms - rng.randrange(0, 2 * HOUR_MS)),
+                "ts": iso_ms(now_ms - rng.randrange(0, 2 * HOUR_MS)),
                 "idempotencyKey": f"e{i}",
             }
             encoded = orjson.dumps(event)
@@ -74,16 +76,6 @@ class Workload:
         if batch:
             out.append(b"[" + b",".join(batch) + b"]")
         return out
-
-
-def _iso(ms: int) -> str:
-    import datetime as dt
-
-    return (
-        dt.datetime.fromtimestamp(ms / 1000, tz=dt.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 async def isolated(settings: Settings, tag: str, partitions: int) -> tuple[Settings, TopicNames]:
@@ -339,7 +331,7 @@ async def throughput(
     say(f"  {base_rate:,.0f} events/s")
     say(f"pipeline: one worker ({_layout(stage_processes)}), usage.events -> usage.deltas...")
     watcher = DeltaWatcher(env, names.deltas)
-    expected = workload.events * 1_000_000
+    expected = workload.events * MICROS
     worker = Worker(env, env.state_dir / "worker.log", stage_processes)
     try:
         await asyncio.to_thread(worker.wait_ready)
@@ -354,7 +346,9 @@ async def throughput(
         worker.stop()
         await release(env)
     if watcher.sum_micros != expected:
-        raise RuntimeError(f"pipeline counted {watcher.sum_micros / 1e6:,.0f} of {workload.events:,} events")
+        raise RuntimeError(
+            f"pipeline counted {micros_to_float(watcher.sum_micros):,.0f} of {workload.events:,} events"
+        )
     rate = workload.events / elapsed
     say(
         f"  {rate:,.0f} events/s ({elapsed:.1f}s, {len(watcher.totals):,} counters; "
@@ -394,7 +388,7 @@ async def latency(
         if key[2] != "probe":
             return
         now = time.perf_counter()
-        while seen_probe < total_micros // 1_000_000 and seen_probe < len(probe_sent):
+        while seen_probe < floor_units(total_micros) and seen_probe < len(probe_sent):
             latencies.append(now - probe_sent[seen_probe])
             seen_probe += 1
 
@@ -410,7 +404,7 @@ async def latency(
         producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
         await producer.start()
         rng = random.Random(3)
-        ts = _iso(int(time.time() * 1000))
+        ts = iso_ms(int(time.time() * 1000))
         partitions_of_events = len(await producer.partitions_for(names.events))
         started = time.perf_counter()
         sent = 0

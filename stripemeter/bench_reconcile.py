@@ -28,6 +28,7 @@ from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_emulator import EmulatorState
 from stripemeter.stripe_push.budget import StripeBudget
 from stripemeter.stripe_push.client import make_client
+from stripemeter.units import MICROS
 
 Say = Callable[[str], None]
 HOUR = 3600
@@ -78,14 +79,14 @@ async def seed(
     await copy_rows(
         conn,
         "COPY counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at) FROM STDIN",
-        [(tenant, "requests", f"c{c}", b, units_of(c) * 1_000_000, 1, settled) for c, b in cells],
+        [(tenant, "requests", f"c{c}", b, units_of(c) * MICROS, 1, settled) for c, b in cells],
     )
     await copy_rows(
         conn,
         "COPY stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq,"
         " pushed_units, status, updated_at) FROM STDIN",
         [
-            (tenant, "requests", f"c{c}", b, units_of(c) * 1_000_000, 1, units_of(c), "synced", settled)
+            (tenant, "requests", f"c{c}", b, units_of(c) * MICROS, 1, units_of(c), "synced", settled)
             for c, b in cells
         ],
     )

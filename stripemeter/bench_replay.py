@@ -22,6 +22,7 @@ from stripemeter.config import Settings
 from stripemeter.kafka_admin import create_topics_of, delete_topics_of
 from stripemeter.replay.runner import Replayer, ReplayRequest
 from stripemeter.replay.window import Window
+from stripemeter.units import MICROS
 
 Say = Callable[[str], None]
 HOUR = timedelta(hours=1)
@@ -40,7 +41,7 @@ async def seed(
             outcome = "late" if i < late else "counted"
             customer = f"c{i % customers}"
             await copy.write_row(
-                ("bench", 0, i, 0, outcome, tenant, "requests", customer, 1_000_000, ts, f"k{i}", False)
+                ("bench", 0, i, 0, outcome, tenant, "requests", customer, MICROS, ts, f"k{i}", False)
             )
     await conn.execute("ANALYZE events")
 

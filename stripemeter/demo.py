@@ -27,6 +27,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.config import Settings
+from stripemeter.timefmt import iso_millis
 from stripemeter.topics import TopicNames
 
 Say = Callable[[str], None]
@@ -65,17 +66,13 @@ def api_auth(settings: Settings) -> dict[str, str]:
     return {"Authorization": f"Bearer {path.read_text().strip()}"}
 
 
-def iso(moment: datetime) -> str:
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def usage(tenant: str, customer: str, ts: datetime, quantity: int, key: str) -> dict[str, Any]:
     return {
         "tenantId": tenant,
         "metric": "requests",
         "customerRef": customer,
         "quantity": quantity,
-        "ts": iso(ts),
+        "ts": iso_millis(ts),
         "idempotencyKey": key,
     }
 

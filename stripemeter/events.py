@@ -1,6 +1,6 @@
 """The usage event: parsing and validation as pure functions (no clock, no I/O).
 
-Quantities are held as integer micro-units (``quantity * 10**6``) so that sums are exact.
+Quantities are held as integer micro-units (``quantity * 10**6``, see stripemeter.units): sums are exact.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from typing import Any, NamedTuple
 
 import orjson
 
-MICROS = 1_000_000
+from stripemeter.units import MICROS, format_micros
+
 HOUR_MS = 3_600_000
 MAX_FUTURE_MS = HOUR_MS
 MAX_META_BYTES = 4096
@@ -291,10 +292,3 @@ def _json_type(value: Any) -> str:
     if isinstance(value, bool):
         return "a boolean"
     return "a number"
-
-
-def format_micros(micros: int) -> str:
-    """Micro-units as a plain decimal string without trailing zeros."""
-    sign = "-" if micros < 0 else ""
-    whole, frac = divmod(abs(micros), MICROS)
-    return f"{sign}{whole}.{frac:06d}".rstrip("0").rstrip(".") if frac else f"{sign}{whole}"

@@ -11,6 +11,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from stripemeter.stripe_push.plan import Request
+from stripemeter.units import MICROS, floor_units
 
 # Per hour: the newest local total (counters snapshot or the writer's copy, whichever has the higher
 # seq), what the writer delivered, and when the hour last changed (a local change, or a finished push).
@@ -271,7 +272,7 @@ async def record_correction(
         " ON CONFLICT (adjustment_id) DO NOTHING",
         (
             request.identifier, *key, bucket, datetime.fromtimestamp(request.timestamp, tz=UTC),
-            request.value * 1_000_000, run_id, now, orjson.dumps(request.wire()).decode(),
+            request.value * MICROS, run_id, now, orjson.dumps(request.wire()).decode(),
         ),
     )  # fmt: skip
 
@@ -317,7 +318,7 @@ async def delivered_corrections(conn: psycopg.AsyncConnection, key: tuple[str, s
         key,
     )
     row = await cur.fetchone()
-    return int(row[0]) // 1_000_000 if row else 0
+    return floor_units(int(row[0])) if row else 0
 
 
 async def uncertain_corrections(
@@ -331,4 +332,4 @@ async def uncertain_corrections(
         " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s ORDER BY created_at",
         key,
     )
-    return [int(row[0]) // 1_000_000 for row in await cur.fetchall()]
+    return [floor_units(int(row[0])) for row in await cur.fetchall()]

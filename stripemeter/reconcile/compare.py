@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from stripemeter.units import micros_to_float
+
 Status = Literal["parity", "within_epsilon", "drift"]
 
 
@@ -134,7 +136,7 @@ def late_note(item: Item) -> list[dict[str, Any]]:
             "message": f"{item.late_count} too-late events are in usage.late and not counted; "
             "replay their window to count them",
             "count": item.late_count,
-            "total": item.late_micros / 1_000_000,
+            "total": micros_to_float(item.late_micros),
         }
     ]
 

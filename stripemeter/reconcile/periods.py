@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from stripemeter.timefmt import iso_seconds
+
 _NAME = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
 # Stripe timestamps are unix seconds; the last year leaves room for an anchored cycle's end
 MIN_YEAR, MAX_YEAR = 1970, 9998
@@ -48,11 +50,7 @@ class Period:
         return self.start <= moment < self.end
 
     def wire(self) -> dict[str, str]:
-        return {"name": self.name, "start": iso(self.start), "end": iso(self.end)}
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"name": self.name, "start": iso_seconds(self.start), "end": iso_seconds(self.end)}
 
 
 def _ceil_hour(moment: datetime) -> datetime:
@@ -156,7 +154,7 @@ class PeriodNote:
     too_old_for_stripe: int = 0  # counters of hours older than Stripe accepts
 
     def warning(self, grace: timedelta) -> str | None:
-        name, end = self.period.name, iso(self.period.end)
+        name, end = self.period.name, iso_seconds(self.period.end)
         if self.too_old_for_stripe:
             return (
                 f"period {name}: {self.too_old_for_stripe} changed hour(s) are older than Stripe's 35 days;"
@@ -168,9 +166,10 @@ class PeriodNote:
                 " change (settle it with a credit note or an invoice item)"
             )
         if self.state == "closing":
+            finalised = iso_seconds(self.period.end + grace)
             return (
                 f"period {name} ended at {end}: its invoice is being finalised (at the latest by"
-                f" {iso(self.period.end + grace)}); the change counts only if it reaches Stripe before then"
+                f" {finalised}); the change counts only if it reaches Stripe before then"
             )
         return None
 

@@ -39,6 +39,7 @@ from stripemeter.reconcile import periods
 from stripemeter.reconcile.compare import Hour, Item, Verdict, judge, judge_totals, relative
 from stripemeter.reconcile.stripe_reader import StripeReader
 from stripemeter.stripe_push.plan import IDENTIFIER_WINDOW_S, Meter, Request, targets
+from stripemeter.timefmt import iso_exact, iso_hour, iso_seconds
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +78,6 @@ class ReconcileSettings:
     epsilon: float = 0.005
     settle_seconds: float = 300.0  # Stripe's summaries are eventually consistent
     invoice_grace_seconds: float = 72 * 3600.0  # how long a closed period's invoice can still change
-
-
-def iso_s(seconds: int) -> str:
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Reconciler:
@@ -361,13 +358,19 @@ class Reconciler:
                     " identifier by the next run", identifier, *key, reason,
                 )  # fmt: skip
                 return "wait", sent
-            log.info("adjusted %s/%s/%s @%s by %+d in Stripe (%s)", *key, iso_s(bucket), value, identifier)
+            log.info(
+                "adjusted %s/%s/%s @%s by %+d in Stripe (%s)",
+                *key,
+                iso_hour(bucket * 1000),
+                value,
+                identifier,
+            )
             sent.append(
                 {
                     "adjustmentId": identifier,
                     "metric": item.metric,
                     "customerRef": item.customer_ref,
-                    "bucket": iso_s(bucket),
+                    "bucket": iso_hour(bucket * 1000),
                     "value": value,
                 }
             )
@@ -461,8 +464,8 @@ def item_wire(
     return {
         "metric": item.metric,
         "customerRef": item.customer_ref,
-        "periodStart": periods.iso(period.start),
-        "periodEnd": periods.iso(period.end),
+        "periodStart": iso_seconds(period.start),
+        "periodEnd": iso_seconds(period.end),
         "local": verdict.local,
         "stripe": verdict.stripe,
         "diffAbs": verdict.diff_abs,
@@ -471,8 +474,8 @@ def item_wire(
         "action": action,
         "inFlight": verdict.in_flight,
         "causes": verdict.causes,
-        "hours": [{**h, "bucket": iso_s(h["bucket"])} for h in verdict.hours],
-        "checkedAt": checked_at.isoformat().replace("+00:00", "Z"),
+        "hours": [{**h, "bucket": iso_hour(h["bucket"] * 1000)} for h in verdict.hours],
+        "checkedAt": iso_exact(checked_at),
     }
 
 
@@ -490,7 +493,7 @@ def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str
             "diffPct": wire["diffPct"],
             "status": wire["status"],
             "action": action,
-            "at": at.isoformat().replace("+00:00", "Z"),
+            "at": iso_exact(at),
             "causes": wire["causes"],
             "hours": wire["hours"],
         }

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from stripemeter.events import MICROS
 from stripemeter.streams.control import Correction
+from stripemeter.units import MICROS
 
 Source = tuple[str, int, int, int]  # usage.events topic, partition, offset, index
 CounterId = tuple[str, str, datetime]  # metric, customer, bucket

@@ -39,8 +39,9 @@ from stripemeter.reconcile import periods
 from stripemeter.replay.plan import Plan, bucket_of, make_plan
 from stripemeter.replay.window import Window
 from stripemeter.streams.control import Sent, send_corrections
-from stripemeter.streams.deltas import micros_to_number
+from stripemeter.timefmt import iso_seconds
 from stripemeter.topics import TopicNames
+from stripemeter.units import micros_to_number
 
 log = logging.getLogger(__name__)
 
@@ -237,7 +238,7 @@ def build_report(
             {
                 "metric": c.metric,
                 "customerRef": c.customer_ref,
-                "bucket": c.bucket.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "bucket": iso_seconds(c.bucket),
                 "before": micros_to_number(c.before_micros),
                 "after": micros_to_number(c.after_micros),
                 "delta": micros_to_number(c.delta_micros),

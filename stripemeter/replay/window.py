@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from stripemeter.instants import BadInstant, parse_instant_ms
 from stripemeter.reconcile.periods import MAX_YEAR
+from stripemeter.timefmt import iso_seconds
 
 HOUR_MS = 3_600_000
 LAST_MS = int(datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC).timestamp() * 1000)  # the end of MAX_YEAR
@@ -28,11 +29,7 @@ class Window:
     until: datetime  # exclusive, on the hour
 
     def wire(self) -> dict[str, str]:
-        return {"since": _iso(self.since), "until": _iso(self.until)}
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {"since": iso_seconds(self.since), "until": iso_seconds(self.until)}
 
 
 def _instant(field: str, raw: object, now_ms: int) -> int:

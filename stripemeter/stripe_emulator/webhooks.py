@@ -29,6 +29,8 @@ from typing import Any
 import aiohttp
 import orjson
 
+from stripemeter.timefmt import iso_millis
+
 log = logging.getLogger(__name__)
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
@@ -64,7 +66,7 @@ class Delivery:
 
 
 def rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return iso_millis(datetime.fromtimestamp(unix, UTC))
 
 
 def sign(body: bytes, secret: str, timestamp: int) -> str:

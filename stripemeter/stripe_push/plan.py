@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from stripemeter.events import MICROS
+from stripemeter.units import floor_units, round_units
 
 HOUR_S = 3600
 # Stripe refuses meter events stamped more than 5 minutes ahead of its clock ...
@@ -115,19 +115,15 @@ class Row:
         return Request.from_wire(self.pending_raw) if self.pending_raw else None
 
 
-def units(total_micros: int) -> int:
-    return total_micros // MICROS
-
-
 def targets(aggregation: str, hours: Sequence[int]) -> list[int]:
     """Whole units each hour should hold in Stripe, from the exact totals of a stream's hours of one
     billing period in bucket order (see the module's docstring)."""
     if aggregation == "last":
-        return [(micros + MICROS // 2) // MICROS for micros in hours]
+        return [round_units(micros) for micros in hours]
     out, running, reached = [], 0, 0
     for micros in hours:
         running += micros
-        whole = running // MICROS  # floors towards minus infinity: negative corrections carry too
+        whole = floor_units(running)  # towards minus infinity: negative corrections carry too
         out.append(whole - reached)
         reached = whole
     return out

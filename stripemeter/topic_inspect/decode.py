@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 
 from stripemeter.streams.counting import SEP, split_counter_key
-from stripemeter.streams.deltas import iso_hour, micros_to_number
-from stripemeter.streams.metering import iso_ms
+from stripemeter.timefmt import iso_hour, iso_ms
 from stripemeter.topic_inspect.kinds import Kind
+from stripemeter.units import micros_to_number
 
 PREVIEW_CHARS = 120
 PREVIEW_BYTES = 32

@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from stripemeter.streams.metering import iso_ms
+from stripemeter.timefmt import iso_ms
 from stripemeter.topic_inspect.decode import Decoded, preview_text
 
 SHORT_NAMES = {"tenantId": "tenant", "customerRef": "customer", "idempotencyKey": "key"}

@@ -10,7 +10,6 @@ from stripemeter.events import (
     UsageEvent,
     decode_message,
     derive_idempotency_key,
-    format_micros,
     parse_event,
 )
 
@@ -182,13 +181,6 @@ def test_array_message_validates_each_event() -> None:
 def test_array_over_1000_is_rejected_whole() -> None:
     results = decode_message(orjson.dumps([event()] * 1001), NOW_MS)
     assert len(results) == 1 and isinstance(results[0], InvalidEvent)
-
-
-@pytest.mark.parametrize(
-    ("micros", "text"), [(0, "0"), (1_500_000, "1.5"), (1, "0.000001"), (-2_000_000, "-2")]
-)
-def test_format_micros(micros: int, text: str) -> None:
-    assert format_micros(micros) == text
 
 
 @pytest.mark.parametrize(
