@@ -1,11 +1,13 @@
 """Checkpoint: make everything the processed messages caused durable, then acknowledge them.
 
-The order, and why it is exact:
+Everything a checkpoint sends is taken in one synchronous snapshot when it begins (the pending
+messages, their outcomes, every table's staged changes, the counters' totals); messages handled while
+its records are in flight wait for the next checkpoint. The order, and why it is exact:
 1. dedupe and counter changelog records, ledger records and too-late records; wait for all;
-2. watermark changelog records and one usage.deltas record per touched counter (its current total
-   and seq); wait for all. Watermarks go after counters so that a durable watermark implies that
-   the decisions that advanced it are durable too: re-reading the input after a crash then finds
-   the same dedupe entries and never calls a counted event "too late";
+2. watermark changelog records and one usage.deltas record per touched counter (its total and seq
+   when the checkpoint began); wait for all. Watermarks go after counters so that a durable
+   watermark implies that the decisions that advanced it are durable too: re-reading the input
+   after a crash then finds the same dedupe entries and never calls a counted event "too late";
 3. record in each changelog partition's store how far it is persisted;
 4. acknowledge the keyed messages, so Faust may commit their offsets.
 A crash anywhere before 4 leaves those messages uncommitted: they are read again, every counter
@@ -75,11 +77,18 @@ class Checkpointer:
     async def _run(self) -> int:
         if not self.pending and not self.metering.outcomes.touched and not self.metering.outcomes.ledger:
             return 0
+        if self._deltas_partition is None:
+            self._deltas_partition = Partitioner(len(await self.producer.partitions_for(self.names.deltas)))
+        # No await from here to the first send: the meter handles messages between awaits, so this
+        # snapshot holds exactly what the messages in ``pending`` caused, in every table and delta.
+        # Messages handled while this checkpoint's records are in flight wait for the next one.
         pending, self.pending = self.pending, []
         outcomes = self.metering.take_outcomes()
+        staged = {name: self.states[name].take_staged() for name in ("dedupe", "counters", "watermarks")}
+        deltas = self._deltas(outcomes.touched)
         persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
 
-        futures = await self._send_changelog(("dedupe", "counters"), persisted)
+        futures = await self._send_changelog(staged, ("dedupe", "counters"), persisted)
         ledger = [orjson.dumps(item) for item in outcomes.ledger]
         for message in pack_arrays(ledger, self.ledger_limit):  # by bytes: the ledger topic's limit
             futures.append(await self.producer.send(self.names.ledger, message))
@@ -89,8 +98,8 @@ class Checkpointer:
             futures.append(await self.producer.send(self.names.dlq, record))
         await _all(futures)
 
-        futures = await self._send_changelog(("watermarks",), persisted)
-        for partition, records in (await self._deltas(outcomes.touched)).items():
+        futures = await self._send_changelog(staged, ("watermarks",), persisted)
+        for partition, records in deltas.items():
             futures.extend(
                 future
                 for future, _ in await send_records(self.producer, self.names.deltas, partition, records)
@@ -111,10 +120,9 @@ class Checkpointer:
         metrics.DELTAS.inc(len(outcomes.touched))
         return len(outcomes.touched)
 
-    async def _deltas(self, touched: dict[bytes, int]) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+    def _deltas(self, touched: dict[bytes, int]) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
         """A usage.deltas record per touched counter, keyed ``tenant|metric|customer``, per partition."""
-        if self._deltas_partition is None:
-            self._deltas_partition = Partitioner(len(await self.producer.partitions_for(self.names.deltas)))
+        assert self._deltas_partition is not None  # set by _run before the snapshot
         counters = self.states["counters"]
         out: dict[int, list[tuple[bytes | None, bytes | None]]] = defaultdict(list)
         for ckey, partition in touched.items():
@@ -131,16 +139,19 @@ class Checkpointer:
         return out
 
     async def _send_changelog(
-        self, tables: Sequence[str], persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]]
+        self,
+        staged: dict[str, dict[int, dict[bytes, bytes | None]]],
+        tables: Sequence[str],
+        persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]],
     ) -> list[asyncio.Future[Any]]:
         futures: list[asyncio.Future[Any]] = []
         for name in tables:
             state = self.states[name]
-            for partition, staged in state.take_staged().items():
-                if not staged:
+            for partition, changes in staged[name].items():
+                if not changes:
                     continue
                 sent = await send_records(
-                    self.producer, state.changelog_topic, partition, list(staged.items())
+                    self.producer, state.changelog_topic, partition, list(changes.items())
                 )
                 futures.extend(future for future, _ in sent)
                 last_future, last_count = sent[-1]

@@ -375,18 +375,13 @@ async def test_checkpoints_do_not_overlap() -> None:
     assert m2_entry >= sent_by_first  # the second's first record went out after the first finished
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: watermarks are taken after step 1 is delivered, so they include what messages"
-    " handled meanwhile wrote, whose dedupe entries and counters wait for the next checkpoint",
-)
 async def test_a_watermark_sent_is_backed_by_dedupe_entries_already_durable() -> None:
     """The module docstring's promise: a durable watermark implies that the decisions that advanced it
-    are durable too. But the meter keeps handling messages while step 1's deliveries are in flight:
-    here m2 counts an event of the checkpoint's hour and m3 one 49 hours later (the default lateness is
-    48 h). m3's watermark is sent in step 2; the dedupe entries and counters of m2 and m3 wait for the
-    next checkpoint. After a crash between the two, m2 is read again behind a watermark 49 hours ahead
-    and without its dedupe entry: its event, counted before the crash, is now "too late"."""
+    are durable too. The meter keeps handling messages while step 1's deliveries are in flight: here
+    m2 counts an event of the checkpoint's hour and m3 one 49 hours later (the default lateness is
+    48 h). Were m3's watermark sent in this checkpoint's step 2 while the dedupe entries of m2 and m3
+    wait for the next one, a crash between the two would read m2 again behind a watermark 49 hours
+    ahead and without its dedupe entry: an event counted before the crash would become "too late"."""
     world = World(deliver_at_once=False)
     world.handled("m1")
     run = asyncio.ensure_future(world.checkpointer.run())
