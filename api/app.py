@@ -34,7 +34,7 @@ from stripemeter.api.appkeys import (
     STRIPE_CHECK,
 )
 from stripemeter.api.auth import auth_middleware
-from stripemeter.api.errors import ApiError, error_response, json_response
+from stripemeter.api.errors import ApiError, api_error, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.limits import KeyCache, RateLimiter, failure_limiter
 from stripemeter.api.params import no_nul_middleware
@@ -43,6 +43,7 @@ from stripemeter import metrics
 from stripemeter.config import Settings
 from stripemeter.db.pool import open_pool
 from stripemeter.db.reconciliation import latest_not_at_parity, latest_version
+from stripemeter.errors import StripemeterError
 from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
 from stripemeter.replay.runner import build_replayer
 from stripemeter.topics import TopicNames
@@ -59,6 +60,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return await handler(request)
     except ApiError as exc:
         return json_response(exc.body(), status=exc.status, headers=exc.headers)
+    except StripemeterError as exc:  # a domain error: answered by its kind (api/errors.py)
+        error = api_error(exc)
+        if error is None:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, "internal_error", "internal error; see the API log")
+        return json_response(error.body(), status=error.status, headers=error.headers)
     except web.RequestPayloadError as exc:  # e.g. Content-Encoding: gzip over bytes that are not gzip
         response = json_response(
             {"error": {"code": "invalid_body", "message": f"body: cannot be read ({exc})", "field": "body"}},

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import math
 import time
 from typing import Any
 
@@ -32,6 +31,7 @@ from stripemeter.api.limits import KeyCache
 from stripemeter import metrics
 from stripemeter.auth import Principal, required_scope, split_token, verify
 from stripemeter.db import api_keys
+from stripemeter.errors import Backpressure
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 WEBHOOK_PATH = "/v1/stripe/webhook"  # Stripe's deliveries carry its signature, not an API key
@@ -68,14 +68,10 @@ def unauthorized(message: str) -> ApiError:
     )
 
 
-def throttled(wait: float) -> ApiError:
+def throttled(wait: float) -> Backpressure:
+    """429 with Retry-After (api/errors.py)."""
     metrics.API_AUTH_THROTTLED.inc()
-    return ApiError(
-        "rate_limited",
-        "too many failed API-key attempts from this client; retry later",
-        status=429,
-        headers={"Retry-After": str(max(1, math.ceil(wait)))},
-    )
+    return Backpressure("too many failed API-key attempts from this client; retry later", retry_after=wait)
 
 
 async def authenticate(request: web.Request) -> Principal:
@@ -163,11 +159,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         tenant = principal.tenant_id if principal.tenant_id != "*" else f"key:{principal.key_id}"
     wait = request.app[RATE_LIMITER].take(tenant)
     if wait > 0:
-        raise ApiError(
-            "rate_limited",
+        raise Backpressure(
             f"more than {settings.rate_limit_per_second:g} requests/s for this tenant; retry later",
-            status=429,
-            headers={"Retry-After": str(max(1, math.ceil(wait)))},
+            retry_after=wait,
         )
     return await handler(request)
 

@@ -1,10 +1,24 @@
-"""Domain errors -> HTTP statuses, in one place. Every error body is ``{"error": {code, message}}``."""
+"""Domain errors -> HTTP statuses, in one place. Every error body is ``{"error": {code, message}}``.
+
+Handlers raise ``ApiError`` (or ``bad_request``) for what only HTTP knows, and let the domain's own
+errors (stripemeter.errors) through: ``api_error`` answers each by its kind, and the error middleware
+(api/app.py) writes the answer. Handlers do not catch domain errors to translate them.
+
+- ``Invalid`` -> 400 ``{"code", "message": "{field}: {detail}", "field"}`` (as ``bad_request``);
+  without a field: the detail alone, no ``field``;
+- ``Backpressure`` -> 429, with ``Retry-After`` (whole seconds, at least 1) when ``retry_after`` is known;
+- ``Transient`` -> 503, with ``Retry-After`` likewise;
+- ``Permanent`` (and anything else) -> None: the service's own failure, a logged 500 ``internal_error``.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
+
+from stripemeter.errors import Backpressure, Invalid, StripemeterError, Transient
 
 
 class ApiError(Exception):
@@ -17,7 +31,7 @@ class ApiError(Exception):
         field: str | None = None,
         status: int | None = None,
         headers: dict[str, str] | None = None,
-    ):
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -35,6 +49,24 @@ class ApiError(Exception):
 
 def bad_request(field: str, message: str, code: str = "invalid_parameter") -> ApiError:
     return ApiError(code, f"{field}: {message}", field=field)
+
+
+def api_error(exc: StripemeterError) -> ApiError | None:
+    """The HTTP answer to a domain error, by its kind; None when it is the service's own failure (500)."""
+    if isinstance(exc, Invalid):
+        if exc.field:
+            return bad_request(exc.field, exc.detail, code=exc.code)
+        return ApiError(exc.code, exc.detail)
+    if isinstance(exc, Backpressure):
+        return ApiError(exc.code, exc.message, status=429, headers=retry_after(exc.retry_after))
+    if isinstance(exc, Transient):
+        return ApiError(exc.code, exc.message, status=503, headers=retry_after(exc.retry_after))
+    return None
+
+
+def retry_after(seconds: float | None) -> dict[str, str]:
+    """``Retry-After`` in whole seconds, at least 1; no header when the wait is not known."""
+    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

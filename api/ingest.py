@@ -24,9 +24,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from stripemeter.api.appkeys import PRODUCER, SETTINGS
 from stripemeter.api.auth import may_see
-from stripemeter.api.errors import ApiError, bad_request, json_response
+from stripemeter.api.errors import bad_request, json_response
 from stripemeter.api.ingest_body import Unreadable, decode_event, split_events
 
+from stripemeter.errors import Transient
 from stripemeter.events import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
@@ -203,8 +204,7 @@ async def _write(producer: AIOKafkaProducer, topic: str, key: bytes, chunks: lis
         for future in futures:
             await future
     except KafkaError as exc:
-        raise ApiError(
-            "kafka_unavailable",
+        raise Transient(
             f"could not write to {topic} ({type(exc).__name__}); nothing is confirmed, retry the same body",
-            status=503,
+            code="kafka_unavailable",
         ) from exc

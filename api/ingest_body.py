@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from stripemeter.errors import Invalid
 from stripemeter.events import InvalidEvent
 
 _WS = re.compile(r"[ \t\n\r]*")
@@ -31,10 +32,15 @@ _LENIENT = json.JSONDecoder(
 )
 
 
-class Unreadable(ValueError):
-    """The body's outline is not JSON: the whole body is refused."""
+class Unreadable(Invalid, ValueError):
+    """The body's outline is not JSON: the whole body is refused (``field`` is ``body``, ``code``
+    ``invalid_json``; the message, which is also the detail, says where)."""
 
+    code = "invalid_json"
     member: tuple[str, int] | None = None  # (key, value start) of the member whose value was unreadable
+
+    def __init__(self, detail: str) -> None:
+        super().__init__("body", detail, message=detail)
 
 
 def _skip(text: str, at: int) -> int:

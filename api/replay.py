@@ -12,8 +12,8 @@ from stripemeter.api.errors import ApiError, bad_request, json_response
 
 from stripemeter.db import replay as db
 from stripemeter.events import METRIC_RE
-from stripemeter.replay.runner import ReplayRequest, UnknownMetric, refresh_visibility
-from stripemeter.replay.window import WindowError, parse_window
+from stripemeter.replay.runner import ReplayRequest, refresh_visibility
+from stripemeter.replay.window import parse_window
 
 
 def parse_request(
@@ -30,10 +30,7 @@ def parse_request(
     mode = body.get("mode", "dry-run")
     if mode not in ("dry-run", "apply"):
         raise bad_request("mode", 'must be "dry-run" or "apply"')
-    try:
-        window = parse_window(body.get("since"), body.get("until", "now"), now_ms, max_window_seconds)
-    except WindowError as exc:
-        raise bad_request(exc.field, exc.detail) from None
+    window = parse_window(body.get("since"), body.get("until", "now"), now_ms, max_window_seconds)
     return ReplayRequest(tenant, sorted(set(metrics)), customer, window, mode)
 
 
@@ -42,10 +39,7 @@ async def post_replay(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     replay = parse_request(request, body, settings.replay_max_window_seconds, settings.clock.ms())
     async with request.app[POOL].connection() as conn:
-        try:
-            report = await request.app[REPLAYER].run(conn, replay)
-        except UnknownMetric as exc:
-            raise bad_request("metrics", str(exc), code="unknown_metric") from None
+        report = await request.app[REPLAYER].run(conn, replay)  # UnknownMetric: 400 (api/errors.py)
     return json_response(report)
 
 

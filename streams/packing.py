@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stripemeter.errors import Permanent
+
 # a record batch's header (61 bytes), the record's own (a few varints), its key: generous room
 HEADROOM_BYTES = 1024
 
 
-class ItemTooLarge(ValueError):
-    """One item alone does not fit a message of the topic: it cannot be written there."""
+class ItemTooLarge(Permanent, ValueError):
+    """One item alone does not fit a message of the topic: it cannot be written there, however often
+    it is tried."""
 
-    def __init__(self, index: int, size: int, limit: int):
+    def __init__(self, index: int, size: int, limit: int) -> None:
         super().__init__(f"an item of {size} bytes does not fit a message of at most {limit} bytes")
         self.index = index
         self.size = size

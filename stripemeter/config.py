@@ -11,10 +11,15 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from stripemeter.clock import Clock
+from stripemeter.errors import Invalid
 
 
-class ConfigError(ValueError):
-    """A setting is missing or malformed; the message names the variable."""
+class ConfigError(Invalid, ValueError):
+    """A setting is missing or malformed: ``field`` names the variable, ``detail`` says what is wrong;
+    the message is ``"{field} {detail}"``."""
+
+    def __init__(self, field: str, detail: str, message: str | None = None) -> None:
+        super().__init__(field, detail, message=f"{field} {detail}" if message is None else message)
 
 
 @dataclass(frozen=True)
@@ -138,7 +143,10 @@ def _convert(env_name: str, raw: str, default: object) -> object:
         if isinstance(default, Path):
             return Path(raw)
     except ValueError as exc:
-        raise ConfigError(f"{env_name}={raw!r} is not a valid {type(default).__name__}") from exc
+        kind = type(default).__name__
+        raise ConfigError(
+            env_name, f"{raw!r} is not a valid {kind}", f"{env_name}={raw!r} is not a valid {kind}"
+        ) from exc
     return raw
 
 
@@ -162,24 +170,24 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
 
 def _validate(settings: Settings) -> None:
     if settings.partitions < 1:
-        raise ConfigError("STRIPEMETER_PARTITIONS must be at least 1")
+        raise ConfigError("STRIPEMETER_PARTITIONS", "must be at least 1")
     if not settings.kafka_bootstrap_servers:
-        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS must not be empty")
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "must not be empty")
     if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
-        raise ConfigError("DATABASE_URL must be a postgresql:// URL")
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
     if settings.lateness_seconds < 0:
-        raise ConfigError("STRIPEMETER_LATENESS_SECONDS must not be negative")
+        raise ConfigError("STRIPEMETER_LATENESS_SECONDS", "must not be negative")
     if not 0 <= settings.reconcile_epsilon < 1:
-        raise ConfigError("STRIPEMETER_RECONCILE_EPSILON must be in [0, 1)")
+        raise ConfigError("STRIPEMETER_RECONCILE_EPSILON", "must be in [0, 1)")
     if settings.stripe_calls_per_second <= 0:
-        raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND must be positive")
+        raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND", "must be positive")
     if settings.auth_failures_per_minute <= 0:
-        raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE must be positive")
+        raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE", "must be positive")
     if settings.api_proxy_hops < 0:
-        raise ConfigError("STRIPEMETER_API_PROXY_HOPS must not be negative")
+        raise ConfigError("STRIPEMETER_API_PROXY_HOPS", "must not be negative")
     for f in fields(settings):
         if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
-            raise ConfigError(f"{f.name} must be a TCP port")
+            raise ConfigError(f.name, "must be a TCP port")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from stripemeter.errors import Invalid
 from stripemeter.units import MICROS, format_micros
 
 HOUR_MS = 3_600_000
@@ -33,14 +34,14 @@ METRIC_RE = re.compile(r"^[A-Za-z0-9._:-]{1,100}$")
 RFC3339_RE = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d{1,9})?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-class InvalidEvent(ValueError):
-    """An input that can never be counted: it goes to the dead-letter topic, never retried."""
+class InvalidEvent(Invalid, ValueError):
+    """An input that can never be counted: it goes to the dead-letter topic, never retried.
 
-    def __init__(self, code: str, message: str, field: str | None = None, index: int | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
+    ``code`` names the fault (``missing_field``, ``too_large``, ...); the message, which is also the
+    detail, reads on its own (it names the field itself); ``index`` is the event's place in an array."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, index: int | None = None) -> None:
+        super().__init__(field, message, code=code, message=message)
         self.index = index
         self.raw_item: Any = None  # the offending element of an array message
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
+from stripemeter.errors import Invalid
+
 # Years and months have no fixed length, so they are refused rather than guessed.
 _DURATION = re.compile(
     r"^(?P<sign>[+-]?)P(?:(?P<weeks>\d+)W)?(?:(?P<days>\d+)D)?"
@@ -13,8 +15,12 @@ _DURATION = re.compile(
 _UNIT_MS = {"weeks": 7 * 86_400_000, "days": 86_400_000, "hours": 3_600_000, "minutes": 60_000}
 
 
-class BadInstant(ValueError):
-    """The text is neither a duration, ``now``, nor an RFC 3339 time with an offset."""
+class BadInstant(Invalid, ValueError):
+    """The text is neither a duration, ``now``, nor an RFC 3339 time with an offset. The parser does not
+    know which input the text came from: ``field`` is None, ``detail`` is the message."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(None, detail)
 
 
 def parse_duration_ms(text: str) -> int:

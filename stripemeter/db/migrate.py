@@ -10,6 +10,8 @@ from importlib import resources
 
 import psycopg
 
+from stripemeter.errors import Permanent
+
 log = logging.getLogger(__name__)
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -27,8 +29,9 @@ class Migration:
         return hashlib.sha256(self.sql.encode()).hexdigest()
 
 
-class MigrationError(RuntimeError):
-    pass
+class MigrationError(Permanent, RuntimeError):
+    """The migrations cannot be applied as they are (two share a version, one changed after it was
+    applied): running again changes nothing."""
 
 
 def available() -> list[Migration]:

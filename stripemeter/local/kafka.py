@@ -11,9 +11,10 @@ from importlib import resources
 from pathlib import Path
 
 from stripemeter.config import Settings
+from stripemeter.errors import Permanent
 
 
-class KafkaSetupError(RuntimeError):
+class KafkaSetupError(Permanent, RuntimeError):
     pass
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 from stripemeter.config import Settings
+from stripemeter.errors import Permanent
 
 
-class PostgresSetupError(RuntimeError):
+class PostgresSetupError(Permanent, RuntimeError):
     pass
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from stripemeter.config import Secret, Settings, settings_env
+from stripemeter.errors import Permanent
 from stripemeter.local.kafka import LocalKafka
 from stripemeter.local.postgres import LocalPostgres, install_server
 from stripemeter.local.procs import Managed, port_open, tail, wait_for
@@ -22,7 +23,7 @@ T = TypeVar("T")
 Say = Callable[[str], None]
 
 
-class StackError(RuntimeError):
+class StackError(Permanent, RuntimeError):
     pass
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
+from stripemeter.errors import Invalid
 from stripemeter.timefmt import iso_seconds
 
 _NAME = re.compile(r"(\d{4})-(0[1-9]|1[0-2])")
@@ -26,8 +27,21 @@ MIN_YEAR, MAX_YEAR = 1970, 9998
 HOUR = timedelta(hours=1)
 
 
-class PeriodError(ValueError):
-    """A period name that is not ``YYYY-MM`` or lies outside the supported years."""
+class PeriodError(Invalid, ValueError):
+    """A period name that is not ``YYYY-MM`` or lies outside the supported years.
+
+    ``name`` is the text refused and the message says what is wrong with it; ``field`` is ``period``
+    and ``detail`` the rule every period name must follow (what the API answers)."""
+
+    field: str
+
+    def __init__(self, name: str, problem: str) -> None:
+        super().__init__(
+            "period",
+            f"must be YYYY-MM from {MIN_YEAR}-01 to {MAX_YEAR}-12, e.g. 2026-11",
+            message=f"period {name!r} {problem}",
+        )
+        self.name = name
 
 
 @dataclass(frozen=True)
@@ -62,10 +76,10 @@ def parse_name(name: str) -> tuple[int, int]:
     """``YYYY-MM`` -> (year, month); PeriodError otherwise."""
     match = _NAME.fullmatch(name)
     if not match:
-        raise PeriodError(f"period {name!r} is not YYYY-MM")
+        raise PeriodError(name, "is not YYYY-MM")
     year, month = int(match.group(1)), int(match.group(2))
     if not MIN_YEAR <= year <= MAX_YEAR:
-        raise PeriodError(f"period {name!r} is outside {MIN_YEAR}-01 .. {MAX_YEAR}-12")
+        raise PeriodError(name, f"is outside {MIN_YEAR}-01 .. {MAX_YEAR}-12")
     return year, month
 
 

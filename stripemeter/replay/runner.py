@@ -35,6 +35,7 @@ from stripemeter.config import Settings
 from stripemeter.db import replay as db
 from stripemeter.db.counters import Applied, wait_applied
 from stripemeter.db.mappings import list_rows
+from stripemeter.errors import Invalid
 from stripemeter.reconcile import periods
 from stripemeter.replay.plan import Plan, bucket_of, make_plan
 from stripemeter.replay.window import Window
@@ -59,8 +60,18 @@ class ReplayRequest:
     mode: Mode
 
 
-class UnknownMetric(ValueError):
-    pass
+class UnknownMetric(Invalid, ValueError):
+    """A metric the tenant has neither mapped nor counted: ``field`` is ``metrics`` (the request's
+    list), ``code`` is ``unknown_metric``; the message is the detail alone."""
+
+    code = "unknown_metric"
+    field: str
+
+    def __init__(self, metric: str, tenant: str) -> None:
+        detail = f"unknown metric {metric!r} for tenant {tenant!r}: no mapping and no usage"
+        super().__init__("metrics", detail, message=detail)
+        self.metric = metric
+        self.tenant = tenant
 
 
 class Replayer:
@@ -183,7 +194,7 @@ async def check_metrics(
         )
         row = await cur.fetchone()
         if not (row and row[0]):
-            raise UnknownMetric(f"unknown metric {metric!r} for tenant {tenant!r}: no mapping and no usage")
+            raise UnknownMetric(metric, tenant)
 
 
 def shown_when_applied(sent: Sent) -> Applied:

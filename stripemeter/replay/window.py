@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from stripemeter.errors import Invalid
 from stripemeter.instants import BadInstant, parse_instant_ms
 from stripemeter.reconcile.periods import MAX_YEAR
 from stripemeter.timefmt import iso_seconds
@@ -14,13 +15,13 @@ HOUR_MS = 3_600_000
 LAST_MS = int(datetime(MAX_YEAR + 1, 1, 1, tzinfo=UTC).timestamp() * 1000)  # the end of MAX_YEAR
 
 
-class WindowError(ValueError):
+class WindowError(Invalid, ValueError):
     """A bad ``since`` or ``until``: ``field`` names it, ``detail`` says what is wrong with it."""
 
-    def __init__(self, field: str, detail: str):
-        super().__init__(f"{field}: {detail}")
-        self.field = field
-        self.detail = detail
+    field: str
+
+    def __init__(self, field: str, detail: str) -> None:
+        super().__init__(field, detail)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def _instant(field: str, raw: object, now_ms: int) -> int:
     try:
         return parse_instant_ms(raw, now_ms)
     except BadInstant as exc:
-        raise WindowError(field, str(exc)) from None
+        raise WindowError(field, exc.detail) from None
 
 
 def _bounded(field: str, ms: int) -> int:

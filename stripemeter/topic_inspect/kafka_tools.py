@@ -11,6 +11,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from stripemeter.errors import Invalid
+
 
 @dataclass(frozen=True)
 class KafkaTool:
@@ -53,8 +55,15 @@ rootLogger.appenderRef.stderr.ref = STDERR
 """
 
 
-class UnknownTool(LookupError):
-    pass
+class UnknownTool(Invalid, LookupError):
+    """A Kafka tool name this project does not know: ``field`` is ``tool``, ``name`` the name given."""
+
+    code = "unknown_tool"
+
+    def __init__(self, name: str) -> None:
+        detail = f"unknown Kafka tool {name!r}; known: {', '.join(tool_names())}"
+        super().__init__("tool", detail, message=detail)
+        self.name = name
 
 
 def tool_names() -> list[str]:
@@ -66,7 +75,7 @@ def tool_args(name: str, args: list[str], bootstrap: str) -> tuple[str, list[str
     neither it nor ``--bootstrap-controller`` was given. ``kafka-topics.sh`` works as a name too."""
     tool = KAFKA_TOOLS.get(name.removesuffix(".sh"))
     if tool is None:
-        raise UnknownTool(f"unknown Kafka tool {name!r}; known: {', '.join(tool_names())}")
+        raise UnknownTool(name)
     given = any(a.split("=", 1)[0] in ("--bootstrap-server", "--bootstrap-controller") for a in args)
     asks_help = any(a in ("-h", "--help", "--version") for a in args)
     if tool.takes_bootstrap and not given and not asks_help:

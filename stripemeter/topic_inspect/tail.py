@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from stripemeter.errors import Invalid
 from stripemeter.topic_inspect.decode import Decoded, decode_key, decode_record
 from stripemeter.topic_inspect.kinds import Kind
 from stripemeter.topic_inspect.render import Position, json_line, text_line
@@ -24,8 +25,15 @@ FETCH_PARTITION_BYTES = 17 * 1024 * 1024
 UNKNOWN_TOPIC = 3
 
 
-class TopicNotFound(LookupError):
-    pass
+class TopicNotFound(Invalid, LookupError):
+    """No topic of that name on the broker: ``field`` is ``topic``, ``topic`` the name asked for."""
+
+    code = "unknown_topic"
+
+    def __init__(self, topic: str) -> None:
+        detail = f"no topic {topic!r} on the broker (see `stripemeter topics list`)"
+        super().__init__("topic", detail, message=detail)
+        self.topic = topic
 
 
 TailStart = Literal["beginning", "since", "last"]  # where a tail begins reading
@@ -65,7 +73,7 @@ async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
     finally:
         await admin.close()
     if meta["error_code"] == UNKNOWN_TOPIC or not meta["partitions"]:
-        raise TopicNotFound(f"no topic {topic!r} on the broker (see `stripemeter topics list`)")
+        raise TopicNotFound(topic)
     return sorted(TopicPartition(topic, p["partition"]) for p in meta["partitions"])
 
 
