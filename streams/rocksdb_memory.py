@@ -54,6 +54,7 @@ def install(budget_mb: int) -> None:
     """Make Faust open every RocksDB table with one shared budget (rocksdict driver only)."""
     global _budget_bytes
     _budget_bytes = budget_mb * MIB
+    # deliberately replaces Faust's method (its store builds RocksDBOptions itself; no hook to pass ours)
     faust_rocksdb.RocksDBOptions.as_options = bounded_options  # type: ignore[method-assign]
 
 
