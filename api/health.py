@@ -96,7 +96,8 @@ async def _stripe(request: web.Request) -> Check:
         return {"status": "disabled", "message": "no STRIPE_API_KEY or STRIPE_API_BASE: usage is not pushed"}
     cached = request.app[STRIPE_CHECK]
     if cached and time.monotonic() - cached["at"] < STRIPE_CHECK_TTL:
-        return cached["check"]
+        last: Check = cached["check"]
+        return last
     client = request.app[RECONCILER].reader.client
     try:
         async with asyncio.timeout(TIMEOUT):

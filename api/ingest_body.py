@@ -44,7 +44,9 @@ class Unreadable(Invalid, ValueError):
 
 
 def _skip(text: str, at: int) -> int:
-    return _WS.match(text, at).end()  # type: ignore[union-attr]
+    match = _WS.match(text, at)
+    assert match is not None  # `[...]*` matches, if only the empty string
+    return match.end()
 
 
 def _value_end(text: str, at: int) -> int:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -35,11 +35,15 @@ def optional_time(request: web.Request, name: str) -> datetime | None:
         raise bad_request(name, "is out of range") from None
 
 
-def choice(request: web.Request, name: str, options: tuple[str, ...], default: str) -> str:
+Choice = TypeVar("Choice", bound=str)
+
+
+def choice(request: web.Request, name: str, options: tuple[Choice, ...], default: Choice) -> Choice:
     value = request.query.get(name, default)
-    if value not in options:
-        raise bad_request(name, f"must be one of {', '.join(options)}")
-    return value
+    for option in options:  # the option equal to it: typed as one of the options
+        if value == option:
+            return option
+    raise bad_request(name, f"must be one of {', '.join(options)}")
 
 
 def integer(request: web.Request, name: str, default: int, low: int, high: int) -> int:

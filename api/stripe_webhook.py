@@ -14,6 +14,7 @@ import logging
 
 import stripe
 from aiohttp import web
+from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification as ErrorReportNotification
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, json_response
 
@@ -25,7 +26,6 @@ from stripemeter.timefmt import iso_seconds
 log = logging.getLogger(__name__)
 
 PATH = "/v1/stripe/webhook"
-ERROR_REPORT = "v1.billing.meter.error_report_triggered"
 
 
 async def post_webhook(request: web.Request) -> web.Response:
@@ -48,7 +48,9 @@ async def post_webhook(request: web.Request) -> web.Response:
         ) from None
     except (ValueError, KeyError):
         raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
-    if notification.type != ERROR_REPORT:
+    # Stripe picks the notification's class by its `type`: this class is exactly the type
+    # v1.billing.meter.error_report_triggered, and its fetched event has the report's typed `data`.
+    if not isinstance(notification, ErrorReportNotification):
         return json_response({"received": True, "handled": False})
     event = await reader.call(notification.fetch_event_async)  # within the budget, 429s waited out
     reported = reported_requests(event.data)

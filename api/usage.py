@@ -9,7 +9,7 @@ from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
 
-from stripemeter.db.usage import usage_history
+from stripemeter.db.usage import Granularity, usage_history
 from stripemeter.timefmt import iso_seconds
 from stripemeter.units import micros_to_number
 
@@ -22,7 +22,7 @@ async def get_history(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
     metric = params.required(request, "metric")
     customer = params.required(request, "customerRef")
-    granularity = params.choice(request, "granularity", ("hour", "day"), "hour")
+    granularity: Granularity = params.choice(request, "granularity", ("hour", "day"), "hour")
     now = request.app[SETTINGS].clock.utc()
     until = params.optional_time(request, "until") or now.replace(
         minute=0, second=0, microsecond=0
@@ -31,7 +31,7 @@ async def get_history(request: web.Request) -> web.Response:
     if since >= until:
         raise bad_request("since", "must be before until")
     async with request.app[POOL].connection() as conn:
-        rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)  # type: ignore[arg-type]
+        rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)
     series = [{"start": iso_seconds(start), "value": micros_to_number(m)} for start, m in rows]
     total = micros_to_number(sum(m for _, m in rows))
     return json_response(

@@ -17,7 +17,8 @@ def delta_routing_key(tenant_id: str, metric: str, customer_ref: str) -> str:
 
 def partition_for(routing_key: str, partitions: int) -> int:
     """The same partition the Java and aiokafka default partitioners choose for this key."""
-    return (murmur2(routing_key.encode()) & 0x7FFFFFFF) % partitions
+    hashed: int = murmur2(routing_key.encode())  # aiokafka is untyped
+    return (hashed & 0x7FFFFFFF) % partitions
 
 
 class Partitioner:

@@ -17,7 +17,9 @@ class Source(NamedTuple):
 
     partition: int
     offset: int
-    index: int  # position inside an array message; 0 for a single event
+    # the source index: position inside an array message; 0 for a single event. Not named `index`,
+    # which would shadow tuple.index.
+    position: int
 
 
 def encode_keyed(event: UsageEvent, source: Source) -> list[Any]:

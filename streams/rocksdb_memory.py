@@ -34,7 +34,8 @@ def bounded_options(self: faust_rocksdb.RocksDBOptions) -> rocksdict.Options:
     cache, buffers = _budget()
     options = rocksdict.Options(raw_mode=True)
     options.create_if_missing(True)
-    options.set_max_open_files(self.max_open_files)
+    if self.max_open_files is not None:  # None: no limit known (RocksDB's default, -1, is none)
+        options.set_max_open_files(self.max_open_files)
     options.set_write_buffer_size(self.write_buffer_size)
     options.set_target_file_size_base(self.target_file_size_base)
     options.set_max_write_buffer_number(self.max_write_buffer_number)
@@ -53,6 +54,7 @@ def install(budget_mb: int) -> None:
     """Make Faust open every RocksDB table with one shared budget (rocksdict driver only)."""
     global _budget_bytes
     _budget_bytes = budget_mb * MIB
+    # deliberately replaces Faust's method (its store builds RocksDBOptions itself; no hook to pass ours)
     faust_rocksdb.RocksDBOptions.as_options = bounded_options  # type: ignore[method-assign]
 
 

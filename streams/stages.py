@@ -129,7 +129,8 @@ class StageProcess:
         if self._writer is None or not self.running:
             return None
         self._next_request = request = (self._next_request + 1) % 2**32
-        reply = self._pending[request] = asyncio.get_running_loop().create_future()
+        reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[request] = reply
         try:
             self._writer.write(request.to_bytes(4, "big"))
             await self._writer.drain()

@@ -150,7 +150,7 @@ async def reconcile_many(
                           "stripe_pushes", "customer_mappings", "metric_mappings"):  # fmt: skip
                 await conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))
     finally:
-        await http.close_async()
+        await http.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated
         await runner.cleanup()
     statuses = {
         s: sum(1 for i in report["items"] if i["status"] == s) for s in ("parity", "within_epsilon", "drift")

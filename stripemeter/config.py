@@ -9,6 +9,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from stripemeter.clock import Clock
 from stripemeter.errors import Invalid
@@ -86,7 +87,8 @@ class Settings:
     def worker_data_dir(self) -> Path:
         return self.state_dir / "worker" / self.app_id
 
-    def with_overrides(self, **changes: object) -> Settings:
+    def with_overrides(self, **changes: Any) -> Settings:
+        """``dataclasses.replace``: it refuses a name that is not a field (each value is the caller's)."""
         return replace(self, **changes)
 
 
@@ -154,7 +156,9 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     """Build Settings from the environment and validate them (fail fast, naming the variable)."""
     env = os.environ if environ is None else environ
     defaults = Settings()
-    values: dict[str, object] = {}
+    # field name -> value of that field's type (_convert gives each its default's type): a relation
+    # between key and value no dict type states, hence Any; replace() refuses names that are not fields
+    values: dict[str, Any] = {}
     for env_name, attr in ENV_VARS.items():
         if env_name in env and env[env_name] != "":
             values[attr] = _convert(env_name, env[env_name], getattr(defaults, attr))

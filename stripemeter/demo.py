@@ -157,13 +157,17 @@ class Demo:
 
     def counters(self) -> list[dict[str, Any]]:
         """The writer's view per counter: local total, units pushed, status."""
-        return self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")["counters"]
+        pushes = self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")
+        counters: list[dict[str, Any]] = pushes["counters"]
+        return counters
 
     def local_total(self) -> float:
-        return sum(c["local"] for c in self.counters())
+        total: float = sum(c["local"] for c in self.counters())
+        return total
 
     def stripe_total(self) -> float:
-        return sum(c["pushed"] for c in self.counters())
+        total: float = sum(c["pushed"] for c in self.counters())
+        return total
 
     def synced(self) -> bool:
         counters = self.counters()
@@ -211,7 +215,7 @@ class Demo:
         return summaries
 
     def replay(self, mode: str) -> dict[str, Any]:
-        report = self.api.call(
+        report: dict[str, Any] = self.api.call(
             "POST",
             "/v1/replay",
             {"tenantId": self.tenant, "metrics": ["requests"], "since": "-P4D", "until": "now", "mode": mode},
@@ -347,7 +351,8 @@ def _same_clock(settings: Settings, say: Say) -> bool:
 
 def _cause(cause: dict[str, Any]) -> str:
     extra = f" ({cause['count']} events, total {cause['total']:g})" if cause["code"] == "late_events" else ""
-    return cause["code"] + extra
+    code: str = cause["code"]
+    return code + extra
 
 
 def run_demo(settings: Settings, say: Say, tenant: str | None = None) -> int:

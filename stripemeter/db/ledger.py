@@ -104,9 +104,10 @@ def copy_field(value: Any) -> str:
         return "\\N"
     kind = value.__class__
     if kind is str:
-        if _SPECIAL.search(value) is None:  # the common case: nothing to escape
-            return value  # type: ignore[no-any-return]
-        return value.replace("\x00", "").translate(_ESCAPES)  # type: ignore[no-any-return]
+        text: str = value
+        if _SPECIAL.search(text) is None:  # the common case: nothing to escape
+            return text
+        return text.replace("\x00", "").translate(_ESCAPES)
     if value is True:
         return "t"
     if value is False:

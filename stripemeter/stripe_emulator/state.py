@@ -84,7 +84,7 @@ class EmulatorState:
 
     def create_customer(self, params: Params) -> Params:
         check_customer(params)
-        customer = {
+        customer: Params = {
             "id": new_id("cus"),
             "object": "customer",
             "created": int(self.now()),

@@ -49,7 +49,8 @@ def decode_form(pairs: Iterable[tuple[str, str]]) -> dict[str, Any]:
         if isinstance(node.get(last), dict):
             raise invalid(f"Invalid value for {key}: conflicting parameter shapes.", param=key)
         node[last] = value
-    return _listify(root)
+    # The body itself stays a dict, even if all its keys are digits (`0=x`): only nested dicts are lists.
+    return {k: _listify(v) if isinstance(v, dict) else v for k, v in root.items()}
 
 
 def _listify(node: dict[str, Any]) -> Any:

@@ -44,10 +44,10 @@ def make_client(
 
     Pass ``http_client`` to be able to close its connections (``await http_client.close_async()``).
     """
-    bases = {"api": api_base.rstrip("/"), "meter_events": api_base.rstrip("/")} if api_base else None
+    base = api_base.rstrip("/")
     return stripe.StripeClient(
         api_key,
-        base_addresses=bases,
+        base_addresses={"api": base, "meter_events": base} if api_base else None,
         max_network_retries=0,
         http_client=http_client or stripe.AIOHTTPClient(),
     )
@@ -84,7 +84,7 @@ async def send(client: stripe.StripeClient, request: Request, attempt: int = 0) 
     """One call with the recorded request, under the attempt's idempotency key."""
     try:
         await client.v1.billing.meter_events.create_async(
-            request.params(),  # type: ignore[arg-type]
+            request.params(),
             {"idempotency_key": idempotency_key(request, attempt)},
         )
     except stripe.StripeError as error:

@@ -21,9 +21,12 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from stripemeter.units import floor_units, round_units
+
+if TYPE_CHECKING:
+    from stripe.params.billing import MeterEventCreateParams
 
 HOUR_S = 3600
 # Stripe refuses meter events stamped more than 5 minutes ahead of its clock ...
@@ -50,7 +53,7 @@ class Request:
     value: int
     to_units: int
 
-    def params(self) -> dict[str, Any]:
+    def params(self) -> MeterEventCreateParams:
         return {
             "event_name": self.event_name,
             "payload": self.payload,

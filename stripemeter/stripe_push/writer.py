@@ -73,7 +73,7 @@ CONTENDED = (
 )
 
 
-class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]
+class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its classes are Any
     """The usage.deltas partitions this writer holds, each with the epoch of its lease."""
 
     def __init__(self, database_url: str, app_id: str, owner: str, clock: Clock):

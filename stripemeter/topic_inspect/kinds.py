@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, cast
 
 from stripemeter.topics import TABLES, TopicNames
 
@@ -26,7 +26,7 @@ def kinds_by_name(names: TopicNames) -> dict[str, Kind]:
     kinds[names.keyed] = "keyed"
     kinds[names.ledger] = "ledger"
     for table in TABLES:
-        kinds[names.changelog(table)] = table  # type: ignore[assignment]  # TABLES are Kind values
+        kinds[names.changelog(table)] = cast(Kind, table)  # TABLES are Kind values
     return kinds
 
 

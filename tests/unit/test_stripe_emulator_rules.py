@@ -28,6 +28,8 @@ NOW = 1_750_000_000
         ([("expand[]", "a"), ("expand[]", "b")], {"expand": ["a", "b"]}),
         ([("a[b][c]", "1")], {"a": {"b": {"c": "1"}}}),
         ([("metadata[k]", "")], {"metadata": {"k": ""}}),
+        ([("0", "a"), ("1", "b")], {"0": "a", "1": "b"}),  # the body itself is never a list
+        ([], {}),
     ],
 )  # fmt: skip
 def test_decode_form(pairs: list[tuple[str, str]], expected: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import get_args
 
 import orjson
 import pytest
@@ -12,11 +13,11 @@ from stripemeter.cli import build_parser, glue_negative_durations
 from stripemeter.instants import BadInstant, parse_duration_ms, parse_instant_ms
 from stripemeter.topic_inspect.decode import decode_record
 from stripemeter.topic_inspect.kafka_tools import UnknownTool, tool_args, tool_command
-from stripemeter.topic_inspect.kinds import is_ours, logical_name, resolve_topic, topic_kind
+from stripemeter.topic_inspect.kinds import Kind, is_ours, logical_name, resolve_topic, topic_kind
 from stripemeter.topic_inspect.overview import PartitionState, TopicState, lag_rows
 from stripemeter.topic_inspect.render import Position, json_line, text_line
 from stripemeter.topic_inspect.tail import TailRequest, matches
-from stripemeter.topics import TopicNames
+from stripemeter.topics import TABLES, TopicNames
 
 NOW = 1_800_000_000_000
 NAMES = TopicNames("t1.", "sm-x")
@@ -83,6 +84,10 @@ def test_negative_duration_after_since_is_kept_as_its_value() -> None:
 def test_topic_names_resolve(given: str, full: str, kind: str) -> None:
     assert resolve_topic(NAMES, given) == full
     assert topic_kind(NAMES, full) == kind
+
+
+def test_every_table_is_a_kind() -> None:  # kinds_by_name casts each table name to Kind
+    assert set(TABLES) <= set(get_args(Kind))
 
 
 def test_ours_and_logical_names() -> None:

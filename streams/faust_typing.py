@@ -1,0 +1,43 @@
+"""Typed forms of the Faust calls whose own annotations mypy cannot use; each calls Faust unchanged.
+
+- ``App.timer`` is ``@no_type_check`` and returns a bare ``Callable``; ``App.task`` returns a union of
+  a decorator and a decorated function. Both register an ``async def`` of no arguments and return a
+  coroutine function of that same shape (Faust's wrapper around it), which is what is stated here.
+- ``App.tables`` is typed as ``TableManagerT``, which lacks ``recovery``; the manager it is (the
+  default ``conf.TableManager``, ``faust.tables.TableManager``) has it.
+
+Use::
+
+    @timer(app, 5.0)
+    async def tick() -> None: ...
+
+    @task(app)
+    async def once() -> None: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+import faust
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+
+AsyncFn = Callable[[], Awaitable[None]]
+Decorator = Callable[[AsyncFn], AsyncFn]
+
+
+def timer(app: faust.App, interval: float) -> Decorator:
+    """``@app.timer(interval)``: runs the function every ``interval`` seconds once the worker is up."""
+    return cast(Decorator, app.timer(interval))
+
+
+def task(app: faust.App) -> Decorator:
+    """``@app.task``: runs the function once, when the worker is up."""
+    return cast(Decorator, app.task)
+
+
+def recovery(app: faust.App) -> Recovery:
+    """``app.tables.recovery``: the changelog recovery of the app's table manager."""
+    return cast(TableManager, app.tables).recovery
