@@ -254,7 +254,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams import memory_tuning, stages
-    from stripemeter.streams.app import intake_stage
+    from stripemeter.streams.worker.factories import intake_stage
 
     memory_tuning.tune()
     asyncio.run(stages.run_stage(intake_stage(settings), args.worker_socket))
@@ -263,7 +263,7 @@ def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams import memory_tuning, stages
-    from stripemeter.streams.app import postgres_sink
+    from stripemeter.streams.worker.factories import postgres_sink
 
     memory_tuning.tune()
     asyncio.run(stages.run_stage(postgres_sink(settings), args.worker_socket))
