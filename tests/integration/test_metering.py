@@ -200,7 +200,7 @@ async def test_late_within_window_counts_beyond_goes_to_usage_late(
 async def _wait_policy_refresh() -> None:
     import asyncio
 
-    from stripemeter.streams.app import POLICY_REFRESH_INTERVAL
+    from stripemeter.streams.worker.upkeep import POLICY_REFRESH_INTERVAL
 
     await asyncio.sleep(POLICY_REFRESH_INTERVAL + 1)
 

@@ -1,0 +1,1 @@
+"""The worker's pieces, each owning its part of the Faust app; ``streams/app.py`` composes them."""

@@ -1,0 +1,45 @@
+"""The plain-aiokafka stages built from the settings: intake, the PostgreSQL sink and the Stripe writer."""
+
+from __future__ import annotations
+
+from stripemeter.streams.intake import Intake
+from stripemeter.streams.sink import PostgresSink
+
+from stripemeter.config import Settings
+from stripemeter.stripe_push.budget import StripeBudget
+from stripemeter.stripe_push.client import make_client
+from stripemeter.stripe_push.writer import StripeWriter
+from stripemeter.topics import TopicNames
+
+
+def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    return StripeWriter(
+        settings.kafka_bootstrap_servers,
+        names.deltas,
+        f"{settings.app_id}-stripe-writer",
+        settings.app_id,
+        settings.database_url.value,
+        client,
+        budget,
+        clock=settings.clock,
+    )
+
+
+def intake_stage(settings: Settings) -> Intake:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    return Intake(
+        settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake", clock=settings.clock
+    )
+
+
+def postgres_sink(settings: Settings) -> PostgresSink:
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    return PostgresSink(
+        settings.kafka_bootstrap_servers,
+        names,
+        f"{settings.app_id}-postgres-sink",
+        settings.database_url.value,
+        clock=settings.clock,
+    )

@@ -1,0 +1,85 @@
+"""The worker's Faust app, its keyed input topic and its tables (RocksDB sized for a small worker)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faust
+from faust.types import TopicT
+from stripemeter.streams import fetch_wait, rocksdb_memory
+from stripemeter.streams.state import ChangelogState, prepare_table_dir
+
+from stripemeter.config import Settings
+from stripemeter.topics import TABLES, TopicNames
+
+# Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
+# are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
+ROCKSDB_OPTIONS = {
+    "write_buffer_size": 8 * 1024 * 1024,
+    "max_write_buffer_number": 2,
+    "target_file_size_base": 16 * 1024 * 1024,
+}  # caches and memtables share one budget: see streams/rocksdb_memory.py
+# Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
+# when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
+REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
+
+
+def faust_app(settings: Settings) -> faust.App:
+    """The app, with RocksDB's shared memory budget installed and the table directory prepared."""
+    rocksdb_memory.install(settings.rocksdb_memory_mb)
+    settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        store=settings.store,
+        datadir=str(settings.worker_data_dir),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=1,
+        web_host=settings.worker_web_host,
+        web_bind=settings.worker_web_host,
+        web_port=settings.worker_web_port,
+        web_enabled=True,
+        producer_acks=-1,
+        consumer_max_fetch_size=8 * 1024 * 1024,
+        consumer_auto_offset_reset="earliest",
+        table_standby_replicas=0,
+        broker_commit_every=10_000,
+        broker_commit_interval=0.5,
+        broker_session_timeout=10.0,
+        # with a stable id (a StatefulSet pod name) a restarted worker gets its partitions back
+        # without a rebalance, as long as it returns within the session timeout
+        consumer_group_instance_id=settings.group_instance_id or None,
+        broker_heartbeat_interval=1.0,
+        # a topic missing from the broker's metadata at start (just created, or a broker still loading
+        # after a restart) leaves the worker without partitions until the next refresh: 30 s, not 5 min
+        consumer_metadata_max_age_ms=30_000,
+        stream_buffer_maxsize=4096,
+        # Faust would wait for every unacknowledged message before a rebalance or stop completes;
+        # ours are acknowledged only by checkpoints, and a message left unacknowledged is simply
+        # read again by the next owner (exactly, see checkpoint.py), so do not wait for them.
+        stream_wait_empty=False,
+        worker_redirect_stdouts=False,
+    )
+    app.transport = fetch_wait.Transport(app.conf.broker_consumer, app)  # before anything uses it
+    prepare_table_dir(Path(app.conf.tabledir), settings.worker_data_dir)
+    return app
+
+
+def keyed_topic(app: faust.App, settings: Settings, names: TopicNames) -> TopicT:
+    """The meter's input: intake's re-keyed events, raw bytes."""
+    return app.topic(
+        names.keyed, value_serializer="raw", key_serializer="raw", partitions=settings.partitions
+    )
+
+
+def table_states(app: faust.App, settings: Settings) -> dict[str, ChangelogState]:
+    """The dedupe, counters and watermarks tables, as bulk-written changelog-backed stores."""
+    return {
+        name: ChangelogState(
+            app.Table(  # type: ignore[arg-type]  # a faust.Table, typed as TableT
+                name, default=None, partitions=settings.partitions, key_type=bytes, options=ROCKSDB_OPTIONS
+            ),
+            remember=REMEMBERED_VALUES.get(name, 0),
+        )
+        for name in TABLES
+    }

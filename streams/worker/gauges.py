@@ -1,0 +1,56 @@
+"""The worker's memory gauges, its garbage-cycle collection and the table-recovery watchdog."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import faust
+from stripemeter.streams import memory_tuning, rocksdb_memory
+from stripemeter.streams.state import ChangelogState
+from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
+from stripemeter.streams.worker.names import WORKER_LOGGER, timer_name
+
+from stripemeter import metrics
+
+log = logging.getLogger(WORKER_LOGGER)
+
+MEMORY_GAUGE_INTERVAL = 5.0
+RECOVERY_WATCH_INTERVAL = 5.0
+
+
+def install_memory_gauges(app: faust.App, states: dict[str, ChangelogState]) -> None:
+    """Timers measuring memory into the gauges, and collecting garbage cycles on the worker's schedule."""
+
+    async def measure_memory() -> None:
+        """Where the worker's memory is: RocksDB by kind, Python's own heap, and the C heap under both."""
+        databases = [db for state in states.values() for db in state.databases()]
+        for kind, size in rocksdb_memory.usage(databases).items():
+            metrics.ROCKSDB_MEMORY.labels(kind).set(size)
+        metrics.PYTHON_BLOCKS.set(sys.getallocatedblocks())
+        for kind, size in (memory_tuning.heap_usage() or {}).items():
+            metrics.HEAP_MEMORY.labels(kind).set(size)
+
+    async def collect_cycles() -> None:
+        memory_tuning.collect_cycles()
+
+    app.timer(MEMORY_GAUGE_INTERVAL, name=timer_name("measure_memory"))(measure_memory)
+    app.timer(memory_tuning.CYCLE_INTERVAL, name=timer_name("collect_cycles"))(collect_cycles)
+
+
+def install_recovery_watchdog(app: faust.App) -> None:
+    """A timer restarting the process when table recovery stalls."""
+    tables: Any = app.tables  # a TableManager: its recovery is not in TableManagerT
+    watchdog = RecoveryWatchdog(tables.recovery)
+
+    async def watch_recovery() -> None:
+        if watchdog.stalled():
+            log.error(
+                "table recovery made no progress for %.0fs (%d changelog records left); restarting",
+                watchdog.stall_seconds,
+                tables.recovery.active_remaining_total(),
+            )
+            restart_process()
+
+    app.timer(RECOVERY_WATCH_INTERVAL, name=timer_name("watch_recovery"))(watch_recovery)

@@ -1,0 +1,134 @@
+"""The meter: its Faust agent, the checkpoints, the dedupe sweep and the checkpoint producer they share."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaProducer
+from faust.types import TopicT
+from stripemeter.streams.checkpoint import Checkpointer
+from stripemeter.streams.dedupe_sweep import DedupeSweep
+from stripemeter.streams.metering import Metering
+from stripemeter.streams.packing import payload_limit
+from stripemeter.streams.policy import DEDUPE_MARGIN_MS, Policies
+from stripemeter.streams.state import ChangelogState, mark_clean_stop
+from stripemeter.streams.worker.names import WORKER_LOGGER, timer_name
+
+from stripemeter import metrics
+from stripemeter.config import Settings
+from stripemeter.kafka_admin import message_limits
+from stripemeter.topics import TopicNames
+
+log = logging.getLogger(WORKER_LOGGER)
+
+CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
+DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (streams/dedupe_sweep.py)
+
+
+class Meter:
+    """Counts the keyed events into the tables; nothing is counted or checkpointed before the
+    checkpoint producer has started (``producer_started``)."""
+
+    def __init__(
+        self, settings: Settings, names: TopicNames, states: dict[str, ChangelogState], policies: Policies
+    ) -> None:
+        self.settings = settings
+        self.names = names
+        self.metering = Metering(
+            states["dedupe"], states["counters"], states["watermarks"], policies, events_topic=names.events
+        )
+        self.checkpointer = Checkpointer(self.metering, states, names)
+        self.producer_started = asyncio.Event()
+        self.sweep = DedupeSweep(
+            self.metering, states["dedupe"], DEDUPE_MARGIN_MS, clock_ms=settings.clock.ms
+        )
+
+    def install(self, app: faust.App, keyed_topic: TopicT) -> None:
+        """The meter agent, the checkpoint timer and the dedupe sweep timer."""
+        metering, checkpointer, producer_started = self.metering, self.checkpointer, self.producer_started
+        settings, names, sweep = self.settings, self.names, self.sweep
+
+        async def meter(stream: Any) -> None:
+            await producer_started.wait()
+            async for event in stream.noack().events():
+                if event.value:
+                    with metrics.COUNTING_BATCH_SECONDS.time():
+                        handled = metering.handle(
+                            event.message.partition,
+                            event.message.offset,
+                            event.value,
+                            settings.clock.ms(),
+                            names.keyed,
+                        )
+                    if not handled:
+                        metrics.POISON_MESSAGES.labels("meter").inc()
+                checkpointer.add(event)
+
+        async def checkpoint() -> None:
+            if not producer_started.is_set():
+                return
+            try:
+                await checkpointer.run()
+            except Exception as exc:  # a lost write must never be acknowledged: restart instead
+                log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
+                await app.crash(exc)
+
+        async def expire_dedupe() -> None:
+            """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
+            if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+                return
+            partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
+            for partition in partitions:
+                checked, expired = await sweep.step(partition, lambda: bool(app.rebalancing))
+                metrics.DEDUPE_EXPIRED.inc(expired)
+                if expired:
+                    log.info(
+                        "expired %d of %d dedupe entries checked in partition %d", expired, checked, partition
+                    )
+                if app.rebalancing:
+                    return
+
+        app.agent(keyed_topic, name="meter")(meter)
+        app.timer(CHECKPOINT_INTERVAL, name=timer_name("checkpoint"))(checkpoint)
+        app.timer(DEDUPE_SWEEP_INTERVAL, name=timer_name("expire_dedupe"))(expire_dedupe)
+
+    def install_producer(self, app: faust.App) -> None:
+        """The task starting the checkpoint producer, which lets the meter and its checkpoints begin."""
+        settings, names, checkpointer = self.settings, self.names, self.checkpointer
+        producer_started = self.producer_started
+
+        async def start_producer() -> None:
+            checkpointer.producer = AIOKafkaProducer(
+                bootstrap_servers=settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=2,
+                max_batch_size=1024 * 1024,
+                max_request_size=16 * 1024 * 1024,
+            )
+            await checkpointer.producer.start()
+            limits = await message_limits(settings.kafka_bootstrap_servers, [names.ledger])
+            checkpointer.ledger_limit = payload_limit(limits[names.ledger])
+            producer_started.set()
+
+        app.task(start_producer)
+
+    async def before_revoke(self) -> None:
+        """Nothing staged for a partition may reach its changelog after another worker took it over."""
+        if self.producer_started.is_set():
+            await self.checkpointer.run()
+        self.sweep.forget()
+
+    async def stop(self) -> None:
+        """After the last checkpoint: stop the producer and, if no checkpoint ever failed, mark a clean
+        stop so the next start keeps RocksDB."""
+        if self.producer_started.is_set():
+            clean = await self.checkpointer.wait_idle()
+            await self.checkpointer.producer.stop()
+            if clean:
+                mark_clean_stop(self.settings.worker_data_dir)
+            else:
+                log.warning("a checkpoint failed; the next start rebuilds tables from the changelogs")

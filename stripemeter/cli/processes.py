@@ -1,0 +1,112 @@
+"""Commands running the long-lived processes: `worker`, `intake`, `sink`, `api`, `stripe-emulator`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from stripemeter.cli.common import Subcommands, add_command, say
+from stripemeter.config import Settings
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from faust import Worker
+
+    from stripemeter.streams import memory_tuning
+    from stripemeter.streams.app import create_app
+
+    app = create_app(
+        settings,
+        with_sink=not args.no_sink,
+        with_intake=not args.no_intake,
+        stage_processes=args.stage_processes,
+    )
+    memory_tuning.tune()
+    worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0
+
+
+def cmd_intake(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.streams import memory_tuning, stages
+    from stripemeter.streams.worker.factories import intake_stage
+
+    memory_tuning.tune()
+    asyncio.run(stages.run_stage(intake_stage(settings), args.worker_socket))
+    return 0
+
+
+def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.streams import memory_tuning, stages
+    from stripemeter.streams.worker.factories import postgres_sink
+
+    memory_tuning.tune()
+    asyncio.run(stages.run_stage(postgres_sink(settings), args.worker_socket))
+    return 0
+
+
+def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.stripe_emulator import run
+
+    budget = f"{args.ops_per_second:g} operations/s" if args.ops_per_second > 0 else "no rate limit"
+    say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here; {budget})")
+    run(args.host, args.port, settings.clock, args.ops_per_second)
+    return 0
+
+
+def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.api.app import run
+
+    run(settings)
+    return 0
+
+
+def add_processes(sub: Subcommands) -> None:
+    """`worker`, `intake`, `sink`, `api` and `stripe-emulator`."""
+    worker = add_command(
+        sub,
+        "worker",
+        cmd_worker,
+        "run a pipeline worker (intake, metering, PostgreSQL sink); scale by running more",
+    )
+    worker.add_argument(
+        "--no-sink",
+        action="store_true",
+        help="leave PostgreSQL writes to a separate `stripemeter sink` process",
+    )
+    worker.add_argument(
+        "--no-intake",
+        action="store_true",
+        help="leave usage.events to a separate `stripemeter intake` process",
+    )
+    worker.add_argument(
+        "--stage-processes",
+        action="store_true",
+        help="run intake and the PostgreSQL sink as child processes of the worker (up to three cores; "
+        "on a machine shared with the broker and PostgreSQL one process was faster)",
+    )
+    for name, run, text in (
+        ("intake", cmd_intake, "validate and re-key usage.events on its own (if workers use --no-intake)"),
+        (
+            "sink",
+            cmd_sink,
+            "write the ledger, dead letters and counters to PostgreSQL (if workers use --no-sink)",
+        ),
+    ):
+        stage = add_command(sub, name, run, text)
+        stage.add_argument("--worker-socket", type=int, help=argparse.SUPPRESS)  # set by a parent worker
+    add_command(sub, "api", cmd_api, "run the HTTP API")
+    emulator = add_command(
+        sub,
+        "stripe-emulator",
+        cmd_stripe_emulator,
+        "run the stateful Stripe Billing Meters emulator (tests, demo)",
+    )
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    emulator.add_argument("--port", type=int, default=12111, help="port (default 12111)")
+    emulator.add_argument(
+        "--ops-per-second",
+        type=float,
+        default=25.0,
+        help="one budget for all requests, reads and writes, as in Stripe test mode (default 25; 0: none)",
+    )
