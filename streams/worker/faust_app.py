@@ -76,7 +76,7 @@ def table_states(app: faust.App, settings: Settings) -> dict[str, ChangelogState
     """The dedupe, counters and watermarks tables, as bulk-written changelog-backed stores."""
     return {
         name: ChangelogState(
-            app.Table(  # type: ignore[arg-type]  # a faust.Table, typed as TableT
+            app.Table(
                 name, default=None, partitions=settings.partitions, key_type=bytes, options=ROCKSDB_OPTIONS
             ),
             remember=REMEMBERED_VALUES.get(name, 0),

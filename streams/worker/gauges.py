@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any
 
 import faust
 from stripemeter.streams import memory_tuning, rocksdb_memory
+from stripemeter.streams.faust_typing import recovery, timer
 from stripemeter.streams.state import ChangelogState
 from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
-from stripemeter.streams.worker.names import WORKER_LOGGER, timer_name
+from stripemeter.streams.worker.names import WORKER_LOGGER
 
 from stripemeter import metrics
 
@@ -35,22 +35,21 @@ def install_memory_gauges(app: faust.App, states: dict[str, ChangelogState]) -> 
     async def collect_cycles() -> None:
         memory_tuning.collect_cycles()
 
-    app.timer(MEMORY_GAUGE_INTERVAL, name=timer_name("measure_memory"))(measure_memory)
-    app.timer(memory_tuning.CYCLE_INTERVAL, name=timer_name("collect_cycles"))(collect_cycles)
+    timer(app, MEMORY_GAUGE_INTERVAL)(measure_memory)
+    timer(app, memory_tuning.CYCLE_INTERVAL)(collect_cycles)
 
 
 def install_recovery_watchdog(app: faust.App) -> None:
     """A timer restarting the process when table recovery stalls."""
-    tables: Any = app.tables  # a TableManager: its recovery is not in TableManagerT
-    watchdog = RecoveryWatchdog(tables.recovery)
+    watchdog = RecoveryWatchdog(recovery(app))
 
     async def watch_recovery() -> None:
         if watchdog.stalled():
             log.error(
                 "table recovery made no progress for %.0fs (%d changelog records left); restarting",
                 watchdog.stall_seconds,
-                tables.recovery.active_remaining_total(),
+                recovery(app).active_remaining_total(),
             )
             restart_process()
 
-    app.timer(RECOVERY_WATCH_INTERVAL, name=timer_name("watch_recovery"))(watch_recovery)
+    timer(app, RECOVERY_WATCH_INTERVAL)(watch_recovery)

@@ -6,6 +6,7 @@ from typing import Any
 
 import faust
 from aiohttp import web as aioweb
+from stripemeter.streams.faust_typing import recovery
 from stripemeter.streams.stages import StageProcesses
 
 
@@ -18,9 +19,8 @@ class Health:
         self.keyed_topic = keyed_topic
 
     def readiness(self) -> dict[str, Any]:
-        app: Any = self.app  # a TableManager's recovery is not in TableManagerT
-        recovered = app.tables.recovery.completed.is_set()
-        rebalancing = bool(app.rebalancing)
+        recovered = recovery(self.app).completed.is_set()
+        rebalancing = bool(self.app.rebalancing)
         stages = self.children.running()  # {} unless intake and the sink are child processes
         return {
             "ready": recovered and not rebalancing and all(stages.values()),

@@ -11,11 +11,12 @@ from aiokafka import AIOKafkaProducer
 from faust.types import TopicT
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.dedupe_sweep import DedupeSweep
+from stripemeter.streams.faust_typing import recovery, task, timer
 from stripemeter.streams.metering import Metering
 from stripemeter.streams.packing import payload_limit
 from stripemeter.streams.policy import DEDUPE_MARGIN_MS, Policies
 from stripemeter.streams.state import ChangelogState, mark_clean_stop
-from stripemeter.streams.worker.names import WORKER_LOGGER, timer_name
+from stripemeter.streams.worker.names import WORKER_LOGGER
 
 from stripemeter import metrics
 from stripemeter.config import Settings
@@ -78,7 +79,7 @@ class Meter:
 
         async def expire_dedupe() -> None:
             """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
-            if app.rebalancing or not app.tables.recovery.completed.is_set():  # type: ignore[attr-defined]
+            if app.rebalancing or not recovery(app).completed.is_set():
                 return
             partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
             for partition in partitions:
@@ -92,8 +93,8 @@ class Meter:
                     return
 
         app.agent(keyed_topic, name="meter")(meter)
-        app.timer(CHECKPOINT_INTERVAL, name=timer_name("checkpoint"))(checkpoint)
-        app.timer(DEDUPE_SWEEP_INTERVAL, name=timer_name("expire_dedupe"))(expire_dedupe)
+        timer(app, CHECKPOINT_INTERVAL)(checkpoint)
+        timer(app, DEDUPE_SWEEP_INTERVAL)(expire_dedupe)
 
     def install_producer(self, app: faust.App) -> None:
         """The task starting the checkpoint producer, which lets the meter and its checkpoints begin."""
@@ -114,7 +115,7 @@ class Meter:
             checkpointer.ledger_limit = payload_limit(limits[names.ledger])
             producer_started.set()
 
-        app.task(start_producer)
+        task(app)(start_producer)
 
     async def before_revoke(self) -> None:
         """Nothing staged for a partition may reach its changelog after another worker took it over."""

@@ -22,17 +22,17 @@ def install_rebalance_hooks(
         for state in states.values():
             state.forget()
 
-    async def flush_before_revoke(app: faust.App, revoked: set[Any], **kwargs: Any) -> None:
+    async def flush_before_revoke(app: faust.App, /, *args: Any, **kwargs: Any) -> None:
         """Nothing staged for a partition may reach its changelog after another worker took it over."""
         await meter.before_revoke()
         forget_remembered()
         metrics.WORKER_PARTITIONS.set(0)
 
-    async def count_partitions(app: faust.App, **kwargs: Any) -> None:
+    async def count_partitions(app: faust.App, /, *args: Any, **kwargs: Any) -> None:
         forget_remembered()  # again once assigned: nothing may have been remembered in between
         metrics.WORKER_PARTITIONS.set(
             len([tp for tp in app.consumer.assignment() if tp.topic == keyed_topic])
         )
 
-    app.on_partitions_revoked.connect(flush_before_revoke)  # type: ignore[arg-type]  # (sender, revoked)
-    app.on_rebalance_complete.connect(count_partitions)  # type: ignore[arg-type]  # (sender)
+    app.on_partitions_revoked.connect(flush_before_revoke)
+    app.on_rebalance_complete.connect(count_partitions)

@@ -42,7 +42,7 @@ def glue_negative_durations(argv: Sequence[str]) -> list[str]:
     out: list[str] = []
     for arg in argv:
         if out and out[-1] in ("--since", "--until") and arg[:2].upper() == "-P":
-            out[-1] = f"--since={arg}"
+            out[-1] = f"{out[-1]}={arg}"
         else:
             out.append(arg)
     return out

@@ -67,6 +67,13 @@ def test_negative_duration_after_since_is_kept_as_its_value() -> None:
     assert args.since == "-PT1H" and args.tenant == ""
 
 
+def test_a_negative_duration_after_until_stays_the_until() -> None:
+    argv = ["replay", "--tenant", "t", "--metric", "m", "--since", "-P2D", "--until", "-P1D"]
+    assert glue_negative_durations(argv)[-2:] == ["--since=-P2D", "--until=-P1D"]
+    args = build_parser().parse_args(glue_negative_durations(argv))
+    assert (args.since, args.until) == ("-P2D", "-P1D")
+
+
 @pytest.mark.parametrize(
     ("given", "full", "kind"),
     [
