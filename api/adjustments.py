@@ -14,19 +14,20 @@ from typing import Any
 import orjson
 import psycopg
 from aiohttp import web
+
+from stripemeter.adapters.kafka.corrections import send_corrections
+from stripemeter.adapters.postgres import adjustments as db
+from stripemeter.adapters.postgres.counters import Applied, wait_applied
+from stripemeter.adapters.postgres.mappings import customer_anchor
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
-from stripemeter.streams.control import Correction, send_corrections
-
-from stripemeter.db import adjustments as db
-from stripemeter.db.counters import Applied, wait_applied
-from stripemeter.db.mappings import customer_anchor
-from stripemeter.events import MAX_MICROS, METRIC_RE
-from stripemeter.reconcile import periods
-from stripemeter.timefmt import iso_exact, iso_seconds
-from stripemeter.topics import TopicNames
-from stripemeter.units import MICROS, format_micros, micros_to_number
+from stripemeter.domain import periods
+from stripemeter.domain.timefmt import iso_exact, iso_seconds
+from stripemeter.domain.units import MICROS, format_micros, micros_to_number
+from stripemeter.schemas.corrections import Correction
+from stripemeter.schemas.events import MAX_MICROS, METRIC_RE
+from stripemeter.schemas.topics import TopicNames
 
 HOUR_S = 3600
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -52,7 +53,7 @@ def _ts(raw: Any, now: float) -> datetime:
         raise bad_request("ts", "must be an RFC 3339 time, e.g. 2026-11-20T14:00:00Z") from None
     if ts.tzinfo is None:
         raise bad_request("ts", "must carry a UTC offset")
-    # the bounds of a usage event's ts (stripemeter.events.parse_ts): from 1970 to 1 h ahead. An
+    # the bounds of a usage event's ts (stripemeter.schemas.events.parse_ts): from 1970 to 1 h ahead. An
     # earlier ts made a bucket the writer could not read back, or a billing period before year 1
     if ts < EPOCH:
         raise bad_request("ts", "is before 1970")

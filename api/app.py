@@ -8,6 +8,9 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
+
+from stripemeter.adapters.postgres.pool import open_pool
+from stripemeter.adapters.postgres.reconciliation import latest_not_at_parity, latest_version
 from stripemeter.api import (
     adjustments,
     events,
@@ -38,15 +41,12 @@ from stripemeter.api.errors import ApiError, api_error, error_response, json_res
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.limits import KeyCache, RateLimiter, failure_limiter
 from stripemeter.api.params import no_nul_middleware
-
-from stripemeter import metrics
-from stripemeter.config import Settings
-from stripemeter.db.pool import open_pool
-from stripemeter.db.reconciliation import latest_not_at_parity, latest_version
-from stripemeter.errors import StripemeterError
-from stripemeter.reconcile.service import build_reconciler, kafka_publisher, stripe_configured
-from stripemeter.replay.runner import build_replayer
-from stripemeter.topics import TopicNames
+from stripemeter.domain import metrics
+from stripemeter.domain.config import Settings
+from stripemeter.domain.errors import StripemeterError
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.services.reconcile_service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.services.replayer import build_replayer
 
 log = logging.getLogger(__name__)
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
-from stripemeter.api.limits import KeyCache, RateLimiter
 
-from stripemeter.config import Settings
-from stripemeter.reconcile.runner import Reconciler
-from stripemeter.replay.runner import Replayer
+from stripemeter.api.limits import KeyCache, RateLimiter
+from stripemeter.domain.config import Settings
+from stripemeter.services.reconciler import Reconciler
+from stripemeter.services.replayer import Replayer
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)

@@ -1,7 +1,7 @@
 """Who may call /v1: API keys with scopes, one tenant per key, and per-tenant and per-client limits.
 
 Every /v1 request needs ``Authorization: Bearer smk_...`` unless ``STRIPEMETER_AUTH=off``. The key's
-scopes must cover the route (``stripemeter.auth.required_scope``); handlers then call
+scopes must cover the route (``stripemeter.domain.auth.required_scope``); handlers then call
 ``check_tenant`` for every tenant a request names, so a key of tenant A never reads or writes B.
 
 Unauthenticated load costs bounded work (the caches and buckets are in ``limits``). Key rows are
@@ -23,15 +23,15 @@ import time
 from typing import Any
 
 from aiohttp import web
+
+from stripemeter.adapters.postgres import api_keys
 from stripemeter.api.appkeys import AUTH_LIMITER, KEY_CACHE, POOL, RATE_LIMITER, SETTINGS
 from stripemeter.api.errors import ApiError
 from stripemeter.api.http_metrics import Handler, route_template
 from stripemeter.api.limits import KeyCache
-
-from stripemeter import metrics
-from stripemeter.auth import Principal, required_scope, split_token, verify
-from stripemeter.db import api_keys
-from stripemeter.errors import Backpressure
+from stripemeter.domain import metrics
+from stripemeter.domain.auth import Principal, required_scope, split_token, verify
+from stripemeter.domain.errors import Backpressure
 
 PRINCIPAL = web.RequestKey("principal", Principal)
 WEBHOOK_PATH = "/v1/stripe/webhook"  # Stripe's deliveries carry its signature, not an API key

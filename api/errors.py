@@ -1,7 +1,7 @@
 """Domain errors -> HTTP statuses, in one place. Every error body is ``{"error": {code, message}}``.
 
 Handlers raise ``ApiError`` (or ``bad_request``) for what only HTTP knows, and let the domain's own
-errors (stripemeter.errors) through: ``api_error`` answers each by its kind, and the error middleware
+errors (stripemeter.domain.errors) through: ``api_error`` answers each by its kind, and the error middleware
 (api/app.py) writes the answer. Handlers do not catch domain errors to translate them.
 
 - ``Invalid`` -> 400 ``{"code", "message": "{field}: {detail}", "field"}`` (as ``bad_request``);
@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stripemeter.errors import Backpressure, Invalid, StripemeterError, Transient
+from stripemeter.domain.errors import Backpressure, Invalid, StripemeterError, Transient
 
 
 class ApiError(Exception):

@@ -8,13 +8,13 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+
+from stripemeter.adapters.postgres.events import list_events, list_watermarks
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-
-from stripemeter.db.events import list_events, list_watermarks
-from stripemeter.timefmt import iso_millis
-from stripemeter.units import micros_to_number
+from stripemeter.domain.timefmt import iso_millis
+from stripemeter.domain.units import micros_to_number
 
 MAX_LIMIT = 1000
 

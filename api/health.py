@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+
 from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS, STRIPE_CHECK
 from stripemeter.api.errors import json_response
 

@@ -22,13 +22,14 @@ import orjson
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
+
 from stripemeter.api.appkeys import PRODUCER, SETTINGS
 from stripemeter.api.auth import may_see
 from stripemeter.api.errors import bad_request, json_response
 from stripemeter.api.ingest_body import Unreadable, decode_event, split_events
-
-from stripemeter.errors import Transient
-from stripemeter.events import (
+from stripemeter.domain.errors import Transient
+from stripemeter.domain.metrics import INGEST_EVENTS
+from stripemeter.schemas.events import (
     MAX_BATCH,
     MAX_MESSAGE_BYTES,
     InvalidEvent,
@@ -36,8 +37,7 @@ from stripemeter.events import (
     decode_message,
     parse_event,
 )
-from stripemeter.metrics import INGEST_EVENTS
-from stripemeter.topics import TopicNames
+from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ from typing import Any
 
 import orjson
 
-from stripemeter.errors import Invalid
-from stripemeter.events import InvalidEvent
+from stripemeter.domain.errors import Invalid
+from stripemeter.schemas.events import InvalidEvent
 
 _WS = re.compile(r"[ \t\n\r]*")
 # only the outline matters here: numbers, constants and objects are read cheaply and thrown away

@@ -11,7 +11,7 @@ import time
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
-from stripemeter import metrics
+from stripemeter.domain import metrics
 
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
 KEY_CACHE_SIZE = 10_000  # valid keys remembered (one row each, well under 1 KiB)

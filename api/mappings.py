@@ -7,17 +7,17 @@ from typing import Any
 
 import stripe
 from aiohttp import web
+
+from stripemeter.adapters.postgres.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
+from stripemeter.adapters.postgres.pushes import buckets_of, repartition_periods, retry_parked
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import ApiError, bad_request, json_response
-from stripemeter.streams.policy import AGGREGATIONS
-
-from stripemeter.db.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
-from stripemeter.db.pushes import buckets_of, repartition_periods, retry_parked
-from stripemeter.events import METRIC_RE, TENANT_RE
-from stripemeter.reconcile import periods
-from stripemeter.stripe_push.plan import meter_problem
+from stripemeter.core.push_plan import meter_problem
+from stripemeter.domain import periods
+from stripemeter.domain.policy import AGGREGATIONS
+from stripemeter.schemas.events import METRIC_RE, TENANT_RE
 
 MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
 

@@ -7,6 +7,7 @@ from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
+
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request
 from stripemeter.api.http_metrics import Handler
@@ -89,7 +90,7 @@ def tenant(request: web.Request) -> str:
 
 def body_tenant(request: web.Request, body: dict[str, Any]) -> str:
     """The body's ``tenantId``: well-formed, and one the caller's key may see."""
-    from stripemeter.events import TENANT_RE
+    from stripemeter.schemas.events import TENANT_RE
 
     value = body_text(body, "tenantId", 64)
     if not TENANT_RE.fullmatch(value):

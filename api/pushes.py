@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from aiohttp import web
+
+from stripemeter.adapters.postgres.pushes import list_pushes
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response
-
-from stripemeter.db.pushes import list_pushes
-from stripemeter.timefmt import iso_seconds
-from stripemeter.units import micros_to_number
+from stripemeter.domain.timefmt import iso_seconds
+from stripemeter.domain.units import micros_to_number
 
 STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
 

@@ -7,15 +7,15 @@ import io
 from typing import Any
 
 from aiohttp import web
+
+from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
-
-from stripemeter.db import reconciliation as db
-from stripemeter.events import METRIC_RE, TENANT_RE
-from stripemeter.reconcile import periods
-from stripemeter.reconcile.runner import RunRequest, overall_status, totals
-from stripemeter.timefmt import iso_exact, iso_seconds
+from stripemeter.domain import periods
+from stripemeter.domain.timefmt import iso_exact, iso_seconds
+from stripemeter.schemas.events import METRIC_RE, TENANT_RE
+from stripemeter.services.reconciler import RunRequest, overall_status, totals
 
 CSV_COLUMNS = (
     "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
+from stripemeter.adapters.postgres import replay as db
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
 from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
-
-from stripemeter.db import replay as db
-from stripemeter.events import METRIC_RE
-from stripemeter.replay.runner import ReplayRequest, refresh_visibility
-from stripemeter.replay.window import parse_window
+from stripemeter.core.replay_window import parse_window
+from stripemeter.schemas.events import METRIC_RE
+from stripemeter.services.replayer import ReplayRequest, refresh_visibility
 
 
 def parse_request(

@@ -3,7 +3,7 @@
 Stripe signs every delivery (``Stripe-Signature``, checked with ``STRIPE_WEBHOOK_SECRET`` by the
 ``stripe`` package), so this route needs no API key. A ``v1.billing.meter.error_report_triggered``
 notification is a thin event: the full event is read from Stripe, and every request it names is
-marked as dropped and its counter parked with Stripe's reason (stripe_push/error_reports.py). Other
+marked as dropped and its counter parked with Stripe's reason (core/error_reports.py). Other
 event types are acknowledged and ignored. Answering 2xx tells Stripe not to deliver again; a failure
 here answers 5xx, and Stripe retries.
 """
@@ -15,13 +15,13 @@ import logging
 import stripe
 from aiohttp import web
 from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification as ErrorReportNotification
+
+from stripemeter.adapters.postgres.pushes import drop_request
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, json_response
-
-from stripemeter import metrics
-from stripemeter.db.pushes import drop_request
-from stripemeter.stripe_push.error_reports import meter_changed, reported_requests
-from stripemeter.timefmt import iso_seconds
+from stripemeter.core.error_reports import meter_changed, reported_requests
+from stripemeter.domain import metrics
+from stripemeter.domain.timefmt import iso_seconds
 
 log = logging.getLogger(__name__)
 

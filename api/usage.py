@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from aiohttp import web
+
+from stripemeter.adapters.postgres.usage import Granularity, usage_history
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import bad_request, json_response
-
-from stripemeter.db.usage import Granularity, usage_history
-from stripemeter.timefmt import iso_seconds
-from stripemeter.units import micros_to_number
+from stripemeter.domain.timefmt import iso_seconds
+from stripemeter.domain.units import micros_to_number
 
 
 def month_start(moment: datetime) -> datetime:

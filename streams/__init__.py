@@ -4,5 +4,5 @@ intake      usage.events -> validate -> dead letters | events re-keyed by (tenan
 metering    keyed events -> dedupe, lateness, hour-bucket counters (changelog-backed Faust tables)
 checkpoint  changelogs, ledger, too-late records, then watermarks and usage.deltas; then acknowledge
 sink        ledger, dead letters and deltas -> PostgreSQL
-The Stripe writer that reads usage.deltas lives in ``stripemeter.stripe_push``.
+The Stripe writer that reads usage.deltas lives in ``stripemeter.services.stripe_writer``.
 """

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 
 import faust
-from stripemeter.streams.policy import MetricPolicy, Policies
+
+from stripemeter.domain.config import Settings
+from stripemeter.domain.policy import MetricPolicy, Policies
+from stripemeter.schemas.topics import TopicNames
 from stripemeter.streams.worker.children import install_supervisors, stage_children
 from stripemeter.streams.worker.clean_stop import install_clean_stop
 from stripemeter.streams.worker.faust_app import faust_app, keyed_topic, table_states
@@ -20,9 +23,6 @@ from stripemeter.streams.worker.in_process import InProcessStages
 from stripemeter.streams.worker.meter import Meter
 from stripemeter.streams.worker.rebalance import install_rebalance_hooks
 from stripemeter.streams.worker.upkeep import install_heartbeat, install_policy_refresh
-
-from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
 
 
 def create_app(

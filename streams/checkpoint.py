@@ -25,15 +25,15 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
-from stripemeter.streams.counting import split_counter_key
-from stripemeter.streams.deltas import Delta, encode_delta
-from stripemeter.streams.metering import KEY_REUSED, Metering
-from stripemeter.streams.packing import pack_arrays, payload_limit
-from stripemeter.streams.partitioning import Partitioner, delta_routing_key
-from stripemeter.streams.state import ChangelogState, send_records
 
-from stripemeter import metrics
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka.changelog_state import ChangelogState, send_records
+from stripemeter.core.counting import split_counter_key
+from stripemeter.core.metering import KEY_REUSED, Metering
+from stripemeter.domain import metrics
+from stripemeter.schemas.deltas import Delta, encode_delta
+from stripemeter.schemas.packing import pack_arrays, payload_limit
+from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,10 @@ from typing import Any
 import orjson
 import psycopg
 
-from stripemeter import lag, metrics
-from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka import lag
+from stripemeter.domain import metrics
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -21,18 +21,18 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
-from stripemeter.streams import batching
-from stripemeter.streams.dead_letters import dead_letter
-from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
-from stripemeter.streams.packing import pack_arrays, payload_limit
-from stripemeter.streams.partitioning import Partitioner, keyed_routing_key
-from stripemeter.streams.records import keyed_item
 
-from stripemeter import metrics
-from stripemeter.clock import SYSTEM, Clock
-from stripemeter.events import InvalidEvent, decode_message
-from stripemeter.kafka_admin import message_limits
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka import batching
+from stripemeter.adapters.kafka.admin import message_limits
+from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.domain import metrics
+from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.schemas.dead_letters import dead_letter
+from stripemeter.schemas.events import InvalidEvent, decode_message
+from stripemeter.schemas.packing import pack_arrays, payload_limit
+from stripemeter.schemas.partitioning import Partitioner, keyed_routing_key
+from stripemeter.schemas.records import keyed_item
+from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

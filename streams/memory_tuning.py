@@ -36,7 +36,7 @@ import logging
 import time
 from collections.abc import Awaitable
 
-from stripemeter import metrics
+from stripemeter.domain import metrics
 
 log = logging.getLogger(__name__)
 

@@ -18,15 +18,15 @@ from typing import Any
 import orjson
 import psycopg
 from aiokafka import AIOKafkaConsumer
-from stripemeter.streams import batching
-from stripemeter.streams.fetch_wait import FETCH_MAX_WAIT_MS
 
-from stripemeter import metrics
-from stripemeter.clock import SYSTEM, Clock
-from stripemeter.db import counters, ledger
-from stripemeter.db.counters import upsert_counters
-from stripemeter.db.ledger import rejected_row, write_ledger
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka import batching
+from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.adapters.postgres import counters, ledger
+from stripemeter.adapters.postgres.counters import upsert_counters
+from stripemeter.adapters.postgres.ledger import rejected_row, write_ledger
+from stripemeter.domain import metrics
+from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
 

@@ -29,9 +29,9 @@ from typing import Any, Protocol
 from prometheus_client import REGISTRY, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
-from stripemeter.streams import memory_tuning
 
-from stripemeter import metrics
+from stripemeter.domain import metrics
+from stripemeter.streams import memory_tuning
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A test takes ``at`` (None: now) and lives there through ``clock_offset(at)``: the worker, the API, the
 Stripe emulator and the CLI it starts get the same STRIPEMETER_CLOCK_OFFSET_SECONDS (see
-stripemeter/clock.py), while Kafka and PostgreSQL stay on real time.
+stripemeter/domain/clock.py), while Kafka and PostgreSQL stay on real time.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stripemeter.clock import Clock
+from stripemeter.domain.clock import Clock
 
 FIXED = {
     # the story starts in November's last minute and ends in December

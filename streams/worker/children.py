@@ -7,9 +7,9 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 
 import faust
-from stripemeter.streams.stages import StageProcess, StageProcesses
 
-from stripemeter.config import Settings, settings_env
+from stripemeter.domain.config import Settings, settings_env
+from stripemeter.streams.stages import StageProcess, StageProcesses
 
 
 def stage_children(settings: Settings, stages: Sequence[str]) -> StageProcesses:

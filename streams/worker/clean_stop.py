@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import faust
+
 from stripemeter.streams.stages import StageProcesses
 from stripemeter.streams.worker.in_process import InProcessStages
 from stripemeter.streams.worker.meter import Meter

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.client import make_client
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.services.stripe_writer import StripeWriter
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.sink import PostgresSink
-
-from stripemeter.config import Settings
-from stripemeter.stripe_push.budget import StripeBudget
-from stripemeter.stripe_push.client import make_client
-from stripemeter.stripe_push.writer import StripeWriter
-from stripemeter.topics import TopicNames
 
 
 def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:

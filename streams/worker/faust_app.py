@@ -6,11 +6,11 @@ from pathlib import Path
 
 import faust
 from faust.types import TopicT
-from stripemeter.streams import fetch_wait, rocksdb_memory
-from stripemeter.streams.state import ChangelogState, prepare_table_dir
 
-from stripemeter.config import Settings
-from stripemeter.topics import TABLES, TopicNames
+from stripemeter.adapters.kafka import fetch_wait, rocksdb_memory
+from stripemeter.adapters.kafka.changelog_state import ChangelogState, prepare_table_dir
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TABLES, TopicNames
 
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
 # are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
@@ -18,7 +18,7 @@ ROCKSDB_OPTIONS = {
     "write_buffer_size": 8 * 1024 * 1024,
     "max_write_buffer_number": 2,
     "target_file_size_base": 16 * 1024 * 1024,
-}  # caches and memtables share one budget: see streams/rocksdb_memory.py
+}  # caches and memtables share one budget: see stripemeter/adapters/kafka/rocksdb_memory.py
 # Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
 # when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
 REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}

@@ -6,13 +6,14 @@ import logging
 import sys
 
 import faust
-from stripemeter.streams import memory_tuning, rocksdb_memory
-from stripemeter.streams.faust_typing import recovery, timer
-from stripemeter.streams.state import ChangelogState
+
+from stripemeter.adapters.kafka import rocksdb_memory
+from stripemeter.adapters.kafka.changelog_state import ChangelogState
+from stripemeter.adapters.kafka.faust_typing import recovery, timer
+from stripemeter.domain import metrics
+from stripemeter.streams import memory_tuning
 from stripemeter.streams.watchdog import RecoveryWatchdog, restart_process
 from stripemeter.streams.worker.names import WORKER_LOGGER
-
-from stripemeter import metrics
 
 log = logging.getLogger(WORKER_LOGGER)
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import faust
 from aiohttp import web as aioweb
-from stripemeter.streams.faust_typing import recovery
+
+from stripemeter.adapters.kafka.faust_typing import recovery
 from stripemeter.streams.stages import StageProcesses
 
 

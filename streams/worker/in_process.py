@@ -8,13 +8,18 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import faust
+
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.domain.config import Settings
+from stripemeter.services.reconcile_service import (
+    build_reconciler,
+    kafka_publisher,
+    run_schedule,
+    stripe_configured,
+)
 from stripemeter.streams.worker.factories import intake_stage, postgres_sink, stripe_writer
 from stripemeter.streams.worker.meter import Meter
 from stripemeter.streams.worker.names import WORKER_LOGGER
-
-from stripemeter.config import Settings
-from stripemeter.reconcile.service import build_reconciler, kafka_publisher, run_schedule, stripe_configured
-from stripemeter.stripe_push.budget import StripeBudget
 
 log = logging.getLogger(WORKER_LOGGER)
 

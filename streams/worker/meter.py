@@ -9,24 +9,24 @@ from typing import Any
 import faust
 from aiokafka import AIOKafkaProducer
 from faust.types import TopicT
-from stripemeter.streams.checkpoint import Checkpointer
-from stripemeter.streams.dedupe_sweep import DedupeSweep
-from stripemeter.streams.faust_typing import recovery, task, timer
-from stripemeter.streams.metering import Metering
-from stripemeter.streams.packing import payload_limit
-from stripemeter.streams.policy import DEDUPE_MARGIN_MS, Policies
-from stripemeter.streams.state import ChangelogState, mark_clean_stop
-from stripemeter.streams.worker.names import WORKER_LOGGER
 
-from stripemeter import metrics
-from stripemeter.config import Settings
-from stripemeter.kafka_admin import message_limits
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka.admin import message_limits
+from stripemeter.adapters.kafka.changelog_state import ChangelogState, mark_clean_stop
+from stripemeter.adapters.kafka.faust_typing import recovery, task, timer
+from stripemeter.core.dedupe_sweep import DedupeSweep
+from stripemeter.core.metering import Metering
+from stripemeter.domain import metrics
+from stripemeter.domain.config import Settings
+from stripemeter.domain.policy import DEDUPE_MARGIN_MS, Policies
+from stripemeter.schemas.packing import payload_limit
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.checkpoint import Checkpointer
+from stripemeter.streams.worker.names import WORKER_LOGGER
 
 log = logging.getLogger(WORKER_LOGGER)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
-DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (streams/dedupe_sweep.py)
+DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (stripemeter/core/dedupe_sweep.py)
 
 
 class Meter:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import faust
-from stripemeter.streams.state import ChangelogState
-from stripemeter.streams.worker.meter import Meter
 
-from stripemeter import metrics
+from stripemeter.adapters.kafka.changelog_state import ChangelogState
+from stripemeter.domain import metrics
+from stripemeter.streams.worker.meter import Meter
 
 
 def install_rebalance_hooks(

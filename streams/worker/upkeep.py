@@ -9,12 +9,12 @@ from typing import Any
 
 import faust
 import psycopg
-from stripemeter.streams import heartbeat
-from stripemeter.streams.policy import Policies
-from stripemeter.streams.worker.names import WORKER_LOGGER
 
-from stripemeter.config import Settings
-from stripemeter.db.mappings import load_policies
+from stripemeter.adapters.postgres.mappings import load_policies
+from stripemeter.domain.config import Settings
+from stripemeter.domain.policy import Policies
+from stripemeter.streams import heartbeat
+from stripemeter.streams.worker.names import WORKER_LOGGER
 
 log = logging.getLogger(WORKER_LOGGER)
 

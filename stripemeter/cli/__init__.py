@@ -8,8 +8,8 @@ import sys
 from collections.abc import Sequence
 
 from stripemeter.cli import bench, keys, operate, processes, stack, topics
-from stripemeter.config import ConfigError, load_settings
-from stripemeter.logs import configure_logging
+from stripemeter.domain.config import ConfigError, load_settings
+from stripemeter.domain.logs import configure_logging
 
 __all__ = ["build_parser", "glue_negative_durations", "main"]
 

@@ -7,13 +7,13 @@ import asyncio
 from datetime import datetime
 
 from stripemeter.cli.common import Subcommands, add_command, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 STAGE_PROCESSES_BENCH = "run the worker with --stage-processes (intake and sink as its children)"
 
 
 def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.bench import Workload, throughput
+    from stripemeter.tools.bench import Workload, throughput
 
     workload = Workload(args.events, args.customers, args.per_message)
     asyncio.run(throughput(settings, workload, args.partitions, say, args.stage_processes))
@@ -21,14 +21,14 @@ def cmd_bench_throughput(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.bench import latency
+    from stripemeter.tools.bench import latency
 
     asyncio.run(latency(settings, args.rate, args.seconds, args.partitions, say, args.stage_processes))
     return 0
 
 
 def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.bench import stripe_pushes
+    from stripemeter.tools.bench import stripe_pushes
 
     asyncio.run(
         stripe_pushes(settings, args.events, args.customers, args.calls_per_second, args.partitions, say)
@@ -37,22 +37,22 @@ def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_bench_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.bench_replay import replay_window
+    from stripemeter.tools.bench_replay import replay_window
 
     asyncio.run(replay_window(settings, args.events, args.late, args.customers, say))
     return 0
 
 
 def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.bench_reconcile import reconcile_many
+    from stripemeter.tools.bench_reconcile import reconcile_many
 
     asyncio.run(reconcile_many(settings, args.customers, args.hours, say))
     return 0
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.clock import Clock
-    from stripemeter.demo import run_demo
+    from stripemeter.domain.clock import Clock
+    from stripemeter.tools.demo import run_demo
 
     if args.at is not None:
         settings = settings.with_overrides(clock_offset_seconds=Clock.starting_at(args.at).offset_seconds)

@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable, Sequence
 from typing import TypeAlias
 
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 Command = Callable[[Settings, argparse.Namespace], int]
 Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"

@@ -7,11 +7,11 @@ import asyncio
 import sys
 
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter import keys
+    from stripemeter.services import api_keys as keys
 
     token = asyncio.run(keys.create(settings, args.tenant, args.scopes, args.description))
     say(token)
@@ -23,7 +23,7 @@ def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter import keys
+    from stripemeter.services import api_keys as keys
 
     rows = asyncio.run(keys.list_rows(settings, args.tenant))
     print_table(["key id", "tenant", "scopes", "state", "created", "last used", "description"], rows)
@@ -31,7 +31,7 @@ def cmd_keys_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter import keys
+    from stripemeter.services import api_keys as keys
 
     if asyncio.run(keys.revoke(settings, args.key_id)):
         say(f"revoked {args.key_id}; the API refuses it within 5 s")

@@ -6,12 +6,12 @@ import argparse
 import asyncio
 
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.operate import reconcile
-    from stripemeter.reconcile.runner import Align, RunRequest
+    from stripemeter.cli.actions import reconcile
+    from stripemeter.services.reconciler import Align, RunRequest
 
     align: Align = "all" if args.align_all else "within_epsilon"
     request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")
@@ -20,14 +20,14 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.operate import replay
+    from stripemeter.cli.actions import replay
 
     report = asyncio.run(replay(settings, args, say, print_table))
     return 0 if report else 1
 
 
 def period_name(text: str) -> str:
-    from stripemeter.reconcile.periods import PeriodError, parse_name
+    from stripemeter.domain.periods import PeriodError, parse_name
 
     try:
         parse_name(text)

@@ -6,7 +6,7 @@ import argparse
 import asyncio
 
 from stripemeter.cli.common import Subcommands, add_command, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
@@ -46,7 +46,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.stripe_emulator import run
+    from stripemeter.tools.stripe_emulator import run
 
     budget = f"{args.ops_per_second:g} operations/s" if args.ops_per_second > 0 else "no rate limit"
     say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here; {budget})")

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 
 def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.local.stack import up
+    from stripemeter.tools.local.stack import up
 
     up(settings, say, with_app=not args.infra_only)
     cmd_stack_status(settings, args)
@@ -17,14 +17,14 @@ def cmd_stack_up(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.local.stack import down
+    from stripemeter.tools.local.stack import down
 
     down(settings, say)
     return 0
 
 
 def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.local.stack import status
+    from stripemeter.tools.local.stack import status
 
     rows = status(settings)
     print_table(["service", "state", "listens on", "log"], rows)
@@ -32,7 +32,7 @@ def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_db_migrate(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.db.migrate import migrate
+    from stripemeter.adapters.postgres.migrate import migrate
 
     applied = migrate(settings.database_url.value)
     say(

@@ -10,12 +10,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 
 
 def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.kafka_admin import ensure_topics
-    from stripemeter.topics import TopicNames, topic_specs
+    from stripemeter.adapters.kafka.admin import ensure_topics
+    from stripemeter.schemas.topics import TopicNames, topic_specs
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     result = asyncio.run(
@@ -29,9 +29,9 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.kafka_admin import describe
-    from stripemeter.topic_inspect.overview import overview
-    from stripemeter.topics import TopicNames, topic_specs
+    from stripemeter.adapters.kafka.admin import describe
+    from stripemeter.adapters.kafka.inspect.overview import overview
+    from stripemeter.schemas.topics import TopicNames, topic_specs
 
     if args.all:
         infos = asyncio.run(describe(settings.kafka_bootstrap_servers))
@@ -81,9 +81,9 @@ def _print_lag(lags: Sequence[Any], idle_groups: dict[str, str]) -> None:
 
 
 def cmd_topics_describe(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.topic_inspect.kinds import resolve_topic
-    from stripemeter.topic_inspect.overview import describe_one
-    from stripemeter.topics import TopicNames, topic_specs
+    from stripemeter.adapters.kafka.inspect.kinds import resolve_topic
+    from stripemeter.adapters.kafka.inspect.overview import describe_one
+    from stripemeter.schemas.topics import TopicNames, topic_specs
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     topic = resolve_topic(names, args.topic)
@@ -121,10 +121,10 @@ def cmd_topics_describe(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
-    from stripemeter.instants import parse_instant_ms
-    from stripemeter.topic_inspect.kinds import logical_name, resolve_topic, topic_kind
-    from stripemeter.topic_inspect.tail import TailRequest, TailStart, tail
-    from stripemeter.topics import TopicNames
+    from stripemeter.adapters.kafka.inspect.kinds import logical_name, resolve_topic, topic_kind
+    from stripemeter.adapters.kafka.inspect.tail import TailRequest, TailStart, tail
+    from stripemeter.domain.instants import parse_instant_ms
+    from stripemeter.schemas.topics import TopicNames
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     topic = resolve_topic(names, args.topic)
@@ -154,8 +154,8 @@ def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_kafka_tool(settings: Settings, args: argparse.Namespace) -> int:
     import subprocess
 
-    from stripemeter.local.kafka import LocalKafka
-    from stripemeter.topic_inspect.kafka_tools import tool_command, write_log_config
+    from stripemeter.adapters.kafka.inspect.kafka_tools import tool_command, write_log_config
+    from stripemeter.tools.local.kafka import LocalKafka
 
     kafka = LocalKafka.from_settings(settings)
     if not kafka.installed():
@@ -233,7 +233,7 @@ def add_topics(sub: Subcommands) -> None:
 
 def add_kafka_tool(sub: Subcommands) -> None:
     """`kafka-tool NAME ARGS...`."""
-    from stripemeter.topic_inspect.kafka_tools import tool_names
+    from stripemeter.adapters.kafka.inspect.kafka_tools import tool_names
 
     tool = add_command(
         sub,

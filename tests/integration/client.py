@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
 
 
 async def produce(

@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from stripemeter.api.app import create_app as create_api
 
-from stripemeter.config import Settings, load_settings
-from stripemeter.kafka_admin import create_topics_of, delete_topics_of
-from stripemeter.local.stack import up
-from stripemeter.stripe_emulator import EmulatorState
-from stripemeter.stripe_emulator import create_app as create_emulator
+from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Settings, load_settings
+from stripemeter.tools.local.stack import up
+from stripemeter.tools.stripe_emulator import EmulatorState
+from stripemeter.tools.stripe_emulator import create_app as create_emulator
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 
 

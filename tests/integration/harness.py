@@ -11,10 +11,9 @@ import urllib.request
 import uuid
 from pathlib import Path
 
+from stripemeter.domain.config import Settings, settings_env
 from stripemeter.streams.stages import stage_children
-
-from stripemeter.config import Settings, settings_env
-from stripemeter.local.procs import free_port
+from stripemeter.tools.local.procs import free_port
 
 
 def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Settings:

@@ -7,8 +7,8 @@ from collections import Counter
 
 from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Secret
-from stripemeter.stripe_emulator import EmulatorState
+from stripemeter.domain.config import Secret
+from stripemeter.tools.stripe_emulator import EmulatorState
 
 
 async def setup_tenant(

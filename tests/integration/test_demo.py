@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from stripemeter.config import Settings
-from stripemeter.demo import run_demo
-from stripemeter.local.stack import app_settings, down
+from stripemeter.domain.config import Settings
+from stripemeter.tools.demo import run_demo
+from stripemeter.tools.local.stack import app_settings, down
 from tests.integration.harness import free_port, isolated_settings
 from tests.timematrix import clock_offset, instants
 

@@ -16,9 +16,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from stripemeter.config import Settings
-from stripemeter.local.procs import Managed
-from stripemeter.local.stack import start_kafka
+from stripemeter.domain.config import Settings
+from stripemeter.tools.local.procs import Managed
+from stripemeter.tools.local.stack import start_kafka
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
 from tests.integration.harness import WorkerProcess, alive
 from tests.integration.workload import Workload, build, chunks

@@ -8,10 +8,10 @@ import uuid
 from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient, TestServer
-from stripemeter.api.app import create_app as create_api
 
-from stripemeter.config import Secret, Settings
-from stripemeter.local.procs import free_port
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Secret, Settings
+from stripemeter.tools.local.procs import free_port
 from tests.integration.client import eventually, produce
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import counters_of, eventually, produce, read_topic
 
 NOW = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

@@ -18,10 +18,10 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Settings
-from stripemeter.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
-from stripemeter.topics import TopicNames
-from stripemeter.units import MICROS
+from stripemeter.domain.config import Settings
+from stripemeter.domain.units import MICROS
+from stripemeter.schemas.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
+from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import counters_of, eventually, outcomes_of, read_topic
 
 NOW = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")

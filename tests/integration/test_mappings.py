@@ -9,10 +9,10 @@ from datetime import datetime, timedelta
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from stripemeter.api.app import create_app as create_api
 
-from stripemeter.config import Settings
-from stripemeter.stripe_emulator import EmulatorState
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Settings
+from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.stripe_helpers import emulator_settings
 
 

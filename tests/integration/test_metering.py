@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Settings
-from stripemeter.topics import TopicNames
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import eventually, produce, read_topic
 
 NOW = datetime.now(UTC).replace(microsecond=0)

@@ -27,11 +27,11 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 from schemathesis.exceptions import SkipTest
-from stripemeter.api.app import create_app as create_api
-from stripemeter.streams import heartbeat
 
-from stripemeter import keys
-from stripemeter.config import Secret, Settings
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Secret, Settings
+from stripemeter.services import api_keys as keys
+from stripemeter.streams import heartbeat
 from tests.integration.client import eventually
 from tests.integration.harness import free_port
 

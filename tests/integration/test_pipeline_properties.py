@@ -25,8 +25,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from stripemeter.config import Settings
-from stripemeter.events import HOUR_MS, InvalidEvent, UsageEvent, decode_message
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.events import HOUR_MS, InvalidEvent, UsageEvent, decode_message
 from tests.integration.client import eventually, produce
 from tests.integration.harness import WorkerProcess, free_port
 

@@ -16,9 +16,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from stripemeter.config import Settings
-from stripemeter.demo import EVENT_NAME, Demo, send, usage
-from stripemeter.local.stack import app_settings, down, up
+from stripemeter.domain.config import Settings
+from stripemeter.tools.demo import EVENT_NAME, Demo, send, usage
+from stripemeter.tools.local.stack import app_settings, down, up
 from tests.integration.harness import free_port, isolated_settings
 
 RULES = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "alerts.yml"

@@ -15,14 +15,14 @@ import pytest_asyncio
 from aiohttp.test_utils import TestServer
 from psycopg.rows import dict_row
 
-from stripemeter.config import Settings
-from stripemeter.db import reconciliation as db
-from stripemeter.reconcile.runner import Reconciler, RunRequest
-from stripemeter.reconcile.service import build_reconciler
-from stripemeter.stripe_emulator import EmulatorState, create_app
-from stripemeter.stripe_emulator.clock import ManualClock
-from stripemeter.stripe_push.client import SendResult
-from stripemeter.stripe_push.plan import Request
+from stripemeter.adapters.postgres import reconciliation as db
+from stripemeter.adapters.stripe.client import SendResult
+from stripemeter.core.push_plan import Request
+from stripemeter.domain.config import Settings
+from stripemeter.services.reconcile_service import build_reconciler
+from stripemeter.services.reconciler import Reconciler, RunRequest
+from stripemeter.tools.stripe_emulator import EmulatorState, create_app
+from stripemeter.tools.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 from tests.integration.test_reconcile_schedule import no_publish, seed, stripe_holds

@@ -16,12 +16,12 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
-from stripemeter.clock import Clock
-from stripemeter.config import Settings
-from stripemeter.reconcile import service
-from stripemeter.reconcile.service import build_reconciler, reconcile_tenant
-from stripemeter.stripe_emulator import EmulatorState, create_app
-from stripemeter.stripe_emulator.clock import ManualClock
+from stripemeter.domain.clock import Clock
+from stripemeter.domain.config import Settings
+from stripemeter.services import reconcile_service as service
+from stripemeter.services.reconcile_service import build_reconciler, reconcile_tenant
+from stripemeter.tools.stripe_emulator import EmulatorState, create_app
+from stripemeter.tools.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 

@@ -12,13 +12,13 @@ from typing import Any
 import orjson
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
-from stripemeter.api.app import create_app as create_api
 
-from stripemeter.config import Settings
-from stripemeter.demo import usage
-from stripemeter.reconcile.periods import current_name
-from stripemeter.stripe_emulator import EmulatorState
-from stripemeter.topics import TopicNames
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Settings
+from stripemeter.domain.periods import current_name
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.tools.demo import usage
+from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, outcomes_of, produce, read_topic
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 

@@ -14,14 +14,15 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
-from stripemeter.streams.control import Correction, send_corrections
-from stripemeter.streams.partitioning import keyed_routing_key, partition_for
 
-from stripemeter.config import Settings
-from stripemeter.db.reconciliation import late_events
-from stripemeter.replay.runner import ReplayRequest, build_replayer
-from stripemeter.replay.window import Window, parse_window
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka.corrections import send_corrections
+from stripemeter.adapters.postgres.reconciliation import late_events
+from stripemeter.core.replay_window import Window, parse_window
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.corrections import Correction
+from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.services.replayer import ReplayRequest, build_replayer
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
 
 HOUR_MS = 3_600_000
@@ -506,6 +507,7 @@ async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
 ) -> None:
     """Read your writes: without a running meter an apply cannot show; it says so, and where to look."""
     from aiohttp.test_utils import TestServer
+
     from stripemeter.api.app import create_app
 
     tenant = f"rv-{uuid.uuid4().hex[:6]}"

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from stripemeter.config import Settings, settings_env
-from stripemeter.demo import EVENT_NAME, Demo, send, usage
-from stripemeter.local.stack import app_settings, down, up
+from stripemeter.domain.config import Settings, settings_env
+from stripemeter.tools.demo import EVENT_NAME, Demo, send, usage
+from stripemeter.tools.local.stack import app_settings, down, up
 from tests.integration.harness import free_port, isolated_settings
 from tests.timematrix import clock_offset, instants
 

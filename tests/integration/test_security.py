@@ -14,13 +14,13 @@ import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
+
+from stripemeter.adapters.postgres import api_keys
 from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import KEY_CACHE
 from stripemeter.api.limits import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
-
-from stripemeter import keys
-from stripemeter.config import Settings
-from stripemeter.db import api_keys
+from stripemeter.domain.config import Settings
+from stripemeter.services import api_keys as keys
 
 
 @pytest_asyncio.fixture

@@ -9,12 +9,12 @@ import orjson
 import psycopg
 import pytest
 from prometheus_client import REGISTRY
-from stripemeter.streams.deltas import Delta, encode_delta
-from stripemeter.streams.sink import PostgresSink
 
-from stripemeter.config import Settings
-from stripemeter.db import ledger
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.postgres import ledger
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.deltas import Delta, encode_delta
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.sink import PostgresSink
 
 HOUR_MS = 3_600_000
 T0 = 1_790_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary in 2026
@@ -32,7 +32,7 @@ class Message(NamedTuple):
 def item(
     outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int
 ) -> list[Any]:
-    """A ledger item as the worker writes it (see streams/metering.py)."""
+    """A ledger item as the worker writes it (see stripemeter/core/metering.py)."""
     meta = {"path": "/v1/x\\y\t"} if offset == 1 else None  # escapes survive COPY
     return [outcome, tenant, "requests", customer, micros, ts_ms, key, 0, None, meta, 0, offset, 0]
 

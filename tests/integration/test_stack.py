@@ -7,10 +7,10 @@ from pathlib import Path
 
 import psycopg
 
-from stripemeter.config import Settings
-from stripemeter.kafka_admin import describe
-from stripemeter.local.stack import down, status, up
-from stripemeter.topics import TopicNames
+from stripemeter.adapters.kafka.admin import describe
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.tools.local.stack import down, status, up
 from tests.integration.client import produce
 from tests.integration.harness import free_port
 

@@ -26,14 +26,14 @@ import pytest
 import pytest_asyncio
 import stripe
 from aiohttp.test_utils import TestClient, TestServer
-from stripemeter.api.app import create_app as create_api
 
-from stripemeter.config import Secret, Settings
-from stripemeter.kafka_admin import create_topics_of, delete_topics_of
-from stripemeter.reconcile.periods import holding
-from stripemeter.stripe_emulator import EmulatorState
-from stripemeter.stripe_emulator import create_app as create_emulator
-from stripemeter.stripe_push.plan import targets
+from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
+from stripemeter.api.app import create_app as create_api
+from stripemeter.core.push_plan import targets
+from stripemeter.domain.config import Secret, Settings
+from stripemeter.domain.periods import holding
+from stripemeter.tools.stripe_emulator import EmulatorState
+from stripemeter.tools.stripe_emulator import create_app as create_emulator
 from tests.integration.client import eventually, produce
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 

@@ -32,14 +32,14 @@ import pytest_asyncio
 import stripe
 from aiohttp.test_utils import TestServer
 
-from stripemeter.reconcile.compare import Item
-from stripemeter.reconcile.runner import correction_identifier
-from stripemeter.reconcile.stripe_reader import StripeReader
-from stripemeter.stripe_emulator import EmulatorState, create_app
-from stripemeter.stripe_push.budget import StripeBudget
-from stripemeter.stripe_push.client import make_client, send
-from stripemeter.stripe_push.plan import Meter, Row, new_request, targets
-from stripemeter.stripe_push.plan import Request as MeterEvent
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.client import make_client, send
+from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.core.push_plan import Meter, Row, new_request, targets
+from stripemeter.core.push_plan import Request as MeterEvent
+from stripemeter.core.reconcile_compare import Item
+from stripemeter.services.reconciler import correction_identifier
+from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 
 INSTALL = "go install github.com/stripe/stripe-mock@latest"
 KEY = "sk_test_emulatorspec"  # stripe-mock wants sk_test_<one part>

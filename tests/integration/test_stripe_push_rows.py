@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 import psycopg
 import pytest
 
-from stripemeter.config import Settings
-from stripemeter.db import pushes
-from stripemeter.db.pushes import Fence, Latest
-from stripemeter.stripe_push.plan import Meter, Row, new_request
+from stripemeter.adapters.postgres import pushes
+from stripemeter.adapters.postgres.pushes import Fence, Latest
+from stripemeter.core.push_plan import Meter, Row, new_request
+from stripemeter.domain.config import Settings
 
 NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
@@ -216,8 +216,8 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
 ) -> None:
     from aiokafka import TopicPartition
 
-    from stripemeter.clock import SYSTEM
-    from stripemeter.stripe_push.writer import Ownership
+    from stripemeter.domain.clock import SYSTEM
+    from stripemeter.services.stripe_writer import Ownership
 
     app = f"app-own-{uuid.uuid4().hex[:6]}"
     ownership = Ownership("postgresql://nobody@127.0.0.1:1/none", app, "w", SYSTEM)  # PostgreSQL unreachable

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Settings
-from stripemeter.stripe_emulator import EmulatorState
+from stripemeter.domain.config import Settings
+from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 

@@ -14,10 +14,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.structs import TopicPartition
 
-from stripemeter.config import Settings, settings_env
-from stripemeter.kafka_admin import ensure_topics
-from stripemeter.topic_inspect.tail import TailRequest, TopicNotFound, tail
-from stripemeter.topics import DAY_MS, TopicNames, TopicSpec
+from stripemeter.adapters.kafka.admin import ensure_topics
+from stripemeter.adapters.kafka.inspect.tail import TailRequest, TopicNotFound, tail
+from stripemeter.domain.config import Settings, settings_env
+from stripemeter.schemas.topics import DAY_MS, TopicNames, TopicSpec
 
 EVENT = {
     "tenantId": "acme",

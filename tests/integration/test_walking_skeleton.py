@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from aiohttp.test_utils import TestClient
 
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 from tests.integration.client import eventually, produce
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from stripemeter.cli import build_parser
-from stripemeter.config import ENV_VARS
+from stripemeter.domain.config import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
 KNOWN_ENV = set(ENV_VARS)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 
 from prometheus_client.metrics import MetricWrapperBase
-from stripemeter.api import http_metrics
 
-from stripemeter import metrics
+from stripemeter.api import http_metrics
+from stripemeter.domain import metrics
 
 # labels Prometheus adds to every scraped series, and the histogram bucket label
 TARGET_LABELS = {"job", "instance", "le"}

@@ -9,7 +9,7 @@ import sys
 
 import yaml
 
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 from tests.ops.deployment import KNOWN_ENV, ROOT, check_command
 
 COMPOSE = ROOT / "docker-compose.yml"
@@ -46,7 +46,7 @@ def test_without_stripe_settings_the_emulator_is_used_as_by_the_local_stack() ->
     assert emulator["command"][-4:] == ["--host", "0.0.0.0", "--port", "12111"]
     for name in ("worker", "api"):
         env = services[name]["environment"]
-        # the same key the local stack gives the emulator (stripemeter/local/stack.py)
+        # the same key the local stack gives the emulator (stripemeter/tools/local/stack.py)
         assert env["STRIPE_API_KEY"] == "${STRIPE_API_KEY:-sk_test_local_emulator}"
         # `-`, not `:-`: an empty STRIPE_API_BASE chooses Stripe's own API
         assert env["STRIPE_API_BASE"] == "${STRIPE_API_BASE-http://stripe-emulator:12111}"

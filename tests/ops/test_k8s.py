@@ -10,7 +10,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stripemeter.config import Settings
+from stripemeter.domain.config import Settings
 from tests.ops.deployment import KNOWN_ENV, ROOT, check_command
 
 K8S = ROOT / "deploy" / "k8s"

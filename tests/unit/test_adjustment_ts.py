@@ -7,10 +7,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import pytest
+
 from stripemeter.api.adjustments import _ts
 from stripemeter.api.errors import ApiError
-
-from stripemeter.reconcile import periods
+from stripemeter.domain import periods
 
 NOW = datetime(2026, 11, 20, tzinfo=UTC).timestamp()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from stripemeter.streams.batching import gather
+from stripemeter.adapters.kafka.batching import gather
 
 
 class ScriptedConsumer:

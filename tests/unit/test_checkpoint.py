@@ -16,13 +16,13 @@ from typing import Any
 import orjson
 import pytest
 from aiokafka.errors import KafkaError
-from stripemeter.streams.checkpoint import Checkpointer
-from stripemeter.streams.counting import counter_key, stream_key
-from stripemeter.streams.deltas import Delta, decode_delta
-from stripemeter.streams.metering import Outcomes
-from stripemeter.streams.partitioning import delta_routing_key, partition_for
 
-from stripemeter.topics import TopicNames
+from stripemeter.core.counting import counter_key, stream_key
+from stripemeter.core.metering import Outcomes
+from stripemeter.schemas.deltas import Delta, decode_delta
+from stripemeter.schemas.partitioning import delta_routing_key, partition_for
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.checkpoint import Checkpointer
 
 NAMES = TopicNames(app_id="sm")
 DELTA_PARTITIONS = 3

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from stripemeter.config import ENV_VARS, ConfigError, Secret, Settings, load_settings
+from stripemeter.domain.config import ENV_VARS, ConfigError, Secret, Settings, load_settings
 
 
 def test_defaults_and_overrides() -> None:
@@ -39,7 +39,7 @@ def test_bad_settings_name_the_variable(name: str, value: str) -> None:
 
 
 def test_kafka_cluster_ids_never_look_like_options() -> None:
-    from stripemeter.local.kafka import _kafka_cluster_id
+    from stripemeter.tools.local.kafka import _kafka_cluster_id
 
     ids = {_kafka_cluster_id() for _ in range(2000)}
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)

@@ -1,13 +1,6 @@
 from __future__ import annotations
 
-from stripemeter.streams.counting import (
-    Partial,
-    apply,
-    bucket_key,
-    counter_key,
-    split_counter_key,
-    stream_key,
-)
+from stripemeter.core.counting import Partial, apply, bucket_key, counter_key, split_counter_key, stream_key
 
 HOUR = 3_600_000
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from stripemeter.streams.dedupe_sweep import DedupeSweep
-from stripemeter.streams.policy import MetricPolicy
-
+from stripemeter.core.dedupe_sweep import DedupeSweep
+from stripemeter.domain.policy import MetricPolicy
 from tests.unit.test_metering import HOUR, T0, DictKV, item, make
 
 SortedKV = DictKV  # MemoryState iterates in key order over a snapshot, as RocksDB does

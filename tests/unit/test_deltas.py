@@ -3,9 +3,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import orjson
-from stripemeter.streams.deltas import Delta, decode_delta, encode_delta
 
-from stripemeter.db.counters import latest_per_counter
+from stripemeter.adapters.postgres.counters import latest_per_counter
+from stripemeter.schemas.deltas import Delta, decode_delta, encode_delta
 
 
 def test_delta_record_tells_which_keyed_message_it_has_applied() -> None:

@@ -1,4 +1,5 @@
-"""The error hierarchy (stripemeter.errors) and its one HTTP mapping (api/errors.py + the error middleware).
+"""The error hierarchy (stripemeter.domain.errors) and its one HTTP mapping (api/errors.py and the
+error middleware).
 
 The bodies below are the ones the handlers answered when they caught WindowError, UnknownMetric and
 PeriodError themselves: the central mapping must give exactly the same."""
@@ -13,27 +14,27 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+
+from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args
+from stripemeter.adapters.kafka.inspect.tail import TopicNotFound
+from stripemeter.adapters.postgres.migrate import MigrationError
 from stripemeter.api import reconciliation
 from stripemeter.api.app import error_middleware
 from stripemeter.api.errors import ApiError, api_error, bad_request
 from stripemeter.api.ingest_body import Unreadable
 from stripemeter.api.replay import parse_request
-from stripemeter.streams.packing import ItemTooLarge, pack_arrays
-
-from stripemeter import errors as hierarchy
-from stripemeter.config import ConfigError, load_settings
-from stripemeter.db.migrate import MigrationError
-from stripemeter.errors import Backpressure, Invalid, Permanent, StripemeterError, Transient
-from stripemeter.events import InvalidEvent, parse_event
-from stripemeter.instants import BadInstant, parse_instant_ms
-from stripemeter.local.kafka import KafkaSetupError
-from stripemeter.local.postgres import PostgresSetupError
-from stripemeter.local.stack import StackError
-from stripemeter.reconcile import periods
-from stripemeter.replay.runner import UnknownMetric
-from stripemeter.replay.window import WindowError, parse_window
-from stripemeter.topic_inspect.kafka_tools import UnknownTool, tool_args
-from stripemeter.topic_inspect.tail import TopicNotFound
+from stripemeter.core.replay_window import WindowError, parse_window
+from stripemeter.domain import errors as hierarchy
+from stripemeter.domain import periods
+from stripemeter.domain.config import ConfigError, load_settings
+from stripemeter.domain.errors import Backpressure, Invalid, Permanent, StripemeterError, Transient
+from stripemeter.domain.instants import BadInstant, parse_instant_ms
+from stripemeter.schemas.events import InvalidEvent, parse_event
+from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
+from stripemeter.services.replayer import UnknownMetric
+from stripemeter.tools.local.kafka import KafkaSetupError
+from stripemeter.tools.local.postgres import PostgresSetupError
+from stripemeter.tools.local.stack import StackError
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18
 KINDS = (Invalid, Transient, Permanent, Backpressure)
@@ -70,9 +71,9 @@ def test_every_project_error_has_one_kind_and_keeps_its_builtin_base(
 def test_no_error_class_is_left_outside_the_hierarchy() -> None:
     """Every exception class in the source derives from a kind, but the API's ApiError (an HTTP answer)
     and the Stripe emulator's StripeApiError (Stripe's wire errors, one class for every status)."""
-    root = Path(hierarchy.__file__).parent.parent
+    root = Path(__file__).resolve().parents[2]  # the repository
     defined = set()
-    for folder in ("stripemeter", "api", "streams"):
+    for folder in ("stripemeter", "api", "streams", "schemas"):
         for path in (root / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text())):
                 if isinstance(node, ast.ClassDef) and any(

@@ -5,7 +5,7 @@ import math
 import orjson
 import pytest
 
-from stripemeter.events import (
+from stripemeter.schemas.events import (
     InvalidEvent,
     UsageEvent,
     decode_message,

@@ -1,4 +1,5 @@
-"""streams/faust_typing.py only restates Faust's own calls with types: the same registrations result."""
+"""stripemeter/adapters/kafka/faust_typing.py only restates Faust's own calls with types: the same
+registrations result."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import inspect
 from pathlib import Path
 
 import faust
-from stripemeter.streams import faust_typing
+
+from stripemeter.adapters.kafka import faust_typing
 
 
 def _app(tmp_path: Path) -> faust.App:

@@ -1,13 +1,13 @@
-"""The worker's Faust consumer fetches with the short wait of streams/fetch_wait.py, not Faust's 1.5 s."""
+"""The worker's Faust consumer fetches with the short wait of stripemeter/adapters/kafka/fetch_wait.py,
+not Faust's 1.5 s."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stripemeter.streams import fetch_wait
+from stripemeter.adapters.kafka import fetch_wait
+from stripemeter.domain.config import Settings
 from stripemeter.streams.app import create_app
-
-from stripemeter.config import Settings
 
 
 async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path) -> None:

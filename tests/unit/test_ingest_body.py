@@ -9,11 +9,11 @@ import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from stripemeter.api.errors import ApiError
 from stripemeter.api.ingest import MAX_EVENT_BYTES, chunk_by_size, judge, read_events
 from stripemeter.api.ingest_body import Unreadable, decode_event, field_at, split_events
-
-from stripemeter.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
+from stripemeter.schemas.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
 
 NOW_MS = int(time.time() * 1000)
 EVENT = {"tenantId": "t", "metric": "m", "customerRef": "c", "quantity": 1, "ts": "2026-01-01T00:00:00Z"}

@@ -17,8 +17,9 @@ from typing import Any, Protocol
 
 import pytest
 import rocksdict
-from stripemeter.streams.memory_state import MemoryState
-from stripemeter.streams.state import ChangelogState
+
+from stripemeter.adapters.kafka.changelog_state import ChangelogState
+from stripemeter.core.memory_state import MemoryState
 
 OFFSET_KEY = b"__faust\0offset__"  # where Faust's RocksDB store keeps a partition's persisted offset
 

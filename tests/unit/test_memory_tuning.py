@@ -6,9 +6,8 @@ import asyncio
 import subprocess
 import sys
 
+from stripemeter.domain import metrics
 from stripemeter.streams import memory_tuning
-
-from stripemeter import metrics
 
 
 def test_malloc_settings_apply_and_big_pieces_get_their_own_mappings() -> None:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import orjson
-from stripemeter.streams.counting import counter_key
-from stripemeter.streams.memory_state import MemoryState
-from stripemeter.streams.metering import Metering
-from stripemeter.streams.policy import MetricPolicy, Policies, expiry_horizon
-from stripemeter.streams.records import Source, encode_keyed
 
-from stripemeter.events import UsageEvent
+from stripemeter.core.counting import counter_key
+from stripemeter.core.memory_state import MemoryState
+from stripemeter.core.metering import Metering
+from stripemeter.domain.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.schemas.events import UsageEvent
+from stripemeter.schemas.records import Source, encode_keyed
 
 HOUR = 3_600_000
 T0 = 1_794_988_800_000  # an hour boundary

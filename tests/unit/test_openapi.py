@@ -7,8 +7,7 @@ from importlib.resources import files
 from typing import Any
 
 from stripemeter.api.app import create_app
-
-from stripemeter.config import load_settings
+from stripemeter.domain.config import load_settings
 
 DOC: dict[str, Any] = json.loads(files("stripemeter.api").joinpath("openapi.json").read_text())
 

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from stripemeter.streams.packing import ItemTooLarge, pack_arrays
+
+from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
 
 
 def test_arrays_are_packed_up_to_the_limit_in_order_and_read_back_whole() -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from stripemeter.reconcile import periods
+from stripemeter.domain import periods
 
 GRACE = timedelta(hours=72)
 

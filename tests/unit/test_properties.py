@@ -10,18 +10,18 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stripemeter.streams.dead_letters import dead_letter
-from stripemeter.streams.metering import Metering
-from stripemeter.streams.policy import MetricPolicy, Policies
-from stripemeter.streams.records import Source, encode_keyed
 
-from stripemeter.events import (
+from stripemeter.core.metering import Metering
+from stripemeter.domain.policy import MetricPolicy, Policies
+from stripemeter.schemas.dead_letters import dead_letter
+from stripemeter.schemas.events import (
     InvalidEvent,
     UsageEvent,
     decode_message,
     derive_idempotency_key,
     parse_event,
 )
+from stripemeter.schemas.records import Source, encode_keyed
 from tests.unit.test_metering import DictKV, total
 
 NOW_MS = 1_794_988_800_000  # 2026-11-18T00:00:00Z

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from stripemeter.reconcile.compare import Hour, Item, judge, judge_totals
+from stripemeter.core.reconcile_compare import Hour, Item, judge, judge_totals
 
 NOW = 1_800_000_000.0
 H0, H1, H2 = 1_799_982_000, 1_799_985_600, 1_799_989_200  # three hour starts before NOW

@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stripemeter.streams.control import Correction
-
-from stripemeter.replay.plan import Recorded, make_plan
+from stripemeter.core.replay_plan import Recorded, make_plan
+from stripemeter.schemas.corrections import Correction
 
 HOUR = datetime(2026, 11, 20, 14, tzinfo=UTC)
 

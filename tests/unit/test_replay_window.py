@@ -7,7 +7,7 @@ from datetime import datetime
 
 import pytest
 
-from stripemeter.replay.window import WindowError, parse_window
+from stripemeter.core.replay_window import WindowError, parse_window
 
 MAX = 35 * 24 * 3600
 

@@ -7,6 +7,7 @@ import socket
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+
 from stripemeter.streams import stages
 
 

@@ -7,7 +7,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import rocksdict
-from stripemeter.streams.state import ChangelogState
+
+from stripemeter.adapters.kafka.changelog_state import ChangelogState
 
 
 def state(tmp_path: Path, remember: int = 0) -> tuple[ChangelogState, Any]:

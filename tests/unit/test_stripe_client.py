@@ -8,12 +8,12 @@ from types import SimpleNamespace
 import pytest
 import stripe
 
-from stripemeter.reconcile.stripe_reader import StripeReader
-from stripemeter.stripe_push.budget import StripeBudget
-from stripemeter.stripe_push.calls import ATTEMPTS, StripeCalls
-from stripemeter.stripe_push.client import classify
-from stripemeter.stripe_push.error_reports import meter_changed, reported_requests
-from stripemeter.stripe_push.plan import Request
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.calls import ATTEMPTS, StripeCalls
+from stripemeter.adapters.stripe.client import classify
+from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.core.error_reports import meter_changed, reported_requests
+from stripemeter.core.push_plan import Request
 
 
 def error(cls: type[stripe.StripeError], status: int, message: str, **kw: object) -> stripe.StripeError:

@@ -12,7 +12,7 @@ import pytest
 import stripe
 from aiohttp.test_utils import TestServer
 
-from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app
+from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app
 
 DAY = 1_749_945_600  # a UTC midnight
 START = DAY + 12 * 3600

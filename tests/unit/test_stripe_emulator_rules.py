@@ -6,13 +6,13 @@ from typing import Any
 
 import pytest
 
-from stripemeter.stripe_emulator.budget import OpsBudget
-from stripemeter.stripe_emulator.errors import StripeApiError
-from stripemeter.stripe_emulator.events import MeterEvent, parse_timestamp, parse_value
-from stripemeter.stripe_emulator.faults import Faults
-from stripemeter.stripe_emulator.pagination import paginate
-from stripemeter.stripe_emulator.summaries import SummaryQuery, aggregate, parse_query, summarize
-from stripemeter.stripe_emulator.wire import decode_form
+from stripemeter.tools.stripe_emulator.budget import OpsBudget
+from stripemeter.tools.stripe_emulator.errors import StripeApiError
+from stripemeter.tools.stripe_emulator.events import MeterEvent, parse_timestamp, parse_value
+from stripemeter.tools.stripe_emulator.faults import Faults
+from stripemeter.tools.stripe_emulator.pagination import paginate
+from stripemeter.tools.stripe_emulator.summaries import SummaryQuery, aggregate, parse_query, summarize
+from stripemeter.tools.stripe_emulator.wire import decode_form
 
 NOW = 1_750_000_000
 

@@ -16,7 +16,7 @@ import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from stripemeter.stripe_emulator import EmulatorState, ManualClock, create_app, webhooks
+from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app, webhooks
 from tests.unit.test_stripe_emulator import START, Emulator, call, send, setup_meter, totals
 
 SECRET = "whsec_test_emulator"

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import stripe
 
-from stripemeter.stripe_push.meters import TTL_SECONDS, MeterCatalog
+from stripemeter.adapters.stripe.meters import TTL_SECONDS, MeterCatalog
 
 RAW = {
     "id": "mtr_1",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stripemeter.stripe_push.plan import (
+from stripemeter.core.push_plan import (
     Meter,
     Request,
     Row,
@@ -117,7 +117,7 @@ def test_a_meter_must_carry_the_metrics_aggregation(
 
 
 def test_a_pending_request_older_than_a_day_is_judged_by_what_stripes_hour_holds() -> None:
-    from stripemeter.stripe_push.plan import did_it_land
+    from stripemeter.core.push_plan import did_it_land
 
     assert did_it_land(8, 5, 8, []) == "landed"
     assert did_it_land(5, 5, 8, []) == "not_landed"

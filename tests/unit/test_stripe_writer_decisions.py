@@ -1,4 +1,4 @@
-"""The Stripe writer's decisions per counter hour (stripe_push/writer.py), without Kafka, PostgreSQL or
+"""The Stripe writer's decisions per counter hour (services/stripe_writer.py), without Kafka, PostgreSQL or
 HTTP: ``db.pushes`` and ``client.send`` are replaced by fakes that log what the writer asked for, and
 the clock is fixed. test_stripe_client.py covers how a Stripe error becomes an outcome; these tests
 cover what the writer does with each outcome, and with each state an hour can be found in.
@@ -15,12 +15,12 @@ import psycopg
 import pytest
 import stripe
 
-from stripemeter.clock import Clock
-from stripemeter.db.pushes import Fence, Stream
-from stripemeter.stripe_push import writer as writer_module
-from stripemeter.stripe_push.client import SendResult
-from stripemeter.stripe_push.plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter, Request, Row, new_request
-from stripemeter.stripe_push.writer import StripeWriter
+from stripemeter.adapters.postgres.pushes import Fence, Stream
+from stripemeter.adapters.stripe.client import SendResult
+from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter, Request, Row, new_request
+from stripemeter.domain.clock import Clock
+from stripemeter.services import stripe_writer as writer_module
+from stripemeter.services.stripe_writer import StripeWriter
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
-from stripemeter.timefmt import iso_exact, iso_hour, iso_millis, iso_ms, iso_seconds, parse_iso_ms
+from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_millis, iso_ms, iso_seconds, parse_iso_ms
 
 CET = timezone(timedelta(hours=1))
 

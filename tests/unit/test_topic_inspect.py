@@ -9,15 +9,15 @@ import orjson
 import pytest
 from aiokafka.structs import TopicPartition
 
+from stripemeter.adapters.kafka.inspect.decode import decode_record
+from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args, tool_command
+from stripemeter.adapters.kafka.inspect.kinds import Kind, is_ours, logical_name, resolve_topic, topic_kind
+from stripemeter.adapters.kafka.inspect.overview import PartitionState, TopicState, lag_rows
+from stripemeter.adapters.kafka.inspect.render import Position, json_line, text_line
+from stripemeter.adapters.kafka.inspect.tail import TailRequest, matches
 from stripemeter.cli import build_parser, glue_negative_durations
-from stripemeter.instants import BadInstant, parse_duration_ms, parse_instant_ms
-from stripemeter.topic_inspect.decode import decode_record
-from stripemeter.topic_inspect.kafka_tools import UnknownTool, tool_args, tool_command
-from stripemeter.topic_inspect.kinds import Kind, is_ours, logical_name, resolve_topic, topic_kind
-from stripemeter.topic_inspect.overview import PartitionState, TopicState, lag_rows
-from stripemeter.topic_inspect.render import Position, json_line, text_line
-from stripemeter.topic_inspect.tail import TailRequest, matches
-from stripemeter.topics import TABLES, TopicNames
+from stripemeter.domain.instants import BadInstant, parse_duration_ms, parse_instant_ms
+from stripemeter.schemas.topics import TABLES, TopicNames
 
 NOW = 1_800_000_000_000
 NAMES = TopicNames("t1.", "sm-x")

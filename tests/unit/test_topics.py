@@ -1,8 +1,7 @@
 from __future__ import annotations
 
-from stripemeter.streams.partitioning import partition_for
-
-from stripemeter.topics import TopicNames, topic_specs
+from stripemeter.schemas.partitioning import partition_for
+from stripemeter.schemas.topics import TopicNames, topic_specs
 
 
 def test_contract_names_and_prefix() -> None:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from stripemeter.units import (
+from stripemeter.domain.units import (
     MICROS,
     floor_units,
     format_micros,

@@ -10,10 +10,10 @@ from typing import Any
 
 import faust
 import pytest
+
+from stripemeter.domain.config import Settings
 from stripemeter.streams import memory_tuning
 from stripemeter.streams.app import create_app
-
-from stripemeter.config import Settings
 
 TIMERS = [
     ("checkpoint", 0.2),

@@ -1,0 +1,1 @@
+"""Adapters: PostgreSQL (postgres), Kafka and Faust (kafka) and Stripe (stripe)."""

@@ -1,0 +1,253 @@
+"""Kafka record bytes -> named fields, per topic kind (pure; never raises on bad input).
+
+Contract topics keep their records as they are. Internal topics carry compact arrays (see
+``schemas/records.py``, ``stripemeter/core/counting.py``, ``stripemeter/core/metering.py``);
+they are given field names here. Anything that does not fit - not UTF-8, not JSON, or JSON of
+another shape - becomes a ``binary`` or ``raw`` record with a short preview, so one bad message
+never stops a tail.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from stripemeter.adapters.kafka.inspect.kinds import Kind
+from stripemeter.core.counting import SEP, split_counter_key
+from stripemeter.domain.timefmt import iso_hour, iso_ms
+from stripemeter.domain.units import micros_to_number
+
+PREVIEW_CHARS = 120
+PREVIEW_BYTES = 32
+
+
+@dataclass(frozen=True)
+class Decoded:
+    """One record to show: an event of an array message gives one each."""
+
+    label: str  # event, dead-letter, late, delta, drift, keyed, ledger, dedupe, counter, watermark,
+    # json, tombstone, empty, raw, binary
+    fields: dict[str, Any] = field(default_factory=dict)
+    index: int | None = None  # position in an array message
+    original: dict[str, Any] | None = None  # a dead letter's input, when it was a JSON object
+
+    def get(self, name: str) -> str | None:
+        for source in (self.fields, self.original or {}):
+            value = source.get(name)
+            if isinstance(value, str):
+                return value
+        return None
+
+    @property
+    def tenant(self) -> str | None:
+        return self.get("tenantId")
+
+    @property
+    def metric(self) -> str | None:
+        return self.get("metric")
+
+    @property
+    def customer(self) -> str | None:
+        return self.get("customerRef")
+
+
+def preview_text(text: str, limit: int = PREVIEW_CHARS) -> str:
+    """Unprintable characters escaped, cut to ``limit`` with the full length noted."""
+    escaped = "".join(c if c.isprintable() else repr(c)[1:-1] for c in text[:limit])
+    return escaped if len(text) <= limit else f"{escaped}... ({len(text)} chars)"
+
+
+def preview_bytes(data: bytes, limit: int = PREVIEW_BYTES) -> str:
+    hexed = data[:limit].hex(" ")
+    return hexed if len(data) <= limit else f"{hexed} ... ({len(data)} bytes)"
+
+
+def decode_key(key: bytes | None) -> str | None:
+    """The key as text, or ``hex:...`` when it is not UTF-8."""
+    if key is None:
+        return None
+    try:
+        return key.decode("utf-8")
+    except UnicodeDecodeError:
+        return "hex:" + key.hex()
+
+
+def decode_record(kind: Kind, key: bytes | None, value: bytes | None) -> list[Decoded]:
+    if value is None:
+        if kind in ("dedupe", "counters", "watermarks"):
+            return [_tombstone(kind, key)]
+        return [Decoded("empty", {"null": True})]
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [
+            Decoded(
+                "binary",
+                {"size": len(value), "error": f"not UTF-8 at byte {exc.start}", "hex": preview_bytes(value)},
+            )
+        ]
+    if not text.strip():
+        return [Decoded("empty", {"size": len(value)})]
+    try:
+        parsed = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return [Decoded("raw", {"size": len(value), "error": "not JSON", "text": preview_text(text)})]
+    try:
+        return _DECODERS[kind](key, parsed)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        return [
+            Decoded(
+                "raw",
+                {"size": len(value), "error": f"JSON is not {kind} shaped", "text": preview_text(text)},
+            )
+        ]
+
+
+def _unexpected(kind: str, value: Any, index: int | None = None) -> Decoded:
+    text = orjson.dumps(value).decode()
+    return Decoded("raw", {"error": f"JSON is not {kind} shaped", "text": preview_text(text)}, index)
+
+
+def _objects(label: str, value: Any) -> list[Decoded]:
+    """One object, or an array of them (usage.events allows both)."""
+    if isinstance(value, dict):
+        return [Decoded(label, value)]
+    if isinstance(value, list):
+        return [
+            Decoded(label, item, i) if isinstance(item, dict) else _unexpected(label, item, i)
+            for i, item in enumerate(value)
+        ]
+    return [_unexpected(label, value)]
+
+
+def _object(label: str, required: str, value: Any) -> list[Decoded]:
+    if not isinstance(value, dict) or required not in value:
+        return [_unexpected(label, value)]
+    return [Decoded(label, value)]
+
+
+def _dead_letter(key: bytes | None, value: Any) -> list[Decoded]:
+    """The input is kept as a string in ``raw``; parsed, it gives tenant, metric and customer, so
+    filters find the rejects of one tenant."""
+    if not isinstance(value, dict) or "error" not in value:
+        return [_unexpected("dead-letter", value)]
+    raw = value.get("raw")
+    original = None
+    if isinstance(raw, str) and value.get("rawEncoding") != "base64":
+        try:
+            original = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            original = None
+    return [Decoded("dead-letter", value, original=original if isinstance(original, dict) else None)]
+
+
+def _keyed_fields(item: list[Any]) -> dict[str, Any]:
+    tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, part, offset, index = item
+    fields: dict[str, Any] = {
+        "tenantId": tenant,
+        "metric": metric,
+        "customerRef": customer,
+        "quantity": micros_to_number(micros),
+        "ts": iso_ms(ts_ms),
+        "idempotencyKey": key,
+        "keyDerived": bool(derived),
+        "source": {"partition": part, "offset": offset, "index": index},
+    }
+    if resource is not None:
+        fields["resourceId"] = resource
+    if meta is not None:
+        fields["meta"] = meta
+    return fields
+
+
+def _keyed(key: bytes | None, value: Any) -> list[Decoded]:
+    return [Decoded("keyed", _keyed_fields(item), i) for i, item in enumerate(value)]
+
+
+def _ledger(key: bytes | None, value: Any) -> list[Decoded]:
+    return [
+        Decoded("ledger", {"outcome": item[0], **_keyed_fields(item[1:])}, i) for i, item in enumerate(value)
+    ]
+
+
+def _dedupe(key: bytes | None, value: Any) -> list[Decoded]:
+    tenant, idempotency_key = _text_key(key).split(SEP, 1)
+    part, offset, index, keyed_offset, ts_ms, metric, customer = value
+    return [
+        Decoded(
+            "dedupe",
+            {
+                "tenantId": tenant,
+                "idempotencyKey": idempotency_key,
+                "metric": metric,
+                "customerRef": customer,
+                "ts": iso_ms(ts_ms),
+                "source": {"partition": part, "offset": offset, "index": index},
+                "keyedOffset": keyed_offset,
+            },
+        )
+    ]
+
+
+def _counter(key: bytes | None, value: Any) -> list[Decoded]:
+    tenant, metric, customer, bucket_ms = split_counter_key(_text_key(key))
+    micros, seq, applied, last_ts = value
+    fields: dict[str, Any] = {
+        "tenantId": tenant,
+        "metric": metric,
+        "customerRef": customer,
+        "bucket": iso_hour(bucket_ms),
+        "value": micros_to_number(micros),
+        "valueMicros": micros,
+        "seq": seq,
+        "appliedOffset": applied,
+    }
+    if last_ts >= 0:
+        fields["lastTs"] = iso_ms(last_ts)
+    return [Decoded("counter", fields)]
+
+
+def _watermark(key: bytes | None, value: Any) -> list[Decoded]:
+    tenant, metric, customer = _text_key(key).split(SEP, 2)
+    if not isinstance(value, int):
+        raise ValueError("a watermark is epoch milliseconds")
+    fields = {"tenantId": tenant, "metric": metric, "customerRef": customer, "watermark": iso_ms(value)}
+    return [Decoded("watermark", fields)]
+
+
+def _other(key: bytes | None, value: Any) -> list[Decoded]:
+    return [Decoded("json", value if isinstance(value, dict) else {"value": value})]
+
+
+def _text_key(key: bytes | None) -> str:
+    if key is None:
+        raise ValueError("this topic's records need a key")
+    return key.decode("utf-8")  # UnicodeDecodeError is a ValueError
+
+
+def _tombstone(kind: Kind, key: bytes | None) -> Decoded:
+    """A null value: on a compacted changelog it deletes the key (dedupe expiry)."""
+    fields: dict[str, Any] = {}
+    text = decode_key(key)
+    if text is not None and SEP in text:
+        parts = text.split(SEP)
+        names = {"dedupe": ("tenantId", "idempotencyKey")}.get(kind, ("tenantId", "metric", "customerRef"))
+        fields.update(zip(names, parts, strict=False))
+    return Decoded("tombstone", fields)
+
+
+_DECODERS = {
+    "events": lambda key, value: _objects("event", value),
+    "dlq": _dead_letter,
+    "late": lambda key, value: _object("late", "watermark", value),
+    "deltas": lambda key, value: _object("delta", "bucket", value),
+    "drift": lambda key, value: _object("drift", "period", value),
+    "keyed": _keyed,
+    "ledger": _ledger,
+    "dedupe": _dedupe,
+    "counters": _counter,
+    "watermarks": _watermark,
+    "other": _other,
+}

@@ -1,0 +1,110 @@
+"""The counters snapshot: usage.deltas records as PostgreSQL rows, newest seq wins.
+
+The sink loads the delta records as they were read (COPY into a temporary ``jsonb`` table) and one
+INSERT ... SELECT keeps the highest seq per counter: no Python object per delta on the way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import astuple, dataclass
+from datetime import datetime
+
+import psycopg
+
+from stripemeter.adapters.postgres.ledger import copy_json_line
+from stripemeter.schemas.deltas import Delta
+
+CREATE_DELTA_STAGING = "CREATE TEMP TABLE IF NOT EXISTS deltas_in (delta jsonb) ON COMMIT DELETE ROWS"
+
+# totalMicros is exact; a record with only the contract's `total` is converted like decode_delta does.
+UPSERT_COUNTERS = """
+INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at,
+                      keyed_partition, keyed_offset)
+SELECT DISTINCT ON (1, 2, 3, 4)
+       delta->>'tenantId', delta->>'metric', delta->>'customerRef', (delta->>'bucket')::timestamptz,
+       coalesce((delta->>'totalMicros')::numeric, round((delta->>'total')::numeric * 1000000)),
+       (delta->>'seq')::bigint, %s::timestamptz,
+       (delta->>'keyedPartition')::integer, (delta->>'keyedOffset')::bigint
+FROM deltas_in
+ORDER BY 1, 2, 3, 4, 6 DESC
+ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
+SET total_micros = EXCLUDED.total_micros, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at,
+    keyed_partition = EXCLUDED.keyed_partition, keyed_offset = EXCLUDED.keyed_offset
+WHERE counters.seq < EXCLUDED.seq
+"""
+
+
+def latest_per_counter(deltas: list[Delta]) -> list[Delta]:
+    """Keep only the highest seq of each counter (a batch may hold several of one counter)."""
+    best: dict[tuple[str, str, str, int], Delta] = {}
+    for d in deltas:
+        key = (d.tenant_id, d.metric, d.customer_ref, d.bucket_ms)
+        if key not in best or best[key].seq < d.seq:
+            best[key] = d
+    return list(best.values())
+
+
+async def create_staging(conn: psycopg.AsyncConnection) -> None:
+    await conn.execute(CREATE_DELTA_STAGING)
+
+
+async def upsert_counters(conn: psycopg.AsyncConnection, records: list[bytes], now: datetime) -> None:
+    """Apply raw usage.deltas records, changed at ``now`` (the application's clock: reconciliation
+    compares it with its own). Call inside the batch's transaction."""
+    if not records:
+        return
+    async with conn.cursor().copy("COPY deltas_in (delta) FROM STDIN") as copy:
+        await copy.write(b"".join(map(copy_json_line, records)))
+    await conn.execute(UPSERT_COUNTERS, (now,))
+
+
+# How many of the given counters show a keyed message at or after the given offset in its partition.
+APPLIED = """
+SELECT count(*) FROM counters c
+JOIN unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::integer[], %s::bigint[])
+     AS t (tenant_id, metric, customer_ref, bucket, keyed_partition, keyed_offset)
+  ON c.tenant_id = t.tenant_id AND c.metric = t.metric AND c.customer_ref = t.customer_ref
+ AND c.bucket = t.bucket AND c.keyed_partition = t.keyed_partition AND c.keyed_offset >= t.keyed_offset
+"""
+
+
+@dataclass(frozen=True)
+class Applied:
+    """A control message for one counter: it shows once the counter has applied that keyed offset."""
+
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket: datetime
+    keyed_partition: int
+    keyed_offset: int
+
+
+async def count_applied(conn: psycopg.AsyncConnection, targets: list[Applied]) -> int:
+    columns = [list(column) for column in zip(*(astuple(t) for t in targets), strict=True)] or [[]] * 6
+    cur = await conn.execute(APPLIED, columns)
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def wait_applied(
+    conn: psycopg.AsyncConnection,
+    targets: list[Applied],
+    timeout: float,
+    progress: Callable[[int, int], None] | None = None,
+) -> bool:
+    """Wait until every target shows in the counters (the meter applied the control message and the
+    sink wrote the counter's new snapshot); False if ``timeout`` seconds passed first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shown = await count_applied(conn, targets) if targets else 0
+        if progress is not None:
+            progress(shown, len(targets))
+        if shown >= len(targets):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.2)

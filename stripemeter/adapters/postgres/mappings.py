@@ -1,0 +1,136 @@
+"""Metric and customer mappings: what ties local names to Stripe, and per-metric rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+
+from stripemeter.domain.policy import MetricPolicy
+
+
+@dataclass(frozen=True)
+class MetricMapping:
+    tenant_id: str
+    metric: str
+    stripe_meter_event_name: str
+    aggregation: str
+    lateness_seconds: int | None
+
+
+# Lateness raised: remember the horizon under the old lateness (stripemeter/domain/policy.py); the
+# later of that and any horizon set before. A new mapping raises it from the default.
+UPSERT_METRIC = """
+INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds,
+                             dedupe_horizon)
+VALUES (%(tenant)s, %(metric)s, %(event_name)s, %(aggregation)s, %(lateness)s,
+        CASE WHEN coalesce(%(lateness)s, %(default)s) > %(default)s
+             THEN %(horizon_from_default)s END)
+ON CONFLICT (tenant_id, metric) DO UPDATE
+SET stripe_meter_event_name = EXCLUDED.stripe_meter_event_name, aggregation = EXCLUDED.aggregation,
+    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now(),
+    dedupe_horizon = CASE
+        WHEN coalesce(EXCLUDED.lateness_seconds, %(default)s)
+             > coalesce(metric_mappings.lateness_seconds, %(default)s)
+        THEN greatest(metric_mappings.dedupe_horizon,
+                      %(now)s + interval '1 hour'
+                      - make_interval(secs => coalesce(metric_mappings.lateness_seconds, %(default)s)))
+        ELSE metric_mappings.dedupe_horizon END
+RETURNING tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds, dedupe_horizon,
+          updated_at
+"""
+
+UPSERT_CUSTOMER = """
+INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)
+VALUES (%s, %s, %s, %s)
+ON CONFLICT (tenant_id, customer_ref) DO UPDATE
+SET stripe_customer_id = EXCLUDED.stripe_customer_id, billing_anchor = EXCLUDED.billing_anchor,
+    updated_at = now()
+RETURNING tenant_id, customer_ref, stripe_customer_id, billing_anchor, updated_at
+"""
+
+
+async def upsert_metric(
+    conn: psycopg.AsyncConnection, m: MetricMapping, now: datetime, default_lateness_seconds: int
+) -> dict[str, Any]:
+    """Save the mapping; raising its lateness sets the dedupe horizon (see stripemeter/domain/policy.py: now
+    plus two hours, less the old lateness and the hour's margin, is now + 1 h - old lateness)."""
+    cur = conn.cursor(row_factory=dict_row)
+    horizon_from_default = now + timedelta(hours=1) - timedelta(seconds=default_lateness_seconds)
+    await cur.execute(
+        UPSERT_METRIC,
+        {
+            "tenant": m.tenant_id, "metric": m.metric, "event_name": m.stripe_meter_event_name,
+            "aggregation": m.aggregation, "lateness": m.lateness_seconds, "default": default_lateness_seconds,
+            "now": now, "horizon_from_default": horizon_from_default,
+        },
+    )  # fmt: skip
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def upsert_customer(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    customer: str,
+    stripe_customer_id: str,
+    anchor: datetime | None,
+) -> dict[str, Any]:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(UPSERT_CUSTOMER, (tenant, customer, stripe_customer_id, anchor))
+    row = await cur.fetchone()
+    assert row is not None
+    return row
+
+
+async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> list[dict[str, Any]]:
+    assert table in ("metric_mappings", "customer_mappings")
+    order = "metric" if table == "metric_mappings" else "customer_ref"
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(f"SELECT * FROM {table} WHERE tenant_id = %s ORDER BY {order}", (tenant,))
+    return await cur.fetchall()
+
+
+async def load_policies(
+    conn: psycopg.AsyncConnection, default: MetricPolicy
+) -> dict[tuple[str, str], MetricPolicy]:
+    cur = await conn.execute(
+        "SELECT tenant_id, metric, aggregation, lateness_seconds, dedupe_horizon FROM metric_mappings"
+    )
+    return {
+        (tenant, metric): MetricPolicy(
+            aggregation,
+            default.lateness_ms if lateness is None else lateness * 1000,
+            default.horizon_ms if horizon is None else int(horizon.timestamp() * 1000),
+        )
+        for tenant, metric, aggregation, lateness, horizon in await cur.fetchall()
+    }
+
+
+async def stripe_mappings(
+    conn: psycopg.AsyncConnection, tenant: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(metric -> (event name, aggregation), customer -> (Stripe customer id, billing anchor))."""
+    metrics = {
+        r["metric"]: (r["stripe_meter_event_name"], r["aggregation"])
+        for r in await list_rows(conn, "metric_mappings", tenant)
+    }
+    customers = {
+        r["customer_ref"]: (r["stripe_customer_id"], r["billing_anchor"])
+        for r in await list_rows(conn, "customer_mappings", tenant)
+    }
+    return metrics, customers
+
+
+async def customer_anchor(conn: psycopg.AsyncConnection, tenant: str, customer: str) -> datetime | None:
+    """The customer's billing anchor; None for calendar months (or no mapping)."""
+    cur = await conn.execute(
+        "SELECT billing_anchor FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s",
+        (tenant, customer),
+    )
+    row = await cur.fetchone()
+    return row[0] if row else None

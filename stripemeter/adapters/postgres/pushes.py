@@ -1,0 +1,587 @@
+"""The Stripe writer's state in PostgreSQL: ``stripe_pushes`` (per counter hour), the request log
+``stripe_push_requests`` and the partition leases ``stripe_writer_leases``.
+
+Every change of a push row made by a writer is a compare-and-set: it names the row version it read
+(or the identifier of the pending request it acts on) and the epoch of the lease it holds on the row's
+``usage.deltas`` partition, and changes nothing when either moved on. So a writer that lost the
+partition, or read a row another writer or a new delta changed since, cannot overwrite it; it reads
+again on its next round. Each function returns whether it changed the row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+from stripemeter.core.push_plan import Key, Request, Row
+
+
+@dataclass(frozen=True)
+class Latest:
+    """A counter's newest total from usage.deltas, the partition it came from, and its period."""
+
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket: datetime
+    total_micros: int
+    seq: int
+    app_id: str
+    partition: int
+    period_start: datetime
+
+
+@dataclass(frozen=True)
+class Stream:
+    """The hours of one counter stream in one billing period, with the mappings that tie it to Stripe."""
+
+    rows: list[Row]
+    event_name: str | None
+    aggregation: str
+    stripe_customer: str | None
+
+
+@dataclass(frozen=True)
+class Fence:
+    """Who may change a row: the app's writer holding its partition under this epoch."""
+
+    app_id: str
+    epoch: int
+
+
+UPSERT_LATEST = """
+INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq, app_id,
+                           delta_partition, period_start, updated_at)
+SELECT *, %s::timestamptz FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::numeric[],
+                                     %s::bigint[], %s::text[], %s::integer[], %s::timestamptz[])
+ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
+SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, app_id = EXCLUDED.app_id,
+    delta_partition = EXCLUDED.delta_partition, period_start = EXCLUDED.period_start,
+    updated_at = EXCLUDED.updated_at, version = stripe_pushes.version + 1,
+    status = CASE WHEN stripe_pushes.status IN ('pending', 'parked') THEN stripe_pushes.status
+                  ELSE 'waiting' END
+WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
+"""
+
+# The streams of the given partitions that have something to do, each with all its hours of the
+# period: targets carry fractions from hour to hour (plan.targets), so one changed hour can move later
+# ones. A counter whose last attempt failed waits 0.25 s * 2^attempts (at most 30 s, with jitter; the
+# writer skips such an hour of a stream picked for another hour: plan.retry_wait).
+DUE = """
+WITH due AS (
+    SELECT DISTINCT tenant_id, metric, customer_ref, period_start
+    FROM stripe_pushes
+    -- unmapped counters wait for a mapping: saving one makes them waiting (retry_parked)
+    WHERE app_id = %(app)s AND delta_partition = ANY(%(partitions)s) AND status IN ('waiting', 'pending')
+      AND period_start IS NOT NULL
+      AND (attempts = 0
+           OR updated_at + least(0.25 * power(2, attempts), 30) * (0.5 + random() / 2) * interval '1 second'
+              <= %(now)s)
+    LIMIT %(streams)s
+)
+SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.pushed_units, p.status,
+       p.version, p.delta_partition, p.pending_request, extract(epoch FROM p.pending_since) AS pending_since,
+       p.pending_attempt, p.attempts, p.period_start, extract(epoch FROM p.updated_at) AS updated_at,
+       m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id
+FROM stripe_pushes p
+JOIN due USING (tenant_id, metric, customer_ref, period_start)
+LEFT JOIN metric_mappings m ON m.tenant_id = p.tenant_id AND m.metric = p.metric
+LEFT JOIN customer_mappings c ON c.tenant_id = p.tenant_id AND c.customer_ref = p.customer_ref
+ORDER BY p.tenant_id, p.metric, p.customer_ref, p.period_start, p.bucket
+"""
+
+KEY = "tenant_id = %(tenant)s AND metric = %(metric)s AND customer_ref = %(customer)s AND bucket = %(bucket)s"
+FENCE = (
+    "EXISTS (SELECT 1 FROM stripe_writer_leases l WHERE l.app_id = %(app)s"
+    " AND l.partition = stripe_pushes.delta_partition AND l.epoch = %(epoch)s)"
+)
+
+
+def _params(key: Key, fence: Fence | None, now: datetime, **more: Any) -> dict[str, Any]:
+    tenant, metric, customer, bucket = key
+    out = {"tenant": tenant, "metric": metric, "customer": customer, "bucket": bucket, "now": now, **more}
+    if fence is not None:
+        out |= {"app": fence.app_id, "epoch": fence.epoch}
+    return out
+
+
+async def _changed(conn: psycopg.AsyncConnection, sql: str, params: dict[str, Any]) -> bool:
+    """Run an UPDATE, or a statement whose result is ``SELECT count(*) FROM <the changed rows>``."""
+    cur = await conn.execute(sql, params)
+    if cur.description is None:
+        return cur.rowcount > 0
+    row = await cur.fetchone()
+    return bool(row and row[0])
+
+
+# --- what usage.deltas says -------------------------------------------------------------------------
+
+
+async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now: datetime) -> None:
+    """Keep the highest seq per counter; a change makes the counter due (version + 1)."""
+    best: dict[tuple[str, str, str, datetime], Latest] = {}
+    for d in latest:
+        key = (d.tenant_id, d.metric, d.customer_ref, d.bucket)
+        if key not in best or best[key].seq < d.seq:
+            best[key] = d
+    rows = list(best.values())
+    if not rows:
+        return
+    await conn.execute(
+        UPSERT_LATEST,
+        (
+            now,
+            [d.tenant_id for d in rows],
+            [d.metric for d in rows],
+            [d.customer_ref for d in rows],
+            [d.bucket for d in rows],
+            [d.total_micros for d in rows],
+            [d.seq for d in rows],
+            [d.app_id for d in rows],
+            [d.partition for d in rows],
+            [d.period_start for d in rows],
+        ),
+    )
+
+
+async def anchors(
+    conn: psycopg.AsyncConnection, customers: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], datetime | None]:
+    """Billing anchors of (tenant, customer) pairs; a customer without a mapping has none."""
+    pairs = sorted(set(customers))
+    if not pairs:
+        return {}
+    cur = await conn.execute(
+        "SELECT tenant_id, customer_ref, billing_anchor FROM customer_mappings"
+        " JOIN unnest(%s::text[], %s::text[]) AS k(tenant_id, customer_ref) USING (tenant_id, customer_ref)",
+        ([t for t, _ in pairs], [c for _, c in pairs]),
+    )
+    found = {(t, c): a for t, c, a in await cur.fetchall()}
+    return {pair: found.get(pair) for pair in pairs}
+
+
+# --- the writer's round --------------------------------------------------------------------------------
+
+
+async def due(
+    conn: psycopg.AsyncConnection, app_id: str, partitions: list[int], now: datetime, streams: int = 200
+) -> list[Stream]:
+    """Streams of the app's given partitions with something to do, all hours of each period."""
+    if not partitions:
+        return []
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(DUE, {"app": app_id, "partitions": partitions, "now": now, "streams": streams})
+    grouped: dict[tuple[Any, ...], Stream] = {}
+    for r in await cur.fetchall():
+        group = (r["tenant_id"], r["metric"], r["customer_ref"], r["period_start"])
+        stream = grouped.get(group)
+        if stream is None:
+            stream = grouped[group] = Stream(
+                [], r["stripe_meter_event_name"], r["aggregation"] or "sum", r["stripe_customer_id"]
+            )
+        stream.rows.append(
+            Row(
+                key=(r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
+                latest_micros=int(r["latest_micros"]),
+                pushed_units=int(r["pushed_units"]),
+                status=r["status"],
+                version=int(r["version"]),
+                delta_partition=int(r["delta_partition"]),
+                pending_raw=r["pending_request"],
+                pending_since=float(r["pending_since"]) if r["pending_since"] is not None else None,
+                pending_attempt=int(r["pending_attempt"]),
+                attempts=int(r["attempts"]),
+                updated_at=float(r["updated_at"]),
+            )
+        )
+    return list(grouped.values())
+
+
+RECORD_PENDING = f"""
+WITH recorded AS (
+    UPDATE stripe_pushes
+    SET pending_request = %(request)s, pending_since = %(now)s, pending_attempt = 0, status = 'pending',
+        version = version + 1, updated_at = %(now)s
+    WHERE {KEY} AND version = %(version)s AND pending_request IS NULL AND {FENCE}
+    RETURNING tenant_id, metric, customer_ref, bucket
+), logged AS (
+    INSERT INTO stripe_push_requests (identifier, tenant_id, metric, customer_ref, bucket, request, status,
+                                      created_at, updated_at)
+    SELECT %(identifier)s, tenant_id, metric, customer_ref, bucket, %(request)s, 'sent', %(now)s, %(now)s
+    FROM recorded
+    RETURNING 1
+)
+SELECT count(*) FROM recorded
+"""
+
+
+async def record_pending(
+    conn: psycopg.AsyncConnection, row: Row, request: Request, fence: Fence, now: datetime
+) -> bool:
+    """Record the exact request before it is sent (and log it); only from the version read."""
+    return await _changed(
+        conn,
+        RECORD_PENDING,
+        _params(
+            row.key, fence, now, version=row.version, identifier=request.identifier,
+            request=orjson.dumps(request.wire()).decode(),
+        ),
+    )  # fmt: skip
+
+
+MARK_DELIVERED = f"""
+WITH delivered AS (
+    UPDATE stripe_pushes
+    -- a sum or count request adds its value to what the hour holds now: a report that an earlier
+    -- request was dropped may have lowered it since this one was recorded; a last request replaces it
+    SET pushed_units = CASE WHEN %(added)s::bigint IS NULL THEN %(to_units)s
+                            ELSE pushed_units + %(added)s::bigint END,
+        pending_request = NULL, pending_since = NULL, pending_attempt = 0,
+        attempts = 0, version = version + 1, updated_at = %(now)s,
+        -- a counter parked meanwhile (a drop report) stays parked with its reason; otherwise synced
+        -- only if nothing changed since the decision (a new delta made it waiting again)
+        reason = CASE WHEN status = 'parked' THEN reason END,
+        status = CASE WHEN status = 'parked' THEN 'parked'
+                      WHEN version = %(version)s THEN %(status)s ELSE 'waiting' END
+    WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
+    RETURNING 1
+), logged AS (
+    UPDATE stripe_push_requests SET status = 'delivered', updated_at = %(now)s
+    WHERE identifier = %(identifier)s AND EXISTS (SELECT 1 FROM delivered)
+    RETURNING 1
+)
+SELECT count(*) FROM delivered
+"""
+
+
+async def mark_delivered(
+    conn: psycopg.AsyncConnection,
+    row: Row,
+    request_identifier: str,
+    to_units: int,
+    synced: bool,
+    recorded_version: int,
+    fence: Fence,
+    now: datetime,
+    added: int | None = None,
+) -> bool:
+    """Stripe has the pending request: the hour holds ``to_units`` (a ``last`` request), or for a sum
+    or count request, what it held plus ``added``, the request's value."""
+    params = _params(
+        row.key, fence, now, to_units=to_units, version=recorded_version, identifier=request_identifier,
+        status="synced" if synced else "waiting", added=added,
+    )  # fmt: skip
+    return await _changed(conn, MARK_DELIVERED, params)
+
+
+async def mark_attempt(
+    conn: psycopg.AsyncConnection,
+    row: Row,
+    identifier: str,
+    reason: str,
+    new_key: bool,
+    fence: Fence,
+    now: datetime,
+) -> bool:
+    """The pending request failed for now: retried later, under a new idempotency key if ``new_key``."""
+    return await _changed(
+        conn,
+        f"UPDATE stripe_pushes SET attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s,"
+        f" pending_attempt = pending_attempt + %(bump)s"
+        f" WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}",
+        _params(row.key, fence, now, reason=reason[:1000], identifier=identifier, bump=int(new_key)),
+    )
+
+
+async def refuse_pending(
+    conn: psycopg.AsyncConnection, row: Row, identifier: str, reason: str, fence: Fence, now: datetime
+) -> bool:
+    """Stripe refused the pending request (it did not land): park the counter and forget the request,
+    so that once the cause is fixed a new request is planned from the fixed mapping."""
+    return await _drop_pending(
+        conn, row, identifier, reason, fence, now, "status = 'parked', reason = %(reason)s"
+    )
+
+
+async def forget_pending(
+    conn: psycopg.AsyncConnection, row: Row, identifier: str, reason: str, fence: Fence, now: datetime
+) -> bool:
+    """Stripe's summaries show the pending request never landed: plan a new one (new identifier)."""
+    return await _drop_pending(
+        conn, row, identifier, reason, fence, now, "status = 'waiting', attempts = 0, reason = NULL"
+    )
+
+
+async def _drop_pending(
+    conn: psycopg.AsyncConnection,
+    row: Row,
+    identifier: str,
+    reason: str,
+    fence: Fence,
+    now: datetime,
+    row_change: str,
+) -> bool:
+    """Forget the row's pending request ``identifier`` (it did not land), apply ``row_change`` to the
+    row, and record the request as refused with ``reason``; nothing changes unless the fence holds."""
+    return await _changed(
+        conn,
+        f"""
+        WITH dropped AS (
+            UPDATE stripe_pushes SET {row_change}, pending_request = NULL, pending_since = NULL,
+                   pending_attempt = 0, version = version + 1, updated_at = %(now)s
+            WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
+            RETURNING 1
+        ), logged AS (
+            UPDATE stripe_push_requests SET status = 'refused', reason = %(reason)s, updated_at = %(now)s
+            WHERE identifier = %(identifier)s AND EXISTS (SELECT 1 FROM dropped)
+            RETURNING 1
+        )
+        SELECT count(*) FROM dropped
+        """,
+        _params(row.key, fence, now, reason=reason[:1000], identifier=identifier),
+    )
+
+
+async def park(
+    conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence, now: datetime, status: str = "parked"
+) -> bool:
+    """Park the row (or mark it ``unmapped``) as read; a pending request stays recorded: whether it
+    landed is unknown, so it is sent again unchanged (under a new key) once unparked."""
+    return await _changed(
+        conn,
+        f"UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, version = version + 1,"
+        f" updated_at = %(now)s WHERE {KEY} AND version = %(version)s AND {FENCE}",
+        _params(row.key, fence, now, status=status, reason=reason[:1000], version=row.version),
+    )
+
+
+async def mark_synced(conn: psycopg.AsyncConnection, row: Row, fence: Fence, now: datetime) -> bool:
+    """Stripe holds the hour's target and nothing is pending: done until the next change."""
+    return await _changed(
+        conn,
+        f"UPDATE stripe_pushes SET status = 'synced', attempts = 0, reason = NULL, updated_at = %(now)s"
+        f" WHERE {KEY} AND version = %(version)s AND pending_request IS NULL AND {FENCE}",
+        _params(row.key, fence, now, version=row.version),
+    )
+
+
+# --- leases ------------------------------------------------------------------------------------------
+
+
+async def claim(conn: psycopg.AsyncConnection, app_id: str, partition: int, owner: str, now: datetime) -> int:
+    """Take a usage.deltas partition over: its epoch grows, so the previous holder's changes stop."""
+    cur = await conn.execute(
+        "INSERT INTO stripe_writer_leases (app_id, partition, owner, epoch, claimed_at)"
+        " VALUES (%s, %s, %s, 1, %s) ON CONFLICT (app_id, partition) DO UPDATE"
+        " SET owner = EXCLUDED.owner, epoch = stripe_writer_leases.epoch + 1,"
+        " claimed_at = EXCLUDED.claimed_at"
+        " RETURNING epoch",
+        (app_id, partition, owner, now),
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def unassigned_rows(conn: psycopg.AsyncConnection, limit: int) -> list[dict[str, Any]]:
+    """Rows written before partitions and periods were recorded (see migration 0010)."""
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT tenant_id, metric, customer_ref, bucket FROM stripe_pushes"
+        " WHERE app_id IS NULL OR delta_partition IS NULL OR period_start IS NULL LIMIT %s",
+        (limit,),
+    )
+    return await cur.fetchall()
+
+
+async def assign_rows(
+    conn: psycopg.AsyncConnection, app_id: str, rows: list[tuple[Key, int, datetime]]
+) -> None:
+    """Set app, partition and period of rows found by ``unassigned_rows``. Their status stays: an hour
+    delivered before whole units were carried keeps what it holds until its stream changes again."""
+    if not rows:
+        return
+    await conn.execute(
+        "UPDATE stripe_pushes p SET app_id = %s, delta_partition = k.partition,"
+        " period_start = k.period_start,"
+        " version = p.version + 1"
+        " FROM unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::integer[],"
+        " %s::timestamptz[])"
+        " AS k(tenant_id, metric, customer_ref, bucket, partition, period_start)"
+        " WHERE p.tenant_id = k.tenant_id AND p.metric = k.metric AND p.customer_ref = k.customer_ref"
+        " AND p.bucket = k.bucket",
+        (
+            app_id, [k[0] for k, _, _ in rows], [k[1] for k, _, _ in rows], [k[2] for k, _, _ in rows],
+            [k[3] for k, _, _ in rows], [p for _, p, _ in rows], [s for _, _, s in rows],
+        ),
+    )  # fmt: skip
+
+
+# --- operators, the API, Stripe's error reports -----------------------------------------------------------
+
+
+async def list_pushes(conn: psycopg.AsyncConnection, tenant: str, status: str | None) -> list[dict[str, Any]]:
+    query = (
+        "SELECT tenant_id, metric, customer_ref, bucket, latest_micros, pushed_units, status, reason,"
+        " attempts, updated_at, pending_request ->> 'identifier' AS pending_identifier"
+        " FROM stripe_pushes WHERE tenant_id = %s"
+    )
+    params: list[Any] = [tenant]
+    if status:
+        query += " AND status = %s"
+        params.append(status)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query + " ORDER BY bucket DESC, metric, customer_ref LIMIT 1000", params)
+    return await cur.fetchall()
+
+
+async def parked_count(conn: psycopg.AsyncConnection) -> int:
+    cur = await conn.execute("SELECT count(*) FROM stripe_pushes WHERE status = 'parked'")
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def retry_parked(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    now: datetime,
+    metric: str | None = None,
+    customer: str | None = None,
+) -> int:
+    """A changed mapping may fix what parked a counter (an unknown customer or meter): try again. A
+    request still recorded as pending (it may have landed) is sent again unchanged, under a new
+    idempotency key; a refused one was forgotten when it was refused."""
+    cur = await conn.execute(
+        "UPDATE stripe_pushes"
+        " SET status = CASE WHEN pending_request IS NULL THEN 'waiting' ELSE 'pending' END,"
+        " attempts = 0, reason = NULL, version = version + 1, updated_at = %s,"
+        " pending_attempt = pending_attempt + CASE WHEN pending_request IS NULL THEN 0 ELSE 1 END"
+        " WHERE tenant_id = %s AND status IN ('parked', 'unmapped')"
+        " AND (%s::text IS NULL OR metric = %s) AND (%s::text IS NULL OR customer_ref = %s)",
+        (now, tenant, metric, metric, customer, customer),
+    )
+    return cur.rowcount
+
+
+async def repartition_periods(
+    conn: psycopg.AsyncConnection, tenant: str, customer: str, starts: dict[datetime, datetime]
+) -> None:
+    """A customer's billing anchor changed: its hours belong to other periods now (``starts``: bucket
+    -> new period start), so their targets are computed again."""
+    if not starts:
+        return
+    await conn.execute(
+        "UPDATE stripe_pushes p SET period_start = k.period_start, version = p.version + 1,"
+        " status = CASE WHEN p.status = 'synced' THEN 'waiting' ELSE p.status END"
+        " FROM unnest(%s::timestamptz[], %s::timestamptz[]) AS k(bucket, period_start)"
+        " WHERE p.tenant_id = %s AND p.customer_ref = %s AND p.bucket = k.bucket"
+        " AND p.period_start IS DISTINCT FROM k.period_start",
+        (list(starts), list(starts.values()), tenant, customer),
+    )
+
+
+async def buckets_of(conn: psycopg.AsyncConnection, tenant: str, customer: str) -> list[datetime]:
+    cur = await conn.execute(
+        "SELECT DISTINCT bucket FROM stripe_pushes WHERE tenant_id = %s AND customer_ref = %s",
+        (tenant, customer),
+    )
+    return [r[0] for r in await cur.fetchall()]
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """A request Stripe accepted and then dropped (an error report names it)."""
+
+    key: Key
+    value: int
+    was_delivered: bool
+    mapping_fixed: bool = False  # the mapping changed since: due again, not parked
+
+
+async def drop_request(
+    conn: psycopg.AsyncConnection, identifier: str, reason: str, now: datetime
+) -> Dropped | None:
+    """Stripe reported (asynchronously) that the request never counted: the hour holds that much less
+    than recorded, and the counter is parked with Stripe's reason until its cause is fixed - unless
+    the mapping changed since the request was sent (the report came after the fix): then the counter is
+    simply due again. Idempotent: a report delivered twice changes nothing the second time."""
+    async with conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        # the counter's row first, then the request's: the order every other change takes them in
+        await cur.execute(
+            "SELECT 1 FROM stripe_pushes p JOIN stripe_push_requests r"
+            " USING (tenant_id, metric, customer_ref, bucket) WHERE r.identifier = %s FOR UPDATE OF p",
+            (identifier,),
+        )
+        await cur.execute(
+            "SELECT tenant_id, metric, customer_ref, bucket, request, status FROM stripe_push_requests"
+            " WHERE identifier = %s FOR UPDATE",
+            (identifier,),
+        )
+        found = await cur.fetchone()
+        if found is None or found["status"] in ("dropped", "refused"):
+            return None
+        key: Key = (found["tenant_id"], found["metric"], found["customer_ref"], found["bucket"])
+        request = found["request"]
+        value, delivered = int(request.get("value", 0)), found["status"] == "delivered"
+        fixed = await _mapping_changed_since(cur, key, request)
+        params = _params(
+            key, None, now, reason=reason[:1000], identifier=identifier, value=value,
+            status="waiting" if fixed else "parked",
+        )  # fmt: skip
+        if delivered:
+            # sum and count hold what was delivered; a last hour holds what the request replaced
+            await cur.execute(
+                f"""UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, version = version + 1,
+                       updated_at = %(now)s,
+                       pushed_units = CASE WHEN m.aggregation = 'last' THEN coalesce((
+                           SELECT (r.request ->> 'toUnits')::bigint FROM stripe_push_requests r
+                           WHERE r.tenant_id = %(tenant)s AND r.metric = %(metric)s
+                             AND r.customer_ref = %(customer)s AND r.bucket = %(bucket)s
+                             AND r.status = 'delivered' AND r.identifier <> %(identifier)s
+                           ORDER BY r.created_at DESC LIMIT 1), 0)
+                         ELSE pushed_units - %(value)s END
+                    FROM (SELECT coalesce((SELECT aggregation FROM metric_mappings
+                                           WHERE tenant_id = %(tenant)s AND metric = %(metric)s),
+                                          'sum') AS aggregation) m
+                    WHERE {KEY}""",
+                params,
+            )
+        else:  # still pending here (its answer was lost): it did not land
+            await cur.execute(
+                f"UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, pending_request = NULL,"
+                f" pending_since = NULL, pending_attempt = 0, version = version + 1, updated_at = %(now)s"
+                f" WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s",
+                params,
+            )
+        await cur.execute(
+            "UPDATE stripe_push_requests SET status = 'dropped', reason = %(reason)s, updated_at = %(now)s"
+            " WHERE identifier = %(identifier)s",
+            params,
+        )
+    return Dropped(key, value, delivered, fixed)
+
+
+async def _mapping_changed_since(cur: psycopg.AsyncCursor[Any], key: Key, request: dict[str, Any]) -> bool:
+    """Whether the counter's mappings now name another meter event name or Stripe customer than the
+    request was sent with."""
+    await cur.execute(
+        "SELECT (SELECT stripe_meter_event_name FROM metric_mappings WHERE tenant_id = %s AND metric = %s),"
+        " (SELECT stripe_customer_id FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s)",
+        (key[0], key[1], key[0], key[2]),
+    )
+    row = await cur.fetchone()
+    if row is None:
+        return False
+    current = list(row.values()) if isinstance(row, dict) else list(row)
+    event_name, customer = current
+    if event_name is None or customer is None:
+        return False  # no mapping now: nothing was fixed
+    sent_to = (request.get("payload") or {}).values()
+    return event_name != request.get("event_name") or customer not in sent_to

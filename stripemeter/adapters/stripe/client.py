@@ -1,0 +1,93 @@
+"""Sending one recorded meter event request with the official `stripe` package, and what came back.
+
+Outcomes and what the writer does with them:
+- ``delivered``: 2xx, or Stripe's "an event already exists with identifier ..." (it landed before);
+- ``refused``: a 4xx about the request itself (unknown customer, inactive meter, too old): it did
+  not land; the counter is parked with Stripe's message;
+- ``idempotency_conflict``: 400 ``idempotency_error``, the key was first used with other parameters:
+  the counter is parked, never retried blindly;
+- ``server_error``: 5xx: may or may not have landed; retried unchanged under a new idempotency key
+  (Stripe replays a 500 to the same key), the identifier stops a double count;
+- ``unreachable``: no answer (a connection error or timeout; it may have been processed): retried
+  with the same key, which Stripe answers from its record if it was;
+- ``rate_limited``: 429: retried with the same key once the shared budget allows;
+- ``transient``: anything else (409 concurrent use of the key, authentication): retried later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import stripe
+
+from stripemeter.core.push_plan import Request, idempotency_key
+from stripemeter.domain import metrics
+
+Outcome = Literal[
+    "delivered", "refused", "idempotency_conflict", "server_error", "unreachable", "rate_limited", "transient"
+]
+
+
+@dataclass(frozen=True)
+class SendResult:
+    outcome: Outcome
+    reason: str = ""
+    code: str | None = None  # Stripe's error code, when it gave one
+    retry_after: float | None = None
+
+
+def make_client(
+    api_key: str, api_base: str, http_client: stripe.AIOHTTPClient | None = None
+) -> stripe.StripeClient:
+    """A client for Stripe, or the emulator at ``api_base``; we retry ourselves (max_network_retries=0).
+
+    Pass ``http_client`` to be able to close its connections (``await http_client.close_async()``).
+    """
+    base = api_base.rstrip("/")
+    return stripe.StripeClient(
+        api_key,
+        base_addresses={"api": base, "meter_events": base} if api_base else None,
+        max_network_retries=0,
+        http_client=http_client or stripe.AIOHTTPClient(),
+    )
+
+
+def _already_exists(error: stripe.InvalidRequestError) -> bool:
+    """Stripe's answer to an identifier it has: the event landed before (it names no error code)."""
+    return "already exists" in (error.user_message or str(error))
+
+
+def classify(error: stripe.StripeError) -> SendResult:
+    message = (error.user_message or str(error) or type(error).__name__)[:500]
+    code = getattr(error, "code", None)
+    status = error.http_status or 0
+    if isinstance(error, stripe.RateLimitError):
+        retry = (error.headers or {}).get("Retry-After")
+        return SendResult("rate_limited", message, code, float(retry) if retry else None)
+    if isinstance(error, stripe.IdempotencyError):
+        if status == 409:  # another request with this key is still running
+            return SendResult("transient", message, code)
+        return SendResult("idempotency_conflict", message, code or "idempotency_error")
+    if isinstance(error, stripe.APIConnectionError):
+        return SendResult("unreachable", f"{type(error).__name__}: {message}", code)
+    if isinstance(error, stripe.InvalidRequestError) and 400 <= status < 500:
+        if _already_exists(error):
+            return SendResult("delivered", message, code)
+        return SendResult("refused", message, code)
+    if status >= 500:
+        return SendResult("server_error", f"{type(error).__name__} {status}: {message}", code)
+    return SendResult("transient", f"{type(error).__name__}: {message}", code)
+
+
+async def send(client: stripe.StripeClient, request: Request, attempt: int = 0) -> SendResult:
+    """One call with the recorded request, under the attempt's idempotency key."""
+    try:
+        await client.v1.billing.meter_events.create_async(
+            request.params(),
+            {"idempotency_key": idempotency_key(request, attempt)},
+        )
+    except stripe.StripeError as error:
+        metrics.STRIPE_ERRORS.labels(type(error).__name__).inc()
+        return classify(error)
+    return SendResult("delivered")

@@ -1,0 +1,491 @@
+"""Metering: one keyed message -> dedupe, lateness, counters, and an outcome for every event.
+
+Decisions per event, exact under redelivery (see the README's "Exactly once"):
+- dedupe entry ``tenant + idempotencyKey`` exists
+  - written by this very event from this very keyed message: a redelivery of the message after a
+    crash: counted again (the counter's applied offset keeps it from adding twice);
+  - written by this very event (same source in usage.events) from another keyed message: intake
+    re-sent it after a crash: already handled, skipped without a trace;
+  - written by another input: a duplicate;
+- no entry, and ``ts`` older than the stream's watermark minus the metric's lateness: too late;
+- otherwise: counted. Its dedupe entry, the watermark and the counter are written.
+
+Only counted events enter the dedupe table, so a counted duplicate always sees its original.
+
+An idempotency key is one event per (tenant, customer): the contract's tenant-wide scope would need
+every event's key checked across partitions, and a customer's events all live in one. The entry is
+``tenant + key``; when it belongs to another customer (same partition), this customer's own entry
+``tenant + key + customer`` decides, and the reuse is counted (stripemeter_idempotency_keys_reused).
+Both entries are read for every event (in the message's one multi-get): the first customer's entry
+can expire before the second one's, and the second customer's retry must still find its own.
+Reuse across partitions is not seen here: the ledger (GET /v1/events) flags it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from stripemeter.core.counting import (
+    SEP,
+    SEP_BYTES,
+    CounterValue,
+    Partial,
+    apply,
+    bucket_key,
+    counter_key,
+    stream_key,
+)
+from stripemeter.domain.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.domain.timefmt import iso_ms
+from stripemeter.domain.units import MICROS, format_micros, micros_to_number
+from stripemeter.schemas.corrections import Correction, decode_control, is_control
+from stripemeter.schemas.dead_letters import dead_letter
+from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.schemas.records import decode_batch, decode_keyed
+
+log = logging.getLogger(__name__)
+
+COUNTED, DUPLICATE, LATE, REJECTED = "counted", "duplicate", "late", "rejected"
+KEY_REUSED = "key_reused"  # not an outcome: an idempotency key seen for a second customer
+NEVER = 2**63  # an event time later than any real one
+NEVER_BEFORE = -(2**63)
+CORRECTION = "correction"  # an outcome of control messages, not of events
+
+
+class KV(Protocol):
+    """What the meter needs of a table (``state.ChangelogState``, ``memory_state.MemoryState``)."""
+
+    def get(self, partition: int, key: bytes) -> bytes | None: ...
+
+    def get_many(self, partition: int, keys: list[bytes]) -> list[bytes | None]: ...
+
+    def put(self, partition: int, key: bytes, value: bytes | None) -> None: ...
+
+    def savepoint(self) -> None: ...
+
+    def release(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+
+# What a message's own content can make the meter's code raise: the message is set aside (dead letters
+# with processing_failed) and the partition moves on. Anything else (RocksDB failing, say) is an
+# infrastructure fault and stops the worker, which resumes without loss once it is back.
+POISON = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, RecursionError, AttributeError)
+
+
+@dataclass
+class Outcomes:
+    """Everything the processed messages produced, until a checkpoint takes it."""
+
+    ledger: list[list[Any]] = field(default_factory=list)  # [outcome, *keyed item]
+    late: list[bytes] = field(default_factory=list)  # usage.late records
+    touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
+    counts: Counter[str] = field(default_factory=Counter)
+    dead: list[bytes] = field(default_factory=list)  # dead letters: events the meter cannot count
+
+    def mark(self) -> tuple[int, int, int, int, Counter[str]]:
+        return len(self.ledger), len(self.late), len(self.touched), len(self.dead), self.counts.copy()
+
+    def undo(self, mark: tuple[int, int, int, int, Counter[str]]) -> None:
+        """Forget what was added since ``mark`` (touched keys are kept in insertion order)."""
+        ledger, late, touched, dead, counts = mark
+        del self.ledger[ledger:], self.late[late:], self.dead[dead:]
+        for key in list(self.touched)[touched:]:
+            del self.touched[key]
+        self.counts = counts
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
+
+
+def event_record(event: UsageEvent) -> dict[str, Any]:
+    """The event as received, normalised (the contract's fields)."""
+    record: dict[str, Any] = {
+        "tenantId": event.tenant_id,
+        "metric": event.metric,
+        "customerRef": event.customer_ref,
+        "quantity": micros_to_number(event.quantity_micros),
+        "ts": iso_ms(event.ts_ms),
+        "idempotencyKey": event.idempotency_key,
+    }
+    if event.resource_id is not None:
+        record["resourceId"] = event.resource_id
+    if event.meta is not None:
+        record["meta"] = event.meta
+    return record
+
+
+def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes:
+    """The event as received (normalised) plus the watermark and lateness it failed against."""
+    return orjson.dumps(
+        {**event_record(event), "watermark": iso_ms(watermark_ms), "lateness": lateness_ms // 1000}
+    )
+
+
+def item_dead_letter(error: InvalidEvent, item: list[Any], events_topic: str) -> bytes:
+    """A dead letter for one event of a keyed message, under its place in usage.events."""
+    error.index = item[11]
+    error.raw_item = event_record(decode_keyed(item)[0])
+    return dead_letter(error, events_topic, item[9], item[10], None)
+
+
+class Metering:
+    def __init__(
+        self, dedupe: KV, counters: KV, watermarks: KV, policies: Policies, events_topic: str = "usage.events"
+    ):
+        self.events_topic = events_topic
+        self.dedupe = dedupe
+        self.counters = counters
+        self.watermarks = watermarks
+        self.policies = policies
+        self.outcomes = Outcomes()
+        # per partition, since last asked: dedupe entries written, and the earliest ts + lateness of them
+        self._written: dict[int, tuple[int, int]] = {}
+
+    def take_written(self, partition: int) -> tuple[int, int]:
+        """Dedupe entries written in ``partition`` since the last call, and the earliest event time plus
+        lateness among them (``NEVER`` if none): they pace the sweep and tell it when the first of them
+        could expire (see ``expiry_horizon``)."""
+        return self._written.pop(partition, (0, NEVER))
+
+    def _note_written(self, partition: int, count: int, earliest_due_ms: int) -> None:
+        before = self._written.get(partition)
+        if before is not None:
+            count, earliest_due_ms = before[0] + count, min(before[1], earliest_due_ms)
+        self._written[partition] = (count, earliest_due_ms)
+
+    def take_outcomes(self) -> Outcomes:
+        taken, self.outcomes = self.outcomes, Outcomes()
+        return taken
+
+    def handle(self, partition: int, offset: int, raw: bytes, now_ms: int, topic: str = "keyed") -> bool:
+        """One keyed message, events or corrections, under one savepoint. When its handling raises (see
+        ``POISON``) nothing it staged is kept; then its events are tried one at a time (``_isolate``):
+        only those that raise are dead-lettered (each under its place in usage.events, with
+        ``processing_failed`` and what failed), the others are counted, exactly once, and the partition
+        moves on. A control message, or one that cannot be read as events, is dead-lettered whole.
+        False if anything of the message was set aside."""
+        mark = self.outcomes.mark()
+        written = dict(self._written)
+        self._savepoint()
+        items: list[list[Any]] | None = None
+        try:
+            if is_control(raw):
+                self.process_control(partition, offset, decode_control(raw), now_ms)
+            else:
+                items = decode_batch(raw)
+                self.process(partition, offset, items)
+        except POISON as exc:
+            self._rollback(mark, written)
+            log.exception("keyed message %s[%d]@%d could not be handled", topic, partition, offset)
+            if not items:
+                self._dead_letter_message(partition, offset, raw, _reason(exc), topic)
+            else:
+                self._isolate(partition, offset, raw, items, topic, _reason(exc))
+            return False
+        self._release()
+        return True
+
+    def _savepoint(self) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.savepoint()
+
+    def _release(self) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.release()
+
+    def _rollback(
+        self, mark: tuple[int, int, int, int, Counter[str]], written: dict[int, tuple[int, int]]
+    ) -> None:
+        for table in (self.dedupe, self.counters, self.watermarks):
+            table.rollback()
+        self.outcomes.undo(mark)
+        self._written = written
+
+    def _isolate(
+        self, partition: int, offset: int, raw: bytes, items: list[list[Any]], topic: str, why: str
+    ) -> None:
+        """The events of a keyed message whose handling raised, each tried alone under its own savepoint
+        (always rolled back); those that raise are dead-lettered with what failed, the rest are then
+        counted together, as one message at ``offset``. Together, not one by one: a counter takes one
+        update per keyed message (its applied offset guards redelivery), so events counted one by one
+        at the same offset would count only the first. If the rest still raise together (no event
+        alone does), the whole message is dead-lettered, as before."""
+        failed: dict[int, str] = {}
+        for index, item in enumerate(items):
+            mark, written = self.outcomes.mark(), dict(self._written)
+            self._savepoint()
+            try:
+                self.process(partition, offset, [item])
+            except POISON as exc:
+                failed[index] = _reason(exc)
+                log.warning(
+                    "keyed message %s[%d]@%d: event %d could not be handled: %s",
+                    topic, partition, offset, index, failed[index],
+                )  # fmt: skip
+            finally:
+                self._rollback(mark, written)
+        rest = [item for index, item in enumerate(items) if index not in failed]
+        if failed and rest:
+            mark, written = self.outcomes.mark(), dict(self._written)
+            self._savepoint()
+            try:
+                self.process(partition, offset, rest)
+            except POISON as exc:
+                self._rollback(mark, written)
+                failed, why = {}, _reason(exc)
+            else:
+                self._release()
+        if not failed:
+            self._dead_letter_message(partition, offset, raw, why, topic)
+            return
+        for index, reason in failed.items():
+            self._dead_letter_event(
+                partition, offset, items, index, f"the meter could not handle this event: {reason}", topic
+            )
+        self.outcomes.counts[REJECTED] += len(failed)
+
+    def _dead_letter_event(
+        self, partition: int, offset: int, items: list[list[Any]], index: int, message: str, topic: str
+    ) -> None:
+        """One event of a keyed message under its place in usage.events; a malformed one as it was
+        written, under the keyed message."""
+        error = InvalidEvent("processing_failed", message[:1000])
+        try:
+            self.outcomes.dead.append(item_dead_letter(error, items[index], self.events_topic))
+        except POISON:
+            error.index, error.raw_item = index, items[index]
+            self.outcomes.dead.append(dead_letter(error, topic, partition, offset, None))
+
+    def _dead_letter_message(self, partition: int, offset: int, raw: bytes, why: str, topic: str) -> None:
+        """Each event of the message under its place in usage.events; a message that cannot even be
+        read as events (or a control message), as itself."""
+        message = f"the meter could not handle this event's message: {why}"
+        try:
+            items = [] if is_control(raw) else decode_batch(raw)
+        except POISON:
+            items = []
+        before = len(self.outcomes.dead)
+        for index in range(len(items)):
+            self._dead_letter_event(partition, offset, items, index, message, topic)
+        if not items:
+            error = InvalidEvent("processing_failed", message[:1000])
+            self.outcomes.dead.append(dead_letter(error, topic, partition, offset, raw))
+        self.outcomes.counts[REJECTED] += len(self.outcomes.dead) - before
+
+    def process(self, partition: int, offset: int, items: list[list[Any]]) -> None:
+        """Decide, count and record every event of the keyed message at ``offset``.
+
+        The hot loop works on the raw keyed items (see ``records.encode_keyed``), not on objects.
+        """
+        out = self.outcomes
+        ledger = out.ledger
+        dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
+        # one multi-get for the message's dedupe keys, read before any is written: each event's
+        # ``tenant|key`` and its customer's own ``tenant|key|customer`` (see the module's docstring);
+        # a key twice in one message must see what its first occurrence wrote, so such a message
+        # reads key by key
+        dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
+        own_keys = [dkey + SEP_BYTES + item[2].encode() for item, dkey in zip(items, dkeys, strict=True)]
+        repeated = len(set(dkeys)) < len(dkeys)
+        if repeated:
+            known: list[bytes | None] = [None] * len(dkeys)
+            known_own: list[bytes | None] = known
+        else:
+            both = self.dedupe.get_many(partition, dkeys + own_keys)
+            known, known_own = both[: len(dkeys)], both[len(dkeys) :]
+        policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
+        partials: dict[bytes, Partial] = {}
+        stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
+        watermarks: dict[bytes, int | None] = {}
+        advanced: set[bytes] = set()
+        counted = duplicates = 0
+        earliest_due = NEVER
+        for item, dkey, own_key, seen_raw, own_raw in zip(
+            items, dkeys, own_keys, known, known_own, strict=True
+        ):
+            tenant, metric, customer, micros, ts_ms = item[:5]
+            skey = stream_key(tenant, metric, customer).encode()
+            policy = policies.get((tenant, metric))
+            if policy is None:
+                policy = policies[tenant, metric] = self.policies.get(tenant, metric)
+            watermark = self._watermark(partition, skey, watermarks)
+            ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
+            if repeated:
+                seen_raw = dedupe_get(partition, dkey)
+                own_raw = dedupe_get(partition, own_key)
+            # [src partition, src offset, src index, keyed offset, ts, metric, customer]
+            seen = orjson.loads(seen_raw) if seen_raw is not None else None
+            if (seen is not None and seen[6] != customer) or (seen is None and own_raw is not None):
+                # the key was first used by another customer (whose entry may have expired since):
+                # keys are one event per (tenant, customer, key), so this customer's own entry
+                # decides (see the module's docstring)
+                dkey = own_key
+                seen = orjson.loads(own_raw) if own_raw is not None else None
+                out.counts[KEY_REUSED] += 1
+            if seen is not None:
+                if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
+                    ledger.append([DUPLICATE, *item])
+                    duplicates += 1
+                    continue
+                if seen[3] != offset:
+                    continue  # intake re-sent an input already handled: no trace
+                # else: this very message again after a crash: re-applied (counters skip it by offset)
+            else:
+                if policy.too_late(ts_ms, watermark):
+                    # the watermark it failed against (the horizon's, if that is later)
+                    against = max(
+                        watermark if watermark is not None else NEVER_BEFORE,
+                        policy.horizon_ms + policy.lateness_ms,
+                    )
+                    out.late.append(late_record(decode_keyed(item)[0], against, policy.lateness_ms))
+                    ledger.append([LATE, *item])
+                    out.counts[LATE] += 1
+                    continue
+                if policy.aggregation != "last" and self._would_overflow(
+                    partition, ckey, partials, stored, MICROS if policy.aggregation == "count" else micros
+                ):
+                    error = InvalidEvent(
+                        "counter_overflow",
+                        f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
+                        field="quantity",
+                    )
+                    out.dead.append(item_dead_letter(error, item, self.events_topic))
+                    out.counts[REJECTED] += 1
+                    continue
+                dedupe_put(
+                    partition,
+                    dkey,
+                    orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
+                )
+                if ts_ms + policy.lateness_ms < earliest_due:
+                    earliest_due = ts_ms + policy.lateness_ms
+            ledger.append([COUNTED, *item])
+            counted += 1
+            if watermark is None or watermark < ts_ms:
+                watermarks[skey] = ts_ms
+                advanced.add(skey)
+            partial = partials.get(ckey)
+            if partial is None:
+                partial = partials[ckey] = Partial(policy.aggregation)
+            partial.add(micros, ts_ms)
+        out.counts[COUNTED] += counted
+        out.counts[DUPLICATE] += duplicates
+        self._note_written(partition, counted, earliest_due)
+        counters_put = self.counters.put
+        touched = out.touched
+        for ckey, partial in partials.items():
+            value = stored[ckey] if ckey in stored else self._counter(partition, ckey)
+            new = apply(value, partial, offset)
+            if new is not None:
+                counters_put(partition, ckey, orjson.dumps(new))
+            touched[ckey] = partition  # published again even when already applied
+        for skey in advanced:
+            self.watermarks.put(partition, skey, str(watermarks[skey]).encode())
+
+    def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
+        raw = self.counters.get(partition, ckey)
+        return orjson.loads(raw) if raw is not None else None
+
+    def _would_overflow(
+        self,
+        partition: int,
+        ckey: bytes,
+        partials: dict[bytes, Partial],
+        stored: dict[bytes, CounterValue | None],
+        add: int,
+    ) -> bool:
+        """Whether counting the event takes its counter beyond what 64-bit micro-units hold (then the
+        event is rejected before anything is staged for it, so the ledger matches the counters). The
+        counter is read once per message, as it is read for the update anyway."""
+        if ckey not in stored:
+            stored[ckey] = self._counter(partition, ckey)
+        value, partial = stored[ckey], partials.get(ckey)
+        base = value[0] if value is not None else 0
+        pending = partial.micros if partial is not None else 0
+        return abs(base + pending + add) > MAX_MICROS
+
+    def process_control(
+        self, partition: int, offset: int, corrections: list[Correction], now_ms: int
+    ) -> None:
+        """Apply the corrections of the control message at ``offset``, each at most once."""
+        partials: dict[bytes, Partial] = {}
+        for c in corrections:
+            dkey = f"{c.tenant_id}{SEP}~correction:{c.id}".encode()
+            seen_raw = self.dedupe.get(partition, dkey)
+            ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
+            partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
+            if seen_raw is not None and orjson.loads(seen_raw)[3] != offset:
+                # applied from an earlier message (sent twice): adds nothing, but the counter still
+                # records this message as applied, so whoever sent it sees it in the counters
+                continue
+            if seen_raw is None:
+                # kept like an event of now: until the stream's watermark passes now + lateness + margin
+                self.dedupe.put(
+                    partition, dkey, orjson.dumps([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
+                )
+                lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
+                self._note_written(partition, 1, now_ms + lateness_ms)
+            partial.add(c.micros, c.ts_ms)
+            self.outcomes.counts[CORRECTION] += 1
+        for ckey, partial in partials.items():
+            raw = self.counters.get(partition, ckey)
+            new = apply(orjson.loads(raw) if raw is not None else None, partial, offset)
+            if new is not None:
+                self.counters.put(partition, ckey, orjson.dumps(new))
+            self.outcomes.touched[ckey] = partition
+
+    def expire_dedupe(
+        self,
+        partition: int,
+        entries: Iterable[tuple[bytes, bytes]],
+        margin_ms: int,
+        now_ms: int | None = None,
+    ) -> tuple[int, int]:
+        """Drop dedupe entries no duplicate can need any more; returns how many, and the earliest event
+        time plus lateness among the entries kept (``NEVER`` if none).
+
+        An entry can go once its event time is older than its stream's watermark minus the metric's
+        lateness minus ``margin_ms``: a duplicate of it would be too late, so never counted anyway.
+        ``entries`` may be a live RocksDB iterator: deletes are only staged here. With ``now_ms``,
+        entries too recent to expire under any watermark of their stream (no event is accepted more
+        than an hour ahead of the clock; two allowed here) are passed over without looking one up.
+        """
+        expired = 0
+        earliest_due = NEVER
+        watermarks: dict[bytes, int | None] = {}
+        horizons: dict[tuple[bytes, str], tuple[int, int]] = {}  # (tenant, metric) -> lateness, horizon
+        for key, raw in entries:
+            seen = orjson.loads(raw)
+            ts_ms, metric = seen[4], seen[5]
+            tenant_raw = key.split(SEP_BYTES, 1)[0]
+            known = horizons.get((tenant_raw, metric))
+            if known is None:
+                lateness = self.policies.get(tenant_raw.decode(), metric).lateness_ms
+                horizon = expiry_horizon(now_ms, lateness, margin_ms) if now_ms is not None else NEVER
+                known = horizons[tenant_raw, metric] = (lateness, horizon)
+            lateness, horizon = known
+            if ts_ms < horizon:
+                skey = stream_key(tenant_raw.decode(), metric, seen[6]).encode()
+                watermark = self._watermark(partition, skey, watermarks)
+                if watermark is not None and ts_ms < watermark - lateness - margin_ms:
+                    self.dedupe.put(partition, key, None)
+                    expired += 1
+                    continue
+            if ts_ms + lateness < earliest_due:
+                earliest_due = ts_ms + lateness
+        return expired, earliest_due
+
+    def _watermark(self, partition: int, skey: bytes, cache: dict[bytes, int | None]) -> int | None:
+        if skey not in cache:
+            stored = self.watermarks.get(partition, skey)
+            cache[skey] = int(stored) if stored is not None else None
+        return cache[skey]

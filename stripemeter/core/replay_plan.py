@@ -1,0 +1,124 @@
+"""What a replay changes (pure): too-late events grouped into one correction per counter.
+
+A correction's id is derived from the counter and the exact events it counts. An apply records each
+correction with the keys of the events it covers before sending it (see db/replay.py), so the events a
+correction covers never change: a retried apply re-sends the corrections an earlier one recorded but did
+not see sent (``Recorded``: same ids, so the meter applies each once) and plans new corrections only
+for events no correction claims yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from stripemeter.domain.units import MICROS
+from stripemeter.schemas.corrections import Correction
+
+Source = tuple[str, int, int, int]  # usage.events topic, partition, offset, index
+CounterId = tuple[str, str, datetime]  # metric, customer, bucket
+
+
+@dataclass
+class CounterChange:
+    metric: str
+    customer_ref: str
+    bucket: datetime
+    before_micros: int
+    after_micros: int
+    events: int
+    resent: int = 0  # of ``events``: covered by corrections an earlier apply recorded and did not see sent
+
+    @property
+    def delta_micros(self) -> int:
+        return self.after_micros - self.before_micros
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """A correction an earlier apply recorded (its events claimed) but did not see acknowledged."""
+
+    correction: Correction
+    events: int
+
+
+@dataclass
+class Plan:
+    changes: list[CounterChange]
+    corrections: list[Correction]  # to send: the recorded ones again, then the new ones
+    new: list[tuple[Correction, list[str]]] = field(default_factory=list)  # and the keys each counts
+
+    @property
+    def keys(self) -> list[str]:
+        """Idempotency keys of the events the new corrections count."""
+        return [key for _c, keys in self.new for key in keys]
+
+
+def bucket_of(ts: datetime) -> datetime:
+    return ts.replace(minute=0, second=0, microsecond=0)
+
+
+def correction_id(tenant: str, counter: CounterId, sources: list[Source]) -> str:
+    text = "\x1f".join([tenant, counter[0], counter[1], counter[2].isoformat(), *map(str, sorted(sources))])
+    return "rp_" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def make_plan(
+    tenant: str,
+    rows: list[dict[str, Any]],
+    aggregations: dict[str, str],
+    before: dict[CounterId, int],
+    recorded: list[tuple[CounterId, Recorded]] | None = None,
+) -> Plan:
+    """``rows``: pending too-late events no correction claims; ``before``: current counter totals in
+    micro-units; ``recorded``: corrections of earlier applies still to be confirmed sent, by counter."""
+    grouped: dict[CounterId, list[dict[str, Any]]] = {}
+    for row in rows:
+        grouped.setdefault((row["metric"], row["customer_ref"], bucket_of(row["ts"])), []).append(row)
+    again: dict[CounterId, list[Recorded]] = {}
+    for counter, r in recorded or []:
+        again.setdefault(counter, []).append(r)
+    changes: list[CounterChange] = []
+    resend: list[Correction] = []
+    new: list[tuple[Correction, list[str]]] = []
+    for counter in sorted(grouped.keys() | again.keys()):
+        metric, customer, bucket = counter
+        current = before.get(counter, 0)
+        corrections = [r.correction for r in again.get(counter, [])]
+        resend.extend(corrections)
+        resent = sum(r.events for r in again.get(counter, []))
+        events = grouped.get(counter, [])
+        if events:
+            correction = new_correction(tenant, counter, events, aggregations.get(metric, "sum"))
+            corrections.append(correction)
+            new.append((correction, [r["idempotency_key"] for r in events]))
+        lasts = [c for c in corrections if c.kind == "last"]
+        if lasts:  # the newest wins when newer than what the counter holds; a later event would win instead
+            after = max(lasts, key=lambda c: c.ts_ms).micros
+        else:
+            after = current + sum(c.micros for c in corrections)
+        changes.append(CounterChange(metric, customer, bucket, current, after, resent + len(events), resent))
+    return Plan(changes, resend + [c for c, _keys in new], new)
+
+
+def new_correction(
+    tenant: str, counter: CounterId, events: list[dict[str, Any]], aggregation: str
+) -> Correction:
+    """One correction counting ``events`` (too-late events of one counter) into it."""
+    metric, customer, bucket = counter
+    sources: list[Source] = [
+        (r["source_topic"], r["source_partition"], r["source_offset"], r["source_index"]) for r in events
+    ]
+    bucket_ms = int(bucket.timestamp() * 1000)
+    ident = correction_id(tenant, counter, sources)
+    if aggregation == "last":
+        newest = max(events, key=lambda r: r["ts"])
+        micros, ts_ms = int(newest["quantity_micros"]), int(newest["ts"].timestamp() * 1000)
+        return Correction(ident, tenant, metric, customer, bucket_ms, "last", micros, ts_ms)
+    if aggregation == "count":
+        micros = len(events) * MICROS
+    else:
+        micros = sum(int(r["quantity_micros"]) for r in events)
+    return Correction(ident, tenant, metric, customer, bucket_ms, "add", micros, bucket_ms)

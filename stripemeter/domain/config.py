@@ -1,0 +1,203 @@
+"""Settings: the environment is read here, once, into one frozen object.
+
+Everything below takes plain arguments; nothing else reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from stripemeter.domain.clock import Clock
+from stripemeter.domain.errors import Invalid
+
+
+class ConfigError(Invalid, ValueError):
+    """A setting is missing or malformed: ``field`` names the variable, ``detail`` says what is wrong;
+    the message is ``"{field} {detail}"``."""
+
+    def __init__(self, field: str, detail: str, message: str | None = None) -> None:
+        super().__init__(field, detail, message=f"{field} {detail}" if message is None else message)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that never shows itself in repr, logs or tracebacks."""
+
+    value: str = field(repr=False)
+
+    def __repr__(self) -> str:
+        return "Secret('**********')" if self.value else "Secret('')"
+
+    def __str__(self) -> str:
+        return repr(self)
+
+    def __bool__(self) -> bool:
+        return bool(self.value)
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    database_url: Secret = Secret("postgresql://stripemeter:stripemeter@127.0.0.1:5433/stripemeter")
+    stripe_api_key: Secret = Secret("")
+    stripe_api_base: str = ""
+    stripe_webhook_secret: Secret = Secret("")  # signs Stripe's event deliveries to POST /v1/stripe/webhook
+    topic_prefix: str = ""
+    app_id: str = "stripemeter"
+    partitions: int = 4
+    api_host: str = "127.0.0.1"
+    api_port: int = 3000
+    worker_web_port: int = 6066
+    worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in containers, for probes and Prometheus
+    group_instance_id: str = ""  # static group membership (e.g. the pod name); empty: dynamic
+    emulator_port: int = 12111  # the local stack's Stripe emulator, when no Stripe is configured
+    state_dir: Path = Path(".stack")
+    cache_dir: Path = Path("~/.cache/stripemeter")
+    kafka_version: str = "4.3.1"
+    kafka_heap: str = "512m"
+    store: str = "rocksdb://"
+    rocksdb_memory_mb: int = 192  # block cache + memtables of all the worker's tables together
+    lateness_seconds: int = 48 * 3600
+    stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
+    log_level: str = "INFO"
+    reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
+    reconcile_epsilon: float = 0.005
+    reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
+    auth_enabled: bool = True  # API keys on /v1; off only for purely local use
+    rate_limit_per_second: float = 50.0  # per tenant, on /v1
+    auth_failures_per_minute: float = 30.0  # failed API-key attempts per client, at once or per minute
+    api_proxy_hops: int = 0  # reverse proxies in front of the API that append to X-Forwarded-For
+    ready_max_lag_seconds: float = 300.0  # API readiness says degraded when a group lags more
+    replay_max_window_seconds: int = 35 * 24 * 3600  # Stripe takes meter events up to 35 days old
+    # Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
+    # invoice.created webhooks fail: until then a closed period's usage can still change the invoice
+    invoice_grace_seconds: int = 72 * 3600
+    apply_wait_seconds: float = 30.0  # a replay apply or an adjustment waits this long to show
+    clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
+
+    @property
+    def clock(self) -> Clock:
+        return Clock(self.clock_offset_seconds)
+
+    @property
+    def worker_data_dir(self) -> Path:
+        return self.state_dir / "worker" / self.app_id
+
+    def with_overrides(self, **changes: Any) -> Settings:
+        """``dataclasses.replace``: it refuses a name that is not a field (each value is the caller's)."""
+        return replace(self, **changes)
+
+
+# environment variable -> Settings field
+ENV_VARS: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "DATABASE_URL": "database_url",
+    "STRIPE_API_KEY": "stripe_api_key",
+    "STRIPE_API_BASE": "stripe_api_base",
+    "STRIPE_WEBHOOK_SECRET": "stripe_webhook_secret",
+    "STRIPEMETER_TOPIC_PREFIX": "topic_prefix",
+    "STRIPEMETER_APP_ID": "app_id",
+    "STRIPEMETER_PARTITIONS": "partitions",
+    "STRIPEMETER_API_HOST": "api_host",
+    "STRIPEMETER_API_PORT": "api_port",
+    "STRIPEMETER_WORKER_WEB_PORT": "worker_web_port",
+    "STRIPEMETER_WORKER_WEB_HOST": "worker_web_host",
+    "STRIPEMETER_EMULATOR_PORT": "emulator_port",
+    "STRIPEMETER_GROUP_INSTANCE_ID": "group_instance_id",
+    "STRIPEMETER_STATE_DIR": "state_dir",
+    "STRIPEMETER_CACHE_DIR": "cache_dir",
+    "STRIPEMETER_KAFKA_VERSION": "kafka_version",
+    "STRIPEMETER_KAFKA_HEAP": "kafka_heap",
+    "STRIPEMETER_STORE": "store",
+    "STRIPEMETER_ROCKSDB_MEMORY_MB": "rocksdb_memory_mb",
+    "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
+    "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
+    "STRIPEMETER_LOG_LEVEL": "log_level",
+    "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
+    "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
+    "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
+    "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
+    "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
+    "STRIPEMETER_AUTH": "auth_enabled",
+    "STRIPEMETER_RATE_LIMIT_PER_SECOND": "rate_limit_per_second",
+    "STRIPEMETER_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
+    "STRIPEMETER_API_PROXY_HOPS": "api_proxy_hops",
+    "STRIPEMETER_INVOICE_GRACE_SECONDS": "invoice_grace_seconds",
+    "STRIPEMETER_APPLY_WAIT_SECONDS": "apply_wait_seconds",
+    "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
+}
+
+
+def _convert(env_name: str, raw: str, default: object) -> object:
+    try:
+        if isinstance(default, Secret):
+            return Secret(raw)
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+    except ValueError as exc:
+        kind = type(default).__name__
+        raise ConfigError(
+            env_name, f"{raw!r} is not a valid {kind}", f"{env_name}={raw!r} is not a valid {kind}"
+        ) from exc
+    return raw
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Build Settings from the environment and validate them (fail fast, naming the variable)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    # field name -> value of that field's type (_convert gives each its default's type): a relation
+    # between key and value no dict type states, hence Any; replace() refuses names that are not fields
+    values: dict[str, Any] = {}
+    for env_name, attr in ENV_VARS.items():
+        if env_name in env and env[env_name] != "":
+            values[attr] = _convert(env_name, env[env_name], getattr(defaults, attr))
+    settings = replace(defaults, **values)
+    settings = replace(
+        settings,
+        state_dir=settings.state_dir.expanduser().resolve(),
+        cache_dir=settings.cache_dir.expanduser().resolve(),
+    )
+    _validate(settings)
+    return settings
+
+
+def _validate(settings: Settings) -> None:
+    if settings.partitions < 1:
+        raise ConfigError("STRIPEMETER_PARTITIONS", "must be at least 1")
+    if not settings.kafka_bootstrap_servers:
+        raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "must not be empty")
+    if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
+        raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
+    if settings.lateness_seconds < 0:
+        raise ConfigError("STRIPEMETER_LATENESS_SECONDS", "must not be negative")
+    if not 0 <= settings.reconcile_epsilon < 1:
+        raise ConfigError("STRIPEMETER_RECONCILE_EPSILON", "must be in [0, 1)")
+    if settings.stripe_calls_per_second <= 0:
+        raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND", "must be positive")
+    if settings.auth_failures_per_minute <= 0:
+        raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE", "must be positive")
+    if settings.api_proxy_hops < 0:
+        raise ConfigError("STRIPEMETER_API_PROXY_HOPS", "must not be negative")
+    for f in fields(settings):
+        if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
+            raise ConfigError(f.name, "must be a TCP port")
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for env_name, attr in ENV_VARS.items():
+        value = getattr(settings, attr)
+        env[env_name] = value.value if isinstance(value, Secret) else str(value)
+    return env

@@ -1,0 +1,132 @@
+"""Wiring reconciliation to the outside: a Reconciler from Settings, drift records to Kafka, and the
+scheduled runs: every worker runs the schedule, one pass per interval happens across all of them (a
+PostgreSQL advisory lock and the last pass's start in ``reconciliation_schedule``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from datetime import datetime, timedelta
+
+import psycopg
+from aiokafka import AIOKafkaProducer
+
+from stripemeter.adapters.postgres import reconciliation as db
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.client import make_client
+from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.domain import periods
+from stripemeter.domain.config import Settings
+from stripemeter.services.reconciler import Publish, Reconciler, ReconcileSettings, RunRequest
+
+log = logging.getLogger(__name__)
+
+SCHEDULE_LOCK = "stripemeter-reconcile-schedule"
+RECHECK_SECONDS = 5.0  # how often a worker looks again while another one's pass is overdue
+
+
+def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:
+    async def publish(records: list[bytes]) -> None:
+        sent = [await producer.send(topic, record) for record in records]
+        await asyncio.gather(*sent)
+
+    return publish
+
+
+def stripe_configured(settings: Settings) -> bool:
+    return bool(settings.stripe_api_key or settings.stripe_api_base)
+
+
+def build_reconciler(
+    settings: Settings, publish: Publish, budget: StripeBudget | None = None, concurrency: int = 8
+) -> Reconciler:
+    """``budget``: the process's Stripe budget, shared with its writer (a new one if None)."""
+    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    budget = budget or StripeBudget(settings.stripe_calls_per_second)
+    reader = StripeReader(client, budget, concurrency)
+    return Reconciler(
+        reader,
+        publish,
+        ReconcileSettings(
+            epsilon=settings.reconcile_epsilon,
+            settle_seconds=settings.reconcile_settle_seconds,
+            invoice_grace_seconds=settings.invoice_grace_seconds,
+        ),
+        settings.clock,
+    )
+
+
+async def open_periods(
+    conn: psycopg.AsyncConnection, tenant: str, now: datetime, grace_seconds: float
+) -> list[str]:
+    """The tenant's periods whose invoices can still change: the calendar month's and each billing
+    anchor's current period, and the previous ones shortly after they closed."""
+    cur = await conn.execute(
+        "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
+    )
+    anchors = [row[0] for row in await cur.fetchall()]
+    return periods.open_names(now, anchors, timedelta(seconds=grace_seconds))
+
+
+async def run_schedule(settings: Settings, reconciler: Reconciler, stopping: asyncio.Event) -> None:
+    """Every worker runs this; across all of them one pass reconciles every tenant once per
+    ``reconcile_interval_seconds`` (see ``scheduled_pass``)."""
+    interval = settings.reconcile_interval_seconds
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        while not stopping.is_set():
+            wait = await scheduled_pass(conn, reconciler, interval, worker)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), wait)
+
+
+async def scheduled_pass(
+    conn: psycopg.AsyncConnection, reconciler: Reconciler, interval: float, worker: str
+) -> float:
+    """One turn of a worker's schedule: the pass, when this worker holds the schedule's lock (passes
+    never overlap) and no worker started one within the interval (the last start is in PostgreSQL, on
+    the application's clock). Returns the seconds to wait until the next pass is due."""
+    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+    row = await cur.fetchone()
+    if row and row[0]:
+        try:
+            now = reconciler.clock.utc()
+            if await db.claim_scheduled_pass(conn, now, interval, worker):
+                try:
+                    await run_all(conn, reconciler, now)
+                except Exception:
+                    log.exception("scheduled reconciliation failed; next try in %.0f s", interval)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+    last = await db.last_scheduled_pass(conn)
+    if last is None:
+        return interval
+    due = last.timestamp() + interval - reconciler.clock()
+    if due <= 0:  # overdue, yet another worker holds the lock (a pass longer than the interval)
+        return min(interval, RECHECK_SECONDS)
+    return min(interval, max(due, 0.05))
+
+
+async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler, now: datetime | None = None) -> None:
+    now = now or reconciler.clock.utc()
+    started = time.perf_counter()
+    tenants = await db.tenants(conn, now - timedelta(days=70))
+    for tenant in tenants:
+        await reconcile_tenant(conn, reconciler, tenant, now)
+    log.info(
+        "scheduled reconciliation of %d tenants done in %.1f s", len(tenants), time.perf_counter() - started
+    )
+
+
+async def reconcile_tenant(
+    conn: psycopg.AsyncConnection, reconciler: Reconciler, tenant: str, now: datetime
+) -> list[str]:
+    """A scheduled run of one tenant: every period whose invoice can still change. Returns them."""
+    wanted = await open_periods(conn, tenant, now, reconciler.settings.invoice_grace_seconds)
+    for period in wanted:
+        await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+    return wanted

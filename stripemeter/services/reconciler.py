@@ -1,0 +1,516 @@
+"""One reconciliation cycle for a tenant (and optionally one metric) over one billing period.
+
+1. Load the period's hours from PostgreSQL: local totals, what the writer delivered, late events,
+   recent corrections; and the mappings.
+2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
+   the customer's hours and judge each (see ``compare``).
+3. Within epsilon (or when the operator asks to align everything): send the aligning meter events,
+   each recorded as an audited adjustment before the call, so a crash or an unclear answer (5xx,
+   timeout) resends the same identifier; such an hour stays in flight until Stripe answers.
+4. Store the run and its items, publish every item beyond parity to ``reconciliation.drift``, and set
+   the ``reconciliation_diff_*`` gauges.
+Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process starts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+import orjson
+import psycopg
+import stripe
+
+from stripemeter.adapters.postgres import reconciliation as db
+from stripemeter.adapters.postgres.mappings import stripe_mappings
+from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, Meter, Request, targets
+from stripemeter.core.reconcile_compare import Hour, Item, Verdict, judge, judge_totals, relative
+from stripemeter.domain import metrics, periods
+from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
+
+log = logging.getLogger(__name__)
+
+CorrectionStatus = Literal["applied", "failed", "pending"]
+Align = Literal["within_epsilon", "all"]  # which drift a run corrects: within epsilon only, or all
+# What a send's outcome means for a correction: delivered; refused (it did not land); anything else
+# (5xx, timeout, no connection after retries, 409): it may have landed, so it stays pending, its hour in
+# flight, and is sent again under the same identifier (Stripe answers "already exists" if it landed).
+CORRECTION_STATUS: dict[str, CorrectionStatus] = {
+    "delivered": "applied",
+    "refused": "failed",
+    "idempotency_conflict": "failed",
+}
+
+HOUR_S = 3600
+# Stripe takes meter events up to 35 days old; an hour older than this cannot be corrected by an event
+CORRECTABLE_SECONDS = 35 * 24 * HOUR_S - HOUR_S
+Publish = Callable[[list[bytes]], Awaitable[None]]
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    tenant_id: str
+    metric: str | None = None
+    period: str | None = None  # YYYY-MM; None: the current period
+    align: Align = "within_epsilon"
+    trigger: str = "api"
+    # scheduled runs skip items whose invoice is likely final (their period closed more than the
+    # invoice grace ago): they cannot change any more, and checking them again costs Stripe calls
+    only_open: bool = False
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    epsilon: float = 0.005
+    settle_seconds: float = 300.0  # Stripe's summaries are eventually consistent
+    invoice_grace_seconds: float = 72 * 3600.0  # how long a closed period's invoice can still change
+
+
+class Reconciler:
+    def __init__(
+        self, reader: StripeReader, publish: Publish, settings: ReconcileSettings, clock: Clock = SYSTEM
+    ):
+        self.clock = clock
+        self.reader = reader
+        self.publish = publish
+        self.settings = settings
+
+    async def run(
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        now: float | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """One cycle; ``progress(done, total)`` is told as items are checked against Stripe."""
+        now = self.clock() if now is None else now
+        period_name = request.period or periods.current_name(datetime.fromtimestamp(now, tz=UTC))
+        lock = f"stripemeter-reconcile:{request.tenant_id}"
+        await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
+        try:
+            return await self._run_locked(conn, request, period_name, now, progress)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+
+    async def _run_locked(
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        period_name: str,
+        now: float,
+        progress: Progress | None,
+    ) -> dict[str, Any]:
+        started = time.perf_counter()
+        calls_before = self.reader.calls
+        run_id = "rec_" + uuid.uuid4().hex[:20]
+        await db.start_run(
+            conn,
+            run_id,
+            request.tenant_id,
+            request.metric,
+            period_name,
+            request.trigger,
+            self.settings.epsilon,
+        )
+        try:
+            metric_map, customer_map = await stripe_mappings(conn, request.tenant_id)
+            await self._resend_pending(conn, request.tenant_id)
+            items, ranges = await self._load(conn, request, period_name, now, metric_map, customer_map)
+            meters = await self.reader.meters_by_event_name() if metric_map else {}
+            done = 0
+
+            async def check(item: Item) -> Verdict:
+                nonlocal done
+                verdict = await self._check(item, ranges[_key(item)], metric_map, customer_map, meters, now)
+                done += 1
+                if progress is not None:
+                    progress(done, len(items))
+                return verdict
+
+            verdicts = await asyncio.gather(*(check(item) for item in items))
+            checked_at = datetime.fromtimestamp(now, tz=UTC)
+            rows, drift_records, report_items, adjusted = [], [], [], []
+            counts: Counter[str] = Counter()
+            for n, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
+                if n % 500 == 499:
+                    await asyncio.sleep(0)  # inside a worker: let the meter run between chunks
+                period = ranges[_key(item)]
+                action, sent = await self._act(
+                    conn, run_id, request, item, verdict, meters, metric_map, customer_map, period, now
+                )
+                adjusted.extend(sent)
+                counts[verdict.status] += 1
+                counts["adjusted"] += bool(sent)
+                wire = item_wire(item, verdict, action, period, checked_at)
+                report_items.append(wire)
+                rows.append(
+                    (
+                        run_id, item.tenant_id, item.metric, item.customer_ref, period_name, period.start,
+                        period.end, verdict.local, verdict.stripe, verdict.diff_abs, verdict.diff_pct,
+                        verdict.status, action, verdict.in_flight, verdict.causes, wire["hours"], checked_at,
+                    )
+                )  # fmt: skip
+                set_gauges((item.tenant_id, item.metric, item.customer_ref, period_name), verdict)
+                metrics.RECONCILIATION_ITEMS.labels(verdict.status).inc()
+                if verdict.status != "parity":
+                    drift_records.append(drift_record(item, wire, period_name, action, checked_at))
+            counts["stripe_calls"] = self.reader.calls - calls_before
+            await db.finish_run(conn, run_id, rows, counts)
+            if drift_records:
+                await self.publish(drift_records)
+        except Exception as exc:
+            await db.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
+            metrics.RECONCILIATION_RUNS.labels("failed").inc()
+            raise
+        seconds = time.perf_counter() - started
+        metrics.RECONCILIATION_RUNS.labels("finished").inc()
+        metrics.RECONCILIATION_SECONDS.observe(seconds)
+        log.info(
+            "reconciliation %s: tenant %s metric %s period %s: %d items, %d parity, %d within epsilon,"
+            " %d drift, %d adjusted, %d Stripe calls, %.2f s",
+            run_id, request.tenant_id, request.metric or "*", period_name, len(report_items),
+            counts["parity"], counts["within_epsilon"], counts["drift"], counts["adjusted"],
+            counts["stripe_calls"], seconds,
+        )  # fmt: skip
+        month = periods.period(period_name)
+        return {
+            "runId": run_id,
+            "tenantId": request.tenant_id,
+            "metric": request.metric,
+            "period": month.wire(),
+            "epsilon": self.settings.epsilon,
+            "status": overall_status(report_items),
+            "items": report_items,
+            "totals": totals(report_items),
+            "adjusted": adjusted,
+            "flagged": [
+                {
+                    "metric": i["metric"],
+                    "customerRef": i["customerRef"],
+                    "causes": [c["code"] for c in i["causes"]],
+                }
+                for i in report_items
+                if i["status"] == "drift"
+            ],
+            "stripeCalls": counts["stripe_calls"],
+            "durationSeconds": round(seconds, 3),
+        }
+
+    async def _load(
+        self,
+        conn: psycopg.AsyncConnection,
+        request: RunRequest,
+        period_name: str,
+        now: float,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+    ) -> tuple[list[Item], dict[tuple[str, str], periods.Period]]:
+        tenant = request.tenant_id
+        month = periods.period(period_name)
+        # anchored cycles start inside the month and end inside the next one
+        start, end = month.start, month.end + timedelta(days=31)
+        hour_rows = await db.hours(conn, tenant, request.metric, start, end)
+        late_rows = await db.late_events(conn, tenant, request.metric, start, end)
+        # an hour with an unanswered correction is in flight until Stripe answers it (it may have landed)
+        corrected = {
+            (r["metric"], r["customer_ref"], int(r["bucket"].timestamp())): (
+                math.inf if r["pending"] else float(r["at"])
+            )
+            for r in await db.recent_corrections(conn, tenant, request.metric, start, end)
+        }
+        wanted = (
+            [request.metric] if request.metric else sorted(set(metric_map) | {r["metric"] for r in hour_rows})
+        )
+        keys = {(r["metric"], r["customer_ref"]) for r in hour_rows if r["metric"] in wanted}
+        keys |= {(m, c) for m in wanted if m in metric_map for c in customer_map}
+        items: dict[tuple[str, str], Item] = {}
+        ranges: dict[tuple[str, str], periods.Period] = {}
+        for metric, customer in sorted(keys):
+            anchor = customer_map[customer][1] if customer in customer_map else None
+            period = periods.period(period_name, anchor)
+            if period.start.timestamp() > now:
+                continue  # this customer's cycle of that name has not begun
+            if request.only_open and period.end.timestamp() < now - self.settings.invoice_grace_seconds:
+                continue
+            missing = []
+            if metric not in metric_map:
+                missing.append("metric mapping")
+            if customer not in customer_map:
+                missing.append("customer mapping")
+            aggregation = metric_map[metric][1] if metric in metric_map else "sum"
+            items[(metric, customer)] = Item(tenant, metric, customer, aggregation, missing=missing)
+            ranges[(metric, customer)] = period
+        raw: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for r in hour_rows:
+            key = (r["metric"], r["customer_ref"])
+            if key in items and ranges[key].holds(r["bucket"]):
+                raw.setdefault(key, []).append(r)
+        for key, rows in raw.items():
+            rows.sort(key=lambda r: r["bucket"])
+            micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
+            # what Stripe should hold per hour: whole units, fractions carried (as the writer pushes)
+            for r, exact, target in zip(rows, micros, targets(items[key].aggregation, micros), strict=True):
+                bucket = int(r["bucket"].timestamp())
+                changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
+                pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
+                items[key].hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+        for r in late_rows:
+            key = (r["metric"], r["customer_ref"])
+            if key in items and ranges[key].holds(r["bucket"]):
+                items[key].late_count += int(r["n"])
+                items[key].late_micros += int(r["micros"] or 0)
+        for (metric, customer, bucket), at in corrected.items():
+            item = items.get((metric, customer))
+            if item is not None and bucket not in item.hours:  # a correction into an hour we never counted
+                item.hours[bucket] = Hour(0, None, None, None, at)
+        return list(items.values()), ranges
+
+    async def _check(
+        self,
+        item: Item,
+        period: periods.Period,
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+        meters: dict[str, Meter],
+        now: float,
+    ) -> Verdict:
+        settle, epsilon = self.settings.settle_seconds, self.settings.epsilon
+        if item.missing:
+            return judge(item, {}, now, settle, epsilon)
+        event_name = metric_map[item.metric][0]
+        meter = meters.get(event_name)
+        if meter is None or not meter.active:
+            item.missing.append(f"active Stripe meter for event name {event_name!r}")
+            return judge(item, {}, now, settle, epsilon)
+        meter_id = meter.id
+        customer = customer_map[item.customer_ref][0]
+        start, end = int(period.start.timestamp()), int(period.end.timestamp())
+        try:
+            verdict = judge_totals(item, await self.reader.period_total(meter_id, customer, start, end))
+            if verdict is not None:
+                return verdict
+            # hour summaries take hour-aligned bounds: the hours whose start lies in the period
+            first, after = int(period.first_hour.timestamp()), int(period.hours_end.timestamp())
+            stripe_hours = await self.reader.hourly(meter_id, customer, first, after)
+        except stripe.InvalidRequestError as exc:
+            # e.g. the mapped Stripe customer does not exist: a mapping problem, not a failed run
+            item.missing.append(f"valid Stripe customer ({exc.user_message or exc})")
+            stripe_hours = {}
+        return judge(item, stripe_hours, now, settle, epsilon)
+
+    async def _act(
+        self,
+        conn: psycopg.AsyncConnection,
+        run_id: str,
+        request: RunRequest,
+        item: Item,
+        verdict: Verdict,
+        meters: dict[str, Meter],
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+        period: periods.Period,
+        now: float,
+    ) -> tuple[str, list[dict[str, Any]]]:
+        """Send the corrections the policy allows; returns the item's action and what was sent."""
+        if verdict.status == "parity":
+            return ("wait" if verdict.in_flight else "none"), []
+        allowed = verdict.status == "within_epsilon" or request.align == "all"
+        corrections = [(b, v) for b, v in verdict.corrections if now - b < CORRECTABLE_SECONDS]
+        if not allowed or not corrections or len(corrections) != len(verdict.hours):
+            return "replay", []
+        meter = meters.get(metric_map[item.metric][0])
+        if meter is None:
+            return "replay", []
+        if not await self._unchanged(conn, item, [b for b, _ in corrections], period):
+            return "wait", []  # the writer or new usage moved an hour since it was read: in flight
+        customer = customer_map[item.customer_ref][0]
+        sent: list[dict[str, Any]] = []
+        for bucket, value in corrections:
+            identifier = correction_identifier(item, bucket, run_id)
+            correction = Request(
+                identifier, meter.event_name, {meter.customer_key: customer, meter.value_key: str(value)},
+                bucket, value, value,  # stamped at the hour's start, like the writer's
+            )  # fmt: skip
+            key = (item.tenant_id, item.metric, item.customer_ref)
+            bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
+            await db.record_correction(conn, correction, key, bucket_dt, run_id, self.clock.utc())
+            status, reason = await self._send(conn, correction, 0)
+            if status == "failed":
+                log.warning("Stripe refused correction %s for %s/%s/%s: %s", identifier, *key, reason)
+                return "replay", sent
+            if status == "pending":
+                log.warning(
+                    "correction %s for %s/%s/%s not answered (%s): it may have landed; sent again under its"
+                    " identifier by the next run", identifier, *key, reason,
+                )  # fmt: skip
+                return "wait", sent
+            log.info(
+                "adjusted %s/%s/%s @%s by %+d in Stripe (%s)",
+                *key,
+                iso_hour(bucket * 1000),
+                value,
+                identifier,
+            )
+            sent.append(
+                {
+                    "adjustmentId": identifier,
+                    "metric": item.metric,
+                    "customerRef": item.customer_ref,
+                    "bucket": iso_hour(bucket * 1000),
+                    "value": value,
+                }
+            )
+        return "adjusted", sent
+
+    async def _unchanged(
+        self, conn: psycopg.AsyncConnection, item: Item, buckets: list[int], period: periods.Period
+    ) -> bool:
+        """Whether the hours to correct still read as they did before Stripe was read: a correction is
+        never built on a local snapshot older than its Stripe reads."""
+        rows = await db.hours(conn, item.tenant_id, item.metric, period.start, period.end, item.customer_ref)
+        now_seen = {int(r["bucket"].timestamp()): r for r in rows}
+        for bucket in buckets:
+            before, after = item.hours.get(bucket), now_seen.get(bucket)
+            if before is None and after is None:
+                continue
+            if before is None or after is None:
+                return False
+            pushed = int(after["pushed_units"]) if after["pushed_units"] is not None else None
+            exact = int(after["local_micros"]) if after["local_micros"] is not None else 0
+            if (exact, pushed, after["status"]) != (before.exact_micros, before.pushed, before.writer_status):
+                return False
+        return True
+
+    async def _send(
+        self, conn: psycopg.AsyncConnection, request: Request, attempt: int
+    ) -> tuple[CorrectionStatus, str]:
+        """Send a recorded correction and store what the answer means (see ``CORRECTION_STATUS``);
+        returns its status and Stripe's reason. A 5xx moves the next resend to a new idempotency key."""
+        result = await self.reader.send(request, attempt)
+        status = CORRECTION_STATUS.get(result.outcome, "pending")
+        await db.finish_correction(
+            conn, request.identifier, status, result.reason or None, self.clock.utc(),
+            new_key=result.outcome == "server_error",
+        )  # fmt: skip
+        if status == "applied":
+            metrics.RECONCILIATION_ADJUSTMENTS.inc()
+        return status, result.reason
+
+    async def _resend_pending(self, conn: psycopg.AsyncConnection, tenant: str) -> None:
+        """Corrections recorded but not answered clearly (a crash mid-call, a 5xx, a timeout): the
+        recorded request again, under its identifier, while Stripe keeps identifiers; after that never
+        (it could count twice): marked unknown, and the hour is judged by Stripe's settled summaries."""
+        now = self.clock()
+        for row in await db.pending_corrections(conn, tenant):
+            request = Request.from_wire(row["request"]) if row["request"] else None
+            if request is None:
+                await db.finish_correction(
+                    conn, row["adjustment_id"], "unknown", "recorded without its request (before an upgrade)",
+                    self.clock.utc(),
+                )  # fmt: skip
+            elif now - row["created_at"].timestamp() > IDENTIFIER_WINDOW_S:
+                log.warning(
+                    "correction %s unanswered for longer than Stripe keeps identifiers: not sent again",
+                    row["adjustment_id"],
+                )
+                await db.finish_correction(
+                    conn, row["adjustment_id"], "unknown", f"no clear answer from Stripe within 24 h (last:"
+                    f" {row['error'] or 'none'}); not sent again: Stripe's summaries show whether it landed",
+                    self.clock.utc(),
+                )  # fmt: skip
+            else:
+                await self._send(conn, request, int(row["send_attempt"]))
+
+
+def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:
+    """A series per item not at parity; an item back at parity loses its series."""
+    for gauge, value in (
+        (metrics.RECONCILIATION_DIFF_PCT, verdict.diff_pct),
+        (metrics.RECONCILIATION_DIFF_ABS, verdict.diff_abs),
+    ):
+        if verdict.status != "parity":
+            gauge.labels(*labels).set(value)
+        else:
+            with contextlib.suppress(KeyError):
+                gauge.remove(*labels)
+
+
+def _key(item: Item) -> tuple[str, str]:
+    return (item.metric, item.customer_ref)
+
+
+def correction_identifier(item: Item, bucket: int, run_id: str) -> str:
+    counter = "\x1f".join([item.tenant_id, item.metric, item.customer_ref, str(bucket)])
+    return f"smrec_{hashlib.sha256(counter.encode()).hexdigest()[:24]}_{run_id}"
+
+
+def item_wire(
+    item: Item, verdict: Verdict, action: str, period: periods.Period, checked_at: datetime
+) -> dict[str, Any]:
+    return {
+        "metric": item.metric,
+        "customerRef": item.customer_ref,
+        "periodStart": iso_seconds(period.start),
+        "periodEnd": iso_seconds(period.end),
+        "local": verdict.local,
+        "stripe": verdict.stripe,
+        "diffAbs": verdict.diff_abs,
+        "diffPct": round(verdict.diff_pct, 6),
+        "status": verdict.status,
+        "action": action,
+        "inFlight": verdict.in_flight,
+        "causes": verdict.causes,
+        "hours": [{**h, "bucket": iso_hour(h["bucket"] * 1000)} for h in verdict.hours],
+        "checkedAt": iso_exact(checked_at),
+    }
+
+
+def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> bytes:
+    """The contract's reconciliation.drift record, plus the causes and the differing hours."""
+    return orjson.dumps(
+        {
+            "tenantId": item.tenant_id,
+            "metric": item.metric,
+            "customerRef": item.customer_ref,
+            "period": period_name,
+            "local": wire["local"],
+            "stripe": wire["stripe"],
+            "diffAbs": wire["diffAbs"],
+            "diffPct": wire["diffPct"],
+            "status": wire["status"],
+            "action": action,
+            "at": iso_exact(at),
+            "causes": wire["causes"],
+            "hours": wire["hours"],
+        }
+    )
+
+
+def overall_status(items: list[dict[str, Any]]) -> str:
+    statuses = {i["status"] for i in items}
+    return "drift" if "drift" in statuses else "within_epsilon" if "within_epsilon" in statuses else "parity"
+
+
+def totals(items: list[dict[str, Any]]) -> dict[str, Any]:
+    local = sum(i["local"] for i in items)
+    stripe_total = sum(i["stripe"] for i in items)
+    diff = sum(i["diffAbs"] for i in items)
+    return {
+        "local": local,
+        "stripe": stripe_total,
+        "diffAbs": diff,
+        "diffPct": round(relative(diff, local, stripe_total), 6),
+    }

@@ -1,0 +1,433 @@
+"""The Stripe writer: usage.deltas -> what each counter hour holds -> meter events, exactly once.
+
+**One owner per counter.** A counter's deltas are keyed by its stream, so they arrive in one partition
+of usage.deltas, and the writers of a deployment share those partitions as a consumer group. A writer
+pushes only the counters of the partitions it holds; on each assignment it claims the partition's
+lease, whose epoch grows, and every change it makes to a push row is a compare-and-set naming that
+epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
+moved on, changes nothing and reads again.
+
+**Per counter hour, in this order (crash-safe):**
+1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
+2. the hour's target in whole units is computed (plan.targets: fractions carry within the period);
+   the request that reaches it is recorded as pending, exactly, before Stripe is called;
+3. Stripe is called with that request; success, or "an event already exists with identifier", records
+   the target as delivered. A crash, timeout, 429 or 5xx leaves the request pending and it is sent
+   again unchanged (a new idempotency key after a 5xx, since Stripe replays a 500 to the same key).
+   A refusal parks the counter with Stripe's message; an ``idempotency_error`` parks it too.
+4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
+   summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
+   what was delivered without it: a new request is planned; anything else: parked for an operator).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import stripe
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from stripemeter.adapters.kafka.batching import commit_handled
+from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.adapters.postgres import pushes
+from stripemeter.adapters.postgres.pushes import Fence, Latest, Stream
+from stripemeter.adapters.postgres.reconciliation import delivered_corrections, uncertain_corrections
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.calls import StripeCalls
+from stripemeter.adapters.stripe.client import SendResult, send
+from stripemeter.adapters.stripe.meters import MeterCatalog
+from stripemeter.core.push_plan import (
+    IDENTIFIER_WINDOW_S,
+    SUMMARY_LAG_S,
+    Meter,
+    Request,
+    Row,
+    did_it_land,
+    meter_problem,
+    new_request,
+    not_begun,
+    targets,
+    too_old,
+)
+from stripemeter.domain import metrics, periods
+from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.schemas.deltas import decode_delta
+from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+
+log = logging.getLogger(__name__)
+
+# PostgreSQL gave up on a statement because of a concurrent one: nothing changed, so try again later
+CONTENDED = (
+    psycopg.errors.DeadlockDetected,
+    psycopg.errors.SerializationFailure,
+    psycopg.errors.LockNotAvailable,
+)
+
+
+class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its classes are Any
+    """The usage.deltas partitions this writer holds, each with the epoch of its lease."""
+
+    def __init__(self, database_url: str, app_id: str, owner: str, clock: Clock):
+        self.database_url = database_url
+        self.app_id = app_id
+        self.owner = owner
+        self.clock = clock
+        self.epochs: dict[int, int] = {}
+        self.unclaimed: set[int] = set()  # assigned, lease not claimed yet (PostgreSQL failed): retried
+
+    def fence(self, partition: int) -> Fence | None:
+        epoch = self.epochs.get(partition)
+        return None if epoch is None else Fence(self.app_id, epoch)
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        for tp in revoked:
+            self.epochs.pop(tp.partition, None)
+            self.unclaimed.discard(tp.partition)
+        if revoked:
+            log.info(
+                "stripe writer %s gave up partitions %s", self.owner, sorted(tp.partition for tp in revoked)
+            )
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        self.unclaimed |= {tp.partition for tp in assigned}
+        await self.claim()
+
+    async def claim(self) -> None:
+        """Claim the leases of the partitions assigned but not claimed yet. The consumer swallows what a
+        rebalance callback raises, so a failure here is logged and the writer's next round tries again;
+        until then the partition's counters are recorded but not pushed."""
+        if not self.unclaimed:
+            return
+        held = {}
+        try:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                for partition in sorted(self.unclaimed):
+                    epoch = await pushes.claim(conn, self.app_id, partition, self.owner, self.clock.utc())
+                    if partition in self.unclaimed:  # not revoked while claiming
+                        self.unclaimed.discard(partition)
+                        self.epochs[partition] = held[partition] = epoch
+        except psycopg.Error as exc:
+            log.error(
+                "stripe writer %s could not claim partitions %s (%s); trying again next round",
+                self.owner, sorted(self.unclaimed), exc,
+            )  # fmt: skip
+        if held:
+            log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
+
+
+class StripeWriter:
+    def __init__(
+        self,
+        bootstrap: str,
+        deltas_topic: str,
+        group_id: str,
+        app_id: str,
+        database_url: str,
+        client: stripe.StripeClient,
+        budget: StripeBudget,
+        flush_interval: float = 1.0,
+        clock: Clock = SYSTEM,
+    ):
+        self.bootstrap = bootstrap
+        self.deltas_topic = deltas_topic
+        self.group_id = group_id
+        self.app_id = app_id
+        self.database_url = database_url
+        self.client = client
+        self.budget = budget
+        self.calls = StripeCalls(budget)
+        self.meters = MeterCatalog(client, self.calls)
+        self.flush_interval = flush_interval
+        self.clock = clock
+        owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+        self.ownership = Ownership(database_url, app_id, owner, clock)
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            group_id=self.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+        )
+        consumer.subscribe([self.deltas_topic], listener=self.ownership)
+        await consumer.start()
+        conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
+        log.info("stripe writer started: %s -> Stripe Billing Meters", self.deltas_topic)
+        last_flush = 0.0
+        try:
+            await self._assign_old_rows(conn, consumer)
+            while not self._stopping.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
+                if batch:
+                    await self._record(conn, [m for msgs in batch.values() for m in msgs if m.value])
+                    await commit_handled(consumer, batch)
+                if time.monotonic() - last_flush >= self.flush_interval:
+                    last_flush = time.monotonic()
+                    await self.push_due(conn)
+        finally:
+            await conn.close()
+            await consumer.stop()
+
+    async def _record(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
+        deltas = []
+        for m in messages:
+            try:
+                deltas.append((decode_delta(m.value), m.partition))
+            except ValueError as exc:
+                self._unusable(m, exc)
+        anchors = await pushes.anchors(conn, ((d.tenant_id, d.customer_ref) for d, _ in deltas))
+        latest = []
+        for d, partition in deltas:
+            bucket = datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC)
+            try:
+                start = periods.holding(bucket, anchors[d.tenant_id, d.customer_ref]).start
+            except (ValueError, OverflowError) as exc:  # a bucket no billing period can hold
+                log.error(
+                    "stripe writer: skipped the delta of %s/%s/%s @%s: %s",
+                    d.tenant_id, d.metric, d.customer_ref, bucket, exc,
+                )  # fmt: skip
+                metrics.POISON_MESSAGES.labels("writer").inc()
+                continue
+            latest.append(
+                Latest(
+                    d.tenant_id,
+                    d.metric,
+                    d.customer_ref,
+                    bucket,
+                    d.total_micros,
+                    d.seq,
+                    self.app_id,
+                    partition,
+                    start,
+                )
+            )
+        await pushes.record_latest(conn, latest, self.clock.utc())
+
+    @staticmethod
+    def _unusable(message: Any, exc: Exception) -> None:
+        """A delta record the writer cannot read stops nothing: it is logged and counted, and the
+        partition moves on (reconciliation shows the counter if Stripe misses it)."""
+        log.error(
+            "stripe writer: skipped unreadable record %s[%d]@%d (%s): %.200r",
+            message.topic, message.partition, message.offset, exc, message.value,
+        )  # fmt: skip
+        metrics.POISON_MESSAGES.labels("writer").inc()
+
+    async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+        """Rows from before partitions and periods were recorded get them (see migration 0010)."""
+        partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if not partition_count:
+            await consumer.topics()
+            partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        partition_of = Partitioner(max(partition_count, 1))
+        while rows := await pushes.unassigned_rows(conn, 1000):
+            anchors = await pushes.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
+            assigned = [
+                (
+                    (r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
+                    partition_of(delta_routing_key(r["tenant_id"], r["metric"], r["customer_ref"])),
+                    periods.holding(r["bucket"], anchors[r["tenant_id"], r["customer_ref"]]).start,
+                )
+                for r in rows
+            ]
+            await pushes.assign_rows(conn, self.app_id, assigned)
+            log.info("stripe writer: recorded partition and period of %d older push rows", len(assigned))
+
+    # --- pushing -----------------------------------------------------------------------------------
+
+    async def push_due(self, conn: psycopg.AsyncConnection) -> int:
+        """One round over the due streams of the partitions held; returns how many pushes landed."""
+        await self.ownership.claim()
+        delivered = 0
+        for stream in await pushes.due(conn, self.app_id, sorted(self.ownership.epochs), self.clock.utc()):
+            if self._stopping.is_set():
+                break
+            try:
+                delivered += await self._push_stream(conn, stream)
+            except CONTENDED as exc:  # another writer or the webhook held the rows: next round
+                log.info("stripe writer: %s; the stream waits for the next round", type(exc).__name__)
+            except stripe.StripeError as exc:  # a read (meters, summaries) failed after its retries
+                log.warning(
+                    "stripe writer: reading Stripe for %s/%s/%s failed (%s: %s); the stream waits for the"
+                    " next round", *stream.rows[0].key[:3], type(exc).__name__, exc,
+                )  # fmt: skip
+        metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
+        return delivered
+
+    async def _push_stream(self, conn: psycopg.AsyncConnection, stream: Stream) -> int:
+        meter = await self.meters.get(stream.event_name) if stream.event_name else None
+        problem = meter_problem(meter, stream.event_name, stream.aggregation) if stream.event_name else None
+        wanted = targets(stream.aggregation, [row.latest_micros for row in stream.rows])
+        delivered = 0
+        for row, target in zip(stream.rows, wanted, strict=True):
+            fence = self.ownership.fence(row.delta_partition)
+            if fence is None or self._stopping.is_set():
+                return delivered  # the partition went to another writer meanwhile
+            now = self.clock.utc()
+            if row.status == "parked" or row.retry_wait(now.timestamp()):
+                continue
+            if row.pending_raw is not None:
+                delivered += await self._resend(conn, row, target, stream, meter, fence, now)
+            elif target == row.pushed_units:
+                if row.status != "synced":
+                    await pushes.mark_synced(conn, row, fence, now)
+            elif not_begun(row, now.timestamp()):
+                continue  # stays due until its hour begins
+            elif too_old(row, now.timestamp()):
+                await self._park(conn, row, "the hour is older than the 35 days Stripe accepts", fence)
+            elif stream.event_name is None or stream.stripe_customer is None:
+                await pushes.park(conn, row, "no metric or customer mapping yet", fence, now, "unmapped")
+            elif problem is not None or meter is None:
+                await self._park(conn, row, problem[1] if problem else "no Stripe meter", fence)
+            else:
+                request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
+                if await pushes.record_pending(conn, row, request, fence, now):
+                    recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
+                    delivered += await self._send(
+                        conn, recorded, request, 0, target, stream.aggregation, fence
+                    )
+        return delivered
+
+    async def _resend(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        target: int,
+        stream: Stream,
+        meter: Meter | None,
+        fence: Fence,
+        now: datetime,
+    ) -> int:
+        request = row.pending
+        since = row.pending_since or 0.0
+        if request is None and now.timestamp() - row.updated_at < SUMMARY_LAG_S:
+            return 0  # recorded by a writer before 0010, moments ago: Stripe's summary may not show it yet
+        if request is None or now.timestamp() - since > IDENTIFIER_WINDOW_S:
+            await self._settle_old_pending(conn, row, stream, meter, fence)
+            return 0
+        return await self._send(conn, row, request, row.pending_attempt, target, stream.aggregation, fence)
+
+    async def _send(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        attempt: int,
+        target: int,
+        aggregation: str,
+        fence: Fence,
+    ) -> int:
+        await self.budget.acquire()
+        started = time.perf_counter()
+        result = await send(self.client, request, attempt)
+        metrics.STRIPE_PUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.STRIPE_PUSHES.labels(result.outcome).inc()
+        now = self.clock.utc()
+        if result.outcome == "delivered":
+            self.budget.recovered()
+            synced = request.to_units == target
+            added = None if aggregation == "last" else request.value
+            await pushes.mark_delivered(
+                conn, row, request.identifier, request.to_units, synced, row.version, fence, now, added
+            )
+            return 1
+        await self._failed(conn, row, request, result, fence, now)
+        return 0
+
+    async def _failed(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        result: SendResult,
+        fence: Fence,
+        now: datetime,
+    ) -> None:
+        key = "/".join(map(str, row.key[:3])) + f" @{row.key[3]:%Y-%m-%dT%H:%MZ}"
+        if result.outcome == "refused":
+            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
+            await pushes.refuse_pending(
+                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
+            )
+        elif result.outcome == "idempotency_conflict":
+            metrics.STRIPE_IDEMPOTENCY_CONFLICTS.inc()
+            log.error(
+                "idempotency_error for %s of %s: the key was first used with other parameters; parked, not"
+                " retried (%s)", request.identifier, key, result.reason,
+            )  # fmt: skip
+            await pushes.park(conn, row, f"idempotency_error: {result.reason}", fence, now)
+        else:
+            if result.outcome in ("rate_limited", "unreachable"):
+                self.budget.slow_down(result.retry_after)
+            new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
+            await pushes.mark_attempt(conn, row, request.identifier, result.reason, new_key, fence, now)
+
+    async def _park(self, conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence) -> None:
+        log.warning("parked %s/%s/%s @%s: %s", *row.key, reason)
+        await pushes.park(conn, row, reason, fence, self.clock.utc())
+
+    async def _settle_old_pending(
+        self, conn: psycopg.AsyncConnection, row: Row, stream: Stream, meter: Meter | None, fence: Fence
+    ) -> None:
+        """A request pending longer than Stripe keeps identifiers: did it land? Stripe's summary of the
+        hour holds what was delivered to it (pushes and reconciliation's corrections), plus the
+        request if it landed."""
+        raw = row.pending_raw or {}
+        identifier = str(raw.get("identifier"))
+        to_units = int(raw.get("toUnits", row.pushed_units))
+        if meter is None:
+            await self._park(
+                conn, row, f"pending {identifier} is older than 24 h and its meter is unknown", fence
+            )
+            return
+        customer = stream.stripe_customer
+        if customer is None:
+            await self._park(
+                conn, row, f"pending {identifier} is older than 24 h; no customer mapping", fence
+            )
+            return
+        start = int(row.key[3].timestamp())
+        page = await self.calls(
+            self.client.v1.billing.meters.event_summaries.list_async,
+            meter.id,
+            {"customer": customer, "start_time": start, "end_time": start + 3600},
+        )
+        holds = sum(round(float(s.aggregated_value or 0)) for s in page.data)
+        corrections = await delivered_corrections(conn, row.key)
+        last = meter.formula == "last"
+        without = row.pushed_units if last else row.pushed_units + corrections
+        landed = to_units if last else to_units + corrections
+        uncertain = [] if last else await uncertain_corrections(conn, row.key)
+        verdict = did_it_land(holds, without, landed, uncertain)
+        now = self.clock.utc()
+        if verdict == "landed":
+            log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
+            added = None if last else to_units - row.pushed_units
+            await pushes.mark_delivered(
+                conn, row, identifier, to_units, False, row.version, fence, now, added
+            )
+        elif verdict == "not_landed":
+            log.info(
+                "pending %s older than 24 h never landed (Stripe holds %d): planning anew", identifier, holds
+            )
+            await pushes.forget_pending(
+                conn, row, identifier, "not in Stripe's summary after 24 h", fence, now
+            )
+        else:
+            await self._park(
+                conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
+                f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
+            )  # fmt: skip

@@ -1,0 +1,176 @@
+"""Benchmark: one reconciliation of many customers for one period, against the emulator over HTTP.
+
+The state is written straight into PostgreSQL and the emulator (as if the pipeline had run), with a
+little drift in 1 % of the customers so that the hourly path is exercised too. The baseline, in the
+same run, is the bare Stripe calls: one period summary per customer with the same client and
+concurrency, nothing else. Rate limiting is off for both: this measures our cost, not Stripe's limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import stripe
+
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.client import make_client
+from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.domain.config import Settings
+from stripemeter.domain.periods import current_name
+from stripemeter.domain.periods import period as period_of
+from stripemeter.domain.units import MICROS
+from stripemeter.services.reconciler import Reconciler, ReconcileSettings, RunRequest
+from stripemeter.tools.bench import emulator_with_meter
+from stripemeter.tools.local.procs import free_port
+from stripemeter.tools.stripe_emulator import EmulatorState
+
+Say = Callable[[str], None]
+HOUR = 3600
+CONCURRENCY = 16
+
+
+def bench_hours(now: int, count: int) -> list[int]:
+    """``count`` settled hours before now, all in the period of the oldest one."""
+    current = now - now % HOUR
+    hours = [current - k * HOUR for k in range(count, 0, -1)]
+    period = current_name(datetime.fromtimestamp(hours[-1], tz=UTC))
+    return [h for h in hours if current_name(datetime.fromtimestamp(h, tz=UTC)) == period]
+
+
+async def copy_rows(conn: psycopg.AsyncConnection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    async with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            await copy.write_row(row)
+
+
+def units_of(customer: int) -> int:
+    return 100 + customer % 50
+
+
+async def seed(
+    conn: psycopg.AsyncConnection,
+    state: EmulatorState,
+    tenant: str,
+    event_name: str,
+    customers: int,
+    hours: list[int],
+) -> int:
+    """Mappings, counters, writer state and Stripe's events for every customer; returns how many
+    customers drift (one unit too many in Stripe, within epsilon)."""
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'requests', %s, 'sum')",
+        (tenant, event_name),
+    )
+    ids = [state.create_customer({"email": f"c{c}@example.com"})["id"] for c in range(customers)]
+    await copy_rows(
+        conn,
+        "COPY customer_mappings (tenant_id, customer_ref, stripe_customer_id) FROM STDIN",
+        [(tenant, f"c{c}", cus) for c, cus in enumerate(ids)],
+    )
+    settled = datetime.fromtimestamp(hours[-1], tz=UTC)  # changed an hour or more ago
+    cells = [(c, datetime.fromtimestamp(h, tz=UTC)) for c in range(customers) for h in hours]
+    await copy_rows(
+        conn,
+        "COPY counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at) FROM STDIN",
+        [(tenant, "requests", f"c{c}", b, units_of(c) * MICROS, 1, settled) for c, b in cells],
+    )
+    await copy_rows(
+        conn,
+        "COPY stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq,"
+        " pushed_units, status, updated_at) FROM STDIN",
+        [
+            (tenant, "requests", f"c{c}", b, units_of(c) * MICROS, 1, units_of(c), "synced", settled)
+            for c, b in cells
+        ],
+    )
+    drifted = 0
+    for c, cus in enumerate(ids):
+        for h in hours:
+            extra = 1 if c % 100 == 0 and h == hours[0] else 0
+            drifted += extra
+            state.record_meter_event(
+                {
+                    "event_name": event_name,
+                    "payload": {"stripe_customer_id": cus, "value": str(units_of(c) + extra)},
+                    "timestamp": str(h + 60),
+                    "identifier": f"b{c}-{h}",
+                }
+            )
+    return drifted
+
+
+async def baseline(reader: StripeReader, meter_id: str, customers: list[str], start: int, end: int) -> float:
+    started = time.perf_counter()
+    await asyncio.gather(*(reader.period_total(meter_id, cus, start, end) for cus in customers))
+    return time.perf_counter() - started
+
+
+async def reconcile_many(
+    settings: Settings, customers: int, hours_per_customer: int, say: Say
+) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    tenant = f"bench-rec-{tag}"
+    port = free_port()
+    state, runner, meter = await emulator_with_meter(port, tag)
+    base = f"http://127.0.0.1:{port}"
+    hours = bench_hours(int(time.time()), hours_per_customer)
+    period = current_name(datetime.fromtimestamp(hours[-1], tz=UTC))
+    published: list[bytes] = []
+
+    async def publish(records: list[bytes]) -> None:
+        published.extend(records)
+
+    http = stripe.AIOHTTPClient()
+    try:
+        async with await psycopg.AsyncConnection.connect(
+            settings.database_url.value, autocommit=True
+        ) as conn:
+            say(f"seeding {customers:,} customers x {len(hours)} hours (PostgreSQL and the emulator) ...")
+            drifted = await seed(conn, state, tenant, meter["event_name"], customers, hours)
+            client = make_client("sk_test_bench", base, http)
+            reader = StripeReader(client, StripeBudget(1e9), concurrency=CONCURRENCY)
+            customer_ids = [c["id"] for c in state.customers.values()]
+            p = period_of(period)
+            base_seconds = await baseline(
+                reader, meter["id"], customer_ids, int(p.start.timestamp()), int(p.end.timestamp())
+            )
+            reconciler = Reconciler(reader, publish, ReconcileSettings(epsilon=0.005, settle_seconds=300))
+            say(f"reconciling tenant {tenant}, period {period} ...")
+            started = time.perf_counter()
+            report = await reconciler.run(conn, RunRequest(tenant, "requests", period, trigger="bench"))
+            seconds = time.perf_counter() - started
+            for table in ("reconciliation_runs", "reconciliation_latest", "adjustments", "counters",
+                          "stripe_pushes", "customer_mappings", "metric_mappings"):  # fmt: skip
+                await conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))
+    finally:
+        await http.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated
+        await runner.cleanup()
+    statuses = {
+        s: sum(1 for i in report["items"] if i["status"] == s) for s in ("parity", "within_epsilon", "drift")
+    }
+    if statuses["within_epsilon"] != drifted or len(report["adjusted"]) != drifted:
+        raise RuntimeError(f"expected {drifted} items within epsilon and adjusted, got {statuses}")
+    result = {
+        "customers": customers,
+        "hours": len(hours),
+        "seconds": round(seconds, 2),
+        "itemsPerSecond": round(customers / seconds),
+        "stripeCalls": report["stripeCalls"],
+        "baselineSeconds": round(base_seconds, 2),
+        "ratio": round(base_seconds / seconds, 3),
+        "statuses": statuses,
+    }
+    say(
+        f"  reconciliation: {customers:,} customers in {seconds:.2f} s ({customers / seconds:,.0f} items/s,"
+        f" {report['stripeCalls']:,} Stripe calls, {statuses['within_epsilon']} adjusted)"
+    )
+    say(f"  baseline (bare period-summary calls, concurrency {CONCURRENCY}): {base_seconds:.2f} s")
+    say(f"  ratio baseline/reconciliation: {base_seconds / seconds:.2f}")
+    return result

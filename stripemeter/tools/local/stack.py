@@ -1,0 +1,267 @@
+"""`stripemeter stack up|down|status`: the whole local stack in the background, idempotently."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from stripemeter.domain.config import Secret, Settings, settings_env
+from stripemeter.domain.errors import Permanent
+from stripemeter.tools.local.kafka import LocalKafka
+from stripemeter.tools.local.postgres import LocalPostgres, install_server
+from stripemeter.tools.local.procs import Managed, port_open, tail, wait_for
+
+T = TypeVar("T")
+
+Say = Callable[[str], None]
+
+
+class StackError(Permanent, RuntimeError):
+    pass
+
+
+# How long a start may take before it is called failed (a process that dies ends the wait at once).
+# Sized for a cold first start on two cores while other work runs: a second broker's JVM started
+# next to a running one took over 90 s on a fresh machine.
+POSTGRES_START_SECONDS = 120
+KAFKA_START_SECONDS = 240
+PROCESS_START_SECONDS = 240
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    address: str
+    managed: Managed
+    port: tuple[str, int]
+    stop_signal: signal.Signals = signal.SIGTERM
+
+
+def _managed(settings: Settings, name: str) -> Managed:
+    return Managed(name, settings.state_dir / "run", settings.state_dir / "logs")
+
+
+def http_ok(url: str, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= int(response.status) < 300
+    except OSError:
+        return False
+
+
+def _child_env(settings: Settings) -> dict[str, str]:
+    return {**os.environ, **settings_env(settings)}
+
+
+def _wait(name: str, managed: Managed, check: Callable[[], bool], timeout: float) -> None:
+    def ready_or_dead() -> bool:
+        return check() or managed.pid() is None
+
+    wait_for(ready_or_dead, timeout)
+    if not check():
+        raise StackError(
+            f"{name} did not become ready within {timeout:.0f}s; last log lines of {managed.logfile}:\n"
+            f"{tail(managed.logfile)}"
+        )
+
+
+def start_postgres(settings: Settings, say: Say) -> None:
+    pg = LocalPostgres.from_settings(settings, install_server())
+    managed = _managed(settings, "postgres")
+    if managed.pid() is None:
+        if port_open(pg.host, pg.port):
+            if not _postgres_answers(settings):
+                raise StackError(
+                    f"port {pg.host}:{pg.port} is taken by a process that does not accept DATABASE_URL; "
+                    "point DATABASE_URL at another port"
+                )
+            say(f"reusing the PostgreSQL already listening on {pg.host}:{pg.port}")
+            return
+        pg.init()
+        managed.start(pg.server_command())
+        say(f"starting PostgreSQL on {pg.host}:{pg.port}")
+    _wait("PostgreSQL", managed, pg.ready, POSTGRES_START_SECONDS)
+    pg.ensure_database()
+
+
+def _postgres_answers(settings: Settings) -> bool:
+    import psycopg
+
+    try:
+        with psycopg.connect(settings.database_url.value, connect_timeout=3) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error:
+        return False
+
+
+def start_kafka(settings: Settings, say: Say) -> None:
+    kafka = LocalKafka.from_settings(settings)
+    managed = _managed(settings, "kafka")
+    if managed.pid() is None:
+        if port_open(kafka.host, kafka.port):
+            say(f"reusing the Kafka broker already listening on {kafka.host}:{kafka.port}")
+            return
+        if not kafka.installed():
+            say(f"fetching Apache Kafka {kafka.version} from Maven Central into {kafka.cache_dir} (once)")
+        kafka.install()
+        kafka.format_storage()
+        managed.start(kafka.broker_command())
+        say(f"starting Kafka {kafka.version} on {kafka.host}:{kafka.port}")
+    _wait("Kafka", managed, lambda: port_open(kafka.host, kafka.port), KAFKA_START_SECONDS)
+
+
+def start_process(settings: Settings, name: str, argv: list[str], ready_url: str, say: Say) -> None:
+    managed = _managed(settings, name)
+    if managed.pid() is None:
+        managed.start(argv, env=_child_env(settings))
+        say(f"starting {name}")
+    _wait(name, managed, lambda: http_ok(ready_url), PROCESS_START_SECONDS)
+
+
+def uses_emulator(settings: Settings) -> bool:
+    """No Stripe configured: the local stack runs the project's emulator and points at it."""
+    return not (settings.stripe_api_key or settings.stripe_api_base)
+
+
+def app_settings(settings: Settings) -> Settings:
+    """What the stack's worker and API run with: the emulator when no Stripe is configured, and a
+    short settle time (the emulator's summaries are immediate)."""
+    if not uses_emulator(settings):
+        return settings
+    return settings.with_overrides(
+        stripe_api_base=emulator_url(settings),
+        stripe_api_key=Secret("sk_test_local_emulator"),
+        reconcile_settle_seconds=min(settings.reconcile_settle_seconds, 10.0),
+    )
+
+
+def emulator_url(settings: Settings) -> str:
+    return f"http://127.0.0.1:{settings.emulator_port}"
+
+
+def services(settings: Settings) -> list[Service]:
+    pg = LocalPostgres.from_settings(settings, Path("/"))
+    kafka = LocalKafka.from_settings(settings)
+    return [
+        # SIGINT is PostgreSQL's "fast" shutdown: it does not wait for clients to leave.
+        Service(
+            "postgres",
+            f"{pg.host}:{pg.port}",
+            _managed(settings, "postgres"),
+            (pg.host, pg.port),
+            signal.SIGINT,
+        ),
+        Service("kafka", f"{kafka.host}:{kafka.port}", _managed(settings, "kafka"), (kafka.host, kafka.port)),
+        Service(
+            "stripe-emulator",
+            emulator_url(settings),
+            _managed(settings, "stripe-emulator"),
+            ("127.0.0.1", settings.emulator_port),
+        ),
+        Service(
+            "worker",
+            f"http://127.0.0.1:{settings.worker_web_port}",
+            _managed(settings, "worker"),
+            ("127.0.0.1", settings.worker_web_port),
+        ),
+        Service(
+            "api",
+            f"http://{settings.api_host}:{settings.api_port}",
+            _managed(settings, "api"),
+            (settings.api_host, settings.api_port),
+        ),
+    ]
+
+
+def up(settings: Settings, say: Say, with_app: bool = True) -> None:
+    """Start (or find running) PostgreSQL, Kafka, then migrations, topics, the worker and the API."""
+    from stripemeter.adapters.kafka.admin import ensure_topics
+    from stripemeter.adapters.postgres.migrate import migrate
+    from stripemeter.schemas.topics import TopicNames, topic_specs
+
+    start_postgres(settings, say)
+    applied = migrate(settings.database_url.value)
+    if applied:
+        say(
+            f"applied {len(applied)} migration(s): " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
+        )
+    start_kafka(settings, say)
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    result = _retry_until_ready(
+        lambda: asyncio.run(
+            ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
+        )
+    )
+    if result.created:
+        say(f"created {len(result.created)} topic(s)")
+    if with_app:
+        me = [sys.executable, "-m", "stripemeter"]
+        if uses_emulator(settings):
+            start_process(
+                settings,
+                "stripe-emulator",
+                [*me, "stripe-emulator", "--port", str(settings.emulator_port)],
+                emulator_url(settings) + "/_emulator/faults",
+                say,
+            )
+        if settings.auth_enabled:
+            from stripemeter.services.api_keys import ensure_local_key
+
+            path, created = ensure_local_key(settings)
+            say(
+                f"{'created' if created else 'using'} the local stack's API key (every tenant, admin): {path}"
+            )
+        settings = app_settings(settings)
+        start_process(
+            settings,
+            "worker",
+            [*me, "worker"],
+            f"http://127.0.0.1:{settings.worker_web_port}/health/live",
+            say,
+        )
+        start_process(
+            settings, "api", [*me, "api"], f"http://{settings.api_host}:{settings.api_port}/health/live", say
+        )
+
+
+def _retry_until_ready(action: Callable[[], T], attempts: int = 30) -> T:
+    """The broker's port opens a moment before it serves metadata."""
+    import time
+
+    for attempt in range(attempts):
+        try:
+            return action()
+        except Exception:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1)
+    raise AssertionError("unreachable")
+
+
+def down(settings: Settings, say: Say) -> None:
+    for service in reversed(services(settings)):
+        host, port = service.port
+
+        def closed(h: str = host, p: int = port) -> bool:
+            return not port_open(h, p)
+
+        if service.managed.stop(timeout=60, sig=service.stop_signal, gone=closed):
+            say(f"stopped {service.name}")
+
+
+def status(settings: Settings) -> list[tuple[str, str, str, str]]:
+    """(service, state, address, log file) for each part of the stack."""
+    rows = []
+    for service in services(settings):
+        pid = service.managed.pid()
+        state = f"running (pid {pid})" if pid else "stopped"
+        rows.append((service.name, state, service.address, str(service.managed.logfile)))
+    return rows

@@ -1,0 +1,275 @@
+"""The HTTP face of the emulator: Stripe's v1 routes for customers and billing meters on aiohttp,
+and `GET /v2/core/events/{id}` for the events that carry error reports.
+
+Every Stripe request passes, in this order (each step as Stripe places it):
+1. Request-Id; injected latency; dropped connection (nothing processed, nothing stored);
+2. API key check (401);
+3. the shared operations budget and injected 429s (`rate_limit`; never stored for idempotency);
+4. idempotency (POST with a key): replay the stored answer, 400 on other parameters, 409 while the
+   first is running - or run it;
+5. the shape checks of the route's parameters (400; not stored: the endpoint never executed);
+6. execution: injected 500 (stored), the operation itself (its errors are stored), injected "landed"
+   500 (after the state changed; stored); then the answer is stored for the key;
+7. an injected lost response: the connection is aborted after all of the above.
+Errors anywhere become Stripe's error envelope; unknown routes become 404 "Unrecognized request URL".
+Error reports queued by the state are handed to the webhook sender after each request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, NoReturn
+from urllib.parse import parse_qsl
+
+from aiohttp import web
+
+from stripemeter.tools.stripe_emulator import control, events, meters
+from stripemeter.tools.stripe_emulator.errors import StripeApiError, reject_unknown
+from stripemeter.tools.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, rate_limited, server_error
+from stripemeter.tools.stripe_emulator.idempotency import StoredResponse, fingerprint
+from stripemeter.tools.stripe_emulator.state import EmulatorState, check_customer
+from stripemeter.tools.stripe_emulator.webhooks import Sender
+from stripemeter.tools.stripe_emulator.wire import decode_form, error_response, json_response, new_id
+
+log = logging.getLogger(__name__)
+
+STATE: web.AppKey[EmulatorState] = web.AppKey("state", EmulatorState)
+SENDER: web.AppKey[Sender] = web.AppKey("webhook_sender", Sender)
+REQUEST_ID: web.RequestKey[str] = web.RequestKey("request_id", str)
+EXECUTED: web.RequestKey[bool] = web.RequestKey("executed", bool)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Operation = Callable[[EmulatorState, dict[str, Any], web.Request], dict[str, Any]]
+Check = Callable[[dict[str, Any]], object]
+STORED_HEADERS = ("Stripe-Should-Retry",)
+
+
+def _api_key(request: web.Request) -> str:
+    """The secret key from `Authorization: Bearer <key>`, or Basic auth with the key as user name
+    (`curl -u sk_test_...:`), as Stripe takes it."""
+    scheme, _, key = request.headers.get("Authorization", "").partition(" ")
+    if scheme.lower() == "basic":
+        with contextlib.suppress(ValueError, UnicodeDecodeError):
+            key = base64.b64decode(key.strip(), validate=True).decode().partition(":")[0]
+        scheme = "bearer"
+    if scheme.lower() != "bearer" or not key.strip():
+        raise StripeApiError(
+            401,
+            "invalid_request_error",
+            "You did not provide an API key. You need to provide your API key in the Authorization header, "
+            "using Bearer auth (e.g. 'Authorization: Bearer YOUR_SECRET_KEY').",
+        )
+    if not key.startswith(("sk_test_", "rk_test_")):
+        masked = key[:8] + "*" * max(len(key) - 12, 0) + key[-4:]
+        raise StripeApiError(401, "invalid_request_error", f"Invalid API Key provided: {masked}")
+    return key
+
+
+async def _form_pairs(request: web.Request) -> list[tuple[str, str]]:
+    if request.method == "POST":
+        return parse_qsl(await request.text(), keep_blank_values=True)
+    return list(request.query.items())
+
+
+def _abort(request: web.Request) -> NoReturn:
+    """Close the connection without an answer (the client sees a connection error)."""
+    if request.transport is not None:
+        request.transport.abort()
+    raise asyncio.CancelledError
+
+
+async def _answer(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except StripeApiError as error:
+        return error_response(error)
+
+
+def _replay(stored: StoredResponse) -> web.Response:
+    headers = {**stored.headers, "Idempotent-Replayed": "true", "Original-Request": stored.request_id}
+    return web.Response(
+        body=stored.body, status=stored.status, content_type="application/json", headers=headers
+    )
+
+
+def _stored(
+    request: web.Request, response: web.StreamResponse, print_: str, now: float
+) -> StoredResponse | None:
+    """The answer to keep for the idempotency key: any answer of a request that started executing."""
+    if not request.get(EXECUTED) or not isinstance(response, web.Response):
+        return None
+    body = bytes(response.body) if isinstance(response.body, bytes | bytearray) else b""
+    headers = {k: response.headers[k] for k in STORED_HEADERS if k in response.headers}
+    return StoredResponse(print_, response.status, body, headers, request[REQUEST_ID], now)
+
+
+async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorState) -> web.StreamResponse:
+    faults, path = state.faults, request.path
+    state.requests[f"{request.method} {path}"] += 1
+    if faults.applies_to(path) and faults.latency > 0:
+        await asyncio.sleep(faults.latency)
+    if faults.take_drop(path):
+        _abort(request)
+    api_key = _api_key(request)
+    if not state.budget.take(faults.ops_per_second) or faults.take_rate_limit(path):
+        raise rate_limited()
+    idempotency_key = request.headers.get("Idempotency-Key")
+    if request.method != "POST" or not idempotency_key:
+        lost = faults.take_lost_response(path)
+        response = await _answer(request, handler)
+    else:
+        scope = (api_key, idempotency_key)
+        print_ = fingerprint(request.method, path, await _form_pairs(request))
+        stored = state.idempotency.begin(scope, print_, state.now())
+        lost = faults.take_lost_response(path)
+        if stored is not None:
+            response = _replay(stored)
+        else:
+            saved = None
+            try:
+                response = await _answer(request, handler)
+                saved = _stored(request, response, print_, state.now())
+            finally:
+                state.idempotency.finish(scope, saved)
+    if lost:
+        _abort(request)
+    return response
+
+
+def _send_outbox(app: web.Application) -> None:
+    state, sender = app[STATE], app[SENDER]
+    while state.outbox:
+        sender.send(*state.outbox.pop(0))
+
+
+@web.middleware
+async def stripe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    request[REQUEST_ID] = new_id("req")
+    state = request.app[STATE]
+    try:
+        if request.path.startswith(control.PREFIX):
+            response = await handler(request)
+        else:
+            response = await _stripe_api(request, handler, state)
+    except StripeApiError as error:
+        response = error_response(error)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+        message = f"Unrecognized request URL ({request.method}: {request.path})."
+        response = error_response(StripeApiError(404, "invalid_request_error", message))
+    finally:
+        _send_outbox(request.app)
+    response.headers["Request-Id"] = request[REQUEST_ID]
+    return response
+
+
+def endpoint(operation: Operation, check: Check | None = None) -> Handler:
+    """Adapt `operation(state, params, request) -> object` into an aiohttp handler. `check(params)`
+    holds the route's shape checks: the endpoint starts executing once they pass."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        state = request.app[STATE]
+        params = decode_form(await _form_pairs(request))
+        if check is not None:
+            check(params)
+        request[EXECUTED] = True
+        if state.faults.take_server_error(request.path):
+            raise server_error()
+        result = operation(state, params, request)
+        if state.faults.take_landed_server_error(request.path):
+            raise server_error()
+        return json_response(result)
+
+    return handle
+
+
+def _id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+def _no_params(params: dict[str, Any]) -> None:
+    reject_unknown(params, set())
+
+
+def _record_meter_event(state: EmulatorState, params: dict[str, Any], request: web.Request) -> dict[str, Any]:
+    return state.record_meter_event(params, request.headers.get("Idempotency-Key"))
+
+
+ROUTES: list[tuple[str, str, Operation, Check | None]] = [
+    ("POST", "/v1/customers", lambda s, p, r: s.create_customer(p), check_customer),
+    ("GET", "/v1/customers", lambda s, p, r: s.list_customers(p, r.path), None),
+    ("GET", "/v1/customers/{id}", lambda s, p, r: s.get_customer(_id(r)), None),
+    ("POST", "/v1/billing/meters", lambda s, p, r: s.create_meter(p), meters.check_create),
+    ("GET", "/v1/billing/meters", lambda s, p, r: s.list_meters(p, r.path), None),
+    ("GET", "/v1/billing/meters/{id}", lambda s, p, r: s.get_meter(_id(r)), _no_params),
+    ("POST", "/v1/billing/meters/{id}", lambda s, p, r: s.update_meter(_id(r), p), meters.check_update),
+    (
+        "POST",
+        "/v1/billing/meters/{id}/deactivate",
+        lambda s, p, r: s.set_meter_status(_id(r), "inactive"),
+        _no_params,
+    ),
+    (
+        "POST",
+        "/v1/billing/meters/{id}/reactivate",
+        lambda s, p, r: s.set_meter_status(_id(r), "active"),
+        _no_params,
+    ),
+    (
+        "GET",
+        "/v1/billing/meters/{id}/event_summaries",
+        lambda s, p, r: s.event_summaries(_id(r), p, r.path),
+        None,
+    ),
+    ("POST", "/v1/billing/meter_events", _record_meter_event, events.check_event_params),
+    (
+        "POST",
+        "/v1/billing/meter_event_adjustments",
+        lambda s, p, r: s.cancel_meter_event(p),
+        events.check_cancel_params,
+    ),
+    # no parameter check: stripe-python 16's fetch_event_async() sends its `usage` list along
+    ("GET", "/v2/core/events/{id}", lambda s, p, r: s.get_v2_event(_id(r)), None),
+]
+
+
+def create_app(state: EmulatorState | None = None) -> web.Application:
+    app = web.Application(middlewares=[stripe_middleware])
+    app[STATE] = state or EmulatorState()
+    app[SENDER] = Sender()
+    for method, path, operation, check in ROUTES:
+        app.router.add_route(method, path, endpoint(operation, check))
+    control.add_routes(app, STATE)
+
+    async def close_sender(app: web.Application) -> None:
+        await app[SENDER].close()
+
+    app.on_cleanup.append(close_sender)
+    return app
+
+
+async def serve(host: str = "127.0.0.1", port: int = 12111, state: EmulatorState | None = None) -> None:
+    """Serve until cancelled."""
+    runner = web.AppRunner(create_app(state), access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, host, port).start()
+        log.info("stripe emulator listening on http://%s:%d", host, port)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = 12111,
+    clock: Callable[[], float] = time.time,
+    ops_per_second: float = TEST_MODE_OPS_PER_SECOND,
+) -> None:
+    """Blocking entry point for the CLI; stops on Ctrl-C. ``clock``: the deployment's (see clock.py);
+    ``ops_per_second``: the account's shared budget (0: unlimited)."""
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(host, port, EmulatorState(clock, ops_per_second=ops_per_second)))

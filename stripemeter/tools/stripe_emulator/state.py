@@ -1,0 +1,276 @@
+"""The emulator's in-memory Stripe account: customers, meters, meter events, idempotency, faults,
+the operations budget, error reports and the v2 events that carry them.
+
+Each method is one API operation: it takes the decoded params, applies the rules from `meters`,
+`events` and `summaries`, and returns the JSON-ready object or raises StripeApiError. Time comes from
+the injected clock (plus `clock_offset`, which `POST /_emulator/clock` moves), never from time.time()
+(the operations budget and webhook signatures run on real time, see budget.py and webhooks.py).
+Not thread-safe; one instance per app.
+
+`ops_per_second` is the shared budget (Stripe test mode: 25; 0 = unlimited); `async_validation`
+makes meter events validate after the answer, as Stripe does (both also settable as faults).
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+from stripemeter.tools.stripe_emulator import events, meters, summaries, webhooks
+from stripemeter.tools.stripe_emulator.budget import OpsBudget
+from stripemeter.tools.stripe_emulator.errors import StripeApiError, invalid, no_such, reject_unknown
+from stripemeter.tools.stripe_emulator.events import EventRequest, MeterEvent
+from stripemeter.tools.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, Faults
+from stripemeter.tools.stripe_emulator.idempotency import IdempotencyStore
+from stripemeter.tools.stripe_emulator.pagination import paginate
+from stripemeter.tools.stripe_emulator.webhooks import Delivery, Destination
+from stripemeter.tools.stripe_emulator.wire import new_id
+
+Params = dict[str, Any]
+CUSTOMER_LENGTHS = {"email": 512, "name": 256, "description": 5000}
+
+
+def check_customer(params: Params) -> None:
+    """The shape checks of `POST /v1/customers` for the parameters the emulator keeps (the spec's)."""
+    reject_unknown(params, {*CUSTOMER_LENGTHS, "metadata"})
+    for name, longest in CUSTOMER_LENGTHS.items():
+        value = params.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > longest):
+            raise invalid(f"Invalid {name}: must be a string of at most {longest} characters.", param=name)
+    metadata = params.get("metadata")
+    if metadata not in (None, "") and (
+        not isinstance(metadata, dict) or any(not isinstance(v, str) for v in metadata.values())
+    ):
+        raise invalid("Invalid metadata: must be a hash of strings, or empty.", param="metadata")
+
+
+class EmulatorState:
+    def __init__(
+        self,
+        clock: Callable[[], float] = time.time,
+        ops_per_second: float = TEST_MODE_OPS_PER_SECOND,
+        async_validation: bool = False,
+    ) -> None:
+        self.clock = clock
+        self.faults = Faults(ops_per_second=ops_per_second, async_validation=async_validation)
+        self.budget = OpsBudget()
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every object, fault, error report and the webhook; the clock and settings stay."""
+        self.clock_offset = 0.0
+        self.faults.reset()
+        self.idempotency = IdempotencyStore()
+        self.webhook: Destination | None = None
+        self.error_reports: list[Params] = []
+        self.requests: Counter[str] = Counter()  # "METHOD /path" -> requests received (tests' numbers)
+        self.v2_events: dict[str, Params] = {}
+        self.deliveries: list[Delivery] = []
+        self.outbox: list[tuple[Destination, Params, Delivery]] = []  # the server sends them
+        self.customers: dict[str, Params] = {}
+        self.meters: dict[str, Params] = {}
+        self.events: list[MeterEvent] = []
+        self._by_identifier: dict[str, MeterEvent] = {}
+        # summaries read one customer of one meter; an index keeps them cheap with many customers
+        self._by_meter_customer: dict[tuple[str, str], list[MeterEvent]] = {}
+
+    def now(self) -> float:
+        return self.clock() + self.clock_offset
+
+    # --- customers ------------------------------------------------------------------------------
+
+    def create_customer(self, params: Params) -> Params:
+        check_customer(params)
+        customer: Params = {
+            "id": new_id("cus"),
+            "object": "customer",
+            "created": int(self.now()),
+            "description": params.get("description"),
+            "email": params.get("email"),
+            "livemode": False,
+            "metadata": params.get("metadata") or {},  # "" means none
+            "name": params.get("name"),
+        }
+        self.customers[customer["id"]] = customer
+        return customer
+
+    def get_customer(self, customer_id: str) -> Params:
+        if customer_id not in self.customers:
+            raise no_such("customer", customer_id)
+        return self.customers[customer_id]
+
+    def list_customers(self, params: Params, url: str) -> Params:
+        reject_unknown(params, {"email", "limit", "starting_after", "ending_before"})
+        items = [c for c in reversed(self.customers.values()) if params.get("email") in (None, c["email"])]
+        return paginate(items, params, url)
+
+    # --- meters ---------------------------------------------------------------------------------
+
+    def create_meter(self, params: Params) -> Params:
+        meter = meters.new_meter(params, new_id("mtr"), int(self.now()))
+        if self._meter_for(meter["event_name"]) is not None:
+            raise invalid(f"A meter with event_name '{meter['event_name']}' already exists.", "event_name")
+        self.meters[meter["id"]] = meter
+        return meter
+
+    def get_meter(self, meter_id: str) -> Params:
+        if meter_id not in self.meters:
+            raise no_such("billing.meter", meter_id)
+        return self.meters[meter_id]
+
+    def list_meters(self, params: Params, url: str) -> Params:
+        reject_unknown(params, {"status", "limit", "starting_after", "ending_before"})
+        status = params.get("status")
+        if status not in (None, "active", "inactive"):
+            raise invalid("Invalid status: must be one of active, inactive", "status")
+        items = [m for m in reversed(self.meters.values()) if status in (None, m["status"])]
+        return paginate(items, params, url)
+
+    def update_meter(self, meter_id: str, params: Params) -> Params:
+        meter = meters.updated_meter(self.get_meter(meter_id), params, int(self.now()))
+        self.meters[meter_id] = meter
+        return meter
+
+    def set_meter_status(self, meter_id: str, status: str) -> Params:
+        meter = meters.with_status(self.get_meter(meter_id), status, int(self.now()))
+        self.meters[meter_id] = meter
+        return meter
+
+    def _meter_for(self, event_name: str) -> Params | None:
+        return next((m for m in self.meters.values() if m["event_name"] == event_name), None)
+
+    # --- meter events ---------------------------------------------------------------------------
+
+    def record_meter_event(self, params: Params, idempotency_key: str | None = None) -> Params:
+        """`POST /v1/billing/meter_events`. By default every rule answers at once (400). In async
+        validation mode only the shape and the identifier do; the event is answered 200 and then
+        validated: a failing one is dropped (never counted, its identifier left free, since whether
+        Stripe keeps it reserved is unknown) and becomes an error report."""
+        now = self.now()
+        request = events.check_event_params(params)
+        if not self.faults.async_validation:
+            meter = self._meter_for(request.event_name)
+            customer, value, timestamp = events.validate_event(
+                meter, request, self.customers.__contains__, now
+            )
+            identifier = self._free_identifier(request.identifier, now)
+            assert meter is not None
+            return self._store_event(meter, identifier, customer, value, request, timestamp, now).wire()
+        identifier = self._free_identifier(request.identifier, now)
+        timestamp = int(now) if request.timestamp is None else request.timestamp
+        answer = events.event_wire(request.event_name, identifier, request.payload, timestamp, now)
+        meter = self._meter_for(request.event_name)
+        try:
+            customer, value, timestamp = events.validate_event(
+                meter, request, self.customers.__contains__, now
+            )
+        except StripeApiError as error:
+            self._report_error(meter, request, error, idempotency_key or identifier, now)
+            return answer
+        assert meter is not None
+        self._store_event(meter, identifier, customer, value, request, timestamp, now)
+        return answer
+
+    def _free_identifier(self, identifier: str | None, now: float) -> str:
+        """The event's identifier (generated when none was sent); refused while another event has it."""
+        if identifier is None:
+            return str(uuid.uuid4())
+        previous = self._by_identifier.get(identifier)
+        if previous is not None and now - previous.received <= events.IDENTIFIER_WINDOW_SECONDS:
+            raise events.duplicate_identifier(identifier)
+        return identifier
+
+    def _store_event(
+        self,
+        meter: Params,
+        identifier: str,
+        customer: str,
+        value: int,
+        request: EventRequest,
+        timestamp: int,
+        now: float,
+    ) -> MeterEvent:
+        event = MeterEvent(
+            meter["id"], request.event_name, identifier, customer, value, request.payload, timestamp, now
+        )
+        self.events.append(event)
+        self._by_identifier[identifier] = event
+        self._by_meter_customer.setdefault((meter["id"], customer), []).append(event)
+        return event
+
+    # --- error reports (async validation) -------------------------------------------------------
+
+    def _report_error(
+        self,
+        meter: Params | None,
+        request: EventRequest,
+        error: StripeApiError,
+        requested_as: str,
+        now: float,
+    ) -> None:
+        code = error.code or "meter_event_invalid_value"
+        # a meter that exists but is inactive is still the related object; no meter at all is not
+        meter_id = meter["id"] if meter is not None else None
+        event = webhooks.error_event(new_id("evt", 24), meter_id, code, error.message, requested_as, now, now)
+        self.v2_events[event["id"]] = event
+        self.error_reports.append(
+            {
+                "code": code,
+                "message": error.message,
+                "meter": meter_id,
+                "event_name": request.event_name,
+                "identifier": requested_as,
+                "received": now,
+                "event": event["id"],
+            }
+        )
+        if self.webhook is not None:
+            delivery = Delivery(event["id"], self.webhook.url)
+            self.deliveries.append(delivery)
+            self.outbox.append((self.webhook, event, delivery))
+
+    def set_webhook(self, url: str | None, secret: str | None) -> None:
+        """One event destination (None: none); error reports made from now on are sent to it."""
+        self.webhook = Destination(url, secret or "") if url else None
+
+    def get_v2_event(self, event_id: str) -> Params:
+        if event_id not in self.v2_events:
+            raise StripeApiError(404, "not_found", f"No such event: '{event_id}'", code="not_found")
+        return self.v2_events[event_id]
+
+    def cancel_meter_event(self, params: Params) -> Params:
+        event_name, identifier = events.check_cancel_params(params)
+        if self._meter_for(event_name) is None:
+            raise invalid(f"No meter was found for event_name '{event_name}'.", "event_name", "no_meter")
+        found = self._by_identifier.get(identifier)
+        if found is not None and found.event_name != event_name:
+            found = None
+        event = events.check_cancellable(found, identifier, self.now())
+        event.cancelled = True
+        return {
+            "object": "billing.meter_event_adjustment",
+            "cancel": {"identifier": identifier},
+            "event_name": event_name,
+            "livemode": False,
+            "status": "complete",
+            "type": "cancel",
+        }
+
+    # --- summaries and introspection ------------------------------------------------------------
+
+    def event_summaries(self, meter_id: str, params: Params, url: str) -> Params:
+        meter = self.get_meter(meter_id)
+        query = summaries.parse_query(params)
+        if query.customer not in self.customers:
+            raise no_such("customer", query.customer, param="customer")
+        visible_before = self.now() - self.faults.summary_delay
+        own = self._by_meter_customer.get((meter_id, query.customer), [])
+        counted = (e for e in own if not e.cancelled and e.received <= visible_before)
+        return paginate(summaries.summarize(meter, counted, query), params, url)
+
+    def meter_events(self, meter_id: str, include_cancelled: bool = False) -> list[MeterEvent]:
+        """Accepted events of one meter in receipt order (cancelled ones only when asked)."""
+        return [e for e in self.events if e.meter_id == meter_id and (include_cancelled or not e.cancelled)]
