@@ -39,11 +39,12 @@ from stripemeter.api.appkeys import (
 from stripemeter.api.auth import auth_middleware
 from stripemeter.api.errors import ApiError, api_error, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
-from stripemeter.api.limits import KeyCache, RateLimiter, failure_limiter
+from stripemeter.api.limits import KeyCache, failure_limiter
 from stripemeter.api.params import no_nul_middleware
 from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import StripemeterError
+from stripemeter.domain.rates import RateLimiter
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.reconcile_service import build_reconciler, kafka_publisher, stripe_configured
 from stripemeter.services.replayer import build_replayer

@@ -6,8 +6,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
-from stripemeter.api.limits import KeyCache, RateLimiter
+from stripemeter.api.limits import KeyCache
 from stripemeter.domain.config import Settings
+from stripemeter.domain.rates import RateLimiter
 from stripemeter.services.reconciler import Reconciler
 from stripemeter.services.replayer import Replayer
 

@@ -1,4 +1,5 @@
-"""The API's bounded memory of who asked: API-key rows in bounded LRUs, token buckets per name.
+"""The API's bounded memory of who asked: API-key rows in bounded LRUs; its token buckets per name
+are ``stripemeter.domain.rates.RateLimiter`` (per tenant, and per client for failed attempts).
 
 Kept apart from ``auth`` so the application's typed keys (``appkeys``) can name these types.
 """
@@ -6,19 +7,17 @@ Kept apart from ``auth`` so the application's typed keys (``appkeys``) can name 
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections import OrderedDict
 from typing import Any, Generic, TypeVar
 
 from stripemeter.domain import metrics
+from stripemeter.domain.rates import RateLimiter
 
 KEY_CACHE_SECONDS = 5.0  # a revoked key stops working within this
 KEY_CACHE_SIZE = 10_000  # valid keys remembered (one row each, well under 1 KiB)
 MISS_CACHE_SECONDS = 30.0  # a key id that found nothing is not looked up again for this long
 MISS_CACHE_SIZE = 10_000  # such ids remembered
 KNOWN_SECONDS = 3600.0  # an id found valid this recently is not a guess: its lookups need no token
-MAX_BUCKETS = 10_000  # tenants or clients with a token bucket; the least recently seen go first
 
 V = TypeVar("V")
 
@@ -88,43 +87,6 @@ class KeyCache:
             self.known.put(key_id, True, now)
         metrics.API_KEY_CACHE_ENTRIES.labels("found").set(len(self.found))
         metrics.API_KEY_CACHE_ENTRIES.labels("missing").set(len(self.missing))
-
-
-class RateLimiter:
-    """A token bucket per name: ``rate`` tokens a second, up to ``burst`` (default ``2 * rate``).
-
-    At most ``max_names`` buckets are kept; the least recently used is forgotten (it starts full
-    again), so made-up names cannot grow memory.
-    """
-
-    def __init__(self, rate: float, burst: float | None = None, max_names: int = MAX_BUCKETS):
-        self.rate = rate
-        self.burst = max(2 * rate, 1.0) if burst is None else max(burst, 1.0)
-        self.max_names = max_names
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()  # name -> (tokens, at)
-
-    def take(self, name: str, now: float | None = None) -> float:
-        """0 when allowed (one token taken), else the seconds until a token is there."""
-        now = time.monotonic() if now is None else now
-        tokens, at = self.buckets.get(name, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - at) * self.rate)
-        if tokens >= 1:
-            self._set(name, tokens - 1, now)
-            return 0.0
-        self._set(name, tokens, now)
-        return (1 - tokens) / self.rate if self.rate > 0 else math.inf
-
-    def give_back(self, name: str) -> None:
-        """Return a token taken for something that turned out not to count against ``name``."""
-        if name in self.buckets:
-            tokens, at = self.buckets[name]
-            self.buckets[name] = (min(self.burst, tokens + 1), at)
-
-    def _set(self, name: str, tokens: float, now: float) -> None:
-        self.buckets[name] = (tokens, now)
-        self.buckets.move_to_end(name)
-        while len(self.buckets) > self.max_names:
-            self.buckets.popitem(last=False)
 
 
 def failure_limiter(per_minute: float) -> RateLimiter:

@@ -8,9 +8,9 @@ from stripemeter.api.limits import (
     MISS_CACHE_SIZE,
     BoundedCache,
     KeyCache,
-    RateLimiter,
     failure_limiter,
 )
+from stripemeter.domain.rates import RateLimiter
 
 
 def test_bounded_cache_keeps_at_most_its_size_dropping_the_least_recently_used() -> None:
