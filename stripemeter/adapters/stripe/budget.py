@@ -2,9 +2,11 @@
 
 Stripe limits calls per account, not per caller: test mode allows 25 operations a second for
 everything, live mode 1,000 meter events a second besides 100 other operations. Every Stripe call a
-process makes waits for the budget (``STRIPEMETER_STRIPE_CALLS_PER_SECOND``, spread evenly), and a
-429 or a connection error from any of them pauses all of them, exponentially with jitter (0.5 s
-doubling to 5 s), until a call succeeds again. How to size it for N workers: see the README.
+process makes waits for the budget (``STRIPEMETER_STRIPE_CALLS_PER_SECOND``, spread evenly: a token
+bucket from ``stripemeter.domain.rates`` with burst 1, so calls start ``1/rate`` apart, never in a
+burst), and a 429 or a connection error from any of them pauses all of them, exponentially with
+jitter (0.5 s doubling to 5 s), until a call succeeds again. How to size it for N workers: see the
+README.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import random
 import time
 from collections.abc import Callable
 
+from stripemeter.domain.rates import TokenBucket
+
 MAX_PAUSE_SECONDS = 5.0
 FIRST_PAUSE_SECONDS = 0.5
 
@@ -22,19 +26,24 @@ class StripeBudget:
     def __init__(self, calls_per_second: float, monotonic: Callable[[], float] = time.monotonic):
         self.interval = 1.0 / calls_per_second
         self.monotonic = monotonic
-        self._next = 0.0  # when the next call may start
+        self._calls = TokenBucket(calls_per_second, burst=1)  # one call every `interval`
         self._paused_until = 0.0
         self._pause = FIRST_PAUSE_SECONDS
+
+    @property
+    def _next(self) -> float:
+        """When the next call may start as far as spacing goes (``-inf`` before the first call)."""
+        return self._calls.ready_at()
 
     async def acquire(self) -> None:
         """Wait for this call's turn (and for a pause after a 429 to end)."""
         while True:
             now = self.monotonic()
-            start = max(self._next, self._paused_until, now)
-            if start <= now:
-                self._next = now + self.interval
+            wait = max(self._paused_until - now, self._calls.wait(now))
+            if wait <= 0:
+                self._calls.take(now)  # the token is there: the next call starts `interval` later
                 return
-            await asyncio.sleep(start - now)
+            await asyncio.sleep(wait)
 
     def slow_down(self, retry_after: float | None = None) -> float:
         """Stripe said 429 (or could not be reached): everyone waits; returns the pause."""
