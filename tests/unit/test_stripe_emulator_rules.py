@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -205,6 +207,41 @@ def test_ops_budget_is_a_one_second_bucket() -> None:
     now[0] += 10  # it holds at most one second
     assert sum(budget.take(25) for _ in range(30)) == 25
     assert all(budget.take(0) for _ in range(1000))  # 0: unlimited
+
+
+class OldOpsBudget:
+    """The emulator's budget before it was built on ``domain.rates.TokenBucket``, as it was."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self._tokens: float | None = None
+        self._updated = 0.0
+
+    def take(self, rate: float) -> bool:
+        if rate <= 0:
+            return True
+        now = self.clock()
+        if self._tokens is None:
+            self._tokens = float(rate)
+        else:
+            self._tokens = min(float(rate), self._tokens + (now - self._updated) * rate)
+        self._updated = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+def test_ops_budget_decides_as_before_also_when_the_rate_changes() -> None:
+    now = [100.0]
+    old, new = OldOpsBudget(lambda: now[0]), OpsBudget(clock=lambda: now[0])
+    rng = random.Random(25)
+    rate = 25.0
+    for i in range(20_000):
+        if i % 500 == 0:  # the ops_per_second fault, set while requests arrive
+            rate = rng.choice([25.0, 100.0, 5.0, 0.0, 0.5, 1000.0])
+        now[0] += rng.expovariate(rate * 1.5 if rate > 0 else 10.0) if rng.random() < 0.8 else 0.0
+        assert new.take(rate) == old.take(rate), (i, rate, now[0])
 
 
 def _pre(ts: int, value: int, customer: str = "cus_a") -> MeterEvent:
