@@ -2,17 +2,19 @@
 
 A ``TokenBucket`` holds at most ``burst`` tokens and gains ``rate`` tokens a second; each call that
 is let through takes one. It reads no clock: every method is told ``now`` (seconds on any monotonic
-clock), so callers pick their clock and tests drive it by hand.
+clock), so callers pick their clock and tests drive it by hand (``RateLimiter.take`` reads the
+monotonic clock only when not told).
 
 Its users: the API's per-tenant and per-client limits (``RateLimiter`` here, built in
-``api/limits.py``), the Stripe call budget (``adapters/stripe/budget.py``: a bucket with burst 1,
-which lets calls through exactly ``1/rate`` seconds apart), and the Stripe emulator's operations
-budget (``tools/stripe_emulator/budget.py``: a bucket holding one second of operations).
+``api/app.py`` and ``api/limits.py``), the Stripe call budget (``adapters/stripe/budget.py``: a
+bucket with burst 1, which lets calls through exactly ``1/rate`` seconds apart), and the Stripe
+emulator's operations budget (``tools/stripe_emulator/budget.py``: a bucket holding one second of
+operations).
 
 When the next token is there is computed as a time, ``at + (1 - tokens) / rate`` from the state the
 bucket was last left in, so a bucket with burst 1 lets calls through at exactly ``last + 1/rate``
 (the same floating-point sum as a "next call at" timestamp), and a caller that waits what
-``wait(now)`` returned finds the token there.
+``wait(now)`` returned finds the token there (unless ``now + wait`` rounds below it: ask again).
 """
 
 from __future__ import annotations
