@@ -7,11 +7,10 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 
-from aiohttp.test_utils import TestClient
-
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
+from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 
 
@@ -54,8 +53,8 @@ def events(tenant: str, customers: list[str], n: int) -> list[dict]:
 
 async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     env: Settings,
-    start_worker,
-    api: TestClient,
+    start_worker: StartWorker,
+    api: ApiClient,
     emulator: tuple[EmulatorState, str],
 ) -> None:
     state, base = emulator
@@ -107,8 +106,8 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
 
 async def test_unknown_customer_is_parked_while_the_others_flow(
     env: Settings,
-    start_worker,
-    api: TestClient,
+    start_worker: StartWorker,
+    api: ApiClient,
     emulator: tuple[EmulatorState, str],
 ) -> None:
     state, base = emulator
