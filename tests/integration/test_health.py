@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -16,7 +17,7 @@ from tests.integration.client import eventually, produce
 from tests.integration.harness import ApiClient, StartWorker
 
 
-async def ready(api: ApiClient) -> tuple[int, dict]:
+async def ready(api: ApiClient) -> tuple[int, dict[str, Any]]:
     response = await api.get("/health/ready")
     return response.status, await response.json()
 

@@ -133,7 +133,8 @@ async def post(api: ApiClient, raw_events: list[bytes]) -> dict[str, Any]:
     body = b'{"events": [' + b",".join(raw_events) + b"]}"
     response = await api.post("/v1/events/ingest", data=body)
     assert response.status == 202, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 async def test_every_event_gets_intakes_verdict_and_what_is_accepted_counts(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
@@ -41,7 +42,7 @@ async def test_a_meter_that_cannot_carry_the_metric_is_refused_naming_the_field(
     state, _ = emulator
     tenant = f"mp-{uuid.uuid4().hex[:6]}"
 
-    async def put(event_name: str, aggregation: str) -> tuple[int, dict]:
+    async def put(event_name: str, aggregation: str) -> tuple[int, dict[str, Any]]:
         r = await stripe_api.put(
             f"/v1/mappings/{tenant}/m", json={"stripeMeterEventName": event_name, "aggregation": aggregation}
         )
@@ -71,12 +72,13 @@ async def test_a_meter_that_cannot_carry_the_metric_is_refused_naming_the_field(
 async def test_raising_lateness_sets_the_dedupe_horizon_lowering_keeps_it(api: ApiClient) -> None:
     tenant = f"lh-{uuid.uuid4().hex[:6]}"
 
-    async def put(lateness: int) -> dict:
+    async def put(lateness: int) -> dict[str, Any]:
         r = await api.put(
             f"/v1/mappings/{tenant}/m", json={"stripeMeterEventName": "x", "latenessSeconds": lateness}
         )
         assert r.status == 200
-        return await r.json()
+        body: dict[str, Any] = await r.json()
+        return body
 
     assert (await put(2 * 3600))["dedupeHorizon"] is None  # below the 48 h default: nothing expired early
     raised = await put(10 * 3600)

@@ -22,7 +22,7 @@ def ts(delta: timedelta = timedelta()) -> str:
 
 def ev(
     tenant: str, customer: str = "acme", quantity: float = 1, when: str | None = None, **extra: Any
-) -> dict:
+) -> dict[str, Any]:
     return {
         "tenantId": tenant,
         "metric": "requests",
@@ -33,7 +33,9 @@ def ev(
     }
 
 
-async def history_total(api: ApiClient, tenant: str, customer: str = "acme", metric: str = "requests") -> Any:
+async def history_total(
+    api: ApiClient, tenant: str, customer: str = "acme", metric: str = "requests"
+) -> float:
     response = await api.get(
         "/v1/usage/history",
         params={
@@ -43,7 +45,8 @@ async def history_total(api: ApiClient, tenant: str, customer: str = "acme", met
             "since": ts(timedelta(days=-5)),
         },
     )
-    return (await response.json())["total"]
+    total: float = (await response.json())["total"]
+    return total
 
 
 async def wait_total(api: ApiClient, tenant: str, expected: float, customer: str = "acme") -> None:

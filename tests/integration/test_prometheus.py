@@ -45,7 +45,8 @@ def prometheus_config(api: str, worker: str, rules: Path) -> str:
 
 def alerts(base: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{base}/api/v1/alerts", timeout=5) as response:
-        return json.loads(response.read())["data"]["alerts"]
+        found: list[dict[str, Any]] = json.loads(response.read())["data"]["alerts"]
+        return found
 
 
 def drift_alert(base: str, tenant: str, customer: str) -> dict[str, Any] | None:

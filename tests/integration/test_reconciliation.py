@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -75,7 +75,8 @@ async def writer_synced(stripe_env: Settings, state: EmulatorState, tenant: str,
 async def run(api: ApiClient, tenant: str, period: str, **extra: Any) -> dict[str, Any]:
     response = await api.post("/v1/reconciliation/run", json={"tenantId": tenant, "period": period, **extra})
     assert response.status == 200, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 def by_customer(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -263,7 +264,7 @@ async def test_runbook_examples_late_event_and_duplicate_end_in_parity(
     assert (item["status"], item["inFlight"], item["action"]) == ("parity", 7, "wait")
 
 
-async def _has(outcomes: Any, outcome: str, n: int) -> bool:
+async def _has(outcomes: Awaitable[dict[str, int]], outcome: str, n: int) -> bool:
     return (await outcomes).get(outcome, 0) >= n
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -66,7 +67,8 @@ async def end_offsets(env: Settings, topics: list[str]) -> dict[TopicPartition, 
         if not parts:
             await consumer.topics()
             parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        return await consumer.end_offsets(parts)
+        offsets: dict[TopicPartition, int] = await consumer.end_offsets(parts)
+        return offsets
     finally:
         await consumer.stop()
 
@@ -101,7 +103,8 @@ async def replay(api: ApiClient, tenant: str, mode: str, **extra: Any) -> dict[s
     }
     response = await api.post("/v1/replay", json=body)
     assert response.status == 200, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_once(
@@ -191,7 +194,8 @@ class FailingAfter:
         self.partitions: list[int] = []  # of the messages sent
 
     async def partitions_for(self, topic: str) -> set[int]:
-        return await self.producer.partitions_for(topic)
+        partitions: set[int] = await self.producer.partitions_for(topic)
+        return partitions
 
     async def send(self, topic: str, value: bytes, partition: int) -> Any:
         if len(self.partitions) >= self.sends:
@@ -579,5 +583,5 @@ async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) ->
     return (await outcomes_of(env, tenant)).get(outcome, 0) >= n
 
 
-async def _equals(actual: Any, expected: Counter[tuple[str, int]]) -> bool:
+async def _equals(actual: Awaitable[Counter[tuple[str, int]]], expected: Counter[tuple[str, int]]) -> bool:
     return +(await actual) == +expected

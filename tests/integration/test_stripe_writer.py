@@ -6,6 +6,7 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
@@ -36,7 +37,7 @@ def local_totals(counters: dict[tuple[str, str, int], int]) -> Counter[tuple[str
     return Counter({(c, b // 1000): t // 1_000_000 for (_m, c, b), t in counters.items()})
 
 
-def events(tenant: str, customers: list[str], n: int) -> list[dict]:
+def events(tenant: str, customers: list[str], n: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     return [
         {

@@ -32,7 +32,8 @@ async def test_event_reaches_usage_history(env: Settings, start_worker: StartWor
     async def counted() -> bool:
         response = await api.get("/v1/usage/history", params=params)
         assert response.status == 200
-        return (await response.json())["total"] == 3
+        total: float = (await response.json())["total"]
+        return total == 3
 
     await eventually(counted, what="the event in /v1/usage/history")
     body = await (await api.get("/v1/usage/history", params=params)).json()
