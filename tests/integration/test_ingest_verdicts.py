@@ -56,8 +56,13 @@ def nested(depth: int) -> bytes:
 
 def cases(tenant: str) -> list[tuple[str, bytes, str | None, str | None, int]]:
     """(what, event bytes, expected code (None: accepted), expected field, micro-units it counts)."""
-    e = lambda customer, **f: ev(tenant, customer, **f)  # noqa: E731
-    n = lambda customer, name, fragment: spliced(e(customer), name, fragment)  # noqa: E731
+
+    def e(customer: str, **f: Any) -> dict[str, Any]:
+        return ev(tenant, customer, **f)
+
+    def n(customer: str, name: str, fragment: bytes) -> bytes:
+        return spliced(e(customer), name, fragment)
+
     meta_4k = {"note": "m" * (4096 - len(orjson.dumps({"note": ""})))}
     return [
         # accepted: counted through the worker

@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -61,7 +62,7 @@ def drift_alert(base: str, tenant: str, customer: str) -> dict[str, Any] | None:
     return None
 
 
-def wait(check, what: str, timeout: float = 60) -> None:
+def wait(check: Callable[[], object], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"

@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -237,7 +238,7 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
     try:
         async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
             with pytest.raises(KafkaConnectionError):
-                await build_replayer(env, failing).run(conn, request)  # type: ignore[arg-type]
+                await build_replayer(env, failing).run(conn, request)
         await producer.flush()  # what was sent before the failure reaches the meter
     finally:
         await producer.stop()
@@ -510,7 +511,7 @@ def _metric(scraped: str, name: str) -> float:
 
 
 async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
-    env: Settings, start_worker: StartWorker, tmp_path
+    env: Settings, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     """Read your writes: without a running meter an apply cannot show; it says so, and where to look."""
     from aiohttp.test_utils import TestServer
@@ -548,7 +549,7 @@ async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
 
 async def test_bad_replay_requests_name_the_field(env: Settings, api: ApiClient) -> None:
     base = {"tenantId": "t", "metrics": ["requests"], "since": "-PT24H", "until": "now", "mode": "dry-run"}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"metrics": ["nope"]}, "metrics"),
         ({"metrics": []}, "metrics"),
         ({"since": "now", "until": "-PT1H"}, "since"),
