@@ -15,7 +15,7 @@ from stripemeter.domain.config import Settings, load_settings
 from stripemeter.tools.local.stack import up
 from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator import create_app as create_emulator
-from tests.integration.harness import WorkerProcess, free_port, isolated_settings
+from tests.integration.harness import ApiClient, StartWorker, WorkerProcess, free_port, isolated_settings
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +44,7 @@ def workers(env: Settings, tmp_path: Path) -> Iterator[list[WorkerProcess]]:
 
 
 @pytest.fixture
-def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]):
+def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]) -> StartWorker:
     """Start a worker; workers of one ``slot`` share a state dir and port (a restart of the same
     machine), workers of different slots are different machines."""
     ports: dict[str, int] = {}
@@ -63,7 +63,7 @@ def start_worker(env: Settings, tmp_path: Path, workers: list[WorkerProcess]):
 
 
 @pytest_asyncio.fixture
-async def api(env: Settings) -> AsyncIterator[TestClient]:
+async def api(env: Settings) -> AsyncIterator[ApiClient]:
     client = TestClient(TestServer(create_api(env)))
     await client.start_server()
     yield client

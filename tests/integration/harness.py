@@ -10,10 +10,17 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
+from typing import Protocol, TypeAlias
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
 
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.streams.stages import stage_children
-from stripemeter.tools.local.procs import free_port
+from stripemeter.tools.local.procs import free_port as free_port  # re-exported: tests import it from here
+
+# The ``api`` fixture's client (and any other TestClient around one of our aiohttp apps).
+ApiClient: TypeAlias = TestClient[web.Request, web.Application]
 
 
 def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Settings:
@@ -103,6 +110,14 @@ class WorkerProcess:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return ""
+
+
+class StartWorker(Protocol):
+    """The ``start_worker`` fixture: start a worker (``slot``: the machine it runs on, default its name)."""
+
+    def __call__(
+        self, name: str = "w1", slot: str | None = None, args: tuple[str, ...] = (), **overrides: object
+    ) -> WorkerProcess: ...
 
 
 def alive(pid: int) -> bool:

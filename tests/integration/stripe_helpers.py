@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-
-from aiohttp.test_utils import TestClient
+from typing import TypedDict
 
 from stripemeter.domain.config import Secret
 from stripemeter.tools.stripe_emulator import EmulatorState
+from tests.integration.harness import ApiClient
 
 
 async def setup_tenant(
-    api: TestClient, state: EmulatorState, tenant: str, customers: list[str]
+    api: ApiClient, state: EmulatorState, tenant: str, customers: list[str]
 ) -> tuple[dict[str, str], str]:
     """A meter and customers in the emulator, and the mappings that tie them to the tenant."""
     event_name = f"req_{uuid.uuid4().hex[:8]}"
@@ -33,7 +33,14 @@ async def setup_tenant(
     return ids, meter["id"]
 
 
-def emulator_settings(base: str) -> dict[str, object]:
+class EmulatorSettings(TypedDict):
+    """Settings overrides (a TypedDict, so ``**`` of it checks against ``start_worker``'s parameters)."""
+
+    stripe_api_base: str
+    stripe_api_key: Secret
+
+
+def emulator_settings(base: str) -> EmulatorSettings:
     """Worker settings that point the Stripe writer at the emulator."""
     return {"stripe_api_base": base, "stripe_api_key": Secret("sk_test_emulator")}
 

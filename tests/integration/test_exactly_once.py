@@ -20,7 +20,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.tools.local.procs import Managed
 from stripemeter.tools.local.stack import start_kafka
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
-from tests.integration.harness import WorkerProcess, alive
+from tests.integration.harness import StartWorker, WorkerProcess, alive
 from tests.integration.workload import Workload, build, chunks
 
 
@@ -81,7 +81,7 @@ async def during(stream: Awaitable[None], chaos: Callable[[], Awaitable[None]]) 
     await task
 
 
-async def test_kill_9_at_random_moments(env: Settings, start_worker) -> None:
+async def test_kill_9_at_random_moments(env: Settings, start_worker: StartWorker) -> None:
     w = build(f"k9-{uuid.uuid4().hex[:6]}", events=6000)
     worker: WorkerProcess = start_worker("w0", slot="main")
     worker.wait_ready()
@@ -103,7 +103,7 @@ async def test_kill_9_at_random_moments(env: Settings, start_worker) -> None:
     await assert_matches_oracle(env, w)
 
 
-async def test_kill_9_of_the_workers_stage_processes(env: Settings, start_worker) -> None:
+async def test_kill_9_of_the_workers_stage_processes(env: Settings, start_worker: StartWorker) -> None:
     """The worker restarts a killed intake or sink child; the counters still match the oracle. A
     worker killed on its own takes its children with it."""
     w = build(f"kc-{uuid.uuid4().hex[:6]}", events=5000)
@@ -141,7 +141,7 @@ async def test_kill_9_of_the_workers_stage_processes(env: Settings, start_worker
     await eventually(children_gone, timeout=30, what="the stage processes to stop after their worker")
 
 
-async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worker) -> None:
+async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worker: StartWorker) -> None:
     w = build(f"rb-{uuid.uuid4().hex[:6]}", events=5000)
     first = start_worker("a")
     first.wait_ready()
@@ -160,7 +160,7 @@ async def test_two_workers_and_a_rebalance_mid_stream(env: Settings, start_worke
     await assert_matches_oracle(env, w)
 
 
-async def test_broker_restart_mid_stream(stack: Settings, env: Settings, start_worker) -> None:
+async def test_broker_restart_mid_stream(stack: Settings, env: Settings, start_worker: StartWorker) -> None:
     broker = Managed("kafka", stack.state_dir / "run", stack.state_dir / "logs")
     if broker.pid() is None:
         pytest.skip("the broker was not started by this stack (reused), so the test cannot restart it")

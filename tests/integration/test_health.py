@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.request
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -13,14 +14,15 @@ from stripemeter.api.app import create_app as create_api
 from stripemeter.domain.config import Secret, Settings
 from stripemeter.tools.local.procs import free_port
 from tests.integration.client import eventually, produce
+from tests.integration.harness import ApiClient, StartWorker
 
 
-async def ready(api: TestClient) -> tuple[int, dict]:
+async def ready(api: ApiClient) -> tuple[int, dict[str, Any]]:
     response = await api.get("/health/ready")
     return response.status, await response.json()
 
 
-async def test_without_a_worker_the_api_is_unhealthy_and_says_why(api: TestClient) -> None:
+async def test_without_a_worker_the_api_is_unhealthy_and_says_why(api: ApiClient) -> None:
     status, body = await ready(api)
     assert status == 503 and body["status"] == "unhealthy"
     assert body["checks"]["postgres"]["status"] == "ok" and body["checks"]["kafka"]["status"] == "ok"
@@ -29,7 +31,7 @@ async def test_without_a_worker_the_api_is_unhealthy_and_says_why(api: TestClien
 
 
 async def test_with_a_worker_ready_and_stripe_unreachable_it_is_degraded(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     worker = start_worker("w1")
     worker.wait_ready()

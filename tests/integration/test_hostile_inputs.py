@@ -20,6 +20,7 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import counters_of, eventually, produce, read_topic
+from tests.integration.harness import StartWorker
 
 NOW = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -36,7 +37,7 @@ def event(tenant: str, **fields: Any) -> dict[str, Any]:
 
 
 async def test_hostile_kafka_inputs_are_dead_letters_and_counting_goes_on(
-    env: Settings, start_worker
+    env: Settings, start_worker: StartWorker
 ) -> None:
     worker = start_worker()
     worker.wait_ready()
@@ -82,7 +83,7 @@ async def test_hostile_kafka_inputs_are_dead_letters_and_counting_goes_on(
 
 
 async def test_maxima_an_overflow_and_a_poisoned_keyed_message_leave_the_worker_running(
-    env: Settings, start_worker
+    env: Settings, start_worker: StartWorker
 ) -> None:
     """Through real Kafka: 12 messages of 240 events with a 3.9 KiB meta each (every message just under
     1 MiB, 11 MiB in all, sent to one partition so intake packs them), a 1,000-event array, three

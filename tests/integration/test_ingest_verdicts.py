@@ -16,13 +16,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
 
 from stripemeter.domain.config import Settings
 from stripemeter.domain.units import MICROS
 from stripemeter.schemas.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
 from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import counters_of, eventually, outcomes_of, read_topic
+from tests.integration.harness import ApiClient, StartWorker
 
 NOW = datetime.now(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -56,8 +56,13 @@ def nested(depth: int) -> bytes:
 
 def cases(tenant: str) -> list[tuple[str, bytes, str | None, str | None, int]]:
     """(what, event bytes, expected code (None: accepted), expected field, micro-units it counts)."""
-    e = lambda customer, **f: ev(tenant, customer, **f)  # noqa: E731
-    n = lambda customer, name, fragment: spliced(e(customer), name, fragment)  # noqa: E731
+
+    def e(customer: str, **f: Any) -> dict[str, Any]:
+        return ev(tenant, customer, **f)
+
+    def n(customer: str, name: str, fragment: bytes) -> bytes:
+        return spliced(e(customer), name, fragment)
+
     meta_4k = {"note": "m" * (4096 - len(orjson.dumps({"note": ""})))}
     return [
         # accepted: counted through the worker
@@ -129,15 +134,16 @@ def endpoint_verdict(result: dict[str, Any]) -> tuple[str | None, str | None]:
     return result["error"]["code"], result["error"].get("field")
 
 
-async def post(api: TestClient, raw_events: list[bytes]) -> dict[str, Any]:
+async def post(api: ApiClient, raw_events: list[bytes]) -> dict[str, Any]:
     body = b'{"events": [' + b",".join(raw_events) + b"]}"
     response = await api.post("/v1/events/ingest", data=body)
     assert response.status == 202, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 async def test_every_event_gets_intakes_verdict_and_what_is_accepted_counts(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     start_worker().wait_ready()
     tenant = f"iv-{uuid.uuid4().hex[:6]}"
@@ -187,7 +193,7 @@ async def test_every_event_gets_intakes_verdict_and_what_is_accepted_counts(
 
 
 async def test_a_full_body_at_the_contracts_maxima_is_written_in_messages_intake_reads(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     """1000 events with 4 KiB meta each (about 4.3 MB): every one accepted, written in messages of at
     most 1 MiB (not one message of 1000), and counted."""
@@ -217,7 +223,7 @@ async def test_a_full_body_at_the_contracts_maxima_is_written_in_messages_intake
     assert worker.proc is not None and worker.proc.poll() is None
 
 
-async def test_no_body_gets_a_500(api: TestClient) -> None:
+async def test_no_body_gets_a_500(api: ApiClient) -> None:
     valid = orjson.dumps(ev("nb", "c"))
     deep_event = b'{"tenantId":"nb","x":' + b"[" * 1100 + b"]" * 1100 + b"}"
     bodies: list[tuple[str, bytes, dict[str, str], int, str | None]] = [  # what, body, headers, status, field
@@ -266,7 +272,7 @@ async def test_no_body_gets_a_500(api: TestClient) -> None:
     ]
 
 
-async def test_slow_path_bodies_are_answered_quickly(api: TestClient) -> None:
+async def test_slow_path_bodies_are_answered_quickly(api: ApiClient) -> None:
     """A 5 MiB body orjson refuses (one NaN among 1000 events) is split and judged in well under a second."""
     meta = {"note": "m" * 4000}
     events = [orjson.dumps(ev("sp", f"c{i}", meta=meta)) for i in range(999)] + [b"NaN"]

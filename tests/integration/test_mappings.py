@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
@@ -13,11 +14,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from stripemeter.api.app import create_app as create_api
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
+from tests.integration.harness import ApiClient
 from tests.integration.stripe_helpers import emulator_settings
 
 
 @pytest_asyncio.fixture
-async def stripe_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[TestClient]:
+async def stripe_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[ApiClient]:
     client = TestClient(TestServer(create_api(env.with_overrides(**emulator_settings(emulator[1])))))
     await client.start_server()
     yield client
@@ -35,12 +37,12 @@ def meter(state: EmulatorState, formula: str, **extra: object) -> str:
 
 
 async def test_a_meter_that_cannot_carry_the_metric_is_refused_naming_the_field(
-    stripe_api: TestClient, emulator: tuple[EmulatorState, str]
+    stripe_api: ApiClient, emulator: tuple[EmulatorState, str]
 ) -> None:
     state, _ = emulator
     tenant = f"mp-{uuid.uuid4().hex[:6]}"
 
-    async def put(event_name: str, aggregation: str) -> tuple[int, dict]:
+    async def put(event_name: str, aggregation: str) -> tuple[int, dict[str, Any]]:
         r = await stripe_api.put(
             f"/v1/mappings/{tenant}/m", json={"stripeMeterEventName": event_name, "aggregation": aggregation}
         )
@@ -67,15 +69,16 @@ async def test_a_meter_that_cannot_carry_the_metric_is_refused_naming_the_field(
     assert status == 422 and "inactive" in body["error"]["message"]
 
 
-async def test_raising_lateness_sets_the_dedupe_horizon_lowering_keeps_it(api: TestClient) -> None:
+async def test_raising_lateness_sets_the_dedupe_horizon_lowering_keeps_it(api: ApiClient) -> None:
     tenant = f"lh-{uuid.uuid4().hex[:6]}"
 
-    async def put(lateness: int) -> dict:
+    async def put(lateness: int) -> dict[str, Any]:
         r = await api.put(
             f"/v1/mappings/{tenant}/m", json={"stripeMeterEventName": "x", "latenessSeconds": lateness}
         )
         assert r.status == 200
-        return await r.json()
+        body: dict[str, Any] = await r.json()
+        return body
 
     assert (await put(2 * 3600))["dedupeHorizon"] is None  # below the 48 h default: nothing expired early
     raised = await put(10 * 3600)

@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient
 
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import eventually, produce, read_topic
+from tests.integration.harness import ApiClient, StartWorker
 
 NOW = datetime.now(UTC).replace(microsecond=0)
 
@@ -22,7 +22,7 @@ def ts(delta: timedelta = timedelta()) -> str:
 
 def ev(
     tenant: str, customer: str = "acme", quantity: float = 1, when: str | None = None, **extra: Any
-) -> dict:
+) -> dict[str, Any]:
     return {
         "tenantId": tenant,
         "metric": "requests",
@@ -34,8 +34,8 @@ def ev(
 
 
 async def history_total(
-    api: TestClient, tenant: str, customer: str = "acme", metric: str = "requests"
-) -> Any:
+    api: ApiClient, tenant: str, customer: str = "acme", metric: str = "requests"
+) -> float:
     response = await api.get(
         "/v1/usage/history",
         params={
@@ -45,10 +45,11 @@ async def history_total(
             "since": ts(timedelta(days=-5)),
         },
     )
-    return (await response.json())["total"]
+    total: float = (await response.json())["total"]
+    return total
 
 
-async def wait_total(api: TestClient, tenant: str, expected: float, customer: str = "acme") -> None:
+async def wait_total(api: ApiClient, tenant: str, expected: float, customer: str = "acme") -> None:
     async def reached() -> bool:
         return await history_total(api, tenant, customer) == expected
 
@@ -56,7 +57,7 @@ async def wait_total(api: TestClient, tenant: str, expected: float, customer: st
 
 
 async def test_ingest_answers_per_event_in_order_and_counts_once(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     start_worker().wait_ready()
     tenant = f"in-{uuid.uuid4().hex[:6]}"
@@ -94,7 +95,7 @@ async def test_ingest_answers_per_event_in_order_and_counts_once(
     await eventually(ledger_has_duplicates, what="counted and duplicate rows in the ledger")
 
 
-async def test_ingest_rejects_malformed_bodies(api: TestClient) -> None:
+async def test_ingest_rejects_malformed_bodies(api: ApiClient) -> None:
     for payload, field in (
         (b"nope", "body"),
         (b"[]", "body"),
@@ -110,8 +111,8 @@ async def test_ingest_rejects_malformed_bodies(api: TestClient) -> None:
 
 async def test_hostile_inputs_go_to_the_dead_letter_topic_and_counting_goes_on(
     env: Settings,
-    start_worker,
-    api: TestClient,
+    start_worker: StartWorker,
+    api: ApiClient,
 ) -> None:
     start_worker().wait_ready()
     tenant = f"dlq-{uuid.uuid4().hex[:6]}"
@@ -150,7 +151,7 @@ async def test_hostile_inputs_go_to_the_dead_letter_topic_and_counting_goes_on(
 
 
 async def test_late_within_window_counts_beyond_goes_to_usage_late(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     start_worker().wait_ready()
     tenant = f"late-{uuid.uuid4().hex[:6]}"
@@ -205,7 +206,7 @@ async def _wait_policy_refresh() -> None:
     await asyncio.sleep(POLICY_REFRESH_INTERVAL + 1)
 
 
-async def test_mappings_round_trip_and_name_bad_fields(api: TestClient) -> None:
+async def test_mappings_round_trip_and_name_bad_fields(api: ApiClient) -> None:
     tenant = f"map-{uuid.uuid4().hex[:6]}"
     bad = await api.put(
         f"/v1/mappings/{tenant}/requests", json={"stripeMeterEventName": "x", "aggregation": "max"}

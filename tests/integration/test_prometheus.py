@@ -12,6 +12,7 @@ import subprocess
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,8 @@ def prometheus_config(api: str, worker: str, rules: Path) -> str:
 
 def alerts(base: str) -> list[dict[str, Any]]:
     with urllib.request.urlopen(f"{base}/api/v1/alerts", timeout=5) as response:
-        return json.loads(response.read())["data"]["alerts"]
+        found: list[dict[str, Any]] = json.loads(response.read())["data"]["alerts"]
+        return found
 
 
 def drift_alert(base: str, tenant: str, customer: str) -> dict[str, Any] | None:
@@ -60,7 +62,7 @@ def drift_alert(base: str, tenant: str, customer: str) -> dict[str, Any] | None:
     return None
 
 
-def wait(check, what: str, timeout: float = 60) -> None:
+def wait(check: Callable[[], object], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"

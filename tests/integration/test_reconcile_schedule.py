@@ -50,7 +50,7 @@ async def seed(
     state.create_meter(
         {"display_name": "r", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
     )
-    customer_id = state.create_customer({"email": "c@example.com"})["id"]
+    customer_id: str = state.create_customer({"email": "c@example.com"})["id"]
     await conn.execute(
         "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
         " VALUES (%s, 'requests', %s, 'sum')",
@@ -88,8 +88,8 @@ def stripe_holds(state: EmulatorState, customer_id: str) -> int:
     return sum(e.value for e in events if e.customer == customer_id)
 
 
-def utc(*parts: int) -> datetime:
-    return datetime(*parts, tzinfo=UTC)
+def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> datetime:
+    return datetime(year, month, day, hour, minute, tzinfo=UTC)
 
 
 # now; the hour the usage is in, and the period that hour belongs to; the customer's billing anchor;

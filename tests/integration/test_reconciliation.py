@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ from stripemeter.schemas.topics import TopicNames
 from stripemeter.tools.demo import usage
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, outcomes_of, produce, read_topic
+from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 
 HOUR = 3600
@@ -34,7 +35,7 @@ async def stripe_env(env: Settings, emulator: tuple[EmulatorState, str]) -> Sett
 
 
 @pytest_asyncio.fixture
-async def rapi(stripe_env: Settings) -> AsyncIterator[TestClient]:
+async def rapi(stripe_env: Settings) -> AsyncIterator[ApiClient]:
     client = TestClient(TestServer(create_api(stripe_env)))
     await client.start_server()
     yield client
@@ -71,10 +72,11 @@ async def writer_synced(stripe_env: Settings, state: EmulatorState, tenant: str,
     return bool(mapped) and stripe_totals(state, ids) == mapped
 
 
-async def run(api: TestClient, tenant: str, period: str, **extra: Any) -> dict[str, Any]:
+async def run(api: ApiClient, tenant: str, period: str, **extra: Any) -> dict[str, Any]:
     response = await api.post("/v1/reconciliation/run", json={"tenantId": tenant, "period": period, **extra})
     assert response.status == 200, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 def by_customer(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -95,7 +97,7 @@ def meter_event(state: EmulatorState, ids: dict[str, str], customer: str, value:
 
 
 async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_beyond(
-    stripe_env: Settings, start_worker, rapi: TestClient, emulator: tuple[EmulatorState, str]
+    stripe_env: Settings, start_worker: StartWorker, rapi: ApiClient, emulator: tuple[EmulatorState, str]
 ) -> None:
     state, base = emulator
     tenant = f"rc-{uuid.uuid4().hex[:6]}"
@@ -196,7 +198,7 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
 
 
 async def test_runbook_examples_late_event_and_duplicate_end_in_parity(
-    stripe_env: Settings, start_worker, rapi: TestClient, emulator: tuple[EmulatorState, str]
+    stripe_env: Settings, start_worker: StartWorker, rapi: ApiClient, emulator: tuple[EmulatorState, str]
 ) -> None:
     state, base = emulator
     tenant = f"rb-{uuid.uuid4().hex[:6]}"
@@ -262,11 +264,11 @@ async def test_runbook_examples_late_event_and_duplicate_end_in_parity(
     assert (item["status"], item["inFlight"], item["action"]) == ("parity", 7, "wait")
 
 
-async def _has(outcomes: Any, outcome: str, n: int) -> bool:
+async def _has(outcomes: Awaitable[dict[str, int]], outcome: str, n: int) -> bool:
     return (await outcomes).get(outcome, 0) >= n
 
 
-async def test_run_and_summary_reject_bad_requests(rapi: TestClient) -> None:
+async def test_run_and_summary_reject_bad_requests(rapi: ApiClient) -> None:
     bad = await rapi.post("/v1/reconciliation/run", json={"tenantId": "t", "period": "2026-13"})
     assert bad.status == 400 and (await bad.json())["error"]["field"] == "period"
     bad = await rapi.post("/v1/reconciliation/run", json={"period": "2026-11"})

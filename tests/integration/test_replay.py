@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import Counter
+from collections.abc import Awaitable
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -24,6 +26,7 @@ from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.replayer import ReplayRequest, build_replayer
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
+from tests.integration.harness import ApiClient, StartWorker
 
 HOUR_MS = 3_600_000
 
@@ -65,7 +68,8 @@ async def end_offsets(env: Settings, topics: list[str]) -> dict[TopicPartition, 
         if not parts:
             await consumer.topics()
             parts = [TopicPartition(t, p) for t in topics for p in consumer.partitions_for_topic(t) or ()]
-        return await consumer.end_offsets(parts)
+        offsets: dict[TopicPartition, int] = await consumer.end_offsets(parts)
+        return offsets
     finally:
         await consumer.stop()
 
@@ -89,7 +93,7 @@ def scenario(tenant: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     return fresh, late
 
 
-async def replay(api: TestClient, tenant: str, mode: str, **extra: Any) -> dict[str, Any]:
+async def replay(api: ApiClient, tenant: str, mode: str, **extra: Any) -> dict[str, Any]:
     body = {
         "tenantId": tenant,
         "metrics": ["requests"],
@@ -100,11 +104,12 @@ async def replay(api: TestClient, tenant: str, mode: str, **extra: Any) -> dict[
     }
     response = await api.post("/v1/replay", json=body)
     assert response.status == 200, await response.text()
-    return await response.json()
+    result: dict[str, Any] = await response.json()
+    return result
 
 
 async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_once(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     tenant = f"rp-{uuid.uuid4().hex[:6]}"
     start_worker("w1").wait_ready()
@@ -148,7 +153,7 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
 
 
 async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_counts(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     tenant = f"rl-{uuid.uuid4().hex[:6]}"
     worker = start_worker("w1", slot="main")
@@ -190,7 +195,8 @@ class FailingAfter:
         self.partitions: list[int] = []  # of the messages sent
 
     async def partitions_for(self, topic: str) -> set[int]:
-        return await self.producer.partitions_for(topic)
+        partitions: set[int] = await self.producer.partitions_for(topic)
+        return partitions
 
     async def send(self, topic: str, value: bytes, partition: int) -> Any:
         if len(self.partitions) >= self.sends:
@@ -208,7 +214,7 @@ def spread_tenant(prefix: str, partitions: int) -> str:
 
 
 async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts_each_event_once(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     """An apply sends the corrections of one keyed partition, then fails before the other. A new
     too-late event then arrives for a counter whose correction was sent. The retry re-sends what the
@@ -232,7 +238,7 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
     try:
         async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
             with pytest.raises(KafkaConnectionError):
-                await build_replayer(env, failing).run(conn, request)  # type: ignore[arg-type]
+                await build_replayer(env, failing).run(conn, request)
         await producer.flush()  # what was sent before the failure reaches the meter
     finally:
         await producer.stop()
@@ -273,7 +279,7 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
 
 
 async def test_a_key_reused_by_two_customers_is_replayed_once_for_each(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     """A key is one event per (tenant, customer): a too-late event of one customer is owed whatever
     another customer of the tenant did with the same key (counted it, sent it late too, or had it
@@ -358,7 +364,9 @@ async def correction_states(env: Settings, tenant: str) -> dict[str, int]:
         return {status: int(n) for status, n in await cur.fetchall()}
 
 
-async def test_adjustments_are_counted_once_and_listed(env: Settings, start_worker, api: TestClient) -> None:
+async def test_adjustments_are_counted_once_and_listed(
+    env: Settings, start_worker: StartWorker, api: ApiClient
+) -> None:
     tenant = f"ad-{uuid.uuid4().hex[:6]}"
     start_worker("w1").wait_ready()
     now = now_ms()
@@ -429,7 +437,7 @@ async def test_adjustments_are_counted_once_and_listed(env: Settings, start_work
 
 
 async def test_an_adjustment_retried_after_the_meter_forgot_it_still_applies_once(
-    env: Settings, start_worker, api: TestClient
+    env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
     """The meter's dedupe entry for a correction expires after the lateness window (48 h) plus an hour.
     A worker living 3 days later sees the stream's watermark move on and expires it for real; a retry
@@ -503,7 +511,7 @@ def _metric(scraped: str, name: str) -> float:
 
 
 async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
-    env: Settings, start_worker, tmp_path
+    env: Settings, start_worker: StartWorker, tmp_path: Path
 ) -> None:
     """Read your writes: without a running meter an apply cannot show; it says so, and where to look."""
     from aiohttp.test_utils import TestServer
@@ -539,9 +547,9 @@ async def test_an_apply_no_worker_applies_says_so_and_shows_once_one_does(
         await client.close()
 
 
-async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient) -> None:
+async def test_bad_replay_requests_name_the_field(env: Settings, api: ApiClient) -> None:
     base = {"tenantId": "t", "metrics": ["requests"], "since": "-PT24H", "until": "now", "mode": "dry-run"}
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"metrics": ["nope"]}, "metrics"),
         ({"metrics": []}, "metrics"),
         ({"since": "now", "until": "-PT1H"}, "since"),
@@ -562,7 +570,7 @@ async def test_bad_replay_requests_name_the_field(env: Settings, api: TestClient
     assert missing.status == 404
 
 
-async def test_an_adjustment_time_before_1970_is_refused_naming_ts(env: Settings, api: TestClient) -> None:
+async def test_an_adjustment_time_before_1970_is_refused_naming_ts(env: Settings, api: ApiClient) -> None:
     """Such a ``ts`` made a delta whose bucket the Stripe writer could not read back (year 999 was
     written "999"), or with a billing anchor a period before year 1: the API refuses it."""
     body = {"tenantId": "t", "metric": "requests", "customerRef": "acme", "delta": 1, "reason": "refund"}
@@ -576,5 +584,5 @@ async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) ->
     return (await outcomes_of(env, tenant)).get(outcome, 0) >= n
 
 
-async def _equals(actual: Any, expected: Counter[tuple[str, int]]) -> bool:
+async def _equals(actual: Awaitable[Counter[tuple[str, int]]], expected: Counter[tuple[str, int]]) -> bool:
     return +(await actual) == +expected

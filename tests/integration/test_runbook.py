@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -111,7 +112,7 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         down(settings, log.append)
 
 
-def _wait(check, what: str, timeout: float = 90) -> None:
+def _wait(check: Callable[[], object], what: str, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

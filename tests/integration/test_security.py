@@ -21,10 +21,11 @@ from stripemeter.api.appkeys import KEY_CACHE
 from stripemeter.api.limits import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
 from stripemeter.domain.config import Settings
 from stripemeter.services import api_keys as keys
+from tests.integration.harness import ApiClient
 
 
 @pytest_asyncio.fixture
-async def secured(env: Settings) -> AsyncIterator[TestClient]:
+async def secured(env: Settings) -> AsyncIterator[ApiClient]:
     client = TestClient(
         TestServer(create_api(env.with_overrides(auth_enabled=True, rate_limit_per_second=1000)))
     )
@@ -37,7 +38,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-async def test_requests_without_a_valid_key_are_refused(env: Settings, secured: TestClient) -> None:
+async def test_requests_without_a_valid_key_are_refused(env: Settings, secured: ApiClient) -> None:
     tenant = f"sa-{uuid.uuid4().hex[:6]}"
     token = await keys.create(env, tenant, "read", "test")
     ok = await secured.get(f"/v1/watermarks?tenantId={tenant}&metric=m", headers=bearer(token))
@@ -57,7 +58,7 @@ async def test_requests_without_a_valid_key_are_refused(env: Settings, secured: 
     assert (await secured.get("/metrics")).status == 200
 
 
-async def test_scopes_limit_what_a_key_does(env: Settings, secured: TestClient) -> None:
+async def test_scopes_limit_what_a_key_does(env: Settings, secured: ApiClient) -> None:
     tenant = f"sb-{uuid.uuid4().hex[:6]}"
     reader = bearer(await keys.create(env, tenant, "read", None))
     ingester = bearer(await keys.create(env, tenant, "ingest", None))
@@ -95,7 +96,7 @@ def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
 
 
 async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
-    env: Settings, secured: TestClient
+    env: Settings, secured: ApiClient
 ) -> None:
     a, b = f"ta-{uuid.uuid4().hex[:6]}", f"tb-{uuid.uuid4().hex[:6]}"
     key_a = bearer(await keys.create(env, a, "admin", None))
@@ -152,7 +153,7 @@ async def test_rate_limit_answers_429_with_retry_after(env: Settings) -> None:
         await client.close()
 
 
-async def test_size_limits(api: TestClient) -> None:
+async def test_size_limits(api: ApiClient) -> None:
     too_big = await api.post("/v1/events/ingest", data=b"x" * (7 * 1024 * 1024))
     assert too_big.status == 413
     event = {"tenantId": "t", "metric": "m", "customerRef": "c", "quantity": 1, "ts": "2026-01-01T00:00:00Z"}
@@ -211,7 +212,9 @@ async def test_made_up_keys_cost_a_bounded_number_of_lookups_per_client(
         results: list[tuple[int, str | None]] = []
         victims: list[int] = []
         for wave in range(10):  # 500 made-up keys
-            *answers, answer = await asyncio.gather(*(attack(wave * 50 + i) for i in range(50)), victim())
+            # the attacks' (status, Retry-After), then the victim's status
+            gathered: list[Any] = await asyncio.gather(*(attack(wave * 50 + i) for i in range(50)), victim())
+            *answers, answer = gathered
             results.extend(answers)
             victims.append(answer)
         elapsed = time.monotonic() - started
@@ -223,7 +226,7 @@ async def test_made_up_keys_cost_a_bounded_number_of_lookups_per_client(
         assert statuses.count(401) == len(attacker_lookups) and statuses.count(429) == 500 - len(
             attacker_lookups
         )
-        assert all(int(retry) >= 1 for status, retry in results if status == 429)
+        assert all(retry is not None and int(retry) >= 1 for status, retry in results if status == 429)
         assert victims == [200] * 10  # another client with a valid key is never refused
         assert sample("stripemeter_api_auth_throttled_total") - throttled_before == statuses.count(429)
         print(f"500 made-up keys in {elapsed:.2f}s: {len(attacker_lookups)} lookups, "

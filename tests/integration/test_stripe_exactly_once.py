@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import pytest_asyncio
@@ -36,6 +36,9 @@ from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator import create_app as create_emulator
 from tests.integration.client import eventually, produce
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
+
+if TYPE_CHECKING:
+    from stripe.params.billing import MeterEventSummaryListParams
 
 HOUR = 3600
 CUSTOMERS = [f"c{i:02d}" for i in range(50)]
@@ -180,7 +183,9 @@ def summaries_in_process(
     return held
 
 
-async def read_within_budget(client: stripe.StripeClient, meter_id: str, params: dict[str, Any]) -> Any:
+async def read_within_budget(
+    client: stripe.StripeClient, meter_id: str, params: MeterEventSummaryListParams
+) -> stripe.ListObject[stripe.billing.MeterEventSummary]:
     """The test's reads share the account's 25 operations/s with the workers: wait out a 429."""
     while True:
         try:
@@ -189,7 +194,9 @@ async def read_within_budget(client: stripe.StripeClient, meter_id: str, params:
             await asyncio.sleep(0.5)
 
 
-async def hourly_summaries(base: str, meters: dict[str, str], ids: dict[str, str], start: int, end: int):
+async def hourly_summaries(
+    base: str, meters: dict[str, str], ids: dict[str, str], start: int, end: int
+) -> dict[tuple[str, str, int], int]:
     """Stripe's own view through the real client: hour summaries per metric, customer and hour."""
     client = stripe.StripeClient(
         "sk_test_reader",
@@ -200,7 +207,7 @@ async def hourly_summaries(base: str, meters: dict[str, str], ids: dict[str, str
     held: dict[tuple[str, str, int], int] = {}
     for metric, meter_id in meters.items():
         for customer, cus in ids.items():
-            params: dict[str, Any] = {"customer": cus, "start_time": start, "end_time": end,
+            params: MeterEventSummaryListParams = {"customer": cus, "start_time": start, "end_time": end,
                                       "value_grouping_window": "hour", "limit": 100}  # fmt: skip
             while True:
                 page = await read_within_budget(client, meter_id, params)

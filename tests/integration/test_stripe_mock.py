@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import pytest
 import pytest_asyncio
@@ -40,6 +40,16 @@ from stripemeter.core.push_plan import Request as MeterEvent
 from stripemeter.core.reconcile_compare import Item
 from stripemeter.services.reconciler import correction_identifier
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
+
+if TYPE_CHECKING:
+    from stripe.params import CustomerCreateParams
+    from stripe.params.billing import (
+        MeterCreateParams,
+        MeterEventCreateParams,
+        MeterEventSummaryListParams,
+        MeterListParams,
+        MeterRetrieveParams,
+    )
 
 INSTALL = "go install github.com/stripe/stripe-mock@latest"
 KEY = "sk_test_emulatorspec"  # stripe-mock wants sk_test_<one part>
@@ -120,7 +130,9 @@ class Server:
         try:
             await request(self.client)
         except stripe.StripeError as error:
-            body = (error.json_body or {}).get("error", {})
+            json_body = error.json_body or {}
+            assert isinstance(json_body, dict)  # stripe types it as object
+            body = json_body.get("error", {})
             message = body.get("message", str(error))
             param = body.get("param") if self.name == "emulator" else mock_param(message)
             return Outcome(error.http_status or 0, param, message)
@@ -160,7 +172,7 @@ async def servers(stripe_mock: str) -> AsyncIterator[tuple[Server, Server]]:
         yield mock, emu
     finally:
         for client in http:
-            await client.close_async()
+            await client.close_async()  # type: ignore[no-untyped-call]  # stripe leaves it unannotated
         await emulator.close()
 
 
@@ -172,7 +184,7 @@ def create_customer(client: stripe.StripeClient) -> Awaitable[Any]:
     return client.v1.customers.create_async({"email": f"{uuid.uuid4().hex[:8]}@example.com"})
 
 
-def meter_params(event_name: str, keys: dict[str, str] | None = None) -> dict[str, Any]:
+def meter_params(event_name: str, keys: dict[str, str] | None = None) -> MeterCreateParams:
     """The demo's meter: every setting spelled out (default keys unless `keys`)."""
     keys = keys or {"customer_mapping": "stripe_customer_id", "value_settings": "value"}
     return {
@@ -234,7 +246,7 @@ async def setup(server: Server) -> None:
     custom = meter_params(server.custom_event_name, CUSTOM_KEYS)
     server.custom_meter = (await server.client.v1.billing.meters.create_async(custom)).id
     # the tests' shorter form (tests/integration/stripe_helpers.py)
-    plain = {
+    plain: MeterCreateParams = {
         "display_name": "requests",
         "event_name": f"req_{tag}",
         "default_aggregation": {"formula": "sum"},
@@ -243,7 +255,11 @@ async def setup(server: Server) -> None:
     for push in pushes(server.event_name, server.customer):
         result = await send(server.client, push)
         assert result.outcome == "delivered", (server.name, push, result)
-    params = {"customer": server.customer, "start_time": HOURS[0], "end_time": HOURS[1]}
+    params: MeterEventSummaryListParams = {
+        "customer": server.customer,
+        "start_time": HOURS[0],
+        "end_time": HOURS[1],
+    }
     page = await server.client.v1.billing.meters.event_summaries.list_async(
         server.meter, {**params, "value_grouping_window": "hour", "limit": 100}
     )
@@ -310,17 +326,20 @@ def event(
             }
         key = params.get("identifier") or f"key_{tag}"
         options: Any = {"idempotency_key": f"{key}-r{retry}" if retry else key}
-        return lambda client: client.v1.billing.meter_events.create_async(params, options)
+        # the variants leave Stripe's TypedDict on purpose (a dropped required key, a wrong type)
+        return lambda client: client.v1.billing.meter_events.create_async(
+            cast("MeterEventCreateParams", params), options
+        )
 
     return build
 
 
 def meter(change: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Request:
     def build(server: Server) -> Callable[[stripe.StripeClient], Awaitable[Any]]:
-        params = {**meter_params(f"sm_other_{uuid.uuid4().hex[:8]}"), **(change or {})}
+        params: dict[str, Any] = {**meter_params(f"sm_other_{uuid.uuid4().hex[:8]}"), **(change or {})}
         for key in drop:
             params.pop(key)
-        return lambda client: client.v1.billing.meters.create_async(params)
+        return lambda client: client.v1.billing.meters.create_async(cast("MeterCreateParams", params))
 
     return build
 
@@ -338,27 +357,40 @@ def summaries(change: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) 
         params.update(change or {})
         for key in drop:
             params.pop(key)
-        return lambda client: client.v1.billing.meters.event_summaries.list_async(server.meter, params)
+        return lambda client: client.v1.billing.meters.event_summaries.list_async(
+            server.meter, cast("MeterEventSummaryListParams", params)
+        )
 
     return build
 
 
 def meters_list(change: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Request:
     def build(server: Server) -> Callable[[stripe.StripeClient], Awaitable[Any]]:
-        params = {"status": "active", "limit": 100, "starting_after": server.meter, **(change or {})}
+        params: dict[str, Any] = {
+            "status": "active",
+            "limit": 100,
+            "starting_after": server.meter,
+            **(change or {}),
+        }
         for key in drop:
             params.pop(key)
-        return lambda client: client.v1.billing.meters.list_async(params)
+        return lambda client: client.v1.billing.meters.list_async(cast("MeterListParams", params))
 
     return build
 
 
 def meter_retrieve(params: dict[str, Any] | None = None) -> Request:
-    return lambda server: lambda client: client.v1.billing.meters.retrieve_async(server.meter, params)
+    return lambda server: (
+        lambda client: client.v1.billing.meters.retrieve_async(
+            server.meter, cast("MeterRetrieveParams | None", params)
+        )
+    )
 
 
 def customer(params: dict[str, Any]) -> Request:
-    return lambda server: lambda client: client.v1.customers.create_async(params)
+    return lambda server: (
+        lambda client: client.v1.customers.create_async(cast("CustomerCreateParams", params))
+    )
 
 
 NEGATIVE = {"payload": {"stripe_customer_id": "CUSTOMER", "value": "-3"}}

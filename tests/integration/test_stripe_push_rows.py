@@ -5,6 +5,7 @@ nothing; error reports take back what a dropped request was thought to deliver."
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
 import psycopg
@@ -21,7 +22,7 @@ METER = Meter("mtr_1", "api", "sum", "stripe_customer_id", "value", True, None)
 
 
 @pytest.fixture
-async def conn(stack: Settings):
+async def conn(stack: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
     async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as c:
         yield c
 

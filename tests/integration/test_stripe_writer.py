@@ -6,12 +6,12 @@ import asyncio
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
-
-from aiohttp.test_utils import TestClient
+from typing import Any
 
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
+from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant, stripe_totals
 
 
@@ -37,7 +37,7 @@ def local_totals(counters: dict[tuple[str, str, int], int]) -> Counter[tuple[str
     return Counter({(c, b // 1000): t // 1_000_000 for (_m, c, b), t in counters.items()})
 
 
-def events(tenant: str, customers: list[str], n: int) -> list[dict]:
+def events(tenant: str, customers: list[str], n: int) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
     return [
         {
@@ -54,8 +54,8 @@ def events(tenant: str, customers: list[str], n: int) -> list[dict]:
 
 async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     env: Settings,
-    start_worker,
-    api: TestClient,
+    start_worker: StartWorker,
+    api: ApiClient,
     emulator: tuple[EmulatorState, str],
 ) -> None:
     state, base = emulator
@@ -107,8 +107,8 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
 
 async def test_unknown_customer_is_parked_while_the_others_flow(
     env: Settings,
-    start_worker,
-    api: TestClient,
+    start_worker: StartWorker,
+    api: ApiClient,
     emulator: tuple[EmulatorState, str],
 ) -> None:
     state, base = emulator

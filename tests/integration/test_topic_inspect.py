@@ -54,7 +54,7 @@ async def produce(settings: Settings, topic: str, values: list[bytes | None], **
     await producer.start()
     try:
         for value in values:
-            await producer.send_and_wait(topic, value, **kwargs)  # type: ignore[arg-type]
+            await producer.send_and_wait(topic, value, **kwargs)
     finally:
         await producer.stop()
 

@@ -42,7 +42,7 @@ def build(
     metrics = ("requests", "tokens")
     for c in range(customers):
         for metric in metrics:
-            e = {
+            e: dict[str, Any] = {
                 "tenantId": tenant,
                 "metric": metric,
                 "customerRef": f"cust-{c}",
