@@ -154,7 +154,7 @@ class World:
             self.metering,  # type: ignore[arg-type]
             self.tables,  # type: ignore[arg-type]
             NAMES,
-            self.producer,  # type: ignore[arg-type]
+            self.producer,
         )
 
     def handled(self, name: str, partition: int = 0, offset: int = 5, watermark_ms: int = BUCKET_MS) -> None:
@@ -329,7 +329,7 @@ async def test_one_delta_per_touched_counter_with_its_current_total_and_seq() ->
 
 async def test_nothing_to_do_sends_nothing() -> None:
     world = World()
-    world.checkpointer.producer = None  # type: ignore[assignment]  # not even needed
+    world.checkpointer.producer = None  # not even needed
     assert await world.checkpointer.run() == 0
     assert world.log == []
     assert await world.checkpointer.wait_idle()
