@@ -18,4 +18,7 @@ async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path
     assert isinstance(app.consumer, ThreadDelegateConsumer)
     assert isinstance(app.consumer._thread, fetch_wait._ConsumerThread)
     consumer = app.consumer._thread._create_worker_consumer(app.transport)  # built, not started
-    assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
+    try:
+        assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
+    finally:
+        await consumer.stop()  # closes it without having connected: no unclosed-consumer warning
