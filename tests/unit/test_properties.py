@@ -271,9 +271,11 @@ def test_metering_matches_the_oracle_under_duplicates_lateness_and_redelivery(
     expected_outcomes, expected_totals = oracle(events, first)
     assert [first_outcome[i] for i in first] == expected_outcomes
     actual = {}
+    counters = meter.counters
+    assert isinstance(counters, DictKV)
     for customer in CUSTOMERS:
         for bucket in {ts - ts % HOUR for _k, _c, _m, ts in events}:
-            value = total(meter.counters, bucket, customer=customer)  # type: ignore[arg-type]
+            value = total(counters, bucket, customer=customer)
             if value:
                 actual[(customer, bucket)] = value
     assert actual == expected_totals
