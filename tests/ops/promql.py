@@ -31,6 +31,7 @@ def exported_series() -> dict[str, set[str]]:
     for module in (metrics, http_metrics):
         for value in vars(module).values():
             if isinstance(value, MetricWrapperBase):
+                assert value._type is not None, value._name  # set by every concrete metric class
                 for suffix in SAMPLE_SUFFIXES[value._type]:
                     known[value._name + suffix] = set(value._labelnames)
     return known

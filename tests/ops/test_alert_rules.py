@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -48,7 +49,7 @@ def test_prometheus_config_is_valid() -> None:
     promtool("check", "config", str((PROMETHEUS / "prometheus.yml").relative_to(ROOT)))
 
 
-def alert_rules() -> list[dict]:
+def alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
     assert [g["name"] for g in doc["groups"]] == ["stripemeter"]
     return [r for r in doc["groups"][0]["rules"] if "alert" in r]

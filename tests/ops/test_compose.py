@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from typing import Any
 
 import yaml
 
@@ -16,8 +17,9 @@ COMPOSE = ROOT / "docker-compose.yml"
 OURS = ("init", "stripe-emulator", "worker", "api")  # services running the stripemeter image
 
 
-def compose() -> dict:
-    return yaml.safe_load(COMPOSE.read_text())
+def compose() -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
+    return doc
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
@@ -67,7 +69,7 @@ def test_ports_agree_with_the_settings_and_the_prometheus_config() -> None:
     assert dns["names"] == ["worker"] and dns["port"] == defaults.worker_web_port
 
 
-def published(service: dict) -> list[tuple[str | None, str, str]]:
+def published(service: dict[str, Any]) -> list[tuple[str | None, str, str]]:
     """(host address or None for every interface, host port, container port) of each published port."""
     ports = []
     for entry in service.get("ports", []):
@@ -121,4 +123,6 @@ def test_monitoring_profile_mounts_the_rules_and_the_dashboards() -> None:
 
 def test_compose_kafka_is_the_local_stacks_version() -> None:
     image = compose()["services"]["kafka"]["image"]
-    assert re.fullmatch(r"apache/kafka:(.+)", image).group(1) == Settings().kafka_version
+    tag = re.fullmatch(r"apache/kafka:(.+)", image)
+    assert tag is not None, image
+    assert tag.group(1) == Settings().kafka_version

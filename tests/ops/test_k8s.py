@@ -5,6 +5,7 @@ ConfigMap and Secret, settings the code reads, static membership and the table s
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -18,7 +19,10 @@ KUBERNETES_VERSION = "1.33"
 NAMESPACE = "stripemeter"
 
 
-def manifests() -> list[tuple[Path, dict]]:
+Manifest = dict[str, Any]
+
+
+def manifests() -> list[tuple[Path, Manifest]]:
     return [
         (path, doc)
         for path in sorted(K8S.glob("*.yaml"))
@@ -28,23 +32,24 @@ def manifests() -> list[tuple[Path, dict]]:
     ]
 
 
-def by_kind(kind: str) -> dict[str, dict]:
+def by_kind(kind: str) -> dict[str, Manifest]:
     return {doc["metadata"]["name"]: doc for _, doc in manifests() if doc["kind"] == kind}
 
 
-def workloads() -> list[dict]:
+def workloads() -> list[Manifest]:
     return [doc for _, doc in manifests() if doc["kind"] in {"Deployment", "StatefulSet", "Job"}]
 
 
-def containers(workload: dict) -> list[dict]:
-    return workload["spec"]["template"]["spec"]["containers"]
+def containers(workload: Manifest) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = workload["spec"]["template"]["spec"]["containers"]
+    return found
 
 
 @pytest.mark.parametrize(
     "path, doc",
     [pytest.param(p, d, id=f"{p.name}:{d['kind']}/{d['metadata']['name']}") for p, d in manifests()],
 )
-def test_manifest_matches_the_kubernetes_schema(path: Path, doc: dict) -> None:
+def test_manifest_matches_the_kubernetes_schema(path: Path, doc: Manifest) -> None:
     try:
         kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:

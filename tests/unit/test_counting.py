@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 from stripemeter.core.counting import Partial, apply, bucket_key, counter_key, split_counter_key, stream_key
+from stripemeter.domain.policy import Aggregation
 
 HOUR = 3_600_000
 
 
-def partial(aggregation: str, *events: tuple[int, int]) -> Partial:
-    p = Partial(aggregation)  # type: ignore[arg-type]
+def partial(aggregation: Aggregation, *events: tuple[int, int]) -> Partial:
+    p = Partial(aggregation)
     for micros, ts in events:
         p.add(micros, ts)
     return p

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faust.transport.consumer import ThreadDelegateConsumer
+
 from stripemeter.adapters.kafka import fetch_wait
 from stripemeter.domain.config import Settings
 from stripemeter.streams.app import create_app
@@ -13,5 +15,10 @@ from stripemeter.streams.app import create_app
 async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path) -> None:
     app = create_app(Settings(state_dir=tmp_path))
     assert isinstance(app.transport, fetch_wait.Transport)
+    assert isinstance(app.consumer, ThreadDelegateConsumer)
+    assert isinstance(app.consumer._thread, fetch_wait._ConsumerThread)
     consumer = app.consumer._thread._create_worker_consumer(app.transport)  # built, not started
-    assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
+    try:
+        assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
+    finally:
+        await consumer.stop()  # closes it without having connected: no unclosed-consumer warning

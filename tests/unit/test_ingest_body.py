@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from stripemeter.api.errors import ApiError
 from stripemeter.api.ingest import MAX_EVENT_BYTES, chunk_by_size, judge, read_events
 from stripemeter.api.ingest_body import Unreadable, decode_event, field_at, split_events
-from stripemeter.schemas.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, decode_message
+from stripemeter.schemas.events import MAX_BATCH, MAX_MESSAGE_BYTES, InvalidEvent, UsageEvent, decode_message
 
 NOW_MS = int(time.time() * 1000)
 EVENT = {"tenantId": "t", "metric": "m", "customerRef": "c", "quantity": 1, "ts": "2026-01-01T00:00:00Z"}
@@ -82,20 +82,27 @@ def test_read_events_judges_each_event_when_orjson_refuses_the_body() -> None:
     assert refused.value.field == "events"
 
 
+def accepted(obj: object, now_ms: int) -> tuple[UsageEvent, bytes]:
+    verdict = judge(obj, now_ms)
+    assert not isinstance(verdict, InvalidEvent), verdict
+    return verdict
+
+
 def test_judge_writes_what_intake_reads_and_refuses_what_it_would_not() -> None:
-    event, encoded = judge(EVENT, NOW_MS)  # type: ignore[misc]
+    event, encoded = accepted(EVENT, NOW_MS)
     assert orjson.loads(encoded)["idempotencyKey"] == event.idempotency_key  # written with its derived key
     (read,) = decode_message(b"[" + encoded + b"]", NOW_MS)
     assert read == event._replace(key_derived=False)
     deep = {**EVENT, "x": [[[[]]]]}
     for _ in range(300):
         deep["x"] = [deep["x"]]
-    _, written = judge(deep, NOW_MS)  # type: ignore[misc]
+    _, written = accepted(deep, NOW_MS)
     assert "x" not in orjson.loads(written)  # an unknown field orjson cannot write is left out
     pad = {**EVENT, "idempotencyKey": "k", "pad": ""}
-    pad["pad"] = "z" * (MAX_EVENT_BYTES - len(orjson.dumps(pad)))
-    assert len(judge(pad, NOW_MS)[1]) == MAX_EVENT_BYTES  # type: ignore[index]
-    too_big = judge({**pad, "pad": pad["pad"] + "z"}, NOW_MS)
+    padding = "z" * (MAX_EVENT_BYTES - len(orjson.dumps(pad)))
+    pad["pad"] = padding
+    assert len(accepted(pad, NOW_MS)[1]) == MAX_EVENT_BYTES
+    too_big = judge({**pad, "pad": padding + "z"}, NOW_MS)
     assert isinstance(too_big, InvalidEvent) and (too_big.code, too_big.field) == ("too_large", "pad")
 
 

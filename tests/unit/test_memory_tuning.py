@@ -60,7 +60,8 @@ assert alive() is None
 
 async def test_run_collecting_cycles_collects_while_the_stage_runs_and_stops_with_it() -> None:
     def runs() -> float:
-        return next(s.value for s in metrics.GC_SECONDS.collect()[0].samples if s.name.endswith("_count"))
+        family = next(iter(metrics.GC_SECONDS.collect()))
+        return next(s.value for s in family.samples if s.name.endswith("_count"))
 
     before = runs()
     await memory_tuning.run_collecting_cycles(asyncio.sleep(0.3), interval=0.02)

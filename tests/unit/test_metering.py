@@ -29,6 +29,12 @@ def make(lateness_ms: int = 48 * HOUR, **by_metric: MetricPolicy) -> tuple[Meter
     return Metering(DictKV(), counters, DictKV(), policies), counters
 
 
+def dedupe_of(m: Metering) -> DictKV:
+    """The dedupe store `make` gave ``m`` (typed as any KV on Metering)."""
+    assert isinstance(m.dedupe, DictKV)
+    return m.dedupe
+
+
 def total(counters: DictKV, bucket: int, customer: str = "c", metric: str = "m") -> int:
     raw = counters.get(0, counter_key("t", metric, customer, bucket).encode())
     return orjson.loads(raw)[0] if raw else 0
@@ -136,7 +142,7 @@ def test_a_message_whose_handling_raises_dead_letters_only_the_event_at_fault() 
     poisoned[1][4] = "not a time"  # the event time of the second event cannot be computed with
     assert not m.handle(0, 1, orjson.dumps(poisoned), T0)
     assert total(counters, T0) == 6  # the first event counted
-    assert b"t\x1fbad" not in m.dedupe.data[0]
+    assert b"t\x1fbad" not in dedupe_of(m).data[0]
     assert [r[0] for r in m.outcomes.ledger] == ["counted", "counted"]
     dead = [orjson.loads(d) for d in m.outcomes.dead]
     # the malformed event as written, under the keyed message, saying what failed
@@ -234,7 +240,7 @@ def test_raising_lateness_cannot_count_a_duplicate_whose_dedupe_entry_expired() 
     m, counters = make(lateness_ms=2 * HOUR)
     m.process(0, 0, [item("old", 1, T0, 1)])
     m.process(0, 1, [item("now", 1, T0 + 5 * HOUR, 2)])  # watermark T0 + 5 h
-    assert m.expire_dedupe(0, list(m.dedupe.data[0].items()), margin_ms=HOUR)[0] == 1
+    assert m.expire_dedupe(0, list(dedupe_of(m).data[0].items()), margin_ms=HOUR)[0] == 1
     raised_at = T0 + 5 * HOUR
     horizon = expiry_horizon(raised_at, 2 * HOUR)
     m.policies.replace({("t", "m"): MetricPolicy("sum", 10 * HOUR, horizon)})
@@ -262,8 +268,8 @@ def test_a_reused_key_stays_one_event_for_its_second_customer_after_the_first_on
     m.process(0, 0, [item("k", 5, T0, 1, customer="b")])
     m.process(0, 1, [item("k", 7, T0, 2, customer="a")])
     m.process(0, 2, [item("b-now", 1, T0 + 5 * HOUR, 3, customer="b")])  # only b's watermark moves
-    assert m.expire_dedupe(0, list(m.dedupe.data[0].items()), margin_ms=HOUR)[0] == 1
-    assert b"t\x1fk" not in m.dedupe.data[0] and b"t\x1fk\x1fa" in m.dedupe.data[0]
+    assert m.expire_dedupe(0, list(dedupe_of(m).data[0].items()), margin_ms=HOUR)[0] == 1
+    assert b"t\x1fk" not in dedupe_of(m).data[0] and b"t\x1fk\x1fa" in dedupe_of(m).data[0]
     m.take_outcomes()
     m.process(0, 3, [item("k", 7, T0, 4, customer="a")])  # a's producer retries k
     assert total(counters, T0, customer="a") == 7

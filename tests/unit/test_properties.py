@@ -36,7 +36,7 @@ SETTINGS = settings(
 tenants = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
 metrics = st.from_regex(r"[A-Za-z0-9._:-]{1,100}", fullmatch=True)
 texts = st.text(
-    st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), min_size=1, max_size=255
+    st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), min_size=1, max_size=255
 )
 micros_values = st.integers(0, 10**14 - 1)  # up to 10^8 units: every spelling survives a float
 offsets = st.integers(-(23 * 60 + 59), 23 * 60 + 59).map(lambda m: timezone(timedelta(minutes=m)))
@@ -63,7 +63,7 @@ def valid_events(draw: st.DrawFn) -> tuple[dict[str, Any], UsageEvent]:
     key = draw(st.none() | texts)
     resource = draw(st.none() | texts)
     # no lone surrogates: JSON from the wire cannot hold them (the decoder refuses them as not_json)
-    small_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)), max_size=8)
+    small_text = st.text(st.characters(blacklist_characters="\x00", blacklist_categories=["Cs"]), max_size=8)
     meta = draw(
         st.none() | st.dictionaries(small_text, st.integers(-(2**63), 2**63 - 1) | small_text, max_size=4)
     )
@@ -206,7 +206,8 @@ def oracle(events: list[tuple[str, str, int, int]], order: list[int]) -> tuple[l
     watermark then (a key is one event per tenant and customer)."""
     counted: set[tuple[str, str]] = set()
     watermark: dict[str, int] = {}
-    outcomes, totals = [], defaultdict(int)
+    outcomes: list[str] = []
+    totals: defaultdict[tuple[str, int], int] = defaultdict(int)
     for i in order:
         key, customer, micros, ts = events[i]
         if (key, customer) in counted:
@@ -270,9 +271,11 @@ def test_metering_matches_the_oracle_under_duplicates_lateness_and_redelivery(
     expected_outcomes, expected_totals = oracle(events, first)
     assert [first_outcome[i] for i in first] == expected_outcomes
     actual = {}
+    counters = meter.counters
+    assert isinstance(counters, DictKV)
     for customer in CUSTOMERS:
         for bucket in {ts - ts % HOUR for _k, _c, _m, ts in events}:
-            value = total(meter.counters, bucket, customer=customer)  # type: ignore[arg-type]
+            value = total(counters, bucket, customer=customer)
             if value:
                 actual[(customer, bucket)] = value
     assert actual == expected_totals

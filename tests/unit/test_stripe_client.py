@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import stripe
@@ -16,8 +17,19 @@ from stripemeter.core.error_reports import meter_changed, reported_requests
 from stripemeter.core.push_plan import Request
 
 
-def error(cls: type[stripe.StripeError], status: int, message: str, **kw: object) -> stripe.StripeError:
-    return cls(message, http_status=status, **kw)  # type: ignore[call-arg]
+def error(cls: type[stripe.StripeError], status: int, message: str, **kw: Any) -> stripe.StripeError:
+    return cls(message, http_status=status, **kw)
+
+
+class NoPauseBudget(StripeBudget):
+    """A budget whose 429 pauses take no time."""
+
+    def slow_down(self, retry_after: float | None = None) -> float:
+        return 0.0
+
+
+def connection_error(message: str) -> stripe.APIConnectionError:
+    return stripe.APIConnectionError(message)  # type: ignore[no-untyped-call]  # stripe: __init__ unannotated
 
 
 @pytest.mark.parametrize(
@@ -31,7 +43,7 @@ def error(cls: type[stripe.StripeError], status: int, message: str, **kw: object
         (error(stripe.IdempotencyError, 409, "There is currently another in-progress request"), "transient"),
         (error(stripe.RateLimitError, 429, "Request rate limit exceeded"), "rate_limited"),
         (error(stripe.APIError, 500, "An unknown error occurred"), "server_error"),
-        (stripe.APIConnectionError("timed out"), "unreachable"),
+        (connection_error("timed out"), "unreachable"),
         (error(stripe.AuthenticationError, 401, "Invalid API Key"), "transient"),
     ],
 )  # fmt: skip
@@ -57,7 +69,7 @@ async def test_the_budget_spreads_calls_and_a_429_pauses_everyone() -> None:
 async def test_reads_are_retried_through_429s_and_lost_connections() -> None:
     answers: list[object] = [
         error(stripe.RateLimitError, 429, "slow down"),
-        stripe.APIConnectionError("reset"),
+        connection_error("reset"),
         "page",
     ]
 
@@ -67,8 +79,7 @@ async def test_reads_are_retried_through_429s_and_lost_connections() -> None:
             raise answer
         return answer
 
-    budget = StripeBudget(1000)
-    budget.slow_down = lambda retry_after=None: 0.0  # type: ignore[method-assign]
+    budget = NoPauseBudget(1000)
     calls = StripeCalls(budget)
     assert await asyncio.wait_for(calls(read), 5) == "page"
     assert calls.made == 3
@@ -78,7 +89,7 @@ async def test_reads_are_retried_through_429s_and_lost_connections() -> None:
 
 
 def test_error_reports_name_requests_by_identifier_or_idempotency_key() -> None:
-    data = {
+    data: dict[str, Any] = {
         "reason": {
             "error_count": 3,
             "error_types": [
@@ -123,8 +134,7 @@ class FakeMeterEvents:
 def reader_with(answers: list[object]) -> tuple[StripeReader, FakeMeterEvents]:
     events = FakeMeterEvents(answers)
     client = SimpleNamespace(v1=SimpleNamespace(billing=SimpleNamespace(meter_events=events)))
-    budget = StripeBudget(1000)
-    budget.slow_down = lambda retry_after=None: 0.0  # type: ignore[method-assign]
+    budget = NoPauseBudget(1000)
     return StripeReader(client, budget), events  # type: ignore[arg-type]
 
 
@@ -135,11 +145,11 @@ async def test_the_reconcilers_meter_events_are_retried_like_its_reads() -> None
     """429s and lost connections: the same request under the same key until Stripe answers; anything
     else is the answer (a 500 is not retried here: it needs a new key)."""
     reader, events = reader_with(
-        [error(stripe.RateLimitError, 429, "slow down"), stripe.APIConnectionError("reset"), "event"]
+        [error(stripe.RateLimitError, 429, "slow down"), connection_error("reset"), "event"]
     )
     assert (await asyncio.wait_for(reader.send(CORRECTION), 5)).outcome == "delivered"
     assert events.keys == ["smrec_x_rec_y"] * 3 and reader.calls == 3
-    reader, events = reader_with([stripe.APIConnectionError("reset") for _ in range(ATTEMPTS)])
+    reader, events = reader_with([connection_error("reset") for _ in range(ATTEMPTS)])
     assert (await asyncio.wait_for(reader.send(CORRECTION), 5)).outcome == "unreachable"
     assert reader.calls == ATTEMPTS
     reader, events = reader_with([error(stripe.APIError, 500, "An unknown error occurred")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -46,6 +47,18 @@ async def call(fn: Callable[..., T], *args: Any) -> T:
     return await asyncio.to_thread(fn, *args)
 
 
+def headers(error: stripe.StripeError) -> dict[str, str]:
+    """The response headers of a failed request (typed Optional; the `stripe` package sets `{}` if none)."""
+    assert error.headers is not None
+    return error.headers
+
+
+def error_body(error: stripe.StripeError) -> dict[str, Any]:
+    """The decoded JSON body of a failed request (typed `object` by the `stripe` package)."""
+    assert isinstance(error.json_body, dict)
+    return error.json_body
+
+
 async def setup_meter(emu: Emulator, formula: str = "sum") -> tuple[stripe.StripeClient, str, str]:
     client = emu.client()
     customer = await call(client.v1.customers.create, {"email": "a@example.com"})
@@ -78,6 +91,7 @@ async def test_customers_create_retrieve_list(emu: Emulator) -> None:
         await call(client.v1.customers.create, {"email": f"{i}@x.io", "metadata": {"n": str(i)}})
         for i in range(3)
     ]
+    assert created[0].metadata is not None
     assert created[0].id.startswith("cus_") and created[0].metadata["n"] == "0"
     again = await call(client.v1.customers.retrieve, created[1].id)
     assert again.email == "1@x.io"
@@ -284,7 +298,7 @@ async def test_cancel_adjustment(emu: Emulator) -> None:
     cancel = {"event_name": "api_calls", "type": "cancel", "cancel": {"identifier": "drop"}}
     adjustment = await call(client.v1.billing.meter_event_adjustments.create, cancel)
     assert adjustment.object == "billing.meter_event_adjustment" and adjustment.status == "complete"
-    assert adjustment.cancel.identifier == "drop"
+    assert adjustment.cancel is not None and adjustment.cancel.identifier == "drop"
     assert await totals(client, meter, customer) == [5.0]
     assert [e.identifier for e in emu.state.meter_events(meter)] == ["keep"]
     for identifier in ("drop", "never-sent"):
@@ -325,6 +339,7 @@ async def test_idempotency_replay_and_conflict(emu: Emulator) -> None:
     options: Any = {"idempotency_key": "key-1"}
     first = await call(client.v1.billing.meter_events.create, params, options)
     again = await call(client.v1.billing.meter_events.create, params, options)
+    assert again.last_response is not None
     assert (
         again.identifier == first.identifier and again.last_response.headers["Idempotent-Replayed"] == "true"
     )
@@ -345,7 +360,9 @@ async def test_missing_or_bad_api_key(emu: Emulator) -> None:
     # Basic auth with the key as user name, as `curl -u sk_test_...:` sends it
     async with aiohttp.ClientSession() as session:
         for key, status in [("sk_test_x", 200), ("sk_live_x", 401)]:
-            async with session.get(emu.url + "/v1/customers", auth=aiohttp.BasicAuth(key, "")) as response:
+            # built by hand: aiohttp.BasicAuth is deprecated, encode_basic_auth() is new in aiohttp 3.14
+            basic = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+            async with session.get(emu.url + "/v1/customers", headers=basic) as response:
                 assert response.status == status
 
 
@@ -388,8 +405,8 @@ async def test_server_error_is_stored_for_its_key(emu: Emulator, monkeypatch: py
     emu.state.faults.server_errors = 1
     with pytest.raises(stripe.APIError) as caught:
         await send(emu.client(retries=2), customer, "1", identifier="stuck")
-    assert caught.value.http_status == 500 and caught.value.headers["Stripe-Should-Retry"] == "true"
-    assert caught.value.headers["Idempotent-Replayed"] == "true"  # the last of three attempts
+    assert caught.value.http_status == 500 and headers(caught.value)["Stripe-Should-Retry"] == "true"
+    assert headers(caught.value)["Idempotent-Replayed"] == "true"  # the last of three attempts
     assert emu.state.faults.server_errors == 0 and emu.state.meter_events(meter) == []
     emu.state.faults.update({"drop_connections": 2})
     await send(emu.client(retries=3), customer, "1", identifier="retried")

@@ -15,9 +15,23 @@ import pytest
 import stripe
 from aiohttp import web
 from aiohttp.test_utils import TestServer
+from stripe.events import (
+    V1BillingMeterErrorReportTriggeredEvent,
+    V1BillingMeterErrorReportTriggeredEventNotification,
+    V1BillingMeterNoMeterFoundEvent,
+)
 
 from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app, webhooks
-from tests.unit.test_stripe_emulator import START, Emulator, call, send, setup_meter, totals
+from tests.unit.test_stripe_emulator import (
+    START,
+    Emulator,
+    call,
+    error_body,
+    headers,
+    send,
+    setup_meter,
+    totals,
+)
 
 SECRET = "whsec_test_emulator"
 
@@ -94,11 +108,11 @@ async def test_500_is_replayed_for_its_key_and_a_new_key_meets_the_identifier(
     params = event_params(customer, "5", identifier="sm_x_0_5_1", timestamp=START - 60)
     with pytest.raises(stripe.APIError) as first:
         await create_event(client, params, "key-1")
-    assert first.value.http_status == 500 and "Idempotent-Replayed" not in (first.value.headers or {})
+    assert first.value.http_status == 500 and "Idempotent-Replayed" not in headers(first.value)
     with pytest.raises(stripe.APIError) as again:
         await create_event(client, params, "key-1")
-    assert again.value.http_status == 500 and again.value.headers["Idempotent-Replayed"] == "true"
-    assert again.value.headers["Stripe-Should-Retry"] == "true"
+    assert again.value.http_status == 500 and headers(again.value)["Idempotent-Replayed"] == "true"
+    assert headers(again.value)["Stripe-Should-Retry"] == "true"
     assert again.value.json_body == first.value.json_body
     if landed:  # the first request recorded the event before failing: a new key finds its identifier
         with pytest.raises(stripe.InvalidRequestError) as caught:
@@ -122,13 +136,13 @@ async def test_errors_while_executing_are_replayed(emu: Emulator) -> None:
     )
     with pytest.raises(stripe.InvalidRequestError) as replayed:  # the meter exists now; the answer stays
         await create_event(client, unknown, "key-no-meter")
-    assert replayed.value.code == "no_meter" and replayed.value.headers["Idempotent-Replayed"] == "true"
+    assert replayed.value.code == "no_meter" and headers(replayed.value)["Idempotent-Replayed"] == "true"
     await create_event(client, event_params(customer, identifier="dup"), "key-a")
     for _ in range(2):
         with pytest.raises(stripe.InvalidRequestError) as duplicate:
             await create_event(client, event_params(customer, identifier="dup"), "key-b")
         assert "An event already exists with identifier dup" in str(duplicate.value)
-    assert duplicate.value.headers["Idempotent-Replayed"] == "true"
+    assert headers(duplicate.value)["Idempotent-Replayed"] == "true"
 
 
 async def test_shape_errors_and_429_are_not_stored(emu: Emulator) -> None:
@@ -195,24 +209,22 @@ async def test_async_validation_accepts_then_drops_and_reports(
     expected_type = webhooks.NO_METER if code == "no_meter" else webhooks.ERROR_REPORT
     assert notification.type == expected_type and not notification.livemode
     if code != "no_meter":
-        assert notification.related_object.id == meter  # type: ignore[attr-defined]
-        assert notification.related_object.url == f"/v1/billing/meters/{meter}"  # type: ignore[attr-defined]
+        assert isinstance(notification, V1BillingMeterErrorReportTriggeredEventNotification)
+        assert notification.related_object.id == meter
+        assert notification.related_object.url == f"/v1/billing/meters/{meter}"
     http = stripe.AIOHTTPClient()
-    async_client = stripe.StripeClient(
-        "sk_test_emulator",
-        base_addresses={"api": emu.url},  # type: ignore[typeddict-item]
-        http_client=http,  # type: ignore[arg-type]
-    )
+    async_client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": emu.url}, http_client=http)
     try:
         event = await async_client.parse_event_notification(body, signature, SECRET).fetch_event_async()
     finally:
-        await http.close_async()
+        await http.close_async()  # type: ignore[no-untyped-call]  # stripe: close_async() is unannotated
+    assert isinstance(event, V1BillingMeterErrorReportTriggeredEvent | V1BillingMeterNoMeterFoundEvent)
     assert event.id == notification.id and event.type == expected_type
-    reason = event.data.reason  # type: ignore[attr-defined]
+    reason = event.data.reason
     assert reason.error_count == 1 and reason.error_types[0].code == code
     sample = reason.error_types[0].sample_errors[0]
     assert sample.request.identifier == "idem-bad-1" and sample.error_message
-    assert event.data.validation_start.endswith("Z")  # type: ignore[attr-defined]
+    assert event.data.validation_start.endswith("Z")
 
     # the dropped event's identifier is not reserved: the corrected event goes through
     await create_event(
@@ -231,7 +243,8 @@ async def test_async_validation_reports_an_inactive_meter(emu: Emulator, receive
     await send(client, customer, "3", identifier="to-archived")
     [(body, signature)] = await receiver.delivered(1)
     notification = emu.client().parse_event_notification(body, signature, SECRET)
-    assert notification.related_object.id == meter  # type: ignore[attr-defined]
+    assert isinstance(notification, V1BillingMeterErrorReportTriggeredEventNotification)
+    assert notification.related_object.id == meter
     [report] = emu.state.error_reports
     assert (report["code"], report["meter"], report["event"]) == ("archived_meter", meter, notification.id)
     assert emu.state.meter_events(meter) == []
@@ -244,12 +257,13 @@ async def test_async_validation_keeps_the_synchronous_checks(emu: Emulator) -> N
     with pytest.raises(stripe.InvalidRequestError) as duplicate:
         await send(client, customer, "1", identifier="once")
     assert "An event already exists with identifier once" in str(duplicate.value)
-    for bad, param in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"payload": {}}, "payload"),
         ({"timestamp": "soon"}, "timestamp"),
         ({"identifier": "i" * 101}, "identifier"),
         ({"colour": "red"}, "colour"),
-    ]:
+    ]
+    for bad, param in cases:
         with pytest.raises(stripe.InvalidRequestError) as caught:
             await call(client.v1.billing.meter_events.create, {**event_params(customer), **bad})
         assert caught.value.param == param
@@ -387,7 +401,7 @@ async def test_budget_answers_429_above_25_operations_in_one_second() -> None:
         await call(client.v1.billing.meters.list)  # the 25th operation
         with pytest.raises(stripe.RateLimitError) as caught:
             await create_event(client, event_params(customer, identifier="b-late"), "key-late")
-        assert caught.value.http_status == 429 and caught.value.json_body["error"]["code"] == "rate_limit"
+        assert caught.value.http_status == 429 and error_body(caught.value)["error"]["code"] == "rate_limit"
         with pytest.raises(stripe.RateLimitError):
             await call(client.v1.billing.meters.retrieve, meter)
         now[0] += 1.0

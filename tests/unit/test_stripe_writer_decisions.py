@@ -13,7 +13,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import stripe
 
 from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
@@ -21,6 +20,7 @@ from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter
 from stripemeter.domain.clock import Clock
 from stripemeter.services import stripe_writer as writer_module
 from stripemeter.services.stripe_writer import StripeWriter
+from tests.unit.test_stripe_client import connection_error
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
@@ -168,7 +168,7 @@ class Harness:
         )
         self.meters = FakeMeters(meter)
         self.writer.meters = self.meters  # type: ignore[assignment]
-        self.writer.calls = self._call  # type: ignore[assignment,method-assign]
+        self.writer.calls = self._call  # type: ignore[assignment]
         self.writer.ownership.epochs = {0: FENCE.epoch}
         monkeypatch.setattr(writer_module, "pushes", self.pushes)
         monkeypatch.setattr(writer_module, "send", self._send)
@@ -431,7 +431,7 @@ async def test_an_hour_of_a_partition_no_longer_held_is_left_alone(monkeypatch: 
 async def test_a_stream_that_fails_waits_and_the_round_goes_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """Reading Stripe's meters failing, or PostgreSQL contention, costs one stream one round."""
     h = Harness(monkeypatch)
-    for error in (stripe.APIConnectionError("down"), psycopg.errors.DeadlockDetected()):
+    for error in (connection_error("down"), psycopg.errors.DeadlockDetected()):
         h.log.clear()
         h.meters.errors["broken_event"] = error
         h.results = [SendResult("delivered")]

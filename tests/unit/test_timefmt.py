@@ -9,8 +9,8 @@ from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_millis, iso_ms, 
 CET = timezone(timedelta(hours=1))
 
 
-def ms_of(year: int, *rest: int) -> int:
-    return int(datetime(year, *rest, tzinfo=UTC).timestamp() * 1000)  # type: ignore[misc]
+def ms_of(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, second, tzinfo=UTC).timestamp() * 1000)
 
 
 @pytest.mark.parametrize(

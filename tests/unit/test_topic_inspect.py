@@ -116,8 +116,8 @@ EVENT = {
 }
 
 
-def one_line(kind: str, value: bytes | None, key: bytes | None = None) -> str:
-    (record,) = decode_record(kind, key, value)  # type: ignore[arg-type]
+def one_line(kind: Kind, value: bytes | None, key: bytes | None = None) -> str:
+    (record,) = decode_record(kind, key, value)
     return text_line(AT, record)
 
 
@@ -149,7 +149,7 @@ def test_array_message_gives_one_record_per_element_and_labels_bad_ones() -> Non
     ],
 )
 def test_garbage_is_labelled(value: bytes | None, expected: str) -> None:
-    kind = "deltas" if value == b'{"a": 1}' else "events"
+    kind: Kind = "deltas" if value == b'{"a": 1}' else "events"
     assert one_line(kind, value).endswith(expected)
 
 
