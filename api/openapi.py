@@ -1,6 +1,6 @@
 """GET /openapi.json: the OpenAPI document of the whole HTTP API, kept beside the handlers.
 
-``api/openapi.json`` is read once, at import; ``tests/unit/test_openapi.py`` checks that it names every
+``api/openapi.json`` is read once, at import; ``tests/unit/api/test_openapi.py`` checks that it names every
 route the app registers (and nothing else), and ``tests/integration/test_openapi_fuzz.py`` runs
 schemathesis against the served document.
 """

@@ -221,4 +221,6 @@ async def test_staggered_workers_make_one_pass_per_interval_in_real_time(
     await asyncio.gather(first, second)
     starts = [at for _, at in passes]
     assert len(passes) in (3, 4), passes
-    assert all(later - earlier >= interval - 1e-3 for earlier, later in itertools.pairwise(starts)), passes
+    # passes are spaced by their claims; a pass is recorded a database round trip after its claim,
+    # which varies by milliseconds on a loaded machine (a second pass in one interval would be ~0 s apart)
+    assert all(later - earlier >= interval - 0.05 for earlier, later in itertools.pairwise(starts)), passes

@@ -45,7 +45,7 @@ def test_kafka_cluster_ids_never_look_like_options() -> None:
     assert all(len(i) == 22 and not i.startswith("-") for i in ids)
 
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_the_readme_documents_every_variable_read() -> None:

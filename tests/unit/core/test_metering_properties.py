@@ -22,7 +22,7 @@ from stripemeter.schemas.events import (
     parse_event,
 )
 from stripemeter.schemas.records import Source, encode_keyed
-from tests.unit.test_metering import DictKV, total
+from tests.unit.core.test_metering import DictKV, total
 
 NOW_MS = 1_794_988_800_000  # 2026-11-18T00:00:00Z
 HOUR = 3_600_000

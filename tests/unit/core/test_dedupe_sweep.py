@@ -6,7 +6,7 @@ import asyncio
 
 from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.domain.policy import MetricPolicy
-from tests.unit.test_metering import HOUR, T0, DictKV, item, make
+from tests.unit.core.test_metering import HOUR, T0, DictKV, item, make
 
 SortedKV = DictKV  # MemoryState iterates in key order over a snapshot, as RocksDB does
 

@@ -20,7 +20,7 @@ from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter
 from stripemeter.domain.clock import Clock
 from stripemeter.services import stripe_writer as writer_module
 from stripemeter.services.stripe_writer import StripeWriter
-from tests.unit.test_stripe_client import connection_error
+from tests.unit.adapters.stripe.test_client import connection_error
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)

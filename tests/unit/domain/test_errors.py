@@ -71,7 +71,7 @@ def test_every_project_error_has_one_kind_and_keeps_its_builtin_base(
 def test_no_error_class_is_left_outside_the_hierarchy() -> None:
     """Every exception class in the source derives from a kind, but the API's ApiError (an HTTP answer)
     and the Stripe emulator's StripeApiError (Stripe's wire errors, one class for every status)."""
-    root = Path(__file__).resolve().parents[2]  # the repository
+    root = Path(__file__).resolve().parents[3]  # the repository
     defined = set()
     for folder in ("stripemeter", "api", "streams", "schemas"):
         for path in (root / folder).rglob("*.py"):

@@ -22,7 +22,7 @@ from stripe.events import (
 )
 
 from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app, webhooks
-from tests.unit.test_stripe_emulator import (
+from tests.unit.tools.stripe_emulator.test_emulator import (
     START,
     Emulator,
     call,
