@@ -1,7 +1,8 @@
-"""Where events are counted: the worker's stages.
+"""Where events are counted: the worker's stages (the pipeline runtime).
 
 intake      usage.events -> validate -> dead letters | events re-keyed by (tenant, customer)
-metering    keyed events -> dedupe, lateness, hour-bucket counters (changelog-backed Faust tables)
+meter       keyed events -> dedupe, lateness, hour-bucket counters on changelog-backed Faust tables
+            (the decisions are ``stripemeter.core.metering``; ``worker/meter.py`` runs them)
 checkpoint  changelogs, ledger, too-late records, then watermarks and usage.deltas; then acknowledge
 sink        ledger, dead letters and deltas -> PostgreSQL
 The Stripe writer that reads usage.deltas lives in ``stripemeter.services.stripe_writer``.
