@@ -64,9 +64,14 @@ def api_error(exc: StripemeterError) -> ApiError | None:
     return None
 
 
+MAX_RETRY_AFTER_SECONDS = 3600  # a limit of 0 per second never refills: say "an hour", not infinity
+
+
 def retry_after(seconds: float | None) -> dict[str, str]:
-    """``Retry-After`` in whole seconds, at least 1; no header when the wait is not known."""
-    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+    """``Retry-After`` in whole seconds, from 1 to an hour; no header when the wait is not known."""
+    if seconds is None:
+        return {}
+    return {"Retry-After": str(max(1, min(MAX_RETRY_AFTER_SECONDS, math.ceil(min(seconds, 1e9)))))}
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

@@ -316,3 +316,13 @@ def test_api_error_maps_each_kind() -> None:
     assert later is not None and (later.status, later.headers) == (503, {"Retry-After": "4"})
     assert api_error(Permanent("never")) is None
     assert api_error(StripemeterError("of no kind")) is None
+
+
+def test_retry_after_is_whole_seconds_from_one_to_an_hour() -> None:
+    """A rate limit of 0 per second waits forever: the header still has to be a number."""
+    from stripemeter.api.errors import retry_after
+
+    assert retry_after(None) == {}
+    assert retry_after(0.2) == {"Retry-After": "1"}
+    assert retry_after(2.5) == {"Retry-After": "3"}
+    assert retry_after(float("inf")) == {"Retry-After": "3600"}
