@@ -71,7 +71,7 @@ def retry_after(seconds: float | None) -> dict[str, str]:
     """``Retry-After`` in whole seconds, from 1 to an hour; no header when the wait is not known."""
     if seconds is None:
         return {}
-    return {"Retry-After": str(max(1, min(MAX_RETRY_AFTER_SECONDS, math.ceil(min(seconds, 1e9)))))}
+    return {"Retry-After": str(max(1, math.ceil(min(seconds, MAX_RETRY_AFTER_SECONDS))))}
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:

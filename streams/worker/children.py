@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import faust
 
+from stripemeter.adapters.kafka.faust_typing import task
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.streams.stages import StageProcess, StageProcesses
 
@@ -20,7 +21,7 @@ def stage_children(settings: Settings, stages: Sequence[str]) -> StageProcesses:
 def install_supervisors(app: faust.App, children: StageProcesses, stopping: asyncio.Event) -> None:
     """One task per child, ``supervise_<stage>``: restarts it whenever it exits before ``stopping``."""
     for child in children.children:
-        app.task(_supervisor(child, stopping))
+        task(app)(_supervisor(child, stopping))
 
 
 def _supervisor(child: StageProcess, stopping: asyncio.Event) -> Callable[[], Awaitable[None]]:

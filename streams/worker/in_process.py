@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import faust
 
+from stripemeter.adapters.kafka.faust_typing import task
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.domain.config import Settings
 from stripemeter.services.reconcile_service import (
@@ -43,7 +44,7 @@ class InProcessStages:
             async def run_intake() -> None:
                 await _supervise(app, "intake", intake.run)
 
-            app.task(run_intake)
+            task(app)(run_intake)
 
         # one Stripe budget for the process: the writer and the reconciler share Stripe's per-account limits
         budget = StripeBudget(settings.stripe_calls_per_second)
@@ -53,7 +54,7 @@ class InProcessStages:
             async def run_stripe_writer() -> None:
                 await _supervise(app, "stripe writer", writer.run)
 
-            app.task(run_stripe_writer)
+            task(app)(run_stripe_writer)
         else:
             log.warning("STRIPE_API_KEY is not set: counters are not pushed to Stripe")
 
@@ -67,14 +68,14 @@ class InProcessStages:
                 reconciler = build_reconciler(settings, publish, budget)
                 await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, stopping))
 
-            app.task(run_reconciler)
+            task(app)(run_reconciler)
 
         if self.run_sink:
 
             async def run_sink() -> None:
                 await _supervise(app, "postgres sink", sink.run)
 
-            app.task(run_sink)
+            task(app)(run_sink)
 
     def stop(self) -> None:
         self.intake.stop()

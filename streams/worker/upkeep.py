@@ -10,6 +10,7 @@ from typing import Any
 import faust
 import psycopg
 
+from stripemeter.adapters.kafka.faust_typing import task
 from stripemeter.adapters.postgres.mappings import load_policies
 from stripemeter.domain.config import Settings
 from stripemeter.domain.policy import Policies
@@ -29,7 +30,7 @@ def install_heartbeat(
     async def run_heartbeat() -> None:
         await heartbeat.run(settings, status, stopping)
 
-    app.task(run_heartbeat)
+    task(app)(run_heartbeat)
 
 
 def install_policy_refresh(app: faust.App, settings: Settings, policies: Policies) -> None:
@@ -44,4 +45,4 @@ def install_policy_refresh(app: faust.App, settings: Settings, policies: Policie
                 log.warning("could not load metric mappings (keeping the previous ones): %s", exc)
             await asyncio.sleep(POLICY_REFRESH_INTERVAL)
 
-    app.task(refresh_policies)
+    task(app)(refresh_policies)
