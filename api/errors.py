@@ -4,6 +4,8 @@ Handlers raise ``ApiError`` (or ``bad_request``) for what only HTTP knows, and l
 errors (stripemeter.domain.errors) through: ``api_error`` answers each by its kind, and the error middleware
 (api/app.py) writes the answer. Handlers do not catch domain errors to translate them.
 
+- ``Conflict`` (an ``Invalid`` that contradicts what is stored) -> 409, with ``field`` likewise;
+- ``NotFound`` (an ``Invalid`` naming something that does not exist) -> 404, likewise;
 - ``Invalid`` -> 400 ``{"code", "message": "{field}: {detail}", "field"}`` (as ``bad_request``);
   without a field: the detail alone, no ``field``;
 - ``Backpressure`` -> 429, with ``Retry-After`` (whole seconds, at least 1) when ``retry_after`` is known;
@@ -18,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stripemeter.domain.errors import Backpressure, Invalid, StripemeterError, Transient
+from stripemeter.domain.errors import Backpressure, Conflict, Invalid, NotFound, StripemeterError, Transient
 
 
 class ApiError(Exception):
@@ -53,6 +55,9 @@ def bad_request(field: str, message: str, code: str = "invalid_parameter") -> Ap
 
 def api_error(exc: StripemeterError) -> ApiError | None:
     """The HTTP answer to a domain error, by its kind; None when it is the service's own failure (500)."""
+    if isinstance(exc, (Conflict, NotFound)):
+        message = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
+        return ApiError(exc.code, message, field=exc.field, status=409 if isinstance(exc, Conflict) else 404)
     if isinstance(exc, Invalid):
         if exc.field:
             return bad_request(exc.field, exc.detail, code=exc.code)

@@ -1,4 +1,5 @@
-"""PUT/GET /v1/mappings/{tenantId}[/{metric}] and /v1/customers/{tenantId}[/{customerRef}]"""
+"""PUT/DELETE/GET /v1/mappings/{tenantId}[/{metric}] and /v1/customers/{tenantId}[/{customerRef}]: the
+request is read here; what a change means is services/configuration.py."""
 
 from __future__ import annotations
 
@@ -8,16 +9,15 @@ from typing import Any
 import stripe
 from aiohttp import web
 
-from stripemeter.adapters.postgres.mappings import MetricMapping, list_rows, upsert_customer, upsert_metric
-from stripemeter.adapters.postgres.pushes import buckets_of, repartition_periods, retry_parked
+from stripemeter.adapters.postgres.mappings import list_rows
 from stripemeter.api import params
-from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
+from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
-from stripemeter.domain import periods
 from stripemeter.domain.policy import AGGREGATIONS
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
+from stripemeter.services.configuration import Configuration, CustomerChange, MetricChange, Reaggregate
 
 MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
 
@@ -37,11 +37,23 @@ def _view(row: dict[str, Any]) -> dict[str, Any]:
     return {camel(k): (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
+def _reaggregate(value: object) -> Reaggregate | None:
+    if value is None:
+        return None
+    if value == "dry-run":
+        return "dry-run"
+    if value == "apply":
+        return "apply"
+    raise bad_request("reaggregate", "must be dry-run or apply")
+
+
+def _configuration(request: web.Request) -> Configuration:
+    return Configuration(request.app[SETTINGS], request.app[PRODUCER])
+
+
 async def put_metric(request: web.Request) -> web.Response:
     tenant = _tenant(request)
-    metric = request.match_info["metric"]
-    if not METRIC_RE.fullmatch(metric):
-        raise bad_request("metric", f"must match {METRIC_RE.pattern}")
+    metric = _metric(request)
     body = await params.json_object(request)
     event_name = params.body_text(body, "stripeMeterEventName", 100)
     aggregation = body.get("aggregation", "sum")
@@ -52,13 +64,33 @@ async def put_metric(request: web.Request) -> web.Response:
         isinstance(lateness, bool) or not isinstance(lateness, int) or not 0 <= lateness <= MAX_LATENESS
     ):
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
+    reaggregate = _reaggregate(body.get("reaggregate"))
     meter_check = await check_meter(request, event_name, aggregation)
+    change = MetricChange(tenant, metric, event_name, aggregation, lateness, reaggregate)
     async with request.app[POOL].connection() as conn:
-        settings = request.app[SETTINGS]
-        mapping = MetricMapping(tenant, metric, event_name, aggregation, lateness)
-        row = await upsert_metric(conn, mapping, settings.clock.utc(), settings.lateness_seconds)
-        retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), metric=metric)
-    return json_response({**_view(row), "countersRetried": retried, "meterCheck": meter_check})
+        answer = await _configuration(request).change_metric(conn, change)
+    if reaggregate == "dry-run":
+        return json_response({**answer, "meterCheck": meter_check})
+    row = answer.pop("row")
+    return json_response({**_view(row), **answer, "meterCheck": meter_check})
+
+
+async def delete_metric(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    metric = _metric(request)
+    reaggregate = request.query.get("reaggregate")
+    if reaggregate not in (None, "apply"):
+        raise bad_request("reaggregate", "must be apply")
+    async with request.app[POOL].connection() as conn:
+        answer = await _configuration(request).delete_metric(conn, tenant, metric, reaggregate == "apply")
+    return json_response(answer)
+
+
+def _metric(request: web.Request) -> str:
+    metric = request.match_info["metric"]
+    if not METRIC_RE.fullmatch(metric):
+        raise bad_request("metric", f"must match {METRIC_RE.pattern}")
+    return metric
 
 
 async def check_meter(request: web.Request, event_name: str, aggregation: str) -> dict[str, Any]:
@@ -106,13 +138,18 @@ async def put_customer(request: web.Request) -> web.Response:
             raise bad_request("billingAnchor", "must carry a UTC offset")
     if anchor is not None:
         anchor = anchor.replace(second=0, microsecond=0)  # Stripe's summaries take minute boundaries
+    change = CustomerChange(tenant, customer, stripe_id, anchor)
     async with request.app[POOL].connection() as conn:
-        row = await upsert_customer(conn, tenant, customer, stripe_id, anchor)
-        # the customer's hours may belong to other periods now: their whole units are carried anew
-        starts = {b: periods.holding(b, anchor).start for b in await buckets_of(conn, tenant, customer)}
-        await repartition_periods(conn, tenant, customer, starts)
-        retried = await retry_parked(conn, tenant, request.app[SETTINGS].clock.utc(), customer=customer)
-    return json_response({**_view(row), "countersRetried": retried})
+        answer = await _configuration(request).change_customer(conn, change)
+    row = answer.pop("row")
+    return json_response({**_view(row), **answer})
+
+
+async def delete_customer(request: web.Request) -> web.Response:
+    tenant = _tenant(request)
+    customer = request.match_info["customerRef"]
+    async with request.app[POOL].connection() as conn:
+        return json_response(await _configuration(request).delete_customer(conn, tenant, customer))
 
 
 async def list_metrics(request: web.Request) -> web.Response:

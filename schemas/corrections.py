@@ -17,7 +17,10 @@ import orjson
 from stripemeter.schemas.packing import payload_limit
 from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 
-Kind = Literal["add", "last"]
+# "add": signed micro-units added to a sum or count value (an adjustment); "events": events counted
+# late (a replay), folded every way: ``micros`` their sum, ``events`` how many, ``ts_ms`` and
+# ``last_micros`` the newest; "last": the value at ts_ms, if newer than the counter's (older replays)
+Kind = Literal["add", "events", "last"]
 # control messages are packed by bytes to what any topic takes unless lowered (the broker's default
 # max.message.bytes); one correction is under a kilobyte (bounded names and numbers)
 CONTROL_LIMIT = payload_limit(1024 * 1024) - len(b'{"corrections":}')
@@ -30,9 +33,25 @@ class Correction:
     metric: str
     customer_ref: str
     bucket_ms: int
-    kind: Kind  # "add": micros join the total; "last": the value at ts_ms, if newer than the counter's
+    kind: Kind
     micros: int
     ts_ms: int
+    events: int = 0  # "events" only
+    last_micros: int = 0  # "events" only
+
+
+def events_correction(
+    ident: str, tenant: str, metric: str, customer: str, bucket_ms: int, events: list[tuple[int, int]]
+) -> Correction:
+    """A correction counting ``events`` ((quantity micros, ts ms) each) into one counter."""
+    last_micros, last_ts = 0, -1
+    for micros, ts_ms in events:
+        if ts_ms >= last_ts:
+            last_micros, last_ts = micros, ts_ms
+    total = sum(micros for micros, _ in events)
+    return Correction(
+        ident, tenant, metric, customer, bucket_ms, "events", total, last_ts, len(events), last_micros
+    )
 
 
 def is_control(raw: bytes) -> bool:
@@ -40,7 +59,10 @@ def is_control(raw: bytes) -> bool:
 
 
 def encode_correction(c: Correction) -> bytes:
-    return orjson.dumps([c.id, c.tenant_id, c.metric, c.customer_ref, c.bucket_ms, c.kind, c.micros, c.ts_ms])
+    fields = [c.id, c.tenant_id, c.metric, c.customer_ref, c.bucket_ms, c.kind, c.micros, c.ts_ms]
+    if c.kind == "events":
+        fields += [c.events, c.last_micros]
+    return orjson.dumps(fields)
 
 
 def encode_control(corrections: list[Correction]) -> bytes:

@@ -22,7 +22,7 @@ from stripemeter.streams.worker.health import Health
 from stripemeter.streams.worker.in_process import InProcessStages
 from stripemeter.streams.worker.meter import Meter
 from stripemeter.streams.worker.rebalance import install_rebalance_hooks
-from stripemeter.streams.worker.upkeep import install_heartbeat, install_policy_refresh
+from stripemeter.streams.worker.upkeep import PolicyLoader, install_heartbeat, install_policy_refresh
 
 
 def create_app(
@@ -38,9 +38,9 @@ def create_app(
     app = faust_app(settings)
     keyed = keyed_topic(app, settings, names)
     states = table_states(app, settings)
-    policies = Policies(MetricPolicy(lateness_ms=settings.lateness_seconds * 1000))
+    loader = PolicyLoader(settings, Policies(MetricPolicy(lateness_ms=settings.lateness_seconds * 1000)))
 
-    meter = Meter(settings, names, states, policies)
+    meter = Meter(settings, names, states, loader)
     meter.install(app, keyed)  # agent, checkpoint and dedupe sweep timers
     install_memory_gauges(app, states)
     install_recovery_watchdog(app)
@@ -56,7 +56,7 @@ def create_app(
 
     health = Health(app, children, names.keyed)
     install_heartbeat(app, settings, health.status, stopping)
-    install_policy_refresh(app, settings, policies)
+    install_policy_refresh(app, loader)
     install_clean_stop(app, stopping, stages, children, meter)
     health.install(app)
     return app

@@ -28,7 +28,14 @@ from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, send_records
 from stripemeter.core.counting import split_counter_key
-from stripemeter.core.metering import KEY_REUSED, Metering
+from stripemeter.core.metering import (
+    CORRECTION,
+    KEY_REUSED,
+    NOT_REAGGREGATED,
+    POLICY_UPDATE,
+    REAGGREGATED,
+    Metering,
+)
 from stripemeter.domain import metrics
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.packing import pack_arrays, payload_limit
@@ -111,10 +118,16 @@ class Checkpointer:
         for event in pending:
             event.ack()
         for outcome, n in outcomes.counts.items():
-            if outcome == "correction":
+            if outcome == CORRECTION:
                 metrics.CORRECTIONS.inc(n)
             elif outcome == KEY_REUSED:
                 metrics.KEYS_REUSED.inc(n)
+            elif outcome == POLICY_UPDATE:
+                metrics.POLICY_UPDATES.inc(n)
+            elif outcome == REAGGREGATED:
+                metrics.REAGGREGATED_COUNTERS.labels("reaggregated").inc(n)
+            elif outcome == NOT_REAGGREGATED:
+                metrics.REAGGREGATED_COUNTERS.labels("impossible").inc(n)
             else:
                 metrics.EVENTS.labels(outcome).inc(n)
         metrics.DELTAS.inc(len(outcomes.touched))

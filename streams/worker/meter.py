@@ -17,11 +17,12 @@ from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.core.metering import Metering
 from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
-from stripemeter.domain.policy import DEDUPE_MARGIN_MS, Policies
+from stripemeter.domain.policy import DEDUPE_MARGIN_MS
 from stripemeter.schemas.packing import payload_limit
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.worker.names import WORKER_LOGGER
+from stripemeter.streams.worker.upkeep import PolicyLoader
 
 log = logging.getLogger(WORKER_LOGGER)
 
@@ -34,12 +35,17 @@ class Meter:
     checkpoint producer has started (``producer_started``)."""
 
     def __init__(
-        self, settings: Settings, names: TopicNames, states: dict[str, ChangelogState], policies: Policies
+        self, settings: Settings, names: TopicNames, states: dict[str, ChangelogState], loader: PolicyLoader
     ) -> None:
         self.settings = settings
         self.names = names
+        self.loader = loader
         self.metering = Metering(
-            states["dedupe"], states["counters"], states["watermarks"], policies, events_topic=names.events
+            states["dedupe"],
+            states["counters"],
+            states["watermarks"],
+            loader.policies,
+            events_topic=names.events,
         )
         self.checkpointer = Checkpointer(self.metering, states, names)
         self.producer_started = asyncio.Event()
@@ -50,11 +56,12 @@ class Meter:
     def install(self, app: faust.App, keyed_topic: TopicT) -> None:
         """The meter agent, the checkpoint timer and the dedupe sweep timer."""
         metering, checkpointer, producer_started = self.metering, self.checkpointer, self.producer_started
-        settings, names, sweep = self.settings, self.names, self.sweep
+        settings, names, sweep, loader = self.settings, self.names, self.sweep, self.loader
 
         async def meter(stream: Any) -> None:
             await producer_started.wait()
             async for event in stream.noack().events():
+                await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
                 if event.value:
                     with metrics.COUNTING_BATCH_SECONDS.time():
                         handled = metering.handle(
@@ -122,6 +129,7 @@ class Meter:
         if self.producer_started.is_set():
             await self.checkpointer.run()
         self.sweep.forget()
+        self.loader.forget()
 
     async def stop(self) -> None:
         """After the last checkpoint: stop the producer and, if no checkpoint ever failed, mark a clean

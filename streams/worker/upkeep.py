@@ -1,4 +1,4 @@
-"""The worker's upkeep tasks: its heartbeat row, and the metric policies reloaded from PostgreSQL."""
+"""The worker's upkeep: its heartbeat row, and the metric policies loaded from PostgreSQL."""
 
 from __future__ import annotations
 
@@ -33,16 +33,56 @@ def install_heartbeat(
     task(app)(run_heartbeat)
 
 
-def install_policy_refresh(app: faust.App, settings: Settings, policies: Policies) -> None:
-    """Task ``refresh_policies``: the metric mappings' lateness, every ``POLICY_REFRESH_INTERVAL``."""
+class PolicyLoader:
+    """The metric policies from PostgreSQL, merged by version into ``policies`` (domain/policy.py).
+
+    A mapping change reaches the meter as a control message in every keyed partition (read your
+    writes, services/configuration.py). A worker that takes a partition over starts after the offset
+    its previous holder committed, so the changes before it are not in what it reads: before it counts
+    the first message of a partition it did not hold, it loads every policy. It also loads them at
+    start (the same rule: it held no partition) and every ``POLICY_REFRESH_INTERVAL``.
+    """
+
+    def __init__(self, settings: Settings, policies: Policies):
+        self.settings = settings
+        self.policies = policies
+        self.loaded_for: set[int] = set()  # partitions held since the last load
+
+    async def ready_for(self, partition: int) -> None:
+        if partition not in self.loaded_for:
+            await self.load_until_done()
+            self.loaded_for.add(partition)
+
+    def forget(self) -> None:
+        """Partitions are being revoked: whatever is assigned next is loaded for again."""
+        self.loaded_for.clear()
+
+    async def load(self) -> None:
+        async with await psycopg.AsyncConnection.connect(self.settings.database_url.value) as conn:
+            self.policies.replace(await load_policies(conn, self.policies.default))
+
+    async def load_until_done(self) -> None:
+        """Counting waits for the policies: PostgreSQL failing stops the meter until it is back."""
+        wait = 0.5
+        while True:
+            try:
+                await self.load()
+                return
+            except psycopg.Error as exc:
+                log.warning("could not load metric mappings (counting waits, retry in %.1f s): %s", wait, exc)
+                await asyncio.sleep(wait)
+                wait = min(wait * 2, 10.0)
+
+
+def install_policy_refresh(app: faust.App, loader: PolicyLoader) -> None:
+    """Task ``refresh_policies``: every mapping from PostgreSQL, every ``POLICY_REFRESH_INTERVAL``."""
 
     async def refresh_policies() -> None:
         while True:
+            await asyncio.sleep(POLICY_REFRESH_INTERVAL)
             try:
-                async with await psycopg.AsyncConnection.connect(settings.database_url.value) as conn:
-                    policies.replace(await load_policies(conn, policies.default))
+                await loader.load()
             except psycopg.Error as exc:
                 log.warning("could not load metric mappings (keeping the previous ones): %s", exc)
-            await asyncio.sleep(POLICY_REFRESH_INTERVAL)
 
     task(app)(refresh_policies)

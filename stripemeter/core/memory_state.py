@@ -42,3 +42,6 @@ class MemoryState:
         """Key order, from ``from_key`` on, over a snapshot (as RocksDB iterates)."""
         snapshot = sorted(self.data[partition].items())
         return iter([(k, v) for k, v in snapshot if from_key is None or k >= from_key])
+
+    def keys_with_prefix(self, partition: int, prefix: bytes) -> list[bytes]:
+        return sorted(k for k in self.data[partition] if k.startswith(prefix))

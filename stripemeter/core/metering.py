@@ -34,19 +34,24 @@ import orjson
 from stripemeter.core.counting import (
     SEP,
     SEP_BYTES,
+    CannotReaggregate,
     CounterValue,
     Partial,
+    aggregation_of,
     apply,
     bucket_key,
     counter_key,
+    metric_prefix,
+    reaggregate,
     stream_key,
 )
-from stripemeter.domain.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.domain.policy import Aggregation, MetricPolicy, Policies, expiry_horizon
 from stripemeter.domain.timefmt import iso_ms
 from stripemeter.domain.units import MICROS, format_micros, micros_to_number
 from stripemeter.schemas.corrections import Correction, decode_control, is_control
 from stripemeter.schemas.dead_letters import dead_letter
 from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, is_policy_update
 from stripemeter.schemas.records import decode_batch, decode_keyed
 
 log = logging.getLogger(__name__)
@@ -56,6 +61,9 @@ KEY_REUSED = "key_reused"  # not an outcome: an idempotency key seen for a secon
 NEVER = 2**63  # an event time later than any real one
 NEVER_BEFORE = -(2**63)
 CORRECTION = "correction"  # an outcome of control messages, not of events
+POLICY_UPDATE = "policy_update"  # a mapping change applied (not an outcome of events)
+REAGGREGATED = "reaggregated"  # counters re-expressed under a new aggregation
+NOT_REAGGREGATED = "not_reaggregated"  # counters that could not be (see counting.reaggregate)
 
 
 class KV(Protocol):
@@ -72,6 +80,8 @@ class KV(Protocol):
     def release(self) -> None: ...
 
     def rollback(self) -> None: ...
+
+    def keys_with_prefix(self, partition: int, prefix: bytes) -> list[bytes]: ...
 
 
 # What a message's own content can make the meter's code raise: the message is set aside (dead letters
@@ -178,7 +188,9 @@ class Metering:
         self._savepoint()
         items: list[list[Any]] | None = None
         try:
-            if is_control(raw):
+            if is_policy_update(raw):
+                self.process_policy_update(partition, offset, decode_policy_update(raw))
+            elif is_control(raw):
                 self.process_control(partition, offset, decode_control(raw), now_ms)
             else:
                 items = decode_batch(raw)
@@ -350,9 +362,7 @@ class Metering:
                     ledger.append([LATE, *item])
                     out.counts[LATE] += 1
                     continue
-                if policy.aggregation != "last" and self._would_overflow(
-                    partition, ckey, partials, stored, MICROS if policy.aggregation == "count" else micros
-                ):
+                if self._would_overflow(partition, ckey, partials, stored, policy.aggregation, micros):
                     error = InvalidEvent(
                         "counter_overflow",
                         f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
@@ -401,17 +411,23 @@ class Metering:
         ckey: bytes,
         partials: dict[bytes, Partial],
         stored: dict[bytes, CounterValue | None],
-        add: int,
+        aggregation: Aggregation,
+        micros: int,
     ) -> bool:
         """Whether counting the event takes its counter beyond what 64-bit micro-units hold (then the
         event is rejected before anything is staged for it, so the ledger matches the counters). The
-        counter is read once per message, as it is read for the update anyway."""
+        counter is read once per message, as it is read for the update anyway. A ``last`` value is one
+        event's quantity, which validation bounds."""
         if ckey not in stored:
             stored[ckey] = self._counter(partition, ckey)
-        value, partial = stored[ckey], partials.get(ckey)
-        base = value[0] if value is not None else 0
-        pending = partial.micros if partial is not None else 0
-        return abs(base + pending + add) > MAX_MICROS
+        value = stored[ckey]
+        counted_as = aggregation_of(value, aggregation)
+        if counted_as == "last":
+            return False
+        partial = partials.get(ckey)
+        base = int(value[0] or 0) if value is not None else 0
+        pending = partial.added(counted_as) if partial is not None else 0
+        return abs(base + pending + (MICROS if counted_as == "count" else micros)) > MAX_MICROS
 
     def process_control(
         self, partition: int, offset: int, corrections: list[Correction], now_ms: int
@@ -422,7 +438,9 @@ class Metering:
             dkey = f"{c.tenant_id}{SEP}~correction:{c.id}".encode()
             seen_raw = self.dedupe.get(partition, dkey)
             ckey = counter_key(c.tenant_id, c.metric, c.customer_ref, c.bucket_ms).encode()
-            partial = partials.setdefault(ckey, Partial("last" if c.kind == "last" else "sum"))
+            partial = partials.get(ckey)
+            if partial is None:
+                partial = partials[ckey] = Partial(self.policies.get(c.tenant_id, c.metric).aggregation)
             if seen_raw is not None and orjson.loads(seen_raw)[3] != offset:
                 # applied from an earlier message (sent twice): adds nothing, but the counter still
                 # records this message as applied, so whoever sent it sees it in the counters
@@ -434,7 +452,12 @@ class Metering:
                 )
                 lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
                 self._note_written(partition, 1, now_ms + lateness_ms)
-            partial.add(c.micros, c.ts_ms)
+            if c.kind == "events":
+                partial.add_events(c.micros, c.events, c.ts_ms, c.last_micros)
+            elif c.kind == "last":
+                partial.set_last(c.micros, c.ts_ms)
+            else:
+                partial.adjust(c.micros)
             self.outcomes.counts[CORRECTION] += 1
         for ckey, partial in partials.items():
             raw = self.counters.get(partition, ckey)
@@ -442,6 +465,44 @@ class Metering:
             if new is not None:
                 self.counters.put(partition, ckey, orjson.dumps(new))
             self.outcomes.touched[ckey] = partition
+
+    def process_policy_update(self, partition: int, offset: int, update: PolicyUpdate) -> None:
+        """A mapping change, in order with the partition's events: what follows is counted under it.
+
+        With ``reaggregate_from_ms`` the metric's counters of this partition from that bucket on are
+        re-expressed under the aggregation in force now (the newest version known, which may be newer
+        than this update's), each at most once (``counting.reaggregate``), and published again."""
+        tenant, metric = update.tenant_id, update.metric
+        if self.policies.learn(tenant, metric, update.policy()):
+            log.info(
+                "metric %s/%s: mapping version %d in force from keyed partition %d offset %d (%s, lateness"
+                " %d s)", tenant, metric, update.version, partition, offset, update.aggregation,
+                update.lateness_ms // 1000,
+            )  # fmt: skip
+        self.outcomes.counts[POLICY_UPDATE] += 1
+        if update.reaggregate_from_ms is None:
+            return
+        aggregation = self.policies.get(tenant, metric).aggregation
+        for ckey in self.counters.keys_with_prefix(partition, metric_prefix(tenant, metric)):
+            bucket_ms = int(ckey.rsplit(SEP_BYTES, 1)[1])
+            raw = self.counters.get(partition, ckey)
+            if bucket_ms < update.reaggregate_from_ms or raw is None:
+                continue
+            try:
+                new = reaggregate(orjson.loads(raw), aggregation, offset)
+            except CannotReaggregate as exc:
+                log.error(
+                    "counter %s could not be re-aggregated as %s and keeps its value: %s",
+                    ckey.decode(errors="replace").replace(SEP, "/"),
+                    aggregation,
+                    exc,
+                )
+                self.outcomes.counts[NOT_REAGGREGATED] += 1
+                continue
+            if new is not None:
+                self.counters.put(partition, ckey, orjson.dumps(new))
+                self.outcomes.touched[ckey] = partition
+                self.outcomes.counts[REAGGREGATED] += 1
 
     def expire_dedupe(
         self,

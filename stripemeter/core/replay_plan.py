@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from stripemeter.domain.units import MICROS
-from stripemeter.schemas.corrections import Correction
+from stripemeter.schemas.corrections import Correction, events_correction
 
 Source = tuple[str, int, int, int]  # usage.events topic, partition, offset, index
 CounterId = tuple[str, str, datetime]  # metric, customer, bucket
@@ -91,34 +91,39 @@ def make_plan(
         resent = sum(r.events for r in again.get(counter, []))
         events = grouped.get(counter, [])
         if events:
-            correction = new_correction(tenant, counter, events, aggregations.get(metric, "sum"))
+            correction = new_correction(tenant, counter, events)
             corrections.append(correction)
             new.append((correction, [r["idempotency_key"] for r in events]))
-        lasts = [c for c in corrections if c.kind == "last"]
-        if lasts:  # the newest wins when newer than what the counter holds; a later event would win instead
-            after = max(lasts, key=lambda c: c.ts_ms).micros
-        else:
-            after = current + sum(c.micros for c in corrections)
+        after = counter_after(current, corrections, aggregations.get(metric, "sum"))
         changes.append(CounterChange(metric, customer, bucket, current, after, resent + len(events), resent))
     return Plan(changes, resend + [c for c, _keys in new], new)
 
 
-def new_correction(
-    tenant: str, counter: CounterId, events: list[dict[str, Any]], aggregation: str
-) -> Correction:
-    """One correction counting ``events`` (too-late events of one counter) into it."""
+def counter_after(current: int, corrections: list[Correction], aggregation: str) -> int:
+    """The counter's value once ``corrections`` are applied: for ``last`` the newest value wins when
+    newer than what the counter holds (a later event would win instead), otherwise they add."""
+    if aggregation == "last":
+        lasts = sorted(
+            ((c.ts_ms, c.last_micros if c.kind == "events" else c.micros) for c in corrections),
+            key=lambda last: last[0],
+        )
+        return lasts[-1][1] if lasts else current
+    added = 0
+    for c in corrections:
+        if c.kind == "events":
+            added += c.events * MICROS if aggregation == "count" else c.micros
+        else:
+            added += c.micros
+    return current + added
+
+
+def new_correction(tenant: str, counter: CounterId, events: list[dict[str, Any]]) -> Correction:
+    """One correction counting ``events`` (too-late events of one counter) into it, folded every way
+    (a counter keeps every aggregation's total, see core/counting.py)."""
     metric, customer, bucket = counter
     sources: list[Source] = [
         (r["source_topic"], r["source_partition"], r["source_offset"], r["source_index"]) for r in events
     ]
-    bucket_ms = int(bucket.timestamp() * 1000)
+    folded = [(int(r["quantity_micros"]), int(r["ts"].timestamp() * 1000)) for r in events]
     ident = correction_id(tenant, counter, sources)
-    if aggregation == "last":
-        newest = max(events, key=lambda r: r["ts"])
-        micros, ts_ms = int(newest["quantity_micros"]), int(newest["ts"].timestamp() * 1000)
-        return Correction(ident, tenant, metric, customer, bucket_ms, "last", micros, ts_ms)
-    if aggregation == "count":
-        micros = len(events) * MICROS
-    else:
-        micros = sum(int(r["quantity_micros"]) for r in events)
-    return Correction(ident, tenant, metric, customer, bucket_ms, "add", micros, bucket_ms)
+    return events_correction(ident, tenant, metric, customer, int(bucket.timestamp() * 1000), folded)

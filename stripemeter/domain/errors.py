@@ -51,6 +51,19 @@ class Invalid(StripemeterError):
         self.detail = detail
 
 
+class Conflict(Invalid, ValueError):
+    """The input is well formed but contradicts what is stored (another mapping, counted usage):
+    refused with nothing changed. ``field`` names the input that would have to change."""
+
+    code = "conflict"
+
+
+class NotFound(Invalid, LookupError):
+    """The input names something that does not exist (``field`` names it)."""
+
+    code = "not_found"
+
+
 class Transient(StripemeterError):
     """It may succeed later: retry the same thing (after ``retry_after`` seconds, when known)."""
 

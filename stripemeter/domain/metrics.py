@@ -129,6 +129,20 @@ CORRECTIONS = Counter(
     "stripemeter_counter_corrections_total",
     "Replay and adjustment corrections applied to counters by the meter",
 )
+MAPPING_CHANGES = Counter(
+    "stripemeter_mapping_changes_total",
+    "Metric mapping changes saved and announced to every keyed partition by the API",
+)
+POLICY_UPDATES = Counter(
+    "stripemeter_policy_updates_total",
+    "Metric mapping changes applied by the meter (one per keyed partition and change)",
+)
+REAGGREGATED_COUNTERS = Counter(
+    "stripemeter_counters_reaggregated_total",
+    "Counters re-expressed under a metric's new aggregation by the meter, by result (reaggregated, or"
+    " impossible: the counter keeps its value)",
+    ["result"],
+)
 REPLAYS = Counter("stripemeter_replays_total", "Replays, by mode and result", ["mode", "result"])
 REPLAY_SECONDS = Histogram(
     "stripemeter_replay_seconds", "Duration of one replay", ["mode"], buckets=(0.05, 0.1, 0.5, 1, 5, 30, 120)

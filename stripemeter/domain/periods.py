@@ -142,6 +142,12 @@ def open_names(now: datetime, anchors: Iterable[datetime | None], grace: timedel
     return sorted(names, reverse=True)
 
 
+def open_since(now: datetime, anchors: Iterable[datetime | None], grace: timedelta) -> datetime:
+    """The start of the oldest period (``open_names``) whose invoice can still change at ``now``."""
+    anchors = {None, *anchors}
+    return min(period(name, anchor).start for anchor in anchors for name in open_names(now, [anchor], grace))
+
+
 # --- what a correction's period means for billing -------------------------------------------------
 
 PeriodState = Literal["open", "closing", "closed"]

@@ -21,6 +21,7 @@ class MetricPolicy:
     aggregation: Aggregation = "sum"
     lateness_ms: int = 48 * 3_600_000
     horizon_ms: int = -(2**63)  # no event older than this counts (see the module's docstring)
+    version: int = 0  # of the mapping it comes from (0: the defaults); a newer version replaces it
 
     def too_late(self, ts_ms: int, watermark_ms: int | None) -> bool:
         if ts_ms < self.horizon_ms:
@@ -40,7 +41,13 @@ def expiry_horizon(now_ms: int, lateness_ms: int, margin_ms: int = DEDUPE_MARGIN
 
 
 class Policies:
-    """Policies by (tenant, metric), with a default; replaced wholesale when mappings change."""
+    """Policies by (tenant, metric), with a default.
+
+    Each policy carries the version of the mapping change it comes from. Policies arrive two ways: the
+    mapping change itself, sent through every keyed partition (``learn``), and reloads of all mappings
+    from PostgreSQL (``replace``). Either may be older than the other, so a policy is only ever
+    replaced by a newer version; a deleted mapping is a policy with the defaults and its own version.
+    """
 
     def __init__(self, default: MetricPolicy, by_metric: dict[tuple[str, str], MetricPolicy] | None = None):
         self.default = default
@@ -50,7 +57,22 @@ class Policies:
     def get(self, tenant: str, metric: str) -> MetricPolicy:
         return self.by_metric.get((tenant, metric), self.default)
 
+    def learn(self, tenant: str, metric: str, policy: MetricPolicy) -> bool:
+        """Take ``policy`` unless a newer version is known; whether anything changed."""
+        known = self.by_metric.get((tenant, metric))
+        if known is not None and (known.version > policy.version or known == policy):
+            return False
+        self.by_metric[tenant, metric] = policy
+        self.version += 1
+        return True
+
     def replace(self, by_metric: dict[tuple[str, str], MetricPolicy]) -> None:
-        if by_metric != self.by_metric:
-            self.by_metric = by_metric
+        """Everything PostgreSQL holds (mappings and deleted mappings); newer versions known stay."""
+        changed = False
+        for key, policy in by_metric.items():
+            known = self.by_metric.get(key)
+            if known is None or (policy.version >= known.version and policy != known):
+                self.by_metric[key] = policy
+                changed = True
+        if changed:
             self.version += 1

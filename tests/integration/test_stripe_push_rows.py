@@ -114,7 +114,7 @@ async def test_unparking_keeps_a_request_that_may_have_landed_and_sends_it_under
     assert await pushes.record_pending(conn, row, request, fence, NOW)
     pending = await due_row(conn, tenant)
     assert await pushes.park(conn, pending, "idempotency_error: ...", fence, NOW)
-    assert await pushes.retry_parked(conn, tenant, NOW) == 1
+    assert await pushes.mapping_changed(conn, tenant, NOW) == 1
     again = await due_row(conn, tenant)
     assert (again.status, again.pending, again.pending_attempt) == ("pending", request, 1)
 
@@ -130,7 +130,7 @@ async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
     assert await pushes.refuse_pending(
         conn, await due_row(conn, tenant), refused.identifier, "no such customer", fence, NOW
     )
-    assert await pushes.retry_parked(conn, tenant, NOW) == 1
+    assert await pushes.mapping_changed(conn, tenant, NOW) == 1
     row = await due_row(conn, tenant)
     assert (row.status, row.pending_raw, row.pushed_units) == ("waiting", None, 0)
     # a new request lands (200) ... and Stripe reports later that it dropped it

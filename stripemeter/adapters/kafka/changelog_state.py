@@ -138,6 +138,21 @@ class ChangelogState:
             if key != offset_key:
                 yield key, value
 
+    def keys_with_prefix(self, partition: int, prefix: bytes) -> list[bytes]:
+        """The partition's keys that start with ``prefix``, staged writes included, in key order."""
+        keys = set()
+        for key, _ in self.items(partition, from_key=prefix):
+            if not key.startswith(prefix):
+                break
+            keys.add(key)
+        for key, value in self._staged.get(partition, {}).items():
+            if key.startswith(prefix):
+                if value is None:
+                    keys.discard(key)
+                else:
+                    keys.add(key)
+        return sorted(keys)
+
     def take_staged(self) -> dict[int, dict[bytes, bytes | None]]:
         """Write the staged changes to the local RocksDB (one batch per partition) and return them,
         so the checkpoint can send them to the changelog."""

@@ -1,4 +1,5 @@
-"""Sending corrections to the meter: control messages into their counters' keyed partitions."""
+"""Control messages to the meter: corrections into their counters' keyed partitions, and mapping
+changes into every keyed partition."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from stripemeter.schemas.corrections import (
     encode_correction,
 )
 from stripemeter.schemas.packing import chunk_lengths
+from stripemeter.schemas.policy_updates import PolicyUpdate, encode_policy_update
 
 
 @dataclass(frozen=True)
@@ -55,3 +57,13 @@ async def send_corrections(
         for (_partition, chunk, _value), meta in zip(messages, written, strict=True)
         for c in chunk
     ]
+
+
+async def send_policy_update(producer: AIOKafkaProducer, keyed_topic: str, update: PolicyUpdate) -> int:
+    """A mapping change into every keyed partition; returns once the broker has it in all of them (then
+    every event that reaches Kafka later is counted under it). Returns how many partitions."""
+    partitions = sorted(await producer.partitions_for(keyed_topic))
+    value = encode_policy_update(update)
+    sent = [await producer.send(keyed_topic, value, partition=partition) for partition in partitions]
+    await asyncio.gather(*sent)
+    return len(partitions)

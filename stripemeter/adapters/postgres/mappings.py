@@ -25,13 +25,16 @@ class MetricMapping:
 # later of that and any horizon set before. A new mapping raises it from the default.
 UPSERT_METRIC = """
 INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds,
-                             dedupe_horizon)
+                             dedupe_horizon, version)
 VALUES (%(tenant)s, %(metric)s, %(event_name)s, %(aggregation)s, %(lateness)s,
-        CASE WHEN coalesce(%(lateness)s, %(default)s) > %(default)s
-             THEN %(horizon_from_default)s END)
+        greatest(CASE WHEN coalesce(%(lateness)s, %(default)s) > %(default)s
+                      THEN %(horizon_from_default)s END,
+                 (SELECT dedupe_horizon FROM metric_mapping_tombstones
+                  WHERE tenant_id = %(tenant)s AND metric = %(metric)s)),
+        nextval('mapping_versions'))
 ON CONFLICT (tenant_id, metric) DO UPDATE
 SET stripe_meter_event_name = EXCLUDED.stripe_meter_event_name, aggregation = EXCLUDED.aggregation,
-    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now(),
+    lateness_seconds = EXCLUDED.lateness_seconds, updated_at = now(), version = EXCLUDED.version,
     dedupe_horizon = CASE
         WHEN coalesce(EXCLUDED.lateness_seconds, %(default)s)
              > coalesce(metric_mappings.lateness_seconds, %(default)s)
@@ -40,16 +43,36 @@ SET stripe_meter_event_name = EXCLUDED.stripe_meter_event_name, aggregation = EX
                       - make_interval(secs => coalesce(metric_mappings.lateness_seconds, %(default)s)))
         ELSE metric_mappings.dedupe_horizon END
 RETURNING tenant_id, metric, stripe_meter_event_name, aggregation, lateness_seconds, dedupe_horizon,
-          updated_at
+          updated_at, version
 """
 
 UPSERT_CUSTOMER = """
-INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)
-VALUES (%s, %s, %s, %s)
+INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor, version)
+VALUES (%s, %s, %s, %s, nextval('mapping_versions'))
 ON CONFLICT (tenant_id, customer_ref) DO UPDATE
 SET stripe_customer_id = EXCLUDED.stripe_customer_id, billing_anchor = EXCLUDED.billing_anchor,
-    updated_at = now()
-RETURNING tenant_id, customer_ref, stripe_customer_id, billing_anchor, updated_at
+    updated_at = now(), version = EXCLUDED.version
+RETURNING tenant_id, customer_ref, stripe_customer_id, billing_anchor, updated_at, version
+"""
+
+# A deleted metric mapping leaves its version (workers learn that the metric is back to defaults) and,
+# when that raises its lateness to the default, the dedupe horizon the raise needs (as UPSERT_METRIC).
+DELETE_METRIC = """
+WITH gone AS (
+    DELETE FROM metric_mappings WHERE tenant_id = %(tenant)s AND metric = %(metric)s
+    RETURNING lateness_seconds, dedupe_horizon
+)
+INSERT INTO metric_mapping_tombstones (tenant_id, metric, version, dedupe_horizon, deleted_at)
+SELECT %(tenant)s, %(metric)s, nextval('mapping_versions'),
+       CASE WHEN coalesce(lateness_seconds, %(default)s) < %(default)s
+            THEN greatest(dedupe_horizon,
+                          %(now)s + interval '1 hour' - make_interval(secs => lateness_seconds))
+            ELSE dedupe_horizon END,
+       %(now)s
+FROM gone
+ON CONFLICT (tenant_id, metric) DO UPDATE
+SET version = EXCLUDED.version, dedupe_horizon = EXCLUDED.dedupe_horizon, deleted_at = EXCLUDED.deleted_at
+RETURNING version
 """
 
 
@@ -87,6 +110,47 @@ async def upsert_customer(
     return row
 
 
+async def delete_metric(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str, now: datetime, default_lateness_seconds: int
+) -> int | None:
+    """Delete the mapping, leaving its version behind; None if there was none."""
+    cur = await conn.execute(
+        DELETE_METRIC, {"tenant": tenant, "metric": metric, "now": now, "default": default_lateness_seconds}
+    )
+    row = await cur.fetchone()
+    return int(row[0]) if row else None
+
+
+async def delete_customer(conn: psycopg.AsyncConnection, tenant: str, customer: str) -> bool:
+    cur = await conn.execute(
+        "DELETE FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s", (tenant, customer)
+    )
+    return cur.rowcount > 0
+
+
+async def metric_row(conn: psycopg.AsyncConnection, tenant: str, metric: str) -> dict[str, Any] | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute("SELECT * FROM metric_mappings WHERE tenant_id = %s AND metric = %s", (tenant, metric))
+    return await cur.fetchone()
+
+
+async def customer_row(conn: psycopg.AsyncConnection, tenant: str, customer: str) -> dict[str, Any] | None:
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(
+        "SELECT * FROM customer_mappings WHERE tenant_id = %s AND customer_ref = %s", (tenant, customer)
+    )
+    return await cur.fetchone()
+
+
+async def lock_configuration(conn: psycopg.AsyncConnection, *names: str) -> None:
+    """Mapping changes that could collide wait for each other until the transaction ends: one lock per
+    tenant, and one per Stripe customer (tenants share the Stripe account). Taken in sorted order."""
+    for name in sorted(set(names)):
+        await conn.execute(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"stripemeter-config:{name}",)
+        )
+
+
 async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> list[dict[str, Any]]:
     assert table in ("metric_mappings", "customer_mappings")
     order = "metric" if table == "metric_mappings" else "customer_ref"
@@ -98,17 +162,26 @@ async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> l
 async def load_policies(
     conn: psycopg.AsyncConnection, default: MetricPolicy
 ) -> dict[tuple[str, str], MetricPolicy]:
+    """Every metric's policy with its mapping's version; a deleted mapping is the default policy under
+    the version of its deletion."""
     cur = await conn.execute(
-        "SELECT tenant_id, metric, aggregation, lateness_seconds, dedupe_horizon FROM metric_mappings"
+        "SELECT tenant_id, metric, aggregation, lateness_seconds, dedupe_horizon, version"
+        " FROM metric_mappings"
+        " UNION ALL SELECT tenant_id, metric, NULL, NULL, dedupe_horizon, version"
+        " FROM metric_mapping_tombstones"
     )
-    return {
-        (tenant, metric): MetricPolicy(
-            aggregation,
+    policies: dict[tuple[str, str], MetricPolicy] = {}
+    for tenant, metric, aggregation, lateness, horizon, version in await cur.fetchall():
+        policy = MetricPolicy(
+            aggregation or default.aggregation,
             default.lateness_ms if lateness is None else lateness * 1000,
             default.horizon_ms if horizon is None else int(horizon.timestamp() * 1000),
+            int(version),
         )
-        for tenant, metric, aggregation, lateness, horizon in await cur.fetchall()
-    }
+        known = policies.get((tenant, metric))
+        if known is None or known.version < policy.version:
+            policies[tenant, metric] = policy
+    return policies
 
 
 async def stripe_mappings(
@@ -134,3 +207,11 @@ async def customer_anchor(conn: psycopg.AsyncConnection, tenant: str, customer: 
     )
     row = await cur.fetchone()
     return row[0] if row else None
+
+
+async def tenant_anchors(conn: psycopg.AsyncConnection, tenant: str) -> list[datetime | None]:
+    """The billing anchors the tenant's customers have (None: calendar months)."""
+    cur = await conn.execute(
+        "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
+    )
+    return [row[0] for row in await cur.fetchall()]

@@ -77,7 +77,7 @@ DUE = """
 WITH due AS (
     SELECT DISTINCT tenant_id, metric, customer_ref, period_start
     FROM stripe_pushes
-    -- unmapped counters wait for a mapping: saving one makes them waiting (retry_parked)
+    -- unmapped counters wait for a mapping: saving one makes them waiting (mapping_changed)
     WHERE app_id = %(app)s AND delta_partition = ANY(%(partitions)s) AND status IN ('waiting', 'pending')
       AND period_start IS NOT NULL
       AND (attempts = 0
@@ -447,26 +447,51 @@ async def parked_count(conn: psycopg.AsyncConnection) -> int:
     return int(row[0]) if row else 0
 
 
-async def retry_parked(
+# A mapping changed: every counter hour it concerns that the writer may be deciding on changes version,
+# so a decision made under the old mapping fails its compare-and-set and the writer reads again
+# (read your writes); parked and unmapped ones are due again (the change may have fixed their cause).
+MAPPING_CHANGED = """
+WITH rows AS (
+    SELECT tenant_id, metric, customer_ref, bucket, status AS was FROM stripe_pushes
+    WHERE tenant_id = %(tenant)s AND status IN ('waiting', 'pending', 'parked', 'unmapped')
+      AND (%(metric)s::text IS NULL OR metric = %(metric)s)
+      AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)
+    FOR UPDATE
+), changed AS (
+    UPDATE stripe_pushes p
+    SET version = p.version + 1, updated_at = %(now)s,
+        status = CASE WHEN r.was NOT IN ('parked', 'unmapped') THEN p.status
+                      WHEN p.pending_request IS NULL THEN 'waiting' ELSE 'pending' END,
+        attempts = CASE WHEN r.was IN ('parked', 'unmapped') THEN 0 ELSE p.attempts END,
+        reason = CASE WHEN r.was IN ('parked', 'unmapped') THEN NULL ELSE p.reason END,
+        pending_attempt = p.pending_attempt
+            + CASE WHEN r.was IN ('parked', 'unmapped') AND p.pending_request IS NOT NULL THEN 1 ELSE 0 END
+    FROM rows r
+    WHERE p.tenant_id = r.tenant_id AND p.metric = r.metric AND p.customer_ref = r.customer_ref
+      AND p.bucket = r.bucket
+    RETURNING r.was
+)
+SELECT count(*) FILTER (WHERE was IN ('parked', 'unmapped')) FROM changed
+"""
+
+
+async def mapping_changed(
     conn: psycopg.AsyncConnection,
     tenant: str,
     now: datetime,
     metric: str | None = None,
     customer: str | None = None,
 ) -> int:
-    """A changed mapping may fix what parked a counter (an unknown customer or meter): try again. A
-    request still recorded as pending (it may have landed) is sent again unchanged, under a new
-    idempotency key; a refused one was forgotten when it was refused."""
+    """A metric or customer mapping changed: the counter hours it concerns are read again by the writer
+    before anything is sent under the old mapping, and parked ones are tried again (a fixed meter or
+    customer). A request still recorded as pending (it may have landed) is sent again unchanged, under
+    a new idempotency key; a refused one was forgotten when it was refused. Returns how many counters
+    were parked or unmapped."""
     cur = await conn.execute(
-        "UPDATE stripe_pushes"
-        " SET status = CASE WHEN pending_request IS NULL THEN 'waiting' ELSE 'pending' END,"
-        " attempts = 0, reason = NULL, version = version + 1, updated_at = %s,"
-        " pending_attempt = pending_attempt + CASE WHEN pending_request IS NULL THEN 0 ELSE 1 END"
-        " WHERE tenant_id = %s AND status IN ('parked', 'unmapped')"
-        " AND (%s::text IS NULL OR metric = %s) AND (%s::text IS NULL OR customer_ref = %s)",
-        (now, tenant, metric, metric, customer, customer),
+        MAPPING_CHANGED, {"tenant": tenant, "now": now, "metric": metric, "customer": customer}
     )
-    return cur.rowcount
+    row = await cur.fetchone()
+    return int(row[0]) if row else 0
 
 
 async def repartition_periods(

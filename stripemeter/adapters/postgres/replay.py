@@ -45,7 +45,7 @@ ORDER BY e.idempotency_key, e.customer_ref,
 # Corrections recorded by an apply whose send was not acknowledged (a crash or an error in between):
 # the next apply of a window that holds them sends them again, with the same ids.
 UNCONFIRMED = """
-SELECT correction_id, metric, customer_ref, bucket, kind, micros, ts_ms, events
+SELECT correction_id, metric, customer_ref, bucket, kind, micros, ts_ms, events, last_micros
 FROM replay_corrections
 WHERE tenant_id = %(tenant)s AND status = 'recorded' AND metric = ANY(%(metrics)s)
   AND bucket >= %(since)s AND bucket < %(until)s
@@ -104,9 +104,12 @@ async def counter_totals(
 async def unconfirmed(conn: psycopg.AsyncConnection, scope: Scope) -> list[tuple[CounterId, Recorded]]:
     cur = await conn.execute(UNCONFIRMED, asdict(scope))
     found = []
-    for ident, metric, customer, bucket, kind, micros, ts_ms, events in await cur.fetchall():
+    for ident, metric, customer, bucket, kind, micros, ts_ms, events, last_micros in await cur.fetchall():
         bucket_ms = int(bucket.timestamp() * 1000)
-        correction = Correction(ident, scope.tenant, metric, customer, bucket_ms, kind, int(micros), ts_ms)
+        correction = Correction(
+            ident, scope.tenant, metric, customer, bucket_ms, kind, int(micros), ts_ms,
+            events if kind == "events" else 0, int(last_micros or 0),
+        )  # fmt: skip
         found.append(((metric, customer, bucket), Recorded(correction, events)))
     return found
 
@@ -120,7 +123,7 @@ async def record_corrections(
         return
     columns = (
         "correction_id, replay_id, tenant_id, metric, customer_ref, bucket, kind, micros, ts_ms, events,"
-        " status"
+        " last_micros, status"
     )
     async with conn.cursor() as cur:
         async with cur.copy(f"COPY replay_corrections ({columns}) FROM STDIN") as copy:
@@ -128,7 +131,7 @@ async def record_corrections(
                 bucket = datetime.fromtimestamp(c.bucket_ms / 1000, tz=UTC)
                 await copy.write_row(
                     (c.id, replay_id, tenant, c.metric, c.customer_ref, bucket, c.kind, c.micros, c.ts_ms,
-                     len(keys), "recorded")
+                     len(keys), c.last_micros, "recorded")
                 )  # fmt: skip
         # a correction counts one counter's events, so the keys it claims are its customer's
         columns = "tenant_id, idempotency_key, customer_ref, replay_id, correction_id"

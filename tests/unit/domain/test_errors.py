@@ -23,11 +23,20 @@ from stripemeter.api.app import error_middleware
 from stripemeter.api.errors import ApiError, api_error, bad_request
 from stripemeter.api.ingest_body import Unreadable
 from stripemeter.api.replay import parse_request
+from stripemeter.core.counting import CannotReaggregate
 from stripemeter.core.replay_window import WindowError, parse_window
 from stripemeter.domain import errors as hierarchy
 from stripemeter.domain import periods
 from stripemeter.domain.config import ConfigError, load_settings
-from stripemeter.domain.errors import Backpressure, Invalid, Permanent, StripemeterError, Transient
+from stripemeter.domain.errors import (
+    Backpressure,
+    Conflict,
+    Invalid,
+    NotFound,
+    Permanent,
+    StripemeterError,
+    Transient,
+)
 from stripemeter.domain.instants import BadInstant, parse_instant_ms
 from stripemeter.schemas.events import InvalidEvent, parse_event
 from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
@@ -57,6 +66,9 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (KafkaSetupError, Permanent, RuntimeError),
     (StackError, Permanent, RuntimeError),
     (ItemTooLarge, Permanent, ValueError),
+    (CannotReaggregate, Permanent, ValueError),
+    (Conflict, Invalid, ValueError),
+    (NotFound, Invalid, LookupError),
 ]
 
 

@@ -16,6 +16,7 @@ import orjson
 
 from stripemeter.adapters.kafka.inspect.kinds import Kind
 from stripemeter.core.counting import SEP, split_counter_key
+from stripemeter.domain.policy import AGGREGATIONS
 from stripemeter.domain.timefmt import iso_hour, iso_ms
 from stripemeter.domain.units import micros_to_number
 
@@ -193,7 +194,7 @@ def _dedupe(key: bytes | None, value: Any) -> list[Decoded]:
 
 def _counter(key: bytes | None, value: Any) -> list[Decoded]:
     tenant, metric, customer, bucket_ms = split_counter_key(_text_key(key))
-    micros, seq, applied, last_ts = value
+    micros, seq, applied, last_ts = value[:4]
     fields: dict[str, Any] = {
         "tenantId": tenant,
         "metric": metric,
@@ -206,6 +207,11 @@ def _counter(key: bytes | None, value: Any) -> list[Decoded]:
     }
     if last_ts >= 0:
         fields["lastTs"] = iso_ms(last_ts)
+    if len(value) >= 9:  # every aggregation's total (core/counting.py)
+        sum_micros, events, last_micros, adjusted, code = value[4:9]
+        fields["aggregation"] = AGGREGATIONS[code]
+        fields["sumMicros"], fields["events"], fields["lastMicros"] = sum_micros, events, last_micros
+        fields["adjustedMicros"] = adjusted
     return [Decoded("counter", fields)]
 
 

@@ -1,0 +1,149 @@
+"""Where counter streams send their usage in Stripe: (meter event name, Stripe customer) pairs.
+
+``stripe_destinations`` remembers every pair a stream (tenant, metric, customerRef) was mapped to
+(migration 0016). A mapping change asks who else sends or sent to the pairs it would create, and
+where usage of the open periods already sits: what the writer delivered (or may have: a request
+still pending) and reconciliation's corrections, for hours that hold something.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import psycopg
+
+Stream = tuple[str, str, str]  # tenant, metric, customerRef
+Destination = tuple[str, str]  # Stripe meter event name, Stripe customer id
+
+
+@dataclass(frozen=True)
+class Claimant:
+    """A stream that sends, or once sent, to a pair; ``maps_there`` if its mappings still do."""
+
+    stream: Stream
+    destination: Destination
+    maps_there: bool
+
+
+async def record(conn: psycopg.AsyncConnection, pairs: Iterable[tuple[Destination, Stream]]) -> None:
+    rows = sorted(set(pairs))
+    if not rows:
+        return
+    await conn.execute(
+        "INSERT INTO stripe_destinations (event_name, stripe_customer_id, tenant_id, metric, customer_ref)"
+        " SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::text[])"
+        " ON CONFLICT DO NOTHING",
+        (
+            [d[0] for d, _ in rows], [d[1] for d, _ in rows],
+            [s[0] for _, s in rows], [s[1] for _, s in rows], [s[2] for _, s in rows],
+        ),
+    )  # fmt: skip
+
+
+# Each claimant with whether its mappings still send it there (``{where}``: which pairs).
+CLAIMANTS = """
+SELECT d.event_name, d.stripe_customer_id, d.tenant_id, d.metric, d.customer_ref,
+       (m.stripe_meter_event_name IS NOT DISTINCT FROM d.event_name
+        AND c.stripe_customer_id IS NOT DISTINCT FROM d.stripe_customer_id) AS maps_there
+FROM stripe_destinations d
+LEFT JOIN metric_mappings m ON m.tenant_id = d.tenant_id AND m.metric = d.metric
+LEFT JOIN customer_mappings c ON c.tenant_id = d.tenant_id AND c.customer_ref = d.customer_ref
+WHERE {where}
+"""
+OF_PAIRS = "(d.event_name, d.stripe_customer_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))"
+OF_CUSTOMER = "d.stripe_customer_id = %s"
+
+
+async def claimants(conn: psycopg.AsyncConnection, destinations: Iterable[Destination]) -> list[Claimant]:
+    """Streams that send or sent to any of ``destinations``."""
+    pairs = sorted(set(destinations))
+    if not pairs:
+        return []
+    return await _claimants(conn, OF_PAIRS, ([e for e, _ in pairs], [c for _, c in pairs]))
+
+
+async def customer_claimants(conn: psycopg.AsyncConnection, stripe_customer: str) -> list[Claimant]:
+    """Streams that send or sent to ``stripe_customer``, for any meter."""
+    return await _claimants(conn, OF_CUSTOMER, (stripe_customer,))
+
+
+async def _claimants(conn: psycopg.AsyncConnection, where: str, params: tuple[object, ...]) -> list[Claimant]:
+    cur = await conn.execute(CLAIMANTS.format(where=where), params)
+    return [
+        Claimant((tenant, metric, customer), (event, stripe_id), bool(maps_there))
+        for event, stripe_id, tenant, metric, customer, maps_there in await cur.fetchall()
+    ]
+
+
+async def tenants_mapping(conn: psycopg.AsyncConnection, stripe_customer: str) -> dict[str, list[str]]:
+    """Tenant -> customerRefs whose mapping names ``stripe_customer`` now (with or without metrics)."""
+    cur = await conn.execute(
+        "SELECT tenant_id, customer_ref FROM customer_mappings WHERE stripe_customer_id = %s"
+        " ORDER BY tenant_id, customer_ref",
+        (stripe_customer,),
+    )
+    found: dict[str, list[str]] = {}
+    for tenant, customer in await cur.fetchall():
+        found.setdefault(tenant, []).append(customer)
+    return found
+
+
+# Per stream, where its usage of hours from %(since)s sits: requests the writer sent (delivered, or
+# pending: they may have landed) for hours that hold something or have a request pending, and
+# reconciliation's corrections that landed or may have; each as its event name and payload.
+HELD = """
+WITH k AS (
+    SELECT * FROM unnest(%(tenants)s::text[], %(metrics)s::text[], %(customers)s::text[])
+        AS k(tenant_id, metric, customer_ref)
+), requests AS (
+    SELECT r.tenant_id, r.metric, r.customer_ref, r.request
+    FROM stripe_push_requests r
+    JOIN k USING (tenant_id, metric, customer_ref)
+    JOIN stripe_pushes p USING (tenant_id, metric, customer_ref, bucket)
+    WHERE r.bucket >= %(since)s AND r.status IN ('sent', 'delivered')
+      AND (p.pushed_units <> 0 OR p.pending_request IS NOT NULL)
+    UNION ALL
+    SELECT a.tenant_id, a.metric, a.customer_ref, a.request
+    FROM adjustments a
+    JOIN k USING (tenant_id, metric, customer_ref)
+    WHERE a.target = 'stripe' AND a.bucket >= %(since)s AND a.request IS NOT NULL
+      AND a.status IN ('applied', 'pending', 'unknown') AND a.delta_micros <> 0
+)
+SELECT DISTINCT tenant_id, metric, customer_ref, request ->> 'event_name',
+       (SELECT array_agg(value ORDER BY value) FROM jsonb_each_text(request -> 'payload'))
+FROM requests
+"""
+
+
+@dataclass(frozen=True)
+class Sent:
+    """Where a request went: its meter event name, and its payload's values (one of them is the Stripe
+    customer; the payload's keys are the meter's own, so the values are what can be compared)."""
+
+    event_name: str
+    values: frozenset[str]
+
+    def to(self, destination: Destination) -> bool:
+        return self.event_name == destination[0] and destination[1] in self.values
+
+
+async def usage_held(
+    conn: psycopg.AsyncConnection, streams: Iterable[Stream], since: datetime
+) -> dict[Stream, set[Sent]]:
+    """Where each stream's usage of hours from ``since`` sits in Stripe."""
+    keys = sorted(set(streams))
+    if not keys:
+        return {}
+    cur = await conn.execute(
+        HELD,
+        {
+            "tenants": [k[0] for k in keys], "metrics": [k[1] for k in keys],
+            "customers": [k[2] for k in keys], "since": since,
+        },
+    )  # fmt: skip
+    held: dict[Stream, set[Sent]] = {}
+    for tenant, metric, customer, event_name, values in await cur.fetchall():
+        held.setdefault((tenant, metric, customer), set()).add(Sent(event_name, frozenset(values or ())))
+    return held
