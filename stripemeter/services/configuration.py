@@ -86,6 +86,7 @@ class Configuration:
         tenant, metric, now = change.tenant, change.metric, self.settings.clock.utc()
         async with conn.transaction():
             await mappings.lock_configuration(conn, f"tenant:{tenant}")
+            await pushes.lock_streams(conn, tenant, metric=metric)
             current = await mappings.metric_row(conn, tenant, metric)
             since = periods.open_since(now, await mappings.tenant_anchors(conn, tenant), self.grace)
             before: Aggregation = current["aggregation"] if current else "sum"
@@ -181,6 +182,7 @@ class Configuration:
         tenant, customer, now = change.tenant, change.customer, self.settings.clock.utc()
         async with conn.transaction():
             await mappings.lock_configuration(conn, f"tenant:{tenant}", f"stripe:{change.stripe_customer_id}")
+            await pushes.lock_streams(conn, tenant, customer=customer)
             await self._check_stripe_customer(conn, change)
             events = {m: r["stripe_meter_event_name"] for m, r in (await self._metrics(conn, tenant)).items()}
             streams = {(tenant, m, customer): (e, change.stripe_customer_id) for m, e in events.items()}

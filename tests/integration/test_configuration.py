@@ -19,6 +19,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
 from stripemeter.api.app import create_app as create_api
+from stripemeter.core.push_plan import Meter, new_request
+from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
@@ -264,13 +266,12 @@ async def deliver(stack: Settings, tenant: str, stripe_customer: str) -> None:
     bucket = now.replace(minute=0, second=0, microsecond=0)
     app = "app-" + tenant
     async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as conn:
+        period = periods.holding(bucket).start  # as the writer records it
         await pushes.record_latest(
-            conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, bucket)], now
+            conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
         fence = Fence(app, await pushes.claim(conn, app, 0, "w", now))
         (row,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]
-        from stripemeter.core.push_plan import Meter, new_request
-
         meter = Meter("mtr_1", "ev", "sum", "stripe_customer_id", "value", True, None)
         request = new_request(row, 5, "sum", meter, stripe_customer)
         assert await pushes.record_pending(conn, row, request, fence, now)
@@ -290,8 +291,9 @@ async def test_a_writer_decision_made_before_a_mapping_change_changes_nothing(
     bucket = now.replace(minute=0, second=0, microsecond=0)
     app = "app-" + tenant
     async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as conn:
+        period = periods.holding(bucket).start  # as the writer records it
         await pushes.record_latest(
-            conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, bucket)], now
+            conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
         fence = Fence(app, await pushes.claim(conn, app, 0, "w", now))
         (stream,) = [s for s in await pushes.due(conn, app, [0], now) if s.rows[0].key[0] == tenant]

@@ -475,6 +475,19 @@ SELECT count(*) FILTER (WHERE was IN ('parked', 'unmapped')) FROM changed
 """
 
 
+async def lock_streams(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str | None = None, customer: str | None = None
+) -> None:
+    """Hold the counter hours of a metric or customer until the transaction ends: a writer recording a
+    request under the mapping about to change waits, then finds the row moved on (``mapping_changed``)."""
+    await conn.execute(
+        "SELECT 1 FROM stripe_pushes WHERE tenant_id = %(tenant)s"
+        " AND (%(metric)s::text IS NULL OR metric = %(metric)s)"
+        " AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s) FOR UPDATE",
+        {"tenant": tenant, "metric": metric, "customer": customer},
+    )
+
+
 async def mapping_changed(
     conn: psycopg.AsyncConnection,
     tenant: str,

@@ -7,9 +7,11 @@ import orjson
 from stripemeter.core.counting import counter_key
 from stripemeter.core.memory_state import MemoryState
 from stripemeter.core.metering import Metering
-from stripemeter.domain.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.domain.policy import Aggregation, MetricPolicy, Policies, expiry_horizon
+from stripemeter.schemas.corrections import encode_control, events_correction
 from stripemeter.schemas.events import UsageEvent
-from stripemeter.schemas.records import Source, encode_keyed
+from stripemeter.schemas.policy_updates import PolicyUpdate, encode_policy_update
+from stripemeter.schemas.records import Source, encode_batch, encode_keyed
 
 HOUR = 3_600_000
 T0 = 1_794_988_800_000  # an hour boundary
@@ -283,3 +285,60 @@ def test_a_reused_key_stays_one_event_for_its_second_customer_after_the_first_on
     # and a third customer's first use of k still counts
     m.process(0, 5, [item("k", 3, T0 + 4 * HOUR, 7, customer="c")])
     assert total(counters, T0 + 4 * HOUR, customer="c") == 3
+
+
+def update(
+    version: int, aggregation: Aggregation = "sum", lateness_ms: int = 48 * HOUR, since: int | None = None
+) -> bytes:
+    return encode_policy_update(PolicyUpdate("t", "m", version, aggregation, lateness_ms, None, since))
+
+
+def test_a_mapping_change_applies_from_its_place_in_the_partition() -> None:
+    m, counters = make()
+    m.handle(0, 0, encode_batch([item("a", 2_000_000, T0, 1)]), T0)
+    assert m.handle(0, 1, update(7, "count"), T0)
+    m.handle(0, 2, encode_batch([item("b", 5_000_000, T0 + HOUR, 2)]), T0)
+    assert total(counters, T0) == 2_000_000  # counted before the change: a sum (not re-aggregated)
+    assert total(counters, T0 + HOUR) == 1_000_000  # after it: a count
+    assert m.policies.get("t", "m").version == 7
+    # an older change arriving later (a retried request, another API process) changes nothing
+    m.handle(0, 3, update(6, "sum"), T0)
+    assert m.policies.get("t", "m").aggregation == "count"
+
+
+def test_a_change_of_aggregation_reexpresses_the_counters_from_its_start() -> None:
+    m, counters = make()
+    m.handle(0, 0, encode_batch([item("a", 2_000_000, T0, 1), item("b", 3_000_000, T0 + 5, 2)]), T0)
+    m.handle(0, 1, encode_batch([item("c", 4_000_000, T0 + 2 * HOUR, 3)]), T0)
+    m.take_outcomes()
+    m.handle(0, 2, update(3, "count", since=T0 + HOUR), T0)
+    assert total(counters, T0) == 5_000_000  # before ``since``: a closed period keeps its value
+    assert total(counters, T0 + 2 * HOUR) == 1_000_000
+    taken = m.take_outcomes()
+    assert list(taken.touched) == [counter_key("t", "m", "c", T0 + 2 * HOUR).encode()]  # published again
+    assert taken.counts["reaggregated"] == 1
+    m.handle(0, 2, update(3, "count", since=T0 + HOUR), T0)  # redelivered after a crash: the same
+    assert total(counters, T0 + 2 * HOUR) == 1_000_000
+    m.handle(0, 4, update(4, "last", since=T0), T0)
+    assert (total(counters, T0), total(counters, T0 + 2 * HOUR)) == (3_000_000, 4_000_000)
+
+
+def test_counters_from_before_every_total_was_kept_keep_their_value() -> None:
+    m, counters = make()
+    key = counter_key("t", "m", "c", T0).encode()
+    counters.put(0, key, orjson.dumps([9_000_000, 4, 0, -1]))
+    m.handle(0, 1, update(2, "count", since=T0), T0)
+    assert total(counters, T0) == 9_000_000
+    assert m.take_outcomes().counts["not_reaggregated"] == 1
+
+
+def test_replayed_events_are_counted_every_way() -> None:
+    m, counters = make()
+    m.handle(0, 0, encode_batch([item("a", 2_000_000, T0, 1)]), T0)
+    correction = events_correction("rp_1", "t", "m", "c", T0, [(3_000_000, T0 + 9), (1_000_000, T0 + 7)])
+    m.handle(0, 1, encode_control([correction]), T0)
+    assert total(counters, T0) == 6_000_000
+    m.handle(0, 2, update(2, "count", since=T0), T0)
+    assert total(counters, T0) == 3_000_000
+    m.handle(0, 3, update(3, "last", since=T0), T0)
+    assert total(counters, T0) == 3_000_000  # the newest of the three: the replayed one at T0 + 9
