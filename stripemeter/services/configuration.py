@@ -276,7 +276,7 @@ class Configuration:
         holders = await destinations.usage_held(conn, [*streams, *(c.stream for c in claimants)], since)
         for claimant in claimants:
             event_name, stripe_customer = claimant.destination
-            holds = any(sent.to(claimant.destination) for sent in holders.get(claimant.stream, set()))
+            holds = claimant.destination in holders.get(claimant.stream, set())
             if claimant.maps_there or holds:
                 other = "/".join(claimant.stream)
                 raise Conflict(
@@ -287,17 +287,14 @@ class Configuration:
                     code="stripe_pair_taken",
                 )
         for stream, destination in streams.items():
-            left = sorted(
-                (sent for sent in holders.get(stream, set()) if not sent.to(destination)),
-                key=lambda sent: (sent.event_name, sorted(sent.values)),
-            )
+            left = sorted(pair for pair in holders.get(stream, set()) if pair != destination)
             if left:
+                event_name, stripe_customer = left[0]
                 raise Conflict(
                     field,
-                    f"{'/'.join(stream)} sent usage of open periods to meter event {left[0].event_name!r} of"
-                    f" another Stripe customer or meter; remapping would leave it billed there and send only"
-                    " later changes to the new pair: wait until those periods close, or map a new customerRef"
-                    " or metric",
+                    f"{'/'.join(stream)} sent usage of open periods to meter event {event_name!r} of"
+                    f" {stripe_customer}; remapping would leave it billed there and send only later changes"
+                    " to the new pair: wait until those periods close, or map a new customerRef or metric",
                     code="usage_left_behind",
                 )
 

@@ -212,7 +212,7 @@ async def test_mappings_round_trip_and_name_bad_fields(api: ApiClient) -> None:
         f"/v1/mappings/{tenant}/requests", json={"stripeMeterEventName": "x", "aggregation": "max"}
     )
     assert (bad.status, (await bad.json())["error"]["field"]) == (400, "aggregation")
-    ok = await api.put(f"/v1/customers/{tenant}/acme", json={"stripeCustomerId": "cus_123"})
+    ok = await api.put(f"/v1/customers/{tenant}/acme", json={"stripeCustomerId": f"cus_123_{tenant}"})
     assert ok.status == 200
     listed = await (await api.get(f"/v1/customers/{tenant}")).json()
-    assert [c["stripeCustomerId"] for c in listed["customers"]] == ["cus_123"]
+    assert [c["stripeCustomerId"] for c in listed["customers"]] == [f"cus_123_{tenant}"]

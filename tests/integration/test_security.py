@@ -84,6 +84,8 @@ def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("PUT", f"/v1/mappings/{b}/m", {"stripeMeterEventName": "x", "aggregation": "sum"}),
         ("GET", f"/v1/mappings/{b}", None),
         ("PUT", f"/v1/customers/{b}/c", {"stripeCustomerId": "cus_x"}),
+        ("DELETE", f"/v1/mappings/{b}/m", None),
+        ("DELETE", f"/v1/customers/{b}/c", None),
         ("GET", f"/v1/customers/{b}", None),
         ("GET", f"/v1/stripe/pushes?tenantId={b}", None),
         ("GET", f"/v1/reconciliation/summary?tenantId={b}&metric=m", None),

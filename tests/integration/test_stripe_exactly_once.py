@@ -266,7 +266,7 @@ async def test_three_workers_through_stripes_bad_day_end_with_hourly_summaries_e
         for customer in CUSTOMERS:
             real = state.create_customer({"email": f"{customer}@example.com"})["id"]
             ids[customer] = real
-            mapped = f"cus_ghost_{customer}" if customer in GHOSTS else real
+            mapped = f"cus_ghost_{tenant}_{customer}" if customer in GHOSTS else real
             put = await api.put(f"/v1/customers/{tenant}/{customer}", json={"stripeCustomerId": mapped})
             assert put.status == 200
         webhook = f"http://127.0.0.1:{api.server.port}/v1/stripe/webhook"

@@ -114,7 +114,7 @@ async def test_unknown_customer_is_parked_while_the_others_flow(
     state, base = emulator
     tenant = f"pk-{uuid.uuid4().hex[:6]}"
     ids, _ = await setup_tenant(api, state, tenant, ["good"])
-    await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": "cus_doesnotexist"})
+    await api.put(f"/v1/customers/{tenant}/ghost", json={"stripeCustomerId": f"cus_doesnotexist_{tenant}"})
     stripe = emulator_settings(base)
     # Stripe fails every read of its meters (the writer's meter catalog) while the worker starts
     state.faults.update({"server_error_rate": 1.0, "path_prefix": "/v1/billing/meters"})

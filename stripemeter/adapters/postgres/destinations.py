@@ -90,49 +90,51 @@ async def tenants_mapping(conn: psycopg.AsyncConnection, stripe_customer: str) -
     return found
 
 
-# Per stream, where its usage of hours from %(since)s sits: requests the writer sent (delivered, or
-# pending: they may have landed) for hours that hold something or have a request pending, and
-# reconciliation's corrections that landed or may have; each as its event name and payload.
+# Stripe's asynchronous error codes that refuse a whole pair (no such customer, no customer in the
+# payload, no such or an archived meter): usage sent to a pair Stripe refused is not there.
+PAIR_REFUSED = (
+    "meter_event_customer_not_found",
+    "meter_event_no_customer_defined",
+    "no_meter",
+    "archived_meter",
+)
+
+# Per stream, the pairs its usage of hours from %(since)s sits at: requests the writer sent (delivered,
+# or pending: they may have landed) for hours that hold something or have a request pending, and
+# reconciliation's corrections that landed or may have; and the pairs Stripe refused whole (a drop
+# report with one of PAIR_REFUSED). A pair is the request's event name and the payload value that is
+# not the value (the payload's keys are the meter's own).
 HELD = """
 WITH k AS (
     SELECT * FROM unnest(%(tenants)s::text[], %(metrics)s::text[], %(customers)s::text[])
         AS k(tenant_id, metric, customer_ref)
 ), requests AS (
-    SELECT r.tenant_id, r.metric, r.customer_ref, r.request
+    SELECT r.tenant_id, r.metric, r.customer_ref, r.request,
+           CASE WHEN r.status = 'dropped' THEN 'refused' ELSE 'held' END AS kind
     FROM stripe_push_requests r
     JOIN k USING (tenant_id, metric, customer_ref)
     JOIN stripe_pushes p USING (tenant_id, metric, customer_ref, bucket)
-    WHERE r.bucket >= %(since)s AND r.status IN ('sent', 'delivered')
-      AND (p.pushed_units <> 0 OR p.pending_request IS NOT NULL)
+    WHERE r.bucket >= %(since)s
+      AND ((r.status IN ('sent', 'delivered') AND (p.pushed_units <> 0 OR p.pending_request IS NOT NULL))
+           OR (r.status = 'dropped' AND r.reason ~ %(refused)s))
     UNION ALL
-    SELECT a.tenant_id, a.metric, a.customer_ref, a.request
+    SELECT a.tenant_id, a.metric, a.customer_ref, a.request, 'held'
     FROM adjustments a
     JOIN k USING (tenant_id, metric, customer_ref)
     WHERE a.target = 'stripe' AND a.bucket >= %(since)s AND a.request IS NOT NULL
       AND a.status IN ('applied', 'pending', 'unknown') AND a.delta_micros <> 0
 )
-SELECT DISTINCT tenant_id, metric, customer_ref, request ->> 'event_name',
-       (SELECT array_agg(value ORDER BY value) FROM jsonb_each_text(request -> 'payload'))
+SELECT DISTINCT tenant_id, metric, customer_ref, kind, request ->> 'event_name',
+       (SELECT p.value FROM jsonb_each_text(request -> 'payload') AS p
+        WHERE p.value IS DISTINCT FROM request ->> 'value' ORDER BY p.key LIMIT 1)
 FROM requests
 """
 
 
-@dataclass(frozen=True)
-class Sent:
-    """Where a request went: its meter event name, and its payload's values (one of them is the Stripe
-    customer; the payload's keys are the meter's own, so the values are what can be compared)."""
-
-    event_name: str
-    values: frozenset[str]
-
-    def to(self, destination: Destination) -> bool:
-        return self.event_name == destination[0] and destination[1] in self.values
-
-
 async def usage_held(
     conn: psycopg.AsyncConnection, streams: Iterable[Stream], since: datetime
-) -> dict[Stream, set[Sent]]:
-    """Where each stream's usage of hours from ``since`` sits in Stripe."""
+) -> dict[Stream, set[Destination]]:
+    """The pairs each stream holds usage of hours from ``since`` at (less the pairs Stripe refused)."""
     keys = sorted(set(streams))
     if not keys:
         return {}
@@ -140,10 +142,12 @@ async def usage_held(
         HELD,
         {
             "tenants": [k[0] for k in keys], "metrics": [k[1] for k in keys],
-            "customers": [k[2] for k in keys], "since": since,
+            "customers": [k[2] for k in keys], "since": since, "refused": "|".join(PAIR_REFUSED),
         },
     )  # fmt: skip
-    held: dict[Stream, set[Sent]] = {}
-    for tenant, metric, customer, event_name, values in await cur.fetchall():
-        held.setdefault((tenant, metric, customer), set()).add(Sent(event_name, frozenset(values or ())))
-    return held
+    held: dict[Stream, set[Destination]] = {}
+    refused: dict[Stream, set[Destination]] = {}
+    for tenant, metric, customer, kind, event_name, stripe_customer in await cur.fetchall():
+        into = held if kind == "held" else refused
+        into.setdefault((tenant, metric, customer), set()).add((event_name, stripe_customer))
+    return {stream: pairs - refused.get(stream, set()) for stream, pairs in held.items()}
