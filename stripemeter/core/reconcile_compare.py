@@ -8,9 +8,16 @@ endless settle time: it may have landed).
 
 ``local`` is what Stripe should hold: whole units per hour, as the writer pushes them (Stripe meter
 values are whole numbers; within a period a fraction carries into the next hour, see
-core/push_plan.targets), computed here from the exact local totals. ``diffAbs`` sums the
-absolute differences of the settled hours (a surplus in one hour does not hide a loss in another);
-``diffPct`` divides it by the larger of the two totals, as the contract's epsilon does.
+core/push_plan.targets), computed here from the exact local totals. For ``sum`` and ``count`` an hour
+Stripe holds no event for holds 0; ``diffAbs`` sums the absolute differences of the settled hours (a
+surplus in one hour does not hide a loss in another); ``diffPct`` divides it by the larger of the two
+totals, as the contract's epsilon does.
+
+``last`` is judged by what Stripe's ``last`` formula bills: the value of the period's newest event. An
+hour Stripe holds no event for is absent, not 0 (a drop to 0 that never reached Stripe leaves the
+older value billed). The period verdict compares what each side bills (local: the newest hour's value;
+Stripe: the value of its newest hour); the newest hour of either side decides, so the difference is in
+flight when that hour is, and the settled hours that differ are listed to locate it.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any, Literal
 from stripemeter.domain.units import micros_to_float
 
 Status = Literal["parity", "within_epsilon", "drift"]
+State = Literal["equal", "in_flight", "drift"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +59,26 @@ class Item:
         return total(self.aggregation, {b: h.exact_micros for b, h in self.hours.items()})
 
 
+@dataclass(frozen=True)
+class Look:
+    """One hour compared. ``None`` is no value: no local counter, or no event in Stripe's summary
+    (for ``sum`` and ``count`` both read as 0)."""
+
+    bucket: int
+    local: int | None
+    stripe: int | None
+    state: State
+
+    @property
+    def diff(self) -> int:
+        return (self.local or 0) - (self.stripe or 0)
+
+    def wire(self) -> dict[str, Any]:
+        """``diff`` is null when a side has no value (``last``: 0 and "no event" bill differently)."""
+        diff = None if self.local is None or self.stripe is None else self.diff
+        return {"bucket": self.bucket, "local": self.local, "stripe": self.stripe, "diff": diff}
+
+
 @dataclass
 class Verdict:
     local: int
@@ -60,7 +88,7 @@ class Verdict:
     status: Status
     in_flight: int  # local minus Stripe over hours still in flight
     causes: list[dict[str, Any]]
-    hours: list[dict[str, int]]  # settled hours that differ: bucket, local, stripe, diff
+    hours: list[dict[str, Any]]  # settled hours that differ: bucket, local, stripe, diff
     corrections: list[tuple[int, int]]  # (bucket, value) that would align Stripe with local
 
 
@@ -86,24 +114,36 @@ def relative(diff_abs: int, local: int, stripe: int) -> float:
     return 1.0 if scale == 0 else diff_abs / scale
 
 
+def look(item: Item, bucket: int, stripe: int | None, now: float, settle_seconds: float) -> Look:
+    hour = item.hours.get(bucket)
+    if item.aggregation == "last":
+        local = hour.local if hour else None
+    else:
+        local, stripe = (hour.local if hour else 0), (stripe or 0)
+    if local == stripe:
+        return Look(bucket, local, stripe, "equal")
+    if hour is not None and now - hour.changed_at < settle_seconds:
+        return Look(bucket, local, stripe, "in_flight")
+    return Look(bucket, local, stripe, "drift")
+
+
 def judge(
     item: Item, stripe_hours: dict[int, int], now: float, settle_seconds: float, epsilon: float
 ) -> Verdict:
+    looks = [
+        look(item, bucket, stripe_hours.get(bucket), now, settle_seconds)
+        for bucket in sorted(set(item.hours) | set(stripe_hours))
+    ]
     local_total = item.local_total()
     stripe_total = total(item.aggregation, stripe_hours)
-    in_flight = 0
-    drifting: list[dict[str, int]] = []
-    for bucket in sorted(set(item.hours) | set(stripe_hours)):
-        hour = item.hours.get(bucket)
-        local = hour.local if hour else 0
-        stripe = stripe_hours.get(bucket, 0)
-        if local == stripe:
-            continue
-        if hour is not None and now - hour.changed_at < settle_seconds:
-            in_flight += local - stripe
-        else:
-            drifting.append({"bucket": bucket, "local": local, "stripe": stripe, "diff": local - stripe})
-    diff_abs = sum(abs(h["diff"]) for h in drifting)
+    drifting = [h for h in looks if h.state == "drift"]
+    if item.aggregation == "last":
+        in_flight, diff_abs = _last_difference(looks, local_total, stripe_total)
+        if diff_abs == 0:
+            drifting = []
+    else:
+        in_flight = sum(h.diff for h in looks if h.state == "in_flight")
+        diff_abs = sum(abs(h.diff) for h in drifting)
     diff_pct = relative(diff_abs, local_total, stripe_total)
     status = status_of(diff_abs, diff_pct, epsilon)
     return Verdict(
@@ -114,9 +154,19 @@ def judge(
         status=status,
         in_flight=in_flight,
         causes=causes(item, drifting) if status != "parity" else late_note(item),
-        hours=drifting,
+        hours=[h.wire() for h in drifting],
         corrections=corrections(item, drifting),
     )
+
+
+def _last_difference(looks: list[Look], local_bill: int, stripe_bill: int) -> tuple[int, int]:
+    """(in flight, settled difference) of what the two sides bill for a ``last`` item: the newest hour
+    of either side decides, so the difference is in flight exactly when that hour is."""
+    if local_bill == stripe_bill or not looks:
+        return 0, 0
+    if looks[-1].state == "in_flight":
+        return local_bill - stripe_bill, 0
+    return 0, abs(local_bill - stripe_bill)
 
 
 def judge_totals(item: Item, stripe_total: int) -> Verdict | None:
@@ -141,7 +191,7 @@ def late_note(item: Item) -> list[dict[str, Any]]:
     ]
 
 
-def causes(item: Item, drifting: list[dict[str, int]]) -> list[dict[str, Any]]:
+def causes(item: Item, drifting: list[Look]) -> list[dict[str, Any]]:
     """The likely reasons the settled hours differ, most actionable first."""
     found: list[dict[str, Any]] = []
     if item.missing:
@@ -151,7 +201,7 @@ def causes(item: Item, drifting: list[dict[str, int]]) -> list[dict[str, Any]]:
                 "message": "no " + " and no ".join(item.missing) + "; counted usage waits for it",
             }
         )
-    parked = [item.hours[h["bucket"]] for h in drifting if _status(item, h["bucket"]) == "parked"]
+    parked = [item.hours[h.bucket] for h in drifting if _status(item, h.bucket) == "parked"]
     if parked:
         reasons = sorted({h.writer_reason or "unknown" for h in parked})
         found.append({"code": "push_parked", "message": "; ".join(reasons), "hours": len(parked)})
@@ -162,46 +212,51 @@ def causes(item: Item, drifting: list[dict[str, int]]) -> list[dict[str, Any]]:
                 "code": "not_yet_pushed",
                 "message": "the writer has not delivered these hours yet (is it running, or behind?)",
                 "hours": len(unpushed),
-                "amount": sum(h["diff"] for h in unpushed),
+                "amount": sum(h.diff for h in unpushed),
             }
         )
-    higher = [h for h in drifting if h["stripe"] > h["local"] and not _unpushed(item, h)]
+    higher = [h for h in drifting if _higher(h) and not _unpushed(item, h)]
     if higher:
         found.append(
             {
                 "code": "stripe_higher",
                 "message": "Stripe holds more than was counted: a foreign or duplicated push",
                 "hours": len(higher),
-                "amount": sum(h["stripe"] - h["local"] for h in higher),
+                "amount": sum(-h.diff for h in higher),
             }
         )
-    lower = [h for h in drifting if h["stripe"] < h["local"] and _synced(item, h["bucket"])]
+    lower = [h for h in drifting if not _higher(h) and _synced(item, h.bucket) and not _unpushed(item, h)]
     if lower:
         found.append(
             {
                 "code": "stripe_missing",
                 "message": "pushes recorded as delivered are missing in Stripe (dropped or cancelled)",
                 "hours": len(lower),
-                "amount": sum(h["local"] - h["stripe"] for h in lower),
+                "amount": sum(h.diff for h in lower),
             }
         )
     return found + late_note(item)
 
 
-def corrections(item: Item, drifting: list[dict[str, int]]) -> list[tuple[int, int]]:
+def corrections(item: Item, drifting: list[Look]) -> list[tuple[int, int]]:
     """Meter events that align Stripe with local, for hours the writer has fully delivered, or never
     had (Stripe holds usage of an hour nobody counted).
 
     An hour the writer still owes or may still send (waiting, pending, parked, unmapped: local 0
     included, a correction can bring a counter to 0 while the writer still owes the change) is left to
     the writer: correcting it here too would count the change twice. ``last`` meters are not corrected
-    by an extra event.
+    by an extra event: the writer sends the hour's value again.
     """
     if item.aggregation == "last" or item.missing:
         return []
-    return [
-        (h["bucket"], h["diff"]) for h in drifting if _delivered(item, h["bucket"]) or _never_counted(item, h)
-    ]
+    return [(h.bucket, h.diff) for h in drifting if _delivered(item, h.bucket) or _never_counted(item, h)]
+
+
+def _higher(h: Look) -> bool:
+    """Stripe holds more than local, or (``last``) a value where local has none."""
+    if h.local is None or h.stripe is None:
+        return h.local is None
+    return h.stripe > h.local
 
 
 def _status(item: Item, bucket: int) -> str | None:
@@ -220,13 +275,19 @@ def _delivered(item: Item, bucket: int) -> bool:
     return _synced(item, bucket) and hour is not None and hour.writer_status == "synced"
 
 
-def _never_counted(item: Item, h: dict[str, int]) -> bool:
-    hour = item.hours.get(h["bucket"])
+def _never_counted(item: Item, h: Look) -> bool:
+    hour = item.hours.get(h.bucket)
     return hour is None or (hour.local == 0 and hour.pushed is None and hour.writer_status is None)
 
 
-def _unpushed(item: Item, h: dict[str, int]) -> bool:
-    hour = item.hours.get(h["bucket"])
-    if hour is None or (hour.local == 0 and hour.pushed in (None, 0)):
+def _unpushed(item: Item, h: Look) -> bool:
+    """Local holds a value the writer has not delivered: for ``sum``, a target it has not reached; for
+    ``last``, also a value Stripe holds no event for (a 0 included: ``last`` bills the newest event)."""
+    hour = item.hours.get(h.bucket)
+    if hour is None or hour.writer_status == "parked":
         return False
-    return not _synced(item, h["bucket"]) and hour.writer_status != "parked"
+    if item.aggregation == "last" and h.stripe is None:
+        return True
+    if hour.local == 0 and hour.pushed in (None, 0):
+        return False
+    return not _synced(item, h.bucket)

@@ -118,3 +118,44 @@ def test_stripe_is_compared_with_whole_unit_targets_of_the_exact_totals() -> Non
     )
     verdict = judge(it, {H1: 1, H2: 1}, NOW, 60, 0.005)
     assert (verdict.status, verdict.local, it.exact_total_micros()) == ("parity", 2, 2_700_000)
+
+
+# --- last: what Stripe's last formula bills -------------------------------------------------------------
+
+
+def seats(**hours: Hour) -> Item:
+    it = item(**hours)
+    it.aggregation = "last"
+    return it
+
+
+def test_a_last_drop_to_zero_stripe_never_got_is_drift_not_parity() -> None:
+    """Seats 10 in H0, 0 in H1: Stripe holds H0's 10 and no event in H1, so its last formula bills 10
+    for the period while 0 was counted. Reading the absent hour as 0 called this parity."""
+    it = seats(**{f"h{H0}": synced(10), f"h{H1}": synced(0)})
+    verdict = judge(it, {H0: 10}, NOW, 60, 0.005)
+    assert (verdict.local, verdict.stripe, verdict.diff_abs, verdict.status) == (0, 10, 10, "drift")
+    assert verdict.hours == [{"bucket": H1, "local": 0, "stripe": None, "diff": None}]
+    assert [c["code"] for c in verdict.causes] == ["not_yet_pushed"]
+    assert verdict.corrections == []  # the writer sends the hour's value; no extra event
+
+
+def test_last_compares_what_each_side_bills_not_every_hour() -> None:
+    """An older hour Stripe lacks changes nothing billed: the newest event decides."""
+    it = seats(**{f"h{H0}": synced(4), f"h{H1}": synced(9)})
+    verdict = judge(it, {H1: 9}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.diff_abs, verdict.hours) == ("parity", 0, [])
+
+
+def test_last_difference_is_in_flight_while_the_deciding_hour_is() -> None:
+    it = seats(**{f"h{H0}": synced(10), f"h{H1}": Hour(0, 10, "waiting", None, NOW - 5)})
+    verdict = judge(it, {H0: 10}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.in_flight, verdict.diff_abs) == ("parity", -10, 0)
+
+
+def test_a_newer_stripe_only_hour_of_a_last_meter_is_what_stripe_bills() -> None:
+    it = seats(**{f"h{H0}": synced(10)})
+    verdict = judge(it, {H0: 10, H2: 3}, NOW, 60, 0.005)
+    assert (verdict.local, verdict.stripe, verdict.diff_abs, verdict.status) == (10, 3, 7, "drift")
+    assert verdict.hours == [{"bucket": H2, "local": None, "stripe": 3, "diff": None}]
+    assert [c["code"] for c in verdict.causes] == ["stripe_higher"]
