@@ -6,6 +6,16 @@ than ``settle_seconds`` ago is *in flight*: Stripe may not show it yet, so it is
 never counted as drift (the runner gives an hour with a correction Stripe has not answered clearly an
 endless settle time: it may have landed).
 
+**Stripe's summaries lag, without a documented bound.** An hour's *steps* are what Stripe took for it,
+in delivery order: the writer's delivered requests and the reconciler's applied corrections. A Stripe
+value equal to what the hour held after its first k steps (k < all) is explained by lag: the hour is in
+flight until its first unseen step is ``lag_cap`` old, and how long that step has been unseen is a
+*lag observation*. Once a later read shows the step, the observation is confirmed; the runner's settle
+time is the larger of the configured one and a multiple of the longest lag confirmed lately
+(``settle_time``), so a value no step sequence explains (a foreign push while one of ours is unseen)
+waits that long too. A step still unseen after ``lag_cap`` is drift: lost, or Stripe slower than the
+cap (the cause says so).
+
 ``local`` is what Stripe should hold: whole units per hour, as the writer pushes them (Stripe meter
 values are whole numbers; within a period a fraction carries into the next hour, see
 core/push_plan.targets), computed here from the exact local totals. For ``sum`` and ``count`` an hour
@@ -31,6 +41,22 @@ Status = Literal["parity", "within_epsilon", "drift"]
 State = Literal["equal", "in_flight", "drift"]
 
 
+# a step Stripe does not show may be lag this long at most; after it, it is reported as missing
+LAG_CAP_S = 3600.0
+# the settle time is at least this multiple of the longest lag confirmed lately
+LAG_MULTIPLE = 2.0
+
+
+@dataclass(frozen=True)
+class Step:
+    """Something Stripe took for an hour: a delivered request of the writer or an applied correction."""
+
+    at: float  # unix seconds it was recorded as delivered (Stripe had it by then)
+    value: int  # sum: the units it adds; last: the value the hour holds after it
+    # a correction: the value Stripe's summary showed for the hour when it was decided (None: a push)
+    seen: int | None = None
+
+
 @dataclass(frozen=True)
 class Hour:
     local: int  # whole units Stripe should hold for this hour (fractions carried within the period)
@@ -39,6 +65,17 @@ class Hour:
     writer_reason: str | None
     changed_at: float  # unix seconds of the newest local change, push or correction of this hour
     exact_micros: int = 0  # the exact local total of the hour
+    steps: tuple[Step, ...] = ()  # in delivery order (the runner loads them for hours that differ)
+    base: int = 0  # sum: units the hour held before its first step (delivered before requests were logged)
+
+
+@dataclass(frozen=True)
+class Lag:
+    """An hour whose summary does not show a delivered step yet."""
+
+    bucket: int
+    unseen_since: float  # when the first step Stripe does not show was delivered
+    seconds: float  # how long it has been unseen
 
 
 @dataclass
@@ -68,6 +105,8 @@ class Look:
     local: int | None
     stripe: int | None
     state: State
+    lag: Lag | None = None  # Stripe shows the hour's first steps only
+    shown: tuple[float, ...] = ()  # delivery times of the steps Stripe's value proves it shows
 
     @property
     def diff(self) -> int:
@@ -76,7 +115,11 @@ class Look:
     def wire(self) -> dict[str, Any]:
         """``diff`` is null when a side has no value (``last``: 0 and "no event" bill differently)."""
         diff = None if self.local is None or self.stripe is None else self.diff
-        return {"bucket": self.bucket, "local": self.local, "stripe": self.stripe, "diff": diff}
+        wire: dict[str, Any] = {"bucket": self.bucket, "local": self.local, "stripe": self.stripe}
+        wire["diff"] = diff
+        if self.lag is not None:
+            wire["unseenSeconds"] = round(self.lag.seconds)
+        return wire
 
 
 @dataclass
@@ -90,6 +133,8 @@ class Verdict:
     causes: list[dict[str, Any]]
     hours: list[dict[str, Any]]  # settled hours that differ: bucket, local, stripe, diff
     corrections: list[tuple[int, int]]  # (bucket, value) that would align Stripe with local
+    lags: list[Lag] = field(default_factory=list)  # hours whose summary lags a step, under the cap
+    shown: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)  # (bucket, shown steps)
 
 
 def total(aggregation: str, per_hour: dict[int, int]) -> int:
@@ -114,24 +159,93 @@ def relative(diff_abs: int, local: int, stripe: int) -> float:
     return 1.0 if scale == 0 else diff_abs / scale
 
 
-def look(item: Item, bucket: int, stripe: int | None, now: float, settle_seconds: float) -> Look:
+def differing(item: Item, stripe_hours: dict[int, int]) -> set[int]:
+    """The buckets whose local value differs from Stripe's (the hours whose steps judging needs)."""
+    last = item.aggregation == "last"
+    out = set()
+    for bucket in set(item.hours) | set(stripe_hours):
+        hour = item.hours.get(bucket)
+        local = hour.local if hour else (None if last else 0)
+        stripe = stripe_hours.get(bucket) if last else stripe_hours.get(bucket, 0)
+        if local != stripe:
+            out.add(bucket)
+    return out
+
+
+def settle_time(configured: float, longest_lag: float | None, cap: float = LAG_CAP_S) -> float:
+    """The settle time to use: the configured one, or a multiple of the longest lag of Stripe's
+    summaries confirmed lately if that is longer, but never more than the cap."""
+    return min(max(cap, configured), max(configured, LAG_MULTIPLE * (longest_lag or 0.0)))
+
+
+def states(aggregation: str, hour: Hour) -> list[set[int | None]]:
+    """Per k = 0..len(steps): the values the hour's summary shows while Stripe shows its first k steps
+    only. A correction was decided on what Stripe showed (``seen``), which that state may also show
+    (a foreign push the steps do not know of), and it takes the hour from there. ``None``: no event."""
+    if aggregation == "last":
+        held: list[int | None] = [None, *(step.value for step in hour.steps)]
+        return [{value} for value in held]
+    value = hour.base
+    out: list[set[int | None]] = [{value}]
+    for step in hour.steps:
+        if step.seen is not None:
+            out[-1].add(step.seen)
+            value = step.seen + step.value
+        else:
+            value += step.value
+        out.append({value})
+    return out
+
+
+def _explained(aggregation: str, hour: Hour, stripe: int | None) -> int | None:
+    """The most steps k whose state shows ``stripe``; None when no state does."""
+    found = [k for k, values in enumerate(states(aggregation, hour)) if stripe in values]
+    return found[-1] if found else None
+
+
+def _shown(hour: Hour, k: int) -> tuple[float, ...]:
+    """Delivery times of the steps a value explained by k steps proves Stripe shows: the first k, or
+    from the newest correction among them on (a correction takes the hour from what Stripe showed, so
+    it does not prove the steps before it are there)."""
+    steps = hour.steps[:k]
+    since = max((i for i, step in enumerate(steps) if step.seen is not None), default=0)
+    return tuple(step.at for step in steps[since:])
+
+
+def look(
+    item: Item, bucket: int, stripe: int | None, now: float, settle_seconds: float, lag_cap: float
+) -> Look:
     hour = item.hours.get(bucket)
     if item.aggregation == "last":
         local = hour.local if hour else None
     else:
         local, stripe = (hour.local if hour else 0), (stripe or 0)
+    if hour is None:
+        return Look(bucket, local, stripe, "equal" if local == stripe else "drift")
+    k = _explained(item.aggregation, hour, stripe)
+    shown = _shown(hour, k) if k else ()
     if local == stripe:
-        return Look(bucket, local, stripe, "equal")
-    if hour is not None and now - hour.changed_at < settle_seconds:
-        return Look(bucket, local, stripe, "in_flight")
-    return Look(bucket, local, stripe, "drift")
+        return Look(bucket, local, stripe, "equal", shown=shown)
+    lag = None
+    if k is not None and k < len(hour.steps):
+        unseen = hour.steps[k].at
+        lag = Lag(bucket, unseen, now - unseen)
+    if now - hour.changed_at < settle_seconds or (lag is not None and lag.seconds < lag_cap):
+        return Look(bucket, local, stripe, "in_flight", lag, shown)
+    return Look(bucket, local, stripe, "drift", lag, shown)
 
 
 def judge(
-    item: Item, stripe_hours: dict[int, int], now: float, settle_seconds: float, epsilon: float
+    item: Item,
+    stripe_hours: dict[int, int],
+    now: float,
+    settle_seconds: float,
+    epsilon: float,
+    lag_cap: float = LAG_CAP_S,
 ) -> Verdict:
+    lag_cap = max(lag_cap, settle_seconds)
     looks = [
-        look(item, bucket, stripe_hours.get(bucket), now, settle_seconds)
+        look(item, bucket, stripe_hours.get(bucket), now, settle_seconds, lag_cap)
         for bucket in sorted(set(item.hours) | set(stripe_hours))
     ]
     local_total = item.local_total()
@@ -156,6 +270,8 @@ def judge(
         causes=causes(item, drifting) if status != "parity" else late_note(item),
         hours=[h.wire() for h in drifting],
         corrections=corrections(item, drifting),
+        lags=[h.lag for h in looks if h.lag is not None and h.lag.seconds < lag_cap],
+        shown=[(h.bucket, h.shown) for h in looks if h.shown],
     )
 
 
@@ -225,16 +341,21 @@ def causes(item: Item, drifting: list[Look]) -> list[dict[str, Any]]:
                 "amount": sum(-h.diff for h in higher),
             }
         )
-    lower = [h for h in drifting if not _higher(h) and _synced(item, h.bucket) and not _unpushed(item, h)]
+    lower = [h for h in drifting if not _higher(h) and _delivered_all(item, h)]
     if lower:
-        found.append(
-            {
-                "code": "stripe_missing",
-                "message": "pushes recorded as delivered are missing in Stripe (dropped or cancelled)",
-                "hours": len(lower),
-                "amount": sum(h.diff for h in lower),
-            }
-        )
+        missing: dict[str, Any] = {
+            "code": "stripe_missing",
+            "message": "pushes recorded as delivered are missing in Stripe (dropped or cancelled)",
+            "hours": len(lower),
+            "amount": sum(h.diff for h in lower),
+        }
+        unseen = [h.lag.seconds for h in lower if h.lag is not None]
+        if unseen:
+            missing["message"] += (
+                f"; in {len(unseen)} of them a delivered push or correction is still not in Stripe's"
+                f" summaries {max(unseen):.0f} s after delivery: lost, or Stripe is slower than that"
+            )
+        found.append(missing)
     return found + late_note(item)
 
 
@@ -282,12 +403,20 @@ def _never_counted(item: Item, h: Look) -> bool:
 
 def _unpushed(item: Item, h: Look) -> bool:
     """Local holds a value the writer has not delivered: for ``sum``, a target it has not reached; for
-    ``last``, also a value Stripe holds no event for (a 0 included: ``last`` bills the newest event)."""
+    ``last``, a value its newest delivered request did not send (a 0 included: ``last`` bills the
+    newest event, so an unsent 0 leaves the older value billed)."""
     hour = item.hours.get(h.bucket)
     if hour is None or hour.writer_status == "parked":
         return False
-    if item.aggregation == "last" and h.stripe is None:
-        return True
+    if item.aggregation == "last":
+        return not hour.steps or hour.steps[-1].value != hour.local
     if hour.local == 0 and hour.pushed in (None, 0):
         return False
     return not _synced(item, h.bucket)
+
+
+def _delivered_all(item: Item, h: Look) -> bool:
+    """The writer delivered the hour's value (whatever it is doing now)."""
+    if _unpushed(item, h) or h.bucket not in item.hours:
+        return False
+    return item.aggregation == "last" or _synced(item, h.bucket)

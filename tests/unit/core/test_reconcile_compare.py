@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from stripemeter.core.reconcile_compare import Hour, Item, judge, judge_totals
+from stripemeter.core.reconcile_compare import (
+    LAG_CAP_S,
+    Hour,
+    Item,
+    Lag,
+    Step,
+    judge,
+    judge_totals,
+    settle_time,
+)
 
 NOW = 1_800_000_000.0
 H0, H1, H2 = 1_799_982_000, 1_799_985_600, 1_799_989_200  # three hour starts before NOW
@@ -159,3 +168,75 @@ def test_a_newer_stripe_only_hour_of_a_last_meter_is_what_stripe_bills() -> None
     assert (verdict.local, verdict.stripe, verdict.diff_abs, verdict.status) == (10, 3, 7, "drift")
     assert verdict.hours == [{"bucket": H2, "local": None, "stripe": 3, "diff": None}]
     assert [c["code"] for c in verdict.causes] == ["stripe_higher"]
+
+
+# --- Stripe's summaries lag: never chase them ----------------------------------------------------------
+
+
+def delivered(local: int, *steps: Step) -> Hour:
+    """A synced hour of ``local`` units whose pushes and corrections are ``steps``."""
+    pushed = sum(s.value for s in steps if s.seen is None)
+    return Hour(local, pushed, "synced", None, max(s.at for s in steps), steps=steps)
+
+
+def test_a_summary_showing_the_first_pushes_only_is_lag_in_flight_not_a_correction() -> None:
+    """The hour's push of 7 was delivered 90 s ago, past the 60 s settle time, and Stripe's summary
+    does not show it yet: correcting it would make Stripe hold it twice once the summary catches up."""
+    it = item(
+        **{f"h{H0}": synced(10_000), f"h{H1}": delivered(507, Step(NOW - 7200, 500), Step(NOW - 90, 7))}
+    )
+    verdict = judge(it, {H0: 10_000, H1: 500}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.in_flight, verdict.corrections) == ("parity", 7, [])
+    assert verdict.lags == [Lag(H1, NOW - 90, 90)]
+
+
+def test_a_push_unseen_beyond_the_cap_is_missing_and_said_so() -> None:
+    late = NOW - LAG_CAP_S - 60
+    it = item(**{f"h{H0}": synced(10_000), f"h{H1}": delivered(507, Step(NOW - 7200, 500), Step(late, 7))})
+    verdict = judge(it, {H0: 10_000, H1: 500}, NOW, 60, 0.005)
+    assert verdict.status == "within_epsilon" and verdict.corrections == [(H1, 7)]
+    assert verdict.hours == [
+        {"bucket": H1, "local": 507, "stripe": 500, "diff": 7, "unseenSeconds": LAG_CAP_S + 60}
+    ]
+    assert verdict.lags == []  # not an observation of lag: a loss, or lag beyond the cap
+    [missing] = verdict.causes
+    assert missing["code"] == "stripe_missing" and "still not in Stripe's summaries" in missing["message"]
+
+
+def test_a_value_no_step_sequence_explains_is_drift_once_settled() -> None:
+    it = item(
+        **{f"h{H0}": synced(10_000), f"h{H1}": delivered(507, Step(NOW - 7200, 500), Step(NOW - 90, 7))}
+    )
+    verdict = judge(it, {H0: 10_000, H1: 509}, NOW, 60, 0.005)  # a foreign +2
+    assert verdict.corrections == [(H1, -2)] and verdict.lags == []
+    # ... but not before the (adapted) settle time since the hour's last step
+    assert judge(it, {H0: 10_000, H1: 509}, NOW, 120, 0.005).corrections == []
+
+
+def test_a_correction_stripe_does_not_show_yet_is_in_flight_whatever_else_stripe_holds() -> None:
+    """A foreign +2 was corrected by -2 (decided when Stripe showed 502); the summary still shows 502:
+    the correction is lagging, not missing, and is not sent again."""
+    hour = delivered(500, Step(NOW - 7200, 500), Step(NOW - 600, -2, seen=502))
+    it = item(**{f"h{H0}": synced(10_000), f"h{H1}": hour})
+    verdict = judge(it, {H0: 10_000, H1: 502}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.in_flight, verdict.corrections) == ("parity", -2, [])
+    assert verdict.lags == [Lag(H1, NOW - 600, 600)]
+    # once shown, the correction is confirmed as lag; the push before it is not (the correction
+    # took the hour from what Stripe showed, whatever that held)
+    caught_up = judge(it, {H0: 10_000, H1: 500}, NOW, 60, 0.005)
+    assert caught_up.status == "parity" and caught_up.shown == [(H1, (NOW - 600,))]
+
+
+def test_a_last_hour_still_showing_its_older_value_is_lag() -> None:
+    hour = Hour(12, 12, "synced", None, NOW - 300, steps=(Step(NOW - 3000, 10), Step(NOW - 300, 12)))
+    it = seats(**{f"h{H0}": hour})
+    verdict = judge(it, {H0: 10}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.in_flight, verdict.lags) == ("parity", 2, [Lag(H0, NOW - 300, 300)])
+
+
+def test_the_settle_time_follows_the_longest_lag_seen_lately_up_to_the_cap() -> None:
+    assert settle_time(300, None) == 300
+    assert settle_time(300, 100) == 300
+    assert settle_time(10, 90) == 180
+    assert settle_time(10, 5000) == LAG_CAP_S
+    assert settle_time(7200, 5000) == 7200  # a configured settle time above the cap is kept
