@@ -28,6 +28,12 @@ hour Stripe holds no event for is absent, not 0 (a drop to 0 that never reached 
 older value billed). The period verdict compares what each side bills (local: the newest hour's value;
 Stripe: the value of its newest hour); the newest hour of either side decides, so the difference is in
 flight when that hour is, and the settled hours that differ are listed to locate it.
+
+**A shared Stripe pair is not one counter.** Stripe sums (or takes the newest of) every event of a
+(meter event name, Stripe customer) pair, whichever counter sent it. An item whose pair more than one
+(tenant, metric, customer) maps to is compared as the sum of those counters when they are all
+``sum`` or ``count`` (the runner gives it the members' summed hours), is never corrected (a
+correction belongs to no one counter), and names the pair and its members as a cause.
 """
 
 from __future__ import annotations
@@ -78,6 +84,40 @@ class Lag:
     seconds: float  # how long it has been unseen
 
 
+Member = tuple[str, str, str]  # tenant, metric, customer ref
+
+
+@dataclass(frozen=True)
+class SharedPair:
+    """A (meter event name, Stripe customer) pair that more than one counter stream maps to."""
+
+    event_name: str
+    stripe_customer: str
+    members: tuple[Member, ...]  # sorted
+    aggregations: frozenset[str]
+
+    @property
+    def summed(self) -> bool:
+        """Compared as the sum of the members' counters: Stripe adds all their events up."""
+        return self.aggregations <= {"sum", "count"}
+
+    def cause(self) -> dict[str, Any]:
+        names = ", ".join("/".join(m) for m in self.members)
+        how = (
+            "compared as the sum of their counters"
+            if self.summed
+            else "Stripe bills the newest event of any of them, so none is compared on its own"
+        )
+        return {
+            "code": "shared_stripe_pair",
+            "message": f"Stripe meter event {self.event_name!r} for customer {self.stripe_customer} is fed by"
+            f" {len(self.members)} counters ({names}): {how}; never corrected, map each to its own pair",
+            "eventName": self.event_name,
+            "stripeCustomer": self.stripe_customer,
+            "members": [{"tenantId": t, "metric": m, "customerRef": c} for t, m, c in self.members],
+        }
+
+
 @dataclass
 class Item:
     tenant_id: str
@@ -88,6 +128,7 @@ class Item:
     missing: list[str] = field(default_factory=list)  # what mapping is missing, if any
     late_count: int = 0  # too-late events of this item's period waiting in usage.late
     late_micros: int = 0
+    shared: SharedPair | None = None  # its Stripe pair is fed by other counters too
 
     def local_total(self) -> int:
         return total(self.aggregation, {b: h.local for b, h in self.hours.items()})
@@ -170,6 +211,36 @@ def differing(item: Item, stripe_hours: dict[int, int]) -> set[int]:
         if local != stripe:
             out.add(bucket)
     return out
+
+
+def shared_pairs(rows: list[tuple[str, str, str, str, str, str]]) -> dict[tuple[str, str], SharedPair]:
+    """The pairs more than one counter stream maps to, from mapping rows (event name, Stripe customer,
+    tenant, metric, customer ref, aggregation)."""
+    members: dict[tuple[str, str], set[Member]] = {}
+    aggregations: dict[tuple[str, str], set[str]] = {}
+    for event_name, customer, tenant, metric, ref, aggregation in rows:
+        members.setdefault((event_name, customer), set()).add((tenant, metric, ref))
+        aggregations.setdefault((event_name, customer), set()).add(aggregation)
+    return {
+        pair: SharedPair(*pair, tuple(sorted(found)), frozenset(aggregations[pair]))
+        for pair, found in members.items()
+        if len(found) > 1
+    }
+
+
+def combine(hours: list[Hour]) -> Hour:
+    """One hour of a shared pair: its counters' hours added up (the writer's state: synced only when
+    every counter is)."""
+    pending = [h for h in hours if h.writer_status != "synced"]
+    pushed = [h.pushed for h in hours if h.pushed is not None]
+    return Hour(
+        local=sum(h.local for h in hours),
+        pushed=sum(pushed) if pushed else None,
+        writer_status=pending[0].writer_status if pending else "synced",
+        writer_reason="; ".join(sorted({h.writer_reason for h in hours if h.writer_reason})) or None,
+        changed_at=max(h.changed_at for h in hours),
+        exact_micros=sum(h.exact_micros for h in hours),
+    )
 
 
 def settle_time(configured: float, longest_lag: float | None, cap: float = LAG_CAP_S) -> float:
@@ -267,7 +338,7 @@ def judge(
         diff_pct=diff_pct,
         status=status,
         in_flight=in_flight,
-        causes=causes(item, drifting) if status != "parity" else late_note(item),
+        causes=causes(item, drifting) if status != "parity" else notes(item),
         hours=[h.wire() for h in drifting],
         corrections=corrections(item, drifting),
         lags=[h.lag for h in looks if h.lag is not None and h.lag.seconds < lag_cap],
@@ -290,20 +361,23 @@ def judge_totals(item: Item, stripe_total: int) -> Verdict | None:
     local_total = item.local_total()
     if local_total != stripe_total:
         return None
-    return Verdict(local_total, stripe_total, 0, 0.0, "parity", 0, late_note(item), [], [])
+    return Verdict(local_total, stripe_total, 0, 0.0, "parity", 0, notes(item), [], [])
 
 
-def late_note(item: Item) -> list[dict[str, Any]]:
+def notes(item: Item) -> list[dict[str, Any]]:
+    """What is worth knowing about an item even at parity: a shared Stripe pair, too-late events."""
+    shared = [item.shared.cause()] if item.shared else []
     if not item.late_count:
-        return []
+        return shared
     return [
+        *shared,
         {
             "code": "late_events",
             "message": f"{item.late_count} too-late events are in usage.late and not counted; "
             "replay their window to count them",
             "count": item.late_count,
             "total": micros_to_float(item.late_micros),
-        }
+        },
     ]
 
 
@@ -356,7 +430,7 @@ def causes(item: Item, drifting: list[Look]) -> list[dict[str, Any]]:
                 f" summaries {max(unseen):.0f} s after delivery: lost, or Stripe is slower than that"
             )
         found.append(missing)
-    return found + late_note(item)
+    return found + notes(item)
 
 
 def corrections(item: Item, drifting: list[Look]) -> list[tuple[int, int]]:
@@ -366,9 +440,10 @@ def corrections(item: Item, drifting: list[Look]) -> list[tuple[int, int]]:
     An hour the writer still owes or may still send (waiting, pending, parked, unmapped: local 0
     included, a correction can bring a counter to 0 while the writer still owes the change) is left to
     the writer: correcting it here too would count the change twice. ``last`` meters are not corrected
-    by an extra event: the writer sends the hour's value again.
+    by an extra event: the writer sends the hour's value again. Nor is a shared pair: a correction
+    would belong to none of its counters.
     """
-    if item.aggregation == "last" or item.missing:
+    if item.aggregation == "last" or item.missing or item.shared:
         return []
     return [(h.bucket, h.diff) for h in drifting if _delivered(item, h.bucket) or _never_counted(item, h)]
 

@@ -42,13 +42,16 @@ from stripemeter.core.reconcile_compare import (
     LAG_CAP_S,
     Hour,
     Item,
+    SharedPair,
     Step,
     Verdict,
+    combine,
     differing,
     judge,
     judge_totals,
     relative,
     settle_time,
+    shared_pairs,
 )
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
@@ -155,6 +158,7 @@ class Reconciler:
             metric_map, customer_map = await stripe_mappings(conn, request.tenant_id)
             await self._resend_pending(conn, request.tenant_id)
             items, ranges = await self._load(conn, request, period_name, now, metric_map, customer_map)
+            await self._share(conn, request.tenant_id, items, ranges, metric_map, customer_map)
             meters = await self.reader.meters_by_event_name() if metric_map else {}
             judging = await self._judging(conn, request.tenant_id, now)
             lagging = {(m, c) for m, c, _ in judging.lagging}
@@ -288,15 +292,11 @@ class Reconciler:
             key = (r["metric"], r["customer_ref"])
             if key in items and ranges[key].holds(r["bucket"]):
                 raw.setdefault(key, []).append(r)
+        corrected_at: dict[tuple[str, str], dict[int, float]] = {}
+        for (metric, customer, bucket), at in corrected.items():
+            corrected_at.setdefault((metric, customer), {})[bucket] = at
         for key, rows in raw.items():
-            rows.sort(key=lambda r: r["bucket"])
-            micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
-            # what Stripe should hold per hour: whole units, fractions carried (as the writer pushes)
-            for r, exact, target in zip(rows, micros, targets(items[key].aggregation, micros), strict=True):
-                bucket = int(r["bucket"].timestamp())
-                changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
-                pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
-                items[key].hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+            items[key].hours = build_hours(items[key].aggregation, rows, corrected_at.get(key, {}))
         for r in late_rows:
             key = (r["metric"], r["customer_ref"])
             if key in items and ranges[key].holds(r["bucket"]):
@@ -307,6 +307,44 @@ class Reconciler:
             if item is not None and bucket not in item.hours:  # a correction into an hour we never counted
                 item.hours[bucket] = Hour(0, None, None, None, at)
         return list(items.values()), ranges
+
+    async def _share(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        items: list[Item],
+        ranges: dict[tuple[str, str], periods.Period],
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+    ) -> None:
+        """Mark the items whose Stripe pair other counters feed too (existing data may hold such
+        mappings); a pair of sum and count counters is compared as their sum."""
+        rows = await db.shared_pairs(conn, tenant)
+        if not rows:
+            return
+        pairs = shared_pairs(rows)
+        for item in items:
+            if item.metric not in metric_map or item.customer_ref not in customer_map:
+                continue
+            pair = pairs.get((metric_map[item.metric][0], customer_map[item.customer_ref][0]))
+            if pair is None:
+                continue
+            item.shared = pair
+            if pair.summed:
+                item.hours = await self._pair_hours(conn, item, pair, ranges[_key(item)])
+
+    @staticmethod
+    async def _pair_hours(
+        conn: psycopg.AsyncConnection, item: Item, pair: SharedPair, period: periods.Period
+    ) -> dict[int, Hour]:
+        """The pair's hours of the item's period: every member counter's hours, added up."""
+        per_member = [item.hours]
+        for tenant, metric, customer in pair.members:
+            if (tenant, metric, customer) != (item.tenant_id, item.metric, item.customer_ref):
+                rows = await db.hours(conn, tenant, metric, period.start, period.end, customer)
+                per_member.append(build_hours("sum", [r for r in rows if period.holds(r["bucket"])], {}))
+        buckets = set().union(*per_member)
+        return {b: combine([hours[b] for hours in per_member if b in hours]) for b in sorted(buckets)}
 
     async def _judging(self, conn: psycopg.AsyncConnection, tenant: str, now: float) -> Judging:
         settings, at = self.settings, datetime.fromtimestamp(now, tz=UTC)
@@ -390,6 +428,8 @@ class Reconciler:
         """Give the hours that differ from Stripe (and those seen lagging) what Stripe took for them."""
         wanted: list[tuple[str, str, datetime]] = []
         for item, view in read_by_hour:
+            if item.shared:
+                continue  # never corrected: nothing to chase
             lagged = {int(b.timestamp()) for m, c, b in judging.lagging if (m, c) == _key(item)}
             for bucket in sorted(set(item.hours) & (differing(item, view) | lagged)):
                 wanted.append((item.metric, item.customer_ref, datetime.fromtimestamp(bucket, tz=UTC)))
@@ -549,6 +589,23 @@ class Reconciler:
                 )  # fmt: skip
             else:
                 await self._send(conn, request, int(row["send_attempt"]))
+
+
+def build_hours(
+    aggregation: str, rows: list[dict[str, Any]], corrected_at: dict[int, float]
+) -> dict[int, Hour]:
+    """A stream's hours of one period (db.hours rows): what Stripe should hold per hour, in whole units
+    with fractions carried as the writer pushes them; an hour corrected later than it changed counts
+    as changed then."""
+    rows = sorted(rows, key=lambda r: r["bucket"])
+    micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
+    hours = {}
+    for r, exact, target in zip(rows, micros, targets(aggregation, micros), strict=True):
+        bucket = int(r["bucket"].timestamp())
+        changed_at = max(float(r["changed_at"]), corrected_at.get(bucket, 0.0))
+        pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
+        hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+    return hours
 
 
 def with_steps(aggregation: str, hour: Hour, rows: list[dict[str, Any]]) -> Hour:

@@ -149,6 +149,36 @@ async def steps(
     return await _rows(conn, STEPS, params)
 
 
+# Every (tenant, metric, customer) mapped to a (meter event name, Stripe customer) pair of the tenant's
+# that more than one of them maps to, across tenants (indexed by event name and Stripe customer).
+SHARED_PAIRS = """
+WITH mine AS (
+    SELECT DISTINCT m.stripe_meter_event_name AS event_name, c.stripe_customer_id AS customer
+    FROM metric_mappings m JOIN customer_mappings c USING (tenant_id)
+    WHERE m.tenant_id = %(tenant)s
+), members AS (
+    SELECT m.stripe_meter_event_name AS event_name, c.stripe_customer_id AS customer, m.tenant_id, m.metric,
+           c.customer_ref, m.aggregation
+    FROM mine
+    JOIN metric_mappings m ON m.stripe_meter_event_name = mine.event_name
+    JOIN customer_mappings c ON c.stripe_customer_id = mine.customer AND c.tenant_id = m.tenant_id
+)
+SELECT event_name, customer, tenant_id, metric, customer_ref, aggregation
+FROM members
+WHERE (event_name, customer) IN (SELECT event_name, customer FROM members GROUP BY 1, 2 HAVING count(*) > 1)
+ORDER BY 1, 2, 3, 4, 5
+"""
+
+
+async def shared_pairs(
+    conn: psycopg.AsyncConnection, tenant: str
+) -> list[tuple[str, str, str, str, str, str]]:
+    """(event name, Stripe customer, tenant, metric, customer, aggregation) of every stream that maps to
+    a Stripe pair of ``tenant``'s that other streams map to as well."""
+    cur = await conn.execute(SHARED_PAIRS, {"tenant": tenant})
+    return [(e, s, t, m, c, a) for e, s, t, m, c, a in await cur.fetchall()]
+
+
 async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
     """Tenants with a mapping or a counter since ``since``: the ones a scheduled run checks."""
     cur = await conn.execute(

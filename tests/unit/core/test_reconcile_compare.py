@@ -8,9 +8,11 @@ from stripemeter.core.reconcile_compare import (
     Item,
     Lag,
     Step,
+    combine,
     judge,
     judge_totals,
     settle_time,
+    shared_pairs,
 )
 
 NOW = 1_800_000_000.0
@@ -240,3 +242,38 @@ def test_the_settle_time_follows_the_longest_lag_seen_lately_up_to_the_cap() -> 
     assert settle_time(10, 90) == 180
     assert settle_time(10, 5000) == LAG_CAP_S
     assert settle_time(7200, 5000) == 7200  # a configured settle time above the cap is kept
+
+
+# --- a Stripe pair fed by more than one counter ----------------------------------------------------------
+
+
+def test_pairs_mapped_from_more_than_one_counter_are_found_and_named() -> None:
+    rows = [
+        ("api", "cus_1", "t", "requests", "acme", "sum"),
+        ("api", "cus_1", "t", "requests", "acme-eu", "sum"),  # two customerRefs on one Stripe customer
+        ("api", "cus_2", "t", "requests", "globex", "sum"),
+        ("seats", "cus_3", "t", "seats", "initech", "last"),
+        ("seats", "cus_3", "t2", "seats", "initech", "last"),  # two tenants on one pair
+    ]
+    pairs = shared_pairs(rows)
+    assert set(pairs) == {("api", "cus_1"), ("seats", "cus_3")}
+    assert pairs[("api", "cus_1")].members == (("t", "requests", "acme"), ("t", "requests", "acme-eu"))
+    assert pairs[("api", "cus_1")].summed and not pairs[("seats", "cus_3")].summed
+
+
+def test_a_shared_pair_is_compared_as_the_sum_of_its_counters_and_never_corrected() -> None:
+    """1,000 units of acme and 4 of acme-eu reach the one Stripe customer as 1,004."""
+    pair = shared_pairs(
+        [
+            ("api", "cus_1", "t", "requests", "acme", "sum"),
+            ("api", "cus_1", "t", "requests", "acme-eu", "sum"),
+        ]
+    )[("api", "cus_1")]
+    it = item(**{f"h{H0}": combine([synced(1000), synced(4)])})
+    it.shared = pair
+    verdict = judge(it, {H0: 1004}, NOW, 60, 0.005)
+    assert (verdict.status, verdict.local, verdict.corrections) == ("parity", 1004, [])
+    assert verdict.causes[0]["code"] == "shared_stripe_pair" and "'api'" in verdict.causes[0]["message"]
+    drifting = judge(it, {H0: 1006}, NOW, 60, 0.005)
+    assert drifting.status == "within_epsilon" and drifting.corrections == []
+    assert [c["code"] for c in drifting.causes] == ["stripe_higher", "shared_stripe_pair"]
