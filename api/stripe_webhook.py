@@ -91,11 +91,12 @@ def _dropped_push(r: ReportedRequest, dropped: Dropped) -> dict[str, str]:
 
 def _dropped_correction(r: ReportedRequest, dropped: DroppedCorrection) -> dict[str, str]:
     tenant, metric, customer, bucket = dropped.key
+    due = f" ({dropped.given_back} units it made up for are due again)" if dropped.given_back else ""
     log.warning(
         "Stripe dropped reconciliation correction %s (%s: %s): %s/%s/%s @%s %+d was %s, recorded as"
         " dropped; the next reconciliation judges the hour again%s",
         r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(), dropped.value,
-        dropped.was, f" ({dropped.given_back} units it made up for are due again)" if dropped.given_back else "",
+        dropped.was, due,
     )  # fmt: skip
     return {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
             "customerRef": customer, "bucket": iso_seconds(bucket)}  # fmt: skip
