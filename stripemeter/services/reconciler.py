@@ -323,6 +323,7 @@ class Reconciler:
         if not rows:
             return
         pairs = shared_pairs(rows)
+        summed: dict[tuple[str, str, datetime], dict[int, Hour]] = {}
         for item in items:
             if item.metric not in metric_map or item.customer_ref not in customer_map:
                 continue
@@ -331,18 +332,21 @@ class Reconciler:
                 continue
             item.shared = pair
             if pair.summed:
-                item.hours = await self._pair_hours(conn, item, pair, ranges[_key(item)])
+                period = ranges[_key(item)]
+                key = (pair.event_name, pair.stripe_customer, period.start)
+                if key not in summed:
+                    summed[key] = await self._pair_hours(conn, pair, period)
+                item.hours = dict(summed[key])
 
     @staticmethod
     async def _pair_hours(
-        conn: psycopg.AsyncConnection, item: Item, pair: SharedPair, period: periods.Period
+        conn: psycopg.AsyncConnection, pair: SharedPair, period: periods.Period
     ) -> dict[int, Hour]:
-        """The pair's hours of the item's period: every member counter's hours, added up."""
-        per_member = [item.hours]
+        """The pair's hours of a period: every member counter's hours, added up."""
+        per_member = []
         for tenant, metric, customer in pair.members:
-            if (tenant, metric, customer) != (item.tenant_id, item.metric, item.customer_ref):
-                rows = await db.hours(conn, tenant, metric, period.start, period.end, customer)
-                per_member.append(build_hours("sum", [r for r in rows if period.holds(r["bucket"])], {}))
+            rows = await db.hours(conn, tenant, metric, period.start, period.end, customer)
+            per_member.append(build_hours("sum", [r for r in rows if period.holds(r["bucket"])], {}))
         buckets = set().union(*per_member)
         return {b: combine([hours[b] for hours in per_member if b in hours]) for b in sorted(buckets)}
 
