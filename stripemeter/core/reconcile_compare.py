@@ -106,7 +106,7 @@ class SharedPair:
         how = (
             "compared as the sum of their counters"
             if self.summed
-            else "Stripe bills the newest event of any of them, so none is compared on its own"
+            else "Stripe bills the newest event of any of them, which this counter alone may not show"
         )
         return {
             "code": "shared_stripe_pair",
