@@ -4,8 +4,9 @@ Stripe signs every delivery (``Stripe-Signature``, checked with ``STRIPE_WEBHOOK
 ``stripe`` package), so this route needs no API key. A ``v1.billing.meter.error_report_triggered``
 notification is a thin event: the full event is read from Stripe, and every request it names is
 marked as dropped and its counter parked with Stripe's reason (core/error_reports.py). Other
-event types are acknowledged and ignored. Answering 2xx tells Stripe not to deliver again; a failure
-here answers 5xx, and Stripe retries.
+event types are acknowledged and ignored. A report may name the reconciler's own corrections
+(``smrec_...``): they are recorded as dropped, not applied (db/reconciliation.drop_correction).
+Answering 2xx tells Stripe not to deliver again; a failure here answers 5xx, and Stripe retries.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ import stripe
 from aiohttp import web
 from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification as ErrorReportNotification
 
-from stripemeter.adapters.postgres.pushes import drop_request
+from stripemeter.adapters.postgres.pushes import Dropped, drop_request
+from stripemeter.adapters.postgres.reconciliation import DroppedCorrection, drop_correction
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, json_response
-from stripemeter.core.error_reports import meter_changed, reported_requests
+from stripemeter.core.error_reports import ReportedRequest, meter_changed, reported_requests
 from stripemeter.domain import metrics
 from stripemeter.domain.timefmt import iso_seconds
 
@@ -56,23 +58,45 @@ async def post_webhook(request: web.Request) -> web.Response:
     reported = reported_requests(event.data)
     if meter_changed(event.data):
         reader.meters.invalidate()
-    parked = []
+    parked: list[dict[str, str]] = []
+    corrections: list[dict[str, str]] = []
     async with request.app[POOL].connection() as conn:
         for r in reported:
             metrics.STRIPE_ERROR_REPORTS.labels(r.code).inc()
-            dropped = await drop_request(
-                conn, r.identifier, f"Stripe dropped it ({r.code}): {r.message}", settings.clock.utc()
-            )
-            if dropped is None:
-                continue  # not ours, or reported before
-            tenant, metric, customer, bucket = dropped.key
-            log.warning(
-                "Stripe dropped %s (%s: %s): %s/%s/%s @%s %s, %d units no longer counted as delivered",
-                r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(),
-                "due again (its mapping changed since)" if dropped.mapping_fixed else "parked", dropped.value,
-            )  # fmt: skip
-            parked.append(
-                {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
-                 "customerRef": customer, "bucket": iso_seconds(bucket)}
-            )  # fmt: skip
-    return json_response({"received": True, "handled": True, "parked": parked})
+            reason, now = f"Stripe dropped it ({r.code}): {r.message}", settings.clock.utc()
+            dropped = await drop_request(conn, r.identifier, reason, now)
+            if dropped is not None:
+                parked.append(_dropped_push(r, dropped))
+                continue
+            correction = await drop_correction(conn, r.identifier, reason, now)
+            if correction is not None:  # not ours, or reported before, when neither
+                corrections.append(_dropped_correction(r, correction))
+    return json_response(
+        {"received": True, "handled": True, "parked": parked, "droppedCorrections": corrections}
+    )
+
+
+def _dropped_push(r: ReportedRequest, dropped: Dropped) -> dict[str, str]:
+    tenant, metric, customer, bucket = dropped.key
+    log.warning(
+        "Stripe dropped %s (%s: %s): %s/%s/%s @%s %s, %d units no longer counted as delivered%s",
+        r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(),
+        "due again (its mapping changed since)" if dropped.mapping_fixed else "parked",
+        dropped.value - dropped.covered,
+        f" ({dropped.covered} made up for by reconciliation already)" if dropped.covered else "",
+    )  # fmt: skip
+    return {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
+            "customerRef": customer, "bucket": iso_seconds(bucket)}  # fmt: skip
+
+
+def _dropped_correction(r: ReportedRequest, dropped: DroppedCorrection) -> dict[str, str]:
+    tenant, metric, customer, bucket = dropped.key
+    due = f" ({dropped.given_back} units it made up for are due again)" if dropped.given_back else ""
+    log.warning(
+        "Stripe dropped reconciliation correction %s (%s: %s): %s/%s/%s @%s %+d was %s, recorded as"
+        " dropped; the next reconciliation judges the hour again%s",
+        r.identifier, r.code, r.message, tenant, metric, customer, bucket.isoformat(), dropped.value,
+        dropped.was, due,
+    )  # fmt: skip
+    return {"identifier": r.identifier, "code": r.code, "tenantId": tenant, "metric": metric,
+            "customerRef": customer, "bucket": iso_seconds(bucket)}  # fmt: skip

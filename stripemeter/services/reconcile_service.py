@@ -55,6 +55,7 @@ def build_reconciler(
             epsilon=settings.reconcile_epsilon,
             settle_seconds=settings.reconcile_settle_seconds,
             invoice_grace_seconds=settings.invoice_grace_seconds,
+            app_id=settings.app_id,
         ),
         settings.clock,
     )

@@ -1,9 +1,12 @@
 """One reconciliation cycle for a tenant (and optionally one metric) over one billing period.
 
 1. Load the period's hours from PostgreSQL: local totals, what the writer delivered, late events,
-   recent corrections; and the mappings.
+   recent corrections; and the mappings. The settle time is the configured one or, if longer, a
+   multiple of the longest lag of Stripe's summaries confirmed lately (``stripe_summary_lags``).
 2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
-   the customer's hours and judge each (see ``compare``).
+   the customer's hours, load what Stripe took for the hours that differ (delivered requests and
+   applied corrections, in order) and judge each (see ``core/reconcile_compare``); record the lags
+   seen and the ones a read shows were lag.
 3. Within epsilon (or when the operator asks to align everything): send the aligning meter events,
    each recorded as an audited adjustment before the call, so a crash or an unclear answer (5xx,
    timeout) resends the same identifier; such an hour stays in flight until Stripe answers.
@@ -23,7 +26,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -35,7 +38,21 @@ from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.postgres.mappings import stripe_mappings
 from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, Meter, Request, targets
-from stripemeter.core.reconcile_compare import Hour, Item, Verdict, judge, judge_totals, relative
+from stripemeter.core.reconcile_compare import (
+    LAG_CAP_S,
+    Hour,
+    Item,
+    SharedPair,
+    Step,
+    Verdict,
+    combine,
+    differing,
+    judge,
+    judge_totals,
+    relative,
+    settle_time,
+    shared_pairs,
+)
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
@@ -77,6 +94,18 @@ class ReconcileSettings:
     epsilon: float = 0.005
     settle_seconds: float = 300.0  # Stripe's summaries are eventually consistent
     invoice_grace_seconds: float = 72 * 3600.0  # how long a closed period's invoice can still change
+    # a delivered step Stripe's summary does not show is lag for this long at most, then missing
+    lag_cap_seconds: float = LAG_CAP_S
+    lag_window_seconds: float = 24 * 3600.0  # how long a confirmed lag keeps the settle time up
+    app_id: str = "stripemeter"  # lags are learnt per app (one deployment, one Stripe account)
+
+
+@dataclass(frozen=True)
+class Judging:
+    """How one run judges: the settle time in use, and the hours seen lagging and not caught up yet."""
+
+    settle_seconds: float
+    lagging: set[tuple[str, str, datetime]]  # (metric, customer, bucket)
 
 
 class Reconciler:
@@ -129,18 +158,23 @@ class Reconciler:
             metric_map, customer_map = await stripe_mappings(conn, request.tenant_id)
             await self._resend_pending(conn, request.tenant_id)
             items, ranges = await self._load(conn, request, period_name, now, metric_map, customer_map)
+            await self._share(conn, request.tenant_id, items, ranges, metric_map, customer_map)
             meters = await self.reader.meters_by_event_name() if metric_map else {}
+            judging = await self._judging(conn, request.tenant_id, now)
+            lagging = {(m, c) for m, c, _ in judging.lagging}
             done = 0
 
-            async def check(item: Item) -> Verdict:
+            async def read(item: Item) -> Verdict | dict[int, int]:
                 nonlocal done
-                verdict = await self._check(item, ranges[_key(item)], metric_map, customer_map, meters, now)
+                period, lags = ranges[_key(item)], _key(item) in lagging
+                view = await self._read(item, period, metric_map, customer_map, meters, lags)
                 done += 1
                 if progress is not None:
                     progress(done, len(items))
-                return verdict
+                return view
 
-            verdicts = await asyncio.gather(*(check(item) for item in items))
+            views = await asyncio.gather(*(read(item) for item in items))
+            verdicts = await self._judge(conn, request.tenant_id, items, views, judging, now)
             checked_at = datetime.fromtimestamp(now, tz=UTC)
             rows, drift_records, report_items, adjusted = [], [], [], []
             counts: Counter[str] = Counter()
@@ -258,15 +292,11 @@ class Reconciler:
             key = (r["metric"], r["customer_ref"])
             if key in items and ranges[key].holds(r["bucket"]):
                 raw.setdefault(key, []).append(r)
+        corrected_at: dict[tuple[str, str], dict[int, float]] = {}
+        for (metric, customer, bucket), at in corrected.items():
+            corrected_at.setdefault((metric, customer), {})[bucket] = at
         for key, rows in raw.items():
-            rows.sort(key=lambda r: r["bucket"])
-            micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
-            # what Stripe should hold per hour: whole units, fractions carried (as the writer pushes)
-            for r, exact, target in zip(rows, micros, targets(items[key].aggregation, micros), strict=True):
-                bucket = int(r["bucket"].timestamp())
-                changed_at = max(float(r["changed_at"]), corrected.get((*key, bucket), 0.0))
-                pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
-                items[key].hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+            items[key].hours = build_hours(items[key].aggregation, rows, corrected_at.get(key, {}))
         for r in late_rows:
             key = (r["metric"], r["customer_ref"])
             if key in items and ranges[key].holds(r["bucket"]):
@@ -278,38 +308,167 @@ class Reconciler:
                 item.hours[bucket] = Hour(0, None, None, None, at)
         return list(items.values()), ranges
 
-    async def _check(
+    async def _share(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        items: list[Item],
+        ranges: dict[tuple[str, str], periods.Period],
+        metric_map: dict[str, Any],
+        customer_map: dict[str, Any],
+    ) -> None:
+        """Mark the items whose Stripe pair other counters feed too (existing data may hold such
+        mappings); a pair of sum and count counters is compared as their sum."""
+        rows = await db.shared_pairs(conn, tenant)
+        if not rows:
+            return
+        pairs = shared_pairs(rows)
+        summed: dict[tuple[str, str, datetime], dict[int, Hour]] = {}
+        for item in items:
+            if item.metric not in metric_map or item.customer_ref not in customer_map:
+                continue
+            pair = pairs.get((metric_map[item.metric][0], customer_map[item.customer_ref][0]))
+            if pair is None:
+                continue
+            item.shared = pair
+            if pair.summed:
+                period = ranges[_key(item)]
+                key = (pair.event_name, pair.stripe_customer, period.start)
+                if key not in summed:
+                    summed[key] = await self._pair_hours(conn, pair, period)
+                item.hours = dict(summed[key])
+
+    @staticmethod
+    async def _pair_hours(
+        conn: psycopg.AsyncConnection, pair: SharedPair, period: periods.Period
+    ) -> dict[int, Hour]:
+        """The pair's hours of a period: every member counter's hours, added up."""
+        per_member = []
+        for tenant, metric, customer in pair.members:
+            rows = await db.hours(conn, tenant, metric, period.start, period.end, customer)
+            per_member.append(build_hours("sum", [r for r in rows if period.holds(r["bucket"])], {}))
+        buckets = set().union(*per_member)
+        return {b: combine([hours[b] for hours in per_member if b in hours]) for b in sorted(buckets)}
+
+    async def _judging(self, conn: psycopg.AsyncConnection, tenant: str, now: float) -> Judging:
+        settings, at = self.settings, datetime.fromtimestamp(now, tz=UTC)
+        since = datetime.fromtimestamp(now - settings.lag_window_seconds, tz=UTC)
+        longest = await db.longest_lag(conn, settings.app_id, since, at)
+        settle = settle_time(settings.settle_seconds, longest, settings.lag_cap_seconds)
+        if settle > settings.settle_seconds:
+            log.info("Stripe's summaries lagged up to %.0f s lately: settle time %.0f s", longest, settle)
+        since = datetime.fromtimestamp(now - settings.lag_cap_seconds, tz=UTC)
+        return Judging(settle, await db.open_lags(conn, settings.app_id, tenant, since, at))
+
+    async def _read(
         self,
         item: Item,
         period: periods.Period,
         metric_map: dict[str, Any],
         customer_map: dict[str, Any],
         meters: dict[str, Meter],
-        now: float,
-    ) -> Verdict:
-        settle, epsilon = self.settings.settle_seconds, self.settings.epsilon
+        lagging: bool,
+    ) -> Verdict | dict[int, int]:
+        """Parity from the period totals, or Stripe's hours to judge. An item with an hour seen lagging
+        is read by hour, so the lag is confirmed once Stripe shows it."""
         if item.missing:
-            return judge(item, {}, now, settle, epsilon)
+            return {}
         event_name = metric_map[item.metric][0]
         meter = meters.get(event_name)
         if meter is None or not meter.active:
             item.missing.append(f"active Stripe meter for event name {event_name!r}")
-            return judge(item, {}, now, settle, epsilon)
+            return {}
         meter_id = meter.id
         customer = customer_map[item.customer_ref][0]
         start, end = int(period.start.timestamp()), int(period.end.timestamp())
         try:
-            verdict = judge_totals(item, await self.reader.period_total(meter_id, customer, start, end))
-            if verdict is not None:
-                return verdict
+            if not lagging:
+                verdict = judge_totals(item, await self.reader.period_total(meter_id, customer, start, end))
+                if verdict is not None:
+                    return verdict
             # hour summaries take hour-aligned bounds: the hours whose start lies in the period
             first, after = int(period.first_hour.timestamp()), int(period.hours_end.timestamp())
-            stripe_hours = await self.reader.hourly(meter_id, customer, first, after)
+            return await self.reader.hourly(meter_id, customer, first, after)
         except stripe.InvalidRequestError as exc:
             # e.g. the mapped Stripe customer does not exist: a mapping problem, not a failed run
             item.missing.append(f"valid Stripe customer ({exc.user_message or exc})")
-            stripe_hours = {}
-        return judge(item, stripe_hours, now, settle, epsilon)
+            return {}
+
+    async def _judge(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        items: list[Item],
+        views: list[Verdict | dict[int, int]],
+        judging: Judging,
+        now: float,
+    ) -> list[Verdict]:
+        """Judge the items read by hour, with the steps of the hours that differ (or were seen
+        lagging), and record what the run learnt about Stripe's lag."""
+        read_by_hour = [
+            (item, view) for item, view in zip(items, views, strict=True) if isinstance(view, dict)
+        ]
+        await self._load_steps(conn, tenant, read_by_hour, judging)
+        settings = self.settings
+        judged = {
+            id(item): judge(
+                item, view, now, judging.settle_seconds, settings.epsilon, settings.lag_cap_seconds
+            )
+            for item, view in read_by_hour
+        }
+        await self._learn(conn, tenant, [(item, judged[id(item)]) for item, _ in read_by_hour], judging, now)
+        return [
+            view if isinstance(view, Verdict) else judged[id(item)]
+            for item, view in zip(items, views, strict=True)
+        ]
+
+    async def _load_steps(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        read_by_hour: list[tuple[Item, dict[int, int]]],
+        judging: Judging,
+    ) -> None:
+        """Give the hours that differ from Stripe (and those seen lagging) what Stripe took for them."""
+        wanted: list[tuple[str, str, datetime]] = []
+        for item, view in read_by_hour:
+            if item.shared:
+                continue  # never corrected: nothing to chase
+            lagged = {int(b.timestamp()) for m, c, b in judging.lagging if (m, c) == _key(item)}
+            for bucket in sorted(set(item.hours) & (differing(item, view) | lagged)):
+                wanted.append((item.metric, item.customer_ref, datetime.fromtimestamp(bucket, tz=UTC)))
+        found: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+        for row in await db.steps(conn, tenant, wanted):
+            key = (row["metric"], row["customer_ref"], int(row["bucket"].timestamp()))
+            found.setdefault(key, []).append(row)
+        for item, _ in read_by_hour:
+            for bucket, hour in item.hours.items():
+                rows = found.get((item.metric, item.customer_ref, bucket))
+                if rows:
+                    item.hours[bucket] = with_steps(item.aggregation, hour, rows)
+
+    async def _learn(
+        self,
+        conn: psycopg.AsyncConnection,
+        tenant: str,
+        judged: list[tuple[Item, Verdict]],
+        judging: Judging,
+        now: float,
+    ) -> None:
+        """Record the hours seen lagging, and confirm the lags of those a read shows caught up."""
+        lags: list[tuple[db.LagKey, float]] = []
+        shown: list[db.LagKey] = []
+        for item, verdict in judged:
+            for lag in verdict.lags:
+                at = datetime.fromtimestamp(lag.bucket, tz=UTC)
+                lags.append(((item.metric, item.customer_ref, at, lag.unseen_since), lag.seconds))
+            for bucket, times in verdict.shown:
+                at = datetime.fromtimestamp(bucket, tz=UTC)
+                if (item.metric, item.customer_ref, at) in judging.lagging:
+                    shown.extend((item.metric, item.customer_ref, at, t) for t in times)
+        checked, app = datetime.fromtimestamp(now, tz=UTC), self.settings.app_id
+        await db.confirm_lags(conn, app, tenant, shown, checked)
+        await db.record_lags(conn, app, tenant, lags, checked)
 
     async def _act(
         self,
@@ -346,7 +505,8 @@ class Reconciler:
             )  # fmt: skip
             key = (item.tenant_id, item.metric, item.customer_ref)
             bucket_dt = datetime.fromtimestamp(bucket, tz=UTC)
-            await db.record_correction(conn, correction, key, bucket_dt, run_id, self.clock.utc())
+            seen = next((h["stripe"] for h in verdict.hours if h["bucket"] == bucket), None)
+            await db.record_correction(conn, correction, key, bucket_dt, run_id, self.clock.utc(), seen)
             status, reason = await self._send(conn, correction, 0)
             if status == "failed":
                 log.warning("Stripe refused correction %s for %s/%s/%s: %s", identifier, *key, reason)
@@ -433,6 +593,42 @@ class Reconciler:
                 )  # fmt: skip
             else:
                 await self._send(conn, request, int(row["send_attempt"]))
+
+
+def build_hours(
+    aggregation: str, rows: list[dict[str, Any]], corrected_at: dict[int, float]
+) -> dict[int, Hour]:
+    """A stream's hours of one period (db.hours rows): what Stripe should hold per hour, in whole units
+    with fractions carried as the writer pushes them; an hour corrected later than it changed counts
+    as changed then."""
+    rows = sorted(rows, key=lambda r: r["bucket"])
+    micros = [int(r["local_micros"]) if r["local_micros"] is not None else 0 for r in rows]
+    hours = {}
+    for r, exact, target in zip(rows, micros, targets(aggregation, micros), strict=True):
+        bucket = int(r["bucket"].timestamp())
+        changed_at = max(float(r["changed_at"]), corrected_at.get(bucket, 0.0))
+        pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
+        hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+    return hours
+
+
+def with_steps(aggregation: str, hour: Hour, rows: list[dict[str, Any]]) -> Hour:
+    """The hour with what Stripe took for it (db.steps rows, in delivery order). For a sum, the units
+    its pushed units count beyond its logged requests (delivered before requests were logged) are
+    where it starts; units corrections stand in for are not among them."""
+    steps, pushes, covered = [], 0, 0
+    for row in rows:
+        if row["kind"] == "push":
+            value = int(row["to_units"] if aggregation == "last" else row["value"])
+            steps.append(Step(float(row["at"]), value))
+            pushes += int(row["value"])
+        elif row["kind"] == "correction":
+            seen = int(row["seen"]) if row["seen"] is not None else None
+            steps.append(Step(float(row["at"]), int(row["value"]), seen))
+        else:
+            covered += int(row["value"])
+    base = (hour.pushed or 0) - pushes - covered if aggregation != "last" else 0
+    return replace(hour, steps=tuple(steps), base=base)
 
 
 def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:

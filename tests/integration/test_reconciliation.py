@@ -14,6 +14,8 @@ import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
 from stripemeter.api.app import create_app as create_api
+from stripemeter.api.appkeys import RECONCILER
+from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
 from stripemeter.domain.periods import current_name
 from stripemeter.schemas.topics import TopicNames
@@ -127,6 +129,10 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
     state.cancel_meter_event(  # c2: a delivered push vanishes
         {"event_name": dropped.event_name, "type": "cancel", "cancel": {"identifier": dropped.identifier}}
     )
+    # a delivered push Stripe's summary does not show may be lag, for an hour at most: the reconciler
+    # looks from two hours on, when the vanished push is a loss
+    reconciler = rapi.app[RECONCILER]
+    reconciler.clock = Clock(reconciler.clock.offset_seconds + 2 * HOUR)
     report = await run(rapi, tenant, period)
     items = by_customer(report)
     c0, c1, c2, c3, c4 = (items[c] for c in customers)
@@ -142,7 +148,9 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
     assert c1["hours"] == [{"bucket": iso(h2), "local": 500, "stripe": 600, "diff": -100}]
     assert [c["code"] for c in c1["causes"]] == ["stripe_higher"]
     assert (c2["status"], c2["diffAbs"], c2["hours"][0]["bucket"]) == ("drift", dropped.value, iso(h1))
+    assert c2["hours"][0]["unseenSeconds"] > 3600  # said so: not shown an hour after delivery
     assert [c["code"] for c in c2["causes"]] == ["stripe_missing"]
+    assert "still not in Stripe's summaries" in c2["causes"][0]["message"]
     assert (c3["status"], c3["diffAbs"]) == ("parity", 0)
     assert (c4["status"], c4["local"], c4["stripe"]) == ("drift", 1000, 0)
     assert c4["causes"][0]["code"] == "missing_mapping" and "customer mapping" in c4["causes"][0]["message"]

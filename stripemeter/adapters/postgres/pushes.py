@@ -19,6 +19,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from stripemeter.adapters.postgres.drop_covers import cover
 from stripemeter.core.push_plan import Key, Request, Row
 
 
@@ -540,6 +541,7 @@ class Dropped:
     value: int
     was_delivered: bool
     mapping_fixed: bool = False  # the mapping changed since: due again, not parked
+    covered: int = 0  # units of it corrections of the hour made up for already (they stand in for it)
 
 
 async def drop_request(
@@ -548,7 +550,10 @@ async def drop_request(
     """Stripe reported (asynchronously) that the request never counted: the hour holds that much less
     than recorded, and the counter is parked with Stripe's reason until its cause is fixed - unless
     the mapping changed since the request was sent (the report came after the fix): then the counter is
-    simply due again. Idempotent: a report delivered twice changes nothing the second time."""
+    simply due again. Corrections of the hour recorded after the request (the reconciler made up for
+    it already) stand in for it up to their amount (db/drop_covers.py): the hour keeps those units, so
+    the writer does not push them again. Idempotent: a report delivered twice changes nothing the
+    second time."""
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         # the counter's row first, then the request's: the order every other change takes them in
@@ -558,8 +563,10 @@ async def drop_request(
             (identifier,),
         )
         await cur.execute(
-            "SELECT tenant_id, metric, customer_ref, bucket, request, status FROM stripe_push_requests"
-            " WHERE identifier = %s FOR UPDATE",
+            "SELECT tenant_id, metric, customer_ref, bucket, request, status, created_at,"
+            " coalesce((SELECT aggregation FROM metric_mappings m WHERE m.tenant_id = r.tenant_id"
+            "           AND m.metric = r.metric), 'sum') AS aggregation"
+            " FROM stripe_push_requests r WHERE identifier = %s FOR UPDATE",
             (identifier,),
         )
         found = await cur.fetchone()
@@ -569,8 +576,11 @@ async def drop_request(
         request = found["request"]
         value, delivered = int(request.get("value", 0)), found["status"] == "delivered"
         fixed = await _mapping_changed_since(cur, key, request)
+        covered = 0
+        if delivered and found["aggregation"] != "last":
+            covered = await cover(cur, key, identifier, value, found["created_at"], now)
         params = _params(
-            key, None, now, reason=reason[:1000], identifier=identifier, value=value,
+            key, None, now, reason=reason[:1000], identifier=identifier, value=value - covered,
             status="waiting" if fixed else "parked",
         )  # fmt: skip
         if delivered:
@@ -603,7 +613,7 @@ async def drop_request(
             " WHERE identifier = %(identifier)s",
             params,
         )
-    return Dropped(key, value, delivered, fixed)
+    return Dropped(key, value, delivered, fixed, covered)
 
 
 async def _mapping_changed_since(cur: psycopg.AsyncCursor[Any], key: Key, request: dict[str, Any]) -> bool:

@@ -3,6 +3,7 @@ and what it stores (runs, items, the latest verdict per item, corrections sent t
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -10,6 +11,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from stripemeter.adapters.postgres.drop_covers import give_back, lock_hour_of_correction
 from stripemeter.core.push_plan import Request
 from stripemeter.domain.units import MICROS, floor_units
 
@@ -58,16 +60,44 @@ FROM (
 GROUP BY 1, 2, 3
 """
 
-# Per hour, the reconciler's corrections that may be in Stripe (refused ones did not land): the newest
-# one's time, and whether one is still unanswered ('pending': it may have landed; the hour is in flight
-# until Stripe answers it).
+# Per hour, the reconciler's corrections that may be in Stripe (refused or dropped ones did not land):
+# the newest one's time, and whether one is still unanswered ('pending': it may have landed; the hour
+# is in flight until Stripe answers it).
 CORRECTIONS = """
 SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at,
        bool_or(status = 'pending') AS pending
 FROM adjustments
 WHERE target = 'stripe' AND tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
-  AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status <> 'failed'
+  AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status NOT IN ('failed', 'dropped')
 GROUP BY 1, 2, 3
+"""
+
+# What Stripe took for the given hours, in delivery order: the writer's delivered requests ('push':
+# the units added, and the value a last hour holds after it) and the reconciler's applied corrections
+# ('correction', with the value Stripe showed when it was decided); and the units corrections stand in
+# for ('cover': part of pushed_units no delivered request carries).
+STEPS = """
+WITH k AS (
+    SELECT * FROM unnest(%(metrics)s::text[], %(customers)s::text[], %(buckets)s::timestamptz[])
+        AS k(metric, customer_ref, bucket)
+)
+SELECT r.metric, r.customer_ref, r.bucket, 'push' AS kind, extract(epoch FROM r.updated_at) AS at,
+       coalesce((r.request ->> 'value')::bigint, 0) AS value, (r.request ->> 'toUnits')::bigint AS to_units,
+       NULL::bigint AS seen
+FROM stripe_push_requests r JOIN k USING (metric, customer_ref, bucket)
+WHERE r.tenant_id = %(tenant)s AND r.status = 'delivered'
+UNION ALL
+SELECT a.metric, a.customer_ref, a.bucket, 'correction', extract(epoch FROM a.applied_at),
+       floor(a.delta_micros / 1000000)::bigint, NULL, a.stripe_seen
+FROM adjustments a JOIN k USING (metric, customer_ref, bucket)
+WHERE a.tenant_id = %(tenant)s AND a.target = 'stripe' AND a.status = 'applied'
+UNION ALL
+SELECT r.metric, r.customer_ref, r.bucket, 'cover', NULL, sign((r.request ->> 'value')::bigint) * c.units,
+       NULL, NULL
+FROM stripe_drop_covers c JOIN stripe_push_requests r USING (identifier)
+     JOIN k USING (metric, customer_ref, bucket)
+WHERE r.tenant_id = %(tenant)s
+ORDER BY at NULLS FIRST
 """
 
 
@@ -102,6 +132,51 @@ async def recent_corrections(
     conn: psycopg.AsyncConnection, tenant: str, metric: str | None, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
     return await _rows(conn, CORRECTIONS, _range(tenant, metric, start, end))
+
+
+async def steps(
+    conn: psycopg.AsyncConnection, tenant: str, hours: list[tuple[str, str, datetime]]
+) -> list[dict[str, Any]]:
+    """What Stripe took for each (metric, customer, bucket) of ``hours``, in delivery order (see STEPS)."""
+    if not hours:
+        return []
+    params = {
+        "tenant": tenant,
+        "metrics": [m for m, _, _ in hours],
+        "customers": [c for _, c, _ in hours],
+        "buckets": [b for _, _, b in hours],
+    }
+    return await _rows(conn, STEPS, params)
+
+
+# Every (tenant, metric, customer) mapped to a (meter event name, Stripe customer) pair of the tenant's
+# that more than one of them maps to, across tenants (indexed by event name and Stripe customer).
+SHARED_PAIRS = """
+WITH mine AS (
+    SELECT DISTINCT m.stripe_meter_event_name AS event_name, c.stripe_customer_id AS customer
+    FROM metric_mappings m JOIN customer_mappings c USING (tenant_id)
+    WHERE m.tenant_id = %(tenant)s
+), members AS (
+    SELECT m.stripe_meter_event_name AS event_name, c.stripe_customer_id AS customer, m.tenant_id, m.metric,
+           c.customer_ref, m.aggregation
+    FROM mine
+    JOIN metric_mappings m ON m.stripe_meter_event_name = mine.event_name
+    JOIN customer_mappings c ON c.stripe_customer_id = mine.customer AND c.tenant_id = m.tenant_id
+)
+SELECT event_name, customer, tenant_id, metric, customer_ref, aggregation
+FROM members
+WHERE (event_name, customer) IN (SELECT event_name, customer FROM members GROUP BY 1, 2 HAVING count(*) > 1)
+ORDER BY 1, 2, 3, 4, 5
+"""
+
+
+async def shared_pairs(
+    conn: psycopg.AsyncConnection, tenant: str
+) -> list[tuple[str, str, str, str, str, str]]:
+    """(event name, Stripe customer, tenant, metric, customer, aggregation) of every stream that maps to
+    a Stripe pair of ``tenant``'s that other streams map to as well."""
+    cur = await conn.execute(SHARED_PAIRS, {"tenant": tenant})
+    return [(e, s, t, m, c, a) for e, s, t, m, c, a in await cur.fetchall()]
 
 
 async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
@@ -148,6 +223,87 @@ async def last_scheduled_pass(conn: psycopg.AsyncConnection) -> datetime | None:
     )
     row = await cur.fetchone()
     return row[0] if row else None
+
+
+# --- how far Stripe's summaries lag --------------------------------------------------------------------
+
+RECORD_LAGS = """
+INSERT INTO stripe_summary_lags AS l (app_id, tenant_id, metric, customer_ref, bucket, unseen_since,
+                                      lag_seconds, observed_at)
+SELECT %(app)s, %(tenant)s, k.*, %(now)s
+FROM unnest(%(metrics)s::text[], %(customers)s::text[], %(buckets)s::timestamptz[],
+            %(since)s::double precision[], %(seconds)s::double precision[]) AS k
+ON CONFLICT (app_id, tenant_id, metric, customer_ref, bucket, unseen_since) DO UPDATE
+SET lag_seconds = greatest(l.lag_seconds, EXCLUDED.lag_seconds), observed_at = EXCLUDED.observed_at
+WHERE NOT l.shown
+"""
+
+CONFIRM_LAGS = """
+UPDATE stripe_summary_lags l SET shown = true, observed_at = %(now)s
+FROM unnest(%(metrics)s::text[], %(customers)s::text[], %(buckets)s::timestamptz[],
+            %(since)s::double precision[]) AS k(metric, customer_ref, bucket, unseen_since)
+WHERE l.app_id = %(app)s AND l.tenant_id = %(tenant)s AND l.metric = k.metric
+  AND l.customer_ref = k.customer_ref AND l.bucket = k.bucket AND l.unseen_since = k.unseen_since
+  AND NOT l.shown
+"""
+
+LagKey = tuple[str, str, datetime, float]  # metric, customer, bucket, unseen since (unix s)
+
+
+def _lag_params(app: str, tenant: str, keys: list[LagKey], now: datetime) -> dict[str, Any]:
+    return {
+        "app": app,
+        "tenant": tenant,
+        "metrics": [k[0] for k in keys],
+        "customers": [k[1] for k in keys],
+        "buckets": [k[2] for k in keys],
+        "since": [k[3] for k in keys],
+        "now": now,
+    }
+
+
+async def record_lags(
+    conn: psycopg.AsyncConnection, app: str, tenant: str, lags: list[tuple[LagKey, float]], now: datetime
+) -> None:
+    """Hours whose summary did not show a step delivered at ``unseen since``, seen ``seconds`` after."""
+    if lags:
+        params = _lag_params(app, tenant, [k for k, _ in lags], now) | {"seconds": [s for _, s in lags]}
+        await conn.execute(RECORD_LAGS, params)
+
+
+async def confirm_lags(
+    conn: psycopg.AsyncConnection, app: str, tenant: str, shown: list[LagKey], now: datetime
+) -> None:
+    """A read showed these steps: the lags recorded for them were Stripe's, not losses."""
+    if shown:
+        await conn.execute(CONFIRM_LAGS, _lag_params(app, tenant, shown, now))
+
+
+async def open_lags(
+    conn: psycopg.AsyncConnection, app: str, tenant: str, since: datetime, now: datetime
+) -> set[tuple[str, str, datetime]]:
+    """(metric, customer, bucket) of hours seen lagging since ``since`` and not seen caught up yet."""
+    cur = await conn.execute(
+        "SELECT DISTINCT metric, customer_ref, bucket FROM stripe_summary_lags"
+        " WHERE app_id = %s AND tenant_id = %s AND NOT shown AND observed_at BETWEEN %s AND %s",
+        (app, tenant, since, now),
+    )
+    return {(m, c, b) for m, c, b in await cur.fetchall()}
+
+
+async def longest_lag(
+    conn: psycopg.AsyncConnection, app: str, since: datetime, now: datetime
+) -> float | None:
+    """The longest lag of Stripe's summaries the app's processes confirmed between ``since`` and
+    ``now``; older records (and lags never confirmed: losses) are forgotten."""
+    await conn.execute("DELETE FROM stripe_summary_lags WHERE app_id = %s AND observed_at < %s", (app, since))
+    cur = await conn.execute(
+        "SELECT max(lag_seconds) FROM stripe_summary_lags"
+        " WHERE app_id = %s AND shown AND observed_at BETWEEN %s AND %s",
+        (app, since, now),
+    )
+    row = await cur.fetchone()
+    return float(row[0]) if row and row[0] is not None else None
 
 
 # --- runs -------------------------------------------------------------------------------------------
@@ -263,16 +419,18 @@ async def record_correction(
     bucket: datetime,
     run_id: str,
     now: datetime,
+    stripe_seen: int | None = None,
 ) -> None:
-    """An aligning meter event, recorded with its exact request before it is sent."""
+    """An aligning meter event, recorded with its exact request before it is sent, and the value
+    Stripe's summary showed for the hour when it was decided."""
     await conn.execute(
         "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts, delta_micros,"
-        " reason, target, run_id, created_at, request)"
-        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s, %s, %s)"
+        " reason, target, run_id, created_at, request, stripe_seen)"
+        " VALUES (%s, %s, %s, %s, %s, %s, %s, 'reconciliation', 'stripe', %s, %s, %s, %s)"
         " ON CONFLICT (adjustment_id) DO NOTHING",
         (
             request.identifier, *key, bucket, datetime.fromtimestamp(request.timestamp, tz=UTC),
-            request.value * MICROS, run_id, now, orjson.dumps(request.wire()).decode(),
+            request.value * MICROS, run_id, now, orjson.dumps(request.wire()).decode(), stripe_seen,
         ),
     )  # fmt: skip
 
@@ -289,14 +447,58 @@ async def finish_correction(
     it did not land), still ``pending`` (no clear answer: it may have landed; sent again under its
     identifier, with the next idempotency key when ``new_key``: after a 5xx) or ``unknown`` (no answer
     within Stripe's identifier window: never sent again). ``now``: the application's clock, which the
-    settle time is measured on."""
-    await conn.execute(
-        "UPDATE adjustments SET status = %(status)s, error = %(error)s,"
-        " applied_at = CASE WHEN %(status)s::text = 'applied' THEN %(now)s::timestamptz END,"
-        " send_attempt = send_attempt + %(bump)s"
-        " WHERE adjustment_id = %(id)s AND status = 'pending'",
-        {"status": status, "error": error, "now": now, "bump": int(new_key), "id": adjustment_id},
-    )
+    settle time is measured on. A refused correction gives back what it stood in for (drop_covers)."""
+    async with conn.transaction():
+        cur = conn.cursor()
+        if status == "failed":
+            await lock_hour_of_correction(cur, adjustment_id)
+        await cur.execute(
+            "UPDATE adjustments SET status = %(status)s, error = %(error)s,"
+            " applied_at = CASE WHEN %(status)s::text = 'applied' THEN %(now)s::timestamptz END,"
+            " send_attempt = send_attempt + %(bump)s"
+            " WHERE adjustment_id = %(id)s AND status = 'pending'",
+            {"status": status, "error": error, "now": now, "bump": int(new_key), "id": adjustment_id},
+        )
+        if status == "failed" and cur.rowcount:
+            await give_back(cur, adjustment_id, now)
+
+
+@dataclass(frozen=True)
+class DroppedCorrection:
+    """A correction Stripe accepted and then dropped (an error report names it)."""
+
+    key: tuple[str, str, str, datetime]
+    value: int
+    was: str  # its status before: applied, pending or unknown
+    given_back: int  # units of dropped requests it stood in for that its hour no longer holds
+
+
+async def drop_correction(
+    conn: psycopg.AsyncConnection, identifier: str, reason: str, now: datetime
+) -> DroppedCorrection | None:
+    """Stripe reported (asynchronously) that the reconciler's correction never counted: it is recorded
+    as dropped, not applied, so it is neither sent again nor counted as in Stripe (the 24 h check's
+    ``delivered_corrections`` and ``uncertain_corrections``), and the next run judges its hour afresh.
+    What it stood in for is given back (drop_covers). None when no correction has that identifier, or
+    it was refused or reported before."""
+    async with conn.transaction():
+        cur = conn.cursor(row_factory=dict_row)
+        await lock_hour_of_correction(cur, identifier)
+        await cur.execute(
+            "SELECT tenant_id, metric, customer_ref, bucket, delta_micros, status FROM adjustments"
+            " WHERE adjustment_id = %s AND target = 'stripe' FOR UPDATE",
+            (identifier,),
+        )
+        found = await cur.fetchone()
+        if found is None or found["status"] in ("failed", "dropped"):
+            return None
+        await cur.execute(
+            "UPDATE adjustments SET status = 'dropped', error = %s WHERE adjustment_id = %s",
+            (reason[:1000], identifier),
+        )
+        given_back = await give_back(cur, identifier, now)
+    key = (found["tenant_id"], found["metric"], found["customer_ref"], found["bucket"])
+    return DroppedCorrection(key, floor_units(int(found["delta_micros"])), found["status"], given_back)
 
 
 async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
@@ -309,27 +511,32 @@ async def pending_corrections(conn: psycopg.AsyncConnection, tenant: str) -> lis
     )
 
 
+# A correction's whole units, less what it stands in for (a dropped request the hour's pushed units
+# still count: drop_covers), so that nothing is counted twice.
+NET_CORRECTIONS = """
+SELECT floor(a.delta_micros / 1000000)::bigint
+       - sign(a.delta_micros) * coalesce((SELECT sum(c.units) FROM stripe_drop_covers c
+                                          WHERE c.adjustment_id = a.adjustment_id), 0) AS units
+FROM adjustments a
+WHERE a.target = 'stripe' AND a.status = ANY(%s)
+  AND a.tenant_id = %s AND a.metric = %s AND a.customer_ref = %s AND a.bucket = %s
+ORDER BY a.created_at
+"""
+
+
 async def delivered_corrections(conn: psycopg.AsyncConnection, key: tuple[str, str, str, datetime]) -> int:
-    """Whole units the reconciler's delivered corrections added to one hour in Stripe."""
-    cur = await conn.execute(
-        "SELECT coalesce(sum(delta_micros), 0) FROM adjustments"
-        " WHERE target = 'stripe' AND status = 'applied'"
-        " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s",
-        key,
-    )
-    row = await cur.fetchone()
-    return floor_units(int(row[0])) if row else 0
+    """Whole units the reconciler's delivered corrections added to one hour in Stripe, beyond what the
+    writer's pushed units count (less what they stand in for)."""
+    cur = await conn.execute(NET_CORRECTIONS, (["applied"], *key))
+    return sum(int(row[0]) for row in await cur.fetchall())
 
 
 async def uncertain_corrections(
     conn: psycopg.AsyncConnection, key: tuple[str, str, str, datetime]
 ) -> list[int]:
     """Whole units of each of the reconciler's corrections to one hour that may or may not be in Stripe:
-    ``pending`` (not answered clearly yet) or ``unknown`` (never answered within 24 h). The writer's
-    24 h check counts Stripe's hour as delivered + any subset of these."""
-    cur = await conn.execute(
-        "SELECT delta_micros FROM adjustments WHERE target = 'stripe' AND status IN ('pending', 'unknown')"
-        " AND tenant_id = %s AND metric = %s AND customer_ref = %s AND bucket = %s ORDER BY created_at",
-        key,
-    )
-    return [floor_units(int(row[0])) for row in await cur.fetchall()]
+    ``pending`` (not answered clearly yet) or ``unknown`` (never answered within 24 h), less what they
+    stand in for. The writer's 24 h check counts Stripe's hour as delivered + any subset of these.
+    Dropped and refused ones are in neither list: they did not land."""
+    cur = await conn.execute(NET_CORRECTIONS, (["pending", "unknown"], *key))
+    return [int(row[0]) for row in await cur.fetchall()]
