@@ -27,9 +27,9 @@ ALTER TABLE replay_corrections ADD CONSTRAINT replay_corrections_kind_check
     CHECK (kind IN ('add', 'events', 'last'));
 
 -- Whom a Stripe customer belongs to, and which streams send to one Stripe pair, are checked on every
--- mapping change: find them without a scan.
+-- mapping change (and reconciliation looks for pairs more than one stream maps to): no scans.
 CREATE INDEX customer_mappings_by_stripe_id ON customer_mappings (stripe_customer_id);
-CREATE INDEX metric_mappings_by_event_name ON metric_mappings (tenant_id, stripe_meter_event_name);
+CREATE INDEX metric_mappings_by_event_name ON metric_mappings (stripe_meter_event_name);
 
 -- Every (Stripe meter event name, Stripe customer) pair a counter stream (tenant, metric, customerRef)
 -- was ever mapped to. One pair takes one stream's usage: a mapping change that would send a second

@@ -40,8 +40,3 @@ CREATE TABLE stripe_drop_covers (
     PRIMARY KEY (identifier, adjustment_id)
 );
 CREATE INDEX stripe_drop_covers_by_adjustment ON stripe_drop_covers (adjustment_id);
-
--- Reconciliation looks for Stripe pairs (meter event name, Stripe customer) that more than one
--- (tenant, metric, customer) maps to: Stripe adds their events up, so they are not one counter.
-CREATE INDEX IF NOT EXISTS metric_mappings_by_event_name ON metric_mappings (stripe_meter_event_name);
-CREATE INDEX IF NOT EXISTS customer_mappings_by_stripe_customer ON customer_mappings (stripe_customer_id);
