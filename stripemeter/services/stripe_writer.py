@@ -268,9 +268,8 @@ class StripeWriter:
         return delivered
 
     async def _push_stream(self, conn: psycopg.AsyncConnection, stream: Stream) -> int:
-        meter = await self.meters.get(stream.event_name) if stream.event_name else None
-        problem = meter_problem(meter, stream.event_name, stream.aggregation) if stream.event_name else None
         wanted = targets(stream.aggregation, [row.latest_micros for row in stream.rows])
+        check = _MeterCheck(self.meters, stream)
         delivered = 0
         for row, target in zip(stream.rows, wanted, strict=True):
             fence = self.ownership.fence(row.delta_partition)
@@ -280,7 +279,7 @@ class StripeWriter:
             if row.status == "parked" or row.retry_wait(now.timestamp()):
                 continue
             if row.pending_raw is not None:
-                delivered += await self._resend(conn, row, target, stream, meter, fence, now)
+                delivered += await self._resend(conn, row, target, stream, check, fence, now)
             elif target == row.pushed_units:
                 if row.status != "synced":
                     await pushes.mark_synced(conn, row, fence, now)
@@ -290,16 +289,31 @@ class StripeWriter:
                 await self._park(conn, row, "the hour is older than the 35 days Stripe accepts", fence)
             elif stream.event_name is None or stream.stripe_customer is None:
                 await pushes.park(conn, row, "no metric or customer mapping yet", fence, now, "unmapped")
-            elif problem is not None or meter is None:
-                await self._park(conn, row, problem[1] if problem else "no Stripe meter", fence)
             else:
-                request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
-                if await pushes.record_pending(conn, row, request, fence, now):
-                    recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
-                    delivered += await self._send(
-                        conn, recorded, request, 0, target, stream.aggregation, fence
-                    )
+                delivered += await self._push_new(conn, row, target, stream, check, fence, now)
         return delivered
+
+    async def _push_new(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        target: int,
+        stream: Stream,
+        check: _MeterCheck,
+        fence: Fence,
+        now: datetime,
+    ) -> int:
+        """Record the request that brings the hour to ``target``, then send it."""
+        assert stream.stripe_customer is not None
+        meter, problem = await check.usable()
+        if problem is not None or meter is None:
+            await self._park(conn, row, problem or "no Stripe meter", fence)
+            return 0
+        request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
+        if not await pushes.record_pending(conn, row, request, fence, now):
+            return 0
+        recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
+        return await self._send(conn, recorded, request, 0, target, stream.aggregation, fence)
 
     async def _resend(
         self,
@@ -307,7 +321,7 @@ class StripeWriter:
         row: Row,
         target: int,
         stream: Stream,
-        meter: Meter | None,
+        check: _MeterCheck,
         fence: Fence,
         now: datetime,
     ) -> int:
@@ -316,6 +330,7 @@ class StripeWriter:
         if request is None and now.timestamp() - row.updated_at < SUMMARY_LAG_S:
             return 0  # recorded by a writer before 0010, moments ago: Stripe's summary may not show it yet
         if request is None or now.timestamp() - since > IDENTIFIER_WINDOW_S:
+            meter = await check.meter() if stream.event_name else None
             await self._settle_old_pending(conn, row, stream, meter, fence)
             return 0
         return await self._send(conn, row, request, row.pending_attempt, target, stream.aggregation, fence)
@@ -431,3 +446,33 @@ class StripeWriter:
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
                 f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
+
+
+class _MeterCheck:
+    """A stream's meter for one round: read from the catalog once, and read again from Stripe
+    (``MeterCatalog.fresh``: at most once a second for the whole writer) before a problem with it parks
+    a counter: the catalog may predate the operator's fix."""
+
+    def __init__(self, meters: MeterCatalog, stream: Stream):
+        self.meters = meters
+        self.stream = stream
+        self._meter: Meter | None = None
+        self._read = False
+        self._fresh = False
+
+    async def meter(self) -> Meter | None:
+        if not self._read and self.stream.event_name:
+            self._meter = await self.meters.get(self.stream.event_name)
+            self._read = True
+        return self._meter
+
+    async def usable(self) -> tuple[Meter | None, str | None]:
+        """The meter and, when it cannot carry the metric, why (``plan.meter_problem``)."""
+        name, aggregation = self.stream.event_name or "", self.stream.aggregation
+        meter = await self.meter()
+        problem = meter_problem(meter, name, aggregation)
+        if problem is not None and not self._fresh:
+            self._fresh = True
+            self._meter = meter = await self.meters.fresh(name)
+            problem = meter_problem(meter, name, aggregation)
+        return meter, problem[1] if problem else None

@@ -137,6 +137,9 @@ class FakeMeters:
             raise self.errors[event_name]
         return self.meter if self.meter and self.meter.event_name == event_name else None
 
+    async def fresh(self, event_name: str) -> Meter | None:
+        return await self.get(event_name)
+
 
 class Harness:
     """A writer holding usage.deltas partition 0 under epoch 7, at ``NOW``."""
@@ -526,3 +529,55 @@ async def test_a_pending_push_from_before_recorded_requests_waits_for_stripes_su
     h.summary = [5]  # pushed 2 + the legacy push's 3
     await h.push(replace(recent, updated_at=NOW.timestamp() - SUMMARY_LAG_S - 1))
     assert h.log == [("mark_delivered", "sm_legacy_4", 5, False, 4, 3)]
+
+
+# --- the writer sees a mapping change at once ---------------------------------------------------------
+
+
+def listed(status: str) -> dict[str, Any]:
+    return {
+        "id": "mtr_1", "event_name": "api_requests", "status": status,
+        "default_aggregation": {"formula": "sum"}, "customer_mapping": {"event_payload_key": "customer"},
+        "value_settings": {"event_payload_key": "units"},
+    }  # fmt: skip
+
+
+async def test_a_meter_fixed_a_moment_ago_is_read_again_before_a_counter_is_parked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The catalog is kept a minute; the operator reactivates the meter and saves the mapping again:
+    the writer reads Stripe's meters again (at most once a second) instead of parking from its copy."""
+    from stripemeter.adapters.stripe.meters import MeterCatalog
+
+    stripe_meters, reads, clock = [listed("inactive")], [0], [100.0]
+
+    async def call(fn: Any, params: dict[str, Any]) -> Any:
+        reads[0] += 1
+        return SimpleNamespace(data=list(stripe_meters), has_more=False)
+
+    h = Harness(monkeypatch)
+    client = SimpleNamespace(
+        v1=SimpleNamespace(billing=SimpleNamespace(meters=SimpleNamespace(list_async=None)))
+    )
+    h.writer.meters = MeterCatalog(client, call, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    await h.push(row(5))
+    assert [call[:2] for call in h.log] == [("park", "parked")] and reads == [1]
+
+    stripe_meters[:] = [listed("active")]  # fixed in Stripe; the mapping is saved again
+    clock[0] += 2.0  # within the catalog's minute
+    h.log.clear()
+    h.results = [SendResult("delivered")]
+    assert await h.push(row(5)) == 1
+    assert reads == [2]
+
+    # deactivated again: read when the catalog's minute is over; then many streams with a problem in
+    # the same second cost one read
+    stripe_meters[:] = [listed("inactive")]
+    clock[0] += 61.0
+    await h.push(row(5))
+    assert reads == [3]
+    clock[0] += 2.0
+    h.log.clear()
+    h.pushes.streams = [Stream([row(5)], "api_requests", "sum", "cus_1") for _ in range(5)]
+    await h.writer.push_due(conn=None)  # type: ignore[arg-type]
+    assert [call[:2] for call in h.log] == [("park", "parked")] * 5 and reads == [4]

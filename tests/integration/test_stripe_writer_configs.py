@@ -1,0 +1,175 @@
+"""Every configuration the writer accepts bills right in Stripe, from the moment it is accepted.
+
+The writer runs in this process against PostgreSQL and the emulator, on a clock the test sets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest_asyncio
+import stripe
+from aiohttp.test_utils import TestClient, TestServer
+from aiokafka import TopicPartition
+
+from stripemeter.adapters.postgres import pushes
+from stripemeter.adapters.postgres.pushes import Latest
+from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.client import make_client
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain import periods
+from stripemeter.domain.clock import Clock
+from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.services.stripe_writer import StripeWriter
+from stripemeter.tools.stripe_emulator import EmulatorState, create_app
+from tests.integration.harness import free_port
+from tests.integration.stripe_helpers import emulator_settings
+
+HOUR = 3600
+T0 = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)  # where the tests live (the writer's and Stripe's now)
+
+
+@dataclass(frozen=True)
+class SetClock(Clock):
+    """A clock that reads what the test sets (``at[0]``, unix seconds)."""
+
+    at: list[float] = field(default_factory=lambda: [T0.timestamp()])
+
+    def __call__(self) -> float:
+        return self.at[0]
+
+    def advance(self, seconds: float) -> None:
+        self.at[0] += seconds
+
+
+@dataclass
+class Setup:
+    state: EmulatorState
+    base: str
+    clock: SetClock
+    tenant: str
+    app: str
+    conn: psycopg.AsyncConnection
+    settings: Settings
+    customer: str = ""
+    meter: str = ""
+    event_name: str = ""
+
+    def writer(self) -> StripeWriter:
+        names = TopicNames(self.settings.topic_prefix, self.settings.app_id)
+        return StripeWriter(
+            self.settings.kafka_bootstrap_servers, names.deltas, f"{self.app}-stripe-writer", self.app,
+            self.settings.database_url.value, make_client("sk_test_emulator", self.base), StripeBudget(1000),
+            flush_interval=0.05, clock=self.clock,
+        )  # fmt: skip
+
+    async def holding(self, writer: StripeWriter, *partitions: int) -> StripeWriter:
+        topic = TopicNames(self.settings.topic_prefix, self.settings.app_id).deltas
+        await writer.ownership.on_partitions_assigned([TopicPartition(topic, p) for p in partitions])
+        return writer
+
+    async def mapped(self, metric: str, formula: str, aggregation: str) -> None:
+        """A meter, a customer, and the mappings that tie the tenant's metric and customer `c` to them."""
+        self.event_name = f"{metric}_{uuid.uuid4().hex[:8]}"
+        self.meter = self.state.create_meter(
+            {
+                "display_name": metric,
+                "event_name": self.event_name,
+                "default_aggregation": {"formula": formula},
+            }
+        )["id"]
+        self.customer = self.state.create_customer({"email": "c@example.com"})["id"]
+        await self.conn.execute(
+            "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+            " VALUES (%s, %s, %s, %s)",
+            (self.tenant, metric, self.event_name, aggregation),
+        )
+        await self.conn.execute(
+            "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id)"
+            " VALUES (%s, 'c', %s)",
+            (self.tenant, self.customer),
+        )
+
+    async def count(self, metric: str, bucket: datetime, micros: int, seq: int, partition: int = 0) -> None:
+        """What the writer records when it reads the counter's delta."""
+        start = periods.holding(bucket).start
+        latest = Latest(self.tenant, metric, "c", bucket, micros, seq, self.app, partition, start)
+        await pushes.record_latest(self.conn, [latest], self.clock.utc())
+
+    async def hours(self, start: datetime, end: datetime) -> dict[int, float]:
+        """Stripe's own view through the real client: the meter's hour summaries."""
+        return await asyncio.to_thread(self._hours, start, end)
+
+    async def period(self, start: datetime, end: datetime) -> float | None:
+        """The meter's summary of ``[start, end)``: what an invoice of that period bills."""
+        return await asyncio.to_thread(self._period, start, end)
+
+    def _hours(self, start: datetime, end: datetime) -> dict[int, float]:
+        client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": self.base})
+        params: Any = {
+            "customer": self.customer, "start_time": int(start.timestamp()), "end_time": int(end.timestamp()),
+            "value_grouping_window": "hour",
+        }  # fmt: skip
+        page = client.v1.billing.meters.event_summaries.list(self.meter, params)
+        return {int(s.start_time): float(s.aggregated_value) for s in page.auto_paging_iter()}
+
+    def _period(self, start: datetime, end: datetime) -> float | None:
+        client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": self.base})
+        params: Any = {
+            "customer": self.customer,
+            "start_time": int(start.timestamp()),
+            "end_time": int(end.timestamp()),
+        }
+        page = client.v1.billing.meters.event_summaries.list(self.meter, params)
+        return float(page.data[0].aggregated_value) if page.data else None
+
+
+@pytest_asyncio.fixture
+async def setup(env: Settings) -> AsyncIterator[Setup]:
+    clock = SetClock()
+    state = EmulatorState(clock, ops_per_second=0)  # Stripe's clock is the writer's (until a test moves it)
+    server = TestServer(create_app(state), host="127.0.0.1", port=free_port())
+    await server.start_server()
+    tenant = f"cf-{uuid.uuid4().hex[:6]}"
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        yield Setup(state, str(server.make_url("")).rstrip("/"), clock, tenant, env.app_id, conn, env)
+    await server.close()
+
+
+async def test_a_meter_fixed_in_stripe_a_moment_ago_is_seen_at_once(setup: Setup) -> None:
+    """The writer parks a counter of an inactive meter; the operator reactivates it and saves the
+    mapping again (which unparks the counter): the writer pushes it, within the minute its catalog
+    keeps meters, instead of parking it again from its copy."""
+    s = setup
+    await s.mapped("requests", "sum", "sum")
+    s.state.set_meter_status(s.meter, "inactive")
+    writer = await s.holding(s.writer(), 0)
+    now = [1000.0]
+    writer.meters.monotonic = lambda: now[0]
+    await s.count("requests", T0.replace(minute=0) - timedelta(hours=1), 5_000_000, 1)
+    await writer.push_due(s.conn)
+    [(status, reason)] = await (
+        await s.conn.execute("SELECT status, reason FROM stripe_pushes WHERE tenant_id = %s", (s.tenant,))
+    ).fetchall()
+    assert status == "parked" and "inactive" in reason
+    s.state.set_meter_status(s.meter, "active")
+    api = TestClient(TestServer(create_api(s.settings.with_overrides(**emulator_settings(s.base)))))
+    await api.start_server()
+    try:
+        put = await api.put(
+            f"/v1/mappings/{s.tenant}/requests",
+            json={"stripeMeterEventName": s.event_name, "aggregation": "sum"},
+        )
+        assert put.status == 200 and (await put.json())["countersRetried"] == 1
+    finally:
+        await api.close()
+    now[0] += 2.0  # a moment later: the catalog read before the fix is two seconds old
+    assert await writer.push_due(s.conn) == 1
+    assert [e.value for e in s.state.meter_events(s.meter)] == [5]
