@@ -7,6 +7,9 @@ lease, whose epoch grows, and every change it makes to a push row is a compare-a
 epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
 moved on, changes nothing and reads again.
 
+A stream's rows live in the partition of its newest delta (db/pushes.FOLLOW); an hour of a partition
+held by another writer is skipped, never waited for.
+
 **Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
 2. the hour's target in whole units is computed (plan.targets: fractions carry within the period);
@@ -27,6 +30,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -85,7 +89,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     def fence(self, partition: int) -> Fence | None:
         epoch = self.epochs.get(partition)
-        return None if epoch is None else Fence(self.app_id, epoch)
+        return None if epoch is None else Fence(self.app_id, epoch, partition)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
@@ -214,7 +218,20 @@ class StripeWriter:
                     start,
                 )
             )
-        await pushes.record_latest(conn, latest, self.clock.utc())
+        await self._contended(lambda: pushes.record_latest(conn, latest, self.clock.utc()))
+
+    @staticmethod
+    async def _contended(change: Callable[[], Awaitable[None]], attempts: int = 5) -> None:
+        """Run a seq-guarded change again when PostgreSQL gave it up for a concurrent one (another
+        writer recording the same streams): it changed nothing, and running it again is safe."""
+        for attempt in range(attempts):
+            try:
+                await change()
+                return
+            except CONTENDED:
+                if attempt == attempts - 1:
+                    raise
+            await asyncio.sleep(0.05 * 2**attempt)
 
     @staticmethod
     def _unusable(message: Any, exc: Exception) -> None:
@@ -272,9 +289,11 @@ class StripeWriter:
         check = _MeterCheck(self.meters, stream)
         delivered = 0
         for row, target in zip(stream.rows, wanted, strict=True):
+            if self._stopping.is_set():
+                return delivered
             fence = self.ownership.fence(row.delta_partition)
-            if fence is None or self._stopping.is_set():
-                return delivered  # the partition went to another writer meanwhile
+            if fence is None:
+                continue  # another writer holds this hour's partition (the stream is moving over)
             now = self.clock.utc()
             if row.status == "parked" or row.retry_wait(now.timestamp()):
                 continue

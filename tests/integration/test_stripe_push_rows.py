@@ -48,11 +48,11 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW))
+    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     # another writer takes the partition over: the first one's epoch is over
-    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW))
+    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW), 0)
     assert second.epoch == first.epoch + 1
     assert not await pushes.record_pending(conn, row, request, first, NOW)
     # a new delta arrives after the row was read: the read is stale
@@ -88,7 +88,7 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
 
 async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(conn: psycopg.AsyncConnection) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, request, fence, NOW)
@@ -108,7 +108,7 @@ async def test_unparking_keeps_a_request_that_may_have_landed_and_sends_it_under
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, request, fence, NOW)
@@ -123,7 +123,7 @@ async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     refused = new_request(row, 5, "sum", METER, "cus_gone")
     assert await pushes.record_pending(conn, row, refused, fence, NOW)
@@ -162,7 +162,7 @@ async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_d
         " VALUES (%s, 'c', 'cus_typo')",
         (tenant,),
     )
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     sent = new_request(row, 5, "sum", METER, "cus_typo")
     assert await pushes.record_pending(conn, row, sent, fence, NOW)
@@ -182,7 +182,7 @@ async def test_a_push_landing_after_an_earlier_one_was_reported_dropped_adds_onl
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     first = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, first, fence, NOW)
@@ -231,3 +231,49 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
     ownership.database_url = stack.database_url.value  # PostgreSQL is back
     await ownership.claim()
     assert set(ownership.epochs) == {0} and not ownership.unclaimed
+
+
+# --- one stream, one partition --------------------------------------------------------------------------
+
+
+async def rows_of(conn: psycopg.AsyncConnection, tenant: str) -> list[tuple[datetime, int, int]]:
+    cur = await conn.execute(
+        "SELECT bucket, delta_partition, version FROM stripe_pushes WHERE tenant_id = %s ORDER BY bucket",
+        (tenant,),
+    )
+    return [(b, int(p), int(v)) for b, p, v in await cur.fetchall()]
+
+
+async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(conn: psycopg.AsyncConnection) -> None:
+    """usage.deltas gained partitions: the stream's new deltas arrive in partition 1, so its older rows
+    move there too (one writer pushes the whole stream); the holder of partition 0 can no longer change
+    them, even under an epoch that partition 1's lease happens to have too."""
+    tenant, app = await seeded(conn)  # hour 14:00 from partition 0
+    period = datetime(2026, 11, 1, tzinfo=UTC)
+    earlier = BUCKET.replace(hour=13)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", earlier, 1_000_000, 1, app, 0, period)], NOW)
+    old = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
+    stale = await due_row(conn, tenant)
+    before = await rows_of(conn, tenant)
+    assert [p for _, p, _ in before] == [0, 0]
+    later = BUCKET.replace(hour=15)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 2_000_000, 1, app, 1, period)], NOW)
+    after = await rows_of(conn, tenant)
+    assert [(b, p) for b, p, _ in after] == [(earlier, 1), (BUCKET, 1), (later, 1)]
+    assert all(v > was for (_, _, v), (_, _, was) in zip(after, before, strict=False))  # moved: version + 1
+    new = Fence(app, await pushes.claim(conn, app, 1, "writer-b", NOW), 1)
+    assert new.epoch == old.epoch == 1
+    fresh = next(r for s in await pushes.due(conn, app, [1], NOW) for r in s.rows if r.key == stale.key)
+    request = new_request(fresh, 5, "sum", METER, "cus_1")
+    assert not await pushes.record_pending(conn, fresh, request, old, NOW)  # partition 0 is not its own
+    assert not await pushes.record_pending(conn, stale, request, new, NOW)  # the stale read
+    assert await pushes.record_pending(conn, fresh, request, new, NOW)
+    # a later delta from partition 1 moves nothing and bumps no other row
+    moved = await rows_of(conn, tenant)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 3_000_000, 2, app, 1, period)], NOW)
+    assert [(b, v) for b, _, v in await rows_of(conn, tenant) if b != later] == [
+        (b, v) for b, _, v in moved if b != later
+    ]
+    # an older delta (lower seq) from partition 0 changes nothing, and so moves nothing back
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 1_000_000, 1, app, 0, period)], NOW)
+    assert {p for _, p, _ in await rows_of(conn, tenant)} == {1}

@@ -1,6 +1,7 @@
 """Every configuration the writer accepts bills right in Stripe, from the moment it is accepted.
 
-The writer runs in this process against PostgreSQL and the emulator, on a clock the test sets.
+The writer runs in this process against PostgreSQL and the emulator, on a clock the test sets: a meter
+fixed in Stripe a moment ago, a stream spread over two partitions.
 """
 
 from __future__ import annotations
@@ -173,3 +174,27 @@ async def test_a_meter_fixed_in_stripe_a_moment_ago_is_seen_at_once(setup: Setup
     now[0] += 2.0  # a moment later: the catalog read before the fix is two seconds old
     assert await writer.push_due(s.conn) == 1
     assert [e.value for e in s.state.meter_events(s.meter)] == [5]
+
+
+async def test_a_stream_over_two_partitions_does_not_stall_and_converges(setup: Setup) -> None:
+    """The stream's older hour is in partition 1 (usage.deltas gained partitions; another writer holds
+    it), its newer hour in partition 0, held here: the newer hour is pushed at once. The stream's next
+    delta arrives in partition 0 and the older hour follows it: then it is pushed here too."""
+    s = setup
+    await s.mapped("requests", "sum", "sum")
+    writer = await s.holding(s.writer(), 0)
+    older, newer = T0.replace(minute=0) - timedelta(hours=2), T0.replace(minute=0) - timedelta(hours=1)
+    await s.count("requests", older, 3_000_000, 1, partition=1)
+    await s.count("requests", newer, 4_000_000, 1, partition=1)
+    # the newer hour's first delta from partition 0 was recorded, the rest of the stream not moved yet
+    await s.conn.execute(
+        "UPDATE stripe_pushes SET delta_partition = 0 WHERE tenant_id = %s AND bucket = %s", (s.tenant, newer)
+    )
+    assert await writer.push_due(s.conn) == 1
+    assert [(e.timestamp, e.value) for e in s.state.meter_events(s.meter)] == [(int(newer.timestamp()), 4)]
+    await s.count("requests", newer, 6_000_000, 2, partition=0)
+    assert await writer.push_due(s.conn) == 2
+    totals: dict[int, int] = {}
+    for e in s.state.meter_events(s.meter):
+        totals[e.timestamp] = totals.get(e.timestamp, 0) + e.value
+    assert totals == {int(older.timestamp()): 3, int(newer.timestamp()): 6}

@@ -49,10 +49,11 @@ class Stream:
 
 @dataclass(frozen=True)
 class Fence:
-    """Who may change a row: the app's writer holding its partition under this epoch."""
+    """Who may change a row: the app's writer holding the row's partition under this epoch."""
 
     app_id: str
     epoch: int
+    partition: int
 
 
 UPSERT_LATEST = """
@@ -67,6 +68,36 @@ SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, ap
     status = CASE WHEN stripe_pushes.status IN ('pending', 'parked') THEN stripe_pushes.status
                   ELSE 'waiting' END
 WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
+RETURNING tenant_id, metric, customer_ref, bucket, app_id, delta_partition
+"""
+
+# A stream's rows live in one partition, the one its newest delta came from: the writer holding it
+# pushes the whole stream (targets carry from hour to hour). Usually nothing moves; when a stream's
+# deltas arrive in another partition (usage.deltas gained partitions), its other rows follow, version
+# + 1, so the previous holder's compare-and-set fails. Rows are locked in key order; a writer that meets a
+# deadlock with another recording the same stream runs the (seq-guarded) recording again.
+FOLLOW = """
+WITH moved AS (
+    INSERT INTO stripe_push_streams (tenant_id, metric, customer_ref, app_id, delta_partition)
+    SELECT * FROM unnest(%(tenants)s::text[], %(metrics)s::text[], %(customers)s::text[], %(apps)s::text[],
+                         %(partitions)s::integer[])
+    ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
+    SET app_id = EXCLUDED.app_id, delta_partition = EXCLUDED.delta_partition
+    WHERE stripe_push_streams.delta_partition <> EXCLUDED.delta_partition
+       OR stripe_push_streams.app_id IS DISTINCT FROM EXCLUDED.app_id
+    RETURNING tenant_id, metric, customer_ref, delta_partition
+), locked AS (
+    SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, m.delta_partition
+    FROM stripe_pushes p JOIN moved m USING (tenant_id, metric, customer_ref)
+    WHERE p.delta_partition IS DISTINCT FROM m.delta_partition
+    ORDER BY p.tenant_id, p.metric, p.customer_ref, p.bucket
+    FOR UPDATE OF p
+)
+UPDATE stripe_pushes p SET delta_partition = l.delta_partition, version = p.version + 1,
+                           updated_at = %(now)s
+FROM locked l
+WHERE p.tenant_id = l.tenant_id AND p.metric = l.metric AND p.customer_ref = l.customer_ref
+  AND p.bucket = l.bucket
 """
 
 # The streams of the given partitions that have something to do, each with all its hours of the
@@ -98,8 +129,8 @@ ORDER BY p.tenant_id, p.metric, p.customer_ref, p.period_start, p.bucket
 
 KEY = "tenant_id = %(tenant)s AND metric = %(metric)s AND customer_ref = %(customer)s AND bucket = %(bucket)s"
 FENCE = (
-    "EXISTS (SELECT 1 FROM stripe_writer_leases l WHERE l.app_id = %(app)s"
-    " AND l.partition = stripe_pushes.delta_partition AND l.epoch = %(epoch)s)"
+    "stripe_pushes.delta_partition = %(partition)s AND EXISTS (SELECT 1 FROM stripe_writer_leases l"
+    " WHERE l.app_id = %(app)s AND l.partition = %(partition)s AND l.epoch = %(epoch)s)"
 )
 
 
@@ -107,7 +138,7 @@ def _params(key: Key, fence: Fence | None, now: datetime, **more: Any) -> dict[s
     tenant, metric, customer, bucket = key
     out = {"tenant": tenant, "metric": metric, "customer": customer, "bucket": bucket, "now": now, **more}
     if fence is not None:
-        out |= {"app": fence.app_id, "epoch": fence.epoch}
+        out |= {"app": fence.app_id, "epoch": fence.epoch, "partition": fence.partition}
     return out
 
 
@@ -124,16 +155,18 @@ async def _changed(conn: psycopg.AsyncConnection, sql: str, params: dict[str, An
 
 
 async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now: datetime) -> None:
-    """Keep the highest seq per counter; a change makes the counter due (version + 1)."""
+    """Keep the highest seq per counter; a change makes the counter due (version + 1), and the rest of
+    its stream follows the partition of its newest changed hour (``FOLLOW``). Seq-guarded, so any
+    number of writers may record the same counters, in any order."""
     best: dict[tuple[str, str, str, datetime], Latest] = {}
     for d in latest:
         key = (d.tenant_id, d.metric, d.customer_ref, d.bucket)
         if key not in best or best[key].seq < d.seq:
             best[key] = d
-    rows = list(best.values())
+    rows = [best[key] for key in sorted(best)]  # key order: concurrent upserts never deadlock
     if not rows:
         return
-    await conn.execute(
+    cur = await conn.execute(
         UPSERT_LATEST,
         (
             now,
@@ -148,6 +181,24 @@ async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now
             [d.period_start for d in rows],
         ),
     )
+    newest: dict[tuple[str, str, str], tuple[datetime, str, int]] = {}
+    for tenant, metric, customer, bucket, app, partition in await cur.fetchall():
+        stream = (tenant, metric, customer)
+        if stream not in newest or newest[stream][0] < bucket:
+            newest[stream] = (bucket, app, partition)
+    if newest:
+        streams = sorted(newest)
+        await conn.execute(
+            FOLLOW,
+            {
+                "tenants": [s[0] for s in streams],
+                "metrics": [s[1] for s in streams],
+                "customers": [s[2] for s in streams],
+                "apps": [newest[s][1] for s in streams],
+                "partitions": [newest[s][2] for s in streams],
+                "now": now,
+            },
+        )
 
 
 async def anchors(

@@ -26,7 +26,7 @@ NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
 METER = Meter("mtr_1", "api_requests", "sum", "customer", "units", True, None)
 LAST_METER = Meter("mtr_2", "api_requests", "last", "customer", "units", True, None)
-FENCE = Fence("sm", 7)
+FENCE = Fence("sm", 7, 0)
 Call = tuple[Any, ...]
 
 
@@ -212,6 +212,7 @@ def row(
     pending_attempt: int = 0,
     attempts: int = 0,
     updated_ago_s: float = 3600.0,
+    partition: int = 0,
 ) -> Row:
     return Row(
         key=("t1", "requests", "acme", bucket),
@@ -219,7 +220,7 @@ def row(
         pushed_units=pushed,
         status="pending" if pending and status == "waiting" else status,
         version=version,
-        delta_partition=0,
+        delta_partition=partition,
         pending_raw=pending.wire() if pending else None,
         pending_since=NOW.timestamp() - pending_age_s if pending else None,
         pending_attempt=pending_attempt,
@@ -581,3 +582,21 @@ async def test_a_meter_fixed_a_moment_ago_is_read_again_before_a_counter_is_park
     h.pushes.streams = [Stream([row(5)], "api_requests", "sum", "cus_1") for _ in range(5)]
     await h.writer.push_due(conn=None)  # type: ignore[arg-type]
     assert [call[:2] for call in h.log] == [("park", "parked")] * 5 and reads == [4]
+
+
+# --- no stream stalls on a row owned by another writer --------------------------------------------------
+
+
+async def test_an_hour_in_a_partition_held_by_another_writer_does_not_stall_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """usage.deltas gained partitions: the stream's older hour is in partition 1 (another writer's), its
+    newer hour in partition 0 (this writer's). The newer hour is pushed; the older one left alone."""
+    h = Harness(monkeypatch)
+    h.results = [SendResult("delivered")]
+    older = row(2, bucket=BUCKET - timedelta(hours=1), partition=1)
+    newer = row(5)
+    assert await h.push(older, newer) == 1
+    [(_, request)] = h.calls("record_pending")
+    assert request.timestamp == int(BUCKET.timestamp()) and request.value == 5
+    assert h.pushes.fences == {FENCE}

@@ -1,0 +1,24 @@
+-- The Stripe writer pushes every configuration as Stripe bills it (see the README's "Stripe" section).
+
+-- The usage.deltas partition of each counter stream: all of a stream's push rows are in it, so one
+-- writer pushes the whole stream. It is the partition of the stream's newest delta; a stream whose
+-- deltas move to another partition (usage.deltas gained partitions) moves all its rows with them.
+CREATE TABLE stripe_push_streams (
+    tenant_id       text    NOT NULL,
+    metric          text    NOT NULL,
+    customer_ref    text    NOT NULL,
+    app_id          text,
+    delta_partition integer NOT NULL,
+    PRIMARY KEY (tenant_id, metric, customer_ref)
+);
+
+INSERT INTO stripe_push_streams (tenant_id, metric, customer_ref, app_id, delta_partition)
+SELECT DISTINCT ON (tenant_id, metric, customer_ref) tenant_id, metric, customer_ref, app_id, delta_partition
+FROM stripe_pushes
+WHERE delta_partition IS NOT NULL
+ORDER BY tenant_id, metric, customer_ref, bucket DESC;
+
+UPDATE stripe_pushes p SET delta_partition = s.delta_partition, version = p.version + 1
+FROM stripe_push_streams s
+WHERE s.tenant_id = p.tenant_id AND s.metric = p.metric AND s.customer_ref = p.customer_ref
+  AND p.delta_partition IS DISTINCT FROM s.delta_partition AND p.delta_partition IS NOT NULL;
