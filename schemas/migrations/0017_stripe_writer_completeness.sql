@@ -1,5 +1,12 @@
 -- The Stripe writer pushes every configuration as Stripe bills it (see the README's "Stripe" section).
 
+-- Counters carry the app (STRIPEMETER_APP_ID) whose sink wrote them: the app's writer makes push rows
+-- from them when their deltas are gone from usage.deltas (Stripe configured later, a writer down for
+-- longer than the topic keeps records). Rows written before this migration have none: no writer
+-- adopts them on its own.
+ALTER TABLE counters ADD COLUMN app_id text;
+CREATE INDEX counters_by_app ON counters (app_id, bucket, tenant_id, metric, customer_ref);
+
 -- The usage.deltas partition of each counter stream: all of a stream's push rows are in it, so one
 -- writer pushes the whole stream. It is the partition of the stream's newest delta; a stream whose
 -- deltas move to another partition (usage.deltas gained partitions) moves all its rows with them.

@@ -83,6 +83,10 @@ STRIPE_PUSHES = Counter(
     " unreachable, rate_limited, transient)",
     ["outcome"],
 )
+STRIPE_BACKFILLED = Counter(
+    "stripemeter_stripe_backfilled_counters_total",
+    "Push rows the writer made or brought up to date from the counters table (their deltas were not read)",
+)
 STRIPE_PUSH_SECONDS = Histogram(
     "stripemeter_stripe_push_seconds",
     "Latency of one meter event call",

@@ -12,6 +12,8 @@ held by another writer is skipped, never waited for.
 
 **Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
+   counters whose deltas were never read (the counters table has them) are stored the same way
+   (services/push_backfill.py);
 2. the hour's target in whole units is computed (plan.targets: fractions carry within the period);
    the request that reaches it is recorded as pending, exactly, before Stripe is called;
 3. Stripe is called with that request; success, or "an event already exists with identifier", records
@@ -65,6 +67,7 @@ from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.schemas.deltas import decode_delta
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+from stripemeter.services.push_backfill import CounterBackfill
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +156,8 @@ class StripeWriter:
         self.clock = clock
         owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.ownership = Ownership(database_url, app_id, owner, clock)
+        self.backfill = CounterBackfill(app_id, clock)
+        self._partitioner = Partitioner(1)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -173,6 +178,7 @@ class StripeWriter:
         last_flush = 0.0
         try:
             await self._assign_old_rows(conn, consumer)
+            await self.backfill.run_pass(conn, await self._partition_of(consumer))
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=5000)
                 if batch:
@@ -181,6 +187,7 @@ class StripeWriter:
                 if time.monotonic() - last_flush >= self.flush_interval:
                     last_flush = time.monotonic()
                     await self.push_due(conn)
+                    await self._backfill_step(conn, consumer)
         finally:
             await conn.close()
             await consumer.stop()
@@ -233,6 +240,22 @@ class StripeWriter:
                     raise
             await asyncio.sleep(0.05 * 2**attempt)
 
+    async def _backfill_step(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self.backfill.step(conn, await self._partition_of(consumer))
+        except CONTENDED as exc:
+            log.info("stripe writer: counters backfill met %s; it goes on next round", type(exc).__name__)
+
+    async def _partition_of(self, consumer: AIOKafkaConsumer) -> Partitioner:
+        """Kafka's partition choice over usage.deltas as it is now (it may gain partitions)."""
+        count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if not count:
+            await consumer.topics()
+            count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if max(count, 1) != self._partitioner.partitions:
+            self._partitioner = Partitioner(max(count, 1))
+        return self._partitioner
+
     @staticmethod
     def _unusable(message: Any, exc: Exception) -> None:
         """A delta record the writer cannot read stops nothing: it is logged and counted, and the
@@ -245,11 +268,7 @@ class StripeWriter:
 
     async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         """Rows from before partitions and periods were recorded get them (see migration 0010)."""
-        partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
-        if not partition_count:
-            await consumer.topics()
-            partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
-        partition_of = Partitioner(max(partition_count, 1))
+        partition_of = await self._partition_of(consumer)
         while rows := await pushes.unassigned_rows(conn, 1000):
             anchors = await pushes.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
             assigned = [

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
 from stripemeter.core.push_plan import Meter, Row, new_request
+from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 
 NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
@@ -277,3 +278,56 @@ async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(conn: psy
     # an older delta (lower seq) from partition 0 changes nothing, and so moves nothing back
     await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 1_000_000, 1, app, 0, period)], NOW)
     assert {p for _, p, _ in await rows_of(conn, tenant)} == {1}
+
+
+# --- counters without push rows ---------------------------------------------------------------------------
+
+
+async def test_counters_whose_deltas_were_never_read_get_push_rows(conn: psycopg.AsyncConnection) -> None:
+    """The counters table has what usage.deltas no longer does: a pass records the app's counters that
+    have no push row, or a newer total than it; twice, or by two writers at once, changes nothing more.
+    Another app's counters, and counters from before counters carried an app, are left alone."""
+    from stripemeter.domain.clock import Clock
+    from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+    from stripemeter.services.push_backfill import CounterBackfill
+
+    tenant = f"bf-{uuid.uuid4().hex[:6]}"
+    app = "app-" + tenant
+    hours = [BUCKET.replace(hour=h) for h in (12, 13, 14)]
+    counters: list[tuple[str | None, str, datetime, int, int]] = [
+        (app, "c1", h, 1_000_000 * (i + 1), 2) for i, h in enumerate(hours)
+    ]
+    counters += [(app, "c2", hours[0], 7_000_000, 1), ("other-app", "c3", hours[0], 1, 1)]
+    counters += [(None, "c4", hours[0], 1, 1), (app, "c5", BUCKET - timedelta(days=36), 1, 1)]  # too old
+    for counter_app, customer, bucket, micros, seq in counters:
+        await conn.execute(
+            "INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, app_id)"
+            " VALUES (%s, 'm', %s, %s, %s, %s, %s)",
+            (tenant, customer, bucket, micros, seq, counter_app),
+        )
+    await conn.execute(
+        "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)"
+        " VALUES (%s, 'c2', 'cus_2', %s)",
+        (tenant, datetime(2026, 1, 31, 10, 45, tzinfo=UTC)),
+    )
+    # c1's first hour has a push row already, from an older delta (seq 1)
+    period = periods.holding(hours[0]).start
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c1", hours[0], 500_000, 1, app, 0, period)], NOW)
+    partition_of = Partitioner(4)
+    clock = Clock.starting_at(NOW)
+    backfill = CounterBackfill(app, clock, batch=2)  # small batches: the pass goes on over several
+    made = await backfill.run_pass(conn, partition_of)
+    assert made == len(hours) + 1
+    cur = await conn.execute(
+        "SELECT customer_ref, bucket, latest_micros, latest_seq, delta_partition, period_start, app_id"
+        " FROM stripe_pushes WHERE tenant_id = %s ORDER BY customer_ref, bucket",
+        (tenant,),
+    )
+    found = await cur.fetchall()
+    anchored = periods.holding(hours[0], datetime(2026, 1, 31, 10, 45, tzinfo=UTC)).start
+    assert found == [
+        *[("c1", h, 1_000_000 * (i + 1), 2, partition_of(delta_routing_key(tenant, "m", "c1")),
+           periods.holding(h).start, app) for i, h in enumerate(hours)],
+        ("c2", hours[0], 7_000_000, 1, partition_of(delta_routing_key(tenant, "m", "c2")), anchored, app),
+    ]  # fmt: skip
+    assert await CounterBackfill(app, clock).run_pass(conn, partition_of) == 0  # nothing left to do

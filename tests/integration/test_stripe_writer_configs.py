@@ -1,7 +1,8 @@
 """Every configuration the writer accepts bills right in Stripe, from the moment it is accepted.
 
-The writer runs in this process against PostgreSQL and the emulator, on a clock the test sets: a meter
-fixed in Stripe a moment ago, a stream spread over two partitions.
+The writer runs in this process against PostgreSQL, Kafka and the emulator, on a clock the test sets:
+counters whose deltas are gone from usage.deltas, a meter fixed in Stripe a moment ago, a stream
+spread over two partitions.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest_asyncio
@@ -27,14 +28,26 @@ from stripemeter.api.app import create_app as create_api
 from stripemeter.domain import periods
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
+from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.stripe_writer import StripeWriter
+from stripemeter.streams.sink import PostgresSink
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
+from tests.integration.client import eventually
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 
 HOUR = 3600
 T0 = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)  # where the tests live (the writer's and Stripe's now)
+
+
+class Record(NamedTuple):
+    """What the sink reads from a ConsumerRecord."""
+
+    topic: str
+    partition: int
+    offset: int
+    value: bytes
 
 
 @dataclass(frozen=True)
@@ -142,6 +155,38 @@ async def setup(env: Settings) -> AsyncIterator[Setup]:
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         yield Setup(state, str(server.make_url("")).rstrip("/"), clock, tenant, env.app_id, conn, env)
     await server.close()
+
+
+async def test_counters_whose_deltas_are_gone_reach_stripe(setup: Setup) -> None:
+    """Usage counted while no writer ran: the sink wrote the counters (with its app), usage.deltas has
+    nothing left of them. The writer, started now, pushes them all; Stripe equals the counters."""
+    s = setup
+    await s.mapped("requests", "sum", "sum")
+    names = TopicNames(s.settings.topic_prefix, s.app)
+    hour0 = int(T0.timestamp()) // HOUR * HOUR
+    # 9, 7.5, 6, 4.5 and 3 units in the five hours before this one: in whole units, fractions carried
+    deltas = [
+        Delta(s.tenant, "requests", "c", (hour0 - h * HOUR) * 1000, (h + 1) * 1_500_000, 3)
+        for h in range(5, 0, -1)
+    ]
+    expected = {hour0 - h * HOUR: units for h, units in zip(range(5, 0, -1), [9, 7, 6, 5, 3], strict=True)}
+    sink = PostgresSink("unused", names, "unused", s.settings.database_url.value)
+    await sink.prepare(s.conn)
+    await sink._write(s.conn, [Record(names.deltas, 0, i, encode_delta(d)) for i, d in enumerate(deltas)])
+    writer = s.writer()
+    task = asyncio.create_task(writer.run())
+
+    async def in_stripe() -> bool:
+        totals: dict[int, int] = {}
+        for e in s.state.meter_events(s.meter):
+            totals[e.timestamp] = totals.get(e.timestamp, 0) + e.value
+        return totals == expected
+
+    try:
+        await eventually(in_stripe, timeout=60, what="the counters in Stripe")
+    finally:
+        writer.stop()
+        await asyncio.wait_for(task, 30)
 
 
 async def test_a_meter_fixed_in_stripe_a_moment_ago_is_seen_at_once(setup: Setup) -> None:

@@ -201,6 +201,64 @@ async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now
         )
 
 
+# --- what the counters say ---------------------------------------------------------------------------
+
+# A batch of the app's counters in key order after a cursor, with the seq of their push rows (NULL:
+# none). Hours older than ``oldest`` are left out: Stripe would not take them.
+COUNTERS_AFTER = """
+SELECT c.tenant_id, c.metric, c.customer_ref, c.bucket, c.total_micros, c.seq, p.latest_seq
+FROM (
+    SELECT tenant_id, metric, customer_ref, bucket, total_micros, seq FROM counters
+    WHERE app_id = %(app)s AND bucket >= %(oldest)s
+      AND (bucket, tenant_id, metric, customer_ref) > (%(bucket)s, %(tenant)s, %(metric)s, %(customer)s)
+    ORDER BY bucket, tenant_id, metric, customer_ref
+    LIMIT %(limit)s
+) c
+LEFT JOIN stripe_pushes p USING (tenant_id, metric, customer_ref, bucket)
+ORDER BY c.bucket, c.tenant_id, c.metric, c.customer_ref
+"""
+
+CounterKey = tuple[datetime, str, str, str]  # bucket, tenant, metric, customer: the counters' scan order
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    """A counter as the sink wrote it, and the seq its push row holds (None: it has none)."""
+
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket: datetime
+    total_micros: int
+    seq: int
+    pushed_seq: int | None
+
+    @property
+    def scan_key(self) -> CounterKey:
+        return (self.bucket, self.tenant_id, self.metric, self.customer_ref)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the push row misses this counter or an older total of it."""
+        return self.pushed_seq is None or self.pushed_seq < self.seq
+
+
+async def counters_after(
+    conn: psycopg.AsyncConnection, app_id: str, oldest: datetime, after: CounterKey, limit: int
+) -> list[CounterRow]:
+    """Up to ``limit`` of the app's counters of hours from ``oldest`` on, after ``after`` in scan order."""
+    bucket, tenant, metric, customer = after
+    cur = await conn.execute(
+        COUNTERS_AFTER,
+        {"app": app_id, "oldest": oldest, "bucket": bucket, "tenant": tenant, "metric": metric,
+         "customer": customer, "limit": limit},
+    )  # fmt: skip
+    return [
+        CounterRow(t, m, c, b, int(total), int(seq), int(pushed) if pushed is not None else None)
+        for t, m, c, b, total, seq, pushed in await cur.fetchall()
+    ]
+
+
 async def anchors(
     conn: psycopg.AsyncConnection, customers: Iterable[tuple[str, str]]
 ) -> dict[tuple[str, str], datetime | None]:
