@@ -7,6 +7,32 @@
 ALTER TABLE counters ADD COLUMN app_id text;
 CREATE INDEX counters_by_app ON counters (app_id, bucket, tenant_id, metric, customer_ref);
 
+-- The newest timestamp a request of the hour was recorded with: a last meter bills the value of the
+-- newest event, so each request of a last hour is stamped one second after the previous one.
+ALTER TABLE stripe_pushes ADD COLUMN last_timestamp bigint;
+
+UPDATE stripe_pushes p SET last_timestamp = r.newest
+FROM (
+    SELECT tenant_id, metric, customer_ref, bucket, max((request ->> 'timestamp')::bigint) AS newest
+    FROM stripe_push_requests WHERE request ? 'timestamp'
+    GROUP BY tenant_id, metric, customer_ref, bucket
+) r
+WHERE p.tenant_id = r.tenant_id AND p.metric = r.metric AND p.customer_ref = r.customer_ref
+  AND p.bucket = r.bucket;
+
+-- A last hour whose value was 0 from the start was marked synced without sending anything: Stripe holds
+-- no event of it, so the period's newest event is an earlier hour's. Such hours Stripe still takes are
+-- due again.
+UPDATE stripe_pushes p SET status = 'waiting', version = p.version + 1
+FROM metric_mappings m
+WHERE m.tenant_id = p.tenant_id AND m.metric = p.metric AND m.aggregation = 'last'
+  AND p.status = 'synced' AND p.pushed_units = 0 AND p.pending_request IS NULL
+  AND p.bucket >= now() - interval '35 days' + interval '2 hours'
+  AND NOT EXISTS (
+      SELECT 1 FROM stripe_push_requests r
+      WHERE r.tenant_id = p.tenant_id AND r.metric = p.metric AND r.customer_ref = p.customer_ref
+        AND r.bucket = p.bucket AND r.status = 'delivered');
+
 -- The usage.deltas partition of each counter stream: all of a stream's push rows are in it, so one
 -- writer pushes the whole stream. It is the partition of the stream's newest delta; a stream whose
 -- deltas move to another partition (usage.deltas gained partitions) moves all its rows with them.

@@ -83,6 +83,11 @@ STRIPE_PUSHES = Counter(
     " unreachable, rate_limited, transient)",
     ["outcome"],
 )
+STRIPE_LAST_HOURS_FULL = Counter(
+    "stripemeter_stripe_last_hours_out_of_seconds_total",
+    "Changes of a last counter hour that found no second left in the hour to stamp a newer meter event"
+    " with: the counter is parked",
+)
 STRIPE_BACKFILLED = Counter(
     "stripemeter_stripe_backfilled_counters_total",
     "Push rows the writer made or brought up to date from the counters table (their deltas were not read)",

@@ -51,15 +51,19 @@ from stripemeter.adapters.stripe.calls import StripeCalls
 from stripemeter.adapters.stripe.client import SendResult, send
 from stripemeter.adapters.stripe.meters import MeterCatalog
 from stripemeter.core.push_plan import (
+    HOUR_S,
     IDENTIFIER_WINDOW_S,
     SUMMARY_LAG_S,
     Meter,
     Request,
     Row,
     did_it_land,
+    did_last_land,
     meter_problem,
     new_request,
+    next_timestamp,
     not_begun,
+    reached,
     targets,
     too_old,
 )
@@ -318,7 +322,7 @@ class StripeWriter:
                 continue
             if row.pending_raw is not None:
                 delivered += await self._resend(conn, row, target, stream, check, fence, now)
-            elif target == row.pushed_units:
+            elif reached(row, target, stream.aggregation):
                 if row.status != "synced":
                     await pushes.mark_synced(conn, row, fence, now)
             elif not_begun(row, now.timestamp()):
@@ -347,7 +351,25 @@ class StripeWriter:
         if problem is not None or meter is None:
             await self._park(conn, row, problem or "no Stripe meter", fence)
             return 0
-        request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
+        # an hour's events end with the hour, or with its billing period when that ends first
+        period_end = periods.holding(row.key[3], stream.billing_anchor).end.timestamp()
+        end = min(row.bucket_s + HOUR_S, int(period_end))
+        stamp = next_timestamp(row, stream.aggregation, end, now.timestamp())
+        if stamp == "wait":
+            return 0  # stays due until the stamp is within what Stripe takes
+        if stamp == "exhausted":
+            metrics.STRIPE_LAST_HOURS_FULL.inc()
+            log.error(
+                "stripe writer: %s/%s/%s @%s changed again after every second of the hour was used by a"
+                " meter event; Stripe keeps the value it holds (%d), the counter is parked",
+                *row.key, row.pushed_units,
+            )  # fmt: skip
+            await self._park(
+                conn, row, "every second of the hour holds a meter event already: a newer last value"
+                f" ({target}) cannot be stamped later than the one Stripe holds ({row.pushed_units})", fence,
+            )  # fmt: skip
+            return 0
+        request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
         if not await pushes.record_pending(conn, row, request, fence, now):
             return 0
         recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
@@ -459,12 +481,17 @@ class StripeWriter:
             {"customer": customer, "start_time": start, "end_time": start + 3600},
         )
         holds = sum(round(float(s.aggregated_value or 0)) for s in page.data)
-        corrections = await delivered_corrections(conn, row.key)
         last = meter.formula == "last"
-        without = row.pushed_units if last else row.pushed_units + corrections
-        landed = to_units if last else to_units + corrections
-        uncertain = [] if last else await uncertain_corrections(conn, row.key)
-        verdict = did_it_land(holds, without, landed, uncertain)
+        if last:  # the hour's newest event, or no event at all; the request was stamped after the others
+            summary = holds if page.data else None
+            held = row.pushed_units if row.stripe_holds else None
+            without, landed = held, to_units
+            verdict = did_last_land(summary, held, to_units)
+        else:
+            corrections = await delivered_corrections(conn, row.key)
+            without, landed = row.pushed_units + corrections, to_units + corrections
+            uncertain = await uncertain_corrections(conn, row.key)
+            verdict = did_it_land(holds, without, landed, uncertain)
         now = self.clock.utc()
         if verdict == "landed":
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
@@ -480,9 +507,10 @@ class StripeWriter:
                 conn, row, identifier, "not in Stripe's summary after 24 h", fence, now
             )
         else:
+            held_text = "nothing" if without is None else without
             await self._park(
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
-                f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
+                f" {held_text} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -35,7 +35,7 @@ from aiohttp.test_utils import TestServer
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client, send
 from stripemeter.adapters.stripe.reader import StripeReader
-from stripemeter.core.push_plan import Meter, Row, new_request, targets
+from stripemeter.core.push_plan import Meter, Row, new_request, next_timestamp, targets
 from stripemeter.core.push_plan import Request as MeterEvent
 from stripemeter.core.reconcile_compare import Item
 from stripemeter.services.reconciler import correction_identifier
@@ -223,7 +223,12 @@ def pushes(event_name: str, customer: str, keys: dict[str, str] | None = None) -
     lowered = row("requests", THIS_HOUR - HOUR, 22_500_000, 25, 4)
     made.append(new_request(lowered, targets("sum", [1_000_000, 22_500_000])[1], "sum", sums, customer))
     made.append(new_request(row("seats", THIS_HOUR - HOUR, 22_000_000, 25, 4), 22, "last", lasts, customer))
-    assert [p.payload[value_key] for p in made] == ["1", "25", "-3", "22"]
+    # the hour drops to 0: a second request of the hour, stamped one second after the first
+    dropped = replace(row("seats", THIS_HOUR - HOUR, 0, 22, 5), holds=True, last_timestamp=THIS_HOUR - HOUR)
+    stamp = next_timestamp(dropped, "last", THIS_HOUR, NOW)
+    assert stamp == THIS_HOUR - HOUR + 1
+    made.append(new_request(dropped, 0, "last", lasts, customer, stamp))
+    assert [p.payload[value_key] for p in made] == ["1", "25", "-3", "22", "0"]
     assert all(re.fullmatch(r"sm_[0-9a-f]{24}_\d+", p.identifier) for p in made)
     run_id = "rec_" + uuid.uuid4().hex[:20]  # as reconcile/runner.py names a run
     correction = correction_identifier(

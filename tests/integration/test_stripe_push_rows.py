@@ -280,6 +280,31 @@ async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(conn: psy
     assert {p for _, p, _ in await rows_of(conn, tenant)} == {1}
 
 
+# --- last: what Stripe holds, and the hour's newest stamp -------------------------------------------------
+
+
+async def test_a_row_knows_whether_stripe_holds_an_event_of_its_hour(conn: psycopg.AsyncConnection) -> None:
+    tenant, app = await seeded(conn, total_micros=0)
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'm', 'seats', 'last')",
+        (tenant,),
+    )
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    row = await due_row(conn, tenant)
+    assert (row.holds, row.last_timestamp) == (False, None)
+    stamp = int(BUCKET.timestamp()) + 3
+    request = new_request(row, 0, "last", METER, "cus_1", stamp)
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert (pending.holds, pending.last_timestamp) == (False, stamp)  # sent, not known to have landed
+    assert await pushes.mark_delivered(
+        conn, pending, request.identifier, 0, False, pending.version, fence, NOW
+    )
+    delivered = await due_row(conn, tenant)
+    assert (delivered.holds, delivered.pushed_units, delivered.last_timestamp) == (True, 0, stamp)
+
+
 # --- counters without push rows ---------------------------------------------------------------------------
 
 

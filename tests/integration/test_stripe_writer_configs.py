@@ -1,8 +1,9 @@
 """Every configuration the writer accepts bills right in Stripe, from the moment it is accepted.
 
-The writer runs in this process against PostgreSQL, Kafka and the emulator, on a clock the test sets:
-counters whose deltas are gone from usage.deltas, a meter fixed in Stripe a moment ago, a stream
-spread over two partitions.
+The writer runs in this process against PostgreSQL, Kafka and the emulator (as strict as Stripe: of two
+`last` events with one timestamp the earlier received wins), on a clock the test sets: a `last` value
+that drops to 0 and changes twice in a second, counters whose deltas are gone from usage.deltas, a
+meter fixed in Stripe a moment ago, a stream spread over two partitions.
 """
 
 from __future__ import annotations
@@ -155,6 +156,30 @@ async def setup(env: Settings) -> AsyncIterator[Setup]:
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         yield Setup(state, str(server.make_url("")).rstrip("/"), clock, tenant, env.app_id, conn, env)
     await server.close()
+
+
+async def test_a_last_value_ends_in_stripe_as_counted_down_to_0(setup: Setup) -> None:
+    """Seats 10 in one hour, 0 in the next: Stripe's period ends at 0. Then the next hour changes twice
+    within one second of the clock: Stripe holds the newer value (the emulator breaks timestamp ties
+    for the earlier received)."""
+    s = setup
+    await s.mapped("seats", "last", "last")
+    writer = await s.holding(s.writer(), 0)
+    h1 = T0.replace(minute=0) - timedelta(hours=2)
+    h2, h3 = h1 + timedelta(hours=1), h1 + timedelta(hours=2)
+    await s.count("seats", h1, 10_000_000, 1)
+    await writer.push_due(s.conn)
+    await s.count("seats", h2, 0, 1)
+    await writer.push_due(s.conn)
+    assert await s.hours(h1, h3) == {int(h1.timestamp()): 10.0, int(h2.timestamp()): 0.0}
+    assert await s.period(h1, h3) == 0.0  # what the invoice bills: the newest event's value
+    for seq, seats in [(1, 4), (2, 7), (3, 2)]:  # three changes, all in the same second
+        await s.count("seats", h3, seats * 1_000_000, seq)
+        await writer.push_due(s.conn)
+    assert await s.hours(h3, h3 + timedelta(hours=1)) == {int(h3.timestamp()): 2.0}
+    assert await s.period(h1, h3 + timedelta(hours=1)) == 2.0
+    stamps = [e.timestamp - int(h3.timestamp()) for e in s.state.meter_events(s.meter)][2:]
+    assert stamps == [0, 1, 2]
 
 
 async def test_counters_whose_deltas_are_gone_reach_stripe(setup: Setup) -> None:

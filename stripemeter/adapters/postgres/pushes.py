@@ -45,6 +45,7 @@ class Stream:
     event_name: str | None
     aggregation: str
     stripe_customer: str | None
+    billing_anchor: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,13 @@ WITH due AS (
 SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.pushed_units, p.status,
        p.version, p.delta_partition, p.pending_request, extract(epoch FROM p.pending_since) AS pending_since,
        p.pending_attempt, p.attempts, p.period_start, extract(epoch FROM p.updated_at) AS updated_at,
-       m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id
+       p.last_timestamp,
+       -- whether Stripe holds an event of the hour (it matters for last: 0 differs from nothing)
+       coalesce(p.pushed_units <> 0 OR (m.aggregation = 'last' AND EXISTS (
+           SELECT 1 FROM stripe_push_requests r
+           WHERE r.tenant_id = p.tenant_id AND r.metric = p.metric AND r.customer_ref = p.customer_ref
+             AND r.bucket = p.bucket AND r.status = 'delivered')), false) AS holds,
+       m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id, c.billing_anchor
 FROM stripe_pushes p
 JOIN due USING (tenant_id, metric, customer_ref, period_start)
 LEFT JOIN metric_mappings m ON m.tenant_id = p.tenant_id AND m.metric = p.metric
@@ -292,8 +299,9 @@ async def due(
         stream = grouped.get(group)
         if stream is None:
             stream = grouped[group] = Stream(
-                [], r["stripe_meter_event_name"], r["aggregation"] or "sum", r["stripe_customer_id"]
-            )
+                [], r["stripe_meter_event_name"], r["aggregation"] or "sum", r["stripe_customer_id"],
+                r["billing_anchor"],
+            )  # fmt: skip
         stream.rows.append(
             Row(
                 key=(r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
@@ -307,6 +315,8 @@ async def due(
                 pending_attempt=int(r["pending_attempt"]),
                 attempts=int(r["attempts"]),
                 updated_at=float(r["updated_at"]),
+                holds=bool(r["holds"]),
+                last_timestamp=int(r["last_timestamp"]) if r["last_timestamp"] is not None else None,
             )
         )
     return list(grouped.values())
@@ -316,7 +326,9 @@ RECORD_PENDING = f"""
 WITH recorded AS (
     UPDATE stripe_pushes
     SET pending_request = %(request)s, pending_since = %(now)s, pending_attempt = 0, status = 'pending',
-        version = version + 1, updated_at = %(now)s
+        version = version + 1, updated_at = %(now)s,
+        -- the newest stamp of the hour: the next last request of the hour is stamped after it
+        last_timestamp = greatest(last_timestamp, %(timestamp)s)
     WHERE {KEY} AND version = %(version)s AND pending_request IS NULL AND {FENCE}
     RETURNING tenant_id, metric, customer_ref, bucket
 ), logged AS (
@@ -339,7 +351,7 @@ async def record_pending(
         RECORD_PENDING,
         _params(
             row.key, fence, now, version=row.version, identifier=request.identifier,
-            request=orjson.dumps(request.wire()).decode(),
+            request=orjson.dumps(request.wire()).decode(), timestamp=request.timestamp,
         ),
     )  # fmt: skip
 

@@ -193,8 +193,8 @@ class Harness:
         return self.uncertain
 
     async def push(self, *rows: Row, event_name: str | None = "api_requests", customer: str | None = "cus_1",
-                   aggregation: str = "sum") -> int:  # fmt: skip
-        self.pushes.streams = [Stream(list(rows), event_name, aggregation, customer)]
+                   aggregation: str = "sum", anchor: datetime | None = None) -> int:  # fmt: skip
+        self.pushes.streams = [Stream(list(rows), event_name, aggregation, customer, anchor)]
         return await self.writer.push_due(conn=None)  # type: ignore[arg-type]
 
     def calls(self, *names: str) -> list[Call]:
@@ -213,6 +213,8 @@ def row(
     attempts: int = 0,
     updated_ago_s: float = 3600.0,
     partition: int = 0,
+    holds: bool = False,
+    last_timestamp: int | None = None,
 ) -> Row:
     return Row(
         key=("t1", "requests", "acme", bucket),
@@ -226,6 +228,8 @@ def row(
         pending_attempt=pending_attempt,
         attempts=attempts,
         updated_at=NOW.timestamp() - updated_ago_s,
+        holds=holds,
+        last_timestamp=last_timestamp,
     )
 
 
@@ -530,6 +534,89 @@ async def test_a_pending_push_from_before_recorded_requests_waits_for_stripes_su
     h.summary = [5]  # pushed 2 + the legacy push's 3
     await h.push(replace(recent, updated_at=NOW.timestamp() - SUMMARY_LAG_S - 1))
     assert h.log == [("mark_delivered", "sm_legacy_4", 5, False, 4, 3)]
+
+
+# --- last is Stripe's last ------------------------------------------------------------------------------
+
+
+async def test_a_last_value_that_drops_to_0_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seats 10 in one hour, 0 in the next: Stripe bills the period's newest event, so the new hour's 0
+    has to reach it as an event, although its target equals what the row says it holds."""
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.results = [SendResult("delivered")]
+    await h.push(row(0), aggregation="last")
+    [(_, request)] = h.calls("record_pending")
+    assert (request.value, request.to_units, request.payload["units"]) == (0, 0, "0")
+    assert h.calls("mark_delivered") == [("mark_delivered", request.identifier, 0, True, 4, None)]
+    h.log.clear()
+    await h.push(row(0, holds=True), aggregation="last")  # once Stripe holds the 0: synced
+    assert h.log == [("mark_synced",)]
+
+
+async def test_each_last_request_of_an_hour_is_stamped_after_the_previous_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.results = [SendResult("delivered")]
+    start = int(BUCKET.timestamp())
+    await h.push(row(3, pushed=7, holds=True, last_timestamp=start + 4), aggregation="last")
+    [(_, request)] = h.calls("record_pending")
+    assert (request.timestamp, request.value) == (start + 5, 3)
+
+
+async def test_a_last_request_waits_while_its_stamp_is_further_ahead_than_stripe_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    this_hour = NOW.replace(minute=0)
+    ahead = int(NOW.timestamp()) + 240  # the previous request took the last second Stripe takes now
+    await h.push(row(3, pushed=7, holds=True, bucket=this_hour, last_timestamp=ahead), aggregation="last")
+    assert h.log == []  # still due: a later round sends it
+
+
+@pytest.mark.parametrize(
+    ("anchor", "used"),
+    [(None, 3599), (datetime(2026, 1, 20, 14, 17, tzinfo=UTC), 17 * 60 - 1)],
+    ids=["hour's end", "period's end"],
+)
+async def test_an_hour_out_of_seconds_parks_and_shows(
+    monkeypatch: pytest.MonkeyPatch, anchor: datetime | None, used: int
+) -> None:
+    """A newer value stamped at a second already used could lose to the older one at Stripe; it is
+    logged, counted and parked. With a 14:17 billing anchor the 14:00 hour of the anchor day ends at
+    14:17 in Stripe (the next period begins)."""
+    from prometheus_client import REGISTRY
+
+    def full() -> float:
+        return REGISTRY.get_sample_value("stripemeter_stripe_last_hours_out_of_seconds_total") or 0.0
+
+    h = Harness(monkeypatch, meter=LAST_METER)
+    start, before = int(BUCKET.timestamp()), full()
+    await h.push(row(3, pushed=7, holds=True, last_timestamp=start + used), aggregation="last", anchor=anchor)
+    [(name, status, reason)] = h.log
+    assert (name, status) == ("park", "parked") and "every second of the hour" in reason
+    assert full() == before + 1
+    if anchor is not None:  # one second earlier still fits
+        h.log.clear()
+        h.results = [SendResult("delivered")]
+        hour = row(3, pushed=7, holds=True, last_timestamp=start + used - 1)
+        await h.push(hour, aggregation="last", anchor=anchor)
+        [(_, request)] = h.calls("record_pending")
+        assert request.timestamp == start + used
+
+
+@pytest.mark.parametrize(("summary", "verdict"), [([], "not landed"), ([0], "landed")])
+async def test_an_old_last_request_of_0_is_judged_by_whether_the_hour_has_an_event(
+    monkeypatch: pytest.MonkeyPatch, summary: list[int], verdict: str
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.summary = summary
+    request = planned(0, pushed=0, meter=LAST_METER)
+    await h.push(row(0, version=4, pending=request, pending_age_s=OLD), aggregation="last")
+    if verdict == "landed":
+        assert h.log == [("mark_delivered", request.identifier, 0, False, 4, None)]
+    else:
+        assert h.log == [("forget_pending", request.identifier, "not in Stripe's summary after 24 h")]
 
 
 # --- the writer sees a mapping change at once ---------------------------------------------------------
