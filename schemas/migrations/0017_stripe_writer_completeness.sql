@@ -7,9 +7,13 @@
 ALTER TABLE counters ADD COLUMN app_id text;
 CREATE INDEX counters_by_app ON counters (app_id, bucket, tenant_id, metric, customer_ref);
 
--- The newest timestamp a request of the hour was recorded with: a last meter bills the value of the
--- newest event, so each request of a last hour is stamped one second after the previous one.
-ALTER TABLE stripe_pushes ADD COLUMN last_timestamp bigint;
+ALTER TABLE stripe_pushes
+    -- the newest timestamp a request of the hour was recorded with: a last meter bills the value of
+    -- the newest event, so each request of a last hour is stamped one second after the previous one
+    ADD COLUMN last_timestamp bigint,
+    -- when Stripe first refused the pending request for now (a temporary refusal): after an hour of
+    -- them it is parked
+    ADD COLUMN refused_since  timestamptz;
 
 UPDATE stripe_pushes p SET last_timestamp = r.newest
 FROM (

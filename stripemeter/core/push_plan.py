@@ -45,6 +45,8 @@ MAX_AGE_S = 35 * 24 * HOUR_S - 2 * HOUR_S
 IDENTIFIER_WINDOW_S = 23 * HOUR_S
 # how long Stripe's summaries may take to show a meter event that landed
 SUMMARY_LAG_S = 600
+# a request Stripe refuses for now (see refusal_is_temporary) is retried this long, then parked
+TEMPORARY_REFUSAL_LIMIT_S = HOUR_S
 
 Key = tuple[str, str, str, datetime]  # tenant, metric, customer, hour bucket
 
@@ -70,6 +72,12 @@ class Request:
 
     def wire(self) -> dict[str, Any]:
         return {**self.params(), "value": self.value, "toUnits": self.to_units, "recorded": True}
+
+    @property
+    def customer(self) -> str | None:
+        """The Stripe customer the request is for: the payload's entry that is not the value."""
+        others = [v for v in self.payload.values() if v != str(self.value)]
+        return others[0] if len(others) == 1 else None
 
     @staticmethod
     def from_wire(raw: dict[str, Any]) -> Request | None:
@@ -112,6 +120,7 @@ class Row:
     updated_at: float = 0.0  # unix seconds of the row's last change
     holds: bool = False  # Stripe holds an event of the hour: a request was delivered to it
     last_timestamp: int | None = None  # the newest timestamp a request of the hour was recorded with
+    refused_since: float | None = None  # unix seconds of the pending request's first temporary refusal
 
     def retry_wait(self, now_s: float) -> bool:
         """Whether the hour's last failed attempt is too recent to try again (0.25 s doubling to 30 s;
@@ -237,6 +246,39 @@ def did_last_land(summary: int | None, held: int | None, sent: int) -> str:
     if summary == sent:
         return "landed"
     return "not_landed" if summary == held else "unknown"
+
+
+# Stripe's error codes for a meter event it refuses for now: the request, sent again unchanged, can land
+TEMPORARY_CODES = frozenset(
+    {
+        "timestamp_in_future",  # our clock runs ahead of Stripe's: the stamp is fine a moment later
+        "lock_timeout",  # another request held the object: retry
+    }
+)
+# refused for a meter Stripe does not know, or knows as inactive: temporary only while the meter as
+# Stripe lists it now can carry the metric (one created or reactivated a moment ago)
+METER_CODES = frozenset({"no_meter", "archived_meter"})
+# refused for a customer Stripe does not know: temporary only while Stripe, asked for the customer
+# now, has it (one created a moment ago)
+CUSTOMER_CODES = frozenset({"meter_event_customer_not_found", "resource_missing"})
+
+
+def refusal_is_temporary(code: str | None, meter_fits_now: bool, customer_exists_now: bool) -> bool:
+    """Whether Stripe's refusal (a 4xx with ``code``) may pass when the same request is sent again.
+    Everything not named here is permanent: a timestamp too far in the past, a value Stripe cannot take,
+    a payload without the meter's customer key, a parameter Stripe does not know, no code at all."""
+    if code in TEMPORARY_CODES:
+        return True
+    if code in METER_CODES:
+        return meter_fits_now
+    if code in CUSTOMER_CODES:
+        return customer_exists_now
+    return False
+
+
+def refused_too_long(row: Row, now_s: float) -> bool:
+    """Whether Stripe has refused the pending request for now for ``TEMPORARY_REFUSAL_LIMIT_S``."""
+    return row.refused_since is not None and now_s - row.refused_since >= TEMPORARY_REFUSAL_LIMIT_S
 
 
 def not_begun(row: Row, now_s: float) -> bool:

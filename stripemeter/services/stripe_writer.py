@@ -19,7 +19,9 @@ held by another writer is skipped, never waited for.
 3. Stripe is called with that request; success, or "an event already exists with identifier", records
    the target as delivered. A crash, timeout, 429 or 5xx leaves the request pending and it is sent
    again unchanged (a new idempotency key after a 5xx, since Stripe replays a 500 to the same key).
-   A refusal parks the counter with Stripe's message; an ``idempotency_error`` parks it too.
+   A permanent refusal parks the counter with Stripe's message; a temporary one (plan.
+   refusal_is_temporary) is retried with backoff for up to an hour, then parked; an
+   ``idempotency_error`` parks it too.
 4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
    summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
    what was delivered without it: a new request is planned; anything else: parked for an operator).
@@ -51,8 +53,10 @@ from stripemeter.adapters.stripe.calls import StripeCalls
 from stripemeter.adapters.stripe.client import SendResult, send
 from stripemeter.adapters.stripe.meters import MeterCatalog
 from stripemeter.core.push_plan import (
+    CUSTOMER_CODES,
     HOUR_S,
     IDENTIFIER_WINDOW_S,
+    METER_CODES,
     SUMMARY_LAG_S,
     Meter,
     Request,
@@ -64,6 +68,8 @@ from stripemeter.core.push_plan import (
     next_timestamp,
     not_begun,
     reached,
+    refusal_is_temporary,
+    refused_too_long,
     targets,
     too_old,
 )
@@ -372,8 +378,8 @@ class StripeWriter:
         request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
         if not await pushes.record_pending(conn, row, request, fence, now):
             return 0
-        recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
-        return await self._send(conn, recorded, request, 0, target, stream.aggregation, fence)
+        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
+        return await self._send(conn, recorded, request, 0, target, stream, fence)
 
     async def _resend(
         self,
@@ -393,7 +399,7 @@ class StripeWriter:
             meter = await check.meter() if stream.event_name else None
             await self._settle_old_pending(conn, row, stream, meter, fence)
             return 0
-        return await self._send(conn, row, request, row.pending_attempt, target, stream.aggregation, fence)
+        return await self._send(conn, row, request, row.pending_attempt, target, stream, fence)
 
     async def _send(
         self,
@@ -402,7 +408,7 @@ class StripeWriter:
         request: Request,
         attempt: int,
         target: int,
-        aggregation: str,
+        stream: Stream,
         fence: Fence,
     ) -> int:
         await self.budget.acquire()
@@ -414,12 +420,12 @@ class StripeWriter:
         if result.outcome == "delivered":
             self.budget.recovered()
             synced = request.to_units == target
-            added = None if aggregation == "last" else request.value
+            added = None if stream.aggregation == "last" else request.value
             await pushes.mark_delivered(
                 conn, row, request.identifier, request.to_units, synced, row.version, fence, now, added
             )
             return 1
-        await self._failed(conn, row, request, result, fence, now)
+        await self._failed(conn, row, request, result, stream, fence, now)
         return 0
 
     async def _failed(
@@ -428,15 +434,13 @@ class StripeWriter:
         row: Row,
         request: Request,
         result: SendResult,
+        stream: Stream,
         fence: Fence,
         now: datetime,
     ) -> None:
         key = "/".join(map(str, row.key[:3])) + f" @{row.key[3]:%Y-%m-%dT%H:%MZ}"
-        if result.outcome == "refused":
-            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
-            await pushes.refuse_pending(
-                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
-            )
+        if result.outcome in ("refused", "refused_for_now"):
+            await self._refused(conn, row, request, result, stream, fence, now, key)
         elif result.outcome == "idempotency_conflict":
             metrics.STRIPE_IDEMPOTENCY_CONFLICTS.inc()
             log.error(
@@ -449,6 +453,64 @@ class StripeWriter:
                 self.budget.slow_down(result.retry_after)
             new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
             await pushes.mark_attempt(conn, row, request.identifier, result.reason, new_key, fence, now)
+
+    async def _refused(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        result: SendResult,
+        stream: Stream,
+        fence: Fence,
+        now: datetime,
+        key: str,
+    ) -> None:
+        """Stripe refused the request: it did not land. A refusal that may pass later (plan.
+        refusal_is_temporary) sends it again unchanged, under a new idempotency key (Stripe may keep the
+        refusal for the key), for up to an hour; any other parks the counter and forgets the request,
+        so that once the cause is fixed a new one is planned."""
+        code = result.code or "none"
+        temporary = result.outcome == "refused_for_now" or await self._may_pass(result.code, request, stream)
+        if not temporary:
+            metrics.STRIPE_REFUSALS.labels("permanent", code).inc()
+            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
+            await pushes.refuse_pending(
+                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
+            )
+        elif refused_too_long(row, now.timestamp()):
+            metrics.STRIPE_REFUSALS.labels("expired", code).inc()
+            log.warning(
+                "Stripe has refused %s for %s for over an hour: %s (parked)", request.identifier, key,
+                result.reason,
+            )  # fmt: skip
+            reason = f"Stripe refused it for over an hour (a refusal that should pass): {result.reason}"
+            await pushes.refuse_pending(conn, row, request.identifier, reason, fence, now)
+        else:
+            metrics.STRIPE_REFUSALS.labels("temporary", code).inc()
+            log.info("Stripe refused %s for %s for now: %s", request.identifier, key, result.reason)
+            reason = f"Stripe refused it for now: {result.reason}"
+            await pushes.mark_attempt(conn, row, request.identifier, reason, True, fence, now, refused=True)
+
+    async def _may_pass(self, code: str | None, request: Request, stream: Stream) -> bool:
+        """Whether a refusal for ``code`` may pass later. For a meter Stripe did not take: whether its
+        meters, read again now, have one that can carry the metric (created or reactivated a moment
+        ago). For a customer it did not know: whether it has the customer when asked now."""
+        fits = exists = False
+        if code in METER_CODES:
+            meter = await self.meters.fresh(request.event_name)
+            fits = meter_problem(meter, request.event_name, stream.aggregation) is None
+        if code in CUSTOMER_CODES and request.customer:
+            exists = await self._customer_exists(request.customer)
+        return refusal_is_temporary(code, fits, exists)
+
+    async def _customer_exists(self, customer: str) -> bool:
+        try:
+            found = await self.calls(self.client.v1.customers.retrieve_async, customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return not getattr(found, "deleted", False)
 
     async def _park(self, conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence) -> None:
         log.warning("parked %s/%s/%s @%s: %s", *row.key, reason)

@@ -37,8 +37,12 @@ async def seeded(conn: psycopg.AsyncConnection, total_micros: int = 5_000_000) -
 
 
 async def due_row(conn: psycopg.AsyncConnection, tenant: str) -> Row:
+    return await due_row_at(conn, tenant, NOW)
+
+
+async def due_row_at(conn: psycopg.AsyncConnection, tenant: str, now: datetime) -> Row:
     app = "app-" + tenant  # seeded() names the app after the tenant
-    for stream in await pushes.due(conn, app, [0], NOW, streams=100_000):
+    for stream in await pushes.due(conn, app, [0], now, streams=100_000):
         for row in stream.rows:
             if row.key[0] == tenant:
                 return row
@@ -303,6 +307,26 @@ async def test_a_row_knows_whether_stripe_holds_an_event_of_its_hour(conn: psyco
     )
     delivered = await due_row(conn, tenant)
     assert (delivered.holds, delivered.pushed_units, delivered.last_timestamp) == (True, 0, stamp)
+
+
+async def test_a_temporary_refusal_is_remembered_from_its_first_time(conn: psycopg.AsyncConnection) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    row = await due_row(conn, tenant)
+    request = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    pending = await due_row(conn, tenant)
+    first, later = NOW, NOW.replace(minute=30)
+    for when in (first, later):
+        assert await pushes.mark_attempt(conn, pending, request.identifier, "early", True, fence, when, True)
+    refused = await due_row_at(conn, tenant, later.replace(hour=later.hour + 1))  # after the backoff
+    assert refused.refused_since == first.timestamp() and refused.pending_attempt == 2
+    assert await pushes.mark_delivered(
+        conn, refused, request.identifier, 5, True, refused.version, fence, NOW
+    )
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT refused_since FROM stripe_pushes WHERE tenant_id = %s", (tenant,))
+        assert await cur.fetchone() == (None,)
 
 
 # --- counters without push rows ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 The writer runs in this process against PostgreSQL, Kafka and the emulator (as strict as Stripe: of two
 `last` events with one timestamp the earlier received wins), on a clock the test sets: a `last` value
 that drops to 0 and changes twice in a second, counters whose deltas are gone from usage.deltas, a
-meter fixed in Stripe a moment ago, a stream spread over two partitions.
+meter fixed in Stripe a moment ago, a stream spread over two partitions, and refusals that pass later.
 """
 
 from __future__ import annotations
@@ -268,3 +268,38 @@ async def test_a_stream_over_two_partitions_does_not_stall_and_converges(setup: 
     for e in s.state.meter_events(s.meter):
         totals[e.timestamp] = totals.get(e.timestamp, 0) + e.value
     assert totals == {int(older.timestamp()): 3, int(newer.timestamp()): 6}
+
+
+async def test_refusals_that_pass_later_are_sent_again_not_parked(setup: Setup) -> None:
+    """Stripe's clock runs 200 s behind the writer's: an hour that begins two minutes from now (events
+    may be an hour ahead) is refused as in the future, for now. Then a lock timeout. Neither parks the
+    counter: once Stripe's clock has caught up, the same request lands."""
+    s = setup
+    await s.mapped("requests", "sum", "sum")
+    writer = await s.holding(s.writer(), 0)
+    s.clock.at[0] = T0.replace(minute=58).timestamp()
+    s.state.clock_offset = -200.0
+    ahead = T0.replace(minute=0) + timedelta(hours=1)
+    await s.count("requests", ahead, 5_000_000, 1)
+    assert await writer.push_due(s.conn) == 0
+    [(status, reason, refused_since)] = await (
+        await s.conn.execute(
+            "SELECT status, reason, refused_since FROM stripe_pushes WHERE tenant_id = %s", (s.tenant,)
+        )
+    ).fetchall()
+    assert status == "pending" and "future" in reason and refused_since is not None
+    s.state.faults.update({"lock_timeouts": 1, "path_prefix": "/v1/billing/meter_events"})
+    s.clock.advance(5)  # past the retry's backoff
+    assert await writer.push_due(s.conn) == 0  # a lock timeout
+    s.clock.advance(5)
+    assert await writer.push_due(s.conn) == 0  # Stripe's clock still runs behind: in the future again
+    s.state.clock_offset = 0.0  # it caught up
+    s.clock.advance(5)
+    assert await writer.push_due(s.conn) == 1
+    assert [(e.timestamp, e.value) for e in s.state.meter_events(s.meter)] == [(int(ahead.timestamp()), 5)]
+    [(status, refused_since)] = await (
+        await s.conn.execute(
+            "SELECT status, refused_since FROM stripe_pushes WHERE tenant_id = %s", (s.tenant,)
+        )
+    ).fetchall()
+    assert (status, refused_since) == ("synced", None)

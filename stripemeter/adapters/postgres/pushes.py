@@ -120,7 +120,7 @@ WITH due AS (
 SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.pushed_units, p.status,
        p.version, p.delta_partition, p.pending_request, extract(epoch FROM p.pending_since) AS pending_since,
        p.pending_attempt, p.attempts, p.period_start, extract(epoch FROM p.updated_at) AS updated_at,
-       p.last_timestamp,
+       p.last_timestamp, extract(epoch FROM p.refused_since) AS refused_since,
        -- whether Stripe holds an event of the hour (it matters for last: 0 differs from nothing)
        coalesce(p.pushed_units <> 0 OR (m.aggregation = 'last' AND EXISTS (
            SELECT 1 FROM stripe_push_requests r
@@ -317,6 +317,7 @@ async def due(
                 updated_at=float(r["updated_at"]),
                 holds=bool(r["holds"]),
                 last_timestamp=int(r["last_timestamp"]) if r["last_timestamp"] is not None else None,
+                refused_since=float(r["refused_since"]) if r["refused_since"] is not None else None,
             )
         )
     return list(grouped.values())
@@ -326,7 +327,7 @@ RECORD_PENDING = f"""
 WITH recorded AS (
     UPDATE stripe_pushes
     SET pending_request = %(request)s, pending_since = %(now)s, pending_attempt = 0, status = 'pending',
-        version = version + 1, updated_at = %(now)s,
+        version = version + 1, updated_at = %(now)s, refused_since = NULL,
         -- the newest stamp of the hour: the next last request of the hour is stamped after it
         last_timestamp = greatest(last_timestamp, %(timestamp)s)
     WHERE {KEY} AND version = %(version)s AND pending_request IS NULL AND {FENCE}
@@ -363,7 +364,7 @@ WITH delivered AS (
     -- request was dropped may have lowered it since this one was recorded; a last request replaces it
     SET pushed_units = CASE WHEN %(added)s::bigint IS NULL THEN %(to_units)s
                             ELSE pushed_units + %(added)s::bigint END,
-        pending_request = NULL, pending_since = NULL, pending_attempt = 0,
+        pending_request = NULL, pending_since = NULL, pending_attempt = 0, refused_since = NULL,
         attempts = 0, version = version + 1, updated_at = %(now)s,
         -- a counter parked meanwhile (a drop report) stays parked with its reason; otherwise synced
         -- only if nothing changed since the decision (a new delta made it waiting again)
@@ -409,15 +410,21 @@ async def mark_attempt(
     new_key: bool,
     fence: Fence,
     now: datetime,
+    refused: bool = False,
 ) -> bool:
-    """The pending request failed for now: retried later, under a new idempotency key if ``new_key``."""
+    """The pending request failed for now: retried later, under a new idempotency key if ``new_key``.
+    ``refused``: Stripe refused it for now; the first such refusal is remembered (``refused_since``)."""
     return await _changed(
         conn,
         f"UPDATE stripe_pushes SET attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s,"
-        f" pending_attempt = pending_attempt + %(bump)s"
+        f" pending_attempt = pending_attempt + %(bump)s,"
+        f" refused_since = CASE WHEN %(refused)s THEN coalesce(refused_since, %(now)s) ELSE refused_since END"
         f" WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}",
-        _params(row.key, fence, now, reason=reason[:1000], identifier=identifier, bump=int(new_key)),
-    )
+        _params(
+            row.key, fence, now, reason=reason[:1000], identifier=identifier, bump=int(new_key),
+            refused=refused,
+        ),
+    )  # fmt: skip
 
 
 async def refuse_pending(
@@ -455,7 +462,7 @@ async def _drop_pending(
         f"""
         WITH dropped AS (
             UPDATE stripe_pushes SET {row_change}, pending_request = NULL, pending_since = NULL,
-                   pending_attempt = 0, version = version + 1, updated_at = %(now)s
+                   pending_attempt = 0, refused_since = NULL, version = version + 1, updated_at = %(now)s
             WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
             RETURNING 1
         ), logged AS (
@@ -473,11 +480,12 @@ async def park(
     conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence, now: datetime, status: str = "parked"
 ) -> bool:
     """Park the row (or mark it ``unmapped``) as read; a pending request stays recorded: whether it
-    landed is unknown, so it is sent again unchanged (under a new key) once unparked."""
+    landed is unknown, so it is sent again unchanged (under a new key) once unparked, and its refusals
+    are counted afresh."""
     return await _changed(
         conn,
         f"UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, version = version + 1,"
-        f" updated_at = %(now)s WHERE {KEY} AND version = %(version)s AND {FENCE}",
+        f" updated_at = %(now)s, refused_since = NULL WHERE {KEY} AND version = %(version)s AND {FENCE}",
         _params(row.key, fence, now, status=status, reason=reason[:1000], version=row.version),
     )
 

@@ -187,3 +187,49 @@ def test_an_old_last_request_is_judged_by_the_hours_newest_event() -> None:
     assert did_last_land(0, 7, 0) == "landed"
     assert did_last_land(3, 7, 0) == "unknown"
     assert did_last_land(None, 7, 0) == "unknown"  # Stripe lost what it held
+
+
+# --- only permanent refusals park -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "meter_fits", "customer_exists", "temporary"),
+    [
+        ("timestamp_in_future", False, False, True),  # our clock runs ahead of Stripe's
+        ("lock_timeout", False, False, True),
+        ("timestamp_too_far_in_past", True, True, False),
+        ("meter_event_invalid_value", True, True, False),
+        ("meter_event_value_too_many_digits", True, True, False),
+        ("meter_event_no_customer_defined", True, True, False),
+        ("parameter_unknown", True, True, False),
+        (None, True, True, False),
+        ("no_meter", True, False, True),  # the meter Stripe lists now fits: created a moment ago
+        ("no_meter", False, True, False),  # it does not, read afresh: parked
+        ("archived_meter", True, False, True),
+        ("archived_meter", False, True, False),
+        ("meter_event_customer_not_found", False, True, True),  # Stripe has it when asked: a new one
+        ("meter_event_customer_not_found", True, False, False),  # it has not: a wrong customer id
+        ("resource_missing", False, True, True),
+        ("resource_missing", True, False, False),
+    ],
+)
+def test_a_refusal_is_temporary_only_when_the_same_request_can_pass_later(
+    code: str | None, meter_fits: bool, customer_exists: bool, temporary: bool
+) -> None:
+    from stripemeter.core.push_plan import refusal_is_temporary
+
+    assert refusal_is_temporary(code, meter_fits, customer_exists) is temporary
+
+
+def test_a_request_names_its_customer() -> None:
+    assert new_request(row(7_000_000), 7, "sum", METER, "cus_1").customer == "cus_1"
+    assert new_request(row(0), 0, "last", METER, "cus_0").customer == "cus_0"
+
+
+def test_temporary_refusals_end_after_an_hour() -> None:
+    from stripemeter.core.push_plan import TEMPORARY_REFUSAL_LIMIT_S, refused_too_long
+
+    assert not refused_too_long(row(1), 1e9)
+    refused = replace(row(1), refused_since=1000.0)
+    assert not refused_too_long(refused, 1000.0 + TEMPORARY_REFUSAL_LIMIT_S - 1)
+    assert refused_too_long(refused, 1000.0 + TEMPORARY_REFUSAL_LIMIT_S)

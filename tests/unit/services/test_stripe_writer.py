@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import stripe
 
 from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
@@ -21,6 +22,7 @@ from stripemeter.domain.clock import Clock
 from stripemeter.services import stripe_writer as writer_module
 from stripemeter.services.stripe_writer import StripeWriter
 from tests.unit.adapters.stripe.test_client import connection_error
+from tests.unit.adapters.stripe.test_client import error as stripe_error
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
@@ -79,10 +81,18 @@ class FakePushes:
         return True
 
     async def mark_attempt(
-        self, conn: Any, row: Row, identifier: str, reason: str, new_key: bool, fence: Fence, now: datetime
+        self,
+        conn: Any,
+        row: Row,
+        identifier: str,
+        reason: str,
+        new_key: bool,
+        fence: Fence,
+        now: datetime,
+        refused: bool = False,
     ) -> bool:
         self.fences.add(fence)
-        self.log.append(("mark_attempt", identifier, reason, new_key))
+        self.log.append(("mark_attempt", identifier, reason, new_key, *(("refused",) if refused else ())))
         return True
 
     async def refuse_pending(
@@ -152,11 +162,14 @@ class Harness:
         self.corrections = 0  # delivered reconciliation corrections of the hour
         self.uncertain: list[int] = []
         self.summary_params: list[Any] = []
+        self.customers: set[str] = {"cus_1"}  # the customers Stripe has when asked
+        self.customer_reads: list[str] = []
         client = SimpleNamespace(
             v1=SimpleNamespace(
                 billing=SimpleNamespace(
-                    meters=SimpleNamespace(event_summaries=SimpleNamespace(list_async=None))
-                )
+                    meters=SimpleNamespace(event_summaries=SimpleNamespace(list_async=self._summaries))
+                ),
+                customers=SimpleNamespace(retrieve_async=self._customer),
             )
         )
         self.writer = StripeWriter(
@@ -182,9 +195,21 @@ class Harness:
         self.log.append(("send", request, attempt))
         return self.results.pop(0)
 
-    async def _call(self, fn: Any, meter_id: str, params: dict[str, Any]) -> Any:
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await fn(*args)
+
+    async def _summaries(self, meter_id: str, params: dict[str, Any]) -> Any:
         self.summary_params.append((meter_id, params))
         return SimpleNamespace(data=[SimpleNamespace(aggregated_value=value) for value in self.summary])
+
+    async def _customer(self, customer: str) -> Any:
+        self.customer_reads.append(customer)
+        if customer not in self.customers:
+            raise stripe_error(
+                stripe.InvalidRequestError, 404, f"No such customer: '{customer}'", param="id",
+                code="resource_missing",
+            )  # fmt: skip
+        return SimpleNamespace(id=customer)
 
     async def _corrections(self, conn: Any, key: Any) -> int:
         return self.corrections
@@ -215,6 +240,7 @@ def row(
     partition: int = 0,
     holds: bool = False,
     last_timestamp: int | None = None,
+    refused_ago_s: float | None = None,
 ) -> Row:
     return Row(
         key=("t1", "requests", "acme", bucket),
@@ -230,6 +256,7 @@ def row(
         updated_at=NOW.timestamp() - updated_ago_s,
         holds=holds,
         last_timestamp=last_timestamp,
+        refused_since=None if refused_ago_s is None else NOW.timestamp() - refused_ago_s,
     )
 
 
@@ -687,3 +714,69 @@ async def test_an_hour_in_a_partition_held_by_another_writer_does_not_stall_the_
     [(_, request)] = h.calls("record_pending")
     assert request.timestamp == int(BUCKET.timestamp()) and request.value == 5
     assert h.pushes.fences == {FENCE}
+
+
+# --- only permanent refusals park -------------------------------------------------------------------------
+
+
+def refusals(kind: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"kind": kind, "code": code}
+    return REGISTRY.get_sample_value("stripemeter_stripe_refusals_total", labels) or 0.0
+
+
+async def test_a_temporary_refusal_is_sent_again_unchanged_under_a_new_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timestamp ahead of Stripe's clock (this one runs fast): not parked; the same request again,
+    under a new idempotency key (Stripe may keep the refusal for the key), with backoff."""
+    h = Harness(monkeypatch)
+    before = refusals("temporary", "timestamp_in_future")
+    h.results = [SendResult("refused_for_now", "Timestamp is too far in the future", "timestamp_in_future")]
+    request = planned(5, pushed=2)
+    await h.push(row(5, pushed=2))
+    assert h.calls("mark_attempt", "refuse_pending", "park") == [
+        ("mark_attempt", request.identifier, "Stripe refused it for now: Timestamp is too far in the future",
+         True, "refused"),
+    ]  # fmt: skip
+    assert refusals("temporary", "timestamp_in_future") == before + 1
+
+
+async def test_a_temporary_refusal_parks_after_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(monkeypatch)
+    before = refusals("expired", "lock_timeout")
+    h.results = [SendResult("refused_for_now", "This object cannot be accessed right now", "lock_timeout")]
+    request = planned(5, pushed=2)
+    await h.push(row(5, pushed=2, version=4, pending=request, refused_ago_s=3601))
+    [(name, identifier, reason)] = h.calls("mark_attempt", "refuse_pending", "park")
+    assert (name, identifier) == ("refuse_pending", request.identifier)
+    assert reason.startswith("Stripe refused it for over an hour") and "cannot be accessed" in reason
+    assert refusals("expired", "lock_timeout") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("code", "meter", "customers", "temporary"),
+    [
+        ("no_meter", METER, set(), True),  # Stripe's meters, read again, have it: created a moment ago
+        ("no_meter", None, set(), False),
+        ("archived_meter", replace(METER, active=False), set(), False),
+        ("meter_event_customer_not_found", METER, {"cus_1"}, True),  # Stripe has it when asked: new
+        ("meter_event_customer_not_found", METER, set(), False),  # it has not: a wrong customer id
+        ("resource_missing", METER, set(), False),
+        ("timestamp_too_far_in_past", METER, {"cus_1"}, False),
+    ],
+)
+async def test_a_refusal_for_a_missing_object_is_temporary_only_while_stripe_has_it(
+    monkeypatch: pytest.MonkeyPatch, code: str, meter: Meter | None, customers: set[str], temporary: bool
+) -> None:
+    h = Harness(monkeypatch)
+    before = refusals("temporary" if temporary else "permanent", code)
+    h.results = [SendResult("refused", "refused", code)]
+    request = planned(5, pushed=2)
+    h.meters.meter, h.customers = meter, customers  # what Stripe says when asked again
+    await h.push(row(5, pushed=2, version=4, pending=request))
+    [(name, *_)] = h.calls("mark_attempt", "refuse_pending", "park")
+    assert name == ("mark_attempt" if temporary else "refuse_pending")
+    assert refusals("temporary" if temporary else "permanent", code) == before + 1
+    assert h.customer_reads == (["cus_1"] if "customer" in code or code == "resource_missing" else [])
