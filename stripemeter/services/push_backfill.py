@@ -9,7 +9,8 @@ if its delta had been read: the same partition (``schemas.partitioning``, as Kaf
 the same billing period. Every upsert is seq-guarded (``pushes.record_latest``), so a pass changes
 nothing twice and any number of writers may run one at once.
 
-A writer runs a whole pass when it starts, then one every ``interval_s``, one batch per round.
+A writer starts a pass when it starts, ``START_BATCHES`` batches a round until that pass is done (its
+pushes go on meanwhile), then one every ``interval_s``, one batch a round.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from stripemeter.schemas.partitioning import delta_routing_key
 log = logging.getLogger(__name__)
 
 BATCH = 2000
+START_BATCHES = 10  # batches a round of the first pass
 PASS_INTERVAL_S = 600.0
 
 PartitionOf = Callable[[str], int]  # routing key -> usage.deltas partition
@@ -44,12 +46,22 @@ class CounterBackfill:
         self._cursor: CounterKey | None = None  # where the pass under way goes on; None: no pass
         self._oldest = datetime.min.replace(tzinfo=UTC)
         self._next_pass = float("-inf")  # clock seconds
+        self.passes = 0  # passes completed
 
     async def run_pass(self, conn: psycopg.AsyncConnection, partition_of: PartitionOf) -> int:
         """A whole pass now; returns how many push rows it made or brought up to date."""
         self._cursor, self._next_pass = None, float("-inf")
         recorded = await self.step(conn, partition_of)
         while self._cursor is not None:
+            recorded += await self.step(conn, partition_of)
+        return recorded
+
+    async def round(self, conn: psycopg.AsyncConnection, partition_of: PartitionOf) -> int:
+        """The writer's share of a round: one batch, or ``START_BATCHES`` until the first pass is done."""
+        recorded = await self.step(conn, partition_of)
+        for _ in range(START_BATCHES - 1 if not self.passes else 0):
+            if self._cursor is None:
+                break
             recorded += await self.step(conn, partition_of)
         return recorded
 
@@ -71,6 +83,7 @@ class CounterBackfill:
         # on only once recorded: a batch PostgreSQL gave up (a concurrent writer) is read again
         if len(rows) < self.batch:
             self._cursor, self._next_pass = None, now + self.interval_s
+            self.passes += 1
         else:
             self._cursor = rows[-1].scan_key
         return len(latest)

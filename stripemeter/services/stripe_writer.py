@@ -188,7 +188,6 @@ class StripeWriter:
         last_flush = 0.0
         try:
             await self._assign_old_rows(conn, consumer)
-            await self.backfill.run_pass(conn, await self._partition_of(consumer))
             while not self._stopping.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=5000)
                 if batch:
@@ -252,7 +251,7 @@ class StripeWriter:
 
     async def _backfill_step(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         try:
-            await self.backfill.step(conn, await self._partition_of(consumer))
+            await self.backfill.round(conn, await self._partition_of(consumer))
         except CONTENDED as exc:
             log.info("stripe writer: counters backfill met %s; it goes on next round", type(exc).__name__)
 

@@ -75,13 +75,20 @@ RETURNING tenant_id, metric, customer_ref, bucket, app_id, delta_partition
 # A stream's rows live in one partition, the one its newest delta came from: the writer holding it
 # pushes the whole stream (targets carry from hour to hour). Usually nothing moves; when a stream's
 # deltas arrive in another partition (usage.deltas gained partitions), its other rows follow, version
-# + 1, so the previous holder's compare-and-set fails. Rows are locked in key order; a writer that meets a
-# deadlock with another recording the same stream runs the (seq-guarded) recording again.
+# + 1, so the previous holder's compare-and-set fails. Rows are locked in key order; a writer meeting a
+# deadlock with another one recording the same stream runs the (seq-guarded) recording again.
 FOLLOW = """
-WITH moved AS (
-    INSERT INTO stripe_push_streams (tenant_id, metric, customer_ref, app_id, delta_partition)
+WITH incoming AS (
     SELECT * FROM unnest(%(tenants)s::text[], %(metrics)s::text[], %(customers)s::text[], %(apps)s::text[],
                          %(partitions)s::integer[])
+                  AS i(tenant_id, metric, customer_ref, app_id, delta_partition)
+), moved AS (
+    -- only new streams and streams that moved are written (and locked): usually none
+    INSERT INTO stripe_push_streams (tenant_id, metric, customer_ref, app_id, delta_partition)
+    SELECT i.* FROM incoming i
+    LEFT JOIN stripe_push_streams s USING (tenant_id, metric, customer_ref)
+    WHERE s.delta_partition IS DISTINCT FROM i.delta_partition OR s.app_id IS DISTINCT FROM i.app_id
+    ORDER BY i.tenant_id, i.metric, i.customer_ref
     ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
     SET app_id = EXCLUDED.app_id, delta_partition = EXCLUDED.delta_partition
     WHERE stripe_push_streams.delta_partition <> EXCLUDED.delta_partition

@@ -91,3 +91,18 @@ async def test_a_batch_postgresql_gave_up_is_read_again(monkeypatch: pytest.Monk
         await backfill.step(None, lambda key: 0)  # type: ignore[arg-type]
     assert await backfill.run_pass(None, lambda key: 0) == 2  # type: ignore[arg-type]
     assert [r.customer_ref for r in fake.recorded] == ["a", "b"]
+
+
+async def test_the_first_pass_takes_more_batches_a_round_than_the_later_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A writer's first pass is done in a few rounds (its pushes go on between them); later passes take
+    one batch a round."""
+    fake = FakePushes([counter(f"c{i:02d}", 1) for i in range(25)])
+    monkeypatch.setattr(push_backfill, "pushes", fake)
+    clock = SetClock()
+    backfill = CounterBackfill("app", clock, batch=1, interval_s=600)
+    made = [await backfill.round(None, lambda key: 0) for _ in range(3)]  # type: ignore[arg-type]
+    assert made == [10, 10, 5] and backfill.passes == 1
+    clock.at[0] += 600
+    assert await backfill.round(None, lambda key: 0) == 1  # type: ignore[arg-type]
