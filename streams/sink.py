@@ -2,7 +2,8 @@
 
 - ``{app}-ledger``: counted, duplicate and too-late events -> the ``events`` ledger and watermarks;
 - ``usage.events.dlq``: rejected inputs -> the ledger with outcome ``rejected``;
-- ``usage.deltas``: counter totals -> the ``counters`` snapshot (newest seq wins).
+- ``usage.deltas``: counter totals -> the ``counters`` snapshot (newest seq wins), with the app's id
+  (its Stripe writer makes push rows from them when their deltas are gone).
 
 Write, then commit: a batch is written in one transaction (idempotent: the ledger is keyed by the
 input's source, counters are guarded by seq) before its offsets are committed. Records travel to
@@ -125,7 +126,7 @@ class PostgresSink:
         for msg, payload in records:
             by_topic[msg.topic].append(payload)
         await write_ledger(conn, self.names.events, by_topic[self.names.ledger], by_topic[self.names.dlq])
-        await upsert_counters(conn, by_topic[self.names.deltas], self.clock.utc())
+        await upsert_counters(conn, by_topic[self.names.deltas], self.clock.utc(), self.names.app_id)
 
     @staticmethod
     def _skip(msg: Any, reason: object) -> None:

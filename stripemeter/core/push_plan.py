@@ -8,6 +8,13 @@ into the next hour instead of being dropped; over the period Stripe holds ``floo
 total less under one unit. Only a fractional change moves later hours' targets (by one unit each, at
 most); whole-number usage never does. ``last`` metrics hold the hour's value, rounded half up.
 
+**``last`` is Stripe's ``last``.** Stripe bills a ``last`` meter the value of the period's event with
+the newest timestamp, and does not say how it breaks a tie. So every change of a ``last`` hour is sent,
+down to 0 (an hour Stripe holds nothing for differs from one it holds 0 for), and each request of an
+hour is stamped one second after the previous one (the first at the hour's start): the newest value
+always has the newest timestamp. A stamp stays inside the hour and its billing period, and at most
+``MAX_AHEAD_S`` ahead of the clock (the request waits until it is not).
+
 **A resend is the recorded request.** A request (identifier, event name, payload with the meter's
 own keys, timestamp, value) is recorded before the call and sent unchanged by every retry. Its
 identifier is unique per counter and row version, so Stripe recognises a retry that already landed.
@@ -21,7 +28,7 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from stripemeter.domain.units import floor_units, round_units
 
@@ -38,6 +45,8 @@ MAX_AGE_S = 35 * 24 * HOUR_S - 2 * HOUR_S
 IDENTIFIER_WINDOW_S = 23 * HOUR_S
 # how long Stripe's summaries may take to show a meter event that landed
 SUMMARY_LAG_S = 600
+# a request Stripe refuses for now (see refusal_is_temporary) is retried this long, then parked
+TEMPORARY_REFUSAL_LIMIT_S = HOUR_S
 
 Key = tuple[str, str, str, datetime]  # tenant, metric, customer, hour bucket
 
@@ -63,6 +72,12 @@ class Request:
 
     def wire(self) -> dict[str, Any]:
         return {**self.params(), "value": self.value, "toUnits": self.to_units, "recorded": True}
+
+    @property
+    def customer(self) -> str | None:
+        """The Stripe customer the request is for: the payload's entry that is not the value."""
+        others = [v for v in self.payload.values() if v != str(self.value)]
+        return others[0] if len(others) == 1 else None
 
     @staticmethod
     def from_wire(raw: dict[str, Any]) -> Request | None:
@@ -103,6 +118,9 @@ class Row:
     pending_attempt: int
     attempts: int
     updated_at: float = 0.0  # unix seconds of the row's last change
+    holds: bool = False  # Stripe holds an event of the hour: a request was delivered to it
+    last_timestamp: int | None = None  # the newest timestamp a request of the hour was recorded with
+    refused_since: float | None = None  # unix seconds of the pending request's first temporary refusal
 
     def retry_wait(self, now_s: float) -> bool:
         """Whether the hour's last failed attempt is too recent to try again (0.25 s doubling to 30 s;
@@ -112,6 +130,11 @@ class Row:
     @property
     def bucket_s(self) -> int:
         return int(self.key[3].timestamp())
+
+    @property
+    def stripe_holds(self) -> bool:
+        """Whether Stripe holds an event of the hour (units delivered to it count as one)."""
+        return self.holds or self.pushed_units != 0
 
     @property
     def pending(self) -> Request | None:
@@ -149,15 +172,48 @@ def identifier_of_key(key: str) -> str:
     return head if head and tail.isdigit() else key
 
 
-def new_request(row: Row, target_units: int, aggregation: str, meter: Meter, stripe_customer: str) -> Request:
+def reached(row: Row, target_units: int, aggregation: str) -> bool:
+    """Whether Stripe holds the hour's target already. A ``last`` hour Stripe holds nothing for has not
+    reached 0: the period's newest event would be an earlier hour's."""
+    return target_units == row.pushed_units and (aggregation != "last" or row.stripe_holds)
+
+
+Stamp = int | Literal["wait", "exhausted"]
+
+
+def next_timestamp(row: Row, aggregation: str, end_s: int, now_s: float) -> Stamp:
+    """The timestamp of the hour's next request: the hour's start, or for ``last`` one second after the
+    hour's previous request. ``end_s``: where the hour stops holding events (its end, or its billing
+    period's end when that comes first). ``wait`` while the stamp is further ahead of the clock than
+    Stripe takes; ``exhausted`` when the hour has no second left for a ``last`` request."""
+    if aggregation != "last" or row.last_timestamp is None:
+        stamp = row.bucket_s
+    else:
+        stamp = max(row.bucket_s, row.last_timestamp + 1)
+    if stamp >= end_s:
+        return "exhausted"
+    if stamp > now_s + MAX_AHEAD_S:
+        return "wait"
+    return stamp
+
+
+def new_request(
+    row: Row,
+    target_units: int,
+    aggregation: str,
+    meter: Meter,
+    stripe_customer: str,
+    timestamp: int | None = None,
+) -> Request:
     """The request that brings the hour from what it holds to ``target_units``: a difference, or for
-    ``last`` the value itself. Stamped with the hour's start (see reconcile/periods.py)."""
+    ``last`` the value itself. Stamped with ``timestamp`` (``next_timestamp``), by default the hour's
+    start (see domain/periods.py)."""
     value = target_units if aggregation == "last" else target_units - row.pushed_units
     return Request(
         identifier=identifier(row.key, row.version + 1),  # the version the recording writes
         event_name=meter.event_name,
         payload={meter.customer_key: stripe_customer, meter.value_key: str(value)},
-        timestamp=row.bucket_s,
+        timestamp=row.bucket_s if timestamp is None else timestamp,
         value=value,
         to_units=target_units,
     )
@@ -179,6 +235,50 @@ def did_it_land(holds: int, without: int, landed: int, uncertain: Sequence[int])
     if is_landed != is_without:
         return "landed" if is_landed else "not_landed"
     return "unknown"
+
+
+def did_last_land(summary: int | None, held: int | None, sent: int) -> str:
+    """``did_it_land`` for a ``last`` hour, whose summary is the value of its newest event, or None when
+    Stripe holds no event of the hour. ``held``: what the hour held before the request (None: nothing);
+    the request, stamped after every earlier one of the hour, is the newest if it landed."""
+    if summary is None:
+        return "not_landed" if held is None else "unknown"
+    if summary == sent:
+        return "landed"
+    return "not_landed" if summary == held else "unknown"
+
+
+# Stripe's error codes for a meter event it refuses for now: the request, sent again unchanged, can land
+TEMPORARY_CODES = frozenset(
+    {
+        "timestamp_in_future",  # our clock runs ahead of Stripe's: the stamp is fine a moment later
+        "lock_timeout",  # another request held the object: retry
+    }
+)
+# refused for a meter Stripe does not know, or knows as inactive: temporary only while the meter as
+# Stripe lists it now can carry the metric (one created or reactivated a moment ago)
+METER_CODES = frozenset({"no_meter", "archived_meter"})
+# refused for a customer Stripe does not know: temporary only while Stripe, asked for the customer
+# now, has it (one created a moment ago)
+CUSTOMER_CODES = frozenset({"meter_event_customer_not_found", "resource_missing"})
+
+
+def refusal_is_temporary(code: str | None, meter_fits_now: bool, customer_exists_now: bool) -> bool:
+    """Whether Stripe's refusal (a 4xx with ``code``) may pass when the same request is sent again.
+    Everything not named here is permanent: a timestamp too far in the past, a value Stripe cannot take,
+    a payload without the meter's customer key, a parameter Stripe does not know, no code at all."""
+    if code in TEMPORARY_CODES:
+        return True
+    if code in METER_CODES:
+        return meter_fits_now
+    if code in CUSTOMER_CODES:
+        return customer_exists_now
+    return False
+
+
+def refused_too_long(row: Row, now_s: float) -> bool:
+    """Whether Stripe has refused the pending request for now for ``TEMPORARY_REFUSAL_LIMIT_S``."""
+    return row.refused_since is not None and now_s - row.refused_since >= TEMPORARY_REFUSAL_LIMIT_S
 
 
 def not_begun(row: Row, now_s: float) -> bool:

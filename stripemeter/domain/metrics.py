@@ -79,9 +79,24 @@ API_KEY_CACHE_ENTRIES = Gauge(
 )
 STRIPE_PUSHES = Counter(
     "stripemeter_stripe_pushes_total",
-    "Meter events sent to Stripe, by outcome (delivered, refused, idempotency_conflict, server_error,"
-    " unreachable, rate_limited, transient)",
+    "Meter events sent to Stripe, by outcome (delivered, refused, refused_for_now, idempotency_conflict,"
+    " server_error, unreachable, rate_limited, transient)",
     ["outcome"],
+)
+STRIPE_REFUSALS = Counter(
+    "stripemeter_stripe_refusals_total",
+    "Meter events Stripe refused, by kind (permanent: parked; temporary: sent again later; expired: refused"
+    " for now for over an hour, parked) and Stripe's error code (none: it gave none)",
+    ["kind", "code"],
+)
+STRIPE_LAST_HOURS_FULL = Counter(
+    "stripemeter_stripe_last_hours_out_of_seconds_total",
+    "Changes of a last counter hour that found no second left in the hour to stamp a newer meter event"
+    " with: the counter is parked",
+)
+STRIPE_BACKFILLED = Counter(
+    "stripemeter_stripe_backfilled_counters_total",
+    "Push rows the writer made or brought up to date from the counters table (their deltas were not read)",
 )
 STRIPE_PUSH_SECONDS = Histogram(
     "stripemeter_stripe_push_seconds",

@@ -7,14 +7,21 @@ lease, whose epoch grows, and every change it makes to a push row is a compare-a
 epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
 moved on, changes nothing and reads again.
 
+A stream's rows live in the partition of its newest delta (db/pushes.FOLLOW); an hour of a partition
+held by another writer is skipped, never waited for.
+
 **Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
+   counters whose deltas were never read (the counters table has them) are stored the same way
+   (services/push_backfill.py);
 2. the hour's target in whole units is computed (plan.targets: fractions carry within the period);
    the request that reaches it is recorded as pending, exactly, before Stripe is called;
 3. Stripe is called with that request; success, or "an event already exists with identifier", records
    the target as delivered. A crash, timeout, 429 or 5xx leaves the request pending and it is sent
    again unchanged (a new idempotency key after a 5xx, since Stripe replays a 500 to the same key).
-   A refusal parks the counter with Stripe's message; an ``idempotency_error`` parks it too.
+   A permanent refusal parks the counter with Stripe's message; a temporary one (plan.
+   refusal_is_temporary) is retried with backoff for up to an hour, then parked; an
+   ``idempotency_error`` parks it too.
 4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
    summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
    what was delivered without it: a new request is planned; anything else: parked for an operator).
@@ -27,6 +34,7 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -45,15 +53,23 @@ from stripemeter.adapters.stripe.calls import StripeCalls
 from stripemeter.adapters.stripe.client import SendResult, send
 from stripemeter.adapters.stripe.meters import MeterCatalog
 from stripemeter.core.push_plan import (
+    CUSTOMER_CODES,
+    HOUR_S,
     IDENTIFIER_WINDOW_S,
+    METER_CODES,
     SUMMARY_LAG_S,
     Meter,
     Request,
     Row,
     did_it_land,
+    did_last_land,
     meter_problem,
     new_request,
+    next_timestamp,
     not_begun,
+    reached,
+    refusal_is_temporary,
+    refused_too_long,
     targets,
     too_old,
 )
@@ -61,6 +77,7 @@ from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.schemas.deltas import decode_delta
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+from stripemeter.services.push_backfill import CounterBackfill
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +102,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 
     def fence(self, partition: int) -> Fence | None:
         epoch = self.epochs.get(partition)
-        return None if epoch is None else Fence(self.app_id, epoch)
+        return None if epoch is None else Fence(self.app_id, epoch, partition)
 
     async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
         for tp in revoked:
@@ -149,6 +166,8 @@ class StripeWriter:
         self.clock = clock
         owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.ownership = Ownership(database_url, app_id, owner, clock)
+        self.backfill = CounterBackfill(app_id, clock)
+        self._partitioner = Partitioner(1)
         self._stopping = asyncio.Event()
 
     def stop(self) -> None:
@@ -177,6 +196,7 @@ class StripeWriter:
                 if time.monotonic() - last_flush >= self.flush_interval:
                     last_flush = time.monotonic()
                     await self.push_due(conn)
+                    await self._backfill_step(conn, consumer)
         finally:
             await conn.close()
             await consumer.stop()
@@ -214,7 +234,36 @@ class StripeWriter:
                     start,
                 )
             )
-        await pushes.record_latest(conn, latest, self.clock.utc())
+        await self._contended(lambda: pushes.record_latest(conn, latest, self.clock.utc()))
+
+    @staticmethod
+    async def _contended(change: Callable[[], Awaitable[None]], attempts: int = 5) -> None:
+        """Run a seq-guarded change again when PostgreSQL gave it up for a concurrent one (another
+        writer recording the same streams): it changed nothing, and running it again is safe."""
+        for attempt in range(attempts):
+            try:
+                await change()
+                return
+            except CONTENDED:
+                if attempt == attempts - 1:
+                    raise
+            await asyncio.sleep(0.05 * 2**attempt)
+
+    async def _backfill_step(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+        try:
+            await self.backfill.round(conn, await self._partition_of(consumer))
+        except CONTENDED as exc:
+            log.info("stripe writer: counters backfill met %s; it goes on next round", type(exc).__name__)
+
+    async def _partition_of(self, consumer: AIOKafkaConsumer) -> Partitioner:
+        """Kafka's partition choice over usage.deltas as it is now (it may gain partitions)."""
+        count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if not count:
+            await consumer.topics()
+            count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
+        if max(count, 1) != self._partitioner.partitions:
+            self._partitioner = Partitioner(max(count, 1))
+        return self._partitioner
 
     @staticmethod
     def _unusable(message: Any, exc: Exception) -> None:
@@ -228,11 +277,7 @@ class StripeWriter:
 
     async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         """Rows from before partitions and periods were recorded get them (see migration 0010)."""
-        partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
-        if not partition_count:
-            await consumer.topics()
-            partition_count = len(consumer.partitions_for_topic(self.deltas_topic) or ())
-        partition_of = Partitioner(max(partition_count, 1))
+        partition_of = await self._partition_of(consumer)
         while rows := await pushes.unassigned_rows(conn, 1000):
             anchors = await pushes.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
             assigned = [
@@ -268,20 +313,21 @@ class StripeWriter:
         return delivered
 
     async def _push_stream(self, conn: psycopg.AsyncConnection, stream: Stream) -> int:
-        meter = await self.meters.get(stream.event_name) if stream.event_name else None
-        problem = meter_problem(meter, stream.event_name, stream.aggregation) if stream.event_name else None
         wanted = targets(stream.aggregation, [row.latest_micros for row in stream.rows])
+        check = _MeterCheck(self.meters, stream)
         delivered = 0
         for row, target in zip(stream.rows, wanted, strict=True):
+            if self._stopping.is_set():
+                return delivered
             fence = self.ownership.fence(row.delta_partition)
-            if fence is None or self._stopping.is_set():
-                return delivered  # the partition went to another writer meanwhile
+            if fence is None:
+                continue  # another writer holds this hour's partition (the stream is moving over)
             now = self.clock.utc()
             if row.status == "parked" or row.retry_wait(now.timestamp()):
                 continue
             if row.pending_raw is not None:
-                delivered += await self._resend(conn, row, target, stream, meter, fence, now)
-            elif target == row.pushed_units:
+                delivered += await self._resend(conn, row, target, stream, check, fence, now)
+            elif reached(row, target, stream.aggregation):
                 if row.status != "synced":
                     await pushes.mark_synced(conn, row, fence, now)
             elif not_begun(row, now.timestamp()):
@@ -290,16 +336,49 @@ class StripeWriter:
                 await self._park(conn, row, "the hour is older than the 35 days Stripe accepts", fence)
             elif stream.event_name is None or stream.stripe_customer is None:
                 await pushes.park(conn, row, "no metric or customer mapping yet", fence, now, "unmapped")
-            elif problem is not None or meter is None:
-                await self._park(conn, row, problem[1] if problem else "no Stripe meter", fence)
             else:
-                request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer)
-                if await pushes.record_pending(conn, row, request, fence, now):
-                    recorded = replace(row, version=row.version + 1, pending_raw=request.wire())
-                    delivered += await self._send(
-                        conn, recorded, request, 0, target, stream.aggregation, fence
-                    )
+                delivered += await self._push_new(conn, row, target, stream, check, fence, now)
         return delivered
+
+    async def _push_new(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        target: int,
+        stream: Stream,
+        check: _MeterCheck,
+        fence: Fence,
+        now: datetime,
+    ) -> int:
+        """Record the request that brings the hour to ``target``, then send it."""
+        assert stream.stripe_customer is not None
+        meter, problem = await check.usable()
+        if problem is not None or meter is None:
+            await self._park(conn, row, problem or "no Stripe meter", fence)
+            return 0
+        # an hour's events end with the hour, or with its billing period when that ends first
+        period_end = periods.holding(row.key[3], stream.billing_anchor).end.timestamp()
+        end = min(row.bucket_s + HOUR_S, int(period_end))
+        stamp = next_timestamp(row, stream.aggregation, end, now.timestamp())
+        if stamp == "wait":
+            return 0  # stays due until the stamp is within what Stripe takes
+        if stamp == "exhausted":
+            metrics.STRIPE_LAST_HOURS_FULL.inc()
+            log.error(
+                "stripe writer: %s/%s/%s @%s changed again after every second of the hour was used by a"
+                " meter event; Stripe keeps the value it holds (%d), the counter is parked",
+                *row.key, row.pushed_units,
+            )  # fmt: skip
+            await self._park(
+                conn, row, "every second of the hour holds a meter event already: a newer last value"
+                f" ({target}) cannot be stamped later than the one Stripe holds ({row.pushed_units})", fence,
+            )  # fmt: skip
+            return 0
+        request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
+        if not await pushes.record_pending(conn, row, request, fence, now):
+            return 0
+        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
+        return await self._send(conn, recorded, request, 0, target, stream, fence)
 
     async def _resend(
         self,
@@ -307,7 +386,7 @@ class StripeWriter:
         row: Row,
         target: int,
         stream: Stream,
-        meter: Meter | None,
+        check: _MeterCheck,
         fence: Fence,
         now: datetime,
     ) -> int:
@@ -316,9 +395,10 @@ class StripeWriter:
         if request is None and now.timestamp() - row.updated_at < SUMMARY_LAG_S:
             return 0  # recorded by a writer before 0010, moments ago: Stripe's summary may not show it yet
         if request is None or now.timestamp() - since > IDENTIFIER_WINDOW_S:
+            meter = await check.meter() if stream.event_name else None
             await self._settle_old_pending(conn, row, stream, meter, fence)
             return 0
-        return await self._send(conn, row, request, row.pending_attempt, target, stream.aggregation, fence)
+        return await self._send(conn, row, request, row.pending_attempt, target, stream, fence)
 
     async def _send(
         self,
@@ -327,7 +407,7 @@ class StripeWriter:
         request: Request,
         attempt: int,
         target: int,
-        aggregation: str,
+        stream: Stream,
         fence: Fence,
     ) -> int:
         await self.budget.acquire()
@@ -339,12 +419,12 @@ class StripeWriter:
         if result.outcome == "delivered":
             self.budget.recovered()
             synced = request.to_units == target
-            added = None if aggregation == "last" else request.value
+            added = None if stream.aggregation == "last" else request.value
             await pushes.mark_delivered(
                 conn, row, request.identifier, request.to_units, synced, row.version, fence, now, added
             )
             return 1
-        await self._failed(conn, row, request, result, fence, now)
+        await self._failed(conn, row, request, result, stream, fence, now)
         return 0
 
     async def _failed(
@@ -353,15 +433,13 @@ class StripeWriter:
         row: Row,
         request: Request,
         result: SendResult,
+        stream: Stream,
         fence: Fence,
         now: datetime,
     ) -> None:
         key = "/".join(map(str, row.key[:3])) + f" @{row.key[3]:%Y-%m-%dT%H:%MZ}"
-        if result.outcome == "refused":
-            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
-            await pushes.refuse_pending(
-                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
-            )
+        if result.outcome in ("refused", "refused_for_now"):
+            await self._refused(conn, row, request, result, stream, fence, now, key)
         elif result.outcome == "idempotency_conflict":
             metrics.STRIPE_IDEMPOTENCY_CONFLICTS.inc()
             log.error(
@@ -374,6 +452,64 @@ class StripeWriter:
                 self.budget.slow_down(result.retry_after)
             new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
             await pushes.mark_attempt(conn, row, request.identifier, result.reason, new_key, fence, now)
+
+    async def _refused(
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        request: Request,
+        result: SendResult,
+        stream: Stream,
+        fence: Fence,
+        now: datetime,
+        key: str,
+    ) -> None:
+        """Stripe refused the request: it did not land. A refusal that may pass later (plan.
+        refusal_is_temporary) sends it again unchanged, under a new idempotency key (Stripe may keep the
+        refusal for the key), for up to an hour; any other parks the counter and forgets the request,
+        so that once the cause is fixed a new one is planned."""
+        code = result.code or "none"
+        temporary = result.outcome == "refused_for_now" or await self._may_pass(result.code, request, stream)
+        if not temporary:
+            metrics.STRIPE_REFUSALS.labels("permanent", code).inc()
+            log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
+            await pushes.refuse_pending(
+                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
+            )
+        elif refused_too_long(row, now.timestamp()):
+            metrics.STRIPE_REFUSALS.labels("expired", code).inc()
+            log.warning(
+                "Stripe has refused %s for %s for over an hour: %s (parked)", request.identifier, key,
+                result.reason,
+            )  # fmt: skip
+            reason = f"Stripe refused it for over an hour (a refusal that should pass): {result.reason}"
+            await pushes.refuse_pending(conn, row, request.identifier, reason, fence, now)
+        else:
+            metrics.STRIPE_REFUSALS.labels("temporary", code).inc()
+            log.info("Stripe refused %s for %s for now: %s", request.identifier, key, result.reason)
+            reason = f"Stripe refused it for now: {result.reason}"
+            await pushes.mark_attempt(conn, row, request.identifier, reason, True, fence, now, refused=True)
+
+    async def _may_pass(self, code: str | None, request: Request, stream: Stream) -> bool:
+        """Whether a refusal for ``code`` may pass later. For a meter Stripe did not take: whether its
+        meters, read again now, have one that can carry the metric (created or reactivated a moment
+        ago). For a customer it did not know: whether it has the customer when asked now."""
+        fits = exists = False
+        if code in METER_CODES:
+            meter = await self.meters.fresh(request.event_name)
+            fits = meter_problem(meter, request.event_name, stream.aggregation) is None
+        if code in CUSTOMER_CODES and request.customer:
+            exists = await self._customer_exists(request.customer)
+        return refusal_is_temporary(code, fits, exists)
+
+    async def _customer_exists(self, customer: str) -> bool:
+        try:
+            found = await self.calls(self.client.v1.customers.retrieve_async, customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.http_status == 404:
+                return False
+            raise
+        return not getattr(found, "deleted", False)
 
     async def _park(self, conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence) -> None:
         log.warning("parked %s/%s/%s @%s: %s", *row.key, reason)
@@ -406,12 +542,17 @@ class StripeWriter:
             {"customer": customer, "start_time": start, "end_time": start + 3600},
         )
         holds = sum(round(float(s.aggregated_value or 0)) for s in page.data)
-        corrections = await delivered_corrections(conn, row.key)
         last = meter.formula == "last"
-        without = row.pushed_units if last else row.pushed_units + corrections
-        landed = to_units if last else to_units + corrections
-        uncertain = [] if last else await uncertain_corrections(conn, row.key)
-        verdict = did_it_land(holds, without, landed, uncertain)
+        if last:  # the hour's newest event, or no event at all; the request was stamped after the others
+            summary = holds if page.data else None
+            held = row.pushed_units if row.stripe_holds else None
+            without, landed = held, to_units
+            verdict = did_last_land(summary, held, to_units)
+        else:
+            corrections = await delivered_corrections(conn, row.key)
+            without, landed = row.pushed_units + corrections, to_units + corrections
+            uncertain = await uncertain_corrections(conn, row.key)
+            verdict = did_it_land(holds, without, landed, uncertain)
         now = self.clock.utc()
         if verdict == "landed":
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
@@ -427,7 +568,38 @@ class StripeWriter:
                 conn, row, identifier, "not in Stripe's summary after 24 h", fence, now
             )
         else:
+            held_text = "nothing" if without is None else without
             await self._park(
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
-                f" {without} (not landed) or {landed} (landed); reconcile this hour", fence,
+                f" {held_text} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
+
+
+class _MeterCheck:
+    """A stream's meter for one round: read from the catalog once, and read again from Stripe
+    (``MeterCatalog.fresh``: at most once a second for the whole writer) before a problem with it parks
+    a counter: the catalog may predate the operator's fix."""
+
+    def __init__(self, meters: MeterCatalog, stream: Stream):
+        self.meters = meters
+        self.stream = stream
+        self._meter: Meter | None = None
+        self._read = False
+        self._fresh = False
+
+    async def meter(self) -> Meter | None:
+        if not self._read and self.stream.event_name:
+            self._meter = await self.meters.get(self.stream.event_name)
+            self._read = True
+        return self._meter
+
+    async def usable(self) -> tuple[Meter | None, str | None]:
+        """The meter and, when it cannot carry the metric, why (``plan.meter_problem``)."""
+        name, aggregation = self.stream.event_name or "", self.stream.aggregation
+        meter = await self.meter()
+        problem = meter_problem(meter, name, aggregation)
+        if problem is not None and not self._fresh:
+            self._fresh = True
+            self._meter = meter = await self.meters.fresh(name)
+            problem = meter_problem(meter, name, aggregation)
+        return meter, problem[1] if problem else None

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
@@ -14,6 +14,7 @@ import pytest
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
 from stripemeter.core.push_plan import Meter, Row, new_request
+from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 
 NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
@@ -36,8 +37,12 @@ async def seeded(conn: psycopg.AsyncConnection, total_micros: int = 5_000_000) -
 
 
 async def due_row(conn: psycopg.AsyncConnection, tenant: str) -> Row:
+    return await due_row_at(conn, tenant, NOW)
+
+
+async def due_row_at(conn: psycopg.AsyncConnection, tenant: str, now: datetime) -> Row:
     app = "app-" + tenant  # seeded() names the app after the tenant
-    for stream in await pushes.due(conn, app, [0], NOW, streams=100_000):
+    for stream in await pushes.due(conn, app, [0], now, streams=100_000):
         for row in stream.rows:
             if row.key[0] == tenant:
                 return row
@@ -48,11 +53,11 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW))
+    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     # another writer takes the partition over: the first one's epoch is over
-    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW))
+    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW), 0)
     assert second.epoch == first.epoch + 1
     assert not await pushes.record_pending(conn, row, request, first, NOW)
     # a new delta arrives after the row was read: the read is stale
@@ -88,7 +93,7 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
 
 async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(conn: psycopg.AsyncConnection) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, request, fence, NOW)
@@ -108,7 +113,7 @@ async def test_unparking_keeps_a_request_that_may_have_landed_and_sends_it_under
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, request, fence, NOW)
@@ -123,7 +128,7 @@ async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     refused = new_request(row, 5, "sum", METER, "cus_gone")
     assert await pushes.record_pending(conn, row, refused, fence, NOW)
@@ -162,7 +167,7 @@ async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_d
         " VALUES (%s, 'c', 'cus_typo')",
         (tenant,),
     )
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     sent = new_request(row, 5, "sum", METER, "cus_typo")
     assert await pushes.record_pending(conn, row, sent, fence, NOW)
@@ -182,7 +187,7 @@ async def test_a_push_landing_after_an_earlier_one_was_reported_dropped_adds_onl
     conn: psycopg.AsyncConnection,
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW))
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     first = new_request(row, 5, "sum", METER, "cus_1")
     assert await pushes.record_pending(conn, row, first, fence, NOW)
@@ -231,3 +236,147 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
     ownership.database_url = stack.database_url.value  # PostgreSQL is back
     await ownership.claim()
     assert set(ownership.epochs) == {0} and not ownership.unclaimed
+
+
+# --- one stream, one partition --------------------------------------------------------------------------
+
+
+async def rows_of(conn: psycopg.AsyncConnection, tenant: str) -> list[tuple[datetime, int, int]]:
+    cur = await conn.execute(
+        "SELECT bucket, delta_partition, version FROM stripe_pushes WHERE tenant_id = %s ORDER BY bucket",
+        (tenant,),
+    )
+    return [(b, int(p), int(v)) for b, p, v in await cur.fetchall()]
+
+
+async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(conn: psycopg.AsyncConnection) -> None:
+    """usage.deltas gained partitions: the stream's new deltas arrive in partition 1, so its older rows
+    move there too (one writer pushes the whole stream); the holder of partition 0 can no longer change
+    them, even under an epoch that partition 1's lease happens to have too."""
+    tenant, app = await seeded(conn)  # hour 14:00 from partition 0
+    period = datetime(2026, 11, 1, tzinfo=UTC)
+    earlier = BUCKET.replace(hour=13)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", earlier, 1_000_000, 1, app, 0, period)], NOW)
+    old = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
+    stale = await due_row(conn, tenant)
+    before = await rows_of(conn, tenant)
+    assert [p for _, p, _ in before] == [0, 0]
+    later = BUCKET.replace(hour=15)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 2_000_000, 1, app, 1, period)], NOW)
+    after = await rows_of(conn, tenant)
+    assert [(b, p) for b, p, _ in after] == [(earlier, 1), (BUCKET, 1), (later, 1)]
+    assert all(v > was for (_, _, v), (_, _, was) in zip(after, before, strict=False))  # moved: version + 1
+    new = Fence(app, await pushes.claim(conn, app, 1, "writer-b", NOW), 1)
+    assert new.epoch == old.epoch == 1
+    fresh = next(r for s in await pushes.due(conn, app, [1], NOW) for r in s.rows if r.key == stale.key)
+    request = new_request(fresh, 5, "sum", METER, "cus_1")
+    assert not await pushes.record_pending(conn, fresh, request, old, NOW)  # partition 0 is not its own
+    assert not await pushes.record_pending(conn, stale, request, new, NOW)  # the stale read
+    assert await pushes.record_pending(conn, fresh, request, new, NOW)
+    # a later delta from partition 1 moves nothing and bumps no other row
+    moved = await rows_of(conn, tenant)
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 3_000_000, 2, app, 1, period)], NOW)
+    assert [(b, v) for b, _, v in await rows_of(conn, tenant) if b != later] == [
+        (b, v) for b, _, v in moved if b != later
+    ]
+    # an older delta (lower seq) from partition 0 changes nothing, and so moves nothing back
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 1_000_000, 1, app, 0, period)], NOW)
+    assert {p for _, p, _ in await rows_of(conn, tenant)} == {1}
+
+
+# --- last: what Stripe holds, and the hour's newest stamp -------------------------------------------------
+
+
+async def test_a_row_knows_whether_stripe_holds_an_event_of_its_hour(conn: psycopg.AsyncConnection) -> None:
+    tenant, app = await seeded(conn, total_micros=0)
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'm', 'seats', 'last')",
+        (tenant,),
+    )
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    row = await due_row(conn, tenant)
+    assert (row.holds, row.last_timestamp) == (False, None)
+    stamp = int(BUCKET.timestamp()) + 3
+    request = new_request(row, 0, "last", METER, "cus_1", stamp)
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert (pending.holds, pending.last_timestamp) == (False, stamp)  # sent, not known to have landed
+    assert await pushes.mark_delivered(
+        conn, pending, request.identifier, 0, False, pending.version, fence, NOW
+    )
+    delivered = await due_row(conn, tenant)
+    assert (delivered.holds, delivered.pushed_units, delivered.last_timestamp) == (True, 0, stamp)
+
+
+async def test_a_temporary_refusal_is_remembered_from_its_first_time(conn: psycopg.AsyncConnection) -> None:
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    row = await due_row(conn, tenant)
+    request = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    pending = await due_row(conn, tenant)
+    first, later = NOW, NOW.replace(minute=30)
+    for when in (first, later):
+        assert await pushes.mark_attempt(conn, pending, request.identifier, "early", True, fence, when, True)
+    refused = await due_row_at(conn, tenant, later.replace(hour=later.hour + 1))  # after the backoff
+    assert refused.refused_since == first.timestamp() and refused.pending_attempt == 2
+    assert await pushes.mark_delivered(
+        conn, refused, request.identifier, 5, True, refused.version, fence, NOW
+    )
+    async with conn.cursor() as cur:
+        await cur.execute("SELECT refused_since FROM stripe_pushes WHERE tenant_id = %s", (tenant,))
+        assert await cur.fetchone() == (None,)
+
+
+# --- counters without push rows ---------------------------------------------------------------------------
+
+
+async def test_counters_whose_deltas_were_never_read_get_push_rows(conn: psycopg.AsyncConnection) -> None:
+    """The counters table has what usage.deltas no longer does: a pass records the app's counters that
+    have no push row, or a newer total than it; twice, or by two writers at once, changes nothing more.
+    Another app's counters, and counters from before counters carried an app, are left alone."""
+    from stripemeter.domain.clock import Clock
+    from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
+    from stripemeter.services.push_backfill import CounterBackfill
+
+    tenant = f"bf-{uuid.uuid4().hex[:6]}"
+    app = "app-" + tenant
+    hours = [BUCKET.replace(hour=h) for h in (12, 13, 14)]
+    counters: list[tuple[str | None, str, datetime, int, int]] = [
+        (app, "c1", h, 1_000_000 * (i + 1), 2) for i, h in enumerate(hours)
+    ]
+    counters += [(app, "c2", hours[0], 7_000_000, 1), ("other-app", "c3", hours[0], 1, 1)]
+    counters += [(None, "c4", hours[0], 1, 1), (app, "c5", BUCKET - timedelta(days=36), 1, 1)]  # too old
+    for counter_app, customer, bucket, micros, seq in counters:
+        await conn.execute(
+            "INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, app_id)"
+            " VALUES (%s, 'm', %s, %s, %s, %s, %s)",
+            (tenant, customer, bucket, micros, seq, counter_app),
+        )
+    await conn.execute(
+        "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id, billing_anchor)"
+        " VALUES (%s, 'c2', 'cus_2', %s)",
+        (tenant, datetime(2026, 1, 31, 10, 45, tzinfo=UTC)),
+    )
+    # c1's first hour has a push row already, from an older delta (seq 1)
+    period = periods.holding(hours[0]).start
+    await pushes.record_latest(conn, [Latest(tenant, "m", "c1", hours[0], 500_000, 1, app, 0, period)], NOW)
+    partition_of = Partitioner(4)
+    clock = Clock.starting_at(NOW)
+    backfill = CounterBackfill(app, clock, batch=2)  # small batches: the pass goes on over several
+    made = await backfill.run_pass(conn, partition_of)
+    assert made == len(hours) + 1
+    cur = await conn.execute(
+        "SELECT customer_ref, bucket, latest_micros, latest_seq, delta_partition, period_start, app_id"
+        " FROM stripe_pushes WHERE tenant_id = %s ORDER BY customer_ref, bucket",
+        (tenant,),
+    )
+    found = await cur.fetchall()
+    anchored = periods.holding(hours[0], datetime(2026, 1, 31, 10, 45, tzinfo=UTC)).start
+    assert found == [
+        *[("c1", h, 1_000_000 * (i + 1), 2, partition_of(delta_routing_key(tenant, "m", "c1")),
+           periods.holding(h).start, app) for i, h in enumerate(hours)],
+        ("c2", hours[0], 7_000_000, 1, partition_of(delta_routing_key(tenant, "m", "c2")), anchored, app),
+    ]  # fmt: skip
+    assert await CounterBackfill(app, clock).run_pass(conn, partition_of) == 0  # nothing left to do

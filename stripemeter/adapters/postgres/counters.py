@@ -22,17 +22,17 @@ CREATE_DELTA_STAGING = "CREATE TEMP TABLE IF NOT EXISTS deltas_in (delta jsonb) 
 # totalMicros is exact; a record with only the contract's `total` is converted like decode_delta does.
 UPSERT_COUNTERS = """
 INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at,
-                      keyed_partition, keyed_offset)
+                      keyed_partition, keyed_offset, app_id)
 SELECT DISTINCT ON (1, 2, 3, 4)
        delta->>'tenantId', delta->>'metric', delta->>'customerRef', (delta->>'bucket')::timestamptz,
        coalesce((delta->>'totalMicros')::numeric, round((delta->>'total')::numeric * 1000000)),
-       (delta->>'seq')::bigint, %s::timestamptz,
-       (delta->>'keyedPartition')::integer, (delta->>'keyedOffset')::bigint
+       (delta->>'seq')::bigint, %(now)s::timestamptz,
+       (delta->>'keyedPartition')::integer, (delta->>'keyedOffset')::bigint, %(app)s::text
 FROM deltas_in
 ORDER BY 1, 2, 3, 4, 6 DESC
 ON CONFLICT (tenant_id, metric, customer_ref, bucket) DO UPDATE
 SET total_micros = EXCLUDED.total_micros, seq = EXCLUDED.seq, updated_at = EXCLUDED.updated_at,
-    keyed_partition = EXCLUDED.keyed_partition, keyed_offset = EXCLUDED.keyed_offset
+    keyed_partition = EXCLUDED.keyed_partition, keyed_offset = EXCLUDED.keyed_offset, app_id = EXCLUDED.app_id
 WHERE counters.seq < EXCLUDED.seq
 """
 
@@ -51,14 +51,16 @@ async def create_staging(conn: psycopg.AsyncConnection) -> None:
     await conn.execute(CREATE_DELTA_STAGING)
 
 
-async def upsert_counters(conn: psycopg.AsyncConnection, records: list[bytes], now: datetime) -> None:
-    """Apply raw usage.deltas records, changed at ``now`` (the application's clock: reconciliation
-    compares it with its own). Call inside the batch's transaction."""
+async def upsert_counters(
+    conn: psycopg.AsyncConnection, records: list[bytes], now: datetime, app_id: str | None = None
+) -> None:
+    """Apply raw usage.deltas records of app ``app_id``, changed at ``now`` (the application's clock:
+    reconciliation compares it with its own). Call inside the batch's transaction."""
     if not records:
         return
     async with conn.cursor().copy("COPY deltas_in (delta) FROM STDIN") as copy:
         await copy.write(b"".join(map(copy_json_line, records)))
-    await conn.execute(UPSERT_COUNTERS, (now,))
+    await conn.execute(UPSERT_COUNTERS, {"now": now, "app": app_id})
 
 
 # How many of the given counters show a keyed message at or after the given offset in its partition.

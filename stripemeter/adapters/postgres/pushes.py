@@ -46,14 +46,16 @@ class Stream:
     event_name: str | None
     aggregation: str
     stripe_customer: str | None
+    billing_anchor: datetime | None = None
 
 
 @dataclass(frozen=True)
 class Fence:
-    """Who may change a row: the app's writer holding its partition under this epoch."""
+    """Who may change a row: the app's writer holding the row's partition under this epoch."""
 
     app_id: str
     epoch: int
+    partition: int
 
 
 UPSERT_LATEST = """
@@ -68,6 +70,43 @@ SET latest_micros = EXCLUDED.latest_micros, latest_seq = EXCLUDED.latest_seq, ap
     status = CASE WHEN stripe_pushes.status IN ('pending', 'parked') THEN stripe_pushes.status
                   ELSE 'waiting' END
 WHERE stripe_pushes.latest_seq < EXCLUDED.latest_seq
+RETURNING tenant_id, metric, customer_ref, bucket, app_id, delta_partition
+"""
+
+# A stream's rows live in one partition, the one its newest delta came from: the writer holding it
+# pushes the whole stream (targets carry from hour to hour). Usually nothing moves; when a stream's
+# deltas arrive in another partition (usage.deltas gained partitions), its other rows follow, version
+# + 1, so the previous holder's compare-and-set fails. Rows are locked in key order; a writer meeting a
+# deadlock with another one recording the same stream runs the (seq-guarded) recording again.
+FOLLOW = """
+WITH incoming AS (
+    SELECT * FROM unnest(%(tenants)s::text[], %(metrics)s::text[], %(customers)s::text[], %(apps)s::text[],
+                         %(partitions)s::integer[])
+                  AS i(tenant_id, metric, customer_ref, app_id, delta_partition)
+), moved AS (
+    -- only new streams and streams that moved are written (and locked): usually none
+    INSERT INTO stripe_push_streams (tenant_id, metric, customer_ref, app_id, delta_partition)
+    SELECT i.* FROM incoming i
+    LEFT JOIN stripe_push_streams s USING (tenant_id, metric, customer_ref)
+    WHERE s.delta_partition IS DISTINCT FROM i.delta_partition OR s.app_id IS DISTINCT FROM i.app_id
+    ORDER BY i.tenant_id, i.metric, i.customer_ref
+    ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
+    SET app_id = EXCLUDED.app_id, delta_partition = EXCLUDED.delta_partition
+    WHERE stripe_push_streams.delta_partition <> EXCLUDED.delta_partition
+       OR stripe_push_streams.app_id IS DISTINCT FROM EXCLUDED.app_id
+    RETURNING tenant_id, metric, customer_ref, delta_partition
+), locked AS (
+    SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, m.delta_partition
+    FROM stripe_pushes p JOIN moved m USING (tenant_id, metric, customer_ref)
+    WHERE p.delta_partition IS DISTINCT FROM m.delta_partition
+    ORDER BY p.tenant_id, p.metric, p.customer_ref, p.bucket
+    FOR UPDATE OF p
+)
+UPDATE stripe_pushes p SET delta_partition = l.delta_partition, version = p.version + 1,
+                           updated_at = %(now)s
+FROM locked l
+WHERE p.tenant_id = l.tenant_id AND p.metric = l.metric AND p.customer_ref = l.customer_ref
+  AND p.bucket = l.bucket
 """
 
 # The streams of the given partitions that have something to do, each with all its hours of the
@@ -89,7 +128,13 @@ WITH due AS (
 SELECT p.tenant_id, p.metric, p.customer_ref, p.bucket, p.latest_micros, p.pushed_units, p.status,
        p.version, p.delta_partition, p.pending_request, extract(epoch FROM p.pending_since) AS pending_since,
        p.pending_attempt, p.attempts, p.period_start, extract(epoch FROM p.updated_at) AS updated_at,
-       m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id
+       p.last_timestamp, extract(epoch FROM p.refused_since) AS refused_since,
+       -- whether Stripe holds an event of the hour (it matters for last: 0 differs from nothing)
+       coalesce(p.pushed_units <> 0 OR (m.aggregation = 'last' AND EXISTS (
+           SELECT 1 FROM stripe_push_requests r
+           WHERE r.tenant_id = p.tenant_id AND r.metric = p.metric AND r.customer_ref = p.customer_ref
+             AND r.bucket = p.bucket AND r.status = 'delivered')), false) AS holds,
+       m.stripe_meter_event_name, m.aggregation, c.stripe_customer_id, c.billing_anchor
 FROM stripe_pushes p
 JOIN due USING (tenant_id, metric, customer_ref, period_start)
 LEFT JOIN metric_mappings m ON m.tenant_id = p.tenant_id AND m.metric = p.metric
@@ -99,8 +144,8 @@ ORDER BY p.tenant_id, p.metric, p.customer_ref, p.period_start, p.bucket
 
 KEY = "tenant_id = %(tenant)s AND metric = %(metric)s AND customer_ref = %(customer)s AND bucket = %(bucket)s"
 FENCE = (
-    "EXISTS (SELECT 1 FROM stripe_writer_leases l WHERE l.app_id = %(app)s"
-    " AND l.partition = stripe_pushes.delta_partition AND l.epoch = %(epoch)s)"
+    "stripe_pushes.delta_partition = %(partition)s AND EXISTS (SELECT 1 FROM stripe_writer_leases l"
+    " WHERE l.app_id = %(app)s AND l.partition = %(partition)s AND l.epoch = %(epoch)s)"
 )
 
 
@@ -108,7 +153,7 @@ def _params(key: Key, fence: Fence | None, now: datetime, **more: Any) -> dict[s
     tenant, metric, customer, bucket = key
     out = {"tenant": tenant, "metric": metric, "customer": customer, "bucket": bucket, "now": now, **more}
     if fence is not None:
-        out |= {"app": fence.app_id, "epoch": fence.epoch}
+        out |= {"app": fence.app_id, "epoch": fence.epoch, "partition": fence.partition}
     return out
 
 
@@ -125,16 +170,18 @@ async def _changed(conn: psycopg.AsyncConnection, sql: str, params: dict[str, An
 
 
 async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now: datetime) -> None:
-    """Keep the highest seq per counter; a change makes the counter due (version + 1)."""
+    """Keep the highest seq per counter; a change makes the counter due (version + 1), and the rest of
+    its stream follows the partition of its newest changed hour (``FOLLOW``). Seq-guarded, so any
+    number of writers may record the same counters, in any order."""
     best: dict[tuple[str, str, str, datetime], Latest] = {}
     for d in latest:
         key = (d.tenant_id, d.metric, d.customer_ref, d.bucket)
         if key not in best or best[key].seq < d.seq:
             best[key] = d
-    rows = list(best.values())
+    rows = [best[key] for key in sorted(best)]  # key order: concurrent upserts never deadlock
     if not rows:
         return
-    await conn.execute(
+    cur = await conn.execute(
         UPSERT_LATEST,
         (
             now,
@@ -149,6 +196,82 @@ async def record_latest(conn: psycopg.AsyncConnection, latest: list[Latest], now
             [d.period_start for d in rows],
         ),
     )
+    newest: dict[tuple[str, str, str], tuple[datetime, str, int]] = {}
+    for tenant, metric, customer, bucket, app, partition in await cur.fetchall():
+        stream = (tenant, metric, customer)
+        if stream not in newest or newest[stream][0] < bucket:
+            newest[stream] = (bucket, app, partition)
+    if newest:
+        streams = sorted(newest)
+        await conn.execute(
+            FOLLOW,
+            {
+                "tenants": [s[0] for s in streams],
+                "metrics": [s[1] for s in streams],
+                "customers": [s[2] for s in streams],
+                "apps": [newest[s][1] for s in streams],
+                "partitions": [newest[s][2] for s in streams],
+                "now": now,
+            },
+        )
+
+
+# --- what the counters say ---------------------------------------------------------------------------
+
+# A batch of the app's counters in key order after a cursor, with the seq of their push rows (NULL:
+# none). Hours older than ``oldest`` are left out: Stripe would not take them.
+COUNTERS_AFTER = """
+SELECT c.tenant_id, c.metric, c.customer_ref, c.bucket, c.total_micros, c.seq, p.latest_seq
+FROM (
+    SELECT tenant_id, metric, customer_ref, bucket, total_micros, seq FROM counters
+    WHERE app_id = %(app)s AND bucket >= %(oldest)s
+      AND (bucket, tenant_id, metric, customer_ref) > (%(bucket)s, %(tenant)s, %(metric)s, %(customer)s)
+    ORDER BY bucket, tenant_id, metric, customer_ref
+    LIMIT %(limit)s
+) c
+LEFT JOIN stripe_pushes p USING (tenant_id, metric, customer_ref, bucket)
+ORDER BY c.bucket, c.tenant_id, c.metric, c.customer_ref
+"""
+
+CounterKey = tuple[datetime, str, str, str]  # bucket, tenant, metric, customer: the counters' scan order
+
+
+@dataclass(frozen=True)
+class CounterRow:
+    """A counter as the sink wrote it, and the seq its push row holds (None: it has none)."""
+
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    bucket: datetime
+    total_micros: int
+    seq: int
+    pushed_seq: int | None
+
+    @property
+    def scan_key(self) -> CounterKey:
+        return (self.bucket, self.tenant_id, self.metric, self.customer_ref)
+
+    @property
+    def behind(self) -> bool:
+        """Whether the push row misses this counter or an older total of it."""
+        return self.pushed_seq is None or self.pushed_seq < self.seq
+
+
+async def counters_after(
+    conn: psycopg.AsyncConnection, app_id: str, oldest: datetime, after: CounterKey, limit: int
+) -> list[CounterRow]:
+    """Up to ``limit`` of the app's counters of hours from ``oldest`` on, after ``after`` in scan order."""
+    bucket, tenant, metric, customer = after
+    cur = await conn.execute(
+        COUNTERS_AFTER,
+        {"app": app_id, "oldest": oldest, "bucket": bucket, "tenant": tenant, "metric": metric,
+         "customer": customer, "limit": limit},
+    )  # fmt: skip
+    return [
+        CounterRow(t, m, c, b, int(total), int(seq), int(pushed) if pushed is not None else None)
+        for t, m, c, b, total, seq, pushed in await cur.fetchall()
+    ]
 
 
 async def anchors(
@@ -184,8 +307,9 @@ async def due(
         stream = grouped.get(group)
         if stream is None:
             stream = grouped[group] = Stream(
-                [], r["stripe_meter_event_name"], r["aggregation"] or "sum", r["stripe_customer_id"]
-            )
+                [], r["stripe_meter_event_name"], r["aggregation"] or "sum", r["stripe_customer_id"],
+                r["billing_anchor"],
+            )  # fmt: skip
         stream.rows.append(
             Row(
                 key=(r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
@@ -199,6 +323,9 @@ async def due(
                 pending_attempt=int(r["pending_attempt"]),
                 attempts=int(r["attempts"]),
                 updated_at=float(r["updated_at"]),
+                holds=bool(r["holds"]),
+                last_timestamp=int(r["last_timestamp"]) if r["last_timestamp"] is not None else None,
+                refused_since=float(r["refused_since"]) if r["refused_since"] is not None else None,
             )
         )
     return list(grouped.values())
@@ -208,7 +335,9 @@ RECORD_PENDING = f"""
 WITH recorded AS (
     UPDATE stripe_pushes
     SET pending_request = %(request)s, pending_since = %(now)s, pending_attempt = 0, status = 'pending',
-        version = version + 1, updated_at = %(now)s
+        version = version + 1, updated_at = %(now)s, refused_since = NULL,
+        -- the newest stamp of the hour: the next last request of the hour is stamped after it
+        last_timestamp = greatest(last_timestamp, %(timestamp)s)
     WHERE {KEY} AND version = %(version)s AND pending_request IS NULL AND {FENCE}
     RETURNING tenant_id, metric, customer_ref, bucket
 ), logged AS (
@@ -231,7 +360,7 @@ async def record_pending(
         RECORD_PENDING,
         _params(
             row.key, fence, now, version=row.version, identifier=request.identifier,
-            request=orjson.dumps(request.wire()).decode(),
+            request=orjson.dumps(request.wire()).decode(), timestamp=request.timestamp,
         ),
     )  # fmt: skip
 
@@ -243,7 +372,7 @@ WITH delivered AS (
     -- request was dropped may have lowered it since this one was recorded; a last request replaces it
     SET pushed_units = CASE WHEN %(added)s::bigint IS NULL THEN %(to_units)s
                             ELSE pushed_units + %(added)s::bigint END,
-        pending_request = NULL, pending_since = NULL, pending_attempt = 0,
+        pending_request = NULL, pending_since = NULL, pending_attempt = 0, refused_since = NULL,
         attempts = 0, version = version + 1, updated_at = %(now)s,
         -- a counter parked meanwhile (a drop report) stays parked with its reason; otherwise synced
         -- only if nothing changed since the decision (a new delta made it waiting again)
@@ -289,15 +418,21 @@ async def mark_attempt(
     new_key: bool,
     fence: Fence,
     now: datetime,
+    refused: bool = False,
 ) -> bool:
-    """The pending request failed for now: retried later, under a new idempotency key if ``new_key``."""
+    """The pending request failed for now: retried later, under a new idempotency key if ``new_key``.
+    ``refused``: Stripe refused it for now; the first such refusal is remembered (``refused_since``)."""
     return await _changed(
         conn,
         f"UPDATE stripe_pushes SET attempts = attempts + 1, reason = %(reason)s, updated_at = %(now)s,"
-        f" pending_attempt = pending_attempt + %(bump)s"
+        f" pending_attempt = pending_attempt + %(bump)s,"
+        f" refused_since = CASE WHEN %(refused)s THEN coalesce(refused_since, %(now)s) ELSE refused_since END"
         f" WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}",
-        _params(row.key, fence, now, reason=reason[:1000], identifier=identifier, bump=int(new_key)),
-    )
+        _params(
+            row.key, fence, now, reason=reason[:1000], identifier=identifier, bump=int(new_key),
+            refused=refused,
+        ),
+    )  # fmt: skip
 
 
 async def refuse_pending(
@@ -335,7 +470,7 @@ async def _drop_pending(
         f"""
         WITH dropped AS (
             UPDATE stripe_pushes SET {row_change}, pending_request = NULL, pending_since = NULL,
-                   pending_attempt = 0, version = version + 1, updated_at = %(now)s
+                   pending_attempt = 0, refused_since = NULL, version = version + 1, updated_at = %(now)s
             WHERE {KEY} AND pending_request ->> 'identifier' = %(identifier)s AND {FENCE}
             RETURNING 1
         ), logged AS (
@@ -353,11 +488,12 @@ async def park(
     conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence, now: datetime, status: str = "parked"
 ) -> bool:
     """Park the row (or mark it ``unmapped``) as read; a pending request stays recorded: whether it
-    landed is unknown, so it is sent again unchanged (under a new key) once unparked."""
+    landed is unknown, so it is sent again unchanged (under a new key) once unparked, and its refusals
+    are counted afresh."""
     return await _changed(
         conn,
         f"UPDATE stripe_pushes SET status = %(status)s, reason = %(reason)s, version = version + 1,"
-        f" updated_at = %(now)s WHERE {KEY} AND version = %(version)s AND {FENCE}",
+        f" updated_at = %(now)s, refused_since = NULL WHERE {KEY} AND version = %(version)s AND {FENCE}",
         _params(row.key, fence, now, status=status, reason=reason[:1000], version=row.version),
     )
 

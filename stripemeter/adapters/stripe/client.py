@@ -3,7 +3,11 @@
 Outcomes and what the writer does with them:
 - ``delivered``: 2xx, or Stripe's "an event already exists with identifier ..." (it landed before);
 - ``refused``: a 4xx about the request itself (unknown customer, inactive meter, too old): it did
-  not land; the counter is parked with Stripe's message;
+  not land; the writer parks the counter with Stripe's message unless the refusal may pass later
+  (``push_plan.refusal_is_temporary``: a meter or customer created a moment ago);
+- ``refused_for_now``: a refusal that passes later by its code alone (``push_plan.TEMPORARY_CODES``:
+  a timestamp ahead of Stripe's clock, a lock timeout, which Stripe answers with a 429): it did not
+  land; sent again unchanged, under a new idempotency key (Stripe may keep the refusal for the key);
 - ``idempotency_conflict``: 400 ``idempotency_error``, the key was first used with other parameters:
   the counter is parked, never retried blindly;
 - ``server_error``: 5xx: may or may not have landed; retried unchanged under a new idempotency key
@@ -21,11 +25,18 @@ from typing import Literal
 
 import stripe
 
-from stripemeter.core.push_plan import Request, idempotency_key
+from stripemeter.core.push_plan import TEMPORARY_CODES, Request, idempotency_key
 from stripemeter.domain import metrics
 
 Outcome = Literal[
-    "delivered", "refused", "idempotency_conflict", "server_error", "unreachable", "rate_limited", "transient"
+    "delivered",
+    "refused",
+    "refused_for_now",
+    "idempotency_conflict",
+    "server_error",
+    "unreachable",
+    "rate_limited",
+    "transient",
 ]
 
 
@@ -58,10 +69,21 @@ def _already_exists(error: stripe.InvalidRequestError) -> bool:
     return "already exists" in (error.user_message or str(error))
 
 
+def code_of(error: stripe.StripeError) -> str | None:
+    """Stripe's error code: stripe-python keeps it on the error for a 400, in the error object for a
+    429 (a lock timeout is a 429 with code ``lock_timeout``)."""
+    code = getattr(error, "code", None)
+    if code is None and error.error is not None:
+        code = getattr(error.error, "code", None)
+    return str(code) if code else None
+
+
 def classify(error: stripe.StripeError) -> SendResult:
     message = (error.user_message or str(error) or type(error).__name__)[:500]
-    code = getattr(error, "code", None)
+    code = code_of(error)
     status = error.http_status or 0
+    if code in TEMPORARY_CODES and 400 <= status < 500:
+        return SendResult("refused_for_now", message, code)
     if isinstance(error, stripe.RateLimitError):
         retry = (error.headers or {}).get("Retry-After")
         return SendResult("rate_limited", message, code, float(retry) if retry else None)

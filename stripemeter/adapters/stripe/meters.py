@@ -1,6 +1,8 @@
 """Stripe's meters by event name: how to send to each (its payload keys) and whether it can carry a
 metric at all (see ``plan.meter_problem``). Read with ``meters.list`` and kept for a minute; a name
-not found is looked for again after a few seconds (a meter created meanwhile)."""
+not found is looked for again after a few seconds (a meter created meanwhile). Before a meter problem
+parks a counter, ``fresh`` reads them again (at most once a second): the operator may have fixed the
+meter a moment ago."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ log = logging.getLogger(__name__)
 PAGE = 100
 TTL_SECONDS = 60.0
 MISSING_RECHECK_SECONDS = 5.0
+FRESH_SECONDS = 1.0
 
 Call = Callable[..., Awaitable[Any]]
 
@@ -64,6 +67,14 @@ class MeterCatalog:
                 # Stripe is failing: the meter as last read still says how to send; read again soon
                 self._read_at = self.monotonic() - TTL_SECONDS + MISSING_RECHECK_SECONDS
                 log.warning("reading Stripe's meters failed (%s); using them as read before", exc)
+        return self._meters.get(event_name)
+
+    async def fresh(self, event_name: str, max_age: float = FRESH_SECONDS) -> Meter | None:
+        """The meter as Stripe lists it now: read again unless read within ``max_age`` seconds, so any
+        number of callers cost at most one read a ``max_age``. A failing read raises (the caller
+        decides nothing on a stale catalog)."""
+        if self.monotonic() - self._read_at > max_age:
+            await self.refresh()
         return self._meters.get(event_name)
 
     def all(self) -> dict[str, Meter]:

@@ -7,6 +7,8 @@ Where each fault strikes a request (see server.py for the whole order):
   is processed or stored (the client raises APIConnectionError; a retry runs afresh).
 - `rate_limit`: the next N requests get 429 `rate_limit` (stripe-python raises RateLimitError and,
   unless told, does not retry it). Not stored for idempotency, like every 429.
+- `lock_timeouts`: the next N requests get 429 `lock_timeout` with `Stripe-Should-Retry: true`, as
+  Stripe answers a request for an object another request holds: nothing ran, nothing is stored.
 - `server_errors`: the next N requests that start executing (their parameters passed the shape
   checks) get 500 api_error with `Stripe-Should-Retry: true`, before they change anything. Like
   Stripe, the 500 is stored under the request's idempotency key and replayed to every retry with that
@@ -51,6 +53,7 @@ TEST_MODE_OPS_PER_SECOND = 25.0
 @dataclass
 class Faults:
     rate_limit: int = 0
+    lock_timeouts: int = 0
     server_errors: int = 0
     server_error_rate: float = 0.0
     landed_server_errors: int = 0
@@ -87,6 +90,9 @@ class Faults:
 
     def take_rate_limit(self, path: str) -> bool:
         return self._take(path, "rate_limit")
+
+    def take_lock_timeout(self, path: str) -> bool:
+        return self._take(path, "lock_timeouts")
 
     def take_server_error(self, path: str) -> bool:
         return self._take(path, "server_errors", "server_error_rate")
@@ -133,6 +139,14 @@ def rate_limited() -> StripeApiError:
         "Request rate limit exceeded. Learn more about rate limits here https://stripe.com/docs/rate-limits."
     )
     return StripeApiError(429, "invalid_request_error", message, code="rate_limit")
+
+
+def lock_timed_out() -> StripeApiError:
+    message = (
+        "This object cannot be accessed right now because another API request or Stripe process is"
+        " currently accessing it. If you see this error intermittently, retry the request."
+    )
+    return StripeApiError(429, "invalid_request_error", message, code="lock_timeout", should_retry=True)
 
 
 def server_error() -> StripeApiError:

@@ -4,7 +4,8 @@ and `GET /v2/core/events/{id}` for the events that carry error reports.
 Every Stripe request passes, in this order (each step as Stripe places it):
 1. Request-Id; injected latency; dropped connection (nothing processed, nothing stored);
 2. API key check (401);
-3. the shared operations budget and injected 429s (`rate_limit`; never stored for idempotency);
+3. the shared operations budget and injected 429s (`rate_limit`, `lock_timeout`; never stored for
+   idempotency);
 4. idempotency (POST with a key): replay the stored answer, 400 on other parameters, 409 while the
    first is running - or run it;
 5. the shape checks of the route's parameters (400; not stored: the endpoint never executed);
@@ -30,7 +31,12 @@ from aiohttp import web
 
 from stripemeter.tools.stripe_emulator import control, events, meters
 from stripemeter.tools.stripe_emulator.errors import StripeApiError, reject_unknown
-from stripemeter.tools.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, rate_limited, server_error
+from stripemeter.tools.stripe_emulator.faults import (
+    TEST_MODE_OPS_PER_SECOND,
+    lock_timed_out,
+    rate_limited,
+    server_error,
+)
 from stripemeter.tools.stripe_emulator.idempotency import StoredResponse, fingerprint
 from stripemeter.tools.stripe_emulator.state import EmulatorState, check_customer
 from stripemeter.tools.stripe_emulator.webhooks import Sender
@@ -117,6 +123,8 @@ async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorSta
     api_key = _api_key(request)
     if not state.budget.take(faults.ops_per_second) or faults.take_rate_limit(path):
         raise rate_limited()
+    if faults.take_lock_timeout(path):
+        raise lock_timed_out()
     idempotency_key = request.headers.get("Idempotency-Key")
     if request.method != "POST" or not idempotency_key:
         lost = faults.take_lost_response(path)

@@ -4,9 +4,13 @@
 boundaries when `value_grouping_window` is `hour` or `day`. Without a window the whole range is one
 summary. The emulator returns a summary only for windows holding at least one counted event (so an
 empty range gives an empty list), newest window first. `last` is the value of the event with the
-newest timestamp (the later received wins a tie). A meter with an `event_time_window` (`hour` or
-`day`) takes pre-aggregated events: of each customer's events in one such window (by timestamp, UTC
-aligned) only the newest counts, the later received winning a tie.
+newest timestamp. A meter with an `event_time_window` (`hour` or `day`) takes pre-aggregated events: of
+each customer's events in one such window (by timestamp, UTC aligned) only the newest counts.
+
+Ties: Stripe does not say which of two events with the same timestamp is the newest. The emulator
+takes the one received first, so a sender that relies on receipt order (the later one winning, as it
+may well at Stripe) fails here rather than in a customer's invoice: the newest value needs a later
+timestamp.
 """
 
 from __future__ import annotations
@@ -71,7 +75,8 @@ def aggregate(formula: str, events: list[MeterEvent]) -> float:
     if formula == "count":
         return float(len(events))
     if formula == "last":
-        return float(max(enumerate(events), key=lambda ie: (ie[1].timestamp, ie[0]))[1].value)
+        # the newest timestamp; of equal ones the earliest received (max keeps the first maximum)
+        return float(max(events, key=lambda e: e.timestamp).value)
     return float(sum(e.value for e in events))
 
 
@@ -82,7 +87,7 @@ def newest_per_window(events: Iterable[MeterEvent], window: str) -> list[MeterEv
     for position, event in enumerate(events):
         key = (event.customer, event.timestamp - event.timestamp % size)
         kept = newest.get(key)
-        if kept is None or event.timestamp >= kept[1].timestamp:
+        if kept is None or event.timestamp > kept[1].timestamp:  # a tie keeps the earlier received
             newest[key] = (position, event)
     return [event for _, event in sorted(newest.values(), key=lambda kept: kept[0])]
 

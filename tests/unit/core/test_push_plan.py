@@ -127,3 +127,109 @@ def test_a_pending_request_older_than_a_day_is_judged_by_what_stripes_hour_holds
     assert did_it_land(7, 5, 8, [2]) == "not_landed"
     assert did_it_land(8, 5, 8, [3]) == "unknown"  # landed, or not landed plus the correction
     assert did_it_land(8, 5, 8, [1] * 9) == "unknown"
+
+
+# --- last is Stripe's last --------------------------------------------------------------------------------
+
+
+def test_a_last_hour_stripe_holds_nothing_for_has_not_reached_0() -> None:
+    from stripemeter.core.push_plan import reached
+
+    empty = row(0)  # seats 0 from the hour's first event: Stripe holds no event of the hour yet
+    assert not reached(empty, 0, "last")
+    assert reached(replace(empty, holds=True), 0, "last")  # a 0 was delivered
+    assert reached(row(0, pushed=3), 3, "last")
+    assert reached(empty, 0, "sum") and reached(empty, 0, "count")  # a sum of nothing is 0
+
+
+def test_each_last_request_of_an_hour_is_stamped_after_the_previous_one() -> None:
+    from stripemeter.core.push_plan import MAX_AHEAD_S, next_timestamp
+
+    start = int(BUCKET.timestamp())
+    end, later = start + 3600, start + 7200.0
+    assert next_timestamp(row(1), "last", end, later) == start  # the first: the hour's start
+    stamps, hour = [], row(1)
+    for _ in range(5):  # five changes in one second of the clock: five distinct, growing stamps
+        stamp = next_timestamp(hour, "last", end, later)
+        assert isinstance(stamp, int)
+        stamps.append(stamp)
+        hour = replace(hour, last_timestamp=stamp)
+    assert stamps == [start, start + 1, start + 2, start + 3, start + 4]
+    # a sum or count request keeps the hour's start, whatever came before
+    assert next_timestamp(replace(hour, last_timestamp=start + 9), "sum", end, later) == start
+    # never past the hour's end (or its period's end, when that comes first) ...
+    assert next_timestamp(replace(hour, last_timestamp=end - 2), "last", end, later) == end - 1
+    assert next_timestamp(replace(hour, last_timestamp=end - 1), "last", end, later) == "exhausted"
+    assert next_timestamp(replace(hour, last_timestamp=start + 1019), "last", start + 1020, later) == (
+        "exhausted"
+    )
+    # ... and never further ahead of the clock than Stripe takes: the request waits
+    now = start + 100.0
+    ahead = replace(hour, last_timestamp=int(now) + MAX_AHEAD_S - 1)
+    assert next_timestamp(ahead, "last", end, now) == int(now) + MAX_AHEAD_S
+    assert next_timestamp(replace(ahead, last_timestamp=int(now) + MAX_AHEAD_S), "last", end, now) == "wait"
+    assert next_timestamp(hour, "last", end, now) == start + 5
+
+
+def test_a_last_request_carries_its_stamp_and_is_resent_with_it() -> None:
+    stamp = int(BUCKET.timestamp()) + 7
+    request = new_request(row(0), 0, "last", METER, "cus_1", stamp)
+    assert (request.timestamp, request.value, request.payload["units"]) == (stamp, 0, "0")
+    assert Request.from_wire(request.wire()) == request
+
+
+def test_an_old_last_request_is_judged_by_the_hours_newest_event() -> None:
+    from stripemeter.core.push_plan import did_last_land
+
+    assert did_last_land(None, None, 0) == "not_landed"  # no event at all: the 0 never landed
+    assert did_last_land(0, None, 0) == "landed"  # an event of 0: it did
+    assert did_last_land(7, 7, 0) == "not_landed"
+    assert did_last_land(0, 7, 0) == "landed"
+    assert did_last_land(3, 7, 0) == "unknown"
+    assert did_last_land(None, 7, 0) == "unknown"  # Stripe lost what it held
+
+
+# --- only permanent refusals park -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "meter_fits", "customer_exists", "temporary"),
+    [
+        ("timestamp_in_future", False, False, True),  # our clock runs ahead of Stripe's
+        ("lock_timeout", False, False, True),
+        ("timestamp_too_far_in_past", True, True, False),
+        ("meter_event_invalid_value", True, True, False),
+        ("meter_event_value_too_many_digits", True, True, False),
+        ("meter_event_no_customer_defined", True, True, False),
+        ("parameter_unknown", True, True, False),
+        (None, True, True, False),
+        ("no_meter", True, False, True),  # the meter Stripe lists now fits: created a moment ago
+        ("no_meter", False, True, False),  # it does not, read afresh: parked
+        ("archived_meter", True, False, True),
+        ("archived_meter", False, True, False),
+        ("meter_event_customer_not_found", False, True, True),  # Stripe has it when asked: a new one
+        ("meter_event_customer_not_found", True, False, False),  # it has not: a wrong customer id
+        ("resource_missing", False, True, True),
+        ("resource_missing", True, False, False),
+    ],
+)
+def test_a_refusal_is_temporary_only_when_the_same_request_can_pass_later(
+    code: str | None, meter_fits: bool, customer_exists: bool, temporary: bool
+) -> None:
+    from stripemeter.core.push_plan import refusal_is_temporary
+
+    assert refusal_is_temporary(code, meter_fits, customer_exists) is temporary
+
+
+def test_a_request_names_its_customer() -> None:
+    assert new_request(row(7_000_000), 7, "sum", METER, "cus_1").customer == "cus_1"
+    assert new_request(row(0), 0, "last", METER, "cus_0").customer == "cus_0"
+
+
+def test_temporary_refusals_end_after_an_hour() -> None:
+    from stripemeter.core.push_plan import TEMPORARY_REFUSAL_LIMIT_S, refused_too_long
+
+    assert not refused_too_long(row(1), 1e9)
+    refused = replace(row(1), refused_since=1000.0)
+    assert not refused_too_long(refused, 1000.0 + TEMPORARY_REFUSAL_LIMIT_S - 1)
+    assert refused_too_long(refused, 1000.0 + TEMPORARY_REFUSAL_LIMIT_S)

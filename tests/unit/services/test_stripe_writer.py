@@ -13,6 +13,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import stripe
 
 from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
@@ -21,12 +22,13 @@ from stripemeter.domain.clock import Clock
 from stripemeter.services import stripe_writer as writer_module
 from stripemeter.services.stripe_writer import StripeWriter
 from tests.unit.adapters.stripe.test_client import connection_error
+from tests.unit.adapters.stripe.test_client import error as stripe_error
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
 METER = Meter("mtr_1", "api_requests", "sum", "customer", "units", True, None)
 LAST_METER = Meter("mtr_2", "api_requests", "last", "customer", "units", True, None)
-FENCE = Fence("sm", 7)
+FENCE = Fence("sm", 7, 0)
 Call = tuple[Any, ...]
 
 
@@ -79,10 +81,18 @@ class FakePushes:
         return True
 
     async def mark_attempt(
-        self, conn: Any, row: Row, identifier: str, reason: str, new_key: bool, fence: Fence, now: datetime
+        self,
+        conn: Any,
+        row: Row,
+        identifier: str,
+        reason: str,
+        new_key: bool,
+        fence: Fence,
+        now: datetime,
+        refused: bool = False,
     ) -> bool:
         self.fences.add(fence)
-        self.log.append(("mark_attempt", identifier, reason, new_key))
+        self.log.append(("mark_attempt", identifier, reason, new_key, *(("refused",) if refused else ())))
         return True
 
     async def refuse_pending(
@@ -137,6 +147,9 @@ class FakeMeters:
             raise self.errors[event_name]
         return self.meter if self.meter and self.meter.event_name == event_name else None
 
+    async def fresh(self, event_name: str) -> Meter | None:
+        return await self.get(event_name)
+
 
 class Harness:
     """A writer holding usage.deltas partition 0 under epoch 7, at ``NOW``."""
@@ -149,11 +162,14 @@ class Harness:
         self.corrections = 0  # delivered reconciliation corrections of the hour
         self.uncertain: list[int] = []
         self.summary_params: list[Any] = []
+        self.customers: set[str] = {"cus_1"}  # the customers Stripe has when asked
+        self.customer_reads: list[str] = []
         client = SimpleNamespace(
             v1=SimpleNamespace(
                 billing=SimpleNamespace(
-                    meters=SimpleNamespace(event_summaries=SimpleNamespace(list_async=None))
-                )
+                    meters=SimpleNamespace(event_summaries=SimpleNamespace(list_async=self._summaries))
+                ),
+                customers=SimpleNamespace(retrieve_async=self._customer),
             )
         )
         self.writer = StripeWriter(
@@ -179,9 +195,21 @@ class Harness:
         self.log.append(("send", request, attempt))
         return self.results.pop(0)
 
-    async def _call(self, fn: Any, meter_id: str, params: dict[str, Any]) -> Any:
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await fn(*args)
+
+    async def _summaries(self, meter_id: str, params: dict[str, Any]) -> Any:
         self.summary_params.append((meter_id, params))
         return SimpleNamespace(data=[SimpleNamespace(aggregated_value=value) for value in self.summary])
+
+    async def _customer(self, customer: str) -> Any:
+        self.customer_reads.append(customer)
+        if customer not in self.customers:
+            raise stripe_error(
+                stripe.InvalidRequestError, 404, f"No such customer: '{customer}'", param="id",
+                code="resource_missing",
+            )  # fmt: skip
+        return SimpleNamespace(id=customer)
 
     async def _corrections(self, conn: Any, key: Any) -> int:
         return self.corrections
@@ -190,8 +218,8 @@ class Harness:
         return self.uncertain
 
     async def push(self, *rows: Row, event_name: str | None = "api_requests", customer: str | None = "cus_1",
-                   aggregation: str = "sum") -> int:  # fmt: skip
-        self.pushes.streams = [Stream(list(rows), event_name, aggregation, customer)]
+                   aggregation: str = "sum", anchor: datetime | None = None) -> int:  # fmt: skip
+        self.pushes.streams = [Stream(list(rows), event_name, aggregation, customer, anchor)]
         return await self.writer.push_due(conn=None)  # type: ignore[arg-type]
 
     def calls(self, *names: str) -> list[Call]:
@@ -209,6 +237,10 @@ def row(
     pending_attempt: int = 0,
     attempts: int = 0,
     updated_ago_s: float = 3600.0,
+    partition: int = 0,
+    holds: bool = False,
+    last_timestamp: int | None = None,
+    refused_ago_s: float | None = None,
 ) -> Row:
     return Row(
         key=("t1", "requests", "acme", bucket),
@@ -216,12 +248,15 @@ def row(
         pushed_units=pushed,
         status="pending" if pending and status == "waiting" else status,
         version=version,
-        delta_partition=0,
+        delta_partition=partition,
         pending_raw=pending.wire() if pending else None,
         pending_since=NOW.timestamp() - pending_age_s if pending else None,
         pending_attempt=pending_attempt,
         attempts=attempts,
         updated_at=NOW.timestamp() - updated_ago_s,
+        holds=holds,
+        last_timestamp=last_timestamp,
+        refused_since=None if refused_ago_s is None else NOW.timestamp() - refused_ago_s,
     )
 
 
@@ -526,3 +561,222 @@ async def test_a_pending_push_from_before_recorded_requests_waits_for_stripes_su
     h.summary = [5]  # pushed 2 + the legacy push's 3
     await h.push(replace(recent, updated_at=NOW.timestamp() - SUMMARY_LAG_S - 1))
     assert h.log == [("mark_delivered", "sm_legacy_4", 5, False, 4, 3)]
+
+
+# --- last is Stripe's last ------------------------------------------------------------------------------
+
+
+async def test_a_last_value_that_drops_to_0_is_sent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seats 10 in one hour, 0 in the next: Stripe bills the period's newest event, so the new hour's 0
+    has to reach it as an event, although its target equals what the row says it holds."""
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.results = [SendResult("delivered")]
+    await h.push(row(0), aggregation="last")
+    [(_, request)] = h.calls("record_pending")
+    assert (request.value, request.to_units, request.payload["units"]) == (0, 0, "0")
+    assert h.calls("mark_delivered") == [("mark_delivered", request.identifier, 0, True, 4, None)]
+    h.log.clear()
+    await h.push(row(0, holds=True), aggregation="last")  # once Stripe holds the 0: synced
+    assert h.log == [("mark_synced",)]
+
+
+async def test_each_last_request_of_an_hour_is_stamped_after_the_previous_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.results = [SendResult("delivered")]
+    start = int(BUCKET.timestamp())
+    await h.push(row(3, pushed=7, holds=True, last_timestamp=start + 4), aggregation="last")
+    [(_, request)] = h.calls("record_pending")
+    assert (request.timestamp, request.value) == (start + 5, 3)
+
+
+async def test_a_last_request_waits_while_its_stamp_is_further_ahead_than_stripe_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    this_hour = NOW.replace(minute=0)
+    ahead = int(NOW.timestamp()) + 240  # the previous request took the last second Stripe takes now
+    await h.push(row(3, pushed=7, holds=True, bucket=this_hour, last_timestamp=ahead), aggregation="last")
+    assert h.log == []  # still due: a later round sends it
+
+
+@pytest.mark.parametrize(
+    ("anchor", "used"),
+    [(None, 3599), (datetime(2026, 1, 20, 14, 17, tzinfo=UTC), 17 * 60 - 1)],
+    ids=["hour's end", "period's end"],
+)
+async def test_an_hour_out_of_seconds_parks_and_shows(
+    monkeypatch: pytest.MonkeyPatch, anchor: datetime | None, used: int
+) -> None:
+    """A newer value stamped at a second already used could lose to the older one at Stripe; it is
+    logged, counted and parked. With a 14:17 billing anchor the 14:00 hour of the anchor day ends at
+    14:17 in Stripe (the next period begins)."""
+    from prometheus_client import REGISTRY
+
+    def full() -> float:
+        return REGISTRY.get_sample_value("stripemeter_stripe_last_hours_out_of_seconds_total") or 0.0
+
+    h = Harness(monkeypatch, meter=LAST_METER)
+    start, before = int(BUCKET.timestamp()), full()
+    await h.push(row(3, pushed=7, holds=True, last_timestamp=start + used), aggregation="last", anchor=anchor)
+    [(name, status, reason)] = h.log
+    assert (name, status) == ("park", "parked") and "every second of the hour" in reason
+    assert full() == before + 1
+    if anchor is not None:  # one second earlier still fits
+        h.log.clear()
+        h.results = [SendResult("delivered")]
+        hour = row(3, pushed=7, holds=True, last_timestamp=start + used - 1)
+        await h.push(hour, aggregation="last", anchor=anchor)
+        [(_, request)] = h.calls("record_pending")
+        assert request.timestamp == start + used
+
+
+@pytest.mark.parametrize(("summary", "verdict"), [([], "not landed"), ([0], "landed")])
+async def test_an_old_last_request_of_0_is_judged_by_whether_the_hour_has_an_event(
+    monkeypatch: pytest.MonkeyPatch, summary: list[int], verdict: str
+) -> None:
+    h = Harness(monkeypatch, meter=LAST_METER)
+    h.summary = summary
+    request = planned(0, pushed=0, meter=LAST_METER)
+    await h.push(row(0, version=4, pending=request, pending_age_s=OLD), aggregation="last")
+    if verdict == "landed":
+        assert h.log == [("mark_delivered", request.identifier, 0, False, 4, None)]
+    else:
+        assert h.log == [("forget_pending", request.identifier, "not in Stripe's summary after 24 h")]
+
+
+# --- the writer sees a mapping change at once ---------------------------------------------------------
+
+
+def listed(status: str) -> dict[str, Any]:
+    return {
+        "id": "mtr_1", "event_name": "api_requests", "status": status,
+        "default_aggregation": {"formula": "sum"}, "customer_mapping": {"event_payload_key": "customer"},
+        "value_settings": {"event_payload_key": "units"},
+    }  # fmt: skip
+
+
+async def test_a_meter_fixed_a_moment_ago_is_read_again_before_a_counter_is_parked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The catalog is kept a minute; the operator reactivates the meter and saves the mapping again:
+    the writer reads Stripe's meters again (at most once a second) instead of parking from its copy."""
+    from stripemeter.adapters.stripe.meters import MeterCatalog
+
+    stripe_meters, reads, clock = [listed("inactive")], [0], [100.0]
+
+    async def call(fn: Any, params: dict[str, Any]) -> Any:
+        reads[0] += 1
+        return SimpleNamespace(data=list(stripe_meters), has_more=False)
+
+    h = Harness(monkeypatch)
+    client = SimpleNamespace(
+        v1=SimpleNamespace(billing=SimpleNamespace(meters=SimpleNamespace(list_async=None)))
+    )
+    h.writer.meters = MeterCatalog(client, call, monotonic=lambda: clock[0])  # type: ignore[arg-type]
+    await h.push(row(5))
+    assert [call[:2] for call in h.log] == [("park", "parked")] and reads == [1]
+
+    stripe_meters[:] = [listed("active")]  # fixed in Stripe; the mapping is saved again
+    clock[0] += 2.0  # within the catalog's minute
+    h.log.clear()
+    h.results = [SendResult("delivered")]
+    assert await h.push(row(5)) == 1
+    assert reads == [2]
+
+    # deactivated again: read when the catalog's minute is over; then many streams with a problem in
+    # the same second cost one read
+    stripe_meters[:] = [listed("inactive")]
+    clock[0] += 61.0
+    await h.push(row(5))
+    assert reads == [3]
+    clock[0] += 2.0
+    h.log.clear()
+    h.pushes.streams = [Stream([row(5)], "api_requests", "sum", "cus_1") for _ in range(5)]
+    await h.writer.push_due(conn=None)  # type: ignore[arg-type]
+    assert [call[:2] for call in h.log] == [("park", "parked")] * 5 and reads == [4]
+
+
+# --- no stream stalls on a row owned by another writer --------------------------------------------------
+
+
+async def test_an_hour_in_a_partition_held_by_another_writer_does_not_stall_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """usage.deltas gained partitions: the stream's older hour is in partition 1 (another writer's), its
+    newer hour in partition 0 (this writer's). The newer hour is pushed; the older one left alone."""
+    h = Harness(monkeypatch)
+    h.results = [SendResult("delivered")]
+    older = row(2, bucket=BUCKET - timedelta(hours=1), partition=1)
+    newer = row(5)
+    assert await h.push(older, newer) == 1
+    [(_, request)] = h.calls("record_pending")
+    assert request.timestamp == int(BUCKET.timestamp()) and request.value == 5
+    assert h.pushes.fences == {FENCE}
+
+
+# --- only permanent refusals park -------------------------------------------------------------------------
+
+
+def refusals(kind: str, code: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"kind": kind, "code": code}
+    return REGISTRY.get_sample_value("stripemeter_stripe_refusals_total", labels) or 0.0
+
+
+async def test_a_temporary_refusal_is_sent_again_unchanged_under_a_new_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A timestamp ahead of Stripe's clock (this one runs fast): not parked; the same request again,
+    under a new idempotency key (Stripe may keep the refusal for the key), with backoff."""
+    h = Harness(monkeypatch)
+    before = refusals("temporary", "timestamp_in_future")
+    h.results = [SendResult("refused_for_now", "Timestamp is too far in the future", "timestamp_in_future")]
+    request = planned(5, pushed=2)
+    await h.push(row(5, pushed=2))
+    assert h.calls("mark_attempt", "refuse_pending", "park") == [
+        ("mark_attempt", request.identifier, "Stripe refused it for now: Timestamp is too far in the future",
+         True, "refused"),
+    ]  # fmt: skip
+    assert refusals("temporary", "timestamp_in_future") == before + 1
+
+
+async def test_a_temporary_refusal_parks_after_an_hour(monkeypatch: pytest.MonkeyPatch) -> None:
+    h = Harness(monkeypatch)
+    before = refusals("expired", "lock_timeout")
+    h.results = [SendResult("refused_for_now", "This object cannot be accessed right now", "lock_timeout")]
+    request = planned(5, pushed=2)
+    await h.push(row(5, pushed=2, version=4, pending=request, refused_ago_s=3601))
+    [(name, identifier, reason)] = h.calls("mark_attempt", "refuse_pending", "park")
+    assert (name, identifier) == ("refuse_pending", request.identifier)
+    assert reason.startswith("Stripe refused it for over an hour") and "cannot be accessed" in reason
+    assert refusals("expired", "lock_timeout") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("code", "meter", "customers", "temporary"),
+    [
+        ("no_meter", METER, set(), True),  # Stripe's meters, read again, have it: created a moment ago
+        ("no_meter", None, set(), False),
+        ("archived_meter", replace(METER, active=False), set(), False),
+        ("meter_event_customer_not_found", METER, {"cus_1"}, True),  # Stripe has it when asked: new
+        ("meter_event_customer_not_found", METER, set(), False),  # it has not: a wrong customer id
+        ("resource_missing", METER, set(), False),
+        ("timestamp_too_far_in_past", METER, {"cus_1"}, False),
+    ],
+)
+async def test_a_refusal_for_a_missing_object_is_temporary_only_while_stripe_has_it(
+    monkeypatch: pytest.MonkeyPatch, code: str, meter: Meter | None, customers: set[str], temporary: bool
+) -> None:
+    h = Harness(monkeypatch)
+    before = refusals("temporary" if temporary else "permanent", code)
+    h.results = [SendResult("refused", "refused", code)]
+    request = planned(5, pushed=2)
+    h.meters.meter, h.customers = meter, customers  # what Stripe says when asked again
+    await h.push(row(5, pushed=2, version=4, pending=request))
+    [(name, *_)] = h.calls("mark_attempt", "refuse_pending", "park")
+    assert name == ("mark_attempt" if temporary else "refuse_pending")
+    assert refusals("temporary" if temporary else "permanent", code) == before + 1
+    assert h.customer_reads == (["cus_1"] if "customer" in code or code == "resource_missing" else [])

@@ -45,10 +45,29 @@ def connection_error(message: str) -> stripe.APIConnectionError:
         (error(stripe.APIError, 500, "An unknown error occurred"), "server_error"),
         (connection_error("timed out"), "unreachable"),
         (error(stripe.AuthenticationError, 401, "Invalid API Key"), "transient"),
+        # refusals that pass later by their code alone: a stamp ahead of Stripe's clock, a lock timeout
+        (error(stripe.InvalidRequestError, 400, "Timestamp is too far in the future", param="timestamp",
+               code="timestamp_in_future"), "refused_for_now"),
+        (error(stripe.RateLimitError, 429, "This object cannot be accessed right now",
+               json_body={"error": {"code": "lock_timeout", "type": "invalid_request_error"}}),
+         "refused_for_now"),
+        (error(stripe.InvalidRequestError, 400, "Timestamp is too far in the past", param="timestamp",
+               code="timestamp_too_far_in_past"), "refused"),
+        (error(stripe.InvalidRequestError, 400, "No active meter", param="event_name", code="no_meter"),
+         "refused"),
     ],
 )  # fmt: skip
 def test_every_answer_has_one_meaning(err: stripe.StripeError, outcome: str) -> None:
     assert classify(err).outcome == outcome
+
+
+def test_a_refusal_carries_stripes_code_wherever_stripe_python_keeps_it() -> None:
+    from stripemeter.adapters.stripe.client import code_of
+
+    assert code_of(error(stripe.InvalidRequestError, 400, "x", param="p", code="no_meter")) == "no_meter"
+    locked = error(stripe.RateLimitError, 429, "x", json_body={"error": {"code": "lock_timeout"}})
+    assert code_of(locked) == "lock_timeout"
+    assert code_of(error(stripe.RateLimitError, 429, "x")) is None
 
 
 async def test_the_budget_spreads_calls_and_a_429_pauses_everyone() -> None:

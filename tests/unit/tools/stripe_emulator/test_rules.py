@@ -109,8 +109,11 @@ def test_aggregate(formula: str, expected: float) -> None:
     assert aggregate(formula, events) == expected
 
 
-def test_last_prefers_later_receipt_on_equal_timestamps() -> None:
-    assert aggregate("last", [_event(100, 1), _event(100, 9)]) == 9.0
+def test_last_breaks_a_timestamp_tie_against_the_sender() -> None:
+    """Stripe does not say how it breaks a tie; the emulator keeps the earlier received, so only a
+    later timestamp makes a value the newest."""
+    assert aggregate("last", [_event(100, 1), _event(100, 9)]) == 1.0
+    assert aggregate("last", [_event(100, 1), _event(101, 9), _event(101, 4)]) == 9.0
 
 
 def test_summarize_groups_by_hour_newest_first() -> None:
@@ -251,9 +254,9 @@ def _pre(ts: int, value: int, customer: str = "cus_a") -> MeterEvent:
 @pytest.mark.parametrize(
     ("window", "events", "expected"),
     [
-        # hour: the newest per customer and hour counts; a tie goes to the later received
+        # hour: the newest per customer and hour counts; a tie keeps the earlier received
         ("hour", [_pre(10, 1), _pre(3000, 2), _pre(20, 4), _pre(3700, 8)], [(0, 2.0), (3600, 8.0)]),
-        ("hour", [_pre(10, 1), _pre(10, 5)], [(0, 5.0)]),
+        ("hour", [_pre(10, 1), _pre(10, 5)], [(0, 1.0)]),
         ("hour", [_pre(50, 3), _pre(10, 5)], [(0, 3.0)]),
         ("hour", [_pre(10, 3), _pre(20, 5, "cus_b")], [(0, 3.0)]),
         # day: one value for the whole UTC day

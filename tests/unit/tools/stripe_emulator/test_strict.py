@@ -160,6 +160,40 @@ async def test_shape_errors_and_429_are_not_stored(emu: Emulator) -> None:
     assert [e.value for e in emu.state.meter_events(meter)] == [2, 3]
 
 
+async def test_a_lock_timeout_is_a_429_to_retry_and_is_not_stored(emu: Emulator) -> None:
+    from stripemeter.adapters.stripe.client import classify
+
+    client, customer, meter = await setup_meter(emu)
+    emu.state.faults.update({"lock_timeouts": 1, "path_prefix": "/v1/billing/meter_events"})
+    params = event_params(customer, "5", identifier="locked-1")
+    with pytest.raises(stripe.RateLimitError) as caught:
+        await create_event(client, params, "key-locked")
+    assert caught.value.http_status == 429 and error_body(caught.value)["error"]["code"] == "lock_timeout"
+    assert headers(caught.value)["Stripe-Should-Retry"] == "true"
+    assert classify(caught.value).outcome == "refused_for_now"  # the writer sends it again, unparked
+    accepted = await create_event(client, params, "key-locked")
+    assert "Idempotent-Replayed" not in accepted.last_response.headers
+    assert [e.value for e in emu.state.meter_events(meter)] == [5]
+
+
+async def test_a_timestamp_ahead_of_stripes_clock_is_refused_for_its_key(emu: Emulator) -> None:
+    """The refusal ran (it is stored for the key): once the clock has caught up, the same request
+    passes only under a new key. So the writer sends a request Stripe refused for now under a new key."""
+    from stripemeter.adapters.stripe.client import classify
+
+    client, customer, meter = await setup_meter(emu)
+    params = event_params(customer, "5", identifier="early-1", timestamp=START + 301)
+    with pytest.raises(stripe.InvalidRequestError) as caught:
+        await create_event(client, params, "key-early")
+    assert (caught.value.code, caught.value.param) == ("timestamp_in_future", "timestamp")
+    assert classify(caught.value).outcome == "refused_for_now"
+    emu.clock.advance(2)
+    with pytest.raises(stripe.InvalidRequestError):
+        await create_event(client, params, "key-early")  # replayed
+    await create_event(client, params, "key-early-r1")
+    assert [e.value for e in emu.state.meter_events(meter)] == [5]
+
+
 async def test_lost_response_is_processed_and_its_retry_gets_the_stored_answer(emu: Emulator) -> None:
     client, customer, meter = await setup_meter(emu)
     emu.state.faults.update({"lost_responses": 1, "path_prefix": "/v1/billing/meter_events"})
