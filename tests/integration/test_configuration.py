@@ -270,7 +270,7 @@ async def deliver(stack: Settings, tenant: str, stripe_customer: str) -> None:
         await pushes.record_latest(
             conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
-        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now))
+        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now), 0)
         (row,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]
         meter = Meter("mtr_1", "ev", "sum", "stripe_customer_id", "value", True, None)
         request = new_request(row, 5, "sum", meter, stripe_customer)
@@ -295,7 +295,7 @@ async def test_a_writer_decision_made_before_a_mapping_change_changes_nothing(
         await pushes.record_latest(
             conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
-        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now))
+        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now), 0)
         (stream,) = [s for s in await pushes.due(conn, app, [0], now) if s.rows[0].key[0] == tenant]
         assert stream.stripe_customer is None  # decided on: no customer mapping
         assert (await put(api, f"/v1/mappings/{tenant}/m", {"stripeMeterEventName": "ev"}))[0] == 200

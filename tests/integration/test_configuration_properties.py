@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from stripemeter.api.app import create_app as create_api
@@ -335,6 +335,7 @@ async def run_example(env: Settings, tmp_path: Path, steps: list[Step], restart_
 @settings(
     max_examples=3,
     deadline=None,
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],  # an example takes a minute: no shrinking
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(steps=STEPS, restart=st.integers(0, 13))

@@ -601,6 +601,7 @@ WITH rows AS (
                       WHEN p.pending_request IS NULL THEN 'waiting' ELSE 'pending' END,
         attempts = CASE WHEN r.was IN ('parked', 'unmapped') THEN 0 ELSE p.attempts END,
         reason = CASE WHEN r.was IN ('parked', 'unmapped') THEN NULL ELSE p.reason END,
+        refused_since = CASE WHEN r.was IN ('parked', 'unmapped') THEN NULL ELSE p.refused_since END,
         pending_attempt = p.pending_attempt
             + CASE WHEN r.was IN ('parked', 'unmapped') AND p.pending_request IS NOT NULL THEN 1 ELSE 0 END
     FROM rows r
