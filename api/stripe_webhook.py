@@ -22,6 +22,7 @@ from stripemeter.adapters.postgres.reconciliation import DroppedCorrection, drop
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, json_response
 from stripemeter.core.error_reports import ReportedRequest, meter_changed, reported_requests
+from stripemeter.core.push_plan import TEMPORARY_CODES
 from stripemeter.domain import metrics
 from stripemeter.domain.timefmt import iso_seconds
 
@@ -64,7 +65,8 @@ async def post_webhook(request: web.Request) -> web.Response:
         for r in reported:
             metrics.STRIPE_ERROR_REPORTS.labels(r.code).inc()
             reason, now = f"Stripe dropped it ({r.code}): {r.message}", settings.clock.utc()
-            dropped = await drop_request(conn, r.identifier, reason, now)
+            # a refusal that passes later by its code alone (a clock ahead of Stripe's): due again
+            dropped = await drop_request(conn, r.identifier, reason, now, temporary=r.code in TEMPORARY_CODES)
             if dropped is not None:
                 parked.append(_dropped_push(r, dropped))
                 continue

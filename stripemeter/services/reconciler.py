@@ -563,7 +563,8 @@ class Reconciler:
         status = CORRECTION_STATUS.get(result.outcome, "pending")
         await db.finish_correction(
             conn, request.identifier, status, result.reason or None, self.clock.utc(),
-            new_key=result.outcome == "server_error",
+            # Stripe replays a stored 500, and a stored refusal, to the same key
+            new_key=result.outcome in ("server_error", "refused_for_now"),
         )  # fmt: skip
         if status == "applied":
             metrics.RECONCILIATION_ADJUSTMENTS.inc()

@@ -380,3 +380,21 @@ async def test_counters_whose_deltas_were_never_read_get_push_rows(conn: psycopg
         ("c2", hours[0], 7_000_000, 1, partition_of(delta_routing_key(tenant, "m", "c2")), anchored, app),
     ]  # fmt: skip
     assert await CounterBackfill(app, clock).run_pass(conn, partition_of) == 0  # nothing left to do
+
+
+async def test_a_report_of_a_refusal_that_passes_by_itself_makes_the_counter_due_not_parked(
+    conn: psycopg.AsyncConnection,
+) -> None:
+    """Stripe's clock was behind the worker's when it validated the event (timestamp_in_future): the
+    same change goes again, under a new identifier, with no operator."""
+    tenant, app = await seeded(conn)
+    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    row = await due_row(conn, tenant)
+    sent = new_request(row, 5, "sum", METER, "cus_1")
+    assert await pushes.record_pending(conn, row, sent, fence, NOW)
+    pending = await due_row(conn, tenant)
+    assert await pushes.mark_delivered(conn, pending, sent.identifier, 5, True, pending.version, fence, NOW)
+    reason = "Stripe dropped it (timestamp_in_future): the timestamp is ahead"
+    assert await pushes.drop_request(conn, sent.identifier, reason, NOW, temporary=True) is not None
+    again = await due_row(conn, tenant)
+    assert (again.status, again.pushed_units) == ("waiting", 0)

@@ -682,15 +682,15 @@ class Dropped:
 
 
 async def drop_request(
-    conn: psycopg.AsyncConnection, identifier: str, reason: str, now: datetime
+    conn: psycopg.AsyncConnection, identifier: str, reason: str, now: datetime, temporary: bool = False
 ) -> Dropped | None:
     """Stripe reported (asynchronously) that the request never counted: the hour holds that much less
     than recorded, and the counter is parked with Stripe's reason until its cause is fixed - unless
-    the mapping changed since the request was sent (the report came after the fix): then the counter is
-    simply due again. Corrections of the hour recorded after the request (the reconciler made up for
-    it already) stand in for it up to their amount (db/drop_covers.py): the hour keeps those units, so
-    the writer does not push them again. Idempotent: a report delivered twice changes nothing the
-    second time."""
+    the mapping changed since the request was sent (the report came after the fix), or the reason
+    passes by itself (``temporary``): then the counter is simply due again. Corrections of the hour
+    recorded after the request (the reconciler made up for it already) stand in for it up to their
+    amount (adapters/postgres/drop_covers.py): the hour keeps those units, so the writer does not push
+    them again. Idempotent: a report delivered twice changes nothing the second time."""
     async with conn.transaction():
         cur = conn.cursor(row_factory=dict_row)
         # the counter's row first, then the request's: the order every other change takes them in
@@ -718,7 +718,7 @@ async def drop_request(
             covered = await cover(cur, key, identifier, value, found["created_at"], now)
         params = _params(
             key, None, now, reason=reason[:1000], identifier=identifier, value=value - covered,
-            status="waiting" if fixed else "parked",
+            status="waiting" if fixed or temporary else "parked",
         )  # fmt: skip
         if delivered:
             # sum and count hold what was delivered; a last hour holds what the request replaced
