@@ -16,6 +16,7 @@ from stripemeter.tools.local.stack import up
 from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator import create_app as create_emulator
 from tests.integration.harness import ApiClient, StartWorker, WorkerProcess, free_port, isolated_settings
+from tests.integration.stripe_helpers import emulator_settings
 
 
 @pytest.fixture(scope="session")
@@ -78,3 +79,12 @@ async def emulator() -> AsyncIterator[tuple[EmulatorState, str]]:
     await server.start_server()
     yield state, str(server.make_url("")).rstrip("/")
     await server.close()
+
+
+@pytest_asyncio.fixture
+async def stripe_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[ApiClient]:
+    """The API with Stripe's settings pointing at the ``emulator`` (mappings check their meters)."""
+    client = TestClient(TestServer(create_api(env.with_overrides(**emulator_settings(emulator[1])))))
+    await client.start_server()
+    yield client
+    await client.close()

@@ -7,18 +7,14 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
 import pytest
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
 
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
-from stripemeter.api.app import create_app as create_api
 from stripemeter.core.push_plan import Meter, new_request
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
@@ -26,14 +22,6 @@ from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
 from tests.integration.harness import ApiClient, StartWorker, WorkerProcess
 from tests.integration.stripe_helpers import emulator_settings, stripe_totals
-
-
-@pytest_asyncio.fixture
-async def stripe_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[ApiClient]:
-    client = TestClient(TestServer(create_api(env.with_overrides(**emulator_settings(emulator[1])))))
-    await client.start_server()
-    yield client
-    await client.close()
 
 
 def new_tenant(prefix: str) -> str:
@@ -71,6 +59,19 @@ def per_customer(counters: dict[tuple[str, str, int], int], metric: str) -> Coun
     return totals
 
 
+async def map_customers(
+    api: ApiClient, state: EmulatorState, tenant: str, customers: tuple[str, ...]
+) -> dict[str, str]:
+    """A Stripe customer in the emulator for each, and its mapping."""
+    ids = {}
+    for customer in customers:
+        ids[customer] = state.create_customer({"email": f"{customer}@example.com"})["id"]
+        body = {"stripeCustomerId": ids[customer]}
+        status, answer = await put(api, f"/v1/customers/{tenant}/{customer}", body)
+        assert status == 200, answer
+    return ids
+
+
 async def warm_up(env: Settings, worker: WorkerProcess, tenant: str) -> None:
     """The worker counts a message in every keyed partition, so it has loaded the mappings of all of
     them before the test's change: what it learns afterwards, it learns from the change itself."""
@@ -94,12 +95,7 @@ async def test_a_count_mapping_bills_events_produced_in_the_same_second(
     worker = start_worker(**emulator_settings(base))
     worker.wait_ready()
     await warm_up(env, worker, tenant)
-    ids = {}
-    for customer in ("a", "b"):
-        ids[customer] = state.create_customer({"email": f"{customer}@example.com"})["id"]
-        assert (
-            await put(stripe_api, f"/v1/customers/{tenant}/{customer}", {"stripeCustomerId": ids[customer]})
-        )[0] == 200
+    ids = await map_customers(stripe_api, state, tenant, ("a", "b"))
     event_name = sum_meter(state)
     status, body = await put(
         stripe_api,
@@ -177,11 +173,7 @@ async def test_an_aggregation_change_is_refused_until_its_counters_are_reaggrega
     tenant = new_tenant("ag")
     worker = start_worker(**emulator_settings(base))
     worker.wait_ready()
-    ids = {c: state.create_customer({"email": f"{c}@example.com"})["id"] for c in ("a", "b")}
-    for customer, cus in ids.items():
-        assert (await put(stripe_api, f"/v1/customers/{tenant}/{customer}", {"stripeCustomerId": cus}))[
-            0
-        ] == 200
+    ids = await map_customers(stripe_api, state, tenant, ("a", "b"))
     now = datetime.now(UTC)
     # counted before any mapping existed: under the default, a sum
     await produce(env, [event(tenant, "calls", "a", q, now, f"k{q}") for q in (2, 3, 5)])

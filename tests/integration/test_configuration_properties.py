@@ -318,6 +318,10 @@ async def run_example(env: Settings, tmp_path: Path, steps: list[Step], restart_
                 f"{exc}\nsteps: {steps}\nrefusals: {world.model.refusals}\nexpected: {expected}\n"
                 f"stripe: {world.stripe()}\nworker:\n{worker.log_tail(60)}"
             ) from None
+        print(
+            f"example: {len(steps)} steps, {world.model.sent} events, {len(world.model.refusals)} refusals,"
+            f" {len(expected)} Stripe pairs billed: {sorted(expected)}"
+        )
         for metric in world.model.metrics:
             r = await api.post(
                 "/v1/reconciliation/run", json={"tenantId": world.model.tenant, "metric": metric}
@@ -333,7 +337,7 @@ async def run_example(env: Settings, tmp_path: Path, steps: list[Step], restart_
 
 @pytest.mark.timeout(1200)
 @settings(
-    max_examples=3,
+    max_examples=6,
     deadline=None,
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # an example takes a minute: no shrinking
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],

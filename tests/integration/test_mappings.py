@@ -4,26 +4,11 @@ metric), and raising a metric's lateness sets the dedupe horizon that keeps it f
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 from typing import Any
 
-import pytest_asyncio
-from aiohttp.test_utils import TestClient, TestServer
-
-from stripemeter.api.app import create_app as create_api
-from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.harness import ApiClient
-from tests.integration.stripe_helpers import emulator_settings
-
-
-@pytest_asyncio.fixture
-async def stripe_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[ApiClient]:
-    client = TestClient(TestServer(create_api(env.with_overrides(**emulator_settings(emulator[1])))))
-    await client.start_server()
-    yield client
-    await client.close()
 
 
 def meter(state: EmulatorState, formula: str, **extra: object) -> str:
