@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaError
 from stripemeter.adapters.kafka.corrections import send_policy_update
 from stripemeter.adapters.postgres import destinations, mappings, pushes
 from stripemeter.adapters.postgres.destinations import Destination, Stream
-from stripemeter.adapters.postgres.reaggregation import counted_since, hours_folded
+from stripemeter.adapters.postgres.reaggregation import Counted, counted_since, hours_folded
 from stripemeter.core.counting import view
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.config import Settings
@@ -94,8 +94,13 @@ class Configuration:
             streams = {(tenant, metric, c): (change.event_name, cus) for c, cus in customers.items()}
             await self._check_event_name(conn, change, current)
             await self._check_destinations(conn, streams, "stripeMeterEventName", now)
-            counted = await counted_since(conn, tenant, metric, since)
             changes_aggregation = change.aggregation != before
+            # what was counted: asked only when it matters (a new mapping, a change of aggregation)
+            counted = (
+                await counted_since(conn, tenant, metric, since, events=current is None)
+                if current is None or changes_aggregation or change.reaggregate
+                else Counted(0, 0)
+            )
             if change.reaggregate == "dry-run":
                 return await self._preview(conn, change, before, since, now)
             if changes_aggregation and counted.counters and change.reaggregate is None:
@@ -151,8 +156,8 @@ class Configuration:
             if current is None:
                 raise NotFound("metric", f"tenant {tenant} has no mapping for metric {metric}")
             since = periods.open_since(now, await mappings.tenant_anchors(conn, tenant), self.grace)
-            counted = await counted_since(conn, tenant, metric, since)
             changes_aggregation = current["aggregation"] != "sum"
+            counted = await counted_since(conn, tenant, metric, since, events=False)
             if changes_aggregation and counted.counters and not reaggregate:
                 raise Conflict(
                     "aggregation",

@@ -16,7 +16,9 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from stripemeter.adapters.kafka import lag
 from stripemeter.domain.config import Settings
+from stripemeter.schemas.topics import TopicNames
 from stripemeter.tools.local.procs import Managed
 from stripemeter.tools.local.stack import start_kafka
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
@@ -51,6 +53,13 @@ async def send_anchors(env: Settings, w: Workload) -> None:
     await eventually(anchored, timeout=90, what="anchor events in the ledger")
 
 
+async def behind(env: Settings) -> list[str]:
+    """Each consumer group's partitions that have not consumed their topic's end."""
+    names = TopicNames(env.topic_prefix, env.app_id)
+    lags = await lag.measure(env.kafka_bootstrap_servers, names)
+    return [f"{x.group} {x.topic}[{x.partition}] {x.messages} behind" for x in lags if x.messages]
+
+
 async def assert_matches_oracle(
     env: Settings, w: Workload, timeout: float = 150, exact_ledger: bool = True
 ) -> None:
@@ -63,7 +72,10 @@ async def assert_matches_oracle(
         got = await counters_of(env, w.tenant)
         wrong = {k: (got.get(k), v) for k, v in w.expected_micros.items() if got.get(k) != v}
         extra = {k: v for k, v in got.items() if k not in w.expected_micros}
-        assert not wrong and not extra, f"{len(wrong)} counters differ (got, want): {list(wrong.items())[:5]}"
+        assert not wrong and not extra, (
+            f"{len(wrong)} counters differ (got, want): {list(wrong.items())[:5]}\n"
+            f"consumer groups behind (which stage stopped): {await behind(env)}"
+        )
 
     async def ledger_complete() -> bool:
         got = await outcomes_of(env, w.tenant)

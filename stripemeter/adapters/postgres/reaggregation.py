@@ -17,13 +17,18 @@ class Counted:
     events: int
 
 
-async def counted_since(conn: psycopg.AsyncConnection, tenant: str, metric: str, since: datetime) -> Counted:
+async def counted_since(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str, since: datetime, events: bool = True
+) -> Counted:
+    """Counters from ``since`` on, and (``events``) the ledger's counted events: a range scan of the
+    ledger's stream index, so asked for only when a new mapping says how much it was preceded by."""
     cur = await conn.execute(
         "SELECT (SELECT count(*) FROM counters WHERE tenant_id = %(tenant)s AND metric = %(metric)s"
         "        AND bucket >= %(since)s),"
+        "       CASE WHEN %(events)s THEN"
         "       (SELECT count(*) FROM events WHERE tenant_id = %(tenant)s AND metric = %(metric)s"
-        "        AND ts >= %(since)s AND outcome = 'counted')",
-        {"tenant": tenant, "metric": metric, "since": since},
+        "        AND ts >= %(since)s AND outcome = 'counted') ELSE 0 END",
+        {"tenant": tenant, "metric": metric, "since": since, "events": events},
     )
     row = await cur.fetchone()
     return Counted(int(row[0]), int(row[1])) if row else Counted(0, 0)
