@@ -251,12 +251,21 @@ class Configuration:
                     " already: one (meter, Stripe customer) pair takes one counter stream's usage",
                     code="stripe_pair_taken",
                 )
-        for claimant in await destinations.customer_claimants(conn, change.stripe_customer_id):
-            if claimant.stream[0] != change.tenant and claimant.maps_there:
+        # another tenant's stream that sent usage of open periods to this customer, under any meter: its
+        # invoice holds that usage still
+        foreign = [
+            c
+            for c in await destinations.customer_claimants(conn, change.stripe_customer_id)
+            if c.stream[0] != change.tenant
+        ]
+        since = self.settings.clock.utc() - LONGEST_PERIOD - self.grace
+        holders = await destinations.usage_held(conn, [c.stream for c in foreign], since)
+        for claimant in foreign:
+            if claimant.maps_there or claimant.destination in holders.get(claimant.stream, set()):
                 raise Conflict(
                     "stripeCustomerId",
-                    f"{change.stripe_customer_id} is mapped by another tenant: a Stripe customer belongs to"
-                    " one tenant",
+                    f"{change.stripe_customer_id} is mapped by another tenant, or holds its usage of open"
+                    " periods: a Stripe customer belongs to one tenant",
                     code="stripe_customer_taken",
                 )
 

@@ -248,6 +248,9 @@ async def test_usage_of_open_periods_is_never_left_at_an_old_pair(api: ApiClient
     assert (await api.delete(f"/v1/customers/{tenant}/c")).status == 200
     status, body = await put(api, f"/v1/customers/{tenant}/other", {"stripeCustomerId": first})
     assert status == 409 and body["error"]["field"] == "stripeCustomerId", body
+    # nor another tenant: the Stripe customer's invoice holds this tenant's usage
+    status, body = await put(api, f"/v1/customers/{new_tenant('rb')}/c", {"stripeCustomerId": first})
+    assert status == 409 and body["error"]["code"] == "stripe_customer_taken", body
     # the same pair again is no remap
     assert (await put(api, f"/v1/customers/{tenant}/c", {"stripeCustomerId": first}))[0] == 200
 
