@@ -22,6 +22,7 @@ from stripemeter.api import (
     reconciliation,
     replay,
     stripe_webhook,
+    tenants,
     usage,
 )
 from stripemeter.api.appkeys import (
@@ -152,6 +153,9 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_put("/v1/customers/{tenantId}/{customerRef}", mappings.put_customer)
     app.router.add_delete("/v1/customers/{tenantId}/{customerRef}", mappings.delete_customer)
     app.router.add_get("/v1/customers/{tenantId}", mappings.list_customers)
+    app.router.add_put("/v1/tenants/{tenantId}/meters/{eventName}", tenants.put_meter)
+    app.router.add_delete("/v1/tenants/{tenantId}/meters/{eventName}", tenants.delete_meter)
+    app.router.add_get("/v1/tenants/{tenantId}/meters", tenants.list_meters)
     app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
     app.router.add_post(stripe_webhook.PATH, stripe_webhook.post_webhook)
     app.router.add_get("/v1/reconciliation/summary", reconciliation.get_summary)

@@ -30,7 +30,7 @@ from stripemeter.api.errors import ApiError
 from stripemeter.api.http_metrics import Handler, route_template
 from stripemeter.api.limits import KeyCache
 from stripemeter.domain import metrics
-from stripemeter.domain.auth import Principal, required_scope, split_token, verify
+from stripemeter.domain.auth import OPERATOR, Principal, required_scope, split_token, verify
 from stripemeter.domain.errors import Backpressure
 
 PRINCIPAL = web.RequestKey("principal", Principal)
@@ -174,6 +174,25 @@ def check_tenant(request: web.Request, tenant: str, field: str = "tenantId") -> 
             "tenant_forbidden", f"{field}: this API key belongs to another tenant", field=field, status=403
         )
     return tenant
+
+
+def operates(request: web.Request) -> bool:
+    """Whether the caller holds the operator's powers over the shared Stripe account (every caller
+    does when authentication is off, which is for purely local use)."""
+    principal: Principal | None = request.get(PRINCIPAL)
+    return principal is None or principal.operates
+
+
+def check_operator(request: web.Request, field: str, what: str) -> None:
+    """403 naming ``field`` unless the caller operates the shared Stripe account."""
+    if not operates(request):
+        raise ApiError(
+            "operator_only",
+            f"{field}: {what} acts on the shared Stripe account: it needs a key of every tenant ('*')"
+            f" with the {OPERATOR!r} scope",
+            field=field,
+            status=403,
+        )
 
 
 def may_see(request: web.Request, tenant: str) -> bool:

@@ -6,6 +6,7 @@ errors (stripemeter.domain.errors) through: ``api_error`` answers each by its ki
 
 - ``Conflict`` (an ``Invalid`` that contradicts what is stored) -> 409, with ``field`` likewise;
 - ``NotFound`` (an ``Invalid`` naming something that does not exist) -> 404, likewise;
+- ``Forbidden`` (an ``Invalid`` the caller may not use) -> 403, likewise;
 - ``Invalid`` -> 400 ``{"code", "message": "{field}: {detail}", "field"}`` (as ``bad_request``);
   without a field: the detail alone, no ``field``;
 - ``Backpressure`` -> 429, with ``Retry-After`` (whole seconds, at least 1) when ``retry_after`` is known;
@@ -20,7 +21,15 @@ from typing import Any
 
 from aiohttp import web
 
-from stripemeter.domain.errors import Backpressure, Conflict, Invalid, NotFound, StripemeterError, Transient
+from stripemeter.domain.errors import (
+    Backpressure,
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    StripemeterError,
+    Transient,
+)
 
 
 class ApiError(Exception):
@@ -55,9 +64,10 @@ def bad_request(field: str, message: str, code: str = "invalid_parameter") -> Ap
 
 def api_error(exc: StripemeterError) -> ApiError | None:
     """The HTTP answer to a domain error, by its kind; None when it is the service's own failure (500)."""
-    if isinstance(exc, (Conflict, NotFound)):
+    if isinstance(exc, (Conflict, NotFound, Forbidden)):
         message = f"{exc.field}: {exc.detail}" if exc.field else exc.detail
-        return ApiError(exc.code, message, field=exc.field, status=409 if isinstance(exc, Conflict) else 404)
+        status = 409 if isinstance(exc, Conflict) else 404 if isinstance(exc, NotFound) else 403
+        return ApiError(exc.code, message, field=exc.field, status=status)
     if isinstance(exc, Invalid):
         if exc.field:
             return bad_request(exc.field, exc.detail, code=exc.code)

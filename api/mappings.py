@@ -12,7 +12,7 @@ from aiohttp import web
 from stripemeter.adapters.postgres.mappings import list_rows
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
-from stripemeter.api.auth import check_tenant
+from stripemeter.api.auth import check_tenant, operates
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
 from stripemeter.domain.policy import AGGREGATIONS
@@ -66,7 +66,9 @@ async def put_metric(request: web.Request) -> web.Response:
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
     reaggregate = _reaggregate(body.get("reaggregate"))
     meter_check = await check_meter(request, event_name, aggregation)
-    change = MetricChange(tenant, metric, event_name, aggregation, lateness, reaggregate)
+    change = MetricChange(
+        tenant, metric, event_name, aggregation, lateness, reaggregate, granted_only=not operates(request)
+    )
     async with request.app[POOL].connection() as conn:
         answer = await _configuration(request).change_metric(conn, change)
     if reaggregate == "dry-run":

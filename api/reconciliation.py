@@ -11,6 +11,7 @@ from aiohttp import web
 from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
+from stripemeter.api.auth import check_operator
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
@@ -110,6 +111,8 @@ async def post_run(request: web.Request) -> web.Response:
     align = body.get("align", "within_epsilon")
     if align not in ("within_epsilon", "all"):
         raise bad_request("align", "must be within_epsilon or all")
+    if align == "all":  # corrects Stripe however far it drifted, counted or not: not a tenant's call
+        check_operator(request, "align", 'align "all"')
     if RECONCILER not in request.app:
         raise ApiError(
             "stripe_not_configured", "set STRIPE_API_KEY or STRIPE_API_BASE to reconcile", status=503

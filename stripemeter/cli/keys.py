@@ -49,7 +49,10 @@ def add_keys(sub: Subcommands) -> None:
     )
     kc.add_argument("--tenant", required=True, help="the tenant the key may see ('*' for every tenant)")
     kc.add_argument(
-        "--scopes", required=True, help="comma-separated: ingest, read, replay, reconcile, admin (admin: all)"
+        "--scopes",
+        required=True,
+        help="comma-separated: ingest, read, replay, reconcile, admin (admin: all of these), operator"
+        " (the shared Stripe account: which meters each tenant may use; only with --tenant '*')",
     )
     kc.add_argument("--description", help="what the key is for")
     kl = add_command(

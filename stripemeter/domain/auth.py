@@ -12,8 +12,12 @@ import hmac
 import secrets
 from dataclasses import dataclass
 
-SCOPES = ("ingest", "read", "replay", "reconcile", "admin")
+SCOPES = ("ingest", "read", "replay", "reconcile", "admin", "operator")
 ALL_TENANTS = "*"
+# Powers over the shared Stripe account, beyond any one tenant's counters: which Stripe meters a tenant
+# may map its metrics to, and reconciliation that aligns Stripe with local totals whatever the drift.
+# A tenant's own ``admin`` never has them; only keys of every tenant may hold the scope.
+OPERATOR = "operator"
 
 
 @dataclass(frozen=True)
@@ -35,7 +39,12 @@ class Principal:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        return scope in self.scopes or "admin" in self.scopes
+        """``admin`` covers every tenant scope; ``operator`` only covers itself."""
+        return scope in self.scopes or (scope != OPERATOR and "admin" in self.scopes)
+
+    @property
+    def operates(self) -> bool:
+        return self.tenant_id == ALL_TENANTS and OPERATOR in self.scopes
 
     def sees(self, tenant: str) -> bool:
         return self.tenant_id in (ALL_TENANTS, tenant)
@@ -63,11 +72,16 @@ def verify(salt: bytes, stored: bytes, secret: str) -> bool:
     return hmac.compare_digest(digest(salt, secret), stored)
 
 
-def parse_scopes(raw: str) -> list[str]:
+def parse_scopes(raw: str, tenant: str = ALL_TENANTS) -> list[str]:
     scopes = sorted({s.strip() for s in raw.split(",") if s.strip()})
     unknown = [s for s in scopes if s not in SCOPES]
     if unknown or not scopes:
         raise ValueError(f"scopes must be a comma-separated subset of {', '.join(SCOPES)}; got {raw!r}")
+    if OPERATOR in scopes and tenant != ALL_TENANTS:
+        raise ValueError(
+            f"the {OPERATOR!r} scope acts on the shared Stripe account: only a key of every tenant ('*')"
+            " may hold it"
+        )
     return scopes
 
 
@@ -79,6 +93,8 @@ def required_scope(method: str, route: str) -> str:
         return "replay"
     if route == "/v1/reconciliation/run":
         return "reconcile"
+    if route.startswith("/v1/tenants/") and method not in ("GET", "HEAD"):
+        return OPERATOR  # which Stripe meters a tenant may use
     if method in ("GET", "HEAD"):
         return "read"
     return "admin"  # mappings, customers, adjustments

@@ -64,6 +64,13 @@ class NotFound(Invalid, LookupError):
     code = "not_found"
 
 
+class Forbidden(Invalid, PermissionError):
+    """The caller may not do this (``field`` names the input it may not use): another tenant's object, or a
+    power over the shared Stripe account that only an operator has."""
+
+    code = "forbidden"
+
+
 class Transient(StripemeterError):
     """It may succeed later: retry the same thing (after ``retry_after`` seconds, when known)."""
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import psycopg
 
 from stripemeter.adapters.postgres import api_keys
-from stripemeter.domain.auth import ALL_TENANTS, new_key, parse_scopes
+from stripemeter.domain.auth import ALL_TENANTS, OPERATOR, new_key, parse_scopes
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.events import TENANT_RE
 
@@ -21,7 +21,7 @@ Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 async def create(settings: Settings, tenant: str, scopes_raw: str, description: str | None) -> str:
     if tenant != ALL_TENANTS and not TENANT_RE.fullmatch(tenant):
         raise ValueError(f"--tenant must match {TENANT_RE.pattern} (or be '*' for every tenant)")
-    scopes = parse_scopes(scopes_raw)
+    scopes = parse_scopes(scopes_raw, tenant)
     key = new_key()
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
         await api_keys.create(conn, key, tenant, scopes, description)
@@ -49,14 +49,15 @@ def local_key_file(settings: Settings) -> Path:
 
 
 def ensure_local_key(settings: Settings) -> tuple[Path, bool]:
-    """The local stack's key (every tenant, admin) in a file only its owner reads; (path, created)."""
+    """The local stack's key (every tenant, admin and operator) in a file only its owner reads;
+    (path, created). A key without the operator scope (made before it existed) is replaced."""
     path = local_key_file(settings)
     if path.exists():
         token = path.read_text().strip()
         key_id = token.split("_")[1] if token.count("_") >= 2 else ""
-        if asyncio.run(_active(settings, key_id)):
+        if OPERATOR in asyncio.run(_active_scopes(settings, key_id)):
             return path, False
-    token = asyncio.run(create(settings, ALL_TENANTS, "admin", "local stack"))
+    token = asyncio.run(create(settings, ALL_TENANTS, f"admin,{OPERATOR}", "local stack"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -64,6 +65,7 @@ def ensure_local_key(settings: Settings) -> tuple[Path, bool]:
     return path, True
 
 
-async def _active(settings: Settings, key_id: str) -> bool:
+async def _active_scopes(settings: Settings, key_id: str) -> list[str]:
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
-        return await api_keys.find(conn, key_id) is not None
+        row = await api_keys.find(conn, key_id)
+    return [] if row is None else list(row["scopes"])

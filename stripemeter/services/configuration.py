@@ -17,6 +17,8 @@ moment it is accepted.
   second customerRef on a Stripe customer, or a Stripe customer of another tenant is refused (409
   naming the field). So is a change that would leave usage of open periods at the pair a stream sent
   it to (a remap): Stripe would bill it there, and the new pair would get only later changes.
+- **Stripe meters are the operator's.** A tenant's own key maps metrics only to meters an operator
+  granted the tenant (services/meter_grants.py); a Stripe customer is bound to one tenant.
 Changes of one tenant (and of one Stripe customer) are serialised by PostgreSQL advisory locks.
 """
 
@@ -44,6 +46,7 @@ from stripemeter.domain.timefmt import iso_hour, iso_seconds
 from stripemeter.domain.units import micros_to_number
 from stripemeter.schemas.policy_updates import PolicyUpdate
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.services import meter_grants
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,7 @@ class MetricChange:
     aggregation: Aggregation
     lateness_seconds: int | None
     reaggregate: Reaggregate | None = None
+    granted_only: bool = False  # a tenant's own key: only a meter an operator granted the tenant
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,8 @@ class Configuration:
         tenant, metric, now = change.tenant, change.metric, self.settings.clock.utc()
         async with conn.transaction():
             await mappings.lock_configuration(conn, f"tenant:{tenant}")
+            if change.granted_only:
+                await meter_grants.check(conn, tenant, change.event_name)
             await pushes.lock_streams(conn, tenant, metric=metric)
             current = await mappings.metric_row(conn, tenant, metric)
             since = periods.open_since(now, await mappings.tenant_anchors(conn, tenant), self.grace)
@@ -120,6 +126,8 @@ class Configuration:
                 self.settings.lateness_seconds,
             )
             await destinations.record(conn, ((d, s) for s, d in streams.items()))
+            if not change.granted_only:  # an operator's mapping grants its meter: the tenant may keep it
+                await meter_grants.grant_within(conn, tenant, change.event_name)
             retried = await pushes.mapping_changed(conn, tenant, now, metric=metric)
         reaggregate = changes_aggregation or change.reaggregate == "apply"
         lateness = (

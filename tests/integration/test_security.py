@@ -89,6 +89,9 @@ def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("DELETE", f"/v1/mappings/{b}/m", None),
         ("DELETE", f"/v1/customers/{b}/c", None),
         ("GET", f"/v1/customers/{b}", None),
+        ("GET", f"/v1/tenants/{b}/meters", None),
+        ("PUT", f"/v1/tenants/{b}/meters/x", None),
+        ("DELETE", f"/v1/tenants/{b}/meters/x", None),
         ("GET", f"/v1/stripe/pushes?tenantId={b}", None),
         ("GET", f"/v1/reconciliation/summary?tenantId={b}&metric=m", None),
         ("POST", "/v1/reconciliation/run", {"tenantId": b}),
@@ -122,6 +125,8 @@ async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
         "/v1/mappings/{tenantId}",
         "/v1/customers/{tenantId}/{customerRef}",
         "/v1/customers/{tenantId}",
+        "/v1/tenants/{tenantId}/meters",
+        "/v1/tenants/{tenantId}/meters/{eventName}",
     }
     # Stripe's webhook belongs to no tenant: its deliveries carry Stripe's signature, not an API key,
     # and an API key alone gets nothing from it
@@ -137,6 +142,8 @@ async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
             assert payload["results"][0]["error"]["code"] == "tenant_forbidden"
         elif path.startswith("/v1/replay/"):
             assert response.status == 404, (path, payload)  # another tenant's replay does not exist for A
+        elif path.startswith("/v1/tenants/") and method != "GET":  # an operator's, whatever the tenant
+            assert response.status == 403 and "'operator' scope" in payload["error"]["message"], payload
         else:
             assert response.status == 403, (method, path, payload)
             assert payload["error"]["code"] == "tenant_forbidden" and payload["error"]["field"] == "tenantId"

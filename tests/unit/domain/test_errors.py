@@ -31,6 +31,7 @@ from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.errors import (
     Backpressure,
     Conflict,
+    Forbidden,
     Invalid,
     NotFound,
     Permanent,
@@ -69,6 +70,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (CannotReaggregate, Permanent, ValueError),
     (Conflict, Invalid, ValueError),
     (NotFound, Invalid, LookupError),
+    (Forbidden, Invalid, PermissionError),
 ]
 
 
