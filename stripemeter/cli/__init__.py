@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_kafka_tool(sub)
     processes.add_processes(sub)
     keys.add_keys(sub)
+    keys.add_meters(sub)
     operate.add_operate(sub)
     bench.add_demo(sub)
     return parser

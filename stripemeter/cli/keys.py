@@ -1,13 +1,20 @@
-"""Commands for the HTTP API's keys: `keys create|list|revoke`."""
+"""Who may do what: the HTTP API's keys (`keys create|list|revoke`) and the Stripe meters each tenant may
+use (`meters grant|revoke|list`, the operator's decision)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import psycopg
 
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
 from stripemeter.domain.config import Settings
+
+T = TypeVar("T")
 
 
 def cmd_keys_create(settings: Settings, args: argparse.Namespace) -> int:
@@ -61,3 +68,59 @@ def add_keys(sub: Subcommands) -> None:
     kl.add_argument("--tenant", help="only this tenant's keys")
     kr = add_command(keys_sub, "revoke", cmd_keys_revoke, "revoke a key by its id")
     kr.add_argument("key_id", help="the key id (the part after smk_)")
+
+
+def cmd_meters_grant(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.services import meter_grants
+
+    row = asyncio.run(
+        _with_connection(settings, lambda c: meter_grants.grant(c, args.tenant, args.event_name))
+    )
+    say(
+        f"tenant {args.tenant} may map its metrics to the Stripe meter {args.event_name}"
+        f" (since {row['granted_at']:%Y-%m-%d %H:%M})"
+    )
+    return 0
+
+
+def cmd_meters_revoke(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.services import meter_grants
+
+    asyncio.run(_with_connection(settings, lambda c: meter_grants.revoke(c, args.tenant, args.event_name)))
+    say(f"tenant {args.tenant} may no longer map metrics to the Stripe meter {args.event_name}")
+    return 0
+
+
+def cmd_meters_list(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.services import meter_grants
+
+    rows = asyncio.run(_with_connection(settings, lambda c: meter_grants.list_grants(c, args.tenant)))
+    print_table(
+        ["tenant", "Stripe meter event name", "granted"],
+        [[r["tenant_id"], r["event_name"], f"{r['granted_at']:%Y-%m-%d %H:%M}"] for r in rows],
+    )
+    return 0
+
+
+async def _with_connection(settings: Settings, work: Callable[[psycopg.AsyncConnection], Awaitable[T]]) -> T:
+    async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
+        return await work(conn)
+
+
+def add_meters(sub: Subcommands) -> None:
+    """`meters grant|revoke|list`."""
+    meters = sub.add_parser(
+        "meters", help="the Stripe meters each tenant may map its metrics to (an operator's decision)"
+    )
+    meters_sub = meters.add_subparsers(dest="action", metavar="ACTION", required=True)
+    grant = add_command(
+        meters_sub, "grant", cmd_meters_grant, "let a tenant map its metrics to a Stripe meter"
+    )
+    revoke = add_command(
+        meters_sub, "revoke", cmd_meters_revoke, "take a meter back (refused while a metric is mapped to it)"
+    )
+    for command in (grant, revoke):
+        command.add_argument("--tenant", required=True, help="the tenant")
+        command.add_argument("event_name", help="the Stripe meter's event_name")
+    listing = add_command(meters_sub, "list", cmd_meters_list, "the meters granted to a tenant")
+    listing.add_argument("--tenant", required=True, help="the tenant")

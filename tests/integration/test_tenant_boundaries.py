@@ -20,6 +20,7 @@ from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import eventually, produce
 from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.stripe_helpers import emulator_settings
+from tests.integration.test_topic_inspect import cli
 
 
 @pytest_asyncio.fixture
@@ -125,3 +126,21 @@ async def test_tenant_a_cannot_bind_bill_read_or_correct_tenant_b_stripe_custome
     # the operator's own run may align everything
     status, body = await operator.call("POST", "/v1/reconciliation/run", {"tenantId": b, "align": "all"})
     assert status == 200, body
+
+
+async def test_an_operator_grants_and_revokes_meters_from_the_command_line(
+    env: Settings, keyed_api: ApiClient
+) -> None:
+    tenant = f"tc-{uuid.uuid4().hex[:6]}"
+    admin = Caller(keyed_api, await keys.create(env, tenant, "admin", None))
+    granted = cli(env, "meters", "grant", "--tenant", tenant, "api_calls")
+    assert granted.returncode == 0 and "api_calls" in granted.stdout, granted.stderr
+    status, body = await admin.call("GET", f"/v1/tenants/{tenant}/meters")
+    assert status == 200 and [m["eventName"] for m in body["meters"]] == ["api_calls"], body
+    listed = cli(env, "meters", "list", "--tenant", tenant)
+    assert "api_calls" in listed.stdout, listed.stderr
+    assert cli(env, "meters", "revoke", "--tenant", tenant, "api_calls").returncode == 0
+    missing = cli(env, "meters", "revoke", "--tenant", tenant, "api_calls")
+    assert missing.returncode == 1 and "not granted" in missing.stderr
+    refused = cli(env, "keys", "create", "--tenant", tenant, "--scopes", "admin,operator")
+    assert refused.returncode == 1 and "operator" in refused.stderr
