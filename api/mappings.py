@@ -17,6 +17,7 @@ from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
 from stripemeter.domain.policy import AGGREGATIONS
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
+from stripemeter.services import meter_grants
 from stripemeter.services.configuration import Configuration, CustomerChange, MetricChange, Reaggregate
 
 MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
@@ -65,6 +66,9 @@ async def put_metric(request: web.Request) -> web.Response:
     ):
         raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
     reaggregate = _reaggregate(body.get("reaggregate"))
+    if not operates(request):  # before Stripe is asked: a meter not granted says nothing of itself
+        async with request.app[POOL].connection() as conn:
+            await meter_grants.check(conn, tenant, event_name)
     meter_check = await check_meter(request, event_name, aggregation)
     change = MetricChange(
         tenant, metric, event_name, aggregation, lateness, reaggregate, granted_only=not operates(request)

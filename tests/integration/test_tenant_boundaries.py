@@ -103,6 +103,8 @@ async def test_tenant_a_cannot_bind_bill_read_or_correct_tenant_b_stripe_custome
     assert status == 403 and "operator" in body["error"]["message"], body
     status, body = await admin_a.call("PUT", f"/v1/mappings/{a}/calls", {"stripeMeterEventName": meter_b})
     assert status == 403 and body["error"]["field"] == "stripeMeterEventName", body
+    status, body = await admin_a.call("PUT", f"/v1/mappings/{a}/calls", {"stripeMeterEventName": "m_none"})
+    assert status == 403 and body["error"]["code"] == "meter_not_granted", body  # Stripe is not asked
     status, body = await admin_a.call("PUT", f"/v1/customers/{a}/x", {"stripeCustomerId": cus_b})
     assert status == 409 and body["error"]["field"] == "stripeCustomerId", body
     # with a meter of its own granted, A maps its metric; B's customer is still out of reach
