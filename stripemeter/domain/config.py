@@ -132,12 +132,24 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+# how a boolean setting may be spelled (any case); anything else stops the process
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+# settings that take one of a few values (compared without case; stored as spelled here)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
+}
+
+
 def _convert(env_name: str, raw: str, default: object) -> object:
+    if env_name in CHOICES:
+        return _choice(env_name, raw)
+    if isinstance(default, bool):
+        return _boolean(env_name, raw)
     try:
         if isinstance(default, Secret):
             return Secret(raw)
-        if isinstance(default, bool):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -150,6 +162,28 @@ def _convert(env_name: str, raw: str, default: object) -> object:
             env_name, f"{raw!r} is not a valid {kind}", f"{env_name}={raw!r} is not a valid {kind}"
         ) from exc
     return raw
+
+
+def _boolean(env_name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    accepted = ", ".join(TRUE_WORDS + FALSE_WORDS)
+    raise ConfigError(
+        env_name,
+        f"{raw!r} is not a boolean ({accepted})",
+        f"{env_name}={raw!r} is not a boolean: use {accepted}",
+    )
+
+
+def _choice(env_name: str, raw: str) -> str:
+    for choice in CHOICES[env_name]:
+        if raw.strip().lower() == choice.lower():
+            return choice
+    accepted = ", ".join(CHOICES[env_name])
+    raise ConfigError(
+        env_name, f"{raw!r} is not one of {accepted}", f"{env_name}={raw!r} is not one of {accepted}"
+    )
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
