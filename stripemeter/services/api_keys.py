@@ -14,6 +14,7 @@ from stripemeter.domain.auth import ALL_TENANTS, new_key, parse_scopes
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.events import TENANT_RE
 
+PRIVATE_MODE = 0o600  # key files: read and written by their owner only
 Say = Callable[[str], None]
 Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 
@@ -49,16 +50,21 @@ def local_key_file(settings: Settings) -> Path:
 
 
 def ensure_local_key(settings: Settings) -> tuple[Path, bool]:
-    """The local stack's key (every tenant, admin) in a file only its owner reads; (path, created)."""
+    """The local stack's key (every tenant, admin) in a file only its owner reads; (path, created).
+
+    The file is made owner-only at every start, not only when written: a copy, an editor or a
+    restore may have left it readable by others."""
     path = local_key_file(settings)
     if path.exists():
+        path.chmod(PRIVATE_MODE)
         token = path.read_text().strip()
         key_id = token.split("_")[1] if token.count("_") >= 2 else ""
         if asyncio.run(_active(settings, key_id)):
             return path, False
     token = asyncio.run(create(settings, ALL_TENANTS, "admin", "local stack"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    os.fchmod(fd, PRIVATE_MODE)  # the mode of os.open holds only for a file it creates
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return path, True
