@@ -51,6 +51,10 @@ class Settings:
     partitions: int = 4
     api_host: str = "127.0.0.1"
     api_port: int = 3000
+    # the API's operator listener: /metrics with the series that name tenants and customers (0: off)
+    operator_metrics_host: str = "127.0.0.1"
+    operator_metrics_port: int = 9464
+    operator_metrics_max_series: int = 1000  # label sets per detailed family (the worst items kept)
     worker_web_port: int = 6066
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in containers, for probes and Prometheus
     group_instance_id: str = ""  # static group membership (e.g. the pod name); empty: dynamic
@@ -104,6 +108,9 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_PARTITIONS": "partitions",
     "STRIPEMETER_API_HOST": "api_host",
     "STRIPEMETER_API_PORT": "api_port",
+    "STRIPEMETER_OPERATOR_METRICS_HOST": "operator_metrics_host",
+    "STRIPEMETER_OPERATOR_METRICS_PORT": "operator_metrics_port",
+    "STRIPEMETER_OPERATOR_METRICS_MAX_SERIES": "operator_metrics_max_series",
     "STRIPEMETER_WORKER_WEB_PORT": "worker_web_port",
     "STRIPEMETER_WORKER_WEB_HOST": "worker_web_host",
     "STRIPEMETER_EMULATOR_PORT": "emulator_port",
@@ -223,8 +230,17 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE", "must be positive")
     if settings.api_proxy_hops < 0:
         raise ConfigError("STRIPEMETER_API_PROXY_HOPS", "must not be negative")
+    if settings.operator_metrics_max_series < 1:
+        raise ConfigError("STRIPEMETER_OPERATOR_METRICS_MAX_SERIES", "must be at least 1")
+    if (
+        settings.operator_metrics_port == settings.api_port
+        and settings.operator_metrics_host == settings.api_host
+    ):
+        raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
+    optional = {"operator_metrics_port"}  # 0: that listener is off
     for f in fields(settings):
-        if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
+        value = getattr(settings, f.name)
+        if f.name.endswith("_port") and not (0 < value < 65536 or (f.name in optional and value == 0)):
             raise ConfigError(f.name, "must be a TCP port")
 
 
