@@ -173,3 +173,16 @@ async def test_auth_failures_do_not_tell_unknown_key_ids_from_wrong_secrets(
     assert "stripemeter_api_key_cache_entries" not in after
     detailed = await (await operator.get("/metrics")).text()
     assert 'stripemeter_api_key_lookups_total{result="not_found"}' in detailed
+
+
+async def test_unusual_methods_and_unknown_paths_add_no_label_sets(apis: tuple[ApiClient, ApiClient]) -> None:
+    """Label values come from small fixed sets: WebDAV-style methods (which the HTTP parser takes) are
+    one label value, unknown paths another."""
+    public, _operator = apis
+    for method in ("PROPFIND", "MKCOL", "TRACE", "LOCK", "SEARCH"):
+        await public.request(method, f"/no/such/{uuid.uuid4().hex}")
+    text = await (await public.get("/metrics")).text()
+    methods = set(re.findall(r'^http_requests_total\{method="([^"]+)"', text, re.M))
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert 'method="other",route="unmatched"' in text
+    assert "/no/such/" not in text
