@@ -7,10 +7,8 @@ from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
-from prometheus_client import generate_latest
 
 from stripemeter.adapters.postgres.pool import open_pool
-from stripemeter.adapters.postgres.reconciliation import latest_not_at_parity, latest_version
 from stripemeter.api import (
     adjustments,
     events,
@@ -18,6 +16,7 @@ from stripemeter.api import (
     ingest,
     mappings,
     openapi,
+    operator_metrics,
     pushes,
     reconciliation,
     replay,
@@ -42,7 +41,6 @@ from stripemeter.api.errors import ApiError, api_error, error_response, json_res
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.limits import KeyCache, failure_limiter
 from stripemeter.api.params import no_nul_middleware
-from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import StripemeterError
 from stripemeter.domain.rates import RateLimiter
@@ -84,28 +82,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal_error", "internal error; see the API log")
 
 
-async def metrics_endpoint(request: web.Request) -> web.Response:
-    await refresh_reconciliation_gauges(request)
-    return web.Response(body=generate_latest(), content_type="text/plain", charset="utf-8")
-
-
-async def refresh_reconciliation_gauges(request: web.Request) -> None:
-    """The drift gauges show the latest verdict of every item not at parity, whichever process
-    reconciled it; a series disappears when its item is back at parity. Reloaded only when a run
-    has finished since the last scrape."""
-    async with request.app[POOL].connection() as conn:
-        version = await latest_version(conn)
-        if version == request.app[GAUGES_VERSION].get("version"):
-            return
-        rows = await latest_not_at_parity(conn)
-    metrics.RECONCILIATION_DIFF_PCT.clear()
-    metrics.RECONCILIATION_DIFF_ABS.clear()
-    for tenant, metric, customer, period, pct, diff in rows:
-        metrics.RECONCILIATION_DIFF_PCT.labels(tenant, metric, customer, period).set(pct)
-        metrics.RECONCILIATION_DIFF_ABS.labels(tenant, metric, customer, period).set(diff)
-    request.app[GAUGES_VERSION]["version"] = version
-
-
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, auth_middleware, no_nul_middleware],
@@ -141,7 +117,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health/live", health.live)
     app.router.add_get("/health/ready", health.ready)
-    app.router.add_get("/metrics", metrics_endpoint)
+    app.router.add_get("/metrics", operator_metrics.metrics_handler(app, operator=False))
     app.router.add_get("/openapi.json", openapi.get_document)
     app.router.add_post("/v1/events/ingest", ingest.ingest)
     app.router.add_get("/v1/events", events.get_events)
@@ -168,4 +144,8 @@ def create_app(settings: Settings) -> web.Application:
 
 
 def run(settings: Settings) -> None:
-    web.run_app(create_app(settings), host=settings.api_host, port=settings.api_port, access_log=None)
+    """The API, and its operator listener unless its port is 0 (api/operator_metrics.py)."""
+    app = create_app(settings)
+    if settings.operator_metrics_port:
+        app.cleanup_ctx.append(operator_metrics.operator_listener(app))
+    web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None)

@@ -117,7 +117,7 @@ async def authenticate(request: web.Request) -> Principal:
         wait = limiter.take(client)
         if wait > 0:
             raise throttled(wait)
-    metrics.API_AUTH_FAILURES.labels("unknown_key" if row is None else "wrong_secret").inc()
+    metrics.API_AUTH_FAILURES.labels("invalid_key").inc()  # one reason: which key ids exist stays unsaid
     raise unauthorized("unknown or revoked API key")
 
 

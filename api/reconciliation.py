@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from typing import Any
 
 from aiohttp import web
@@ -12,6 +10,7 @@ from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_operator
+from stripemeter.api.csv_export import csv_text
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
@@ -87,14 +86,9 @@ async def get_summary(request: web.Request) -> web.StreamResponse:
 
 
 def csv_response(items: list[dict[str, Any]], filename: str) -> web.Response:
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for item in items:
-        row = {**item, "causes": " ".join(c["code"] for c in item["causes"])}
-        writer.writerow([row[c] for c in CSV_COLUMNS])
+    rows = ({**item, "causes": " ".join(c["code"] for c in item["causes"])} for item in items)
     return web.Response(
-        text=out.getvalue(),
+        text=csv_text(CSV_COLUMNS, ([row[c] for c in CSV_COLUMNS] for row in rows)),
         content_type="text/csv",
         headers={"Content-Disposition": f'attachment; filename="{filename}"'},
     )

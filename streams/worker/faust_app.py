@@ -38,7 +38,14 @@ def faust_app(settings: Settings) -> faust.App:
         web_host=settings.worker_web_host,
         web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
-        web_enabled=True,
+        web_enabled=True,  # our /health and /metrics pages (streams/worker/health.py); loopback by default
+        # Faust's own pages are off: /table serves table data (counters of every tenant), /router the
+        # other workers' addresses, the statistics and graph pages the worker's internals
+        web_tables_enabled=False,
+        web_router_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         producer_acks=-1,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",

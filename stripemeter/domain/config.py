@@ -51,6 +51,10 @@ class Settings:
     partitions: int = 4
     api_host: str = "127.0.0.1"
     api_port: int = 3000
+    # the API's operator listener: /metrics with the series that name tenants and customers (0: off)
+    operator_metrics_host: str = "127.0.0.1"
+    operator_metrics_port: int = 9464
+    operator_metrics_max_series: int = 1000  # label sets per detailed family (the worst items kept)
     worker_web_port: int = 6066
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in containers, for probes and Prometheus
     group_instance_id: str = ""  # static group membership (e.g. the pod name); empty: dynamic
@@ -104,6 +108,9 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_PARTITIONS": "partitions",
     "STRIPEMETER_API_HOST": "api_host",
     "STRIPEMETER_API_PORT": "api_port",
+    "STRIPEMETER_OPERATOR_METRICS_HOST": "operator_metrics_host",
+    "STRIPEMETER_OPERATOR_METRICS_PORT": "operator_metrics_port",
+    "STRIPEMETER_OPERATOR_METRICS_MAX_SERIES": "operator_metrics_max_series",
     "STRIPEMETER_WORKER_WEB_PORT": "worker_web_port",
     "STRIPEMETER_WORKER_WEB_HOST": "worker_web_host",
     "STRIPEMETER_EMULATOR_PORT": "emulator_port",
@@ -132,12 +139,24 @@ ENV_VARS: dict[str, str] = {
 }
 
 
+# how a boolean setting may be spelled (any case); anything else stops the process
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+# settings that take one of a few values (compared without case; stored as spelled here)
+CHOICES: dict[str, tuple[str, ...]] = {
+    "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
+}
+
+
 def _convert(env_name: str, raw: str, default: object) -> object:
+    if env_name in CHOICES:
+        return _choice(env_name, raw)
+    if isinstance(default, bool):
+        return _boolean(env_name, raw)
     try:
         if isinstance(default, Secret):
             return Secret(raw)
-        if isinstance(default, bool):
-            return raw.strip().lower() in {"1", "true", "yes", "on"}
         if isinstance(default, int):
             return int(raw)
         if isinstance(default, float):
@@ -150,6 +169,28 @@ def _convert(env_name: str, raw: str, default: object) -> object:
             env_name, f"{raw!r} is not a valid {kind}", f"{env_name}={raw!r} is not a valid {kind}"
         ) from exc
     return raw
+
+
+def _boolean(env_name: str, raw: str) -> bool:
+    word = raw.strip().lower()
+    if word in TRUE_WORDS or word in FALSE_WORDS:
+        return word in TRUE_WORDS
+    accepted = ", ".join(TRUE_WORDS + FALSE_WORDS)
+    raise ConfigError(
+        env_name,
+        f"{raw!r} is not a boolean ({accepted})",
+        f"{env_name}={raw!r} is not a boolean: use {accepted}",
+    )
+
+
+def _choice(env_name: str, raw: str) -> str:
+    for choice in CHOICES[env_name]:
+        if raw.strip().lower() == choice.lower():
+            return choice
+    accepted = ", ".join(CHOICES[env_name])
+    raise ConfigError(
+        env_name, f"{raw!r} is not one of {accepted}", f"{env_name}={raw!r} is not one of {accepted}"
+    )
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -189,8 +230,17 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE", "must be positive")
     if settings.api_proxy_hops < 0:
         raise ConfigError("STRIPEMETER_API_PROXY_HOPS", "must not be negative")
+    if settings.operator_metrics_max_series < 1:
+        raise ConfigError("STRIPEMETER_OPERATOR_METRICS_MAX_SERIES", "must be at least 1")
+    if (
+        settings.operator_metrics_port == settings.api_port
+        and settings.operator_metrics_host == settings.api_host
+    ):
+        raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
+    optional = {"operator_metrics_port"}  # 0: that listener is off
     for f in fields(settings):
-        if f.name.endswith("_port") and not 0 < getattr(settings, f.name) < 65536:
+        value = getattr(settings, f.name)
+        if f.name.endswith("_port") and not (0 < value < 65536 or (f.name in optional and value == 0)):
             raise ConfigError(f.name, "must be a TCP port")
 
 

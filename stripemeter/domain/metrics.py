@@ -1,8 +1,16 @@
-"""Every metric name in one place."""
+"""Every metric name in one place.
+
+Two registries. prometheus_client's default one is public: every process serves it on its
+``/metrics``, which anyone who can reach the API or a worker may read, so no series in it names a
+tenant, a customer or a metric, or tells whether an API key id exists. ``OPERATOR`` holds the series
+that do; only the API's operator listener serves it (``api/operator_metrics.py``), with the public ones.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+OPERATOR = CollectorRegistry()  # operator data: served on the operator listener only
 
 SHORT_SECONDS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5)  # buckets for steps that should take well under 1 s
 
@@ -60,7 +68,8 @@ INGEST_EVENTS = Counter(
 )
 API_AUTH_FAILURES = Counter(
     "stripemeter_api_auth_failures_total",
-    "Requests refused 401 by the API, by reason (missing, malformed, unknown_key, wrong_secret)",
+    "Requests refused 401 by the API, by reason (missing, malformed, invalid_key: an unknown or revoked"
+    " key id and a wrong secret are one reason, so the count does not tell which key ids exist)",
     ["reason"],
 )
 API_AUTH_THROTTLED = Counter(
@@ -71,11 +80,13 @@ API_KEY_LOOKUPS = Counter(
     "stripemeter_api_key_lookups_total",
     "API-key lookups in PostgreSQL, by result (found, not_found)",
     ["result"],
+    registry=OPERATOR,  # found vs not_found would tell a caller which made-up key ids exist
 )
 API_KEY_CACHE_ENTRIES = Gauge(
     "stripemeter_api_key_cache_entries",
     "API-key ids the API remembers, by kind (found: valid keys; missing: ids that found nothing)",
     ["kind"],
+    registry=OPERATOR,
 )
 STRIPE_PUSHES = Counter(
     "stripemeter_stripe_pushes_total",
@@ -118,13 +129,30 @@ STRIPE_ERROR_REPORTS = Counter(
 RECONCILIATION_LABELS = ["tenant", "metric", "customer", "period"]
 RECONCILIATION_DIFF_PCT = Gauge(
     "reconciliation_diff_pct",
-    "Relative drift between local totals and Stripe (0.01 = 1 %) at the latest reconciliation",
+    "Relative drift between local totals and Stripe (0.01 = 1 %) at the latest reconciliation, per item"
+    " not at parity (the worst STRIPEMETER_OPERATOR_METRICS_MAX_SERIES items)",
     RECONCILIATION_LABELS,
+    registry=OPERATOR,
 )
 RECONCILIATION_DIFF_ABS = Gauge(
     "reconciliation_diff_abs",
-    "Absolute drift between local totals and Stripe, in whole units, at the latest reconciliation",
+    "Absolute drift between local totals and Stripe, in whole units, at the latest reconciliation, per"
+    " item not at parity (the worst STRIPEMETER_OPERATOR_METRICS_MAX_SERIES items)",
     RECONCILIATION_LABELS,
+    registry=OPERATOR,
+)
+OPERATOR_SERIES_LEFT_OUT = Gauge(
+    "stripemeter_operator_series_left_out",
+    "Items not at parity a drift gauge does not show, by gauge: beyond"
+    " STRIPEMETER_OPERATOR_METRICS_MAX_SERIES (the gauge keeps the worst)",
+    ["family"],
+    registry=OPERATOR,
+)
+RECONCILIATION_OFF_PARITY = Gauge(
+    "stripemeter_reconciliation_items_off_parity",
+    "Items (tenant, metric, customer, period) whose latest reconciliation is not at parity, by status"
+    " (within_epsilon, drift); the operator listener's drift gauges name them",
+    ["status"],
 )
 RECONCILIATION_RUNS = Counter(
     "stripemeter_reconciliation_runs_total", "Reconciliation runs, by result", ["result"]

@@ -14,6 +14,7 @@ from stripemeter.domain.auth import ALL_TENANTS, OPERATOR, new_key, parse_scopes
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.events import TENANT_RE
 
+PRIVATE_MODE = 0o600  # key files: read and written by their owner only
 Say = Callable[[str], None]
 Table = Callable[[Sequence[str], Sequence[Sequence[object]]], None]
 
@@ -50,16 +51,21 @@ def local_key_file(settings: Settings) -> Path:
 
 def ensure_local_key(settings: Settings) -> tuple[Path, bool]:
     """The local stack's key (every tenant, admin and operator) in a file only its owner reads;
-    (path, created). A key without the operator scope (made before it existed) is replaced."""
+    (path, created). A key without the operator scope (made before it existed) is replaced.
+
+    The file is made owner-only at every start, not only when written: a copy, an editor or a
+    restore may have left it readable by others."""
     path = local_key_file(settings)
     if path.exists():
+        path.chmod(PRIVATE_MODE)
         token = path.read_text().strip()
         key_id = token.split("_")[1] if token.count("_") >= 2 else ""
         if OPERATOR in asyncio.run(_active_scopes(settings, key_id)):
             return path, False
     token = asyncio.run(create(settings, ALL_TENANTS, f"admin,{OPERATOR}", "local stack"))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)
+    os.fchmod(fd, PRIVATE_MODE)  # the mode of os.open holds only for a file it creates
     with os.fdopen(fd, "w") as f:
         f.write(token + "\n")
     return path, True

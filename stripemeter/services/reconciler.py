@@ -10,15 +10,14 @@
 3. Within epsilon (or when the operator asks to align everything): send the aligning meter events,
    each recorded as an audited adjustment before the call, so a crash or an unclear answer (5xx,
    timeout) resends the same identifier; such an hour stays in flight until Stripe answers.
-4. Store the run and its items, publish every item beyond parity to ``reconciliation.drift``, and set
-   the ``reconciliation_diff_*`` gauges.
+4. Store the run and its items and publish every item beyond parity to ``reconciliation.drift``; the
+   API's operator listener reads the ``reconciliation_diff_*`` gauges from the stored latest verdicts.
 Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process starts them.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -197,7 +196,6 @@ class Reconciler:
                         verdict.status, action, verdict.in_flight, verdict.causes, wire["hours"], checked_at,
                     )
                 )  # fmt: skip
-                set_gauges((item.tenant_id, item.metric, item.customer_ref, period_name), verdict)
                 metrics.RECONCILIATION_ITEMS.labels(verdict.status).inc()
                 if verdict.status != "parity":
                     drift_records.append(drift_record(item, wire, period_name, action, checked_at))
@@ -630,19 +628,6 @@ def with_steps(aggregation: str, hour: Hour, rows: list[dict[str, Any]]) -> Hour
             covered += int(row["value"])
     base = (hour.pushed or 0) - pushes - covered if aggregation != "last" else 0
     return replace(hour, steps=tuple(steps), base=base)
-
-
-def set_gauges(labels: tuple[str, str, str, str], verdict: Verdict) -> None:
-    """A series per item not at parity; an item back at parity loses its series."""
-    for gauge, value in (
-        (metrics.RECONCILIATION_DIFF_PCT, verdict.diff_pct),
-        (metrics.RECONCILIATION_DIFF_ABS, verdict.diff_abs),
-    ):
-        if verdict.status != "parity":
-            gauge.labels(*labels).set(value)
-        else:
-            with contextlib.suppress(KeyError):
-                gauge.remove(*labels)
 
 
 def _key(item: Item) -> tuple[str, str]:

@@ -33,6 +33,9 @@ def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Setting
         state_dir=tmp / "state",
         worker_web_port=free_port(),
         api_port=free_port(),
+        operator_metrics_port=free_port(),
+        # tests share one database: each test's drift must be shown whatever drift others left
+        operator_metrics_max_series=1_000_000,
         log_level="INFO",
         # tests share one database: a scheduled run would reconcile every test's tenants against this
         # test's emulator; tests that reconcile do it on demand

@@ -103,7 +103,11 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         rules.write_text(shortened(RULES.read_text()))
         config = tmp_path / "prometheus.yml"
         config.write_text(
-            prometheus_config(f"{app.api_host}:{app.api_port}", f"127.0.0.1:{app.worker_web_port}", rules)
+            prometheus_config(  # the API's operator listener: the drift gauges name tenants and customers
+                f"{app.operator_metrics_host}:{app.operator_metrics_port}",
+                f"127.0.0.1:{app.worker_web_port}",
+                rules,
+            )
         )
         port = free_port()
         prometheus = subprocess.Popen(

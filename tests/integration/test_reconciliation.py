@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import RECONCILER
+from stripemeter.api.operator_metrics import create_operator_app
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
 from stripemeter.domain.periods import current_name
@@ -191,10 +192,16 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
     ).text()
     assert csv.splitlines()[0].startswith("customerRef,local,stripe,diffAbs,diffPct,status")
     assert len(csv.splitlines()) == 6
-    scrape = await (await rapi.get("/metrics")).text()
+    operator = TestClient(TestServer(create_operator_app(rapi.app)))
+    await operator.start_server()
+    try:
+        scrape = await (await operator.get("/metrics")).text()
+    finally:
+        await operator.close()
     labels = f'customer="c1",metric="requests",period="{period}",tenant="{tenant}"'
     gauge = f"reconciliation_diff_abs{{{labels}}} 100.0"
     assert gauge in scrape
+    assert tenant not in await (await rapi.get("/metrics")).text()  # operator data only
 
     # the operator, having checked local is right, aligns Stripe beyond epsilon too
     aligned = by_customer(await run(rapi, tenant, period, align="all"))

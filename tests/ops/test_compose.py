@@ -64,7 +64,14 @@ def test_ports_agree_with_the_settings_and_the_prometheus_config() -> None:
     assert "6066" in str(services["worker"]["healthcheck"]["test"])
     scrape = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job for job in scrape["scrape_configs"]}
-    assert jobs["stripemeter-api"]["static_configs"][0]["targets"] == ["api:3000"]
+    # Prometheus reads the API's operator listener (the drift gauges), which is exposed, not published
+    operator = services["api"]["environment"]
+    assert operator["STRIPEMETER_OPERATOR_METRICS_PORT"] == str(defaults.operator_metrics_port)
+    assert operator["STRIPEMETER_OPERATOR_METRICS_HOST"] == "0.0.0.0"
+    assert services["api"]["expose"] == [str(defaults.operator_metrics_port)]
+    assert jobs["stripemeter-api"]["static_configs"][0]["targets"] == [
+        f"api:{defaults.operator_metrics_port}"
+    ]
     (dns,) = jobs["stripemeter-worker"]["dns_sd_configs"]
     assert dns["names"] == ["worker"] and dns["port"] == defaults.worker_web_port
 

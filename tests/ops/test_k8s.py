@@ -115,6 +115,14 @@ def test_probes_and_scrape_annotations_use_the_ports_the_processes_listen_on() -
             continue
         (container,) = containers(workload)
         ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        scraped = expected[name]
+        if name == "stripemeter-api":  # Prometheus reads the operator listener, which the Service leaves out
+            scraped = defaults.operator_metrics_port
+            env = {v["name"]: v.get("value") for v in container["env"]}
+            assert env["STRIPEMETER_OPERATOR_METRICS_PORT"] == str(scraped)
+            assert ports.pop("operator-metrics") == scraped
+            service = by_kind("Service")[name]
+            assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
         assert list(ports.values()) == [expected[name]], name
         assert container["livenessProbe"]["httpGet"]["path"] == "/health/live"
         assert container["readinessProbe"]["httpGet"]["path"] == "/health/ready"
@@ -123,7 +131,7 @@ def test_probes_and_scrape_annotations_use_the_ports_the_processes_listen_on() -
                 assert ports[container[probe]["httpGet"]["port"]] == expected[name], (name, probe)
         annotations = workload["spec"]["template"]["metadata"]["annotations"]
         assert annotations["prometheus.io/scrape"] == "true"
-        assert annotations["prometheus.io/port"] == str(expected[name])
+        assert annotations["prometheus.io/port"] == str(scraped)
         assert annotations["prometheus.io/path"] == "/metrics"
 
 

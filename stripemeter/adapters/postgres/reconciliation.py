@@ -397,16 +397,34 @@ async def latest_version(conn: psycopg.AsyncConnection) -> tuple[Any, ...]:
     return tuple(row) if row else ()
 
 
-async def latest_not_at_parity(
-    conn: psycopg.AsyncConnection,
-) -> list[tuple[str, str, str, str, float, float]]:
-    """Gauge values of every item whose latest verdict is not parity:
-    (tenant, metric, customer, period, diff_pct, diff_abs)."""
-    cur = await conn.execute(
+GAUGE_ORDER = {"diff_pct": "diff_pct DESC", "diff_abs": "abs(diff_abs) DESC"}
+
+
+def worst_query(order: str) -> str:
+    """The items not at parity, worst first by ``order`` (``diff_pct`` or ``diff_abs``), ties in
+    key order so that a cut falls in the same place every time."""
+    return (
         "SELECT tenant_id, metric, customer_ref, period, diff_pct, diff_abs FROM reconciliation_latest"
-        " WHERE status <> 'parity'"
+        f" WHERE status <> 'parity' ORDER BY {GAUGE_ORDER[order]}, tenant_id, metric, customer_ref, period"
+        " LIMIT %s"
     )
+
+
+async def worst_not_at_parity(
+    conn: psycopg.AsyncConnection, order: str, limit: int
+) -> list[tuple[str, str, str, str, float, float]]:
+    """Gauge values of at most ``limit`` items whose latest verdict is not parity, the worst first:
+    (tenant, metric, customer, period, diff_pct, diff_abs)."""
+    cur = await conn.execute(worst_query(order), (limit,))
     return [(t, m, c, p, float(pct), float(abs_)) for t, m, c, p, pct, abs_ in await cur.fetchall()]
+
+
+async def not_at_parity_counts(conn: psycopg.AsyncConnection) -> dict[str, int]:
+    """Items whose latest verdict is not parity, by status."""
+    cur = await conn.execute(
+        "SELECT status, count(*) FROM reconciliation_latest WHERE status <> 'parity' GROUP BY status"
+    )
+    return {status: int(n) for status, n in await cur.fetchall()}
 
 
 # --- corrections sent to Stripe ------------------------------------------------------------------------

@@ -174,11 +174,18 @@ def services(settings: Settings) -> list[Service]:
         ),
         Service(
             "api",
-            f"http://{settings.api_host}:{settings.api_port}",
+            f"http://{settings.api_host}:{settings.api_port}" + _operator_address(settings),
             _managed(settings, "api"),
             (settings.api_host, settings.api_port),
         ),
     ]
+
+
+def _operator_address(settings: Settings) -> str:
+    """The API's operator listener (api/operator_metrics.py), shown beside the API's address."""
+    if not settings.operator_metrics_port:
+        return ""
+    return f" (operator metrics http://{settings.operator_metrics_host}:{settings.operator_metrics_port})"
 
 
 def up(settings: Settings, say: Say, with_app: bool = True) -> None:

@@ -68,3 +68,72 @@ def test_every_setting_is_used() -> None:
     )
     unused = [f.name for f in fields(Settings) if not re.search(rf"\.{f.name}\b", sources)]
     assert unused == []
+
+
+@pytest.mark.parametrize("value", ["enabled", "y", "2", "disabled", "n", "-1", "tru", "of f"])
+def test_an_unknown_boolean_stops_the_process_naming_the_variable(value: str) -> None:
+    """A mistyped STRIPEMETER_AUTH used to read as false: authentication silently off."""
+    with pytest.raises(ConfigError) as info:
+        load_settings({"STRIPEMETER_AUTH": value})
+    assert info.value.field == "STRIPEMETER_AUTH"
+    assert "STRIPEMETER_AUTH" in str(info.value) and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        *[(v, True) for v in ("true", "TRUE", "True", "1", "yes", "YES", "on", "On", " on ")],
+        *[(v, False) for v in ("false", "FALSE", "0", "no", "No", "off", "OFF")],
+    ],
+)
+def test_booleans_accept_the_usual_words_in_any_case(value: str, expected: bool) -> None:
+    assert load_settings({"STRIPEMETER_AUTH": value}).auth_enabled is expected
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("STRIPEMETER_LOG_LEVEL", "loud"),
+        ("STRIPEMETER_LOG_LEVEL", "verbose"),
+        ("STRIPEMETER_LOG_LEVEL", "10"),
+        ("STRIPEMETER_STORE", "memory://"),
+        ("STRIPEMETER_STORE", "rocksdb"),
+        ("STRIPEMETER_STORE", "redis://x"),
+    ],
+)
+def test_an_unknown_choice_stops_the_process_naming_the_variable(name: str, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({name: value})
+    assert info.value.field == name
+    assert name in str(info.value) and repr(value) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "attr", "expected"),
+    [
+        ("STRIPEMETER_LOG_LEVEL", "debug", "log_level", "DEBUG"),
+        ("STRIPEMETER_LOG_LEVEL", "Warning", "log_level", "WARNING"),
+        ("STRIPEMETER_STORE", "ROCKSDB://", "store", "rocksdb://"),
+    ],
+)
+def test_choices_accept_any_case(name: str, value: str, attr: str, expected: str) -> None:
+    assert getattr(load_settings({name: value}), attr) == expected
+
+
+def test_every_boolean_setting_is_read_strictly() -> None:
+    """Any boolean added later is strict too: each one refuses a word it does not know."""
+    booleans = [env for env, attr in ENV_VARS.items() if isinstance(getattr(Settings(), attr), bool)]
+    assert booleans
+    for env in booleans:
+        with pytest.raises(ConfigError) as info:
+            load_settings({env: "enabled"})
+        assert info.value.field == env
+
+
+def test_settings_env_round_trips_through_load_settings() -> None:
+    """A child process reads what settings_env writes (booleans as True/False) back unchanged."""
+    from stripemeter.domain.config import settings_env
+
+    settings = load_settings({"STRIPEMETER_AUTH": "off", "STRIPEMETER_LOG_LEVEL": "debug"})
+    again = load_settings(settings_env(settings))
+    assert (again.auth_enabled, again.log_level, again.store) == (False, "DEBUG", "rocksdb://")

@@ -122,3 +122,14 @@ def test_stages_left_to_other_processes_are_not_run(settings: Settings) -> None:
     app = create_app(settings, with_sink=False, with_intake=False)
     assert task_names(app)[len(TIMERS) :] == ["start_producer", "run_heartbeat", "refresh_policies"]
     assert timers(app) == timers(create_app(settings))
+
+
+def test_the_worker_web_server_serves_only_our_pages_on_loopback(settings: Settings) -> None:
+    """Faust's /table pages would serve every tenant's counters, /router the other workers' addresses:
+    the worker's web server serves its health and metrics pages (and Faust's {"status": "OK"} index)."""
+    app = create_app(settings)
+    app.web.blueprints.apply(app.web)
+    server: Any = app.web  # Faust's aiohttp driver; its aiohttp app is not on the Web type
+    routes = sorted(r.canonical for r in server.web_app.router.resources())
+    assert routes == ["/", "/health/live", "/health/ready", "/metrics"]
+    assert (app.conf.web_bind, app.conf.web_host) == ("127.0.0.1", "127.0.0.1")
