@@ -20,17 +20,20 @@ def settings(tmp_path: Path) -> Settings:
     return Settings(state_dir=tmp_path)
 
 
-def fake_database(monkeypatch: pytest.MonkeyPatch, *, active: bool) -> list[str]:
+def fake_database(
+    monkeypatch: pytest.MonkeyPatch, *, active: bool, scopes: tuple[str, ...] = ("admin", "operator")
+) -> list[str]:
     created: list[str] = []
 
-    async def _active(settings: Settings, key_id: str) -> bool:
-        return active
+    async def _active_scopes(settings: Settings, key_id: str) -> list[str]:
+        return list(scopes) if active else []
 
     async def create(settings: Settings, tenant: str, scopes: str, description: str | None) -> str:
+        assert scopes == "admin,operator"
         created.append(tenant)
         return "smk_newid_newsecret"
 
-    monkeypatch.setattr(api_keys, "_active", _active)
+    monkeypatch.setattr(api_keys, "_active_scopes", _active_scopes)
     monkeypatch.setattr(api_keys, "create", create)
     return created
 
@@ -64,3 +67,14 @@ def test_a_new_key_file_is_owner_only(settings: Settings, monkeypatch: pytest.Mo
     fake_database(monkeypatch, active=False)
     path, created = api_keys.ensure_local_key(settings)
     assert created and mode(path) == 0o600
+
+
+def test_a_local_key_without_the_operator_scope_is_replaced(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A key made before the operator scope existed could not grant meters: the stack makes a new one."""
+    created = fake_database(monkeypatch, active=True, scopes=("admin",))
+    path = api_keys.local_key_file(settings)
+    path.write_text("smk_oldid_oldsecret\n")
+    assert api_keys.ensure_local_key(settings) == (path, True)
+    assert created == ["*"] and path.read_text() == "smk_newid_newsecret\n"
