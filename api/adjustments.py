@@ -17,11 +17,13 @@ from aiohttp import web
 
 from stripemeter.adapters.kafka.corrections import send_corrections
 from stripemeter.adapters.postgres import adjustments as db
+from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres.counters import Applied, wait_applied
 from stripemeter.adapters.postgres.mappings import customer_anchor
 from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
+from stripemeter.api.heavy import heavy
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
 from stripemeter.domain.units import MICROS, format_micros, micros_to_number
@@ -102,7 +104,8 @@ async def post_adjustment(request: web.Request) -> web.Response:
     """Stripe's idempotency semantics with an ``Idempotency-Key`` (scoped to the tenant): the same key
     and body return the stored answer and send nothing; the same key with another body is a 409; a
     retry at any later time applies once, from the row in PostgreSQL (never from the meter's dedupe
-    entry, which expires after the lateness window). Without the header: a new adjustment each time."""
+    entry, which expires after the lateness window). Without the header: a new adjustment each time.
+    A retry while the first one runs is answered 409 ``busy`` with Retry-After."""
     body = await params.json_object(request)
     tenant = params.body_tenant(request, body)
     metric = params.body_text(body, "metric", 100)
@@ -119,14 +122,14 @@ async def post_adjustment(request: web.Request) -> web.Response:
     material = f"{tenant}\x1f{key}".encode("utf-8", "surrogateescape") if key else None
     digest = hashlib.sha256(material).hexdigest()[:24] if material else uuid.uuid4().hex[:24]
     adjustment_id = "adj_" + digest
-    async with request.app[POOL].connection() as conn:
+    async with heavy(request, tenant), request.app[POOL].connection() as conn:
         if not key:
             return await _adjust(request, conn, adjustment_id, asked, None)
-        await db.lock(conn, adjustment_id)  # a concurrent retry waits, then finds the stored answer
-        try:
+        # a retry while the first request still runs (it may wait for the counter up to
+        # STRIPEMETER_APPLY_WAIT_SECONDS) is told 409 busy; once done, a retry gets the stored answer
+        busy = f'Idempotency-Key "{shown_key(key)}": a request with this key is being applied; retry later'
+        async with locks.held(conn, db.lock_name(adjustment_id), busy):
             return await _adjust(request, conn, adjustment_id, asked, key)
-        finally:
-            await db.unlock(conn, adjustment_id)
 
 
 async def _adjust(

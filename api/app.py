@@ -27,6 +27,8 @@ from stripemeter.api import (
 from stripemeter.api.appkeys import (
     AUTH_LIMITER,
     GAUGES_VERSION,
+    HEALTH_POOL,
+    HEAVY,
     KEY_CACHE,
     POOL,
     PRODUCER,
@@ -37,10 +39,11 @@ from stripemeter.api.appkeys import (
     STRIPE_CHECK,
 )
 from stripemeter.api.auth import auth_middleware
-from stripemeter.api.errors import ApiError, api_error, error_response, json_response
+from stripemeter.api.errors import ApiError, api_error, database_error, error_response, json_response
 from stripemeter.api.http_metrics import Handler, metrics_middleware
 from stripemeter.api.limits import KeyCache, failure_limiter
 from stripemeter.api.params import no_nul_middleware
+from stripemeter.domain.concurrency import ConcurrencyLimit
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import StripemeterError
 from stripemeter.domain.rates import RateLimiter
@@ -77,7 +80,11 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if exc.status < 400:
             raise
         return error_response(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
-    except Exception:
+    except Exception as exc:
+        refused = database_error(exc)
+        if refused is not None:
+            log.warning("%s %s: %s (%s)", request.method, request.path, refused.code, type(exc).__name__)
+            return json_response(refused.body(), status=refused.status, headers=refused.headers)
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(500, "internal_error", "internal error; see the API log")
 
@@ -93,9 +100,14 @@ def create_app(settings: Settings) -> web.Application:
     app[AUTH_LIMITER] = failure_limiter(settings.auth_failures_per_minute)
     app[GAUGES_VERSION] = {}
     app[RATE_LIMITER] = RateLimiter(settings.rate_limit_per_second)
+    app[HEAVY] = ConcurrencyLimit(settings.heavy_requests_per_tenant, settings.heavy_requests_total)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        app[POOL] = await open_pool(settings.database_url.value)
+        url, statement_timeout = settings.database_url.value, settings.db_statement_timeout_seconds
+        app[POOL] = await open_pool(
+            url, settings.db_pool_size, settings.db_pool_timeout_seconds, statement_timeout
+        )
+        app[HEALTH_POOL] = await open_pool(url, 1, health.TIMEOUT, statement_timeout)
         producer = AIOKafkaProducer(
             bootstrap_servers=settings.kafka_bootstrap_servers,
             acks="all",
@@ -113,6 +125,7 @@ def create_app(settings: Settings) -> web.Application:
         yield
         await producer.stop()
         await app[POOL].close()
+        await app[HEALTH_POOL].close()
 
     app.cleanup_ctx.append(lifecycle)
     app.router.add_get("/health/live", health.live)

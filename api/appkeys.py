@@ -7,6 +7,7 @@ from aiokafka import AIOKafkaProducer
 from psycopg_pool import AsyncConnectionPool
 
 from stripemeter.api.limits import KeyCache
+from stripemeter.domain.concurrency import ConcurrencyLimit
 from stripemeter.domain.config import Settings
 from stripemeter.domain.rates import RateLimiter
 from stripemeter.services.reconciler import Reconciler
@@ -14,6 +15,8 @@ from stripemeter.services.replayer import Replayer
 
 SETTINGS = web.AppKey("settings", Settings)
 POOL = web.AppKey("pool", AsyncConnectionPool)
+HEALTH_POOL = web.AppKey("health_pool", AsyncConnectionPool)  # readiness's own: never queues behind work
+HEAVY = web.AppKey("heavy", ConcurrencyLimit)  # replays, reconciliation runs, adjustments running
 PRODUCER = web.AppKey("producer", AIOKafkaProducer)
 RECONCILER = web.AppKey("reconciler", Reconciler)
 REPLAYER = web.AppKey("replayer", Replayer)

@@ -9,9 +9,14 @@ errors (stripemeter.domain.errors) through: ``api_error`` answers each by its ki
 - ``Forbidden`` (an ``Invalid`` the caller may not use) -> 403, likewise;
 - ``Invalid`` -> 400 ``{"code", "message": "{field}: {detail}", "field"}`` (as ``bad_request``);
   without a field: the detail alone, no ``field``;
+- ``Busy`` (a ``Transient``: the same work runs now for another request) -> 409, with ``Retry-After``;
 - ``Backpressure`` -> 429, with ``Retry-After`` (whole seconds, at least 1) when ``retry_after`` is known;
 - ``Transient`` -> 503, with ``Retry-After`` likewise;
 - ``Permanent`` (and anything else) -> None: the service's own failure, a logged 500 ``internal_error``.
+
+PostgreSQL's own refusals are answered by ``database_error``: no pool connection free within
+``STRIPEMETER_DB_POOL_TIMEOUT_SECONDS`` -> 503 ``database_busy``; a statement cancelled by
+``STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS`` -> 503 ``statement_timeout``; both with ``Retry-After``.
 """
 
 from __future__ import annotations
@@ -19,10 +24,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import psycopg
 from aiohttp import web
+from psycopg_pool import PoolTimeout
 
 from stripemeter.domain.errors import (
     Backpressure,
+    Busy,
     Conflict,
     Forbidden,
     Invalid,
@@ -30,6 +38,8 @@ from stripemeter.domain.errors import (
     StripemeterError,
     Transient,
 )
+
+DATABASE_RETRY_AFTER_SECONDS = 1.0
 
 
 class ApiError(Exception):
@@ -72,11 +82,26 @@ def api_error(exc: StripemeterError) -> ApiError | None:
         if exc.field:
             return bad_request(exc.field, exc.detail, code=exc.code)
         return ApiError(exc.code, exc.detail)
+    if isinstance(exc, Busy):
+        return ApiError(exc.code, exc.message, status=409, headers=retry_after(exc.retry_after))
     if isinstance(exc, Backpressure):
         return ApiError(exc.code, exc.message, status=429, headers=retry_after(exc.retry_after))
     if isinstance(exc, Transient):
         return ApiError(exc.code, exc.message, status=503, headers=retry_after(exc.retry_after))
     return None
+
+
+def database_error(exc: Exception) -> ApiError | None:
+    """The answer to PostgreSQL's own refusals (see above); None for any other error."""
+    if isinstance(exc, PoolTimeout):
+        message = "no database connection free: the API is busy; retry later"
+        code = "database_busy"
+    elif isinstance(exc, psycopg.errors.QueryCanceled):
+        message = "the database did not answer within the statement timeout; retry later"
+        code = "statement_timeout"
+    else:
+        return None
+    return ApiError(code, message, status=503, headers=retry_after(DATABASE_RETRY_AFTER_SECONDS))
 
 
 MAX_RETRY_AFTER_SECONDS = 3600  # a limit of 0 per second never refills: say "an hour", not infinity

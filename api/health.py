@@ -7,7 +7,9 @@ Readiness runs real checks and says which failed:
   rebalancing or recovering its tables, or a consumer group lags more than
   ``STRIPEMETER_READY_MAX_LAG_SECONDS``;
 - **healthy** (200): everything answers and keeps up.
-The Stripe check is one cheap call (list one meter), cached for a minute.
+The Stripe check is one cheap call (list one meter), cached for a minute. PostgreSQL is asked on a
+connection of readiness's own (``HEALTH_POOL``): a pool busy with heavy requests does not make the API
+look down.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS, STRIPE_CHECK
+from stripemeter.api.appkeys import HEALTH_POOL, PRODUCER, RECONCILER, SETTINGS, STRIPE_CHECK
 from stripemeter.api.errors import json_response
 
 HEARTBEAT_STALE_SECONDS = 30
@@ -48,7 +50,7 @@ async def ready(request: web.Request) -> web.Response:
 async def _postgres_and_workers(request: web.Request) -> tuple[Check, Check]:
     settings = request.app[SETTINGS]
     try:
-        async with asyncio.timeout(TIMEOUT), request.app[POOL].connection() as conn:
+        async with asyncio.timeout(TIMEOUT), request.app[HEALTH_POOL].connection() as conn:
             cur = await conn.execute(
                 "SELECT worker_id, ready, state, extract(epoch FROM now() - seen_at) FROM worker_heartbeats"
                 " WHERE app_id = %s AND seen_at > now() - %s * interval '1 second' ORDER BY worker_id",

@@ -12,6 +12,7 @@ from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_operator
 from stripemeter.api.csv_export import csv_text
 from stripemeter.api.errors import ApiError, bad_request, json_response
+from stripemeter.api.heavy import heavy
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
@@ -111,7 +112,7 @@ async def post_run(request: web.Request) -> web.Response:
         raise ApiError(
             "stripe_not_configured", "set STRIPE_API_KEY or STRIPE_API_BASE to reconcile", status=503
         )
-    async with request.app[POOL].connection() as conn:
+    async with heavy(request, tenant), request.app[POOL].connection() as conn:
         report = await request.app[RECONCILER].run(
             conn, RunRequest(tenant, metric, period_name, align=align, trigger="api")
         )

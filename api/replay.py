@@ -11,6 +11,7 @@ from stripemeter.api import params
 from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
 from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
+from stripemeter.api.heavy import heavy
 from stripemeter.core.replay_window import parse_window
 from stripemeter.schemas.events import METRIC_RE
 from stripemeter.services.replayer import ReplayRequest, refresh_visibility
@@ -38,7 +39,7 @@ async def post_replay(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     settings = request.app[SETTINGS]
     replay = parse_request(request, body, settings.replay_max_window_seconds, settings.clock.ms())
-    async with request.app[POOL].connection() as conn:
+    async with heavy(request, replay.tenant_id), request.app[POOL].connection() as conn:
         report = await request.app[REPLAYER].run(conn, replay)  # UnknownMetric: 400 (api/errors.py)
     return json_response(report)
 

@@ -13,7 +13,11 @@ from stripemeter.streams.sink import PostgresSink
 
 def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    client = make_client(
+        settings.stripe_api_key.value or "sk_test_emulator",
+        settings.stripe_api_base,
+        timeout=settings.stripe_timeout_seconds,
+    )
     return StripeWriter(
         settings.kafka_bootstrap_servers,
         names.deltas,

@@ -111,6 +111,7 @@ async def reconcile(
                     conn,
                     replace(request, period=period),
                     progress=None if as_json else ProgressBar(f"checking {period}"),
+                    wait=True,  # an operator's run waits for the one running, as before
                 )
                 reports.append(report)
                 show_reconciliation(report, as_json, say, table)
@@ -159,7 +160,7 @@ async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: 
             settings.database_url.value, autocommit=True
         ) as conn:
             progress = None if args.json else ProgressBar("sending corrections")
-            report = await build_replayer(settings, producer).run(conn, request, progress)
+            report = await build_replayer(settings, producer).run(conn, request, progress, wait=True)
     finally:
         await producer.stop()
     if args.json:

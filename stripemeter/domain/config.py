@@ -81,6 +81,12 @@ class Settings:
     # invoice.created webhooks fail: until then a closed period's usage can still change the invoice
     invoice_grace_seconds: int = 72 * 3600
     apply_wait_seconds: float = 30.0  # a replay apply or an adjustment waits this long to show
+    db_pool_size: int = 8  # the API's PostgreSQL connections (its readiness probe has one of its own)
+    db_pool_timeout_seconds: float = 5.0  # a request waits this long for one, then 503 with Retry-After
+    db_statement_timeout_seconds: float = 30.0  # on the API's connections; 0: none
+    heavy_requests_per_tenant: int = 2  # replays, reconciliation runs, adjustments at once per tenant
+    heavy_requests_total: int = 4  # the same for all tenants together: the rest of the pool is for reads
+    stripe_timeout_seconds: float = 10.0  # each Stripe call, connect to last byte
     clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
 
     @property
@@ -135,6 +141,12 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_API_PROXY_HOPS": "api_proxy_hops",
     "STRIPEMETER_INVOICE_GRACE_SECONDS": "invoice_grace_seconds",
     "STRIPEMETER_APPLY_WAIT_SECONDS": "apply_wait_seconds",
+    "STRIPEMETER_DB_POOL_SIZE": "db_pool_size",
+    "STRIPEMETER_DB_POOL_TIMEOUT_SECONDS": "db_pool_timeout_seconds",
+    "STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS": "db_statement_timeout_seconds",
+    "STRIPEMETER_HEAVY_REQUESTS_PER_TENANT": "heavy_requests_per_tenant",
+    "STRIPEMETER_HEAVY_REQUESTS_TOTAL": "heavy_requests_total",
+    "STRIPEMETER_STRIPE_TIMEOUT_SECONDS": "stripe_timeout_seconds",
     "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
 }
 
@@ -238,10 +250,31 @@ def _validate(settings: Settings) -> None:
     ):
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
     optional = {"operator_metrics_port"}  # 0: that listener is off
+    _validate_capacity(settings)
     for f in fields(settings):
         value = getattr(settings, f.name)
         if f.name.endswith("_port") and not (0 < value < 65536 or (f.name in optional and value == 0)):
             raise ConfigError(f.name, "must be a TCP port")
+
+
+def _validate_capacity(settings: Settings) -> None:
+    """The pool, its wait and statement limits, the heavy-request caps, the Stripe timeout."""
+    if settings.db_pool_size < 2:
+        raise ConfigError("STRIPEMETER_DB_POOL_SIZE", "must be at least 2")
+    if not settings.db_pool_timeout_seconds > 0:
+        raise ConfigError("STRIPEMETER_DB_POOL_TIMEOUT_SECONDS", "must be positive")
+    if not settings.db_statement_timeout_seconds >= 0:
+        raise ConfigError("STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS", "must not be negative (0: none)")
+    if settings.heavy_requests_per_tenant < 1:
+        raise ConfigError("STRIPEMETER_HEAVY_REQUESTS_PER_TENANT", "must be at least 1")
+    if not 1 <= settings.heavy_requests_total < settings.db_pool_size:
+        raise ConfigError(
+            "STRIPEMETER_HEAVY_REQUESTS_TOTAL",
+            f"must be at least 1 and below STRIPEMETER_DB_POOL_SIZE ({settings.db_pool_size}):"
+            " reads need connections too",
+        )
+    if not settings.stripe_timeout_seconds > 0:
+        raise ConfigError("STRIPEMETER_STRIPE_TIMEOUT_SECONDS", "must be positive")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -95,3 +95,10 @@ class Backpressure(StripemeterError):
     def __init__(self, message: str, *, code: str | None = None, retry_after: float | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = retry_after
+
+
+class Busy(Transient):
+    """The thing asked for is being done right now by another request (a replay or reconciliation of
+    the same tenant, an adjustment with the same key): ask again after ``retry_after`` seconds."""
+
+    code = "busy"

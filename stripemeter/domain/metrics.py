@@ -76,6 +76,12 @@ API_AUTH_THROTTLED = Counter(
     "stripemeter_api_auth_throttled_total",
     "Requests refused 429 because their client spent its failed API-key attempts (no query made)",
 )
+API_HEAVY_REFUSED = Counter(
+    "stripemeter_api_heavy_refused_total",
+    "Replays, reconciliation runs and adjustments refused because too many ran at once, by the cap"
+    " that was full (tenant, total)",
+    ["cap"],
+)
 API_KEY_LOOKUPS = Counter(
     "stripemeter_api_key_lookups_total",
     "API-key lookups in PostgreSQL, by result (found, not_found)",

@@ -21,6 +21,7 @@ from stripemeter.adapters.stripe.client import make_client
 from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
+from stripemeter.domain.errors import Busy
 from stripemeter.services.reconciler import Publish, Reconciler, ReconcileSettings, RunRequest
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,11 @@ def build_reconciler(
     settings: Settings, publish: Publish, budget: StripeBudget | None = None, concurrency: int = 8
 ) -> Reconciler:
     """``budget``: the process's Stripe budget, shared with its writer (a new one if None)."""
-    client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
+    client = make_client(
+        settings.stripe_api_key.value or "sk_test_emulator",
+        settings.stripe_api_base,
+        timeout=settings.stripe_timeout_seconds,
+    )
     budget = budget or StripeBudget(settings.stripe_calls_per_second)
     reader = StripeReader(client, budget, concurrency)
     return Reconciler(
@@ -126,8 +131,16 @@ async def run_all(conn: psycopg.AsyncConnection, reconciler: Reconciler, now: da
 async def reconcile_tenant(
     conn: psycopg.AsyncConnection, reconciler: Reconciler, tenant: str, now: datetime
 ) -> list[str]:
-    """A scheduled run of one tenant: every period whose invoice can still change. Returns them."""
+    """A scheduled run of one tenant: every period whose invoice can still change. Returns the periods
+    reconciled; none when another run of the tenant (the API's, an operator's) holds its lock: the
+    tenant is skipped until the next pass."""
     wanted = await open_periods(conn, tenant, now, reconciler.settings.invoice_grace_seconds)
+    done: list[str] = []
     for period in wanted:
-        await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
-    return wanted
+        try:
+            await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+        except Busy:
+            log.info("scheduled reconciliation: tenant %s is being reconciled already; skipped", tenant)
+            break
+        done.append(period)
+    return done

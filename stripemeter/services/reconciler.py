@@ -12,7 +12,8 @@
    timeout) resends the same identifier; such an hour stays in flight until Stripe answers.
 4. Store the run and its items and publish every item beyond parity to ``reconciliation.drift``; the
    API's operator listener reads the ``reconciliation_diff_*`` gauges from the stored latest verdicts.
-Runs of one tenant never overlap (a PostgreSQL advisory lock), whichever process starts them.
+Runs of one tenant never overlap (a PostgreSQL advisory lock, tried: a second run is ``Busy``),
+whichever process starts them.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import orjson
 import psycopg
 import stripe
 
+from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.postgres.mappings import stripe_mappings
 from stripemeter.adapters.stripe.reader import StripeReader
@@ -122,16 +124,16 @@ class Reconciler:
         request: RunRequest,
         now: float | None = None,
         progress: Progress | None = None,
+        wait: bool = False,
     ) -> dict[str, Any]:
-        """One cycle; ``progress(done, total)`` is told as items are checked against Stripe."""
+        """One cycle; ``progress(done, total)`` is told as items are checked against Stripe. While
+        another cycle of the tenant runs it raises ``Busy`` (with ``wait``: waits for it)."""
         now = self.clock() if now is None else now
         period_name = request.period or periods.current_name(datetime.fromtimestamp(now, tz=UTC))
         lock = f"stripemeter-reconcile:{request.tenant_id}"
-        await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
-        try:
+        busy = f"tenantId: a reconciliation of tenant {request.tenant_id!r} is running; retry when it is done"
+        async with locks.held(conn, lock, busy, wait=wait):
             return await self._run_locked(conn, request, period_name, now, progress)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
 
     async def _run_locked(
         self,

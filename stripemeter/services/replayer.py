@@ -30,6 +30,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.corrections import Sent, send_corrections
+from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres import replay as db
 from stripemeter.adapters.postgres.counters import Applied, wait_applied
 from stripemeter.adapters.postgres.mappings import list_rows
@@ -89,18 +90,23 @@ class Replayer:
         self.visible_timeout = visible_timeout
 
     async def run(
-        self, conn: psycopg.AsyncConnection, request: ReplayRequest, progress: Progress | None = None
+        self,
+        conn: psycopg.AsyncConnection,
+        request: ReplayRequest,
+        progress: Progress | None = None,
+        wait: bool = False,
     ) -> dict[str, Any]:
+        """One replay; replays of one tenant never overlap: while one runs, another raises ``Busy``
+        (or, with ``wait``, waits for it)."""
         lock = f"stripemeter-replay:{request.tenant_id}"
+        busy = f"tenantId: a replay of tenant {request.tenant_id!r} is running; retry when it is done"
         started = time.perf_counter()
-        await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (lock,))
-        try:
-            report = await self._run_locked(conn, request, progress)
-        except Exception:
-            metrics.REPLAYS.labels(request.mode, "failed").inc()
-            raise
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (lock,))
+        async with locks.held(conn, lock, busy, wait=wait):
+            try:
+                report = await self._run_locked(conn, request, progress)
+            except Exception:
+                metrics.REPLAYS.labels(request.mode, "failed").inc()
+                raise
         seconds = time.perf_counter() - started
         metrics.REPLAYS.labels(request.mode, "ok").inc()
         metrics.REPLAY_SECONDS.labels(request.mode).observe(seconds)

@@ -127,7 +127,7 @@ async def reconcile_many(
     async def publish(records: list[bytes]) -> None:
         published.extend(records)
 
-    http = stripe.AIOHTTPClient()
+    http = stripe.AIOHTTPClient(timeout=settings.stripe_timeout_seconds)
     try:
         async with await psycopg.AsyncConnection.connect(
             settings.database_url.value, autocommit=True

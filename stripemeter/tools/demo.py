@@ -34,6 +34,7 @@ Say = Callable[[str], None]
 
 CUSTOMERS = ("acme-42", "globex-7", "initech-3")
 EVENT_NAME = "demo_api_requests"
+BUSY_ATTEMPTS = 10  # a 409 busy is asked again after its Retry-After, this many times in all
 
 
 class Http:
@@ -51,8 +52,18 @@ class Http:
             data = urllib.parse.urlencode(form).encode()
             headers["Content-Type"] = "application/x-www-form-urlencoded"
         request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
+        for attempt in range(BUSY_ATTEMPTS):
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    raw = response.read()
+                break
+            except urllib.error.HTTPError as exc:
+                # the same work running (e.g. the worker's scheduled reconciliation of this tenant):
+                # 409 busy, come back after Retry-After, as any client should
+                wait = exc.headers.get("Retry-After")
+                if exc.code != 409 or wait is None or attempt == BUSY_ATTEMPTS - 1:
+                    raise
+                time.sleep(float(wait))
         return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
 
 

@@ -23,16 +23,8 @@ async def aggregation_of(conn: psycopg.AsyncConnection, tenant: str, metric: str
     return row[0] if row else None
 
 
-async def lock(conn: psycopg.AsyncConnection, adjustment_id: str) -> None:
-    """One request per adjustment id at a time (a session lock: ``unlock`` it)."""
-    await conn.execute("SELECT pg_advisory_lock(hashtextextended(%s, 0))", (_lock_name(adjustment_id),))
-
-
-async def unlock(conn: psycopg.AsyncConnection, adjustment_id: str) -> None:
-    await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (_lock_name(adjustment_id),))
-
-
-def _lock_name(adjustment_id: str) -> str:
+def lock_name(adjustment_id: str) -> str:
+    """The advisory lock that lets one request per adjustment id run at a time (``locks.held``)."""
     return f"stripemeter-adjustment:{adjustment_id}"
 
 

@@ -48,19 +48,28 @@ class SendResult:
     retry_after: float | None = None
 
 
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
 def make_client(
-    api_key: str, api_base: str, http_client: stripe.AIOHTTPClient | None = None
+    api_key: str,
+    api_base: str,
+    http_client: stripe.AIOHTTPClient | None = None,
+    timeout: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> stripe.StripeClient:
     """A client for Stripe, or the emulator at ``api_base``; we retry ourselves (max_network_retries=0).
 
-    Pass ``http_client`` to be able to close its connections (``await http_client.close_async()``).
+    Every call gives up after ``timeout`` seconds (``STRIPEMETER_STRIPE_TIMEOUT_SECONDS``; the SDK's
+    own default is 80 s): an unanswered meter event is ``unreachable`` and sent again with the same
+    key, a reconciliation run fails and is tried again. Pass ``http_client`` to be able to close its
+    connections (``await http_client.close_async()``); it then carries its own timeout.
     """
     base = api_base.rstrip("/")
     return stripe.StripeClient(
         api_key,
         base_addresses={"api": base, "meter_events": base} if api_base else None,
         max_network_retries=0,
-        http_client=http_client or stripe.AIOHTTPClient(),
+        http_client=http_client or stripe.AIOHTTPClient(timeout=timeout),
     )
 
 

@@ -60,3 +60,18 @@ def test_the_event_schema_carries_the_contract_constraints() -> None:
     assert event["properties"]["quantity"]["minimum"] == 0
     error = schemas["Error"]["properties"]["error"]
     assert error["required"] == ["code", "message"] and "field" in error["properties"]
+
+
+def test_busy_and_overload_answers_are_documented_with_retry_after() -> None:
+    """Heavy routes answer 409 busy; every /v1 route can answer 503 when no database connection is
+    free; both say when to come back."""
+    responses = DOC["components"]["responses"]
+    for name in ("Busy", "DatabaseBusy"):
+        assert responses[name]["headers"]["Retry-After"]["required"] is True
+    assert "too_many_heavy_requests" in responses["TooManyRequests"]["description"]
+    for path in ("/v1/replay", "/v1/reconciliation/run"):
+        assert DOC["paths"][path]["post"]["responses"]["409"] == {"$ref": "#/components/responses/Busy"}
+    assert "busy" in DOC["paths"]["/v1/adjustments"]["post"]["responses"]["409"]["description"]
+    for path, ops in DOC["paths"].items():
+        if path.startswith("/v1/"):
+            assert all("503" in op["responses"] for op in ops.values()), path

@@ -30,12 +30,40 @@ def test_secrets_never_show() -> None:
         ("STRIPEMETER_PARTITIONS", "0"),
         ("DATABASE_URL", "mysql://x"),
         ("STRIPEMETER_API_PORT", "70000"),
+        ("STRIPEMETER_DB_POOL_SIZE", "1"),
+        ("STRIPEMETER_DB_POOL_TIMEOUT_SECONDS", "0"),
+        ("STRIPEMETER_DB_POOL_TIMEOUT_SECONDS", "nan"),
+        ("STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS", "-1"),
+        ("STRIPEMETER_HEAVY_REQUESTS_PER_TENANT", "0"),
+        ("STRIPEMETER_HEAVY_REQUESTS_TOTAL", "0"),
+        ("STRIPEMETER_HEAVY_REQUESTS_TOTAL", "8"),  # the whole pool (8): nothing left for reads
+        ("STRIPEMETER_STRIPE_TIMEOUT_SECONDS", "0"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({name: value})
     assert name.lower().removeprefix("stripemeter_") in str(info.value).lower() or name in str(info.value)
+
+
+def test_capacity_settings_are_read_and_the_heavy_cap_follows_the_pool() -> None:
+    settings = load_settings(
+        {
+            "STRIPEMETER_DB_POOL_SIZE": "20",
+            "STRIPEMETER_DB_POOL_TIMEOUT_SECONDS": "2.5",
+            "STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS": "0",
+            "STRIPEMETER_HEAVY_REQUESTS_PER_TENANT": "3",
+            "STRIPEMETER_HEAVY_REQUESTS_TOTAL": "12",
+            "STRIPEMETER_STRIPE_TIMEOUT_SECONDS": "4",
+        }
+    )
+    assert (
+        settings.db_pool_size, settings.db_pool_timeout_seconds, settings.db_statement_timeout_seconds,
+        settings.heavy_requests_per_tenant, settings.heavy_requests_total, settings.stripe_timeout_seconds,
+    ) == (20, 2.5, 0.0, 3, 12, 4.0)  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_settings({"STRIPEMETER_DB_POOL_SIZE": "4"})  # the default total of 4 would take it all
+    assert info.value.field == "STRIPEMETER_HEAVY_REQUESTS_TOTAL"
 
 
 def test_kafka_cluster_ids_never_look_like_options() -> None:

@@ -11,9 +11,11 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from psycopg_pool import PoolTimeout
 
 from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args
 from stripemeter.adapters.kafka.inspect.tail import TopicNotFound
@@ -30,6 +32,7 @@ from stripemeter.domain import periods
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.errors import (
     Backpressure,
+    Busy,
     Conflict,
     Forbidden,
     Invalid,
@@ -71,6 +74,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (Conflict, Invalid, ValueError),
     (NotFound, Invalid, LookupError),
     (Forbidden, Invalid, PermissionError),
+    (Busy, Transient, Exception),
 ]
 
 
@@ -218,6 +222,9 @@ ROUTES: dict[str, Callable[[web.Request], None]] = {
     "backpressure-long": _raise(Backpressure("slow down", retry_after=2.5)),
     "backpressure-unknown": _raise(Backpressure("slow down")),
     "transient": _raise(Transient("could not write; retry the same body", code="kafka_unavailable")),
+    "busy": _raise(Busy("a replay of tenant 't' is running", retry_after=2)),
+    "pool-timeout": _raise(PoolTimeout("couldn't get a connection after 5.00 sec")),
+    "statement-timeout": _raise(psycopg.errors.QueryCanceled("canceling statement due to statement timeout")),
     "permanent": _raise(ItemTooLarge(0, 100, 50)),
     "base": _raise(StripemeterError("of no kind")),
     "api-error": _raise(ApiError("not_found", "no replay 'x'", field="replayId", status=404)),
@@ -302,6 +309,21 @@ async def test_backpressure_is_429_with_retry_after_in_whole_seconds(
 async def test_transient_is_503(client: TestClient[web.Request, web.Application]) -> None:
     body = {"error": {"code": "kafka_unavailable", "message": "could not write; retry the same body"}}
     assert await _answer(client, "transient") == (503, body, None)
+
+
+async def test_busy_is_409_with_retry_after(client: TestClient[web.Request, web.Application]) -> None:
+    body = {"error": {"code": "busy", "message": "a replay of tenant 't' is running"}}
+    assert await _answer(client, "busy") == (409, body, "2")
+
+
+async def test_postgres_refusals_are_503_with_retry_after_not_500(
+    client: TestClient[web.Request, web.Application],
+) -> None:
+    """No pool connection within the wait limit, or a statement over the statement timeout."""
+    status, body, retry = await _answer(client, "pool-timeout")
+    assert (status, body["error"]["code"], retry) == (503, "database_busy", "1")
+    status, body, retry = await _answer(client, "statement-timeout")
+    assert (status, body["error"]["code"], retry) == (503, "statement_timeout", "1")
 
 
 @pytest.mark.parametrize("route", ["permanent", "base", "bug"])
