@@ -101,12 +101,21 @@ async def _update(conn: psycopg.AsyncConnection, assignments: str, params: tuple
 
 
 async def list_rows(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, customer: str | None, limit: int
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metric: str | None,
+    customer: str | None,
+    limit: int,
+    after: tuple[Any, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    """Up to ``limit`` adjustments, newest first, after ``after`` (createdAt, adjustmentId)."""
+    after_at, after_id = after if after is not None else (None, None)
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT * FROM adjustments WHERE tenant_id = %s AND (%s::text IS NULL OR metric = %s)"
-        " AND (%s::text IS NULL OR customer_ref = %s) ORDER BY created_at DESC LIMIT %s",
-        (tenant, metric, metric, customer, customer, limit),
+        " AND (%s::text IS NULL OR customer_ref = %s)"
+        " AND (%s::timestamptz IS NULL OR (created_at, adjustment_id) < (%s, %s))"
+        " ORDER BY created_at DESC, adjustment_id DESC LIMIT %s",
+        (tenant, metric, metric, customer, customer, after_at, after_at, after_id, limit),
     )
     return await cur.fetchall()
