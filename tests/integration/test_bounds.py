@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from typing import Any
 
+import orjson
 import psycopg
 import pytest
 
@@ -15,6 +16,9 @@ from stripemeter.adapters.postgres.events import events_query
 from stripemeter.adapters.postgres.migrate import _log_notice
 from stripemeter.domain.config import Settings
 from stripemeter.domain.policy import MAX_LATENESS_SECONDS
+from stripemeter.schemas.partitioning import partition_for
+from stripemeter.schemas.topics import TopicNames
+from tests.integration.client import read_topic
 from tests.integration.harness import ApiClient
 
 NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)  # rows written straight into tables: any instant will do
@@ -171,3 +175,37 @@ async def test_events_list_reads_an_index_range_not_the_whole_ledger(env: Settin
                 assert "Sort" not in plan, plan  # the page is read in the index's order
                 assert "Seq Scan on events" not in plan, plan
         await conn.rollback()
+
+
+async def test_ingest_spreads_one_tenants_events_by_customer(api: ApiClient, env: Settings) -> None:
+    """One tenant, 12 customers: each usage.events message holds one customer's events, keyed
+    ``tenantId:customerRef`` and in that key's partition, so the tenant's events use every partition."""
+    tenant = f"lk-{uuid.uuid4().hex[:6]}"
+    ts = datetime.now(UTC).replace(microsecond=0).isoformat()
+    customers = [f"cust-{i}" for i in range(12)]
+    events = [
+        {
+            "tenantId": tenant,
+            "metric": "m",
+            "customerRef": c,
+            "quantity": 1,
+            "ts": ts,
+            "idempotencyKey": f"{c}-{n}",
+        }
+        for n in range(2)
+        for c in customers
+    ]
+    response = await api.post("/v1/events/ingest", json={"events": events})
+    assert response.status == 202 and (await response.json())["accepted"] == 24
+    topic = TopicNames(env.topic_prefix, env.app_id).events
+    records = await read_topic(env, topic, expect=12)
+    assert len(records) == 12
+    partitions = set()
+    for record in records:
+        held = orjson.loads(record.value)
+        (customer,) = {e["customerRef"] for e in held}
+        assert record.key == f"{tenant}:{customer}".encode()
+        assert [e["idempotencyKey"] for e in held] == [f"{customer}-0", f"{customer}-1"]  # in order
+        assert record.partition == partition_for(record.key.decode(), env.partitions)
+        partitions.add(record.partition)
+    assert partitions == set(range(env.partitions))
