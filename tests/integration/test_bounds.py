@@ -14,6 +14,8 @@ import pytest
 
 from stripemeter.adapters.postgres.events import events_query
 from stripemeter.adapters.postgres.migrate import _log_notice
+from stripemeter.adapters.postgres.replay import Scope, pending_late, stream_pending_late
+from stripemeter.core.replay_plan import PendingFold, make_plan, plan_from
 from stripemeter.domain.config import Settings
 from stripemeter.domain.policy import MAX_LATENESS_SECONDS
 from stripemeter.schemas.partitioning import partition_for
@@ -209,3 +211,36 @@ async def test_ingest_spreads_one_tenants_events_by_customer(api: ApiClient, env
         assert record.partition == partition_for(record.key.decode(), env.partitions)
         partitions.add(record.partition)
     assert partitions == set(range(env.partitions))
+
+
+async def test_replay_streams_pending_late_events_in_pages_with_the_same_plan(env: Settings) -> None:
+    """The replay's pending-late events stream from a server-side cursor, 3 rows a page here, folded
+    one counter at a time: the plan equals make_plan over the whole window read at once (duplicate
+    keys, a key the stream counted, ties of ts, several hours and customers)."""
+    tenant = f"lr-{uuid.uuid4().hex[:6]}"
+    rows = []
+    for n in range(40):
+        customer, hour = f"c{n % 3}", NOW - timedelta(hours=n % 4)
+        rows.append((n, "late", customer, hour + timedelta(minutes=n % 2), f"k{n}"))
+    rows += [(100, "late", "c0", NOW, "k0"), (101, "counted", "c1", NOW, "k1")]  # a twin; a counted key
+    scope = Scope(tenant, ["m"], None, NOW - timedelta(days=1), NOW + timedelta(hours=1))
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome,"
+                " tenant_id, metric, customer_ref, quantity_micros, ts, idempotency_key, key_derived)"
+                " VALUES (%s, 0, %s, 0, %s, %s, 'm', %s, %s, %s, %s, false)",
+                [(f"bounds-{tenant}", n, outcome, tenant, c, (n + 1) * 1_000_000, ts, key)
+                 for n, outcome, c, ts, key in rows],
+            )  # fmt: skip
+        whole = await pending_late(conn, scope)
+        assert len(whole) == 39  # k1 counted; k0's twin is one event
+        for mode, aggregation in (("apply", "sum"), ("apply", "last"), ("dry-run", "count")):
+            fold = PendingFold(tenant, keep_keys=mode == "apply")
+            await stream_pending_late(conn, scope, fold.add, page=3)
+            streamed = plan_from(fold.finish(), {"m": aggregation}, {})
+            expected = make_plan(tenant, whole, {"m": aggregation}, {})
+            assert streamed.changes == expected.changes and streamed.corrections == expected.corrections
+            if mode == "apply":
+                assert streamed.new == expected.new
+        await conn.execute("DELETE FROM events WHERE source_topic = %s", (f"bounds-{tenant}",))
