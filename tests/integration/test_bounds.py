@@ -11,9 +11,13 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+from psycopg import sql
 
+from stripemeter.adapters.postgres.adjustments import list_rows as adjustment_rows
 from stripemeter.adapters.postgres.events import events_query
+from stripemeter.adapters.postgres.mappings import page_rows
 from stripemeter.adapters.postgres.migrate import _log_notice
+from stripemeter.adapters.postgres.pushes import list_pushes
 from stripemeter.adapters.postgres.replay import Scope, pending_late, stream_pending_late
 from stripemeter.core.replay_plan import PendingFold, make_plan, plan_from
 from stripemeter.domain.config import Settings
@@ -244,3 +248,63 @@ async def test_replay_streams_pending_late_events_in_pages_with_the_same_plan(en
             if mode == "apply":
                 assert streamed.new == expected.new
         await conn.execute("DELETE FROM events WHERE source_topic = %s", (f"bounds-{tenant}",))
+
+
+class _Explaining:
+    """A connection whose cursors EXPLAIN what an adapter executes: the adapter's own SQL is planned."""
+
+    def __init__(self, conn: psycopg.AsyncConnection) -> None:
+        self.conn = conn
+        self.plans: list[str] = []
+
+    def cursor(self, **kwargs: Any) -> _Explaining:
+        return self
+
+    async def execute(self, query: Any, params: Any = None) -> _Explaining:
+        text = query.as_bytes(self.conn) if isinstance(query, sql.Composable) else query.encode()
+        cur = await self.conn.execute(b"EXPLAIN " + text, params)
+        self.plans.append("\n".join(row[0] for row in await cur.fetchall()))
+        return self
+
+    async def fetchall(self) -> list[Any]:
+        return []
+
+
+async def test_every_list_query_reads_an_index_range(env: Settings) -> None:
+    """The pushes, adjustments and mappings pages (first and next) on 10,000 rows of one tenant among
+    ten: each walks an index range in its order (no Seq Scan; a Sort only of one status' rows)."""
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        await conn.execute(
+            "INSERT INTO stripe_pushes (tenant_id, metric, customer_ref, bucket, latest_micros, latest_seq,"
+            " status) SELECT 'lq-t' || (n %% 10), 'm', 'c' || n, %s - (n %% 2000) * interval '1 hour', 1, 1,"
+            " CASE WHEN n %% 50 = 0 THEN 'parked' ELSE 'synced' END FROM generate_series(1, 100000) n",
+            (NOW,),
+        )
+        await conn.execute(
+            "INSERT INTO adjustments (adjustment_id, tenant_id, metric, customer_ref, bucket, ts,"
+            " delta_micros, reason, target, created_at) SELECT 'lq-a' || n, 'lq-t' || (n %% 10), 'm', 'c',"
+            " %s, %s, 1, 'r', 'counter', %s - n * interval '1 s' FROM generate_series(1, 100000) n",
+            (NOW, NOW, NOW),
+        )
+        await conn.execute(
+            "INSERT INTO customer_mappings (tenant_id, customer_ref, stripe_customer_id)"
+            " SELECT 'lq-t' || (n % 10), 'c' || n, 'cus_lq' || n FROM generate_series(1, 100000) n"
+        )
+        for table in ("stripe_pushes", "adjustments", "customer_mappings"):
+            await conn.execute(f"ANALYZE {table}")
+        tenant = "lq-t1"
+        explaining = _Explaining(conn)
+        fake: Any = explaining
+        await list_pushes(fake, tenant, None, 101)
+        await list_pushes(fake, tenant, None, 101, (NOW - timedelta(hours=5), "m", "c5"))
+        await list_pushes(fake, tenant, "parked", 101, (NOW - timedelta(hours=5), "m", "c5"))
+        await adjustment_rows(fake, tenant, None, None, 101)
+        await adjustment_rows(fake, tenant, None, None, 101, (NOW - timedelta(seconds=500), "lq-a500"))
+        await page_rows(fake, "customer_mappings", tenant, 101, None)
+        await page_rows(fake, "customer_mappings", tenant, 101, "c5000")
+        for plan in explaining.plans:
+            assert "Seq Scan" not in plan and "Index" in plan, plan
+            assert "Filter" not in plan, plan  # every condition bounds the index range
+        for plan in explaining.plans[:2] + explaining.plans[3:]:
+            assert "Sort" not in plan, plan
+        await conn.rollback()

@@ -108,14 +108,19 @@ async def list_rows(
     limit: int,
     after: tuple[Any, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    """Up to ``limit`` adjustments, newest first, after ``after`` (createdAt, adjustmentId)."""
-    after_at, after_id = after if after is not None else (None, None)
+    """Up to ``limit`` adjustments, newest first, after ``after`` (createdAt, adjustmentId): a range of
+    adjustments_by_tenant (each condition written only when present, so it stays an index condition)."""
+    query = "SELECT * FROM adjustments WHERE tenant_id = %s"
+    params: list[Any] = [tenant]
+    if metric is not None:
+        query += " AND metric = %s"
+        params.append(metric)
+    if customer is not None:
+        query += " AND customer_ref = %s"
+        params.append(customer)
+    if after is not None:
+        query += " AND (created_at, adjustment_id) < (%s, %s)"
+        params.extend(after)
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "SELECT * FROM adjustments WHERE tenant_id = %s AND (%s::text IS NULL OR metric = %s)"
-        " AND (%s::text IS NULL OR customer_ref = %s)"
-        " AND (%s::timestamptz IS NULL OR (created_at, adjustment_id) < (%s, %s))"
-        " ORDER BY created_at DESC, adjustment_id DESC LIMIT %s",
-        (tenant, metric, metric, customer, customer, after_at, after_at, after_id, limit),
-    )
+    await cur.execute(query + " ORDER BY created_at DESC, adjustment_id DESC LIMIT %s", [*params, limit])
     return await cur.fetchall()

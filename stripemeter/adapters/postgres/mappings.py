@@ -166,11 +166,15 @@ async def page_rows(
     assert table in ("metric_mappings", "customer_mappings")
     order = "metric" if table == "metric_mappings" else "customer_ref"
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        f"SELECT * FROM {table} WHERE tenant_id = %s AND (%s::text IS NULL OR {order} > %s)"
-        f" ORDER BY {order} LIMIT %s",
-        (tenant, after, after, limit),
-    )
+    if after is None:
+        await cur.execute(
+            f"SELECT * FROM {table} WHERE tenant_id = %s ORDER BY {order} LIMIT %s", (tenant, limit)
+        )
+    else:
+        await cur.execute(
+            f"SELECT * FROM {table} WHERE tenant_id = %s AND {order} > %s ORDER BY {order} LIMIT %s",
+            (tenant, after, limit),
+        )
     return await cur.fetchall()
 
 
