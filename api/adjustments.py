@@ -20,7 +20,7 @@ from stripemeter.adapters.postgres import adjustments as db
 from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres.counters import Applied, wait_applied
 from stripemeter.adapters.postgres.mappings import customer_anchor
-from stripemeter.api import params
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, PRODUCER, SETTINGS
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.api.heavy import heavy
@@ -225,7 +225,10 @@ async def list_adjustments(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
     metric = request.query.get("metric") or None
     customer = request.query.get("customerRef") or None
-    limit = params.integer(request, "limit", 100, 1, 1000)
+    asked = pages.page_request(request, (datetime, str))  # createdAt, adjustmentId: newest first
     async with request.app[POOL].connection() as conn:
-        rows = await db.list_rows(conn, tenant, metric, customer, limit)
-    return json_response({"tenantId": tenant, "adjustments": [view(r) for r in rows]})
+        rows = await db.list_rows(conn, tenant, metric, customer, asked.limit + 1, asked.after)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["created_at"], r["adjustment_id"]))
+    return json_response(
+        {"tenantId": tenant, "adjustments": [view(r) for r in rows], "nextCursor": next_cursor}
+    )

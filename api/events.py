@@ -2,40 +2,30 @@
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
-import orjson
 from aiohttp import web
 
 from stripemeter.adapters.postgres.events import list_events, list_watermarks
-from stripemeter.api import params
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, SETTINGS
-from stripemeter.api.errors import bad_request, json_response
+from stripemeter.api.errors import json_response
 from stripemeter.domain.timefmt import iso_millis
 from stripemeter.domain.units import micros_to_number
 
-MAX_LIMIT = 1000
+EVENT_KEY = (datetime, str, int, int, int)  # ts, then the source: newest first
+WATERMARK_KEY = (str,)  # customerRef
 
 
-def encode_cursor(row: dict[str, Any]) -> str:
-    values = [
-        row["ts"].isoformat(),
+def event_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (
+        row["ts"],
         row["source_topic"],
         row["source_partition"],
         row["source_offset"],
         row["source_index"],
-    ]
-    return base64.urlsafe_b64encode(orjson.dumps(values)).decode()
-
-
-def decode_cursor(text: str) -> tuple[Any, ...]:
-    try:
-        ts, topic, partition, offset, index = orjson.loads(base64.urlsafe_b64decode(text.encode()))
-        return (datetime.fromisoformat(ts), str(topic), int(partition), int(offset), int(index))
-    except (ValueError, TypeError, orjson.JSONDecodeError):
-        raise bad_request("cursor", "is not a cursor this API returned") from None
+    )
 
 
 def event_view(row: dict[str, Any]) -> dict[str, Any]:
@@ -63,8 +53,7 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
 
 async def get_events(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
-    limit = params.integer(request, "limit", default=100, low=1, high=MAX_LIMIT)
-    cursor = request.query.get("cursor")
+    asked = pages.page_request(request, EVENT_KEY)
     async with request.app[POOL].connection() as conn:
         rows = await list_events(
             conn,
@@ -73,10 +62,10 @@ async def get_events(request: web.Request) -> web.Response:
             request.query.get("customerRef"),
             params.optional_time(request, "since"),
             params.optional_time(request, "until"),
-            limit,
-            decode_cursor(cursor) if cursor else None,
+            asked.limit + 1,
+            asked.after,
         )
-    next_cursor = encode_cursor(rows[-1]) if len(rows) == limit else None
+    rows, next_cursor = pages.page(rows, asked, event_key)
     return json_response({"events": [event_view(r) for r in rows], "nextCursor": next_cursor})
 
 
@@ -84,8 +73,13 @@ async def get_watermarks(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
     metric = params.required(request, "metric")
     default_lateness = request.app[SETTINGS].lateness_seconds
+    asked = pages.page_request(request, WATERMARK_KEY)
+    after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
-        rows = await list_watermarks(conn, tenant, metric, request.query.get("customerRef"))
+        rows = await list_watermarks(
+            conn, tenant, metric, request.query.get("customerRef"), asked.limit + 1, after
+        )
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["customer_ref"],))
     return json_response(
         {
             "tenantId": tenant,
@@ -100,5 +94,6 @@ async def get_watermarks(request: web.Request) -> web.Response:
                 }
                 for r in rows
             ],
+            "nextCursor": next_cursor,
         }
     )

@@ -9,8 +9,12 @@ per event with intake's code and the field at fault; no body gets a 500.
 
 "accepted" means the broker acknowledged the message holding the event (acks=all). Accepted events
 are written as JSON arrays of at most ``events.MAX_MESSAGE_BYTES`` (1 MiB, what intake reads) and
-``events.MAX_BATCH`` events each. An event without idempotencyKey is written with its derived key, so a
-client that retries the same body after a timeout or a 503 gets every event counted once.
+``events.MAX_BATCH`` events each, one customer's a message, keyed ``tenantId:customerRef`` as the
+contract suggests producers do (ops/TOPICS.md): a customer's events keep their order in one
+partition, and a tenant's customers spread over all of them, so no tenant pins one partition.
+
+An event without idempotencyKey is written with its derived key, so a client that retries the same
+body after a timeout or a 503 gets every event counted once.
 """
 
 from __future__ import annotations
@@ -157,8 +161,7 @@ async def ingest(request: web.Request) -> web.Response:
     events = read_events(await request.read())
     now_ms = request.app[SETTINGS].clock.ms()
     results: list[dict[str, Any]] = []
-    accepted: list[bytes] = []
-    tenant = None
+    accepted: dict[bytes, list[bytes]] = {}  # by message key, in input order
     for index, obj in enumerate(events):
         verdict = judge(obj, now_ms)
         if isinstance(verdict, InvalidEvent):
@@ -184,23 +187,27 @@ async def ingest(request: web.Request) -> web.Response:
                 }
             )
             continue
-        accepted.append(encoded)
-        tenant = tenant or event.tenant_id
+        accepted.setdefault(message_key(event), []).append(encoded)
         results.append({"index": index, "idempotencyKey": event.idempotency_key, "status": "accepted"})
     if accepted:
         settings = request.app[SETTINGS]
         topic = TopicNames(settings.topic_prefix, settings.app_id).events
-        await _write(request.app[PRODUCER], topic, (tenant or "").encode(), chunk_by_size(accepted))
-    INGEST_EVENTS.labels("accepted").inc(len(accepted))
-    INGEST_EVENTS.labels("rejected").inc(len(events) - len(accepted))
-    return json_response(
-        {"accepted": len(accepted), "rejected": len(events) - len(accepted), "results": results}, status=202
-    )
+        messages = [(key, chunk) for key, items in accepted.items() for chunk in chunk_by_size(items)]
+        await _write(request.app[PRODUCER], topic, messages)
+    count = sum(len(items) for items in accepted.values())
+    INGEST_EVENTS.labels("accepted").inc(count)
+    INGEST_EVENTS.labels("rejected").inc(len(events) - count)
+    return json_response({"accepted": count, "rejected": len(events) - count, "results": results}, status=202)
 
 
-async def _write(producer: AIOKafkaProducer, topic: str, key: bytes, chunks: list[bytes]) -> None:
+def message_key(event: UsageEvent) -> bytes:
+    """The usage.events key of an event: ``tenantId:customerRef`` (see the module's docstring)."""
+    return f"{event.tenant_id}:{event.customer_ref}".encode()
+
+
+async def _write(producer: AIOKafkaProducer, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     try:
-        futures = [await producer.send(topic, chunk, key=key) for chunk in chunks]
+        futures = [await producer.send(topic, chunk, key=key) for key, chunk in messages]
         for future in futures:
             await future
     except KafkaError as exc:

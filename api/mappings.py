@@ -9,18 +9,18 @@ from typing import Any
 import stripe
 from aiohttp import web
 
-from stripemeter.adapters.postgres.mappings import list_rows
-from stripemeter.api import params
+from stripemeter.adapters.postgres.mappings import page_rows
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_tenant, operates
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
-from stripemeter.domain.policy import AGGREGATIONS
+from stripemeter.domain.policy import AGGREGATIONS, MAX_LATENESS_SECONDS
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
 from stripemeter.services import meter_grants
 from stripemeter.services.configuration import Configuration, CustomerChange, MetricChange, Reaggregate
 
-MAX_LATENESS = 2**31 - 1  # the column is a PostgreSQL integer
+MAX_LATENESS = MAX_LATENESS_SECONDS  # 35 days: Stripe refuses older usage (a CHECK of the column too)
 
 
 def _tenant(request: web.Request) -> str:
@@ -64,7 +64,11 @@ async def put_metric(request: web.Request) -> web.Response:
     if lateness is not None and (
         isinstance(lateness, bool) or not isinstance(lateness, int) or not 0 <= lateness <= MAX_LATENESS
     ):
-        raise bad_request("latenessSeconds", f"must be a whole number of seconds from 0 to {MAX_LATENESS}")
+        raise bad_request(
+            "latenessSeconds",
+            f"must be a whole number of seconds from 0 to {MAX_LATENESS}"
+            " (35 days, the oldest usage Stripe takes)",
+        )
     reaggregate = _reaggregate(body.get("reaggregate"))
     if not operates(request):  # before Stripe is asked: a meter not granted says nothing of itself
         async with request.app[POOL].connection() as conn:
@@ -160,13 +164,23 @@ async def delete_customer(request: web.Request) -> web.Response:
 
 async def list_metrics(request: web.Request) -> web.Response:
     tenant = _tenant(request)
+    asked = pages.page_request(request, (str,))  # metric
+    after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
-        rows = await list_rows(conn, "metric_mappings", tenant)
-    return json_response({"tenantId": tenant, "mappings": [_view(r) for r in rows]})
+        rows = await page_rows(conn, "metric_mappings", tenant, asked.limit + 1, after)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["metric"],))
+    return json_response(
+        {"tenantId": tenant, "mappings": [_view(r) for r in rows], "nextCursor": next_cursor}
+    )
 
 
 async def list_customers(request: web.Request) -> web.Response:
     tenant = _tenant(request)
+    asked = pages.page_request(request, (str,))  # customerRef
+    after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
-        rows = await list_rows(conn, "customer_mappings", tenant)
-    return json_response({"tenantId": tenant, "customers": [_view(r) for r in rows]})
+        rows = await page_rows(conn, "customer_mappings", tenant, asked.limit + 1, after)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["customer_ref"],))
+    return json_response(
+        {"tenantId": tenant, "customers": [_view(r) for r in rows], "nextCursor": next_cursor}
+    )

@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from aiohttp import web
 
 from stripemeter.adapters.postgres.pushes import list_pushes
-from stripemeter.api import params
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response
 from stripemeter.domain.timefmt import iso_seconds
 from stripemeter.domain.units import micros_to_number
 
+PUSH_KEY = (datetime, str, str)  # bucket, metric, customerRef: newest hour first
 STATUSES = ("", "waiting", "pending", "synced", "unmapped", "parked")
 
 
 async def get_pushes(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
     status = params.choice(request, "status", STATUSES, "")
+    asked = pages.page_request(request, PUSH_KEY)
     async with request.app[POOL].connection() as conn:
-        rows = await list_pushes(conn, tenant, status or None)
+        rows = await list_pushes(conn, tenant, status or None, asked.limit + 1, asked.after)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["bucket"], r["metric"], r["customer_ref"]))
     return json_response(
         {
             "tenantId": tenant,
@@ -36,5 +41,6 @@ async def get_pushes(request: web.Request) -> web.Response:
                 }
                 for r in rows
             ],
+            "nextCursor": next_cursor,
         }
     )

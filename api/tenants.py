@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
+from stripemeter.api import pages
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request, json_response
@@ -54,6 +55,9 @@ async def delete_meter(request: web.Request) -> web.Response:
 
 async def list_meters(request: web.Request) -> web.Response:
     tenant = _tenant(request)
+    asked = pages.page_request(request, (str,))  # eventName
+    after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
-        rows = await meter_grants.list_grants(conn, tenant)
-    return json_response({"tenantId": tenant, "meters": [_view(r) for r in rows]})
+        rows = await meter_grants.list_grants(conn, tenant, asked.limit + 1, after)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["event_name"],))
+    return json_response({"tenantId": tenant, "meters": [_view(r) for r in rows], "nextCursor": next_cursor})

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import orjson
 
-from stripemeter.domain.policy import AGGREGATIONS, Aggregation, MetricPolicy
+from stripemeter.domain.policy import AGGREGATIONS, MAX_LATENESS_SECONDS, Aggregation, MetricPolicy
 
 PREFIX = b'{"policy":'
 
@@ -61,13 +61,16 @@ def decode_policy_update(raw: bytes) -> PolicyUpdate:
     aggregation = body["aggregation"]
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}")
+    lateness_ms = int(body["latenessMs"])
+    if not 0 <= lateness_ms <= MAX_LATENESS_SECONDS * 1000:  # what the API and the mappings table allow
+        raise ValueError(f"latenessMs {lateness_ms} is outside 0..{MAX_LATENESS_SECONDS * 1000} (35 days)")
     horizon, since = body.get("horizonMs"), body.get("reaggregateFromMs")
     return PolicyUpdate(
         str(body["tenantId"]),
         str(body["metric"]),
         int(body["version"]),
         aggregation,
-        int(body["latenessMs"]),
+        lateness_ms,
         None if horizon is None else int(horizon),
         None if since is None else int(since),
     )

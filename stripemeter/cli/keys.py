@@ -94,7 +94,9 @@ def cmd_meters_revoke(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_meters_list(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.services import meter_grants
 
-    rows = asyncio.run(_with_connection(settings, lambda c: meter_grants.list_grants(c, args.tenant)))
+    rows = asyncio.run(
+        _with_connection(settings, lambda c: meter_grants.list_grants(c, args.tenant, 1_000_000))
+    )
     print_table(
         ["tenant", "Stripe meter event name", "granted"],
         [[r["tenant_id"], r["event_name"], f"{r['granted_at']:%Y-%m-%d %H:%M}"] for r in rows],

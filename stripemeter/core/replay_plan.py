@@ -65,6 +65,16 @@ def correction_id(tenant: str, counter: CounterId, sources: list[Source]) -> str
     return "rp_" + hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
+@dataclass(frozen=True)
+class Pending:
+    """One counter's too-late events, folded: the correction counting them, their idempotency keys (in
+    the order received; empty when not kept: a dry-run claims nothing) and how many there are."""
+
+    correction: Correction
+    keys: list[str]
+    events: int
+
+
 def make_plan(
     tenant: str,
     rows: list[dict[str, Any]],
@@ -77,26 +87,77 @@ def make_plan(
     grouped: dict[CounterId, list[dict[str, Any]]] = {}
     for row in rows:
         grouped.setdefault((row["metric"], row["customer_ref"], bucket_of(row["ts"])), []).append(row)
+    pending = {counter: pending_of(tenant, counter, events) for counter, events in grouped.items()}
+    return plan_from(pending, aggregations, before, recorded)
+
+
+def plan_from(
+    pending: dict[CounterId, Pending],
+    aggregations: dict[str, str],
+    before: dict[CounterId, int],
+    recorded: list[tuple[CounterId, Recorded]] | None = None,
+) -> Plan:
+    """The plan of ``make_plan`` from the counters' events already folded (``PendingFold``)."""
     again: dict[CounterId, list[Recorded]] = {}
     for counter, r in recorded or []:
         again.setdefault(counter, []).append(r)
     changes: list[CounterChange] = []
     resend: list[Correction] = []
     new: list[tuple[Correction, list[str]]] = []
-    for counter in sorted(grouped.keys() | again.keys()):
+    for counter in sorted(pending.keys() | again.keys()):
         metric, customer, bucket = counter
         current = before.get(counter, 0)
         corrections = [r.correction for r in again.get(counter, [])]
         resend.extend(corrections)
         resent = sum(r.events for r in again.get(counter, []))
-        events = grouped.get(counter, [])
-        if events:
-            correction = new_correction(tenant, counter, events)
-            corrections.append(correction)
-            new.append((correction, [r["idempotency_key"] for r in events]))
+        events = pending.get(counter)
+        if events is not None:
+            corrections.append(events.correction)
+            new.append((events.correction, events.keys))
         after = counter_after(current, corrections, aggregations.get(metric, "sum"))
-        changes.append(CounterChange(metric, customer, bucket, current, after, resent + len(events), resent))
+        count = resent + (events.events if events is not None else 0)
+        changes.append(CounterChange(metric, customer, bucket, current, after, count, resent))
     return Plan(changes, resend + [c for c, _keys in new], new)
+
+
+def pending_of(
+    tenant: str, counter: CounterId, events: list[dict[str, Any]], keep_keys: bool = True
+) -> Pending:
+    keys = [r["idempotency_key"] for r in events] if keep_keys else []
+    return Pending(new_correction(tenant, counter, events), keys, len(events))
+
+
+class PendingFold:
+    """Too-late events folded one counter at a time, as they stream from PostgreSQL: it holds the
+    events of the counter being read and one ``Pending`` per counter, never the whole window.
+
+    Each counter's events must arrive together and in the order ``make_plan`` would see them (the
+    pending-late query's: by idempotency key, then source); the result is then ``make_plan``'s."""
+
+    def __init__(self, tenant: str, keep_keys: bool = True):
+        self.tenant = tenant
+        self.keep_keys = keep_keys
+        self.done: dict[CounterId, Pending] = {}
+        self.counter: CounterId | None = None
+        self.events: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        counter = (row["metric"], row["customer_ref"], bucket_of(row["ts"]))
+        if counter != self.counter:
+            self._close()
+            if counter in self.done:
+                raise ValueError(f"the events of counter {counter} did not arrive together")
+            self.counter = counter
+        self.events.append(row)
+
+    def finish(self) -> dict[CounterId, Pending]:
+        self._close()
+        return self.done
+
+    def _close(self) -> None:
+        if self.counter is not None and self.events:
+            self.done[self.counter] = pending_of(self.tenant, self.counter, self.events, self.keep_keys)
+        self.counter, self.events = None, []
 
 
 def counter_after(current: int, corrections: list[Correction], aggregation: str) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.errors import Invalid
+from stripemeter.domain.policy import MAX_LATENESS_SECONDS
 
 
 class ConfigError(Invalid, ValueError):
@@ -232,8 +233,11 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "must not be empty")
     if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
         raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
-    if settings.lateness_seconds < 0:
-        raise ConfigError("STRIPEMETER_LATENESS_SECONDS", "must not be negative")
+    if not 0 <= settings.lateness_seconds <= MAX_LATENESS_SECONDS:
+        raise ConfigError(
+            "STRIPEMETER_LATENESS_SECONDS",
+            f"must be from 0 to {MAX_LATENESS_SECONDS} (35 days, the oldest usage Stripe takes)",
+        )
     if not 0 <= settings.reconcile_epsilon < 1:
         raise ConfigError("STRIPEMETER_RECONCILE_EPSILON", "must be in [0, 1)")
     if settings.stripe_calls_per_second <= 0:

@@ -12,6 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+# Stripe takes meter events up to 35 days old: a longer window would only keep dedupe entries (and
+# watermarks' reach) alive for events Stripe refuses anyway. Settings, mappings and stored rows hold to it.
+MAX_LATENESS_SECONDS = 35 * 24 * 3600
+
 Aggregation = Literal["sum", "count", "last"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("sum", "count", "last")
 

@@ -63,5 +63,7 @@ async def revoke(conn: psycopg.AsyncConnection, tenant: str, event_name: str) ->
     log.info("Stripe meter %s revoked from tenant %s", event_name, tenant)
 
 
-async def list_grants(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
-    return await grants.list_grants(conn, tenant)
+async def list_grants(
+    conn: psycopg.AsyncConnection, tenant: str, limit: int, after: str | None = None
+) -> list[dict[str, Any]]:
+    return await grants.list_grants(conn, tenant, limit, after)

@@ -34,7 +34,7 @@ from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres import replay as db
 from stripemeter.adapters.postgres.counters import Applied, wait_applied
 from stripemeter.adapters.postgres.mappings import list_rows
-from stripemeter.core.replay_plan import Plan, bucket_of, make_plan
+from stripemeter.core.replay_plan import PendingFold, Plan, plan_from
 from stripemeter.core.replay_window import Window
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
@@ -131,12 +131,12 @@ class Replayer:
         scope = db.Scope(request.tenant_id, request.metrics, request.customer_ref, w.since, w.until)
         scanned = await db.events_scanned(conn, scope)
         recorded = await db.unconfirmed(conn, scope)
-        rows = await db.pending_late(conn, scope)
-        keys = sorted(
-            {(r["metric"], r["customer_ref"], bucket_of(r["ts"])) for r in rows} | {c for c, _r in recorded}
-        )
+        fold = PendingFold(request.tenant_id, keep_keys=request.mode == "apply")  # a dry-run claims none
+        await db.stream_pending_late(conn, scope, fold.add)
+        pending = fold.finish()
+        keys = sorted(pending.keys() | {c for c, _r in recorded})
         before = await db.counter_totals(conn, request.tenant_id, keys)
-        plan = make_plan(request.tenant_id, rows, aggregations, before, recorded)
+        plan = plan_from(pending, aggregations, before, recorded)
         anchors = {
             r["customer_ref"]: r["billing_anchor"]
             for r in await list_rows(conn, "customer_mappings", request.tenant_id)

@@ -66,6 +66,18 @@ class Http:
                 time.sleep(float(wait))
         return json.loads(raw) if raw[:1] in (b"{", b"[") else raw.decode()
 
+    def every(self, path: str, field: str) -> list[Any]:
+        """Every item of a list endpoint's ``field``, page after page (``nextCursor``)."""
+        items: list[Any] = []
+        cursor = None
+        while True:
+            joint = "&" if "?" in path else "?"
+            page = self.call("GET", path + (f"{joint}cursor={urllib.parse.quote(cursor)}" if cursor else ""))
+            items.extend(page[field])
+            cursor = page.get("nextCursor")
+            if not cursor:
+                return items
+
 
 def api_auth(settings: Settings) -> dict[str, str]:
     """The local stack's API key as a header (the stack writes it when it starts)."""
@@ -168,8 +180,9 @@ class Demo:
 
     def counters(self) -> list[dict[str, Any]]:
         """The writer's view per counter: local total, units pushed, status."""
-        pushes = self.api.call("GET", f"/v1/stripe/pushes?tenantId={self.tenant}")
-        counters: list[dict[str, Any]] = pushes["counters"]
+        counters: list[dict[str, Any]] = self.api.every(
+            f"/v1/stripe/pushes?tenantId={self.tenant}&limit=1000", "counters"
+        )
         return counters
 
     def local_total(self) -> float:
@@ -339,8 +352,8 @@ class Demo:
         return ok
 
     def _late_in_ledger(self) -> int:
-        query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "limit": 500})
-        return sum(1 for e in self.api.call("GET", f"/v1/events?{query}")["events"] if e["outcome"] == "late")
+        query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "limit": 1000})
+        return sum(1 for e in self.api.every(f"/v1/events?{query}", "events") if e["outcome"] == "late")
 
 
 def _same_clock(settings: Settings, say: Say) -> bool:

@@ -211,7 +211,13 @@ async def test_a_full_body_at_the_contracts_maxima_is_written_in_messages_intake
     names = TopicNames(env.topic_prefix, env.app_id)
     messages = await read_topic(env, names.events, expect=MAX_BATCH, timeout=5)
     sizes = sorted(len(m.value) for m in messages)
-    assert max(sizes) <= MAX_MESSAGE_BYTES and len(sizes) == -(-sum(sizes) // MAX_MESSAGE_BYTES), sizes
+    by_key: dict[bytes, list[int]] = {}  # one customer's events a message, keyed tenantId:customerRef
+    for m in messages:
+        by_key.setdefault(m.key, []).append(len(m.value))
+    assert set(by_key) == {f"{tenant}:c{i}".encode() for i in range(7)}
+    for key_sizes in by_key.values():  # as few messages as 1 MiB allows
+        assert max(key_sizes) <= MAX_MESSAGE_BYTES
+        assert len(key_sizes) == -(-sum(key_sizes) // MAX_MESSAGE_BYTES), key_sizes
     assert sum(len(orjson.loads(m.value)) for m in messages) == MAX_BATCH
     print(f"1000 events of 4 KiB meta: answered in {elapsed:.3f}s, written as messages of {sizes} bytes")
 

@@ -65,7 +65,7 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         # a foreign meter event in Stripe, two hours ago, for globex-7: beyond epsilon
         customer = {
             c["customerRef"]: c["stripeCustomerId"]
-            for c in demo.api.call("GET", f"/v1/customers/{tenant}")["customers"]
+            for c in demo.api.every(f"/v1/customers/{tenant}", "customers")
         }
         demo.stripe.call(
             "POST",

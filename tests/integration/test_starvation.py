@@ -114,6 +114,7 @@ async def test_a_tenant_flooding_heavy_requests_leaves_other_tenants_and_readine
     key_b = await keys.create(env, tenant_b, "admin", "calm tenant")
     as_a = {"Authorization": f"Bearer {key_a}"}
     as_b = {"Authorization": f"Bearer {key_b}"}
+    as_operator = {"Authorization": f"Bearer {await keys.create(env, '*', 'operator', 'grants meters')}"}
     timeout = aiohttp.ClientTimeout(total=60)
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
@@ -125,6 +126,9 @@ async def test_a_tenant_flooding_heavy_requests_leaves_other_tenants_and_readine
             state.create_meter(
                 {"display_name": "r", "event_name": event_name, "default_aggregation": {"formula": "sum"}}
             )
+            grant = f"{api}/v1/tenants/{tenant}/meters/{event_name}"
+            async with session.put(grant, headers=as_operator) as r:
+                assert r.status == 200, await r.text()
             mapping = {"stripeMeterEventName": event_name, "aggregation": "sum"}
             url = f"{api}/v1/mappings/{tenant}/requests"
             async with session.put(url, json=mapping, headers=headers) as r:

@@ -93,12 +93,26 @@ async def _update(conn: psycopg.AsyncConnection, assignments: str, params: tuple
 
 
 async def list_rows(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str | None, customer: str | None, limit: int
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metric: str | None,
+    customer: str | None,
+    limit: int,
+    after: tuple[Any, ...] | None = None,
 ) -> list[dict[str, Any]]:
+    """Up to ``limit`` adjustments, newest first, after ``after`` (createdAt, adjustmentId): a range of
+    adjustments_by_tenant (each condition written only when present, so it stays an index condition)."""
+    query = "SELECT * FROM adjustments WHERE tenant_id = %s"
+    params: list[Any] = [tenant]
+    if metric is not None:
+        query += " AND metric = %s"
+        params.append(metric)
+    if customer is not None:
+        query += " AND customer_ref = %s"
+        params.append(customer)
+    if after is not None:
+        query += " AND (created_at, adjustment_id) < (%s, %s)"
+        params.extend(after)
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(
-        "SELECT * FROM adjustments WHERE tenant_id = %s AND (%s::text IS NULL OR metric = %s)"
-        " AND (%s::text IS NULL OR customer_ref = %s) ORDER BY created_at DESC LIMIT %s",
-        (tenant, metric, metric, customer, customer, limit),
-    )
+    await cur.execute(query + " ORDER BY created_at DESC, adjustment_id DESC LIMIT %s", [*params, limit])
     return await cur.fetchall()

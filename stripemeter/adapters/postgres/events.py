@@ -22,6 +22,23 @@ async def list_events(
     limit: int,
     after: tuple[Any, ...] | None,
 ) -> list[dict[str, Any]]:
+    query, params = events_query(tenant, metric, customer, since, until, limit, after)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    return await cur.fetchall()
+
+
+def events_query(
+    tenant: str,
+    metric: str | None,
+    customer: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    limit: int,
+    after: tuple[Any, ...] | None,
+) -> tuple[sql.Composed, dict[str, Any]]:
+    """A page of the ledger, newest first: a range of events_by_tenant_time (with a metric,
+    events_by_metric_time; with a customer too, events_by_stream), never a sort of the ledger."""
     where: list[sql.Composable] = [sql.SQL("tenant_id = %(tenant)s")]
     params: dict[str, Any] = {"tenant": tenant, "limit": limit}
     for column, value in (("metric", metric), ("customer_ref", customer)):
@@ -53,14 +70,18 @@ async def list_events(
         " source_offset DESC, source_index DESC LIMIT %(limit)s) page"
         " ORDER BY ts DESC, source_topic DESC, source_partition DESC, source_offset DESC, source_index DESC"
     ).format(sql.SQL(" AND ").join(where))
-    cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(query, params)
-    return await cur.fetchall()
+    return query, params
 
 
 async def list_watermarks(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str, customer: str | None
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metric: str,
+    customer: str | None,
+    limit: int,
+    after: str | None = None,
 ) -> list[dict[str, Any]]:
+    """Up to ``limit`` watermarks in customerRef order, after ``after`` (a page of the primary key)."""
     query = (
         "SELECT w.customer_ref, w.watermark, m.lateness_seconds FROM watermarks w"
         " LEFT JOIN metric_mappings m ON m.tenant_id = w.tenant_id AND m.metric = w.metric"
@@ -70,6 +91,9 @@ async def list_watermarks(
     if customer is not None:
         query += " AND w.customer_ref = %s"
         params.append(customer)
+    if after is not None:
+        query += " AND w.customer_ref > %s"
+        params.append(after)
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(query + " ORDER BY w.customer_ref", params)
+    await cur.execute(query + " ORDER BY w.customer_ref LIMIT %s", [*params, limit])
     return await cur.fetchall()

@@ -159,6 +159,25 @@ async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> l
     return await cur.fetchall()
 
 
+async def page_rows(
+    conn: psycopg.AsyncConnection, table: str, tenant: str, limit: int, after: str | None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` of the tenant's mappings in key order, after ``after``: a primary-key range."""
+    assert table in ("metric_mappings", "customer_mappings")
+    order = "metric" if table == "metric_mappings" else "customer_ref"
+    cur = conn.cursor(row_factory=dict_row)
+    if after is None:
+        await cur.execute(
+            f"SELECT * FROM {table} WHERE tenant_id = %s ORDER BY {order} LIMIT %s", (tenant, limit)
+        )
+    else:
+        await cur.execute(
+            f"SELECT * FROM {table} WHERE tenant_id = %s AND {order} > %s ORDER BY {order} LIMIT %s",
+            (tenant, after, limit),
+        )
+    return await cur.fetchall()
+
+
 async def load_policies(
     conn: psycopg.AsyncConnection, default: MetricPolicy
 ) -> dict[tuple[str, str], MetricPolicy]:

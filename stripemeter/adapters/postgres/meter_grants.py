@@ -48,11 +48,14 @@ async def revoke(conn: psycopg.AsyncConnection, tenant: str, event_name: str) ->
     return cur.rowcount > 0
 
 
-async def list_grants(conn: psycopg.AsyncConnection, tenant: str) -> list[dict[str, Any]]:
+async def list_grants(
+    conn: psycopg.AsyncConnection, tenant: str, limit: int, after: str | None = None
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` of the tenant's grants in event-name order, after ``after``: a primary-key range."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(
         "SELECT tenant_id, event_name, granted_at FROM tenant_meters"
-        " WHERE tenant_id = %s ORDER BY event_name",
-        (tenant,),
+        " WHERE tenant_id = %s AND event_name > %s ORDER BY event_name LIMIT %s",
+        (tenant, "" if after is None else after, limit),
     )
     return await cur.fetchall()

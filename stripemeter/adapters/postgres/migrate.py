@@ -74,7 +74,11 @@ def migrate(database_url: str) -> list[Migration]:
                         )
                     continue
                 with conn.transaction():
-                    conn.execute(migration.sql)
+                    conn.add_notice_handler(_log_notice)
+                    try:
+                        conn.execute(migration.sql)
+                    finally:
+                        conn.remove_notice_handler(_log_notice)
                     conn.execute(
                         "INSERT INTO schema_migrations (version, name, checksum) VALUES (%s, %s, %s)",
                         (migration.version, migration.name, migration.checksum),
@@ -84,3 +88,8 @@ def migrate(database_url: str) -> list[Migration]:
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
     return applied_now
+
+
+def _log_notice(notice: psycopg.errors.Diagnostic) -> None:
+    """A migration says what it changed in a row it rewrote (RAISE NOTICE): the operator sees it."""
+    log.warning("migration: %s", notice.message_primary)

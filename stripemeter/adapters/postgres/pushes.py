@@ -563,7 +563,15 @@ async def assign_rows(
 # --- operators, the API, Stripe's error reports -----------------------------------------------------------
 
 
-async def list_pushes(conn: psycopg.AsyncConnection, tenant: str, status: str | None) -> list[dict[str, Any]]:
+async def list_pushes(
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    status: str | None,
+    limit: int,
+    after: tuple[Any, ...] | None = None,
+) -> list[dict[str, Any]]:
+    """Up to ``limit`` counter hours, newest first, after ``after`` (bucket, metric, customerRef): one
+    range of stripe_pushes_by_tenant (or _by_status) per page."""
     query = (
         "SELECT tenant_id, metric, customer_ref, bucket, latest_micros, pushed_units, status, reason,"
         " attempts, updated_at, pending_request ->> 'identifier' AS pending_identifier"
@@ -573,8 +581,13 @@ async def list_pushes(conn: psycopg.AsyncConnection, tenant: str, status: str | 
     if status:
         query += " AND status = %s"
         params.append(status)
+    if after is not None:
+        query += " AND (bucket, metric, customer_ref) < (%s, %s, %s)"
+        params.extend(after)
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(query + " ORDER BY bucket DESC, metric, customer_ref LIMIT 1000", params)
+    await cur.execute(
+        query + " ORDER BY bucket DESC, metric DESC, customer_ref DESC LIMIT %s", [*params, limit]
+    )
     return await cur.fetchall()
 
 

@@ -4,6 +4,7 @@ reports."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -42,6 +43,16 @@ ORDER BY e.idempotency_key, e.customer_ref,
          e.source_topic, e.source_partition, e.source_offset, e.source_index
 """
 
+# The same events grouped by counter (metric, customer, hour), each counter's in PENDING_LATE's order, so
+# a replay folds them one counter at a time as they stream (core/replay_plan.py PendingFold). The
+# hour is truncated in the session's time zone, as psycopg hands ``ts`` to bucket_of.
+PENDING_LATE_BY_COUNTER = f"""
+SELECT * FROM ({PENDING_LATE}) pending
+ORDER BY metric, customer_ref, date_trunc('hour', ts), idempotency_key,
+         source_topic, source_partition, source_offset, source_index
+"""
+PAGE_ROWS = 2000  # fetched from the server-side cursor at a time
+
 # Corrections recorded by an apply whose send was not acknowledged (a crash or an error in between):
 # the next apply of a window that holds them sends them again, with the same ids.
 UNCONFIRMED = """
@@ -79,9 +90,25 @@ class Scope:
 
 
 async def pending_late(conn: psycopg.AsyncConnection, scope: Scope) -> list[dict[str, Any]]:
+    """The whole window's pending events at once (small windows, and the tests' oracle for the stream)."""
     cur = conn.cursor(row_factory=dict_row)
     await cur.execute(PENDING_LATE, asdict(scope))
     return await cur.fetchall()
+
+
+async def stream_pending_late(
+    conn: psycopg.AsyncConnection, scope: Scope, sink: Callable[[dict[str, Any]], None], page: int = PAGE_ROWS
+) -> None:
+    """Hand ``sink`` every row of PENDING_LATE_BY_COUNTER, ``page`` rows at a time from a server-side
+    cursor (in a transaction of its own): a 35-day window is never in memory at once."""
+    async with (
+        conn.transaction(),
+        conn.cursor(name="stripemeter_pending_late", row_factory=dict_row) as cur,
+    ):
+        cur.itersize = page
+        await cur.execute(PENDING_LATE_BY_COUNTER, asdict(scope))
+        async for row in cur:
+            sink(row)
 
 
 async def events_scanned(conn: psycopg.AsyncConnection, scope: Scope) -> int:

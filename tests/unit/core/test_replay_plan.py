@@ -6,7 +6,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from stripemeter.core.replay_plan import Recorded, make_plan
+import pytest
+
+from stripemeter.core.replay_plan import PendingFold, Recorded, make_plan, plan_from
 from stripemeter.schemas.corrections import Correction
 
 HOUR = datetime(2026, 11, 20, 14, tzinfo=UTC)
@@ -53,3 +55,36 @@ def test_a_new_correction_id_depends_on_its_events_only() -> None:
     assert make_plan("t", [late("k1", "acme", 1, 1, 1)], {}, {}).corrections == one.corrections
     nothing = make_plan("t", [], {}, {}, [])
     assert (nothing.changes, nothing.corrections, nothing.keys) == ([], [], [])
+
+
+def test_the_fold_one_counter_at_a_time_plans_what_make_plan_plans() -> None:
+    """Rows as the pending-late stream hands them (each counter's together, in key order): the same
+    plan as make_plan over the whole list; a dry-run's fold keeps no keys."""
+    rows = [
+        late("a1", "acme", 5, 2, 1), late("a2", "acme", 5, 3, 2),  # a tie of ts: the later row wins `last`
+        late("a3", "acme", 70, 4, 3),  # the next hour
+        late("b1", "beta", 1, 1, 4),
+    ]  # fmt: skip
+    before = {("requests", "acme", HOUR): 10_000_000}
+    again = [recorded("rp_old_beta", "beta", 3_000_000, 1)]
+    for aggregation in ("sum", "count", "last"):
+        whole = make_plan("t", rows, {"requests": aggregation}, before, again)
+        fold = PendingFold("t")
+        most = 0
+        for row in rows:
+            fold.add(row)
+            most = max(most, len(fold.events))
+        assert plan_from(fold.finish(), {"requests": aggregation}, before, again) == whole
+        assert most == 2  # one counter's events at a time, never the window's four
+    dry = PendingFold("t", keep_keys=False)
+    for row in rows:
+        dry.add(row)
+    assert all(p.keys == [] for p in dry.finish().values())
+
+
+def test_the_fold_refuses_a_counter_whose_events_come_apart() -> None:
+    fold = PendingFold("t")
+    fold.add(late("a1", "acme", 5, 2, 1))
+    fold.add(late("b1", "beta", 5, 2, 2))
+    with pytest.raises(ValueError, match="did not arrive together"):
+        fold.add(late("a2", "acme", 6, 2, 3))

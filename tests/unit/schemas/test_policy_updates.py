@@ -26,3 +26,15 @@ def test_an_unknown_aggregation_is_refused() -> None:
     raw = encode_policy_update(PolicyUpdate("t", "m", 1, "sum", 0, None)).replace(b'"sum"', b'"max"')
     with pytest.raises(ValueError, match="aggregation"):
         decode_policy_update(raw)
+
+
+@pytest.mark.parametrize("lateness_ms", [35 * 24 * 3_600_000 + 1, -1])
+def test_a_lateness_beyond_35_days_is_refused(lateness_ms: int) -> None:
+    """Only the API writes policy updates, and it refuses more than 35 days: a message saying otherwise
+    was not written by it."""
+    raw = encode_policy_update(PolicyUpdate("t", "m", 1, "sum", lateness_ms, None))
+    with pytest.raises(ValueError, match="latenessMs"):
+        decode_policy_update(raw)
+    assert decode_policy_update(
+        encode_policy_update(PolicyUpdate("t", "m", 1, "sum", 35 * 24 * 3_600_000, None))
+    )
