@@ -9,6 +9,7 @@ from aiohttp import web
 from aiokafka import AIOKafkaProducer
 from prometheus_client import generate_latest
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.pool import open_pool
 from stripemeter.adapters.postgres.reconciliation import latest_not_at_parity, latest_version
 from stripemeter.api import (
@@ -120,7 +121,7 @@ def create_app(settings: Settings) -> web.Application:
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         app[POOL] = await open_pool(settings.database_url.value)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **client_kwargs(settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=1,

@@ -15,7 +15,7 @@ def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
     names = TopicNames(settings.topic_prefix, settings.app_id)
     client = make_client(settings.stripe_api_key.value or "sk_test_emulator", settings.stripe_api_base)
     return StripeWriter(
-        settings.kafka_bootstrap_servers,
+        settings.kafka,
         names.deltas,
         f"{settings.app_id}-stripe-writer",
         settings.app_id,
@@ -28,15 +28,13 @@ def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
 
 def intake_stage(settings: Settings) -> Intake:
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    return Intake(
-        settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake", clock=settings.clock
-    )
+    return Intake(settings.kafka, names, group_id=f"{settings.app_id}-intake", clock=settings.clock)
 
 
 def postgres_sink(settings: Settings) -> PostgresSink:
     names = TopicNames(settings.topic_prefix, settings.app_id)
     return PostgresSink(
-        settings.kafka_bootstrap_servers,
+        settings.kafka,
         names,
         f"{settings.app_id}-postgres-sink",
         settings.database_url.value,

@@ -196,9 +196,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
     start_kafka(settings, say)
     names = TopicNames(settings.topic_prefix, settings.app_id)
     result = _retry_until_ready(
-        lambda: asyncio.run(
-            ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
-        )
+        lambda: asyncio.run(ensure_topics(settings.kafka, topic_specs(names, settings.partitions)))
     )
     if result.created:
         say(f"created {len(result.created)} topic(s)")
