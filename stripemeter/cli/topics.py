@@ -246,7 +246,8 @@ def add_kafka_tool(sub: Subcommands) -> None:
         sub,
         "kafka-tool",
         cmd_kafka_tool,
-        "run one of Kafka's own CLI tools from the installed broker jars; --bootstrap-server is filled in",
+        "run one of Kafka's own CLI tools from the installed broker jars; --bootstrap-server (and "
+        "--command-config when Kafka is secured) is filled in",
     )
     tool.add_argument("name", metavar="NAME", help="one of: " + ", ".join(tool_names()))
     tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")

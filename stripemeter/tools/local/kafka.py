@@ -65,14 +65,20 @@ FORBIDDEN = ('"', ",", "[", "]", "=", "\\", ";", " ", "\t", "\n")
 def scram_user(settings: Settings) -> ScramUser | None:
     """The local broker's SCRAM user, when the clients are configured for SASL_PLAINTEXT with SCRAM."""
     protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
-    if protocol == "PLAINTEXT":
-        return None
     if protocol != "SASL_PLAINTEXT" or not mechanism.startswith("SCRAM-"):
+        return None
+    return ScramUser(mechanism, settings.kafka_sasl_username, settings.kafka_sasl_password.value)
+
+
+def check_runnable(settings: Settings) -> None:
+    """The local broker runs PLAINTEXT, or SASL_PLAINTEXT with SCRAM: the clients' settings must match
+    one of them before the stack starts it (a remote broker may run anything the clients support)."""
+    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
+    if protocol != "PLAINTEXT" and scram_user(settings) is None:
         raise KafkaSetupError(
             f"the local broker runs PLAINTEXT or SASL_PLAINTEXT with SCRAM, not {protocol} with {mechanism}; "
             "see KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_MECHANISM"
         )
-    return ScramUser(mechanism, settings.kafka_sasl_username, settings.kafka_sasl_password.value)
 
 
 @dataclass(frozen=True)

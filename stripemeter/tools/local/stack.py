@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.errors import Permanent
-from stripemeter.tools.local.kafka import LocalKafka
+from stripemeter.tools.local.kafka import LocalKafka, check_runnable
 from stripemeter.tools.local.postgres import LocalPostgres, install_server
 from stripemeter.tools.local.procs import Managed, port_open, tail, wait_for
 
@@ -109,6 +109,7 @@ def start_kafka(settings: Settings, say: Say) -> None:
         if port_open(kafka.host, kafka.port):
             say(f"reusing the Kafka broker already listening on {kafka.host}:{kafka.port}")
             return
+        check_runnable(settings)
         if not kafka.installed():
             say(f"fetching Apache Kafka {kafka.version} from Maven Central into {kafka.cache_dir} (once)")
         kafka.install()
