@@ -1,5 +1,6 @@
 """A broker with SASL/SCRAM and ACLs: the worker, the API and the CLI connect with credentials, as the
-super user and as the principals of the ACL recipe in docs/kafka-security.md; strangers are refused.
+super user (SASL_PLAINTEXT) and, over TLS (SASL_SSL), as the principals of the ACL recipe in
+docs/kafka-security.md; strangers are refused.
 
 Runs its own broker (the local stack's, on other ports, with its own data directory) next to the
 shared one; PostgreSQL is the shared one.
@@ -32,6 +33,7 @@ from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.api_keys import ensure_local_key
+from stripemeter.tools.local.kafka import with_local_ca
 from stripemeter.tools.local.procs import wait_for
 from stripemeter.tools.local.stack import app_settings, down, services, start_process, up
 from tests.integration.harness import free_port
@@ -73,15 +75,15 @@ def recipe_acls(prefix: str, app_id: str) -> list[list[str]]:
     return commands
 
 
-@pytest.fixture(scope="module")
-def secured(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A second broker with SCRAM and ACLs on, its topics, the recipe's principals and ACLs, and the
-    Stripe emulator; the worker and the API are started by each test."""
+@pytest.fixture
+def secured(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
+    """A second broker with SCRAM and ACLs on (over TLS with ``SASL_SSL``: the test's parameter), its
+    topics, the recipe's principals and ACLs; the test starts the worker and the API."""
     tag = uuid.uuid4().hex[:8]
     settings = stack.with_overrides(
-        state_dir=tmp_path_factory.mktemp("scram") / "stack",
+        state_dir=tmp_path / "stack",
         kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_security_protocol=request.param,
         kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username="stripemeter",
         kafka_sasl_password=Secret(secrets.token_hex(12)),
@@ -99,6 +101,7 @@ def secured(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     try:
         up(settings, print, with_app=False)
+        settings = with_local_ca(settings)  # with TLS, the stack's CA, as up() hands it to its clients
         ensure_local_key(settings)
         users = [
             [
@@ -124,7 +127,7 @@ def apps(secured: Settings) -> Iterator[Any]:
 
     def start(worker: Settings, api: Settings) -> None:
         running = {s.name: s.managed.pid() for s in services(secured)}
-        assert running["worker"] is None and running["api"] is None, "another test's apps still run"
+        assert running["worker"] is None and running["api"] is None, "the stack's apps already run"
         for settings, name in ((worker, "worker"), (api, "api")):
             settings = app_settings(settings)  # the emulator
             host, port = ("127.0.0.1", settings.worker_web_port) if name == "worker" else (
@@ -204,6 +207,7 @@ def _event(tenant: str, key: str) -> dict[str, Any]:
     }
 
 
+@pytest.mark.parametrize("secured", ["SASL_PLAINTEXT"], indirect=True)
 def test_worker_api_and_cli_connect_with_scram_and_strangers_are_refused(
     secured: Settings, apps: Any
 ) -> None:
@@ -233,6 +237,7 @@ def test_worker_api_and_cli_connect_with_scram_and_strangers_are_refused(
     assert tool.returncode == 0 and f"Topic: {names.events}" in tool.stdout, tool.stderr
 
 
+@pytest.mark.parametrize("secured", ["SASL_SSL"], indirect=True)
 def test_the_acl_recipe_runs_the_pipeline_and_keeps_producers_to_usage_events(
     secured: Settings, apps: Any
 ) -> None:
@@ -260,6 +265,11 @@ def test_the_acl_recipe_runs_the_pipeline_and_keeps_producers_to_usage_events(
     for topic in (names.deltas, names.keyed, names.dlq):
         assert "TopicAuthorizationFailed" in _refused(_produce(producer, topic, _event(tenant, "z"))), topic
     assert "Authorization" in _refused(_consume(producer, names.events))
+    # the listener speaks TLS only, and only with a certificate the client's CA file vouches for
+    in_clear = as_user(settings, "producer-billing").with_overrides(kafka_security_protocol="SASL_PLAINTEXT")
+    untrusting = as_user(settings, "producer-billing").with_overrides(kafka_ssl_cafile="")
+    for stranger in (in_clear.kafka, untrusting.kafka):
+        assert "KafkaConnectionError" in _refused(_produce(stranger, names.events, _event(tenant, "t")))
     _counted(settings, tenant, ["api", "producer"])
     for name in ("worker", "api"):  # the recipe lacks nothing they use
         log = (settings.state_dir / "logs" / f"{name}.log").read_text()

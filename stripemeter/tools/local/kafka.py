@@ -1,12 +1,5 @@
-"""Apache Kafka for the local stack: jars from Maven Central, one KRaft node on loopback.
-
-With ``KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT`` and a SCRAM mechanism the client listener asks for
-SASL/SCRAM: the user of ``KAFKA_SASL_USERNAME`` / ``KAFKA_SASL_PASSWORD`` is written into the
-metadata when the storage is formatted (``kafka-storage format --add-scram``) and is the only super
-user of the StandardAuthorizer, so anyone else needs ACLs (docs/kafka-security.md). The controller
-listener stays PLAINTEXT on loopback (KRaft controllers cannot check SCRAM: its credentials live in
-the metadata they serve).
-"""
+"""Apache Kafka for the local stack: jars from Maven Central, one KRaft node on loopback (secured as
+``kafka_security.py`` says when the clients' settings ask for it)."""
 
 from __future__ import annotations
 
@@ -14,71 +7,21 @@ import base64
 import shutil
 import subprocess
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from stripemeter.domain.config import Settings
-from stripemeter.domain.errors import Permanent
+from stripemeter.tools.local.kafka_security import (
+    BrokerTls,
+    KafkaSetupError,
+    ScramUser,
+    scram_properties,
+    scram_user,
+    tls_properties,
+)
 
-
-class KafkaSetupError(Permanent, RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class ScramUser:
-    mechanism: str  # SCRAM-SHA-512 or SCRAM-SHA-256
-    name: str
-    password: str = field(repr=False)
-
-    def jaas(self) -> str:
-        """The broker's own login (inter-broker listener), in a JAAS line."""
-        return (
-            "org.apache.kafka.common.security.scram.ScramLoginModule required "
-            f"username={_jaas_quoted(self.name)} password={_jaas_quoted(self.password)};"
-        )
-
-    def storage_argument(self) -> str:
-        """``--add-scram`` argument of ``kafka-storage format``."""
-        return f"{self.mechanism}=[name={_plain(self.name)},password={_plain(self.password)}]"
-
-
-def _jaas_quoted(value: str) -> str:
-    return f'"{_plain(value)}"'
-
-
-def _plain(value: str) -> str:
-    """A name or password as the storage tool's ``[name=...,password=...]`` list and a JAAS line in
-    server.properties both take it unescaped: without the characters either would read as syntax."""
-    if not value or any(c in value for c in FORBIDDEN):
-        raise KafkaSetupError(
-            "the local broker's SCRAM user and password must be non-empty, without any of "
-            f"{' '.join(FORBIDDEN[:7])} or white space (see KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD)"
-        )
-    return value
-
-
-FORBIDDEN = ('"', ",", "[", "]", "=", "\\", ";", " ", "\t", "\n")
-
-
-def scram_user(settings: Settings) -> ScramUser | None:
-    """The local broker's SCRAM user, when the clients are configured for SASL_PLAINTEXT with SCRAM."""
-    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
-    if protocol != "SASL_PLAINTEXT" or not mechanism.startswith("SCRAM-"):
-        return None
-    return ScramUser(mechanism, settings.kafka_sasl_username, settings.kafka_sasl_password.value)
-
-
-def check_runnable(settings: Settings) -> None:
-    """The local broker runs PLAINTEXT, or SASL_PLAINTEXT with SCRAM: the clients' settings must match
-    one of them before the stack starts it (a remote broker may run anything the clients support)."""
-    protocol, mechanism = settings.kafka_security_protocol, settings.kafka_sasl_mechanism
-    if protocol != "PLAINTEXT" and scram_user(settings) is None:
-        raise KafkaSetupError(
-            f"the local broker runs PLAINTEXT or SASL_PLAINTEXT with SCRAM, not {protocol} with {mechanism}; "
-            "see KAFKA_SECURITY_PROTOCOL and KAFKA_SASL_MECHANISM"
-        )
+__all__ = ["KafkaSetupError", "LocalKafka", "server_properties", "with_local_ca"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +34,7 @@ class LocalKafka:
     port: int
     heap: str
     scram: ScramUser | None = None  # SASL/SCRAM on the client listener
+    tls: BrokerTls | None = None  # and TLS (SASL_SSL)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKafka:
@@ -104,7 +48,8 @@ class LocalKafka:
             host=host or "127.0.0.1",
             port=int(port),
             heap=settings.kafka_heap,
-            scram=scram_user(settings),
+            scram=(scram := scram_user(settings)),
+            tls=_local_tls(settings) if scram and settings.kafka_security_protocol == "SASL_SSL" else None,
         )
 
     @property
@@ -161,8 +106,10 @@ class LocalKafka:
         props = self.conf_dir / "server.properties"
         props.touch(mode=0o600, exist_ok=True)  # it may hold the broker's own SCRAM password
         props.chmod(0o600)
+        if self.tls is not None:
+            self.tls.ensure()
         props.write_text(
-            server_properties(self.host, self.port, self.controller_port, self.data_dir, self.scram)
+            server_properties(self.host, self.port, self.controller_port, self.data_dir, self.scram, self.tls)
         )
         return props
 
@@ -239,11 +186,32 @@ def _kafka_cluster_id() -> str:
             return cluster_id
 
 
+def _local_tls(settings: Settings) -> BrokerTls:
+    return BrokerTls(settings.state_dir / "kafka" / "tls")
+
+
+def with_local_ca(settings: Settings) -> Settings:
+    """The clients' settings for the local broker: with TLS and no CA file of their own, the stack's CA."""
+    kafka = LocalKafka.from_settings(settings)
+    if kafka.tls is None or settings.kafka_ssl_cafile:
+        return settings
+    return settings.with_overrides(kafka_ssl_cafile=str(kafka.tls.ca))
+
+
 def server_properties(
-    host: str, port: int, controller_port: int, data_dir: Path, scram: ScramUser | None = None
+    host: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    scram: ScramUser | None = None,
+    tls: BrokerTls | None = None,
 ) -> str:
     """A single combined broker+controller node, sized for one small machine."""
-    client = "PLAINTEXT" if scram is None else "SASL_PLAINTEXT"
+    client = "PLAINTEXT" if scram is None else "SASL_SSL" if tls is not None else "SASL_PLAINTEXT"
+    security = [
+        *([] if scram is None else scram_properties(client, scram)),
+        *([] if tls is None else tls_properties(tls)),
+    ]
     return "\n".join(
         [
             "process.roles=broker,controller",
@@ -254,7 +222,7 @@ def server_properties(
             "controller.listener.names=CONTROLLER",
             f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
             f"inter.broker.listener.name={client}",
-            *([] if scram is None else scram_properties(scram)),
+            *security,
             f"log.dirs={data_dir}",
             "num.partitions=4",
             "default.replication.factor=1",
@@ -276,17 +244,3 @@ def server_properties(
             "",
         ]
     )
-
-
-def scram_properties(scram: ScramUser) -> list[str]:
-    """SASL/SCRAM on the client listener, and ACLs on: only the SCRAM user (and the controller
-    listener's loopback principal, which the broker's own registration arrives as) is a super user."""
-    mechanism = scram.mechanism.lower()
-    return [
-        f"sasl.enabled.mechanisms={scram.mechanism}",
-        f"sasl.mechanism.inter.broker.protocol={scram.mechanism}",
-        f"listener.name.sasl_plaintext.{mechanism}.sasl.jaas.config={scram.jaas()}",
-        "authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        f"super.users=User:{scram.name};User:ANONYMOUS",
-        "allow.everyone.if.no.acl.found=false",
-    ]

@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from stripemeter.domain.config import load_settings
-from stripemeter.tools.local.kafka import (
-    KafkaSetupError,
-    LocalKafka,
-    ScramUser,
-    check_runnable,
-    scram_user,
-    server_properties,
-)
+from stripemeter.tools.local.kafka import LocalKafka, server_properties, with_local_ca
+from stripemeter.tools.local.kafka_security import KafkaSetupError, ScramUser, check_runnable, scram_user
 
 SCRAM = {
     "KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
@@ -65,7 +60,7 @@ def test_a_password_the_storage_tool_cannot_take_is_refused_naming_the_variables
 @pytest.mark.parametrize(
     "env",
     [
-        {**SCRAM, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL"},
+        {**SCRAM, "KAFKA_SECURITY_PROTOCOL": "SSL"},
         {**SCRAM, "KAFKA_SASL_MECHANISM": "PLAIN"},
     ],
 )
@@ -86,3 +81,35 @@ def test_a_storage_formatted_without_the_scram_user_is_refused_before_the_broker
         kafka.format_storage()
     kafka.scram_marker.write_text("SCRAM-SHA-512 admin\n")
     kafka.format_storage()  # formatted with this user: nothing to do
+
+
+def test_sasl_ssl_broker_serves_tls_with_its_own_ca_which_the_stack_hands_its_clients(tmp_path: Path) -> None:
+    settings = load_settings(
+        {**SCRAM, "KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "STRIPEMETER_STATE_DIR": str(tmp_path)}
+    )
+    kafka = LocalKafka.from_settings(settings)
+    assert kafka.tls is not None and kafka.scram is not None
+    kafka.tls.ensure()
+    verified = subprocess.run(
+        ["openssl", "verify", "-CAfile", str(kafka.tls.ca), str(kafka.tls.cert)],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0, verified.stderr
+    names = subprocess.run(
+        ["openssl", "x509", "-noout", "-ext", "subjectAltName", "-in", str(kafka.tls.cert)],
+        capture_output=True,
+        text=True,
+    )
+    assert "IP Address:127.0.0.1" in names.stdout and "DNS:localhost" in names.stdout
+    assert kafka.tls.directory.stat().st_mode & 0o777 == 0o700
+
+    props = properties(server_properties("127.0.0.1", 9092, 9093, Path("/d"), kafka.scram, kafka.tls))
+    assert props["listeners"] == "SASL_SSL://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093"
+    assert props["listener.security.protocol.map"] == "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT"
+    assert "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config" in props
+    assert props["ssl.keystore.type"] == "PEM" and props["ssl.truststore.location"] == str(kafka.tls.ca)
+    assert props["ssl.keystore.key"].startswith("-----BEGIN PRIVATE KEY-----\\n")  # one line, \n escaped
+
+    assert with_local_ca(settings).kafka_ssl_cafile == str(kafka.tls.ca)
+    assert with_local_ca(load_settings(SCRAM)) == load_settings(SCRAM)  # no TLS: nothing to trust
