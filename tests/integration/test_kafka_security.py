@@ -235,6 +235,10 @@ def test_worker_api_and_cli_connect_with_scram_and_strangers_are_refused(
     assert row[-1] == "2", listed.stdout  # the two accepted events; the refused ones never arrived
     tool = _cli(settings, "kafka-tool", "kafka-topics", "--describe", "--topic", names.events)
     assert tool.returncode == 0 and f"Topic: {names.events}" in tool.stdout, tool.stderr
+    password = settings.kafka_sasl_password.value
+    for name in ("worker", "api", "kafka"):
+        assert password not in (settings.state_dir / "logs" / f"{name}.log").read_text(), name
+    assert password not in listed.stdout + listed.stderr + tool.stdout + tool.stderr
 
 
 @pytest.mark.parametrize("secured", ["SASL_SSL"], indirect=True)
