@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import ssl
 import subprocess
 from pathlib import Path
@@ -133,3 +134,20 @@ def test_kafka_tools_get_the_command_config_unless_given_one() -> None:
     topic_config = ["--create", "--topic", "t", "--config", "retention.ms=1"]
     assert "--command-config" in tool_args("kafka-topics", topic_config, "h:1", config)[1]
     assert tool_args("kafka-dump-log", ["--files", "x"], "h:1", config)[1] == ["--files", "x"]
+
+
+def test_no_kafka_client_is_built_around_client_auth() -> None:
+    """Every aiokafka client takes ``client_kwargs`` and the Faust app ``faust_credentials``: a client
+    given only ``bootstrap_servers`` would connect in the clear to a secured cluster."""
+    root = Path(__file__).resolve().parents[4]
+    sources = {
+        path: path.read_text()
+        for folder in ("stripemeter", "streams", "api")
+        for path in (root / folder).rglob("*.py")
+        if path.name != "client_auth.py"
+    }
+    assert len(sources) > 100
+    bare = [str(path) for path, text in sources.items() if re.search(r"\bbootstrap_servers\s*=", text)]
+    assert bare == []
+    apps = [text for text in sources.values() if "faust.App(" in text]
+    assert apps and all("broker_credentials=faust_credentials(" in text for text in apps)
