@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.pool import open_pool
 from stripemeter.api import (
     adjustments,
@@ -109,7 +110,7 @@ def create_app(settings: Settings) -> web.Application:
         )
         app[HEALTH_POOL] = await open_pool(url, 1, health.TIMEOUT, statement_timeout)
         producer = AIOKafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers,
+            **client_kwargs(settings.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=1,

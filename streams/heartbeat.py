@@ -58,7 +58,7 @@ async def run(settings: Settings, status: Callable[[], dict[str, Any]], stopping
         if time.monotonic() - last_lag >= LAG_INTERVAL:
             last_lag = time.monotonic()
             try:
-                samples = await lag.measure(settings.kafka_bootstrap_servers, names)
+                samples = await lag.measure(settings.kafka, names)
                 publish_lag(samples)
                 max_lag = {}
                 for s in samples:

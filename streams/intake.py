@@ -24,9 +24,11 @@ from aiokafka.structs import TopicPartition
 
 from stripemeter.adapters.kafka import batching
 from stripemeter.adapters.kafka.admin import message_limits
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.domain import metrics
 from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.dead_letters import dead_letter
 from stripemeter.schemas.events import InvalidEvent, decode_message
 from stripemeter.schemas.packing import pack_arrays, payload_limit
@@ -93,13 +95,13 @@ class Intake:
 
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         names: TopicNames,
         group_id: str,
         poll_records: int = 5000,
         clock: Clock = SYSTEM,
     ):
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.clock = clock
         self.names = names
         self.group_id = group_id
@@ -110,7 +112,7 @@ class Intake:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             self.names.events,
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.kafka),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -120,7 +122,7 @@ class Intake:
             isolation_level="read_committed",
         )
         producer = AIOKafkaProducer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.kafka),
             acks="all",
             enable_idempotence=True,
             linger_ms=5,
@@ -131,7 +133,7 @@ class Intake:
         await consumer.start()
         try:
             keyed_partitions = Partitioner(len(await producer.partitions_for(self.names.keyed)))
-            limits = await message_limits(self.bootstrap, [self.names.keyed])
+            limits = await message_limits(self.kafka, [self.names.keyed])
             self.keyed_limit = payload_limit(limits[self.names.keyed])
             log.info(
                 "intake started: %s -> %s (%d partitions, messages up to %d bytes)",

@@ -21,12 +21,14 @@ import psycopg
 from aiokafka import AIOKafkaConsumer
 
 from stripemeter.adapters.kafka import batching
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.adapters.postgres import counters, ledger
 from stripemeter.adapters.postgres.counters import upsert_counters
 from stripemeter.adapters.postgres.ledger import rejected_row, write_ledger
 from stripemeter.domain import metrics
 from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
 
 log = logging.getLogger(__name__)
@@ -40,9 +42,9 @@ BATCH_LINGER_SECONDS = 0.5
 
 class PostgresSink:
     def __init__(
-        self, bootstrap: str, names: TopicNames, group_id: str, database_url: str, clock: Clock = SYSTEM
+        self, kafka: KafkaAccess, names: TopicNames, group_id: str, database_url: str, clock: Clock = SYSTEM
     ):
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.clock = clock
         self.names = names
         self.group_id = group_id
@@ -54,7 +56,7 @@ class PostgresSink:
             self.names.ledger,
             self.names.dlq,
             self.names.deltas,
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.kafka),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

@@ -19,7 +19,7 @@ def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
         timeout=settings.stripe_timeout_seconds,
     )
     return StripeWriter(
-        settings.kafka_bootstrap_servers,
+        settings.kafka,
         names.deltas,
         f"{settings.app_id}-stripe-writer",
         settings.app_id,
@@ -32,15 +32,13 @@ def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
 
 def intake_stage(settings: Settings) -> Intake:
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    return Intake(
-        settings.kafka_bootstrap_servers, names, group_id=f"{settings.app_id}-intake", clock=settings.clock
-    )
+    return Intake(settings.kafka, names, group_id=f"{settings.app_id}-intake", clock=settings.clock)
 
 
 def postgres_sink(settings: Settings) -> PostgresSink:
     names = TopicNames(settings.topic_prefix, settings.app_id)
     return PostgresSink(
-        settings.kafka_bootstrap_servers,
+        settings.kafka,
         names,
         f"{settings.app_id}-postgres-sink",
         settings.database_url.value,

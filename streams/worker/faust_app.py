@@ -9,6 +9,7 @@ from faust.types import TopicT
 
 from stripemeter.adapters.kafka import fetch_wait, rocksdb_memory
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, prepare_table_dir
+from stripemeter.adapters.kafka.client_auth import faust_broker, faust_credentials
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TABLES, TopicNames
 
@@ -30,7 +31,8 @@ def faust_app(settings: Settings) -> faust.App:
     settings.worker_data_dir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.app_id,
-        broker=f"kafka://{settings.kafka_bootstrap_servers}",
+        broker=faust_broker(settings.kafka),
+        broker_credentials=faust_credentials(settings.kafka),
         store=settings.store,
         datadir=str(settings.worker_data_dir),
         topic_partitions=settings.partitions,

@@ -12,6 +12,7 @@ from faust.types import TopicT
 
 from stripemeter.adapters.kafka.admin import message_limits
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, mark_clean_stop
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.faust_typing import recovery, task, timer
 from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.core.metering import Metering
@@ -112,7 +113,7 @@ class Meter:
 
         async def start_producer() -> None:
             checkpointer.producer = AIOKafkaProducer(
-                bootstrap_servers=settings.kafka_bootstrap_servers,
+                **client_kwargs(settings.kafka),
                 acks="all",
                 enable_idempotence=True,
                 linger_ms=2,
@@ -120,7 +121,7 @@ class Meter:
                 max_request_size=16 * 1024 * 1024,
             )
             await checkpointer.producer.start()
-            limits = await message_limits(settings.kafka_bootstrap_servers, [names.ledger])
+            limits = await message_limits(settings.kafka, [names.ledger])
             checkpointer.ledger_limit = payload_limit(limits[names.ledger])
             producer_started.set()
 

@@ -17,6 +17,7 @@ import orjson
 import psycopg
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.reconcile_service import (
@@ -91,7 +92,7 @@ async def reconcile(
     if not stripe_configured(settings):
         raise RuntimeError("set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator) to reconcile")
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     await producer.start()
     reports = []
     try:
@@ -151,9 +152,7 @@ async def replay(settings: Settings, args: argparse.Namespace, say: Say, table: 
     window = parse_window(args.since, args.until, settings.clock.ms(), settings.replay_max_window_seconds)
     mode: Mode = "apply" if args.apply else "dry-run"
     request = ReplayRequest(args.tenant, sorted(set(args.metric)), args.customer, window, mode)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         async with await psycopg.AsyncConnection.connect(

@@ -18,9 +18,7 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.schemas.topics import TopicNames, topic_specs
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    result = asyncio.run(
-        ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
-    )
+    result = asyncio.run(ensure_topics(settings.kafka, topic_specs(names, settings.partitions)))
     for name in result.created:
         say(f"created      {name}")
     for name in result.existing:
@@ -34,7 +32,7 @@ def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.schemas.topics import TopicNames, topic_specs
 
     if args.all:
-        infos = asyncio.run(describe(settings.kafka_bootstrap_servers))
+        infos = asyncio.run(describe(settings.kafka))
         print_table(
             ["topic", "partitions", "retention", "cleanup", "messages"],
             [(i.name, i.partitions, *_policy(i.config), i.messages) for i in infos],
@@ -42,7 +40,7 @@ def cmd_topics_list(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     names = TopicNames(settings.topic_prefix, settings.app_id)
     ours = [s.name for s in topic_specs(names, settings.partitions)]
-    view = asyncio.run(overview(settings.kafka_bootstrap_servers, names, ours))
+    view = asyncio.run(overview(settings.kafka, names, ours))
     print_table(
         ["topic", "partitions", "retention", "cleanup", "messages"],
         [(t.name, len(t.partitions), *_policy(t.config), t.messages) for t in view.topics],
@@ -87,7 +85,7 @@ def cmd_topics_describe(settings: Settings, args: argparse.Namespace) -> int:
 
     names = TopicNames(settings.topic_prefix, settings.app_id)
     topic = resolve_topic(names, args.topic)
-    state, lags = asyncio.run(describe_one(settings.kafka_bootstrap_servers, names, topic))
+    state, lags = asyncio.run(describe_one(settings.kafka, names, topic))
     if state is None:
         say(f"no topic {topic!r} on the broker (see `stripemeter topics list`)")
         return 1
@@ -145,7 +143,7 @@ def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
         as_json=args.json,
     )
     try:
-        asyncio.run(tail(settings.kafka_bootstrap_servers, request, say))
+        asyncio.run(tail(settings.kafka, request, say))
     except BrokenPipeError:  # `| head` closed the pipe: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - stdout for the rest of the process
     return 0
@@ -154,6 +152,7 @@ def cmd_topics_tail(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_kafka_tool(settings: Settings, args: argparse.Namespace) -> int:
     import subprocess
 
+    from stripemeter.adapters.kafka.client_auth import write_tool_properties
     from stripemeter.adapters.kafka.inspect.kafka_tools import tool_command, write_log_config
     from stripemeter.tools.local.kafka import LocalKafka
 
@@ -162,7 +161,15 @@ def cmd_kafka_tool(settings: Settings, args: argparse.Namespace) -> int:
         say(f"no Kafka {settings.kafka_version} jars in {kafka.libs}; `stripemeter stack up` installs them")
         return 2
     log_config = write_log_config(settings.cache_dir / "kafka")
-    cmd = tool_command(args.name, list(args.args), settings.kafka_bootstrap_servers, kafka.libs, log_config)
+    client_config = write_tool_properties(settings.kafka, settings.state_dir / "kafka-client")
+    cmd = tool_command(
+        args.name,
+        list(args.args),
+        settings.kafka_bootstrap_servers,
+        kafka.libs,
+        log_config,
+        command_config=client_config,
+    )
     return subprocess.run(cmd).returncode
 
 
@@ -239,7 +246,8 @@ def add_kafka_tool(sub: Subcommands) -> None:
         sub,
         "kafka-tool",
         cmd_kafka_tool,
-        "run one of Kafka's own CLI tools from the installed broker jars; --bootstrap-server is filled in",
+        "run one of Kafka's own CLI tools from the installed broker jars; --bootstrap-server (and "
+        "--command-config when Kafka is secured) is filled in",
     )
     tool.add_argument("name", metavar="NAME", help="one of: " + ", ".join(tool_names()))
     tool.add_argument("args", nargs=argparse.REMAINDER, help="the tool's own arguments")

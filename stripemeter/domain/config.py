@@ -13,6 +13,7 @@ from typing import Any
 
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.errors import Invalid
+from stripemeter.domain.kafka_access import SASL_MECHANISMS, SECURITY_PROTOCOLS, KafkaAccess
 from stripemeter.domain.policy import MAX_LATENESS_SECONDS
 
 
@@ -43,6 +44,13 @@ class Secret:
 @dataclass(frozen=True)
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    kafka_security_protocol: str = "PLAINTEXT"  # or SASL_PLAINTEXT, SASL_SSL, SSL (see kafka_access.py)
+    kafka_sasl_mechanism: str = "SCRAM-SHA-512"
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: Secret = Secret("")
+    kafka_ssl_cafile: str = ""  # empty: the system's CAs
+    kafka_ssl_certfile: str = ""  # client certificate and key, for mutual TLS
+    kafka_ssl_keyfile: str = ""
     database_url: Secret = Secret("postgresql://stripemeter:stripemeter@127.0.0.1:5433/stripemeter")
     stripe_api_key: Secret = Secret("")
     stripe_api_base: str = ""
@@ -95,6 +103,11 @@ class Settings:
         return Clock(self.clock_offset_seconds)
 
     @property
+    def kafka(self) -> KafkaAccess:
+        """How every Kafka client of the project connects."""
+        return KafkaAccess.of(self)
+
+    @property
     def worker_data_dir(self) -> Path:
         return self.state_dir / "worker" / self.app_id
 
@@ -106,6 +119,13 @@ class Settings:
 # environment variable -> Settings field
 ENV_VARS: dict[str, str] = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "kafka_security_protocol",
+    "KAFKA_SASL_MECHANISM": "kafka_sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka_sasl_username",
+    "KAFKA_SASL_PASSWORD": "kafka_sasl_password",
+    "KAFKA_SSL_CAFILE": "kafka_ssl_cafile",
+    "KAFKA_SSL_CERTFILE": "kafka_ssl_certfile",
+    "KAFKA_SSL_KEYFILE": "kafka_ssl_keyfile",
     "DATABASE_URL": "database_url",
     "STRIPE_API_KEY": "stripe_api_key",
     "STRIPE_API_BASE": "stripe_api_base",
@@ -231,6 +251,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_PARTITIONS", "must be at least 1")
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "must not be empty")
+    _validate_kafka(settings)
     if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
         raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
     if not 0 <= settings.lateness_seconds <= MAX_LATENESS_SECONDS:
@@ -279,6 +300,30 @@ def _validate_capacity(settings: Settings) -> None:
         )
     if not settings.stripe_timeout_seconds > 0:
         raise ConfigError("STRIPEMETER_STRIPE_TIMEOUT_SECONDS", "must be positive")
+
+
+def _validate_kafka(settings: Settings) -> None:
+    if settings.kafka_security_protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError("KAFKA_SECURITY_PROTOCOL", f"must be one of {', '.join(SECURITY_PROTOCOLS)}")
+    if settings.kafka_sasl_mechanism not in SASL_MECHANISMS:
+        raise ConfigError("KAFKA_SASL_MECHANISM", f"must be one of {', '.join(SASL_MECHANISMS)}")
+    if settings.kafka.sasl:
+        if not settings.kafka_sasl_username:
+            raise ConfigError("KAFKA_SASL_USERNAME", f"must be set with {settings.kafka_security_protocol}")
+        if not settings.kafka_sasl_password:
+            raise ConfigError("KAFKA_SASL_PASSWORD", f"must be set with {settings.kafka_security_protocol}")
+    if bool(settings.kafka_ssl_certfile) != bool(settings.kafka_ssl_keyfile):
+        missing = "KAFKA_SSL_KEYFILE" if settings.kafka_ssl_certfile else "KAFKA_SSL_CERTFILE"
+        raise ConfigError(missing, "must be set too: mutual TLS needs both a certificate and its key")
+    for env_name, path in (
+        ("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile),
+        ("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
+        ("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile),
+    ):
+        if path and not settings.kafka.tls:
+            raise ConfigError(env_name, "is used with SSL or SASL_SSL only (see KAFKA_SECURITY_PROTOCOL)")
+        if path and not Path(path).is_file():
+            raise ConfigError(env_name, f"names no readable file: {path}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -44,6 +44,7 @@ import stripe
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from stripemeter.adapters.kafka.batching import commit_handled
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest, Stream
@@ -75,6 +76,7 @@ from stripemeter.core.push_plan import (
 )
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import decode_delta
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
 from stripemeter.services.push_backfill import CounterBackfill
@@ -143,7 +145,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
 class StripeWriter:
     def __init__(
         self,
-        bootstrap: str,
+        kafka: KafkaAccess,
         deltas_topic: str,
         group_id: str,
         app_id: str,
@@ -153,7 +155,7 @@ class StripeWriter:
         flush_interval: float = 1.0,
         clock: Clock = SYSTEM,
     ):
-        self.bootstrap = bootstrap
+        self.kafka = kafka
         self.deltas_topic = deltas_topic
         self.group_id = group_id
         self.app_id = app_id
@@ -175,7 +177,7 @@ class StripeWriter:
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap,
+            **client_kwargs(self.kafka),
             group_id=self.group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",

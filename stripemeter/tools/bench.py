@@ -34,6 +34,7 @@ from psycopg import sql
 
 from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
 from stripemeter.adapters.kafka.changelog_state import send_records
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.migrate import migrate
 from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.timefmt import iso_ms
@@ -99,7 +100,7 @@ async def isolated(settings: Settings, tag: str, partitions: int) -> tuple[Setti
         worker_web_port=free_port(),
         database_url=Secret(url),
     )
-    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, partitions)
+    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, partitions)
     return env, names
 
 
@@ -116,7 +117,7 @@ def with_search_path(url: str, schema: str) -> str:
 
 async def release(env: Settings) -> None:
     """Drop what ``isolated`` made: the run's topics and its PostgreSQL schema."""
-    await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+    await delete_topics_of(env.kafka, env.app_id, env.topic_prefix)
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(_schema_of(env.app_id)))
         await conn.execute(drop)
@@ -124,7 +125,7 @@ async def release(env: Settings) -> None:
 
 async def produce_all(settings: Settings, topic: str, messages: list[bytes], say: Say) -> float:
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_kwargs(settings.kafka),
         acks="all",
         linger_ms=20,
         max_batch_size=1024 * 1024,
@@ -149,7 +150,7 @@ async def baseline(settings: Settings, topic: str, expected_events: int) -> floa
     """Plain aiokafka consume + orjson decode + dict aggregation: events per second."""
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=settings.kafka_bootstrap_servers,
+        **client_kwargs(settings.kafka),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -190,7 +191,7 @@ class DeltaWatcher:
     async def run(self, until: Callable[[], bool]) -> None:
         consumer = AIOKafkaConsumer(
             self.topic,
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            **client_kwargs(self.settings.kafka),
             auto_offset_reset="earliest",
             enable_auto_commit=False,
             group_id=None,
@@ -401,7 +402,7 @@ async def latency(
         await asyncio.to_thread(worker.wait_ready)
         say(f"worker: {_layout(stage_processes)}")
         watch = asyncio.ensure_future(watcher.run(lambda: done))
-        producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all", linger_ms=5)
+        producer = AIOKafkaProducer(**client_kwargs(env.kafka), acks="all", linger_ms=5)
         await producer.start()
         rng = random.Random(3)
         ts = iso_ms(int(time.time() * 1000))

@@ -19,6 +19,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.core.replay_window import Window
 from stripemeter.domain.config import Settings
 from stripemeter.domain.units import MICROS
@@ -61,13 +62,11 @@ async def replay_window(
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = settings.with_overrides(topic_prefix=f"b{tag}.", app_id=f"bench-{tag}")
-    names = await create_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix, 4)
+    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, 4)
     tenant = f"bench-rp-{tag}"
     start = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     window = Window(start, start + 24 * HOUR)
-    producer = AIOKafkaProducer(
-        bootstrap_servers=env.kafka_bootstrap_servers, acks="all", enable_idempotence=True
-    )
+    producer = AIOKafkaProducer(**client_kwargs(env.kafka), acks="all", enable_idempotence=True)
     await producer.start()
     results: dict[str, Any] = {"events": events, "late": late}
     try:
@@ -97,5 +96,5 @@ async def replay_window(
                 await conn.execute(f"DELETE FROM {table} WHERE tenant_id = %s", (tenant,))
     finally:
         await producer.stop()
-        await delete_topics_of(env.kafka_bootstrap_servers, env.app_id, env.topic_prefix)
+        await delete_topics_of(env.kafka, env.app_id, env.topic_prefix)
     return results

@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.domain.config import Settings
 from stripemeter.domain.timefmt import iso_millis
 from stripemeter.schemas.topics import TopicNames
@@ -114,7 +115,7 @@ def first_batch(tenant: str, now: datetime) -> list[dict[str, Any]]:
 
 async def send(settings: Settings, messages: list[Any]) -> None:
     names = TopicNames(settings.topic_prefix, settings.app_id)
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     await producer.start()
     try:
         for message in messages:

@@ -30,10 +30,10 @@ def stack() -> Settings:
 async def env(stack: Settings, tmp_path: Path) -> AsyncIterator[Settings]:
     """Settings isolated for one test, with its topics created (and deleted after it)."""
     settings = isolated_settings(stack, tmp_path)
-    bootstrap, app_id, prefix = settings.kafka_bootstrap_servers, settings.app_id, settings.topic_prefix
-    await create_topics_of(bootstrap, app_id, prefix, settings.partitions)
+    kafka, app_id, prefix = settings.kafka, settings.app_id, settings.topic_prefix
+    await create_topics_of(kafka, app_id, prefix, settings.partitions)
     yield settings
-    await delete_topics_of(bootstrap, app_id, prefix)  # a test that stopped the broker leaves them over
+    await delete_topics_of(kafka, app_id, prefix)  # a test that stopped the broker leaves them over
 
 
 @pytest.fixture

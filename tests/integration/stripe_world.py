@@ -24,6 +24,7 @@ from stripemeter.adapters.stripe.client import make_client
 from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.services.reconciler import Reconciler, ReconcileSettings, RunRequest
 from stripemeter.services.stripe_writer import StripeWriter
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
@@ -162,7 +163,8 @@ async def world(env: Settings) -> AsyncIterator[World]:
     writer_client, reader_client = (make_client("sk_test_world", base, h) for h in http)
     budget = StripeBudget(1000)
     writer = StripeWriter(
-        "unused:9092", "usage.deltas", "group", app_id, env.database_url.value, writer_client, budget,
+        KafkaAccess("unused:9092"), "usage.deltas", "group", app_id, env.database_url.value, writer_client,
+        budget,
         clock=clock,  # type: ignore[arg-type]
     )  # fmt: skip
     writer.ownership.unclaimed = {0}

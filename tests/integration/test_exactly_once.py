@@ -56,7 +56,7 @@ async def send_anchors(env: Settings, w: Workload) -> None:
 async def behind(env: Settings) -> list[str]:
     """Each consumer group's partitions that have not consumed their topic's end."""
     names = TopicNames(env.topic_prefix, env.app_id)
-    lags = await lag.measure(env.kafka_bootstrap_servers, names)
+    lags = await lag.measure(env.kafka, names)
     return [f"{x.group} {x.topic}[{x.partition}] {x.messages} behind" for x in lags if x.messages]
 
 

@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from stripemeter.adapters.postgres import ledger
 from stripemeter.domain.config import Settings
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.streams.sink import PostgresSink
@@ -46,7 +47,7 @@ def skipped(topic: str) -> float:
 
 
 async def write(env: Settings, names: TopicNames, messages: list[Message]) -> None:
-    sink = PostgresSink("unused", names, "unused", env.database_url.value)
+    sink = PostgresSink(KafkaAccess("unused:9092"), names, "unused", env.database_url.value)
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         await sink.prepare(conn)
         await sink._write(conn, messages)  # the unit under test, without Kafka

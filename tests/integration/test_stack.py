@@ -52,7 +52,7 @@ def test_start_twice_is_harmless_and_restart_keeps_data(stack: Settings, tmp_pat
         with psycopg.connect(settings.database_url.value) as conn:
             assert conn.execute("SELECT v FROM keepme").fetchall() == [(42,)]
         events_topic = TopicNames(settings.topic_prefix, settings.app_id).events
-        info = asyncio.run(describe(settings.kafka_bootstrap_servers, [events_topic]))
+        info = asyncio.run(describe(settings.kafka, [events_topic]))
         assert info[0].messages == 1
     finally:
         down(settings, messages.append)

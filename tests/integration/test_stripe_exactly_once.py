@@ -152,7 +152,7 @@ def oracle(events: list[dict[str, Any]]) -> dict[tuple[str, str, int], int]:
 @pytest_asyncio.fixture
 async def stripe_env(stack: Settings, tmp_path: Path) -> AsyncIterator[tuple[Settings, EmulatorState, str]]:
     settings = isolated_settings(stack, tmp_path, partitions=4)
-    await create_topics_of(settings.kafka_bootstrap_servers, settings.app_id, settings.topic_prefix, 4)
+    await create_topics_of(settings.kafka, settings.app_id, settings.topic_prefix, 4)
     state = EmulatorState(async_validation=True)  # Stripe test mode's 25 operations/s, for everyone
     server = TestServer(create_emulator(state), host="127.0.0.1", port=free_port())
     await server.start_server()
@@ -166,7 +166,7 @@ async def stripe_env(stack: Settings, tmp_path: Path) -> AsyncIterator[tuple[Set
     )
     yield settings, state, base
     await server.close()
-    await delete_topics_of(settings.kafka_bootstrap_servers, settings.app_id, settings.topic_prefix)
+    await delete_topics_of(settings.kafka, settings.app_id, settings.topic_prefix)
 
 
 def summaries_in_process(

@@ -29,6 +29,7 @@ from stripemeter.api.app import create_app as create_api
 from stripemeter.domain import periods
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.stripe_writer import StripeWriter
@@ -80,7 +81,7 @@ class Setup:
     def writer(self) -> StripeWriter:
         names = TopicNames(self.settings.topic_prefix, self.settings.app_id)
         return StripeWriter(
-            self.settings.kafka_bootstrap_servers, names.deltas, f"{self.app}-stripe-writer", self.app,
+            self.settings.kafka, names.deltas, f"{self.app}-stripe-writer", self.app,
             self.settings.database_url.value, make_client("sk_test_emulator", self.base), StripeBudget(1000),
             flush_interval=0.05, clock=self.clock,
         )  # fmt: skip
@@ -195,7 +196,7 @@ async def test_counters_whose_deltas_are_gone_reach_stripe(setup: Setup) -> None
         for h in range(5, 0, -1)
     ]
     expected = {hour0 - h * HOUR: units for h, units in zip(range(5, 0, -1), [9, 7, 6, 5, 3], strict=True)}
-    sink = PostgresSink("unused", names, "unused", s.settings.database_url.value)
+    sink = PostgresSink(KafkaAccess("unused:9092"), names, "unused", s.settings.database_url.value)
     await sink.prepare(s.conn)
     await sink._write(s.conn, [Record(names.deltas, 0, i, encode_delta(d)) for i, d in enumerate(deltas)])
     writer = s.writer()

@@ -61,7 +61,7 @@ async def produce(settings: Settings, topic: str, values: list[bytes | None], **
 
 async def read_all(settings: Settings, request: TailRequest) -> list[str]:
     lines: list[str] = []
-    await asyncio.wait_for(tail(settings.kafka_bootstrap_servers, request, lines.append), 30)
+    await asyncio.wait_for(tail(settings.kafka, request, lines.append), 30)
     return lines
 
 
@@ -102,7 +102,7 @@ async def test_tail_decodes_contract_records_and_filters(env: Settings) -> None:
 
 async def test_tail_shows_garbage_with_labels_and_never_stops(env: Settings) -> None:
     topic = f"{env.topic_prefix}garbage"
-    await ensure_topics(env.kafka_bootstrap_servers, [TopicSpec(topic, 1, DAY_MS, "delete")])
+    await ensure_topics(env.kafka, [TopicSpec(topic, 1, DAY_MS, "delete")])
     names = TopicNames(env.topic_prefix, env.app_id)
     await produce(env, topic, [*GARBAGE, b'{"fine": true}'], key=b"junk")  # a null value needs a key
     await produce(env, names.events, [*GARBAGE, orjson.dumps(EVENT)], key=b"junk", partition=0)
@@ -150,7 +150,7 @@ async def test_tail_follows_new_records_and_internal_topics(env: Settings) -> No
     names = TopicNames(env.topic_prefix, env.app_id)
     request = TailRequest(names.changelog("counters"), "counters", "counters", follow=True, limit=1)
     lines: list[str] = []
-    follower = asyncio.create_task(tail(env.kafka_bootstrap_servers, request, lines.append))
+    follower = asyncio.create_task(tail(env.kafka, request, lines.append))
     await asyncio.sleep(2)  # assigned and at the end
     assert not follower.done()
     key = b"acme\x1frequests\x1fc-1\x1f1767607200000"

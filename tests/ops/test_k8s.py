@@ -11,7 +11,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stripemeter.domain.config import Settings
+from stripemeter.domain.config import Settings, load_settings
 from tests.ops.deployment import KNOWN_ENV, ROOT, check_command
 
 K8S = ROOT / "deploy" / "k8s"
@@ -92,8 +92,16 @@ def test_env_comes_from_settings_the_code_reads_and_references_exist() -> None:
     (config,) = by_kind("ConfigMap").values()
     (secret,) = by_kind("Secret").values()
     assert set(config["data"]) <= KNOWN_ENV, sorted(set(config["data"]) - KNOWN_ENV)
-    assert set(secret["stringData"]) == {"STRIPE_API_KEY", "DATABASE_URL", "STRIPE_WEBHOOK_SECRET"}
-    assert not {"STRIPE_API_KEY", "DATABASE_URL"} & set(config["data"]), "secrets belong in the Secret"
+    kafka_passwords = {"KAFKA_WORKER_PASSWORD", "KAFKA_API_PASSWORD", "KAFKA_ADMIN_PASSWORD"}
+    assert set(secret["stringData"]) == {
+        "STRIPE_API_KEY",
+        "DATABASE_URL",
+        "STRIPE_WEBHOOK_SECRET",
+        *kafka_passwords,
+    }
+    assert not {"STRIPE_API_KEY", "DATABASE_URL", "KAFKA_SASL_PASSWORD"} & set(config["data"]), (
+        "secrets belong in the Secret"
+    )
     for workload in workloads():
         for container in containers(workload):
             check_command(container["command"])
@@ -177,3 +185,22 @@ def test_yaml_files_are_clean() -> None:
         if p.level == "error"
     ]
     assert not problems, "\n".join(problems)
+
+
+def test_each_workload_logs_in_to_kafka_as_its_own_principal_with_settings_the_code_accepts() -> None:
+    (config,) = by_kind("ConfigMap").values()
+    (secret,) = by_kind("Secret").values()
+    users = []
+    for workload in workloads():
+        for container in containers(workload):
+            env = dict(config["data"])
+            for var in container.get("env", []):
+                ref = var.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    env[var["name"]] = secret["stringData"][ref["key"]]
+                elif "value" in var:
+                    env[var["name"]] = var["value"]
+            settings = load_settings(env)  # a bad or missing Kafka setting raises, naming it
+            assert settings.kafka.sasl and settings.kafka.tls, workload["metadata"]["name"]
+            users.append(settings.kafka_sasl_username)
+    assert sorted(users) == ["stripemeter-admin", "stripemeter-api", "stripemeter-worker"]

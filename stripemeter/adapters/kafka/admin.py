@@ -11,6 +11,8 @@ from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
@@ -33,15 +35,15 @@ class EnsureResult:
     reconfigured: list[str]
 
 
-async def _admin(bootstrap: str) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def _admin(kafka: KafkaAccess) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=15000)
     await admin.start()
     return admin
 
 
-async def ensure_topics(bootstrap: str, specs: list[TopicSpec]) -> EnsureResult:
+async def ensure_topics(kafka: KafkaAccess, specs: list[TopicSpec]) -> EnsureResult:
     """Create missing topics and bring configs of existing ones in line; safe to run any number of times."""
-    admin = await _admin(bootstrap)
+    admin = await _admin(kafka)
     created: list[str] = []
     existing: list[str] = []
     reconfigured: list[str] = []
@@ -97,27 +99,27 @@ async def partition_counts(admin: AIOKafkaAdminClient, topics: list[str]) -> dic
     return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(topics)}
 
 
-async def list_topic_names(bootstrap: str) -> list[str]:
-    admin = await _admin(bootstrap)
+async def list_topic_names(kafka: KafkaAccess) -> list[str]:
+    admin = await _admin(kafka)
     try:
         return list(await admin.list_topics())
     finally:
         await admin.close()
 
 
-async def create_topics_of(bootstrap: str, app_id: str, topic_prefix: str, partitions: int) -> TopicNames:
+async def create_topics_of(kafka: KafkaAccess, app_id: str, topic_prefix: str, partitions: int) -> TopicNames:
     """Create every topic of one isolated deployment (benchmarks, tests); ``delete_topics_of`` undoes it."""
     names = TopicNames(topic_prefix, app_id)
-    await ensure_topics(bootstrap, topic_specs(names, partitions))
+    await ensure_topics(kafka, topic_specs(names, partitions))
     return names
 
 
-async def delete_topics_of(bootstrap: str, app_id: str, topic_prefix: str) -> int:
+async def delete_topics_of(kafka: KafkaAccess, app_id: str, topic_prefix: str) -> int:
     """Delete every topic of one isolated deployment: its prefixed topics and Faust's ``{app_id}-``
     internals (a broker holding thousands of leftovers restarts slowly). Best effort: a broker that
     cannot be reached only leaves them over."""
     try:
-        admin = await _admin(bootstrap)
+        admin = await _admin(kafka)
     except KafkaError as exc:
         log.warning("could not delete the topics of %s: %s", app_id, exc)
         return 0
@@ -133,9 +135,9 @@ async def delete_topics_of(bootstrap: str, app_id: str, topic_prefix: str) -> in
         await admin.close()
 
 
-async def describe(bootstrap: str, topics: list[str] | None = None) -> list[TopicInfo]:
+async def describe(kafka: KafkaAccess, topics: list[str] | None = None) -> list[TopicInfo]:
     """Partitions, retention/cleanup config and message counts of ``topics`` (default: all)."""
-    admin = await _admin(bootstrap)
+    admin = await _admin(kafka)
     try:
         names = sorted(topics if topics is not None else await admin.list_topics())
         names = [n for n in names if not n.startswith("__")]
@@ -145,12 +147,12 @@ async def describe(bootstrap: str, topics: list[str] | None = None) -> list[Topi
         configs = await describe_configs(admin, names)
     finally:
         await admin.close()
-    messages = await message_counts(bootstrap, counts)
+    messages = await message_counts(kafka, counts)
     return [TopicInfo(n, counts[n], configs.get(n, {}), messages.get(n, 0)) for n in names]
 
 
-async def message_counts(bootstrap: str, partitions: dict[str, int]) -> dict[str, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+async def message_counts(kafka: KafkaAccess, partitions: dict[str, int]) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         tps = [TopicPartition(t, p) for t, n in partitions.items() for p in range(n)]
@@ -169,9 +171,9 @@ async def message_counts(bootstrap: str, partitions: dict[str, int]) -> dict[str
 DEFAULT_MESSAGE_BYTES = 1024 * 1024 + 12  # the broker's default max.message.bytes
 
 
-async def message_limits(bootstrap: str, topics: list[str]) -> dict[str, int]:
+async def message_limits(kafka: KafkaAccess, topics: list[str]) -> dict[str, int]:
     """Each topic's ``max.message.bytes`` as the broker has it (what a produced message must fit)."""
-    admin = await _admin(bootstrap)
+    admin = await _admin(kafka)
     try:
         configs = await describe_configs(admin, topics)
     finally:

@@ -14,7 +14,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.inspect.kinds import consumer_groups
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
 
 
@@ -39,11 +41,9 @@ def group_topics(names: TopicNames) -> dict[str, list[str]]:
     }
 
 
-async def measure(bootstrap: str, names: TopicNames, now: float | None = None) -> list[Lag]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10000)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=10000
-    )
+async def measure(kafka: KafkaAccess, names: TopicNames, now: float | None = None) -> list[Lag]:
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=10000)
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False, request_timeout_ms=10000)
     await admin.start()
     await consumer.start()
     try:

@@ -1,4 +1,5 @@
-"""Apache Kafka for the local stack: jars from Maven Central, one KRaft node on loopback."""
+"""Apache Kafka for the local stack: jars from Maven Central, one KRaft node on loopback (secured as
+``kafka_security.py`` says when the clients' settings ask for it)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,16 @@ from importlib import resources
 from pathlib import Path
 
 from stripemeter.domain.config import Settings
-from stripemeter.domain.errors import Permanent
+from stripemeter.tools.local.kafka_security import (
+    BrokerTls,
+    KafkaSetupError,
+    ScramUser,
+    scram_properties,
+    scram_user,
+    tls_properties,
+)
 
-
-class KafkaSetupError(Permanent, RuntimeError):
-    pass
+__all__ = ["KafkaSetupError", "LocalKafka", "server_properties", "with_local_ca"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +33,8 @@ class LocalKafka:
     host: str
     port: int
     heap: str
+    scram: ScramUser | None = None  # SASL/SCRAM on the client listener
+    tls: BrokerTls | None = None  # and TLS (SASL_SSL)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalKafka:
@@ -40,6 +48,8 @@ class LocalKafka:
             host=host or "127.0.0.1",
             port=int(port),
             heap=settings.kafka_heap,
+            scram=(scram := scram_user(settings)),
+            tls=_local_tls(settings) if scram and settings.kafka_security_protocol == "SASL_SSL" else None,
         )
 
     @property
@@ -94,7 +104,13 @@ class LocalKafka:
             resources.files("stripemeter.tools.local").joinpath("kafka/log4j2.properties").read_text()
         )
         props = self.conf_dir / "server.properties"
-        props.write_text(server_properties(self.host, self.port, self.controller_port, self.data_dir))
+        props.touch(mode=0o600, exist_ok=True)  # it may hold the broker's own SCRAM password
+        props.chmod(0o600)
+        if self.tls is not None:
+            self.tls.ensure()
+        props.write_text(
+            server_properties(self.host, self.port, self.controller_port, self.data_dir, self.scram, self.tls)
+        )
         return props
 
     def java(self, main_class: str, *args: str, heap: str = "256m", jvm: tuple[str, ...] = ()) -> list[str]:
@@ -118,15 +134,38 @@ class LocalKafka:
     def formatted(self) -> bool:
         return (self.data_dir / "meta.properties").exists()
 
+    @property
+    def scram_marker(self) -> Path:
+        """Names the SCRAM user the storage was formatted with (users live in the metadata)."""
+        return self.data_dir / "stripemeter-scram-user"
+
     def format_storage(self) -> None:
-        """Format the KRaft storage once; a formatted directory is never touched again."""
+        """Format the KRaft storage once (with the SCRAM user, if any); a formatted directory is never
+        touched again, so a SCRAM user it was not formatted with is refused here, not at each login."""
         if self.formatted():
+            self._check_scram_user()
             return
         props = self.write_config()
-        cmd = self.java("kafka.tools.StorageTool", "format", "-t", _kafka_cluster_id(), "-c", str(props))
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        args = ["format", "-t", _kafka_cluster_id(), "-c", str(props)]
+        if self.scram is not None:
+            args += ["--add-scram", self.scram.storage_argument()]
+        result = subprocess.run(self.java("kafka.tools.StorageTool", *args), capture_output=True, text=True)
         if result.returncode != 0:
             raise KafkaSetupError(f"formatting Kafka storage failed:\n{result.stdout}{result.stderr}")
+        if self.scram is not None:
+            self.scram_marker.write_text(f"{self.scram.mechanism} {self.scram.name}\n")
+
+    def _check_scram_user(self) -> None:
+        if self.scram is None:
+            return
+        wanted = f"{self.scram.mechanism} {self.scram.name}"
+        formatted = self.scram_marker.read_text().strip() if self.scram_marker.exists() else "no SCRAM user"
+        if formatted != wanted:
+            raise KafkaSetupError(
+                f"the local broker's storage in {self.data_dir} was formatted with {formatted}, "
+                f"not {wanted}: SCRAM users are added when the storage is formatted; use a fresh "
+                "STRIPEMETER_STATE_DIR (or remove that directory: the broker then starts empty)"
+            )
 
     def broker_command(self) -> list[str]:
         props = self.write_config()
@@ -147,18 +186,43 @@ def _kafka_cluster_id() -> str:
             return cluster_id
 
 
-def server_properties(host: str, port: int, controller_port: int, data_dir: Path) -> str:
+def _local_tls(settings: Settings) -> BrokerTls:
+    return BrokerTls(settings.state_dir / "kafka" / "tls")
+
+
+def with_local_ca(settings: Settings) -> Settings:
+    """The clients' settings for the local broker: with TLS and no CA file of their own, the stack's CA."""
+    kafka = LocalKafka.from_settings(settings)
+    if kafka.tls is None or settings.kafka_ssl_cafile:
+        return settings
+    return settings.with_overrides(kafka_ssl_cafile=str(kafka.tls.ca))
+
+
+def server_properties(
+    host: str,
+    port: int,
+    controller_port: int,
+    data_dir: Path,
+    scram: ScramUser | None = None,
+    tls: BrokerTls | None = None,
+) -> str:
     """A single combined broker+controller node, sized for one small machine."""
+    client = "PLAINTEXT" if scram is None else "SASL_SSL" if tls is not None else "SASL_PLAINTEXT"
+    security = [
+        *([] if scram is None else scram_properties(client, scram)),
+        *([] if tls is None else tls_properties(tls)),
+    ]
     return "\n".join(
         [
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@{host}:{controller_port}",
-            f"listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}",
-            f"advertised.listeners=PLAINTEXT://{host}:{port}",
+            f"listeners={client}://{host}:{port},CONTROLLER://{host}:{controller_port}",
+            f"advertised.listeners={client}://{host}:{port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listener.security.protocol.map={client}:{client},CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={client}",
+            *security,
             f"log.dirs={data_dir}",
             "num.partitions=4",
             "default.replication.factor=1",

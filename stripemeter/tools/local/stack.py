@@ -14,7 +14,8 @@ from typing import TypeVar
 
 from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.errors import Permanent
-from stripemeter.tools.local.kafka import LocalKafka
+from stripemeter.tools.local.kafka import LocalKafka, with_local_ca
+from stripemeter.tools.local.kafka_security import check_runnable
 from stripemeter.tools.local.postgres import LocalPostgres, install_server
 from stripemeter.tools.local.procs import Managed, port_open, tail, wait_for
 
@@ -109,6 +110,7 @@ def start_kafka(settings: Settings, say: Say) -> None:
         if port_open(kafka.host, kafka.port):
             say(f"reusing the Kafka broker already listening on {kafka.host}:{kafka.port}")
             return
+        check_runnable(settings)
         if not kafka.installed():
             say(f"fetching Apache Kafka {kafka.version} from Maven Central into {kafka.cache_dir} (once)")
         kafka.install()
@@ -201,11 +203,10 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
             f"applied {len(applied)} migration(s): " + ", ".join(f"{m.version:04d}_{m.name}" for m in applied)
         )
     start_kafka(settings, say)
+    settings = with_local_ca(settings)  # TLS with the stack's own CA: every client trusts it
     names = TopicNames(settings.topic_prefix, settings.app_id)
     result = _retry_until_ready(
-        lambda: asyncio.run(
-            ensure_topics(settings.kafka_bootstrap_servers, topic_specs(names, settings.partitions))
-        )
+        lambda: asyncio.run(ensure_topics(settings.kafka, topic_specs(names, settings.partitions)))
     )
     if result.created:
         say(f"created {len(result.created)} topic(s)")

@@ -19,6 +19,7 @@ from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
 from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter, Request, Row, new_request
 from stripemeter.domain.clock import Clock
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.services import stripe_writer as writer_module
 from stripemeter.services.stripe_writer import StripeWriter
 from tests.unit.adapters.stripe.test_client import connection_error
@@ -173,7 +174,7 @@ class Harness:
             )
         )
         self.writer = StripeWriter(
-            "unused:9092",
+            KafkaAccess("unused:9092"),
             "usage.deltas",
             "group",
             "sm",

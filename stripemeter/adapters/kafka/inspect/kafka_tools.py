@@ -2,7 +2,8 @@
 
 The ``bin/*.sh`` wrappers are not part of the Maven artifacts, so this maps each tool's usual name
 to its main class (checked against the 4.3.1 jars) and fills in ``--bootstrap-server`` from the
-settings when the caller did not pass one.
+settings when the caller did not pass one, and ``--command-config`` with the client's security
+settings when Kafka is not PLAINTEXT (``client_auth.write_tool_properties``).
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ KAFKA_TOOLS: dict[str, KafkaTool] = {
     "kafka-storage": KafkaTool("kafka.tools.StorageTool", takes_bootstrap=False),
 }
 
+# a client properties file, under the names the tools have used for it (4.x takes --command-config)
+CONFIG_FLAGS = ("--command-config", "--consumer.config", "--producer.config")
+
 # Tools log through log4j2; without a config they print INFO lines among their output.
 TOOLS_LOG4J = """status = error
 appender.stderr.type = Console
@@ -70,9 +74,12 @@ def tool_names() -> list[str]:
     return sorted(KAFKA_TOOLS)
 
 
-def tool_args(name: str, args: list[str], bootstrap: str) -> tuple[str, list[str]]:
+def tool_args(
+    name: str, args: list[str], bootstrap: str, command_config: Path | None = None
+) -> tuple[str, list[str]]:
     """Main class and arguments (pure); ``--bootstrap-server`` is added when the tool takes one and
-    neither it nor ``--bootstrap-controller`` was given. ``kafka-topics.sh`` works as a name too."""
+    neither it nor ``--bootstrap-controller`` was given, ``--command-config`` likewise when there is
+    one and the caller gave none. ``kafka-topics.sh`` works as a name too."""
     tool = KAFKA_TOOLS.get(name.removesuffix(".sh"))
     if tool is None:
         raise UnknownTool(name)
@@ -80,14 +87,23 @@ def tool_args(name: str, args: list[str], bootstrap: str) -> tuple[str, list[str
     asks_help = any(a in ("-h", "--help", "--version") for a in args)
     if tool.takes_bootstrap and not given and not asks_help:
         args = ["--bootstrap-server", bootstrap, *args]
+    configured = any(a.split("=", 1)[0] in CONFIG_FLAGS for a in args)
+    if command_config is not None and tool.takes_bootstrap and not configured and not asks_help:
+        args = ["--command-config", str(command_config), *args]
     return tool.main_class, args
 
 
 def tool_command(
-    name: str, args: list[str], bootstrap: str, libs: Path, log_config: Path, heap: str = "256m"
+    name: str,
+    args: list[str],
+    bootstrap: str,
+    libs: Path,
+    log_config: Path,
+    heap: str = "256m",
+    command_config: Path | None = None,
 ) -> list[str]:
     """The full ``java`` command line running tool ``name`` from the jars in ``libs``."""
-    main_class, args = tool_args(name, args, bootstrap)
+    main_class, args = tool_args(name, args, bootstrap, command_config)
     java = shutil.which("java") or "java"
     return [
         java,

@@ -14,7 +14,9 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
 from stripemeter.adapters.kafka.admin import describe_configs
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.inspect.kinds import consumer_groups, is_ours
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
 
 # The topic configs an operator needs to reason about retention, size limits and compaction.
@@ -96,20 +98,20 @@ def lag_rows(
     return rows
 
 
-async def _admin(bootstrap: str) -> AIOKafkaAdminClient:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def _admin(kafka: KafkaAccess) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=15000)
     await admin.start()
     return admin
 
 
-async def topic_states(admin: AIOKafkaAdminClient, bootstrap: str, topics: list[str]) -> list[TopicState]:
+async def topic_states(admin: AIOKafkaAdminClient, kafka: KafkaAccess, topics: list[str]) -> list[TopicState]:
     """Partitions with leader and offsets, and the configs that matter, of existing ``topics``."""
     if not topics:
         return []
     metadata = {t["topic"]: t for t in await admin.describe_topics(topics) if t["error_code"] == 0}
     configs = await describe_configs(admin, list(metadata))
     tps = [TopicPartition(t, p["partition"]) for t, m in metadata.items() for p in m["partitions"]]
-    starts, ends = await _offsets(bootstrap, tps)
+    starts, ends = await _offsets(kafka, tps)
     states = []
     for name in sorted(metadata):
         partitions = [
@@ -130,9 +132,9 @@ async def topic_states(admin: AIOKafkaAdminClient, bootstrap: str, topics: list[
 
 
 async def _offsets(
-    bootstrap: str, tps: list[TopicPartition]
+    kafka: KafkaAccess, tps: list[TopicPartition]
 ) -> tuple[dict[TopicPartition, int], dict[TopicPartition, int]]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         return await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
@@ -140,13 +142,13 @@ async def _offsets(
         await consumer.stop()
 
 
-async def overview(bootstrap: str, names: TopicNames, expected: list[str]) -> Overview:
+async def overview(kafka: KafkaAccess, names: TopicNames, expected: list[str]) -> Overview:
     """Our topics (``expected`` plus any other existing topic of our prefix or app id) and lag."""
-    admin = await _admin(bootstrap)
+    admin = await _admin(kafka)
     try:
         existing = set(await admin.list_topics())
         ours = sorted((set(expected) & existing) | {t for t in existing if is_ours(names, t)})
-        topics = await topic_states(admin, bootstrap, ours)
+        topics = await topic_states(admin, kafka, ours)
         roles = consumer_groups(names.app_id)
         committed = {group: await _committed(admin, group) for group in roles}
     finally:
@@ -157,14 +159,14 @@ async def overview(bootstrap: str, names: TopicNames, expected: list[str]) -> Ov
 
 
 async def describe_one(
-    bootstrap: str, names: TopicNames, topic: str
+    kafka: KafkaAccess, names: TopicNames, topic: str
 ) -> tuple[TopicState | None, list[GroupLag]]:
     """One topic's partitions, configs and the lag of our groups on it; None when it does not exist."""
-    admin = await _admin(bootstrap)
+    admin = await _admin(kafka)
     try:
         if topic not in set(await admin.list_topics()):
             return None, []
-        states = await topic_states(admin, bootstrap, [topic])
+        states = await topic_states(admin, kafka, [topic])
         roles = consumer_groups(names.app_id)
         committed = {group: await _committed(admin, group) for group in roles}
     finally:

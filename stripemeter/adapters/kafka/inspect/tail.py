@@ -15,10 +15,12 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.structs import TopicPartition
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.inspect.decode import Decoded, decode_key, decode_record
 from stripemeter.adapters.kafka.inspect.kinds import Kind
 from stripemeter.adapters.kafka.inspect.render import Position, json_line, text_line
 from stripemeter.domain.errors import Invalid
+from stripemeter.domain.kafka_access import KafkaAccess
 
 # usage.events takes messages up to 16 MiB; a tail must be able to fetch any of them.
 FETCH_PARTITION_BYTES = 17 * 1024 * 1024
@@ -65,8 +67,8 @@ def matches(request: TailRequest, record: Decoded) -> bool:
     return all(want is None or want == have for want, have in wanted)
 
 
-async def _partitions(bootstrap: str, topic: str) -> list[TopicPartition]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=15000)
+async def _partitions(kafka: KafkaAccess, topic: str) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=15000)
     await admin.start()
     try:
         (meta,) = await admin.describe_topics([topic])
@@ -95,13 +97,13 @@ async def _seek(consumer: AIOKafkaConsumer, request: TailRequest, tps: list[Topi
 
 
 async def tail(
-    bootstrap: str, request: TailRequest, write: Callable[[str], None], stop: asyncio.Event | None = None
+    kafka: KafkaAccess, request: TailRequest, write: Callable[[str], None], stop: asyncio.Event | None = None
 ) -> int:
     """Print matching records; returns how many. Without ``follow`` it ends at the end offsets seen
     at start; with it, at ``limit`` or when ``stop`` is set."""
-    tps = await _partitions(bootstrap, request.topic)
+    tps = await _partitions(kafka, request.topic)
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
+        **client_kwargs(kafka),
         group_id=None,
         enable_auto_commit=False,
         max_partition_fetch_bytes=FETCH_PARTITION_BYTES,
