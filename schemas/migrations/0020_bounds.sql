@@ -32,11 +32,12 @@ ALTER TABLE metric_mappings ADD CONSTRAINT metric_mappings_lateness_bounded
 -- Every list endpoint reads one page in its own order through an index, whatever the tenant holds:
 -- GET /v1/events newest first (a tenant's, or one metric's; with a customer too, events_by_stream),
 -- GET /v1/stripe/pushes newest hour first (all, or of one status), GET /v1/adjustments newest first.
--- Mappings, customers and watermarks page through their primary keys.
-CREATE INDEX events_by_tenant_time
+-- Mappings, customers and watermarks page through their primary keys. On a large ledger, build these
+-- beforehand with CREATE INDEX CONCURRENTLY under the same names (writes go on); the migration keeps them.
+CREATE INDEX IF NOT EXISTS events_by_tenant_time
     ON events (tenant_id, ts, source_topic, source_partition, source_offset, source_index);
-CREATE INDEX events_by_metric_time
+CREATE INDEX IF NOT EXISTS events_by_metric_time
     ON events (tenant_id, metric, ts, source_topic, source_partition, source_offset, source_index);
-CREATE INDEX stripe_pushes_by_tenant ON stripe_pushes (tenant_id, bucket, metric, customer_ref);
-CREATE INDEX stripe_pushes_by_status ON stripe_pushes (tenant_id, status, bucket, metric, customer_ref);
-CREATE INDEX adjustments_by_tenant ON adjustments (tenant_id, created_at, adjustment_id);
+CREATE INDEX IF NOT EXISTS stripe_pushes_by_tenant ON stripe_pushes (tenant_id, bucket, metric, customer_ref);
+CREATE INDEX IF NOT EXISTS stripe_pushes_by_status ON stripe_pushes (tenant_id, status, bucket, metric, customer_ref);
+CREATE INDEX IF NOT EXISTS adjustments_by_tenant ON adjustments (tenant_id, created_at, adjustment_id);
