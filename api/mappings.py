@@ -17,7 +17,7 @@ from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
 from stripemeter.domain.policy import AGGREGATIONS, MAX_LATENESS_SECONDS
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
-from stripemeter.services import meter_grants
+from stripemeter.services import customer_owners, meter_grants
 from stripemeter.services.configuration import Configuration, CustomerChange, MetricChange, Reaggregate
 
 MAX_LATENESS = MAX_LATENESS_SECONDS  # 35 days: Stripe refuses older usage (a CHECK of the column too)
@@ -148,6 +148,9 @@ async def put_customer(request: web.Request) -> web.Response:
             raise bad_request("billingAnchor", "must carry a UTC offset")
     if anchor is not None:
         anchor = anchor.replace(second=0, microsecond=0)  # Stripe's summaries take minute boundaries
+    if not operates(request):
+        reader = request.app[RECONCILER].reader if RECONCILER in request.app else None
+        await customer_owners.check(reader, request.app[SETTINGS].customer_ownership, tenant, stripe_id)
     change = CustomerChange(tenant, customer, stripe_id, anchor)
     async with request.app[POOL].connection() as conn:
         answer = await _configuration(request).change_customer(conn, change)

@@ -74,7 +74,7 @@ def cmd_meters_grant(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.services import meter_grants
 
     row = asyncio.run(
-        _with_connection(settings, lambda c: meter_grants.grant(c, args.tenant, args.event_name))
+        _with_connection(settings, lambda c: meter_grants.grant(c, args.tenant, args.event_name, wait=True))
     )
     say(
         f"tenant {args.tenant} may map its metrics to the Stripe meter {args.event_name}"
@@ -86,7 +86,9 @@ def cmd_meters_grant(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_meters_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.services import meter_grants
 
-    asyncio.run(_with_connection(settings, lambda c: meter_grants.revoke(c, args.tenant, args.event_name)))
+    asyncio.run(
+        _with_connection(settings, lambda c: meter_grants.revoke(c, args.tenant, args.event_name, wait=True))
+    )
     say(f"tenant {args.tenant} may no longer map metrics to the Stripe meter {args.event_name}")
     return 0
 

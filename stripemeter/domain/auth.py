@@ -39,8 +39,10 @@ class Principal:
     scopes: frozenset[str]
 
     def allows(self, scope: str) -> bool:
-        """``admin`` covers every tenant scope; ``operator`` only covers itself."""
-        return scope in self.scopes or (scope != OPERATOR and "admin" in self.scopes)
+        """``admin`` covers every tenant scope; ``operator`` only a key of every tenant that holds it."""
+        if scope == OPERATOR:
+            return self.operates
+        return scope in self.scopes or "admin" in self.scopes
 
     @property
     def operates(self) -> bool:

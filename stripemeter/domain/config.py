@@ -96,6 +96,9 @@ class Settings:
     heavy_requests_per_tenant: int = 2  # replays, reconciliation runs, adjustments at once per tenant
     heavy_requests_total: int = 4  # the same for all tenants together: the rest of the pool is for reads
     stripe_timeout_seconds: float = 10.0  # each Stripe call, connect to last byte
+    # which Stripe customers a tenant's own key may bind: any no other tenant binds (first-binding), or
+    # only those whose metadata names the tenant (stripe-metadata); see services/customer_owners.py
+    customer_ownership: str = "first-binding"
     clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
 
     @property
@@ -168,6 +171,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_HEAVY_REQUESTS_PER_TENANT": "heavy_requests_per_tenant",
     "STRIPEMETER_HEAVY_REQUESTS_TOTAL": "heavy_requests_total",
     "STRIPEMETER_STRIPE_TIMEOUT_SECONDS": "stripe_timeout_seconds",
+    "STRIPEMETER_CUSTOMER_OWNERSHIP": "customer_ownership",
     "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
 }
 
@@ -179,6 +183,7 @@ FALSE_WORDS = ("false", "0", "no", "off")
 CHOICES: dict[str, tuple[str, ...]] = {
     "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
+    "STRIPEMETER_CUSTOMER_OWNERSHIP": ("first-binding", "stripe-metadata"),
 }
 
 

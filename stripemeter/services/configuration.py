@@ -19,7 +19,8 @@ moment it is accepted.
   it to (a remap): Stripe would bill it there, and the new pair would get only later changes.
 - **Stripe meters are the operator's.** A tenant's own key maps metrics only to meters an operator
   granted the tenant (services/meter_grants.py); a Stripe customer is bound to one tenant.
-Changes of one tenant (and of one Stripe customer) are serialised by PostgreSQL advisory locks.
+Changes of one tenant (and of one Stripe customer) exclude each other by PostgreSQL advisory locks, tried:
+a change that finds another in progress is ``Busy`` (409 with Retry-After).
 """
 
 from __future__ import annotations

@@ -33,9 +33,12 @@ async def check(conn: psycopg.AsyncConnection, tenant: str, event_name: str) -> 
         )
 
 
-async def grant(conn: psycopg.AsyncConnection, tenant: str, event_name: str) -> dict[str, Any]:
+async def grant(
+    conn: psycopg.AsyncConnection, tenant: str, event_name: str, *, wait: bool = False
+) -> dict[str, Any]:
+    """``wait``: wait for a configuration change of the tenant in progress (the CLI) instead of ``Busy``."""
     async with conn.transaction():
-        await mappings.lock_configuration(conn, f"tenant:{tenant}")
+        await mappings.lock_configuration(conn, f"tenant:{tenant}", wait=wait)
         return await grant_within(conn, tenant, event_name)
 
 
@@ -46,10 +49,10 @@ async def grant_within(conn: psycopg.AsyncConnection, tenant: str, event_name: s
     return row
 
 
-async def revoke(conn: psycopg.AsyncConnection, tenant: str, event_name: str) -> None:
+async def revoke(conn: psycopg.AsyncConnection, tenant: str, event_name: str, *, wait: bool = False) -> None:
     """Refused (409 naming ``eventName``) while a metric of the tenant is mapped to the meter."""
     async with conn.transaction():
-        await mappings.lock_configuration(conn, f"tenant:{tenant}")
+        await mappings.lock_configuration(conn, f"tenant:{tenant}", wait=wait)
         using = await grants.metrics_using(conn, tenant, event_name)
         if using:
             raise Conflict(

@@ -238,6 +238,16 @@ async def test_a_replay_reconciliation_or_adjustment_already_running_answers_bus
     async with lock_held(env, adjustments_db.lock_name(adjustment_id)):
         response = await stripe_api.post("/v1/adjustments", json=body, headers={"Idempotency-Key": key})
         await assert_busy(response)
+    # a configuration change finds the tenant's (or the Stripe customer's) change in progress
+    async with lock_held(env, f"stripemeter-config:tenant:{tenant}"):
+        await assert_busy(
+            await stripe_api.put(f"/v1/customers/{tenant}/c9", json={"stripeCustomerId": "cus_9"})
+        )
+        await assert_busy(await stripe_api.put(f"/v1/tenants/{tenant}/meters/requests_2"))
+    async with lock_held(env, "stripemeter-config:stripe:cus_9"):
+        await assert_busy(
+            await stripe_api.put(f"/v1/customers/{tenant}/c9", json={"stripeCustomerId": "cus_9"})
+        )
     # the locks were tried: the waiting requests held no place (and free ones run as before)
     assert stripe_api.app[HEAVY].running() == 0
     assert (await stripe_api.post("/v1/replay", json=replay)).status == 200

@@ -146,3 +146,65 @@ async def test_an_operator_grants_and_revokes_meters_from_the_command_line(
     assert missing.returncode == 1 and "not granted" in missing.stderr
     refused = cli(env, "keys", "create", "--tenant", tenant, "--scopes", "admin,operator")
     assert refused.returncode == 1 and "operator" in refused.stderr
+
+
+async def test_a_stripe_customer_whose_metadata_names_a_tenant_is_that_tenants_alone(
+    env: Settings, emulator: tuple[EmulatorState, str]
+) -> None:
+    """By default a tenant's key binds any Stripe customer no other tenant binds, but not one whose
+    metadata names another tenant; with STRIPEMETER_CUSTOMER_OWNERSHIP=stripe-metadata, only one whose
+    metadata names its own tenant. Operators bind any; bindings made before the switch stay."""
+    state, base = emulator
+    a, b = f"oa-{uuid.uuid4().hex[:6]}", f"ob-{uuid.uuid4().hex[:6]}"
+    owned_by_b = state.create_customer({"email": "b@example.com", "metadata": {"stripemeter_tenant": b}})[
+        "id"
+    ]
+    owned_by_a = state.create_customer({"email": "a@example.com", "metadata": {"stripemeter_tenant": a}})[
+        "id"
+    ]
+    unnamed = state.create_customer({"email": "x@example.com"})["id"]
+    unnamed_2 = state.create_customer({"email": "y@example.com"})["id"]
+    tokens = {
+        "a": await keys.create(env, a, "admin", None),
+        "b": await keys.create(env, b, "admin", None),
+        "operator": await keys.create(env, "*", "admin,operator", None),
+    }
+    for ownership in ("first-binding", "stripe-metadata"):
+        settings = env.with_overrides(
+            auth_enabled=True,
+            rate_limit_per_second=1000,
+            customer_ownership=ownership,
+            **emulator_settings(base),
+        )
+        client = TestClient(TestServer(create_api(settings)))
+        await client.start_server()
+        try:
+            admin_a, admin_b = Caller(client, tokens["a"]), Caller(client, tokens["b"])
+            operator = Caller(client, tokens["operator"])
+            status, body = await admin_a.call("PUT", f"/v1/customers/{a}/x", {"stripeCustomerId": owned_by_b})
+            assert status == 403 and body["error"]["code"] == "stripe_customer_forbidden", (ownership, body)
+            assert body["error"]["field"] == "stripeCustomerId"
+            assert (await admin_b.call("PUT", f"/v1/customers/{b}/x", {"stripeCustomerId": owned_by_b}))[
+                0
+            ] == 200
+            assert (await admin_a.call("PUT", f"/v1/customers/{a}/y", {"stripeCustomerId": owned_by_a}))[
+                0
+            ] == 200
+            status, body = await admin_a.call("PUT", f"/v1/customers/{a}/z", {"stripeCustomerId": unnamed})
+            if ownership == "first-binding":
+                assert status == 200, body
+            else:
+                assert status == 403 and body["error"]["code"] == "stripe_customer_not_owned", body
+                status, body = await admin_a.call(
+                    "PUT", f"/v1/customers/{a}/n", {"stripeCustomerId": "cus_none"}
+                )
+                assert status == 403 and "no such customer" in body["error"]["message"], body
+                # an operator binds any; what was bound before the switch is still bound
+                assert (await operator.call("PUT", f"/v1/customers/{a}/w", {"stripeCustomerId": unnamed_2}))[
+                    0
+                ] == 200
+                status, body = await admin_a.call("GET", f"/v1/customers/{a}")
+                bound = {c["customerRef"]: c["stripeCustomerId"] for c in body["customers"]}
+                assert bound == {"y": owned_by_a, "z": unnamed, "w": unnamed_2}, bound
+        finally:
+            await client.close()

@@ -9,7 +9,10 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from stripemeter.domain.errors import Busy
 from stripemeter.domain.policy import MetricPolicy
+
+CONFIGURATION_RETRY_AFTER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -142,13 +145,24 @@ async def customer_row(conn: psycopg.AsyncConnection, tenant: str, customer: str
     return await cur.fetchone()
 
 
-async def lock_configuration(conn: psycopg.AsyncConnection, *names: str) -> None:
-    """Mapping changes that could collide wait for each other until the transaction ends: one lock per
-    tenant, and one per Stripe customer (tenants share the Stripe account). Taken in sorted order."""
+async def lock_configuration(conn: psycopg.AsyncConnection, *names: str, wait: bool = False) -> None:
+    """Mapping changes that could collide exclude each other until the transaction ends: one lock per
+    tenant, and one per Stripe customer (tenants share the Stripe account). Taken in sorted order and
+    tried, not waited for: a change that finds one held raises ``Busy`` (409 with Retry-After), so a
+    tenant sending many at once never holds pool connections waiting. ``wait=True`` waits (the CLI)."""
     for name in sorted(set(names)):
-        await conn.execute(
-            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"stripemeter-config:{name}",)
-        )
+        key = f"stripemeter-config:{name}"
+        if wait:
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+            continue
+        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
+        row = await cur.fetchone()
+        if not (row and row[0]):
+            raise Busy(
+                f"another configuration change of {name.partition(':')[0]} {name.partition(':')[2]}"
+                " is being saved; retry",
+                retry_after=CONFIGURATION_RETRY_AFTER_SECONDS,
+            )
 
 
 async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> list[dict[str, Any]]:

@@ -39,6 +39,19 @@ class StripeReader:
         async with self.slots:
             return await self.call(fn, *args)
 
+    async def customer_metadata(self, customer: str) -> dict[str, str] | None:
+        """The Stripe customer's metadata; None when Stripe has no such customer (or it was deleted)."""
+        try:
+            found = await self._call(self.client.v1.customers.retrieve_async, customer)
+        except stripe.InvalidRequestError as exc:
+            if exc.code == "resource_missing":
+                return None
+            raise
+        if getattr(found, "deleted", False):
+            return None
+        metadata = found.to_dict().get("metadata") or {}
+        return {str(k): str(v) for k, v in metadata.items()}
+
     async def meters_by_event_name(self) -> dict[str, Meter]:
         """Every meter, read now: event name -> meter (active ones win)."""
         await self.meters.refresh()

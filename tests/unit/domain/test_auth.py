@@ -22,7 +22,8 @@ def test_only_a_key_of_every_tenant_may_hold_the_operator_scope() -> None:
     with pytest.raises(ValueError, match="operator"):
         parse_scopes("admin,operator", "acme")
     # a key row made by hand for one tenant with the scope still does not operate
-    assert not Principal("k", "acme", frozenset({OPERATOR})).operates
+    by_hand = Principal("k", "acme", frozenset({OPERATOR}))
+    assert not by_hand.operates and not by_hand.allows(OPERATOR)
 
 
 def test_granting_meters_needs_the_operator_scope_and_reading_them_does_not() -> None:

@@ -165,3 +165,12 @@ def test_settings_env_round_trips_through_load_settings() -> None:
     settings = load_settings({"STRIPEMETER_AUTH": "off", "STRIPEMETER_LOG_LEVEL": "debug"})
     again = load_settings(settings_env(settings))
     assert (again.auth_enabled, again.log_level, again.store) == (False, "DEBUG", "rocksdb://")
+
+
+def test_customer_ownership_takes_its_two_values_and_refuses_others() -> None:
+    assert load_settings({"STRIPEMETER_CUSTOMER_OWNERSHIP": "Stripe-Metadata"}).customer_ownership == (
+        "stripe-metadata"
+    )
+    assert load_settings({}).customer_ownership == "first-binding"
+    with pytest.raises(ConfigError, match="STRIPEMETER_CUSTOMER_OWNERSHIP"):
+        load_settings({"STRIPEMETER_CUSTOMER_OWNERSHIP": "metadata"})
