@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from stripemeter.adapters.postgres import reconciliation as db
-from stripemeter.api import params
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.auth import check_operator
 from stripemeter.api.csv_export import csv_text
@@ -16,7 +16,7 @@ from stripemeter.api.heavy import heavy
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
-from stripemeter.services.reconciler import RunRequest, overall_status, totals
+from stripemeter.services.reconciler import RunRequest, status_of, totals
 
 CSV_COLUMNS = (
     "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",
@@ -61,38 +61,70 @@ def item_view(row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+CSV_PAGE = 1000  # a CSV download is written a page of verdicts at a time
+
+
 async def get_summary(request: web.Request) -> web.StreamResponse:
+    """A page of the latest verdicts (``limit``/``cursor`` by customerRef); ``status``, ``totals`` and
+    ``checkedAt`` cover every verdict of the period. The CSV download holds all of them, written a page
+    at a time."""
     tenant = _checked(params.tenant(request), "tenantId", TENANT_RE)
     metric = _checked(params.required(request, "metric"), "metric", METRIC_RE)
     period_name = _period(request, request.query.get("period") or None)
     customer = request.query.get("customerRef") or None
     output = params.choice(request, "format", ("json", "csv"), "json")
-    async with request.app[POOL].connection() as conn:
-        rows = await db.latest(conn, tenant, metric, period_name, customer)
-    items = [item_view(r) for r in rows]
     if output == "csv":
-        return csv_response(items, f"reconciliation-{tenant}-{metric}-{period_name}.csv")
+        return await csv_download(request, tenant, metric, period_name, customer)
+    asked = pages.page_request(request, (str,))  # customerRef
+    after = asked.after[0] if asked.after else None
+    async with request.app[POOL].connection() as conn:
+        rows = await db.latest(conn, tenant, metric, period_name, customer, asked.limit + 1, after)
+        overall = await db.latest_overall(conn, tenant, metric, period_name, customer)
+    rows, next_cursor = pages.page(rows, asked, lambda r: (r["customer_ref"],))
+    local, stripe_total, diff = (_number(overall[k]) for k in ("local", "stripe", "diff_abs"))
     return json_response(
         {
             "tenantId": tenant,
             "metric": metric,
             "period": periods.period(period_name).wire(),
             "epsilon": request.app[RECONCILER].settings.epsilon if RECONCILER in request.app else None,
-            "status": overall_status(items),
-            "checkedAt": max((i["checkedAt"] for i in items), default=None),
-            "items": items,
-            "totals": totals(items),
+            "status": status_of(overall["statuses"]),
+            "checkedAt": iso_exact(overall["checked_at"]) if overall["checked_at"] else None,
+            "items": [item_view(r) for r in rows],
+            "itemCount": int(overall["items"]),
+            "nextCursor": next_cursor,
+            "totals": totals([{"local": local, "stripe": stripe_total, "diffAbs": diff}]),
         }
     )
 
 
-def csv_response(items: list[dict[str, Any]], filename: str) -> web.Response:
-    rows = ({**item, "causes": " ".join(c["code"] for c in item["causes"])} for item in items)
-    return web.Response(
-        text=csv_text(CSV_COLUMNS, ([row[c] for c in CSV_COLUMNS] for row in rows)),
-        content_type="text/csv",
-        headers={"Content-Disposition": f'attachment; filename="{filename}"'},
+async def csv_download(
+    request: web.Request, tenant: str, metric: str, period_name: str, customer: str | None
+) -> web.StreamResponse:
+    filename = f"reconciliation-{tenant}-{metric}-{period_name}.csv"
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/csv", "Content-Disposition": f'attachment; filename="{filename}"'}
     )
+    after: str | None = None
+    header = True
+    async with request.app[POOL].connection() as conn:
+        while True:
+            rows = await db.latest(conn, tenant, metric, period_name, customer, CSV_PAGE, after)
+            if header:
+                await response.prepare(request)
+            await response.write(csv_page([item_view(r) for r in rows], header).encode())
+            header = False
+            if len(rows) < CSV_PAGE:
+                break
+            after = rows[-1]["customer_ref"]
+    await response.write_eof()
+    return response
+
+
+def csv_page(items: list[dict[str, Any]], header: bool) -> str:
+    rows = ({**item, "causes": " ".join(c["code"] for c in item["causes"])} for item in items)
+    text = csv_text(CSV_COLUMNS, ([row[c] for c in CSV_COLUMNS] for row in rows))
+    return text if header else text.split("\r\n", 1)[1]
 
 
 async def post_run(request: web.Request) -> web.Response:

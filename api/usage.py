@@ -13,6 +13,9 @@ from stripemeter.api.errors import bad_request, json_response
 from stripemeter.domain.timefmt import iso_seconds
 from stripemeter.domain.units import micros_to_number
 
+# The longest window one answer covers, per granularity: a bounded series (about 2,200 points)
+MAX_WINDOW: dict[Granularity, timedelta] = {"hour": timedelta(days=92), "day": timedelta(days=5 * 366)}
+
 
 def month_start(moment: datetime) -> datetime:
     return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
@@ -30,6 +33,11 @@ async def get_history(request: web.Request) -> web.Response:
     since = params.optional_time(request, "since") or month_start(now)
     if since >= until:
         raise bad_request("since", "must be before until")
+    if until - since > MAX_WINDOW[granularity]:
+        raise bad_request(
+            "since",
+            f"the window may span at most {MAX_WINDOW[granularity].days} days at granularity {granularity}",
+        )
     async with request.app[POOL].connection() as conn:
         rows = await usage_history(conn, tenant, metric, customer, since, until, granularity)
     series = [{"start": iso_seconds(start), "value": micros_to_number(m)} for start, m in rows]

@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
@@ -684,8 +684,13 @@ def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str
 
 
 def overall_status(items: list[dict[str, Any]]) -> str:
-    statuses = {i["status"] for i in items}
-    return "drift" if "drift" in statuses else "within_epsilon" if "within_epsilon" in statuses else "parity"
+    return status_of(i["status"] for i in items)
+
+
+def status_of(statuses: Iterable[str]) -> str:
+    """The worst of the items' statuses (parity when there are none)."""
+    present = set(statuses)
+    return "drift" if "drift" in present else "within_epsilon" if "within_epsilon" in present else "parity"
 
 
 def totals(items: list[dict[str, Any]]) -> dict[str, Any]:

@@ -308,3 +308,42 @@ async def test_every_list_query_reads_an_index_range(env: Settings) -> None:
         for plan in explaining.plans[:2] + explaining.plans[3:]:
             assert "Sort" not in plan, plan
         await conn.rollback()
+
+
+async def test_the_reconciliation_summary_pages_its_items_and_totals_them_all(
+    api: ApiClient, env: Settings
+) -> None:
+    tenant = f"rs-{uuid.uuid4().hex[:6]}"
+    statuses = ["parity", "within_epsilon", "parity", "drift", "parity"]
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        for i, status in enumerate(statuses):
+            await conn.execute(
+                "INSERT INTO reconciliation_latest (run_id, tenant_id, metric, customer_ref, period,"
+                " period_start, period_end, local, stripe, diff_abs, diff_pct, status, action, checked_at,"
+                " in_flight, causes, hours)"
+                " VALUES ('run_x', %s, 'm', %s, '2026-11', '2026-11-01', '2026-12-01', %s, %s, %s, 0.1, %s,"
+                " 'none', %s, 0, '[]', '[]')",
+                (tenant, f"c{i}", 10 * (i + 1), 10 * (i + 1) - i, i, status, NOW - timedelta(minutes=i)),
+            )
+    query = {"tenantId": tenant, "metric": "m", "period": "2026-11"}
+    items = await _every(api, "/v1/reconciliation/summary", "items", **query)
+    assert [i["customerRef"] for i in items] == ["c0", "c1", "c2", "c3", "c4"]
+    first = await (await api.get("/v1/reconciliation/summary", params={**query, "limit": "2"})).json()
+    assert first["itemCount"] == 5 and first["status"] == "drift"  # c3, on a later page
+    assert (
+        first["totals"]["local"] == 150
+        and first["totals"]["stripe"] == 140
+        and first["totals"]["diffAbs"] == 10
+    )
+    csv_text = await (await api.get("/v1/reconciliation/summary", params={**query, "format": "csv"})).text()
+    assert len(csv_text.strip().splitlines()) == 1 + 5  # the header and every verdict
+
+
+async def test_usage_history_answers_a_bounded_window(api: ApiClient) -> None:
+    base = "/v1/usage/history?tenantId=t&metric=m&customerRef=c"
+    ok = await api.get(f"{base}&since=2026-01-01T00:00:00Z&until=2026-04-01T00:00:00Z")
+    assert ok.status == 200, await ok.text()
+    too_long = await api.get(f"{base}&since=2026-01-01T00:00:00Z&until=2026-04-05T00:00:00Z")
+    assert too_long.status == 400 and (await too_long.json())["error"]["field"] == "since"
+    by_day = await api.get(f"{base}&since=2022-01-01T00:00:00Z&until=2026-12-01T00:00:00Z&granularity=day")
+    assert by_day.status == 200, await by_day.text()

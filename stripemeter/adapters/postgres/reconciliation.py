@@ -376,16 +376,53 @@ async def fail_run(conn: psycopg.AsyncConnection, run_id: str, error: str) -> No
 
 
 async def latest(
-    conn: psycopg.AsyncConnection, tenant: str, metric: str, period: str, customer: str | None
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    metric: str,
+    period: str,
+    customer: str | None,
+    limit: int | None = None,
+    after: str | None = None,
 ) -> list[dict[str, Any]]:
+    """The newest verdicts of a metric's period in customerRef order: up to ``limit`` after ``after``
+    (a range of the primary key), or all of them."""
     query = "SELECT * FROM reconciliation_latest WHERE tenant_id = %s AND metric = %s AND period = %s"
     params: list[Any] = [tenant, metric, period]
     if customer is not None:
         query += " AND customer_ref = %s"
         params.append(customer)
+    if after is not None:
+        query += " AND customer_ref > %s"
+        params.append(after)
+    query += " ORDER BY customer_ref"
+    if limit is not None:
+        query += " LIMIT %s"
+        params.append(limit)
     cur = conn.cursor(row_factory=dict_row)
-    await cur.execute(query + " ORDER BY customer_ref", params)
+    await cur.execute(query, params)
     return await cur.fetchall()
+
+
+async def latest_overall(
+    conn: psycopg.AsyncConnection, tenant: str, metric: str, period: str, customer: str | None
+) -> dict[str, Any]:
+    """What every newest verdict of a metric's period adds up to, whatever page is shown: the sums of
+    local, Stripe and absolute differences, the statuses present and the newest check."""
+    query = (
+        "SELECT coalesce(sum(local), 0) AS local, coalesce(sum(stripe), 0) AS stripe,"
+        " coalesce(sum(diff_abs), 0) AS diff_abs, coalesce(array_agg(DISTINCT status), '{}') AS statuses,"
+        " max(checked_at) AS checked_at, count(*) AS items"
+        " FROM reconciliation_latest WHERE tenant_id = %s AND metric = %s AND period = %s"
+    )
+    params: list[Any] = [tenant, metric, period]
+    if customer is not None:
+        query += " AND customer_ref = %s"
+        params.append(customer)
+    cur = conn.cursor(row_factory=dict_row)
+    await cur.execute(query, params)
+    row = await cur.fetchone()
+    assert row is not None
+    return row
 
 
 async def latest_version(conn: psycopg.AsyncConnection) -> tuple[Any, ...]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from stripemeter.api.csv_export import csv_text, safe_cell
-from stripemeter.api.reconciliation import CSV_COLUMNS, csv_response
+from stripemeter.api.reconciliation import CSV_COLUMNS, csv_page
 
 
 @pytest.mark.parametrize(
@@ -48,11 +48,14 @@ def item(customer: str) -> dict[str, Any]:
 
 def test_the_reconciliation_summary_csv_escapes_customer_refs() -> None:
     """A customerRef is any 1-255 characters a producer sent: it must not run in the operator's sheet."""
-    response = csv_response(
-        [item("=cmd|' /C calc'!A0"), item("@x"), item("+1"), item("-1"), item("acme")], "r.csv"
-    )
-    assert response.text is not None
-    rows = list(csv.DictReader(io.StringIO(response.text)))
+    text = csv_page([item("=cmd|' /C calc'!A0"), item("@x"), item("+1"), item("-1"), item("acme")], True)
+    rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["customerRef"] for r in rows] == ["'=cmd|' /C calc'!A0", "'@x", "'+1", "'-1", "acme"]
     assert rows[0]["diffAbs"] == "-2"  # numbers stay numbers
     assert list(rows[0]) == list(CSV_COLUMNS)
+
+
+def test_a_later_csv_page_has_no_header_and_continues_the_rows() -> None:
+    first, later = csv_page([item("a")], True), csv_page([item("b")], False)
+    rows = list(csv.DictReader(io.StringIO(first + later)))
+    assert [r["customerRef"] for r in rows] == ["a", "b"]
