@@ -161,5 +161,5 @@ def run(settings: Settings) -> None:
     """The API, and its operator listener unless its port is 0 (api/operator_metrics.py)."""
     app = create_app(settings)
     if settings.operator_metrics_port:
-        app.cleanup_ctx.append(operator_metrics.operator_listener(app))
+        app.cleanup_ctx.append(operator_metrics.operator_listener(app, [error_middleware]))
     web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None)

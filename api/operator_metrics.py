@@ -11,9 +11,10 @@ most ``STRIPEMETER_OPERATOR_METRICS_MAX_SERIES`` label sets: the worst items, th
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import REGISTRY, Gauge, generate_latest
 
 from stripemeter.adapters.postgres.reconciliation import (
@@ -68,20 +69,23 @@ def metrics_handler(api: web.Application, operator: bool) -> Callable[[web.Reque
     return handler
 
 
-def create_operator_app(api: web.Application) -> web.Application:
-    """The operator listener's app: ``GET /metrics`` with every series, read through ``api``'s pool."""
-    app = web.Application()
+def create_operator_app(api: web.Application, middlewares: Sequence[Middleware] = ()) -> web.Application:
+    """The operator listener's app: ``GET /metrics`` with every series, read through ``api``'s pool
+    (``middlewares``: the API's error answers, so a busy pool is a 503 here too)."""
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", metrics_handler(api, operator=True))
     return app
 
 
-def operator_listener(api: web.Application) -> Callable[[web.Application], AsyncIterator[None]]:
+def operator_listener(
+    api: web.Application, middlewares: Sequence[Middleware] = ()
+) -> Callable[[web.Application], AsyncIterator[None]]:
     """A cleanup context for ``api`` that serves the operator app while ``api`` runs (after its pool
     is open): ``api.cleanup_ctx.append(operator_listener(api))``."""
 
     async def serve(_: web.Application) -> AsyncIterator[None]:
         settings = api[SETTINGS]
-        runner = web.AppRunner(create_operator_app(api), access_log=None)
+        runner = web.AppRunner(create_operator_app(api, middlewares), access_log=None)
         await runner.setup()
         await web.TCPSite(runner, settings.operator_metrics_host, settings.operator_metrics_port).start()
         yield

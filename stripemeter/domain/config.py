@@ -274,10 +274,7 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_API_PROXY_HOPS", "must not be negative")
     if settings.operator_metrics_max_series < 1:
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_MAX_SERIES", "must be at least 1")
-    if (
-        settings.operator_metrics_port == settings.api_port
-        and settings.operator_metrics_host == settings.api_host
-    ):
+    if settings.operator_metrics_port == settings.api_port:  # 0.0.0.0 and 127.0.0.1 collide too
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
     optional = {"operator_metrics_port"}  # 0: that listener is off
     _validate_capacity(settings)
@@ -287,14 +284,20 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f.name, "must be a TCP port")
 
 
+MAX_STATEMENT_TIMEOUT_SECONDS = 2_147_483  # statement_timeout is a 32-bit count of milliseconds
+
+
 def _validate_capacity(settings: Settings) -> None:
     """The pool, its wait and statement limits, the heavy-request caps, the Stripe timeout."""
     if settings.db_pool_size < 2:
         raise ConfigError("STRIPEMETER_DB_POOL_SIZE", "must be at least 2")
     if not settings.db_pool_timeout_seconds > 0:
         raise ConfigError("STRIPEMETER_DB_POOL_TIMEOUT_SECONDS", "must be positive")
-    if not settings.db_statement_timeout_seconds >= 0:
-        raise ConfigError("STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS", "must not be negative (0: none)")
+    if not 0 <= settings.db_statement_timeout_seconds <= MAX_STATEMENT_TIMEOUT_SECONDS:
+        raise ConfigError(
+            "STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS",
+            f"must be from 0 (none) to {MAX_STATEMENT_TIMEOUT_SECONDS} (PostgreSQL's limit)",
+        )
     if settings.heavy_requests_per_tenant < 1:
         raise ConfigError("STRIPEMETER_HEAVY_REQUESTS_PER_TENANT", "must be at least 1")
     if not 1 <= settings.heavy_requests_total < settings.db_pool_size:

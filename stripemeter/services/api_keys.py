@@ -60,8 +60,11 @@ def ensure_local_key(settings: Settings) -> tuple[Path, bool]:
         path.chmod(PRIVATE_MODE)
         token = path.read_text().strip()
         key_id = token.split("_")[1] if token.count("_") >= 2 else ""
-        if OPERATOR in asyncio.run(_active_scopes(settings, key_id)):
+        scopes = asyncio.run(_active_scopes(settings, key_id))
+        if OPERATOR in scopes:
             return path, False
+        if scopes:  # an older key of the stack, replaced: nothing holds it any more
+            asyncio.run(revoke(settings, key_id))
     token = asyncio.run(create(settings, ALL_TENANTS, f"admin,{OPERATOR}", "local stack"))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_MODE)

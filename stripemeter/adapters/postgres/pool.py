@@ -28,6 +28,11 @@ async def open_pool(
     async def configure(conn: AsyncConnection) -> None:
         await conn.execute("SELECT set_config('statement_timeout', %s, false)", (setting,))
 
+    async def reset(conn: AsyncConnection) -> None:
+        # a session advisory lock whose unlock failed or was cancelled must not go back to the pool
+        # with the connection: the tried locks would answer busy to that tenant for good
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+
     pool = AsyncConnectionPool(
         database_url,
         min_size=1,
@@ -36,6 +41,7 @@ async def open_pool(
         open=False,
         kwargs={"autocommit": True},
         configure=configure,
+        reset=reset,
     )
     await pool.open(wait=True, timeout=15)
     return pool

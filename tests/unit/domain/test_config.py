@@ -174,3 +174,21 @@ def test_customer_ownership_takes_its_two_values_and_refuses_others() -> None:
     assert load_settings({}).customer_ownership == "first-binding"
     with pytest.raises(ConfigError, match="STRIPEMETER_CUSTOMER_OWNERSHIP"):
         load_settings({"STRIPEMETER_CUSTOMER_OWNERSHIP": "metadata"})
+
+
+def test_the_operator_listener_never_shares_the_api_port_and_statement_timeouts_fit_postgresql() -> None:
+    with pytest.raises(ConfigError, match="STRIPEMETER_OPERATOR_METRICS_PORT"):
+        load_settings(
+            {
+                "STRIPEMETER_API_HOST": "0.0.0.0",
+                "STRIPEMETER_API_PORT": "9464",
+                "STRIPEMETER_OPERATOR_METRICS_PORT": "9464",
+            }
+        )
+    for bad in ("inf", "nan", "2147484", "-1"):
+        with pytest.raises(ConfigError, match="STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS"):
+            load_settings({"STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS": bad})
+    assert (
+        load_settings({"STRIPEMETER_DB_STATEMENT_TIMEOUT_SECONDS": "2147483"}).db_statement_timeout_seconds
+        == 2147483
+    )

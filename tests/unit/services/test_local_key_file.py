@@ -33,7 +33,12 @@ def fake_database(
         created.append(tenant)
         return "smk_newid_newsecret"
 
+    async def revoke(settings: Settings, key_id: str) -> bool:
+        created.append(f"revoked {key_id}")
+        return True
+
     monkeypatch.setattr(api_keys, "_active_scopes", _active_scopes)
+    monkeypatch.setattr(api_keys, "revoke", revoke)
     monkeypatch.setattr(api_keys, "create", create)
     return created
 
@@ -77,4 +82,4 @@ def test_a_local_key_without_the_operator_scope_is_replaced(
     path = api_keys.local_key_file(settings)
     path.write_text("smk_oldid_oldsecret\n")
     assert api_keys.ensure_local_key(settings) == (path, True)
-    assert created == ["*"] and path.read_text() == "smk_newid_newsecret\n"
+    assert created == ["revoked oldid", "*"] and path.read_text() == "smk_newid_newsecret\n"
