@@ -59,12 +59,14 @@ def test_migration_0020_lowers_stored_lateness_under_a_new_version_and_says_so(
             conn.execute(f"DROP INDEX {index}")
         conn.execute("DROP INDEX stripe_pushes_by_status")
         conn.execute("DROP INDEX adjustments_by_tenant")
-        conn.execute(
+        stored = conn.execute(
             "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation,"
-            " lateness_seconds, version) VALUES (%s, 'old', 'e_old', 'sum', 2147483647, 7),"
-            " (%s, 'fine', 'e_fine', 'sum', 3600, 8)",
+            " lateness_seconds, version) VALUES"
+            " (%s, 'old', 'e_old', 'sum', 2147483647, nextval('mapping_versions')),"
+            " (%s, 'fine', 'e_fine', 'sum', 3600, nextval('mapping_versions')) RETURNING metric, version",
             (tenant, tenant),
-        )
+        ).fetchall()
+        versions = dict(stored)
         conn.add_notice_handler(_log_notice)
         with caplog.at_level("WARNING", logger="stripemeter.adapters.postgres.migrate"):
             conn.execute(migration)
@@ -72,8 +74,8 @@ def test_migration_0020_lowers_stored_lateness_under_a_new_version_and_says_so(
             "SELECT metric, lateness_seconds, version FROM metric_mappings WHERE tenant_id = %s", (tenant,)
         ).fetchall()
         rows = {metric: (lateness, version) for metric, lateness, version in found}
-        assert rows["old"][0] == MAX_LATENESS_SECONDS and rows["old"][1] > 8  # a new version
-        assert rows["fine"] == (3600, 8)  # untouched
+        assert rows["old"][0] == MAX_LATENESS_SECONDS and rows["old"][1] > versions["old"]  # a new version
+        assert rows["fine"] == (3600, versions["fine"])  # untouched
         assert f"{tenant}/old" in caplog.text and "2147483647" in caplog.text
         assert f"{tenant}/fine" not in caplog.text
         with pytest.raises(psycopg.errors.CheckViolation):
