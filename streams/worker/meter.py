@@ -58,13 +58,11 @@ class Meter:
         """The meter agent, the checkpoint timer and the dedupe sweep timer."""
         metering, checkpointer, producer_started = self.metering, self.checkpointer, self.producer_started
         settings, names, sweep, loader = self.settings, self.names, self.sweep, self.loader
-        loaded_for = loader.loaded_for  # the same set for the worker's life
 
         async def meter(stream: Any) -> None:
             await producer_started.wait()
             async for event in stream.noack().events():
-                if event.message.partition not in loaded_for:  # the rebalance's load has not finished
-                    await loader.ready_for(event.message.partition)
+                await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
                 if event.value:
                     with metrics.COUNTING_BATCH_SECONDS.time():
                         handled = metering.handle(

@@ -14,7 +14,7 @@ from stripemeter.streams.worker.meter import Meter
 def install_rebalance_hooks(
     app: faust.App, meter: Meter, states: dict[str, ChangelogState], keyed_topic: str
 ) -> None:
-    """Handlers for Faust's partitions-revoked, partitions-assigned and rebalance-complete signals."""
+    """Handlers for Faust's partitions-revoked and rebalance-complete signals."""
 
     def forget_remembered() -> None:
         """A partition held again may have been written by another worker meanwhile, and a changelog
@@ -34,12 +34,5 @@ def install_rebalance_hooks(
             len([tp for tp in app.consumer.assignment() if tp.topic == keyed_topic])
         )
 
-    async def load_policies(app: faust.App, /, *args: Any, **kwargs: Any) -> None:
-        """Before the meter reads a partition it did not hold: every mapping (see upkeep.PolicyLoader).
-        The signal's argument is the assignment."""
-        assigned: set[Any] = args[0] if args else set()
-        await meter.loader.assigned({tp.partition for tp in assigned if tp.topic == keyed_topic})
-
     app.on_partitions_revoked.connect(flush_before_revoke)
-    app.on_partitions_assigned.connect(load_policies)
     app.on_rebalance_complete.connect(count_partitions)

@@ -48,27 +48,13 @@ class PolicyLoader:
         self.policies = policies
         self.loaded_for: set[int] = set()  # partitions held since the last load
 
-    async def assigned(self, partitions: set[int]) -> None:
-        """Partitions were assigned (every holder gave its partitions up, so what they counted under is
-        in PostgreSQL): load before the meter reads them. Called from the rebalance itself, while the
-        partitions are paused, so the meter normally finds them loaded for and never waits."""
-        await self.load_until_done()
-        self.loaded_for |= partitions
-        log.info(
-            "metric mappings loaded (%d) before counting keyed partitions %s",
-            len(self.policies.by_metric), sorted(partitions),
-        )  # fmt: skip
-
     async def ready_for(self, partition: int) -> None:
-        """Load unless ``partition`` was loaded for since it was assigned (the rebalance's load may
-        still be under way when a partition resumes)."""
         if partition not in self.loaded_for:
             await self.load_until_done()
             self.loaded_for.add(partition)
 
     def forget(self) -> None:
-        """Partitions are being revoked: whatever is assigned next is loaded for again (the set is
-        emptied in place: the meter holds it)."""
+        """Partitions are being revoked: whatever is assigned next is loaded for again."""
         self.loaded_for.clear()
 
     async def load(self) -> None:
