@@ -66,7 +66,7 @@ def test_migration_0020_lowers_stored_lateness_under_a_new_version_and_says_so(
             " (%s, 'fine', 'e_fine', 'sum', 3600, nextval('mapping_versions')) RETURNING metric, version",
             (tenant, tenant),
         ).fetchall()
-        versions = dict(stored)
+        versions: dict[str, int] = dict(stored)
         conn.add_notice_handler(_log_notice)
         with caplog.at_level("WARNING", logger="stripemeter.adapters.postgres.migrate"):
             conn.execute(migration)
