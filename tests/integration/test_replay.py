@@ -27,6 +27,7 @@ from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.replayer import ReplayRequest, build_replayer
 from tests.integration.client import counters_of, eventually, outcomes_of, produce
 from tests.integration.harness import ApiClient, StartWorker
+from tests.integration.test_exactly_once import behind
 
 HOUR_MS = 3_600_000
 
@@ -189,9 +190,16 @@ async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_
     await feeding
     start_worker("w1", slot="main").wait_ready()
     expected = oracle(fresh + late + live)
-    await eventually(
-        lambda: _equals(local(env, tenant), expected), timeout=90, what="counters = ledger truth"
-    )
+    try:
+        await eventually(
+            lambda: _equals(local(env, tenant), expected), timeout=90, what="counters = ledger truth"
+        )
+    except AssertionError as exc:  # say which stage stopped, and what the counters miss
+        got = await local(env, tenant)
+        missing = {k: expected[k] - got.get(k, 0) for k in expected if expected[k] != got.get(k, 0)}
+        raise AssertionError(
+            f"{exc}; counters short by {missing}; groups behind: {await behind(env)}"
+        ) from exc
     assert (await replay(api, tenant, "apply"))["totals"]["delta"] == 0
 
 
