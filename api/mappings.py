@@ -12,30 +12,15 @@ from aiohttp import web
 from stripemeter.adapters.postgres.mappings import page_rows
 from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, PRODUCER, RECONCILER, SETTINGS
-from stripemeter.api.auth import check_tenant, operates
+from stripemeter.api.auth import operates
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.core.push_plan import meter_problem
 from stripemeter.domain.policy import AGGREGATIONS, MAX_LATENESS_SECONDS
-from stripemeter.schemas.events import METRIC_RE, TENANT_RE
+from stripemeter.schemas.events import METRIC_RE
 from stripemeter.services import customer_owners, meter_grants
 from stripemeter.services.configuration import Configuration, CustomerChange, MetricChange, Reaggregate
 
 MAX_LATENESS = MAX_LATENESS_SECONDS  # 35 days: Stripe refuses older usage (a CHECK of the column too)
-
-
-def _tenant(request: web.Request) -> str:
-    tenant = request.match_info["tenantId"]
-    if not TENANT_RE.fullmatch(tenant):
-        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
-    return check_tenant(request, tenant)
-
-
-def _view(row: dict[str, Any]) -> dict[str, Any]:
-    def camel(name: str) -> str:
-        head, *rest = name.split("_")
-        return head + "".join(part.title() for part in rest)
-
-    return {camel(k): (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
 def _reaggregate(value: object) -> Reaggregate | None:
@@ -53,7 +38,7 @@ def _configuration(request: web.Request) -> Configuration:
 
 
 async def put_metric(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     metric = _metric(request)
     body = await params.json_object(request)
     event_name = params.body_text(body, "stripeMeterEventName", 100)
@@ -82,11 +67,11 @@ async def put_metric(request: web.Request) -> web.Response:
     if reaggregate == "dry-run":
         return json_response({**answer, "meterCheck": meter_check})
     row = answer.pop("row")
-    return json_response({**_view(row), **answer, "meterCheck": meter_check})
+    return json_response({**params.row_view(row), **answer, "meterCheck": meter_check})
 
 
 async def delete_metric(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     metric = _metric(request)
     reaggregate = request.query.get("reaggregate")
     if reaggregate not in (None, "apply"):
@@ -133,7 +118,7 @@ async def check_meter(request: web.Request, event_name: str, aggregation: str) -
 
 
 async def put_customer(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     customer = request.match_info["customerRef"]
     body = await params.json_object(request)
     stripe_id = params.body_text(body, "stripeCustomerId")
@@ -155,35 +140,35 @@ async def put_customer(request: web.Request) -> web.Response:
     async with request.app[POOL].connection() as conn:
         answer = await _configuration(request).change_customer(conn, change)
     row = answer.pop("row")
-    return json_response({**_view(row), **answer})
+    return json_response({**params.row_view(row), **answer})
 
 
 async def delete_customer(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     customer = request.match_info["customerRef"]
     async with request.app[POOL].connection() as conn:
         return json_response(await _configuration(request).delete_customer(conn, tenant, customer))
 
 
 async def list_metrics(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     asked = pages.page_request(request, (str,))  # metric
     after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
         rows = await page_rows(conn, "metric_mappings", tenant, asked.limit + 1, after)
     rows, next_cursor = pages.page(rows, asked, lambda r: (r["metric"],))
     return json_response(
-        {"tenantId": tenant, "mappings": [_view(r) for r in rows], "nextCursor": next_cursor}
+        {"tenantId": tenant, "mappings": [params.row_view(r) for r in rows], "nextCursor": next_cursor}
     )
 
 
 async def list_customers(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     asked = pages.page_request(request, (str,))  # customerRef
     after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
         rows = await page_rows(conn, "customer_mappings", tenant, asked.limit + 1, after)
     rows, next_cursor = pages.page(rows, asked, lambda r: (r["customer_ref"],))
     return json_response(
-        {"tenantId": tenant, "customers": [_view(r) for r in rows], "nextCursor": next_cursor}
+        {"tenantId": tenant, "customers": [params.row_view(r) for r in rows], "nextCursor": next_cursor}
     )

@@ -90,12 +90,30 @@ def tenant(request: web.Request) -> str:
 
 def body_tenant(request: web.Request, body: dict[str, Any]) -> str:
     """The body's ``tenantId``: well-formed, and one the caller's key may see."""
+    return _seen_tenant(request, body_text(body, "tenantId", 64))
+
+
+def path_tenant(request: web.Request) -> str:
+    """The path's ``{tenantId}``: well-formed, and one the caller's key may see."""
+    return _seen_tenant(request, request.match_info["tenantId"])
+
+
+def _seen_tenant(request: web.Request, value: str) -> str:
     from stripemeter.schemas.events import TENANT_RE
 
-    value = body_text(body, "tenantId", 64)
     if not TENANT_RE.fullmatch(value):
         raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
     return check_tenant(request, value)
+
+
+def row_view(row: dict[str, Any]) -> dict[str, Any]:
+    """A stored row as the API shows it: camelCase names, times in ISO 8601."""
+
+    def camel(name: str) -> str:
+        head, *rest = name.split("_")
+        return head + "".join(part.title() for part in rest)
+
+    return {camel(k): (v.isoformat() if isinstance(v, datetime) else v) for k, v in row.items()}
 
 
 @web.middleware

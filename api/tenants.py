@@ -4,26 +4,14 @@ grants. What a grant means: services/meter_grants.py."""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any
-
 from aiohttp import web
 
-from stripemeter.api import pages
+from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL
-from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request, json_response
-from stripemeter.schemas.events import TENANT_RE
 from stripemeter.services import meter_grants
 
 MAX_EVENT_NAME = 100  # as stripeMeterEventName in PUT /v1/mappings
-
-
-def _tenant(request: web.Request) -> str:
-    tenant = request.match_info["tenantId"]
-    if not TENANT_RE.fullmatch(tenant):
-        raise bad_request("tenantId", f"must match {TENANT_RE.pattern}")
-    return check_tenant(request, tenant)
 
 
 def _event_name(request: web.Request) -> str:
@@ -34,30 +22,27 @@ def _event_name(request: web.Request) -> str:
     return name
 
 
-def _view(row: dict[str, Any]) -> dict[str, Any]:
-    granted: datetime = row["granted_at"]
-    return {"tenantId": row["tenant_id"], "eventName": row["event_name"], "grantedAt": granted.isoformat()}
-
-
 async def put_meter(request: web.Request) -> web.Response:
-    tenant, name = _tenant(request), _event_name(request)
+    tenant, name = params.path_tenant(request), _event_name(request)
     async with request.app[POOL].connection() as conn:
         row = await meter_grants.grant(conn, tenant, name)
-    return json_response(_view(row))
+    return json_response(params.row_view(row))
 
 
 async def delete_meter(request: web.Request) -> web.Response:
-    tenant, name = _tenant(request), _event_name(request)
+    tenant, name = params.path_tenant(request), _event_name(request)
     async with request.app[POOL].connection() as conn:
         await meter_grants.revoke(conn, tenant, name)
     return json_response({"tenantId": tenant, "eventName": name, "revoked": True})
 
 
 async def list_meters(request: web.Request) -> web.Response:
-    tenant = _tenant(request)
+    tenant = params.path_tenant(request)
     asked = pages.page_request(request, (str,))  # eventName
     after = asked.after[0] if asked.after else None
     async with request.app[POOL].connection() as conn:
         rows = await meter_grants.list_grants(conn, tenant, asked.limit + 1, after)
     rows, next_cursor = pages.page(rows, asked, lambda r: (r["event_name"],))
-    return json_response({"tenantId": tenant, "meters": [_view(r) for r in rows], "nextCursor": next_cursor})
+    return json_response(
+        {"tenantId": tenant, "meters": [params.row_view(r) for r in rows], "nextCursor": next_cursor}
+    )
