@@ -15,6 +15,7 @@ from stripemeter.api import (
     events,
     health,
     ingest,
+    invoices,
     mappings,
     openapi,
     operator_metrics,
@@ -148,6 +149,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/v1/tenants/{tenantId}/meters", tenants.list_meters)
     app.router.add_get("/v1/stripe/pushes", pushes.get_pushes)
     app.router.add_post(stripe_webhook.PATH, stripe_webhook.post_webhook)
+    app.router.add_get("/v1/invoices", invoices.list_invoices)
+    app.router.add_get("/v1/invoices/{invoiceId}", invoices.get_invoice)
     app.router.add_get("/v1/reconciliation/summary", reconciliation.get_summary)
     app.router.add_post("/v1/reconciliation/run", reconciliation.post_run)
     app.router.add_post("/v1/replay", replay.post_replay)

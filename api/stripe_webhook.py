@@ -1,4 +1,9 @@
-"""POST /v1/stripe/webhook: Stripe's event destination for meter error reports.
+"""POST /v1/stripe/webhook: Stripe's event destination for meter error reports and invoices.
+
+Invoices come as v1 snapshot events (``invoice.created``, ``invoice.updated``, ``invoice.finalized``
+and the other ``invoice.*``): each one records its invoice as due for the pre-invoice guard
+(services/invoice_guard.py) and is answered at once; the guard reads the invoice from Stripe itself,
+so a duplicate, late or out-of-order event changes nothing.
 
 Stripe signs every delivery (``Stripe-Signature``, checked with ``STRIPE_WEBHOOK_SECRET`` by the
 ``stripe`` package), so this route needs no API key. A ``v1.billing.meter.error_report_triggered``
@@ -13,10 +18,12 @@ from __future__ import annotations
 
 import logging
 
+import orjson
 import stripe
 from aiohttp import web
 from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification as ErrorReportNotification
 
+from stripemeter.adapters.postgres.invoices import Heard, record_event
 from stripemeter.adapters.postgres.pushes import Dropped, drop_request
 from stripemeter.adapters.postgres.reconciliation import DroppedCorrection, drop_correction
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
@@ -41,6 +48,8 @@ async def post_webhook(request: web.Request) -> web.Response:
         )
     reader = request.app[RECONCILER].reader
     raw = await request.read()
+    if _is_snapshot(raw):
+        return await _snapshot_event(request, reader.client, raw)
     try:
         notification = reader.client.parse_event_notification(
             raw, request.headers.get("Stripe-Signature"), settings.stripe_webhook_secret.value
@@ -76,6 +85,38 @@ async def post_webhook(request: web.Request) -> web.Response:
     return json_response(
         {"received": True, "handled": True, "parked": parked, "droppedCorrections": corrections}
     )
+
+
+def _is_snapshot(raw: bytes) -> bool:
+    """A v1 snapshot event (``"object": "event"``), not a v2 thin notification."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(body, dict) and body.get("object") == "event"
+
+
+async def _snapshot_event(request: web.Request, client: stripe.StripeClient, raw: bytes) -> web.Response:
+    settings = request.app[SETTINGS]
+    try:
+        event = client.construct_event(
+            raw, request.headers.get("Stripe-Signature"), settings.stripe_webhook_secret.value
+        )
+    except stripe.SignatureVerificationError:
+        raise ApiError(
+            "invalid_signature", "Stripe-Signature does not match", field="Stripe-Signature"
+        ) from None
+    except (ValueError, KeyError):
+        raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
+    if not event.type.startswith("invoice."):
+        return json_response({"received": True, "handled": False})
+    invoice = event.data.object
+    heard = Heard(str(invoice.id), str(invoice.customer), str(invoice.status), event.type)
+    async with request.app[POOL].connection() as conn:
+        await record_event(conn, heard, settings.clock.utc())
+    log.info("%s for invoice %s (%s, customer %s): due for the guard", event.type, heard.invoice_id,
+             heard.stripe_status, heard.stripe_customer)  # fmt: skip
+    return json_response({"received": True, "handled": True, "invoice": heard.invoice_id})
 
 
 def _dropped_push(r: ReportedRequest, dropped: Dropped) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Stages run as tasks in the worker's own process: intake, the Stripe writer, the reconciler and the
-PostgreSQL sink; a stage that fails crashes the worker."""
+"""Stages run as tasks in the worker's own process: intake, the Stripe writer, the reconciler, the
+invoice guard and the PostgreSQL sink; a stage that fails crashes the worker."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import faust
 from stripemeter.adapters.kafka.faust_typing import task
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.domain.config import Settings
+from stripemeter.services.invoice_guard import GuardSettings, InvoiceGuard, run_guard
 from stripemeter.services.reconcile_service import (
     build_reconciler,
     kafka_publisher,
@@ -37,7 +38,8 @@ class InProcessStages:
         self.sink = postgres_sink(settings)
 
     def install(self, app: faust.App, meter: Meter, stopping: asyncio.Event) -> None:
-        """Tasks ``run_intake``, ``run_stripe_writer``, ``run_reconciler`` and ``run_sink``, as configured."""
+        """Tasks ``run_intake``, ``run_stripe_writer``, ``run_reconciler``, ``run_invoice_guard`` and
+        ``run_sink``, as configured."""
         settings, intake, sink = self.settings, self.intake, self.sink
         if self.run_intake:
 
@@ -69,6 +71,18 @@ class InProcessStages:
                 await _supervise(app, "reconciler", lambda: run_schedule(settings, reconciler, stopping))
 
             task(app)(run_reconciler)
+
+        if stripe_configured(settings) and settings.invoice_guard:
+
+            async def run_invoice_guard() -> None:
+                await meter.producer_started.wait()
+                publish = kafka_publisher(meter.checkpointer.producer, meter.names.drift)
+                guard = InvoiceGuard(
+                    build_reconciler(settings, publish, budget), GuardSettings.of(settings), settings.clock
+                )
+                await _supervise(app, "invoice guard", lambda: run_guard(settings, guard, stopping))
+
+            task(app)(run_invoice_guard)
 
         if self.run_sink:
 

@@ -100,6 +100,12 @@ class Settings:
     # only those whose metadata names the tenant (stripe-metadata); see services/customer_owners.py
     customer_ownership: str = "first-binding"
     clock_offset_seconds: float = 0.0  # shifts every process's "now" alike (tests, demos); see clock.py
+    # the pre-invoice guard (services/invoice_guard.py): hold Stripe's draft invoices until proven
+    invoice_guard: bool = True
+    invoice_release: str = "finalize"  # a proven draft: finalize it now, or hand it back ("schedule")
+    invoice_unproven: str = "hold"  # a draft still unproven at its deadline: keep holding, or "release"
+    invoice_deadline_margin_seconds: float = 600.0  # the deadline: automatically_finalizes_at minus this
+    invoice_check_seconds: float = 30.0  # how often a held draft is proven again
 
     @property
     def clock(self) -> Clock:
@@ -173,6 +179,11 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_STRIPE_TIMEOUT_SECONDS": "stripe_timeout_seconds",
     "STRIPEMETER_CUSTOMER_OWNERSHIP": "customer_ownership",
     "STRIPEMETER_CLOCK_OFFSET_SECONDS": "clock_offset_seconds",
+    "STRIPEMETER_INVOICE_GUARD": "invoice_guard",
+    "STRIPEMETER_INVOICE_RELEASE": "invoice_release",
+    "STRIPEMETER_INVOICE_UNPROVEN": "invoice_unproven",
+    "STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS": "invoice_deadline_margin_seconds",
+    "STRIPEMETER_INVOICE_CHECK_SECONDS": "invoice_check_seconds",
 }
 
 
@@ -184,6 +195,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
     "STRIPEMETER_CUSTOMER_OWNERSHIP": ("first-binding", "stripe-metadata"),
+    "STRIPEMETER_INVOICE_RELEASE": ("finalize", "schedule"),
+    "STRIPEMETER_INVOICE_UNPROVEN": ("hold", "release"),
 }
 
 
@@ -276,6 +289,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_MAX_SERIES", "must be at least 1")
     if settings.operator_metrics_port == settings.api_port:  # 0.0.0.0 and 127.0.0.1 collide too
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
+    if not settings.invoice_check_seconds > 0:
+        raise ConfigError("STRIPEMETER_INVOICE_CHECK_SECONDS", "must be positive")
+    if not 0 <= settings.invoice_deadline_margin_seconds <= 72 * 3600:
+        raise ConfigError("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "must be from 0 to 259200 (72 h)")
     optional = {"operator_metrics_port"}  # 0: that listener is off
     _validate_capacity(settings)
     for f in fields(settings):

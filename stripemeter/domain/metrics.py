@@ -239,3 +239,28 @@ DEDUPE_EXPIRED = Counter(
     "stripemeter_dedupe_expired_total",
     "Dedupe entries removed because their event time fell behind the lateness window plus the margin",
 )
+INVOICE_CHECKS = Counter(
+    "stripemeter_invoice_checks_total",
+    "Checks of Stripe invoices by the pre-invoice guard, by the state each left its invoice in",
+    ["state"],
+)
+INVOICES_HELD = Counter(
+    "stripemeter_invoices_held_total", "Draft invoices the guard held (auto_advance=false) until proven"
+)
+INVOICES_RELEASED = Counter(
+    "stripemeter_invoices_released_total",
+    "Draft invoices the guard released, by reason (proven, or deadline: unproven, by policy)",
+    ["reason"],
+)
+INVOICES = Gauge("stripemeter_invoices", "Invoices the guard knows, by guard state", ["state"])
+INVOICE_HELD_SECONDS = Gauge(
+    "stripemeter_invoice_held_seconds",
+    "How long each held draft invoice has been held, per invoice (the oldest"
+    " STRIPEMETER_OPERATOR_METRICS_MAX_SERIES)",
+    ["tenant", "invoice", "customer", "reason"],
+    registry=OPERATOR,
+)
+INVOICE_UNBILLED_UNITS = Counter(
+    "stripemeter_invoice_unbilled_units_total",
+    "Units counted for a period after its invoice was finalized without them",
+)

@@ -88,6 +88,7 @@ class RunRequest:
     # scheduled runs skip items whose invoice is likely final (their period closed more than the
     # invoice grace ago): they cannot change any more, and checking them again costs Stripe calls
     only_open: bool = False
+    customer_ref: str | None = None  # one customer's items only (the invoice guard's runs)
 
 
 @dataclass(frozen=True)
@@ -256,7 +257,7 @@ class Reconciler:
         month = periods.period(period_name)
         # anchored cycles start inside the month and end inside the next one
         start, end = month.start, month.end + timedelta(days=31)
-        hour_rows = await db.hours(conn, tenant, request.metric, start, end)
+        hour_rows = await db.hours(conn, tenant, request.metric, start, end, request.customer_ref)
         late_rows = await db.late_events(conn, tenant, request.metric, start, end)
         # an hour with an unanswered correction is in flight until Stripe answers it (it may have landed)
         corrected = {
@@ -270,6 +271,8 @@ class Reconciler:
         )
         keys = {(r["metric"], r["customer_ref"]) for r in hour_rows if r["metric"] in wanted}
         keys |= {(m, c) for m in wanted if m in metric_map for c in customer_map}
+        if request.customer_ref is not None:
+            keys = {(m, c) for m, c in keys if c == request.customer_ref}
         items: dict[tuple[str, str], Item] = {}
         ranges: dict[tuple[str, str], periods.Period] = {}
         for metric, customer in sorted(keys):

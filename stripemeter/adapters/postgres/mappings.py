@@ -248,3 +248,26 @@ async def tenant_anchors(conn: psycopg.AsyncConnection, tenant: str) -> list[dat
         "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
     )
     return [row[0] for row in await cur.fetchall()]
+
+
+async def streams_of_stripe_customer(
+    conn: psycopg.AsyncConnection, stripe_customer: str
+) -> tuple[list[tuple[str, str, datetime | None]], dict[tuple[str, str], list[str]]]:
+    """Who bills a Stripe customer: its (tenant, customerRef, billing anchor) mappings, and per
+    (tenant, meter event name) the tenant's metrics mapped to that meter."""
+    cur = await conn.execute(
+        "SELECT tenant_id, customer_ref, billing_anchor FROM customer_mappings WHERE stripe_customer_id = %s"
+        " ORDER BY tenant_id, customer_ref",
+        (stripe_customer,),
+    )
+    customers = [(str(t), str(c), a) for t, c, a in await cur.fetchall()]
+    tenants = sorted({t for t, _, _ in customers})
+    cur = await conn.execute(
+        "SELECT tenant_id, stripe_meter_event_name, metric FROM metric_mappings WHERE tenant_id = ANY(%s)"
+        " ORDER BY tenant_id, metric",
+        (tenants,),
+    )
+    metrics: dict[tuple[str, str], list[str]] = {}
+    for tenant, event_name, metric in await cur.fetchall():
+        metrics.setdefault((str(tenant), str(event_name)), []).append(str(metric))
+    return customers, metrics

@@ -39,6 +39,10 @@ class StripeReader:
         async with self.slots:
             return await self.call(fn, *args)
 
+    async def bounded(self, fn: Any, *args: Any) -> Any:
+        """Any Stripe call, under the same budget, concurrency and retries as the reader's own."""
+        return await self._call(fn, *args)
+
     async def customer_metadata(self, customer: str) -> dict[str, str] | None:
         """The Stripe customer's metadata; None when Stripe has no such customer (or it was deleted)."""
         try:
