@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+import orjson
+
 from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.errors import Permanent
 from stripemeter.tools.local.kafka import LocalKafka, with_local_ca
@@ -141,8 +143,29 @@ def app_settings(settings: Settings) -> Settings:
     return settings.with_overrides(
         stripe_api_base=emulator_url(settings),
         stripe_api_key=Secret("sk_test_local_emulator"),
+        stripe_webhook_secret=settings.stripe_webhook_secret or Secret(LOCAL_WEBHOOK_SECRET),
         reconcile_settle_seconds=min(settings.reconcile_settle_seconds, 10.0),
     )
+
+
+# signs the local emulator's deliveries to the local API (both on loopback, neither reachable elsewhere)
+LOCAL_WEBHOOK_SECRET = "whsec_local_emulator"
+
+
+def wire_emulator_events(settings: Settings) -> str:
+    """Point the emulator's event destination at the API's webhook, as a Stripe event destination
+    would be: error reports and invoice events reach the API with no extra step. Returns the URL."""
+    url = f"http://{settings.api_host}:{settings.api_port}/v1/stripe/webhook"
+    body = orjson.dumps({"url": url, "secret": settings.stripe_webhook_secret.value})
+    request = urllib.request.Request(
+        emulator_url(settings) + "/_emulator/webhook",
+        data=body,
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        answer.read()
+    return url
 
 
 def emulator_url(settings: Settings) -> str:
@@ -211,7 +234,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
     if result.created:
         say(f"created {len(result.created)} topic(s)")
     if with_app:
-        me = [sys.executable, "-m", "stripemeter"]
+        original, me = settings, [sys.executable, "-m", "stripemeter"]
         if uses_emulator(settings):
             start_process(
                 settings,
@@ -238,6 +261,8 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
         start_process(
             settings, "api", [*me, "api"], f"http://{settings.api_host}:{settings.api_port}/health/live", say
         )
+        if uses_emulator(original):
+            say(f"the emulator's events (error reports, invoices) go to {wire_emulator_events(settings)}")
 
 
 def _retry_until_ready(action: Callable[[], T], attempts: int = 30) -> T:

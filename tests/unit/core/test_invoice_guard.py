@@ -44,7 +44,7 @@ def test_metered_lines_read_the_price_from_pricing_or_the_older_price_field() ->
                     "price": {"id": "price_b"},
                     "period": {"start": start, "end": end},
                     "quantity_decimal": "2.5",
-                },  # fmt: skip
+                },
                 {"id": "il_3", "period": {"start": start, "end": end}},  # no price: an invoice item
             ]
         }
