@@ -19,8 +19,8 @@ from stripemeter.core.invoice_guard import (
 )
 
 
-def ts(*parts: int) -> int:
-    return int(datetime(*parts, tzinfo=UTC).timestamp())  # type: ignore[misc]
+def ts(year: int, month: int, day: int, hour: int = 0, minute: int = 0) -> int:
+    return int(datetime(year, month, day, hour, minute, tzinfo=UTC).timestamp())
 
 
 def line_json(line_id: str, price: str, start: int, end: int, quantity: int | None = 7) -> dict[str, Any]:
