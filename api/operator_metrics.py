@@ -4,9 +4,9 @@ The API's ``/metrics`` (no key, on the API's port) serves the default registry: 
 latencies that name no tenant, customer or metric (``stripemeter/domain/metrics.py``). The operator
 listener (``STRIPEMETER_OPERATOR_METRICS_HOST`` / ``_PORT``, loopback by default, 0 turns it off)
 serves those plus the ``OPERATOR`` registry: the drift gauges per (tenant, metric, customer, period),
-the API-key lookups and cache. Prometheus scrapes the operator listener. Each drift gauge holds at
-most ``STRIPEMETER_OPERATOR_METRICS_MAX_SERIES`` label sets: the worst items, the rest counted in
-``stripemeter_operator_series_left_out``.
+the held invoices, the API-key lookups and cache. Prometheus scrapes the operator listener. Each drift
+gauge holds at most ``STRIPEMETER_OPERATOR_METRICS_MAX_SERIES`` label sets: the worst items, the rest
+counted in ``stripemeter_operator_series_left_out``.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import REGISTRY, Gauge, generate_latest
 
+from stripemeter.adapters.postgres import invoices
 from stripemeter.adapters.postgres.reconciliation import (
     latest_version,
     not_at_parity_counts,
@@ -55,6 +56,24 @@ async def refresh_reconciliation_gauges(api: web.Application) -> None:
     api[GAUGES_VERSION]["version"] = version
 
 
+async def refresh_invoice_gauges(api: web.Application) -> None:
+    """Invoices by guard state, and each held draft with how long it has been held (the alert's
+    series; the longest held ``STRIPEMETER_OPERATOR_METRICS_MAX_SERIES``)."""
+    settings = api[SETTINGS]
+    async with api[POOL].connection() as conn:
+        states = await invoices.counts_by_state(conn)
+        held = await invoices.held_invoices(conn, settings.operator_metrics_max_series)
+    for state in invoices.STATES:
+        metrics.INVOICES.labels(state).set(states.get(state, 0))
+    now = settings.clock()
+    metrics.INVOICE_HELD_SECONDS.clear()
+    for row in held:
+        since = row["held_at"].timestamp() if row["held_at"] else now
+        metrics.INVOICE_HELD_SECONDS.labels(
+            row["tenant_id"] or "", row["invoice_id"], row["stripe_customer"], row["reason_code"] or ""
+        ).set(max(now - since, 0.0))
+
+
 def exposition(operator: bool) -> bytes:
     """Prometheus text: the public registry, and with ``operator`` the operator's series too."""
     body = generate_latest(REGISTRY)
@@ -64,6 +83,7 @@ def exposition(operator: bool) -> bytes:
 def metrics_handler(api: web.Application, operator: bool) -> Callable[[web.Request], Awaitable[web.Response]]:
     async def handler(request: web.Request) -> web.Response:
         await refresh_reconciliation_gauges(api)
+        await refresh_invoice_gauges(api)
         return web.Response(body=exposition(operator), content_type="text/plain", charset="utf-8")
 
     return handler
