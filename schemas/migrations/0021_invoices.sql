@@ -34,6 +34,5 @@ CREATE TABLE invoices (
     unbilled            jsonb       NOT NULL DEFAULT '[]',  -- usage counted after it was finalized
     updated_at          timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX invoices_due ON invoices (next_check_at)
-    WHERE guard_state IN ('received', 'proving', 'held') OR (guard_state = 'released' AND stripe_status = 'draft');
+CREATE INDEX invoices_due ON invoices (next_check_at) WHERE guard_state <> 'unguarded';
 CREATE INDEX invoices_by_tenant ON invoices (tenant_id, period_start DESC, invoice_id);

@@ -275,3 +275,35 @@ def problem_line(problem: Problem) -> dict[str, Any]:
 
 def _iso(seconds: int) -> str:
     return datetime.fromtimestamp(seconds, tz=UTC).isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Unbilled:
+    """Usage of a finalized line counted beyond the line's quantity, and how much of it was carried to
+    a later invoice already."""
+
+    line_id: str
+    units: int
+    carried: int
+
+    @property
+    def to_carry(self) -> int:
+        return self.units - self.carried
+
+
+def unbilled(
+    proof: list[dict[str, Any]], local: Mapping[str, int], before: list[dict[str, Any]]
+) -> list[Unbilled]:
+    """Per proven line of a finalized invoice, the units counted beyond what the invoice billed (its
+    final quantity); ``local``: the line's local total now; ``before``: what was recorded earlier
+    (the units carried so far are kept)."""
+    carried = {u["lineId"]: int(u.get("carried", 0)) for u in before}
+    out = []
+    for line in proof:
+        billed = line.get("invoiceQuantity")
+        if line.get("problem") or billed is None or line["lineId"] not in local:
+            continue
+        extra = local[line["lineId"]] - int(float(billed))
+        if extra > 0 or carried.get(line["lineId"]):
+            out.append(Unbilled(line["lineId"], max(extra, 0), carried.get(line["lineId"], 0)))
+    return out

@@ -106,6 +106,9 @@ class Settings:
     invoice_unproven: str = "hold"  # a draft still unproven at its deadline: keep holding, or "release"
     invoice_deadline_margin_seconds: float = 600.0  # the deadline: automatically_finalizes_at minus this
     invoice_check_seconds: float = 30.0  # how often a held draft is proven again
+    # usage counted for a finalized invoice's period after it: reported always; carried to the
+    # customer's next invoice as an invoice item when on
+    invoice_carry_unbilled: bool = False
 
     @property
     def clock(self) -> Clock:
@@ -184,6 +187,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_INVOICE_UNPROVEN": "invoice_unproven",
     "STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS": "invoice_deadline_margin_seconds",
     "STRIPEMETER_INVOICE_CHECK_SECONDS": "invoice_check_seconds",
+    "STRIPEMETER_INVOICE_CARRY_UNBILLED": "invoice_carry_unbilled",
 }
 
 

@@ -51,6 +51,8 @@ class GuardSettings:
     unproven: str = "hold"  # hold | release, at the deadline
     deadline_margin_seconds: float = 600.0
     check_seconds: float = 30.0
+    carry_unbilled: bool = False
+    unbilled_check_seconds: float = 900.0  # a finalized invoice's period is looked at again this often
 
     @classmethod
     def of(cls, settings: Settings) -> GuardSettings:
@@ -59,6 +61,8 @@ class GuardSettings:
             settings.invoice_unproven,
             settings.invoice_deadline_margin_seconds,
             settings.invoice_check_seconds,
+            settings.invoice_carry_unbilled,
+            settings.reconcile_interval_seconds or 900.0,
         )
 
 
@@ -219,25 +223,101 @@ class InvoiceGuard:
     async def _finalized(
         self, conn: psycopg.AsyncConnection, row: dict[str, Any], invoice: dict[str, Any]
     ) -> str:
-        """Stripe's invoice is past the draft: its final quantities join the proof."""
+        """Stripe's invoice is past the draft: its final quantities join the proof (once), and usage
+        counted for its period since is reported as unbilled (and carried, when configured)."""
         invoice_id = str(invoice["id"])
-        quantities = {line.line_id: line.quantity for line in plan.metered_lines(invoice)}
-        proof = [
-            {**line, "invoiceQuantity": quantities.get(line["lineId"], line.get("invoiceQuantity"))}
-            for line in row["lines"] or []
-        ]
-        state = "unguarded" if row["guard_state"] in ("unguarded", "received") and not proof else "finalized"
+        proof = row["lines"] or []
+        if row["guard_state"] != "finalized":
+            quantities = {line.line_id: line.quantity for line in plan.metered_lines(invoice)}
+            proof = [
+                {**line, "invoiceQuantity": quantities.get(line["lineId"], line.get("invoiceQuantity"))}
+                for line in proof
+            ]
+        if not any(not line.get("problem") for line in proof):
+            await db.save_check(
+                conn, invoice_id, guard_state="unguarded", stripe_status=str(invoice.get("status"))
+            )
+            metrics.INVOICE_CHECKS.labels("unguarded").inc()
+            return "unguarded"
+        found = await self._unbilled(conn, invoice, proof, row["unbilled"] or [])
         transitions = invoice.get("status_transitions") or {}
+        finalized_at = row["finalized_at"] or _at(transitions.get("finalized_at")) or self.clock.utc()
         await db.save_check(
             conn,
             invoice_id,
-            guard_state=state,
+            guard_state="finalized",
             stripe_status=str(invoice.get("status")),
             lines=proof,
-            finalized_at=_at(transitions.get("finalized_at")) or self.clock.utc(),
+            unbilled=found,
+            finalized_at=finalized_at,
+            next_check_at=self.clock.utc() + timedelta(seconds=self.settings.unbilled_check_seconds),
         )
-        metrics.INVOICE_CHECKS.labels(state).inc()
-        return state
+        metrics.INVOICE_CHECKS.labels("finalized").inc()
+        return "finalized"
+
+    async def _unbilled(
+        self,
+        conn: psycopg.AsyncConnection,
+        invoice: dict[str, Any],
+        proof: list[dict[str, Any]],
+        before: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Each proven line's local total now against the quantity the invoice billed."""
+        local: dict[str, int] = {}
+        for line in proof:
+            if line.get("problem"):
+                continue
+            request = RunRequest(
+                line["tenantId"], metric=line["metric"], period=line["period"], trigger="invoice",
+                customer_ref=line["customerRef"],
+            )  # fmt: skip
+            report = await self.reconciler.run(conn, request, wait=True)
+            local[line["lineId"]] = sum(int(i["local"]) for i in report["items"])
+        recorded = {u["lineId"]: u for u in before}
+        out: list[dict[str, Any]] = []
+        for found in plan.unbilled(proof, local, before):
+            line = next(x for x in proof if x["lineId"] == found.line_id)
+            earlier = recorded.get(found.line_id, {})
+            new_units = found.units - int(earlier.get("units", 0))
+            if new_units > 0:
+                metrics.INVOICE_UNBILLED_UNITS.inc(new_units)
+                log.warning(
+                    "invoice %s line %s (%s/%s/%s %s): %d units counted after it was finalized (%d in all)",
+                    invoice["id"], found.line_id, line["tenantId"], line["metric"], line["customerRef"],
+                    line["period"], new_units, found.units,
+                )  # fmt: skip
+            entry = {
+                "lineId": found.line_id, "units": found.units, "carried": found.carried,
+                "invoiceItems": list(earlier.get("invoiceItems", [])), "metric": line["metric"],
+                "customerRef": line["customerRef"], "period": line["period"], "price": line["price"],
+                "pendingCarry": earlier.get("pendingCarry"),
+            }  # fmt: skip
+            if self.settings.carry_unbilled and entry["pendingCarry"] is None and found.to_carry > 0:
+                # recorded before it is sent: a check cut short sends the same request again
+                key = f"smguard_{invoice['id']}_{found.line_id}_carry_{found.carried}_{found.units}"
+                entry["pendingCarry"] = {"key": key, "units": found.to_carry, "toUnits": found.units}
+            out.append(entry)
+        if any(e["pendingCarry"] for e in out):
+            await db.save_check(conn, str(invoice["id"]), unbilled=out)
+            for entry in out:
+                if entry["pendingCarry"]:
+                    await self._carry(invoice, entry)
+        return out
+
+    async def _carry(self, invoice: dict[str, Any], entry: dict[str, Any]) -> None:
+        """Send a recorded carry: an invoice item on the customer's next invoice, exactly once."""
+        pending = entry["pendingCarry"]
+        created = await self.stripe.carry(
+            str(invoice["customer"]), entry["price"], int(pending["units"]),
+            f"{entry['metric']} used in {entry['period']} after invoice {invoice['id']}", pending["key"],
+            {"stripemeter_invoice": str(invoice["id"]), "stripemeter_line": entry["lineId"]},
+        )  # fmt: skip
+        entry["carried"], entry["pendingCarry"] = int(pending["toUnits"]), None
+        entry["invoiceItems"] = [*entry["invoiceItems"], str(created["id"])]
+        log.info(
+            "invoice %s line %s: %d unbilled units carried to the next invoice as %s",
+            invoice["id"], entry["lineId"], pending["units"], created["id"],
+        )  # fmt: skip
 
     async def _stripe_now(self, invoice: dict[str, Any]) -> float:
         """Stripe's clock for this invoice: its test clock's time, or the present."""

@@ -55,9 +55,11 @@ async def record_event(conn: psycopg.AsyncConnection, heard: Heard, now: datetim
 async def due(conn: psycopg.AsyncConnection, now: datetime, limit: int = 50) -> list[str]:
     cur = await conn.execute(
         "SELECT invoice_id FROM invoices WHERE (guard_state IN ('received', 'proving', 'held')"
-        " OR (guard_state = 'released' AND stripe_status = 'draft'))"
-        " AND next_check_at <= %s ORDER BY next_check_at LIMIT %s",
-        (now, limit),
+        " OR (guard_state = 'released' AND stripe_status = 'draft')"
+        # a finalized invoice's period takes late usage for as long as Stripe takes it (35 days)
+        " OR (guard_state = 'finalized' AND period_end > %(now)s - interval '36 days'))"
+        " AND next_check_at <= %(now)s ORDER BY next_check_at LIMIT %(limit)s",
+        {"now": now, "limit": limit},
     )
     return [row[0] for row in await cur.fetchall()]
 

@@ -20,7 +20,7 @@ class StripeInvoices:
     def __init__(self, reader: StripeReader):
         self.reader = reader
         self.client = reader.client
-        self._price_meters: dict[str, str | None] = {}  # a price's meter never changes
+        self._prices: dict[str, dict[str, Any]] = {}  # a price's meter and amount never change
 
     async def invoice(self, invoice_id: str) -> dict[str, Any]:
         """The invoice as Stripe holds it now, with every line (the first page is embedded; the rest
@@ -44,14 +44,36 @@ class StripeInvoices:
                 return out
             params = {**params, "starting_after": page.data[-1].id}
 
+    async def price(self, price_id: str) -> dict[str, Any]:
+        if price_id not in self._prices:
+            found = await self.reader.bounded(self.client.v1.prices.retrieve_async, price_id)
+            self._prices[price_id] = found.to_dict()
+        return self._prices[price_id]
+
     async def meter_of_price(self, price_id: str) -> str | None:
         """The meter a metered price bills (``recurring.meter``); None for other prices."""
-        if price_id not in self._price_meters:
-            price = (await self.reader.bounded(self.client.v1.prices.retrieve_async, price_id)).to_dict()
-            recurring = price.get("recurring") or {}
-            meter = recurring.get("meter") if recurring.get("usage_type") == "metered" else None
-            self._price_meters[price_id] = str(meter) if meter else None
-        return self._price_meters[price_id]
+        recurring = (await self.price(price_id)).get("recurring") or {}
+        meter = recurring.get("meter") if recurring.get("usage_type") == "metered" else None
+        return str(meter) if meter else None
+
+    async def carry(
+        self, customer: str, price_id: str, units: int, description: str, key: str, metadata: dict[str, str]
+    ) -> dict[str, Any]:
+        """An invoice item for ``units`` at the price's unit amount, pending until the customer's next
+        invoice; ``key`` makes it once."""
+        price = await self.price(price_id)
+        params: dict[str, Any] = {
+            "customer": customer,
+            "currency": price["currency"],
+            "quantity": units,
+            "unit_amount_decimal": str(price.get("unit_amount_decimal") or price.get("unit_amount") or 0),
+            "description": description,
+            "metadata": metadata,
+        }
+        create = self.client.v1.invoice_items.create_async
+        found = await self.reader.bounded(create, params, {"idempotency_key": key})
+        result: dict[str, Any] = found.to_dict()
+        return result
 
     async def event_names(self) -> dict[str, str]:
         """Meter id -> event name, for every meter."""

@@ -16,6 +16,7 @@ from stripemeter.core.invoice_guard import (
     metered_lines,
     period_name_for,
     targets,
+    unbilled,
 )
 
 
@@ -177,3 +178,15 @@ def test_at_the_deadline_an_unproven_draft_stays_held_or_is_released_as_the_oper
         == "release"
     )
     assert decide(drift, [], stripe_now=DEADLINE - 1, deadline=DEADLINE, unproven="release").kind == "hold"
+
+
+def test_unbilled_is_what_was_counted_beyond_the_final_quantity_less_nothing_carried_twice() -> None:
+    proof = [
+        {"lineId": "il_1", "invoiceQuantity": "7"},
+        {"lineId": "il_2", "invoiceQuantity": "3"},
+        {"lineId": "il_3", "problem": "period_mismatch", "invoiceQuantity": "1"},
+    ]
+    found = unbilled(proof, {"il_1": 9, "il_2": 3}, [])
+    assert [(u.line_id, u.units, u.carried, u.to_carry) for u in found] == [("il_1", 2, 0, 2)]
+    later = unbilled(proof, {"il_1": 12, "il_2": 3}, [{"lineId": "il_1", "units": 2, "carried": 2}])
+    assert [(u.line_id, u.units, u.to_carry) for u in later] == [("il_1", 5, 3)]  # only the new 3
