@@ -17,6 +17,8 @@ Answering 2xx tells Stripe not to deliver again; a failure here answers 5xx, and
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import TypeVar
 
 import orjson
 import stripe
@@ -36,6 +38,7 @@ from stripemeter.domain.timefmt import iso_seconds
 log = logging.getLogger(__name__)
 
 PATH = "/v1/stripe/webhook"
+T = TypeVar("T")
 
 
 async def post_webhook(request: web.Request) -> web.Response:
@@ -50,16 +53,9 @@ async def post_webhook(request: web.Request) -> web.Response:
     raw = await request.read()
     if _is_snapshot(raw):
         return await _snapshot_event(request, reader.client, raw)
-    try:
-        notification = reader.client.parse_event_notification(
-            raw, request.headers.get("Stripe-Signature"), settings.stripe_webhook_secret.value
-        )
-    except stripe.SignatureVerificationError:
-        raise ApiError(
-            "invalid_signature", "Stripe-Signature does not match", field="Stripe-Signature"
-        ) from None
-    except (ValueError, KeyError):
-        raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
+    notification = verified(request, lambda secret: reader.client.parse_event_notification(
+        raw, request.headers.get("Stripe-Signature"), secret
+    ))  # fmt: skip
     # Stripe picks the notification's class by its `type`: this class is exactly the type
     # v1.billing.meter.error_report_triggered, and its fetched event has the report's typed `data`.
     if not isinstance(notification, ErrorReportNotification):
@@ -87,6 +83,20 @@ async def post_webhook(request: web.Request) -> web.Response:
     )
 
 
+def verified(request: web.Request, parse: Callable[[str], T]) -> T:
+    """The delivery parsed with the first of ``STRIPE_WEBHOOK_SECRET``'s comma-separated secrets whose
+    signature matches (one per Stripe event destination: thin and snapshot events need two)."""
+    secrets = [s.strip() for s in request.app[SETTINGS].stripe_webhook_secret.value.split(",") if s.strip()]
+    for secret in secrets:
+        try:
+            return parse(secret)
+        except stripe.SignatureVerificationError:
+            continue
+        except (ValueError, KeyError):
+            raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
+    raise ApiError("invalid_signature", "Stripe-Signature does not match", field="Stripe-Signature")
+
+
 def _is_snapshot(raw: bytes) -> bool:
     """A v1 snapshot event (``"object": "event"``), not a v2 thin notification."""
     try:
@@ -98,16 +108,9 @@ def _is_snapshot(raw: bytes) -> bool:
 
 async def _snapshot_event(request: web.Request, client: stripe.StripeClient, raw: bytes) -> web.Response:
     settings = request.app[SETTINGS]
-    try:
-        event = client.construct_event(
-            raw, request.headers.get("Stripe-Signature"), settings.stripe_webhook_secret.value
-        )
-    except stripe.SignatureVerificationError:
-        raise ApiError(
-            "invalid_signature", "Stripe-Signature does not match", field="Stripe-Signature"
-        ) from None
-    except (ValueError, KeyError):
-        raise ApiError("invalid_event", "the body is not a Stripe event", field="body") from None
+    event = verified(
+        request, lambda secret: client.construct_event(raw, request.headers.get("Stripe-Signature"), secret)
+    )
     if not event.type.startswith("invoice."):
         return json_response({"received": True, "handled": False})
     invoice = event.data.object

@@ -1,0 +1,240 @@
+"""The pre-invoice guard through the real pipeline: a worker (counting, the Stripe writer, the guard),
+the API receiving the emulator's signed invoice events, and billing on a Stripe test clock.
+
+The test clock's period ends a few days ago on the application's clock, so its usage is inside Stripe's
+35 days and inside the default lateness; the guard judges deadlines by the test clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+import pytest_asyncio
+import stripe
+from aiohttp.test_utils import TestClient, TestServer
+from psycopg.rows import dict_row
+
+from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.config import Secret, Settings
+from stripemeter.tools.stripe_emulator import EmulatorState
+from tests.integration.client import eventually, produce
+from tests.integration.harness import ApiClient, StartWorker
+from tests.integration.stripe_helpers import emulator_settings
+
+SECRET = "whsec_guard_test"
+HOUR = 3600
+
+
+@dataclass
+class Billing:
+    """A tenant billed through a metered price on a test clock."""
+
+    state: EmulatorState
+    stripe: stripe.StripeClient
+    api: ApiClient
+    tenant: str
+    event_name: str
+    meter_id: str
+    price_id: str
+    clock_id: str
+    start: int  # the subscriptions' period start (the billing anchor), unix seconds
+    customers: dict[str, str]  # customerRef -> Stripe customer id
+
+    async def subscribe(self, customer_ref: str) -> None:
+        customer = self.stripe.v1.customers.create({"email": f"{customer_ref}@example.com", "test_clock": self.clock_id})
+        self.customers[customer_ref] = customer.id
+        self.stripe.v1.subscriptions.create(
+            {"customer": customer.id, "items": [{"price": self.price_id}], "billing_cycle_anchor": self.start}
+        )
+        anchor = datetime.fromtimestamp(self.start, tz=UTC).isoformat().replace("+00:00", "Z")
+        put = await self.api.put(
+            f"/v1/customers/{self.tenant}/{customer_ref}",
+            json={"stripeCustomerId": customer.id, "billingAnchor": anchor},
+        )
+        assert put.status == 200, await put.text()
+
+    def invoices(self) -> dict[str, dict[str, Any]]:
+        """customerRef -> its newest invoice, as Stripe holds it."""
+        out = {}
+        for ref, cus in self.customers.items():
+            found = self.stripe.v1.invoices.list({"customer": cus, "limit": 10}).data
+            cycle = [i for i in found if i.billing_reason == "subscription_cycle"]
+            if cycle:
+                out[ref] = cycle[0].to_dict()
+        return out
+
+    def advance(self, to: int) -> None:
+        self.stripe.v1.test_helpers.test_clocks.advance(self.clock_id, {"frozen_time": to})
+
+    def lose(self, customer_ref: str, bucket: int) -> int:
+        """Stripe loses every meter event of one customer's hour; returns the units lost."""
+        lost = 0
+        for event in self.state.meter_events(self.meter_id):
+            if event.customer == self.customers[customer_ref] and event.timestamp == bucket:
+                event.cancelled = True
+                lost += event.value
+        return lost
+
+
+@pytest_asyncio.fixture
+async def guarded_api(env: Settings, emulator: tuple[EmulatorState, str]) -> AsyncIterator[ApiClient]:
+    """The API with Stripe's settings and the webhook secret; the emulator delivers its events to it."""
+    state, base = emulator
+    settings = env.with_overrides(**emulator_settings(base), stripe_webhook_secret=Secret(SECRET))
+    client = TestClient(TestServer(create_api(settings)))
+    await client.start_server()
+    state.set_webhook(str(client.make_url("/v1/stripe/webhook")), SECRET)
+    yield client
+    await client.close()
+
+
+async def billing(api: ApiClient, emulator: tuple[EmulatorState, str], start: int) -> Billing:
+    state, base = emulator
+    client = stripe.StripeClient("sk_test_emulator", base_addresses={"api": base, "meter_events": base})
+    tenant = f"ig-{uuid.uuid4().hex[:6]}"
+    event_name = f"req_{uuid.uuid4().hex[:8]}"
+    meter = client.v1.billing.meters.create(
+        {
+            "display_name": "requests",
+            "event_name": event_name,
+            "default_aggregation": {"formula": "sum"},
+            "customer_mapping": {"type": "by_id", "event_payload_key": "stripe_customer_id"},
+            "value_settings": {"event_payload_key": "value"},
+        }
+    )
+    product = client.v1.products.create({"name": "API requests"})
+    price = client.v1.prices.create(
+        {
+            "currency": "usd",
+            "product": product.id,
+            "unit_amount": 2,
+            "recurring": {"interval": "month", "usage_type": "metered", "meter": meter.id},
+        }
+    )
+    clock = client.v1.test_helpers.test_clocks.create({"frozen_time": start})
+    put = await api.put(
+        f"/v1/mappings/{tenant}/requests", json={"stripeMeterEventName": event_name, "aggregation": "sum"}
+    )
+    assert put.status == 200, await put.text()
+    return Billing(state, client, api, tenant, event_name, meter.id, price.id, clock.id, start, {})
+
+
+def usage(tenant: str, customer: str, ts: int, quantity: int, key: str) -> dict[str, Any]:
+    stamp = datetime.fromtimestamp(ts, tz=UTC).isoformat().replace("+00:00", "Z")
+    return {"tenantId": tenant, "metric": "requests", "customerRef": customer, "quantity": quantity,
+            "ts": stamp, "idempotencyKey": key}  # fmt: skip
+
+
+async def local_total(env: Settings, tenant: str, customer: str, start: int, end: int) -> int:
+    """The customer's counted units over the hours whose start lies in [start, end)."""
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT coalesce(sum(total_micros), 0) FROM counters WHERE tenant_id = %s AND customer_ref = %s"
+            " AND bucket >= to_timestamp(%s) AND bucket < to_timestamp(%s)",
+            (tenant, customer, start, end),
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return int(row[0]) // 1_000_000
+
+
+async def guard_rows(env: Settings, tenant: str) -> dict[str, dict[str, Any]]:
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute("SELECT * FROM invoices WHERE tenant_id = %s", (tenant,))
+        return {r["customer_ref"]: r for r in await cur.fetchall()}
+
+
+def quantity(invoice: dict[str, Any]) -> int:
+    lines = invoice["lines"]["data"]
+    assert len(lines) == 1
+    return int(float(lines[0].get("quantity_decimal") or lines[0]["quantity"]))
+
+
+def anchor_days_ago(days: int, minute: int = 0) -> int:
+    now = int(time.time())
+    return now - now % HOUR - days * 24 * HOUR + minute * 60
+
+
+async def test_every_invoice_finalizes_with_the_counted_quantity_and_one_beyond_epsilon_waits_for_the_operator(
+    env: Settings,
+    start_worker: StartWorker,
+    emulator: tuple[EmulatorState, str],
+    guarded_api: ApiClient,
+) -> None:
+    b = await billing(guarded_api, emulator, anchor_days_ago(33))
+    for ref in ("c1", "c2", "c3", "c4"):
+        await b.subscribe(ref)
+    worker = start_worker(
+        "w1",
+        **emulator_settings(emulator[1]),
+        reconcile_settle_seconds=3.0,
+        invoice_check_seconds=1.0,
+        invoice_deadline_margin_seconds=600.0,
+    )
+    worker.wait_ready()
+    end = int(b.stripe.v1.subscriptions.list({"customer": b.customers["c1"]}).data[0]["items"]["data"][0]["current_period_end"])
+    small, big = end - 20 * HOUR, end - 5 * HOUR  # two hours of the period: 1 unit, and 2,000 units
+    events = []
+    for ref in b.customers:
+        events.append(usage(b.tenant, ref, small + 60, 1, f"{ref}-small"))
+        events += [usage(b.tenant, ref, big + 60 * i, 100, f"{ref}-big-{i}") for i in range(20)]
+    await produce(env, [events])
+
+    async def pushed() -> bool:
+        counted = sum(e.value for e in b.state.meter_events(b.meter_id))
+        return counted == 4 * 2001
+
+    await eventually(pushed, timeout=90, what="every hour pushed to Stripe")
+    # Stripe loses the small hour of c1..c3 (within epsilon) and the big hour of c4 (beyond it)
+    assert [b.lose(ref, small) for ref in ("c1", "c2", "c3")] == [1, 1, 1]
+    assert b.lose("c4", big) == 2000
+    b.advance(end + 1)  # the period ends: Stripe creates the drafts and tells the API
+
+    async def all_held() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return len(rows) == 4 and all(r["guard_state"] == "held" for r in rows.values())
+
+    await eventually(all_held, timeout=60, what="the four drafts held")
+    held = b.invoices()
+    assert all(i["status"] == "draft" and i["auto_advance"] is False for i in held.values())
+    # late usage of c1 inside the grace: the guard waits for it too
+    await produce(env, [[usage(b.tenant, "c1", end - 2 * HOUR, 7, f"late-{i}") for i in range(3)]])
+
+    async def three_finalized() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return all(rows[ref]["guard_state"] == "finalized" for ref in ("c1", "c2", "c3"))
+
+    await eventually(three_finalized, timeout=90, what="c1, c2 and c3 finalized")
+    final = b.invoices()
+    for ref in ("c1", "c2", "c3"):
+        assert final[ref]["status"] in ("open", "paid")
+        assert quantity(final[ref]) == await local_total(env, b.tenant, ref, b.start, end)
+    assert quantity(final["c1"]) == 2001 + 21  # the late events are on the invoice
+    rows = await guard_rows(env, b.tenant)
+    proof = (await (await guarded_api.get(f"/v1/invoices/{rows['c1']['invoice_id']}")).json())
+    line = proof["lines"][0]
+    assert (line["local"], line["stripe"], line["proven"], line["invoiceQuantity"]) == (2022, 2022, True, "2022")
+    assert line["hoursCompared"] == 3 and proof["releaseReason"]
+
+    # c4 stays held beyond epsilon, named by the operator metric, until the operator aligns Stripe
+    assert rows["c4"]["guard_state"] == "held" and rows["c4"]["reason_code"] == "beyond_epsilon"
+    assert b.invoices()["c4"]["status"] == "draft"
+    run = await guarded_api.post(
+        "/v1/reconciliation/run",
+        json={"tenantId": b.tenant, "metric": "requests", "period": rows["c4"]["lines"][0]["period"], "align": "all"},
+    )
+    assert run.status == 200, await run.text()
+
+    async def c4_finalized() -> bool:
+        return (await guard_rows(env, b.tenant))["c4"]["guard_state"] == "finalized"
+
+    await eventually(c4_finalized, timeout=90, what="c4 finalized after the operator's alignment")
+    assert quantity(b.invoices()["c4"]) == await local_total(env, b.tenant, "c4", b.start, end) == 2001
