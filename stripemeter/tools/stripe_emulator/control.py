@@ -3,17 +3,21 @@
 - `GET|POST /_emulator/faults`: read or partially update the faults (JSON body, see `faults.Faults`).
 - `POST /_emulator/reset`: forget all objects and faults.
 - `GET /_emulator/clock`: `{"now"}`, the emulator's unix time; `POST /_emulator/clock` with
-  `{"advance": seconds}` moves it forward and answers the same.
+  `{"advance": seconds}` moves it forward, lets what has come due happen (invoices of customers
+  without a test clock, see billing.py) and answers the same.
 - `GET /_emulator/meters/{id}/events`: the accepted, non-cancelled meter events of one meter.
-- `POST /_emulator/webhook` with `{"url": "...", "secret": "whsec_..."}`: the one event destination
-  that error reports are sent to, signed with `secret` (`{"url": null}` removes it); `GET` shows it
-  (without the secret) and every delivery so far (attempts and outcome).
+- `POST /_emulator/webhook` with `{"url": "...", "secret": "whsec_..."}`: the event destination that
+  error reports (v2 thin events) and invoice events (v1 snapshot events) are sent to, signed with
+  `secret` (`{"url": null}` removes it); with `"snapshot_url"` and `"snapshot_secret"` the v1
+  snapshot events go there instead, as to a second Stripe endpoint. `GET` shows the URLs (without
+  the secrets) and every delivery so far (attempts and outcome).
 - `GET /_emulator/error_reports`: the error reports of events dropped by async validation, oldest
   first: `{code, message, meter, event_name, identifier, received, event, delivery}`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -37,7 +41,22 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
-def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
+def _url(body: dict[str, Any], url_key: str, secret_key: str) -> tuple[str | None, str | None]:
+    url, secret = body.get(url_key), body.get(secret_key)
+    if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+        raise web.HTTPBadRequest(text=f"{url_key} must be an http(s) URL or null")
+    if url is not None and (not isinstance(secret, str) or not secret):
+        raise web.HTTPBadRequest(
+            text=f"{secret_key} must be a non-empty string (Stripe's look like whsec_...)"
+        )
+    return url, secret
+
+
+def add_routes(
+    app: web.Application,
+    key: web.AppKey[EmulatorState],
+    run_due: Callable[[web.Application], None] = lambda app: None,
+) -> None:
     async def get_faults(request: web.Request) -> web.Response:
         return json_response(request.app[key].faults.as_dict())
 
@@ -59,6 +78,7 @@ def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
         if not isinstance(advance, int | float) or isinstance(advance, bool):
             raise web.HTTPBadRequest(text="advance must be a number of seconds")
         state.clock_offset += advance
+        run_due(request.app)
         return json_response({"now": state.now()})
 
     async def read_clock(request: web.Request) -> web.Response:
@@ -75,18 +95,18 @@ def add_routes(app: web.Application, key: web.AppKey[EmulatorState]) -> None:
     async def set_webhook(request: web.Request) -> web.Response:
         state = request.app[key]
         body = await _json_body(request)
-        url, secret = body.get("url"), body.get("secret")
-        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
-            raise web.HTTPBadRequest(text="url must be an http(s) URL or null")
-        if url is not None and (not isinstance(secret, str) or not secret):
-            raise web.HTTPBadRequest(text="secret must be a non-empty string (Stripe's look like whsec_...)")
-        state.set_webhook(url, secret)
+        url, secret = _url(body, "url", "secret")
+        snapshot_url, snapshot_secret = _url(body, "snapshot_url", "snapshot_secret")
+        state.set_webhook(url, secret, snapshot_url, snapshot_secret)
         return await get_webhook(request)
 
     async def get_webhook(request: web.Request) -> web.Response:
         state = request.app[key]
         url = state.webhook.url if state.webhook else None
-        return json_response({"url": url, "deliveries": list(deliveries(state).values())})
+        snapshot_url = state.snapshot_webhook.url if state.snapshot_webhook else None
+        return json_response(
+            {"url": url, "snapshot_url": snapshot_url, "deliveries": list(deliveries(state).values())}
+        )
 
     async def error_reports(request: web.Request) -> web.Response:
         state = request.app[key]

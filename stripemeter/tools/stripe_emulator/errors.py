@@ -8,6 +8,7 @@ IdempotencyError when type is `idempotency_error`; 401 -> AuthenticationError; 4
 
 from __future__ import annotations
 
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 
@@ -80,3 +81,74 @@ def parse_int(raw: Any, param: str) -> int:
     if isinstance(raw, str) and raw.lstrip("-").isdigit():
         return int(raw)
     raise invalid(f"Invalid integer: {raw!r}", param=param, code="parameter_invalid_integer")
+
+
+def parse_bool(raw: Any, param: str) -> bool:
+    """stripe-python sends booleans as `true` / `false`."""
+    if raw in ("true", "false"):
+        return bool(raw == "true")
+    raise invalid(f"Invalid boolean: {raw!r}", param=param)
+
+
+def parse_decimal(raw: Any, param: str) -> Decimal:
+    """A decimal string with at most 12 decimal places (Stripe's `*_decimal` parameters)."""
+    try:
+        value = Decimal(raw) if isinstance(raw, str) and raw.strip() == raw else None
+    except InvalidOperation:
+        value = None
+    if value is None or not value.is_finite():
+        raise invalid(f"Invalid decimal: {raw!r}", param=param)
+    exponent = value.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -12:
+        raise invalid(f"Invalid {param}: at most 12 decimal places are allowed.", param=param)
+    return value
+
+
+def decimal_text(value: Decimal) -> str:
+    """A decimal as Stripe shows it: no exponent, no trailing zeros (`0.5`, `12`)."""
+    text = format(value.normalize(), "f")
+    return "0" if text in ("-0", "") else text
+
+
+def optional_string(
+    params: dict[str, Any], name: str, longest: int = 5000, label: str | None = None
+) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    param = label or name
+    if not isinstance(value, str) or len(value) > longest:
+        raise invalid(f"Invalid {param}: must be a string of at most {longest} characters.", param=param)
+    return value
+
+
+def check_metadata(params: dict[str, Any], name: str = "metadata") -> dict[str, str] | None:
+    """A metadata hash as Stripe limits it (50 keys of at most 40 characters, values of at most 500),
+    or "" (clear all); None when absent. An empty value unsets its key (see `merge_metadata`)."""
+    metadata = params.get(name)
+    if metadata is None:
+        return None
+    if metadata == "":
+        return {}
+    if not isinstance(metadata, dict) or any(not isinstance(v, str) for v in metadata.values()):
+        raise invalid(f"Invalid {name}: must be a hash of strings, or empty.", param=name)
+    if len(metadata) > 50:
+        raise invalid(f"Invalid {name}: at most 50 keys are allowed.", param=name)
+    for key, value in metadata.items():
+        if len(key) > 40:
+            raise invalid(f"Invalid {name}[{key}]: keys are at most 40 characters.", param=f"{name}[{key}]")
+        if len(value) > 500:
+            raise invalid(
+                f"Invalid {name}[{key}]: values are at most 500 characters.", param=f"{name}[{key}]"
+            )
+    return metadata
+
+
+def merge_metadata(current: dict[str, str], update: dict[str, str] | None) -> dict[str, str]:
+    """Stripe's metadata update: keys are set, an empty value removes its key, {} (from "") clears all."""
+    if update is None:
+        return current
+    if not update:
+        return {}
+    merged = {**current, **update}
+    return {k: v for k, v in merged.items() if v != ""}

@@ -1,5 +1,10 @@
-"""The HTTP face of the emulator: Stripe's v1 routes for customers and billing meters on aiohttp,
-and `GET /v2/core/events/{id}` for the events that carry error reports.
+"""The HTTP face of the emulator: Stripe's v1 routes for customers, billing meters, products, prices,
+test clocks, subscriptions, invoices, invoice items and events on aiohttp, and
+`GET /v2/core/events/{id}` for the events that carry error reports.
+
+Before every Stripe request, and once a second (`TICK_SECONDS`), what has come due happens
+(`Billing.run_due`: test clocks finish advancing, invoices are made and finalized on the emulator's
+clock); a test clock's advance finishes right after its answer.
 
 Every Stripe request passes, in this order (each step as Stripe places it):
 1. Request-Id; injected latency; dropped connection (nothing processed, nothing stored);
@@ -13,7 +18,8 @@ Every Stripe request passes, in this order (each step as Stripe places it):
    500 (after the state changed; stored); then the answer is stored for the key;
 7. an injected lost response: the connection is aborted after all of the above.
 Errors anywhere become Stripe's error envelope; unknown routes become 404 "Unrecognized request URL".
-Error reports queued by the state are handed to the webhook sender after each request.
+Events queued by the state (error reports, invoice events) are handed to the webhook sender after
+each request and each tick.
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from stripemeter.tools.stripe_emulator import control, events, meters
+from stripemeter.tools.stripe_emulator import billing, catalog, control, events, invoices, meters, test_clocks
 from stripemeter.tools.stripe_emulator.errors import StripeApiError, reject_unknown
 from stripemeter.tools.stripe_emulator.faults import (
     TEST_MODE_OPS_PER_SECOND,
@@ -52,6 +58,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Operation = Callable[[EmulatorState, dict[str, Any], web.Request], dict[str, Any]]
 Check = Callable[[dict[str, Any]], object]
 STORED_HEADERS = ("Stripe-Should-Retry",)
+TICK_SECONDS = 1.0
+TICKER: web.AppKey[asyncio.Task[None]] = web.AppKey("ticker", asyncio.Task)
 
 
 def _api_key(request: web.Request) -> str:
@@ -154,6 +162,23 @@ def _send_outbox(app: web.Application) -> None:
         sender.send(*state.outbox.pop(0))
 
 
+def run_due(app: web.Application) -> None:
+    """What is due happens (billing.py), and its events are sent."""
+    try:
+        app[STATE].billing.run_due()
+    finally:
+        _send_outbox(app)
+
+
+async def _tick(app: web.Application) -> None:
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        try:
+            run_due(app)
+        except Exception:  # a bug here must not stop the clock; the next request shows it
+            log.exception("stripe emulator: billing tick failed")
+
+
 @web.middleware
 async def stripe_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     request[REQUEST_ID] = new_id("req")
@@ -162,6 +187,7 @@ async def stripe_middleware(request: web.Request, handler: Handler) -> web.Strea
         if request.path.startswith(control.PREFIX):
             response = await handler(request)
         else:
+            state.billing.run_due()
             response = await _stripe_api(request, handler, state)
     except StripeApiError as error:
         response = error_response(error)
@@ -170,6 +196,8 @@ async def stripe_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(StripeApiError(404, "invalid_request_error", message))
     finally:
         _send_outbox(request.app)
+        if state.billing.advancing:  # the answer said "advancing": finish right after it
+            asyncio.get_running_loop().call_soon(run_due, request.app)
     response.headers["Request-Id"] = request[REQUEST_ID]
     return response
 
@@ -200,6 +228,11 @@ def _id(request: web.Request) -> str:
 
 def _no_params(params: dict[str, Any]) -> None:
     reject_unknown(params, set())
+
+
+def _origin(request: web.Request) -> billing.Origin:
+    """The request an event reports as its cause."""
+    return request[REQUEST_ID], request.headers.get("Idempotency-Key")
 
 
 def _record_meter_event(state: EmulatorState, params: dict[str, Any], request: web.Request) -> dict[str, Any]:
@@ -241,6 +274,71 @@ ROUTES: list[tuple[str, str, Operation, Check | None]] = [
     ),
     # no parameter check: stripe-python 16's fetch_event_async() sends its `usage` list along
     ("GET", "/v2/core/events/{id}", lambda s, p, r: s.get_v2_event(_id(r)), None),
+    ("POST", "/v1/products", lambda s, p, r: s.billing.create_product(p), catalog.check_product),
+    ("GET", "/v1/products/{id}", lambda s, p, r: s.billing.get_product(_id(r)), _no_params),
+    ("POST", "/v1/prices", lambda s, p, r: s.billing.create_price(p), catalog.check_price),
+    ("GET", "/v1/prices", lambda s, p, r: s.billing.list_prices(p, r.path), catalog.check_price_list),
+    ("GET", "/v1/prices/{id}", lambda s, p, r: s.billing.get_price(_id(r)), _no_params),
+    (
+        "POST",
+        "/v1/test_helpers/test_clocks",
+        lambda s, p, r: s.billing.create_test_clock(p),
+        test_clocks.check_create,
+    ),
+    (
+        "GET",
+        "/v1/test_helpers/test_clocks/{id}",
+        lambda s, p, r: s.billing.get_test_clock(_id(r)),
+        _no_params,
+    ),
+    (
+        "POST",
+        "/v1/test_helpers/test_clocks/{id}/advance",
+        lambda s, p, r: s.billing.advance_test_clock(_id(r), p),
+        test_clocks.check_advance,
+    ),
+    (
+        "POST",
+        "/v1/subscriptions",
+        lambda s, p, r: s.billing.create_subscription(p, _origin(r)),
+        billing.check_subscription,
+    ),
+    ("GET", "/v1/subscriptions/{id}", lambda s, p, r: s.billing.get_subscription(_id(r)), _no_params),
+    ("GET", "/v1/invoices", lambda s, p, r: s.billing.list_invoices(p, r.path), invoices.check_list),
+    ("GET", "/v1/invoices/{id}", lambda s, p, r: s.billing.get_invoice(_id(r)), _no_params),
+    (
+        "POST",
+        "/v1/invoices/{id}",
+        lambda s, p, r: s.billing.update_invoice(_id(r), p, _origin(r)),
+        invoices.check_update,
+    ),
+    (
+        "POST",
+        "/v1/invoices/{id}/finalize",
+        lambda s, p, r: s.billing.finalize_invoice(_id(r), p, _origin(r)),
+        invoices.check_finalize,
+    ),
+    (
+        "GET",
+        "/v1/invoices/{id}/lines",
+        lambda s, p, r: s.billing.invoice_lines(_id(r), p, r.path),
+        invoices.check_lines_list,
+    ),
+    (
+        "POST",
+        "/v1/invoiceitems",
+        lambda s, p, r: s.billing.create_invoice_item(p),
+        invoices.check_invoice_item,
+    ),
+    (
+        "GET",
+        "/v1/invoiceitems",
+        lambda s, p, r: s.billing.list_invoice_items(p, r.path),
+        invoices.check_invoice_item_list,
+    ),
+    ("GET", "/v1/invoiceitems/{id}", lambda s, p, r: s.billing.get_invoice_item(_id(r)), _no_params),
+    ("GET", "/v1/events", lambda s, p, r: s.list_v1_events(p, r.path), None),
+    ("GET", "/v1/events/{id}", lambda s, p, r: s.get_v1_event(_id(r)), _no_params),
 ]
 
 
@@ -250,12 +348,19 @@ def create_app(state: EmulatorState | None = None) -> web.Application:
     app[SENDER] = Sender()
     for method, path, operation, check in ROUTES:
         app.router.add_route(method, path, endpoint(operation, check))
-    control.add_routes(app, STATE)
+    control.add_routes(app, STATE, run_due)
 
-    async def close_sender(app: web.Application) -> None:
+    async def start_ticker(app: web.Application) -> None:
+        app[TICKER] = asyncio.get_running_loop().create_task(_tick(app))
+
+    async def close(app: web.Application) -> None:
+        app[TICKER].cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await app[TICKER]
         await app[SENDER].close()
 
-    app.on_cleanup.append(close_sender)
+    app.on_startup.append(start_ticker)
+    app.on_cleanup.append(close)
     return app
 
 

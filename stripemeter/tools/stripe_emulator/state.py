@@ -1,5 +1,6 @@
 """The emulator's in-memory Stripe account: customers, meters, meter events, idempotency, faults,
-the operations budget, error reports and the v2 events that carry them.
+the operations budget, error reports and the v2 events that carry them, billing (`billing.Billing`:
+products, prices, test clocks, subscriptions, invoices) and the v1 events that report its changes.
 
 Each method is one API operation: it takes the decoded params, applies the rules from `meters`,
 `events` and `summaries`, and returns the JSON-ready object or raises StripeApiError. Time comes from
@@ -13,6 +14,8 @@ makes meter events validate after the answer, as Stripe does (both also settable
 
 from __future__ import annotations
 
+import copy
+import fnmatch
 import time
 import uuid
 from collections import Counter
@@ -20,6 +23,7 @@ from collections.abc import Callable
 from typing import Any
 
 from stripemeter.tools.stripe_emulator import events, meters, summaries, webhooks
+from stripemeter.tools.stripe_emulator.billing import Billing
 from stripemeter.tools.stripe_emulator.budget import OpsBudget
 from stripemeter.tools.stripe_emulator.errors import StripeApiError, invalid, no_such, reject_unknown
 from stripemeter.tools.stripe_emulator.events import EventRequest, MeterEvent
@@ -35,7 +39,10 @@ CUSTOMER_LENGTHS = {"email": 512, "name": 256, "description": 5000}
 
 def check_customer(params: Params) -> None:
     """The shape checks of `POST /v1/customers` for the parameters the emulator keeps (the spec's)."""
-    reject_unknown(params, {*CUSTOMER_LENGTHS, "metadata"})
+    reject_unknown(params, {*CUSTOMER_LENGTHS, "metadata", "test_clock"})
+    test_clock = params.get("test_clock")
+    if test_clock is not None and not isinstance(test_clock, str):
+        raise invalid("Invalid test_clock: must be a string.", param="test_clock")
     for name, longest in CUSTOMER_LENGTHS.items():
         value = params.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > longest):
@@ -65,9 +72,11 @@ class EmulatorState:
         self.faults.reset()
         self.idempotency = IdempotencyStore()
         self.webhook: Destination | None = None
+        self.snapshot_webhook: Destination | None = None  # None: v1 events go to `webhook` too
         self.error_reports: list[Params] = []
         self.requests: Counter[str] = Counter()  # "METHOD /path" -> requests received (tests' numbers)
         self.v2_events: dict[str, Params] = {}
+        self.v1_events: dict[str, Params] = {}
         self.deliveries: list[Delivery] = []
         self.outbox: list[tuple[Destination, Params, Delivery]] = []  # the server sends them
         self.customers: dict[str, Params] = {}
@@ -76,6 +85,7 @@ class EmulatorState:
         self._by_identifier: dict[str, MeterEvent] = {}
         # summaries read one customer of one meter; an index keeps them cheap with many customers
         self._by_meter_customer: dict[tuple[str, str], list[MeterEvent]] = {}
+        self.billing = Billing(self)
 
     def now(self) -> float:
         return self.clock() + self.clock_offset
@@ -83,16 +93,24 @@ class EmulatorState:
     # --- customers ------------------------------------------------------------------------------
 
     def create_customer(self, params: Params) -> Params:
+        """A customer; with `test_clock` it lives at that clock's time (billing.py)."""
         check_customer(params)
+        test_clock = params.get("test_clock") or None
+        if test_clock is not None and test_clock not in self.billing.test_clocks:
+            raise no_such("test_helpers.test_clock", test_clock, param="test_clock")
+        created = (
+            int(self.now()) if test_clock is None else self.billing.test_clocks[test_clock]["frozen_time"]
+        )
         customer: Params = {
             "id": new_id("cus"),
             "object": "customer",
-            "created": int(self.now()),
+            "created": created,
             "description": params.get("description"),
             "email": params.get("email"),
             "livemode": False,
             "metadata": params.get("metadata") or {},  # "" means none
             "name": params.get("name"),
+            "test_clock": test_clock,
         }
         self.customers[customer["id"]] = customer
         return customer
@@ -232,9 +250,61 @@ class EmulatorState:
             self.deliveries.append(delivery)
             self.outbox.append((self.webhook, event, delivery))
 
-    def set_webhook(self, url: str | None, secret: str | None) -> None:
-        """One event destination (None: none); error reports made from now on are sent to it."""
+    def set_webhook(
+        self,
+        url: str | None,
+        secret: str | None,
+        snapshot_url: str | None = None,
+        snapshot_secret: str | None = None,
+    ) -> None:
+        """The event destination (None: none): error reports and billing events made from now on are
+        sent to it; billing's v1 snapshot events go to `snapshot_url` instead when one is given."""
         self.webhook = Destination(url, secret or "") if url else None
+        self.snapshot_webhook = Destination(snapshot_url, snapshot_secret or "") if snapshot_url else None
+
+    def publish(
+        self,
+        type_: str,
+        obj: Params,
+        created: int,
+        previous: Params | None = None,
+        origin: tuple[str | None, str | None] = (None, None),
+    ) -> Params:
+        """A v1 snapshot event of `obj` as it is now, kept for `GET /v1/events` and queued for the
+        destination."""
+        destination = self.snapshot_webhook or self.webhook
+        event = webhooks.snapshot_event(
+            new_id("evt", 24),
+            type_,
+            copy.deepcopy(obj),
+            created,
+            copy.deepcopy(previous),
+            origin,
+            pending_webhooks=0 if destination is None else 1,
+        )
+        self.v1_events[event["id"]] = event
+        if destination is not None:
+            delivery = Delivery(event["id"], destination.url)
+            self.deliveries.append(delivery)
+            self.outbox.append((destination, event, delivery))
+        return event
+
+    def get_v1_event(self, event_id: str) -> Params:
+        if event_id not in self.v1_events:
+            raise no_such("event", event_id)
+        return self.v1_events[event_id]
+
+    def list_v1_events(self, params: Params, url: str) -> Params:
+        """`GET /v1/events`, newest first; `type` may end in `*` (`invoice.*`), as Stripe's does."""
+        reject_unknown(params, {"type", "limit", "starting_after", "ending_before"})
+        pattern = params.get("type")
+        if pattern is not None and not isinstance(pattern, str):
+            raise invalid("Invalid type: must be a string.", "type")
+        ordered = sorted(
+            enumerate(self.v1_events.values()), key=lambda e: (e[1]["created"], e[0]), reverse=True
+        )
+        found = [e for _, e in ordered if pattern is None or fnmatch.fnmatchcase(e["type"], pattern)]
+        return paginate(found, params, url)
 
     def get_v2_event(self, event_id: str) -> Params:
         if event_id not in self.v2_events:
@@ -270,6 +340,16 @@ class EmulatorState:
         own = self._by_meter_customer.get((meter_id, query.customer), [])
         counted = (e for e in own if not e.cancelled and e.received <= visible_before)
         return paginate(summaries.summarize(meter, counted, query), params, url)
+
+    def meter_total(self, meter_id: str, customer: str, start: int, end: int) -> int:
+        """What the meter bills the customer for [start, end) by event timestamp, as it counts now
+        (cancelled events not, events within `summary_delay` of their receipt not yet): an invoice's
+        quantity."""
+        meter = self.get_meter(meter_id)
+        visible_before = self.now() - self.faults.summary_delay
+        own = self._by_meter_customer.get((meter_id, customer), [])
+        counted = [e for e in own if not e.cancelled and e.received <= visible_before]
+        return summaries.period_total(meter, counted, start, end)
 
     def meter_events(self, meter_id: str, include_cancelled: bool = False) -> list[MeterEvent]:
         """Accepted events of one meter in receipt order (cancelled ones only when asked)."""

@@ -120,3 +120,12 @@ def summarize(
             }
         )
     return summaries
+
+
+def period_total(meter: dict[str, Any], events: Iterable[MeterEvent], start: int, end: int) -> int:
+    """The meter's aggregate of `events` (counted ones, in receipt order) stamped in [start, end): what
+    an invoice bills for the period; 0 without events."""
+    if meter.get("event_time_window"):
+        events = newest_per_window(events, meter["event_time_window"])
+    inside = [e for e in events if start <= e.timestamp < end]
+    return int(aggregate(meter["default_aggregation"]["formula"], inside)) if inside else 0

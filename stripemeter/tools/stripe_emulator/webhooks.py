@@ -1,10 +1,15 @@
-"""Error reports as Stripe's event destinations deliver them: v2 "thin" events, signed, in the background.
+"""Events as Stripe's event destinations deliver them, signed, in the background: error reports as v2
+"thin" events, billing changes (invoices) as v1 snapshot events.
 
 Stripe reports meter events that fail its asynchronous validation as the v2 event
 `v1.billing.meter.error_report_triggered` (related object: the meter); an event whose name has no
 meter has no meter to relate to, and Stripe reports it as `v1.billing.meter.no_meter_found` (stripe
 16.x has both classes). The destination receives the thin notification (id, type, created,
 related_object) and fetches the full event, `data` included, from `GET /v2/core/events/{id}`.
+
+Billing changes are v1 snapshot events (`snapshot_event`): `{"id": "evt_...", "object": "event",
+"type": "invoice.created", "created", "api_version", "data": {"object": <the invoice then>}, ...}`,
+delivered whole, so `stripe.StripeClient.construct_event(body, header, secret)` accepts them.
 
 Signing is Stripe's: header `Stripe-Signature: t=<unix>,v1=<hex HMAC-SHA256(secret, f"{t}.{body}")>`,
 so `stripe.StripeClient.parse_event_notification(body, header, secret)` accepts it. `t` is wall-clock
@@ -34,6 +39,7 @@ from stripemeter.domain.timefmt import iso_millis
 log = logging.getLogger(__name__)
 
 ERROR_REPORT = "v1.billing.meter.error_report_triggered"
+API_VERSION = "2026-10-28.endive"  # the version stripe-python 16.1 pins (stripe.api_version)
 NO_METER = "v1.billing.meter.no_meter_found"
 # Stripe retries a failed delivery for up to three days; a few minutes, doubling, stand in for it
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0, 30.0, 30.0)
@@ -121,6 +127,38 @@ def error_event(
     return event
 
 
+def snapshot_event(
+    event_id: str,
+    type_: str,
+    obj: dict[str, Any],
+    created: int,
+    previous: dict[str, Any] | None = None,
+    request: tuple[str | None, str | None] = (None, None),
+    pending_webhooks: int = 0,
+) -> dict[str, Any]:
+    """A v1 snapshot event: `obj` as it is at `created`; `previous` the changed attributes' old values
+    (`*.updated`); `request` the API request (id, idempotency key) that caused it, none if automatic."""
+    data: dict[str, Any] = {"object": obj}
+    if previous is not None:
+        data["previous_attributes"] = previous
+    return {
+        "id": event_id,
+        "object": "event",
+        "api_version": API_VERSION,
+        "created": created,
+        "data": data,
+        "livemode": False,
+        "pending_webhooks": pending_webhooks,
+        "request": {"id": request[0], "idempotency_key": request[1]},
+        "type": type_,
+    }
+
+
+def body(event: dict[str, Any]) -> dict[str, Any]:
+    """What a destination receives: a v1 snapshot event whole, a v2 event as its thin notification."""
+    return event if event["object"] == "event" else notification(event)
+
+
 def notification(event: dict[str, Any]) -> dict[str, Any]:
     """The thin payload a destination receives: the event without `data`, `context` or `reason`."""
     keys = ("id", "object", "type", "created", "livemode", "related_object")
@@ -130,18 +168,20 @@ def notification(event: dict[str, Any]) -> dict[str, Any]:
 async def deliver(
     session: aiohttp.ClientSession, destination: Destination, event: dict[str, Any], delivery: Delivery
 ) -> None:
-    body = orjson.dumps(notification(event))
+    payload = orjson.dumps(body(event))
     for attempt, delay in enumerate((0.0, *RETRY_DELAYS)):
         if delay:
             await asyncio.sleep(delay)
         headers = {
             "Content-Type": "application/json; charset=utf-8",
             "User-Agent": USER_AGENT,
-            "Stripe-Signature": sign(body, destination.secret, int(time.time())),
+            "Stripe-Signature": sign(payload, destination.secret, int(time.time())),
         }
         try:
             timeout = aiohttp.ClientTimeout(total=TIMEOUT_SECONDS)
-            async with session.post(destination.url, data=body, headers=headers, timeout=timeout) as answer:
+            async with session.post(
+                destination.url, data=payload, headers=headers, timeout=timeout
+            ) as answer:
                 await answer.read()
                 delivery.attempts.append(str(answer.status))
                 if 200 <= answer.status < 300:
