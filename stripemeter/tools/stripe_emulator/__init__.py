@@ -4,10 +4,11 @@ Point `stripe.StripeClient(key, base_addresses={"api": url, "meter_events": url}
 customers, meters, meter events and adjustments in memory, answers event summaries from them, bills
 them like Stripe (products, metered prices, subscriptions, invoices that stay drafts for an hour
 after each period end while their quantities follow the meter, invoice items, test clocks, and
-`invoice.*` v1 snapshot events; see `billing`), and can inject Stripe's failure modes (see `faults`). Idempotent answers are stored and replayed as Stripe
-does (500s included), test mode's 25 operations per second are enforced, and requests are accepted or
-refused as Stripe's stripe-mock does (tests/integration/test_stripe_mock.py), or more strictly where
-Stripe's spec or docs say so. Deliberate differences from Stripe, kept small:
+`invoice.*` v1 snapshot events; see `billing`), and can inject Stripe's failure modes (see
+`faults`). Idempotent answers are stored and replayed as Stripe does (500s included), test mode's 25
+operations per second are enforced, and requests are accepted or refused as Stripe's stripe-mock
+does (tests/integration/test_stripe_mock.py), or more strictly where Stripe's spec or docs say so.
+Deliberate differences from Stripe, kept small:
 
 - By default, validation that Stripe does asynchronously (unknown meter or customer, missing payload
   keys, bad values, timestamps out of range) is answered synchronously with 400, so tests see it at
