@@ -1,6 +1,7 @@
 """Every request this project sends to Stripe, checked against Stripe's own stripe-mock (which validates
 parameters against Stripe's OpenAPI spec), and the project's emulator accepting and refusing requests
-as stripe-mock does.
+as stripe-mock does. Billing's requests (products, metered prices, test clocks, subscriptions,
+invoices, invoice items, events) are the shapes the emulator's billing clients send.
 
 stripe-mock (`go install github.com/stripe/stripe-mock@latest`; `./dev test` installs it) runs once
 for this module on loopback ports of its own. Requests go through the real `stripe` client
@@ -24,6 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -42,7 +44,15 @@ from stripemeter.services.reconciler import correction_identifier
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 
 if TYPE_CHECKING:
-    from stripe.params import CustomerCreateParams
+    from stripe.params import (
+        CustomerCreateParams,
+        InvoiceItemCreateParams,
+        InvoiceListParams,
+        InvoiceUpdateParams,
+        PriceCreateParams,
+        ProductCreateParams,
+        SubscriptionCreateParams,
+    )
     from stripe.params.billing import (
         MeterCreateParams,
         MeterEventCreateParams,
@@ -60,6 +70,9 @@ THIS_HOUR = NOW - NOW % HOUR
 PERIOD = (THIS_HOUR - 20 * 86400 + 17 * 60, THIS_HOUR + 10 * 86400 + 17 * 60)
 HOURS = (THIS_HOUR - 20 * 86400, THIS_HOUR + HOUR)
 CUSTOM_KEYS = {"customer_mapping": "account", "value_settings": "units"}
+# billing: test clocks start on this minute; subscriptions are anchored a day and 45 minutes on
+CLOCK_START = NOW - NOW % 60
+CLOCK_ANCHOR = CLOCK_START + 86400 + 45 * 60
 
 
 # --- the two servers ------------------------------------------------------------------------------
@@ -125,6 +138,15 @@ class Server:
     custom_event_name: str = ""  # a meter with custom payload keys
     custom_meter: str = ""
     summary: str = "mtrusg_mock"  # an hour summary of the demo's meter, as a cursor
+    # billing (see setup_billing): a metered price of the demo's meter, a test clock, a customer on it
+    # with a subscription, and two of its subscriptions' draft invoices (one to update, one to finalize)
+    product: str = ""
+    price: str = ""
+    test_clock: str = ""
+    clock_customer: str = ""
+    subscription: str = ""
+    invoice: str = ""
+    draft: str = ""
 
     async def outcome(self, request: Callable[[stripe.StripeClient], Awaitable[Any]]) -> Outcome:
         try:
@@ -170,6 +192,7 @@ async def servers(stripe_mock: str) -> AsyncIterator[tuple[Server, Server]]:
     try:
         for server in (mock, emu):
             await setup(server)
+            await setup_billing(server)
         yield mock, emu
     finally:
         for client in http:
@@ -272,6 +295,183 @@ async def setup(server: Server) -> None:
     if server.name == "emulator":
         assert [s.aggregated_value for s in page.data] == [25 - 3 + 22.0, 1 - 2.0]
         server.summary = page.data[0].id
+
+
+# --- billing: what the emulator's billing clients send -------------------------------------------
+
+
+def product_params() -> ProductCreateParams:
+    return {"name": "API requests", "metadata": {"stripemeter": "test"}}
+
+
+def price_params(product: str, meter: str) -> PriceCreateParams:
+    """A metered price of a meter, per unit in fractions of a cent."""
+    return {
+        "currency": "usd",
+        "product": product,
+        "unit_amount_decimal": Decimal("0.25"),
+        "recurring": {"interval": "month", "interval_count": 1, "usage_type": "metered", "meter": meter},
+    }
+
+
+def subscription_params(customer: str, price: str, anchor: int = CLOCK_ANCHOR) -> SubscriptionCreateParams:
+    return {"customer": customer, "items": [{"price": price}], "billing_cycle_anchor": anchor}
+
+
+async def clock_customer(client: stripe.StripeClient, test_clock: str) -> str:
+    params: CustomerCreateParams = {"email": f"{uuid.uuid4().hex[:8]}@example.com", "test_clock": test_clock}
+    return (await client.v1.customers.create_async(params)).id
+
+
+async def setup_billing(server: Server) -> None:
+    """A product, a metered price of the demo's meter, a test clock with two customers subscribed
+    (anchored a day on), advanced past the anchor: on the emulator each subscription then has a draft
+    invoice (stripe-mock answers fixtures)."""
+    client = server.client
+    server.product = (await client.v1.products.create_async(product_params())).id
+    server.price = (await client.v1.prices.create_async(price_params(server.product, server.meter))).id
+    clocks = client.v1.test_helpers.test_clocks
+    server.test_clock = (await clocks.create_async({"frozen_time": CLOCK_START, "name": "billing"})).id
+    subscriptions = []
+    for _ in range(2):
+        customer = await clock_customer(client, server.test_clock)
+        params = subscription_params(customer, server.price)
+        subscriptions.append(await client.v1.subscriptions.create_async(params))
+    await clocks.advance_async(server.test_clock, {"frozen_time": CLOCK_ANCHOR + 60})
+    if server.name != "emulator":
+        server.clock_customer, server.subscription = "cus_mock", "sub_mock"
+        server.invoice = server.draft = "in_mock"
+        return
+    server.clock_customer, server.subscription = str(subscriptions[0].customer), subscriptions[0].id
+    deadline = time.monotonic() + 10
+    while (await clocks.retrieve_async(server.test_clock)).status != "ready":
+        assert time.monotonic() < deadline, "the test clock did not finish advancing"
+    drafts = []
+    for subscription in subscriptions:
+        listed = await client.v1.invoices.list_async({"subscription": subscription.id, "status": "draft"})
+        assert [i.billing_reason for i in listed.data] == ["subscription_cycle"], listed
+        drafts.append(listed.data[0].id)
+    server.invoice, server.draft = drafts
+
+
+def billing(step: Callable[[Server, stripe.StripeClient], Awaitable[Any]]) -> Request:
+    return lambda server: lambda client: step(server, client)
+
+
+def price(change: dict[str, Any] | None = None, drop: tuple[str, ...] = ()) -> Request:
+    async def step(server: Server, client: stripe.StripeClient) -> Any:
+        params: dict[str, Any] = {**price_params(server.product, server.meter), **(change or {})}
+        for key in drop:
+            params.pop(key)
+        return await client.v1.prices.create_async(cast("PriceCreateParams", params))
+
+    return billing(step)
+
+
+async def advance_a_new_clock(server: Server, client: stripe.StripeClient) -> Any:
+    clocks = client.v1.test_helpers.test_clocks
+    clock = await clocks.create_async({"frozen_time": CLOCK_START})
+    return await clocks.advance_async(clock.id, {"frozen_time": CLOCK_START + 3600})
+
+
+async def subscribe_with_anchor(server: Server, client: stripe.StripeClient) -> Any:
+    """A customer of a new test clock, subscribed with a billing cycle anchor a day and 45 minutes on."""
+    clock = await client.v1.test_helpers.test_clocks.create_async({"frozen_time": CLOCK_START})
+    customer = await clock_customer(client, clock.id)
+    return await client.v1.subscriptions.create_async(subscription_params(customer, server.price))
+
+
+def invoice_item(params: dict[str, Any]) -> Request:
+    async def step(server: Server, client: stripe.StripeClient) -> Any:
+        full = {"customer": server.clock_customer, **params}
+        return await client.v1.invoice_items.create_async(cast("InvoiceItemCreateParams", full))
+
+    return billing(step)
+
+
+def invoices_list(params: dict[str, Any]) -> Request:
+    async def step(server: Server, client: stripe.StripeClient) -> Any:
+        ids = {"CUSTOMER": server.clock_customer, "SUBSCRIPTION": server.subscription}
+        full = {k: ids.get(v, v) if isinstance(v, str) else v for k, v in params.items()}
+        return await client.v1.invoices.list_async(cast("InvoiceListParams", full))
+
+    return billing(step)
+
+
+def invoice_update(params: dict[str, Any]) -> Request:
+    async def step(server: Server, client: stripe.StripeClient) -> Any:
+        return await client.v1.invoices.update_async(server.invoice, cast("InvoiceUpdateParams", params))
+
+    return billing(step)
+
+
+CORRECTION_PERIOD = {"start": CLOCK_START, "end": CLOCK_ANCHOR}
+CORRECTION = {"currency": "usd", "amount": -250, "description": "correction", "period": CORRECTION_PERIOD,
+              "metadata": {"stripemeter": "x"}}  # fmt: skip
+BY_DECIMAL = {
+    "currency": "usd",
+    "unit_amount_decimal": Decimal("0.25"),
+    "quantity": 40,
+    "period": CORRECTION_PERIOD,
+}
+WHOLE_CENTS = {"unit_amount": 3}
+
+
+async def finalize(server: Server, client: stripe.StripeClient) -> Any:
+    return await client.v1.invoices.finalize_invoice_async(server.draft, {"auto_advance": True})
+
+
+def clock_create(params: dict[str, Any]) -> Request:
+    return billing(lambda s, c: c.v1.test_helpers.test_clocks.create_async(cast("Any", params)))
+
+
+BILLING_SENT: list[tuple[str, Request]] = [
+    ("product", billing(lambda s, c: c.v1.products.create_async(product_params()))),
+    ("product, retrieved", billing(lambda s, c: c.v1.products.retrieve_async(s.product))),
+    ("metered price of a meter", price()),
+    ("metered price, whole cents", price(WHOLE_CENTS, drop=("unit_amount_decimal",))),
+    ("price, retrieved", billing(lambda s, c: c.v1.prices.retrieve_async(s.price))),
+    ("prices of a meter", billing(lambda s, c: c.v1.prices.list_async({"recurring": {"meter": s.meter}}))),
+    ("test clock", clock_create({"frozen_time": CLOCK_START, "name": "a clock"})),
+    ("test clock, advanced", billing(advance_a_new_clock)),
+    ("test clock, retrieved",
+     billing(lambda s, c: c.v1.test_helpers.test_clocks.retrieve_async(s.test_clock))),
+    ("customer on a test clock", billing(lambda s, c: clock_customer(c, s.test_clock))),
+    ("subscription with a billing cycle anchor", billing(subscribe_with_anchor)),
+    ("subscription, retrieved", billing(lambda s, c: c.v1.subscriptions.retrieve_async(s.subscription))),
+    ("invoice, retrieved", billing(lambda s, c: c.v1.invoices.retrieve_async(s.invoice))),
+    ("invoices of a customer, drafts",
+     invoices_list({"customer": "CUSTOMER", "status": "draft", "limit": 100})),
+    ("invoices of a subscription", invoices_list({"subscription": "SUBSCRIPTION"})),
+    ("invoice lines",
+     billing(lambda s, c: c.v1.invoices.line_items.list_async(s.invoice, {"limit": 100}))),
+    ("invoice held: auto_advance false", invoice_update({"auto_advance": False})),
+    ("invoice metadata", invoice_update({"metadata": {"stripemeter_checked": "1"}})),
+    ("invoice finalized", billing(finalize)),
+    ("invoice item, an amount", invoice_item(CORRECTION)),
+    ("invoice item, a decimal unit amount", invoice_item(BY_DECIMAL)),
+    ("pending invoice items",
+     billing(lambda s, c: c.v1.invoice_items.list_async({"customer": s.clock_customer, "pending": True}))),
+    ("invoice events",
+     billing(lambda s, c: c.v1.events.list_async({"type": "invoice.created", "limit": 100}))),
+]  # fmt: skip
+
+BILLING_MALFORMED: list[tuple[str, Request]] = [
+    ("price, unknown parameter", price({"colour": "red"})),
+    ("price, interval fortnight", price({"recurring": {"interval": "fortnight"}})),
+    ("price, unit_amount not a number", price({"unit_amount": "abc"}, drop=("unit_amount_decimal",))),
+    ("test clock, no frozen_time", clock_create({"name": "x"})),
+    ("test clock advance, no frozen_time",
+     billing(lambda s, c: c.v1.test_helpers.test_clocks.advance_async(s.test_clock, cast("Any", {})))),
+    ("invoices, status bogus", invoices_list({"status": "held"})),
+    ("invoice, auto_advance not a boolean", invoice_update({"auto_advance": "maybe"})),
+    ("invoice finalize, unknown parameter",
+     billing(lambda s, c: c.v1.invoices.finalize_invoice_async(s.draft, cast("Any", {"colour": "red"})))),
+    ("invoice item, price (an older API's parameter)",
+     invoice_item({"currency": "usd", "price": "price_x", "quantity": 1})),
+    ("invoice item, period without end",
+     invoice_item({"currency": "usd", "amount": 1, "period": {"start": 1}})),
+]  # fmt: skip
 
 
 # --- 1. every shape the project sends is accepted by stripe-mock, and by the emulator ---------------
@@ -519,7 +719,9 @@ CODED: list[tuple[str, Request, str, str]] = [
      "meter_event_invalid_value"),
 ]  # fmt: skip
 
-SHAPES = [(what, request, True) for what, request in SENT] + [(what, r, False) for what, r in MALFORMED]
+SHAPES = [(what, request, True) for what, request in SENT + BILLING_SENT] + [
+    (what, r, False) for what, r in MALFORMED + BILLING_MALFORMED
+]
 
 
 @pytest.mark.parametrize(("what", "request_", "accepted"), SHAPES, ids=[s[0] for s in SHAPES])

@@ -628,8 +628,11 @@ async def test_invoice_events_are_signed_snapshots(emu: Emulator, receiver: Rece
     assert cycle.data.object["parent"]["subscription_details"]["subscription"] == subscription.id
     with pytest.raises(stripe.SignatureVerificationError):
         verifier.construct_event(deliveries[1][0], deliveries[1][1], "whsec_other")
-    emu.clock.now = ANCHOR + HOUR
-    await call(client.v1.customers.retrieve, customer.id)
+    async with (  # the emulator's clock moves: what is due happens, no Stripe request needed
+        aiohttp.ClientSession() as session,
+        session.post(emu.url + "/_emulator/clock", json={"advance": HOUR}) as moved,
+    ):
+        assert (await moved.json())["now"] == ANCHOR + HOUR
     last = [
         verifier.construct_event(body, signature, SECRET)
         for body, signature in (await receiver.delivered(7))[5:]
