@@ -80,6 +80,8 @@ class Settings:
     reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
     reconcile_epsilon: float = 0.005
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
+    # a delivered push Stripe's summaries do not show is taken for Stripe's lag this long, then missing
+    reconcile_lag_cap_seconds: float = 3600.0
     auth_enabled: bool = True  # API keys on /v1; off only for purely local use
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
     auth_failures_per_minute: float = 30.0  # failed API-key attempts per client, at once or per minute
@@ -166,6 +168,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
     "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
     "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
+    "STRIPEMETER_RECONCILE_LAG_CAP_SECONDS": "reconcile_lag_cap_seconds",
     "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
@@ -293,6 +296,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_MAX_SERIES", "must be at least 1")
     if settings.operator_metrics_port == settings.api_port:  # 0.0.0.0 and 127.0.0.1 collide too
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
+    if not settings.reconcile_lag_cap_seconds > 0:
+        raise ConfigError("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "must be positive")
     if not settings.invoice_check_seconds > 0:
         raise ConfigError("STRIPEMETER_INVOICE_CHECK_SECONDS", "must be positive")
     if not 0 <= settings.invoice_deadline_margin_seconds <= 72 * 3600:

@@ -84,6 +84,13 @@ class InvoiceGuard:
             except Busy:
                 continue  # another worker has it
             except (stripe.StripeError, OSError) as exc:
+                if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
+                    log.warning("invoice %s: Stripe has no such invoice (deleted?); not guarded", invoice_id)
+                    reason = str(exc.user_message or exc)
+                    await db.save_check(
+                        conn, invoice_id, guard_state="unguarded", reason_code="missing", reason=reason
+                    )
+                    continue
                 log.warning("invoice %s: Stripe failed during the check (%s); trying again", invoice_id, exc)
                 await db.save_check(conn, invoice_id, next_check_at=self._next())
             except psycopg.Error:
@@ -109,7 +116,9 @@ class InvoiceGuard:
         targets, problems = plan.targets(lines, meter_of_price, event_names, mapped, metrics_by_event)
         checks = [await self._prove(conn, target) for target in targets]
         stripe_now = await self._stripe_now(invoice)
-        finalizes_at = invoice.get("automatically_finalizes_at")
+        # Stripe drops automatically_finalizes_at while a draft is held: the deadline stays the first one
+        first = row["finalizes_at"].timestamp() if row["finalizes_at"] else None
+        finalizes_at = first or invoice.get("automatically_finalizes_at")
         deadline = finalizes_at - self.settings.deadline_margin_seconds if finalizes_at else None
         decision = plan.decide(
             checks, problems, stripe_now=stripe_now, deadline=deadline, unproven=self.settings.unproven

@@ -59,6 +59,7 @@ def build_reconciler(
         ReconcileSettings(
             epsilon=settings.reconcile_epsilon,
             settle_seconds=settings.reconcile_settle_seconds,
+            lag_cap_seconds=settings.reconcile_lag_cap_seconds,
             invoice_grace_seconds=settings.invoice_grace_seconds,
             app_id=settings.app_id,
         ),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -75,12 +76,23 @@ async def save_check(conn: psycopg.AsyncConnection, invoice_id: str, **fields: A
     more check counted."""
     names = sorted(fields)
     sets = ", ".join(f"{name} = %({name})s" for name in names)
-    params = {n: orjson.dumps(v).decode() if n in ("lines", "unbilled") else v for n, v in fields.items()}
+    params = {n: _json(v) if n in ("lines", "unbilled") else v for n, v in fields.items()}
     await conn.execute(
         f"UPDATE invoices SET {sets}, checks = checks + 1, updated_at = now()"
         " WHERE invoice_id = %(invoice_id)s",
         {**params, "invoice_id": invoice_id},
     )
+
+
+def _json(value: Any) -> str:
+    """JSON text; Stripe's decimals (``quantity_decimal``) as their exact strings."""
+    return orjson.dumps(value, default=_exact).decode()
+
+
+def _exact(value: Any) -> str:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON")
 
 
 async def count_request(conn: psycopg.AsyncConnection, invoice_id: str, column: str) -> int:
