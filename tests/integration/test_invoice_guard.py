@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import psycopg
 import pytest_asyncio
 import stripe
@@ -22,8 +23,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from psycopg.rows import dict_row
 
 from stripemeter.api.app import create_app as create_api
+from stripemeter.api.appkeys import SETTINGS
+from stripemeter.api.operator_metrics import exposition, refresh_invoice_gauges
 from stripemeter.domain.config import Secret, Settings
-from stripemeter.tools.stripe_emulator import EmulatorState
+from stripemeter.tools.stripe_emulator import EmulatorState, webhooks
 from tests.integration.client import eventually, produce
 from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.stripe_helpers import emulator_settings
@@ -251,6 +254,14 @@ async def test_invoices_finalize_with_the_counted_quantities_and_drift_beyond_ep
     # c4 stays held beyond epsilon, named by the operator metric, until the operator aligns Stripe
     assert rows["c4"]["guard_state"] == "held" and rows["c4"]["reason_code"] == "beyond_epsilon"
     assert (await b.invoices())["c4"]["status"] == "draft"
+    await refresh_invoice_gauges(guarded_api.app)  # what the operator listener serves
+    held_series = f'invoice="{rows["c4"]["invoice_id"]}"'
+    assert any(
+        line.startswith("stripemeter_invoice_held_seconds{")
+        and held_series in line
+        and "beyond_epsilon" in line
+        for line in exposition(operator=True).decode().splitlines()
+    )
     period = rows["c4"]["lines"][0]["period"]
     run = await guarded_api.post(
         "/v1/reconciliation/run",
@@ -265,3 +276,80 @@ async def test_invoices_finalize_with_the_counted_quantities_and_drift_beyond_ep
     assert (
         quantity((await b.invoices())["c4"]) == await local_total(env, b.tenant, "c4", b.start, end) == 2001
     )
+
+
+async def redeliver(state: EmulatorState, url: str, invoice_id: str) -> None:
+    """Stripe delivers every event of the invoice again, newest first (out of order), to ``url``."""
+    events = [e for e in state.v1_events.values() if e["data"]["object"]["id"] == invoice_id]
+    async with aiohttp.ClientSession() as session:
+        for event in sorted(events, key=lambda e: e["created"], reverse=True):
+            delivery = webhooks.Delivery(event["id"], url)
+            await webhooks.deliver(session, webhooks.Destination(url, SECRET), event, delivery)
+            assert delivery.delivered, delivery.attempts
+
+
+async def test_a_guard_killed_mid_proof_and_events_delivered_twice_to_two_replicas_finalize_once(
+    env: Settings,
+    start_worker: StartWorker,
+    emulator: tuple[EmulatorState, str],
+    guarded_api: ApiClient,
+) -> None:
+    """Also: with a billing anchor at 10:45-like minutes, the hour that straddles the period end is
+    billed in the period that holds its start, in Stripe and in the proof alike."""
+    state, base = emulator
+    b = await billing(guarded_api, emulator, anchor_days_ago(33, minute=45))
+    await b.subscribe("c1")
+    replica = TestClient(TestServer(create_api(guarded_api.app[SETTINGS])))  # a second API
+    await replica.start_server()
+    worker = start_worker(
+        "w1", slot="main", **emulator_settings(base), **RECONCILING, invoice_check_seconds=1.0
+    )
+    worker.wait_ready()
+    end = b.period_end
+    straddling = end - end % HOUR  # the hour holding the period end (its start is inside the period)
+    assert straddling < end < straddling + HOUR
+    small = end - 20 * HOUR
+    events = [usage(b.tenant, "c1", small, 1, "small")]
+    events += [usage(b.tenant, "c1", end - 3 * HOUR + i, 100, f"big-{i}") for i in range(10)]
+    events.append(usage(b.tenant, "c1", end + 10 * 60, 5, "after-the-anchor"))  # in the straddling hour
+    await produce(env, [events])
+
+    async def pushed() -> bool:
+        return sum(e.value for e in state.meter_events(b.meter_id)) == 1006
+
+    await eventually(pushed, timeout=90, what="every hour pushed to Stripe")
+    assert b.lose("c1", small - small % HOUR) == 1  # Stripe loses a unit: the guard has to hold
+    await b.advance(end + 1)
+
+    async def held() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return "c1" in rows and rows["c1"]["guard_state"] == "held"
+
+    await eventually(held, timeout=60, what="the draft held")
+    invoice_id = (await guard_rows(env, b.tenant))["c1"]["invoice_id"]
+    worker.kill9()  # mid-proof: held, correction maybe sent, not yet released
+    urls = [str(api.make_url("/v1/stripe/webhook")) for api in (guarded_api, replica)]
+    await asyncio.gather(*(redeliver(state, url, invoice_id) for url in urls * 2))
+    start_worker(
+        "w2", slot="main", **emulator_settings(base), **RECONCILING, invoice_check_seconds=1.0
+    ).wait_ready()
+
+    async def finalized() -> bool:
+        return bool((await guard_rows(env, b.tenant))["c1"]["guard_state"] == "finalized")
+
+    await eventually(finalized, timeout=90, what="the draft finalized after the restart")
+    await asyncio.gather(*(redeliver(state, url, invoice_id) for url in urls))  # again, after the end
+    await asyncio.sleep(2)
+    row = (await guard_rows(env, b.tenant))["c1"]
+    assert row["guard_state"] == "finalized"
+    invoice = (await b.invoices())["c1"]
+    finalized_events = [
+        e for e in state.v1_events.values()
+        if e["type"] == "invoice.finalized" and e["data"]["object"]["id"] == invoice_id
+    ]  # fmt: skip
+    assert len(finalized_events) == 1  # finalized once, whatever was delivered twice
+    local = await local_total(env, b.tenant, "c1", b.start, end)
+    assert quantity(invoice) == local == 1006  # the straddling hour's 5 units are on this invoice
+    line = row["lines"][0]
+    assert (line["local"], line["stripe"], line["proven"]) == (1006, 1006, True)
+    await replica.close()
