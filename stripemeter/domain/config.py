@@ -111,6 +111,7 @@ class Settings:
     # usage counted for a finalized invoice's period after it: reported always; carried to the
     # customer's next invoice as an invoice item when on
     invoice_carry_unbilled: bool = False
+    invoice_unbilled_check_seconds: float = 300.0  # how often a finalized period's local total is compared
 
     @property
     def clock(self) -> Clock:
@@ -191,6 +192,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS": "invoice_deadline_margin_seconds",
     "STRIPEMETER_INVOICE_CHECK_SECONDS": "invoice_check_seconds",
     "STRIPEMETER_INVOICE_CARRY_UNBILLED": "invoice_carry_unbilled",
+    "STRIPEMETER_INVOICE_UNBILLED_CHECK_SECONDS": "invoice_unbilled_check_seconds",
 }
 
 
@@ -298,8 +300,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
     if not settings.reconcile_lag_cap_seconds > 0:
         raise ConfigError("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "must be positive")
-    if not settings.invoice_check_seconds > 0:
-        raise ConfigError("STRIPEMETER_INVOICE_CHECK_SECONDS", "must be positive")
+    for env_name in ("STRIPEMETER_INVOICE_CHECK_SECONDS", "STRIPEMETER_INVOICE_UNBILLED_CHECK_SECONDS"):
+        if not getattr(settings, ENV_VARS[env_name]) > 0:
+            raise ConfigError(env_name, "must be positive")
     if not 0 <= settings.invoice_deadline_margin_seconds <= 72 * 3600:
         raise ConfigError("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "must be from 0 to 259200 (72 h)")
     optional = {"operator_metrics_port"}  # 0: that listener is off

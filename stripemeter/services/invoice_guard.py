@@ -33,14 +33,16 @@ import stripe
 
 from stripemeter.adapters.postgres import invoices as db
 from stripemeter.adapters.postgres import locks
-from stripemeter.adapters.postgres.mappings import streams_of_stripe_customer
+from stripemeter.adapters.postgres import reconciliation as recon_db
+from stripemeter.adapters.postgres.mappings import streams_of_stripe_customer, stripe_mappings
 from stripemeter.adapters.stripe.invoices import StripeInvoices
 from stripemeter.core import invoice_guard as plan
+from stripemeter.core.reconcile_compare import total
 from stripemeter.domain import metrics
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import Busy
-from stripemeter.services.reconciler import Reconciler, RunRequest
+from stripemeter.services.reconciler import Reconciler, RunRequest, build_hours
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,7 @@ class GuardSettings:
     deadline_margin_seconds: float = 600.0
     check_seconds: float = 30.0
     carry_unbilled: bool = False
-    unbilled_check_seconds: float = 900.0  # a finalized invoice's period is looked at again this often
+    unbilled_check_seconds: float = 300.0  # a finalized invoice's period is looked at again this often
 
     @classmethod
     def of(cls, settings: Settings) -> GuardSettings:
@@ -62,7 +64,7 @@ class GuardSettings:
             settings.invoice_deadline_margin_seconds,
             settings.invoice_check_seconds,
             settings.invoice_carry_unbilled,
-            settings.reconcile_interval_seconds or 900.0,
+            settings.invoice_unbilled_check_seconds,
         )
 
 
@@ -274,14 +276,8 @@ class InvoiceGuard:
         """Each proven line's local total now against the quantity the invoice billed."""
         local: dict[str, int] = {}
         for line in proof:
-            if line.get("problem"):
-                continue
-            request = RunRequest(
-                line["tenantId"], metric=line["metric"], period=line["period"], trigger="invoice",
-                customer_ref=line["customerRef"],
-            )  # fmt: skip
-            report = await self.reconciler.run(conn, request, wait=True)
-            local[line["lineId"]] = sum(int(i["local"]) for i in report["items"])
+            if not line.get("problem"):
+                local[line["lineId"]] = await self._local_units(conn, line)
         recorded = {u["lineId"]: u for u in before}
         out: list[dict[str, Any]] = []
         for found in plan.unbilled(proof, local, before):
@@ -327,6 +323,16 @@ class InvoiceGuard:
             "invoice %s line %s: %d unbilled units carried to the next invoice as %s",
             invoice["id"], entry["lineId"], pending["units"], created["id"],
         )  # fmt: skip
+
+    async def _local_units(self, conn: psycopg.AsyncConnection, line: dict[str, Any]) -> int:
+        """A proven line's local total now, in the whole units Stripe bills (PostgreSQL only: what
+        reconciliation's local side is)."""
+        start, end = datetime.fromisoformat(line["periodStart"]), datetime.fromisoformat(line["periodEnd"])
+        rows = await recon_db.hours(conn, line["tenantId"], line["metric"], start, end, line["customerRef"])
+        metric_map, _ = await stripe_mappings(conn, line["tenantId"])
+        aggregation = metric_map[line["metric"]][1] if line["metric"] in metric_map else "sum"
+        hours = build_hours(aggregation, [r for r in rows if start <= r["bucket"] < end], {})
+        return total(aggregation, {bucket: hour.local for bucket, hour in hours.items()})
 
     async def _stripe_now(self, invoice: dict[str, Any]) -> float:
         """Stripe's clock for this invoice: its test clock's time, or the present."""

@@ -353,3 +353,95 @@ async def test_a_guard_killed_mid_proof_and_events_delivered_twice_to_two_replic
     line = row["lines"][0]
     assert (line["local"], line["stripe"], line["proven"]) == (1006, 1006, True)
     await replica.close()
+
+
+async def test_handed_back_released_at_the_deadline_and_later_usage_carried_once(
+    env: Settings,
+    start_worker: StartWorker,
+    emulator: tuple[EmulatorState, str],
+    guarded_api: ApiClient,
+) -> None:
+    """STRIPEMETER_INVOICE_RELEASE=schedule, STRIPEMETER_INVOICE_UNPROVEN=release and
+    STRIPEMETER_INVOICE_CARRY_UNBILLED=on: a proven draft is handed to Stripe's schedule, an unproven
+    one is released at its deadline (on the test clock), and usage counted for a finalized period
+    afterwards goes to the customer's next invoice as an invoice item, once per increment."""
+    state, base = emulator
+    b = await billing(guarded_api, emulator, anchor_days_ago(33))
+    for ref in ("c1", "c2"):
+        await b.subscribe(ref)
+    start_worker(
+        "w1",
+        **emulator_settings(base),
+        **RECONCILING,
+        invoice_check_seconds=1.0,
+        invoice_release="schedule",
+        invoice_unproven="release",
+        invoice_carry_unbilled=True,
+        invoice_unbilled_check_seconds=1.0,
+    ).wait_ready()
+    end = b.period_end
+    events = [
+        usage(b.tenant, ref, end - 5 * HOUR + i, 100, f"{ref}-{i}") for ref in ("c1", "c2") for i in range(10)
+    ]
+    events += [usage(b.tenant, "c2", end - 20 * HOUR, 1, "c2-small")]
+    await produce(env, [events])
+
+    async def pushed() -> bool:
+        return sum(e.value for e in state.meter_events(b.meter_id)) == 2001
+
+    await eventually(pushed, timeout=90, what="every hour pushed to Stripe")
+    assert b.lose("c2", end - 5 * HOUR) == 1000  # beyond epsilon: it cannot be proven
+    await b.advance(end + 1)
+
+    async def released_and_held() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return (
+            len(rows) == 2
+            and rows["c1"]["guard_state"] == "released"
+            and rows["c2"]["reason_code"] == "beyond_epsilon"
+        )
+
+    await eventually(released_and_held, timeout=60, what="c1 handed back, c2 held")
+    drafts = await b.invoices()
+    assert drafts["c1"]["auto_advance"] is True and drafts["c2"]["auto_advance"] is False
+    await b.advance(end + HOUR + 1)  # past Stripe's hour of grace, and c2's deadline
+
+    async def finalized_and_handed_back() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return rows["c1"]["guard_state"] == "finalized" and rows["c2"]["guard_state"] == "released"
+
+    await eventually(finalized_and_handed_back, timeout=60, what="c1 finalized by Stripe, c2 handed back")
+    await b.advance(end + HOUR + 60)  # Stripe finalizes a handed-back draft when its clock next moves
+
+    async def both_finalized() -> bool:
+        rows = await guard_rows(env, b.tenant)
+        return all(r["guard_state"] == "finalized" for r in rows.values())
+
+    await eventually(both_finalized, timeout=60, what="both finalized")
+    final = await b.invoices()
+    assert quantity(final["c1"]) == 1000 and quantity(final["c2"]) == 1  # c2 released as Stripe held it
+    rows = await guard_rows(env, b.tenant)
+    assert rows["c2"]["reason_code"] == "deadline" and "unproven" in rows["c2"]["release_reason"]
+    # usage of the closed period after the invoices: c1's late 30 units join c2's 1,000 missing ones
+    await produce(env, [[usage(b.tenant, "c1", end - 2 * HOUR, 10, f"late-{i}") for i in range(3)]])
+
+    async def carried() -> dict[str, list[Any]]:
+        items = {}
+        for ref in ("c1", "c2"):
+            found = await call(b.stripe.v1.invoice_items.list, {"customer": b.customers[ref]})
+            items[ref] = [(i.quantity, i.to_dict()["metadata"].get("stripemeter_invoice")) for i in found.data]
+        return items
+
+    async def both_carried() -> bool:
+        items = await carried()
+        return bool(items["c1"] and items["c2"])
+
+    await eventually(both_carried, timeout=60, what="the unbilled usage carried")
+    await asyncio.sleep(3)  # more unbilled checks: nothing is carried twice
+    items = await carried()
+    assert items == {
+        "c1": [(30, final["c1"]["id"])],
+        "c2": [(1000, final["c2"]["id"])],
+    }
+    rows = await guard_rows(env, b.tenant)
+    assert [(u["units"], u["carried"]) for u in rows["c1"]["unbilled"]] == [(30, 30)]

@@ -38,6 +38,10 @@ def test_secrets_never_show() -> None:
         ("STRIPEMETER_HEAVY_REQUESTS_TOTAL", "0"),
         ("STRIPEMETER_HEAVY_REQUESTS_TOTAL", "8"),  # the whole pool (8): nothing left for reads
         ("STRIPEMETER_STRIPE_TIMEOUT_SECONDS", "0"),
+        ("STRIPEMETER_INVOICE_CHECK_SECONDS", "0"),
+        ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "-1"),
+        ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "300000"),  # beyond Stripe's 72 h
+        ("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "0"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:
@@ -127,6 +131,8 @@ def test_booleans_accept_the_usual_words_in_any_case(value: str, expected: bool)
         ("STRIPEMETER_STORE", "memory://"),
         ("STRIPEMETER_STORE", "rocksdb"),
         ("STRIPEMETER_STORE", "redis://x"),
+        ("STRIPEMETER_INVOICE_RELEASE", "later"),
+        ("STRIPEMETER_INVOICE_UNPROVEN", "finalize"),
     ],
 )
 def test_an_unknown_choice_stops_the_process_naming_the_variable(name: str, value: str) -> None:
@@ -142,6 +148,8 @@ def test_an_unknown_choice_stops_the_process_naming_the_variable(name: str, valu
         ("STRIPEMETER_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("STRIPEMETER_LOG_LEVEL", "Warning", "log_level", "WARNING"),
         ("STRIPEMETER_STORE", "ROCKSDB://", "store", "rocksdb://"),
+        ("STRIPEMETER_INVOICE_RELEASE", "Schedule", "invoice_release", "schedule"),
+        ("STRIPEMETER_INVOICE_UNPROVEN", "RELEASE", "invoice_unproven", "release"),
     ],
 )
 def test_choices_accept_any_case(name: str, value: str, attr: str, expected: str) -> None:
