@@ -429,7 +429,8 @@ async def test_handed_back_released_at_the_deadline_and_later_usage_carried_once
         items = {}
         for ref in ("c1", "c2"):
             found = await call(b.stripe.v1.invoice_items.list, {"customer": b.customers[ref]})
-            items[ref] = [(i.quantity, i.to_dict()["metadata"].get("stripemeter_invoice")) for i in found.data]
+            listed = [i.to_dict() for i in found.data]
+            items[ref] = [(i["quantity"], i["metadata"].get("stripemeter_invoice")) for i in listed]
         return items
 
     async def both_carried() -> bool:

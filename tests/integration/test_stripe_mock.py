@@ -414,6 +414,9 @@ BY_DECIMAL = {
     "quantity": 40,
     "period": CORRECTION_PERIOD,
 }
+# what services/invoice_guard.py sends to carry usage counted after an invoice was finalized
+CARRY = {"currency": "usd", "quantity": 30, "unit_amount_decimal": "2", "description": "used in 2026-11",
+         "metadata": {"stripemeter_invoice": "in_x", "stripemeter_line": "il_x"}}  # fmt: skip
 WHOLE_CENTS = {"unit_amount": 3}
 
 
@@ -447,9 +450,11 @@ BILLING_SENT: list[tuple[str, Request]] = [
      billing(lambda s, c: c.v1.invoices.line_items.list_async(s.invoice, {"limit": 100}))),
     ("invoice held: auto_advance false", invoice_update({"auto_advance": False})),
     ("invoice metadata", invoice_update({"metadata": {"stripemeter_checked": "1"}})),
+    ("invoice handed back: auto_advance true", invoice_update({"auto_advance": True})),
     ("invoice finalized", billing(finalize)),
     ("invoice item, an amount", invoice_item(CORRECTION)),
     ("invoice item, a decimal unit amount", invoice_item(BY_DECIMAL)),
+    ("invoice item, the guard's carry of unbilled usage", invoice_item(CARRY)),
     ("pending invoice items",
      billing(lambda s, c: c.v1.invoice_items.list_async({"customer": s.clock_customer, "pending": True}))),
     ("invoice events",
