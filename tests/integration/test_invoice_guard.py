@@ -408,7 +408,7 @@ async def test_handed_back_released_at_the_deadline_and_later_usage_carried_once
 
     async def finalized_and_handed_back() -> bool:
         rows = await guard_rows(env, b.tenant)
-        return rows["c1"]["guard_state"] == "finalized" and rows["c2"]["guard_state"] == "released"
+        return bool(rows["c1"]["guard_state"] == "finalized" and rows["c2"]["guard_state"] == "released")
 
     await eventually(finalized_and_handed_back, timeout=60, what="c1 finalized by Stripe, c2 handed back")
     await b.advance(end + HOUR + 60)  # Stripe finalizes a handed-back draft when its clock next moves
