@@ -5,7 +5,9 @@
 2. during a Stripe outage more usage arrives: reconciliation shows the drift and its cause;
 3. the outage ends, the writer catches up; too-late events (older than the window) are waiting;
 4. a replay dry-run shows what they would change, apply counts them, and Stripe follows;
-5. reconciliation shows parity, and a stray meter event in Stripe is found and aligned.
+5. reconciliation shows parity, and a stray meter event in Stripe is found and aligned;
+6. a billing cycle on a Stripe test clock ends at an invoice the guard holds until proven, then
+   finalizes with the exact quantity (tools/demo_invoice.py).
 
 Each run uses its own tenant, so reruns tell the same story.
 """
@@ -30,6 +32,7 @@ from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.domain.config import Settings
 from stripemeter.domain.timefmt import iso_millis
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.tools.demo_invoice import invoice_chapter
 
 Say = Callable[[str], None]
 
@@ -350,7 +353,9 @@ class Demo:
         )
         verdict = "PARITY" if ok else "NOT AT PARITY"
         say(f"== {verdict}: local {local}, expected {expected} (periods {', '.join(sorted(self.periods))})")
-        return ok
+        invoiced = invoice_chapter(self, lambda messages: asyncio.run(send(settings, messages)), wait)
+        say(f"== {'INVOICE PROVEN' if invoiced else 'INVOICE NOT PROVEN'}")
+        return ok and invoiced
 
     def _late_in_ledger(self) -> int:
         query = urllib.parse.urlencode({"tenantId": self.tenant, "metric": "requests", "limit": 1000})

@@ -1,5 +1,5 @@
-"""The README's demo command tells the whole story and ends in parity (on isolated ports and topics),
-with API keys on, and no secret in any log of the run."""
+"""The README's demo command tells the whole story, ends in parity and at a proven invoice (on
+isolated ports and topics), with API keys on, and no secret in any log of the run."""
 
 from __future__ import annotations
 
@@ -50,3 +50,6 @@ def test_demo_ends_in_parity(stack: Settings, tmp_path: Path, at: datetime | Non
     assert "late_events (3 events, total 15)" in story  # too-late events waiting for a replay
     assert "dry-run: " in story and "applied=False" in story and "(delta 0), applied=True" in story
     assert "aligned acme-42" in story and "== PARITY" in story
+    # the cycle ends at an invoice: held, then finalized with the exact quantity and its proof
+    assert "the guard holds it" in story and "== INVOICE PROVEN" in story
+    assert "invoice quantity 506" in story

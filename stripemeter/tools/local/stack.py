@@ -136,8 +136,8 @@ def uses_emulator(settings: Settings) -> bool:
 
 
 def app_settings(settings: Settings) -> Settings:
-    """What the stack's worker and API run with: the emulator when no Stripe is configured, and a
-    short settle time (the emulator's summaries are immediate)."""
+    """What the stack's worker and API run with: the emulator when no Stripe is configured, a short
+    settle time and lag cap (the emulator's summaries are immediate), and invoices proven every 2 s."""
     if not uses_emulator(settings):
         return settings
     return settings.with_overrides(
@@ -145,6 +145,9 @@ def app_settings(settings: Settings) -> Settings:
         stripe_api_key=Secret("sk_test_local_emulator"),
         stripe_webhook_secret=settings.stripe_webhook_secret or Secret(LOCAL_WEBHOOK_SECRET),
         reconcile_settle_seconds=min(settings.reconcile_settle_seconds, 10.0),
+        # the emulator's summaries never lag: a push it does not show is lost, not late
+        reconcile_lag_cap_seconds=min(settings.reconcile_lag_cap_seconds, 15.0),
+        invoice_check_seconds=min(settings.invoice_check_seconds, 2.0),
     )
 
 
