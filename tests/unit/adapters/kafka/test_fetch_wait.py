@@ -30,6 +30,7 @@ async def test_no_commit_passes_a_message_never_acknowledged(tmp_path: Path) -> 
     commit 103 and 100 would never be read again."""
     app = create_app(Settings(state_dir=tmp_path))
     consumer = app.consumer
+    assert isinstance(consumer, fetch_wait._Consumer)
     tp = TP("events-keyed", 1)
     consumer._committed_offset[tp] = 100
     consumer._acked[tp] = [101, 102]
