@@ -13,7 +13,7 @@ from faust.types import TopicT
 from stripemeter.adapters.kafka.admin import message_limits
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, mark_clean_stop
 from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.faust_typing import recovery, task, timer
+from stripemeter.adapters.kafka.faust_typing import committed_offset, recovery, task, timer
 from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.core.metering import Metering
 from stripemeter.domain import metrics
@@ -22,6 +22,8 @@ from stripemeter.domain.policy import DEDUPE_MARGIN_MS
 from stripemeter.schemas.packing import payload_limit
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.streams.checkpoint import Checkpointer
+from stripemeter.streams.meter_progress import MeterProgress
+from stripemeter.streams.watchdog import restart_process
 from stripemeter.streams.worker.names import WORKER_LOGGER
 from stripemeter.streams.worker.upkeep import PolicyLoader
 
@@ -29,6 +31,7 @@ log = logging.getLogger(WORKER_LOGGER)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
 DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (stripemeter/core/dedupe_sweep.py)
+PROGRESS_WATCH_INTERVAL = 10.0  # how often the stall check runs (streams/meter_progress.py)
 
 
 class Meter:
@@ -50,6 +53,7 @@ class Meter:
         )
         self.checkpointer = Checkpointer(self.metering, states, names)
         self.producer_started = asyncio.Event()
+        self.progress = MeterProgress()
         self.sweep = DedupeSweep(
             self.metering, states["dedupe"], DEDUPE_MARGIN_MS, clock_ms=settings.clock.ms
         )
@@ -62,6 +66,7 @@ class Meter:
         async def meter(stream: Any) -> None:
             await producer_started.wait()
             async for event in stream.noack().events():
+                await self.in_order(app, event.message.tp, event.message.offset)
                 await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
                 if event.value:
                     with metrics.COUNTING_BATCH_SECONDS.time():
@@ -100,9 +105,48 @@ class Meter:
                 if app.rebalancing:
                     return
 
+        async def watch_progress() -> None:
+            """Restart the worker when an assigned partition's messages wait and the meter reads none."""
+            quiet = not app.rebalancing and recovery(app).completed.is_set() and not loader.waiting
+            tps = [tp for tp in app.consumer.assignment() if tp.topic == names.keyed] if quiet else []
+            ends = await app.consumer.highwaters(*tps) if tps else {}
+            committed = {tp.partition: committed_offset(app, tp) for tp in tps}
+            behind = self.progress.behind({tp.partition: end for tp, end in ends.items()}, committed)
+            if self.progress.stalled(behind, quiet and bool(tps)):
+                log.error(
+                    "the meter read nothing for %.0f s while keyed partitions hold unread messages %s;"
+                    " restarting the worker to read them from the committed offsets",
+                    self.progress.stall_seconds,
+                    {p: n for p, n in behind.items() if n},
+                )
+                restart_process()
+
         app.agent(keyed_topic, name="meter")(meter)
         timer(app, CHECKPOINT_INTERVAL)(checkpoint)
         timer(app, DEDUPE_SWEEP_INTERVAL)(expire_dedupe)
+        timer(app, PROGRESS_WATCH_INTERVAL)(watch_progress)
+
+    async def in_order(self, app: faust.App, tp: Any, offset: int) -> None:
+        """Restart the worker rather than count a message that skipped others (see meter_progress.py);
+        a skip over messages the broker no longer has (retention) is not one."""
+        committed = committed_offset(app, tp)
+        skipped = self.progress.skipped(tp.partition, offset, committed)
+        if skipped is None:
+            return
+        earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
+        if earliest is not None and earliest >= offset:
+            log.warning(
+                "keyed partition %d starts at %d: messages before it are gone (retention)",
+                tp.partition,
+                offset,
+            )
+            return
+        log.error(
+            "keyed partition %d handed the meter offset %d while %d was next (committed %s): restarting the"
+            " worker so that no message is skipped",
+            tp.partition, offset, skipped, committed,
+        )  # fmt: skip
+        restart_process()
 
     def install_producer(self, app: faust.App) -> None:
         """The task starting the checkpoint producer, which lets the meter and its checkpoints begin."""
@@ -131,6 +175,7 @@ class Meter:
             await self.checkpointer.run()
         self.sweep.forget()
         self.loader.forget()
+        self.progress.assigned()
 
     async def stop(self) -> None:
         """After the last checkpoint: stop the producer and, if no checkpoint ever failed, mark a clean

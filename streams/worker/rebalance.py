@@ -30,6 +30,7 @@ def install_rebalance_hooks(
 
     async def count_partitions(app: faust.App, /, *args: Any, **kwargs: Any) -> None:
         forget_remembered()  # again once assigned: nothing may have been remembered in between
+        meter.progress.assigned()  # each partition starts again at its committed offset
         metrics.WORKER_PARTITIONS.set(
             len([tp for tp in app.consumer.assignment() if tp.topic == keyed_topic])
         )

@@ -47,6 +47,7 @@ class PolicyLoader:
         self.settings = settings
         self.policies = policies
         self.loaded_for: set[int] = set()  # partitions held since the last load
+        self.waiting = False  # PostgreSQL failed a load: counting waits for it
 
     async def ready_for(self, partition: int) -> None:
         if partition not in self.loaded_for:
@@ -67,8 +68,10 @@ class PolicyLoader:
         while True:
             try:
                 await self.load()
+                self.waiting = False
                 return
             except psycopg.Error as exc:
+                self.waiting = True
                 log.warning("could not load metric mappings (counting waits, retry in %.1f s): %s", wait, exc)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 10.0)

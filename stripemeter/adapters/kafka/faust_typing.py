@@ -23,6 +23,7 @@ from typing import cast
 import faust
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
+from faust.types import TP
 
 AsyncFn = Callable[[], Awaitable[None]]
 Decorator = Callable[[AsyncFn], AsyncFn]
@@ -42,3 +43,10 @@ def task(app: faust.App) -> Decorator:
 def recovery(app: faust.App) -> Recovery:
     """``app.tables.recovery``: the changelog recovery of the app's table manager."""
     return cast(TableManager, app.tables).recovery
+
+
+def committed_offset(app: faust.App, tp: TP) -> int | None:
+    """The offset the app's consumer last committed for ``tp`` (the next to read), or None when it
+    knows none (Faust keeps 0 as None too)."""
+    offset = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
+    return int(offset) if offset is not None else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faust.transport.consumer import ThreadDelegateConsumer
+from faust.types import TP
 
 from stripemeter.adapters.kafka import fetch_wait
 from stripemeter.domain.config import Settings
@@ -22,3 +23,19 @@ async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path
         assert consumer._fetch_max_wait_ms == fetch_wait.FETCH_MAX_WAIT_MS == 100
     finally:
         await consumer.stop()  # closes it without having connected: no unclosed-consumer warning
+
+
+async def test_no_commit_passes_a_message_never_acknowledged(tmp_path: Path) -> None:
+    """Offset 100 committed (the next to read); 101 and 102 acknowledged, 100 not: Faust alone would
+    commit 103 and 100 would never be read again."""
+    app = create_app(Settings(state_dir=tmp_path))
+    consumer = app.consumer
+    assert isinstance(consumer, fetch_wait._Consumer)
+    tp = TP("events-keyed", 1)
+    consumer._committed_offset[tp] = 100
+    consumer._acked[tp] = [101, 102]
+    consumer._acked_index[tp] = {101, 102}
+    assert consumer._new_offset(tp) is None
+    consumer._acked[tp] = [100, 101, 102]  # once 100 is acknowledged, the run from it commits
+    consumer._acked_index[tp] = {100, 101, 102}
+    assert consumer._new_offset(tp) == 103

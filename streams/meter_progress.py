@@ -1,0 +1,62 @@
+"""What the meter has read of each keyed partition, to catch Faust handing it a partition out of order
+or not at all (a restart reads from the committed offset again, and exactly: see checkpoint.py).
+
+- **A skip**: the keyed topic's offsets have no holes (one idempotent producer per intake, no
+  transactions), so a message whose offset lies beyond the next one expected means messages were
+  left out: after an assignment, the first message of a partition must be the one at its committed
+  offset, and each next one follows the last. Faust can resume a partition from where its fetcher was
+  instead of where it seeked during a rebalance. Nothing past the hole may be counted or acknowledged.
+- **A stall**: an assigned partition holds messages beyond what the meter read, and the meter read
+  nothing for ``stall_seconds`` while no rebalance or table recovery ran: seen after a rebalance
+  that handed over a partition whose owner was killed.
+"""
+
+from __future__ import annotations
+
+import time
+
+STALL_SECONDS = 60.0
+
+
+class MeterProgress:
+    def __init__(self, stall_seconds: float = STALL_SECONDS) -> None:
+        self.stall_seconds = stall_seconds
+        self.expected: dict[int, int] = {}  # partition -> the next offset it should hand the meter
+        self.last_read = time.monotonic()
+
+    def assigned(self) -> None:
+        """Partitions were (re)assigned: each starts again at its committed offset."""
+        self.expected.clear()
+        self.last_read = time.monotonic()
+
+    def skipped(
+        self, partition: int, offset: int, committed: int | None, now: float | None = None
+    ) -> int | None:
+        """Note a message read; returns the first offset it skipped over, or None when in order. A
+        message read again (an offset before the expected one, after a seek back) is in order."""
+        self.last_read = time.monotonic() if now is None else now
+        expected = self.expected.get(partition, committed)
+        self.expected[partition] = offset + 1
+        if expected is not None and offset > expected:
+            return expected
+        return None
+
+    def stalled(self, behind: dict[int, int], quiet: bool, now: float | None = None) -> bool:
+        """``behind``: per assigned partition, messages beyond what the meter read (end offset minus
+        the next expected, or minus the committed offset when none was read); ``quiet``: no rebalance
+        or recovery running, nothing waiting on PostgreSQL."""
+        now = time.monotonic() if now is None else now
+        if not quiet or not any(n > 0 for n in behind.values()):
+            self.last_read = now  # idle, or busy otherwise: the stall clock starts when messages wait
+            return False
+        return now - self.last_read > self.stall_seconds
+
+    def behind(self, ends: dict[int, int], committed: dict[int, int | None]) -> dict[int, int]:
+        """Per partition, the messages beyond what the meter read (partitions of no known position:
+        none)."""
+        out = {}
+        for partition, end in ends.items():
+            position = self.expected.get(partition, committed.get(partition))
+            if position is not None:
+                out[partition] = max(end - position, 0)
+        return out
