@@ -18,6 +18,7 @@ from stripemeter.streams.app import create_app
 TIMERS = [
     ("checkpoint", 0.2),
     ("expire_dedupe", 5.0),
+    ("watch_progress", 10.0),
     ("measure_memory", 5.0),
     ("collect_cycles", memory_tuning.CYCLE_INTERVAL),
     ("watch_recovery", 5.0),
@@ -88,6 +89,7 @@ def test_a_worker_with_stripe_runs_the_writer_and_the_reconciler(settings: Setti
         "run_intake",
         "run_stripe_writer",
         "run_reconciler",
+        "run_invoice_guard",
         "run_sink",
         "run_heartbeat",
         "refresh_policies",
@@ -98,6 +100,12 @@ def test_scheduled_reconciliation_can_be_turned_off(settings: Settings) -> None:
     app = create_app(settings.with_overrides(stripe_api_base="http://x", reconcile_interval_seconds=0.0))
     assert "run_stripe_writer" in task_names(app)
     assert "run_reconciler" not in task_names(app)
+
+
+def test_the_invoice_guard_can_be_turned_off(settings: Settings) -> None:
+    app = create_app(settings.with_overrides(stripe_api_base="http://x", invoice_guard=False))
+    assert "run_reconciler" in task_names(app)
+    assert "run_invoice_guard" not in task_names(app)
 
 
 def test_stage_processes_replace_the_in_process_stages_with_supervised_children(settings: Settings) -> None:
