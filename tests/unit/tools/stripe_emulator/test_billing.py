@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestServer
 from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app, periods
 from stripemeter.tools.stripe_emulator.errors import StripeApiError
 from tests.unit.tools.stripe_emulator.test_emulator import Emulator, call, headers
-from tests.unit.tools.stripe_emulator.test_strict import Receiver
+from tests.unit.tools.stripe_emulator.test_strict import Receiver, receiving
 
 HOUR, DAY = 3600, 86_400
 SECRET = "whsec_test_billing"
@@ -382,18 +382,8 @@ async def emu() -> AsyncIterator[Emulator]:
 
 @pytest.fixture
 async def receiver(emu: Emulator) -> AsyncIterator[Receiver]:
-    hook = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", hook.handle)
-    server = TestServer(app, host="127.0.0.1")
-    await server.start_server()
-    hook.url = f"http://127.0.0.1:{server.port}/hook"
-    async with aiohttp.ClientSession() as session:
-        body = {"url": hook.url, "secret": SECRET}
-        async with session.post(emu.url + "/_emulator/webhook", json=body) as response:
-            assert response.status == 200
-    yield hook
-    await server.close()
+    async with receiving(emu, SECRET) as hook:
+        yield hook
 
 
 async def billed(emu: Emulator, test_clock: bool = False) -> tuple[stripe.StripeClient, Any, Any]:

@@ -5,6 +5,7 @@ and test mode's shared operations budget. Driven through the real `stripe` packa
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -71,8 +72,9 @@ class Receiver:
         return self.received
 
 
-@pytest.fixture
-async def receiver(emu: Emulator) -> AsyncIterator[Receiver]:
+@contextlib.asynccontextmanager
+async def receiving(emu: Emulator, secret: str) -> AsyncIterator[Receiver]:
+    """A webhook receiver the emulator delivers its events to, signed with ``secret``."""
     hook = Receiver()
     app = web.Application()
     app.router.add_post("/hook", hook.handle)
@@ -80,11 +82,19 @@ async def receiver(emu: Emulator) -> AsyncIterator[Receiver]:
     await server.start_server()
     hook.url = f"http://127.0.0.1:{server.port}/hook"
     async with aiohttp.ClientSession() as session:
-        body = {"url": hook.url, "secret": SECRET}
+        body = {"url": hook.url, "secret": secret}
         async with session.post(emu.url + "/_emulator/webhook", json=body) as response:
             assert response.status == 200
-    yield hook
-    await server.close()
+    try:
+        yield hook
+    finally:
+        await server.close()
+
+
+@pytest.fixture
+async def receiver(emu: Emulator) -> AsyncIterator[Receiver]:
+    async with receiving(emu, SECRET) as hook:
+        yield hook
 
 
 def event_params(customer: str, value: str = "1", **extra: Any) -> dict[str, Any]:
