@@ -26,6 +26,7 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import psycopg
@@ -296,6 +297,7 @@ class InvoiceGuard:
                 "invoiceItems": list(earlier.get("invoiceItems", [])), "metric": line["metric"],
                 "customerRef": line["customerRef"], "period": line["period"], "price": line["price"],
                 "pendingCarry": earlier.get("pendingCarry"),
+                **await self._amount(line["price"], found.units),
             }  # fmt: skip
             if self.settings.carry_unbilled and entry["pendingCarry"] is None and found.to_carry > 0:
                 # recorded before it is sent: a check cut short sends the same request again
@@ -308,6 +310,12 @@ class InvoiceGuard:
                 if entry["pendingCarry"]:
                     await self._carry(invoice, entry)
         return out
+
+    async def _amount(self, price_id: str, units: int) -> dict[str, str]:
+        """What ``units`` cost at the line's price, in the currency's smallest unit (cents)."""
+        price = await self.stripe.price(price_id)
+        unit = Decimal(str(price.get("unit_amount_decimal") or price.get("unit_amount") or 0))
+        return {"amount": str(unit * units), "currency": str(price.get("currency", ""))}
 
     async def _carry(self, invoice: dict[str, Any], entry: dict[str, Any]) -> None:
         """Send a recorded carry: an invoice item on the customer's next invoice, exactly once."""

@@ -445,4 +445,4 @@ async def test_handed_back_released_at_the_deadline_and_later_usage_carried_once
         "c2": [(1000, final["c2"]["id"])],
     }
     rows = await guard_rows(env, b.tenant)
-    assert [(u["units"], u["carried"]) for u in rows["c1"]["unbilled"]] == [(30, 30)]
+    assert [(u["units"], u["carried"], u["amount"]) for u in rows["c1"]["unbilled"]] == [(30, 30, "60")]
