@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 import pytest
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from stripemeter.adapters.postgres import api_keys
+from stripemeter.adapters.postgres.invoices import Heard, record_event
 from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import KEY_CACHE
 from stripemeter.api.limits import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
@@ -99,6 +101,8 @@ def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
         ("GET", "/v1/replay/{replayId}", None),
         ("POST", "/v1/adjustments", {**event, "delta": 1, "reason": "x"}),
         ("GET", f"/v1/adjustments?tenantId={b}", None),
+        ("GET", f"/v1/invoices?tenantId={b}", None),
+        ("GET", "/v1/invoices/{invoiceId}", None),
     ]
 
 
@@ -114,6 +118,10 @@ async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
     replay_id = (
         (await replay.json()).get("replayId", "rpl_missing") if replay.status == 200 else "rpl_missing"
     )
+    invoice_id = f"in_{b}"  # an invoice of tenant b, as the guard records it
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        await record_event(conn, Heard(invoice_id, "cus_b", "draft", "invoice.created"), datetime.now(UTC))
+        await conn.execute("UPDATE invoices SET tenant_id = %s WHERE invoice_id = %s", (b, invoice_id))
     routes = walk(a, b)
     templates = {
         r.resource.canonical
@@ -134,14 +142,14 @@ async def test_a_key_of_tenant_a_never_reaches_tenant_b_on_any_route(
     hook = await secured.post("/v1/stripe/webhook", data=b"{}", headers=key_a)
     assert hook.status in (400, 403), await hook.text()
     for method, path, body in routes:
-        path = path.replace("{replayId}", replay_id)
+        path = path.replace("{replayId}", replay_id).replace("{invoiceId}", invoice_id)
         response = await secured.request(method, path, json=body, headers=key_a)
         payload = await response.json()
         if path == "/v1/events/ingest":  # per-event results: the event is rejected, nothing accepted
             assert response.status == 202 and payload["accepted"] == 0
             assert payload["results"][0]["error"]["code"] == "tenant_forbidden"
-        elif path.startswith("/v1/replay/"):
-            assert response.status == 404, (path, payload)  # another tenant's replay does not exist for A
+        elif path.startswith(("/v1/replay/", "/v1/invoices/")):
+            assert response.status == 404, (path, payload)  # another tenant's does not exist for A
         elif path.startswith("/v1/tenants/") and method != "GET":  # an operator's, whatever the tenant
             assert response.status == 403 and "'operator' scope" in payload["error"]["message"], payload
         else:
