@@ -111,9 +111,9 @@ async def _snapshot_event(request: web.Request, client: stripe.StripeClient, raw
     event = verified(
         request, lambda secret: client.construct_event(raw, request.headers.get("Stripe-Signature"), secret)
     )
-    if not event.type.startswith("invoice."):
-        return json_response({"received": True, "handled": False})
-    invoice = event.data.object
+    invoice = event.data.object if event.type.startswith("invoice.") else None
+    if invoice is None or not getattr(invoice, "id", None) or not getattr(invoice, "customer", None):
+        return json_response({"received": True, "handled": False})  # e.g. invoice.upcoming: no invoice yet
     heard = Heard(str(invoice.id), str(invoice.customer), str(invoice.status), event.type)
     async with request.app[POOL].connection() as conn:
         await record_event(conn, heard, settings.clock.utc())

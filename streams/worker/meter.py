@@ -109,7 +109,11 @@ class Meter:
             """Restart the worker when an assigned partition's messages wait and the meter reads none."""
             quiet = not app.rebalancing and recovery(app).completed.is_set() and not loader.waiting
             tps = [tp for tp in app.consumer.assignment() if tp.topic == names.keyed] if quiet else []
-            ends = await app.consumer.highwaters(*tps) if tps else {}
+            try:
+                ends = await app.consumer.highwaters(*tps) if tps else {}
+            except Exception as exc:  # the broker busy or away a moment: not a stall, look again later
+                log.info("could not read the keyed partitions' end offsets (%s)", exc)
+                quiet, tps, ends = False, [], {}
             committed = {tp.partition: committed_offset(app, tp) for tp in tps}
             behind = self.progress.behind({tp.partition: end for tp, end in ends.items()}, committed)
             if self.progress.stalled(behind, quiet and bool(tps)):

@@ -20,6 +20,7 @@ from stripemeter.streams.worker.names import WORKER_LOGGER
 log = logging.getLogger(WORKER_LOGGER)
 
 POLICY_REFRESH_INTERVAL = 10.0
+LOAD_TIMEOUT_SECONDS = 10  # a PostgreSQL that does not answer a connect is retried, not waited on
 
 
 def install_heartbeat(
@@ -47,7 +48,7 @@ class PolicyLoader:
         self.settings = settings
         self.policies = policies
         self.loaded_for: set[int] = set()  # partitions held since the last load
-        self.waiting = False  # PostgreSQL failed a load: counting waits for it
+        self.waiting = False  # a load before counting is under way (it may be retrying PostgreSQL)
 
     async def ready_for(self, partition: int) -> None:
         if partition not in self.loaded_for:
@@ -59,19 +60,20 @@ class PolicyLoader:
         self.loaded_for.clear()
 
     async def load(self) -> None:
-        async with await psycopg.AsyncConnection.connect(self.settings.database_url.value) as conn:
+        url = self.settings.database_url.value
+        async with await psycopg.AsyncConnection.connect(url, connect_timeout=LOAD_TIMEOUT_SECONDS) as conn:
             self.policies.replace(await load_policies(conn, self.policies.default))
 
     async def load_until_done(self) -> None:
         """Counting waits for the policies: PostgreSQL failing stops the meter until it is back."""
         wait = 0.5
+        self.waiting = True  # counting waits for the load, however long it takes: no stall of the meter
         while True:
             try:
                 await self.load()
                 self.waiting = False
                 return
             except psycopg.Error as exc:
-                self.waiting = True
                 log.warning("could not load metric mappings (counting waits, retry in %.1f s): %s", wait, exc)
                 await asyncio.sleep(wait)
                 wait = min(wait * 2, 10.0)

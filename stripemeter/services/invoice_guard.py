@@ -85,7 +85,7 @@ class InvoiceGuard:
                     await self.check(conn, invoice_id)
                     checked += 1
             except Busy:
-                continue  # another worker has it
+                continue  # another worker has it, or reconciles its tenant: the next poll tries again
             except (stripe.StripeError, OSError) as exc:
                 if isinstance(exc, stripe.InvalidRequestError) and exc.code == "resource_missing":
                     log.warning("invoice %s: Stripe has no such invoice (deleted?); not guarded", invoice_id)
@@ -106,8 +106,11 @@ class InvoiceGuard:
     async def check(self, conn: psycopg.AsyncConnection, invoice_id: str) -> str:
         """One check of one invoice; returns the guard state it is left in."""
         row = await db.get(conn, invoice_id)
-        if row is None:
-            return "unknown"
+        if row is None or row["next_check_at"] > self.clock.utc():
+            return "not due"  # checked by another worker since it was listed
+        if row["guard_state"] == "finalized":  # a finalized invoice never changes: no need to read it
+            known = {"id": invoice_id, "customer": row["stripe_customer"], "status": row["stripe_status"]}
+            return await self._finalized(conn, row, known)
         invoice = await self.stripe.invoice(invoice_id)
         if invoice.get("status") != "draft":
             return await self._finalized(conn, row, invoice)
@@ -144,11 +147,19 @@ class InvoiceGuard:
             common.update(tenant_id=first.tenant, customer_ref=first.customer_ref)
             common.update(period_start=_at(first.line.start), period_end=_at(first.line.end))
         if decision.kind == "ignore":
+            if invoice.get("auto_advance") is False and row["hold_requests"]:  # held by us: give it back
+                await self.stripe.hand_back(
+                    invoice_id, await db.count_request(conn, invoice_id, "release_requests")
+                )
             await db.save_check(conn, invoice_id, guard_state="unguarded", **common)
             return self._done(invoice_id, "unguarded", decision)
         if decision.kind == "release":
             return await self._release(conn, row, invoice, decision, common)
         if invoice.get("auto_advance") is not False:
+            # Stripe drops automatically_finalizes_at once held: the deadline is kept first
+            await db.save_check(
+                conn, invoice_id, finalizes_at=common["finalizes_at"], deadline=common["deadline"]
+            )
             number = await db.count_request(conn, invoice_id, "hold_requests")
             await self.stripe.hold(invoice_id, number)
             metrics.INVOICES_HELD.inc()
@@ -160,7 +171,8 @@ class InvoiceGuard:
         return self._done(invoice_id, "held", decision)
 
     async def _prove(self, conn: psycopg.AsyncConnection, target: plan.Target) -> plan.LineCheck:
-        """Reconcile the line's counters now (waiting for a run of the tenant in progress)."""
+        """Reconcile the line's counters now (``Busy`` while another run of the tenant holds its lock: the
+        next poll tries again, rather than every invoice waiting behind one tenant)."""
         request = RunRequest(
             target.tenant,
             metric=target.metric,
@@ -168,7 +180,7 @@ class InvoiceGuard:
             trigger="invoice",
             customer_ref=target.customer_ref,
         )
-        report = await self.reconciler.run(conn, request, wait=True)
+        report = await self.reconciler.run(conn, request)  # Busy while the tenant is reconciled: retried
         item = next(
             (
                 i
@@ -262,7 +274,7 @@ class InvoiceGuard:
             lines=proof,
             unbilled=found,
             finalized_at=finalized_at,
-            next_check_at=self.clock.utc() + timedelta(seconds=self.settings.unbilled_check_seconds),
+            next_check_at=self._next_unbilled_check(row),
         )
         metrics.INVOICE_CHECKS.labels("finalized").inc()
         return "finalized"
@@ -352,6 +364,13 @@ class InvoiceGuard:
         end = datetime.fromtimestamp(target.line.end, tz=UTC)
         return await db.hours_compared(conn, target.tenant, target.metric, target.customer_ref, start, end)
 
+    def _next_unbilled_check(self, row: dict[str, Any]) -> datetime:
+        """Soon while Stripe still takes usage of the period; never once it does not (36 days)."""
+        now = self.clock.utc()
+        if row["period_end"] is not None and row["period_end"] < now - UNBILLED_WINDOW:
+            return NEVER
+        return now + timedelta(seconds=self.settings.unbilled_check_seconds)
+
     def _next(self) -> datetime:
         return self.clock.utc() + timedelta(seconds=self.settings.check_seconds)
 
@@ -366,7 +385,11 @@ def _at(seconds: Any) -> datetime | None:
     return datetime.fromtimestamp(float(seconds), tz=UTC) if seconds is not None else None
 
 
-POLL_SECONDS = 2.0  # how often a worker looks for invoices due (an event makes one due at once)
+POLL_SECONDS = 2.0
+UNBILLED_WINDOW = timedelta(days=36)  # Stripe takes meter events up to 35 days old
+NEVER = datetime(
+    9999, 12, 31, tzinfo=UTC
+)  # how often a worker looks for invoices due (an event makes one due at once)
 
 
 async def run_guard(settings: Settings, guard: InvoiceGuard, stopping: asyncio.Event) -> None:

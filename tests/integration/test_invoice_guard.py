@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
+import orjson
 import psycopg
 import pytest_asyncio
 import stripe
@@ -447,3 +448,28 @@ async def test_handed_back_released_at_the_deadline_and_later_usage_carried_once
     }
     rows = await guard_rows(env, b.tenant)
     assert [(u["units"], u["carried"], u["amount"]) for u in rows["c1"]["unbilled"]] == [(30, 30, "60")]
+
+
+async def test_invoice_events_without_an_invoice_are_acknowledged_and_bad_signatures_refused(
+    env: Settings, emulator: tuple[EmulatorState, str], guarded_api: ApiClient
+) -> None:
+    """``invoice.upcoming`` describes an invoice that does not exist yet (no id): 200, nothing due."""
+    upcoming = {
+        "id": "evt_up",
+        "object": "event",
+        "type": "invoice.upcoming",
+        "created": 1,
+        "livemode": False,
+        "api_version": "2026-10-28.endive",
+        "data": {"object": {"object": "invoice", "customer": "cus_x"}},
+    }
+    body = orjson.dumps(upcoming)
+    signed = {
+        "Stripe-Signature": webhooks.sign(body, SECRET, int(time.time())),
+        "Content-Type": "application/json",
+    }
+    answer = await guarded_api.post("/v1/stripe/webhook", data=body, headers=signed)
+    assert answer.status == 200 and (await answer.json())["handled"] is False
+    forged = {"Stripe-Signature": webhooks.sign(body, "whsec_other", int(time.time()))}
+    refused = await guarded_api.post("/v1/stripe/webhook", data=body, headers=forged)
+    assert refused.status == 400 and (await refused.json())["error"]["field"] == "Stripe-Signature"

@@ -38,10 +38,12 @@ async def record_event(conn: psycopg.AsyncConnection, heard: Heard, now: datetim
         ON CONFLICT (invoice_id) DO UPDATE
         SET last_event_type = EXCLUDED.last_event_type, updated_at = EXCLUDED.updated_at,
             next_check_at = least(invoices.next_check_at, EXCLUDED.next_check_at),
-            -- a finalized invoice is looked at once more (its final quantities), whatever came before
-            guard_state = CASE WHEN invoices.guard_state IN ('released', 'unguarded')
-                                    AND EXCLUDED.stripe_status <> 'draft'
-                               THEN 'received' ELSE invoices.guard_state END
+            -- looked at again: a released draft once Stripe moved it on (its final quantities), one
+            -- not guarded before (its mappings may exist now); a finalized one never goes back
+            guard_state = CASE
+                WHEN invoices.guard_state = 'unguarded' THEN 'received'
+                WHEN invoices.guard_state = 'released' AND EXCLUDED.stripe_status <> 'draft' THEN 'received'
+                ELSE invoices.guard_state END
         """,
         {
             "id": heard.invoice_id,
@@ -59,7 +61,8 @@ async def due(conn: psycopg.AsyncConnection, now: datetime, limit: int = 50) -> 
         " OR (guard_state = 'released' AND stripe_status = 'draft')"
         # a finalized invoice's period takes late usage for as long as Stripe takes it (35 days)
         " OR (guard_state = 'finalized' AND period_end > %(now)s - interval '36 days'))"
-        " AND next_check_at <= %(now)s ORDER BY next_check_at LIMIT %(limit)s",
+        # drafts first: a backlog of finalized invoices never delays a draft Stripe will finalize
+        " AND next_check_at <= %(now)s ORDER BY guard_state = 'finalized', next_check_at LIMIT %(limit)s",
         {"now": now, "limit": limit},
     )
     return [row[0] for row in await cur.fetchall()]
@@ -96,8 +99,9 @@ def _exact(value: Any) -> str:
 
 
 async def count_request(conn: psycopg.AsyncConnection, invoice_id: str, column: str) -> int:
-    """Record that a hold or release is about to be sent, before sending it; returns its number (the
-    idempotency key's), the same one again if the last one recorded was never confirmed."""
+    """Record that a hold or release is about to be sent, before sending it; returns its number (part
+    of the request's idempotency key). A request cut short is sent again under the next number: Stripe's
+    copy of the invoice, read first by every check, says whether it is still needed."""
     assert column in ("hold_requests", "release_requests")
     cur = await conn.execute(
         f"UPDATE invoices SET {column} = {column} + 1 WHERE invoice_id = %s RETURNING {column}",
