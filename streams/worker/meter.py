@@ -66,7 +66,11 @@ class Meter:
         async def meter(stream: Any) -> None:
             await producer_started.wait()
             async for event in stream.noack().events():
-                await self.in_order(app, event.message.tp, event.message.offset)
+                tp, offset = event.message.tp, event.message.offset
+                committed = committed_offset(app, tp)
+                skipped = self.progress.skipped(tp.partition, offset, committed)  # per event: no await
+                if skipped is not None:
+                    await self.skipped(app, tp, offset, skipped, committed)
                 await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
                 if event.value:
                     with metrics.COUNTING_BATCH_SECONDS.time():
@@ -130,13 +134,11 @@ class Meter:
         timer(app, DEDUPE_SWEEP_INTERVAL)(expire_dedupe)
         timer(app, PROGRESS_WATCH_INTERVAL)(watch_progress)
 
-    async def in_order(self, app: faust.App, tp: Any, offset: int) -> None:
+    async def skipped(
+        self, app: faust.App, tp: Any, offset: int, expected: int, committed: int | None
+    ) -> None:
         """Restart the worker rather than count a message that skipped others (see meter_progress.py);
         a skip over messages the broker no longer has (retention) is not one."""
-        committed = committed_offset(app, tp)
-        skipped = self.progress.skipped(tp.partition, offset, committed)
-        if skipped is None:
-            return
         earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
         if earliest is not None and earliest >= offset:
             log.warning(
@@ -148,7 +150,7 @@ class Meter:
         log.error(
             "keyed partition %d handed the meter offset %d while %d was next (committed %s): restarting the"
             " worker so that no message is skipped",
-            tp.partition, offset, skipped, committed,
+            tp.partition, offset, expected, committed,
         )  # fmt: skip
         restart_process()
 

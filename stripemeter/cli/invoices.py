@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from stripemeter.adapters.postgres.invoices import STATES
 from stripemeter.cli.common import Subcommands, add_command, print_table, say
 from stripemeter.domain.config import Settings
 
@@ -86,9 +87,7 @@ def add_invoices(sub: Subcommands) -> None:
     )
     listing.add_argument("--tenant", help="one tenant's invoices")
     listing.add_argument("--period", help="YYYY-MM: invoices whose period starts in that month")
-    listing.add_argument(
-        "--status", choices=("received", "proving", "held", "released", "finalized", "unguarded")
-    )
+    listing.add_argument("--status", choices=STATES, help="one guard state")
     listing.add_argument("--limit", type=int, default=100, help="at most this many (default 100)")
     show = add_command(invoices_sub, "show", cmd_invoices_show, "one invoice and its proof, line by line")
     show.add_argument("invoice_id", help="Stripe's invoice id (in_...)")

@@ -23,9 +23,7 @@ from typing import Any, Literal
 
 from stripemeter.domain import periods
 
-UNPROVEN_POLICIES = ("hold", "release")
-RELEASE_MODES = ("finalize", "schedule")
-Kind = Literal["release", "hold", "wait", "ignore"]
+Kind = Literal["release", "hold", "ignore"]
 
 
 @dataclass(frozen=True)

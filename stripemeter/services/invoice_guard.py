@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -116,7 +117,8 @@ class InvoiceGuard:
             return await self._finalized(conn, row, invoice)
         lines = plan.metered_lines(invoice)
         meter_of_price = {line.price: await self.stripe.meter_of_price(line.price) for line in lines}
-        event_names = await self.stripe.event_names() if any(meter_of_price.values()) else {}
+        meter_ids = {meter for meter in meter_of_price.values() if meter}
+        event_names = await self.stripe.event_names(meter_ids) if meter_ids else {}
         customers, metrics_by_event = await streams_of_stripe_customer(conn, str(invoice["customer"]))
         mapped = [plan.CustomerMapping(t, c, a) for t, c, a in customers]
         targets, problems = plan.targets(lines, meter_of_price, event_names, mapped, metrics_by_event)
@@ -148,9 +150,7 @@ class InvoiceGuard:
             common.update(period_start=_at(first.line.start), period_end=_at(first.line.end))
         if decision.kind == "ignore":
             if invoice.get("auto_advance") is False and row["hold_requests"]:  # held by us: give it back
-                await self.stripe.hand_back(
-                    invoice_id, await db.count_request(conn, invoice_id, "release_requests")
-                )
+                await self._send(conn, invoice_id, "release_requests", self.stripe.hand_back)
             await db.save_check(conn, invoice_id, guard_state="unguarded", **common)
             return self._done(invoice_id, "unguarded", decision)
         if decision.kind == "release":
@@ -160,8 +160,7 @@ class InvoiceGuard:
             await db.save_check(
                 conn, invoice_id, finalizes_at=common["finalizes_at"], deadline=common["deadline"]
             )
-            number = await db.count_request(conn, invoice_id, "hold_requests")
-            await self.stripe.hold(invoice_id, number)
+            await self._send(conn, invoice_id, "hold_requests", self.stripe.hold)
             metrics.INVOICES_HELD.inc()
             log.warning("invoice %s held (auto_advance=false): %s", invoice_id, decision.reason)
         held_at = row["held_at"] or self.clock.utc()
@@ -169,6 +168,16 @@ class InvoiceGuard:
             conn, invoice_id, guard_state="held", held_at=held_at, next_check_at=self._next(), **common
         )
         return self._done(invoice_id, "held", decision)
+
+    @staticmethod
+    async def _send(
+        conn: psycopg.AsyncConnection,
+        invoice_id: str,
+        counter: str,
+        call: Callable[[str, int], Awaitable[dict[str, Any]]],
+    ) -> dict[str, Any]:
+        """A hold, hand-back or finalize: counted in PostgreSQL before it is sent, under that number."""
+        return await call(invoice_id, await db.count_request(conn, invoice_id, counter))
 
     async def _prove(self, conn: psycopg.AsyncConnection, target: plan.Target) -> plan.LineCheck:
         """Reconcile the line's counters now (``Busy`` while another run of the tenant holds its lock: the
@@ -222,9 +231,8 @@ class InvoiceGuard:
             "release_reason": decision.reason,
         }
         if self.settings.release == "finalize":
-            number = await db.count_request(conn, invoice_id, "release_requests")
             try:
-                final = await self.stripe.finalize(invoice_id, number)
+                final = await self._send(conn, invoice_id, "release_requests", self.stripe.finalize)
             except stripe.InvalidRequestError:
                 final = await self.stripe.invoice(invoice_id)  # finalized meanwhile (by Stripe, by hand)
                 if final.get("status") == "draft":
@@ -235,8 +243,7 @@ class InvoiceGuard:
             await db.save_check(conn, invoice_id, guard_state="released", **released)
             return await self._finalized(conn, {**row, **released, "guard_state": "released"}, final)
         if invoice.get("auto_advance") is False:
-            number = await db.count_request(conn, invoice_id, "release_requests")
-            await self.stripe.hand_back(invoice_id, number)
+            await self._send(conn, invoice_id, "release_requests", self.stripe.hand_back)
         if row["guard_state"] != "released":
             metrics.INVOICES_RELEASED.labels(decision.code).inc()
             log.info("invoice %s handed back to Stripe's schedule: %s", invoice_id, decision.reason)

@@ -12,9 +12,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-ACTIVE = ("received", "proving", "held")  # states the guard still works on
 STATES = ("received", "proving", "held", "released", "finalized", "unguarded")
-FINAL_STRIPE = ("open", "paid", "void", "uncollectible")  # Stripe's states after the draft
 
 
 @dataclass(frozen=True)

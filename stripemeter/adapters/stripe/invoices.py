@@ -75,9 +75,13 @@ class StripeInvoices:
         result: dict[str, Any] = found.to_dict()
         return result
 
-    async def event_names(self) -> dict[str, str]:
-        """Meter id -> event name, for every meter."""
-        return {meter.id: name for name, meter in (await self.reader.meters_by_event_name()).items()}
+    async def event_names(self, meter_ids: set[str]) -> dict[str, str]:
+        """Meter id -> event name: from the meters the reader knows (reconciliation reads them every
+        run), read again only when one of ``meter_ids`` is not among them."""
+        known = {meter.id: name for name, meter in self.reader.meters.all().items()}
+        if not meter_ids <= known.keys():
+            known = {meter.id: name for name, meter in (await self.reader.meters_by_event_name()).items()}
+        return known
 
     async def clock_time(self, test_clock: str) -> int:
         """A test clock's frozen time: Stripe's "now" for the customers on it."""
