@@ -124,7 +124,8 @@ class InvoiceGuard:
         targets, problems = plan.targets(lines, meter_of_price, event_names, mapped, metrics_by_event)
         checks = [await self._prove(conn, target) for target in targets]
         stripe_now = await self._stripe_now(invoice)
-        # Stripe drops automatically_finalizes_at while a draft is held: the deadline stays the first one
+        # a held draft has no schedule of its own (the emulator clears automatically_finalizes_at): the
+        # deadline stays the one first seen
         first = row["finalizes_at"].timestamp() if row["finalizes_at"] else None
         finalizes_at = first or invoice.get("automatically_finalizes_at")
         deadline = finalizes_at - self.settings.deadline_margin_seconds if finalizes_at else None
@@ -156,7 +157,7 @@ class InvoiceGuard:
         if decision.kind == "release":
             return await self._release(conn, row, invoice, decision, common)
         if invoice.get("auto_advance") is not False:
-            # Stripe drops automatically_finalizes_at once held: the deadline is kept first
+            # saved before the hold, which suspends the schedule automatically_finalizes_at describes
             await db.save_check(
                 conn, invoice_id, finalizes_at=common["finalizes_at"], deadline=common["deadline"]
             )
