@@ -7,13 +7,32 @@ too, so their partition counts always match the source topic.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+
+from stripemeter.domain.config import Settings
 
 HOUR_MS = 3600 * 1000
 DAY_MS = 24 * HOUR_MS
 # Producers may send oversized messages; the broker must take them so the pipeline can dead-letter
 # them with a reason instead of the producer failing out of sight.
 LARGE_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Replication:
+    """How many brokers hold each partition, and how many of them must have a write before it is
+    acknowledged (producers send with acks=all). ``factor - min_insync`` brokers may be down without
+    stopping writes; with ``min_insync`` >= 2 an acknowledged write survives the loss of any one disk."""
+
+    factor: int
+    min_insync: int
+
+
+# a cluster of three brokers: one may fail (or restart for an upgrade) while every write still
+# lands on two disks
+THREE_BROKERS = Replication(3, 2)
+# one broker (the local stack, tests, benchmarks): nothing survives the loss of its disk
+SINGLE_BROKER = Replication(1, 1)
 
 
 @dataclass(frozen=True)
@@ -25,12 +44,14 @@ class TopicSpec:
     internal: bool = False
     purpose: str = ""
     max_message_bytes: int = 1024 * 1024
+    replication: Replication = SINGLE_BROKER
 
     def config(self) -> dict[str, str]:
         return {
             "retention.ms": str(self.retention_ms),
             "cleanup.policy": self.cleanup_policy,
             "max.message.bytes": str(self.max_message_bytes),
+            "min.insync.replicas": str(self.replication.min_insync),
         }
 
 
@@ -83,7 +104,13 @@ class TopicNames:
 TABLES = ("dedupe", "counters", "watermarks")
 
 
-def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
+def topic_specs(
+    names: TopicNames, partitions: int, replication: Replication = SINGLE_BROKER
+) -> list[TopicSpec]:
+    return [replace(spec, replication=replication) for spec in _specs(names, partitions)]
+
+
+def _specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
     return [
         TopicSpec(
             names.events,
@@ -127,3 +154,13 @@ def topic_specs(names: TopicNames, partitions: int) -> list[TopicSpec]:
             for t in TABLES
         ),
     ]
+
+
+def replication_of(settings: Settings) -> Replication:
+    return Replication(settings.topic_replication_factor, settings.topic_min_insync_replicas)
+
+
+def deployment_specs(settings: Settings) -> list[TopicSpec]:
+    """Every topic of the deployment ``settings`` describe, with its replication settings."""
+    names = TopicNames(settings.topic_prefix, settings.app_id)
+    return topic_specs(names, settings.partitions, replication_of(settings))

@@ -10,7 +10,11 @@ from faust.types import TopicT
 from stripemeter.adapters.kafka import fetch_wait, rocksdb_memory
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, prepare_table_dir
 from stripemeter.adapters.kafka.client_auth import faust_broker, faust_credentials
-from stripemeter.domain.config import Settings
+from stripemeter.domain.config import (
+    DYNAMIC_SESSION_TIMEOUT_SECONDS,
+    STATIC_SESSION_TIMEOUT_SECONDS,
+    Settings,
+)
 from stripemeter.schemas.topics import TABLES, TopicNames
 
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
@@ -36,7 +40,8 @@ def faust_app(settings: Settings) -> faust.App:
         store=settings.store,
         datadir=str(settings.worker_data_dir),
         topic_partitions=settings.partitions,
-        topic_replication_factor=1,
+        # topics Faust itself creates (its assignor's leader topic); ours are created by `topics create`
+        topic_replication_factor=settings.topic_replication_factor,
         web_host=settings.worker_web_host,
         web_bind=settings.worker_web_host,
         web_port=settings.worker_web_port,
@@ -51,10 +56,10 @@ def faust_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=0,
+        table_standby_replicas=settings.table_standby_replicas,
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
-        broker_session_timeout=10.0,
+        broker_session_timeout=session_timeout_seconds(settings),
         # with a stable id (a StatefulSet pod name) a restarted worker gets its partitions back
         # without a rebalance, as long as it returns within the session timeout
         consumer_group_instance_id=settings.group_instance_id or None,
@@ -72,6 +77,14 @@ def faust_app(settings: Settings) -> faust.App:
     app.transport = fetch_wait.Transport(app.conf.broker_consumer, app)  # before anything uses it
     prepare_table_dir(Path(app.conf.tabledir), settings.worker_data_dir)
     return app
+
+
+def session_timeout_seconds(settings: Settings) -> float:
+    """The setting, or automatic: long enough for a pod restart with a stable instance id, short without
+    (a worker that left for good is noticed by its session running out, or by the rebalance it sent)."""
+    if settings.kafka_session_timeout_seconds:
+        return settings.kafka_session_timeout_seconds
+    return STATIC_SESSION_TIMEOUT_SECONDS if settings.group_instance_id else DYNAMIC_SESSION_TIMEOUT_SECONDS
 
 
 def keyed_topic(app: faust.App, settings: Settings, names: TopicNames) -> TopicT:

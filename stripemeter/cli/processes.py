@@ -14,7 +14,9 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     from stripemeter.streams import memory_tuning
     from stripemeter.streams.app import create_app
+    from stripemeter.streams.worker.startup_checks import check_topic_replication
 
+    asyncio.run(check_topic_replication(settings))
     app = create_app(
         settings,
         with_sink=not args.no_sink,

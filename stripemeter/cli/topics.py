@@ -15,10 +15,9 @@ from stripemeter.domain.config import Settings
 
 def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.adapters.kafka.admin import ensure_topics
-    from stripemeter.schemas.topics import TopicNames, topic_specs
+    from stripemeter.schemas.topics import deployment_specs
 
-    names = TopicNames(settings.topic_prefix, settings.app_id)
-    result = asyncio.run(ensure_topics(settings.kafka, topic_specs(names, settings.partitions)))
+    result = asyncio.run(ensure_topics(settings.kafka, deployment_specs(settings)))
     for name in result.created:
         say(f"created      {name}")
     for name in result.existing:

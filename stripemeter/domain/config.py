@@ -67,6 +67,15 @@ class Settings:
     worker_web_port: int = 6066
     worker_web_host: str = "127.0.0.1"  # 0.0.0.0 in containers, for probes and Prometheus
     group_instance_id: str = ""  # static group membership (e.g. the pod name); empty: dynamic
+    # how long the group waits for a silent worker before moving its partitions; 0: 45 s with a group
+    # instance id (a restarted pod comes back to its partitions without a rebalance), 10 s without
+    kafka_session_timeout_seconds: float = 0.0
+    # every topic's replication factor and min.insync.replicas: right for three brokers; the local
+    # stack (one broker) runs with 1 and 1
+    topic_replication_factor: int = 3
+    topic_min_insync_replicas: int = 2
+    # warm copies of each table partition kept by other workers: a takeover replays only their lag
+    table_standby_replicas: int = 1
     emulator_port: int = 12111  # the local stack's Stripe emulator, when no Stripe is configured
     state_dir: Path = Path(".stack")
     cache_dir: Path = Path("~/.cache/stripemeter")
@@ -131,6 +140,14 @@ class Settings:
         return replace(self, **changes)
 
 
+# a pod restart (stop, schedule, start, table open) fits in 45 s; a dead worker's partitions move after it
+STATIC_SESSION_TIMEOUT_SECONDS = 45.0
+DYNAMIC_SESSION_TIMEOUT_SECONDS = 10.0
+# the broker's default group.min.session.timeout.ms and group.max.session.timeout.ms
+MIN_SESSION_TIMEOUT_SECONDS = 6.0
+MAX_SESSION_TIMEOUT_SECONDS = 1800.0
+
+
 # environment variable -> Settings field
 ENV_VARS: dict[str, str] = {
     "KAFKA_BOOTSTRAP_SERVERS": "kafka_bootstrap_servers",
@@ -157,6 +174,10 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_WORKER_WEB_HOST": "worker_web_host",
     "STRIPEMETER_EMULATOR_PORT": "emulator_port",
     "STRIPEMETER_GROUP_INSTANCE_ID": "group_instance_id",
+    "STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS": "kafka_session_timeout_seconds",
+    "STRIPEMETER_TOPIC_REPLICATION_FACTOR": "topic_replication_factor",
+    "STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS": "topic_min_insync_replicas",
+    "STRIPEMETER_TABLE_STANDBY_REPLICAS": "table_standby_replicas",
     "STRIPEMETER_STATE_DIR": "state_dir",
     "STRIPEMETER_CACHE_DIR": "cache_dir",
     "STRIPEMETER_KAFKA_VERSION": "kafka_version",
@@ -279,6 +300,7 @@ def _validate(settings: Settings) -> None:
     if not settings.kafka_bootstrap_servers:
         raise ConfigError("KAFKA_BOOTSTRAP_SERVERS", "must not be empty")
     _validate_kafka(settings)
+    _validate_replication(settings)
     if not settings.database_url.value.startswith(("postgresql://", "postgres://")):
         raise ConfigError("DATABASE_URL", "must be a postgresql:// URL")
     if not 0 <= settings.lateness_seconds <= MAX_LATENESS_SECONDS:
@@ -337,6 +359,26 @@ def _validate_capacity(settings: Settings) -> None:
         )
     if not settings.stripe_timeout_seconds > 0:
         raise ConfigError("STRIPEMETER_STRIPE_TIMEOUT_SECONDS", "must be positive")
+
+
+def _validate_replication(settings: Settings) -> None:
+    if settings.topic_replication_factor < 1:
+        raise ConfigError("STRIPEMETER_TOPIC_REPLICATION_FACTOR", "must be at least 1")
+    if not 1 <= settings.topic_min_insync_replicas <= settings.topic_replication_factor:
+        raise ConfigError(
+            "STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS",
+            f"must be from 1 to STRIPEMETER_TOPIC_REPLICATION_FACTOR ({settings.topic_replication_factor}):"
+            " more in-sync replicas than replicas would refuse every write",
+        )
+    if settings.table_standby_replicas < 0:
+        raise ConfigError("STRIPEMETER_TABLE_STANDBY_REPLICAS", "must not be negative")
+    timeout = settings.kafka_session_timeout_seconds
+    if timeout and not MIN_SESSION_TIMEOUT_SECONDS <= timeout <= MAX_SESSION_TIMEOUT_SECONDS:
+        raise ConfigError(
+            "STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS",
+            f"must be 0 (automatic) or from {MIN_SESSION_TIMEOUT_SECONDS:g} to"
+            f" {MAX_SESSION_TIMEOUT_SECONDS:g} (the broker's default group session bounds)",
+        )
 
 
 def _validate_kafka(settings: Settings) -> None:

@@ -39,7 +39,7 @@ from stripemeter.adapters.postgres.migrate import migrate
 from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.timefmt import iso_ms
 from stripemeter.domain.units import MICROS, floor_units, micros_to_float
-from stripemeter.schemas.topics import TopicNames
+from stripemeter.schemas.topics import TopicNames, replication_of
 from stripemeter.streams.stages import stage_children
 from stripemeter.tools.local.procs import free_port
 
@@ -100,7 +100,7 @@ async def isolated(settings: Settings, tag: str, partitions: int) -> tuple[Setti
         worker_web_port=free_port(),
         database_url=Secret(url),
     )
-    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, partitions)
+    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, partitions, replication_of(env))
     return env, names
 
 

@@ -23,6 +23,7 @@ from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.core.replay_window import Window
 from stripemeter.domain.config import Settings
 from stripemeter.domain.units import MICROS
+from stripemeter.schemas.topics import replication_of
 from stripemeter.services.replayer import Replayer, ReplayRequest
 
 Say = Callable[[str], None]
@@ -62,7 +63,7 @@ async def replay_window(
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env = settings.with_overrides(topic_prefix=f"b{tag}.", app_id=f"bench-{tag}")
-    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, 4)
+    names = await create_topics_of(env.kafka, env.app_id, env.topic_prefix, 4, replication_of(env))
     tenant = f"bench-rp-{tag}"
     start = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
     window = Window(start, start + 24 * HOUR)

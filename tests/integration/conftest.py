@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
 from stripemeter.api.app import create_app as create_api
 from stripemeter.domain.config import Settings, load_settings
-from stripemeter.tools.local.stack import up
+from stripemeter.tools.local.stack import on_one_broker, up
 from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator import create_app as create_emulator
 from tests.integration.harness import ApiClient, StartWorker, WorkerProcess, free_port, isolated_settings
@@ -21,7 +21,7 @@ from tests.integration.stripe_helpers import emulator_settings
 
 @pytest.fixture(scope="session")
 def stack() -> Settings:
-    settings = load_settings()
+    settings = on_one_broker(load_settings())
     up(settings, say=lambda message: print(message), with_app=False)
     return settings
 

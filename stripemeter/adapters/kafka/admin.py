@@ -12,8 +12,10 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 from aiokafka.structs import TopicPartition
 
 from stripemeter.adapters.kafka.client_auth import client_kwargs
+from stripemeter.adapters.kafka.incremental_configs import set_topic_configs
+from stripemeter.domain.errors import Permanent
 from stripemeter.domain.kafka_access import KafkaAccess
-from stripemeter.schemas.topics import TopicNames, TopicSpec, topic_specs
+from stripemeter.schemas.topics import SINGLE_BROKER, Replication, TopicNames, TopicSpec, topic_specs
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +37,19 @@ class EnsureResult:
     reconfigured: list[str]
 
 
+class TopicConfigRefused(Permanent, RuntimeError):
+    """The broker refused to change a topic's configuration (the topic keeps its old one)."""
+
+
+class ReplicationMismatch(Permanent, RuntimeError):
+    """The topics' replication settings cannot hold on this cluster, or existing topics hold less:
+    someone has to add brokers or replicas, or change the settings."""
+
+    def __init__(self, problems: list[str]):
+        super().__init__("topic replication: " + "; ".join(problems), code="replication_mismatch")
+        self.problems = problems
+
+
 async def _admin(kafka: KafkaAccess) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(**client_kwargs(kafka), request_timeout_ms=15000)
     await admin.start()
@@ -42,14 +57,21 @@ async def _admin(kafka: KafkaAccess) -> AIOKafkaAdminClient:
 
 
 async def ensure_topics(kafka: KafkaAccess, specs: list[TopicSpec]) -> EnsureResult:
-    """Create missing topics and bring configs of existing ones in line; safe to run any number of times."""
+    """Create missing topics and bring configs of existing ones in line; safe to run any number of times.
+
+    Only the keys our specs name are changed (incrementally: an operator's other keys stay), and a
+    change the broker refuses raises ``TopicConfigRefused``. Raises ``ReplicationMismatch`` before
+    creating anything when the cluster cannot hold the specs' replication factor, or when an existing
+    topic has fewer replicas than the spec asks for.
+    """
     admin = await _admin(kafka)
     created: list[str] = []
     existing: list[str] = []
     reconfigured: list[str] = []
     try:
+        await _require_replication(admin, specs)
         response = await admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, topic_configs=s.config()) for s in specs]
+            [NewTopic(s.name, s.partitions, s.replication.factor, topic_configs=s.config()) for s in specs]
         )
         for name, code, message in response.topic_errors:
             if code == 0:
@@ -59,30 +81,103 @@ async def ensure_topics(kafka: KafkaAccess, specs: list[TopicSpec]) -> EnsureRes
             else:
                 raise for_code(code)(f"creating topic {name}: {message}")
         if existing:
-            current = await describe_configs(admin, existing)
-            by_name = {s.name: s for s in specs}
-            stale = [
-                n for n in existing if any(current[n].get(k) != v for k, v in by_name[n].config().items())
-            ]
-            if stale:
-                await admin.alter_configs(
-                    [ConfigResource(ConfigResourceType.TOPIC, n, by_name[n].config()) for n in stale]
-                )
-                reconfigured.extend(stale)
-            partitions = await partition_counts(admin, existing)
-            for name in existing:
-                if partitions[name] != by_name[name].partitions:
-                    log.warning(
-                        "topic %s has %d partitions, the spec says %d; left as is (changing it re-keys data)",
-                        name,
-                        partitions[name],
-                        by_name[name].partitions,
-                    )
+            reconfigured = await _align_configs(admin, [s for s in specs if s.name in existing])
+            await _warn_on_partition_counts(admin, [s for s in specs if s.name in existing])
     finally:
         await admin.close()
     for name in created:
         log.info("created topic %s", name)
     return EnsureResult(created, existing, reconfigured)
+
+
+async def _align_configs(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> list[str]:
+    """Set the keys whose values differ from the specs; returns the topics changed."""
+    current = await describe_configs(admin, [s.name for s in specs])
+    changes = {
+        s.name: {k: v for k, v in s.config().items() if current.get(s.name, {}).get(k) != v} for s in specs
+    }
+    changes = {name: keys for name, keys in changes.items() if keys}
+    refused = await set_topic_configs(admin, changes)
+    if refused:
+        raise TopicConfigRefused(
+            "the broker refused to reconfigure "
+            + "; ".join(
+                f"{name} ({', '.join(changes[name])}): {why}" for name, why in sorted(refused.items())
+            )
+        )
+    for name, keys in sorted(changes.items()):
+        log.info("reconfigured topic %s: %s", name, ", ".join(f"{k}={v}" for k, v in sorted(keys.items())))
+    return sorted(changes)
+
+
+async def _warn_on_partition_counts(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    partitions = await partition_counts(admin, [s.name for s in specs])
+    for spec in specs:
+        if partitions[spec.name] != spec.partitions:
+            log.warning(
+                "topic %s has %d partitions, the spec says %d; left as is (changing it re-keys data)",
+                spec.name,
+                partitions[spec.name],
+                spec.partitions,
+            )
+
+
+async def check_replication(kafka: KafkaAccess, specs: list[TopicSpec]) -> None:
+    """Raise ``ReplicationMismatch`` when the cluster or the existing topics cannot give the specs'
+    replication (the worker's start-up check); topics that do not exist yet are not judged."""
+    admin = await _admin(kafka)
+    try:
+        await _require_replication(admin, specs)
+    finally:
+        await admin.close()
+
+
+async def _require_replication(admin: AIOKafkaAdminClient, specs: list[TopicSpec]) -> None:
+    problems = replication_problems(
+        len((await admin.describe_cluster())["brokers"]),
+        {t["topic"]: t for t in await admin.describe_topics([s.name for s in specs])},
+        await describe_configs(admin, [s.name for s in specs]),
+        specs,
+    )
+    if problems:
+        raise ReplicationMismatch(problems)
+
+
+def replication_problems(
+    brokers: int,
+    topics: dict[str, dict[str, object]],
+    configs: dict[str, dict[str, str]],
+    specs: list[TopicSpec],
+) -> list[str]:
+    """What keeps ``specs`` from holding: too few brokers, existing topics with fewer replicas or a lower
+    ``min.insync.replicas`` than asked for. More replicas than asked for is no problem."""
+    problems: list[str] = []
+    wanted = max((s.replication for s in specs), key=lambda r: r.factor, default=SINGLE_BROKER)
+    if brokers < wanted.factor:
+        problems.append(
+            f"replication factor {wanted.factor} needs {wanted.factor} brokers, the cluster has {brokers}"
+            " (set STRIPEMETER_TOPIC_REPLICATION_FACTOR and STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS to 1"
+            " for a single broker)"
+        )
+    for spec in specs:
+        topic = topics.get(spec.name)
+        partitions = topic.get("partitions") if topic and topic.get("error_code") == 0 else None
+        if not isinstance(partitions, list) or not partitions:
+            continue  # missing: created with the spec's replication
+        fewest = min(len(p["replicas"]) for p in partitions)
+        if fewest < spec.replication.factor:
+            problems.append(
+                f"topic {spec.name} has partitions with {fewest} replica(s), fewer than the replication"
+                f" factor {spec.replication.factor}: add replicas with kafka-reassign-partitions"
+                " (docs/kafka-replication.md)"
+            )
+        isr = configs.get(spec.name, {}).get("min.insync.replicas")
+        if isr is not None and int(isr) > fewest:
+            problems.append(
+                f"topic {spec.name} has min.insync.replicas={isr} but {fewest} replica(s): every write"
+                " would be refused"
+            )
+    return problems
 
 
 async def describe_configs(admin: AIOKafkaAdminClient, topics: list[str]) -> dict[str, dict[str, str]]:
@@ -107,10 +202,16 @@ async def list_topic_names(kafka: KafkaAccess) -> list[str]:
         await admin.close()
 
 
-async def create_topics_of(kafka: KafkaAccess, app_id: str, topic_prefix: str, partitions: int) -> TopicNames:
+async def create_topics_of(
+    kafka: KafkaAccess,
+    app_id: str,
+    topic_prefix: str,
+    partitions: int,
+    replication: Replication = SINGLE_BROKER,
+) -> TopicNames:
     """Create every topic of one isolated deployment (benchmarks, tests); ``delete_topics_of`` undoes it."""
     names = TopicNames(topic_prefix, app_id)
-    await ensure_topics(kafka, topic_specs(names, partitions))
+    await ensure_topics(kafka, topic_specs(names, partitions, replication))
     return names
 
 

@@ -135,6 +135,11 @@ def uses_emulator(settings: Settings) -> bool:
     return not (settings.stripe_api_key or settings.stripe_api_base)
 
 
+def on_one_broker(settings: Settings) -> Settings:
+    """The stack has one broker: every topic has one replica, which must have each write."""
+    return settings.with_overrides(topic_replication_factor=1, topic_min_insync_replicas=1)
+
+
 def app_settings(settings: Settings) -> Settings:
     """What the stack's worker and API run with: the emulator when no Stripe is configured, a short
     settle time and lag cap (the emulator's summaries are immediate), and invoices proven every 2 s."""
@@ -220,7 +225,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
     """Start (or find running) PostgreSQL, Kafka, then migrations, topics, the worker and the API."""
     from stripemeter.adapters.kafka.admin import ensure_topics
     from stripemeter.adapters.postgres.migrate import migrate
-    from stripemeter.schemas.topics import TopicNames, topic_specs
+    from stripemeter.schemas.topics import deployment_specs
 
     start_postgres(settings, say)
     applied = migrate(settings.database_url.value)
@@ -230,9 +235,9 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
         )
     start_kafka(settings, say)
     settings = with_local_ca(settings)  # TLS with the stack's own CA: every client trusts it
-    names = TopicNames(settings.topic_prefix, settings.app_id)
+    settings = on_one_broker(settings)
     result = _retry_until_ready(
-        lambda: asyncio.run(ensure_topics(settings.kafka, topic_specs(names, settings.partitions)))
+        lambda: asyncio.run(ensure_topics(settings.kafka, deployment_specs(settings)))
     )
     if result.created:
         say(f"created {len(result.created)} topic(s)")

@@ -42,6 +42,12 @@ def test_secrets_never_show() -> None:
         ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "-1"),
         ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "300000"),  # beyond Stripe's 72 h
         ("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "0"),
+        ("STRIPEMETER_TOPIC_REPLICATION_FACTOR", "0"),
+        ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "0"),
+        ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "4"),  # more than the 3 replicas: every write refused
+        ("STRIPEMETER_TABLE_STANDBY_REPLICAS", "-1"),
+        ("STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS", "5"),  # below the broker's group minimum
+        ("STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS", "3600"),
     ],
 )
 def test_bad_settings_name_the_variable(name: str, value: str) -> None:

@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from psycopg_pool import PoolTimeout
 
+from stripemeter.adapters.kafka.admin import ReplicationMismatch, TopicConfigRefused
 from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args
 from stripemeter.adapters.kafka.inspect.tail import TopicNotFound
 from stripemeter.adapters.postgres.migrate import MigrationError
@@ -69,6 +70,8 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (PostgresSetupError, Permanent, RuntimeError),
     (KafkaSetupError, Permanent, RuntimeError),
     (StackError, Permanent, RuntimeError),
+    (ReplicationMismatch, Permanent, RuntimeError),
+    (TopicConfigRefused, Permanent, RuntimeError),
     (ItemTooLarge, Permanent, ValueError),
     (CannotReaggregate, Permanent, ValueError),
     (Conflict, Invalid, ValueError),
