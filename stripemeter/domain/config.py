@@ -74,8 +74,6 @@ class Settings:
     # stack (one broker) runs with 1 and 1
     topic_replication_factor: int = 3
     topic_min_insync_replicas: int = 2
-    # warm copies of each table partition kept by other workers: a takeover replays only their lag
-    table_standby_replicas: int = 1
     emulator_port: int = 12111  # the local stack's Stripe emulator, when no Stripe is configured
     state_dir: Path = Path(".stack")
     cache_dir: Path = Path("~/.cache/stripemeter")
@@ -177,7 +175,6 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS": "kafka_session_timeout_seconds",
     "STRIPEMETER_TOPIC_REPLICATION_FACTOR": "topic_replication_factor",
     "STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS": "topic_min_insync_replicas",
-    "STRIPEMETER_TABLE_STANDBY_REPLICAS": "table_standby_replicas",
     "STRIPEMETER_STATE_DIR": "state_dir",
     "STRIPEMETER_CACHE_DIR": "cache_dir",
     "STRIPEMETER_KAFKA_VERSION": "kafka_version",
@@ -370,8 +367,6 @@ def _validate_replication(settings: Settings) -> None:
             f"must be from 1 to STRIPEMETER_TOPIC_REPLICATION_FACTOR ({settings.topic_replication_factor}):"
             " more in-sync replicas than replicas would refuse every write",
         )
-    if settings.table_standby_replicas < 0:
-        raise ConfigError("STRIPEMETER_TABLE_STANDBY_REPLICAS", "must not be negative")
     timeout = settings.kafka_session_timeout_seconds
     if timeout and not MIN_SESSION_TIMEOUT_SECONDS <= timeout <= MAX_SESSION_TIMEOUT_SECONDS:
         raise ConfigError(

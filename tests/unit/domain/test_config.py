@@ -45,7 +45,6 @@ def test_secrets_never_show() -> None:
         ("STRIPEMETER_TOPIC_REPLICATION_FACTOR", "0"),
         ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "0"),
         ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "4"),  # more than the 3 replicas: every write refused
-        ("STRIPEMETER_TABLE_STANDBY_REPLICAS", "-1"),
         ("STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS", "5"),  # below the broker's group minimum
         ("STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS", "3600"),
     ],

@@ -18,10 +18,9 @@ def described(replicas: list[int], partitions: int = 2) -> dict[str, dict[str, o
     }
 
 
-def test_the_defaults_are_three_replicas_two_in_sync_and_a_standby() -> None:
+def test_the_defaults_are_three_replicas_two_in_sync() -> None:
     settings = load_settings({})
     assert (settings.topic_replication_factor, settings.topic_min_insync_replicas) == (3, 2)
-    assert settings.table_standby_replicas == 1
     assert {s.config()["min.insync.replicas"] for s in deployment_specs(settings)} == {"2"}
     assert {s.replication for s in deployment_specs(settings)} == {THREE_BROKERS}
 
