@@ -1,15 +1,23 @@
 """GET /health/live and /health/ready.
 
-Readiness runs real checks and says which failed:
-- **unhealthy** (503): PostgreSQL does not answer, Kafka does not serve metadata, or no worker of this
-  app has sent a heartbeat in the last 30 s (nothing would be counted);
-- **degraded** (200): Stripe does not answer (usage is still counted; pushes wait), a worker is
-  rebalancing or recovering its tables, or a consumer group lags more than
-  ``STRIPEMETER_READY_MAX_LAG_SECONDS``;
+Readiness answers one question with its status code: can this process accept ingest? Ingest needs
+only the API's own Kafka producer (Kafka buffers the events until the workers read them), so only
+that decides: **unhealthy** (503, the pod leaves the Service) when Kafka does not serve this
+producer metadata. Everything else is reported in the body and never takes the pod out of the
+Service, because it is shared by every API pod (removing them all helps no one) and ingest goes on
+without it:
+- **degraded** (200): PostgreSQL does not answer (routes that read it answer 503; ingest keeps
+  going for keys in the key cache, or for every caller with ``STRIPEMETER_AUTH=off``), no worker of
+  this app sent a heartbeat in the last 30 s (events wait in Kafka), Stripe does not answer (usage
+  is still counted; pushes wait), a worker is rebalancing or recovering its tables, or a consumer
+  group lags more than ``STRIPEMETER_READY_MAX_LAG_SECONDS``;
 - **healthy** (200): everything answers and keeps up.
-The Stripe check is one cheap call (list one meter), cached for a minute. PostgreSQL is asked on a
-connection of readiness's own (``HEALTH_POOL``): a pool busy with heavy requests does not make the API
-look down.
+Alerts, not readiness, call an operator for those (ops/ALERTS.md).
+
+The checks run concurrently and each gives up after ``TIMEOUT`` seconds, so an answer takes at most
+about ``TIMEOUT`` (probes: ``timeoutSeconds`` above it, deploy/README.md). The Stripe check is one
+cheap call (list one meter), cached for a minute. PostgreSQL is asked on a connection of
+readiness's own (``HEALTH_POOL``): a pool busy with heavy requests does not make the API look down.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from stripemeter.api.errors import json_response
 
 HEARTBEAT_STALE_SECONDS = 30
 STRIPE_CHECK_TTL = 60.0
-TIMEOUT = 3.0
+TIMEOUT = 2.0  # each check's bound; the probes' timeoutSeconds is above it
 
 Check = dict[str, Any]
 
@@ -35,16 +43,21 @@ async def live(request: web.Request) -> web.Response:
 
 
 async def ready(request: web.Request) -> web.Response:
-    postgres, workers = await _postgres_and_workers(request)
-    checks = {
-        "postgres": postgres,
-        "kafka": await _kafka(request),
-        "stripe": await _stripe(request),
-        "workers": workers,
-    }
-    statuses = {c["status"] for c in checks.values()}
-    status = "unhealthy" if "down" in statuses else "degraded" if "degraded" in statuses else "healthy"
+    (postgres, workers), kafka, stripe = await asyncio.gather(
+        _postgres_and_workers(request), _kafka(request), _stripe(request)
+    )
+    checks = {"postgres": postgres, "kafka": kafka, "stripe": stripe, "workers": workers}
+    status = verdict(checks)
     return json_response({"status": status, "checks": checks}, status=503 if status == "unhealthy" else 200)
+
+
+def verdict(checks: dict[str, Check]) -> str:
+    """unhealthy only when ingest cannot go on (the Kafka producer); any other problem is degraded."""
+    if checks["kafka"]["status"] == "down":
+        return "unhealthy"
+    if any(check["status"] in {"down", "degraded"} for check in checks.values()):
+        return "degraded"
+    return "healthy"
 
 
 async def _postgres_and_workers(request: web.Request) -> tuple[Check, Check]:

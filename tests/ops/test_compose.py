@@ -1,9 +1,11 @@
 """docker-compose.yml against the Compose specification (check-jsonschema's vendored schema), and
-in step with the code, the local stack, the Prometheus config and the Grafana provisioning."""
+in step with the code, the local stack, the Prometheus and Alertmanager configs and the Grafana
+provisioning; its state (Kafka's logs, PostgreSQL's data) on volumes that outlive `down`."""
 
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 from typing import Any
@@ -32,11 +34,49 @@ def test_compose_file_matches_the_compose_specification() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
+def test_our_services_run_one_image_built_once() -> None:
+    """`init` builds the image; the others run it and never look for it in a registry."""
+    services = compose()["services"]
+    builders = [name for name, service in services.items() if "build" in service]
+    assert builders == ["init"]
+    assert services["init"]["build"] == "." and services["init"]["pull_policy"] == "build"
+    images = {services[name]["image"] for name in OURS}
+    assert images == {"stripemeter:local"}
+    for name in OURS[1:]:
+        assert services[name]["pull_policy"] == "never", name
+
+
+def test_state_lives_on_named_volumes() -> None:
+    """Kafka's log dir (the image's default is in /tmp, inside the container) and PostgreSQL's data
+    directory are named volumes: `down` and `up` find the same topics, offsets and rows."""
+    doc = compose()
+    kafka, postgres = doc["services"]["kafka"], doc["services"]["postgres"]
+    log_dirs = kafka["environment"]["KAFKA_LOG_DIRS"]
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert mounts[log_dirs] in doc["volumes"], "Kafka's log dir is a named volume"
+    assert re.fullmatch(r"[A-Za-z0-9_-]{22}", kafka["environment"]["CLUSTER_ID"]), "a fixed KRaft cluster id"
+    pg_mounts = {v.split(":")[1]: v.split(":")[0] for v in postgres["volumes"]}
+    assert pg_mounts["/var/lib/postgresql/data"] in doc["volumes"]
+
+
+def test_one_broker_means_one_replica() -> None:
+    """The settings for a single broker: topics with one replica (the broker refuses more), no
+    standby tables; the broker's own topics likewise."""
+    services = compose()["services"]
+    for name in ("init", "worker", "api"):
+        env = services[name]["environment"]
+        assert env["STRIPEMETER_TOPIC_REPLICATION_FACTOR"] == "1", name
+        assert env["STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS"] == "1", name
+        assert env["STRIPEMETER_TABLE_STANDBY_REPLICAS"] == "0", name
+    kafka = services["kafka"]["environment"]
+    assert kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
+    assert kafka["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"
+
+
 def test_our_services_use_only_settings_the_code_reads() -> None:
     services = compose()["services"]
     for name in OURS:
         service = services[name]
-        assert service["build"] == ".", name
         check_command(service["command"])
         unknown = set(service.get("environment", {})) - KNOWN_ENV
         assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
@@ -104,6 +144,7 @@ def test_only_the_api_is_published_beyond_loopback() -> None:
         "api",
         "stripe-emulator",
         "prometheus",
+        "alertmanager",
         "grafana",
     }
     for name in ("kafka", "postgres", "worker"):
@@ -133,3 +174,29 @@ def test_compose_kafka_is_the_local_stacks_version() -> None:
     tag = re.fullmatch(r"apache/kafka:(.+)", image)
     assert tag is not None, image
     assert tag.group(1) == Settings().kafka_version
+
+
+def test_prometheus_sends_its_alerts_to_the_compose_alertmanager() -> None:
+    services = compose()["services"]
+    alertmanager = services["alertmanager"]
+    assert alertmanager["profiles"] == ["monitoring"]
+    assert alertmanager["ports"] == ["127.0.0.1:${ALERTMANAGER_PORT:-9093}:9093"]
+    assert "./ops/alertmanager:/etc/alertmanager:ro" in alertmanager["volumes"]
+    assert "--config.file=/etc/alertmanager/alertmanager.yml" in alertmanager["command"]
+    assert "alertmanager" in services["prometheus"]["depends_on"]
+    config = yaml.safe_load((ROOT / "ops" / "prometheus" / "prometheus.yml").read_text())
+    (target_group,) = config["alerting"]["alertmanagers"]
+    assert target_group["static_configs"] == [{"targets": ["alertmanager:9093"]}]
+    routes = yaml.safe_load((ROOT / "ops" / "alertmanager" / "alertmanager.yml").read_text())
+    receivers = {r["name"] for r in routes["receivers"]}
+    assert routes["route"]["receiver"] in receivers
+    assert all(r["receiver"] in receivers for r in routes["route"].get("routes", []))
+    amtool = shutil.which("amtool")
+    if amtool:  # Debian's prometheus-alertmanager: the full check where it is installed
+        done = subprocess.run(
+            [amtool, "check-config", str(ROOT / "ops" / "alertmanager" / "alertmanager.yml")],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
