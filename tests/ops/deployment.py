@@ -12,15 +12,7 @@ from stripemeter.cli import build_parser
 from stripemeter.domain.config import ENV_VARS
 
 ROOT = Path(__file__).resolve().parents[2]
-# the replication settings the manifests set (STRIPEMETER_TOPIC_REPLICATION_FACTOR, ...): named here too
-# until ENV_VARS holds them on every branch that runs these tests
-REPLICATION_ENV = {
-    "STRIPEMETER_TOPIC_REPLICATION_FACTOR",
-    "STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS",
-    "STRIPEMETER_TABLE_STANDBY_REPLICAS",
-    "STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS",
-}
-KNOWN_ENV = set(ENV_VARS) | REPLICATION_ENV
+KNOWN_ENV = set(ENV_VARS)
 
 
 def check_command(argv: list[str]) -> None:

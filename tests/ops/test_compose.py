@@ -60,14 +60,13 @@ def test_state_lives_on_named_volumes() -> None:
 
 
 def test_one_broker_means_one_replica() -> None:
-    """The settings for a single broker: topics with one replica (the broker refuses more), no
-    standby tables; the broker's own topics likewise."""
+    """The settings for a single broker: topics with one replica (the broker refuses more); the
+    broker's own topics likewise."""
     services = compose()["services"]
     for name in ("init", "worker", "api"):
         env = services[name]["environment"]
         assert env["STRIPEMETER_TOPIC_REPLICATION_FACTOR"] == "1", name
         assert env["STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS"] == "1", name
-        assert env["STRIPEMETER_TABLE_STANDBY_REPLICAS"] == "0", name
     kafka = services["kafka"]["environment"]
     assert kafka["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == "1"
     assert kafka["KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR"] == "1"

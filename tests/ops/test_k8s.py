@@ -351,7 +351,6 @@ def test_prod_replicates_for_three_brokers_and_spreads_its_pods() -> None:
     data = config("prod")
     assert data["STRIPEMETER_TOPIC_REPLICATION_FACTOR"] == "3"
     assert data["STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS"] == "2"
-    assert data["STRIPEMETER_TABLE_STANDBY_REPLICAS"] == "1"
     assert data["STRIPEMETER_KAFKA_SESSION_TIMEOUT_SECONDS"] == "45"
     assert data["STRIPEMETER_API_PROXY_HOPS"] == "1", "behind the Ingress"
     worker = by_kind("prod", "StatefulSet")["stripemeter-worker"]
@@ -383,7 +382,6 @@ def test_dev_runs_on_one_broker() -> None:
     data = config("dev")
     assert data["STRIPEMETER_TOPIC_REPLICATION_FACTOR"] == "1"
     assert data["STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS"] == "1"
-    assert data["STRIPEMETER_TABLE_STANDBY_REPLICAS"] == "0"
     assert by_kind("dev", "StatefulSet")["stripemeter-worker"]["spec"]["replicas"] == 1
 
 
