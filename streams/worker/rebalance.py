@@ -27,6 +27,7 @@ def install_rebalance_hooks(
         await meter.before_revoke()
         forget_remembered()
         metrics.WORKER_PARTITIONS.set(0)
+        metrics.WORKER_REVOCATIONS.inc()
 
     async def count_partitions(app: faust.App, /, *args: Any, **kwargs: Any) -> None:
         forget_remembered()  # again once assigned: nothing may have been remembered in between

@@ -43,6 +43,10 @@ STAGE_RESTARTS = Counter(
     ["stage"],
 )
 WORKER_PARTITIONS = Gauge("stripemeter_worker_assigned_partitions", "Partitions assigned to this worker")
+WORKER_REVOCATIONS = Counter(
+    "stripemeter_worker_revocations_total",
+    "Rebalances that revoked this worker's partitions (a worker joined, left or timed out)",
+)
 CHECKPOINT_SECONDS = Histogram(
     "stripemeter_checkpoint_seconds",
     "Time for one checkpoint: changelogs, ledger and deltas published and acknowledged, input acked",
