@@ -26,10 +26,11 @@ from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.positions import group_positions
 from stripemeter.adapters.postgres import sink_offsets
 from stripemeter.adapters.postgres.migrate import migrate
-from stripemeter.domain.config import Settings
+from stripemeter.cli import main
+from stripemeter.domain.config import Settings, settings_env
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.sink_recovery import SinkRunning, positions, rewind_to_earliest, sink_group
+from stripemeter.services.sink_recovery import positions, sink_group
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.tools.local.postgres import LocalPostgres, find_bindir
 
@@ -300,7 +301,26 @@ async def _count_is(url: str, tenant: str, count: int) -> bool:
     return len(await ledger_rows(url, tenant)) == count
 
 
-async def test_a_rewind_writes_again_what_the_topics_hold(env: Settings) -> None:
+def run_cli(env: Settings, monkeypatch: pytest.MonkeyPatch, *argv: str) -> int:
+    """``stripemeter ARGV`` as an operator runs it, configured by the environment (in a thread: the
+    command runs its own event loop)."""
+    for name, value in settings_env(env).items():
+        monkeypatch.setenv(name, value)
+    return main(list(argv))
+
+
+def shown_row(table: str, topic: str, partition: int) -> list[str]:
+    """A partition's line of the table `sink-offsets` prints (the state's words joined)."""
+    for line in table.splitlines():
+        cells = line.split()
+        if cells[:2] == [topic, str(partition)]:
+            return [*cells[:6], " ".join(cells[6:])]
+    raise AssertionError(f"{topic}[{partition}] not shown in:\n{table}")
+
+
+async def test_a_rewind_writes_again_what_the_topics_hold(
+    env: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Rows lost from the derived tables while their records are in Kafka: `sink-rewind --to earliest`
     (refused while a sink runs) and the sink's next start bring them back, each once."""
     url = env.database_url.value
@@ -309,8 +329,8 @@ async def test_a_rewind_writes_again_what_the_topics_hold(env: Settings) -> None
     sink = RunningSink(env, url)
     await work.produce(10)
     await wait_all_written(url, work)
-    with pytest.raises(SinkRunning):
-        await rewind_to_earliest(env.kafka, url, names)
+    assert await asyncio.to_thread(run_cli, env, monkeypatch, "sink-rewind", "--to", "earliest") == 1
+    assert "SinkRunning" in capsys.readouterr().err
     await sink.stop()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute(
@@ -318,10 +338,23 @@ async def test_a_rewind_writes_again_what_the_topics_hold(env: Settings) -> None
         )
         await conn.execute("DELETE FROM counters WHERE tenant_id = %s", (work.tenant,))
 
-    rewound = await rewind_to_earliest(env.kafka, url, names)
-    assert {(p.topic, p.database) for p in rewound} == {
+    assert await asyncio.to_thread(run_cli, env, monkeypatch, "sink-rewind", "--to", "earliest") == 0
+    shown = capsys.readouterr().out
+    assert shown_row(shown, names.ledger, 0) == [
+        names.ledger,
+        "0",
+        "0",
+        "5",
+        "0",
+        "5",
+        "Kafka's commit is ahead: the sink writes 5 offsets again",
+    ]
+    assert "rewound:" in shown
+    assert {(p.topic, p.database) for p in await positions(env.kafka, url, names)} == {
         (t, 0) for t in (names.ledger, names.dlq, names.deltas)
     }
     sink = RunningSink(env, url)
     await wait_all_written(url, work)
     await sink.stop()
+    assert await asyncio.to_thread(run_cli, env, monkeypatch, "sink-offsets") == 0
+    assert shown_row(capsys.readouterr().out, names.ledger, 0)[:4] == [names.ledger, "0", "5", "5"]
