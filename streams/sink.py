@@ -64,6 +64,7 @@ class PostgresSink:
         self._stopping = asyncio.Event()
         self.unresumed: set[TopicPartition] = set()  # assigned, paused, not sought to the database's offsets
         self._resume_tried = 0.0
+        self.resumed = 0  # partitions sought to the database's offsets so far
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
@@ -114,6 +115,7 @@ class PostgresSink:
             )  # fmt: skip
             return
         self.unresumed -= partitions
+        self.resumed += len(partitions)
         consumer.resume(*partitions)
 
     async def resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
@@ -139,8 +141,14 @@ class PostgresSink:
                     ", ".join(str(adopted[k]) for k in sorted(adopted)),
                 )
                 stored = await sink_offsets.load(conn, self.group_id, self.topics)
-        for tp in partitions:
-            resume = resume_at(stored[(tp.topic, tp.partition)], starts[tp], ends[tp])
+            resumes = {
+                tp: resume_at(stored[(tp.topic, tp.partition)], starts[tp], ends[tp]) for tp in partitions
+            }
+            # what retention removed is counted once: the log's start is stored as where the sink goes on
+            gone = {(tp.topic, tp.partition): r.offset for tp, r in resumes.items() if r.lost}
+            await sink_offsets.save(conn, self.group_id, gone)
+        held = consumer.assignment()
+        for tp, resume in resumes.items():
             if resume.lost:
                 metrics.SINK_OFFSETS_LOST.labels(tp.topic).inc(resume.lost)
                 log.error(
@@ -159,7 +167,8 @@ class PostgresSink:
                     " (docs/recovery.md)",
                     tp.topic, tp.partition, stored[(tp.topic, tp.partition)], ends[tp], resume.offset,
                 )  # fmt: skip
-            consumer.seek(tp, resume.offset)
+            if tp in held:  # not revoked meanwhile
+                consumer.seek(tp, resume.offset)
 
     @staticmethod
     async def prepare(conn: psycopg.AsyncConnection) -> None:
