@@ -386,18 +386,28 @@ async def test_partitions_wait_while_postgresql_cannot_say_where_to_resume(
             conn, sink_group(env.app_id), {(names.ledger, 0): 0, (names.ledger, 1): 0}
         )
 
-    failures = 3
+    failures = 0
+    recovered = False
     load = sink_offsets.load
 
     async def failing_load(*args: Any) -> dict[tuple[str, int], int]:
         nonlocal failures
-        if failures:
-            failures -= 1
+        if not recovered:
+            failures += 1
             raise psycopg.OperationalError("PostgreSQL is restarting")
         return await load(*args)
 
     monkeypatch.setattr(sink_offsets, "load", failing_load)
     sink = RunningSink(env, url)
+    await wait_for(lambda: _true(failures > 0), "an assignment PostgreSQL failed")
+    await work.produce(4)  # new records, which a sink reading from Kafka's commit would write at once
+    seen = failures
+    await wait_for(lambda: _true(failures >= seen + 3), "three more tries")
+    assert await ledger_rows(url, work.tenant) == []
+    recovered = True
     await wait_all_written(url, work)
     await sink.stop()
-    assert failures == 0
+
+
+async def _true(value: bool) -> bool:
+    return value
