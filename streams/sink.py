@@ -116,7 +116,7 @@ class PostgresSink:
             return
         self.unresumed -= partitions
         self.resumed += len(partitions)
-        consumer.resume(*partitions)
+        consumer.resume(*(partitions & consumer.assignment()))  # not those revoked meanwhile
 
     async def resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
         """Seek each assigned partition to the offset the database stores; a partition without one

@@ -411,3 +411,30 @@ async def test_partitions_wait_while_postgresql_cannot_say_where_to_resume(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_two_sinks_sharing_the_partitions_write_each_row_once(env: Settings) -> None:
+    """Rebalances take partitions from a sink mid-stream and give them to another, which seeks to the
+    offsets the database stores; the stored offsets end at the logs' ends."""
+    url = env.database_url.value
+    names = TopicNames(env.topic_prefix, env.app_id)
+    work = Workload(env, names, f"shared-{uuid.uuid4().hex[:8]}")
+    first = RunningSink(env, url)
+    await work.produce(10)
+    await wait_all_written(url, work)
+    second = RunningSink(env, url)
+    await wait_for(lambda: _true(second.sink.resumed > 0), "the second sink given partitions")
+    await work.produce(10)
+    await wait_all_written(url, work)
+    await first.stop()
+    await work.produce(10)
+    await wait_all_written(url, work)
+    await second.stop()
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        stored = await sink_offsets.load(conn, sink_group(env.app_id), [names.ledger, names.deltas])
+    assert stored == {
+        (names.ledger, 0): 15,
+        (names.ledger, 1): 15,
+        (names.deltas, 0): 30,
+        (names.deltas, 1): 0,
+    }
