@@ -6,9 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
@@ -438,3 +443,79 @@ async def test_two_sinks_sharing_the_partitions_write_each_row_once(env: Setting
         (names.deltas, 0): 30,
         (names.deltas, 1): 0,
     }
+
+
+class SinkProcess:
+    """``stripemeter sink`` as a process of its own, against ``url``."""
+
+    def __init__(self, env: Settings, url: str, log_path: Path):
+        out = open(log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.log_path = log_path
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "stripemeter", "sink"],
+            env={**os.environ, **settings_env(env), "DATABASE_URL": url},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill9(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill9()
+            raise AssertionError(f"the sink did not stop:\n{self.log_path.read_text()[-3000:]}") from None
+
+
+async def connections_to(base_url: str, database: str) -> int:
+    async with await psycopg.AsyncConnection.connect(base_url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (database,))
+        row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+
+async def test_a_sink_process_killed_9_mid_stream_then_a_restore(
+    env: Settings, own_db: OwnDatabase, tmp_path: Path
+) -> None:
+    """The sink as its own process, killed -9 while it writes (wherever it is: between a write and its
+    commit, or in one), the database then copied, more written, the copy restored: every row once."""
+    url = own_db.url()
+    work = Workload(env, TopicNames(env.topic_prefix, env.app_id), f"kill9-{uuid.uuid4().hex[:8]}")
+    sink = SinkProcess(env, url, tmp_path / "sink.log")
+    try:
+        await work.produce(15)
+        await wait_all_written(url, work)
+        written = len(work.expected())
+        producing = asyncio.create_task(work.produce(15))
+        await wait_for(lambda: _more_than(url, work.tenant, written), "rows of the second records")
+        sink.kill9()
+        await producing
+        await wait_for(lambda: _none(own_db.base_url, own_db.name), "the killed sink's connection closed")
+        own_db.create(own_db.snapshot, template=own_db.name)  # the backup, taken after the kill
+
+        sink = SinkProcess(env, url, tmp_path / "sink.log")
+        await wait_all_written(url, work)
+        await work.produce(10)
+        await wait_all_written(url, work)
+        sink.stop()
+        own_db.drop(own_db.name)  # the restore
+        own_db.create(own_db.name, template=own_db.snapshot)
+
+        sink = SinkProcess(env, url, tmp_path / "sink.log")
+        await work.produce(5)
+        await wait_all_written(url, work)
+    finally:
+        sink.stop()
+
+
+async def _more_than(url: str, tenant: str, count: int) -> bool:
+    return len(await ledger_rows(url, tenant)) > count
+
+
+async def _none(base_url: str, database: str) -> bool:
+    return await connections_to(base_url, database) == 0
