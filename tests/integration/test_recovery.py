@@ -1,6 +1,8 @@
 """Recovery of PostgreSQL's derived tables against the real database and broker: a restore to an earlier
-point, a sink killed between its write and its Kafka commit, a deployment whose database stores no
-offsets yet, offsets retention removed, and an operator's rewind. No ledger row may be lost or doubled."""
+point (a database of the test's own, copied and restored), a sink killed between its write and its
+Kafka commit (a cancelled task; a process killed -9), a deployment whose database stores no offsets
+yet, offsets retention removed, PostgreSQL failing at an assignment, rebalances between two sinks, and
+an operator's rewind. No ledger row may be lost or doubled."""
 
 from __future__ import annotations
 
