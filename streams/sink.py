@@ -5,27 +5,38 @@
 - ``usage.deltas``: counter totals -> the ``counters`` snapshot (newest seq wins), with the app's id
   (its Stripe writer makes push rows from them when their deltas are gone).
 
-Write, then commit: a batch is written in one transaction (idempotent: the ledger is keyed by the
-input's source, counters are guarded by seq) before its offsets are committed. Records travel to
-PostgreSQL as the raw JSON they were read as; PostgreSQL unpacks them (see ``db/ledger.py``).
+A batch is written in one transaction (idempotent: the ledger is keyed by the input's source, counters
+are guarded by seq) together with the offset of the next record of each partition it read
+(``sink_offsets``); its offsets are committed to Kafka after that, for lag monitoring. The database is
+the truth for what it holds: on every partition assignment the sink seeks to the offsets the database
+stores, so a restore of PostgreSQL to an earlier point, or a failover to a replica that was behind, is
+followed by the records the database lost being written again (docs/recovery.md). A partition the
+database has no offset for yet takes Kafka's committed offset (or the log's start), which is stored
+at once: a deployment that ran before the offsets were stored goes on where it was.
+
+Records travel to PostgreSQL as the raw JSON they were read as; PostgreSQL unpacks them (see
+``adapters/postgres/ledger.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
 
 from stripemeter.adapters.kafka import batching
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
-from stripemeter.adapters.postgres import counters, ledger
+from stripemeter.adapters.postgres import counters, ledger, sink_offsets
 from stripemeter.adapters.postgres.counters import upsert_counters
 from stripemeter.adapters.postgres.ledger import rejected_row, write_ledger
+from stripemeter.core.sink_resume import resume_at
 from stripemeter.domain import metrics
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
@@ -38,6 +49,7 @@ BATCH_RECORDS = 20_000  # records in one transaction at most
 # folded into one row update (DISTINCT ON in db/counters.py). At 10,000 events/s the sink made about
 # 5 transactions a second of at most 2,000 records, and PostgreSQL spent more CPU than the meter.
 BATCH_LINGER_SECONDS = 0.5
+RESUME_RETRY_SECONDS = 1.0  # between tries to seek newly assigned partitions when PostgreSQL failed
 
 
 class PostgresSink:
@@ -50,12 +62,12 @@ class PostgresSink:
         self.group_id = group_id
         self.database_url = database_url
         self._stopping = asyncio.Event()
+        self.unresumed: set[TopicPartition] = set()  # assigned, paused, not sought to the database's offsets
+        self._resume_tried = 0.0
+        self.resumed = 0  # partitions sought to the database's offsets so far
 
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
-            self.names.ledger,
-            self.names.dlq,
-            self.names.deltas,
             **client_kwargs(self.kafka),
             group_id=self.group_id,
             enable_auto_commit=False,
@@ -64,12 +76,15 @@ class PostgresSink:
             max_partition_fetch_bytes=32 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )
+        consumer.subscribe(self.topics, listener=_ResumeFromDatabase(self, consumer))
         await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         await self.prepare(conn)
         log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
         try:
             while not self._stopping.is_set():
+                if self.unresumed and time.monotonic() - self._resume_tried >= RESUME_RETRY_SECONDS:
+                    await self.resume_pending(consumer)
                 batch = await batching.gather(consumer, BATCH_RECORDS, BATCH_LINGER_SECONDS, self._stopping)
                 if not batch:
                     continue
@@ -82,6 +97,79 @@ class PostgresSink:
             await conn.close()
             await consumer.stop()
 
+    @property
+    def topics(self) -> list[str]:
+        return [self.names.ledger, self.names.dlq, self.names.deltas]
+
+    async def resume_pending(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek the partitions assigned since the last call to the database's offsets and resume them;
+        if PostgreSQL (or Kafka) fails, they stay paused until the next try."""
+        self._resume_tried = time.monotonic()
+        partitions = self.unresumed & consumer.assignment()
+        try:
+            await self.resume_from_database(consumer, partitions)
+        except (psycopg.Error, KafkaError, OSError) as exc:
+            log.error(
+                "could not seek %d partition(s) to PostgreSQL's offsets (%s); they stay paused, trying again"
+                " in %.0f s", len(partitions), exc, RESUME_RETRY_SECONDS,
+            )  # fmt: skip
+            return
+        self.unresumed -= partitions
+        self.resumed += len(partitions)
+        consumer.resume(*(partitions & consumer.assignment()))  # not those revoked meanwhile
+
+    async def resume_from_database(self, consumer: AIOKafkaConsumer, assigned: set[TopicPartition]) -> None:
+        """Seek each assigned partition to the offset the database stores; a partition without one
+        takes Kafka's committed offset (or the log's start), stored here from now on."""
+        if not assigned:
+            return
+        partitions = sorted(assigned)
+        starts = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+            stored = await sink_offsets.load(conn, self.group_id, self.topics)
+            adopted: dict[tuple[str, int], int] = {}
+            for tp in partitions:
+                if (tp.topic, tp.partition) not in stored:
+                    committed = await consumer.committed(tp)
+                    adopted[(tp.topic, tp.partition)] = starts[tp] if committed is None else committed
+            if adopted:
+                await sink_offsets.adopt(conn, self.group_id, adopted)
+                log.info(
+                    "no offset stored in PostgreSQL for %s: taking Kafka's (%s)",
+                    ", ".join(f"{t}[{p}]" for t, p in sorted(adopted)),
+                    ", ".join(str(adopted[k]) for k in sorted(adopted)),
+                )
+                stored = await sink_offsets.load(conn, self.group_id, self.topics)
+            resumes = {
+                tp: resume_at(stored[(tp.topic, tp.partition)], starts[tp], ends[tp]) for tp in partitions
+            }
+            # what retention removed is counted once: the log's start is stored as where the sink goes on
+            gone = {(tp.topic, tp.partition): r.offset for tp, r in resumes.items() if r.lost}
+            await sink_offsets.save(conn, self.group_id, gone)
+        held = consumer.assignment()
+        for tp, resume in resumes.items():
+            if resume.lost:
+                metrics.SINK_OFFSETS_LOST.labels(tp.topic).inc(resume.lost)
+                log.error(
+                    "%s[%d]: PostgreSQL holds the rows up to offset %d, but the topic starts at %d now:"
+                    " retention removed %d offsets the sink never wrote (their rows are missing);"
+                    " going on from %d",
+                    tp.topic, tp.partition, stored[(tp.topic, tp.partition)], starts[tp], resume.lost,
+                    resume.offset,
+                )  # fmt: skip
+            elif resume.ahead:
+                metrics.SINK_OFFSETS_AHEAD.labels(tp.topic).inc()
+                log.error(
+                    "%s[%d]: PostgreSQL holds the rows up to offset %d, past the topic's end (%d): this is"
+                    " not the log the database was written from (another cluster, a recreated topic);"
+                    " reading it from its start %d, and its rows keyed like existing ones are not written"
+                    " (docs/recovery.md)",
+                    tp.topic, tp.partition, stored[(tp.topic, tp.partition)], ends[tp], resume.offset,
+                )  # fmt: skip
+            if tp in held:  # not revoked meanwhile
+                consumer.seek(tp, resume.offset)
+
     @staticmethod
     async def prepare(conn: psycopg.AsyncConnection) -> None:
         """The connection's temporary staging tables (ledger, dead letters, deltas)."""
@@ -92,9 +180,11 @@ class PostgresSink:
         """The batch in one transaction. If PostgreSQL refuses it (a record it cannot read), each
         record alone, in a savepoint of its own: the unreadable ones are skipped, the rest written."""
         records = self._readable(messages)
+        offsets = self._next_offsets(messages)
         try:
             async with conn.transaction():
                 await self._apply(conn, records)
+                await sink_offsets.save(conn, self.group_id, offsets)
             return
         except (psycopg.DataError, psycopg.IntegrityError) as exc:
             log.warning(
@@ -107,6 +197,16 @@ class PostgresSink:
                         await self._apply(conn, [record])
                 except (psycopg.DataError, psycopg.IntegrityError) as exc:
                     self._skip(record[0], exc)
+            await sink_offsets.save(conn, self.group_id, offsets)
+
+    @staticmethod
+    def _next_offsets(messages: list[Any]) -> dict[tuple[str, int], int]:
+        """The offset of the next record of each partition the batch holds records of."""
+        offsets: dict[tuple[str, int], int] = {}
+        for msg in messages:
+            key = (msg.topic, msg.partition)
+            offsets[key] = max(offsets.get(key, 0), msg.offset + 1)
+        return offsets
 
     def _readable(self, messages: list[Any]) -> list[tuple[Any, Any]]:
         """(message, payload) pairs: ledger and delta records as raw bytes, dead letters as rows."""
@@ -137,3 +237,22 @@ class PostgresSink:
 
     def stop(self) -> None:
         self._stopping.set()
+
+
+class _ResumeFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Pauses the partitions the sink is given until they are sought to the offsets its database
+    stores; the consumer swallows what a rebalance callback raises, so a failure leaves them paused
+    and the sink's loop tries again."""
+
+    def __init__(self, sink: PostgresSink, consumer: AIOKafkaConsumer):
+        self.sink = sink
+        self.consumer = consumer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        self.sink.unresumed -= set(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self.consumer.pause(*assigned)
+            self.sink.unresumed |= set(assigned)
+            await self.sink.resume_pending(self.consumer)

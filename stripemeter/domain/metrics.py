@@ -63,6 +63,17 @@ SINK_RECORDS = Counter(
 SINK_SKIPPED = Counter(
     "stripemeter_sink_skipped_records_total", "Unreadable records the PostgreSQL sink skipped", ["topic"]
 )
+SINK_OFFSETS_LOST = Counter(
+    "stripemeter_sink_offsets_lost_total",
+    "Offsets retention removed from a topic before the PostgreSQL sink wrote them (their rows are missing)",
+    ["topic"],
+)
+SINK_OFFSETS_AHEAD = Counter(
+    "stripemeter_sink_offsets_ahead_total",
+    "Partitions whose offset stored in PostgreSQL is past the topic's end (another cluster, a recreated"
+    " topic)",
+    ["topic"],
+)
 LEDGER_REWRITES = Counter(
     "stripemeter_sink_ledger_rewrites_total",
     "Sink batches with ledger rows already written (read again after a crash), inserted skipping those",
