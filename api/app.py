@@ -165,4 +165,16 @@ def run(settings: Settings) -> None:
     app = create_app(settings)
     if settings.operator_metrics_port:
         app.cleanup_ctx.append(operator_metrics.operator_listener(app, [error_middleware]))
-    web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None)
+    # aiohttp prints where it listens; in JSON that line is logged instead, so every line is JSON
+    json_logs = settings.log_format == "json"
+    if json_logs:
+        logging.getLogger("stripemeter.api").info(
+            "listening on http://%s:%d", settings.api_host, settings.api_port
+        )
+    web.run_app(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=None,
+        print=None if json_logs else print,
+    )
