@@ -49,4 +49,3 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # stripe logs every error response at INFO; the writer logs what it does about them
     logging.getLogger("stripe").setLevel(logging.WARNING)
-
