@@ -33,6 +33,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         redirect_stdouts=False,
         override_logging=settings.log_format != "json",
     )
+    if settings.log_format == "json":
+        worker.spinner = None  # Faust's terminal spinner writes to stdout; its own logging setup drops it
     worker.execute_from_commandline()
     return 0
 
