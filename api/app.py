@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.host import install_host_gauges
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.pool import open_pool
 from stripemeter.api import (
@@ -163,6 +164,7 @@ def create_app(settings: Settings) -> web.Application:
 def run(settings: Settings) -> None:
     """The API, and its operator listener unless its port is 0 (api/operator_metrics.py)."""
     app = create_app(settings)
+    install_host_gauges()  # memory against the container's limit
     if settings.operator_metrics_port:
         app.cleanup_ctx.append(operator_metrics.operator_listener(app, [error_middleware]))
     # aiohttp prints where it listens; in JSON that line is logged instead, so every line is JSON

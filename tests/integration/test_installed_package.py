@@ -113,6 +113,14 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], log: Path, timeout: floa
     raise AssertionError(f"{url} not ready after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
+def sample(exposition: str, name: str) -> float:
+    """The value of the unlabelled series ``name`` in a /metrics page."""
+    for line in exposition.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not exported")
+
+
 def json_lines(log: Path) -> list[dict[str, object]]:
     """Each line of a process's output as the JSON object it must be."""
     entries = []
@@ -198,6 +206,14 @@ async def test_the_installed_wheel_runs_every_process(
                 break
             time.sleep(0.25)
         assert total == 7, f"the event was not counted:\n{logs['worker'].read_text()[-4000:]}"
+        # the gauges behind the memory, volume and reconciliation alerts, as the scrape sees them
+        worker_metrics = get(f"http://127.0.0.1:{settings.worker_web_port}/metrics")[1].decode()
+        assert sample(worker_metrics, "stripemeter_data_dir_size_bytes") > 0
+        assert sample(worker_metrics, "stripemeter_data_dir_free_bytes") > 0
+        assert sample(worker_metrics, "stripemeter_reconciliation_interval_seconds") == 0  # no Stripe here
+        api_metrics = get(f"{base}/metrics")[1].decode()
+        assert sample(api_metrics, "stripemeter_memory_working_set_bytes") >= 0
+        assert sample(api_metrics, "stripemeter_memory_limit_bytes") >= 0
         print(f"migrate, topics, worker, api and one event counted in {time.monotonic() - started:.1f}s")
     finally:
         for proc in procs:
