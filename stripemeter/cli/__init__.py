@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stripemeter.cli import bench, invoices, keys, operate, processes, stack, topics
+from stripemeter.cli import alerts, bench, invoices, keys, operate, processes, stack, topics
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.logs import configure_logging
 
@@ -34,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_meters(sub)
     operate.add_operate(sub)
     invoices.add_invoices(sub)
+    alerts.add_alerts(sub)
     bench.add_demo(sub)
     return parser
 

@@ -48,6 +48,7 @@ from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
 from stripemeter.services.replayer import UnknownMetric
 from stripemeter.tools.local.kafka import KafkaSetupError
 from stripemeter.tools.local.postgres import PostgresSetupError
+from stripemeter.tools.alert_rules import RulesError
 from stripemeter.tools.local.stack import StackError
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18
@@ -72,6 +73,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (StackError, Permanent, RuntimeError),
     (ReplicationMismatch, Permanent, RuntimeError),
     (TopicConfigRefused, Permanent, RuntimeError),
+    (RulesError, Invalid, ValueError),
     (ItemTooLarge, Permanent, ValueError),
     (CannotReaggregate, Permanent, ValueError),
     (Conflict, Invalid, ValueError),
