@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 import time
@@ -44,6 +46,12 @@ def run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None, timeout
     return done.stdout + done.stderr
 
 
+def dockerfile_sources() -> list[str]:
+    """What the Dockerfile copies into its build of the wheel (the lockfile aside)."""
+    copies = re.findall(r"^COPY (?!--from)(.+) \S+$", (ROOT / "Dockerfile").read_text(), re.M)
+    return [name for line in copies for name in line.split() if name != LOCKFILE]
+
+
 def expected_files() -> set[str]:
     """Every file of the package tree as the checkout has it, links followed: the wheel must hold each."""
     found = set()
@@ -60,7 +68,28 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The wheel, built and installed as the image does; yields the virtualenv's bin folder."""
     work = tmp_path_factory.mktemp("installed")
     started = time.monotonic()
-    run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--wheel-dir", work / "dist", ROOT, cwd=work)
+    # built from what the Dockerfile copies, in a folder of its own: the checkout's build/ could hold
+    # files a build no longer makes (a stale copy would hide a missing one)
+    source = work / "src"
+    for name in dockerfile_sources():
+        if (ROOT / name).is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
+            shutil.copytree(ROOT / name, source / name, symlinks=True, ignore=ignore)
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
+    run(
+        sys.executable,
+        "-m",
+        "pip",
+        "wheel",
+        "--no-deps",
+        "-q",
+        "--wheel-dir",
+        work / "dist",
+        source,
+        cwd=work,
+    )
     [wheel] = (work / "dist").glob("stripemeter-*.whl")
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())

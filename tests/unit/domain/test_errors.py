@@ -46,9 +46,9 @@ from stripemeter.domain.instants import BadInstant, parse_instant_ms
 from stripemeter.schemas.events import InvalidEvent, parse_event
 from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
 from stripemeter.services.replayer import UnknownMetric
+from stripemeter.tools.alert_rules import RulesError
 from stripemeter.tools.local.kafka import KafkaSetupError
 from stripemeter.tools.local.postgres import PostgresSetupError
-from stripemeter.tools.alert_rules import RulesError
 from stripemeter.tools.local.stack import StackError
 
 NOW_MS = 1_795_000_000_000  # 2026-11-18
