@@ -14,6 +14,7 @@ import yaml
 
 from stripemeter.cli import main
 from stripemeter.tools.alert_rules import DEFAULT_RUNBOOK_BASE, RulesError, render
+from tests.ops.kustomize import build
 from tests.ops.promql import exported_series, unknown_references
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -166,18 +167,20 @@ def test_the_pod_monitors_scrape_the_jobs_the_rules_expect() -> None:
         d["metadata"]["name"]: d for d in yaml.safe_load_all((MONITORING / "podmonitor.yaml").read_text())
     }
     assert set(monitors) == {"stripemeter-api", "stripemeter-worker"}
-    pods = {}
-    for path in sorted((ROOT / "deploy" / "k8s").rglob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc and doc.get("kind") in {"Deployment", "StatefulSet"}:
+    pods: dict[frozenset[tuple[str, str]], set[str]] = {}
+    for overlay in sorted((ROOT / "deploy" / "k8s" / "overlays").iterdir()):
+        for doc in build(overlay):
+            if doc["kind"] in {"Deployment", "StatefulSet"}:
                 template = doc["spec"]["template"]
                 ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
                 pods[frozenset(template["metadata"]["labels"].items())] = ports
+                assert doc["metadata"]["namespace"] == monitors["stripemeter-api"]["metadata"]["namespace"]
+    assert pods
     for name, monitor in monitors.items():
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "PodMonitor"
         wanted = monitor["spec"]["selector"]["matchLabels"].items()
         matching = [ports for labels, ports in pods.items() if wanted <= labels]
-        assert matching, f"{name} selects no pod of deploy/k8s"
+        assert matching, f"{name} selects no pod of deploy/k8s's overlays"
         [endpoint] = monitor["spec"]["podMetricsEndpoints"]
         assert all(endpoint["port"] in ports for ports in matching), f"{name}: no port {endpoint['port']}"
         assert {"targetLabel": "job", "replacement": name} in endpoint["relabelings"]
