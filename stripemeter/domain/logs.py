@@ -39,12 +39,23 @@ def formatter(log_format: str = "text") -> logging.Formatter:
     return JsonFormatter() if log_format == "json" else logging.Formatter(FORMAT)
 
 
+class StripemeterHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler ``configure_logging`` installs (to stderr), told apart from anyone else's."""
+
+
 def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     """The root logger writes to stderr in ``log_format`` (a Faust worker keeps it in JSON only: see
-    cli/processes.py)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(formatter(log_format))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    cli/processes.py). As ``logging.basicConfig``, a process whose logging someone else configured
+    (a test runner calling the CLI in-process) is left as it is; a second call replaces the first."""
+    root = logging.getLogger()
+    chosen = formatter(log_format)
+    for handler in [h for h in root.handlers if isinstance(h, StripemeterHandler)]:
+        root.removeHandler(handler)
+    if not root.handlers:
+        handler = StripemeterHandler()
+        handler.setFormatter(chosen)
+        root.addHandler(handler)
+        root.setLevel(level.upper())
     # aiokafka is chatty about transient coordinator moves at INFO.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # stripe logs every error response at INFO; the writer logs what it does about them

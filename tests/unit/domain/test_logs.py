@@ -9,16 +9,26 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
-from stripemeter.domain.logs import FORMAT, JsonFormatter, configure_logging
+from stripemeter.domain.logs import FORMAT, JsonFormatter, StripemeterHandler, configure_logging
 
 
 @pytest.fixture
 def restore_root() -> Iterator[None]:
+    """Takes back what a test's configure_logging installed, and the root level."""
     root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
+    level = root.level
     yield
-    root.handlers[:] = handlers
+    for handler in [h for h in root.handlers if isinstance(h, StripemeterHandler)]:
+        root.removeHandler(handler)
     root.setLevel(level)
+
+
+def fresh_root() -> logging.Logger:
+    """The root logger without handlers, as a process starts (pytest adds its own after the fixtures;
+    it removes them after the test, when they are gone already)."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    return root
 
 
 def record(message: str, *args: object, exc: BaseException | None = None) -> logging.LogRecord:
@@ -59,9 +69,9 @@ def test_a_message_that_is_not_text_is_written_as_its_str() -> None:
 @pytest.mark.usefixtures("restore_root")
 @pytest.mark.parametrize("log_format", ["text", "json"])
 def test_configure_logging_replaces_the_root_handlers_in_the_chosen_format(log_format: str) -> None:
+    root = fresh_root()
     configure_logging("INFO", "text")  # a format chosen earlier in the process is replaced, not added to
     configure_logging("warning", log_format)
-    root = logging.getLogger()
     assert len(root.handlers) == 1 and root.level == logging.WARNING
     out = io.StringIO()
     root.handlers[0].setStream(out)  # type: ignore[attr-defined]
@@ -77,3 +87,14 @@ def test_configure_logging_replaces_the_root_handlers_in_the_chosen_format(log_f
 def test_an_unknown_format_is_refused() -> None:
     with pytest.raises(ValueError, match="yaml"):
         configure_logging("INFO", "yaml")
+
+
+@pytest.mark.usefixtures("restore_root")
+def test_logging_someone_else_configured_is_left_as_it_is() -> None:
+    root = fresh_root()
+    theirs = logging.StreamHandler(io.StringIO())
+    root.addHandler(theirs)
+    root.setLevel(logging.ERROR)
+    configure_logging("DEBUG", "json")
+    assert root.handlers == [theirs] and root.level == logging.ERROR
+    root.removeHandler(theirs)
