@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.host import install_host_gauges
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.pool import open_pool
 from stripemeter.api import (
@@ -163,6 +164,19 @@ def create_app(settings: Settings) -> web.Application:
 def run(settings: Settings) -> None:
     """The API, and its operator listener unless its port is 0 (api/operator_metrics.py)."""
     app = create_app(settings)
+    install_host_gauges()  # memory against the container's limit
     if settings.operator_metrics_port:
         app.cleanup_ctx.append(operator_metrics.operator_listener(app, [error_middleware]))
-    web.run_app(app, host=settings.api_host, port=settings.api_port, access_log=None)
+    # aiohttp prints where it listens; in JSON that line is logged instead, so every line is JSON
+    json_logs = settings.log_format == "json"
+    if json_logs:
+        logging.getLogger("stripemeter.api").info(
+            "listening on http://%s:%d", settings.api_host, settings.api_port
+        )
+    web.run_app(
+        app,
+        host=settings.api_host,
+        port=settings.api_port,
+        access_log=None,
+        print=None if json_logs else print,
+    )

@@ -11,6 +11,7 @@ import asyncio
 
 import faust
 
+from stripemeter.adapters.host import install_host_gauges
 from stripemeter.domain.config import Settings
 from stripemeter.domain.policy import MetricPolicy, Policies
 from stripemeter.schemas.topics import TopicNames
@@ -43,6 +44,7 @@ def create_app(
     meter = Meter(settings, names, states, loader)
     meter.install(app, keyed)  # agent, checkpoint and dedupe sweep timers
     install_memory_gauges(app, states)
+    install_host_gauges(settings.state_dir)  # memory against the container's limit, disk left
     install_recovery_watchdog(app)
     install_rebalance_hooks(app, meter, states, names.keyed)
     meter.install_producer(app)  # the meter and its checkpoints wait for this task

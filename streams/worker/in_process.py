@@ -11,6 +11,7 @@ import faust
 
 from stripemeter.adapters.kafka.faust_typing import task
 from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
 from stripemeter.services.invoice_guard import GuardSettings, InvoiceGuard, run_guard
 from stripemeter.services.reconcile_service import (
@@ -63,6 +64,7 @@ class InProcessStages:
         if stripe_configured(settings) and settings.reconcile_interval_seconds > 0:
 
             async def run_reconciler() -> None:
+                metrics.RECONCILIATION_INTERVAL.set(settings.reconcile_interval_seconds)
                 await meter.producer_started.wait()
                 # not at once: a restarting fleet would otherwise reconcile on every start
                 await asyncio.sleep(min(60.0, settings.reconcile_interval_seconds))

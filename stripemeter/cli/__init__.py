@@ -7,7 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stripemeter.cli import bench, invoices, keys, operate, processes, recovery, stack, topics
+from stripemeter.cli import alerts, bench, invoices, keys, operate, processes, recovery, stack, topics
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.logs import configure_logging
 
@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     operate.add_operate(sub)
     invoices.add_invoices(sub)
     recovery.add_recovery(sub)
+    alerts.add_alerts(sub)
     bench.add_demo(sub)
     return parser
 
@@ -59,7 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"stripemeter: configuration error: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     try:
         return int(args.func(settings, args))
     except KeyboardInterrupt:

@@ -24,7 +24,17 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         stage_processes=args.stage_processes,
     )
     memory_tuning.tune()
-    worker = Worker(app, loglevel=settings.log_level.lower(), quiet=True, redirect_stdouts=False)
+    # Faust replaces the root logger's handlers with its own (text) ones unless told not to: in JSON,
+    # the handlers `stripemeter` set up stay
+    worker = Worker(
+        app,
+        loglevel=settings.log_level.lower(),
+        quiet=True,
+        redirect_stdouts=False,
+        override_logging=settings.log_format != "json",
+    )
+    if settings.log_format == "json":
+        worker.spinner = None  # Faust's terminal spinner writes to stdout; its own logging setup drops it
     worker.execute_from_commandline()
     return 0
 

@@ -84,6 +84,7 @@ class Settings:
     lateness_seconds: int = 48 * 3600
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, exc_info)
     reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
     reconcile_epsilon: float = 0.005
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
@@ -184,6 +185,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
     "STRIPEMETER_LOG_LEVEL": "log_level",
+    "STRIPEMETER_LOG_FORMAT": "log_format",
     "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
     "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
     "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
@@ -220,6 +222,7 @@ FALSE_WORDS = ("false", "0", "no", "off")
 # settings that take one of a few values (compared without case; stored as spelled here)
 CHOICES: dict[str, tuple[str, ...]] = {
     "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+    "STRIPEMETER_LOG_FORMAT": ("text", "json"),
     "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
     "STRIPEMETER_CUSTOMER_OWNERSHIP": ("first-binding", "stripe-metadata"),
     "STRIPEMETER_INVOICE_RELEASE": ("finalize", "schedule"),

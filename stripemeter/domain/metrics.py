@@ -279,3 +279,31 @@ INVOICE_UNBILLED_UNITS = Counter(
     "stripemeter_invoice_unbilled_units_total",
     "Units counted for a period after its invoice was finalized without them",
 )
+RECONCILIATION_LAST_PASS = Gauge(
+    "stripemeter_reconciliation_last_pass_timestamp_seconds",
+    "Unix time the last scheduled reconciliation pass this worker ran ended without an error (0: none"
+    " since it started; one worker a pass runs it)",
+)
+RECONCILIATION_INTERVAL = Gauge(
+    "stripemeter_reconciliation_interval_seconds",
+    "STRIPEMETER_RECONCILE_INTERVAL_SECONDS of this worker's reconciliation schedule (0: no schedule: the"
+    " interval is 0 or Stripe is not configured)",
+)
+MEMORY_WORKING_SET = Gauge(
+    "stripemeter_memory_working_set_bytes",
+    "Memory of this process's container (its cgroup, every process in it): usage less the inactive file"
+    " cache, what the kernel and the kubelet weigh against the limit (0: no cgroup memory accounting)",
+)
+MEMORY_LIMIT = Gauge(
+    "stripemeter_memory_limit_bytes",
+    "The memory limit of this process's container (the lowest memory.max of its cgroup and those above;"
+    " 0: no limit)",
+)
+DATA_DIR_FREE = Gauge(
+    "stripemeter_data_dir_free_bytes",
+    "Bytes free to the worker on the filesystem holding its table state (STRIPEMETER_STATE_DIR)",
+)
+DATA_DIR_SIZE = Gauge(
+    "stripemeter_data_dir_size_bytes",
+    "Size of the filesystem holding the worker's table state (STRIPEMETER_STATE_DIR)",
+)

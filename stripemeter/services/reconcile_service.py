@@ -19,7 +19,7 @@ from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client
 from stripemeter.adapters.stripe.reader import StripeReader
-from stripemeter.domain import periods
+from stripemeter.domain import metrics, periods
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import Busy
 from stripemeter.services.reconciler import Publish, Reconciler, ReconcileSettings, RunRequest
@@ -105,6 +105,7 @@ async def scheduled_pass(
             if await db.claim_scheduled_pass(conn, now, interval, worker):
                 try:
                     await run_all(conn, reconciler, now)
+                    metrics.RECONCILIATION_LAST_PASS.set(time.time())  # wall time: Prometheus compares it
                 except Exception:
                     log.exception("scheduled reconciliation failed; next try in %.0f s", interval)
         finally:

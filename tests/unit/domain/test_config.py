@@ -133,6 +133,7 @@ def test_booleans_accept_the_usual_words_in_any_case(value: str, expected: bool)
         ("STRIPEMETER_LOG_LEVEL", "loud"),
         ("STRIPEMETER_LOG_LEVEL", "verbose"),
         ("STRIPEMETER_LOG_LEVEL", "10"),
+        ("STRIPEMETER_LOG_FORMAT", "logfmt"),
         ("STRIPEMETER_STORE", "memory://"),
         ("STRIPEMETER_STORE", "rocksdb"),
         ("STRIPEMETER_STORE", "redis://x"),
@@ -152,6 +153,7 @@ def test_an_unknown_choice_stops_the_process_naming_the_variable(name: str, valu
     [
         ("STRIPEMETER_LOG_LEVEL", "debug", "log_level", "DEBUG"),
         ("STRIPEMETER_LOG_LEVEL", "Warning", "log_level", "WARNING"),
+        ("STRIPEMETER_LOG_FORMAT", "JSON", "log_format", "json"),
         ("STRIPEMETER_STORE", "ROCKSDB://", "store", "rocksdb://"),
         ("STRIPEMETER_INVOICE_RELEASE", "Schedule", "invoice_release", "schedule"),
         ("STRIPEMETER_INVOICE_UNPROVEN", "RELEASE", "invoice_unproven", "release"),

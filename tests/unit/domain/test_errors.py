@@ -46,6 +46,8 @@ from stripemeter.domain.instants import BadInstant, parse_instant_ms
 from stripemeter.schemas.events import InvalidEvent, parse_event
 from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
 from stripemeter.services.replayer import UnknownMetric
+from stripemeter.services.sink_recovery import SinkRunning
+from stripemeter.tools.alert_rules import RulesError
 from stripemeter.tools.local.kafka import KafkaSetupError
 from stripemeter.tools.local.postgres import PostgresSetupError
 from stripemeter.tools.local.stack import StackError
@@ -71,7 +73,9 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (KafkaSetupError, Permanent, RuntimeError),
     (StackError, Permanent, RuntimeError),
     (ReplicationMismatch, Permanent, RuntimeError),
+    (SinkRunning, Permanent, RuntimeError),
     (TopicConfigRefused, Permanent, RuntimeError),
+    (RulesError, Invalid, ValueError),
     (ItemTooLarge, Permanent, ValueError),
     (CannotReaggregate, Permanent, ValueError),
     (Conflict, Invalid, ValueError),
