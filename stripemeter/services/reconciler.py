@@ -57,6 +57,7 @@ from stripemeter.core.reconcile_compare import (
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
+from stripemeter.schemas.versions import stamp
 
 log = logging.getLogger(__name__)
 
@@ -668,7 +669,7 @@ def item_wire(
 def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> bytes:
     """The contract's reconciliation.drift record, plus the causes and the differing hours."""
     return orjson.dumps(
-        {
+        stamp({
             "tenantId": item.tenant_id,
             "metric": item.metric,
             "customerRef": item.customer_ref,
@@ -682,7 +683,7 @@ def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str
             "at": iso_exact(at),
             "causes": wire["causes"],
             "hours": wire["hours"],
-        }
+        })
     )
 
 

@@ -44,6 +44,7 @@ from stripemeter.domain.errors import (
 from stripemeter.domain.instants import BadInstant, parse_instant_ms
 from stripemeter.schemas.events import InvalidEvent, parse_event
 from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
+from stripemeter.schemas.versions import UnknownRecordVersion
 from stripemeter.services.replayer import UnknownMetric
 from stripemeter.tools.local.kafka import KafkaSetupError
 from stripemeter.tools.local.postgres import PostgresSetupError
@@ -71,6 +72,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (StackError, Permanent, RuntimeError),
     (ItemTooLarge, Permanent, ValueError),
     (CannotReaggregate, Permanent, ValueError),
+    (UnknownRecordVersion, Permanent, Exception),
     (Conflict, Invalid, ValueError),
     (NotFound, Invalid, LookupError),
     (Forbidden, Invalid, PermissionError),
