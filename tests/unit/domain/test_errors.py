@@ -19,7 +19,7 @@ from psycopg_pool import PoolTimeout
 
 from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args
 from stripemeter.adapters.kafka.inspect.tail import TopicNotFound
-from stripemeter.adapters.postgres.migrate import MigrationError
+from stripemeter.adapters.postgres.migrate import MigrationError, SchemaMismatch
 from stripemeter.api import reconciliation
 from stripemeter.api.app import error_middleware
 from stripemeter.api.errors import ApiError, api_error, bad_request
@@ -67,6 +67,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (TopicNotFound, Invalid, LookupError),
     (Unreadable, Invalid, ValueError),
     (MigrationError, Permanent, RuntimeError),
+    (SchemaMismatch, Permanent, RuntimeError),
     (PostgresSetupError, Permanent, RuntimeError),
     (KafkaSetupError, Permanent, RuntimeError),
     (StackError, Permanent, RuntimeError),
