@@ -5,8 +5,10 @@ Every record a worker writes for itself or for the next stage says which format 
   version, ``[2, item, item, ...]``; format 1 has items only (``[item, ...]``, every item an array);
 - an object record (a control message, a mapping update, a usage.deltas, usage.late or
   reconciliation.drift record): a ``"v"`` field; format 1 has none;
-- a changelog value (the worker's dedupe, counters and watermarks tables): one leading byte that is
-  the version (``b"\\x02"``); format 1 starts with the JSON or the digits themselves.
+- a changelog value (the worker's dedupe, counters and watermarks tables): a JSON array whose first
+  element is the version as a string, ``["v2", ...]`` (Faust restores tables from their changelogs as
+  JSON, so a value stays JSON); format 1 is the bare array (first element a number or null) or, for a
+  watermark, the bare number.
 
 Readers take format 1 and 2. A record of a later version than this release knows raises
 ``UnknownRecordVersion``, which is not one of the meter's poison errors: the stage stops instead of
@@ -29,8 +31,6 @@ PREVIOUS = 1  # the format of the release before this one (records without a ver
 CURRENT = 2
 READABLE = (PREVIOUS, CURRENT)
 
-_CHANGELOG_PREFIX = b"\x02"  # CURRENT as one byte
-_FIRST_JSON_BYTE = 0x20  # a format-1 value starts with '[' '-' or a digit; a version byte is below
 
 
 class UnknownRecordVersion(Permanent):
@@ -116,34 +116,51 @@ def object_version(value: dict[str, Any], what: str) -> int:
 
 
 # --- changelog values ---
+# Faust decodes changelog values as JSON when it restores a table, so a value stays one JSON document:
+# an array whose first element is the version as a string (``["v2", ...]``); format 1 is an array that
+# starts with a number or null, or a bare number (a watermark).
+
+_VALUE_HEAD = b'["v'
 
 
-def dump_value(value: Any) -> bytes:
-    """A changelog value (JSON) in the written format."""
-    body = orjson.dumps(value)
-    return _CHANGELOG_PREFIX + body if _write >= CURRENT else body
+_VALUE_V2 = b'["v2",'
+
+
+def dump_value(value: list[Any]) -> bytes:
+    """A changelog value (a non-empty JSON array) in the written format."""
+    if _write >= CURRENT:
+        return _VALUE_V2 + orjson.dumps(value)[1:]
+    return orjson.dumps(value)
+
+
+def _value_version(raw: bytes) -> int:
+    end = raw.find(b'"', 3)
+    digits = raw[3:end]
+    if end < 0 or not digits.isdigit():
+        raise ValueError(f"a changelog value has an invalid record version {raw[:12]!r}")
+    return check(int(digits), "a changelog value")
 
 
 def load_value(raw: bytes) -> Any:
-    """A JSON changelog value of either format."""
-    first = raw[0]
-    if first == CURRENT:
-        return orjson.loads(raw[1:])
-    if first < _FIRST_JSON_BYTE:
-        raise UnknownRecordVersion(first, "a changelog value")
-    return orjson.loads(raw)
+    """A JSON changelog value of either format (an array: the version dropped)."""
+    value = orjson.loads(raw)
+    if raw.startswith(_VALUE_HEAD):
+        if not raw.startswith(_VALUE_V2):  # the common case needs no parsing of the version
+            _value_version(raw)
+        del value[0]
+    return value
 
 
 def dump_int(value: int) -> bytes:
     """An integer changelog value (a watermark) in the written format."""
-    body = str(value).encode()
-    return _CHANGELOG_PREFIX + body if _write >= CURRENT else body
+    if _write >= CURRENT:
+        return b'["v2",%d]' % value
+    return str(value).encode()
 
 
 def load_int(raw: bytes) -> int:
-    first = raw[0]
-    if first == CURRENT:
-        return int(raw[1:])
-    if first < _FIRST_JSON_BYTE:
-        raise UnknownRecordVersion(first, "a changelog value")
+    if raw.startswith(_VALUE_HEAD):
+        if not raw.startswith(_VALUE_V2):
+            _value_version(raw)
+        return int(raw[6:-1])  # ["v2",N]
     return int(raw)

@@ -105,7 +105,7 @@ def formats(values: list[bytes]) -> set[str]:
     """Which record formats the values of an array topic (keyed, ledger) or a changelog are in."""
     seen = set()
     for value in values:
-        if value.startswith((b"[2,", b"\x02")):
+        if value.startswith((b"[2,", b'["v2",')):
             seen.add("current")
         elif value[:1] in (b"[", b"-") or value[:1].isdigit():
             seen.add("previous")
@@ -117,9 +117,9 @@ def formats(values: list[bytes]) -> set[str]:
 async def test_previous_and_current_release_side_by_side_count_every_event_once(
     env: Settings, tmp_path: Path, previous_release: Path, workers: list[WorkerProcess]
 ) -> None:
-    def worker(name: str, version: int, previous: bool = False) -> WorkerProcess:
+    def worker(name: str, version: int, previous: bool = False, slot: str | None = None) -> WorkerProcess:
         overrides: dict[str, object] = {
-            "state_dir": tmp_path / f"state-{name}",
+            "state_dir": tmp_path / f"state-{slot or name}",
             "worker_web_port": free_port(),
             "record_write_version": version,
         }
@@ -154,12 +154,24 @@ async def test_previous_and_current_release_side_by_side_count_every_event_once(
 
     # the previous release is gone: unpin, one worker after the other, and count more
     after = build(f"up2-{uuid.uuid4().hex[:6]}", customers=30, events=2000, seed=11)
+    unpinned = []
     for pinned in (current, replacement[0]):
         pinned.stop()
-        worker(f"{pinned.log_path.stem}-unpinned", 2).wait_ready(120)
+        unpinned.append(worker(f"{pinned.log_path.stem}-unpinned", 2, slot=pinned.log_path.stem))
+        unpinned[-1].wait_ready(120)
     await send_anchors(env, after)
     await produce(env, after_the_upgrade(before))
     await stream_slowly(env, after, seconds=6, seed=3)
+    await assert_matches_oracle(env, before)
+    await assert_matches_oracle(env, after)
+
+    # a worker lost (kill -9): its replacement rebuilds the tables from changelogs holding both formats,
+    # and duplicates of events counted under either format are still recognised
+    unpinned[0].kill9()
+    worker("current-a-rebuilt", 2, slot="current-a").wait_ready(120)
+    await produce(env, [before.anchors, after.anchors])
+    before.outcomes["duplicate"] += len(before.anchors)
+    after.outcomes["duplicate"] += len(after.anchors)
     await assert_matches_oracle(env, before)
     await assert_matches_oracle(env, after)
 
@@ -167,6 +179,9 @@ async def test_previous_and_current_release_side_by_side_count_every_event_once(
     for topic in (names.keyed, names.ledger, names.changelog("dedupe"), names.changelog("counters")):
         values = [m.value for m in await read_topic(env, topic, expect=10**9, timeout=5) if m.value]
         assert formats(values) == {"previous", "current"}, topic
-    for log_name in ("previous.log", "current-a.log", "current-b.log"):
+    for log_name in ("previous.log", "current-a.log", "current-b.log", "current-a-rebuilt.log"):
         log = (tmp_path / log_name).read_text(errors="replace")
         assert "processing_failed" not in log and "could not be handled" not in log, log_name
+        assert "Error in recovery" not in log, log_name
+    rebuilt = (tmp_path / "current-a-rebuilt.log").read_text(errors="replace")
+    assert "rebuilding table state from the changelogs" in rebuilt
