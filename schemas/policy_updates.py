@@ -43,17 +43,19 @@ def is_policy_update(raw: bytes) -> bool:
 
 def encode_policy_update(update: PolicyUpdate) -> bytes:
     return orjson.dumps(
-        versions.stamp({
-            "policy": {
-                "tenantId": update.tenant_id,
-                "metric": update.metric,
-                "version": update.version,
-                "aggregation": update.aggregation,
-                "latenessMs": update.lateness_ms,
-                "horizonMs": update.horizon_ms,
-                "reaggregateFromMs": update.reaggregate_from_ms,
+        versions.stamp(
+            {
+                "policy": {
+                    "tenantId": update.tenant_id,
+                    "metric": update.metric,
+                    "version": update.version,
+                    "aggregation": update.aggregation,
+                    "latenessMs": update.lateness_ms,
+                    "horizonMs": update.horizon_ms,
+                    "reaggregateFromMs": update.reaggregate_from_ms,
+                }
             }
-        })  # "v" after "policy": the message starts with PREFIX in every format
+        )  # "v" after "policy": the message starts with PREFIX in every format
     )
 
 

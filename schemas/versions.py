@@ -32,7 +32,6 @@ CURRENT = 2
 READABLE = (PREVIOUS, CURRENT)
 
 
-
 class UnknownRecordVersion(Permanent):
     """A record of a format this release cannot read (written by a later release). Deliberately not a
     ValueError: the meter sets aside what raises ValueError; this stops the stage instead."""
@@ -63,7 +62,7 @@ def write_version() -> int:
 
 def check(version: Any, what: str) -> int:
     """``version`` if this release reads it; a later one raises ``UnknownRecordVersion``."""
-    if version.__class__ is not int or version < CURRENT and version not in READABLE:
+    if version.__class__ is not int or version < READABLE[0]:
         raise ValueError(f"{what} has an invalid record version {version!r}")
     if version > CURRENT:
         raise UnknownRecordVersion(version, what)

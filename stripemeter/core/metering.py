@@ -53,7 +53,14 @@ from stripemeter.schemas.dead_letters import dead_letter
 from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
 from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, is_policy_update
 from stripemeter.schemas.records import decode_batch, decode_keyed
-from stripemeter.schemas.versions import UnknownRecordVersion, dump_int, dump_value, load_int, load_value, stamp
+from stripemeter.schemas.versions import (
+    UnknownRecordVersion,
+    dump_int,
+    dump_value,
+    load_int,
+    load_value,
+    stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +413,9 @@ class Metering:
                 counters_put(partition, ckey, dump_value(new))
             touched[ckey] = partition  # published again even when already applied
         for skey in advanced:
-            self.watermarks.put(partition, skey, dump_int(watermarks[skey]))
+            mark = watermarks[skey]
+            if mark is not None:  # always: only streams whose watermark was set advanced
+                self.watermarks.put(partition, skey, dump_int(mark))
 
     def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
         raw = self.counters.get(partition, ckey)

@@ -57,7 +57,7 @@ class PreviousWorker(WorkerProcess):
     release's ``stripemeter`` package first on the path."""
 
     def __init__(self, tree: Path, settings: Settings, log_path: Path, **overrides: object):
-        super().__init__(settings, log_path, **overrides)
+        super().__init__(settings, log_path, (), **overrides)
         self.tree = tree
 
     def environment(self) -> dict[str, str]:
@@ -96,7 +96,9 @@ def after_the_upgrade(w: Workload) -> list[dict[str, object]]:
         w.outcomes["duplicate"] += 1
         fresh = {**anchor, "quantity": 2, "idempotencyKey": f"after-{anchor['idempotencyKey']}"}
         events.append(fresh)
-        w.expected[(str(anchor["metric"]), str(anchor["customerRef"]), bucket_of(str(anchor["ts"])))] += 2_000_000
+        w.expected[(str(anchor["metric"]), str(anchor["customerRef"]), bucket_of(str(anchor["ts"])))] += (
+            2_000_000
+        )
         w.outcomes["counted"] += 1
     return events
 
@@ -127,7 +129,7 @@ async def test_previous_and_current_release_side_by_side_count_every_event_once(
         if previous:
             started: WorkerProcess = PreviousWorker(previous_release, env, log_path, **overrides).start()
         else:
-            started = WorkerProcess(env, log_path, **overrides).start()
+            started = WorkerProcess(env, log_path, (), **overrides).start()
         workers.append(started)
         return started
 

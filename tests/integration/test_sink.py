@@ -211,5 +211,7 @@ async def test_records_of_both_formats_land_alike_and_a_later_format_stops_the_s
     ):
         with pytest.raises(UnknownRecordVersion):
             await write(env, names, [Message(names.ledger, 0, 3, orjson.dumps(later)), message])
-    assert await rows(env, "SELECT 1 FROM events WHERE tenant_id = %s AND customer_ref = 'gamma'", tenant) == []
+    assert (
+        await rows(env, "SELECT 1 FROM events WHERE tenant_id = %s AND customer_ref = 'gamma'", tenant) == []
+    )
     assert {topic: skipped(topic) for topic in before} == before

@@ -31,7 +31,7 @@ def test_newer_expand_migrations_are_accepted_and_listed() -> None:
 def test_a_newer_contract_migration_is_accepted_only_by_the_releases_it_declares() -> None:
     # 0004 drops what releases before 0003 used: this release (ships up to 0002) must not run
     applied = [Applied(1, "counters"), Applied(2, "ledger"), Applied(3, "x"), Applied(4, "drop_y", 3)]
-    why, ahead = schema_verdict(SHIPPED, applied)
+    why, _ahead = schema_verdict(SHIPPED, applied)
     assert why is not None and "ahead" in why
     assert "needs migration 0002_ledger, found 0004_drop_y" in why and "0003 or later" in why
     # a contract migration that declares this release compatible (it stopped using what is dropped)

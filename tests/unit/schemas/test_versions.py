@@ -57,7 +57,9 @@ def test_the_default_write_version_is_the_current_format() -> None:
     batch = encode_batch([item("k", 1, T0, 1)])
     assert batch.startswith(b"[2,[") and decode_batch(batch) == [item("k", 1, T0, 1)]
     assert versions.dump_value([1, 2]) == b'["v2",1,2]' and versions.dump_int(-5) == b'["v2",-5]'
-    assert all(orjson.loads(v) for v in (versions.dump_value([1]), versions.dump_int(0)))  # JSON: Faust restores it
+    assert all(
+        orjson.loads(v) for v in (versions.dump_value([1]), versions.dump_int(0))
+    )  # JSON: Faust restores it
 
 
 def test_the_write_version_setting_takes_1_or_2_only() -> None:
@@ -96,7 +98,9 @@ def test_records_of_both_formats_are_read() -> None:
     correction = Correction("x", "t", "m", "c", T0, "add", 1, T0)
     new = encode_control([correction])
     assert orjson.loads(new)["v"] == 2
-    assert decode_control(new) == decode_control(b'{"corrections":[["x","t","m","c",%d,"add",1,%d]]}' % (T0, T0))
+    assert decode_control(new) == decode_control(
+        b'{"corrections":[["x","t","m","c",%d,"add",1,%d]]}' % (T0, T0)
+    )
     update = PolicyUpdate("t", "m", 2, "sum", 0, None)
     assert decode_policy_update(encode_policy_update(update)) == update
     assert versions.load_value(b"[1,null]") == versions.load_value(b'["v2",1,null]') == [1, None]
