@@ -16,17 +16,21 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.kafka import lag
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.schemas.topics import TopicNames
-from tests.integration.client import produce, read_topic
-from tests.integration.harness import WorkerProcess, free_port
+from tests.integration.client import counters_of, eventually, outcomes_of, produce, read_topic
+from tests.integration.harness import StartWorker, WorkerProcess, free_port
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import HOUR_MS, Workload, build
 
@@ -187,3 +191,42 @@ async def test_previous_and_current_release_side_by_side_count_every_event_once(
         assert "Error in recovery" not in log, log_name
     rebuilt = (tmp_path / "current-a-rebuilt.log").read_text(errors="replace")
     assert "rebuilding table state from the changelogs" in rebuilt
+
+
+async def test_a_keyed_message_of_a_later_format_stops_the_worker_and_stays_unread(
+    env: Settings, start_worker: StartWorker
+) -> None:
+    """What a later release wrote (a rollback after it unpinned) is neither counted nor dead-lettered:
+    the worker says why and stops, the message stays unacknowledged, and the events before it count."""
+    worker = start_worker()
+    worker.wait_ready()
+    tenant = f"fut-{uuid.uuid4().hex[:6]}"
+    names = TopicNames(env.topic_prefix, env.app_id)
+    ts = int(time.time() * 1000)
+    item = [tenant, "requests", "c", 1_000_000, ts, "k", 0, None, None, 0, 0, 0]
+    bucket = ts - ts % HOUR_MS
+    producer = AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        await producer.send_and_wait(names.keyed, orjson.dumps([2, item]), partition=0)
+
+        async def counted() -> bool:
+            return await counters_of(env, tenant) == {("requests", "c", bucket): 1_000_000}
+
+        await eventually(counted, timeout=60, what="the current-format message counted")
+        later = [3, [*item[:5], "k2", *item[6:]]]
+        await producer.send_and_wait(names.keyed, orjson.dumps(later), partition=0)
+    finally:
+        await producer.stop()
+
+    async def stopped() -> bool:
+        return worker.proc is not None and worker.proc.poll() is not None
+
+    await eventually(stopped, timeout=60, what="the worker to stop at the later format")
+    log = worker.log_tail(400)
+    assert "CRITICAL" in log and "record format 3" in log and f"{names.keyed}[0]@1" in log, log
+    assert await counters_of(env, tenant) == {("requests", "c", bucket): 1_000_000}
+    assert await outcomes_of(env, tenant) == {"counted": 1}
+    assert await read_topic(env, names.dlq, expect=1, timeout=3) == []
+    keyed = [x for x in await lag.measure(env.kafka, names) if x.topic == names.keyed and x.partition == 0]
+    assert all(x.messages >= 1 for x in keyed)  # the later-format message is not acknowledged
