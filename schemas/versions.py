@@ -120,8 +120,6 @@ def object_version(value: dict[str, Any], what: str) -> int:
 # starts with a number or null, or a bare number (a watermark).
 
 _VALUE_HEAD = b'["v'
-
-
 _VALUE_V2 = b'["v2",'
 
 
