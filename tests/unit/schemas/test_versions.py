@@ -164,3 +164,22 @@ def test_a_keyed_message_of_a_later_version_is_not_half_processed() -> None:
     assert dedupe.data[0] == before[0] and watermarks.data[0] == before[2]
     out = m.take_outcomes()
     assert out.ledger == [] and out.dead == [] and not out.counts
+
+
+def test_pinned_again_after_the_current_format_was_written_both_are_still_read() -> None:
+    """The setting changed from 2 back to 1 (re-pinning before a rollback): state stored in format 2
+    is read, what is written from then on is format 1, and nothing counts twice."""
+    m, dedupe, counters, watermarks = make()
+    m.process(0, 0, [item("k1", 5, T0, 1)])
+    assert dedupe.data[0][b"t\x1fk1"].startswith(b'["v2",')
+    versions.use_write_version(versions.PREVIOUS)
+    try:
+        m.process(0, 1, [item("k1", 5, T0, 9), item("k2", 1, T0 + 1, 2)])
+        assert dedupe.data[0][b"t\x1fk2"].startswith(b"[0,2,")  # the previous format
+        stored = counters.get(0, counter_key("t", "m", "c", T0).encode())
+        assert stored is not None and stored.startswith(b"[6,2,1,")  # total 6, seq 2, applied offset 1
+        assert watermarks.get(0, stream_key("t", "m", "c").encode()) == str(T0 + 1).encode()
+    finally:
+        versions.use_write_version(versions.CURRENT)
+    assert total(counters) == 6
+    assert [row[0] for row in m.take_outcomes().ledger] == ["counted", "duplicate", "counted"]
