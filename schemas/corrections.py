@@ -14,6 +14,7 @@ from typing import Literal
 
 import orjson
 
+from stripemeter.schemas import versions
 from stripemeter.schemas.packing import payload_limit
 from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 
@@ -23,7 +24,7 @@ from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 Kind = Literal["add", "events", "last"]
 # control messages are packed by bytes to what any topic takes unless lowered (the broker's default
 # max.message.bytes); one correction is under a kilobyte (bounded names and numbers)
-CONTROL_LIMIT = payload_limit(1024 * 1024) - len(b'{"corrections":}')
+CONTROL_LIMIT = payload_limit(1024 * 1024) - len(b'{"corrections":,"v":2}')
 
 
 @dataclass(frozen=True)
@@ -70,11 +71,15 @@ def encode_control(corrections: list[Correction]) -> bytes:
 
 
 def control_message(array: bytes) -> bytes:
-    return b'{"corrections":' + array + b"}"
+    """The control message of a JSON array of encoded corrections, in the written record format."""
+    tail = b',"v":2}' if versions.write_version() >= versions.CURRENT else b"}"
+    return b'{"corrections":' + array + tail
 
 
 def decode_control(raw: bytes) -> list[Correction]:
-    return [Correction(*item) for item in orjson.loads(raw)["corrections"]]
+    value = orjson.loads(raw)
+    versions.object_version(value, "a control message")
+    return [Correction(*item) for item in value["corrections"]]
 
 
 def by_partition(corrections: list[Correction], partitions: int) -> dict[int, list[Correction]]:

@@ -13,6 +13,7 @@ import orjson
 
 from stripemeter.domain.timefmt import iso_hour, parse_iso_ms
 from stripemeter.domain.units import MICROS, micros_to_number
+from stripemeter.schemas import versions
 
 
 class Delta(NamedTuple):
@@ -28,8 +29,10 @@ class Delta(NamedTuple):
 
 def encode_delta(delta: Delta) -> bytes:
     """Contract fields plus ``totalMicros``, the exact total in micro-units (floats can round), and the
-    keyed message applied last."""
-    record: dict[str, Any] = {
+    keyed message applied last. The record format's version (``"v"``) comes first, so that the sink sees
+    it without parsing (``record_version``)."""
+    record: dict[str, Any] = {"v": versions.CURRENT} if versions.write_version() >= versions.CURRENT else {}
+    record |= {
         "tenantId": delta.tenant_id,
         "metric": delta.metric,
         "customerRef": delta.customer_ref,
@@ -46,6 +49,7 @@ def encode_delta(delta: Delta) -> bytes:
 
 def decode_delta(raw: bytes) -> Delta:
     value: dict[str, Any] = orjson.loads(raw)
+    versions.object_version(value, "a usage.deltas record")
     micros = value.get("totalMicros")
     if micros is None:
         micros = round(float(value["total"]) * MICROS)
@@ -59,3 +63,11 @@ def decode_delta(raw: bytes) -> Delta:
         int(value.get("keyedPartition", -1)),
         int(value.get("keyedOffset", -1)),
     )
+
+
+def record_version(raw: bytes) -> int:
+    """The format of an encoded delta record from its first bytes: ``{"v":N,`` or none (the previous
+    release's)."""
+    if not raw.startswith(b'{"v":'):
+        return versions.PREVIOUS
+    return int(raw[5 : raw.index(b",", 5)])

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from stripemeter.domain.errors import Permanent
+from stripemeter.schemas import versions
 
 # a record batch's header (61 bytes), the record's own (a few varints), its key: generous room
 HEADROOM_BYTES = 1024
@@ -32,17 +33,19 @@ def payload_limit(max_message_bytes: int) -> int:
     return max_message_bytes - HEADROOM_BYTES
 
 
-def chunk_lengths(sizes: Sequence[int], limit: int) -> list[int]:
+def chunk_lengths(sizes: Sequence[int], limit: int, head: int = 0) -> list[int]:
     """How many items, in order, each JSON array of items of these encoded sizes holds when every
-    array stays within ``limit`` bytes (brackets and commas included)."""
+    array stays within ``limit`` bytes (brackets and commas included, and ``head`` bytes before the
+    first item: the record format's version)."""
     lengths: list[int] = []
-    count, size = 0, 2  # the brackets
+    empty = 2 + head  # the brackets
+    count, size = 0, empty
     for index, item in enumerate(sizes):
-        if item + 2 > limit:
+        if item + empty > limit:
             raise ItemTooLarge(index, item, limit)
         if count and size + item + 1 > limit:
             lengths.append(count)
-            count, size = 0, 2
+            count, size = 0, empty
         size += item + (1 if count else 0)
         count += 1
     if count:
@@ -51,9 +54,11 @@ def chunk_lengths(sizes: Sequence[int], limit: int) -> list[int]:
 
 
 def pack_arrays(encoded: Sequence[bytes], limit: int) -> list[bytes]:
-    """JSON arrays of the already encoded items, in order, each at most ``limit`` bytes."""
+    """Array messages of the already encoded items, in order, each at most ``limit`` bytes, in the
+    written record format (``[2, item, ...]``, or the previous release's ``[item, ...]``)."""
+    head = versions.array_head()
     messages, start = [], 0
-    for length in chunk_lengths([len(item) for item in encoded], limit):
-        messages.append(b"[" + b",".join(encoded[start : start + length]) + b"]")
+    for length in chunk_lengths([len(item) for item in encoded], limit, len(head) - 1):
+        messages.append(head + b",".join(encoded[start : start + length]) + b"]")
         start += length
     return messages

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import orjson
 
 from stripemeter.domain.policy import AGGREGATIONS, MAX_LATENESS_SECONDS, Aggregation, MetricPolicy
+from stripemeter.schemas import versions
 
 PREFIX = b'{"policy":'
 
@@ -42,22 +43,26 @@ def is_policy_update(raw: bytes) -> bool:
 
 def encode_policy_update(update: PolicyUpdate) -> bytes:
     return orjson.dumps(
-        {
-            "policy": {
-                "tenantId": update.tenant_id,
-                "metric": update.metric,
-                "version": update.version,
-                "aggregation": update.aggregation,
-                "latenessMs": update.lateness_ms,
-                "horizonMs": update.horizon_ms,
-                "reaggregateFromMs": update.reaggregate_from_ms,
+        versions.stamp(
+            {
+                "policy": {
+                    "tenantId": update.tenant_id,
+                    "metric": update.metric,
+                    "version": update.version,
+                    "aggregation": update.aggregation,
+                    "latenessMs": update.lateness_ms,
+                    "horizonMs": update.horizon_ms,
+                    "reaggregateFromMs": update.reaggregate_from_ms,
+                }
             }
-        }
+        )  # "v" after "policy": the message starts with PREFIX in every format
     )
 
 
 def decode_policy_update(raw: bytes) -> PolicyUpdate:
-    body = orjson.loads(raw)["policy"]
+    value = orjson.loads(raw)
+    versions.object_version(value, "a mapping update")
+    body = value["policy"]
     aggregation = body["aggregation"]
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"unknown aggregation {aggregation!r}")

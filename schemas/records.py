@@ -1,6 +1,8 @@
 """The internal keyed-event record: a validated event plus where it came from.
 
-Compact JSON arrays (not objects) keep the hot path cheap; one Kafka message holds many.
+Compact JSON arrays (not objects) keep the hot path cheap; one Kafka message holds many, after the
+record format's version (``[2, item, ...]``; the previous release wrote ``[item, ...]``, see
+``versions.py``).
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from typing import Any, NamedTuple
 
 import orjson
 
+from stripemeter.schemas import versions
 from stripemeter.schemas.events import UsageEvent
 
 
@@ -42,11 +45,15 @@ def decode_keyed(item: list[Any]) -> tuple[UsageEvent, Source]:
 
 
 def encode_batch(items: list[list[Any]]) -> bytes:
+    """A keyed message of ``items`` in the written format (see ``packing.pack_arrays``, which intake
+    uses to bound messages by bytes)."""
+    if versions.write_version() >= versions.CURRENT:
+        return orjson.dumps([versions.CURRENT, *items])
     return orjson.dumps(items)
 
 
 def decode_batch(raw: bytes) -> list[list[Any]]:
-    value = orjson.loads(raw)
-    if not isinstance(value, list):
-        raise TypeError(f"a keyed message holds a JSON array of events, not {type(value).__name__}")
-    return value
+    """The items of a keyed message of either format; one of a later format raises
+    ``versions.UnknownRecordVersion``."""
+    items: list[list[Any]] = versions.array_items(orjson.loads(raw), "a keyed message")
+    return items

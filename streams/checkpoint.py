@@ -41,6 +41,7 @@ from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.packing import pack_arrays, payload_limit
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.schemas.versions import load_value
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +143,7 @@ class Checkpointer:
             raw = counters.get(partition, ckey)
             if raw is None:
                 continue
-            value = orjson.loads(raw)
+            value = load_value(raw)
             tenant, metric, customer, bucket = split_counter_key(ckey.decode())
             record = encode_delta(
                 Delta(tenant, metric, customer, bucket, value[0], value[1], partition, value[2])

@@ -21,6 +21,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.policy import DEDUPE_MARGIN_MS
 from stripemeter.schemas.packing import payload_limit
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.schemas.versions import UnknownRecordVersion
 from stripemeter.streams.checkpoint import Checkpointer
 from stripemeter.streams.meter_progress import MeterProgress
 from stripemeter.streams.watchdog import restart_process
@@ -73,14 +74,24 @@ class Meter:
                     await self.skipped(app, tp, offset, skipped, committed)
                 await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
                 if event.value:
-                    with metrics.COUNTING_BATCH_SECONDS.time():
-                        handled = metering.handle(
-                            event.message.partition,
-                            event.message.offset,
-                            event.value,
-                            settings.clock.ms(),
-                            names.keyed,
-                        )
+                    try:
+                        with metrics.COUNTING_BATCH_SECONDS.time():
+                            handled = metering.handle(
+                                event.message.partition,
+                                event.message.offset,
+                                event.value,
+                                settings.clock.ms(),
+                                names.keyed,
+                            )
+                    except UnknownRecordVersion as exc:
+                        # written by a later release: neither counted nor set aside, and not acknowledged;
+                        # the worker stops (and stops again after a restart) until it is upgraded
+                        log.critical(
+                            "keyed message %s[%d]@%d: %s; stopping the worker",
+                            names.keyed, event.message.partition, event.message.offset, exc,
+                        )  # fmt: skip
+                        await app.crash(exc)
+                        return
                     if not handled:
                         metrics.POISON_MESSAGES.labels("meter").inc()
                 checkpointer.add(event)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from stripemeter.cli import alerts, bench, invoices, keys, operate, processes, recovery, stack, topics
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.logs import configure_logging
+from stripemeter.schemas import versions
 
 __all__ = ["build_parser", "glue_negative_durations", "main"]
 
@@ -61,6 +62,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stripemeter: configuration error: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    versions.use_write_version(settings.record_write_version)  # every record this process writes
     try:
         return int(args.func(settings, args))
     except KeyboardInterrupt:

@@ -9,6 +9,13 @@ from stripemeter.cli.common import Subcommands, add_command, say
 from stripemeter.domain.config import Settings
 
 
+def check_schema(settings: Settings) -> None:
+    """Refuse to start on a database schema this release does not run on (docs/upgrades.md)."""
+    from stripemeter.adapters.postgres.migrate import check_schema as check
+
+    check(settings.database_url.value)
+
+
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from faust import Worker
 
@@ -16,6 +23,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams.app import create_app
     from stripemeter.streams.worker.startup_checks import check_topic_replication
 
+    check_schema(settings)
     asyncio.run(check_topic_replication(settings))
     app = create_app(
         settings,
@@ -52,6 +60,7 @@ def cmd_sink(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.streams import memory_tuning, stages
     from stripemeter.streams.worker.factories import postgres_sink
 
+    check_schema(settings)
     memory_tuning.tune()
     asyncio.run(stages.run_stage(postgres_sink(settings), args.worker_socket))
     return 0
@@ -69,6 +78,7 @@ def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_api(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.api.app import run
 
+    check_schema(settings)
     run(settings)
     return 0
 

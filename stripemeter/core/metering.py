@@ -53,6 +53,14 @@ from stripemeter.schemas.dead_letters import dead_letter
 from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
 from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, is_policy_update
 from stripemeter.schemas.records import decode_batch, decode_keyed
+from stripemeter.schemas.versions import (
+    UnknownRecordVersion,
+    dump_int,
+    dump_value,
+    load_int,
+    load_value,
+    stamp,
+)
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +144,7 @@ def event_record(event: UsageEvent) -> dict[str, Any]:
 def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes:
     """The event as received (normalised) plus the watermark and lateness it failed against."""
     return orjson.dumps(
-        {**event_record(event), "watermark": iso_ms(watermark_ms), "lateness": lateness_ms // 1000}
+        stamp({**event_record(event), "watermark": iso_ms(watermark_ms), "lateness": lateness_ms // 1000})
     )
 
 
@@ -182,7 +190,9 @@ class Metering:
         only those that raise are dead-lettered (each under its place in usage.events, with
         ``processing_failed`` and what failed), the others are counted, exactly once, and the partition
         moves on. A control message, or one that cannot be read as events, is dead-lettered whole.
-        False if anything of the message was set aside."""
+        False if anything of the message was set aside. A message (or a stored value) in a record format
+        of a later release raises ``UnknownRecordVersion`` with nothing of it kept: counting it wrongly
+        or dead-lettering counted usage are both worse than stopping until this worker is upgraded."""
         mark = self.outcomes.mark()
         written = dict(self._written)
         self._savepoint()
@@ -195,6 +205,10 @@ class Metering:
             else:
                 items = decode_batch(raw)
                 self.process(partition, offset, items)
+        except UnknownRecordVersion:
+            # a later release's format: nothing of it is kept, and the caller stops (never set aside)
+            self._rollback(mark, written)
+            raise
         except POISON as exc:
             self._rollback(mark, written)
             log.exception("keyed message %s[%d]@%d could not be handled", topic, partition, offset)
@@ -335,13 +349,13 @@ class Metering:
                 seen_raw = dedupe_get(partition, dkey)
                 own_raw = dedupe_get(partition, own_key)
             # [src partition, src offset, src index, keyed offset, ts, metric, customer]
-            seen = orjson.loads(seen_raw) if seen_raw is not None else None
+            seen = load_value(seen_raw) if seen_raw is not None else None
             if (seen is not None and seen[6] != customer) or (seen is None and own_raw is not None):
                 # the key was first used by another customer (whose entry may have expired since):
                 # keys are one event per (tenant, customer, key), so this customer's own entry
                 # decides (see the module's docstring)
                 dkey = own_key
-                seen = orjson.loads(own_raw) if own_raw is not None else None
+                seen = load_value(own_raw) if own_raw is not None else None
                 out.counts[KEY_REUSED] += 1
             if seen is not None:
                 if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
@@ -374,7 +388,7 @@ class Metering:
                 dedupe_put(
                     partition,
                     dkey,
-                    orjson.dumps([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
+                    dump_value([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
                 )
                 if ts_ms + policy.lateness_ms < earliest_due:
                     earliest_due = ts_ms + policy.lateness_ms
@@ -396,14 +410,16 @@ class Metering:
             value = stored[ckey] if ckey in stored else self._counter(partition, ckey)
             new = apply(value, partial, offset)
             if new is not None:
-                counters_put(partition, ckey, orjson.dumps(new))
+                counters_put(partition, ckey, dump_value(new))
             touched[ckey] = partition  # published again even when already applied
         for skey in advanced:
-            self.watermarks.put(partition, skey, str(watermarks[skey]).encode())
+            mark = watermarks[skey]
+            if mark is not None:  # always: only streams whose watermark was set advanced
+                self.watermarks.put(partition, skey, dump_int(mark))
 
     def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
         raw = self.counters.get(partition, ckey)
-        return orjson.loads(raw) if raw is not None else None
+        return load_value(raw) if raw is not None else None
 
     def _would_overflow(
         self,
@@ -441,14 +457,14 @@ class Metering:
             partial = partials.get(ckey)
             if partial is None:
                 partial = partials[ckey] = Partial(self.policies.get(c.tenant_id, c.metric).aggregation)
-            if seen_raw is not None and orjson.loads(seen_raw)[3] != offset:
+            if seen_raw is not None and load_value(seen_raw)[3] != offset:
                 # applied from an earlier message (sent twice): adds nothing, but the counter still
                 # records this message as applied, so whoever sent it sees it in the counters
                 continue
             if seen_raw is None:
                 # kept like an event of now: until the stream's watermark passes now + lateness + margin
                 self.dedupe.put(
-                    partition, dkey, orjson.dumps([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
+                    partition, dkey, dump_value([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
                 )
                 lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
                 self._note_written(partition, 1, now_ms + lateness_ms)
@@ -461,9 +477,9 @@ class Metering:
             self.outcomes.counts[CORRECTION] += 1
         for ckey, partial in partials.items():
             raw = self.counters.get(partition, ckey)
-            new = apply(orjson.loads(raw) if raw is not None else None, partial, offset)
+            new = apply(load_value(raw) if raw is not None else None, partial, offset)
             if new is not None:
-                self.counters.put(partition, ckey, orjson.dumps(new))
+                self.counters.put(partition, ckey, dump_value(new))
             self.outcomes.touched[ckey] = partition
 
     def process_policy_update(self, partition: int, offset: int, update: PolicyUpdate) -> None:
@@ -489,7 +505,7 @@ class Metering:
             if bucket_ms < update.reaggregate_from_ms or raw is None:
                 continue
             try:
-                new = reaggregate(orjson.loads(raw), aggregation, offset)
+                new = reaggregate(load_value(raw), aggregation, offset)
             except CannotReaggregate as exc:
                 log.error(
                     "counter %s could not be re-aggregated as %s and keeps its value: %s",
@@ -500,7 +516,7 @@ class Metering:
                 self.outcomes.counts[NOT_REAGGREGATED] += 1
                 continue
             if new is not None:
-                self.counters.put(partition, ckey, orjson.dumps(new))
+                self.counters.put(partition, ckey, dump_value(new))
                 self.outcomes.touched[ckey] = partition
                 self.outcomes.counts[REAGGREGATED] += 1
 
@@ -525,7 +541,7 @@ class Metering:
         watermarks: dict[bytes, int | None] = {}
         horizons: dict[tuple[bytes, str], tuple[int, int]] = {}  # (tenant, metric) -> lateness, horizon
         for key, raw in entries:
-            seen = orjson.loads(raw)
+            seen = load_value(raw)
             ts_ms, metric = seen[4], seen[5]
             tenant_raw = key.split(SEP_BYTES, 1)[0]
             known = horizons.get((tenant_raw, metric))
@@ -548,5 +564,5 @@ class Metering:
     def _watermark(self, partition: int, skey: bytes, cache: dict[bytes, int | None]) -> int | None:
         if skey not in cache:
             stored = self.watermarks.get(partition, skey)
-            cache[skey] = int(stored) if stored is not None else None
+            cache[skey] = load_int(stored) if stored is not None else None
         return cache[skey]

@@ -120,6 +120,9 @@ class Settings:
     # customer's next invoice as an invoice item when on
     invoice_carry_unbilled: bool = False
     invoice_unbilled_check_seconds: float = 300.0  # how often a finalized period's local total is compared
+    # the internal records' format written (schemas/versions.py): 1, the previous release's, while
+    # workers of it still run in a rolling upgrade; 2 otherwise (docs/upgrades.md)
+    record_write_version: int = 2
 
     @property
     def clock(self) -> Clock:
@@ -213,6 +216,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_INVOICE_CHECK_SECONDS": "invoice_check_seconds",
     "STRIPEMETER_INVOICE_CARRY_UNBILLED": "invoice_carry_unbilled",
     "STRIPEMETER_INVOICE_UNBILLED_CHECK_SECONDS": "invoice_unbilled_check_seconds",
+    "STRIPEMETER_RECORD_WRITE_VERSION": "record_write_version",
 }
 
 
@@ -327,6 +331,11 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(env_name, "must be positive")
     if not 0 <= settings.invoice_deadline_margin_seconds <= 72 * 3600:
         raise ConfigError("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "must be from 0 to 259200 (72 h)")
+    if settings.record_write_version not in (1, 2):
+        raise ConfigError(
+            "STRIPEMETER_RECORD_WRITE_VERSION",
+            "must be 2, or 1 (the previous release's format) during a rolling upgrade",
+        )
     optional = {"operator_metrics_port"}  # 0: that listener is off
     _validate_capacity(settings)
     for f in fields(settings):

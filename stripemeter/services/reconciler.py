@@ -57,6 +57,7 @@ from stripemeter.core.reconcile_compare import (
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
+from stripemeter.schemas.versions import stamp
 
 log = logging.getLogger(__name__)
 
@@ -668,21 +669,23 @@ def item_wire(
 def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> bytes:
     """The contract's reconciliation.drift record, plus the causes and the differing hours."""
     return orjson.dumps(
-        {
-            "tenantId": item.tenant_id,
-            "metric": item.metric,
-            "customerRef": item.customer_ref,
-            "period": period_name,
-            "local": wire["local"],
-            "stripe": wire["stripe"],
-            "diffAbs": wire["diffAbs"],
-            "diffPct": wire["diffPct"],
-            "status": wire["status"],
-            "action": action,
-            "at": iso_exact(at),
-            "causes": wire["causes"],
-            "hours": wire["hours"],
-        }
+        stamp(
+            {
+                "tenantId": item.tenant_id,
+                "metric": item.metric,
+                "customerRef": item.customer_ref,
+                "period": period_name,
+                "local": wire["local"],
+                "stripe": wire["stripe"],
+                "diffAbs": wire["diffAbs"],
+                "diffPct": wire["diffPct"],
+                "status": wire["status"],
+                "action": action,
+                "at": iso_exact(at),
+                "causes": wire["causes"],
+                "hours": wire["hours"],
+            }
+        )
     )
 
 

@@ -15,6 +15,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.schemas.versions import UnknownRecordVersion
 from stripemeter.streams.sink import PostgresSink
 
 HOUR_MS = 3_600_000
@@ -176,3 +177,41 @@ async def test_unreadable_records_are_skipped_and_the_rest_written(env: Settings
 def test_copy_json_line_keeps_one_record_per_line(raw: bytes) -> None:
     line = ledger.copy_json_line(raw)
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and b"\t" not in line
+
+
+async def test_records_of_both_formats_land_alike_and_a_later_format_stops_the_sink(env: Settings) -> None:
+    """The ledger and usage.deltas of the previous release (no version) and of this one, in one batch;
+    a record of a later release is neither written nor skipped: the batch fails as a whole, so the
+    sink stops without committing it (a billing record is never dropped)."""
+    names = TopicNames(env.topic_prefix, env.app_id)
+    tenant = f"sink-{uuid.uuid4().hex[:8]}"
+    old = [item("counted", tenant, "acme", 1_000_000, T0 + 1_000, "old", 1)]
+    new = [item("counted", tenant, "beta", 2_000_000, T0 + 2_000, "new", 2)]
+    old_delta = orjson.loads(delta(tenant, "acme", 1_000_000, 1))
+    del old_delta["v"]
+    batch = [
+        Message(names.ledger, 0, 0, orjson.dumps(old)),
+        Message(names.ledger, 0, 1, orjson.dumps([2, *new])),
+        Message(names.deltas, 0, 0, orjson.dumps(old_delta)),
+        Message(names.deltas, 0, 1, delta(tenant, "beta", 2_000_000, 1)),
+    ]
+    await write(env, names, batch)
+    got = await rows(env, "SELECT idempotency_key FROM events WHERE tenant_id = %s ORDER BY 1", tenant)
+    assert got == [("new",), ("old",)]
+    totals = await rows(
+        env, "SELECT customer_ref, total_micros FROM counters WHERE tenant_id = %s ORDER BY 1", tenant
+    )
+    assert totals == [("acme", 1_000_000), ("beta", 2_000_000)]
+
+    before = {topic: skipped(topic) for topic in (names.ledger, names.deltas)}
+    later = [item("counted", tenant, "gamma", 1_000_000, T0, "later", 3)]
+    for message in (
+        Message(names.ledger, 0, 2, orjson.dumps([3, *later])),
+        Message(names.deltas, 0, 2, b'{"v":3,' + delta(tenant, "gamma", 1_000_000, 1)[7:]),
+    ):
+        with pytest.raises(UnknownRecordVersion):
+            await write(env, names, [Message(names.ledger, 0, 3, orjson.dumps(later)), message])
+    assert (
+        await rows(env, "SELECT 1 FROM events WHERE tenant_id = %s AND customer_ref = 'gamma'", tenant) == []
+    )
+    assert {topic: skipped(topic) for topic in before} == before

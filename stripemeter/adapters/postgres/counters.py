@@ -15,7 +15,8 @@ from datetime import datetime
 import psycopg
 
 from stripemeter.adapters.postgres.ledger import copy_json_line
-from stripemeter.schemas.deltas import Delta
+from stripemeter.schemas import versions
+from stripemeter.schemas.deltas import Delta, record_version
 
 CREATE_DELTA_STAGING = "CREATE TEMP TABLE IF NOT EXISTS deltas_in (delta jsonb) ON COMMIT DELETE ROWS"
 
@@ -58,6 +59,8 @@ async def upsert_counters(
     reconciliation compares it with its own). Call inside the batch's transaction."""
     if not records:
         return
+    for record in records:  # a later release's format stops the sink before anything is written
+        versions.check(record_version(record), "a usage.deltas record")
     async with conn.cursor().copy("COPY deltas_in (delta) FROM STDIN") as copy:
         await copy.write(b"".join(map(copy_json_line, records)))
     await conn.execute(UPSERT_COUNTERS, {"now": now, "app": app_id})

@@ -1,7 +1,8 @@
 """Writing the event ledger, in one transaction per sink batch.
 
-Ledger records (the worker's own JSON arrays, many events per record) go to PostgreSQL as they were
-read: COPY puts each record in a temporary ``jsonb`` row and one INSERT ... SELECT unpacks them. The
+Ledger records (the worker's own JSON arrays, many events per record, after the record format's
+version in the current format: ``[2, item, ...]``; see ``schemas/versions.py``) go to PostgreSQL as
+they were read: COPY puts each record in a temporary ``jsonb`` row and one INSERT ... SELECT unpacks them. The
 sink builds no Python object per event; PostgreSQL parses the JSON, in C. Dead letters (rare, and
 JSON objects from anywhere) are turned into rows in Python.
 
@@ -22,6 +23,7 @@ import orjson
 import psycopg
 
 from stripemeter.domain import metrics
+from stripemeter.schemas import versions
 
 RAW_LIMIT = 64 * 1024
 
@@ -72,7 +74,8 @@ CREATE_LEDGER_STAGING = "CREATE TEMP TABLE IF NOT EXISTS ledger_in (chunk jsonb)
 UNCOMPRESSED_LEDGER_STAGING = "ALTER TABLE ledger_in ALTER COLUMN chunk SET STORAGE EXTERNAL"
 
 # A ledger item is [outcome, tenant, metric, customer, micros, ts_ms, key, derived, resource, meta,
-# source partition, source offset, source index] (see stripemeter/core/metering.py and schemas/records.py).
+# source partition, source offset, source index] (see stripemeter/core/metering.py and schemas/records.py);
+# the record format's version, the first element of a chunk of the current format, is no item.
 INSERT_FROM_LEDGER = """
 INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
                     customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta)
@@ -80,6 +83,7 @@ SELECT %s, (e->>10)::integer, (e->>11)::bigint, (e->>12)::integer, e->>0, e->>1,
        (e->>4)::numeric, to_timestamp((e->>5)::bigint / 1000.0), e->>6, e->>7 IN ('1', 'true'), e->>8,
        nullif(e->9, 'null'::jsonb)
 FROM ledger_in, jsonb_array_elements(chunk) AS e
+WHERE jsonb_typeof(e) = 'array'
 """
 INSERT_FROM_LEDGER_SKIPPING_WRITTEN = INSERT_FROM_LEDGER + "ON CONFLICT DO NOTHING\n"
 
@@ -181,7 +185,11 @@ async def write_ledger(
     conn: psycopg.AsyncConnection, source_topic: str, chunks: list[bytes], rejected: list[tuple[Any, ...]]
 ) -> None:
     """Insert ledger records (raw JSON arrays of items) and dead-letter rows, idempotently, and advance
-    the watermarks of the counted events. Call inside the batch's transaction."""
+    the watermarks of the counted events. Call inside the batch's transaction. A chunk in a record
+    format of a later release raises ``versions.UnknownRecordVersion`` before anything is written: the
+    sink stops rather than skip (lose) or misread ledger rows."""
+    for chunk in chunks:
+        versions.check(versions.array_version(chunk), "a ledger record")
     if chunks:
         async with conn.cursor().copy("COPY ledger_in (chunk) FROM STDIN") as copy:
             await copy.write(b"".join(map(copy_json_line, chunks)))

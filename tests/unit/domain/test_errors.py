@@ -20,7 +20,7 @@ from psycopg_pool import PoolTimeout
 from stripemeter.adapters.kafka.admin import ReplicationMismatch, TopicConfigRefused
 from stripemeter.adapters.kafka.inspect.kafka_tools import UnknownTool, tool_args
 from stripemeter.adapters.kafka.inspect.tail import TopicNotFound
-from stripemeter.adapters.postgres.migrate import MigrationError
+from stripemeter.adapters.postgres.migrate import MigrationError, SchemaMismatch
 from stripemeter.api import reconciliation
 from stripemeter.api.app import error_middleware
 from stripemeter.api.errors import ApiError, api_error, bad_request
@@ -45,6 +45,7 @@ from stripemeter.domain.errors import (
 from stripemeter.domain.instants import BadInstant, parse_instant_ms
 from stripemeter.schemas.events import InvalidEvent, parse_event
 from stripemeter.schemas.packing import ItemTooLarge, pack_arrays
+from stripemeter.schemas.versions import UnknownRecordVersion
 from stripemeter.services.replayer import UnknownMetric
 from stripemeter.services.sink_recovery import SinkRunning
 from stripemeter.tools.alert_rules import RulesError
@@ -69,6 +70,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (TopicNotFound, Invalid, LookupError),
     (Unreadable, Invalid, ValueError),
     (MigrationError, Permanent, RuntimeError),
+    (SchemaMismatch, Permanent, RuntimeError),
     (PostgresSetupError, Permanent, RuntimeError),
     (KafkaSetupError, Permanent, RuntimeError),
     (StackError, Permanent, RuntimeError),
@@ -78,6 +80,7 @@ PROJECT_ERRORS: list[tuple[type[Exception], type[StripemeterError], type[Excepti
     (RulesError, Invalid, ValueError),
     (ItemTooLarge, Permanent, ValueError),
     (CannotReaggregate, Permanent, ValueError),
+    (UnknownRecordVersion, Permanent, Exception),
     (Conflict, Invalid, ValueError),
     (NotFound, Invalid, LookupError),
     (Forbidden, Invalid, PermissionError),

@@ -18,6 +18,7 @@ def test_delta_record_tells_which_keyed_message_it_has_applied() -> None:
 def test_delta_record_has_the_contract_fields() -> None:
     raw = encode_delta(Delta("demo", "requests", "acme", 1_794_988_800_000, 1_500_000, 3))
     assert orjson.loads(raw) == {
+        "v": 2,
         "tenantId": "demo",
         "metric": "requests",
         "customerRef": "acme",

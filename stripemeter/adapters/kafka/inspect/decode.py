@@ -163,19 +163,35 @@ def _keyed_fields(item: list[Any]) -> dict[str, Any]:
     return fields
 
 
+def _items(value: Any) -> Any:
+    """An array message's items: after the record format's version in the current format
+    (``[2, item, ...]``, schemas/versions.py), the whole array in the previous one."""
+    if isinstance(value, list) and value and type(value[0]) is int:
+        return value[1:]
+    return value
+
+
+def _state(value: Any) -> Any:
+    """A changelog value without its format's version (``["v2", ...]``); the previous format as is."""
+    if isinstance(value, list) and value and isinstance(value[0], str) and value[0].startswith("v"):
+        return value[1] if len(value) == 2 and isinstance(value[1], int) else value[1:]
+    return value
+
+
 def _keyed(key: bytes | None, value: Any) -> list[Decoded]:
-    return [Decoded("keyed", _keyed_fields(item), i) for i, item in enumerate(value)]
+    return [Decoded("keyed", _keyed_fields(item), i) for i, item in enumerate(_items(value))]
 
 
 def _ledger(key: bytes | None, value: Any) -> list[Decoded]:
     return [
-        Decoded("ledger", {"outcome": item[0], **_keyed_fields(item[1:])}, i) for i, item in enumerate(value)
+        Decoded("ledger", {"outcome": item[0], **_keyed_fields(item[1:])}, i)
+        for i, item in enumerate(_items(value))
     ]
 
 
 def _dedupe(key: bytes | None, value: Any) -> list[Decoded]:
     tenant, idempotency_key = _text_key(key).split(SEP, 1)
-    part, offset, index, keyed_offset, ts_ms, metric, customer = value
+    part, offset, index, keyed_offset, ts_ms, metric, customer = _state(value)
     return [
         Decoded(
             "dedupe",
@@ -194,6 +210,7 @@ def _dedupe(key: bytes | None, value: Any) -> list[Decoded]:
 
 def _counter(key: bytes | None, value: Any) -> list[Decoded]:
     tenant, metric, customer, bucket_ms = split_counter_key(_text_key(key))
+    value = _state(value)
     micros, seq, applied, last_ts = value[:4]
     fields: dict[str, Any] = {
         "tenantId": tenant,
@@ -217,6 +234,7 @@ def _counter(key: bytes | None, value: Any) -> list[Decoded]:
 
 def _watermark(key: bytes | None, value: Any) -> list[Decoded]:
     tenant, metric, customer = _text_key(key).split(SEP, 2)
+    value = _state(value)
     if not isinstance(value, int):
         raise ValueError("a watermark is epoch milliseconds")
     fields = {"tenantId": tenant, "metric": metric, "customerRef": customer, "watermark": iso_ms(value)}

@@ -212,6 +212,29 @@ def test_internal_records_get_names() -> None:
     assert bad.label == "raw"
 
 
+def test_internal_records_of_the_current_format_read_as_the_previous_ones() -> None:
+    """The record format's version (schemas/versions.py) is no record or field of its own."""
+    keyed_item = ["demo", "m", "c", 1_500_000, 1_763_647_391_250, "k", 0, None, None, 0, 5, 1]
+    arrays: tuple[tuple[Kind, bytes, bytes], ...] = (
+        ("keyed", orjson.dumps([keyed_item]), orjson.dumps([2, keyed_item])),
+        ("ledger", orjson.dumps([["late", *keyed_item]]), orjson.dumps([2, ["late", *keyed_item]])),
+    )
+    for kind, previous, current in arrays:
+        assert decode_record(kind, None, current) == decode_record(kind, None, previous)
+    values: tuple[tuple[Kind, bytes, bytes, bytes], ...] = (
+        ("counters", b"demo\x1freq\x1fc\x1f1763647200000", b"[5000000,3,17,-1]", b'["v2",5000000,3,17,-1]'),
+        ("watermarks", b"demo\x1freq\x1fc", b"1763647391250", b'["v2",1763647391250]'),
+        (
+            "dedupe",
+            b"demo\x1fk1",
+            b'[0,1,2,3,1763647391250,"m","c"]',
+            b'["v2",0,1,2,3,1763647391250,"m","c"]',
+        ),
+    )
+    for kind, key, previous, current in values:
+        assert decode_record(kind, key, current) == decode_record(kind, key, previous), kind
+
+
 def test_drift_and_late_lines() -> None:
     drift = {
         "tenantId": "demo",
