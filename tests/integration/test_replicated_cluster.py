@@ -51,7 +51,7 @@ def cluster(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         nodes.start_all()
         yield nodes
     finally:
-        nodes.stop_all()
+        nodes.kill_all()
 
 
 async def brokers_in(settings: Settings) -> set[int]:

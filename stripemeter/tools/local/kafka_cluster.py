@@ -140,6 +140,7 @@ class LocalKafkaCluster:
         """The node's data directory is gone, as with a replaced disk."""
         shutil.rmtree(node.kafka.data_dir, ignore_errors=True)
 
-    def stop_all(self) -> None:
+    def kill_all(self) -> None:
+        """The end of a throwaway cluster: nothing of it is kept, so nothing waits for a clean stop."""
         for node in self.nodes:
-            node.managed().stop(10)
+            self.kill(node)
