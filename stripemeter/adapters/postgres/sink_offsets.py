@@ -15,29 +15,17 @@ import psycopg
 
 Offsets = Mapping[tuple[str, int], int]  # (topic, partition) -> offset of the next record
 
-SAVE = """
+# every write stores a batch of (topic, partition, next_offset) rows; they differ in what a stored row does
+_UPSERT = """
 INSERT INTO sink_offsets AS s (group_id, topic, partition, next_offset)
 SELECT %s, t.topic, t.partition, t.next_offset
 FROM unnest(%s::text[], %s::integer[], %s::bigint[]) AS t (topic, partition, next_offset)
-ON CONFLICT (group_id, topic, partition) DO UPDATE
-SET next_offset = EXCLUDED.next_offset, updated_at = now()
-WHERE s.next_offset < EXCLUDED.next_offset
+ON CONFLICT (group_id, topic, partition)
 """
-
-ADOPT = """
-INSERT INTO sink_offsets (group_id, topic, partition, next_offset)
-SELECT %s, t.topic, t.partition, t.next_offset
-FROM unnest(%s::text[], %s::integer[], %s::bigint[]) AS t (topic, partition, next_offset)
-ON CONFLICT (group_id, topic, partition) DO NOTHING
-"""
-
-SET = """
-INSERT INTO sink_offsets AS s (group_id, topic, partition, next_offset)
-SELECT %s, t.topic, t.partition, t.next_offset
-FROM unnest(%s::text[], %s::integer[], %s::bigint[]) AS t (topic, partition, next_offset)
-ON CONFLICT (group_id, topic, partition) DO UPDATE
-SET next_offset = EXCLUDED.next_offset, updated_at = now()
-"""
+_MOVE = "DO UPDATE SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+SAVE = f"{_UPSERT} {_MOVE} WHERE s.next_offset < EXCLUDED.next_offset"  # forward only
+ADOPT = f"{_UPSERT} DO NOTHING"  # only where none is stored
+SET = f"{_UPSERT} {_MOVE}"  # an operator's rewind: anywhere
 
 LOAD = """
 SELECT topic, partition, next_offset FROM sink_offsets
