@@ -277,3 +277,27 @@ def test_a_shared_pair_is_compared_as_the_sum_of_its_counters_and_never_correcte
     drifting = judge(it, {H0: 1006}, NOW, 60, 0.005)
     assert drifting.status == "within_epsilon" and drifting.corrections == []
     assert [c["code"] for c in drifting.causes] == ["stripe_higher", "shared_stripe_pair"]
+
+
+def test_epsilon_is_inclusive_and_divides_by_the_larger_side() -> None:
+    """The contract's epsilon: drift / max(local, stripe) <= epsilon is within epsilon. Each case sits
+    exactly on the boundary, so `<` for `<=`, or dividing by one side only, changes its verdict."""
+    it = item(**{f"h{H0}": synced(1000)})
+    on_the_line = 5 / 1005  # Stripe holds more: the larger side is Stripe's
+    assert judge(it, {H0: 1005}, NOW, 60, on_the_line).status == "within_epsilon"
+    assert judge(it, {H0: 1005}, NOW, 60, on_the_line * 0.999).status == "drift"
+    assert judge(it, {H0: 1005}, NOW, 60, on_the_line).diff_pct == on_the_line
+
+    more_local = item(**{f"h{H0}": synced(1005)})  # the local side is the larger: the same fraction
+    assert judge(more_local, {H0: 1000}, NOW, 60, on_the_line).status == "within_epsilon"
+    # 5 / 1005 = 0.004975 is within 0.00499; 5 / 1000 (the smaller side, either one) = 0.005 is not
+    assert judge(it, {H0: 1005}, NOW, 60, 0.00499).status == "within_epsilon"
+    assert judge(more_local, {H0: 1000}, NOW, 60, 0.00499).status == "within_epsilon"
+
+
+def test_zero_difference_is_parity_whatever_epsilon_and_a_side_at_zero_is_all_drift() -> None:
+    it = item(**{f"h{H0}": synced(1000)})
+    assert judge(it, {H0: 1000}, NOW, 60, 0.0).status == "parity"
+    nothing_local = item(**{f"h{H0}": synced(0)})
+    verdict = judge(nothing_local, {H0: 7}, NOW, 60, 0.5)
+    assert (verdict.status, verdict.diff_pct) == ("drift", 1.0)
