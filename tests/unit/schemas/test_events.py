@@ -144,6 +144,29 @@ def test_derived_key_is_stable_across_spellings() -> None:
     assert c.idempotency_key != a.idempotency_key
 
 
+def test_derived_keys_match_fixed_vectors() -> None:
+    """The derivation is part of the contract: a producer retrying across an upgrade (or deriving keys
+    itself) must get the same key, or its retry is counted twice. These values never change."""
+    at = 1_796_083_200_000  # 2026-12-01T00:00:00Z
+    assert derive_idempotency_key("acme", "api_calls", "cus-42", None, at, 1_500_000) == (
+        "drv_5cb79a5419b1d8eeef4e2f0e993714c5"
+    )
+    assert derive_idempotency_key("acme", "api_calls", "cus-42", "res-1", at, 1_500_000) == (
+        "drv_ee03d3086f5b70337e2bcbdcc992e399"
+    )
+    parsed = parse_event(
+        event(
+            tenantId="acme",
+            metric="api_calls",
+            customerRef="cus-42",
+            ts="2026-12-01T01:00:00+01:00",
+            quantity=1.5,
+        ),
+        at,
+    )
+    assert parsed.idempotency_key == "drv_5cb79a5419b1d8eeef4e2f0e993714c5"
+
+
 def test_given_key_is_kept() -> None:
     parsed = parse_event(event(idempotencyKey="req-1"), NOW_MS)
     assert (parsed.idempotency_key, parsed.key_derived) == ("req-1", False)
