@@ -21,7 +21,7 @@ from stripemeter.adapters.postgres.invoices import Heard, record_event
 from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import KEY_CACHE
 from stripemeter.api.limits import KEY_CACHE_SIZE, MISS_CACHE_SIZE, KeyCache
-from stripemeter.domain.auth import split_token
+from stripemeter.domain.auth import required_scope, split_token
 from stripemeter.domain.config import Settings
 from stripemeter.services import api_keys as keys
 from tests.integration.harness import ApiClient
@@ -74,6 +74,31 @@ async def test_scopes_limit_what_a_key_does(env: Settings, secured: ApiClient) -
     assert (await secured.get(f"/v1/events?tenantId={tenant}", headers=ingester)).status == 403
     mapping = {"stripeMeterEventName": "x", "aggregation": "sum"}
     assert (await secured.put(f"/v1/mappings/{tenant}/m", json=mapping, headers=reader)).status == 403
+
+
+async def test_each_write_needs_its_own_scope_and_a_read_key_writes_nothing(
+    env: Settings, secured: ApiClient
+) -> None:
+    """Every write route of a tenant's own data, tried with a ``read`` key: 403 naming the scope it needs
+    (as ``required_scope`` says); the ``replay`` and ``reconcile`` scopes, granted alone, open their route
+    and nothing else."""
+    tenant = f"sw-{uuid.uuid4().hex[:6]}"
+    reader = bearer(await keys.create(env, tenant, "read", None))
+    writes = [(m, p, b) for m, p, b in walk(tenant, tenant) if m != "GET"]
+    assert len(writes) >= 10
+    for method, path, body in writes:
+        response = await secured.request(method, path, json=body, headers=reader)
+        needed = required_scope(method, path.split("?")[0])
+        assert response.status == 403, (method, path, response.status)
+        assert f"'{needed}' scope" in (await response.json())["error"]["message"], (method, path)
+    for scope, route in (("replay", "/v1/replay"), ("reconcile", "/v1/reconciliation/run")):
+        holder = bearer(await keys.create(env, tenant, scope, None))
+        for method, path, body in writes:
+            response = await secured.request(method, path, json=body, headers=holder)
+            if path == route:
+                assert response.status not in (401, 403), (scope, path, await response.text())
+            else:
+                assert response.status == 403, (scope, method, path, response.status)
 
 
 def walk(a: str, b: str) -> list[tuple[str, str, dict[str, Any] | None]]:
