@@ -95,6 +95,16 @@ class TopicNames:
         """Internal: every counted, duplicate and too-late event with its outcome, for PostgreSQL."""
         return f"{self.app_id}-ledger"
 
+    @property
+    def sink_group(self) -> str:
+        """The PostgreSQL sink's consumer group, and its key in ``sink_offsets``."""
+        return f"{self.app_id}-postgres-sink"
+
+    @property
+    def sink_inputs(self) -> list[str]:
+        """What the PostgreSQL sink reads: the ledger, the dead letters and the deltas."""
+        return [self.ledger, self.dlq, self.deltas]
+
     def changelog(self, table: str) -> str:
         """Faust names a table's changelog ``{app_id}-{table}-changelog``."""
         return f"{self.app_id}-{table}-changelog"

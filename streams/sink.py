@@ -99,7 +99,7 @@ class PostgresSink:
 
     @property
     def topics(self) -> list[str]:
-        return [self.names.ledger, self.names.dlq, self.names.deltas]
+        return self.names.sink_inputs
 
     async def resume_pending(self, consumer: AIOKafkaConsumer) -> None:
         """Seek the partitions assigned since the last call to the database's offsets and resume them;

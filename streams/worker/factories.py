@@ -40,7 +40,7 @@ def postgres_sink(settings: Settings) -> PostgresSink:
     return PostgresSink(
         settings.kafka,
         names,
-        f"{settings.app_id}-postgres-sink",
+        names.sink_group,
         settings.database_url.value,
         clock=settings.clock,
     )

@@ -15,6 +15,7 @@ import psycopg
 
 from stripemeter.adapters.kafka.positions import group_positions
 from stripemeter.adapters.postgres import sink_offsets
+from stripemeter.core.sink_resume import resume_at
 from stripemeter.domain.errors import Permanent
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
@@ -22,15 +23,6 @@ from stripemeter.schemas.topics import TopicNames
 
 class SinkRunning(Permanent, RuntimeError):
     """A sink of the group runs: it would store its own offsets over the rewound ones."""
-
-
-def sink_group(app_id: str) -> str:
-    """The sink's consumer group, and its key in ``sink_offsets`` (streams/worker/factories.py)."""
-    return f"{app_id}-postgres-sink"
-
-
-def sink_topics(names: TopicNames) -> list[str]:
-    return [names.ledger, names.dlq, names.deltas]
 
 
 @dataclass(frozen=True)
@@ -47,9 +39,10 @@ class SinkPartition:
         """What the sink does with this partition when it is next assigned, in words."""
         if self.database is None:
             return "no offset stored: the sink takes Kafka's committed offset (or the log's start)"
-        if self.database < self.log_start:
-            return f"retention removed {self.log_start - self.database} offsets never written"
-        if self.database > self.log_end:
+        resume = resume_at(self.database, self.log_start, self.log_end)
+        if resume.lost:
+            return f"retention removed {resume.lost} offsets never written"
+        if resume.ahead:
             return "past the log's end: the database was written from another log"
         if self.committed is not None and self.committed > self.database:
             return f"Kafka's commit is ahead: the sink writes {self.committed - self.database} offsets again"
@@ -57,7 +50,7 @@ class SinkPartition:
 
 
 async def positions(kafka: KafkaAccess, database_url: str, names: TopicNames) -> list[SinkPartition]:
-    group, topics = sink_group(names.app_id), sink_topics(names)
+    group, topics = names.sink_group, names.sink_inputs
     kafka_side = await group_positions(kafka, group, topics)
     async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
         stored = await sink_offsets.load(conn, group, topics)
@@ -70,7 +63,7 @@ async def positions(kafka: KafkaAccess, database_url: str, names: TopicNames) ->
 async def rewind_to_earliest(kafka: KafkaAccess, database_url: str, names: TopicNames) -> list[SinkPartition]:
     """Store the logs' start as the sink's offsets: its next start writes again everything the topics
     hold. Refused while a member of the sink's group runs (stop every sink first)."""
-    group, topics = sink_group(names.app_id), sink_topics(names)
+    group, topics = names.sink_group, names.sink_inputs
     kafka_side = await group_positions(kafka, group, topics)
     if kafka_side.members:
         raise SinkRunning(

@@ -37,7 +37,7 @@ from stripemeter.cli import main
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.sink_recovery import positions, sink_group
+from stripemeter.services.sink_recovery import positions
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.tools.local.postgres import LocalPostgres, find_bindir
 
@@ -116,12 +116,20 @@ async def wait_all_written(url: str, work: Workload) -> None:
     assert len(rows) == len(set(rows)) and set(rows) == work.expected()
 
 
+async def written_by_a_sink(env: Settings, url: str, work: Workload, records: int) -> None:
+    """A sink runs until ``records`` more records are produced and written, then stops."""
+    sink = RunningSink(env, url)
+    await work.produce(records)
+    await wait_all_written(url, work)
+    await sink.stop()
+
+
 class RunningSink:
     """A PostgreSQL sink of the test's app as a task of this event loop."""
 
     def __init__(self, env: Settings, url: str):
         names = TopicNames(env.topic_prefix, env.app_id)
-        self.sink = PostgresSink(env.kafka, names, sink_group(env.app_id), url, clock=env.clock)
+        self.sink = PostgresSink(env.kafka, names, names.sink_group, url, clock=env.clock)
         self.task = asyncio.create_task(self.sink.run())
 
     async def stop(self) -> None:
@@ -197,7 +205,9 @@ async def test_a_restore_to_an_earlier_point_loses_no_ledger_row(env: Settings, 
     await work.produce(20)
     await wait_all_written(url, work)
     await sink.stop()
-    committed = (await group_positions(env.kafka, sink_group(env.app_id), [work.names.ledger])).committed
+    committed = (
+        await group_positions(env.kafka, TopicNames(app_id=env.app_id).sink_group, [work.names.ledger])
+    ).committed
     assert sum(committed.values()) == 40  # Kafka's commit says the sink wrote all 40 records
 
     own_db.drop(own_db.name)  # the restore: PostgreSQL as it was at the backup
@@ -230,14 +240,11 @@ async def test_a_sink_killed_between_its_write_and_its_commit_reads_nothing_agai
     await asyncio.wait_for(written.wait(), WAIT)
     await sink.kill()
     monkeypatch.undo()
-    group = await group_positions(env.kafka, sink_group(env.app_id), [work.names.ledger])
+    group = await group_positions(env.kafka, TopicNames(app_id=env.app_id).sink_group, [work.names.ledger])
     assert group.committed == {}  # Kafka would have the next sink read everything again
     rewrites = counter_value("stripemeter_sink_ledger_rewrites_total")
 
-    sink = RunningSink(env, url)
-    await work.produce(10)
-    await wait_all_written(url, work)
-    await sink.stop()
+    await written_by_a_sink(env, url, work, 10)
     assert counter_value("stripemeter_sink_ledger_rewrites_total") == rewrites  # no record written twice
 
 
@@ -248,12 +255,11 @@ async def test_a_database_without_stored_offsets_goes_on_from_kafkas_commit(env:
     url = env.database_url.value
     names = TopicNames(env.topic_prefix, env.app_id)
     work = Workload(env, names, f"upgrade-{uuid.uuid4().hex[:8]}")
-    sink = RunningSink(env, url)
-    await work.produce(10)
-    await wait_all_written(url, work)
-    await sink.stop()
+    await written_by_a_sink(env, url, work, 10)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        await conn.execute("DELETE FROM sink_offsets WHERE group_id = %s", (sink_group(env.app_id),))
+        await conn.execute(
+            "DELETE FROM sink_offsets WHERE group_id = %s", (TopicNames(app_id=env.app_id).sink_group,)
+        )
     rewrites = counter_value("stripemeter_sink_ledger_rewrites_total")
 
     sink = RunningSink(env, url)
@@ -263,7 +269,7 @@ async def test_a_database_without_stored_offsets_goes_on_from_kafkas_commit(env:
     assert counter_value("stripemeter_sink_ledger_rewrites_total") == rewrites
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         stored = await sink_offsets.load(
-            conn, sink_group(env.app_id), [names.ledger, names.dlq, names.deltas]
+            conn, TopicNames(app_id=env.app_id).sink_group, [names.ledger, names.dlq, names.deltas]
         )
     assert stored == {
         (names.ledger, 0): 8, (names.ledger, 1): 8, (names.deltas, 0): 16, (names.deltas, 1): 0,
@@ -290,7 +296,7 @@ async def test_offsets_retention_removed_are_counted_and_the_sink_goes_on(env: S
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
         await conn.execute("DELETE FROM events WHERE tenant_id = %s", (work.tenant,))  # the older backup
         await sink_offsets.set_offsets(
-            conn, sink_group(env.app_id), {(names.ledger, 0): 0, (names.ledger, 1): 0}
+            conn, TopicNames(app_id=env.app_id).sink_group, {(names.ledger, 0): 0, (names.ledger, 1): 0}
         )
     lost = counter_value("stripemeter_sink_offsets_lost_total", topic=names.ledger)
 
@@ -383,14 +389,11 @@ async def test_partitions_wait_while_postgresql_cannot_say_where_to_resume(
     url = env.database_url.value
     names = TopicNames(env.topic_prefix, env.app_id)
     work = Workload(env, names, f"paused-{uuid.uuid4().hex[:8]}")
-    sink = RunningSink(env, url)
-    await work.produce(10)
-    await wait_all_written(url, work)
-    await sink.stop()
+    await written_by_a_sink(env, url, work, 10)
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:  # a restore
         await conn.execute("DELETE FROM events WHERE tenant_id = %s", (work.tenant,))
         await sink_offsets.set_offsets(
-            conn, sink_group(env.app_id), {(names.ledger, 0): 0, (names.ledger, 1): 0}
+            conn, TopicNames(app_id=env.app_id).sink_group, {(names.ledger, 0): 0, (names.ledger, 1): 0}
         )
 
     failures = 0
@@ -438,7 +441,9 @@ async def test_two_sinks_sharing_the_partitions_write_each_row_once(env: Setting
     await wait_all_written(url, work)
     await second.stop()
     async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-        stored = await sink_offsets.load(conn, sink_group(env.app_id), [names.ledger, names.deltas])
+        stored = await sink_offsets.load(
+            conn, TopicNames(app_id=env.app_id).sink_group, [names.ledger, names.deltas]
+        )
     assert stored == {
         (names.ledger, 0): 15,
         (names.ledger, 1): 15,

@@ -49,7 +49,12 @@ class Migration:
 
     @property
     def label(self) -> str:
-        return f"{self.version:04d}_{self.name}"
+        return label(self.version, self.name)
+
+
+def label(version: int, name: str) -> str:
+    """A migration as its file names it: ``0021_invoices``."""
+    return f"{version:04d}_{name}"
 
 
 class MigrationError(Permanent, RuntimeError):
@@ -72,7 +77,7 @@ class Applied:
 
     @property
     def label(self) -> str:
-        return f"{self.version:04d}_{self.name}"
+        return label(self.version, self.name)
 
 
 def available() -> list[Migration]:

@@ -57,7 +57,7 @@ def consumer_groups(app_id: str) -> dict[str, str]:
     return {
         app_id: "worker (Faust: meter agent)",
         f"{app_id}-intake": "intake",
-        f"{app_id}-postgres-sink": "PostgreSQL sink",
+        TopicNames(app_id=app_id).sink_group: "PostgreSQL sink",
         f"{app_id}-stripe-writer": "Stripe writer",
     }
 
