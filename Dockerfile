@@ -17,7 +17,6 @@ RUN /opt/stripemeter/bin/pip install --require-hashes --only-binary=:all: -r /sr
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY stripemeter ./stripemeter
-COPY streams ./streams
 COPY api ./api
 COPY schemas ./schemas
 RUN /opt/stripemeter/bin/pip wheel --no-deps --wheel-dir /src/dist . \

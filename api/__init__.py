@@ -1,1 +1,2 @@
-"""Where operators and producers meet stripemeter over HTTP (aiohttp)."""
+"""The HTTP API's contract: ``openapi.json``, served at ``GET /openapi.json``. Shipped as package data
+(``stripemeter.api.contract``); the handlers are in ``stripemeter/api/``."""

@@ -1,3 +1,3 @@
-"""Wire formats: the usage event and its validation, the internal topics' records (keyed events,
-deltas, corrections, dead letters), topic names, partitioning and message packing; and the SQL
-schema (``migrations/``). Below them only the domain."""
+"""The PostgreSQL schema's contract: ``migrations/NNNN_name.sql``, applied in order by ``stripemeter db
+migrate``. Shipped as package data (``stripemeter.schemas.contract``); the wire formats are in
+``stripemeter/schemas/``."""

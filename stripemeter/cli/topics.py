@@ -1,4 +1,4 @@
-"""Commands inspecting Kafka: `topics create|list|describe|tail` and `kafka-tool`."""
+"""Commands inspecting Kafka: `topics create|specs|list|describe|tail` and `kafka-tool`."""
 
 from __future__ import annotations
 
@@ -22,6 +22,16 @@ def cmd_topics_create(settings: Settings, args: argparse.Namespace) -> int:
         say(f"created      {name}")
     for name in result.existing:
         say(f"{'reconfigured' if name in result.reconfigured else 'exists':12} {name}")
+    return 0
+
+
+def cmd_topics_specs(settings: Settings, args: argparse.Namespace) -> int:
+    import orjson
+
+    from stripemeter.schemas.topics import deployment_specs, specs_document
+
+    document = specs_document(deployment_specs(settings))
+    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
     return 0
 
 
@@ -184,7 +194,7 @@ def _retention(ms: str) -> str:
 
 
 def add_topics(sub: Subcommands) -> None:
-    """`topics create|list|describe|tail`."""
+    """`topics create|specs|list|describe|tail`."""
     topics = sub.add_parser("topics", help="Kafka topics as code")
     topics_sub = topics.add_subparsers(dest="action", metavar="ACTION", required=True)
     add_command(
@@ -192,6 +202,12 @@ def add_topics(sub: Subcommands) -> None:
         "create",
         cmd_topics_create,
         "create every stripemeter topic and align its config (idempotent)",
+    )
+    add_command(
+        topics_sub,
+        "specs",
+        cmd_topics_specs,
+        "print every topic this deployment's settings describe, as JSON (no broker needed)",
     )
     lst = add_command(
         topics_sub,

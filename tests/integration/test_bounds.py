@@ -51,7 +51,7 @@ def test_migration_0020_lowers_stored_lateness_under_a_new_version_and_says_so(
     """A mapping stored (before 0020) with 68 years of lateness: the migration lowers it to 35 days,
     gives it a new version (workers reload it), logs it, and the column refuses more from then on.
     Run inside a transaction that is rolled back, on the migrated schema with its CHECK dropped."""
-    migration = files("stripemeter.schemas").joinpath("migrations/0020_bounds.sql").read_text()
+    migration = files("stripemeter.schemas.contract").joinpath("migrations/0020_bounds.sql").read_text()
     tenant = f"lm-{uuid.uuid4().hex[:6]}"
     with psycopg.connect(env.database_url.value) as conn:
         conn.execute("ALTER TABLE metric_mappings DROP CONSTRAINT metric_mappings_lateness_bounded")

@@ -95,9 +95,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         names = set(archive.namelist())
     missing = sorted(expected_files() - names)
     assert not missing, f"the wheel leaves out {missing}"
-    for data in ("stripemeter/api/openapi.json", "stripemeter/tools/local/kafka/pom.xml"):
+    for data in ("stripemeter/api/contract/openapi.json", "stripemeter/tools/local/kafka/pom.xml"):
         assert data in names
-    assert any(n.startswith("stripemeter/schemas/migrations/0001_") and n.endswith(".sql") for n in names)
+    migrations = "stripemeter/schemas/contract/migrations/"
+    assert any(n.startswith(migrations + "0001_") and n.endswith(".sql") for n in names)
     built = time.monotonic()
     venv = work / "venv"  # a clean one: no --system-site-packages, so a dependency not locked is missing
     run(sys.executable, "-m", "venv", venv, cwd=work)

@@ -17,10 +17,9 @@ DOCKERFILE = (ROOT / "Dockerfile").read_text()
 
 
 def test_every_python_package_is_installed_by_a_non_editable_install() -> None:
-    """An editable install finds modules that `packages` forgets; the image's `pip install .` does not.
-    The top-level streams/, api/ and schemas/ are linked into stripemeter/: the walk follows them."""
+    """An editable install finds modules that `packages` forgets; the image's `pip install .` does not."""
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
-    for folder, dirs, files in os.walk(PACKAGE, followlinks=True):
+    for folder, dirs, files in os.walk(PACKAGE):
         dirs[:] = [d for d in dirs if d != "__pycache__"]
         if "__init__.py" in files:
             relative = os.path.relpath(folder, PACKAGE)
@@ -35,10 +34,10 @@ def copied() -> set[str]:
 
 
 def test_dockerfile_copies_every_package_folder() -> None:
-    """stripemeter/ and the folders linked into it: a link whose target is not copied breaks the image."""
-    linked = {os.readlink(p) for p in PACKAGE.iterdir() if p.is_symlink()}
-    assert linked == {"../streams", "../api", "../schemas"}
-    assert {"stripemeter", *(target.removeprefix("../") for target in linked)} <= copied()
+    """stripemeter/ and every folder pyproject.toml maps into it as package data (the contracts)."""
+    mapped = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+    assert set(mapped.values()) == {"api", "schemas"}
+    assert {"stripemeter", *mapped.values()} <= copied()
     assert "STRIPEMETER_STATE_DIR=/var/lib/stripemeter" in DOCKERFILE
 
 

@@ -81,7 +81,7 @@ class Applied:
 
 
 def available() -> list[Migration]:
-    folder = resources.files("stripemeter.schemas").joinpath("migrations")
+    folder = resources.files("stripemeter.schemas.contract").joinpath("migrations")
     found = []
     for entry in folder.iterdir():
         match = MIGRATION_NAME.match(entry.name)

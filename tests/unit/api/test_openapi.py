@@ -9,7 +9,7 @@ from typing import Any
 from stripemeter.api.app import create_app
 from stripemeter.domain.config import load_settings
 
-DOC: dict[str, Any] = json.loads(files("stripemeter.api").joinpath("openapi.json").read_text())
+DOC: dict[str, Any] = json.loads(files("stripemeter.api.contract").joinpath("openapi.json").read_text())
 
 
 def served_routes() -> set[tuple[str, str]]:

@@ -174,3 +174,19 @@ def deployment_specs(settings: Settings) -> list[TopicSpec]:
     """Every topic of the deployment ``settings`` describe, with its replication settings."""
     names = TopicNames(settings.topic_prefix, settings.app_id)
     return topic_specs(names, settings.partitions, replication_of(settings))
+
+
+def specs_document(specs: list[TopicSpec]) -> list[dict[str, object]]:
+    """The topics as JSON-ready rows (``stripemeter topics specs``; ``streams/topics.json`` holds the
+    defaults' rows, for readers and tools outside Python)."""
+    return [
+        {
+            "name": s.name,
+            "partitions": s.partitions,
+            "replicationFactor": s.replication.factor,
+            "internal": s.internal,
+            "purpose": s.purpose,
+            "config": s.config(),
+        }
+        for s in specs
+    ]

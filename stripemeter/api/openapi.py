@@ -11,7 +11,7 @@ from importlib.resources import files
 
 from aiohttp import web
 
-DOCUMENT = files("stripemeter.api").joinpath("openapi.json").read_bytes()
+DOCUMENT = files("stripemeter.api.contract").joinpath("openapi.json").read_bytes()
 
 
 async def get_document(request: web.Request) -> web.Response:

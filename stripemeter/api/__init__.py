@@ -1,0 +1,1 @@
+"""Where operators and producers meet stripemeter over HTTP (aiohttp)."""
