@@ -91,7 +91,7 @@ class Request:
 
 
 @dataclass(frozen=True)
-class Meter:
+class StripeMeterSpec:
     """What a Stripe meter says about sending to it."""
 
     id: str
@@ -201,7 +201,7 @@ def new_request(
     row: Row,
     target_units: int,
     aggregation: str,
-    meter: Meter,
+    meter: StripeMeterSpec,
     stripe_customer: str,
     timestamp: int | None = None,
 ) -> Request:
@@ -290,7 +290,7 @@ def too_old(row: Row, now_s: float) -> bool:
     return row.bucket_s < now_s - MAX_AGE_S
 
 
-def meter_problem(meter: Meter | None, event_name: str, aggregation: str) -> tuple[str, str] | None:
+def meter_problem(meter: StripeMeterSpec | None, event_name: str, aggregation: str) -> tuple[str, str] | None:
     """Why a Stripe meter cannot carry a metric, as (mapping field, reason); None when it can.
 
     ``sum`` and ``count`` metrics need the ``sum`` formula: stripemeter sends each change of a count

@@ -38,7 +38,7 @@ from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.postgres.mappings import stripe_mappings
 from stripemeter.adapters.stripe.reader import StripeReader
-from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, Meter, Request, targets
+from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, Request, StripeMeterSpec, targets
 from stripemeter.core.reconcile_compare import (
     LAG_CAP_S,
     Hour,
@@ -370,7 +370,7 @@ class Reconciler:
         period: periods.Period,
         metric_map: dict[str, Any],
         customer_map: dict[str, Any],
-        meters: dict[str, Meter],
+        meters: dict[str, StripeMeterSpec],
         lagging: bool,
     ) -> Verdict | dict[int, int]:
         """Parity from the period totals, or Stripe's hours to judge. An item with an hour seen lagging
@@ -481,7 +481,7 @@ class Reconciler:
         request: RunRequest,
         item: Item,
         verdict: Verdict,
-        meters: dict[str, Meter],
+        meters: dict[str, StripeMeterSpec],
         metric_map: dict[str, Any],
         customer_map: dict[str, Any],
         period: periods.Period,

@@ -59,9 +59,9 @@ from stripemeter.core.push_plan import (
     IDENTIFIER_WINDOW_S,
     METER_CODES,
     SUMMARY_LAG_S,
-    Meter,
     Request,
     Row,
+    StripeMeterSpec,
     did_it_land,
     did_last_land,
     meter_problem,
@@ -518,7 +518,12 @@ class StripeWriter:
         await pushes.park(conn, row, reason, fence, self.clock.utc())
 
     async def _settle_old_pending(
-        self, conn: psycopg.AsyncConnection, row: Row, stream: Stream, meter: Meter | None, fence: Fence
+        self,
+        conn: psycopg.AsyncConnection,
+        row: Row,
+        stream: Stream,
+        meter: StripeMeterSpec | None,
+        fence: Fence,
     ) -> None:
         """A request pending longer than Stripe keeps identifiers: did it land? Stripe's summary of the
         hour holds what was delivered to it (pushes and reconciliation's corrections), plus the
@@ -585,17 +590,17 @@ class _MeterCheck:
     def __init__(self, meters: MeterCatalog, stream: Stream):
         self.meters = meters
         self.stream = stream
-        self._meter: Meter | None = None
+        self._meter: StripeMeterSpec | None = None
         self._read = False
         self._fresh = False
 
-    async def meter(self) -> Meter | None:
+    async def meter(self) -> StripeMeterSpec | None:
         if not self._read and self.stream.event_name:
             self._meter = await self.meters.get(self.stream.event_name)
             self._read = True
         return self._meter
 
-    async def usable(self) -> tuple[Meter | None, str | None]:
+    async def usable(self) -> tuple[StripeMeterSpec | None, str | None]:
         """The meter and, when it cannot carry the metric, why (``plan.meter_problem``)."""
         name, aggregation = self.stream.event_name or "", self.stream.aggregation
         meter = await self.meter()

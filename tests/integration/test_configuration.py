@@ -15,7 +15,7 @@ import pytest
 
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
-from stripemeter.core.push_plan import Meter, new_request
+from stripemeter.core.push_plan import StripeMeterSpec, new_request
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
@@ -267,7 +267,7 @@ async def deliver(stack: Settings, tenant: str, stripe_customer: str) -> None:
         )
         fence = Fence(app, await pushes.claim(conn, app, 0, "w", now), 0)
         (row,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]
-        meter = Meter("mtr_1", "ev", "sum", "stripe_customer_id", "value", True, None)
+        meter = StripeMeterSpec("mtr_1", "ev", "sum", "stripe_customer_id", "value", True, None)
         request = new_request(row, 5, "sum", meter, stripe_customer)
         assert await pushes.record_pending(conn, row, request, fence, now)
         (pending,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]

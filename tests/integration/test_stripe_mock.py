@@ -37,8 +37,8 @@ from aiohttp.test_utils import TestServer
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client, send
 from stripemeter.adapters.stripe.reader import StripeReader
-from stripemeter.core.push_plan import Meter, Row, new_request, next_timestamp, targets
 from stripemeter.core.push_plan import Request as MeterEvent
+from stripemeter.core.push_plan import Row, StripeMeterSpec, new_request, next_timestamp, targets
 from stripemeter.core.reconcile_compare import Item
 from stripemeter.services.reconciler import correction_identifier
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
@@ -227,8 +227,8 @@ def pushes(event_name: str, customer: str, keys: dict[str, str] | None = None) -
     customer_key, value_key = (
         (keys["customer_mapping"], keys["value_settings"]) if keys else ("stripe_customer_id", "value")
     )
-    sums = Meter("mtr_x", event_name, "sum", customer_key, value_key, True, None)
-    lasts = Meter("mtr_y", event_name, "last", customer_key, value_key, True, None)
+    sums = StripeMeterSpec("mtr_x", event_name, "sum", customer_key, value_key, True, None)
+    lasts = StripeMeterSpec("mtr_y", event_name, "last", customer_key, value_key, True, None)
 
     def row(metric: str, hour: int, micros: int, pushed: int, version: int) -> Row:
         bucket = datetime.fromtimestamp(hour, tz=UTC)

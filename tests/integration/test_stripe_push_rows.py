@@ -13,13 +13,13 @@ import pytest
 
 from stripemeter.adapters.postgres import pushes
 from stripemeter.adapters.postgres.pushes import Fence, Latest
-from stripemeter.core.push_plan import Meter, Row, new_request
+from stripemeter.core.push_plan import Row, StripeMeterSpec, new_request
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 
 NOW = datetime(2026, 11, 20, 15, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
-METER = Meter("mtr_1", "api", "sum", "stripe_customer_id", "value", True, None)
+METER = StripeMeterSpec("mtr_1", "api", "sum", "stripe_customer_id", "value", True, None)
 
 
 @pytest.fixture

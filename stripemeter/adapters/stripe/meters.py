@@ -13,7 +13,7 @@ from typing import Any
 
 import stripe
 
-from stripemeter.core.push_plan import Meter
+from stripemeter.core.push_plan import StripeMeterSpec
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ FRESH_SECONDS = 1.0
 Call = Callable[..., Awaitable[Any]]
 
 
-def meter_of(raw: Any) -> Meter:
-    """A Stripe meter object (or its JSON) as a Meter."""
+def meter_of(raw: Any) -> StripeMeterSpec:
+    """A Stripe meter object (or its JSON) as a StripeMeterSpec."""
 
     def field(obj: Any, name: str) -> Any:
         return obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
@@ -34,7 +34,7 @@ def meter_of(raw: Any) -> Meter:
     customer = field(raw, "customer_mapping") or {}
     value = field(raw, "value_settings") or {}
     aggregation = field(raw, "default_aggregation") or {}
-    return Meter(
+    return StripeMeterSpec(
         id=field(raw, "id"),
         event_name=field(raw, "event_name"),
         formula=field(aggregation, "formula") or "sum",
@@ -53,10 +53,10 @@ class MeterCatalog:
         self.client = client
         self.call = call
         self.monotonic = monotonic
-        self._meters: dict[str, Meter] = {}
+        self._meters: dict[str, StripeMeterSpec] = {}
         self._read_at = -TTL_SECONDS
 
-    async def get(self, event_name: str) -> Meter | None:
+    async def get(self, event_name: str) -> StripeMeterSpec | None:
         age = self.monotonic() - self._read_at
         if age > TTL_SECONDS or (event_name not in self._meters and age > MISSING_RECHECK_SECONDS):
             try:
@@ -69,7 +69,7 @@ class MeterCatalog:
                 log.warning("reading Stripe's meters failed (%s); using them as read before", exc)
         return self._meters.get(event_name)
 
-    async def fresh(self, event_name: str, max_age: float = FRESH_SECONDS) -> Meter | None:
+    async def fresh(self, event_name: str, max_age: float = FRESH_SECONDS) -> StripeMeterSpec | None:
         """The meter as Stripe lists it now: read again unless read within ``max_age`` seconds, so any
         number of callers cost at most one read a ``max_age``. A failing read raises (the caller
         decides nothing on a stale catalog)."""
@@ -77,7 +77,7 @@ class MeterCatalog:
             await self.refresh()
         return self._meters.get(event_name)
 
-    def all(self) -> dict[str, Meter]:
+    def all(self) -> dict[str, StripeMeterSpec]:
         """The meters as last read: event name -> meter."""
         return dict(self._meters)
 
@@ -85,7 +85,7 @@ class MeterCatalog:
         self._read_at = -TTL_SECONDS
 
     async def refresh(self) -> None:
-        found: dict[str, Meter] = {}
+        found: dict[str, StripeMeterSpec] = {}
         params: dict[str, Any] = {"limit": PAGE}
         while True:
             page = await self.call(self.client.v1.billing.meters.list_async, params)

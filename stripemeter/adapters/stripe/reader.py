@@ -18,7 +18,7 @@ from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.calls import StripeCalls
 from stripemeter.adapters.stripe.client import SendResult, classify
 from stripemeter.adapters.stripe.meters import MeterCatalog
-from stripemeter.core.push_plan import Meter, Request, idempotency_key
+from stripemeter.core.push_plan import Request, StripeMeterSpec, idempotency_key
 
 PAGE = 100
 
@@ -56,7 +56,7 @@ class StripeReader:
         metadata = found.to_dict().get("metadata") or {}
         return {str(k): str(v) for k, v in metadata.items()}
 
-    async def meters_by_event_name(self) -> dict[str, Meter]:
+    async def meters_by_event_name(self) -> dict[str, StripeMeterSpec]:
         """Every meter, read now: event name -> meter (active ones win)."""
         await self.meters.refresh()
         return self.meters.all()

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import pytest
 
 from stripemeter.core.push_plan import (
-    Meter,
     Request,
     Row,
+    StripeMeterSpec,
     idempotency_key,
     identifier,
     identifier_of_key,
@@ -22,7 +22,7 @@ from stripemeter.core.push_plan import (
 )
 
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
-METER = Meter("mtr_1", "api_requests", "sum", "customer", "units", True, None)
+METER = StripeMeterSpec("mtr_1", "api_requests", "sum", "customer", "units", True, None)
 
 
 def row(latest_micros: int, pushed: int = 0, version: int = 3) -> Row:
@@ -99,18 +99,18 @@ def test_hours_stripe_would_refuse_wait_or_park() -> None:
     ("meter", "aggregation", "field"),
     [
         (None, "sum", "stripeMeterEventName"),
-        (Meter("m", "e", "sum", "c", "v", False, None), "sum", "stripeMeterEventName"),
-        (Meter("m", "e", "sum", "c", "v", True, "hour"), "sum", "stripeMeterEventName"),
-        (Meter("m", "e", "count", "c", "v", True, None), "count", "aggregation"),
-        (Meter("m", "e", "count", "c", "v", True, None), "sum", "aggregation"),
-        (Meter("m", "e", "sum", "c", "v", True, None), "last", "aggregation"),
-        (Meter("m", "e", "sum", "c", "v", True, None), "sum", None),
-        (Meter("m", "e", "sum", "c", "v", True, None), "count", None),  # counts travel as values
-        (Meter("m", "e", "last", "c", "v", True, None), "last", None),
+        (StripeMeterSpec("m", "e", "sum", "c", "v", False, None), "sum", "stripeMeterEventName"),
+        (StripeMeterSpec("m", "e", "sum", "c", "v", True, "hour"), "sum", "stripeMeterEventName"),
+        (StripeMeterSpec("m", "e", "count", "c", "v", True, None), "count", "aggregation"),
+        (StripeMeterSpec("m", "e", "count", "c", "v", True, None), "sum", "aggregation"),
+        (StripeMeterSpec("m", "e", "sum", "c", "v", True, None), "last", "aggregation"),
+        (StripeMeterSpec("m", "e", "sum", "c", "v", True, None), "sum", None),
+        (StripeMeterSpec("m", "e", "sum", "c", "v", True, None), "count", None),  # counts travel as values
+        (StripeMeterSpec("m", "e", "last", "c", "v", True, None), "last", None),
     ],
 )
 def test_a_meter_must_carry_the_metrics_aggregation(
-    meter: Meter | None, aggregation: str, field: str | None
+    meter: StripeMeterSpec | None, aggregation: str, field: str | None
 ) -> None:
     problem = meter_problem(meter, "e", aggregation)
     assert (problem[0] if problem else None) == field

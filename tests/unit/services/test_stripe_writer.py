@@ -17,7 +17,14 @@ import stripe
 
 from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
-from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter, Request, Row, new_request
+from stripemeter.core.push_plan import (
+    IDENTIFIER_WINDOW_S,
+    SUMMARY_LAG_S,
+    Request,
+    Row,
+    StripeMeterSpec,
+    new_request,
+)
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.services import stripe_writer as writer_module
@@ -27,8 +34,8 @@ from tests.unit.adapters.stripe.test_client import error as stripe_error
 
 NOW = datetime(2026, 11, 20, 15, 30, tzinfo=UTC)
 BUCKET = datetime(2026, 11, 20, 14, tzinfo=UTC)
-METER = Meter("mtr_1", "api_requests", "sum", "customer", "units", True, None)
-LAST_METER = Meter("mtr_2", "api_requests", "last", "customer", "units", True, None)
+METER = StripeMeterSpec("mtr_1", "api_requests", "sum", "customer", "units", True, None)
+LAST_METER = StripeMeterSpec("mtr_2", "api_requests", "last", "customer", "units", True, None)
 FENCE = Fence("sm", 7, 0)
 Call = tuple[Any, ...]
 
@@ -139,23 +146,23 @@ class FakeBudget:
 
 
 class FakeMeters:
-    def __init__(self, meter: Meter | None):
+    def __init__(self, meter: StripeMeterSpec | None):
         self.meter = meter
         self.errors: dict[str, Exception] = {}  # event name -> what reading its meter raises
 
-    async def get(self, event_name: str) -> Meter | None:
+    async def get(self, event_name: str) -> StripeMeterSpec | None:
         if event_name in self.errors:
             raise self.errors[event_name]
         return self.meter if self.meter and self.meter.event_name == event_name else None
 
-    async def fresh(self, event_name: str) -> Meter | None:
+    async def fresh(self, event_name: str) -> StripeMeterSpec | None:
         return await self.get(event_name)
 
 
 class Harness:
     """A writer holding usage.deltas partition 0 under epoch 7, at ``NOW``."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, meter: Meter | None = METER):
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, meter: StripeMeterSpec | None = METER):
         self.log: list[Call] = []
         self.pushes = FakePushes(self.log)
         self.results: list[SendResult] = []
@@ -261,7 +268,9 @@ def row(
     )
 
 
-def planned(latest_units: int = 5, pushed: int = 2, version: int = 3, meter: Meter = METER) -> Request:
+def planned(
+    latest_units: int = 5, pushed: int = 2, version: int = 3, meter: StripeMeterSpec = METER
+) -> Request:
     """The request the writer plans for ``row(latest_units, pushed, version=version)``."""
     aggregation = "last" if meter.formula == "last" else "sum"
     return new_request(row(latest_units, pushed, version=version), latest_units, aggregation, meter, "cus_1")
@@ -449,7 +458,7 @@ async def test_hours_that_cannot_or_need_not_be_sent(
     ids=["inactive", "pre-aggregating", "count-formula", "last-on-sum"],
 )
 async def test_a_meter_that_cannot_carry_the_metric_parks_the_hour(
-    monkeypatch: pytest.MonkeyPatch, meter: Meter, aggregation: str
+    monkeypatch: pytest.MonkeyPatch, meter: StripeMeterSpec, aggregation: str
 ) -> None:
     h = Harness(monkeypatch, meter=meter)
     await h.push(row(5), aggregation=aggregation)
@@ -538,7 +547,7 @@ async def test_an_old_last_request_ignores_corrections(monkeypatch: pytest.Monke
     [(None, "cus_1", "its meter is unknown"), (METER, None, "no customer mapping")],
 )
 async def test_an_old_pending_request_that_cannot_be_checked_is_parked(
-    monkeypatch: pytest.MonkeyPatch, meter: Meter | None, customer: str | None, reason: str
+    monkeypatch: pytest.MonkeyPatch, meter: StripeMeterSpec | None, customer: str | None, reason: str
 ) -> None:
     h = Harness(monkeypatch, meter=meter)
     request = planned(5, pushed=2)
@@ -769,7 +778,11 @@ async def test_a_temporary_refusal_parks_after_an_hour(monkeypatch: pytest.Monke
     ],
 )
 async def test_a_refusal_for_a_missing_object_is_temporary_only_while_stripe_has_it(
-    monkeypatch: pytest.MonkeyPatch, code: str, meter: Meter | None, customers: set[str], temporary: bool
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    meter: StripeMeterSpec | None,
+    customers: set[str],
+    temporary: bool,
 ) -> None:
     h = Harness(monkeypatch)
     before = refusals("temporary" if temporary else "permanent", code)
