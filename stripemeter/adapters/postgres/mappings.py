@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from stripemeter.domain.errors import Busy
+from stripemeter.adapters.postgres import locks
 from stripemeter.domain.policy import MetricPolicy
 
 CONFIGURATION_RETRY_AFTER_SECONDS = 1.0
@@ -151,18 +151,12 @@ async def lock_configuration(conn: psycopg.AsyncConnection, *names: str, wait: b
     tried, not waited for: a change that finds one held raises ``Busy`` (409 with Retry-After), so a
     tenant sending many at once never holds pool connections waiting. ``wait=True`` waits (the CLI)."""
     for name in sorted(set(names)):
-        key = f"stripemeter-config:{name}"
-        if wait:
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-            continue
-        cur = await conn.execute("SELECT pg_try_advisory_xact_lock(hashtextextended(%s, 0))", (key,))
-        row = await cur.fetchone()
-        if not (row and row[0]):
-            raise Busy(
-                f"another configuration change of {name.partition(':')[0]} {name.partition(':')[2]}"
-                " is being saved; retry",
-                retry_after=CONFIGURATION_RETRY_AFTER_SECONDS,
-            )
+        kind, _, which = name.partition(":")
+        await locks.for_transaction(
+            conn, f"stripemeter-config:{name}",
+            f"another configuration change of {kind} {which} is being saved; retry",
+            wait=wait, retry_after=CONFIGURATION_RETRY_AFTER_SECONDS,
+        )  # fmt: skip
 
 
 async def list_rows(conn: psycopg.AsyncConnection, table: str, tenant: str) -> list[dict[str, Any]]:

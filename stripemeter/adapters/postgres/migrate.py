@@ -21,13 +21,14 @@ from typing import Any
 
 import psycopg
 
+from stripemeter.adapters.postgres import locks
 from stripemeter.domain.errors import Permanent
 
 log = logging.getLogger(__name__)
 
 MIGRATION_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 OLDEST_CODE = re.compile(r"^-- oldest-code: (\d{4})\s*$", re.MULTILINE)
-LOCK_ID = 0x5717E  # pg_advisory_lock key: one migrator at a time
+LOCK_ID = 0x5717E  # the advisory lock's key (a number: older releases take it too): one migrator at a time
 
 
 @dataclass(frozen=True)
@@ -108,35 +109,31 @@ ADD_OLDEST_CODE = "ALTER TABLE schema_migrations ADD COLUMN IF NOT EXISTS oldest
 def migrate(database_url: str) -> list[Migration]:
     """Apply every pending migration; returns those applied now. Safe to run concurrently."""
     applied_now: list[Migration] = []
-    with psycopg.connect(database_url, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
-        try:
-            conn.execute(CREATE_TABLE)
-            conn.execute(ADD_OLDEST_CODE)
-            done = {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations")}
-            for migration in available():
-                if migration.version in done:
-                    if done[migration.version] != migration.checksum:
-                        raise MigrationError(
-                            f"migration {migration.version:04d}_{migration.name} changed after it"
-                            " was applied; add a new migration instead"
-                        )
-                    continue
-                with conn.transaction():
-                    conn.add_notice_handler(_log_notice)
-                    try:
-                        conn.execute(migration.sql)
-                    finally:
-                        conn.remove_notice_handler(_log_notice)
-                    conn.execute(
-                        "INSERT INTO schema_migrations (version, name, checksum, oldest_code)"
-                        " VALUES (%s, %s, %s, %s)",
-                        (migration.version, migration.name, migration.checksum, migration.oldest_code),
+    with psycopg.connect(database_url, autocommit=True) as conn, locks.held_waiting(conn, LOCK_ID):
+        conn.execute(CREATE_TABLE)
+        conn.execute(ADD_OLDEST_CODE)
+        done = {row[0]: row[1] for row in conn.execute("SELECT version, checksum FROM schema_migrations")}
+        for migration in available():
+            if migration.version in done:
+                if done[migration.version] != migration.checksum:
+                    raise MigrationError(
+                        f"migration {migration.version:04d}_{migration.name} changed after it"
+                        " was applied; add a new migration instead"
                     )
-                log.info("applied migration %04d_%s", migration.version, migration.name)
-                applied_now.append(migration)
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (LOCK_ID,))
+                continue
+            with conn.transaction():
+                conn.add_notice_handler(_log_notice)
+                try:
+                    conn.execute(migration.sql)
+                finally:
+                    conn.remove_notice_handler(_log_notice)
+                conn.execute(
+                    "INSERT INTO schema_migrations (version, name, checksum, oldest_code)"
+                    " VALUES (%s, %s, %s, %s)",
+                    (migration.version, migration.name, migration.checksum, migration.oldest_code),
+                )
+            log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied_now.append(migration)
     return applied_now
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 from psycopg import AsyncConnection
 from psycopg_pool import AsyncConnectionPool
 
+from stripemeter.adapters.postgres import locks
+
 
 def statement_timeout_ms(seconds: float) -> str:
     """PostgreSQL's ``statement_timeout`` value for ``seconds`` (0: none)."""
@@ -31,7 +33,7 @@ async def open_pool(
     async def reset(conn: AsyncConnection) -> None:
         # a session advisory lock whose unlock failed or was cancelled must not go back to the pool
         # with the connection: the tried locks would answer busy to that tenant for good
-        await conn.execute("SELECT pg_advisory_unlock_all()")
+        await locks.release_all(conn)
 
     pool = AsyncConnectionPool(
         database_url,
