@@ -28,6 +28,8 @@ from typing import Any
 
 from aiohttp import web
 
+from stripemeter.adapters.postgres import heartbeats
+from stripemeter.adapters.postgres.heartbeats import SeenWorker
 from stripemeter.api.appkeys import HEALTH_POOL, PRODUCER, RECONCILER, SETTINGS, STRIPE_CHECK
 from stripemeter.api.errors import json_response
 
@@ -64,31 +66,26 @@ async def _postgres_and_workers(request: web.Request) -> tuple[Check, Check]:
     settings = request.app[SETTINGS]
     try:
         async with asyncio.timeout(TIMEOUT), request.app[HEALTH_POOL].connection() as conn:
-            cur = await conn.execute(
-                "SELECT worker_id, ready, state, extract(epoch FROM now() - seen_at) FROM worker_heartbeats"
-                " WHERE app_id = %s AND seen_at > now() - %s * interval '1 second' ORDER BY worker_id",
-                (settings.app_id, HEARTBEAT_STALE_SECONDS),
-            )
-            rows = await cur.fetchall()
+            seen = await heartbeats.fresh(conn, settings.app_id, HEARTBEAT_STALE_SECONDS)
     except Exception as exc:
         down = {"status": "down", "error": type(exc).__name__}
         return down, {"status": "down", "error": "PostgreSQL is down: heartbeats unknown"}
-    return {"status": "ok"}, _workers(rows, settings.ready_max_lag_seconds)
+    return {"status": "ok"}, _workers(seen, settings.ready_max_lag_seconds)
 
 
-def _workers(rows: list[tuple[Any, ...]], max_lag: float) -> Check:
-    if not rows:
+def _workers(seen: list[SeenWorker], max_lag: float) -> Check:
+    if not seen:
         return {"status": "down", "alive": 0, "error": f"no worker heartbeat in {HEARTBEAT_STALE_SECONDS} s"}
     lag: dict[str, float] = {}
-    for _id, _ready, state, _age in rows:
-        for group, seconds in (state.get("lagSeconds") or {}).items():
+    for worker in seen:
+        for group, seconds in (worker.state.get("lagSeconds") or {}).items():
             lag[group] = max(lag.get(group, 0.0), float(seconds))
-    not_ready = [worker for worker, ready, _state, _age in rows if not ready]
+    not_ready = [worker.worker_id for worker in seen if not worker.ready]
     behind = {group: round(seconds, 1) for group, seconds in lag.items() if seconds > max_lag}
     check: Check = {
         "status": "degraded" if not_ready or behind else "ok",
-        "alive": len(rows),
-        "ready": len(rows) - len(not_ready),
+        "alive": len(seen),
+        "ready": len(seen) - len(not_ready),
         "lagSeconds": {group: round(seconds, 1) for group, seconds in sorted(lag.items())},
     }
     if not_ready:

@@ -14,10 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import psycopg
 
 from stripemeter.adapters.kafka import lag
+from stripemeter.adapters.postgres import heartbeats
+from stripemeter.adapters.postgres.heartbeats import Heartbeat
 from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
@@ -26,13 +27,6 @@ log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0
 LAG_INTERVAL = 15.0
-
-UPSERT = """
-INSERT INTO worker_heartbeats (worker_id, app_id, host, pid, ready, state, started_at, seen_at)
-VALUES (%s, %s, %s, %s, %s, %s, %s, now())
-ON CONFLICT (worker_id) DO UPDATE SET app_id = EXCLUDED.app_id, host = EXCLUDED.host, pid = EXCLUDED.pid,
-    ready = EXCLUDED.ready, state = EXCLUDED.state, started_at = EXCLUDED.started_at, seen_at = now()
-"""
 
 
 def worker_id(settings: Settings) -> str:
@@ -66,12 +60,13 @@ async def run(settings: Settings, status: Callable[[], dict[str, Any]], stopping
             except Exception as exc:  # lag is advice; a failed measurement must not stop the worker
                 log.warning("could not measure consumer lag: %s", exc)
         state = {**status(), "lagSeconds": max_lag}
-        host, pid = socket.gethostname(), os.getpid()
-        row = (me, settings.app_id, host, pid, state["ready"], orjson.dumps(state).decode(), started)
+        beat = Heartbeat(
+            me, settings.app_id, socket.gethostname(), os.getpid(), state["ready"], state, started
+        )
         try:
             if conn is None or conn.closed:
                 conn = await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True)
-            await conn.execute(UPSERT, row)
+            await heartbeats.beat(conn, beat)
         except psycopg.Error as exc:
             log.warning("could not write the heartbeat: %s", exc)
             if conn is not None:
