@@ -177,7 +177,7 @@ class Configuration:
                 )
             version = await mappings.delete_metric(conn, tenant, metric, now, self.settings.lateness_seconds)
             assert version is not None
-            horizon = await _tombstone_horizon(conn, tenant, metric)
+            horizon = await mappings.tombstone_horizon(conn, tenant, metric)
             retried = await pushes.mapping_changed(conn, tenant, now, metric=metric)
         since_ms = int(since.timestamp() * 1000) if changes_aggregation or reaggregate else None
         lateness_ms = self.settings.lateness_seconds * 1000
@@ -398,12 +398,3 @@ class Configuration:
 
     async def _customers(self, conn: psycopg.AsyncConnection, tenant: str) -> dict[str, str]:
         return {c: r["stripe_customer_id"] for c, r in (await self._customer_rows(conn, tenant)).items()}
-
-
-async def _tombstone_horizon(conn: psycopg.AsyncConnection, tenant: str, metric: str) -> int | None:
-    cur = await conn.execute(
-        "SELECT dedupe_horizon FROM metric_mapping_tombstones WHERE tenant_id = %s AND metric = %s",
-        (tenant, metric),
-    )
-    row = await cur.fetchone()
-    return None if row is None or row[0] is None else int(row[0].timestamp() * 1000)

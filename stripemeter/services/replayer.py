@@ -30,7 +30,7 @@ import psycopg
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.corrections import Sent, send_corrections
-from stripemeter.adapters.postgres import locks
+from stripemeter.adapters.postgres import counted_metrics, locks
 from stripemeter.adapters.postgres import replay as db
 from stripemeter.adapters.postgres.counters import Applied, wait_applied
 from stripemeter.adapters.postgres.mappings import list_rows
@@ -192,13 +192,7 @@ async def check_metrics(
     for metric in wanted:
         if metric in mapped:
             continue
-        cur = await conn.execute(
-            "SELECT EXISTS (SELECT 1 FROM counters WHERE tenant_id = %s AND metric = %s)"
-            " OR EXISTS (SELECT 1 FROM events WHERE tenant_id = %s AND metric = %s)",
-            (tenant, metric, tenant, metric),
-        )
-        row = await cur.fetchone()
-        if not (row and row[0]):
+        if not await counted_metrics.has_counted(conn, tenant, metric):
             raise UnknownMetric(metric, tenant)
 
 

@@ -265,3 +265,13 @@ async def streams_of_stripe_customer(
     for tenant, event_name, metric in await cur.fetchall():
         metrics.setdefault((str(tenant), str(event_name)), []).append(str(metric))
     return customers, metrics
+
+
+async def tombstone_horizon(conn: psycopg.AsyncConnection, tenant: str, metric: str) -> int | None:
+    """The dedupe horizon (epoch ms) a deleted metric mapping left behind, if any."""
+    cur = await conn.execute(
+        "SELECT dedupe_horizon FROM metric_mapping_tombstones WHERE tenant_id = %s AND metric = %s",
+        (tenant, metric),
+    )
+    row = await cur.fetchone()
+    return None if row is None or row[0] is None else int(row[0].timestamp() * 1000)
