@@ -6,7 +6,7 @@ from datetime import datetime
 
 from aiohttp import web
 
-from stripemeter.adapters.postgres.pushes import list_pushes
+from stripemeter.adapters.postgres.push_listing import list_pushes
 from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL
 from stripemeter.api.errors import json_response

@@ -26,7 +26,7 @@ from aiohttp import web
 from stripe.events import V1BillingMeterErrorReportTriggeredEventNotification as ErrorReportNotification
 
 from stripemeter.adapters.postgres.invoices import Heard, record_event
-from stripemeter.adapters.postgres.pushes import Dropped, drop_request
+from stripemeter.adapters.postgres.push_drops import Dropped, drop_request
 from stripemeter.adapters.postgres.reconciliation import DroppedCorrection, drop_correction
 from stripemeter.api.appkeys import POOL, RECONCILER, SETTINGS
 from stripemeter.api.errors import ApiError, json_response

@@ -124,7 +124,7 @@ class Row:
 
     def retry_wait(self, now_s: float) -> bool:
         """Whether the hour's last failed attempt is too recent to try again (0.25 s doubling to 30 s;
-        the lower edge of the jitter db/pushes.DUE picks streams with)."""
+        the lower edge of the jitter adapters/postgres/push_rows.DUE picks streams with)."""
         return self.attempts > 0 and now_s < self.updated_at + min(0.25 * 2**self.attempts, 30.0) * 0.5
 
     @property

@@ -5,7 +5,7 @@ moment it is accepted.
   partition (schemas/policy_updates.py); the answer waits for the broker. An event that reaches Kafka
   after the answer is counted under the change on whichever worker counts it. Every change also
   bumps the version of the counter hours the writer may be deciding on, so nothing is sent under the
-  old mapping once the answer is out (adapters/postgres/pushes.mapping_changed).
+  old mapping once the answer is out (adapters/postgres/push_mapping_changes.py).
 - **A metric's aggregation does not change under its counters.** Counters of the open periods were
   counted under the old aggregation: the change is refused (409, ``aggregation``) unless the caller asks
   to re-aggregate them (``reaggregate``: ``dry-run`` shows what the ledger says each would become,
@@ -35,7 +35,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from stripemeter.adapters.kafka.corrections import send_policy_update
-from stripemeter.adapters.postgres import destinations, mappings, pushes
+from stripemeter.adapters.postgres import destinations, mappings, push_mapping_changes
 from stripemeter.adapters.postgres.destinations import Destination, Stream
 from stripemeter.adapters.postgres.reaggregation import Counted, counted_since, hours_folded
 from stripemeter.core.counting import view
@@ -93,7 +93,7 @@ class Configuration:
             await mappings.lock_configuration(conn, f"tenant:{tenant}")
             if change.granted_only:
                 await meter_grants.check(conn, tenant, change.event_name)
-            await pushes.lock_streams(conn, tenant, metric=metric)
+            await push_mapping_changes.lock_streams(conn, tenant, metric=metric)
             current = await mappings.metric_row(conn, tenant, metric)
             since = periods.open_since(now, await mappings.tenant_anchors(conn, tenant), self.grace)
             before: Aggregation = current["aggregation"] if current else "sum"
@@ -129,7 +129,7 @@ class Configuration:
             await destinations.record(conn, ((d, s) for s, d in streams.items()))
             if not change.granted_only:  # an operator's mapping grants its meter: the tenant may keep it
                 await meter_grants.grant_within(conn, tenant, change.event_name)
-            retried = await pushes.mapping_changed(conn, tenant, now, metric=metric)
+            retried = await push_mapping_changes.mapping_changed(conn, tenant, now, metric=metric)
         reaggregate = changes_aggregation or change.reaggregate == "apply"
         lateness = (
             self.settings.lateness_seconds if row["lateness_seconds"] is None else row["lateness_seconds"]
@@ -178,7 +178,7 @@ class Configuration:
             version = await mappings.delete_metric(conn, tenant, metric, now, self.settings.lateness_seconds)
             assert version is not None
             horizon = await mappings.tombstone_horizon(conn, tenant, metric)
-            retried = await pushes.mapping_changed(conn, tenant, now, metric=metric)
+            retried = await push_mapping_changes.mapping_changed(conn, tenant, now, metric=metric)
         since_ms = int(since.timestamp() * 1000) if changes_aggregation or reaggregate else None
         lateness_ms = self.settings.lateness_seconds * 1000
         await self._announce(PolicyUpdate(tenant, metric, version, "sum", lateness_ms, horizon, since_ms))
@@ -196,7 +196,7 @@ class Configuration:
         tenant, customer, now = change.tenant, change.customer, self.settings.clock.utc()
         async with conn.transaction():
             await mappings.lock_configuration(conn, f"tenant:{tenant}", f"stripe:{change.stripe_customer_id}")
-            await pushes.lock_streams(conn, tenant, customer=customer)
+            await push_mapping_changes.lock_streams(conn, tenant, customer=customer)
             await self._check_stripe_customer(conn, change)
             events = {m: r["stripe_meter_event_name"] for m, r in (await self._metrics(conn, tenant)).items()}
             streams = {(tenant, m, customer): (e, change.stripe_customer_id) for m, e in events.items()}
@@ -208,10 +208,10 @@ class Configuration:
             # the customer's hours may belong to other periods now: their whole units are carried anew
             starts = {
                 b: periods.holding(b, change.anchor).start
-                for b in await pushes.buckets_of(conn, tenant, customer)
+                for b in await push_mapping_changes.buckets_of(conn, tenant, customer)
             }
-            await pushes.repartition_periods(conn, tenant, customer, starts)
-            retried = await pushes.mapping_changed(conn, tenant, now, customer=customer)
+            await push_mapping_changes.repartition_periods(conn, tenant, customer, starts)
+            retried = await push_mapping_changes.mapping_changed(conn, tenant, now, customer=customer)
         return {"row": row, "countersRetried": retried}
 
     async def delete_customer(
@@ -224,7 +224,7 @@ class Configuration:
             await mappings.lock_configuration(conn, f"tenant:{tenant}")
             if not await mappings.delete_customer(conn, tenant, customer):
                 raise NotFound("customerRef", f"tenant {tenant} has no mapping for customer {customer}")
-            counters = await pushes.mapping_changed(conn, tenant, now, customer=customer)
+            counters = await push_mapping_changes.mapping_changed(conn, tenant, now, customer=customer)
         return {"tenantId": tenant, "customerRef": customer, "deleted": True, "counters": counters}
 
     # --- checks ------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ The writer makes push rows from the usage.deltas records it reads. Usage counted
 with its app's id). A pass reads the app's counters of the hours Stripe still takes, in key order and
 in batches, and records each one whose push row is missing or holds an older total (a lower seq), as
 if its delta had been read: the same partition (``schemas.partitioning``, as Kafka would choose it) and
-the same billing period. Every upsert is seq-guarded (``pushes.record_latest``), so a pass changes
+the same billing period. Every upsert is seq-guarded (``push_totals.record_latest``), so a pass changes
 nothing twice and any number of writers may run one at once.
 
 A writer starts a pass when it starts, ``START_BATCHES`` batches a round until that pass is done (its
@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import CounterKey, CounterRow, Latest
+from stripemeter.adapters.postgres import push_totals
+from stripemeter.adapters.postgres.push_totals import CounterKey, CounterRow, Latest
 from stripemeter.core.push_plan import MAX_AGE_S
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import Clock
@@ -74,10 +74,10 @@ class CounterBackfill:
                 return 0
             self._oldest = datetime.fromtimestamp(now - MAX_AGE_S, tz=UTC)
             self._cursor = (self._oldest, "", "", "")  # before every counter of the window
-        rows = await pushes.counters_after(conn, self.app_id, self._oldest, self._cursor, self.batch)
+        rows = await push_totals.counters_after(conn, self.app_id, self._oldest, self._cursor, self.batch)
         latest = await self._latest(conn, [r for r in rows if r.behind], partition_of)
         if latest:
-            await pushes.record_latest(conn, latest, self.clock.utc())
+            await push_totals.record_latest(conn, latest, self.clock.utc())
             metrics.STRIPE_BACKFILLED.inc(len(latest))
             log.info("stripe writer: recorded %d counters from the counters table", len(latest))
         # on only once recorded: a batch PostgreSQL gave up (a concurrent writer) is read again
@@ -92,7 +92,7 @@ class CounterBackfill:
         self, conn: psycopg.AsyncConnection, rows: list[CounterRow], partition_of: PartitionOf
     ) -> list[Latest]:
         """The counters as usage.deltas would have told them: their partition and billing period."""
-        anchors = await pushes.anchors(conn, ((r.tenant_id, r.customer_ref) for r in rows))
+        anchors = await push_totals.anchors(conn, ((r.tenant_id, r.customer_ref) for r in rows))
         latest = []
         for r in rows:
             try:

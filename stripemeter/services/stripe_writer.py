@@ -4,11 +4,11 @@
 of usage.deltas, and the writers of a deployment share those partitions as a consumer group. A writer
 pushes only the counters of the partitions it holds; on each assignment it claims the partition's
 lease, whose epoch grows, and every change it makes to a push row is a compare-and-set naming that
-epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
-moved on, changes nothing and reads again.
+epoch and the row version it read (core/push_rows.py). A writer that lost a partition, or read a row
+that moved on, changes nothing and reads again.
 
-A stream's rows live in the partition of its newest delta (db/pushes.FOLLOW); an hour of a partition
-held by another writer is skipped, never waited for.
+A stream's rows live in the partition of its newest delta (adapters/postgres/push_totals.FOLLOW); an
+hour of a partition held by another writer is skipped, never waited for.
 
 **Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;
@@ -46,8 +46,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from stripemeter.adapters.kafka.batching import commit_handled
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import Fence, Latest, Stream
+from stripemeter.adapters.postgres import push_leases, push_totals
+from stripemeter.adapters.postgres.push_rows import PostgresPushRows
+from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.adapters.postgres.reconciliation import delivered_corrections, uncertain_corrections
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.calls import StripeCalls
@@ -74,6 +75,7 @@ from stripemeter.core.push_plan import (
     targets,
     too_old,
 )
+from stripemeter.core.push_rows import Delivery, Failure, Fence, PushRows, Stream
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
@@ -129,7 +131,9 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         try:
             async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
                 for partition in sorted(self.unclaimed):
-                    epoch = await pushes.claim(conn, self.app_id, partition, self.owner, self.clock.utc())
+                    epoch = await push_leases.claim(
+                        conn, self.app_id, partition, self.owner, self.clock.utc()
+                    )
                     if partition in self.unclaimed:  # not revoked while claiming
                         self.unclaimed.discard(partition)
                         self.epochs[partition] = held[partition] = epoch
@@ -169,6 +173,7 @@ class StripeWriter:
         owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.ownership = Ownership(database_url, app_id, owner, clock)
         self.backfill = CounterBackfill(app_id, clock)
+        self.push_rows: Callable[[psycopg.AsyncConnection], PushRows] = PostgresPushRows
         self._partitioner = Partitioner(1)
         self._stopping = asyncio.Event()
 
@@ -210,7 +215,7 @@ class StripeWriter:
                 deltas.append((decode_delta(m.value), m.partition))
             except ValueError as exc:
                 self._unusable(m, exc)
-        anchors = await pushes.anchors(conn, ((d.tenant_id, d.customer_ref) for d, _ in deltas))
+        anchors = await push_totals.anchors(conn, ((d.tenant_id, d.customer_ref) for d, _ in deltas))
         latest = []
         for d, partition in deltas:
             bucket = datetime.fromtimestamp(d.bucket_ms / 1000, tz=UTC)
@@ -236,7 +241,7 @@ class StripeWriter:
                     start,
                 )
             )
-        await self._contended(lambda: pushes.record_latest(conn, latest, self.clock.utc()))
+        await self._contended(lambda: push_totals.record_latest(conn, latest, self.clock.utc()))
 
     @staticmethod
     async def _contended(change: Callable[[], Awaitable[None]], attempts: int = 5) -> None:
@@ -280,8 +285,8 @@ class StripeWriter:
     async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         """Rows from before partitions and periods were recorded get them (see migration 0010)."""
         partition_of = await self._partition_of(consumer)
-        while rows := await pushes.unassigned_rows(conn, 1000):
-            anchors = await pushes.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
+        while rows := await push_leases.unassigned_rows(conn, 1000):
+            anchors = await push_totals.anchors(conn, ((r["tenant_id"], r["customer_ref"]) for r in rows))
             assigned = [
                 (
                     (r["tenant_id"], r["metric"], r["customer_ref"], r["bucket"]),
@@ -290,7 +295,7 @@ class StripeWriter:
                 )
                 for r in rows
             ]
-            await pushes.assign_rows(conn, self.app_id, assigned)
+            await push_leases.assign_rows(conn, self.app_id, assigned)
             log.info("stripe writer: recorded partition and period of %d older push rows", len(assigned))
 
     # --- pushing -----------------------------------------------------------------------------------
@@ -299,7 +304,9 @@ class StripeWriter:
         """One round over the due streams of the partitions held; returns how many pushes landed."""
         await self.ownership.claim()
         delivered = 0
-        for stream in await pushes.due(conn, self.app_id, sorted(self.ownership.epochs), self.clock.utc()):
+        for stream in await self.push_rows(conn).due(
+            self.app_id, sorted(self.ownership.epochs), self.clock.utc()
+        ):
             if self._stopping.is_set():
                 break
             try:
@@ -311,7 +318,7 @@ class StripeWriter:
                     "stripe writer: reading Stripe for %s/%s/%s failed (%s: %s); the stream waits for the"
                     " next round", *stream.rows[0].key[:3], type(exc).__name__, exc,
                 )  # fmt: skip
-        metrics.STRIPE_PARKED.set(await pushes.parked_count(conn))
+        metrics.STRIPE_PARKED.set(await self.push_rows(conn).parked_count())
         return delivered
 
     async def _push_stream(self, conn: psycopg.AsyncConnection, stream: Stream) -> int:
@@ -331,13 +338,15 @@ class StripeWriter:
                 delivered += await self._resend(conn, row, target, stream, check, fence, now)
             elif reached(row, target, stream.aggregation):
                 if row.status != "synced":
-                    await pushes.mark_synced(conn, row, fence, now)
+                    await self.push_rows(conn).mark_synced(row, fence, now)
             elif not_begun(row, now.timestamp()):
                 continue  # stays due until its hour begins
             elif too_old(row, now.timestamp()):
                 await self._park(conn, row, "the hour is older than the 35 days Stripe accepts", fence)
             elif stream.event_name is None or stream.stripe_customer is None:
-                await pushes.park(conn, row, "no metric or customer mapping yet", fence, now, "unmapped")
+                await self.push_rows(conn).park(
+                    row, "no metric or customer mapping yet", fence, now, "unmapped"
+                )
             else:
                 delivered += await self._push_new(conn, row, target, stream, check, fence, now)
         return delivered
@@ -377,7 +386,7 @@ class StripeWriter:
             )  # fmt: skip
             return 0
         request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
-        if not await pushes.record_pending(conn, row, request, fence, now):
+        if not await self.push_rows(conn).record_pending(row, request, fence, now):
             return 0
         recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
         return await self._send(conn, recorded, request, 0, target, stream, fence)
@@ -422,9 +431,8 @@ class StripeWriter:
             self.budget.recovered()
             synced = request.to_units == target
             added = None if stream.aggregation == "last" else request.value
-            await pushes.mark_delivered(
-                conn, row, request.identifier, request.to_units, synced, row.version, fence, now, added
-            )
+            delivery = Delivery(request.identifier, request.to_units, synced, added)
+            await self.push_rows(conn).mark_delivered(row, delivery, fence, now)
             return 1
         await self._failed(conn, row, request, result, stream, fence, now)
         return 0
@@ -448,12 +456,13 @@ class StripeWriter:
                 "idempotency_error for %s of %s: the key was first used with other parameters; parked, not"
                 " retried (%s)", request.identifier, key, result.reason,
             )  # fmt: skip
-            await pushes.park(conn, row, f"idempotency_error: {result.reason}", fence, now)
+            await self.push_rows(conn).park(row, f"idempotency_error: {result.reason}", fence, now)
         else:
             if result.outcome in ("rate_limited", "unreachable"):
                 self.budget.slow_down(result.retry_after)
             new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
-            await pushes.mark_attempt(conn, row, request.identifier, result.reason, new_key, fence, now)
+            failure = Failure(request.identifier, result.reason)
+            await self.push_rows(conn).mark_attempt(row, failure, fence, now, new_key=new_key)
 
     async def _refused(
         self,
@@ -475,9 +484,8 @@ class StripeWriter:
         if not temporary:
             metrics.STRIPE_REFUSALS.labels("permanent", code).inc()
             log.warning("Stripe refused %s for %s: %s (parked)", request.identifier, key, result.reason)
-            await pushes.refuse_pending(
-                conn, row, request.identifier, f"Stripe refused: {result.reason}", fence, now
-            )
+            failure = Failure(request.identifier, f"Stripe refused: {result.reason}")
+            await self.push_rows(conn).refuse_pending(row, failure, fence, now)
         elif refused_too_long(row, now.timestamp()):
             metrics.STRIPE_REFUSALS.labels("expired", code).inc()
             log.warning(
@@ -485,12 +493,13 @@ class StripeWriter:
                 result.reason,
             )  # fmt: skip
             reason = f"Stripe refused it for over an hour (a refusal that should pass): {result.reason}"
-            await pushes.refuse_pending(conn, row, request.identifier, reason, fence, now)
+            await self.push_rows(conn).refuse_pending(row, Failure(request.identifier, reason), fence, now)
         else:
             metrics.STRIPE_REFUSALS.labels("temporary", code).inc()
             log.info("Stripe refused %s for %s for now: %s", request.identifier, key, result.reason)
             reason = f"Stripe refused it for now: {result.reason}"
-            await pushes.mark_attempt(conn, row, request.identifier, reason, True, fence, now, refused=True)
+            failure = Failure(request.identifier, reason)
+            await self.push_rows(conn).mark_attempt(row, failure, fence, now, new_key=True, refused=True)
 
     async def _may_pass(self, code: str | None, request: Request, stream: Stream) -> bool:
         """Whether a refusal for ``code`` may pass later. For a meter Stripe did not take: whether its
@@ -515,7 +524,7 @@ class StripeWriter:
 
     async def _park(self, conn: psycopg.AsyncConnection, row: Row, reason: str, fence: Fence) -> None:
         log.warning("parked %s/%s/%s @%s: %s", *row.key, reason)
-        await pushes.park(conn, row, reason, fence, self.clock.utc())
+        await self.push_rows(conn).park(row, reason, fence, self.clock.utc())
 
     async def _settle_old_pending(
         self,
@@ -564,16 +573,14 @@ class StripeWriter:
         if verdict == "landed":
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
             added = None if last else to_units - row.pushed_units
-            await pushes.mark_delivered(
-                conn, row, identifier, to_units, False, row.version, fence, now, added
-            )
+            delivery = Delivery(identifier, to_units, False, added)
+            await self.push_rows(conn).mark_delivered(row, delivery, fence, now)
         elif verdict == "not_landed":
             log.info(
                 "pending %s older than 24 h never landed (Stripe holds %d): planning anew", identifier, holds
             )
-            await pushes.forget_pending(
-                conn, row, identifier, "not in Stripe's summary after 24 h", fence, now
-            )
+            failure = Failure(identifier, "not in Stripe's summary after 24 h")
+            await self.push_rows(conn).forget_pending(row, failure, fence, now)
         else:
             held_text = "nothing" if without is None else without
             await self._park(

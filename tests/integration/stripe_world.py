@@ -17,8 +17,8 @@ import stripe
 from aiohttp.test_utils import TestServer
 from psycopg.rows import dict_row
 
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import Latest
+from stripemeter.adapters.postgres import push_totals
+from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client
 from stripemeter.adapters.stripe.reader import StripeReader
@@ -108,7 +108,7 @@ class World:
         total = round(units * MICROS)
         period = periods.holding(bucket, None).start
         latest = Latest(tenant, metric, customer, bucket, total, seq, self.app_id, 0, period)
-        await pushes.record_latest(self.conn, [latest], self.clock.utc())
+        await push_totals.record_latest(self.conn, [latest], self.clock.utc())
         await self.conn.execute(
             "INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (tenant_id, metric, customer_ref, bucket)"

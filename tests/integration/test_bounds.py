@@ -17,7 +17,7 @@ from stripemeter.adapters.postgres.adjustments import list_rows as adjustment_ro
 from stripemeter.adapters.postgres.events import events_query
 from stripemeter.adapters.postgres.mappings import page_rows
 from stripemeter.adapters.postgres.migrate import _log_notice
-from stripemeter.adapters.postgres.pushes import list_pushes
+from stripemeter.adapters.postgres.push_listing import list_pushes
 from stripemeter.adapters.postgres.replay import Scope, pending_late, stream_pending_late
 from stripemeter.core.replay_plan import PendingFold, make_plan, plan_from
 from stripemeter.domain.config import Settings

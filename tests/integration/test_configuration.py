@@ -13,9 +13,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import Fence, Latest
+from stripemeter.adapters.postgres import push_leases, push_totals
+from stripemeter.adapters.postgres.push_rows import PostgresPushRows
+from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.core.push_plan import StripeMeterSpec, new_request
+from stripemeter.core.push_rows import Delivery, Fence
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
@@ -262,18 +264,17 @@ async def deliver(stack: Settings, tenant: str, stripe_customer: str) -> None:
     app = "app-" + tenant
     async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as conn:
         period = periods.holding(bucket).start  # as the writer records it
-        await pushes.record_latest(
+        await push_totals.record_latest(
             conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
-        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now), 0)
-        (row,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]
+        rows = PostgresPushRows(conn)
+        fence = Fence(app, await push_leases.claim(conn, app, 0, "w", now), 0)
+        (row,) = [r for s in await rows.due(app, [0], now) for r in s.rows if r.key[0] == tenant]
         meter = StripeMeterSpec("mtr_1", "ev", "sum", "stripe_customer_id", "value", True, None)
         request = new_request(row, 5, "sum", meter, stripe_customer)
-        assert await pushes.record_pending(conn, row, request, fence, now)
-        (pending,) = [r for s in await pushes.due(conn, app, [0], now) for r in s.rows if r.key[0] == tenant]
-        assert await pushes.mark_delivered(
-            conn, pending, request.identifier, 5, True, pending.version, fence, now
-        )
+        assert await rows.record_pending(row, request, fence, now)
+        (pending,) = [r for s in await rows.due(app, [0], now) for r in s.rows if r.key[0] == tenant]
+        assert await rows.mark_delivered(pending, Delivery(request.identifier, 5, True), fence, now)
 
 
 async def test_a_writer_decision_made_before_a_mapping_change_changes_nothing(
@@ -287,19 +288,18 @@ async def test_a_writer_decision_made_before_a_mapping_change_changes_nothing(
     app = "app-" + tenant
     async with await psycopg.AsyncConnection.connect(stack.database_url.value, autocommit=True) as conn:
         period = periods.holding(bucket).start  # as the writer records it
-        await pushes.record_latest(
+        await push_totals.record_latest(
             conn, [Latest(tenant, "m", "c", bucket, 5_000_000, 1, app, 0, period)], now
         )
-        fence = Fence(app, await pushes.claim(conn, app, 0, "w", now), 0)
-        (stream,) = [s for s in await pushes.due(conn, app, [0], now) if s.rows[0].key[0] == tenant]
+        rows = PostgresPushRows(conn)
+        fence = Fence(app, await push_leases.claim(conn, app, 0, "w", now), 0)
+        (stream,) = [s for s in await rows.due(app, [0], now) if s.rows[0].key[0] == tenant]
         assert stream.stripe_customer is None  # decided on: no customer mapping
         assert (await put(api, f"/v1/mappings/{tenant}/m", {"stripeMeterEventName": "ev"}))[0] == 200
         assert (await put(api, f"/v1/customers/{tenant}/c", {"stripeCustomerId": f"cus_{tenant}"}))[0] == 200
-        marked = await pushes.park(
-            conn, stream.rows[0], "no metric or customer mapping yet", fence, now, "unmapped"
-        )
+        marked = await rows.park(stream.rows[0], "no metric or customer mapping yet", fence, now, "unmapped")
         assert not marked
-        (again,) = [s for s in await pushes.due(conn, app, [0], now) if s.rows[0].key[0] == tenant]
+        (again,) = [s for s in await rows.due(app, [0], now) if s.rows[0].key[0] == tenant]
         assert again.stripe_customer == f"cus_{tenant}" and again.rows[0].status == "waiting"
 
 

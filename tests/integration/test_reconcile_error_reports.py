@@ -15,7 +15,7 @@ import aiohttp
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
-from stripemeter.adapters.postgres import pushes
+from stripemeter.adapters.postgres import push_drops
 from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.stripe.client import SendResult
 from stripemeter.api.app import create_app as create_api
@@ -174,7 +174,7 @@ async def test_a_dropped_correction_gives_back_the_push_it_stood_in_for(world: W
     await remap(world, world.ids["c"])
     [correction] = (await reconcile_after_the_cap(world))["adjusted"]
     now = world.clock.utc()
-    dropped = await pushes.drop_request(world.conn, push_report["identifier"], "dropped", now)
+    dropped = await push_drops.drop_request(world.conn, push_report["identifier"], "dropped", now)
     assert dropped is not None and dropped.covered == 7
     # Stripe says the correction was dropped too (here: by hand, taking it out of Stripe)
     next(e for e in world.state.events if e.identifier == correction["adjustmentId"]).cancelled = True

@@ -11,9 +11,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import Fence, Latest
+from stripemeter.adapters.postgres import push_drops, push_leases, push_mapping_changes, push_totals
+from stripemeter.adapters.postgres.push_rows import PostgresPushRows
+from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.core.push_plan import Row, StripeMeterSpec, new_request
+from stripemeter.core.push_rows import Delivery, Failure, Fence
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 
@@ -28,11 +30,18 @@ async def conn(stack: Settings) -> AsyncIterator[psycopg.AsyncConnection]:
         yield c
 
 
+@pytest.fixture
+def rows(conn: psycopg.AsyncConnection) -> PostgresPushRows:
+    return PostgresPushRows(conn)
+
+
 async def seeded(conn: psycopg.AsyncConnection, total_micros: int = 5_000_000) -> tuple[str, str]:
     tenant = f"pr-{uuid.uuid4().hex[:6]}"
     app = "app-" + tenant
     period = datetime(2026, 11, 1, tzinfo=UTC)
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", BUCKET, total_micros, 1, app, 0, period)], NOW)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c", BUCKET, total_micros, 1, app, 0, period)], NOW
+    )
     return tenant, app
 
 
@@ -42,7 +51,7 @@ async def due_row(conn: psycopg.AsyncConnection, tenant: str) -> Row:
 
 async def due_row_at(conn: psycopg.AsyncConnection, tenant: str, now: datetime) -> Row:
     app = "app-" + tenant  # seeded() names the app after the tenant
-    for stream in await pushes.due(conn, app, [0], now, streams=100_000):
+    for stream in await PostgresPushRows(conn).due(app, [0], now, streams=100_000):
         for row in stream.rows:
             if row.key[0] == tenant:
                 return row
@@ -50,36 +59,32 @@ async def due_row_at(conn: psycopg.AsyncConnection, tenant: str, now: datetime) 
 
 
 async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_nothing(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     tenant, app = await seeded(conn)
-    first = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
+    first = Fence(app, await push_leases.claim(conn, app, 0, "writer-a", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
     # another writer takes the partition over: the first one's epoch is over
-    second = Fence(app, await pushes.claim(conn, app, 0, "writer-b", NOW), 0)
+    second = Fence(app, await push_leases.claim(conn, app, 0, "writer-b", NOW), 0)
     assert second.epoch == first.epoch + 1
-    assert not await pushes.record_pending(conn, row, request, first, NOW)
+    assert not await rows.record_pending(row, request, first, NOW)
     # a new delta arrives after the row was read: the read is stale
-    await pushes.record_latest(
+    await push_totals.record_latest(
         conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
     )
-    assert not await pushes.record_pending(conn, row, request, second, NOW)
+    assert not await rows.record_pending(row, request, second, NOW)
     fresh = await due_row(conn, tenant)
     assert fresh.latest_micros == 6_000_000 and fresh.version > row.version
     request = new_request(fresh, 6, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, fresh, request, second, NOW)
-    assert not await pushes.record_pending(conn, fresh, request, second, NOW)  # recorded once
+    assert await rows.record_pending(fresh, request, second, NOW)
+    assert not await rows.record_pending(fresh, request, second, NOW)  # recorded once
     pending = await due_row(conn, tenant)
     assert pending.pending == request and pending.status == "pending"
     # only the holder of the pending request's identifier may record the answer
-    assert not await pushes.mark_delivered(conn, pending, "sm_other_1", 6, True, pending.version, second, NOW)
-    assert not await pushes.mark_delivered(
-        conn, pending, request.identifier, 6, True, pending.version, first, NOW
-    )
-    assert await pushes.mark_delivered(
-        conn, pending, request.identifier, 6, True, pending.version, second, NOW
-    )
+    assert not await rows.mark_delivered(pending, Delivery("sm_other_1", 6, True), second, NOW)
+    assert not await rows.mark_delivered(pending, Delivery(request.identifier, 6, True), first, NOW)
+    assert await rows.mark_delivered(pending, Delivery(request.identifier, 6, True), second, NOW)
     async with conn.cursor() as cur:
         await cur.execute(
             "SELECT pushed_units, status, pending_request FROM stripe_pushes WHERE tenant_id = %s", (tenant,)
@@ -91,61 +96,63 @@ async def test_a_writer_that_lost_its_partition_or_read_a_stale_row_changes_noth
         assert await cur.fetchone() == ("delivered",)
 
 
-async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(conn: psycopg.AsyncConnection) -> None:
+async def test_a_delta_arriving_during_the_call_keeps_the_counter_due(
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
+) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    assert await rows.record_pending(row, request, fence, NOW)
     recorded = await due_row(conn, tenant)
-    await pushes.record_latest(
+    await push_totals.record_latest(
         conn, [Latest(tenant, "m", "c", BUCKET, 9_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
     )
     # the answer arrives: delivered, but not synced, since the counter moved meanwhile
-    assert await pushes.mark_delivered(
-        conn, recorded, request.identifier, 5, True, recorded.version, fence, NOW
-    )
+    assert await rows.mark_delivered(recorded, Delivery(request.identifier, 5, True), fence, NOW)
     after = await due_row(conn, tenant)
     assert (after.pushed_units, after.status, after.latest_micros) == (5, "waiting", 9_000_000)
 
 
 async def test_unparking_keeps_a_request_that_may_have_landed_and_sends_it_under_a_new_key(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    assert await rows.record_pending(row, request, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.park(conn, pending, "idempotency_error: ...", fence, NOW)
-    assert await pushes.mapping_changed(conn, tenant, NOW) == 1
+    assert await rows.park(pending, "idempotency_error: ...", fence, NOW)
+    assert await push_mapping_changes.mapping_changed(conn, tenant, NOW) == 1
     again = await due_row(conn, tenant)
     assert (again.status, again.pending, again.pending_attempt) == ("pending", request, 1)
 
 
 async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     refused = new_request(row, 5, "sum", METER, "cus_gone")
-    assert await pushes.record_pending(conn, row, refused, fence, NOW)
-    assert await pushes.refuse_pending(
-        conn, await due_row(conn, tenant), refused.identifier, "no such customer", fence, NOW
+    assert await rows.record_pending(row, refused, fence, NOW)
+    assert await rows.refuse_pending(
+        await due_row(conn, tenant), Failure(refused.identifier, "no such customer"), fence, NOW
     )
-    assert await pushes.mapping_changed(conn, tenant, NOW) == 1
+    assert await push_mapping_changes.mapping_changed(conn, tenant, NOW) == 1
     row = await due_row(conn, tenant)
     assert (row.status, row.pending_raw, row.pushed_units) == ("waiting", None, 0)
     # a new request lands (200) ... and Stripe reports later that it dropped it
     landed = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, landed, fence, NOW)
+    assert await rows.record_pending(row, landed, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.mark_delivered(conn, pending, landed.identifier, 5, True, pending.version, fence, NOW)
-    dropped = await pushes.drop_request(conn, landed.identifier, "Stripe dropped it (no_meter)", NOW)
+    assert await rows.mark_delivered(pending, Delivery(landed.identifier, 5, True), fence, NOW)
+    dropped = await push_drops.drop_request(conn, landed.identifier, "Stripe dropped it (no_meter)", NOW)
     assert dropped is not None and dropped.value == 5 and dropped.was_delivered
-    assert await pushes.drop_request(conn, landed.identifier, "again", NOW) is None  # reported twice: once
+    assert (
+        await push_drops.drop_request(conn, landed.identifier, "again", NOW) is None
+    )  # reported twice: once
     async with conn.cursor() as cur:
         await cur.execute(
             "SELECT pushed_units, status, reason FROM stripe_pushes WHERE tenant_id = %s", (tenant,)
@@ -154,7 +161,7 @@ async def test_a_refused_request_is_forgotten_and_a_dropped_one_taken_back(
 
 
 async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_due_not_parked(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     tenant, app = await seeded(conn)
     await conn.execute(
@@ -167,48 +174,48 @@ async def test_a_report_arriving_after_the_mapping_was_fixed_makes_the_counter_d
         " VALUES (%s, 'c', 'cus_typo')",
         (tenant,),
     )
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     sent = new_request(row, 5, "sum", METER, "cus_typo")
-    assert await pushes.record_pending(conn, row, sent, fence, NOW)
+    assert await rows.record_pending(row, sent, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.mark_delivered(conn, pending, sent.identifier, 5, True, pending.version, fence, NOW)
+    assert await rows.mark_delivered(pending, Delivery(sent.identifier, 5, True), fence, NOW)
     # the operator fixes the customer id before Stripe's report on the typo arrives
     await conn.execute(
         "UPDATE customer_mappings SET stripe_customer_id = 'cus_right' WHERE tenant_id = %s", (tenant,)
     )
-    dropped = await pushes.drop_request(conn, sent.identifier, "Stripe dropped it (customer not found)", NOW)
+    dropped = await push_drops.drop_request(
+        conn, sent.identifier, "Stripe dropped it (customer not found)", NOW
+    )
     assert dropped is not None and dropped.mapping_fixed
     after = await due_row(conn, tenant)
     assert (after.status, after.pushed_units) == ("waiting", 0)  # pushed again, to the right customer
 
 
 async def test_a_push_landing_after_an_earlier_one_was_reported_dropped_adds_only_itself(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     first = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, first, fence, NOW)
+    assert await rows.record_pending(row, first, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.mark_delivered(
-        conn, pending, first.identifier, 5, True, pending.version, fence, NOW, 5
-    )
+    assert await rows.mark_delivered(pending, Delivery(first.identifier, 5, True, 5), fence, NOW)
     # one more unit: the second request (+1) is in flight when Stripe reports the first one dropped
-    await pushes.record_latest(
+    await push_totals.record_latest(
         conn, [Latest(tenant, "m", "c", BUCKET, 6_000_000, 2, app, 0, datetime(2026, 11, 1, tzinfo=UTC))], NOW
     )
     row = await due_row(conn, tenant)
     second = new_request(row, 6, "sum", METER, "cus_1")
     assert second.value == 1
-    assert await pushes.record_pending(conn, row, second, fence, NOW)
+    assert await rows.record_pending(row, second, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.drop_request(conn, first.identifier, "Stripe dropped it (no_meter)", NOW) is not None
-    # the second answers 200: the hour holds its 1 unit, not the 6 it was aiming at, and stays parked
-    assert await pushes.mark_delivered(
-        conn, pending, second.identifier, 6, True, pending.version, fence, NOW, 1
+    assert (
+        await push_drops.drop_request(conn, first.identifier, "Stripe dropped it (no_meter)", NOW) is not None
     )
+    # the second answers 200: the hour holds its 1 unit, not the 6 it was aiming at, and stays parked
+    assert await rows.mark_delivered(pending, Delivery(second.identifier, 6, True, 1), fence, NOW)
     async with conn.cursor() as cur:
         await cur.execute(
             "SELECT pushed_units, status, reason, pending_request FROM stripe_pushes WHERE tenant_id = %s",
@@ -249,81 +256,93 @@ async def rows_of(conn: psycopg.AsyncConnection, tenant: str) -> list[tuple[date
     return [(b, int(p), int(v)) for b, p, v in await cur.fetchall()]
 
 
-async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(conn: psycopg.AsyncConnection) -> None:
+async def test_a_streams_rows_follow_the_partition_of_its_newest_delta(
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
+) -> None:
     """usage.deltas gained partitions: the stream's new deltas arrive in partition 1, so its older rows
     move there too (one writer pushes the whole stream); the holder of partition 0 can no longer change
     them, even under an epoch that partition 1's lease happens to have too."""
     tenant, app = await seeded(conn)  # hour 14:00 from partition 0
     period = datetime(2026, 11, 1, tzinfo=UTC)
     earlier = BUCKET.replace(hour=13)
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", earlier, 1_000_000, 1, app, 0, period)], NOW)
-    old = Fence(app, await pushes.claim(conn, app, 0, "writer-a", NOW), 0)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c", earlier, 1_000_000, 1, app, 0, period)], NOW
+    )
+    old = Fence(app, await push_leases.claim(conn, app, 0, "writer-a", NOW), 0)
     stale = await due_row(conn, tenant)
     before = await rows_of(conn, tenant)
     assert [p for _, p, _ in before] == [0, 0]
     later = BUCKET.replace(hour=15)
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 2_000_000, 1, app, 1, period)], NOW)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c", later, 2_000_000, 1, app, 1, period)], NOW
+    )
     after = await rows_of(conn, tenant)
     assert [(b, p) for b, p, _ in after] == [(earlier, 1), (BUCKET, 1), (later, 1)]
     assert all(v > was for (_, _, v), (_, _, was) in zip(after, before, strict=False))  # moved: version + 1
-    new = Fence(app, await pushes.claim(conn, app, 1, "writer-b", NOW), 1)
+    new = Fence(app, await push_leases.claim(conn, app, 1, "writer-b", NOW), 1)
     assert new.epoch == old.epoch == 1
-    fresh = next(r for s in await pushes.due(conn, app, [1], NOW) for r in s.rows if r.key == stale.key)
+    fresh = next(r for s in await rows.due(app, [1], NOW) for r in s.rows if r.key == stale.key)
     request = new_request(fresh, 5, "sum", METER, "cus_1")
-    assert not await pushes.record_pending(conn, fresh, request, old, NOW)  # partition 0 is not its own
-    assert not await pushes.record_pending(conn, stale, request, new, NOW)  # the stale read
-    assert await pushes.record_pending(conn, fresh, request, new, NOW)
+    assert not await rows.record_pending(fresh, request, old, NOW)  # partition 0 is not its own
+    assert not await rows.record_pending(stale, request, new, NOW)  # the stale read
+    assert await rows.record_pending(fresh, request, new, NOW)
     # a later delta from partition 1 moves nothing and bumps no other row
     moved = await rows_of(conn, tenant)
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 3_000_000, 2, app, 1, period)], NOW)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c", later, 3_000_000, 2, app, 1, period)], NOW
+    )
     assert [(b, v) for b, _, v in await rows_of(conn, tenant) if b != later] == [
         (b, v) for b, _, v in moved if b != later
     ]
     # an older delta (lower seq) from partition 0 changes nothing, and so moves nothing back
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c", later, 1_000_000, 1, app, 0, period)], NOW)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c", later, 1_000_000, 1, app, 0, period)], NOW
+    )
     assert {p for _, p, _ in await rows_of(conn, tenant)} == {1}
 
 
 # --- last: what Stripe holds, and the hour's newest stamp -------------------------------------------------
 
 
-async def test_a_row_knows_whether_stripe_holds_an_event_of_its_hour(conn: psycopg.AsyncConnection) -> None:
+async def test_a_row_knows_whether_stripe_holds_an_event_of_its_hour(
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
+) -> None:
     tenant, app = await seeded(conn, total_micros=0)
     await conn.execute(
         "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
         " VALUES (%s, 'm', 'seats', 'last')",
         (tenant,),
     )
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     assert (row.holds, row.last_timestamp) == (False, None)
     stamp = int(BUCKET.timestamp()) + 3
     request = new_request(row, 0, "last", METER, "cus_1", stamp)
-    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    assert await rows.record_pending(row, request, fence, NOW)
     pending = await due_row(conn, tenant)
     assert (pending.holds, pending.last_timestamp) == (False, stamp)  # sent, not known to have landed
-    assert await pushes.mark_delivered(
-        conn, pending, request.identifier, 0, False, pending.version, fence, NOW
-    )
+    assert await rows.mark_delivered(pending, Delivery(request.identifier, 0, False), fence, NOW)
     delivered = await due_row(conn, tenant)
     assert (delivered.holds, delivered.pushed_units, delivered.last_timestamp) == (True, 0, stamp)
 
 
-async def test_a_temporary_refusal_is_remembered_from_its_first_time(conn: psycopg.AsyncConnection) -> None:
+async def test_a_temporary_refusal_is_remembered_from_its_first_time(
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
+) -> None:
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     request = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, request, fence, NOW)
+    assert await rows.record_pending(row, request, fence, NOW)
     pending = await due_row(conn, tenant)
     first, later = NOW, NOW.replace(minute=30)
     for when in (first, later):
-        assert await pushes.mark_attempt(conn, pending, request.identifier, "early", True, fence, when, True)
+        assert await rows.mark_attempt(
+            pending, Failure(request.identifier, "early"), fence, when, new_key=True, refused=True
+        )
     refused = await due_row_at(conn, tenant, later.replace(hour=later.hour + 1))  # after the backoff
     assert refused.refused_since == first.timestamp() and refused.pending_attempt == 2
-    assert await pushes.mark_delivered(
-        conn, refused, request.identifier, 5, True, refused.version, fence, NOW
-    )
+    assert await rows.mark_delivered(refused, Delivery(request.identifier, 5, True), fence, NOW)
     async with conn.cursor() as cur:
         await cur.execute("SELECT refused_since FROM stripe_pushes WHERE tenant_id = %s", (tenant,))
         assert await cur.fetchone() == (None,)
@@ -361,7 +380,9 @@ async def test_counters_whose_deltas_were_never_read_get_push_rows(conn: psycopg
     )
     # c1's first hour has a push row already, from an older delta (seq 1)
     period = periods.holding(hours[0]).start
-    await pushes.record_latest(conn, [Latest(tenant, "m", "c1", hours[0], 500_000, 1, app, 0, period)], NOW)
+    await push_totals.record_latest(
+        conn, [Latest(tenant, "m", "c1", hours[0], 500_000, 1, app, 0, period)], NOW
+    )
     partition_of = Partitioner(4)
     clock = Clock.starting_at(NOW)
     backfill = CounterBackfill(app, clock, batch=2)  # small batches: the pass goes on over several
@@ -383,18 +404,18 @@ async def test_counters_whose_deltas_were_never_read_get_push_rows(conn: psycopg
 
 
 async def test_a_report_of_a_refusal_that_passes_by_itself_makes_the_counter_due_not_parked(
-    conn: psycopg.AsyncConnection,
+    conn: psycopg.AsyncConnection, rows: PostgresPushRows
 ) -> None:
     """Stripe's clock was behind the worker's when it validated the event (timestamp_in_future): the
     same change goes again, under a new identifier, with no operator."""
     tenant, app = await seeded(conn)
-    fence = Fence(app, await pushes.claim(conn, app, 0, "w", NOW), 0)
+    fence = Fence(app, await push_leases.claim(conn, app, 0, "w", NOW), 0)
     row = await due_row(conn, tenant)
     sent = new_request(row, 5, "sum", METER, "cus_1")
-    assert await pushes.record_pending(conn, row, sent, fence, NOW)
+    assert await rows.record_pending(row, sent, fence, NOW)
     pending = await due_row(conn, tenant)
-    assert await pushes.mark_delivered(conn, pending, sent.identifier, 5, True, pending.version, fence, NOW)
+    assert await rows.mark_delivered(pending, Delivery(sent.identifier, 5, True), fence, NOW)
     reason = "Stripe dropped it (timestamp_in_future): the timestamp is ahead"
-    assert await pushes.drop_request(conn, sent.identifier, reason, NOW, temporary=True) is not None
+    assert await push_drops.drop_request(conn, sent.identifier, reason, NOW, temporary=True) is not None
     again = await due_row(conn, tenant)
     assert (again.status, again.pushed_units) == ("waiting", 0)

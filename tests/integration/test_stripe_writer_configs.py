@@ -21,8 +21,8 @@ import stripe
 from aiohttp.test_utils import TestClient, TestServer
 from aiokafka import TopicPartition
 
-from stripemeter.adapters.postgres import pushes
-from stripemeter.adapters.postgres.pushes import Latest
+from stripemeter.adapters.postgres import push_totals
+from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client
 from stripemeter.api.app import create_app as create_api
@@ -117,7 +117,7 @@ class Setup:
         """What the writer records when it reads the counter's delta."""
         start = periods.holding(bucket).start
         latest = Latest(self.tenant, metric, "c", bucket, micros, seq, self.app, partition, start)
-        await pushes.record_latest(self.conn, [latest], self.clock.utc())
+        await push_totals.record_latest(self.conn, [latest], self.clock.utc())
 
     async def hours(self, start: datetime, end: datetime) -> dict[int, float]:
         """Stripe's own view through the real client: the meter's hour summaries."""

@@ -10,7 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from stripemeter.adapters.postgres.pushes import CounterKey, CounterRow, Latest
+from stripemeter.adapters.postgres.push_totals import CounterKey, CounterRow, Latest
 from stripemeter.domain.clock import Clock
 from stripemeter.services import push_backfill
 from stripemeter.services.push_backfill import CounterBackfill
@@ -26,7 +26,7 @@ class SetClock(Clock):
         return self.at[0]
 
 
-class FakePushes:
+class FakePushTotals:
     def __init__(self, rows: list[CounterRow]):
         self.rows = sorted(rows, key=lambda r: r.scan_key)
         self.recorded: list[Latest] = []
@@ -59,8 +59,8 @@ async def test_a_pass_goes_in_batches_and_the_next_waits_its_interval(
 ) -> None:
     rows = [counter("a", 3), counter("b", 3, pushed=2), counter("c", 2, pushed=1), counter("d", 1)]
     rows.append(counter("old", 36 * 24))  # older than Stripe takes: not read
-    fake = FakePushes(rows)
-    monkeypatch.setattr(push_backfill, "pushes", fake)
+    fake = FakePushTotals(rows)
+    monkeypatch.setattr(push_backfill, "push_totals", fake)
     clock = SetClock()
     backfill = CounterBackfill("app", clock, batch=2, interval_s=600)
     partition_of = {"t|m|a": 1, "t|m|c": 0, "t|m|d": 3}.__getitem__
@@ -83,9 +83,9 @@ async def test_a_pass_goes_in_batches_and_the_next_waits_its_interval(
 
 
 async def test_a_batch_postgresql_gave_up_is_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakePushes([counter("a", 2), counter("b", 1)])
+    fake = FakePushTotals([counter("a", 2), counter("b", 1)])
     fake.fail = 1
-    monkeypatch.setattr(push_backfill, "pushes", fake)
+    monkeypatch.setattr(push_backfill, "push_totals", fake)
     backfill = CounterBackfill("app", SetClock(), batch=1)
     with pytest.raises(psycopg.errors.DeadlockDetected):
         await backfill.step(None, lambda key: 0)  # type: ignore[arg-type]
@@ -98,8 +98,8 @@ async def test_the_first_pass_takes_more_batches_a_round_than_the_later_ones(
 ) -> None:
     """A writer's first pass is done in a few rounds (its pushes go on between them); later passes take
     one batch a round."""
-    fake = FakePushes([counter(f"c{i:02d}", 1) for i in range(25)])
-    monkeypatch.setattr(push_backfill, "pushes", fake)
+    fake = FakePushTotals([counter(f"c{i:02d}", 1) for i in range(25)])
+    monkeypatch.setattr(push_backfill, "push_totals", fake)
     clock = SetClock()
     backfill = CounterBackfill("app", clock, batch=1, interval_s=600)
     made = [await backfill.round(None, lambda key: 0) for _ in range(3)]  # type: ignore[arg-type]

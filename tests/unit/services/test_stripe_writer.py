@@ -1,7 +1,8 @@
 """The Stripe writer's decisions per counter hour (services/stripe_writer.py), without Kafka, PostgreSQL or
-HTTP: ``db.pushes`` and ``client.send`` are replaced by fakes that log what the writer asked for, and
-the clock is fixed. test_stripe_client.py covers how a Stripe error becomes an outcome; these tests
-cover what the writer does with each outcome, and with each state an hour can be found in.
+HTTP: the push rows (a fake of core/push_rows.py's ``PushRows``) and ``client.send`` log what the
+writer asked for, and the clock is fixed. test_stripe_client.py covers how a Stripe error becomes an
+outcome; these tests cover what the writer does with each outcome, and with each state an hour can be
+found in.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import psycopg
 import pytest
 import stripe
 
-from stripemeter.adapters.postgres.pushes import Fence, Stream
 from stripemeter.adapters.stripe.client import SendResult
 from stripemeter.core.push_plan import (
     IDENTIFIER_WINDOW_S,
@@ -25,6 +25,7 @@ from stripemeter.core.push_plan import (
     StripeMeterSpec,
     new_request,
 )
+from stripemeter.core.push_rows import Delivery, Failure, Fence, PushRows, Stream
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.services import stripe_writer as writer_module
@@ -48,8 +49,9 @@ class FixedClock(Clock):
         return self.at
 
 
-class FakePushes:
-    """``db.pushes`` as the writer calls it: each change is logged with what matters about it."""
+class FakePushRows:
+    """The writer's push rows (core/push_rows.py: ``PushRows``): each change is logged with what
+    matters about it."""
 
     def __init__(self, log: list[Call]):
         self.log = log
@@ -58,73 +60,50 @@ class FakePushes:
         self.fences: set[Fence] = set()
         self.due_partitions: list[list[int]] = []
 
-    async def due(self, conn: Any, app_id: str, partitions: list[int], now: datetime) -> list[Stream]:
+    async def due(
+        self, app_id: str, partitions: list[int], now: datetime, streams: int = 200
+    ) -> list[Stream]:
         self.due_partitions.append(partitions)
         return self.streams
 
-    async def parked_count(self, conn: Any) -> int:
+    async def parked_count(self) -> int:
         return 0
 
-    async def record_pending(
-        self, conn: Any, row: Row, request: Request, fence: Fence, now: datetime
-    ) -> bool:
+    async def record_pending(self, row: Row, request: Request, fence: Fence, now: datetime) -> bool:
         self.fences.add(fence)
         self.log.append(("record_pending", request))
         return self.recorded
 
-    async def mark_delivered(
-        self,
-        conn: Any,
-        row: Row,
-        identifier: str,
-        to_units: int,
-        synced: bool,
-        recorded_version: int,
-        fence: Fence,
-        now: datetime,
-        added: int | None = None,
-    ) -> bool:
+    async def mark_delivered(self, row: Row, delivery: Delivery, fence: Fence, now: datetime) -> bool:
         self.fences.add(fence)
-        self.log.append(("mark_delivered", identifier, to_units, synced, recorded_version, added))
+        d = delivery
+        self.log.append(("mark_delivered", d.identifier, d.to_units, d.synced, row.version, d.added))
         return True
 
     async def mark_attempt(
-        self,
-        conn: Any,
-        row: Row,
-        identifier: str,
-        reason: str,
-        new_key: bool,
-        fence: Fence,
-        now: datetime,
-        refused: bool = False,
+        self, row: Row, failure: Failure, fence: Fence, now: datetime, *, new_key: bool, refused: bool = False
     ) -> bool:
         self.fences.add(fence)
-        self.log.append(("mark_attempt", identifier, reason, new_key, *(("refused",) if refused else ())))
+        refusal = ("refused",) if refused else ()
+        self.log.append(("mark_attempt", failure.identifier, failure.reason, new_key, *refusal))
         return True
 
-    async def refuse_pending(
-        self, conn: Any, row: Row, identifier: str, reason: str, fence: Fence, now: datetime
-    ) -> bool:
+    async def refuse_pending(self, row: Row, failure: Failure, fence: Fence, now: datetime) -> bool:
         self.fences.add(fence)
-        self.log.append(("refuse_pending", identifier, reason))
+        self.log.append(("refuse_pending", failure.identifier, failure.reason))
         return True
 
-    async def forget_pending(
-        self, conn: Any, row: Row, identifier: str, reason: str, fence: Fence, now: datetime
-    ) -> bool:
+    async def forget_pending(self, row: Row, failure: Failure, fence: Fence, now: datetime) -> bool:
         self.fences.add(fence)
-        self.log.append(("forget_pending", identifier, reason))
+        self.log.append(("forget_pending", failure.identifier, failure.reason))
         return True
 
-    async def park(
-        self, conn: Any, row: Row, reason: str, fence: Fence, now: datetime, status: str = "parked"
-    ) -> bool:
+    async def park(self, row: Row, reason: str, fence: Fence, now: datetime, status: str = "parked") -> bool:
         self.fences.add(fence)
         self.log.append(("park", status, reason))
         return True
 
-    async def mark_synced(self, conn: Any, row: Row, fence: Fence, now: datetime) -> bool:
+    async def mark_synced(self, row: Row, fence: Fence, now: datetime) -> bool:
         self.fences.add(fence)
         self.log.append(("mark_synced",))
         return True
@@ -164,7 +143,7 @@ class Harness:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch, meter: StripeMeterSpec | None = METER):
         self.log: list[Call] = []
-        self.pushes = FakePushes(self.log)
+        self.pushes = FakePushRows(self.log)
         self.results: list[SendResult] = []
         self.summary: list[int] = []  # what Stripe's summary of the hour holds, per page item
         self.corrections = 0  # delivered reconciliation corrections of the hour
@@ -194,10 +173,13 @@ class Harness:
         self.writer.meters = self.meters  # type: ignore[assignment]
         self.writer.calls = self._call  # type: ignore[assignment]
         self.writer.ownership.epochs = {0: FENCE.epoch}
-        monkeypatch.setattr(writer_module, "pushes", self.pushes)
+        self.writer.push_rows = self._push_rows
         monkeypatch.setattr(writer_module, "send", self._send)
         monkeypatch.setattr(writer_module, "delivered_corrections", self._corrections)
         monkeypatch.setattr(writer_module, "uncertain_corrections", self._uncertain)
+
+    def _push_rows(self, conn: psycopg.AsyncConnection) -> PushRows:
+        return self.pushes
 
     async def _send(self, client: Any, request: Request, attempt: int = 0) -> SendResult:
         self.log.append(("send", request, attempt))
