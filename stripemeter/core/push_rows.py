@@ -1,6 +1,6 @@
 """The push rows as the Stripe writer sees them: what its round reads and every change it makes to a
 counter hour's row, as one object (``PushRows``). PostgreSQL keeps them
-(adapters/postgres/push_rows.py); the writer's unit tests keep them in a list.
+(adapters/postgres/push_rows.py); the writer's unit tests log the changes instead.
 
 Every change is a compare-and-set: it names the row version the writer read (or the identifier of the
 pending request it acts on) and the lease it holds on the row's usage.deltas partition (``Fence``),
