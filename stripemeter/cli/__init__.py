@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from stripemeter.cli import alerts, bench, invoices, keys, operate, processes, recovery, stack, topics
+from stripemeter.cli.errors import error_message
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.logs import configure_logging
 from stripemeter.schemas import versions
@@ -70,5 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if settings.log_level.upper() == "DEBUG":
             raise
-        print(f"stripemeter {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"stripemeter {args.command}: {error_message(exc)}"
+            " (STRIPEMETER_LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
         return 1
