@@ -100,6 +100,8 @@ def test_the_readme_tour_runs_as_written(stack: Settings, tmp_path: Path) -> Non
         dry_run, applied = out.split("(apply)")
         assert "1 too-late events to count" in dry_run and "dry-run: nothing changed" in dry_run
         assert "delta 5 in 1 counters" in applied and "applied: the counters show the change" in applied
+        apply = next(line for line in replay.splitlines() if "--apply" in line)
+        assert ", delta 0 in " in shell.run(apply)  # apply again: counted once
 
         shell.until(count, lambda out: '"total":8}' in out)
         out = shell.until(stripe, lambda out: '"value":"5"' in out and '"status":"parity"' in out)
