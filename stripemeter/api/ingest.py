@@ -13,8 +13,10 @@ are written as JSON arrays of at most ``events.MAX_MESSAGE_BYTES`` (1 MiB, what 
 contract suggests producers do (ops/TOPICS.md): a customer's events keep their order in one
 partition, and a tenant's customers spread over all of them, so no tenant pins one partition.
 
-An event without idempotencyKey is written with its derived key, so a client that retries the same
-body after a timeout or a 503 gets every event counted once.
+An event without idempotencyKey is written as the client sent it: intake derives the same key from the
+same fields (schemas/events.py), so a client that retries the same body after a timeout or a 503 gets
+every event counted once, and the ledger shows the key as derived (`idempotencyKeyDerived`) whether the
+event came over HTTP or straight to Kafka.
 """
 
 from __future__ import annotations
@@ -98,11 +100,9 @@ def read_events(raw: bytes) -> list[Any]:
     return [decode_event(element) for element in elements]
 
 
-def encode(obj: dict[str, Any], event: UsageEvent) -> bytes:
-    """The event as written: the client's object with its derived idempotencyKey. An unknown field
-    orjson cannot write (nested beyond 254 levels) is left out: unknown fields are ignored anyway."""
-    if event.key_derived:
-        obj = {**obj, "idempotencyKey": event.idempotency_key}
+def encode(obj: dict[str, Any]) -> bytes:
+    """The event as written: the client's object. An unknown field orjson cannot write (nested beyond
+    254 levels) is left out: unknown fields are ignored anyway."""
     try:
         return orjson.dumps(obj)
     except orjson.JSONEncodeError:
@@ -125,7 +125,7 @@ def judge(obj: Any, now_ms: int) -> tuple[UsageEvent, bytes] | InvalidEvent:
         event = parse_event(obj, now_ms)
     except InvalidEvent as error:
         return error
-    encoded = encode(obj, event)
+    encoded = encode(obj)
     if len(encoded) > MAX_EVENT_BYTES:
         largest = max(obj, key=lambda k: len(orjson.dumps(obj[k])) if _writable(obj[k]) else 0)
         return InvalidEvent(
@@ -138,7 +138,7 @@ def judge(obj: Any, now_ms: int) -> tuple[UsageEvent, bytes] | InvalidEvent:
     if isinstance(read, InvalidEvent):  # not expected: parse_event said yes to the same content
         log.warning("ingest: intake would refuse an event parse_event accepted: %s", read.message)
         return InvalidEvent(read.code, read.message, read.field)
-    if read._replace(key_derived=event.key_derived) != event:  # written with its key: no longer derived
+    if read != event:
         log.warning("ingest: an event reads back differently as written: %r != %r", read, event)
         return InvalidEvent("unwritable", "the event does not read back the same once written as JSON")
     return event, encoded

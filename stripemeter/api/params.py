@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
+from stripemeter.api.appkeys import SETTINGS
 from stripemeter.api.auth import check_tenant
 from stripemeter.api.errors import bad_request
 from stripemeter.api.http_metrics import Handler
+from stripemeter.domain.instants import BadInstant, parse_instant_ms
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def required(request: web.Request, name: str) -> str:
@@ -21,18 +25,16 @@ def required(request: web.Request, name: str) -> str:
 
 
 def optional_time(request: web.Request, name: str) -> datetime | None:
+    """An instant as replay and `topics tail` take it: RFC 3339 with an offset, ``now``, or a signed
+    ISO 8601 duration relative to now (``-P1D``, ``-PT6H``) on the deployment's clock."""
     raw = request.query.get(name)
     if not raw:
         return None
     try:
-        parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad_request(name, "must be an RFC 3339 date-time") from None
-    if parsed.tzinfo is None:
-        raise bad_request(name, "must carry a UTC offset, e.g. 2026-11-20T00:00:00Z")
-    try:
-        return parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
+        return EPOCH + timedelta(milliseconds=parse_instant_ms(raw, request.app[SETTINGS].clock.ms()))
+    except BadInstant as exc:
+        raise bad_request(name, exc.detail) from None
+    except (OverflowError, ValueError):  # 0001-01-01T00:00:00+01:00 is before year 1 in UTC
         raise bad_request(name, "is out of range") from None
 
 

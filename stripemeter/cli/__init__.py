@@ -7,7 +7,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from stripemeter.cli import alerts, bench, invoices, keys, operate, processes, recovery, stack, topics
+from stripemeter.cli import alerts, bench, events, invoices, keys, operate, processes, recovery, stack, topics
+from stripemeter.cli.errors import error_message
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.logs import configure_logging
 from stripemeter.schemas import versions
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_stack(sub)
     stack.add_db(sub)
     topics.add_topics(sub)
+    events.add_events(sub)
     bench.add_bench(sub)
     topics.add_kafka_tool(sub)
     processes.add_processes(sub)
@@ -70,5 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if settings.log_level.upper() == "DEBUG":
             raise
-        print(f"stripemeter {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(
+            f"stripemeter {args.command}: {error_message(exc)}"
+            " (STRIPEMETER_LOG_LEVEL=DEBUG shows the traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+from pathlib import Path
 
 from stripemeter.cli.common import Subcommands, add_command, say
 from stripemeter.domain.config import Settings
@@ -71,7 +72,16 @@ def cmd_stripe_emulator(settings: Settings, args: argparse.Namespace) -> int:
 
     budget = f"{args.ops_per_second:g} operations/s" if args.ops_per_second > 0 else "no rate limit"
     say(f"Stripe emulator on http://{args.host}:{args.port} (point STRIPE_API_BASE here; {budget})")
-    run(args.host, args.port, settings.clock, args.ops_per_second)
+    run(args.host, args.port, settings.clock, args.ops_per_second, args.state_file)
+    return 0
+
+
+def cmd_stripe_emulator_seed(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.local.stack import emulator_url
+    from stripemeter.tools.stripe_emulator.seed import seed
+
+    for line in seed(args.url or emulator_url(settings), args.event_name, args.email).shell():
+        say(line)
     return 0
 
 
@@ -132,3 +142,23 @@ def add_processes(sub: Subcommands) -> None:
         default=25.0,
         help="one budget for all requests, reads and writes, as in Stripe test mode (default 25; 0: none)",
     )
+    emulator.add_argument(
+        "--state-file",
+        type=Path,
+        help="keep customers, meters and meter events in this JSON file across restarts (default: memory)",
+    )
+    actions = emulator.add_subparsers(dest="action", metavar="ACTION")
+    seed = add_command(
+        actions,
+        "seed",
+        cmd_stripe_emulator_seed,
+        "make a meter and a customer in the running emulator (idempotent); prints their ids as shell"
+        ' assignments: eval "$(stripemeter stripe-emulator seed)"',
+    )
+    seed.add_argument(
+        "--event-name", default="api_requests", help="the meter's event name (default api_requests)"
+    )
+    seed.add_argument(
+        "--email", default="alice@example.com", help="the customer's email (default alice@example.com)"
+    )
+    seed.add_argument("--url", help="the emulator (default: the local stack's, STRIPEMETER_EMULATOR_PORT)")

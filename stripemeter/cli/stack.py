@@ -24,10 +24,13 @@ def cmd_stack_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_stack_status(settings: Settings, args: argparse.Namespace) -> int:
-    from stripemeter.tools.local.stack import status
+    from stripemeter.tools.local.stack import clock_note, status
 
     rows = status(settings)
     print_table(["service", "state", "listens on", "log"], rows)
+    note = clock_note(settings)
+    if note:
+        say(note)
     return 0
 
 

@@ -400,4 +400,5 @@ def run_demo(settings: Settings, say: Say, tenant: str | None = None) -> int:
     except urllib.error.HTTPError as exc:
         say(f"demo failed: {exc.code} {exc.reason} on {exc.url}: {exc.read()[:500]!r}")
         return 1
+    say("the stack keeps running: README.md's five-minute tour goes on from here (`stack down` stops it)")
     return 0 if ok else 1

@@ -6,9 +6,11 @@ import asyncio
 import os
 import signal
 import sys
+import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
 
@@ -180,6 +182,31 @@ def emulator_url(settings: Settings) -> str:
     return f"http://127.0.0.1:{settings.emulator_port}"
 
 
+def emulator_file(settings: Settings) -> Path:
+    """Where the stack's emulator keeps its customers, meters and meter events between runs."""
+    return settings.state_dir / "stripe-emulator.json"
+
+
+def _clock_file(settings: Settings) -> Path:
+    """The clock offset the stack's worker, API and emulator started with (`demo --at`)."""
+    return settings.state_dir / "run" / "clock-offset"
+
+
+def clock_note(settings: Settings) -> str | None:
+    """What `stack status` says when the running stack lives at another time than the real one."""
+    try:
+        offset = float(_clock_file(settings).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    if not offset or _managed(settings, "worker").pid() is None:
+        return None
+    now = datetime.fromtimestamp(time.time() + offset, tz=UTC)
+    return (
+        f"the stack lives at {now:%Y-%m-%d %H:%M} UTC, {offset / 86400:+.1f} days from now (started by"
+        " `demo --at`): usage is judged on that clock; `stack down` and `stack up` bring it back to now"
+    )
+
+
 def services(settings: Settings) -> list[Service]:
     pg = LocalPostgres.from_settings(settings, Path("/"))
     kafka = LocalKafka.from_settings(settings)
@@ -247,7 +274,14 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
             start_process(
                 settings,
                 "stripe-emulator",
-                [*me, "stripe-emulator", "--port", str(settings.emulator_port)],
+                [
+                    *me,
+                    "stripe-emulator",
+                    "--port",
+                    str(settings.emulator_port),
+                    "--state-file",
+                    str(emulator_file(settings)),
+                ],
                 emulator_url(settings) + "/_emulator/faults",
                 say,
             )
@@ -258,6 +292,10 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
             say(
                 f"{'created' if created else 'using'} the local stack's API key (every tenant, admin): {path}"
             )
+            say(f'to call the API from this shell: export STRIPEMETER_API_KEY="$(cat {path.resolve()})"')
+        if _managed(settings, "worker").pid() is None:  # what the processes started now will live at
+            _clock_file(settings).parent.mkdir(parents=True, exist_ok=True)
+            _clock_file(settings).write_text(f"{settings.clock_offset_seconds}\n")
         settings = app_settings(settings)
         start_process(
             settings,
@@ -275,8 +313,6 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
 
 def _retry_until_ready(action: Callable[[], T], attempts: int = 30) -> T:
     """The broker's port opens a moment before it serves metadata."""
-    import time
-
     for attempt in range(attempts):
         try:
             return action()
@@ -296,6 +332,7 @@ def down(settings: Settings, say: Say) -> None:
 
         if service.managed.stop(timeout=60, sig=service.stop_signal, gone=closed):
             say(f"stopped {service.name}")
+    _clock_file(settings).unlink(missing_ok=True)
 
 
 def status(settings: Settings) -> list[tuple[str, str, str, str]]:

@@ -1,13 +1,14 @@
 """A stateful Stripe Billing Meters emulator that the real `stripe` package can talk to.
 
 Point `stripe.StripeClient(key, base_addresses={"api": url, "meter_events": url})` at it. It keeps
-customers, meters, meter events and adjustments in memory, answers event summaries from them, bills
-them like Stripe (products, metered prices, subscriptions, invoices that stay drafts for an hour
-after each period end while their quantities follow the meter, invoice items, test clocks, and
-`invoice.*` v1 snapshot events; see `billing`), and can inject Stripe's failure modes (see
-`faults`). Idempotent answers are stored and replayed as Stripe does (500s included), test mode's 25
-operations per second are enforced, and requests are accepted or refused as Stripe's stripe-mock
-does (tests/integration/test_stripe_mock.py), or more strictly where Stripe's spec or docs say so.
+customers, meters, meter events and adjustments in memory (with a state file, also on disk), answers
+event summaries from them, bills them like Stripe (products, metered prices, subscriptions, invoices
+that stay drafts for an hour after each period end while their quantities follow the meter, invoice
+items, test clocks, and `invoice.*` v1 snapshot events; see `billing`), and can inject Stripe's failure
+modes (see `faults`). Idempotent answers are stored and replayed as Stripe does (500s included), test
+mode's 25 operations per second are enforced, and requests are accepted or refused as Stripe's
+stripe-mock does (tests/integration/test_stripe_mock.py), or more strictly where Stripe's spec or docs
+say so.
 Deliberate differences from Stripe, kept small:
 
 - By default, validation that Stripe does asynchronously (unknown meter or customer, missing payload
@@ -32,7 +33,8 @@ time passes), `catalog` (products, prices), `invoices` (invoice, line and invoic
 `periods` (billing periods), `test_clocks`, `wire` / `errors` / `pagination` (Stripe's wire format),
 `idempotency`, `faults`, `budget` (operations per second), `webhooks` (signed deliveries: error
 reports as v2 events, billing changes as v1 snapshot events), `control` (the `/_emulator` test
-controls), `clock` (ManualClock).
+controls), `clock` (ManualClock), `persistence` (customers, meters and meter events kept in a file
+across restarts, as the local stack runs it), `seed` (a meter and a customer to map, made once).
 """
 
 from stripemeter.tools.stripe_emulator.clock import ManualClock

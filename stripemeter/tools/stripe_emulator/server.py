@@ -28,8 +28,10 @@ import asyncio
 import base64
 import contextlib
 import logging
+import signal
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
@@ -44,6 +46,7 @@ from stripemeter.tools.stripe_emulator.faults import (
     server_error,
 )
 from stripemeter.tools.stripe_emulator.idempotency import StoredResponse, fingerprint
+from stripemeter.tools.stripe_emulator.persistence import Keeper, load
 from stripemeter.tools.stripe_emulator.state import EmulatorState, check_customer
 from stripemeter.tools.stripe_emulator.webhooks import Sender
 from stripemeter.tools.stripe_emulator.wire import decode_form, error_response, json_response, new_id
@@ -60,6 +63,7 @@ Check = Callable[[dict[str, Any]], object]
 STORED_HEADERS = ("Stripe-Should-Retry",)
 TICK_SECONDS = 1.0
 TICKER: web.AppKey[asyncio.Task[None]] = web.AppKey("ticker", asyncio.Task)
+KEEPER: web.AppKey[Keeper] = web.AppKey("keeper", Keeper)
 
 
 def _api_key(request: web.Request) -> str:
@@ -163,11 +167,13 @@ def _send_outbox(app: web.Application) -> None:
 
 
 def run_due(app: web.Application) -> None:
-    """What is due happens (billing.py), and its events are sent."""
+    """What is due happens (billing.py), and its events are sent; a changed account is saved."""
     try:
         app[STATE].billing.run_due()
     finally:
         _send_outbox(app)
+        if KEEPER in app:
+            app[KEEPER].flush()
 
 
 async def _tick(app: web.Application) -> None:
@@ -196,6 +202,8 @@ async def stripe_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(StripeApiError(404, "invalid_request_error", message))
     finally:
         _send_outbox(request.app)
+        if request.method != "GET" and KEEPER in request.app:
+            request.app[KEEPER].touch()
         if state.billing.advancing:  # the answer said "advancing": finish right after it
             asyncio.get_running_loop().call_soon(run_due, request.app)
     response.headers["Request-Id"] = request[REQUEST_ID]
@@ -342,9 +350,14 @@ ROUTES: list[tuple[str, str, Operation, Check | None]] = [
 ]
 
 
-def create_app(state: EmulatorState | None = None) -> web.Application:
+def create_app(state: EmulatorState | None = None, state_file: Path | None = None) -> web.Application:
+    """The emulator's app; with ``state_file`` its customers, meters and meter events are loaded from
+    that file and kept in it (persistence.py)."""
     app = web.Application(middlewares=[stripe_middleware])
     app[STATE] = state or EmulatorState()
+    if state_file is not None:
+        load(app[STATE], state_file)
+        app[KEEPER] = Keeper(app[STATE], state_file)
     app[SENDER] = Sender()
     for method, path, operation, check in ROUTES:
         app.router.add_route(method, path, endpoint(operation, check))
@@ -358,20 +371,29 @@ def create_app(state: EmulatorState | None = None) -> web.Application:
         with contextlib.suppress(asyncio.CancelledError):
             await app[TICKER]
         await app[SENDER].close()
+        if KEEPER in app:
+            app[KEEPER].flush()
 
     app.on_startup.append(start_ticker)
     app.on_cleanup.append(close)
     return app
 
 
-async def serve(host: str = "127.0.0.1", port: int = 12111, state: EmulatorState | None = None) -> None:
-    """Serve until cancelled."""
-    runner = web.AppRunner(create_app(state), access_log=None)
+async def serve(
+    host: str = "127.0.0.1",
+    port: int = 12111,
+    state: EmulatorState | None = None,
+    state_file: Path | None = None,
+) -> None:
+    """Serve until cancelled or sent SIGTERM (what `stack down` sends): the account is saved either way."""
+    runner = web.AppRunner(create_app(state, state_file), access_log=None)
     await runner.setup()
+    stopped = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopped.set)
     try:
         await web.TCPSite(runner, host, port).start()
         log.info("stripe emulator listening on http://%s:%d", host, port)
-        await asyncio.Event().wait()
+        await stopped.wait()
     finally:
         await runner.cleanup()
 
@@ -381,8 +403,10 @@ def run(
     port: int = 12111,
     clock: Callable[[], float] = time.time,
     ops_per_second: float = TEST_MODE_OPS_PER_SECOND,
+    state_file: Path | None = None,
 ) -> None:
-    """Blocking entry point for the CLI; stops on Ctrl-C. ``clock``: the deployment's (see clock.py);
-    ``ops_per_second``: the account's shared budget (0: unlimited)."""
+    """Blocking entry point for the CLI; stops on Ctrl-C or SIGTERM. ``clock``: the deployment's (see
+    clock.py); ``ops_per_second``: the account's shared budget (0: unlimited); ``state_file``: where
+    the account is kept between runs (None: in memory only)."""
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(host, port, EmulatorState(clock, ops_per_second=ops_per_second)))
+        asyncio.run(serve(host, port, EmulatorState(clock, ops_per_second=ops_per_second), state_file))

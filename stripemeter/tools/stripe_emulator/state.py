@@ -90,6 +90,15 @@ class EmulatorState:
     def now(self) -> float:
         return self.clock() + self.clock_offset
 
+    def restore(self, customers: list[Params], meters: list[Params], events: list[MeterEvent]) -> None:
+        """Take back a saved account's customers, meters and meter events (persistence.py)."""
+        self.customers.update((c["id"], c) for c in customers)
+        self.meters.update((m["id"], m) for m in meters)
+        for event in events:
+            self.events.append(event)
+            self._by_identifier[event.identifier] = event
+            self._by_meter_customer.setdefault((event.meter_id, event.customer), []).append(event)
+
     # --- customers ------------------------------------------------------------------------------
 
     def create_customer(self, params: Params) -> Params:
