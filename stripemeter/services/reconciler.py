@@ -30,7 +30,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-import orjson
 import psycopg
 import stripe
 
@@ -57,7 +56,7 @@ from stripemeter.core.reconcile_compare import (
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
-from stripemeter.schemas.versions import stamp
+from stripemeter.schemas.drift import Drift, encode_drift
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +205,7 @@ class Reconciler:
             counts["stripe_calls"] = self.reader.calls - calls_before
             await db.finish_run(conn, run_id, rows, counts)
             if drift_records:
-                await self.publish(drift_records)
+                await self.publish([encode_drift(d) for d in drift_records])
         except Exception as exc:
             await db.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
             metrics.RECONCILIATION_RUNS.labels("failed").inc()
@@ -666,27 +665,12 @@ def item_wire(
     }
 
 
-def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> bytes:
+def drift_record(item: Item, wire: dict[str, Any], period_name: str, action: str, at: datetime) -> Drift:
     """The contract's reconciliation.drift record, plus the causes and the differing hours."""
-    return orjson.dumps(
-        stamp(
-            {
-                "tenantId": item.tenant_id,
-                "metric": item.metric,
-                "customerRef": item.customer_ref,
-                "period": period_name,
-                "local": wire["local"],
-                "stripe": wire["stripe"],
-                "diffAbs": wire["diffAbs"],
-                "diffPct": wire["diffPct"],
-                "status": wire["status"],
-                "action": action,
-                "at": iso_exact(at),
-                "causes": wire["causes"],
-                "hours": wire["hours"],
-            }
-        )
-    )
+    return Drift(
+        item.tenant_id, item.metric, item.customer_ref, period_name, wire["local"], wire["stripe"],
+        wire["diffAbs"], wire["diffPct"], wire["status"], action, at, wire["causes"], wire["hours"],
+    )  # fmt: skip
 
 
 def overall_status(items: list[dict[str, Any]]) -> str:
