@@ -5,8 +5,8 @@
    multiple of the longest lag of Stripe's summaries confirmed lately (``stripe_summary_lags``).
 2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
    the customer's hours, load what Stripe took for the hours that differ (delivered requests and
-   applied corrections, in order) and judge each (see ``core/reconcile_compare``); record the lags
-   seen and the ones a read shows were lag.
+   applied corrections, in order) and judge each (stripemeter/core/reconcile_compare.py); record
+   the lags seen and the ones a read shows were lag.
 
 The verdicts are pure; so are the items built from the rows (``plan_items``, ``build_hours``,
 ``with_steps``) and what the run learnt about lag (``lag_records``).

@@ -66,7 +66,7 @@ class Reconciler:
         await db.start_run(
             conn, run_id, tenant, request.metric, period_name, request.trigger, settings.epsilon
         )
-        corrector = Corrector(self.reader, self.clock)
+        corrector = Corrector(self.reader, self.clock)  # per run: the clock can be set on the Reconciler
         try:
             await corrector.resend_pending(conn, tenant)  # an earlier run's unanswered corrections first
             check = await Checker(self.reader, settings).check(conn, request, period_name, now, progress)
