@@ -51,7 +51,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import StripemeterError
 from stripemeter.domain.rates import RateLimiter
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.reconcile_service import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.services.reconciliation.build import build_reconciler, kafka_publisher, stripe_configured
 from stripemeter.services.replayer import build_replayer
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from stripemeter.api.limits import KeyCache
 from stripemeter.domain.concurrency import ConcurrencyLimit
 from stripemeter.domain.config import Settings
 from stripemeter.domain.rates import RateLimiter
-from stripemeter.services.reconciler import Reconciler
+from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.services.replayer import Replayer
 
 SETTINGS = web.AppKey("settings", Settings)

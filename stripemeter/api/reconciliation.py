@@ -16,7 +16,8 @@ from stripemeter.api.heavy import heavy
 from stripemeter.domain import periods
 from stripemeter.domain.timefmt import iso_exact, iso_seconds
 from stripemeter.schemas.events import METRIC_RE, TENANT_RE
-from stripemeter.services.reconciler import RunRequest, status_of, totals
+from stripemeter.services.reconciliation.report import status_of, totals
+from stripemeter.services.reconciliation.request import RunRequest
 
 CSV_COLUMNS = (
     "customerRef", "local", "stripe", "diffAbs", "diffPct", "status", "action", "inFlight", "causes",

@@ -20,13 +20,9 @@ from aiokafka import AIOKafkaProducer
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.reconcile_service import (
-    build_reconciler,
-    kafka_publisher,
-    open_periods,
-    stripe_configured,
-)
-from stripemeter.services.reconciler import RunRequest
+from stripemeter.services.reconciliation.build import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.services.reconciliation.request import RunRequest
+from stripemeter.services.reconciliation.schedule import open_periods
 
 Say = Callable[[str], None]
 Table = Callable[[list[str], list[list[object]]], None]

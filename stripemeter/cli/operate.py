@@ -11,7 +11,7 @@ from stripemeter.domain.config import Settings
 
 def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.cli.actions import reconcile
-    from stripemeter.services.reconciler import Align, RunRequest
+    from stripemeter.services.reconciliation.request import Align, RunRequest
 
     align: Align = "all" if args.align_all else "within_epsilon"
     request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")

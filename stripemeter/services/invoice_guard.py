@@ -44,7 +44,9 @@ from stripemeter.domain import metrics
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import Busy
-from stripemeter.services.reconciler import Reconciler, RunRequest, build_hours
+from stripemeter.services.reconciliation.check import build_hours
+from stripemeter.services.reconciliation.request import RunRequest
+from stripemeter.services.reconciliation.run import Reconciler
 
 log = logging.getLogger(__name__)
 

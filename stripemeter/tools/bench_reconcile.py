@@ -25,7 +25,8 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.periods import current_name
 from stripemeter.domain.periods import period as period_of
 from stripemeter.domain.units import MICROS
-from stripemeter.services.reconciler import Reconciler, ReconcileSettings, RunRequest
+from stripemeter.services.reconciliation.request import ReconcileSettings, RunRequest
+from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.tools.bench import emulator_with_meter
 from stripemeter.tools.local.procs import free_port
 from stripemeter.tools.stripe_emulator import EmulatorState

@@ -25,7 +25,8 @@ from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.domain import periods
 from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
-from stripemeter.services.reconciler import Reconciler, ReconcileSettings, RunRequest
+from stripemeter.services.reconciliation.request import ReconcileSettings, RunRequest
+from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.services.stripe_writer import StripeWriter
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 from stripemeter.tools.stripe_emulator.clock import ManualClock

@@ -7,7 +7,6 @@ import re
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from typing import Any
 
 import psycopg
 import pytest_asyncio
@@ -35,7 +34,7 @@ async def apis(env: Settings) -> AsyncIterator[tuple[ApiClient, ApiClient]]:
 
 
 async def record_drift(
-    settings: Settings, tenant: str, period_name: str, items: list[tuple[str, float, float]]
+    settings: Settings, tenant: str, period_name: str, items: list[tuple[str, float, int]]
 ) -> None:
     """A finished reconciliation run of ``tenant`` whose items (customer, diff_pct, diff_abs) drift."""
     now = settings.clock.utc()
@@ -43,9 +42,9 @@ async def record_drift(
     run_id = f"test-{uuid.uuid4().hex}"
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
         await db.start_run(conn, run_id, tenant, "requests", period.name, "api", 0.005)
-        rows: list[tuple[Any, ...]] = [
-            (run_id, tenant, "requests", customer, period.name, period.start, period.end, 100 + diff, 100,
-             diff, pct, "drift", "replay", 0, [], [], now)
+        rows = [
+            db.ItemRow(run_id, tenant, "requests", customer, period.name, period.start, period.end,
+                       100 + diff, 100, diff, pct, "drift", "replay", 0, [], [], now)
             for customer, pct, diff in items
         ]  # fmt: skip
         await db.finish_run(conn, run_id, rows, {"drift": len(rows)})

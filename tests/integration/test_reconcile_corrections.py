@@ -19,8 +19,9 @@ from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.adapters.stripe.client import SendResult
 from stripemeter.core.push_plan import Request
 from stripemeter.domain.config import Settings
-from stripemeter.services.reconcile_service import build_reconciler
-from stripemeter.services.reconciler import Reconciler, RunRequest
+from stripemeter.services.reconciliation.build import build_reconciler
+from stripemeter.services.reconciliation.request import RunRequest
+from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 from stripemeter.tools.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port

@@ -12,8 +12,8 @@ import pytest
 
 from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
-from stripemeter.services import reconcile_service as service
-from stripemeter.services.reconcile_service import build_reconciler
+from stripemeter.services.reconciliation import schedule as service
+from stripemeter.services.reconciliation.build import build_reconciler
 from tests.integration.test_reconcile_schedule import AppClock, forget_passes, no_publish
 
 

@@ -18,8 +18,9 @@ from aiohttp.test_utils import TestServer
 
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
-from stripemeter.services import reconcile_service as service
-from stripemeter.services.reconcile_service import build_reconciler, reconcile_tenant
+from stripemeter.services.reconciliation import schedule as service
+from stripemeter.services.reconciliation.build import build_reconciler
+from stripemeter.services.reconciliation.schedule import reconcile_tenant
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 from stripemeter.tools.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port

@@ -9,7 +9,6 @@ from collections.abc import AsyncIterator, Awaitable
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
 import pytest_asyncio
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -19,6 +18,7 @@ from stripemeter.api.operator_metrics import create_operator_app
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
 from stripemeter.domain.periods import current_name
+from stripemeter.schemas.drift import decode_drift
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.tools.demo import usage
 from stripemeter.tools.stripe_emulator import EmulatorState
@@ -159,20 +159,8 @@ async def test_injected_drift_is_found_exactly_fixed_within_epsilon_and_flagged_
 
     # every item beyond parity is on reconciliation.drift, in the contract's shape
     drift_topic = TopicNames(stripe_env.topic_prefix, stripe_env.app_id).drift
-    records = [orjson.loads(r.value) for r in await read_topic(stripe_env, drift_topic, expect=5)]
-    assert sorted(r["customerRef"] for r in records) == ["c0", "c1", "c2", "c4", "c4"]
-    contract = {
-        "tenantId",
-        "metric",
-        "customerRef",
-        "period",
-        "local",
-        "stripe",
-        "diffAbs",
-        "diffPct",
-        "status",
-    }
-    assert all(contract | {"action", "at"} <= set(r) for r in records)
+    records = [decode_drift(r.value) for r in await read_topic(stripe_env, drift_topic, expect=5)]
+    assert sorted(r.customer_ref for r in records) == ["c0", "c1", "c2", "c4", "c4"]
 
     # the correction reached Stripe: c0 is at parity now; the rest is unchanged
     second = by_customer(await run(rapi, tenant, period))

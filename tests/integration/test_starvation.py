@@ -32,7 +32,8 @@ from stripemeter.api.app import create_app as create_api
 from stripemeter.api.appkeys import HEAVY, POOL
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.services import api_keys as keys
-from stripemeter.services.reconcile_service import build_reconciler, open_periods, reconcile_tenant
+from stripemeter.services.reconciliation.build import build_reconciler
+from stripemeter.services.reconciliation.schedule import open_periods, reconcile_tenant
 from stripemeter.streams.worker.factories import stripe_writer
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.harness import ApiClient, StartWorker, free_port
@@ -267,7 +268,7 @@ async def test_the_schedule_skips_a_busy_tenant_and_reconciles_it_next_time(
     now = env.clock.utc()
     async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
         async with lock_held(env, f"stripemeter-reconcile:{tenant}"):
-            caplog.set_level(logging.INFO, logger="stripemeter.services.reconcile_service")
+            caplog.set_level(logging.INFO, logger="stripemeter.services.reconciliation.schedule")
             assert await reconcile_tenant(conn, reconciler, tenant, now) == []
         assert f"tenant {tenant} is being reconciled already; skipped" in caplog.text
         assert await reconcile_tenant(conn, reconciler, tenant, now) == await open_periods(

@@ -40,7 +40,7 @@ from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.core.push_plan import Request as MeterEvent
 from stripemeter.core.push_plan import Row, StripeMeterSpec, new_request, next_timestamp, targets
 from stripemeter.core.reconcile_compare import Item
-from stripemeter.services.reconciler import correction_identifier
+from stripemeter.services.reconciliation.act import correction_identifier
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 import psycopg
@@ -35,9 +35,10 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
   ON c.metric = p.metric AND c.customer_ref = p.customer_ref AND c.bucket = p.bucket
 """
 
-# Too-late events waiting for a replay: the events a replay of the range would count (db/replay.py's
-# PENDING_LATE: one per idempotency key and customer, the first received, none the stream counted),
-# and also those claimed by a correction an apply recorded but did not see sent (still waiting).
+# Too-late events waiting for a replay: the events a replay of the range would count (PENDING_LATE in
+# stripemeter/adapters/postgres/replay.py: one per idempotency key and customer, the first received, none
+# the stream counted), and also those claimed by a correction an apply recorded but did not see sent
+# (still waiting).
 LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM (
@@ -189,6 +190,14 @@ async def tenants(conn: psycopg.AsyncConnection, since: datetime) -> list[str]:
     return [r[0] for r in await cur.fetchall()]
 
 
+async def billing_anchors(conn: psycopg.AsyncConnection, tenant: str) -> list[datetime | None]:
+    """The billing anchors of the tenant's customers (None: the calendar month), each once."""
+    cur = await conn.execute(
+        "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
+    )
+    return [row[0] for row in await cur.fetchall()]
+
+
 # --- the schedule -----------------------------------------------------------------------------------
 
 SCHEDULED_PASS = "reconcile"
@@ -325,10 +334,29 @@ async def start_run(
     )
 
 
-ITEM_COLUMNS = (
-    "run_id", "tenant_id", "metric", "customer_ref", "period", "period_start", "period_end", "local",
-    "stripe", "diff_abs", "diff_pct", "status", "action", "in_flight", "causes", "hours", "checked_at",
-)  # fmt: skip
+class ItemRow(NamedTuple):
+    """One item's verdict in a run: a row of ``reconciliation_items`` (and ``reconciliation_latest``)."""
+
+    run_id: str
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    period: str  # YYYY-MM
+    period_start: datetime  # the customer's cycle of that name
+    period_end: datetime
+    local: int
+    stripe: int
+    diff_abs: int
+    diff_pct: float
+    status: str
+    action: str
+    in_flight: int
+    causes: list[dict[str, Any]]
+    hours: list[dict[str, Any]]  # as the API shows them (buckets as RFC 3339)
+    checked_at: datetime
+
+
+ITEM_COLUMNS = ItemRow._fields
 
 UPSERT_LATEST = f"""
 INSERT INTO reconciliation_latest SELECT * FROM reconciliation_items WHERE run_id = %s
@@ -338,7 +366,7 @@ ON CONFLICT (tenant_id, metric, customer_ref, period) DO UPDATE SET
 
 
 async def finish_run(
-    conn: psycopg.AsyncConnection, run_id: str, items: list[tuple[Any, ...]], counts: dict[str, int]
+    conn: psycopg.AsyncConnection, run_id: str, items: list[ItemRow], counts: dict[str, int]
 ) -> None:
     """Store every item, make them the latest verdicts, and close the run: one transaction."""
     async with conn.transaction():

@@ -14,12 +14,8 @@ from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.domain import metrics
 from stripemeter.domain.config import Settings
 from stripemeter.services.invoice_guard import GuardSettings, InvoiceGuard, run_guard
-from stripemeter.services.reconcile_service import (
-    build_reconciler,
-    kafka_publisher,
-    run_schedule,
-    stripe_configured,
-)
+from stripemeter.services.reconciliation.build import build_reconciler, kafka_publisher, stripe_configured
+from stripemeter.services.reconciliation.schedule import run_schedule
 from stripemeter.streams.worker.factories import intake_stage, postgres_sink, stripe_writer
 from stripemeter.streams.worker.meter import Meter
 from stripemeter.streams.worker.names import WORKER_LOGGER

@@ -9,6 +9,7 @@ import orjson
 
 from stripemeter.adapters.kafka.inspect.decode import Decoded, preview_text
 from stripemeter.domain.timefmt import iso_ms
+from stripemeter.schemas import drift
 
 SHORT_NAMES = {"tenantId": "tenant", "customerRef": "customer", "idempotencyKey": "key"}
 _EVENT = ("tenantId", "metric", "customerRef", "quantity", "ts", "idempotencyKey", "resourceId")
@@ -17,19 +18,7 @@ TEXT_FIELDS: dict[str, tuple[str, ...]] = {
     "event": _EVENT,
     "late": (*_EVENT, "watermark", "lateness"),
     "delta": ("tenantId", "metric", "customerRef", "bucket", "total", "seq"),
-    "drift": (
-        "tenantId",
-        "metric",
-        "customerRef",
-        "period",
-        "local",
-        "stripe",
-        "diffAbs",
-        "diffPct",
-        "status",
-        "action",
-        "at",
-    ),
+    "drift": drift.SUMMARY_NAMES,
     "keyed": _KEYED,
     "ledger": ("outcome", *_KEYED),
     "dedupe": ("tenantId", "idempotencyKey", "metric", "customerRef", "ts", "source", "keyedOffset"),

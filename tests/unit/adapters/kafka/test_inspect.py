@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import get_args
 
@@ -17,6 +18,7 @@ from stripemeter.adapters.kafka.inspect.render import Position, json_line, text_
 from stripemeter.adapters.kafka.inspect.tail import TailRequest, matches
 from stripemeter.cli import build_parser, glue_negative_durations
 from stripemeter.domain.instants import BadInstant, parse_duration_ms, parse_instant_ms
+from stripemeter.schemas.drift import Drift, encode_drift
 from stripemeter.schemas.topics import TABLES, TopicNames
 
 NOW = 1_800_000_000_000
@@ -236,20 +238,9 @@ def test_internal_records_of_the_current_format_read_as_the_previous_ones() -> N
 
 
 def test_drift_and_late_lines() -> None:
-    drift = {
-        "tenantId": "demo",
-        "metric": "m",
-        "customerRef": "c",
-        "period": "2026-11",
-        "local": 10,
-        "stripe": 9,
-        "diffAbs": 1,
-        "diffPct": 0.1,
-        "status": "drift",
-        "action": "flagged",
-        "at": "2026-11-20T14:00:00Z",
-    }
-    assert one_line("drift", orjson.dumps(drift)).endswith(
+    at = datetime(2026, 11, 20, 14, tzinfo=UTC)
+    drift = Drift("demo", "m", "c", "2026-11", 10, 9, 1, 0.1, "drift", "flagged", at, causes=[], hours=[])
+    assert one_line("drift", encode_drift(drift)).endswith(
         "drift tenant=demo metric=m customer=c period=2026-11 local=10 stripe=9 diffAbs=1 diffPct=0.1 "
         "status=drift action=flagged at=2026-11-20T14:00:00Z"
     )

@@ -1,6 +1,5 @@
-"""Wiring reconciliation to the outside: a Reconciler from Settings, drift records to Kafka, and the
-scheduled runs: every worker runs the schedule, one pass per interval happens across all of them (a
-PostgreSQL advisory lock and the last pass's start in ``reconciliation_schedule``)."""
+"""The scheduled runs: every worker runs the schedule, one pass per interval happens across all of them
+(a PostgreSQL advisory lock and the last pass's start in ``reconciliation_schedule``)."""
 
 from __future__ import annotations
 
@@ -13,16 +12,14 @@ import time
 from datetime import datetime, timedelta
 
 import psycopg
-from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.postgres import locks
 from stripemeter.adapters.postgres import reconciliation as db
-from stripemeter.adapters.stripe.budget import StripeBudget
-from stripemeter.adapters.stripe.client import make_client
-from stripemeter.adapters.stripe.reader import StripeReader
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.config import Settings
 from stripemeter.domain.errors import Busy
-from stripemeter.services.reconciler import Publish, Reconciler, ReconcileSettings, RunRequest
+from stripemeter.services.reconciliation.request import RunRequest
+from stripemeter.services.reconciliation.run import Reconciler
 
 log = logging.getLogger(__name__)
 
@@ -30,52 +27,12 @@ SCHEDULE_LOCK = "stripemeter-reconcile-schedule"
 RECHECK_SECONDS = 5.0  # how often a worker looks again while another one's pass is overdue
 
 
-def kafka_publisher(producer: AIOKafkaProducer, topic: str) -> Publish:
-    async def publish(records: list[bytes]) -> None:
-        sent = [await producer.send(topic, record) for record in records]
-        await asyncio.gather(*sent)
-
-    return publish
-
-
-def stripe_configured(settings: Settings) -> bool:
-    return bool(settings.stripe_api_key or settings.stripe_api_base)
-
-
-def build_reconciler(
-    settings: Settings, publish: Publish, budget: StripeBudget | None = None, concurrency: int = 8
-) -> Reconciler:
-    """``budget``: the process's Stripe budget, shared with its writer (a new one if None)."""
-    client = make_client(
-        settings.stripe_api_key.value or "sk_test_emulator",
-        settings.stripe_api_base,
-        timeout=settings.stripe_timeout_seconds,
-    )
-    budget = budget or StripeBudget(settings.stripe_calls_per_second)
-    reader = StripeReader(client, budget, concurrency)
-    return Reconciler(
-        reader,
-        publish,
-        ReconcileSettings(
-            epsilon=settings.reconcile_epsilon,
-            settle_seconds=settings.reconcile_settle_seconds,
-            lag_cap_seconds=settings.reconcile_lag_cap_seconds,
-            invoice_grace_seconds=settings.invoice_grace_seconds,
-            app_id=settings.app_id,
-        ),
-        settings.clock,
-    )
-
-
 async def open_periods(
     conn: psycopg.AsyncConnection, tenant: str, now: datetime, grace_seconds: float
 ) -> list[str]:
     """The tenant's periods whose invoices can still change: the calendar month's and each billing
     anchor's current period, and the previous ones shortly after they closed."""
-    cur = await conn.execute(
-        "SELECT DISTINCT billing_anchor FROM customer_mappings WHERE tenant_id = %s", (tenant,)
-    )
-    anchors = [row[0] for row in await cur.fetchall()]
+    anchors = await db.billing_anchors(conn, tenant)
     return periods.open_names(now, anchors, timedelta(seconds=grace_seconds))
 
 
@@ -97,10 +54,8 @@ async def scheduled_pass(
     """One turn of a worker's schedule: the pass, when this worker holds the schedule's lock (passes
     never overlap) and no worker started one within the interval (the last start is in PostgreSQL, on
     the application's clock). Returns the seconds to wait until the next pass is due."""
-    cur = await conn.execute("SELECT pg_try_advisory_lock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
-    row = await cur.fetchone()
-    if row and row[0]:
-        try:
+    try:
+        async with locks.held(conn, SCHEDULE_LOCK, "another worker's scheduled pass is running"):
             now = reconciler.clock.utc()
             if await db.claim_scheduled_pass(conn, now, interval, worker):
                 try:
@@ -108,8 +63,8 @@ async def scheduled_pass(
                     metrics.RECONCILIATION_LAST_PASS.set(time.time())  # wall time: Prometheus compares it
                 except Exception:
                     log.exception("scheduled reconciliation failed; next try in %.0f s", interval)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 0))", (SCHEDULE_LOCK,))
+    except Busy:
+        pass  # another worker makes the pass
     last = await db.last_scheduled_pass(conn)
     if last is None:
         return interval
