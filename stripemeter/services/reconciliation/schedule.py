@@ -54,8 +54,8 @@ async def scheduled_pass(
     """One turn of a worker's schedule: the pass, when this worker holds the schedule's lock (passes
     never overlap) and no worker started one within the interval (the last start is in PostgreSQL, on
     the application's clock). Returns the seconds to wait until the next pass is due."""
-    try:
-        async with locks.held(conn, SCHEDULE_LOCK, "another worker's scheduled pass is running"):
+    async with locks.held_if_free(conn, SCHEDULE_LOCK) as got:
+        if got:  # else another worker makes the pass
             now = reconciler.clock.utc()
             if await db.claim_scheduled_pass(conn, now, interval, worker):
                 try:
@@ -63,8 +63,6 @@ async def scheduled_pass(
                     metrics.RECONCILIATION_LAST_PASS.set(time.time())  # wall time: Prometheus compares it
                 except Exception:
                     log.exception("scheduled reconciliation failed; next try in %.0f s", interval)
-    except Busy:
-        pass  # another worker makes the pass
     last = await db.last_scheduled_pass(conn)
     if last is None:
         return interval
