@@ -30,6 +30,8 @@ from stripemeter.schemas.events import HOUR_MS, InvalidEvent, UsageEvent, decode
 from tests.integration.client import eventually, produce
 from tests.integration.harness import WorkerProcess, free_port
 
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
+
 LATENESS_MS = 48 * HOUR_MS
 NOW_MS = int(time.time() * 1000)
 # typed: mypy does not infer a tuple literal as hypothesis's Collection[CategoryName]

@@ -41,6 +41,8 @@ from stripemeter.services.sink_recovery import positions
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.tools.local.postgres import LocalPostgres, find_bindir
 
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
+
 HOUR_MS = 3_600_000
 T0 = 1_790_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary in 2026
 ITEMS = 5  # ledger items per record

@@ -153,6 +153,7 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
     assert await local(env, tenant) == expected
 
 
+@pytest.mark.exactly_once
 async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_counts(
     env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
