@@ -119,7 +119,9 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
     await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
     await produce(env, [late])
     await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
-    await asyncio.sleep(1.5)  # let every delta of the fresh usage settle
+    await eventually(
+        lambda: _equals(local(env, tenant), oracle(fresh)), what="every delta of the fresh usage"
+    )
     names = TopicNames(env.topic_prefix, env.app_id)
     counters_before = await local(env, tenant)
     offsets_before = await end_offsets(env, [names.deltas, names.keyed])
