@@ -74,7 +74,10 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
 ) -> None:
     binary = shutil.which("prometheus")
     assert binary, "Prometheus is needed: apt-get install -y prometheus (.ci/run installs it)"
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port())
+    # the emulator's summaries are immediate: a short settle time is enough, and the test waits it out
+    settings = isolated_settings(stack, tmp_path).with_overrides(
+        emulator_port=free_port(), reconcile_settle_seconds=3.0
+    )
     log: list[str] = []
     up(settings, log.append)
     app = app_settings(settings)

@@ -23,6 +23,8 @@ from tests.integration.harness import free_port, isolated_settings
 from tests.timematrix import clock_offset, instants
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "ops" / "RECONCILIATION.md"
+# the emulator's summaries are immediate: a short settle time is enough, and the playbook waits it out
+SETTLE_SECONDS = 3.0
 
 
 def bash_blocks(text: str) -> list[str]:
@@ -40,7 +42,10 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
     stack: Settings, tmp_path: Path, at: datetime | None
 ) -> None:
     settings = isolated_settings(stack, tmp_path).with_overrides(
-        emulator_port=free_port(), auth_enabled=True, clock_offset_seconds=clock_offset(at)
+        emulator_port=free_port(),
+        auth_enabled=True,
+        clock_offset_seconds=clock_offset(at),
+        reconcile_settle_seconds=SETTLE_SECONDS,
     )
     log: list[str] = []
     up(settings, log.append)
