@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import pytest
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.tools.demo import EVENT_NAME, Demo, send, usage
 from stripemeter.tools.local.stack import app_settings, down, up
-from tests.integration.harness import free_port, isolated_settings
+from tests.integration.harness import free_port, isolated_settings, wait_until
 from tests.timematrix import clock_offset, instants
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "ops" / "RECONCILIATION.md"
@@ -61,12 +60,12 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         ]
         asyncio.run(send(app, [fresh]))
         expected = 60
-        _wait(lambda: demo.delivered(expected), "usage pushed")
+        wait_until(lambda: demo.delivered(expected), "usage pushed", timeout=90)
         old = (now - timedelta(hours=60)).replace(minute=0, second=0, microsecond=0)
         late = [usage(tenant, "acme-42", old + timedelta(minutes=i), 5, f"late-{i}") for i in range(4)]
         asyncio.run(send(app, [late]))
         expected += 20
-        _wait(lambda: demo._late_in_ledger() == 4, "too-late events in the ledger")
+        wait_until(lambda: demo._late_in_ledger() == 4, "too-late events in the ledger", timeout=90)
         # a foreign meter event in Stripe, two hours ago, for globex-7: beyond epsilon
         customer = {
             c["customerRef"]: c["stripeCustomerId"]
@@ -115,10 +114,3 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         assert sum(s["totals"]["stripe"] for s in summaries) == expected
     finally:
         down(settings, log.append)
-
-
-def _wait(check: Callable[[], object], what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)
