@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from stripemeter.adapters.kafka import lag
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
 
@@ -44,6 +45,34 @@ async def eventually(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(0.25)
+
+
+async def caught_up(settings: Settings) -> bool:
+    """Every consumer group of the pipeline has committed the end of every partition of the topics it
+    reads (a group that never committed on a topic does not run in this test): whatever reached Kafka
+    before is in PostgreSQL. Poll it before checking that something did not change."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap_servers, enable_auto_commit=False)
+    await admin.start()
+    await consumer.start()
+    try:
+        await consumer.topics()  # metadata: the partitions of each topic
+        names = TopicNames(settings.topic_prefix, settings.app_id)
+        for group, topics in lag.group_topics(names).items():
+            offsets = await admin.list_consumer_group_offsets(group)
+            committed = {tp: m.offset for tp, m in offsets.items() if tp.topic in topics and m.offset >= 0}
+            read = {tp.topic for tp in committed}
+            tps = [TopicPartition(t, p) for t in read for p in consumer.partitions_for_topic(t) or ()]
+            ends = await consumer.end_offsets(tps)
+            if any(ends[tp] > committed.get(tp, 0) for tp in tps):
+                return False
+        return True
+    finally:
+        await consumer.stop()
+        await admin.close()
 
 
 async def counters_of(settings: Settings, tenant: str) -> dict[tuple[str, str, int], int]:

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, TypeAlias
 
@@ -43,6 +44,15 @@ def isolated_settings(base: Settings, tmp: Path, partitions: int = 2) -> Setting
         # API keys are tested on their own (test_security); the other tests call the API without
         auth_enabled=False,
     )
+
+
+def wait_until(check: Callable[[], object], what: str, timeout: float = 60, interval: float = 0.5) -> None:
+    """Poll ``check`` until it is true (a test outside an event loop; inside one: client.eventually)."""
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
 
 
 class WorkerProcess:

@@ -335,6 +335,7 @@ async def run_example(env: Settings, tmp_path: Path, steps: list[Step], restart_
         await emulator.close()
 
 
+@pytest.mark.exactly_once
 @pytest.mark.timeout(1200)
 @settings(
     max_examples=6,

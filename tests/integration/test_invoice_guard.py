@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import orjson
 import psycopg
+import pytest
 import pytest_asyncio
 import stripe
 from aiohttp.test_utils import TestClient, TestServer
@@ -290,6 +291,7 @@ async def redeliver(state: EmulatorState, url: str, invoice_id: str) -> None:
             assert delivery.delivered, delivery.attempts
 
 
+@pytest.mark.exactly_once
 async def test_a_guard_killed_mid_proof_and_events_delivered_twice_to_two_replicas_finalize_once(
     env: Settings,
     start_worker: StartWorker,

@@ -12,7 +12,6 @@ import subprocess
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ from typing import Any
 from stripemeter.domain.config import Settings
 from stripemeter.tools.demo import EVENT_NAME, Demo, send, usage
 from stripemeter.tools.local.stack import app_settings, down, up
-from tests.integration.harness import free_port, isolated_settings
+from tests.integration.harness import free_port, isolated_settings, wait_until
 
 RULES = Path(__file__).resolve().parents[2] / "ops" / "prometheus" / "alerts.yml"
 DRIFT_ALERT = "StripemeterDriftAboveEpsilon"
@@ -62,19 +61,15 @@ def drift_alert(base: str, tenant: str, customer: str) -> dict[str, Any] | None:
     return None
 
 
-def wait(check: Callable[[], object], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
-        time.sleep(0.5)
-
-
 def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
     stack: Settings, tmp_path: Path
 ) -> None:
     binary = shutil.which("prometheus")
     assert binary, "Prometheus is needed: apt-get install -y prometheus (.ci/run installs it)"
-    settings = isolated_settings(stack, tmp_path).with_overrides(emulator_port=free_port())
+    # the emulator's summaries are immediate: a short settle time is enough, and the test waits it out
+    settings = isolated_settings(stack, tmp_path).with_overrides(
+        emulator_port=free_port(), reconcile_settle_seconds=3.0
+    )
     log: list[str] = []
     up(settings, log.append)
     app = app_settings(settings)
@@ -90,7 +85,7 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         ]
         demo.note_usage(events)
         asyncio.run(send(app, [events]))
-        wait(lambda: demo.delivered(50), "usage pushed")
+        wait_until(lambda: demo.delivered(50), "usage pushed")
         customer = demo.api.call("GET", f"/v1/customers/{tenant}")["customers"][0]["stripeCustomerId"]
         demo.stripe.call(  # a foreign meter event: Stripe 20 % above what was counted
             "POST",
@@ -120,14 +115,14 @@ def test_drift_alert_fires_on_real_drift_and_resolves_after_the_remedy(
         (report,) = demo.reconcile()
         assert {i["customerRef"]: i["status"] for i in report["items"]}["acme-42"] == "drift"
 
-        wait(lambda: (a := drift_alert(base, tenant, "acme-42")) is not None and a["state"] == "firing",
+        wait_until(lambda: (a := drift_alert(base, tenant, "acme-42")) is not None and a["state"] == "firing",
              "the drift alert to fire")  # fmt: skip
 
         # the runbook's remedy: a replay finds nothing missing locally; then Stripe is aligned
         assert demo.replay("apply")["totals"]["delta"] == 0
         demo.reconcile(align="all")
-        wait(lambda: demo.reconcile()[0]["status"] == "parity", "parity", timeout=60)
-        wait(lambda: drift_alert(base, tenant, "acme-42") is None, "the drift alert to resolve")
+        wait_until(lambda: demo.reconcile()[0]["status"] == "parity", "parity", timeout=60)
+        wait_until(lambda: drift_alert(base, tenant, "acme-42") is None, "the drift alert to resolve")
     finally:
         if prometheus is not None:
             prometheus.terminate()

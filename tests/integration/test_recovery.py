@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +40,9 @@ from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.sink_recovery import positions
 from stripemeter.streams.sink import PostgresSink
 from stripemeter.tools.local.postgres import LocalPostgres, find_bindir
+from tests.integration.client import eventually
+
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
 
 HOUR_MS = 3_600_000
 T0 = 1_790_000_000_000 // HOUR_MS * HOUR_MS  # an hour boundary in 2026
@@ -95,14 +98,6 @@ async def counter(url: str, tenant: str) -> tuple[int, int] | None:
         return None if row is None else (int(row[0]), int(row[1]))
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: float = WAIT) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.2)
-
-
 async def wait_all_written(url: str, work: Workload) -> None:
     """Every produced event has its ledger row, exactly once, and the counter its newest seq."""
 
@@ -111,7 +106,7 @@ async def wait_all_written(url: str, work: Workload) -> None:
             await counter(url, work.tenant)
         ) == (work.seq * 1_000_000, work.seq)
 
-    await wait_for(done, f"{work.records} records in PostgreSQL")
+    await eventually(done, what=f"{work.records} records in PostgreSQL")
     rows = await ledger_rows(url, work.tenant)
     assert len(rows) == len(set(rows)) and set(rows) == work.expected()
 
@@ -301,13 +296,13 @@ async def test_offsets_retention_removed_are_counted_and_the_sink_goes_on(env: S
     lost = counter_value("stripemeter_sink_offsets_lost_total", topic=names.ledger)
 
     sink = RunningSink(env, url)
-    await wait_for(
-        lambda: _count_is(url, work.tenant, (1 + 4) * ITEMS), "the records retention kept written again"
+    await eventually(
+        lambda: _count_is(url, work.tenant, (1 + 4) * ITEMS), what="the records retention kept written again"
     )
     await sink.stop()
     assert counter_value("stripemeter_sink_offsets_lost_total", topic=names.ledger) == lost + 3
     sink = RunningSink(env, url)  # what is gone is counted once, not at every assignment
-    await wait_for(lambda: _assigned(sink), "the partitions assigned again")
+    await eventually(lambda: _assigned(sink), what="the partitions assigned again")
     await sink.stop()
     assert counter_value("stripemeter_sink_offsets_lost_total", topic=names.ledger) == lost + 3
     rows = set(await ledger_rows(url, work.tenant))
@@ -409,10 +404,10 @@ async def test_partitions_wait_while_postgresql_cannot_say_where_to_resume(
 
     monkeypatch.setattr(sink_offsets, "load", failing_load)
     sink = RunningSink(env, url)
-    await wait_for(lambda: _true(failures > 0), "an assignment PostgreSQL failed")
+    await eventually(lambda: _true(failures > 0), what="an assignment PostgreSQL failed")
     await work.produce(4)  # new records, which a sink reading from Kafka's commit would write at once
     seen = failures
-    await wait_for(lambda: _true(failures >= seen + 3), "three more tries")
+    await eventually(lambda: _true(failures >= seen + 3), what="three more tries")
     assert await ledger_rows(url, work.tenant) == []
     recovered = True
     await wait_all_written(url, work)
@@ -433,7 +428,7 @@ async def test_two_sinks_sharing_the_partitions_write_each_row_once(env: Setting
     await work.produce(10)
     await wait_all_written(url, work)
     second = RunningSink(env, url)
-    await wait_for(lambda: _true(second.sink.resumed > 0), "the second sink given partitions")
+    await eventually(lambda: _true(second.sink.resumed > 0), what="the second sink given partitions")
     await work.produce(10)
     await wait_all_written(url, work)
     await first.stop()
@@ -499,10 +494,12 @@ async def test_a_sink_process_killed_9_mid_stream_then_a_restore(
         await wait_all_written(url, work)
         written = len(work.expected())
         producing = asyncio.create_task(work.produce(15))
-        await wait_for(lambda: _more_than(url, work.tenant, written), "rows of the second records")
+        await eventually(lambda: _more_than(url, work.tenant, written), what="rows of the second records")
         sink.kill9()
         await producing
-        await wait_for(lambda: _none(own_db.base_url, own_db.name), "the killed sink's connection closed")
+        await eventually(
+            lambda: _none(own_db.base_url, own_db.name), what="the killed sink's connection closed"
+        )
         own_db.create(own_db.snapshot, template=own_db.name)  # the backup, taken after the kill
 
         sink = SinkProcess(env, url, tmp_path / "sink.log")

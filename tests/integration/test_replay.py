@@ -25,7 +25,7 @@ from stripemeter.schemas.corrections import Correction
 from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.replayer import ReplayRequest, build_replayer
-from tests.integration.client import counters_of, eventually, outcomes_of, produce
+from tests.integration.client import caught_up, counters_of, eventually, outcomes_of, produce
 from tests.integration.harness import ApiClient, StartWorker
 from tests.integration.test_exactly_once import behind
 
@@ -119,7 +119,9 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
     await eventually(lambda: _outcome_at_least(env, tenant, "counted", 60), what="fresh usage counted")
     await produce(env, [late])
     await eventually(lambda: _outcome_at_least(env, tenant, "late", 45), what="too-late events in the ledger")
-    await asyncio.sleep(1.5)  # let every delta of the fresh usage settle
+    await eventually(
+        lambda: _equals(local(env, tenant), oracle(fresh)), what="every delta of the fresh usage"
+    )
     names = TopicNames(env.topic_prefix, env.app_id)
     counters_before = await local(env, tenant)
     offsets_before = await end_offsets(env, [names.deltas, names.keyed])
@@ -131,7 +133,7 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
     assert dry["totals"]["delta"] * 1_000_000 == distinct_late
     assert all(c["after"] - c["before"] == c["delta"] for c in dry["counters"])
     # ... and nothing changed anywhere: counters, topics, the ledger
-    await asyncio.sleep(2)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await local(env, tenant) == counters_before
     assert await end_offsets(env, [names.deltas, names.keyed]) == offsets_before
     assert await replayed_rows(env, tenant) == 0
@@ -149,10 +151,11 @@ async def test_dry_run_changes_nothing_and_apply_counts_too_late_events_exactly_
     assert again["totals"]["delta"] == 0 and again["counters"] == []
     stored = await (await api.get(f"/v1/replay/{applied['replayId']}")).json()
     assert stored["status"] == "applied" and stored["totals"] == applied["totals"]
-    await asyncio.sleep(1.5)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await local(env, tenant) == expected
 
 
+@pytest.mark.exactly_once
 async def test_apply_while_live_events_flow_and_a_kill_neither_loses_nor_double_counts(
     env: Settings, start_worker: StartWorker, api: ApiClient
 ) -> None:
@@ -291,7 +294,7 @@ async def test_an_apply_retried_after_a_partial_failure_and_a_new_arrival_counts
     assert await waiting_late(env, tenant, window) == 0
     again = await replay(api, tenant, "apply")
     assert again["eventsReplayed"] == 0 and again["counters"] == []
-    await asyncio.sleep(1.5)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await local(env, tenant) == expected
 
 
@@ -341,7 +344,7 @@ async def test_a_key_reused_by_two_customers_is_replayed_once_for_each(
     assert await local(env, tenant) == expected
     assert await waiting_late(env, tenant, window) == 0
     assert (await replay(api, tenant, "apply"))["eventsReplayed"] == 0
-    await asyncio.sleep(1.5)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await local(env, tenant) == expected
 
 
@@ -434,7 +437,7 @@ async def test_adjustments_are_counted_once_and_listed(
         error = (await response.json())["error"]
         assert (error["code"], error["field"]) == ("idempotency_conflict", "Idempotency-Key")
         assert '"refund-1"' in error["message"] and next(iter(change)) in error["message"]
-    await asyncio.sleep(1)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await end_offsets(env, keyed) == sent
     assert await local(env, tenant) == Counter({("acme", bucket): 7_500_000})
     listed = await (await api.get(f"/v1/adjustments?tenantId={tenant}")).json()
@@ -505,7 +508,7 @@ async def test_an_adjustment_retried_after_the_meter_forgot_it_still_applies_onc
     assert (response.status, await response.read()) == (201, first)
     assert response.headers["Idempotent-Replayed"] == "true"
     assert await end_offsets(env, keyed) == sent  # nothing sent to the meter
-    await asyncio.sleep(1.5)
+    await eventually(lambda: caught_up(env), what="the pipeline caught up")
     assert await local(env, tenant) == expected
 
     # what a retry relying on the meter's dedupe did: the same correction again counts twice now

@@ -34,6 +34,8 @@ from tests.integration.harness import StartWorker, isolated_settings
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import build
 
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
+
 
 def _port_pair() -> int:
     """A client port whose next port (the controller's) is free too."""

@@ -34,6 +34,8 @@ from tests.integration.harness import StartWorker, WorkerProcess, free_port
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import HOUR_MS, Workload, build
 
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
+
 # The release before this one: the commit the previous format's workers run.
 PREVIOUS_RELEASE = "5452263"
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -19,10 +18,12 @@ import pytest
 from stripemeter.domain.config import Settings, settings_env
 from stripemeter.tools.demo import EVENT_NAME, Demo, send, usage
 from stripemeter.tools.local.stack import app_settings, down, up
-from tests.integration.harness import free_port, isolated_settings
+from tests.integration.harness import free_port, isolated_settings, wait_until
 from tests.timematrix import clock_offset, instants
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "ops" / "RECONCILIATION.md"
+# the emulator's summaries are immediate: a short settle time is enough, and the playbook waits it out
+SETTLE_SECONDS = 3.0
 
 
 def bash_blocks(text: str) -> list[str]:
@@ -40,7 +41,10 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
     stack: Settings, tmp_path: Path, at: datetime | None
 ) -> None:
     settings = isolated_settings(stack, tmp_path).with_overrides(
-        emulator_port=free_port(), auth_enabled=True, clock_offset_seconds=clock_offset(at)
+        emulator_port=free_port(),
+        auth_enabled=True,
+        clock_offset_seconds=clock_offset(at),
+        reconcile_settle_seconds=SETTLE_SECONDS,
     )
     log: list[str] = []
     up(settings, log.append)
@@ -56,12 +60,12 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         ]
         asyncio.run(send(app, [fresh]))
         expected = 60
-        _wait(lambda: demo.delivered(expected), "usage pushed")
+        wait_until(lambda: demo.delivered(expected), "usage pushed", timeout=90)
         old = (now - timedelta(hours=60)).replace(minute=0, second=0, microsecond=0)
         late = [usage(tenant, "acme-42", old + timedelta(minutes=i), 5, f"late-{i}") for i in range(4)]
         asyncio.run(send(app, [late]))
         expected += 20
-        _wait(lambda: demo._late_in_ledger() == 4, "too-late events in the ledger")
+        wait_until(lambda: demo._late_in_ledger() == 4, "too-late events in the ledger", timeout=90)
         # a foreign meter event in Stripe, two hours ago, for globex-7: beyond epsilon
         customer = {
             c["customerRef"]: c["stripeCustomerId"]
@@ -110,10 +114,3 @@ def test_every_runbook_command_works_and_the_playbook_ends_in_parity(
         assert sum(s["totals"]["stripe"] for s in summaries) == expected
     finally:
         down(settings, log.append)
-
-
-def _wait(check: Callable[[], object], what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.5)

@@ -39,6 +39,8 @@ from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.harness import ApiClient, StartWorker, free_port
 from tests.integration.stripe_helpers import emulator_settings, setup_tenant
 
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
+
 FLOODERS = 20
 FLOOD_SECONDS = 15.0
 STRIPE_LATENCY = 2.0

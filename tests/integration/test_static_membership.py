@@ -7,11 +7,15 @@ import asyncio
 import re
 import uuid
 
+import pytest
+
 from stripemeter.domain.config import Settings
 from tests.integration.client import eventually
 from tests.integration.harness import StartWorker, WorkerProcess
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import build
+
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
 
 
 def revocations(worker: WorkerProcess) -> float:

@@ -8,6 +8,8 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from stripemeter.domain.config import Settings
 from stripemeter.tools.stripe_emulator import EmulatorState
 from tests.integration.client import counters_of, eventually, produce
@@ -52,6 +54,7 @@ def events(tenant: str, customers: list[str], n: int) -> list[dict[str, Any]]:
     ]
 
 
+@pytest.mark.exactly_once
 async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     env: Settings,
     start_worker: StartWorker,
