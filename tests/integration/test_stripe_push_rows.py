@@ -223,7 +223,7 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
     from aiokafka import TopicPartition
 
     from stripemeter.domain.clock import SYSTEM
-    from stripemeter.services.stripe_writer import Ownership
+    from stripemeter.streams.stripe_writer import Ownership
 
     app = f"app-own-{uuid.uuid4().hex[:6]}"
     ownership = Ownership("postgresql://nobody@127.0.0.1:1/none", app, "w", SYSTEM)  # PostgreSQL unreachable

@@ -1,4 +1,4 @@
-"""The Stripe writer's decisions per counter hour (services/stripe_writer.py), without Kafka, PostgreSQL or
+"""The Stripe writer's decisions per counter hour (streams/stripe_writer.py), without Kafka, PostgreSQL or
 HTTP: ``db.pushes`` and ``client.send`` are replaced by fakes that log what the writer asked for, and
 the clock is fixed. test_stripe_client.py covers how a Stripe error becomes an outcome; these tests
 cover what the writer does with each outcome, and with each state an hour can be found in.
@@ -20,8 +20,8 @@ from stripemeter.adapters.stripe.client import SendResult
 from stripemeter.core.push_plan import IDENTIFIER_WINDOW_S, SUMMARY_LAG_S, Meter, Request, Row, new_request
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.kafka_access import KafkaAccess
-from stripemeter.services import stripe_writer as writer_module
-from stripemeter.services.stripe_writer import StripeWriter
+from stripemeter.streams import stripe_writer as writer_module
+from stripemeter.streams.stripe_writer import StripeWriter
 from tests.unit.adapters.stripe.test_client import connection_error
 from tests.unit.adapters.stripe.test_client import error as stripe_error
 
