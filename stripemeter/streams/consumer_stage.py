@@ -41,7 +41,8 @@ class StageHooks:
         """After the consumer started, before the first batch."""
 
     async def between_batches(self, consumer: AIOKafkaConsumer) -> None:
-        """Before each gather, also when the previous one found nothing (at least every ``poll_ms``)."""
+        """After each batch is committed, and after each gather that found nothing (so at least every
+        ``poll_ms``); it may stop the run. Not after the stage was told to stop."""
 
     async def assigned(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
         """Partitions given to this consumer, before any record of them is fetched."""
@@ -82,17 +83,15 @@ class ConsumerStage:
         try:
             await hooks.started(consumer)
             while not self._stopping.is_set():
-                await hooks.between_batches(consumer)
-                if self._stopping.is_set():  # a hook may end the run
-                    break
                 batch = await batching.gather(
                     consumer, settings.max_records, settings.linger_seconds, self._stopping, settings.poll_ms
                 )
-                if not batch:
-                    continue
-                await handle(batch)
-                if settings.group_id is not None:
-                    await batching.commit_handled(consumer, batch)
+                if batch:
+                    await handle(batch)
+                    if settings.group_id is not None:
+                        await batching.commit_handled(consumer, batch)
+                if not self._stopping.is_set():
+                    await hooks.between_batches(consumer)
         finally:
             await consumer.stop()
 

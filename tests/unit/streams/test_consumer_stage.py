@@ -175,4 +175,20 @@ async def test_hooks_see_the_assignment_and_may_end_the_run_between_batches() ->
 
     await asyncio.wait_for(stage.run(handle, hooks), WAIT)
     assert hooks.seen == ["assigned [0]", "started", "between", "between", "between"]
-    assert consumer.calls == ["getmany", "getmany", "stop"]  # stopped by the hook: no third fetch
+    assert consumer.calls == ["getmany", "getmany", "getmany", "stop"]  # stopped by the hook: no 4th fetch
+
+
+async def test_between_batches_runs_after_the_commit() -> None:
+    consumer = FakeConsumer(available=3)
+    stage = stage_over(consumer)
+
+    class Hooks(StageHooks):
+        async def between_batches(self, consumer: Any) -> None:
+            consumer.calls.append("between")
+            stage.stop()
+
+    async def handle(batch: Batch) -> None:
+        consumer.calls.append("handle")
+
+    await asyncio.wait_for(stage.run(handle, Hooks()), WAIT)
+    assert consumer.calls == ["getmany", "handle", "commit", "between", "stop"]
