@@ -104,6 +104,9 @@ class Ownership:
         self.clock = clock
         self.epochs: dict[int, int] = {}
         self.unclaimed: set[int] = set()  # assigned, lease not claimed yet (PostgreSQL failed): retried
+        # one claim at a time: the rebalance's and a push round's would otherwise both claim a partition,
+        # and the writer would keep the epoch of the first while the lease holds the second's
+        self._claiming = asyncio.Lock()
 
     def fence(self, partition: int) -> Fence | None:
         epoch = self.epochs.get(partition)
@@ -126,23 +129,24 @@ class Ownership:
         """Claim the leases of the partitions assigned but not claimed yet. The consumer swallows what a
         rebalance callback raises, so a failure here is logged and the writer's next round tries again;
         until then the partition's counters are recorded but not pushed."""
-        if not self.unclaimed:
-            return
-        held = {}
-        try:
-            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
-                for partition in sorted(self.unclaimed):
-                    epoch = await pushes.claim(conn, self.app_id, partition, self.owner, self.clock.utc())
-                    if partition in self.unclaimed:  # not revoked while claiming
-                        self.unclaimed.discard(partition)
-                        self.epochs[partition] = held[partition] = epoch
-        except psycopg.Error as exc:
-            log.error(
-                "stripe writer %s could not claim partitions %s (%s); trying again next round",
-                self.owner, sorted(self.unclaimed), exc,
-            )  # fmt: skip
-        if held:
-            log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
+        async with self._claiming:
+            if not self.unclaimed:
+                return
+            held = {}
+            try:
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                    for partition in sorted(self.unclaimed):
+                        epoch = await pushes.claim(conn, self.app_id, partition, self.owner, self.clock.utc())
+                        if partition in self.unclaimed:  # not revoked while claiming
+                            self.unclaimed.discard(partition)
+                            self.epochs[partition] = held[partition] = epoch
+            except psycopg.Error as exc:
+                log.error(
+                    "stripe writer %s could not claim partitions %s (%s); trying again next round",
+                    self.owner, sorted(self.unclaimed), exc,
+                )  # fmt: skip
+            if held:
+                log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
 
 
 class StripeWriter:
