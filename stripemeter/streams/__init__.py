@@ -5,5 +5,6 @@ meter       keyed events -> dedupe, lateness, hour-bucket counters on changelog-
             (the decisions are ``stripemeter.core.metering``; ``worker/meter.py`` runs them)
 checkpoint  changelogs, ledger, too-late records, then watermarks and usage.deltas; then acknowledge
 sink        ledger, dead letters and deltas -> PostgreSQL
-The Stripe writer that reads usage.deltas lives in ``stripemeter.services.stripe_writer``.
+writer      usage.deltas -> push rows -> Stripe meter events (``stripe_writer.py``; its decisions are
+            ``stripemeter.core.push_plan``)
 """

@@ -16,16 +16,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from functools import partial
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.structs import TopicPartition
+from aiokafka import AIOKafkaProducer
 
-from stripemeter.adapters.kafka import batching
 from stripemeter.adapters.kafka.admin import message_limits
+from stripemeter.adapters.kafka.batching import ConsumerSettings
 from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
 from stripemeter.domain import metrics
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
@@ -35,13 +34,14 @@ from stripemeter.schemas.packing import pack_arrays, payload_limit
 from stripemeter.schemas.partitioning import Partitioner, keyed_routing_key
 from stripemeter.schemas.records import keyed_item
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.consumer_stage import Batch, ConsumerStage
 
 log = logging.getLogger(__name__)
 
 FETCH_MAX_BYTES = 32 * 1024 * 1024
-# a poll may wait this long to fill (see batching.py): at 10,000 single-event messages a second the
-# keyed messages then hold ~125 events each instead of a handful, and the meter's work per message
-# (Faust's own overhead, a counter and watermark read and write) is shared by more events
+# a poll may wait this long to fill (see adapters/kafka/batching.py): at 10,000 single-event messages
+# a second the keyed messages then hold ~125 events each instead of a handful, and the meter's work per
+# message (Faust's own overhead, a counter and watermark read and write) is shared by more events
 LINGER_SECONDS = 0.05
 
 
@@ -104,23 +104,21 @@ class Intake:
         self.kafka = kafka
         self.clock = clock
         self.names = names
-        self.group_id = group_id
-        self.poll_records = poll_records
         self.keyed_limit = payload_limit(4 * 1024 * 1024)  # replaced by the broker's when it runs
-        self._stopping = asyncio.Event()
+        self.stage = ConsumerStage(
+            kafka,
+            ConsumerSettings(
+                (names.events,),
+                group_id,
+                max_records=poll_records,
+                linger_seconds=LINGER_SECONDS,
+                max_partition_fetch_bytes=FETCH_MAX_BYTES,
+                fetch_max_bytes=FETCH_MAX_BYTES,
+                read_committed=True,
+            ),
+        )
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            self.names.events,
-            **client_kwargs(self.kafka),
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_partition_fetch_bytes=FETCH_MAX_BYTES,
-            fetch_max_bytes=FETCH_MAX_BYTES,
-            isolation_level="read_committed",
-        )
         producer = AIOKafkaProducer(
             **client_kwargs(self.kafka),
             acks="all",
@@ -130,7 +128,6 @@ class Intake:
             max_request_size=FETCH_MAX_BYTES,
         )
         await producer.start()
-        await consumer.start()
         try:
             keyed_partitions = Partitioner(len(await producer.partitions_for(self.names.keyed)))
             limits = await message_limits(self.kafka, [self.names.keyed])
@@ -142,23 +139,14 @@ class Intake:
                 keyed_partitions.partitions,
                 self.keyed_limit,
             )
-            while not self._stopping.is_set():
-                batch = await batching.gather(consumer, self.poll_records, LINGER_SECONDS, self._stopping)
-                if not batch:
-                    continue
-                await self._handle(batch, consumer, producer, keyed_partitions)
+            await self.stage.run(partial(self._handle, producer, keyed_partitions))
         finally:
-            await consumer.stop()
             await producer.stop()
             log.info("intake stopped")
 
-    async def _handle(
-        self,
-        batch: dict[TopicPartition, list[Any]],
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
-        keyed_partitions: Partitioner,
-    ) -> None:
+    async def _handle(self, producer: AIOKafkaProducer, keyed_partitions: Partitioner, batch: Batch) -> None:
+        """Route the batch and wait until the broker has every keyed message and dead letter: the
+        stage commits the batch only after this returns."""
         records = [msg for msgs in batch.values() for msg in msgs]
         keyed, dead, seen = route(records, keyed_partitions, self.clock.ms(), self.keyed_limit)
         futures = []
@@ -169,11 +157,10 @@ class Intake:
             futures.append(await producer.send(self.names.dlq, value))
         if futures:
             await asyncio.gather(*futures)
-        await batching.commit_handled(consumer, batch)
         metrics.INTAKE_MESSAGES.inc(len(records))
         if dead:
             metrics.EVENTS.labels("rejected").inc(len(dead))
             log.info("dead-lettered %d of %d events", len(dead), seen)
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.stage.stop()

@@ -20,19 +20,17 @@ Records travel to PostgreSQL as the raw JSON they were read as; PostgreSQL unpac
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
+from functools import partial
 from typing import Any
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from stripemeter.adapters.kafka import batching
-from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.adapters.kafka.batching import ConsumerSettings
 from stripemeter.adapters.postgres import counters, ledger, sink_offsets
 from stripemeter.adapters.postgres.counters import upsert_counters
 from stripemeter.adapters.postgres.ledger import rejected_row, write_ledger
@@ -41,6 +39,7 @@ from stripemeter.domain import metrics
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.consumer_stage import Batch, ConsumerStage, StageHooks
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ BATCH_LINGER_SECONDS = 0.5
 RESUME_RETRY_SECONDS = 1.0  # between tries to seek newly assigned partitions when PostgreSQL failed
 
 
-class PostgresSink:
+class PostgresSink(StageHooks):
     def __init__(
         self, kafka: KafkaAccess, names: TopicNames, group_id: str, database_url: str, clock: Clock = SYSTEM
     ):
@@ -61,41 +60,52 @@ class PostgresSink:
         self.names = names
         self.group_id = group_id
         self.database_url = database_url
-        self._stopping = asyncio.Event()
         self.unresumed: set[TopicPartition] = set()  # assigned, paused, not sought to the database's offsets
         self._resume_tried = 0.0
         self.resumed = 0  # partitions sought to the database's offsets so far
+        self.stage = ConsumerStage(
+            kafka,
+            ConsumerSettings(
+                tuple(self.topics),
+                group_id,
+                max_records=BATCH_RECORDS,
+                linger_seconds=BATCH_LINGER_SECONDS,
+                max_partition_fetch_bytes=32 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
+            ),
+        )
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self.kafka),
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-            max_partition_fetch_bytes=32 * 1024 * 1024,
-            fetch_max_bytes=64 * 1024 * 1024,
-        )
-        consumer.subscribe(self.topics, listener=_ResumeFromDatabase(self, consumer))
-        await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
-        await self.prepare(conn)
-        log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
         try:
-            while not self._stopping.is_set():
-                if self.unresumed and time.monotonic() - self._resume_tried >= RESUME_RETRY_SECONDS:
-                    await self.resume_pending(consumer)
-                batch = await batching.gather(consumer, BATCH_RECORDS, BATCH_LINGER_SECONDS, self._stopping)
-                if not batch:
-                    continue
-                with metrics.SINK_BATCH_SECONDS.time():
-                    await self._write(conn, [m for msgs in batch.values() for m in msgs])
-                for tp, msgs in batch.items():
-                    metrics.SINK_RECORDS.labels(tp.topic).inc(len(msgs))
-                await batching.commit_handled(consumer, batch)
+            await self.prepare(conn)
+            log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
+            await self.stage.run(partial(self._handle, conn), hooks=self)
         finally:
             await conn.close()
-            await consumer.stop()
+
+    async def _handle(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
+        with metrics.SINK_BATCH_SECONDS.time():
+            await self._write(conn, [m for msgs in batch.values() for m in msgs])
+        for tp, msgs in batch.items():
+            metrics.SINK_RECORDS.labels(tp.topic).inc(len(msgs))
+
+    # --- the database is the truth for the offsets: partitions start where it says -------------------
+
+    async def assigned(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
+        """Partitions given to the sink stay paused until they are sought to the database's offsets;
+        if that fails, ``between_batches`` tries again."""
+        if partitions:
+            consumer.pause(*partitions)
+            self.unresumed |= partitions
+            await self.resume_pending(consumer)
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        self.unresumed -= partitions
+
+    async def between_batches(self, consumer: AIOKafkaConsumer) -> None:
+        if self.unresumed and time.monotonic() - self._resume_tried >= RESUME_RETRY_SECONDS:
+            await self.resume_pending(consumer)
 
     @property
     def topics(self) -> list[str]:
@@ -236,23 +246,4 @@ class PostgresSink:
         log.error("skipping unreadable record %s[%d]@%d: %s", msg.topic, msg.partition, msg.offset, reason)
 
     def stop(self) -> None:
-        self._stopping.set()
-
-
-class _ResumeFromDatabase(ConsumerRebalanceListener):  # type: ignore[misc]
-    """Pauses the partitions the sink is given until they are sought to the offsets its database
-    stores; the consumer swallows what a rebalance callback raises, so a failure leaves them paused
-    and the sink's loop tries again."""
-
-    def __init__(self, sink: PostgresSink, consumer: AIOKafkaConsumer):
-        self.sink = sink
-        self.consumer = consumer
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        self.sink.unresumed -= set(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        if assigned:
-            self.consumer.pause(*assigned)
-            self.sink.unresumed |= set(assigned)
-            await self.sink.resume_pending(self.consumer)
+        self.stage.stop()

@@ -29,10 +29,11 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import psycopg
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 from psycopg import sql
 
 from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
+from stripemeter.adapters.kafka.batching import ConsumerSettings
 from stripemeter.adapters.kafka.changelog_state import send_records
 from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.migrate import migrate
@@ -40,6 +41,7 @@ from stripemeter.domain.config import Secret, Settings, settings_env
 from stripemeter.domain.timefmt import iso_ms
 from stripemeter.domain.units import MICROS, floor_units, micros_to_float
 from stripemeter.schemas.topics import TopicNames, replication_of
+from stripemeter.streams.consumer_stage import Batch, ConsumerStage, StageHooks
 from stripemeter.streams.stages import stage_children
 from stripemeter.tools.local.procs import free_port
 
@@ -147,36 +149,51 @@ async def produce_all(settings: Settings, topic: str, messages: list[bytes], say
 
 
 async def baseline(settings: Settings, topic: str, expected_events: int) -> float:
-    """Plain aiokafka consume + orjson decode + dict aggregation: events per second."""
-    consumer = AIOKafkaConsumer(
-        topic,
-        **client_kwargs(settings.kafka),
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        group_id=None,
-        max_partition_fetch_bytes=8 * 1024 * 1024,
-        fetch_max_bytes=64 * 1024 * 1024,
+    """aiokafka consume (the stages' loop, no group) + orjson decode + dict aggregation: events per second."""
+    reader = ConsumerStage(
+        settings.kafka,
+        ConsumerSettings(
+            (topic,),
+            group_id=None,
+            max_records=5000,
+            poll_ms=1000,
+            fetch_max_wait_ms=500,
+            max_partition_fetch_bytes=8 * 1024 * 1024,
+            fetch_max_bytes=64 * 1024 * 1024,
+        ),
     )
-    await consumer.start()
-    totals: dict[tuple[str, str, str, str], float] = {}
-    seen = 0
-    started = time.perf_counter()
-    try:
-        while seen < expected_events:
-            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            for messages in batch.values():
-                for message in messages:
-                    value = orjson.loads(message.value)
-                    for e in value if isinstance(value, list) else (value,):
-                        key = (e["tenantId"], e["metric"], e["customerRef"], e["ts"][:13])
-                        totals[key] = totals.get(key, 0) + e["quantity"]
-                        seen += 1
-    finally:
-        await consumer.stop()
-    return seen / (time.perf_counter() - started)
+    aggregation = _Aggregation(reader, expected_events)
+    await reader.run(aggregation.add, hooks=aggregation)
+    return aggregation.seen / (time.perf_counter() - aggregation.started_at)
 
 
-class DeltaWatcher:
+class _Aggregation(StageHooks):
+    """The baseline's work: sums per counter hour, timed from the consumer's start."""
+
+    def __init__(self, reader: ConsumerStage, expected_events: int):
+        self.reader = reader
+        self.expected_events = expected_events
+        self.totals: dict[tuple[str, str, str, str], float] = {}
+        self.seen = 0
+        self.started_at = time.perf_counter()
+
+    async def started(self, consumer: Any) -> None:
+        self.started_at = time.perf_counter()
+
+    async def add(self, batch: Batch) -> None:
+        totals = self.totals
+        for messages in batch.values():
+            for message in messages:
+                value = orjson.loads(message.value)
+                for e in value if isinstance(value, list) else (value,):
+                    key = (e["tenantId"], e["metric"], e["customerRef"], e["ts"][:13])
+                    totals[key] = totals.get(key, 0) + e["quantity"]
+                    self.seen += 1
+        if self.seen >= self.expected_events:
+            self.reader.stop()
+
+
+class DeltaWatcher(StageHooks):
     """Follows usage.deltas and keeps the newest total per counter."""
 
     def __init__(self, settings: Settings, topic: str, only_customer: str | None = None):
@@ -187,33 +204,35 @@ class DeltaWatcher:
         self.totals: dict[tuple[str, str, str, str], tuple[int, int]] = {}
         self.sum_micros = 0
         self.on_update: Callable[[tuple[str, str, str, str], int], None] | None = None
+        self.reader = ConsumerStage(
+            settings.kafka,
+            ConsumerSettings(
+                (topic,), group_id=None, max_records=100_000, poll_ms=100, fetch_max_wait_ms=500
+            ),
+        )
+        self._until: Callable[[], bool] = lambda: False
 
     async def run(self, until: Callable[[], bool]) -> None:
-        consumer = AIOKafkaConsumer(
-            self.topic,
-            **client_kwargs(self.settings.kafka),
-            auto_offset_reset="earliest",
-            enable_auto_commit=False,
-            group_id=None,
-        )
-        await consumer.start()
-        try:
-            while not until():
-                batch = await consumer.getmany(timeout_ms=100)
-                for messages in batch.values():
-                    for message in messages:
-                        if self.key_suffix and not (message.key or b"").endswith(self.key_suffix):
-                            continue
-                        d = orjson.loads(message.value)
-                        key = (d["tenantId"], d["metric"], d["customerRef"], d["bucket"])
-                        old_seq, old_total = self.totals.get(key, (-1, 0))
-                        if d["seq"] > old_seq:
-                            self.totals[key] = (d["seq"], d["totalMicros"])
-                            self.sum_micros += d["totalMicros"] - old_total
-                            if self.on_update is not None:
-                                self.on_update(key, d["totalMicros"])
-        finally:
-            await consumer.stop()
+        self._until = until
+        await self.reader.run(self._follow, hooks=self)
+
+    async def between_batches(self, consumer: Any) -> None:
+        if self._until():
+            self.reader.stop()
+
+    async def _follow(self, batch: Batch) -> None:
+        for messages in batch.values():
+            for message in messages:
+                if self.key_suffix and not (message.key or b"").endswith(self.key_suffix):
+                    continue
+                d = orjson.loads(message.value)
+                key = (d["tenantId"], d["metric"], d["customerRef"], d["bucket"])
+                old_seq, old_total = self.totals.get(key, (-1, 0))
+                if d["seq"] > old_seq:
+                    self.totals[key] = (d["seq"], d["totalMicros"])
+                    self.sum_micros += d["totalMicros"] - old_total
+                    if self.on_update is not None:
+                        self.on_update(key, d["totalMicros"])
 
 
 # gauges with a ``kind`` label that bench latency follows, and the prefix of their keys in its samples

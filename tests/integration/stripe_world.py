@@ -1,6 +1,6 @@
 """One manual clock for the Stripe emulator, the Stripe writer and the reconciler, all in this process:
 tests move time (Stripe's summary lag, the settle time, the lag cap) instead of waiting for it. The
-writer is the real one (services/stripe_writer.py) without Kafka: the test records each counter's
+writer is the real one (streams/stripe_writer.py) without Kafka: the test records each counter's
 newest total as the writer's consumer would, and runs the writer's rounds itself."""
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.services.reconciliation.request import ReconcileSettings, RunRequest
 from stripemeter.services.reconciliation.run import Reconciler
-from stripemeter.services.stripe_writer import StripeWriter
+from stripemeter.streams.stripe_writer import StripeWriter
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 from stripemeter.tools.stripe_emulator.clock import ManualClock
 from tests.integration.harness import free_port

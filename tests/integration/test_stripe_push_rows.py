@@ -4,6 +4,7 @@ nothing; error reports take back what a dropped request was thought to deliver."
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -230,7 +231,7 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
     from aiokafka import TopicPartition
 
     from stripemeter.domain.clock import SYSTEM
-    from stripemeter.services.stripe_writer import Ownership
+    from stripemeter.streams.stripe_writer import Ownership
 
     app = f"app-own-{uuid.uuid4().hex[:6]}"
     ownership = Ownership("postgresql://nobody@127.0.0.1:1/none", app, "w", SYSTEM)  # PostgreSQL unreachable
@@ -243,6 +244,30 @@ async def test_a_lease_claim_that_failed_in_the_rebalance_is_claimed_on_the_next
     ownership.database_url = stack.database_url.value  # PostgreSQL is back
     await ownership.claim()
     assert set(ownership.epochs) == {0} and not ownership.unclaimed
+
+
+async def test_a_rebalance_and_a_push_round_claiming_at_once_keep_the_leases_epoch(stack: Settings) -> None:
+    """The writer's rebalance callback and its push round both claim what is unclaimed; the epoch it
+    keeps must be the lease's, or every change it makes to the partition's rows is refused."""
+    from aiokafka import TopicPartition
+
+    from stripemeter.domain.clock import SYSTEM
+    from stripemeter.streams.stripe_writer import Ownership
+
+    app = f"app-own-{uuid.uuid4().hex[:6]}"
+    ownership = Ownership(stack.database_url.value, app, "w", SYSTEM)
+    ownership.unclaimed = {0, 1}
+    await asyncio.gather(
+        ownership.on_partitions_assigned(
+            [TopicPartition("usage.deltas", 0), TopicPartition("usage.deltas", 1)]
+        ),
+        ownership.claim(),
+    )
+    async with await psycopg.AsyncConnection.connect(stack.database_url.value) as conn:
+        cur = await conn.execute(
+            "SELECT partition, epoch FROM stripe_writer_leases WHERE app_id = %s ORDER BY partition", (app,)
+        )
+        assert dict(await cur.fetchall()) == ownership.epochs == {0: 1, 1: 1}
 
 
 # --- one stream, one partition --------------------------------------------------------------------------

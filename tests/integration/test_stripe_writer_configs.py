@@ -32,8 +32,8 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.stripe_writer import StripeWriter
 from stripemeter.streams.sink import PostgresSink
+from stripemeter.streams.stripe_writer import StripeWriter
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 from tests.integration.client import eventually
 from tests.integration.harness import free_port

@@ -1,4 +1,4 @@
-"""Batches that may fill for a moment before they are handled: fewer, bigger writes downstream.
+"""How a stage reads its topics: its consumer, batches that may fill for a moment, their commit.
 
 aiokafka's ``getmany`` returns as soon as anything has arrived, so a stage that keeps up handles
 many small batches, and each costs it (and whatever it writes to) a fixed price: a transaction, a
@@ -10,20 +10,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import CommitFailedError, IllegalStateError
 
+from stripemeter.adapters.kafka.client_auth import client_kwargs
+from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.domain.kafka_access import KafkaAccess
+
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """What a stage reads and how. Offsets are never committed automatically: the stage commits a
+    batch once it is handled; a partition the group never committed is read from its start."""
+
+    topics: tuple[str, ...]
+    group_id: str | None  # None: no group, nothing committed (a benchmark reading a topic whole)
+    max_records: int  # records in one batch at most: the stage's work in flight
+    linger_seconds: float = 0.0  # a batch waits this long after its first record to fill (gather)
+    poll_ms: int = 200  # an empty poll returns after this long, so the loop sees stop and its hooks
+    fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
+    max_partition_fetch_bytes: int = 1024 * 1024  # aiokafka's defaults
+    fetch_max_bytes: int = 50 * 1024 * 1024
+    read_committed: bool = False  # skip the records of aborted transactions (and wait for open ones)
+
+
+def new_consumer(kafka: KafkaAccess, settings: ConsumerSettings) -> AIOKafkaConsumer:
+    """The consumer a stage reads with, not subscribed yet."""
+    return AIOKafkaConsumer(
+        **client_kwargs(kafka),
+        group_id=settings.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        fetch_max_bytes=settings.fetch_max_bytes,
+        isolation_level="read_committed" if settings.read_committed else "read_uncommitted",
+    )
+
+
 async def gather(
-    consumer: AIOKafkaConsumer, max_records: int, linger_seconds: float, stopping: asyncio.Event
+    consumer: AIOKafkaConsumer,
+    max_records: int,
+    linger_seconds: float,
+    stopping: asyncio.Event,
+    poll_ms: int = 200,
 ) -> dict[Any, list[Any]]:
     """What arrives within ``linger_seconds`` of the first record, up to ``max_records``, in order per
-    partition; empty after 200 ms without any."""
-    batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=200, max_records=max_records)
+    partition; empty after ``poll_ms`` without any."""
+    batch: dict[Any, list[Any]] = await consumer.getmany(timeout_ms=poll_ms, max_records=max_records)
     count = sum(map(len, batch.values()))
     deadline = time.monotonic() + linger_seconds
     while batch and count < max_records and not stopping.is_set():

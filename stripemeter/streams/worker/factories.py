@@ -6,9 +6,9 @@ from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
-from stripemeter.services.stripe_writer import StripeWriter
 from stripemeter.streams.intake import Intake
 from stripemeter.streams.sink import PostgresSink
+from stripemeter.streams.stripe_writer import StripeWriter
 
 
 def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:

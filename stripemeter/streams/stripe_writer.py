@@ -1,5 +1,8 @@
 """The Stripe writer: usage.deltas -> what each counter hour holds -> meter events, exactly once.
 
+The writer is a consumer stage (``consumer_stage.py``): it records each batch of deltas, then the
+stage commits it; between batches it pushes.
+
 **One owner per counter.** A counter's deltas are keyed by its stream, so they arrive in one partition
 of usage.deltas, and the writers of a deployment share those partitions as a consumer group. A writer
 pushes only the counters of the partitions it holds; on each assignment it claims the partition's
@@ -34,18 +37,17 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import psycopg
 import stripe
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from stripemeter.adapters.kafka.batching import commit_handled
-from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.fetch_wait import FETCH_MAX_WAIT_MS
+from stripemeter.adapters.kafka.batching import ConsumerSettings
 from stripemeter.adapters.postgres import push_leases, push_totals
 from stripemeter.adapters.postgres.push_rows import PostgresPushRows
 from stripemeter.adapters.postgres.push_totals import Latest
@@ -82,6 +84,7 @@ from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import decode_delta
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
 from stripemeter.services.push_backfill import CounterBackfill
+from stripemeter.streams.consumer_stage import Batch, ConsumerStage, StageHooks
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +96,7 @@ CONTENDED = (
 )
 
 
-class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped: its classes are Any
+class Ownership:
     """The usage.deltas partitions this writer holds, each with the epoch of its lease."""
 
     def __init__(self, database_url: str, app_id: str, owner: str, clock: Clock):
@@ -103,12 +106,15 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         self.clock = clock
         self.epochs: dict[int, int] = {}
         self.unclaimed: set[int] = set()  # assigned, lease not claimed yet (PostgreSQL failed): retried
+        # one claim at a time: the rebalance's and a push round's would otherwise both claim a partition,
+        # and the writer would keep the epoch of the first while the lease holds the second's
+        self._claiming = asyncio.Lock()
 
     def fence(self, partition: int) -> Fence | None:
         epoch = self.epochs.get(partition)
         return None if epoch is None else Fence(self.app_id, epoch, partition)
 
-    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+    async def on_partitions_revoked(self, revoked: Collection[TopicPartition]) -> None:
         for tp in revoked:
             self.epochs.pop(tp.partition, None)
             self.unclaimed.discard(tp.partition)
@@ -117,7 +123,7 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
                 "stripe writer %s gave up partitions %s", self.owner, sorted(tp.partition for tp in revoked)
             )
 
-    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+    async def on_partitions_assigned(self, assigned: Collection[TopicPartition]) -> None:
         self.unclaimed |= {tp.partition for tp in assigned}
         await self.claim()
 
@@ -125,25 +131,26 @@ class Ownership(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         """Claim the leases of the partitions assigned but not claimed yet. The consumer swallows what a
         rebalance callback raises, so a failure here is logged and the writer's next round tries again;
         until then the partition's counters are recorded but not pushed."""
-        if not self.unclaimed:
-            return
-        held = {}
-        try:
-            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
-                for partition in sorted(self.unclaimed):
-                    epoch = await push_leases.claim(
-                        conn, self.app_id, partition, self.owner, self.clock.utc()
-                    )
-                    if partition in self.unclaimed:  # not revoked while claiming
-                        self.unclaimed.discard(partition)
-                        self.epochs[partition] = held[partition] = epoch
-        except psycopg.Error as exc:
-            log.error(
-                "stripe writer %s could not claim partitions %s (%s); trying again next round",
-                self.owner, sorted(self.unclaimed), exc,
-            )  # fmt: skip
-        if held:
-            log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
+        async with self._claiming:
+            if not self.unclaimed:
+                return
+            held = {}
+            try:
+                async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                    for partition in sorted(self.unclaimed):
+                        epoch = await push_leases.claim(
+                            conn, self.app_id, partition, self.owner, self.clock.utc()
+                        )
+                        if partition in self.unclaimed:  # not revoked while claiming
+                            self.unclaimed.discard(partition)
+                            self.epochs[partition] = held[partition] = epoch
+            except psycopg.Error as exc:
+                log.error(
+                    "stripe writer %s could not claim partitions %s (%s); trying again next round",
+                    self.owner, sorted(self.unclaimed), exc,
+                )  # fmt: skip
+            if held:
+                log.info("stripe writer %s holds partitions (epoch) %s", self.owner, held)
 
 
 class StripeWriter:
@@ -175,38 +182,24 @@ class StripeWriter:
         self.backfill = CounterBackfill(app_id, clock)
         self.push_rows: Callable[[psycopg.AsyncConnection], PushRows] = PostgresPushRows
         self._partitioner = Partitioner(1)
-        self._stopping = asyncio.Event()
+        self.stage = ConsumerStage(
+            kafka, ConsumerSettings((deltas_topic,), group_id, max_records=5000, poll_ms=100)
+        )
 
     def stop(self) -> None:
-        self._stopping.set()
+        self.stage.stop()
 
     async def run(self) -> None:
-        consumer = AIOKafkaConsumer(
-            **client_kwargs(self.kafka),
-            group_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
-        )
-        consumer.subscribe([self.deltas_topic], listener=self.ownership)
-        await consumer.start()
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
-        log.info("stripe writer started: %s -> Stripe Billing Meters", self.deltas_topic)
-        last_flush = 0.0
         try:
-            await self._assign_old_rows(conn, consumer)
-            while not self._stopping.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=5000)
-                if batch:
-                    await self._record(conn, [m for msgs in batch.values() for m in msgs if m.value])
-                    await commit_handled(consumer, batch)
-                if time.monotonic() - last_flush >= self.flush_interval:
-                    last_flush = time.monotonic()
-                    await self.push_due(conn)
-                    await self._backfill_step(conn, consumer)
+            log.info("stripe writer started: %s -> Stripe Billing Meters", self.deltas_topic)
+            await self.stage.run(partial(self._handle, conn), hooks=_WriterRounds(self, conn))
         finally:
             await conn.close()
-            await consumer.stop()
+
+    async def _handle(self, conn: psycopg.AsyncConnection, batch: Batch) -> None:
+        """Step 1 of each counter hour: store the newest totals; the stage commits the offsets after."""
+        await self._record(conn, [m for msgs in batch.values() for m in msgs if m.value])
 
     async def _record(self, conn: psycopg.AsyncConnection, messages: list[Any]) -> None:
         deltas = []
@@ -256,7 +249,7 @@ class StripeWriter:
                     raise
             await asyncio.sleep(0.05 * 2**attempt)
 
-    async def _backfill_step(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+    async def backfill_step(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         try:
             await self.backfill.round(conn, await self._partition_of(consumer))
         except CONTENDED as exc:
@@ -282,7 +275,7 @@ class StripeWriter:
         )  # fmt: skip
         metrics.POISON_MESSAGES.labels("writer").inc()
 
-    async def _assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
+    async def assign_old_rows(self, conn: psycopg.AsyncConnection, consumer: AIOKafkaConsumer) -> None:
         """Rows from before partitions and periods were recorded get them (see migration 0010)."""
         partition_of = await self._partition_of(consumer)
         while rows := await push_leases.unassigned_rows(conn, 1000):
@@ -307,7 +300,7 @@ class StripeWriter:
         for stream in await self.push_rows(conn).due(
             self.app_id, sorted(self.ownership.epochs), self.clock.utc()
         ):
-            if self._stopping.is_set():
+            if self.stage.stopping:
                 break
             try:
                 delivered += await self._push_stream(conn, stream)
@@ -326,7 +319,7 @@ class StripeWriter:
         check = _MeterCheck(self.meters, stream)
         delivered = 0
         for row, target in zip(stream.rows, wanted, strict=True):
-            if self._stopping.is_set():
+            if self.stage.stopping:
                 return delivered
             fence = self.ownership.fence(row.delta_partition)
             if fence is None:
@@ -587,6 +580,31 @@ class StripeWriter:
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
                 f" {held_text} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
+
+
+class _WriterRounds(StageHooks):
+    """The writer's work besides recording deltas: leases follow the partitions; every
+    ``flush_interval`` a round of pushes and of the counters backfill."""
+
+    def __init__(self, writer: StripeWriter, conn: psycopg.AsyncConnection):
+        self.writer = writer
+        self.conn = conn
+        self.last_flush = 0.0
+
+    async def started(self, consumer: AIOKafkaConsumer) -> None:
+        await self.writer.assign_old_rows(self.conn, consumer)
+
+    async def assigned(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition]) -> None:
+        await self.writer.ownership.on_partitions_assigned(partitions)
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        await self.writer.ownership.on_partitions_revoked(partitions)
+
+    async def between_batches(self, consumer: AIOKafkaConsumer) -> None:
+        if time.monotonic() - self.last_flush >= self.writer.flush_interval:
+            self.last_flush = time.monotonic()
+            await self.writer.push_due(self.conn)
+            await self.writer.backfill_step(self.conn, consumer)
 
 
 class _MeterCheck:

@@ -1,4 +1,4 @@
-"""The Stripe writer's decisions per counter hour (services/stripe_writer.py), without Kafka, PostgreSQL or
+"""The Stripe writer's decisions per counter hour (streams/stripe_writer.py), without Kafka, PostgreSQL or
 HTTP: the push rows (a fake of core/push_rows.py's ``PushRows``) and ``client.send`` log what the
 writer asked for, and the clock is fixed. test_stripe_client.py covers how a Stripe error becomes an
 outcome; these tests cover what the writer does with each outcome, and with each state an hour can be
@@ -28,8 +28,8 @@ from stripemeter.core.push_plan import (
 from stripemeter.core.push_rows import Delivery, Failure, Fence, PushRows, Stream
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.kafka_access import KafkaAccess
-from stripemeter.services import stripe_writer as writer_module
-from stripemeter.services.stripe_writer import StripeWriter
+from stripemeter.streams import stripe_writer as writer_module
+from stripemeter.streams.stripe_writer import StripeWriter
 from tests.unit.adapters.stripe.test_client import connection_error
 from tests.unit.adapters.stripe.test_client import error as stripe_error
 
