@@ -14,8 +14,9 @@ Counted and counted-again events add their quantity at their event time to their
 the others change no counter.
 
 ``Metering.process`` gathers the inputs for every event of a message and applies the outcomes. The
-event and its entry are the wire arrays as decoded (``schemas/records.py``, ``schemas/dedupe.py``),
-read by their named positions: the hot loop builds no object per event.
+event and its entry are the wire arrays as decoded (``stripemeter/schemas/records.py``,
+``stripemeter/schemas/dedupe.py``), read by their named positions: the hot loop builds no object per
+event.
 """
 
 from __future__ import annotations

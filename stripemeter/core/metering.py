@@ -296,7 +296,7 @@ class Metering:
         ``offset``.
 
         The hot loop works on the keyed items as decoded (wire arrays read by their named positions,
-        see ``schemas/records.py``), not on objects.
+        see ``stripemeter/schemas/records.py``), not on objects.
         """
         out = self.outcomes
         ledger = out.ledger

@@ -2,9 +2,9 @@
 
 On the wire a ledger item is the outcome followed by the event's keyed item, as one flat JSON array
 (``[outcome, *keyed item]``); the checkpoint packs many into one ledger record after the record
-format's version (``[2, item, ...]``, see ``versions.py``). The sink never builds them in Python:
-PostgreSQL unpacks the arrays with a column list generated from ``WIRE_FIELDS``
-(``adapters/postgres/ledger.py``).
+format's version (``[2, item, ...]``, see ``stripemeter/schemas/versions.py``). The sink never
+builds them in Python: PostgreSQL unpacks the arrays with a column list generated from
+``WIRE_FIELDS`` (``stripemeter/adapters/postgres/ledger.py``).
 """
 
 from __future__ import annotations

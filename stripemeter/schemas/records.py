@@ -2,9 +2,9 @@
 
 On the wire a keyed item is a compact JSON array (not an object), its fields in the order of
 ``KeyedItem``; one Kafka message holds many, after the record format's version (``[2, item, ...]``;
-the previous release wrote ``[item, ...]``, see ``versions.py``). The meter's hot loop reads the
-decoded arrays by the positions below (building a named tuple per event would cost about a tenth of
-its time); everything else decodes them into ``KeyedItem``.
+the previous release wrote ``[item, ...]``, see ``stripemeter/schemas/versions.py``). The meter's
+hot loop reads the decoded arrays by the positions below (building a named tuple per event would
+cost about a tenth of its time); everything else decodes them into ``KeyedItem``.
 """
 
 from __future__ import annotations
