@@ -301,21 +301,7 @@ class Metering:
         out = self.outcomes
         ledger = out.ledger
         dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
-        # one multi-get for the message's dedupe keys, read before any is written: each event's
-        # ``tenant|key`` and its customer's own ``tenant|key|customer`` (see the module's docstring);
-        # a key twice in one message must see what its first occurrence wrote, so such a message
-        # reads key by key
-        dkeys = [f"{item[TENANT_ID]}{SEP}{item[IDEMPOTENCY_KEY]}".encode() for item in items]
-        own_keys = [
-            dkey + SEP_BYTES + item[CUSTOMER_REF].encode() for item, dkey in zip(items, dkeys, strict=True)
-        ]
-        repeated = len(set(dkeys)) < len(dkeys)
-        if repeated:
-            known: list[bytes | None] = [None] * len(dkeys)
-            known_own: list[bytes | None] = known
-        else:
-            both = self.dedupe.get_many(partition, dkeys + own_keys)
-            known, known_own = both[: len(dkeys)], both[len(dkeys) :]
+        dkeys, own_keys, known, known_own, repeated = self._read_dedupe(partition, items)
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
@@ -360,19 +346,10 @@ class Metering:
             if outcome == decision.ALREADY_HANDLED:
                 continue  # no trace
             if outcome == decision.LATE:
-                against = late_against(watermark, policy)
-                out.late.append(encode_late(LateRecord(as_keyed(item).event(), against, policy.lateness_ms)))
-                ledger.append(ledger_item(LATE, item))
-                out.counts[LATE] += 1
+                self._too_late(item, watermark, policy)
                 continue
             if outcome == decision.OVERFLOW:
-                error = InvalidEvent(
-                    "counter_overflow",
-                    f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
-                    field="quantity",
-                )
-                out.dead.append(item_dead_letter(error, item, self.events_topic))
-                out.counts[REJECTED] += 1
+                self._overflowed(item)
                 continue
             if outcome == decision.COUNTED:
                 dedupe_put(
@@ -402,17 +379,62 @@ class Metering:
         out.counts[COUNTED] += counted
         out.counts[DUPLICATE] += duplicates
         self._note_written(partition, counted, earliest_due)
-        counters_put = self.counters.put
-        touched = out.touched
-        for ckey, partial in partials.items():
-            new = apply(stored[ckey], partial, offset)
-            if new is not None:
-                counters_put(partition, ckey, dump_value(new))
-            touched[ckey] = partition  # published again even when already applied
+        self._write_counters(partition, offset, partials, stored)
         for skey in advanced:
             mark = watermarks[skey]
             if mark is not None:  # always: only streams whose watermark was set advanced
                 self.watermarks.put(partition, skey, dump_int(mark))
+
+    def _write_counters(
+        self,
+        partition: int,
+        offset: int,
+        partials: dict[bytes, Partial],
+        stored: dict[bytes, CounterValue | None],
+    ) -> None:
+        """Each counter the message added to, unless it already applied ``offset`` (a redelivery);
+        every one is published again at the checkpoint either way."""
+        for ckey, partial in partials.items():
+            new = apply(stored[ckey], partial, offset)
+            if new is not None:
+                self.counters.put(partition, ckey, dump_value(new))
+            self.outcomes.touched[ckey] = partition
+
+    def _read_dedupe(
+        self, partition: int, items: list[list[Any]]
+    ) -> tuple[list[bytes], list[bytes], list[bytes | None], list[bytes | None], bool]:
+        """The message's dedupe keys, each event's ``tenant|key`` and its customer's own
+        ``tenant|key|customer`` (see the module's docstring), and their stored entries: read in one
+        multi-get before any is written. A key twice in one message must see what its first
+        occurrence wrote, so such a message (``repeated``) is read key by key as it is processed."""
+        dkeys = [f"{item[TENANT_ID]}{SEP}{item[IDEMPOTENCY_KEY]}".encode() for item in items]
+        own_keys = [
+            dkey + SEP_BYTES + item[CUSTOMER_REF].encode() for item, dkey in zip(items, dkeys, strict=True)
+        ]
+        if len(set(dkeys)) < len(dkeys):
+            unread: list[bytes | None] = [None] * len(dkeys)
+            return dkeys, own_keys, unread, unread, True
+        both = self.dedupe.get_many(partition, dkeys + own_keys)
+        return dkeys, own_keys, both[: len(dkeys)], both[len(dkeys) :], False
+
+    def _too_late(self, item: list[Any], watermark: int | None, policy: MetricPolicy) -> None:
+        """A too-late event: a usage.late record and a ledger row."""
+        against = late_against(watermark, policy)
+        self.outcomes.late.append(
+            encode_late(LateRecord(as_keyed(item).event(), against, policy.lateness_ms))
+        )
+        self.outcomes.ledger.append(ledger_item(LATE, item))
+        self.outcomes.counts[LATE] += 1
+
+    def _overflowed(self, item: list[Any]) -> None:
+        """An event its counter cannot take: rejected, with a dead letter under its place in usage.events."""
+        error = InvalidEvent(
+            "counter_overflow",
+            f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
+            field="quantity",
+        )
+        self.outcomes.dead.append(item_dead_letter(error, item, self.events_topic))
+        self.outcomes.counts[REJECTED] += 1
 
     def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
         raw = self.counters.get(partition, ckey)
