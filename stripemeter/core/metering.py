@@ -318,7 +318,10 @@ class Metering:
             policy = policies.get((tenant, metric))
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
-            watermark = self._watermark(partition, skey, watermarks)
+            # the stream's watermark, read once per message (most streams have several events)
+            watermark = (
+                watermarks[skey] if skey in watermarks else self._watermark(partition, skey, watermarks)
+            )
             ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
             if ckey in stored:
                 counter = stored[ckey]

@@ -35,17 +35,8 @@ class KeyedItem(NamedTuple):
     source_index: int
 
     def event(self) -> UsageEvent:
-        return UsageEvent(
-            self.tenant_id,
-            self.metric,
-            self.customer_ref,
-            self.quantity_micros,
-            self.ts_ms,
-            self.idempotency_key,
-            bool(self.key_derived),
-            self.resource_id,
-            self.meta,
-        )
+        tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, _, _, _ = self
+        return UsageEvent(tenant, metric, customer, micros, ts_ms, key, bool(derived), resource, meta)
 
     def source(self) -> Source:
         return Source(self.source_partition, self.source_offset, self.source_index)
