@@ -1,14 +1,10 @@
 """Metering: one keyed message -> dedupe, lateness, counters, and an outcome for every event.
 
-Decisions per event, exact under redelivery (see the README's "Exactly once"):
-- dedupe entry ``tenant + idempotencyKey`` exists
-  - written by this very event from this very keyed message: a redelivery of the message after a
-    crash: counted again (the counter's applied offset keeps it from adding twice);
-  - written by this very event (same source in usage.events) from another keyed message: intake
-    re-sent it after a crash: already handled, skipped without a trace;
-  - written by another input: a duplicate;
-- no entry, and ``ts`` older than the stream's watermark minus the metric's lateness: too late;
-- otherwise: counted. Its dedupe entry, the watermark and the counter are written.
+Each event's outcome (counted, counted again after a redelivery, already handled, duplicate, too
+late, overflowing) is decided by ``stripemeter/core/event_decision.py``, exact under redelivery;
+this module reads what the decision needs from the tables, one multi-get per message, and applies
+the outcomes: dedupe entries, watermarks, counters, ledger items, usage.late records and dead
+letters.
 
 Only counted events enter the dedupe table, so a counted duplicate always sees its original.
 
@@ -109,7 +105,7 @@ POISON = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, Recursio
 class Outcomes:
     """Everything the processed messages produced, until a checkpoint takes it."""
 
-    ledger: list[list[Any]] = field(default_factory=list)  # [outcome, *keyed item]
+    ledger: list[list[Any]] = field(default_factory=list)  # wire arrays of stripemeter/schemas/ledger.py
     late: list[bytes] = field(default_factory=list)  # usage.late records
     touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
     counts: Counter[str] = field(default_factory=Counter)
