@@ -114,27 +114,25 @@ def ledger_item_columns(element: str) -> str:
     )
 
 
-# The staged chunks' ledger items, one row each with named columns; the record format's version, the
-# first element of a chunk of the current format, is no item.
-LEDGER_ITEMS = f"""(
-SELECT {ledger_item_columns("e")}
-FROM ledger_in, jsonb_array_elements(chunk) AS e
-WHERE jsonb_typeof(e) = 'array'
-) AS item"""
+# The staged chunks' elements, one row each with the ledger item's fields as named columns.
+LEDGER_ITEMS = f"""SELECT {ledger_item_columns("e")}
+FROM ledger_in, jsonb_array_elements(chunk) AS e"""
 
+# The record format's version, the first element of a chunk of the current format, is no item.
 INSERT_FROM_LEDGER = f"""
 INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
                     customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta)
 SELECT %s, source_partition, source_offset, source_index, outcome, tenant_id, metric, customer_ref,
        quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta
-FROM {LEDGER_ITEMS}
+FROM ({LEDGER_ITEMS}
+WHERE jsonb_typeof(e) = 'array') AS item
 """
 INSERT_FROM_LEDGER_SKIPPING_WRITTEN = INSERT_FROM_LEDGER + "ON CONFLICT DO NOTHING\n"
 
 UPSERT_WATERMARKS = f"""
 INSERT INTO watermarks (tenant_id, metric, customer_ref, watermark)
 SELECT tenant_id, metric, customer_ref, to_timestamp(max(ts_ms) / 1000.0)
-FROM {LEDGER_ITEMS}
+FROM ({LEDGER_ITEMS}) AS item
 WHERE outcome = 'counted'
 GROUP BY 1, 2, 3
 ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
