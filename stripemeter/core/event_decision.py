@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from stripemeter.core.counting import CounterValue, Partial, aggregation_of
-from stripemeter.domain.policy import Aggregation, MetricPolicy
+from stripemeter.domain.policy import MetricPolicy
 from stripemeter.domain.units import MICROS
 from stripemeter.schemas import dedupe, records
 from stripemeter.schemas.events import MAX_MICROS
@@ -66,7 +66,14 @@ def decide(
         return COUNTED_AGAIN
     if policy.too_late(item[TS_MS], watermark_ms):
         return LATE
-    if overflows(counter, pending, policy.aggregation, item[QUANTITY_MICROS]):
+    # overflow: counting it would take the counter (as stored, plus what is pending) beyond what
+    # 64-bit micro-units hold; a ``last`` value is one event's quantity, which validation bounds
+    counted_as = aggregation_of(counter, policy.aggregation)
+    if counted_as == "last":
+        return COUNTED
+    base = int(counter[0] or 0) if counter is not None else 0
+    added = pending.added(counted_as) if pending is not None else 0
+    if abs(base + added + (MICROS if counted_as == "count" else item[QUANTITY_MICROS])) > MAX_MICROS:
         return OVERFLOW
     return COUNTED
 
@@ -76,16 +83,3 @@ def late_against(watermark_ms: int | None, policy: MetricPolicy) -> int:
     return max(
         watermark_ms if watermark_ms is not None else NEVER_BEFORE, policy.horizon_ms + policy.lateness_ms
     )
-
-
-def overflows(
-    counter: CounterValue | None, pending: Partial | None, aggregation: Aggregation, micros: int
-) -> bool:
-    """Whether adding ``micros`` takes the counter (as stored, plus what is pending) beyond what 64-bit
-    micro-units hold. A ``last`` value is one event's quantity, which validation bounds."""
-    counted_as = aggregation_of(counter, aggregation)
-    if counted_as == "last":
-        return False
-    base = int(counter[0] or 0) if counter is not None else 0
-    added = pending.added(counted_as) if pending is not None else 0
-    return abs(base + added + (MICROS if counted_as == "count" else micros)) > MAX_MICROS

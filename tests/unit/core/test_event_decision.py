@@ -17,7 +17,6 @@ from stripemeter.core.event_decision import (
     OVERFLOW,
     decide,
     late_against,
-    overflows,
 )
 from stripemeter.core.memory_state import MemoryState
 from stripemeter.core.metering import Metering
@@ -126,10 +125,12 @@ def test_an_event_that_would_take_its_counter_beyond_64_bits_overflows() -> None
 
 def test_count_and_last_aggregations_overflow_by_their_own_measure() -> None:
     full = MAX_MICROS - MICROS
-    assert not overflows([full, 1, 0, T0], None, "count", MAX_MICROS)  # one event adds one unit
-    assert overflows([full + 1, 1, 0, T0], None, "count", 1)
-    assert not overflows([MAX_MICROS, 1, 0, T0], None, "last", MAX_MICROS)  # replaces, never adds
-    assert not overflows(None, None, "sum", MAX_MICROS)
+    count, last = MetricPolicy("count", 2 * HOUR), MetricPolicy("last", 2 * HOUR)
+    big = item(micros=MAX_MICROS)
+    assert decision(big, policy=count, counter=[full, 1, 0, T0]) == COUNTED  # one event adds one unit
+    assert decision(item(micros=1), policy=count, counter=[full + 1, 1, 0, T0]) == OVERFLOW
+    assert decision(big, policy=last, counter=[MAX_MICROS, 1, 0, T0]) == COUNTED  # replaces, never adds
+    assert decision(big, counter=None) == COUNTED
 
 
 def test_events_either_side_of_new_year_count_into_their_own_hours() -> None:
