@@ -49,7 +49,7 @@ from stripemeter.schemas.dedupe import correction_entry, dump_entry, load_entry
 from stripemeter.schemas.event_json import event_json
 from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent
 from stripemeter.schemas.late import LateRecord, encode_late
-from stripemeter.schemas.ledger import ledger_item
+from stripemeter.schemas.ledger_items import ledger_item
 from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, is_policy_update
 from stripemeter.schemas.records import (
     CUSTOMER_REF,
@@ -105,7 +105,9 @@ POISON = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, Recursio
 class Outcomes:
     """Everything the processed messages produced, until a checkpoint takes it."""
 
-    ledger: list[list[Any]] = field(default_factory=list)  # wire arrays of stripemeter/schemas/ledger.py
+    ledger: list[list[Any]] = field(
+        default_factory=list
+    )  # wire arrays of stripemeter/schemas/ledger_items.py
     late: list[bytes] = field(default_factory=list)  # usage.late records
     touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
     counts: Counter[str] = field(default_factory=Counter)

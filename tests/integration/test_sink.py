@@ -15,7 +15,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
 from stripemeter.schemas.events import UsageEvent
-from stripemeter.schemas.ledger import WIRE_FIELDS, ledger_item
+from stripemeter.schemas.ledger_items import WIRE_FIELDS, ledger_item
 from stripemeter.schemas.records import keyed_item
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.schemas.versions import UnknownRecordVersion
@@ -37,7 +37,7 @@ class Message(NamedTuple):
 def item(
     outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int
 ) -> list[Any]:
-    """A ledger item as the worker writes it (see stripemeter/schemas/ledger.py)."""
+    """A ledger item as the worker writes it (see stripemeter/schemas/ledger_items.py)."""
     meta = {"path": "/v1/x\\y\t"} if offset == 1 else None  # escapes survive COPY
     event = UsageEvent(tenant, "requests", customer, micros, ts_ms, key, False, None, meta)
     return ledger_item(outcome, keyed_item(event, 0, offset, 0))

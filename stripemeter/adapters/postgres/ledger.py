@@ -2,7 +2,7 @@
 
 Ledger records (the worker's own JSON arrays, many events per record, after the record format's
 version in the current format: ``[2, item, ...]``; see ``stripemeter/schemas/versions.py`` and
-``stripemeter/schemas/ledger.py``) go to PostgreSQL as they were read: COPY puts each record in a
+``stripemeter/schemas/ledger_items.py``) go to PostgreSQL as they were read: COPY puts each record in a
 temporary ``jsonb`` row and one INSERT ... SELECT unpacks them, by a column list generated from the
 ledger item's definition. The sink builds no Python object per event; PostgreSQL parses the JSON,
 in C. Dead letters (rare, and JSON objects from anywhere) are turned into rows in Python.
@@ -25,7 +25,7 @@ import psycopg
 
 from stripemeter.domain import metrics
 from stripemeter.schemas import versions
-from stripemeter.schemas.ledger import WIRE_FIELDS, position
+from stripemeter.schemas.ledger_items import WIRE_FIELDS, position
 
 RAW_LIMIT = 64 * 1024
 
@@ -75,7 +75,7 @@ CREATE_LEDGER_STAGING = "CREATE TEMP TABLE IF NOT EXISTS ledger_in (chunk jsonb)
 # on a table that lives for one transaction).
 UNCOMPRESSED_LEDGER_STAGING = "ALTER TABLE ledger_in ALTER COLUMN chunk SET STORAGE EXTERNAL"
 
-# How each field of a ledger item (schemas/ledger.py) is read from its JSON array element: as text,
+# How each field of a ledger item (schemas/ledger_items.py) is read from its JSON array element: as text,
 # cast to a type, as a flag (0/1, or true/false from an older writer) or as JSON (null: SQL NULL).
 LEDGER_FIELD_TYPES = {
     "outcome": "text",
@@ -107,7 +107,7 @@ def json_array_field(element: str, position: int, sql_type: str) -> str:
 
 def ledger_item_columns(element: str) -> str:
     """``e->>N AS name, ...``: every field of a ledger item by its name, generated from its
-    definition (``schemas.ledger.WIRE_FIELDS``), so that the SQL follows the wire array's order."""
+    definition (``schemas.ledger_items.WIRE_FIELDS``), so that the SQL follows the wire array's order."""
     return ",\n       ".join(
         f"{json_array_field(element, position(name), LEDGER_FIELD_TYPES[name])} AS {name}"
         for name in WIRE_FIELDS

@@ -9,7 +9,7 @@ from stripemeter.adapters.postgres.ledger import (
     json_array_field,
     ledger_item_columns,
 )
-from stripemeter.schemas.ledger import WIRE_FIELDS, position
+from stripemeter.schemas.ledger_items import WIRE_FIELDS, position
 
 
 def test_every_field_of_a_ledger_item_is_read_at_its_position_under_its_name() -> None:

@@ -19,7 +19,7 @@ from stripemeter.schemas.dedupe import (
 from stripemeter.schemas.event_json import event_from_json, event_json
 from stripemeter.schemas.events import UsageEvent
 from stripemeter.schemas.late import LateRecord, decode_late, encode_late
-from stripemeter.schemas.ledger import (
+from stripemeter.schemas.ledger_items import (
     WIRE_FIELDS,
     LedgerItem,
     decode_ledger_item,

@@ -1,7 +1,7 @@
 """Kafka record bytes -> named fields, per topic kind (pure; never raises on bad input).
 
 Contract topics keep their records as they are. Internal topics carry compact arrays, read here by
-their definitions (``stripemeter/schemas/records.py``, ``stripemeter/schemas/ledger.py``,
+their definitions (``stripemeter/schemas/records.py``, ``stripemeter/schemas/ledger_items.py``,
 ``stripemeter/schemas/dedupe.py``, ``stripemeter/core/counting.py``) and shown with the contract's
 field names. Anything that does not fit - not UTF-8, not JSON, or JSON of another shape - becomes a
 ``binary`` or ``raw`` record with a short preview, so one bad message never stops a tail.
@@ -20,7 +20,7 @@ from stripemeter.domain.policy import AGGREGATIONS
 from stripemeter.domain.timefmt import iso_hour, iso_ms
 from stripemeter.domain.units import micros_to_number
 from stripemeter.schemas.dedupe import as_entry
-from stripemeter.schemas.ledger import decode_ledger_item
+from stripemeter.schemas.ledger_items import decode_ledger_item
 from stripemeter.schemas.records import KeyedItem, as_keyed
 
 PREVIEW_CHARS = 120
