@@ -21,15 +21,15 @@ event.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from stripemeter.core.counting import CounterValue, Partial, aggregation_of
 from stripemeter.domain.policy import MetricPolicy
 from stripemeter.domain.units import MICROS
 from stripemeter.schemas import dedupe, records
 from stripemeter.schemas.events import MAX_MICROS
-from stripemeter.schemas.records import QUANTITY_MICROS, TS_MS
 
+Outcome = Literal["counted", "counted_again", "already_handled", "duplicate", "late", "overflow"]
 COUNTED: Final = "counted"
 COUNTED_AGAIN: Final = "counted_again"  # the same keyed message redelivered
 ALREADY_HANDLED: Final = "already_handled"  # the same input re-sent by intake in another keyed message
@@ -48,7 +48,7 @@ def decide(
     policy: MetricPolicy,
     counter: CounterValue | None,
     pending: Partial | None,
-) -> str:
+) -> Outcome:
     """The outcome of the keyed item ``item`` read from the keyed message at ``keyed_offset``.
 
     ``entry`` is its dedupe entry; ``watermark_ms`` its stream's watermark (None before the stream's
@@ -64,7 +64,7 @@ def decide(
         if entry[dedupe.KEYED_OFFSET] != keyed_offset:
             return ALREADY_HANDLED
         return COUNTED_AGAIN
-    if policy.too_late(item[TS_MS], watermark_ms):
+    if policy.too_late(item[records.TS_MS], watermark_ms):
         return LATE
     # overflow: counting it would take the counter (as stored, plus what is pending) beyond what
     # 64-bit micro-units hold; a ``last`` value is one event's quantity, which validation bounds
@@ -73,7 +73,7 @@ def decide(
         return COUNTED
     base = int(counter[0] or 0) if counter is not None else 0
     added = pending.added(counted_as) if pending is not None else 0
-    if abs(base + added + (MICROS if counted_as == "count" else item[QUANTITY_MICROS])) > MAX_MICROS:
+    if abs(base + added + (MICROS if counted_as == "count" else item[records.QUANTITY_MICROS])) > MAX_MICROS:
         return OVERFLOW
     return COUNTED
 
