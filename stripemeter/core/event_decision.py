@@ -26,8 +26,9 @@ from typing import Any, Final, Literal
 from stripemeter.core.counting import CounterValue, Partial, aggregation_of
 from stripemeter.domain.policy import MetricPolicy
 from stripemeter.domain.units import MICROS
-from stripemeter.schemas import dedupe, records
+from stripemeter.schemas import dedupe
 from stripemeter.schemas.events import MAX_MICROS
+from stripemeter.schemas.records import QUANTITY_MICROS, SOURCE_INDEX, SOURCE_OFFSET, SOURCE_PARTITION, TS_MS
 
 Outcome = Literal["counted", "counted_again", "already_handled", "duplicate", "late", "overflow"]
 COUNTED: Final = "counted"
@@ -56,15 +57,15 @@ def decide(
     this message adds to it so far."""
     if entry is not None:
         if (
-            entry[dedupe.SOURCE_PARTITION] != item[records.SOURCE_PARTITION]
-            or entry[dedupe.SOURCE_OFFSET] != item[records.SOURCE_OFFSET]
-            or entry[dedupe.SOURCE_INDEX] != item[records.SOURCE_INDEX]
+            entry[dedupe.SOURCE_PARTITION] != item[SOURCE_PARTITION]
+            or entry[dedupe.SOURCE_OFFSET] != item[SOURCE_OFFSET]
+            or entry[dedupe.SOURCE_INDEX] != item[SOURCE_INDEX]
         ):
             return DUPLICATE
         if entry[dedupe.KEYED_OFFSET] != keyed_offset:
             return ALREADY_HANDLED
         return COUNTED_AGAIN
-    if policy.too_late(item[records.TS_MS], watermark_ms):
+    if policy.too_late(item[TS_MS], watermark_ms):
         return LATE
     # overflow: counting it would take the counter (as stored, plus what is pending) beyond what
     # 64-bit micro-units hold; a ``last`` value is one event's quantity, which validation bounds
@@ -73,7 +74,7 @@ def decide(
         return COUNTED
     base = int(counter[0] or 0) if counter is not None else 0
     added = pending.added(counted_as) if pending is not None else 0
-    if abs(base + added + (MICROS if counted_as == "count" else item[records.QUANTITY_MICROS])) > MAX_MICROS:
+    if abs(base + added + (MICROS if counted_as == "count" else item[QUANTITY_MICROS])) > MAX_MICROS:
         return OVERFLOW
     return COUNTED
 
