@@ -63,6 +63,7 @@ from stripemeter.schemas.records import (
     TS_MS,
     as_keyed,
     decode_batch,
+    keyed_event,
 )
 from stripemeter.schemas.versions import UnknownRecordVersion, dump_int, dump_value, load_int, load_value
 
@@ -421,9 +422,7 @@ class Metering:
     def _too_late(self, item: list[Any], watermark: int | None, policy: MetricPolicy) -> None:
         """A too-late event: a usage.late record and a ledger row."""
         against = late_against(watermark, policy)
-        self.outcomes.late.append(
-            encode_late(LateRecord(as_keyed(item).event(), against, policy.lateness_ms))
-        )
+        self.outcomes.late.append(encode_late(LateRecord(keyed_event(item), against, policy.lateness_ms)))
         self.outcomes.ledger.append(ledger_item(LATE, item))
         self.outcomes.counts[LATE] += 1
 

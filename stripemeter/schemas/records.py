@@ -35,8 +35,7 @@ class KeyedItem(NamedTuple):
     source_index: int
 
     def event(self) -> UsageEvent:
-        tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, _, _, _ = self
-        return UsageEvent(tenant, metric, customer, micros, ts_ms, key, bool(derived), resource, meta)
+        return keyed_event(self)
 
     def source(self) -> Source:
         return Source(self.source_partition, self.source_offset, self.source_index)
@@ -80,6 +79,12 @@ def keyed_item(event: UsageEvent, partition: int, offset: int, index: int) -> li
 def as_keyed(item: list[Any]) -> KeyedItem:
     """A decoded wire array as named fields (a wrong length raises TypeError)."""
     return KeyedItem(*item)
+
+
+def keyed_event(item: list[Any] | KeyedItem) -> UsageEvent:
+    """The event of a keyed item (a decoded wire array, or named), without building a ``KeyedItem``."""
+    tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, _, _, _ = item
+    return UsageEvent(tenant, metric, customer, micros, ts_ms, key, bool(derived), resource, meta)
 
 
 def decode_keyed(item: list[Any]) -> tuple[UsageEvent, Source]:
