@@ -1,14 +1,10 @@
 """Metering: one keyed message -> dedupe, lateness, counters, and an outcome for every event.
 
-Decisions per event, exact under redelivery (see the README's "Exactly once"):
-- dedupe entry ``tenant + idempotencyKey`` exists
-  - written by this very event from this very keyed message: a redelivery of the message after a
-    crash: counted again (the counter's applied offset keeps it from adding twice);
-  - written by this very event (same source in usage.events) from another keyed message: intake
-    re-sent it after a crash: already handled, skipped without a trace;
-  - written by another input: a duplicate;
-- no entry, and ``ts`` older than the stream's watermark minus the metric's lateness: too late;
-- otherwise: counted. Its dedupe entry, the watermark and the counter are written.
+Each event's outcome (counted, counted again after a redelivery, already handled, duplicate, too
+late, overflowing) is decided by ``stripemeter/core/event_decision.py``, exact under redelivery;
+this module reads what the decision needs from the tables, one multi-get per message, and applies
+the outcomes: dedupe entries, watermarks, counters, ledger items, usage.late records and dead
+letters.
 
 Only counted events enter the dedupe table, so a counted duplicate always sees its original.
 
@@ -29,15 +25,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import orjson
-
+from stripemeter.core import event_decision as decision
 from stripemeter.core.counting import (
     SEP,
     SEP_BYTES,
     CannotReaggregate,
     CounterValue,
     Partial,
-    aggregation_of,
     apply,
     bucket_key,
     counter_key,
@@ -45,29 +39,39 @@ from stripemeter.core.counting import (
     reaggregate,
     stream_key,
 )
-from stripemeter.domain.policy import Aggregation, MetricPolicy, Policies, expiry_horizon
-from stripemeter.domain.timefmt import iso_ms
-from stripemeter.domain.units import MICROS, format_micros, micros_to_number
+from stripemeter.core.event_decision import decide, late_against
+from stripemeter.domain.policy import MetricPolicy, Policies, expiry_horizon
+from stripemeter.domain.units import format_micros
+from stripemeter.schemas import dedupe
 from stripemeter.schemas.corrections import Correction, decode_control, is_control
 from stripemeter.schemas.dead_letters import dead_letter
-from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent, UsageEvent
+from stripemeter.schemas.dedupe import correction_entry, dump_entry, load_entry
+from stripemeter.schemas.event_json import event_json
+from stripemeter.schemas.events import HOUR_MS, MAX_MICROS, InvalidEvent
+from stripemeter.schemas.late import LateRecord, encode_late
+from stripemeter.schemas.ledger_items import ledger_item
 from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, is_policy_update
-from stripemeter.schemas.records import decode_batch, decode_keyed
-from stripemeter.schemas.versions import (
-    UnknownRecordVersion,
-    dump_int,
-    dump_value,
-    load_int,
-    load_value,
-    stamp,
+from stripemeter.schemas.records import (
+    CUSTOMER_REF,
+    IDEMPOTENCY_KEY,
+    METRIC,
+    QUANTITY_MICROS,
+    SOURCE_INDEX,
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    TENANT_ID,
+    TS_MS,
+    as_keyed,
+    decode_batch,
+    keyed_event,
 )
+from stripemeter.schemas.versions import UnknownRecordVersion, dump_int, dump_value, load_int, load_value
 
 log = logging.getLogger(__name__)
 
 COUNTED, DUPLICATE, LATE, REJECTED = "counted", "duplicate", "late", "rejected"
 KEY_REUSED = "key_reused"  # not an outcome: an idempotency key seen for a second customer
 NEVER = 2**63  # an event time later than any real one
-NEVER_BEFORE = -(2**63)
 CORRECTION = "correction"  # an outcome of control messages, not of events
 POLICY_UPDATE = "policy_update"  # a mapping change applied (not an outcome of events)
 REAGGREGATED = "reaggregated"  # counters re-expressed under a new aggregation
@@ -102,7 +106,9 @@ POISON = (ValueError, TypeError, KeyError, IndexError, ArithmeticError, Recursio
 class Outcomes:
     """Everything the processed messages produced, until a checkpoint takes it."""
 
-    ledger: list[list[Any]] = field(default_factory=list)  # [outcome, *keyed item]
+    ledger: list[list[Any]] = field(
+        default_factory=list
+    )  # wire arrays of stripemeter/schemas/ledger_items.py
     late: list[bytes] = field(default_factory=list)  # usage.late records
     touched: dict[bytes, int] = field(default_factory=dict)  # counter key -> keyed partition
     counts: Counter[str] = field(default_factory=Counter)
@@ -124,35 +130,12 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def event_record(event: UsageEvent) -> dict[str, Any]:
-    """The event as received, normalised (the contract's fields)."""
-    record: dict[str, Any] = {
-        "tenantId": event.tenant_id,
-        "metric": event.metric,
-        "customerRef": event.customer_ref,
-        "quantity": micros_to_number(event.quantity_micros),
-        "ts": iso_ms(event.ts_ms),
-        "idempotencyKey": event.idempotency_key,
-    }
-    if event.resource_id is not None:
-        record["resourceId"] = event.resource_id
-    if event.meta is not None:
-        record["meta"] = event.meta
-    return record
-
-
-def late_record(event: UsageEvent, watermark_ms: int, lateness_ms: int) -> bytes:
-    """The event as received (normalised) plus the watermark and lateness it failed against."""
-    return orjson.dumps(
-        stamp({**event_record(event), "watermark": iso_ms(watermark_ms), "lateness": lateness_ms // 1000})
-    )
-
-
 def item_dead_letter(error: InvalidEvent, item: list[Any], events_topic: str) -> bytes:
     """A dead letter for one event of a keyed message, under its place in usage.events."""
-    error.index = item[11]
-    error.raw_item = event_record(decode_keyed(item)[0])
-    return dead_letter(error, events_topic, item[9], item[10], None)
+    keyed_item = as_keyed(item)
+    error.index = keyed_item.source_index
+    error.raw_item = event_json(keyed_item.event())
+    return dead_letter(error, events_topic, keyed_item.source_partition, keyed_item.source_offset, None)
 
 
 class Metering:
@@ -308,26 +291,16 @@ class Metering:
         self.outcomes.counts[REJECTED] += len(self.outcomes.dead) - before
 
     def process(self, partition: int, offset: int, items: list[list[Any]]) -> None:
-        """Decide, count and record every event of the keyed message at ``offset``.
+        """Decide (``event_decision.decide``), count and record every event of the keyed message at
+        ``offset``.
 
-        The hot loop works on the raw keyed items (see ``records.encode_keyed``), not on objects.
+        The hot loop works on the keyed items as decoded (wire arrays read by their named positions,
+        see ``stripemeter/schemas/records.py``), not on objects.
         """
         out = self.outcomes
         ledger = out.ledger
         dedupe_get, dedupe_put = self.dedupe.get, self.dedupe.put
-        # one multi-get for the message's dedupe keys, read before any is written: each event's
-        # ``tenant|key`` and its customer's own ``tenant|key|customer`` (see the module's docstring);
-        # a key twice in one message must see what its first occurrence wrote, so such a message
-        # reads key by key
-        dkeys = [f"{item[0]}{SEP}{item[5]}".encode() for item in items]
-        own_keys = [dkey + SEP_BYTES + item[2].encode() for item, dkey in zip(items, dkeys, strict=True)]
-        repeated = len(set(dkeys)) < len(dkeys)
-        if repeated:
-            known: list[bytes | None] = [None] * len(dkeys)
-            known_own: list[bytes | None] = known
-        else:
-            both = self.dedupe.get_many(partition, dkeys + own_keys)
-            known, known_own = both[: len(dkeys)], both[len(dkeys) :]
+        dkeys, own_keys, known, known_own, repeated = self._read_dedupe(partition, items)
         policies: dict[tuple[str, str], MetricPolicy] = {}  # looked up once per message
         partials: dict[bytes, Partial] = {}
         stored: dict[bytes, CounterValue | None] = {}  # counters as they were before this message
@@ -338,112 +311,134 @@ class Metering:
         for item, dkey, own_key, seen_raw, own_raw in zip(
             items, dkeys, own_keys, known, known_own, strict=True
         ):
-            tenant, metric, customer, micros, ts_ms = item[:5]
+            tenant, metric, customer = item[TENANT_ID], item[METRIC], item[CUSTOMER_REF]
+            ts_ms = item[TS_MS]
             skey = stream_key(tenant, metric, customer).encode()
             policy = policies.get((tenant, metric))
             if policy is None:
                 policy = policies[tenant, metric] = self.policies.get(tenant, metric)
-            watermark = self._watermark(partition, skey, watermarks)
+            # the stream's watermark, read once per message (most streams have several events)
+            watermark = (
+                watermarks[skey] if skey in watermarks else self._watermark(partition, skey, watermarks)
+            )
             ckey = bucket_key(skey, ts_ms - ts_ms % HOUR_MS)
+            if ckey in stored:
+                counter = stored[ckey]
+            else:
+                counter = stored[ckey] = self._counter(partition, ckey)
+            pending = partials.get(ckey)
             if repeated:
                 seen_raw = dedupe_get(partition, dkey)
                 own_raw = dedupe_get(partition, own_key)
-            # [src partition, src offset, src index, keyed offset, ts, metric, customer]
-            seen = load_value(seen_raw) if seen_raw is not None else None
-            if (seen is not None and seen[6] != customer) or (seen is None and own_raw is not None):
+            entry = load_entry(seen_raw) if seen_raw is not None else None
+            if (entry is not None and entry[dedupe.CUSTOMER_REF] != customer) or (
+                entry is None and own_raw is not None
+            ):
                 # the key was first used by another customer (whose entry may have expired since):
                 # keys are one event per (tenant, customer, key), so this customer's own entry
                 # decides (see the module's docstring)
                 dkey = own_key
-                seen = load_value(own_raw) if own_raw is not None else None
+                entry = load_entry(own_raw) if own_raw is not None else None
                 out.counts[KEY_REUSED] += 1
-            if seen is not None:
-                if seen[0] != item[9] or seen[1] != item[10] or seen[2] != item[11]:
-                    ledger.append([DUPLICATE, *item])
-                    duplicates += 1
-                    continue
-                if seen[3] != offset:
-                    continue  # intake re-sent an input already handled: no trace
-                # else: this very message again after a crash: re-applied (counters skip it by offset)
-            else:
-                if policy.too_late(ts_ms, watermark):
-                    # the watermark it failed against (the horizon's, if that is later)
-                    against = max(
-                        watermark if watermark is not None else NEVER_BEFORE,
-                        policy.horizon_ms + policy.lateness_ms,
-                    )
-                    out.late.append(late_record(decode_keyed(item)[0], against, policy.lateness_ms))
-                    ledger.append([LATE, *item])
-                    out.counts[LATE] += 1
-                    continue
-                if self._would_overflow(partition, ckey, partials, stored, policy.aggregation, micros):
-                    error = InvalidEvent(
-                        "counter_overflow",
-                        f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
-                        field="quantity",
-                    )
-                    out.dead.append(item_dead_letter(error, item, self.events_topic))
-                    out.counts[REJECTED] += 1
-                    continue
+            outcome = decide(item, entry, offset, watermark, policy, counter, pending)
+            if outcome == decision.DUPLICATE:
+                ledger.append(ledger_item(DUPLICATE, item))
+                duplicates += 1
+                continue
+            if outcome == decision.ALREADY_HANDLED:
+                continue  # no trace
+            if outcome == decision.LATE:
+                self._too_late(item, watermark, policy)
+                continue
+            if outcome == decision.OVERFLOW:
+                self._overflowed(item)
+                continue
+            if outcome == decision.COUNTED:
                 dedupe_put(
                     partition,
                     dkey,
-                    dump_value([item[9], item[10], item[11], offset, ts_ms, metric, customer]),
+                    dump_entry(
+                        item[SOURCE_PARTITION],
+                        item[SOURCE_OFFSET],
+                        item[SOURCE_INDEX],
+                        offset,
+                        ts_ms,
+                        metric,
+                        customer,
+                    ),
                 )
                 if ts_ms + policy.lateness_ms < earliest_due:
                     earliest_due = ts_ms + policy.lateness_ms
-            ledger.append([COUNTED, *item])
+            # counted, or counted again (the counter skips a keyed message it already applied)
+            ledger.append(ledger_item(COUNTED, item))
             counted += 1
             if watermark is None or watermark < ts_ms:
                 watermarks[skey] = ts_ms
                 advanced.add(skey)
-            partial = partials.get(ckey)
-            if partial is None:
-                partial = partials[ckey] = Partial(policy.aggregation)
-            partial.add(micros, ts_ms)
+            if pending is None:
+                pending = partials[ckey] = Partial(policy.aggregation)
+            pending.add(item[QUANTITY_MICROS], ts_ms)
         out.counts[COUNTED] += counted
         out.counts[DUPLICATE] += duplicates
         self._note_written(partition, counted, earliest_due)
-        counters_put = self.counters.put
-        touched = out.touched
-        for ckey, partial in partials.items():
-            value = stored[ckey] if ckey in stored else self._counter(partition, ckey)
-            new = apply(value, partial, offset)
-            if new is not None:
-                counters_put(partition, ckey, dump_value(new))
-            touched[ckey] = partition  # published again even when already applied
+        self._write_counters(partition, offset, partials, stored)
         for skey in advanced:
             mark = watermarks[skey]
             if mark is not None:  # always: only streams whose watermark was set advanced
                 self.watermarks.put(partition, skey, dump_int(mark))
 
+    def _write_counters(
+        self,
+        partition: int,
+        offset: int,
+        partials: dict[bytes, Partial],
+        stored: dict[bytes, CounterValue | None],
+    ) -> None:
+        """Each counter the message added to, unless it already applied ``offset`` (a redelivery);
+        every one is published again at the checkpoint either way."""
+        for ckey, partial in partials.items():
+            new = apply(stored[ckey], partial, offset)
+            if new is not None:
+                self.counters.put(partition, ckey, dump_value(new))
+            self.outcomes.touched[ckey] = partition
+
+    def _read_dedupe(
+        self, partition: int, items: list[list[Any]]
+    ) -> tuple[list[bytes], list[bytes], list[bytes | None], list[bytes | None], bool]:
+        """The message's dedupe keys, each event's ``tenant|key`` and its customer's own
+        ``tenant|key|customer`` (see the module's docstring), and their stored entries: read in one
+        multi-get before any is written. A key twice in one message must see what its first
+        occurrence wrote, so such a message (``repeated``) is read key by key as it is processed."""
+        dkeys = [f"{item[TENANT_ID]}{SEP}{item[IDEMPOTENCY_KEY]}".encode() for item in items]
+        own_keys = [
+            dkey + SEP_BYTES + item[CUSTOMER_REF].encode() for item, dkey in zip(items, dkeys, strict=True)
+        ]
+        if len(set(dkeys)) < len(dkeys):
+            unread: list[bytes | None] = [None] * len(dkeys)
+            return dkeys, own_keys, unread, unread, True
+        both = self.dedupe.get_many(partition, dkeys + own_keys)
+        return dkeys, own_keys, both[: len(dkeys)], both[len(dkeys) :], False
+
+    def _too_late(self, item: list[Any], watermark: int | None, policy: MetricPolicy) -> None:
+        """A too-late event: a usage.late record and a ledger row."""
+        against = late_against(watermark, policy)
+        self.outcomes.late.append(encode_late(LateRecord(keyed_event(item), against, policy.lateness_ms)))
+        self.outcomes.ledger.append(ledger_item(LATE, item))
+        self.outcomes.counts[LATE] += 1
+
+    def _overflowed(self, item: list[Any]) -> None:
+        """An event its counter cannot take: rejected, with a dead letter under its place in usage.events."""
+        error = InvalidEvent(
+            "counter_overflow",
+            f"counting it would take the hour's counter beyond {format_micros(MAX_MICROS)}",
+            field="quantity",
+        )
+        self.outcomes.dead.append(item_dead_letter(error, item, self.events_topic))
+        self.outcomes.counts[REJECTED] += 1
+
     def _counter(self, partition: int, ckey: bytes) -> CounterValue | None:
         raw = self.counters.get(partition, ckey)
         return load_value(raw) if raw is not None else None
-
-    def _would_overflow(
-        self,
-        partition: int,
-        ckey: bytes,
-        partials: dict[bytes, Partial],
-        stored: dict[bytes, CounterValue | None],
-        aggregation: Aggregation,
-        micros: int,
-    ) -> bool:
-        """Whether counting the event takes its counter beyond what 64-bit micro-units hold (then the
-        event is rejected before anything is staged for it, so the ledger matches the counters). The
-        counter is read once per message, as it is read for the update anyway. A ``last`` value is one
-        event's quantity, which validation bounds."""
-        if ckey not in stored:
-            stored[ckey] = self._counter(partition, ckey)
-        value = stored[ckey]
-        counted_as = aggregation_of(value, aggregation)
-        if counted_as == "last":
-            return False
-        partial = partials.get(ckey)
-        base = int(value[0] or 0) if value is not None else 0
-        pending = partial.added(counted_as) if partial is not None else 0
-        return abs(base + pending + (MICROS if counted_as == "count" else micros)) > MAX_MICROS
 
     def process_control(
         self, partition: int, offset: int, corrections: list[Correction], now_ms: int
@@ -457,15 +452,13 @@ class Metering:
             partial = partials.get(ckey)
             if partial is None:
                 partial = partials[ckey] = Partial(self.policies.get(c.tenant_id, c.metric).aggregation)
-            if seen_raw is not None and load_value(seen_raw)[3] != offset:
+            if seen_raw is not None and load_entry(seen_raw)[dedupe.KEYED_OFFSET] != offset:
                 # applied from an earlier message (sent twice): adds nothing, but the counter still
                 # records this message as applied, so whoever sent it sees it in the counters
                 continue
             if seen_raw is None:
                 # kept like an event of now: until the stream's watermark passes now + lateness + margin
-                self.dedupe.put(
-                    partition, dkey, dump_value([-1, -1, -1, offset, now_ms, c.metric, c.customer_ref])
-                )
+                self.dedupe.put(partition, dkey, correction_entry(offset, now_ms, c.metric, c.customer_ref))
                 lateness_ms = self.policies.get(c.tenant_id, c.metric).lateness_ms
                 self._note_written(partition, 1, now_ms + lateness_ms)
             if c.kind == "events":
@@ -541,8 +534,8 @@ class Metering:
         watermarks: dict[bytes, int | None] = {}
         horizons: dict[tuple[bytes, str], tuple[int, int]] = {}  # (tenant, metric) -> lateness, horizon
         for key, raw in entries:
-            seen = load_value(raw)
-            ts_ms, metric = seen[4], seen[5]
+            entry = load_entry(raw)
+            ts_ms, metric = entry[dedupe.TS_MS], entry[dedupe.METRIC]
             tenant_raw = key.split(SEP_BYTES, 1)[0]
             known = horizons.get((tenant_raw, metric))
             if known is None:
@@ -551,7 +544,7 @@ class Metering:
                 known = horizons[tenant_raw, metric] = (lateness, horizon)
             lateness, horizon = known
             if ts_ms < horizon:
-                skey = stream_key(tenant_raw.decode(), metric, seen[6]).encode()
+                skey = stream_key(tenant_raw.decode(), metric, entry[dedupe.CUSTOMER_REF]).encode()
                 watermark = self._watermark(partition, skey, watermarks)
                 if watermark is not None and ts_ms < watermark - lateness - margin_ms:
                     self.dedupe.put(partition, key, None)

@@ -14,6 +14,9 @@ from stripemeter.adapters.postgres import ledger
 from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.deltas import Delta, encode_delta
+from stripemeter.schemas.events import UsageEvent
+from stripemeter.schemas.ledger_items import WIRE_FIELDS, ledger_item
+from stripemeter.schemas.records import keyed_item
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.schemas.versions import UnknownRecordVersion
 from stripemeter.streams.sink import PostgresSink
@@ -34,9 +37,10 @@ class Message(NamedTuple):
 def item(
     outcome: str, tenant: str, customer: str, micros: int, ts_ms: int, key: str, offset: int
 ) -> list[Any]:
-    """A ledger item as the worker writes it (see stripemeter/core/metering.py)."""
+    """A ledger item as the worker writes it (see stripemeter/schemas/ledger_items.py)."""
     meta = {"path": "/v1/x\\y\t"} if offset == 1 else None  # escapes survive COPY
-    return [outcome, tenant, "requests", customer, micros, ts_ms, key, 0, None, meta, 0, offset, 0]
+    event = UsageEvent(tenant, "requests", customer, micros, ts_ms, key, False, None, meta)
+    return ledger_item(outcome, keyed_item(event, 0, offset, 0))
 
 
 def delta(tenant: str, customer: str, total_micros: int, seq: int) -> bytes:
@@ -110,6 +114,40 @@ async def test_ledger_dead_letters_and_deltas_land_once(env: Settings) -> None:
     assert await rows(env, "SELECT total_micros, seq FROM counters WHERE tenant_id = %s", tenant) == [
         (3_500_000, 2)
     ]
+
+
+async def test_the_generated_ledger_columns_read_every_field_of_a_ledger_item_by_its_name(
+    env: Settings,
+) -> None:
+    """The column list the sink's SQL is built from, over a ledger record of the current format."""
+    event = UsageEvent(
+        "acme", "api_calls", "cus_1", 2_500_000, T0 + 123, "k-1", True, "res-9", {"region": "eu"}
+    )
+    chunk = orjson.dumps([2, ledger_item("late", keyed_item(event, 3, 41, 2))]).decode()
+    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+        cur = await conn.execute(
+            f"SELECT {ledger.ledger_item_columns('e')} FROM jsonb_array_elements(%s::jsonb) AS e"
+            " WHERE jsonb_typeof(e) = 'array'",
+            (chunk,),
+        )
+        [row] = await cur.fetchall()
+        names = [column.name for column in cur.description or []]
+    assert dict(zip(names, row, strict=True)) == {
+        "outcome": "late",
+        "tenant_id": "acme",
+        "metric": "api_calls",
+        "customer_ref": "cus_1",
+        "quantity_micros": 2_500_000,
+        "ts_ms": T0 + 123,
+        "idempotency_key": "k-1",
+        "key_derived": True,
+        "resource_id": "res-9",
+        "meta": {"region": "eu"},
+        "source_partition": 3,
+        "source_offset": 41,
+        "source_index": 2,
+    }
+    assert tuple(names) == WIRE_FIELDS
 
 
 def rewrites() -> float:

@@ -1,10 +1,11 @@
 """Writing the event ledger, in one transaction per sink batch.
 
 Ledger records (the worker's own JSON arrays, many events per record, after the record format's
-version in the current format: ``[2, item, ...]``; see ``schemas/versions.py``) go to PostgreSQL as
-they were read: COPY puts each record in a temporary ``jsonb`` row and one INSERT ... SELECT unpacks them. The
-sink builds no Python object per event; PostgreSQL parses the JSON, in C. Dead letters (rare, and
-JSON objects from anywhere) are turned into rows in Python.
+version in the current format: ``[2, item, ...]``; see ``stripemeter/schemas/versions.py`` and
+``stripemeter/schemas/ledger_items.py``) go to PostgreSQL as they were read: COPY puts each record in a
+temporary ``jsonb`` row and one INSERT ... SELECT unpacks them, by a column list generated from the
+ledger item's definition. The sink builds no Python object per event; PostgreSQL parses the JSON,
+in C. Dead letters (rare, and JSON objects from anywhere) are turned into rows in Python.
 
 Rows are keyed by their input's source, so a record written twice (redelivered after a crash) adds
 nothing. The insert tries without ``ON CONFLICT`` first, in a savepoint: that clause looks every row
@@ -24,6 +25,7 @@ import psycopg
 
 from stripemeter.domain import metrics
 from stripemeter.schemas import versions
+from stripemeter.schemas.ledger_items import WIRE_FIELDS, position
 
 RAW_LIMIT = 64 * 1024
 
@@ -73,25 +75,65 @@ CREATE_LEDGER_STAGING = "CREATE TEMP TABLE IF NOT EXISTS ledger_in (chunk jsonb)
 # on a table that lives for one transaction).
 UNCOMPRESSED_LEDGER_STAGING = "ALTER TABLE ledger_in ALTER COLUMN chunk SET STORAGE EXTERNAL"
 
-# A ledger item is [outcome, tenant, metric, customer, micros, ts_ms, key, derived, resource, meta,
-# source partition, source offset, source index] (see stripemeter/core/metering.py and schemas/records.py);
-# the record format's version, the first element of a chunk of the current format, is no item.
-INSERT_FROM_LEDGER = """
+# How each field of a ledger item (schemas/ledger_items.py) is read from its JSON array element: as text,
+# cast to a type, as a flag (0/1, or true/false from an older writer) or as JSON (null: SQL NULL).
+LEDGER_FIELD_TYPES = {
+    "outcome": "text",
+    "tenant_id": "text",
+    "metric": "text",
+    "customer_ref": "text",
+    "quantity_micros": "numeric",
+    "ts_ms": "bigint",
+    "idempotency_key": "text",
+    "key_derived": "flag",
+    "resource_id": "text",
+    "meta": "jsonb",
+    "source_partition": "integer",
+    "source_offset": "bigint",
+    "source_index": "integer",
+}
+
+
+def json_array_field(element: str, position: int, sql_type: str) -> str:
+    """The SQL expression reading position ``position`` of the JSON array ``element`` as ``sql_type``."""
+    if sql_type == "text":
+        return f"{element}->>{position}"
+    if sql_type == "flag":
+        return f"{element}->>{position} IN ('1', 'true')"
+    if sql_type == "jsonb":
+        return f"nullif({element}->{position}, 'null'::jsonb)"
+    return f"({element}->>{position})::{sql_type}"
+
+
+def ledger_item_columns(element: str) -> str:
+    """``e->>N AS name, ...``: every field of a ledger item by its name, generated from its
+    definition (``schemas.ledger_items.WIRE_FIELDS``), so that the SQL follows the wire array's order."""
+    return ",\n       ".join(
+        f"{json_array_field(element, position(name), LEDGER_FIELD_TYPES[name])} AS {name}"
+        for name in WIRE_FIELDS
+    )
+
+
+# The staged chunks' elements, one row each with the ledger item's fields as named columns.
+LEDGER_ITEMS = f"""SELECT {ledger_item_columns("e")}
+FROM ledger_in, jsonb_array_elements(chunk) AS e"""
+
+# The record format's version, the first element of a chunk of the current format, is no item.
+INSERT_FROM_LEDGER = f"""
 INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
                     customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta)
-SELECT %s, (e->>10)::integer, (e->>11)::bigint, (e->>12)::integer, e->>0, e->>1, e->>2, e->>3,
-       (e->>4)::numeric, to_timestamp((e->>5)::bigint / 1000.0), e->>6, e->>7 IN ('1', 'true'), e->>8,
-       nullif(e->9, 'null'::jsonb)
-FROM ledger_in, jsonb_array_elements(chunk) AS e
-WHERE jsonb_typeof(e) = 'array'
+SELECT %s, source_partition, source_offset, source_index, outcome, tenant_id, metric, customer_ref,
+       quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta
+FROM ({LEDGER_ITEMS}
+WHERE jsonb_typeof(e) = 'array') AS item
 """
 INSERT_FROM_LEDGER_SKIPPING_WRITTEN = INSERT_FROM_LEDGER + "ON CONFLICT DO NOTHING\n"
 
-UPSERT_WATERMARKS = """
+UPSERT_WATERMARKS = f"""
 INSERT INTO watermarks (tenant_id, metric, customer_ref, watermark)
-SELECT e->>1, e->>2, e->>3, to_timestamp(max((e->>5)::bigint) / 1000.0)
-FROM ledger_in, jsonb_array_elements(chunk) AS e
-WHERE e->>0 = 'counted'
+SELECT tenant_id, metric, customer_ref, to_timestamp(max(ts_ms) / 1000.0)
+FROM ({LEDGER_ITEMS}) AS item
+WHERE outcome = 'counted'
 GROUP BY 1, 2, 3
 ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
 SET watermark = EXCLUDED.watermark, updated_at = now()

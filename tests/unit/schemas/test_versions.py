@@ -10,13 +10,14 @@ import pytest
 
 from stripemeter.core.counting import counter_key, stream_key
 from stripemeter.core.memory_state import MemoryState
-from stripemeter.core.metering import Metering, late_record
+from stripemeter.core.metering import Metering
 from stripemeter.domain.config import ConfigError, load_settings
 from stripemeter.domain.policy import MetricPolicy, Policies
 from stripemeter.schemas import versions
 from stripemeter.schemas.corrections import Correction, decode_control, encode_control
 from stripemeter.schemas.deltas import Delta, decode_delta, encode_delta, record_version
 from stripemeter.schemas.events import UsageEvent
+from stripemeter.schemas.late import LateRecord, encode_late
 from stripemeter.schemas.packing import pack_arrays
 from stripemeter.schemas.policy_updates import PolicyUpdate, decode_policy_update, encode_policy_update
 from stripemeter.schemas.records import Source, decode_batch, encode_batch, encode_keyed
@@ -83,7 +84,7 @@ def test_pinned_to_the_previous_version_every_record_is_as_the_previous_release_
     assert b'"v"' not in encode_control([Correction("x", "t", "m", "c", T0, "add", 1, T0)])
     assert b'"v"' not in encode_policy_update(PolicyUpdate("t", "m", 2, "sum", 0, None))
     event = UsageEvent("t", "m", "c", 1, T0, "k", False, None, None)
-    assert "v" not in orjson.loads(late_record(event, T0, 0))
+    assert "v" not in orjson.loads(encode_late(LateRecord(event, T0, 0)))
 
 
 def test_records_of_both_formats_are_read() -> None:

@@ -1,10 +1,10 @@
 """Kafka record bytes -> named fields, per topic kind (pure; never raises on bad input).
 
-Contract topics keep their records as they are. Internal topics carry compact arrays (see
-``schemas/records.py``, ``stripemeter/core/counting.py``, ``stripemeter/core/metering.py``);
-they are given field names here. Anything that does not fit - not UTF-8, not JSON, or JSON of
-another shape - becomes a ``binary`` or ``raw`` record with a short preview, so one bad message
-never stops a tail.
+Contract topics keep their records as they are. Internal topics carry compact arrays, read here by
+their definitions (``stripemeter/schemas/records.py``, ``stripemeter/schemas/ledger_items.py``,
+``stripemeter/schemas/dedupe.py``, ``stripemeter/core/counting.py``) and shown with the contract's
+field names. Anything that does not fit - not UTF-8, not JSON, or JSON of another shape - becomes a
+``binary`` or ``raw`` record with a short preview, so one bad message never stops a tail.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from stripemeter.core.counting import SEP, split_counter_key
 from stripemeter.domain.policy import AGGREGATIONS
 from stripemeter.domain.timefmt import iso_hour, iso_ms
 from stripemeter.domain.units import micros_to_number
+from stripemeter.schemas.dedupe import as_entry
+from stripemeter.schemas.ledger_items import decode_ledger_item
+from stripemeter.schemas.records import KeyedItem, as_keyed
 
 PREVIEW_CHARS = 120
 PREVIEW_BYTES = 32
@@ -144,22 +147,25 @@ def _dead_letter(key: bytes | None, value: Any) -> list[Decoded]:
     return [Decoded("dead-letter", value, original=original if isinstance(original, dict) else None)]
 
 
-def _keyed_fields(item: list[Any]) -> dict[str, Any]:
-    tenant, metric, customer, micros, ts_ms, key, derived, resource, meta, part, offset, index = item
+def _keyed_fields(item: KeyedItem) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "tenantId": tenant,
-        "metric": metric,
-        "customerRef": customer,
-        "quantity": micros_to_number(micros),
-        "ts": iso_ms(ts_ms),
-        "idempotencyKey": key,
-        "keyDerived": bool(derived),
-        "source": {"partition": part, "offset": offset, "index": index},
+        "tenantId": item.tenant_id,
+        "metric": item.metric,
+        "customerRef": item.customer_ref,
+        "quantity": micros_to_number(item.quantity_micros),
+        "ts": iso_ms(item.ts_ms),
+        "idempotencyKey": item.idempotency_key,
+        "keyDerived": bool(item.key_derived),
+        "source": {
+            "partition": item.source_partition,
+            "offset": item.source_offset,
+            "index": item.source_index,
+        },
     }
-    if resource is not None:
-        fields["resourceId"] = resource
-    if meta is not None:
-        fields["meta"] = meta
+    if item.resource_id is not None:
+        fields["resourceId"] = item.resource_id
+    if item.meta is not None:
+        fields["meta"] = item.meta
     return fields
 
 
@@ -179,30 +185,35 @@ def _state(value: Any) -> Any:
 
 
 def _keyed(key: bytes | None, value: Any) -> list[Decoded]:
-    return [Decoded("keyed", _keyed_fields(item), i) for i, item in enumerate(_items(value))]
+    return [Decoded("keyed", _keyed_fields(as_keyed(item)), i) for i, item in enumerate(_items(value))]
 
 
 def _ledger(key: bytes | None, value: Any) -> list[Decoded]:
-    return [
-        Decoded("ledger", {"outcome": item[0], **_keyed_fields(item[1:])}, i)
-        for i, item in enumerate(_items(value))
-    ]
+    decoded = []
+    for i, item in enumerate(_items(value)):
+        record = decode_ledger_item(item)
+        decoded.append(Decoded("ledger", {"outcome": record.outcome, **_keyed_fields(record.keyed)}, i))
+    return decoded
 
 
 def _dedupe(key: bytes | None, value: Any) -> list[Decoded]:
     tenant, idempotency_key = _text_key(key).split(SEP, 1)
-    part, offset, index, keyed_offset, ts_ms, metric, customer = _state(value)
+    entry = as_entry(_state(value))
     return [
         Decoded(
             "dedupe",
             {
                 "tenantId": tenant,
                 "idempotencyKey": idempotency_key,
-                "metric": metric,
-                "customerRef": customer,
-                "ts": iso_ms(ts_ms),
-                "source": {"partition": part, "offset": offset, "index": index},
-                "keyedOffset": keyed_offset,
+                "metric": entry.metric,
+                "customerRef": entry.customer_ref,
+                "ts": iso_ms(entry.ts_ms),
+                "source": {
+                    "partition": entry.source_partition,
+                    "offset": entry.source_offset,
+                    "index": entry.source_index,
+                },
+                "keyedOffset": entry.keyed_offset,
             },
         )
     ]
