@@ -4,11 +4,11 @@
 of usage.deltas, and the writers of a deployment share those partitions as a consumer group. A writer
 pushes only the counters of the partitions it holds; on each assignment it claims the partition's
 lease, whose epoch grows, and every change it makes to a push row is a compare-and-set naming that
-epoch and the row version it read (db/pushes.py). A writer that lost a partition, or read a row that
-moved on, changes nothing and reads again.
+epoch and the row version it read (adapters/postgres/pushes.py). A writer that lost a partition, or read a row
+that moved on, changes nothing and reads again.
 
-A stream's rows live in the partition of its newest delta (db/pushes.FOLLOW); an hour of a partition
-held by another writer is skipped, never waited for.
+A stream's rows live in the partition of its newest delta (adapters/postgres/pushes.FOLLOW); an hour of a
+partition held by another writer is skipped, never waited for.
 
 **Per counter hour, in this order (crash-safe):**
 1. the newest total from usage.deltas is stored (highest seq wins), then the offsets are committed;

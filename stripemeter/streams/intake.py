@@ -39,8 +39,8 @@ from stripemeter.schemas.topics import TopicNames
 log = logging.getLogger(__name__)
 
 FETCH_MAX_BYTES = 32 * 1024 * 1024
-# a poll may wait this long to fill (see batching.py): at 10,000 single-event messages a second the
-# keyed messages then hold ~125 events each instead of a handful, and the meter's work per message
+# a poll may wait this long to fill (see adapters/kafka/batching.py): at 10,000 single-event messages a second
+# the keyed messages then hold ~125 events each instead of a handful, and the meter's work per message
 # (Faust's own overhead, a counter and watermark read and write) is shared by more events
 LINGER_SECONDS = 0.05
 

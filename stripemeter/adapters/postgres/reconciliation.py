@@ -35,9 +35,10 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
   ON c.metric = p.metric AND c.customer_ref = p.customer_ref AND c.bucket = p.bucket
 """
 
-# Too-late events waiting for a replay: the events a replay of the range would count (db/replay.py's
-# PENDING_LATE: one per idempotency key and customer, the first received, none the stream counted),
-# and also those claimed by a correction an apply recorded but did not see sent (still waiting).
+# Too-late events waiting for a replay: the events a replay of the range would count
+# (adapters/postgres/replay.py's PENDING_LATE: one per idempotency key and customer, the first received, none
+# the stream counted), and also those claimed by a correction an apply recorded but did not see sent (still
+# waiting).
 LATE = """
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM (
