@@ -1,6 +1,6 @@
 """Metering: one keyed message -> dedupe, lateness, counters, and an outcome for every event.
 
-Decisions per event, exact under redelivery (see the README's "Exactly once"):
+Decisions per event, exact under redelivery (see docs/counting.md):
 - dedupe entry ``tenant + idempotencyKey`` exists
   - written by this very event from this very keyed message: a redelivery of the message after a
     crash: counted again (the counter's applied offset keeps it from adding twice);

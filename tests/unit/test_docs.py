@@ -42,7 +42,7 @@ FILE_REF = re.compile(rf"(?<![\w./~$<*{{:@-])((?:[\w.-]+/)*[\w-][\w.-]*\.(?:{_EX
 # a module's name inside it: `adapters/postgres/pushes.mapping_changed`
 NAME_REF = re.compile(r"(?<![\w./~$<*{:@-])((?:[\w-]+/)+[\w-]+)\.([A-Za-z_]\w*)(?![\w/(-]|\.\w)")
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
-CODE_SPAN = re.compile(r"(?<!`)`([^`\n]+)`(?!`)")
+CODE_SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")  # a code span may wrap onto the next line
 # a code span that is a repository path: folders and a name, or a file name with an extension
 PATH_SPAN = re.compile(rf"(?:[\w.-]+/)+[\w.-]*|[\w-][\w.-]*\.(?:{_EXT})")
 
@@ -121,7 +121,7 @@ def _doc_problems(doc: Path, paths: bool) -> list[str]:
         elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
             problems.append(f"link to {target}: no such heading")
     for match in CODE_SPAN.finditer(text_without_blocks) if paths else ():
-        span = match.group(1).strip()
+        span = " ".join(match.group(1).split())
         if not PATH_SPAN.fullmatch(span) or span in NOT_FILES or span.startswith(("/", "~", "..", *RUN_TIME)):
             continue
         if not _resolves(span, doc.parent):
