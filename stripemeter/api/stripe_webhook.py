@@ -10,7 +10,7 @@ Stripe signs every delivery (``Stripe-Signature``, checked with ``STRIPE_WEBHOOK
 notification is a thin event: the full event is read from Stripe, and every request it names is
 marked as dropped and its counter parked with Stripe's reason (core/error_reports.py). Other
 event types are acknowledged and ignored. A report may name the reconciler's own corrections
-(``smrec_...``): they are recorded as dropped, not applied (db/reconciliation.drop_correction).
+(``smrec_...``): they are recorded as dropped, not applied (adapters/postgres/reconciliation.drop_correction).
 Answering 2xx tells Stripe not to deliver again; a failure here answers 5xx, and Stripe retries.
 """
 

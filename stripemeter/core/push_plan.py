@@ -41,7 +41,7 @@ MAX_AHEAD_S = 4 * 60
 # ... or older than 35 days (a margin for the time a push waits)
 MAX_AGE_S = 35 * 24 * HOUR_S - 2 * HOUR_S
 # Stripe keeps identifiers and idempotency keys at least 24 h: a pending request older than this is
-# not resent blindly (see writer.py: whether it landed is read from Stripe's summaries)
+# not resent blindly (see streams/stripe_writer.py: whether it landed is read from Stripe's summaries)
 IDENTIFIER_WINDOW_S = 23 * HOUR_S
 # how long Stripe's summaries may take to show a meter event that landed
 SUMMARY_LAG_S = 600

@@ -1,10 +1,10 @@
 """What a replay changes (pure): too-late events grouped into one correction per counter.
 
 A correction's id is derived from the counter and the exact events it counts. An apply records each
-correction with the keys of the events it covers before sending it (see db/replay.py), so the events a
-correction covers never change: a retried apply re-sends the corrections an earlier one recorded but did
-not see sent (``Recorded``: same ids, so the meter applies each once) and plans new corrections only
-for events no correction claims yet.
+correction with the keys of the events it covers before sending it (see adapters/postgres/replay.py), so the
+events a correction covers never change: a retried apply re-sends the corrections an earlier one recorded but
+did not see sent (``Recorded``: same ids, so the meter applies each once) and plans new corrections only for
+events no correction claims yet.
 """
 
 from __future__ import annotations

@@ -227,7 +227,7 @@ FALSE_WORDS = ("false", "0", "no", "off")
 CHOICES: dict[str, tuple[str, ...]] = {
     "STRIPEMETER_LOG_LEVEL": ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
     "STRIPEMETER_LOG_FORMAT": ("text", "json"),
-    "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (changelog_state.py)
+    "STRIPEMETER_STORE": ("rocksdb://",),  # the tables are RocksDB stores (adapters/kafka/changelog_state.py)
     "STRIPEMETER_CUSTOMER_OWNERSHIP": ("first-binding", "stripe-metadata"),
     "STRIPEMETER_INVOICE_RELEASE": ("finalize", "schedule"),
     "STRIPEMETER_INVOICE_UNPROVEN": ("hold", "release"),

@@ -3,8 +3,8 @@
 An event counts when ``ts >= watermark - lateness``, and only if every dedupe entry that could know it
 still exists: entries expire behind the lateness window (plus a margin), so when lateness is raised,
 events between the old and the new window may have lost theirs. ``horizon_ms`` is the earliest event
-time from which every entry still exists (set when lateness goes up, see db/mappings.py); an older
-event is too late until the window has caught up with it.
+time from which every entry still exists (set when lateness goes up, see adapters/postgres/mappings.py); an
+older event is too late until the window has caught up with it.
 """
 
 from __future__ import annotations

@@ -45,8 +45,8 @@ log = logging.getLogger(__name__)
 
 BATCH_RECORDS = 20_000  # records in one transaction at most
 # A batch waits up to this long to fill: fewer, bigger transactions, and more deltas of one counter
-# folded into one row update (DISTINCT ON in db/counters.py). At 10,000 events/s the sink made about
-# 5 transactions a second of at most 2,000 records, and PostgreSQL spent more CPU than the meter.
+# folded into one row update (DISTINCT ON in adapters/postgres/counters.py). At 10,000 events/s the sink made
+# about 5 transactions a second of at most 2,000 records, and PostgreSQL spent more CPU than the meter.
 BATCH_LINGER_SECONDS = 0.5
 RESUME_RETRY_SECONDS = 1.0  # between tries to seek newly assigned partitions when PostgreSQL failed
 

@@ -30,7 +30,7 @@ def recorded_digest(lockfile: str) -> str | None:
 
 
 def lock(root: Path, uv: str) -> Path:
-    """Resolve pyproject.toml into ``root/requirements.lock`` for Python 3.11 on every platform (the
+    """Resolve pyproject.toml into ``requirements.lock`` (in ``root``) for Python 3.11 on every platform (the
     image's base is Linux; a developer's machine may not be), with the hashes of every file."""
     resolved = subprocess.run(
         [

@@ -8,7 +8,7 @@ records; the checkpoint sends them with aiokafka's batch API and only then ackno
 
 Each value is a full snapshot of its key (never a diff), so a crash that loses some changelog
 records and keeps others still leaves every key at a state it really had; the counting stage makes
-that exact (see ``metering.py``). A worker that did not stop cleanly drops its local RocksDB
+that exact (see ``core/metering.py``). A worker that did not stop cleanly drops its local RocksDB
 files at start and rebuilds them from the changelog, because local writes may be ahead of it.
 """
 

@@ -6,9 +6,9 @@ the hour). Such a correction, recorded after the dropped request was and not cov
 already, stands in for it up to its amount: the hour's pushed units keep that much, so the writer does
 not push it again (Stripe would hold it twice). Each cover is recorded once, so a correction is not
 counted twice: the corrections that ``delivered_corrections`` and ``uncertain_corrections`` report
-(db/reconciliation.py) are net of what they cover. A correction that turns out not to have landed
-(refused, or reported dropped itself) gives its covers back: another correction may take them over,
-and what is left the hour holds less, so the writer pushes it again.
+(adapters/postgres/reconciliation.py) are net of what they cover. A correction that turns out not to have
+landed (refused, or reported dropped itself) gives its covers back: another correction may take them over, and
+what is left the hour holds less, so the writer pushes it again.
 
 The callers hold the hour's push row (``FOR UPDATE``) in a transaction, taken before any adjustment
 row, the order every change of these rows takes.

@@ -22,7 +22,7 @@ from stripemeter.schemas.corrections import Correction
 # received; a key is one event per tenant and customer, so a key two customers reused is owed once for
 # each), and none whose key the stream counted for that customer or a replay's correction claimed for
 # that customer (a duplicate is never counted; a claimed key is counted by its correction, sent or
-# still to be re-sent). The reconciler's LATE (db/reconciliation.py) picks the same events.
+# still to be re-sent). The reconciler's LATE (adapters/postgres/reconciliation.py) picks the same events.
 PENDING_LATE = """
 SELECT DISTINCT ON (e.idempotency_key, e.customer_ref)
        e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,

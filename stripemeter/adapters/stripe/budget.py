@@ -5,8 +5,8 @@ everything, live mode 1,000 meter events a second besides 100 other operations. 
 process makes waits for the budget (``STRIPEMETER_STRIPE_CALLS_PER_SECOND``, spread evenly: a token
 bucket from ``stripemeter.domain.rates`` with burst 1, so calls start ``1/rate`` apart, never in a
 burst), and a 429 or a connection error from any of them pauses all of them, exponentially with
-jitter (0.5 s doubling to 5 s), until a call succeeds again. How to size it for N workers: see the
-README.
+jitter (0.5 s doubling to 5 s), until a call succeeds again. How to size it for N workers: see
+docs/stripe.md.
 """
 
 from __future__ import annotations

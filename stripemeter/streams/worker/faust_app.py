@@ -56,9 +56,9 @@ def faust_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
-        # no standbys: the meter writes its tables' RocksDB directly (changelog_state.py), and a
-        # standby promoted to owner counted wrong in the two-worker rebalance test; a takeover
-        # restores the partition from its changelog instead
+        # no standbys: the meter writes its tables' RocksDB directly (adapters/kafka/changelog_state.py), and
+        # a standby promoted to owner counted wrong in the two-worker rebalance test; a takeover restores the
+        # partition from its changelog instead
         table_standby_replicas=0,
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
@@ -73,7 +73,7 @@ def faust_app(settings: Settings) -> faust.App:
         stream_buffer_maxsize=4096,
         # Faust would wait for every unacknowledged message before a rebalance or stop completes;
         # ours are acknowledged only by checkpoints, and a message left unacknowledged is simply
-        # read again by the next owner (exactly, see checkpoint.py), so do not wait for them.
+        # read again by the next owner (exactly, see streams/checkpoint.py), so do not wait for them.
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
     )

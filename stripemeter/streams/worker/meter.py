@@ -148,7 +148,7 @@ class Meter:
     async def skipped(
         self, app: faust.App, tp: Any, offset: int, expected: int, committed: int | None
     ) -> None:
-        """Restart the worker rather than count a message that skipped others (see meter_progress.py);
+        """Restart the worker rather than count a message that skipped others (see streams/meter_progress.py);
         a skip over messages the broker no longer has (retention) is not one."""
         earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
         if earliest is not None and earliest >= offset:

@@ -47,7 +47,7 @@ def test_key_cache_keeps_misses_apart_from_valid_keys() -> None:
     cache.put("k", None, now=40)
     cache.put("k", row, now=41)  # created since: the miss is forgotten
     assert cache.get("k", now=42) == (row,) and cache.missing.get("k", now=42) is None
-    assert (KEY_CACHE_SIZE, MISS_CACHE_SIZE) == (10_000, 10_000)  # what the README says
+    assert (KEY_CACHE_SIZE, MISS_CACHE_SIZE) == (10_000, 10_000)  # what docs/api.md says
 
 
 def test_key_cache_remembers_which_ids_were_valid_for_an_hour_and_forgets_revoked_ones() -> None:
