@@ -120,6 +120,7 @@ def test_a_last_hour_is_explained_by_last_values_not_sums() -> None:
     assert (seen.state, seen.shown) == ("in_flight", (NOW - 3000,))
     assert seen.lag is not None and seen.lag.unseen_since == NOW - 30
     assert at(it, H0, 22).lag is None  # a sum of the steps explains nothing for last
+    assert at(it, H0, 12).shown == (NOW - 3000, NOW - 30)  # 12 is what both steps leave, not their sum
 
 
 def test_a_parity_verdict_names_only_what_is_worth_knowing() -> None:
@@ -220,7 +221,11 @@ def test_only_an_hour_the_writer_is_done_with_or_never_had_is_corrected() -> Non
 
 def test_what_the_writer_has_not_delivered() -> None:
     """``not_yet_pushed`` for local value the writer owes; a parked hour is named as parked instead."""
-    owes = [Hour(0, 3, "waiting", None, NOW - 3600), Hour(4, 0, "synced", None, NOW - 3600)]
+    owes = [
+        Hour(0, 3, "waiting", None, NOW - 3600),
+        Hour(0, 1, "waiting", None, NOW - 3600),
+        Hour(4, 0, "synced", None, NOW - 3600),
+    ]
     for hour in owes:
         codes = [c["code"] for c in judge(item(**{f"h{H0}": hour}), {H0: 1}, NOW, 60, 0.5).causes]
         assert "not_yet_pushed" in codes, hour
@@ -243,3 +248,9 @@ def test_a_last_hour_is_unpushed_until_its_newest_request_sent_its_value() -> No
     nothing_sent = Hour(5, None, "waiting", None, NOW - 3600)
     verdict = judge(seats(**{f"h{H0}": nothing_sent}), {H0: 9}, NOW, 60, 0.5)
     assert [c["code"] for c in verdict.causes] == ["not_yet_pushed"]
+
+
+def test_a_last_hour_whose_value_was_sent_is_missing_in_stripe_whatever_the_writer_recorded() -> None:
+    hour = Hour(5, 3, "synced", None, NOW - 3600, steps=(Step(NOW - 7200, 2), Step(NOW - 3600, 5)))
+    verdict = judge(seats(**{f"h{H0}": hour}), {H0: 2}, NOW, 60, 0.5)
+    assert [c["code"] for c in verdict.causes] == ["stripe_missing"]

@@ -59,21 +59,22 @@ def test_a_refused_name_is_named_with_what_is_wrong() -> None:
     )
 
 
-@pytest.fixture
-def far_east(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The machine's local zone is 13 hours ahead of UTC (so local dates differ from UTC dates)."""
-    monkeypatch.setenv("TZ", "Pacific/Auckland")
+@pytest.fixture(params=["Pacific/Auckland", "America/New_York"])
+def machine_zone(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The machine's local zone is ahead of UTC, or behind it (so local dates differ from UTC's)."""
+    monkeypatch.setenv("TZ", request.param)
     time.tzset()
     yield
     monkeypatch.undo()
     time.tzset()
 
 
-@pytest.mark.usefixtures("far_east")
+@pytest.mark.usefixtures("machine_zone")
 def test_periods_are_utc_whatever_the_machines_zone() -> None:
     anchor = datetime(2026, 1, 15, 20, tzinfo=UTC)  # 16 Jan 09:00 in Auckland
     assert periods.period("2026-11", anchor).start == datetime(2026, 11, 15, 20, tzinfo=UTC)
     assert periods.current_name(datetime(2026, 11, 30, 23, tzinfo=UTC)) == "2026-11"
+    assert periods.current_name(datetime(2026, 12, 1, 2, tzinfo=UTC)) == "2026-12"  # 30 Nov in New York
     # an instant in another zone is placed by its UTC time
     plus_two = timezone(timedelta(hours=2))
     assert periods.current_name(datetime(2026, 12, 1, 1, tzinfo=plus_two)) == "2026-11"
@@ -90,10 +91,11 @@ def test_a_corrections_notes_group_its_changes_by_period_oldest_first() -> None:
         (anchor, datetime(2026, 11, 20, 3, tzinfo=UTC), 5_000_000),  # the anchored 2026-11 (15 Nov - 15 Dec)
         (None, datetime(2026, 10, 28, tzinfo=UTC), -1_000_000),  # 35 days before now: still in Stripe
         (None, datetime(2026, 10, 27, 23, tzinfo=UTC), 4_000_000),  # older than Stripe takes
+        (None, datetime(2026, 10, 5, tzinfo=UTC), 1_000_000),  # and another
         (None, datetime(2026, 11, 1, tzinfo=UTC), 500_000),
     ]
     names, notes = periods.notes_for(changes, now, GRACE)
-    assert names == ["2026-11", "2026-11", "2026-10", "2026-10", "2026-11"]
+    assert names == ["2026-11", "2026-11", "2026-10", "2026-10", "2026-10", "2026-11"]
     october, calendar_november, anchored_november = notes
     assert (
         october.period,
@@ -104,9 +106,9 @@ def test_a_corrections_notes_group_its_changes_by_period_oldest_first() -> None:
     ) == (
         periods.period("2026-10"),
         "closed",
+        3,
+        4_000_000,
         2,
-        3_000_000,
-        1,
     )
     assert (calendar_november.period, calendar_november.state) == (NOV, "closing")
     assert (
