@@ -1,7 +1,9 @@
 """Sending one recorded meter event request with the official `stripe` package, and what came back.
 
 Outcomes and what the writer does with them:
-- ``delivered``: 2xx, or Stripe's "an event already exists with identifier ..." (it landed before);
+- ``delivered``: 2xx, or Stripe's answer that it has an event with the identifier (it landed before):
+  400 ``invalid_request_error`` with code ``resource_already_exists``, or with no code and the message
+  "An event already exists with identifier ...";
 - ``refused``: a 4xx about the request itself (unknown customer, inactive meter, too old): it did
   not land; the writer parks the counter with Stripe's message unless the refusal may pass later
   (``push_plan.refusal_is_temporary``: a meter or customer created a moment ago);
@@ -73,9 +75,22 @@ def make_client(
     )
 
 
+# Stripe's documented error code for creating an object under an identifier it already has
+ALREADY_EXISTS_CODE = "resource_already_exists"
+# Stripe's message for a meter event identifier it has; its answer may carry no code
+DUPLICATE_EVENT_MESSAGE = "an event already exists with identifier"
+
+
 def _already_exists(error: stripe.InvalidRequestError) -> bool:
-    """Stripe's answer to an identifier it has: the event landed before (it names no error code)."""
-    return "already exists" in (error.user_message or str(error))
+    """Stripe has an event under the request's identifier: it landed before. Decided on Stripe's
+    structured fields when it gives a code (``resource_already_exists``, about the identifier or no
+    parameter); on its message only when it gives none. Any other code is a refusal."""
+    if getattr(error, "param", None) not in (None, "identifier"):
+        return False
+    code = code_of(error)
+    if code is not None:
+        return code == ALREADY_EXISTS_CODE
+    return DUPLICATE_EVENT_MESSAGE in (error.user_message or "").lower()
 
 
 def code_of(error: stripe.StripeError) -> str | None:

@@ -1,6 +1,7 @@
 """Stripe's error envelope as an exception.
 
-Stripe answers every failure with `{"error": {"type", "code", "message", "param"}}` and an HTTP status;
+Stripe answers every failure with `{"error": {"type", "code", "doc_url", "message", "param"}}` (code,
+doc_url and param when they apply) and an HTTP status;
 stripe-python picks the exception class from the status (400/404 -> InvalidRequestError, or
 IdempotencyError when type is `idempotency_error`; 401 -> AuthenticationError; 429 -> RateLimitError;
 5xx -> APIError) and honours the `Stripe-Should-Retry` header when deciding to retry.
@@ -37,6 +38,7 @@ class StripeApiError(Exception):
         error: dict[str, Any] = {"type": self.type, "message": self.message}
         if self.code is not None:
             error["code"] = self.code
+            error["doc_url"] = doc_url(self.code)
         if self.param is not None:
             error["param"] = self.param
         return {"error": error}
@@ -45,6 +47,11 @@ class StripeApiError(Exception):
         if self.should_retry is None:
             return {}
         return {"Stripe-Should-Retry": "true" if self.should_retry else "false"}
+
+
+def doc_url(code: str) -> str:
+    """Stripe's page about an error code, which its error object links when it reports a code."""
+    return "https://stripe.com/docs/error-codes/" + code.replace("_", "-")
 
 
 def invalid(message: str, param: str | None = None, code: str | None = None) -> StripeApiError:

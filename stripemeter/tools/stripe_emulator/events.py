@@ -184,7 +184,9 @@ def payload_customer_and_value(meter: dict[str, Any], payload: dict[str, str]) -
 
 
 def duplicate_identifier(identifier: str) -> StripeApiError:
-    error = invalid(f"An event already exists with identifier {identifier}.", "identifier")
+    error = invalid(
+        f"An event already exists with identifier {identifier}.", "identifier", "resource_already_exists"
+    )
     error.should_retry = False
     return error
 

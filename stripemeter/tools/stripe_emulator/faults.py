@@ -16,7 +16,8 @@ Where each fault strikes a request (see server.py for the whole order):
 - `server_error_rate`: besides, each executing request gets that 500 with this probability (0 to 1).
 - `landed_server_errors` / `landed_server_error_rate`: the same 500, but after the request was
   processed: the meter event was recorded (and its identifier taken), yet the answer is a 500, stored
-  and replayed like any other. A retry with a new key gets "An event already exists with identifier".
+  and replayed like any other. A retry with a new key gets 400 `resource_already_exists` ("An event
+  already exists with identifier ...").
 - `lost_responses`: the next N requests are fully processed (state changed, the idempotent answer
   stored) and then the connection is aborted without an answer (APIConnectionError); a retry with the
   same key gets the stored answer with `Idempotent-Replayed: true`.

@@ -212,8 +212,9 @@ async def test_summaries_group_by_hour_and_day(emu: Emulator) -> None:
 )
 async def test_summary_param_errors(emu: Emulator, extra: dict[str, Any], param: str) -> None:
     client, customer, meter = await setup_meter(emu)
+    params = dict(extra)  # the parameter's own dict stays whole for the next run in this process
     with pytest.raises(stripe.InvalidRequestError) as caught:
-        await totals(client, meter, extra.pop("customer", customer), **extra)
+        await totals(client, meter, params.pop("customer", customer), **params)
     assert caught.value.param == param
 
 
