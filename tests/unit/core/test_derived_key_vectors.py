@@ -16,7 +16,7 @@ from stripemeter.core.reconcile_compare import Item
 from stripemeter.core.replay_plan import correction_id
 from stripemeter.domain.auth import digest
 from stripemeter.schemas.partitioning import partition_for
-from stripemeter.services.reconciler import correction_identifier
+from stripemeter.services.reconciliation.act import correction_identifier
 
 DEC_1 = datetime(2026, 12, 1, tzinfo=UTC)  # 1_796_083_200 s
 
