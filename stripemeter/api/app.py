@@ -13,10 +13,10 @@ from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.postgres.pool import open_pool
 from stripemeter.api import (
     adjustments,
-    events,
     health,
     ingest,
     invoices,
+    ledger_pages,
     mappings,
     openapi,
     operator_metrics,
@@ -136,8 +136,8 @@ def create_app(settings: Settings) -> web.Application:
     app.router.add_get("/metrics", operator_metrics.metrics_handler(app, operator=False))
     app.router.add_get("/openapi.json", openapi.get_document)
     app.router.add_post("/v1/events/ingest", ingest.ingest)
-    app.router.add_get("/v1/events", events.get_events)
-    app.router.add_get("/v1/watermarks", events.get_watermarks)
+    app.router.add_get("/v1/events", ledger_pages.get_events)
+    app.router.add_get("/v1/watermarks", ledger_pages.get_watermarks)
     app.router.add_get("/v1/usage/history", usage.get_history)
     app.router.add_put("/v1/mappings/{tenantId}/{metric}", mappings.put_metric)
     app.router.add_delete("/v1/mappings/{tenantId}/{metric}", mappings.delete_metric)

@@ -21,8 +21,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from faust import Worker
 
     from stripemeter.streams import memory_tuning
-    from stripemeter.streams.app import create_app
     from stripemeter.streams.worker.startup_checks import check_topic_replication
+    from stripemeter.streams.worker_app import create_app
 
     check_schema(settings)
     asyncio.run(check_topic_replication(settings))

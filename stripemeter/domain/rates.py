@@ -8,7 +8,7 @@ monotonic clock only when not told).
 Its users: the API's per-tenant and per-client limits (``RateLimiter`` here, built in
 ``api/app.py`` and ``api/limits.py``), the Stripe call budget (``adapters/stripe/budget.py``: a
 bucket with burst 1, which lets calls through exactly ``1/rate`` seconds apart), and the Stripe
-emulator's operations budget (``tools/stripe_emulator/budget.py``: a bucket holding one second of
+emulator's operations budget (``tools/stripe_emulator/ops_budget.py``: a bucket holding one second of
 operations).
 
 When the next token is there is computed as a time, ``at + (1 - tokens) / rate`` from the state the

@@ -29,7 +29,7 @@ from stripemeter.services.reconciliation.request import ReconcileSettings, RunRe
 from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.streams.stripe_writer import StripeWriter
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
-from stripemeter.tools.stripe_emulator.clock import ManualClock
+from stripemeter.tools.stripe_emulator.manual_clock import ManualClock
 from tests.integration.harness import free_port
 
 START = datetime(2026, 12, 10, 12, tzinfo=UTC)

@@ -14,7 +14,7 @@ import pytest
 from psycopg import sql
 
 from stripemeter.adapters.postgres.adjustments import list_rows as adjustment_rows
-from stripemeter.adapters.postgres.events import events_query
+from stripemeter.adapters.postgres.ledger_reads import events_query
 from stripemeter.adapters.postgres.mappings import page_rows
 from stripemeter.adapters.postgres.migrate import _log_notice
 from stripemeter.adapters.postgres.push_listing import list_pushes

@@ -32,7 +32,7 @@ from tests.integration.harness import isolated_settings
 ROOT = Path(__file__).resolve().parents[2]
 # the environment a process of the checkout's virtualenv or of a developer's shell would pass on
 # the linked folders, imported from the virtualenv: their modules and where they are
-IMPORTS = "import stripemeter.api.app, stripemeter.streams.app as s; print(s.__file__)"
+IMPORTS = "import stripemeter.api.app, stripemeter.streams.worker_app as s; print(s.__file__)"
 LEAKS = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP", "PYTHONSAFEPATH")
 
 

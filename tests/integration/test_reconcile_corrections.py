@@ -23,7 +23,7 @@ from stripemeter.services.reconciliation.build import build_reconciler
 from stripemeter.services.reconciliation.request import RunRequest
 from stripemeter.services.reconciliation.run import Reconciler
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
-from stripemeter.tools.stripe_emulator.clock import ManualClock
+from stripemeter.tools.stripe_emulator.manual_clock import ManualClock
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 from tests.integration.test_reconcile_schedule import no_publish, seed, stripe_holds

@@ -22,7 +22,7 @@ from stripemeter.services.reconciliation import schedule as service
 from stripemeter.services.reconciliation.build import build_reconciler
 from stripemeter.services.reconciliation.schedule import reconcile_tenant
 from stripemeter.tools.stripe_emulator import EmulatorState, create_app
-from stripemeter.tools.stripe_emulator.clock import ManualClock
+from stripemeter.tools.stripe_emulator.manual_clock import ManualClock
 from tests.integration.harness import free_port
 from tests.integration.stripe_helpers import emulator_settings
 

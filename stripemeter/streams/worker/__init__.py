@@ -1,1 +1,1 @@
-"""The worker's pieces, each owning its part of the Faust app; ``streams/app.py`` composes them."""
+"""The worker's pieces, each owning its part of the Faust app; ``streams/worker_app.py`` composes them."""

@@ -3,4 +3,4 @@
 from __future__ import annotations
 
 # every piece logs as the worker always has, so log filters and searches keep finding its lines
-WORKER_LOGGER = "stripemeter.streams.app"
+WORKER_LOGGER = "stripemeter.streams.worker_app"

@@ -37,8 +37,8 @@ controls), `clock` (ManualClock), `persistence` (customers, meters and meter eve
 across restarts, as the local stack runs it), `seed` (a meter and a customer to map, made once).
 """
 
-from stripemeter.tools.stripe_emulator.clock import ManualClock
 from stripemeter.tools.stripe_emulator.faults import Faults
+from stripemeter.tools.stripe_emulator.manual_clock import ManualClock
 from stripemeter.tools.stripe_emulator.server import STATE, create_app, run, serve
 from stripemeter.tools.stripe_emulator.state import EmulatorState
 

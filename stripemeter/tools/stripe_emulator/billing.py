@@ -41,7 +41,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from stripemeter.tools.stripe_emulator import catalog, invoices, periods, test_clocks
-from stripemeter.tools.stripe_emulator.errors import (
+from stripemeter.tools.stripe_emulator.pagination import paginate
+from stripemeter.tools.stripe_emulator.stripe_errors import (
     check_metadata,
     invalid,
     merge_metadata,
@@ -50,7 +51,6 @@ from stripemeter.tools.stripe_emulator.errors import (
     reject_unknown,
     required,
 )
-from stripemeter.tools.stripe_emulator.pagination import paginate
 from stripemeter.tools.stripe_emulator.wire import new_id
 
 if TYPE_CHECKING:

@@ -14,7 +14,8 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import (
+from stripemeter.tools.stripe_emulator.periods import INTERVALS, MAX_INTERVAL_COUNT
+from stripemeter.tools.stripe_emulator.stripe_errors import (
     check_metadata,
     decimal_text,
     invalid,
@@ -26,7 +27,6 @@ from stripemeter.tools.stripe_emulator.errors import (
     reject_unknown,
     required,
 )
-from stripemeter.tools.stripe_emulator.periods import INTERVALS, MAX_INTERVAL_COUNT
 
 PRODUCT_PARAMS = {"name", "description", "metadata", "active"}
 PRICE_PARAMS = {

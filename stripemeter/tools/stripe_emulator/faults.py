@@ -45,7 +45,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import StripeApiError
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError
 
 STRIPE_PATHS = ("/v1/", "/v2/")
 TEST_MODE_OPS_PER_SECOND = 25.0

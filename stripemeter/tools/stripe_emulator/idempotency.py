@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from stripemeter.tools.stripe_emulator.errors import StripeApiError
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError
 
 KEY_TTL_SECONDS = 24 * 3600
 

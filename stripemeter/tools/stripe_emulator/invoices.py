@@ -13,7 +13,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from stripemeter.tools.stripe_emulator.catalog import check_currency
-from stripemeter.tools.stripe_emulator.errors import (
+from stripemeter.tools.stripe_emulator.stripe_errors import (
     check_metadata,
     decimal_text,
     invalid,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import invalid, reject_unknown, required
+from stripemeter.tools.stripe_emulator.stripe_errors import invalid, reject_unknown, required
 
 FORMULAS = ("sum", "count", "last")
 WINDOWS = ("hour", "day")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import invalid, parse_int
+from stripemeter.tools.stripe_emulator.stripe_errors import invalid, parse_int
 
 DEFAULT_LIMIT = 10
 MAX_LIMIT = 100

@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from stripemeter.tools.stripe_emulator.events import MeterEvent
+from stripemeter.tools.stripe_emulator.meter_events import MeterEvent
 from stripemeter.tools.stripe_emulator.state import EmulatorState
 
 FORMAT = 1

@@ -37,8 +37,15 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from stripemeter.tools.stripe_emulator import billing, catalog, control, events, invoices, meters, test_clocks
-from stripemeter.tools.stripe_emulator.errors import StripeApiError, reject_unknown
+from stripemeter.tools.stripe_emulator import (
+    billing,
+    catalog,
+    control,
+    invoices,
+    meter_events,
+    meters,
+    test_clocks,
+)
 from stripemeter.tools.stripe_emulator.faults import (
     TEST_MODE_OPS_PER_SECOND,
     lock_timed_out,
@@ -48,6 +55,7 @@ from stripemeter.tools.stripe_emulator.faults import (
 from stripemeter.tools.stripe_emulator.idempotency import StoredResponse, fingerprint
 from stripemeter.tools.stripe_emulator.persistence import Keeper, load
 from stripemeter.tools.stripe_emulator.state import EmulatorState, check_customer
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError, reject_unknown
 from stripemeter.tools.stripe_emulator.webhooks import Sender
 from stripemeter.tools.stripe_emulator.wire import decode_form, error_response, json_response, new_id
 
@@ -273,12 +281,12 @@ ROUTES: list[tuple[str, str, Operation, Check | None]] = [
         lambda s, p, r: s.event_summaries(_id(r), p, r.path),
         None,
     ),
-    ("POST", "/v1/billing/meter_events", _record_meter_event, events.check_event_params),
+    ("POST", "/v1/billing/meter_events", _record_meter_event, meter_events.check_event_params),
     (
         "POST",
         "/v1/billing/meter_event_adjustments",
         lambda s, p, r: s.cancel_meter_event(p),
-        events.check_cancel_params,
+        meter_events.check_cancel_params,
     ),
     # no parameter check: stripe-python 16's fetch_event_async() sends its `usage` list along
     ("GET", "/v2/core/events/{id}", lambda s, p, r: s.get_v2_event(_id(r)), None),
@@ -406,7 +414,7 @@ def run(
     state_file: Path | None = None,
 ) -> None:
     """Blocking entry point for the CLI; stops on Ctrl-C or SIGTERM. ``clock``: the deployment's (see
-    clock.py); ``ops_per_second``: the account's shared budget (0: unlimited); ``state_file``: where
+    domain/clock.py); ``ops_per_second``: the account's shared budget (0: unlimited); ``state_file``: where
     the account is kept between runs (None: in memory only)."""
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(host, port, EmulatorState(clock, ops_per_second=ops_per_second), state_file))

@@ -5,7 +5,7 @@ products, prices, test clocks, subscriptions, invoices) and the v1 events that r
 Each method is one API operation: it takes the decoded params, applies the rules from `meters`,
 `events` and `summaries`, and returns the JSON-ready object or raises StripeApiError. Time comes from
 the injected clock (plus `clock_offset`, which `POST /_emulator/clock` moves), never from time.time()
-(the operations budget and webhook signatures run on real time, see budget.py and webhooks.py).
+(the operations budget and webhook signatures run on real time, see ops_budget.py and webhooks.py).
 Not thread-safe; one instance per app.
 
 `ops_per_second` is the shared budget (Stripe test mode: 25; 0 = unlimited); `async_validation`
@@ -22,14 +22,14 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from stripemeter.tools.stripe_emulator import events, meters, summaries, webhooks
+from stripemeter.tools.stripe_emulator import meter_events, meters, summaries, webhooks
 from stripemeter.tools.stripe_emulator.billing import Billing
-from stripemeter.tools.stripe_emulator.budget import OpsBudget
-from stripemeter.tools.stripe_emulator.errors import StripeApiError, invalid, no_such, reject_unknown
-from stripemeter.tools.stripe_emulator.events import EventRequest, MeterEvent
 from stripemeter.tools.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, Faults
 from stripemeter.tools.stripe_emulator.idempotency import IdempotencyStore
+from stripemeter.tools.stripe_emulator.meter_events import EventRequest, MeterEvent
+from stripemeter.tools.stripe_emulator.ops_budget import OpsBudget
 from stripemeter.tools.stripe_emulator.pagination import paginate
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError, invalid, no_such, reject_unknown
 from stripemeter.tools.stripe_emulator.webhooks import Delivery, Destination
 from stripemeter.tools.stripe_emulator.wire import new_id
 
@@ -177,10 +177,10 @@ class EmulatorState:
         validated: a failing one is dropped (never counted, its identifier left free, since whether
         Stripe keeps it reserved is unknown) and becomes an error report."""
         now = self.now()
-        request = events.check_event_params(params)
+        request = meter_events.check_event_params(params)
         if not self.faults.async_validation:
             meter = self._meter_for(request.event_name)
-            customer, value, timestamp = events.validate_event(
+            customer, value, timestamp = meter_events.validate_event(
                 meter, request, self.customers.__contains__, now
             )
             identifier = self._free_identifier(request.identifier, now)
@@ -188,10 +188,10 @@ class EmulatorState:
             return self._store_event(meter, identifier, customer, value, request, timestamp, now).wire()
         identifier = self._free_identifier(request.identifier, now)
         timestamp = int(now) if request.timestamp is None else request.timestamp
-        answer = events.event_wire(request.event_name, identifier, request.payload, timestamp, now)
+        answer = meter_events.event_wire(request.event_name, identifier, request.payload, timestamp, now)
         meter = self._meter_for(request.event_name)
         try:
-            customer, value, timestamp = events.validate_event(
+            customer, value, timestamp = meter_events.validate_event(
                 meter, request, self.customers.__contains__, now
             )
         except StripeApiError as error:
@@ -206,8 +206,8 @@ class EmulatorState:
         if identifier is None:
             return str(uuid.uuid4())
         previous = self._by_identifier.get(identifier)
-        if previous is not None and now - previous.received <= events.IDENTIFIER_WINDOW_SECONDS:
-            raise events.duplicate_identifier(identifier)
+        if previous is not None and now - previous.received <= meter_events.IDENTIFIER_WINDOW_SECONDS:
+            raise meter_events.duplicate_identifier(identifier)
         return identifier
 
     def _store_event(
@@ -321,13 +321,13 @@ class EmulatorState:
         return self.v2_events[event_id]
 
     def cancel_meter_event(self, params: Params) -> Params:
-        event_name, identifier = events.check_cancel_params(params)
+        event_name, identifier = meter_events.check_cancel_params(params)
         if self._meter_for(event_name) is None:
             raise invalid(f"No meter was found for event_name '{event_name}'.", "event_name", "no_meter")
         found = self._by_identifier.get(identifier)
         if found is not None and found.event_name != event_name:
             found = None
-        event = events.check_cancellable(found, identifier, self.now())
+        event = meter_events.check_cancellable(found, identifier, self.now())
         event.cancelled = True
         return {
             "object": "billing.meter_event_adjustment",

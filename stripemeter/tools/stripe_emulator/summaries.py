@@ -20,8 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import invalid, parse_int, reject_unknown, required
-from stripemeter.tools.stripe_emulator.events import MeterEvent
+from stripemeter.tools.stripe_emulator.meter_events import MeterEvent
+from stripemeter.tools.stripe_emulator.stripe_errors import invalid, parse_int, reject_unknown, required
 
 WINDOW_SECONDS = {"hour": 3600, "day": 86400}
 QUERY_PARAMS = {

@@ -13,7 +13,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import invalid, optional_string, parse_int, reject_unknown
+from stripemeter.tools.stripe_emulator.stripe_errors import (
+    invalid,
+    optional_string,
+    parse_int,
+    reject_unknown,
+)
 
 LIFETIME_SECONDS = 30 * 86_400
 

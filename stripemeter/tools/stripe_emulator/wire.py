@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from stripemeter.tools.stripe_emulator.errors import StripeApiError, invalid
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError, invalid
 
 _BRACKETS = re.compile(r"\[([^\[\]]*)\]")
 _ALPHABET = string.ascii_letters + string.digits

@@ -13,7 +13,7 @@ import pytest
 
 from stripemeter.domain.config import Settings
 from stripemeter.streams import memory_tuning
-from stripemeter.streams.app import create_app
+from stripemeter.streams.worker_app import create_app
 
 TIMERS = [
     ("checkpoint", 0.2),
@@ -58,10 +58,10 @@ def settings(tmp_path: Path) -> Settings:
 def test_the_default_worker_runs_every_stage_in_process(
     settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="stripemeter.streams.app"):
+    with caplog.at_level(logging.WARNING, logger="stripemeter.streams.worker_app"):
         app = create_app(settings)
     assert [(r.name, r.getMessage()) for r in caplog.records] == [
-        ("stripemeter.streams.app", "STRIPE_API_KEY is not set: counters are not pushed to Stripe")
+        ("stripemeter.streams.worker_app", "STRIPE_API_KEY is not set: counters are not pushed to Stripe")
     ]
     assert [(name.rsplit(".", 1)[1], interval) for name, interval in timers(app)] == TIMERS
     assert all(name.startswith("stripemeter.streams.worker.") for name, _ in timers(app))

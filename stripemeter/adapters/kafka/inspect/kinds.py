@@ -53,7 +53,7 @@ def logical_name(names: TopicNames, topic: str) -> str:
 
 
 def consumer_groups(app_id: str) -> dict[str, str]:
-    """Group id -> role, for every consumer group the pipeline runs (see streams/app.py)."""
+    """Group id -> role, for every consumer group the pipeline runs (see streams/worker_app.py)."""
     return {
         app_id: "worker (Faust: meter agent)",
         f"{app_id}-intake": "intake",

@@ -10,7 +10,7 @@ from faust.types import TP
 
 from stripemeter.adapters.kafka import fetch_wait
 from stripemeter.domain.config import Settings
-from stripemeter.streams.app import create_app
+from stripemeter.streams.worker_app import create_app
 
 
 async def test_the_meter_consumer_waits_at_most_fetch_max_wait_ms(tmp_path: Path) -> None:

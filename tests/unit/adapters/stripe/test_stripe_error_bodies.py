@@ -12,10 +12,10 @@ import stripe
 from stripe._api_requestor import _APIRequestor
 
 from stripemeter.adapters.stripe.client import classify
-from stripemeter.tools.stripe_emulator.errors import StripeApiError
-from stripemeter.tools.stripe_emulator.events import duplicate_identifier
 from stripemeter.tools.stripe_emulator.faults import lock_timed_out, rate_limited, server_error
 from stripemeter.tools.stripe_emulator.idempotency import IdempotencyStore, StoredResponse
+from stripemeter.tools.stripe_emulator.meter_events import duplicate_identifier
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError
 
 # the error object's attributes (Stripe's API reference, "Errors") and its documented types
 DOCUMENTED_FIELDS = {"type", "code", "decline_code", "doc_url", "message", "param", "request_log_url"}

@@ -20,7 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from stripemeter.tools.stripe_emulator import EmulatorState, ManualClock, create_app, periods
-from stripemeter.tools.stripe_emulator.errors import StripeApiError
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError
 from tests.unit.tools.stripe_emulator.test_emulator import Emulator, call, headers
 from tests.unit.tools.stripe_emulator.test_strict import Receiver, receiving
 

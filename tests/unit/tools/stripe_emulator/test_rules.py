@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from stripemeter.tools.stripe_emulator.budget import OpsBudget
-from stripemeter.tools.stripe_emulator.errors import StripeApiError
-from stripemeter.tools.stripe_emulator.events import MeterEvent, parse_timestamp, parse_value
 from stripemeter.tools.stripe_emulator.faults import Faults
+from stripemeter.tools.stripe_emulator.meter_events import MeterEvent, parse_timestamp, parse_value
+from stripemeter.tools.stripe_emulator.ops_budget import OpsBudget
 from stripemeter.tools.stripe_emulator.pagination import paginate
+from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError
 from stripemeter.tools.stripe_emulator.summaries import SummaryQuery, aggregate, parse_query, summarize
 from stripemeter.tools.stripe_emulator.wire import decode_form
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from stripemeter.adapters.postgres.events import list_events, list_watermarks
+from stripemeter.adapters.postgres.ledger_reads import list_events, list_watermarks
 from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import json_response

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from stripemeter.tools.stripe_emulator.errors import (
+from stripemeter.tools.stripe_emulator.stripe_errors import (
     StripeApiError,
     invalid,
     parse_int,
