@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from stripemeter.adapters.kafka.corrections import send_policy_update
 from stripemeter.adapters.postgres import destinations, mappings, push_mapping_changes
-from stripemeter.adapters.postgres.destinations import Destination, Stream
+from stripemeter.adapters.postgres.destinations import Destination, StreamKey
 from stripemeter.adapters.postgres.reaggregation import Counted, counted_since, hours_folded
 from stripemeter.core.counting import view
 from stripemeter.domain import metrics, periods
@@ -281,7 +281,7 @@ class Configuration:
     async def _check_destinations(
         self,
         conn: psycopg.AsyncConnection,
-        streams: dict[Stream, Destination],
+        streams: dict[StreamKey, Destination],
         field: str,
         now: datetime,
     ) -> None:

@@ -14,7 +14,7 @@ from datetime import datetime
 
 import psycopg
 
-Stream = tuple[str, str, str]  # tenant, metric, customerRef
+StreamKey = tuple[str, str, str]  # tenant, metric, customerRef
 Destination = tuple[str, str]  # Stripe meter event name, Stripe customer id
 
 
@@ -22,12 +22,12 @@ Destination = tuple[str, str]  # Stripe meter event name, Stripe customer id
 class Claimant:
     """A stream that sends, or once sent, to a pair; ``maps_there`` if its mappings still do."""
 
-    stream: Stream
+    stream: StreamKey
     destination: Destination
     maps_there: bool
 
 
-async def record(conn: psycopg.AsyncConnection, pairs: Iterable[tuple[Destination, Stream]]) -> None:
+async def record(conn: psycopg.AsyncConnection, pairs: Iterable[tuple[Destination, StreamKey]]) -> None:
     rows = sorted(set(pairs))
     if not rows:
         return
@@ -132,8 +132,8 @@ FROM requests
 
 
 async def usage_held(
-    conn: psycopg.AsyncConnection, streams: Iterable[Stream], since: datetime
-) -> dict[Stream, set[Destination]]:
+    conn: psycopg.AsyncConnection, streams: Iterable[StreamKey], since: datetime
+) -> dict[StreamKey, set[Destination]]:
     """The pairs each stream holds usage of hours from ``since`` at (less the pairs Stripe refused)."""
     keys = sorted(set(streams))
     if not keys:
@@ -145,8 +145,8 @@ async def usage_held(
             "customers": [k[2] for k in keys], "since": since, "refused": "|".join(PAIR_REFUSED),
         },
     )  # fmt: skip
-    held: dict[Stream, set[Destination]] = {}
-    refused: dict[Stream, set[Destination]] = {}
+    held: dict[StreamKey, set[Destination]] = {}
+    refused: dict[StreamKey, set[Destination]] = {}
     for tenant, metric, customer, kind, event_name, stripe_customer in await cur.fetchall():
         into = held if kind == "held" else refused
         into.setdefault((tenant, metric, customer), set()).add((event_name, stripe_customer))
