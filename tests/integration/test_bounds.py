@@ -3,6 +3,7 @@ ingest keyed per customer."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
@@ -171,16 +172,16 @@ async def test_events_list_reads_an_index_range_not_the_whole_ledger(env: Settin
         )
         await conn.execute("ANALYZE events")
         after = (NOW - timedelta(seconds=100), f"bounds-{tenant}", 0, 100, 0)
-        for metric, customer, index in [
-            (None, None, "events_by_tenant_time"),
-            ("m1", None, "events_by_metric_time"),
-        ]:
+        for metric, customer in [(None, None), ("m1", None)]:
             for cursor in (None, after):
                 query, params = events_query(tenant, metric, customer, None, None, 101, cursor)
                 cur = await conn.execute(b"EXPLAIN " + query.as_bytes(conn), params)
                 plan = "\n".join(row[0] for row in await cur.fetchall())
-                assert index in plan, plan
-                assert "Sort" not in plan, plan  # the page is read in the index's order
+                # which index the planner takes depends on the whole table's statistics (other tests'
+                # rows too); what matters is that the page is read from one in its order
+                assert "Index Scan" in plan or "Index Only Scan" in plan, plan
+                assert re.search(r"Index Cond: .*tenant_id", plan), plan  # a range of the tenant's rows
+                assert "Sort" not in plan, plan
                 assert "Seq Scan on events" not in plan, plan
         await conn.rollback()
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import pytest_asyncio
 import stripe
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from stripemeter.adapters.kafka.admin import create_topics_of, delete_topics_of
@@ -318,13 +319,7 @@ async def test_three_workers_through_stripes_bad_day_end_with_hourly_summaries_e
         phase(f"{reports} error reports; fixing the ghosts' mappings, replaying the too-late events")
         # fix the mappings: the parked counters are pushed again
         for customer in GHOSTS:
-            mapping = {"stripeCustomerId": ids[customer]}
-            put = await api.put(f"/v1/customers/{tenant}/{customer}", json=mapping)
-            while put.status == 409:  # the writer or the webhook holds these streams right now: come back
-                await asyncio.sleep(float(put.headers["Retry-After"]))
-                put = await api.put(f"/v1/customers/{tenant}/{customer}", json=mapping)
-            assert put.status == 200, await put.text()
-            assert (await put.json())["countersRetried"] > 0
+            assert await remap(api, f"/v1/customers/{tenant}/{customer}", ids[customer]) > 0
         # the too-late events, counted by a replay once the ledger has them all
         await eventually(lambda: late_in_ledger(settings, tenant, 30), timeout=120, what="too-late events")
         replay = await api.post(
@@ -381,3 +376,22 @@ async def test_three_workers_through_stripes_bad_day_end_with_hourly_summaries_e
         for w in workers:
             w.stop()
         await api.close()
+
+
+async def remap(
+    api: TestClient[web.Request, web.Application], path: str, stripe_customer: str, timeout: float = 120
+) -> int:
+    """PUT a customer's corrected mapping as a client must: come back after ``Retry-After`` while another
+    change holds the streams (409 ``busy``), and while the old pair still holds usage Stripe has not
+    reported on yet (409 ``usage_left_behind``: its error reports arrive asynchronously, in batches).
+    Returns ``countersRetried``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        put = await api.put(path, json={"stripeCustomerId": stripe_customer})
+        body = await put.json()
+        if put.status == 200:
+            return int(body["countersRetried"])
+        code = body.get("error", {}).get("code")
+        assert put.status == 409 and code in ("busy", "usage_left_behind"), (put.status, body)
+        assert time.monotonic() < deadline, f"{path} still refused after {timeout}s: {body}"
+        await asyncio.sleep(float(put.headers.get("Retry-After", "1")))
