@@ -98,9 +98,15 @@ async def env(stack: Settings, cluster: LocalKafkaCluster, tmp_path: Path) -> As
 
 async def test_the_topics_get_three_replicas_and_the_check_refuses_what_cannot_hold(env: Settings) -> None:
     specs = deployment_specs(env)
-    isr = await isr_of(env, [s.name for s in specs])
-    assert len(isr) == sum(s.partitions for s in specs)
-    assert all(replicas == {1, 2, 3} for replicas in isr.values()), isr
+    partitions = sum(s.partitions for s in specs)
+    isr: dict[tuple[str, int], set[int]] = {}
+
+    async def described() -> bool:  # a new topic reaches every broker's metadata a moment after creation
+        nonlocal isr
+        isr = await isr_of(env, [s.name for s in specs])
+        return len(isr) == partitions and all(replicas == {1, 2, 3} for replicas in isr.values())
+
+    await eventually(described, timeout=30, what=f"{partitions} partitions, each in sync on brokers 1-3")
     await check_replication(env.kafka, specs)  # holds
     with pytest.raises(ReplicationMismatch, match="needs 4 brokers, the cluster has 3"):
         await check_replication(env.kafka, deployment_specs(env.with_overrides(topic_replication_factor=4)))
