@@ -11,6 +11,7 @@ from stripemeter.adapters.postgres.ledger_reads import list_events, list_waterma
 from stripemeter.api import pages, params
 from stripemeter.api.appkeys import POOL, SETTINGS
 from stripemeter.api.errors import json_response
+from stripemeter.api.retention import check_since
 from stripemeter.domain.timefmt import iso_millis
 from stripemeter.domain.units import micros_to_number
 
@@ -54,13 +55,17 @@ def event_view(row: dict[str, Any]) -> dict[str, Any]:
 async def get_events(request: web.Request) -> web.Response:
     tenant = params.tenant(request)
     asked = pages.page_request(request, EVENT_KEY)
+    since = params.optional_time(request, "since")
+    if since is not None:
+        settings = request.app[SETTINGS]
+        check_since(since, settings.clock.utc(), settings.ledger_retention_days)
     async with request.app[POOL].connection() as conn:
         rows = await list_events(
             conn,
             tenant,
             request.query.get("metric"),
             request.query.get("customerRef"),
-            params.optional_time(request, "since"),
+            since,
             params.optional_time(request, "until"),
             asked.limit + 1,
             asked.after,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -12,13 +13,18 @@ from stripemeter.api.appkeys import POOL, REPLAYER, SETTINGS
 from stripemeter.api.auth import may_see
 from stripemeter.api.errors import ApiError, bad_request, json_response
 from stripemeter.api.heavy import heavy
+from stripemeter.api.retention import check_since
 from stripemeter.core.replay_window import parse_window
 from stripemeter.schemas.events import METRIC_RE
 from stripemeter.services.replayer import ReplayRequest, refresh_visibility
 
 
 def parse_request(
-    request: web.Request, body: dict[str, Any], max_window_seconds: int, now_ms: int
+    request: web.Request,
+    body: dict[str, Any],
+    max_window_seconds: int,
+    now_ms: int,
+    retention_days: int = 45,
 ) -> ReplayRequest:
     tenant = params.body_tenant(request, body)
     metrics = body.get("metrics")
@@ -32,13 +38,16 @@ def parse_request(
     if mode not in ("dry-run", "apply"):
         raise bad_request("mode", 'must be "dry-run" or "apply"')
     window = parse_window(body.get("since"), body.get("until", "now"), now_ms, max_window_seconds)
+    check_since(window.since, datetime.fromtimestamp(now_ms / 1000, tz=UTC), retention_days)
     return ReplayRequest(tenant, sorted(set(metrics)), customer, window, mode)
 
 
 async def post_replay(request: web.Request) -> web.Response:
     body = await params.json_object(request)
     settings = request.app[SETTINGS]
-    replay = parse_request(request, body, settings.replay_max_window_seconds, settings.clock.ms())
+    replay = parse_request(
+        request, body, settings.replay_max_window_seconds, settings.clock.ms(), settings.ledger_retention_days
+    )
     async with heavy(request, replay.tenant_id), request.app[POOL].connection() as conn:
         report = await request.app[REPLAYER].run(conn, replay)  # UnknownMetric: 400 (api/errors.py)
     return json_response(report)

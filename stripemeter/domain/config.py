@@ -99,6 +99,9 @@ class Settings:
     # Stripe finalises a period's invoice an hour after creating it, or up to 72 h later while its
     # invoice.created webhooks fail: until then a closed period's usage can still change the invoice
     invoice_grace_seconds: int = 72 * 3600
+    # the ledger keeps events of the last this many days (by event time; whole day partitions dropped):
+    # Stripe's 35 days of backdating plus the 72 h invoice grace, and a week to notice and replay
+    ledger_retention_days: int = 45
     apply_wait_seconds: float = 30.0  # a replay apply or an adjustment waits this long to show
     db_pool_size: int = 8  # the API's PostgreSQL connections (its readiness probe has one of its own)
     db_pool_timeout_seconds: float = 5.0  # a request waits this long for one, then 503 with Retry-After
@@ -200,6 +203,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_AUTH_FAILURES_PER_MINUTE": "auth_failures_per_minute",
     "STRIPEMETER_API_PROXY_HOPS": "api_proxy_hops",
     "STRIPEMETER_INVOICE_GRACE_SECONDS": "invoice_grace_seconds",
+    "STRIPEMETER_LEDGER_RETENTION_DAYS": "ledger_retention_days",
     "STRIPEMETER_APPLY_WAIT_SECONDS": "apply_wait_seconds",
     "STRIPEMETER_DB_POOL_SIZE": "db_pool_size",
     "STRIPEMETER_DB_POOL_TIMEOUT_SECONDS": "db_pool_timeout_seconds",
@@ -312,6 +316,8 @@ def _validate(settings: Settings) -> None:
             "STRIPEMETER_LATENESS_SECONDS",
             f"must be from 0 to {MAX_LATENESS_SECONDS} (35 days, the oldest usage Stripe takes)",
         )
+    if settings.ledger_retention_days < 1:
+        raise ConfigError("STRIPEMETER_LEDGER_RETENTION_DAYS", "must be at least 1")
     if not 0 <= settings.reconcile_epsilon < 1:
         raise ConfigError("STRIPEMETER_RECONCILE_EPSILON", "must be in [0, 1)")
     if settings.stripe_calls_per_second <= 0:

@@ -78,6 +78,12 @@ LEDGER_REWRITES = Counter(
     "stripemeter_sink_ledger_rewrites_total",
     "Sink batches with ledger rows already written (read again after a crash), inserted skipping those",
 )
+LEDGER_PARTITIONS = Counter(
+    "stripemeter_ledger_partitions_total",
+    "Ledger partitions created ahead, dropped past retention, or emptied (the default partition's rows"
+    " past retention)",
+    ["action"],
+)
 INGEST_EVENTS = Counter(
     "stripemeter_ingest_events_total", "Events received by POST /v1/events/ingest, by status", ["status"]
 )

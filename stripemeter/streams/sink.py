@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from stripemeter.adapters.kafka.batching import ConsumerSettings
-from stripemeter.adapters.postgres import counters, ledger, sink_offsets
+from stripemeter.adapters.postgres import counters, ledger, ledger_partitions, sink_offsets
 from stripemeter.adapters.postgres.counters import upsert_counters
 from stripemeter.adapters.postgres.ledger import rejected_row, write_ledger
 from stripemeter.core.sink_resume import resume_at
@@ -49,13 +49,24 @@ BATCH_RECORDS = 20_000  # records in one transaction at most
 # about 5 transactions a second of at most 2,000 records, and PostgreSQL spent more CPU than the meter.
 BATCH_LINGER_SECONDS = 0.5
 RESUME_RETRY_SECONDS = 1.0  # between tries to seek newly assigned partitions when PostgreSQL failed
+UPKEEP_SECONDS = 3600.0  # between upkeeps of the ledger's partitions (one a day is enough; cheap)
+UPKEEP_RETRY_SECONDS = 60.0  # after an upkeep that failed
+DEFAULT_RETENTION_DAYS = 45  # STRIPEMETER_LEDGER_RETENTION_DAYS's default (domain/config.py)
 
 
 class PostgresSink(StageHooks):
     def __init__(
-        self, kafka: KafkaAccess, names: TopicNames, group_id: str, database_url: str, clock: Clock = SYSTEM
+        self,
+        kafka: KafkaAccess,
+        names: TopicNames,
+        group_id: str,
+        database_url: str,
+        clock: Clock = SYSTEM,
+        retention_days: int = DEFAULT_RETENTION_DAYS,
     ):
         self.kafka = kafka
+        self.retention_days = retention_days
+        self._next_upkeep = 0.0  # time.monotonic() when the ledger's partitions are looked after next
         self.clock = clock
         self.names = names
         self.group_id = group_id
@@ -79,6 +90,7 @@ class PostgresSink(StageHooks):
         conn = await psycopg.AsyncConnection.connect(self.database_url, autocommit=True)
         try:
             await self.prepare(conn)
+            await self.ledger_upkeep()
             log.info("postgres sink started: ledger, dead letters and deltas -> PostgreSQL")
             await self.stage.run(partial(self._handle, conn), hooks=self)
         finally:
@@ -104,8 +116,24 @@ class PostgresSink(StageHooks):
         self.unresumed -= partitions
 
     async def between_batches(self, consumer: AIOKafkaConsumer) -> None:
+        if time.monotonic() >= self._next_upkeep:
+            await self.ledger_upkeep()
         if self.unresumed and time.monotonic() - self._resume_tried >= RESUME_RETRY_SECONDS:
             await self.resume_pending(consumer)
+
+    async def ledger_upkeep(self) -> None:
+        """The ledger's day partitions created ahead and dropped past retention (one sink at a time;
+        see ``adapters/postgres/ledger_partitions.py``). A failure is logged and tried again later: rows
+        of a day without a partition wait in the default partition meanwhile."""
+        try:
+            async with await psycopg.AsyncConnection.connect(self.database_url, autocommit=True) as conn:
+                await ledger_partitions.upkeep(conn, self.clock.utc(), self.retention_days)
+        except (psycopg.Error, OSError) as exc:
+            retry = UPKEEP_RETRY_SECONDS
+            log.error("ledger partition upkeep failed (%s); trying again in %.0f s", exc, retry)
+            self._next_upkeep = time.monotonic() + UPKEEP_RETRY_SECONDS
+            return
+        self._next_upkeep = time.monotonic() + UPKEEP_SECONDS
 
     @property
     def topics(self) -> list[str]:
@@ -228,7 +256,7 @@ class PostgresSink(StageHooks):
                 records.append((msg, msg.value))
             else:
                 try:
-                    records.append((msg, rejected_row(orjson.loads(msg.value))))
+                    records.append((msg, rejected_row(orjson.loads(msg.value), msg.timestamp)))
                 except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
                     self._skip(msg, exc)
         return records

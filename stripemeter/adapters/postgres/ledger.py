@@ -7,11 +7,12 @@ temporary ``jsonb`` row and one INSERT ... SELECT unpacks them, by a column list
 ledger item's definition. The sink builds no Python object per event; PostgreSQL parses the JSON,
 in C. Dead letters (rare, and JSON objects from anywhere) are turned into rows in Python.
 
-Rows are keyed by their input's source, so a record written twice (redelivered after a crash) adds
-nothing. The insert tries without ``ON CONFLICT`` first, in a savepoint: that clause looks every row
-up in the primary key before inserting it, which cost about a quarter of PostgreSQL's time per event,
-and a conflict only happens after a crash. On a unique violation the batch is inserted again with
-``ON CONFLICT DO NOTHING``.
+Rows are keyed by their input's source and their ledger time (the partition key: the event's time,
+or a dead letter's record time; see ``ledger_partitions.py``), so a record written twice (redelivered
+after a crash) adds nothing. The insert tries without ``ON CONFLICT`` first, in a savepoint: that
+clause looks every row up in the key before inserting it, which cost about a quarter of PostgreSQL's
+time per event, and a conflict only happens after a crash. On a unique violation the batch is
+inserted again with ``ON CONFLICT DO NOTHING``.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ STAGING_COLUMNS = (
     "error_code",
     "error_message",
     "raw",
+    "ledger_ms",
 )
 
 # Temporary tables, created once per connection; ON COMMIT DELETE ROWS empties them at every commit.
@@ -55,17 +57,17 @@ CREATE TEMP TABLE IF NOT EXISTS events_in (
     source_topic text, source_partition integer, source_offset bigint, source_index integer, outcome text,
     tenant_id text, metric text, customer_ref text, quantity_micros numeric(38, 0), ts_ms bigint,
     idempotency_key text, key_derived boolean, resource_id text, meta jsonb, error_code text,
-    error_message text, raw text
+    error_message text, raw text, ledger_ms bigint
 ) ON COMMIT DELETE ROWS
 """
 
 INSERT_FROM_STAGING = """
 INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
                     customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta,
-                    error_code, error_message, raw)
+                    error_code, error_message, raw, ledger_time)
 SELECT source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric, customer_ref,
        quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta,
-       error_code, error_message, raw
+       error_code, error_message, raw, to_timestamp(ledger_ms / 1000.0)
 FROM events_in
 ON CONFLICT DO NOTHING
 """
@@ -121,9 +123,11 @@ FROM ledger_in, jsonb_array_elements(chunk) AS e"""
 # The record format's version, the first element of a chunk of the current format, is no item.
 INSERT_FROM_LEDGER = f"""
 INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,
-                    customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta)
+                    customer_ref, quantity_micros, ts, idempotency_key, key_derived, resource_id, meta,
+                    ledger_time)
 SELECT %s, source_partition, source_offset, source_index, outcome, tenant_id, metric, customer_ref,
-       quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta
+       quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta,
+       to_timestamp(ts_ms / 1000.0)
 FROM ({LEDGER_ITEMS}
 WHERE jsonb_typeof(e) = 'array') AS item
 """
@@ -169,8 +173,10 @@ def copy_text(rows: Iterable[Sequence[Any]]) -> bytes:
     return "".join("\t".join(map(copy_field, row)) + "\n" for row in rows).encode()
 
 
-def rejected_row(dead_letter: dict[str, Any]) -> tuple[Any, ...]:
-    """A dead-letter record as a staging row (outcome ``rejected``)."""
+def rejected_row(dead_letter: dict[str, Any], record_ms: int) -> tuple[Any, ...]:
+    """A dead-letter record as a staging row (outcome ``rejected``). A rejected input has no event
+    time: its row's ledger time (the partition key) is the dead-letter record's timestamp
+    ``record_ms``, the same every time that record is read."""
     error = dead_letter.get("error") or {}
     raw = dead_letter.get("raw")
     if isinstance(raw, str) and len(raw) > RAW_LIMIT:
@@ -193,6 +199,7 @@ def rejected_row(dead_letter: dict[str, Any]) -> tuple[Any, ...]:
         error.get("code"),
         error.get("message"),
         raw,
+        record_ms,
     )
 
 

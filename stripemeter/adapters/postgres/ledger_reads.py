@@ -9,6 +9,8 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 
+from stripemeter.adapters.postgres.ledger_partitions import time_window
+
 # Newest first; the cursor is the (ts, source) of the last row of the previous page.
 
 
@@ -51,6 +53,9 @@ def events_query(
     if until is not None:
         where.append(sql.SQL("ts < %(until)s"))
         params["until"] = until
+    if since is not None or until is not None:  # the partitions of the window only
+        window = time_window("%(since)s" if since else None, "%(until)s" if until else None)
+        where.append(sql.SQL(window))  # SQL text of this package, no input
     if after is not None:
         where.append(
             sql.SQL(

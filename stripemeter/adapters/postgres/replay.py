@@ -15,6 +15,7 @@ from psycopg.rows import dict_row
 
 from stripemeter.adapters.kafka.corrections import Sent
 from stripemeter.adapters.postgres.counters import Applied
+from stripemeter.adapters.postgres.ledger_partitions import time_window
 from stripemeter.core.replay_plan import CounterId, Recorded
 from stripemeter.schemas.corrections import Correction
 
@@ -23,13 +24,13 @@ from stripemeter.schemas.corrections import Correction
 # each), and none whose key the stream counted for that customer or a replay's correction claimed for
 # that customer (a duplicate is never counted; a claimed key is counted by its correction, sent or
 # still to be re-sent). The reconciler's LATE (adapters/postgres/reconciliation.py) picks the same events.
-PENDING_LATE = """
+PENDING_LATE = f"""
 SELECT DISTINCT ON (e.idempotency_key, e.customer_ref)
        e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,
        e.source_topic, e.source_partition, e.source_offset, e.source_index
 FROM events e
 WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.metric = ANY(%(metrics)s)
-  AND e.ts >= %(since)s AND e.ts < %(until)s
+  AND e.ts >= %(since)s AND e.ts < %(until)s AND {time_window("%(since)s", "%(until)s")}
   AND (%(customer)s::text IS NULL OR e.customer_ref = %(customer)s)
   AND NOT EXISTS (
       SELECT 1 FROM replayed_keys r
@@ -64,9 +65,10 @@ WHERE tenant_id = %(tenant)s AND status = 'recorded' AND metric = ANY(%(metrics)
 ORDER BY metric, customer_ref, bucket, correction_id
 """
 
-SCANNED = """
+SCANNED = f"""
 SELECT count(*) FROM events
 WHERE tenant_id = %(tenant)s AND metric = ANY(%(metrics)s) AND ts >= %(since)s AND ts < %(until)s
+  AND {time_window("%(since)s", "%(until)s")}
   AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)
 """
 

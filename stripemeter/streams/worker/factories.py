@@ -43,4 +43,5 @@ def postgres_sink(settings: Settings) -> PostgresSink:
         names.sink_group,
         settings.database_url.value,
         clock=settings.clock,
+        retention_days=settings.ledger_retention_days,
     )
