@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
@@ -16,6 +16,7 @@ from urllib.parse import quote
 import orjson
 import psycopg
 import pytest
+from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from psycopg import sql
 
@@ -24,6 +25,7 @@ from stripemeter.adapters.postgres import replay as replay_db
 from stripemeter.adapters.postgres.ledger_partitions import day_name, retention_start, upkeep
 from stripemeter.adapters.postgres.ledger_reads import events_query
 from stripemeter.adapters.postgres.migrate import migrate
+from stripemeter.api.app import create_app as create_api
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.events import UsageEvent
 from stripemeter.schemas.ledger_items import ledger_item
@@ -224,3 +226,27 @@ async def test_reads_of_a_window_touch_its_days_only_through_their_indexes(
     text = await explain(conn, query, params)
     assert scanned(text, "events") == window_day | {"events_outside"}, text
     assert "Seq Scan" not in text and "Sort  " not in text.split("Limit")[1], text
+
+
+async def test_reads_starting_before_retention_are_refused_naming_since(env: Settings) -> None:
+    """Replay and the events listing, under a retention of 10 days and then of 15 (the setting
+    changed): a window from 12 days ago is refused, then accepted; from 9 days ago always accepted."""
+    replay = {"tenantId": "t", "metrics": ["requests"], "mode": "dry-run"}
+    for days, refused in ((10, True), (15, False)):
+        client = TestClient(TestServer(create_api(replace(env, ledger_retention_days=days))))
+        await client.start_server()
+        try:
+            for since, before in (("-P12D", refused), ("-P9D", False)):
+                listing = await client.get("/v1/events", params={"tenantId": "t", "since": since})
+                replayed = await client.post("/v1/replay", json={**replay, "since": since, "until": "-P8D"})
+                for response in (listing, replayed):
+                    body = await response.json()
+                    if before:
+                        assert response.status == 400, body
+                        assert body["error"]["field"] == "since", body
+                        assert f"STRIPEMETER_LEDGER_RETENTION_DAYS={days}" in body["error"]["message"], body
+                    else:
+                        assert body.get("error", {}).get("field") != "since", body
+                assert listing.status == (400 if before else 200)
+        finally:
+            await client.close()
