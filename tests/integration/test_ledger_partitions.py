@@ -26,10 +26,14 @@ from stripemeter.adapters.postgres.ledger_partitions import day_name, retention_
 from stripemeter.adapters.postgres.ledger_reads import events_query
 from stripemeter.adapters.postgres.migrate import migrate
 from stripemeter.api.app import create_app as create_api
+from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Settings
+from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.events import UsageEvent
 from stripemeter.schemas.ledger_items import ledger_item
 from stripemeter.schemas.records import keyed_item
+from stripemeter.schemas.topics import TopicNames
+from stripemeter.streams.sink import PostgresSink
 
 DAY = timedelta(days=1)
 
@@ -198,6 +202,20 @@ async def explain(conn: psycopg.AsyncConnection, query: str | sql.Composed, para
     statement = sql.SQL("EXPLAIN ") + (sql.SQL(query) if isinstance(query, str) else query)
     cur = await conn.execute(statement, params)
     return "\n".join(str(row[0]) for row in await cur.fetchall())
+
+
+async def test_the_sinks_upkeep_keeps_what_the_real_clock_keeps(
+    schema_url: str, conn: psycopg.AsyncConnection
+) -> None:
+    """A worker whose clock is moved 400 days ahead (STRIPEMETER_CLOCK_OFFSET_SECONDS, as tests and
+    demos do) on a shared database: its sink's upkeep drops nothing the real time keeps."""
+    today = await database_today(conn)
+    ahead = Clock.starting_at(today + 400 * DAY)
+    sink = PostgresSink(KafkaAccess("unused:9092"), TopicNames("p", "a"), "unused", schema_url, clock=ahead)
+    await sink.ledger_upkeep()
+    assert await partition_names(conn) == ["events_unpartitioned"] + [
+        day_name((today + n * DAY).date()) for n in range(2, 8)
+    ]
 
 
 def scanned(plan: str, alias: str) -> set[str]:
