@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 from psycopg import sql
 
-from stripemeter.adapters.postgres import ledger, ledger_partitions, locks
+from stripemeter.adapters.postgres import ledger, ledger_partitions, locks, reaggregation, reconciliation
 from stripemeter.adapters.postgres import replay as replay_db
 from stripemeter.adapters.postgres.ledger_partitions import day_name, retention_start, upkeep
 from stripemeter.adapters.postgres.ledger_reads import events_query
@@ -240,6 +240,15 @@ async def test_reads_of_a_window_touch_its_days_only_through_their_indexes(
     assert len(scanned(text, "d")) == len(await partition_names(conn)) + 1, text
     text = await explain(conn, replay_db.SCANNED, scope)
     assert scanned(text, "events") == window_day | {"events_outside"}, text
+    text = await explain(
+        conn, reconciliation.LATE, {"tenant": "t", "metric": None, "start": since, "end": until}
+    )
+    assert scanned(text, "e") == window_day | {"events_outside"}, text
+    # from a time on (a mapping change's preview): the days before it are not read
+    older = day_name((since - DAY).date())
+    text = await explain(conn, reaggregation.PREVIEW, {"tenant": "t", "metric": "requests", "since": since})
+    assert older not in scanned(text, "e") | scanned(text, "events"), text
+    assert window_day <= scanned(text, "e") & scanned(text, "events"), text
     query, params = events_query("t", "requests", None, since, until, 50, None)
     text = await explain(conn, query, params)
     assert scanned(text, "events") == window_day | {"events_outside"}, text

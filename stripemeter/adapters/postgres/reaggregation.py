@@ -8,6 +8,8 @@ from datetime import datetime
 
 import psycopg
 
+from stripemeter.adapters.postgres.ledger_partitions import time_window
+
 
 @dataclass(frozen=True)
 class Counted:
@@ -27,7 +29,8 @@ async def counted_since(
         "        AND bucket >= %(since)s),"
         "       CASE WHEN %(events)s THEN"
         "       (SELECT count(*) FROM events WHERE tenant_id = %(tenant)s AND metric = %(metric)s"
-        "        AND ts >= %(since)s AND outcome = 'counted') ELSE 0 END",
+        f"        AND ts >= %(since)s AND {time_window('%(since)s', None)}"
+        "        AND outcome = 'counted') ELSE 0 END",
         {"tenant": tenant, "metric": metric, "since": since, "events": events},
     )
     row = await cur.fetchone()
@@ -50,7 +53,7 @@ class HourFold:
 # The hour's events as the meter counted them: counted rows, and too-late rows a sent replay
 # correction counted (one per key and customer, the first received, as replays pick them); the newest
 # by event time, then by place in usage.events (the meter lets the later one win a tie).
-PREVIEW = """
+PREVIEW = f"""
 WITH replayed AS (
     SELECT DISTINCT ON (e.idempotency_key, e.customer_ref)
            e.customer_ref, e.ts, e.quantity_micros, e.source_partition, e.source_offset, e.source_index
@@ -59,6 +62,7 @@ WITH replayed AS (
                         AND r.customer_ref = e.customer_ref
     LEFT JOIN replay_corrections c ON c.correction_id = r.correction_id
     WHERE e.tenant_id = %(tenant)s AND e.metric = %(metric)s AND e.ts >= %(since)s AND e.outcome = 'late'
+      AND {time_window("%(since)s", None)}
       AND (r.correction_id IS NULL OR c.status = 'sent')
     ORDER BY e.idempotency_key, e.customer_ref, e.source_topic, e.source_partition, e.source_offset,
              e.source_index
@@ -66,6 +70,7 @@ WITH replayed AS (
     SELECT customer_ref, ts, quantity_micros, source_partition, source_offset, source_index
     FROM events
     WHERE tenant_id = %(tenant)s AND metric = %(metric)s AND ts >= %(since)s AND outcome = 'counted'
+      AND {time_window("%(since)s", None)}
     UNION ALL
     SELECT * FROM replayed
 ), folded AS (

@@ -12,6 +12,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from stripemeter.adapters.postgres.drop_covers import give_back, lock_hour_of_correction
+from stripemeter.adapters.postgres.ledger_partitions import time_window
 from stripemeter.core.push_plan import Request
 from stripemeter.domain.units import MICROS, floor_units
 
@@ -39,12 +40,13 @@ FULL JOIN (SELECT * FROM stripe_pushes WHERE tenant_id = %(tenant)s AND bucket >
 # stripemeter/adapters/postgres/replay.py: one per idempotency key and customer, the first received, none
 # the stream counted), and also those claimed by a correction an apply recorded but did not see sent
 # (still waiting).
-LATE = """
+LATE = f"""
 SELECT metric, customer_ref, date_trunc('hour', ts) AS bucket, count(*) AS n, sum(quantity_micros) AS micros
 FROM (
     SELECT DISTINCT ON (e.idempotency_key, e.customer_ref) e.metric, e.customer_ref, e.ts, e.quantity_micros
     FROM events e
     WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.ts >= %(start)s AND e.ts < %(end)s
+      AND {time_window("%(start)s", "%(end)s")}
       AND (%(metric)s::text IS NULL OR e.metric = %(metric)s)
       AND NOT EXISTS (SELECT 1 FROM replayed_keys r
                       LEFT JOIN replay_corrections c ON c.correction_id = r.correction_id
