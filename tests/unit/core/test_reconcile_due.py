@@ -56,7 +56,7 @@ CHANGES = {
     "a drop report parks the hour": changed_hour(writer_status="parked", writer_reason="dropped"),
     "a correction sent to Stripe, unanswered": changed_hour(changed_at=math.inf),
     "a correction sent to Stripe, applied": changed_hour(changed_at=NOW - 60),
-    "a new hour": item(hours={**item().hours, NOW - NOW % 3600: Hour(1, None, None, None, NOW)}),
+    "a new hour": item(hours={**item().hours, B1 + 3600: Hour(1, None, None, None, NOW)}),
     "too-late events waiting": item(late_count=1, late_micros=1_000_000),
     "a missing mapping": item(missing=["customer mapping"]),
     "the aggregation": item(aggregation="last"),
