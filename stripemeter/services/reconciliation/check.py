@@ -309,9 +309,12 @@ def plan_items(
         keys = {(m, c) for m, c in keys if c == request.customer_ref}
     items: dict[Key, Item] = {}
     ranges: dict[Key, periods.Period] = {}
+    cycles: dict[datetime | None, periods.Period] = {}
     for metric, customer in sorted(keys):
         anchor = mappings.customers[customer][1] if customer in mappings.customers else None
-        period = periods.period(period_name, anchor)
+        if anchor not in cycles:  # most customers share a few anchors (None: the calendar month)
+            cycles[anchor] = periods.period(period_name, anchor)
+        period = cycles[anchor]
         if period.start.timestamp() > now:
             continue  # this customer's cycle of that name has not begun
         if request.only_open and period.end.timestamp() < now - invoice_grace_seconds:
