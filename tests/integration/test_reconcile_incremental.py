@@ -218,10 +218,15 @@ async def test_a_shorter_or_longer_sweep_applies_to_the_items_that_exist(env: Se
 
 
 async def test_every_item_is_read_in_the_window_before_its_period_ends(env: Settings, world: World) -> None:
-    reconciler = world.reconciler(env, reconcile_sweep_seconds=86400, reconcile_closing_seconds=2 * HOUR)
+    """The items exist, proven three hours before the end with no closing window; the window is turned
+    on (two hours): every item is read in it, a change a moment after the setting's in the next pass."""
     period_end = datetime(2027, 1, 1, tzinfo=UTC).timestamp()
     world.clock.now = period_end - 3 * HOUR
-    await world.scheduled_pass(reconciler)  # every item proven three hours before the end
+    await world.scheduled_pass(world.reconciler(env, reconcile_closing_seconds=0))
+    reconciler = world.reconciler(env, reconcile_sweep_seconds=86400, reconcile_closing_seconds=2 * HOUR)
+    await world.count_locally("c30", 2)
+    world.clock.advance(INTERVAL)
+    assert "c30" in await world.scheduled_pass(reconciler)
     world.clock.advance(INTERVAL)
     in_window: set[str] = set()
     while world.clock() < period_end:
