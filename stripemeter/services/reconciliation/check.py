@@ -3,7 +3,9 @@
 1. Load the period's hours from PostgreSQL: local totals, what the writer delivered, late events,
    recent corrections; and the mappings. The settle time is the configured one or, if longer, a
    multiple of the longest lag of Stripe's summaries confirmed lately (``stripe_summary_lags``).
-2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
+2. An incremental run (the schedule's) keeps only the items due a read (core/reconcile_due.py: they
+   changed since their last proven parity, were never proven, or their sweep or closing turn came).
+   Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
    the customer's hours, load what Stripe took for the hours that differ (delivered requests and
    applied corrections, in order) and judge each (stripemeter/core/reconcile_compare.py); record
    the lags seen and the ones a read shows were lag.
