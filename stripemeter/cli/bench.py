@@ -46,7 +46,7 @@ def cmd_bench_replay(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.tools.bench_reconcile import reconcile_many
 
-    asyncio.run(reconcile_many(settings, args.customers, args.hours, say))
+    asyncio.run(reconcile_many(settings, args.customers, args.hours, say, args.passes, args.changed))
     return 0
 
 
@@ -124,10 +124,20 @@ def add_bench(sub: Subcommands) -> None:
         bench_sub,
         "reconcile",
         cmd_bench_reconcile,
-        "one reconciliation of many customers against the emulator, next to the bare Stripe calls",
+        "scheduled reconciliation passes over many customers against the emulator: the first (every"
+        " item) next to the bare Stripe calls, then the Stripe reads of each later pass",
     )
     br.add_argument("--customers", type=int, default=10_000, help="customers (default 10000)")
     br.add_argument("--hours", type=int, default=3, help="counted hours per customer (default 3)")
+    br.add_argument(
+        "--passes", type=int, default=4, help="passes after the first, one interval apart (default 4)"
+    )
+    br.add_argument(
+        "--changed",
+        type=float,
+        default=0.01,
+        help="share of the customers whose usage changes between two passes (default 0.01)",
+    )
 
 
 def add_demo(sub: Subcommands) -> None:

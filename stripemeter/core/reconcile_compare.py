@@ -73,6 +73,8 @@ class Hour:
     exact_micros: int = 0  # the exact local total of the hour
     steps: tuple[Step, ...] = ()  # in delivery order (the runner loads them for hours that differ)
     base: int = 0  # sum: units the hour held before its first step (delivered before requests were logged)
+    # the counter's seq plus the writer row's version: both only grow, so any change of either moves it
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -176,6 +178,7 @@ class Verdict:
     corrections: list[tuple[int, int]]  # (bucket, value) that would align Stripe with local
     lags: list[Lag] = field(default_factory=list)  # hours whose summary lags a step, under the cap
     shown: list[tuple[int, tuple[float, ...]]] = field(default_factory=list)  # (bucket, shown steps)
+    settled: bool = True  # no hour was in flight
 
 
 def total(aggregation: str, per_hour: dict[int, int]) -> int:
@@ -240,6 +243,7 @@ def combine(hours: list[Hour]) -> Hour:
         writer_reason="; ".join(sorted({h.writer_reason for h in hours if h.writer_reason})) or None,
         changed_at=max(h.changed_at for h in hours),
         exact_micros=sum(h.exact_micros for h in hours),
+        revision=sum(h.revision for h in hours),
     )
 
 
@@ -343,6 +347,7 @@ def judge(
         corrections=corrections(item, drifting),
         lags=[h.lag for h in looks if h.lag is not None and h.lag.seconds < lag_cap],
         shown=[(h.bucket, h.shown) for h in looks if h.shown],
+        settled=all(h.state != "in_flight" for h in looks),
     )
 
 

@@ -90,6 +90,10 @@ class Settings:
     reconcile_settle_seconds: float = 300.0  # younger changes are in flight, not drift
     # a delivered push Stripe's summaries do not show is taken for Stripe's lag this long, then missing
     reconcile_lag_cap_seconds: float = 3600.0
+    # a scheduled pass reads Stripe for items that changed, and every item at least once per sweep and
+    # once in the closing window before its period ends (docs/reconciliation.md)
+    reconcile_sweep_seconds: float = 86400.0
+    reconcile_closing_seconds: float = 21600.0
     auth_enabled: bool = True  # API keys on /v1; off only for purely local use
     rate_limit_per_second: float = 50.0  # per tenant, on /v1
     auth_failures_per_minute: float = 30.0  # failed API-key attempts per client, at once or per minute
@@ -196,6 +200,8 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_RECONCILE_EPSILON": "reconcile_epsilon",
     "STRIPEMETER_RECONCILE_SETTLE_SECONDS": "reconcile_settle_seconds",
     "STRIPEMETER_RECONCILE_LAG_CAP_SECONDS": "reconcile_lag_cap_seconds",
+    "STRIPEMETER_RECONCILE_SWEEP_SECONDS": "reconcile_sweep_seconds",
+    "STRIPEMETER_RECONCILE_CLOSING_SECONDS": "reconcile_closing_seconds",
     "STRIPEMETER_REPLAY_MAX_WINDOW_SECONDS": "replay_max_window_seconds",
     "STRIPEMETER_READY_MAX_LAG_SECONDS": "ready_max_lag_seconds",
     "STRIPEMETER_AUTH": "auth_enabled",
@@ -332,6 +338,10 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_OPERATOR_METRICS_PORT", "must differ from STRIPEMETER_API_PORT")
     if not settings.reconcile_lag_cap_seconds > 0:
         raise ConfigError("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "must be positive")
+    if not settings.reconcile_sweep_seconds > 0:
+        raise ConfigError("STRIPEMETER_RECONCILE_SWEEP_SECONDS", "must be positive")
+    if not 0 <= settings.reconcile_closing_seconds <= 31 * 86400:
+        raise ConfigError("STRIPEMETER_RECONCILE_CLOSING_SECONDS", "must be from 0 to 2678400 (31 days)")
     for env_name in ("STRIPEMETER_INVOICE_CHECK_SECONDS", "STRIPEMETER_INVOICE_UNBILLED_CHECK_SECONDS"):
         if not getattr(settings, ENV_VARS[env_name]) > 0:
             raise ConfigError(env_name, "must be positive")

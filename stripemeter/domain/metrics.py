@@ -192,6 +192,12 @@ RECONCILIATION_SECONDS = Histogram(
 RECONCILIATION_ITEMS = Counter(
     "stripemeter_reconciliation_items_total", "Items checked by reconciliation, by status", ["status"]
 )
+RECONCILIATION_ITEM_CHOICES = Counter(
+    "stripemeter_reconciliation_item_choices_total",
+    "Items a scheduled reconciliation pass considered, by why it read Stripe for them (new, unproven,"
+    " lagging, changed, sweep, closing) or unchanged (not read: its proof stands)",
+    ["reason"],
+)
 RECONCILIATION_ADJUSTMENTS = Counter(
     "stripemeter_reconciliation_adjustments_total", "Aligning corrections sent to Stripe by reconciliation"
 )

@@ -17,7 +17,8 @@ from stripemeter.core.push_plan import Request
 from stripemeter.domain.units import MICROS, floor_units
 
 # Per hour: the newest local total (counters snapshot or the writer's copy, whichever has the higher
-# seq), what the writer delivered, and when the hour last changed (a local change, or a finished push).
+# seq), what the writer delivered, and when the hour last changed (a local change, or a finished push);
+# the revision grows with every change of the counter or the writer's row (seq, version).
 HOURS = """
 SELECT coalesce(c.metric, p.metric) AS metric,
        coalesce(c.customer_ref, p.customer_ref) AS customer_ref,
@@ -25,6 +26,7 @@ SELECT coalesce(c.metric, p.metric) AS metric,
        CASE WHEN p.latest_seq IS NOT NULL AND (c.seq IS NULL OR p.latest_seq > c.seq)
             THEN p.latest_micros ELSE c.total_micros END AS local_micros,
        p.pushed_units, p.status, p.reason,
+       coalesce(c.seq, 0) + coalesce(p.version, 0) AS revision,
        extract(epoch FROM CASE WHEN p.status = 'synced' THEN greatest(c.updated_at, p.updated_at)
                                ELSE coalesce(c.updated_at, p.updated_at) END) AS changed_at
 FROM (SELECT * FROM counters WHERE tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
@@ -367,11 +369,49 @@ ON CONFLICT (tenant_id, metric, customer_ref, period) DO UPDATE SET
 """
 
 
+class ProofRow(NamedTuple):
+    """What a run's Stripe read established for an item: a row of ``reconciliation_proofs``."""
+
+    tenant_id: str
+    metric: str
+    customer_ref: str
+    period: str
+    read_at: datetime
+    digest: str | None  # None: the read did not prove settled parity
+
+
+UPSERT_PROOFS = """
+INSERT INTO reconciliation_proofs AS p (tenant_id, metric, customer_ref, period, read_at, digest)
+SELECT * FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::text[])
+ON CONFLICT (tenant_id, metric, customer_ref, period) DO UPDATE
+SET read_at = EXCLUDED.read_at, digest = EXCLUDED.digest
+"""
+
+
+async def proofs(
+    conn: psycopg.AsyncConnection, tenant: str, period: str, metric: str | None
+) -> dict[tuple[str, str], tuple[datetime, str | None]]:
+    """(metric, customer) -> (read at, digest) of the tenant's items of a period."""
+    cur = await conn.execute(
+        "SELECT metric, customer_ref, read_at, digest FROM reconciliation_proofs"
+        " WHERE tenant_id = %s AND period = %s AND (%s::text IS NULL OR metric = %s)",
+        (tenant, period, metric, metric),
+    )
+    return {(m, c): (at, d) for m, c, at, d in await cur.fetchall()}
+
+
 async def finish_run(
-    conn: psycopg.AsyncConnection, run_id: str, items: list[ItemRow], counts: dict[str, int]
+    conn: psycopg.AsyncConnection,
+    run_id: str,
+    items: list[ItemRow],
+    counts: dict[str, int],
+    proven: list[ProofRow] | None = None,
 ) -> None:
-    """Store every item, make them the latest verdicts, and close the run: one transaction."""
+    """Store every item, make them the latest verdicts, record what each Stripe read proved, and close
+    the run: one transaction."""
     async with conn.transaction():
+        if proven:
+            await conn.execute(UPSERT_PROOFS, [list(column) for column in zip(*proven, strict=True)])
         async with conn.cursor().copy(
             f"COPY reconciliation_items ({', '.join(ITEM_COLUMNS)}) FROM STDIN"
         ) as copy:
@@ -396,6 +436,12 @@ async def finish_run(
         )
         # history is kept for a little over one billing period
         await conn.execute("DELETE FROM reconciliation_runs WHERE started_at < now() - interval '40 days'")
+        if proven:
+            await conn.execute(
+                "DELETE FROM reconciliation_proofs"
+                " WHERE tenant_id = %s AND read_at < %s - interval '40 days'",
+                (proven[0].tenant_id, proven[0].read_at),
+            )
 
 
 async def fail_run(conn: psycopg.AsyncConnection, run_id: str, error: str) -> None:

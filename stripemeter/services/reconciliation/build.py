@@ -47,6 +47,9 @@ def build_reconciler(
             lag_cap_seconds=settings.reconcile_lag_cap_seconds,
             invoice_grace_seconds=settings.invoice_grace_seconds,
             app_id=settings.app_id,
+            sweep_seconds=settings.reconcile_sweep_seconds,
+            closing_seconds=settings.reconcile_closing_seconds,
+            interval_seconds=settings.reconcile_interval_seconds,
         ),
         settings.clock,
     )

@@ -3,7 +3,9 @@
 1. Load the period's hours from PostgreSQL: local totals, what the writer delivered, late events,
    recent corrections; and the mappings. The settle time is the configured one or, if longer, a
    multiple of the longest lag of Stripe's summaries confirmed lately (``stripe_summary_lags``).
-2. Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
+2. An incremental run (the schedule's) keeps only the items due a read (core/reconcile_due.py: they
+   changed since their last proven parity, were never proven, or their sweep or closing turn came).
+   Ask Stripe for each customer's period total (one call). Equal totals are parity; otherwise list
    the customer's hours, load what Stripe took for the hours that differ (delivered requests and
    applied corrections, in order) and judge each (stripemeter/core/reconcile_compare.py); record
    the lags seen and the ones a read shows were lag.
@@ -18,7 +20,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -42,6 +44,7 @@ from stripemeter.core.reconcile_compare import (
     settle_time,
     shared_pairs,
 )
+from stripemeter.core.reconcile_due import Proof, Sweep, digest, phase, reason
 from stripemeter.domain import periods
 from stripemeter.services.reconciliation.request import ReconcileSettings, RunRequest
 
@@ -70,11 +73,14 @@ class Checked:
 
 @dataclass(frozen=True)
 class Check:
-    """What a run's check found: every item judged, and the mappings and meters acting on them needs."""
+    """What a run's check found: every item read and judged, and the mappings and meters acting on them
+    needs; for an incremental run, why each item was read or left (``reasons``: counts by reason)."""
 
     items: list[Checked]
     mappings: Mappings
     meters: dict[str, StripeMeterSpec]  # by meter event name
+    digests: dict[Key, str] = field(default_factory=dict)  # each read item's local state (reconcile_due)
+    reasons: dict[str, int] = field(default_factory=dict)
 
     def meter_of(self, item: Item) -> StripeMeterSpec | None:
         mapped = self.mappings.metrics.get(item.metric)
@@ -108,6 +114,12 @@ class Checker:
         meters = await self.reader.meters_by_event_name() if mappings.metrics else {}
         judging = await self._judging(conn, request.tenant_id, now)
         lagging = {(m, c) for m, c, _ in judging.lagging}
+        digests = {key_of(item): item_digest(item, ranges[key_of(item)], mappings) for item in items}
+        reasons: dict[str, int] = {}
+        if request.incremental:
+            stored = await db.proofs(conn, request.tenant_id, period_name, request.metric)
+            proofs = {k: Proof(at.timestamp(), d) for k, (at, d) in stored.items()}
+            items, reasons = due_items(items, ranges, digests, proofs, lagging, now, self.sweep)
         done = 0
 
         async def read(item: Item) -> StripeView:
@@ -124,7 +136,13 @@ class Checker:
             Checked(item, verdict, ranges[key_of(item)])
             for item, verdict in zip(items, verdicts, strict=True)
         ]
-        return Check(checked, mappings, meters)
+        proved = {key_of(c.item): digests[key_of(c.item)] for c in checked}
+        return Check(checked, mappings, meters, proved, reasons)
+
+    @property
+    def sweep(self) -> Sweep:
+        settings = self.settings
+        return Sweep(settings.sweep_seconds, settings.interval_seconds, settings.closing_seconds)
 
     async def _load(
         self,
@@ -293,9 +311,12 @@ def plan_items(
         keys = {(m, c) for m, c in keys if c == request.customer_ref}
     items: dict[Key, Item] = {}
     ranges: dict[Key, periods.Period] = {}
+    cycles: dict[datetime | None, periods.Period] = {}
     for metric, customer in sorted(keys):
         anchor = mappings.customers[customer][1] if customer in mappings.customers else None
-        period = periods.period(period_name, anchor)
+        if anchor not in cycles:  # most customers share a few anchors (None: the calendar month)
+            cycles[anchor] = periods.period(period_name, anchor)
+        period = cycles[anchor]
         if period.start.timestamp() > now:
             continue  # this customer's cycle of that name has not begun
         if request.only_open and period.end.timestamp() < now - invoice_grace_seconds:
@@ -343,8 +364,41 @@ def build_hours(
         bucket = int(r["bucket"].timestamp())
         changed_at = max(float(r["changed_at"]), corrected_at.get(bucket, 0.0))
         pushed = int(r["pushed_units"]) if r["pushed_units"] is not None else None
-        hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact)
+        revision = int(r.get("revision") or 0)
+        hours[bucket] = Hour(target, pushed, r["status"], r["reason"], changed_at, exact, revision=revision)
     return hours
+
+
+def item_digest(item: Item, period: periods.Period, mappings: Mappings) -> str:
+    """The item's local state (core/reconcile_due.digest), with what its mappings say."""
+    metric, customer = mappings.metrics.get(item.metric), mappings.customers.get(item.customer_ref)
+    mapping = (metric[0], customer[0]) if metric is not None and customer is not None else None
+    return digest(item, mapping, (period.start.timestamp(), period.end.timestamp()))
+
+
+def due_items(
+    items: list[Item],
+    ranges: dict[Key, periods.Period],
+    digests: dict[Key, str],
+    proofs: dict[Key, Proof],
+    lagging: set[Key],
+    now: float,
+    sweep: Sweep,
+) -> tuple[list[Item], dict[str, int]]:
+    """The items an incremental run reads from Stripe (core/reconcile_due.reason), and how many items
+    each reason covers (``unchanged``: those it leaves)."""
+    due: list[Item] = []
+    reasons: dict[str, int] = {}
+    for item in items:
+        key = key_of(item)
+        why = reason(
+            proofs.get(key), digests[key], now, ranges[key].end.timestamp(),
+            phase(item.tenant_id, item.metric, item.customer_ref), sweep, key in lagging,
+        )  # fmt: skip
+        reasons[why] = reasons.get(why, 0) + 1
+        if why != "unchanged":
+            due.append(item)
+    return due, reasons
 
 
 def hours_to_chase(read_by_hour: list[tuple[Item, dict[int, int]]], lagging: set[HourKey]) -> list[HourKey]:

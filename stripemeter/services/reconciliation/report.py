@@ -19,6 +19,7 @@ import psycopg
 
 from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.core.reconcile_compare import Item, relative
+from stripemeter.core.reconcile_due import proven
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.timefmt import iso_exact, iso_hour, iso_seconds
 from stripemeter.schemas.drift import Drift, encode_drift
@@ -63,6 +64,23 @@ def findings(run_id: str, period_name: str, outcomes: list[Outcome], checked_at:
     return Findings(items, rows, drift, adjusted, counts)
 
 
+def proofs(
+    period_name: str, outcomes: list[Outcome], digests: dict[tuple[str, str], str], checked_at: datetime
+) -> list[db.ProofRow]:
+    """What the run's Stripe reads established per item: the local state it was proven on when the
+    verdict is settled parity with nothing left to do, else nothing (the item is read again)."""
+    rows = []
+    for outcome in outcomes:
+        item, verdict = outcome.checked.item, outcome.checked.verdict
+        settled = proven(verdict.status, verdict.in_flight, verdict.settled)
+        ok = settled and outcome.action == "none" and not item.missing
+        digest = digests.get((item.metric, item.customer_ref)) if ok else None
+        rows.append(
+            db.ProofRow(item.tenant_id, item.metric, item.customer_ref, period_name, checked_at, digest)
+        )
+    return rows
+
+
 def item_wire(outcome: Outcome, checked_at: datetime) -> dict[str, Any]:
     item, verdict, period = outcome.checked.item, outcome.checked.verdict, outcome.checked.period
     return {
@@ -103,21 +121,41 @@ def drift_record(item: Item, wire: dict[str, Any], period_name: str, checked_at:
 
 
 async def record(
-    conn: psycopg.AsyncConnection, run_id: str, found: Findings, stripe_calls: int, publish: Publish
+    conn: psycopg.AsyncConnection,
+    run_id: str,
+    found: Findings,
+    stripe_calls: int,
+    publish: Publish,
+    proven_rows: list[db.ProofRow] | None = None,
 ) -> None:
-    """Store the items as the run's and the latest verdicts, close the run, and publish the drift."""
-    await db.finish_run(conn, run_id, found.rows, {**found.counts, "stripe_calls": stripe_calls})
+    """Store the items as the run's and the latest verdicts and what their reads proved, close the run,
+    and publish the drift."""
+    counts = {**found.counts, "stripe_calls": stripe_calls}
+    await db.finish_run(conn, run_id, found.rows, counts, proven_rows)
     if found.drift:
         await publish([encode_drift(d) for d in found.drift])
 
 
 def observe(
-    run_id: str, request: RunRequest, period_name: str, found: Findings, stripe_calls: int, seconds: float
+    run_id: str,
+    request: RunRequest,
+    period_name: str,
+    found: Findings,
+    stripe_calls: int,
+    seconds: float,
+    reasons: dict[str, int] | None = None,
 ) -> None:
-    """Count a finished run in the metrics and the log."""
+    """Count a finished run in the metrics and the log; ``reasons``: an incremental run's choices."""
     for status in ("parity", "within_epsilon", "drift"):
         if found.counts[status]:
             metrics.RECONCILIATION_ITEMS.labels(status).inc(found.counts[status])
+    for why, n in (reasons or {}).items():
+        metrics.RECONCILIATION_ITEM_CHOICES.labels(why).inc(n)
+    if reasons:
+        log.info(
+            "reconciliation %s: read Stripe for %d of %d items (%s)", run_id, len(found.items),
+            sum(reasons.values()), ", ".join(f"{n} {why}" for why, n in sorted(reasons.items())),
+        )  # fmt: skip
     metrics.RECONCILIATION_RUNS.labels("finished").inc()
     metrics.RECONCILIATION_SECONDS.observe(seconds)
     counts = found.counts
@@ -138,9 +176,13 @@ def summary(
     found: Findings,
     stripe_calls: int,
     seconds: float,
+    reasons: dict[str, int] | None = None,
 ) -> dict[str, Any]:
-    """What a run answers its caller (the API's, the CLI's and the invoice guard's report)."""
+    """What a run answers its caller (the API's, the CLI's and the invoice guard's report); an
+    incremental run also says why it read the items it read, and how many it left (``unchanged``)."""
+    extra = {"reasons": dict(sorted(reasons.items()))} if reasons is not None else {}
     return {
+        **extra,
         "runId": run_id,
         "tenantId": request.tenant_id,
         "metric": request.metric,

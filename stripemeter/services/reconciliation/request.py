@@ -21,6 +21,9 @@ class RunRequest:
     # invoice grace ago): they cannot change any more, and checking them again costs Stripe calls
     only_open: bool = False
     customer_ref: str | None = None  # one customer's items only (the invoice guard's runs)
+    # read Stripe only for the items core/reconcile_due.py says are due (the scheduled passes); every
+    # other run reads every item it covers
+    incremental: bool = False
 
 
 @dataclass(frozen=True)
@@ -32,3 +35,6 @@ class ReconcileSettings:
     lag_cap_seconds: float = LAG_CAP_S
     lag_window_seconds: float = 24 * 3600.0  # how long a confirmed lag keeps the settle time up
     app_id: str = "stripemeter"  # lags are learnt per app (one deployment, one Stripe account)
+    sweep_seconds: float = 86400.0  # an incremental pass reads every item at least this often
+    closing_seconds: float = 21600.0  # ... and once in this window before its period ends
+    interval_seconds: float = 900.0  # between scheduled passes (how the sweep is spread)

@@ -71,13 +71,18 @@ class Reconciler:
             await corrector.resend_pending(conn, tenant)  # an earlier run's unanswered corrections first
             check = await Checker(self.reader, settings).check(conn, request, period_name, now, progress)
             outcomes = await corrector.act(conn, run_id, request.align, check, now)
-            found = report.findings(run_id, period_name, outcomes, datetime.fromtimestamp(now, tz=UTC))
+            at = datetime.fromtimestamp(now, tz=UTC)
+            found = report.findings(run_id, period_name, outcomes, at)
+            proven = report.proofs(period_name, outcomes, check.digests, at)
             stripe_calls = self.reader.calls - calls_before
-            await report.record(conn, run_id, found, stripe_calls, self.publish)
+            await report.record(conn, run_id, found, stripe_calls, self.publish, proven)
         except Exception as exc:
             await db.fail_run(conn, run_id, f"{type(exc).__name__}: {exc}")
             metrics.RECONCILIATION_RUNS.labels("failed").inc()
             raise
         seconds = time.perf_counter() - started
-        report.observe(run_id, request, period_name, found, stripe_calls, seconds)
-        return report.summary(run_id, request, period_name, settings.epsilon, found, stripe_calls, seconds)
+        reasons: dict[str, int] | None = dict(check.reasons) if request.incremental else None
+        report.observe(run_id, request, period_name, found, stripe_calls, seconds, reasons)
+        return report.summary(
+            run_id, request, period_name, settings.epsilon, found, stripe_calls, seconds, reasons
+        )

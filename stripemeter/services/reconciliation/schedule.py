@@ -93,7 +93,8 @@ async def reconcile_tenant(
     done: list[str] = []
     for period in wanted:
         try:
-            await reconciler.run(conn, RunRequest(tenant, period=period, trigger="schedule", only_open=True))
+            request = RunRequest(tenant, period=period, trigger="schedule", only_open=True, incremental=True)
+            await reconciler.run(conn, request)
         except Busy:
             log.info("scheduled reconciliation: tenant %s is being reconciled already; skipped", tenant)
             break

@@ -42,6 +42,8 @@ def test_secrets_never_show() -> None:
         ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "-1"),
         ("STRIPEMETER_INVOICE_DEADLINE_MARGIN_SECONDS", "300000"),  # beyond Stripe's 72 h
         ("STRIPEMETER_RECONCILE_LAG_CAP_SECONDS", "0"),
+        ("STRIPEMETER_RECONCILE_SWEEP_SECONDS", "0"),
+        ("STRIPEMETER_RECONCILE_CLOSING_SECONDS", "-1"),
         ("STRIPEMETER_TOPIC_REPLICATION_FACTOR", "0"),
         ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "0"),
         ("STRIPEMETER_TOPIC_MIN_INSYNC_REPLICAS", "4"),  # more than the 3 replicas: every write refused

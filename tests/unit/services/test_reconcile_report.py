@@ -10,7 +10,7 @@ from stripemeter.domain import periods
 from stripemeter.schemas.drift import encode_drift
 from stripemeter.services.reconciliation.act import Action, Outcome
 from stripemeter.services.reconciliation.check import Checked
-from stripemeter.services.reconciliation.report import findings, status_of, summary, totals
+from stripemeter.services.reconciliation.report import findings, proofs, status_of, summary, totals
 from stripemeter.services.reconciliation.request import RunRequest
 from tests.unit.schemas.test_drift import DRIFT, PUBLISHED
 
@@ -34,6 +34,29 @@ def test_an_item_beyond_parity_is_published_as_the_drift_vector() -> None:
     found = findings("rec_1", "2026-11", [Outcome(checked, "replay", [])], AT)
     assert found.drift == [DRIFT]
     assert encode_drift(found.drift[0]) == PUBLISHED
+
+
+def test_only_a_settled_parity_with_nothing_to_do_is_recorded_as_proven() -> None:
+    """Every item read gets its read time; only settled parity keeps the digest it was proven on."""
+    at_parity = outcome("acme", "parity", "none", 50, 50)
+    waiting = outcome("bolt", "parity", "wait", 50, 50)  # parity with hours in flight
+    unsettled = outcome("cafe", "parity", "none", 50, 50)
+    unsettled.checked.verdict.settled = False
+    adjusted = outcome("dune", "within_epsilon", "adjusted", 1000, 999)
+    unmapped = outcome("echo", "parity", "none", 7, 7)
+    unmapped.checked.item.missing.append("customer mapping")
+    outcomes = [at_parity, waiting, unsettled, adjusted, unmapped]
+    digests = {
+        ("requests", o.checked.item.customer_ref): f"d-{o.checked.item.customer_ref}" for o in outcomes
+    }
+    rows = proofs("2026-11", outcomes, digests, AT)
+    assert [(r.customer_ref, r.period, r.read_at, r.digest) for r in rows] == [
+        ("acme", "2026-11", AT, "d-acme"),
+        ("bolt", "2026-11", AT, None),
+        ("cafe", "2026-11", AT, None),
+        ("dune", "2026-11", AT, None),
+        ("echo", "2026-11", AT, None),
+    ]
 
 
 def test_findings_in_every_form() -> None:
