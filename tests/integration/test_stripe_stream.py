@@ -195,3 +195,16 @@ async def test_no_one_second_window_holds_more_calls_or_events_than_the_budget(
     if api == "v2":
         assert max(world.state.stream_limit.events.values()) <= events_per_second
         assert len(world.state.calls_by_second) >= 3  # 300 events at 120 a second: spread over 3 s
+
+
+async def test_auto_sends_a_quiet_round_on_v1_and_a_burst_on_the_stream(world: World) -> None:
+    world.writer.api = "auto"
+    world.writer.budget = StripeBudget(100.0)  # v1 while a round needs at most 50 events a second
+    await customers_counted(world, 5)
+    assert await world.push() == 5
+    assert (world.state.requests["POST /v1/billing/meter_events"], stream_requests(world)) == (5, 0)
+    for i in range(5, 205):  # the top of the hour: 200 counters at once
+        await world.map_customer(f"c{i}")
+        await world.count("requests", f"c{i}", HOUR, 1)
+    assert await world.push() == 200
+    assert (world.state.requests["POST /v1/billing/meter_events"], stream_requests(world)) == (5, 2)
