@@ -331,7 +331,10 @@ class StripeWriter:
                     "stripe writer: reading Stripe for %s/%s/%s failed (%s: %s); the stream waits for the"
                     " next round", *stream.rows[0].key[:3], type(exc).__name__, exc,
                 )  # fmt: skip
-        delivered += await self._flush(conn)
+        try:
+            delivered += await self._flush(conn)
+        except CONTENDED as exc:  # nothing of the batch was recorded: the next round plans it again
+            log.info("stripe writer: %s; the batch waits for the next round", type(exc).__name__)
         metrics.STRIPE_PARKED.set(await self.push_rows(conn).parked_count())
         return delivered
 
@@ -400,9 +403,11 @@ class StripeWriter:
             )  # fmt: skip
             return 0
         request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
+        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
+        if self.api != "v1":  # recorded with the rest of its request, in one commit, before it is sent
+            return await self._queue(conn, _Queued(recorded, request, 0, target, stream, fence, row, now))
         if not await self.push_rows(conn).record_pending(row, request, fence, now):
             return 0
-        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
         return await self._send(conn, recorded, request, 0, target, stream, fence)
 
     async def _resend(
@@ -437,9 +442,13 @@ class StripeWriter:
     ) -> int:
         """Send a recorded request: at once on v1; on the stream (or ``auto``) it joins the outbox,
         which goes out when it holds a full request and at the end of the round."""
+        queued = _Queued(row, request, attempt, target, stream, fence)
         if self.api == "v1":
-            return await self._send_one(conn, _Queued(row, request, attempt, target, stream, fence))
-        self._outbox.append(_Queued(row, request, attempt, target, stream, fence))
+            return await self._send_one(conn, queued)
+        return await self._queue(conn, queued)
+
+    async def _queue(self, conn: psycopg.AsyncConnection, queued: _Queued) -> int:
+        self._outbox.append(queued)
         self._round_events += 1
         return await self._flush(conn) if len(self._outbox) >= self.batch_size else 0
 
@@ -458,6 +467,7 @@ class StripeWriter:
     async def _flush(self, conn: psycopg.AsyncConnection) -> int:
         """Send the outbox: on the API ``choose_api`` picks for the round's projected rate."""
         batch, self._outbox = self._outbox, []
+        batch = await self._record_batch(conn, batch)
         if not batch:
             return 0
         rate = projected_rate(self._round_events, self.flush_interval)
@@ -466,9 +476,28 @@ class StripeWriter:
         result = await self._stream(batch)
         if result.outcome == "delivered":
             self.budget.recovered()
-        elif result.outcome in ("rate_limited", "unreachable"):
+            # one commit for the request's events: if it fails, they stay pending and are sent again
+            # with their identifiers, which Stripe has (it counts them once)
+            async with conn.transaction():
+                return sum([await self._settle(conn, queued, result) for queued in batch])
+        if result.outcome in ("rate_limited", "unreachable"):
             self.budget.slow_down(result.retry_after)  # once for the request, not once per event
         return sum([await self._settle(conn, queued, result, pace=False) for queued in batch])
+
+    async def _record_batch(self, conn: psycopg.AsyncConnection, batch: list[_Queued]) -> list[_Queued]:
+        """Record the batch's new requests as pending, in one commit, before any is sent (a crash
+        after it leaves them pending, sent again unchanged); those whose row moved on are left out."""
+        new = [queued for queued in batch if queued.unrecorded is not None]
+        if not new:
+            return batch
+        kept: set[int] = set()
+        async with conn.transaction():
+            for queued in new:
+                assert queued.unrecorded is not None and queued.at is not None
+                rows = self.push_rows(conn)
+                if await rows.record_pending(queued.unrecorded, queued.request, queued.fence, queued.at):
+                    kept.add(id(queued))
+        return [queued for queued in batch if queued.unrecorded is None or id(queued) in kept]
 
     async def _stream(self, batch: list[_Queued]) -> SendResult:
         """One request on the v2 stream, within the calls and the events budgets; a token Stripe says
@@ -674,6 +703,8 @@ class _Queued:
     target: int
     stream: Stream
     fence: Fence
+    unrecorded: Row | None = None  # the row as read, while the request is not recorded yet
+    at: datetime | None = None  # when it was planned (the recording's time)
 
 
 class _WriterRounds(StageHooks):
