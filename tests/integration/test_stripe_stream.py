@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 import pytest
 import stripe
@@ -153,7 +154,7 @@ async def test_the_stream_refuses_what_stripe_refuses(world: World) -> None:
             for _ in range(MAX_EVENTS + 1)
         ]  # fmt: skip
         session = await client.v2.billing.meter_event_session.create_async()
-        token = {"api_key": session.authentication_token}
+        token: Any = {"api_key": session.authentication_token}
         body = {"events": [dict(e) for e in stream_params(requests[:MAX_EVENTS])["events"]]}
         body["events"].append(dict(stream_params(requests[MAX_EVENTS:])["events"][0]))
         with pytest.raises(stripe.InvalidRequestError, match="at most 100"):

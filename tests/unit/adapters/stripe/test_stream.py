@@ -39,10 +39,11 @@ def test_a_stream_request_has_the_documented_shape() -> None:
     params = stream_params([request(i) for i in range(MAX_EVENTS)])
     assert set(params) == set(get_type_hints(MeterEventStreamCreateParams))
     event_keys = get_type_hints(MeterEventStreamCreateParamsEvent)
-    required = MeterEventStreamCreateParamsEvent.__required_keys__  # type: ignore[attr-defined]
+    required = MeterEventStreamCreateParamsEvent.__required_keys__
     for event in params["events"]:
         assert set(event) <= set(event_keys) and required <= set(event)
-        assert all(isinstance(v, str) for v in event["payload"].values())
+        payload: Any = event["payload"]
+        assert all(isinstance(v, str) for v in payload.values())
     first = params["events"][0]
     # v2 takes RFC 3339 where v1 takes unix seconds; the identifier is the one v1 would send
     assert first["timestamp"] == "2026-12-01T10:00:00.000Z"
