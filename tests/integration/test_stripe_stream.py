@@ -209,3 +209,28 @@ async def test_auto_sends_a_quiet_round_on_v1_and_a_burst_on_the_stream(world: W
         await world.count("requests", f"c{i}", HOUR, 1)
     assert await world.push() == 200
     assert (world.state.requests["POST /v1/billing/meter_events"], stream_requests(world)) == (5, 2)
+
+
+async def test_a_crash_between_recording_and_sending_loses_and_doubles_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The batch's requests are committed as pending, then the process dies before the request: the next
+    round sends exactly the recorded requests."""
+    world.writer.api = "v2"
+    refs = await customers_counted(world, 20)
+
+    async def crash(batch: Any) -> Any:
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(world.writer, "_stream", crash)
+    with pytest.raises(RuntimeError, match="killed"):
+        await world.push()
+    rows = await world.rows(
+        "SELECT status, pending_request FROM stripe_pushes WHERE tenant_id = %s", world.tenant
+    )
+    assert {r["status"] for r in rows} == {"pending"} and all(r["pending_request"] for r in rows)
+    recorded = {r["pending_request"]["identifier"] for r in rows}
+    monkeypatch.undo()
+    assert await world.push() == 20
+    assert {e.identifier for e in world.state.events} == recorded
+    assert_held_once(world, refs)
