@@ -28,6 +28,11 @@ hour of a partition held by another writer is skipped, never waited for.
 4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
    summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
    what was delivered without it: a new request is planned; anything else: parked for an operator).
+
+**On the v2 meter event stream** (``STRIPEMETER_STRIPE_API`` v2, or auto when the round's projected rate
+needs it: core/send_api.py) steps 2 and 3 take up to 100 requests at a time: they are recorded in one
+commit, sent in one stream request (adapters/stripe/stream.py) and their answer recorded in one commit;
+the identifiers are v1's, so a batch sent again is counted once.
 """
 
 from __future__ import annotations
