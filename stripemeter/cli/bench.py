@@ -1,4 +1,5 @@
-"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile`, `demo`."""
+"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile|catchup`,
+`demo`."""
 
 from __future__ import annotations
 
@@ -50,6 +51,15 @@ def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_catchup(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_catchup import catchup
+
+    apis = ["v1", "v2"] if args.api == "both" else [args.api]
+    events = args.events_per_second or settings.stripe_stream_events_per_second
+    asyncio.run(catchup(settings, args.customers, apis, args.calls_per_second, events, args.timeout, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.domain.clock import Clock
     from stripemeter.tools.demo import run_demo
@@ -72,7 +82,7 @@ def instant(text: str) -> datetime:
 
 
 def add_bench(sub: Subcommands) -> None:
-    """`bench throughput|latency|stripe|replay|reconcile`."""
+    """`bench throughput|latency|stripe|replay|reconcile|catchup`."""
     bench = sub.add_parser(
         "bench", help="measure the pipeline on the local broker against a plain-aiokafka baseline"
     )
@@ -137,6 +147,28 @@ def add_bench(sub: Subcommands) -> None:
         type=float,
         default=0.01,
         help="share of the customers whose usage changes between two passes (default 0.01)",
+    )
+    bc = add_command(
+        bench_sub,
+        "catchup",
+        cmd_bench_catchup,
+        "the Stripe writer catching up after a Stripe outage: time to parity, Stripe calls per second",
+    )
+    bc.add_argument("--customers", type=int, default=100_000, help="due counter hours (default 100000)")
+    bc.add_argument(
+        "--api", choices=("v1", "v2", "auto", "both"), default="both",
+        help="which API the writer sends on; both: v1 (the baseline), then v2 (default both)",
+    )  # fmt: skip
+    bc.add_argument(
+        "--calls-per-second", type=float, default=1000,
+        help="the writer's Stripe budget (default 1000, Stripe's live-mode meter event limit)",
+    )  # fmt: skip
+    bc.add_argument(
+        "--events-per-second", type=float, default=0,
+        help="v2 stream events a second (default: STRIPEMETER_STRIPE_STREAM_EVENTS_PER_SECOND)",
+    )  # fmt: skip
+    bc.add_argument(
+        "--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)"
     )
 
 

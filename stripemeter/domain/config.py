@@ -83,6 +83,10 @@ class Settings:
     rocksdb_memory_mb: int = 192  # block cache + memtables of all the worker's tables together
     lateness_seconds: int = 48 * 3600
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
+    # which API carries meter events: v1 (one a request), v2 (the meter event stream, up to 100 a
+    # request) or auto (v2 while the projected rate needs it; core/send_api.py)
+    stripe_api: str = "v1"
+    stripe_stream_events_per_second: float = 10_000.0  # v2 stream events a second, besides the calls budget
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, exc_info)
     reconcile_interval_seconds: float = 900.0  # 0 turns the scheduled runs off
@@ -194,6 +198,8 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_ROCKSDB_MEMORY_MB": "rocksdb_memory_mb",
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
+    "STRIPEMETER_STRIPE_API": "stripe_api",
+    "STRIPEMETER_STRIPE_STREAM_EVENTS_PER_SECOND": "stripe_stream_events_per_second",
     "STRIPEMETER_LOG_LEVEL": "log_level",
     "STRIPEMETER_LOG_FORMAT": "log_format",
     "STRIPEMETER_RECONCILE_INTERVAL_SECONDS": "reconcile_interval_seconds",
@@ -241,6 +247,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "STRIPEMETER_CUSTOMER_OWNERSHIP": ("first-binding", "stripe-metadata"),
     "STRIPEMETER_INVOICE_RELEASE": ("finalize", "schedule"),
     "STRIPEMETER_INVOICE_UNPROVEN": ("hold", "release"),
+    "STRIPEMETER_STRIPE_API": ("v1", "v2", "auto"),
 }
 
 
@@ -328,6 +335,8 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("STRIPEMETER_RECONCILE_EPSILON", "must be in [0, 1)")
     if settings.stripe_calls_per_second <= 0:
         raise ConfigError("STRIPEMETER_STRIPE_CALLS_PER_SECOND", "must be positive")
+    if settings.stripe_stream_events_per_second < 1:
+        raise ConfigError("STRIPEMETER_STRIPE_STREAM_EVENTS_PER_SECOND", "must be at least 1")
     if settings.auth_failures_per_minute <= 0:
         raise ConfigError("STRIPEMETER_AUTH_FAILURES_PER_MINUTE", "must be positive")
     if settings.api_proxy_hops < 0:

@@ -141,6 +141,22 @@ STRIPE_PUSH_SECONDS = Histogram(
     "Latency of one meter event call",
     buckets=SHORT_SECONDS,
 )
+STRIPE_SEND_REQUESTS = Counter(
+    "stripemeter_stripe_send_requests_total",
+    "Requests that carried meter events to Stripe, by API (v1: one event each; v2: the meter event stream,"
+    " up to 100 each)",
+    ["api"],
+)
+STRIPE_SENT_EVENTS = Counter(
+    "stripemeter_stripe_sent_events_total",
+    "Meter events sent to Stripe (retries included), by API (v1, v2)",
+    ["api"],
+)
+STRIPE_STREAM_SESSIONS = Counter(
+    "stripemeter_stripe_stream_sessions_total",
+    "Meter event stream sessions created (each token lives 15 minutes; replaced 2 minutes before it expires,"
+    " or when Stripe says it has)",
+)
 STRIPE_PARKED = Gauge("stripemeter_stripe_parked_counters", "Counters parked after a permanent Stripe error")
 STRIPE_IDEMPOTENCY_CONFLICTS = Counter(
     "stripemeter_stripe_idempotency_conflicts_total",

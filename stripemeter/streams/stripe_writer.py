@@ -28,6 +28,11 @@ hour of a partition held by another writer is skipped, never waited for.
 4. A request pending longer than Stripe keeps identifiers (24 h) is never resent blindly: the hour's
    summary in Stripe tells whether it landed (it holds what was delivered plus the request: delivered;
    what was delivered without it: a new request is planned; anything else: parked for an operator).
+
+**On the v2 meter event stream** (``STRIPEMETER_STRIPE_API`` v2, or auto when the round's projected rate
+needs it: core/send_api.py) steps 2 and 3 take up to 100 requests at a time: they are recorded in one
+commit, sent in one stream request (adapters/stripe/stream.py) and their answer recorded in one commit;
+the identifiers are v1's, so a batch sent again is counted once.
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ import os
 import socket
 import time
 from collections.abc import Awaitable, Callable, Collection
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
@@ -52,10 +57,11 @@ from stripemeter.adapters.postgres import push_leases, push_totals
 from stripemeter.adapters.postgres.push_rows import PostgresPushRows
 from stripemeter.adapters.postgres.push_totals import Latest
 from stripemeter.adapters.postgres.reconciliation import delivered_corrections, uncertain_corrections
-from stripemeter.adapters.stripe.budget import StripeBudget
+from stripemeter.adapters.stripe.budget import EventBudget, StripeBudget
 from stripemeter.adapters.stripe.calls import StripeCalls
 from stripemeter.adapters.stripe.client import SendResult, send
 from stripemeter.adapters.stripe.meters import MeterCatalog
+from stripemeter.adapters.stripe.stream import MAX_EVENTS, SESSION_EXPIRED, StreamSession, send_batch
 from stripemeter.core.push_plan import (
     CUSTOMER_CODES,
     HOUR_S,
@@ -78,6 +84,7 @@ from stripemeter.core.push_plan import (
     too_old,
 )
 from stripemeter.core.push_rows import Delivery, Failure, Fence, PushRows, Stream
+from stripemeter.core.send_api import choose_api, projected_rate
 from stripemeter.domain import metrics, periods
 from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
@@ -87,6 +94,8 @@ from stripemeter.services.push_backfill import CounterBackfill
 from stripemeter.streams.consumer_stage import Batch, ConsumerStage, StageHooks
 
 log = logging.getLogger(__name__)
+
+STREAMS_PER_ROUND = 200  # due streams one round takes on v1 (at 20 calls a second, 10 s of calls)
 
 # PostgreSQL gave up on a statement because of a concurrent one: nothing changed, so try again later
 CONTENDED = (
@@ -165,7 +174,12 @@ class StripeWriter:
         budget: StripeBudget,
         flush_interval: float = 1.0,
         clock: Clock = SYSTEM,
+        api: str = "v1",
+        stream_events_per_second: float = 10_000.0,
     ):
+        """``api``: ``STRIPEMETER_STRIPE_API`` (v1, v2 or auto: core/send_api.py);
+        ``stream_events_per_second``: ``STRIPEMETER_STRIPE_STREAM_EVENTS_PER_SECOND``, the v2 stream's
+        events a second besides the calls budget its requests take."""
         self.kafka = kafka
         self.deltas_topic = deltas_topic
         self.group_id = group_id
@@ -177,6 +191,12 @@ class StripeWriter:
         self.meters = MeterCatalog(client, self.calls)
         self.flush_interval = flush_interval
         self.clock = clock
+        self.api = api
+        self.events = EventBudget(stream_events_per_second)
+        self.batch_size = max(1, min(MAX_EVENTS, int(stream_events_per_second)))
+        self.session = StreamSession(client, self.calls, clock)
+        self._outbox: list[_Queued] = []  # recorded requests waiting to go out together (v2, auto)
+        self._round_events = 0  # requests the round has sent or queued: its projected rate (auto)
         owner = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
         self.ownership = Ownership(database_url, app_id, owner, clock)
         self.backfill = CounterBackfill(app_id, clock)
@@ -297,8 +317,13 @@ class StripeWriter:
         """One round over the due streams of the partitions held; returns how many pushes landed."""
         await self.ownership.claim()
         delivered = 0
+        # a request queued by a round that failed is still pending in PostgreSQL: this round sends it
+        self._outbox.clear()
+        self._round_events = 0
+        # a round on the stream takes more streams: each of its requests carries up to 100 of them
+        streams = STREAMS_PER_ROUND if self.api == "v1" else STREAMS_PER_ROUND * 10
         for stream in await self.push_rows(conn).due(
-            self.app_id, sorted(self.ownership.epochs), self.clock.utc()
+            self.app_id, sorted(self.ownership.epochs), self.clock.utc(), streams
         ):
             if self.stage.stopping:
                 break
@@ -311,6 +336,10 @@ class StripeWriter:
                     "stripe writer: reading Stripe for %s/%s/%s failed (%s: %s); the stream waits for the"
                     " next round", *stream.rows[0].key[:3], type(exc).__name__, exc,
                 )  # fmt: skip
+        try:
+            delivered += await self._flush(conn)
+        except CONTENDED as exc:  # nothing of the batch was recorded: the next round plans it again
+            log.info("stripe writer: %s; the batch waits for the next round", type(exc).__name__)
         metrics.STRIPE_PARKED.set(await self.push_rows(conn).parked_count())
         return delivered
 
@@ -379,9 +408,11 @@ class StripeWriter:
             )  # fmt: skip
             return 0
         request = new_request(row, target, stream.aggregation, meter, stream.stripe_customer, stamp)
+        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
+        if self.api != "v1":  # recorded with the rest of its request, in one commit, before it is sent
+            return await self._queue(conn, _Queued(recorded, request, 0, target, stream, fence, row, now))
         if not await self.push_rows(conn).record_pending(row, request, fence, now):
             return 0
-        recorded = replace(row, version=row.version + 1, pending_raw=request.wire(), refused_since=None)
         return await self._send(conn, recorded, request, 0, target, stream, fence)
 
     async def _resend(
@@ -414,20 +445,103 @@ class StripeWriter:
         stream: Stream,
         fence: Fence,
     ) -> int:
+        """Send a recorded request: at once on v1; on the stream (or ``auto``) it joins the outbox,
+        which goes out when it holds a full request and at the end of the round."""
+        queued = _Queued(row, request, attempt, target, stream, fence)
+        if self.api == "v1":
+            return await self._send_one(conn, queued)
+        return await self._queue(conn, queued)
+
+    async def _queue(self, conn: psycopg.AsyncConnection, queued: _Queued) -> int:
+        self._outbox.append(queued)
+        self._round_events += 1
+        return await self._flush(conn) if len(self._outbox) >= self.batch_size else 0
+
+    async def _send_one(self, conn: psycopg.AsyncConnection, queued: _Queued) -> int:
+        """One v1 call with the recorded request."""
         await self.budget.acquire()
         started = time.perf_counter()
-        result = await send(self.client, request, attempt)
+        result = await send(self.client, queued.request, queued.attempt)
         metrics.STRIPE_PUSH_SECONDS.observe(time.perf_counter() - started)
+        metrics.STRIPE_SEND_REQUESTS.labels("v1").inc()
+        metrics.STRIPE_SENT_EVENTS.labels("v1").inc()
+        if result.outcome == "delivered":
+            self.budget.recovered()
+        return await self._settle(conn, queued, result)
+
+    async def _flush(self, conn: psycopg.AsyncConnection) -> int:
+        """Send the outbox: on the API ``choose_api`` picks for the round's projected rate."""
+        batch, self._outbox = self._outbox, []
+        batch = await self._record_batch(conn, batch)
+        if not batch:
+            return 0
+        rate = projected_rate(self._round_events, self.flush_interval)
+        if choose_api(self.api, rate, 1.0 / self.budget.interval) == "v1":
+            return sum([await self._send_one(conn, queued) for queued in batch])
+        result = await self._stream(batch)
+        if result.outcome == "delivered":
+            self.budget.recovered()
+            # one commit for the request's events: if it fails, they stay pending and are sent again
+            # with their identifiers, which Stripe has (it counts them once)
+            async with conn.transaction():
+                return sum([await self._settle(conn, queued, result) for queued in batch])
+        if result.outcome in ("rate_limited", "unreachable"):
+            self.budget.slow_down(result.retry_after)  # once for the request, not once per event
+        return sum([await self._settle(conn, queued, result, pace=False) for queued in batch])
+
+    async def _record_batch(self, conn: psycopg.AsyncConnection, batch: list[_Queued]) -> list[_Queued]:
+        """Record the batch's new requests as pending, in one commit, before any is sent (a crash
+        after it leaves them pending, sent again unchanged); those whose row moved on are left out."""
+        new = [queued for queued in batch if queued.unrecorded is not None]
+        if not new:
+            return batch
+        kept: set[int] = set()
+        async with conn.transaction():
+            for queued in new:
+                assert queued.unrecorded is not None and queued.at is not None
+                rows = self.push_rows(conn)
+                if await rows.record_pending(queued.unrecorded, queued.request, queued.fence, queued.at):
+                    kept.add(id(queued))
+        return [queued for queued in batch if queued.unrecorded is None or id(queued) in kept]
+
+    async def _stream(self, batch: list[_Queued]) -> SendResult:
+        """One request on the v2 stream, within the calls and the events budgets; a token Stripe says
+        has expired is replaced and the request sent again (the identifiers make that safe)."""
+        requests = [queued.request for queued in batch]
+        result = SendResult("transient", "no request was sent")
+        for _ in range(2):
+            try:
+                token = await self.session.token()
+            except stripe.StripeError as exc:  # after the calls' retries: the requests wait, pending
+                return SendResult("transient", f"no meter event session: {type(exc).__name__}: {exc}")
+            await self.budget.acquire()
+            await self.events.acquire(len(requests))
+            started = time.perf_counter()
+            result = await send_batch(self.client, token, requests)
+            metrics.STRIPE_PUSH_SECONDS.observe(time.perf_counter() - started)
+            metrics.STRIPE_SEND_REQUESTS.labels("v2").inc()
+            metrics.STRIPE_SENT_EVENTS.labels("v2").inc(len(requests))
+            if result.code != SESSION_EXPIRED:
+                return result
+            self.session.expired()
+        return result
+
+    async def _settle(
+        self, conn: psycopg.AsyncConnection, queued: _Queued, result: SendResult, pace: bool = True
+    ) -> int:
+        """Record what Stripe answered for a sent request; 1 when it landed."""
+        row, request, target, stream, fence = (
+            queued.row, queued.request, queued.target, queued.stream, queued.fence,
+        )  # fmt: skip
         metrics.STRIPE_PUSHES.labels(result.outcome).inc()
         now = self.clock.utc()
         if result.outcome == "delivered":
-            self.budget.recovered()
             synced = request.to_units == target
             added = None if stream.aggregation == "last" else request.value
             delivery = Delivery(request.identifier, request.to_units, synced, added)
             await self.push_rows(conn).mark_delivered(row, delivery, fence, now)
             return 1
-        await self._failed(conn, row, request, result, stream, fence, now)
+        await self._failed(conn, row, request, result, stream, fence, now, pace)
         return 0
 
     async def _failed(
@@ -439,7 +553,9 @@ class StripeWriter:
         stream: Stream,
         fence: Fence,
         now: datetime,
+        pace: bool = True,
     ) -> None:
+        """``pace``: whether a 429 or no answer slows the budget here (a stream request does it once)."""
         key = "/".join(map(str, row.key[:3])) + f" @{row.key[3]:%Y-%m-%dT%H:%MZ}"
         if result.outcome in ("refused", "refused_for_now"):
             await self._refused(conn, row, request, result, stream, fence, now, key)
@@ -451,7 +567,7 @@ class StripeWriter:
             )  # fmt: skip
             await self.push_rows(conn).park(row, f"idempotency_error: {result.reason}", fence, now)
         else:
-            if result.outcome in ("rate_limited", "unreachable"):
+            if pace and result.outcome in ("rate_limited", "unreachable"):
                 self.budget.slow_down(result.retry_after)
             new_key = result.outcome == "server_error"  # Stripe replays a 500 to the same key
             failure = Failure(request.identifier, result.reason)
@@ -580,6 +696,20 @@ class StripeWriter:
                 conn, row, f"cannot tell whether {identifier} landed: Stripe's hour holds {holds}, expected"
                 f" {held_text} (not landed) or {landed} (landed); reconcile this hour", fence,
             )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """A request recorded as pending, with what settling its answer needs."""
+
+    row: Row
+    request: Request
+    attempt: int
+    target: int
+    stream: Stream
+    fence: Fence
+    unrecorded: Row | None = None  # the row as read, while the request is not recorded yet
+    at: datetime | None = None  # when it was planned (the recording's time)
 
 
 class _WriterRounds(StageHooks):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 
 from stripemeter.domain.rates import TokenBucket
@@ -57,3 +58,42 @@ class StripeBudget:
 
     def paused(self) -> bool:
         return self.monotonic() < self._paused_until
+
+
+class EventBudget:
+    """Meter events a second on Stripe's v2 stream (``STRIPEMETER_STRIPE_STREAM_EVENTS_PER_SECOND``),
+    besides the calls budget each stream request takes like any call: a request of ``n`` events waits
+    until the events sent in the past second, plus ``n``, fit in ``events_per_second``. So no one-second
+    window ever holds more (a request is never split: ``n`` is at most 100)."""
+
+    WINDOW = 1.0
+
+    def __init__(self, events_per_second: float, monotonic: Callable[[], float] = time.monotonic):
+        self.events_per_second = events_per_second
+        self.monotonic = monotonic
+        self._sent: deque[tuple[float, int]] = deque()  # (when, events) of the past second
+        self._in_window = 0
+
+    def _forget_before(self, start: float) -> None:
+        while self._sent and self._sent[0][0] <= start:
+            self._in_window -= self._sent.popleft()[1]
+
+    def wait(self, events: int) -> float:
+        """Seconds until ``events`` may be sent (0.0: now); takes nothing."""
+        now = self.monotonic()
+        self._forget_before(now - self.WINDOW)
+        room = self.events_per_second - self._in_window
+        if events <= room or not self._sent:
+            return 0.0
+        freed = 0
+        for at, count in self._sent:
+            freed += count
+            if events <= room + freed:
+                return max(at + self.WINDOW - now, 0.0) + 1e-6
+        return self.WINDOW
+
+    async def acquire(self, events: int) -> None:
+        while (wait := self.wait(events)) > 0:
+            await asyncio.sleep(wait)
+        self._sent.append((self.monotonic(), events))
+        self._in_window += events

@@ -27,6 +27,8 @@ def stripe_writer(settings: Settings, budget: StripeBudget) -> StripeWriter:
         client,
         budget,
         clock=settings.clock,
+        api=settings.stripe_api,
+        stream_events_per_second=settings.stripe_stream_events_per_second,
     )
 
 

@@ -13,6 +13,9 @@
   the secrets) and every delivery so far (attempts and outcome).
 - `GET /_emulator/error_reports`: the error reports of events dropped by async validation, oldest
   first: `{code, message, meter, event_name, identifier, received, event, delivery}`.
+- `GET /_emulator/calls`: per second of real time (unix seconds as keys), the Stripe API requests received
+  (`calls`, any answer), those answered 429 (`throttled`) and the events the v2 stream took
+  (`streamEvents`): how fast a client really called, whatever its own counters say.
 """
 
 from __future__ import annotations
@@ -113,6 +116,17 @@ def add_routes(
         sent = deliveries(state)
         return json_response({"data": [{**r, "delivery": sent.get(r["event"])} for r in state.error_reports]})
 
+    async def calls(request: web.Request) -> web.Response:
+        state = request.app[key]
+        return json_response(
+            {
+                "calls": {str(k): v for k, v in sorted(state.calls_by_second.items())},
+                "throttled": {str(k): v for k, v in sorted(state.throttled_by_second.items())},
+                "streamEvents": {str(k): v for k, v in sorted(state.stream_limit.events.items())},
+            }
+        )
+
+    app.router.add_get(PREFIX + "calls", calls)
     app.router.add_post(PREFIX + "webhook", set_webhook)
     app.router.add_get(PREFIX + "webhook", get_webhook)
     app.router.add_get(PREFIX + "error_reports", error_reports)

@@ -36,6 +36,9 @@ was created with):
 - `async_validation`: when true, `POST /v1/billing/meter_events` checks only the request's shape and
   the identifier synchronously and validates the rest after answering 200, as Stripe does; a failing
   event is dropped and reported (see `state.EmulatorState.record_meter_event`).
+- `stream_requests_per_second`, `stream_events_per_second`: the v2 meter event stream's own limit, per
+  one-second window of real time (Stripe: 10,000 a second in live mode); 0 means unlimited. The stream
+  does not take from `ops_per_second` (meter_stream.py).
 """
 
 from __future__ import annotations
@@ -67,6 +70,8 @@ class Faults:
     path_prefix: str | None = None
     ops_per_second: float = TEST_MODE_OPS_PER_SECOND
     async_validation: bool = False
+    stream_requests_per_second: float = 10_000.0
+    stream_events_per_second: float = 10_000.0
 
     def __post_init__(self) -> None:
         self._initial = asdict(self)

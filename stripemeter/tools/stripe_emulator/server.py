@@ -1,6 +1,7 @@
 """The HTTP face of the emulator: Stripe's v1 routes for customers, billing meters, products, prices,
-test clocks, subscriptions, invoices, invoice items and events on aiohttp, and
-`GET /v2/core/events/{id}` for the events that carry error reports.
+test clocks, subscriptions, invoices, invoice items and events on aiohttp,
+`GET /v2/core/events/{id}` for the events that carry error reports, and the v2 meter event stream
+(`POST /v2/billing/meter_event_session`, `POST /v2/billing/meter_event_stream`: meter_stream.py).
 
 Before every Stripe request, and once a second (`TICK_SECONDS`), what has come due happens
 (`Billing.run_due`: test clocks finish advancing, invoices are made and finalized on the emulator's
@@ -18,6 +19,9 @@ Every Stripe request passes, in this order (each step as Stripe places it):
    500 (after the state changed; stored); then the answer is stored for the key;
 7. an injected lost response: the connection is aborted after all of the above.
 Errors anywhere become Stripe's error envelope; unknown routes become 404 "Unrecognized request URL".
+The meter event stream passes steps 1 and 7 as well, with its session token instead of the API key,
+its own rate limit instead of the operations budget, and no idempotency (its identifiers dedupe).
+Every Stripe request is counted in its second of real time (`EmulatorState.calls_by_second`).
 Events queued by the state (error reports, invoice events) are handed to the webhook sender after
 each request and each tick.
 """
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl
 
+import orjson
 from aiohttp import web
 
 from stripemeter.tools.stripe_emulator import (
@@ -43,6 +48,7 @@ from stripemeter.tools.stripe_emulator import (
     control,
     invoices,
     meter_events,
+    meter_stream,
     meters,
     test_clocks,
 )
@@ -136,12 +142,14 @@ def _stored(
 async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorState) -> web.StreamResponse:
     faults, path = state.faults, request.path
     state.requests[f"{request.method} {path}"] += 1
+    second = state.count_call()
     if faults.applies_to(path) and faults.latency > 0:
         await asyncio.sleep(faults.latency)
     if faults.take_drop(path):
         _abort(request)
     api_key = _api_key(request)
     if not state.budget.take(faults.ops_per_second) or faults.take_rate_limit(path):
+        state.throttled_by_second[second] += 1
         raise rate_limited()
     if faults.take_lock_timeout(path):
         raise lock_timed_out()
@@ -166,6 +174,52 @@ async def _stripe_api(request: web.Request, handler: Handler, state: EmulatorSta
     if lost:
         _abort(request)
     return response
+
+
+async def _meter_stream(request: web.Request, state: EmulatorState) -> web.StreamResponse:
+    """`POST /v2/billing/meter_event_stream` (meter_stream.py): answered `{}` once the request's shape
+    passed; its events are processed right after, as Stripe processes them asynchronously."""
+    faults, path = state.faults, request.path
+    state.requests[f"{request.method} {path}"] += 1
+    second = state.count_call()
+    if faults.applies_to(path) and faults.latency > 0:
+        await asyncio.sleep(faults.latency)
+    if faults.take_drop(path):
+        _abort(request)
+    state.sessions.check(request.headers.get("Authorization", ""), state.now())
+    try:
+        body = orjson.loads(await request.read() or b"null")
+    except orjson.JSONDecodeError:
+        body = None
+    events = meter_stream.check_body(body)
+    limits = faults.stream_requests_per_second, faults.stream_events_per_second
+    if not state.stream_limit.take(second, len(events), *limits) or faults.take_rate_limit(path):
+        state.throttled_by_second[second] += 1
+        raise rate_limited()
+    lost = faults.take_lost_response(path)
+    if faults.take_server_error(path):
+        raise server_error()
+    state.record_stream_events(events, request[REQUEST_ID])
+    if faults.take_landed_server_error(path):
+        raise server_error()
+    if lost:
+        _abort(request)
+    return json_response({})
+
+
+async def _create_session(request: web.Request) -> web.StreamResponse:
+    """`POST /v2/billing/meter_event_session`: a JSON body with no parameters (or none at all)."""
+    state = request.app[STATE]
+    raw = await request.read()
+    try:
+        params = orjson.loads(raw) if raw.strip() else {}
+    except orjson.JSONDecodeError:
+        raise StripeApiError(400, "invalid_request_error", "The request body must be JSON.") from None
+    if not isinstance(params, dict):
+        raise StripeApiError(400, "invalid_request_error", "The request body must be a JSON object.")
+    reject_unknown(params, set())
+    request[EXECUTED] = True
+    return json_response(state.sessions.create(state.now()))
 
 
 def _send_outbox(app: web.Application) -> None:
@@ -200,6 +254,9 @@ async def stripe_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         if request.path.startswith(control.PREFIX):
             response = await handler(request)
+        elif request.path == meter_stream.STREAM_PATH and request.method == "POST":
+            state.billing.run_due()
+            response = await _meter_stream(request, state)
         else:
             state.billing.run_due()
             response = await _stripe_api(request, handler, state)
@@ -236,6 +293,11 @@ def endpoint(operation: Operation, check: Check | None = None) -> Handler:
         return json_response(result)
 
     return handle
+
+
+async def _unreachable(request: web.Request) -> web.StreamResponse:
+    """The stream's route exists for aiohttp; the middleware answers it (`_meter_stream`)."""
+    raise web.HTTPNotFound
 
 
 def _id(request: web.Request) -> str:
@@ -369,6 +431,8 @@ def create_app(state: EmulatorState | None = None, state_file: Path | None = Non
     app[SENDER] = Sender()
     for method, path, operation, check in ROUTES:
         app.router.add_route(method, path, endpoint(operation, check))
+    app.router.add_route("POST", meter_stream.SESSION_PATH, _create_session)
+    app.router.add_route("POST", meter_stream.STREAM_PATH, _unreachable)
     control.add_routes(app, STATE, run_due)
 
     async def start_ticker(app: web.Application) -> None:

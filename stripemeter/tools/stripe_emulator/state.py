@@ -27,6 +27,7 @@ from stripemeter.tools.stripe_emulator.billing import Billing
 from stripemeter.tools.stripe_emulator.faults import TEST_MODE_OPS_PER_SECOND, Faults
 from stripemeter.tools.stripe_emulator.idempotency import IdempotencyStore
 from stripemeter.tools.stripe_emulator.meter_events import EventRequest, MeterEvent
+from stripemeter.tools.stripe_emulator.meter_stream import Sessions, StreamLimit
 from stripemeter.tools.stripe_emulator.ops_budget import OpsBudget
 from stripemeter.tools.stripe_emulator.pagination import paginate
 from stripemeter.tools.stripe_emulator.stripe_errors import StripeApiError, invalid, no_such, reject_unknown
@@ -64,6 +65,7 @@ class EmulatorState:
         self.clock = clock
         self.faults = Faults(ops_per_second=ops_per_second, async_validation=async_validation)
         self.budget = OpsBudget()
+        self.wall = time.time  # real time: the per-second windows of calls (rates are about arrival)
         self.reset()
 
     def reset(self) -> None:
@@ -75,6 +77,12 @@ class EmulatorState:
         self.snapshot_webhook: Destination | None = None  # None: v1 events go to `webhook` too
         self.error_reports: list[Params] = []
         self.requests: Counter[str] = Counter()  # "METHOD /path" -> requests received (tests' numbers)
+        # second of real time -> Stripe API requests received (any answer), and those answered 429
+        self.calls_by_second: Counter[int] = Counter()
+        self.throttled_by_second: Counter[int] = Counter()
+        self.sessions = Sessions()
+        self.stream_limit = StreamLimit()
+        self.stream_duplicates = 0  # stream events whose identifier was taken: counted once
         self.v2_events: dict[str, Params] = {}
         self.v1_events: dict[str, Params] = {}
         self.deliveries: list[Delivery] = []
@@ -200,6 +208,35 @@ class EmulatorState:
         assert meter is not None
         self._store_event(meter, identifier, customer, value, request, timestamp, now)
         return answer
+
+    def count_call(self) -> int:
+        """A Stripe API request arrived: counted in its second of real time, which is returned."""
+        second = int(self.wall())
+        self.calls_by_second[second] += 1
+        return second
+
+    def record_stream_events(self, requests: list[EventRequest], origin: str) -> None:
+        """`POST /v2/billing/meter_event_stream` after its answer: each event is processed as Stripe
+        does asynchronously. An identifier taken within 24 h (by either API) is the same event, counted
+        once; an event failing validation is dropped and reported (`origin`: the request's id, named
+        by the report when the event has no identifier)."""
+        now = self.now()
+        for request in requests:
+            try:
+                identifier = self._free_identifier(request.identifier, now)
+            except StripeApiError:
+                self.stream_duplicates += 1
+                continue
+            meter = self._meter_for(request.event_name)
+            try:
+                customer, value, timestamp = meter_events.validate_event(
+                    meter, request, self.customers.__contains__, now
+                )
+            except StripeApiError as error:
+                self._report_error(meter, request, error, request.identifier or origin, now)
+                continue
+            assert meter is not None
+            self._store_event(meter, identifier, customer, value, request, timestamp, now)
 
     def _free_identifier(self, identifier: str | None, now: float) -> str:
         """The event's identifier (generated when none was sent); refused while another event has it."""
