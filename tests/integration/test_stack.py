@@ -135,9 +135,12 @@ def test_reconcile_next_to_the_stack_reads_its_emulator_without_a_stripe_key(
         down(settings, print)  # stops only what this state directory started: the emulator
 
 
-async def seed_counter(settings: Settings, tenant: str, event_name: str, customer: str, bucket: datetime) -> None:
+async def seed_counter(
+    settings: Settings, tenant: str, event_name: str, customer: str, bucket: datetime
+) -> None:
+    mapping = MetricMapping(tenant, "requests", event_name, "sum", None)
     async with await psycopg.AsyncConnection.connect(settings.database_url.value, autocommit=True) as conn:
-        await upsert_metric(conn, MetricMapping(tenant, "requests", event_name, "sum", None), bucket, settings.lateness_seconds)
+        await upsert_metric(conn, mapping, bucket, settings.lateness_seconds)
         await upsert_customer(conn, tenant, "c1", customer, None)
         await conn.execute(
             "INSERT INTO counters (tenant_id, metric, customer_ref, bucket, total_micros, seq, updated_at)"

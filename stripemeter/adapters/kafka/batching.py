@@ -76,6 +76,14 @@ async def gather(
     return batch
 
 
+def linger_now(linger_seconds: float, busy_seconds: float) -> float:
+    """The linger for the next batch: the whole of it once the stage has been busy (no poll came back
+    empty) for that long, none before. Under load batches still fill and stay few; a stage that was
+    idle handles a lone burst (one event, a replay's corrections) at once rather than waiting for
+    records that are not coming."""
+    return linger_seconds if busy_seconds >= linger_seconds else 0.0
+
+
 async def commit_handled(consumer: AIOKafkaConsumer, batch: dict[Any, list[Any]]) -> None:
     """Commit the batch's offsets of the partitions this consumer still holds.
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from stripemeter.domain.config import Settings
-from stripemeter.tools.local import postgres
 from stripemeter.tools.local.stack import app_settings, clock_note, stack_stripe, status, write_stack_stripe
 
 
@@ -40,9 +39,11 @@ def dead_pid() -> int:
     return child.pid
 
 
-def test_status_knows_postgres_by_the_servers_own_pid(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_status_knows_postgres_by_the_servers_own_pid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The process that launched PostgreSQL (``runuser`` as root) may be gone while the server runs."""
-    monkeypatch.setattr(postgres.os, "geteuid", lambda: 1000)  # the data directory under the state dir
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # the data directory under the state dir
     settings = Settings(state_dir=tmp_path)
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "postgres.pid").write_text(f"{dead_pid()}\n")  # the launcher, gone
