@@ -125,7 +125,10 @@ def add_bench(sub: Subcommands) -> None:
     bp.add_argument("--events", type=int, default=10_000, help="ledger rows in the window (default 10000)")
     bp.add_argument("--late", type=int, default=10_000, help="how many of them are too late (default 10000)")
     bp.add_argument(
-        "--customers", type=int, default=3000, help="customers; with 24 hours, the counters (default 3000)"
+        "--customers",
+        type=int,
+        default=3000,
+        help="customers, spread over the window's 24 hours (default 3000: 10000 events make 3000 counters)",
     )
     bp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     bp.add_argument(
