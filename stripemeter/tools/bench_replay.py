@@ -46,10 +46,17 @@ Say = Callable[[str], None]
 HOUR = timedelta(hours=1)
 EMULATOR_KEY = "sk_test_bench"
 STRIPE_WAIT_SECONDS = 1800.0
+SEED_PROGRESS_ROWS = 250_000
 
 
 async def seed(
-    conn: psycopg.AsyncConnection, tenant: str, events: int, late: int, customers: int, start: datetime
+    conn: psycopg.AsyncConnection,
+    tenant: str,
+    events: int,
+    late: int,
+    customers: int,
+    start: datetime,
+    say: Say = lambda line: None,
 ) -> None:
     columns = (
         "source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,"
@@ -57,6 +64,8 @@ async def seed(
     )
     async with conn.cursor() as cur, cur.copy(f"COPY events ({columns}) FROM STDIN") as copy:
         for i in range(events):
+            if i and i % SEED_PROGRESS_ROWS == 0:
+                say(f"  ... {i:,} of {events:,} rows")
             ts = start + (i % 24) * HOUR + timedelta(seconds=i % 3600)
             outcome = "late" if i < late else "counted"
             customer = f"c{i % customers}"
@@ -200,7 +209,7 @@ async def replay_window(
         async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
             say(f"seeding {events:,} ledger rows ({late:,} too late), {customers:,} customers, 24 h ...")
             await map_customers(conn, env, tenant, event_name, await emulator.customers(customers))
-            await seed(conn, tenant, events, late, customers, start)
+            await seed(conn, tenant, events, late, customers, start, say)
             worker = Worker(env, env.state_dir / "worker.log")
             await asyncio.to_thread(worker.wait_ready)
             say(f"worker ready ({partitions} partitions); Stripe writer at {calls_per_second:g} calls/s")
@@ -219,9 +228,8 @@ async def replay_window(
                     f" {len(report['counters']):,} counters"
                 )
             results["counters"] = len(report["counters"])
-            results["stripe"] = (
-                await until_stripe_holds(emulator, meter["id"], late, started, worker) - started
-            )
+            held_at = await until_stripe_holds(emulator, meter["id"], late, started, worker, say)
+            results["stripe"] = held_at - started
             say(f"  Stripe holds every too-late event {results['stripe']:.3f} s after the apply began")
             say(f"  baseline (bare count + sum over the window): {baseline:.3f} s;"
                 f" ratio baseline/apply {baseline / results['apply']:.2f}")  # fmt: skip
@@ -243,13 +251,19 @@ def check(mode: str, report: dict[str, Any], events: int, late: int) -> None:
 
 
 async def until_stripe_holds(
-    emulator: Emulator, meter_id: str, units: int, started: float, worker: Worker
+    emulator: Emulator, meter_id: str, units: int, started: float, worker: Worker, say: Say
 ) -> float:
-    """When Stripe held ``units``, polled every 50 ms (the emulator's listing is cheap)."""
+    """When Stripe held ``units``, polled every 50 ms (the emulator's listing is cheap); a progress
+    line every 10 s."""
+    said = time.perf_counter()
     while time.perf_counter() - started < STRIPE_WAIT_SECONDS:
-        if await emulator.units(meter_id) >= units:
+        held = await emulator.units(meter_id)
+        if held >= units:
             return time.perf_counter()
         if not worker.alive():
             raise RuntimeError("the worker exited while Stripe did not hold every correction")
+        if time.perf_counter() - said >= 10:
+            say(f"  ... Stripe holds {held:,.0f} of {units:,} units ({time.perf_counter() - started:.0f} s)")
+            said = time.perf_counter()
         await asyncio.sleep(0.05)
     raise RuntimeError(f"Stripe did not hold {units:,} units within {STRIPE_WAIT_SECONDS:.0f} s")
