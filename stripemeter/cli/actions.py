@@ -86,7 +86,10 @@ async def reconcile(
     """One run per period: ``request.period``, or every period whose invoice can still change (the
     current one and the previous one shortly after it closed, per billing anchor). One report each."""
     if not stripe_configured(settings):
-        raise RuntimeError("set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator) to reconcile")
+        raise RuntimeError(
+            "set STRIPE_API_KEY (or STRIPE_API_BASE for the emulator) to reconcile, or run it next to a"
+            " local stack (`stripemeter stack up`; STRIPEMETER_STATE_DIR names its directory)"
+        )
     names = TopicNames(settings.topic_prefix, settings.app_id)
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all")
     await producer.start()

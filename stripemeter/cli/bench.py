@@ -40,7 +40,11 @@ def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_replay(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.tools.bench_replay import replay_window
 
-    asyncio.run(replay_window(settings, args.events, args.late, args.customers, say))
+    asyncio.run(
+        replay_window(
+            settings, args.events, args.late, args.customers, args.partitions, args.calls_per_second, say
+        )
+    )
     return 0
 
 
@@ -125,11 +129,24 @@ def add_bench(sub: Subcommands) -> None:
         bench_sub,
         "replay",
         cmd_bench_replay,
-        "replay dry-run and apply over a seeded ledger window, next to a bare scan of the window",
+        "replay dry-run and apply over a seeded ledger window with a real worker: apply until the"
+        " counters show every correction, and until Stripe (the emulator) does; next to a bare scan",
     )
     bp.add_argument("--events", type=int, default=10_000, help="ledger rows in the window (default 10000)")
     bp.add_argument("--late", type=int, default=10_000, help="how many of them are too late (default 10000)")
-    bp.add_argument("--customers", type=int, default=1000, help="customers (default 1000)")
+    bp.add_argument(
+        "--customers",
+        type=int,
+        default=3000,
+        help="customers, spread over the window's 24 hours (default 3000: 10000 events make 3000 counters)",
+    )
+    bp.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    bp.add_argument(
+        "--calls-per-second",
+        type=float,
+        default=1000,
+        help="the worker's Stripe writer limit (default 1000, Stripe's live-mode limit)",
+    )
     br = add_command(
         bench_sub,
         "reconcile",

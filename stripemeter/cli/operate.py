@@ -15,8 +15,24 @@ def cmd_reconcile(settings: Settings, args: argparse.Namespace) -> int:
 
     align: Align = "all" if args.align_all else "within_epsilon"
     request = RunRequest(args.tenant, args.metric, args.period, align=align, trigger="cli")
+    settings = with_stack_stripe(settings, quiet=args.json)
     reports = asyncio.run(reconcile(settings, request, args.json, say, print_table))
     return 3 if any(report["status"] == "drift" for report in reports) else 0
+
+
+def with_stack_stripe(settings: Settings, quiet: bool) -> Settings:
+    """No Stripe configured: the Stripe of the local stack under STRIPEMETER_STATE_DIR, if one runs."""
+    from stripemeter.services.reconciliation.build import stripe_configured
+    from stripemeter.tools.local.stack import stack_stripe
+
+    if stripe_configured(settings):
+        return settings
+    local = stack_stripe(settings)
+    if local is None:
+        return settings
+    if not quiet:
+        say(f"Stripe: the local stack's emulator at {local.stripe_api_base} (no STRIPE_API_KEY set)")
+    return local
 
 
 def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:

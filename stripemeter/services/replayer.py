@@ -137,10 +137,7 @@ class Replayer:
         keys = sorted(pending.keys() | {c for c, _r in recorded})
         before = await db.counter_totals(conn, request.tenant_id, keys)
         plan = plan_from(pending, aggregations, before, recorded)
-        anchors = {
-            r["customer_ref"]: r["billing_anchor"]
-            for r in await list_rows(conn, "customer_mappings", request.tenant_id)
-        }
+        anchors = await db.billing_anchors(conn, request.tenant_id, {c.customer_ref for c in plan.changes})
         changes = [(anchors.get(c.customer_ref), c.bucket, c.delta_micros) for c in plan.changes]
         period_names, notes = periods.notes_for(changes, self.clock.utc(), self.invoice_grace)
         replay_id = "rpl_" + uuid.uuid4().hex[:20]
@@ -155,10 +152,11 @@ class Replayer:
         try:
             sent = await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
             targets = [shown_when_applied(s) for s in sent]
-            report = {**report, "applied": True, "visible": not targets}
+            applied = {"applied": True, "visible": not targets}
+            report = {**report, **applied}
             async with conn.transaction():
                 await db.mark_sent(conn, replay_id, sent)
-                await db.store(conn, replay_id, scope, request.mode, "applied", report, targets)
+                await db.mark_applied(conn, replay_id, applied, targets)
         except Exception as exc:
             await db.fail(conn, replay_id, f"{type(exc).__name__}: {exc}")
             raise
@@ -170,7 +168,7 @@ class Replayer:
         """Return once the counters show every correction, or say that they do not yet."""
         if await wait_applied(conn, targets, self.visible_timeout):
             report = {**report, "visible": True}
-            await db.mark_visible(conn, replay_id, report, self.clock.utc())
+            await db.mark_visible(conn, replay_id, self.clock.utc())
             return report
         log.warning(
             "replay %s: the counters do not show all %d corrections after %.0f s", replay_id, len(targets),
@@ -220,7 +218,7 @@ async def refresh_visibility(
     if await wait_applied(conn, targets, 0):
         report = {**report, "visible": True}
         report.pop("message", None)
-        await db.mark_visible(conn, replay_id, report, None)
+        await db.mark_visible(conn, replay_id, None)
     return report
 
 

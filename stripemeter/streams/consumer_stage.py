@@ -6,6 +6,8 @@ Intake, the PostgreSQL sink, the Stripe writer and the benchmark's readers each 
 - a batch's offsets are committed only after ``handle`` returned; a ``handle`` that raises ends the
   run with nothing of its batch committed, so the next owner of those partitions reads it again
   (every stage's writes are idempotent downstream);
+- a batch waits ``linger_seconds`` to fill only once the stage has been busy (no empty poll) for a
+  moment: a quiet stage passes a burst on at once (batching.linger_now);
 - one batch is in flight at a time, at most ``max_records`` records: nothing more is fetched while
   one is handled, so a slow downstream slows the reading instead of piling records up in memory;
 - ``stop`` lets the batch being handled finish and be committed, then leaves the group.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -82,10 +85,14 @@ class ConsumerStage:
         await consumer.start()
         try:
             await hooks.started(consumer)
+            idle_at = time.monotonic()  # when a gather last found nothing
             while not self._stopping.is_set():
+                linger = batching.linger_now(settings.linger_seconds, time.monotonic() - idle_at)
                 batch = await batching.gather(
-                    consumer, settings.max_records, settings.linger_seconds, self._stopping, settings.poll_ms
+                    consumer, settings.max_records, linger, self._stopping, settings.poll_ms
                 )
+                if not batch:
+                    idle_at = time.monotonic()
                 if batch:
                     await handle(batch)
                     if settings.group_id is not None:

@@ -18,9 +18,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaConnectionError
 
 from stripemeter.adapters.kafka.corrections import send_corrections
+from stripemeter.adapters.postgres.mappings import MetricMapping, upsert_customer, upsert_metric
 from stripemeter.adapters.postgres.reconciliation import late_events
 from stripemeter.core.replay_window import Window, parse_window
 from stripemeter.domain.config import Settings
+from stripemeter.domain.periods import current_name
 from stripemeter.schemas.corrections import Correction
 from stripemeter.schemas.partitioning import keyed_routing_key, partition_for
 from stripemeter.schemas.topics import TopicNames
@@ -606,3 +608,38 @@ async def _outcome_at_least(env: Settings, tenant: str, outcome: str, n: int) ->
 
 async def _equals(actual: Awaitable[Counter[tuple[str, int]]], expected: Counter[tuple[str, int]]) -> bool:
     return +(await actual) == +expected
+
+
+async def test_a_replay_names_each_customers_own_billing_period(env: Settings) -> None:
+    """A customer with a billing anchor has its changes in its own cycle: the replay reads the anchors
+    of the customers it changes (a dry-run, no worker needed)."""
+    tenant = f"anchors-{uuid.uuid4().hex[:8]}"
+    hour = (datetime.now(UTC) - timedelta(days=3)).replace(minute=0, second=0, microsecond=0)
+    anchor = hour.replace(minute=30)  # that day's cycle begins after this hour: it is in the one before
+    columns = (
+        "source_topic, source_partition, source_offset, source_index, outcome, tenant_id, metric,"
+        " customer_ref, quantity_micros, ts, idempotency_key, key_derived"
+    )
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        mapping = MetricMapping(tenant, "requests", "requests", "sum", None)
+        await upsert_metric(conn, mapping, env.clock.utc(), env.lateness_seconds)
+        await upsert_customer(conn, tenant, "anchored", "cus_anchored", anchor)
+        await upsert_customer(conn, tenant, "plain", "cus_plain", None)
+        async with conn.cursor() as cur, cur.copy(f"COPY events ({columns}) FROM STDIN") as copy:
+            for i, customer in enumerate(("anchored", "plain", "unmapped")):
+                ts = hour + timedelta(minutes=10)
+                await copy.write_row(
+                    ("t", 0, i, 0, "late", tenant, "requests", customer, 1_000_000, ts, f"k{i}", False)
+                )
+        replayer = build_replayer(env, AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers))
+        request = ReplayRequest(
+            tenant, ["requests"], None, Window(hour, hour + timedelta(hours=1)), "dry-run"
+        )
+        report = await replayer.run(conn, request)
+    plain = current_name(hour)
+    assert current_name(hour, anchor) != plain
+    assert {c["customerRef"]: c["period"] for c in report["counters"]} == {
+        "anchored": current_name(hour, anchor),
+        "plain": plain,
+        "unmapped": plain,
+    }

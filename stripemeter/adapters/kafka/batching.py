@@ -76,6 +76,18 @@ async def gather(
     return batch
 
 
+# A stage with records at every poll for this long is under load: from then on its batches linger.
+BUSY_SECONDS = 1.0
+
+
+def linger_now(linger_seconds: float, busy_seconds: float) -> float:
+    """The linger for the next batch: all of it once the stage has been busy (no poll came back empty)
+    for ``BUSY_SECONDS``, none before. Under load batches still fill and stay few; a stage that was
+    idle passes a burst on at once (one event, a replay's corrections: two or three batches as they
+    arrive) rather than waiting for records that are not coming."""
+    return linger_seconds if busy_seconds >= BUSY_SECONDS else 0.0
+
+
 async def commit_handled(consumer: AIOKafkaConsumer, batch: dict[Any, list[Any]]) -> None:
     """Commit the batch's offsets of the partitions this consumer still holds.
 

@@ -76,6 +76,11 @@ JOIN unnest(%s::text[], %s::text[], %s::text[], %s::timestamptz[], %s::integer[]
 """
 
 
+# How often a waiting apply looks: the sink writes a quiet pipeline's counters within tens of
+# milliseconds, and one look (an index join of the targets) costs a few.
+APPLIED_POLL_SECONDS = 0.05
+
+
 @dataclass(frozen=True)
 class Applied:
     """A control message for one counter: it shows once the counter has applied that keyed offset."""
@@ -100,6 +105,7 @@ async def wait_applied(
     targets: list[Applied],
     timeout: float,
     progress: Callable[[int, int], None] | None = None,
+    interval: float = APPLIED_POLL_SECONDS,
 ) -> bool:
     """Wait until every target shows in the counters (the meter applied the control message and the
     sink wrote the counter's new snapshot); False if ``timeout`` seconds passed first."""
@@ -112,4 +118,4 @@ async def wait_applied(
             return True
         if time.monotonic() >= deadline:
             return False
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(interval)

@@ -130,6 +130,21 @@ async def counter_totals(
     return {(m, c, b): int(t) for m, c, b, t in await cur.fetchall()}
 
 
+async def billing_anchors(
+    conn: psycopg.AsyncConnection, tenant: str, customers: set[str]
+) -> dict[str, datetime]:
+    """The billing anchors of these customers (those that have one): only the replay's customers are
+    read, not every mapping of a tenant with 100,000 customers."""
+    if not customers:
+        return {}
+    cur = await conn.execute(
+        "SELECT customer_ref, billing_anchor FROM customer_mappings WHERE tenant_id = %s"
+        " AND customer_ref = ANY(%s) AND billing_anchor IS NOT NULL",
+        (tenant, sorted(customers)),
+    )
+    return {customer: anchor for customer, anchor in await cur.fetchall()}
+
+
 async def unconfirmed(conn: psycopg.AsyncConnection, scope: Scope) -> list[tuple[CounterId, Recorded]]:
     cur = await conn.execute(UNCONFIRMED, asdict(scope))
     found = []
@@ -198,13 +213,7 @@ async def store(
     targets: list[Applied] | None = None,
 ) -> None:
     """The report; for an apply also where its corrections went (``targets``: see read your writes)."""
-    stored_targets = None
-    if targets is not None:
-        rows = [
-            [t.tenant_id, t.metric, t.customer_ref, t.bucket.isoformat(), t.keyed_partition, t.keyed_offset]
-            for t in targets
-        ]
-        stored_targets = orjson.dumps(rows).decode()
+    stored_targets = None if targets is None else _targets_json(targets)
     await conn.execute(
         "INSERT INTO replays (replay_id, tenant_id, metrics, customer_ref, since, until, mode, status,"
         " events_scanned, report, targets, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
@@ -218,6 +227,14 @@ async def store(
     )  # fmt: skip
 
 
+def _targets_json(targets: list[Applied]) -> str:
+    rows = [
+        [t.tenant_id, t.metric, t.customer_ref, t.bucket.isoformat(), t.keyed_partition, t.keyed_offset]
+        for t in targets
+    ]
+    return orjson.dumps(rows).decode()
+
+
 async def load_targets(conn: psycopg.AsyncConnection, replay_id: str) -> list[Applied]:
     cur = await conn.execute("SELECT targets FROM replays WHERE replay_id = %s", (replay_id,))
     row = await cur.fetchone()
@@ -229,13 +246,25 @@ async def load_targets(conn: psycopg.AsyncConnection, replay_id: str) -> list[Ap
     ]
 
 
-async def mark_visible(
-    conn: psycopg.AsyncConnection, replay_id: str, report: dict[str, Any], at: datetime | None
+async def mark_applied(
+    conn: psycopg.AsyncConnection, replay_id: str, changes: dict[str, Any], targets: list[Applied]
 ) -> None:
+    """The apply's corrections are all sent: its stored report gets ``changes`` (a few top-level
+    fields, merged in PostgreSQL: the report of thousands of counters is not sent again) and where
+    the corrections went (``targets``: see read your writes)."""
+    await conn.execute(
+        "UPDATE replays SET status = 'applied', report = report || %s::jsonb, targets = %s::jsonb,"
+        " finished_at = now() WHERE replay_id = %s",
+        (orjson.dumps(changes).decode(), _targets_json(targets), replay_id),
+    )
+
+
+async def mark_visible(conn: psycopg.AsyncConnection, replay_id: str, at: datetime | None) -> None:
     """The counters show every correction of the apply (``at``: when; None: noticed later)."""
     await conn.execute(
-        "UPDATE replays SET report = %s, visible_at = coalesce(%s, now()) WHERE replay_id = %s",
-        (orjson.dumps(report).decode(), at, replay_id),
+        "UPDATE replays SET report = (report - 'message') || '{\"visible\": true}'::jsonb,"
+        " visible_at = coalesce(%s, now()) WHERE replay_id = %s",
+        (at, replay_id),
     )
 
 

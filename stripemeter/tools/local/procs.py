@@ -15,11 +15,16 @@ from pathlib import Path
 
 @dataclass(frozen=True)
 class Managed:
-    """A named background process of the stack."""
+    """A named background process of the stack.
+
+    ``own_pidfile`` is a pidfile the process writes itself (PostgreSQL's ``postmaster.pid``): it names
+    the running server even when the process that launched it (``runuser`` for a root stack) is gone.
+    """
 
     name: str
     run_dir: Path
     log_dir: Path
+    own_pidfile: Path | None = None
 
     @property
     def pidfile(self) -> Path:
@@ -30,12 +35,13 @@ class Managed:
         return self.log_dir / f"{self.name}.log"
 
     def pid(self) -> int | None:
-        """The pid from the pidfile if that process is still alive."""
-        try:
-            pid = int(self.pidfile.read_text().strip())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if pid_alive(pid) else None
+        """The running process's pid: from its own pidfile if it has one, else from the one written
+        when it was started; None when neither names a live process."""
+        for path in (self.own_pidfile, self.pidfile):
+            pid = read_pid(path) if path is not None else None
+            if pid is not None and pid_alive(pid):
+                return pid
+        return None
 
     def start(
         self, argv: Sequence[str], env: Mapping[str, str] | None = None, cwd: Path | None = None
@@ -83,6 +89,14 @@ class Managed:
             wait_for(lambda: not pid_alive(pid), 10)
         self.pidfile.unlink(missing_ok=True)
         return True
+
+
+def read_pid(path: Path) -> int | None:
+    """The pid on a pidfile's first line (PostgreSQL's has more lines after it)."""
+    try:
+        return int(path.read_text().split("\n", 1)[0].strip())
+    except (FileNotFoundError, PermissionError, ValueError):
+        return None
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

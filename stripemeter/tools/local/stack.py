@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -53,6 +53,12 @@ def _managed(settings: Settings, name: str) -> Managed:
     return Managed(name, settings.state_dir / "run", settings.state_dir / "logs")
 
 
+def _postgres_managed(settings: Settings, pg: LocalPostgres) -> Managed:
+    """The stack's PostgreSQL, known by the server's own pid (``postmaster.pid``) rather than by the
+    process that launched it: as root that is ``runuser``, which can be gone while the server runs."""
+    return replace(_managed(settings, "postgres"), own_pidfile=pg.data_dir / "postmaster.pid")
+
+
 def http_ok(url: str, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -79,7 +85,7 @@ def _wait(name: str, managed: Managed, check: Callable[[], bool], timeout: float
 
 def start_postgres(settings: Settings, say: Say) -> None:
     pg = LocalPostgres.from_settings(settings, install_server())
-    managed = _managed(settings, "postgres")
+    managed = _postgres_managed(settings, pg)
     if managed.pid() is None:
         if port_open(pg.host, pg.port):
             if not _postgres_answers(settings):
@@ -187,6 +193,33 @@ def emulator_file(settings: Settings) -> Path:
     return settings.state_dir / "stripe-emulator.json"
 
 
+def _stripe_file(settings: Settings) -> Path:
+    """The Stripe settings the stack's worker and API run with, for commands run next to the stack."""
+    return settings.state_dir / "run" / "stripe.json"
+
+
+def write_stack_stripe(settings: Settings) -> None:
+    """Keep the emulator's base URL and key where ``stack_stripe`` finds them (owner-only: a key)."""
+    path = _stripe_file(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"apiBase": settings.stripe_api_base, "apiKey": settings.stripe_api_key.value}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(orjson.dumps(body))
+
+
+def stack_stripe(settings: Settings) -> Settings | None:
+    """``settings`` with the Stripe of the local stack under ``STRIPEMETER_STATE_DIR`` (its emulator, as
+    `stack up` wrote it), or None when that stack's emulator does not run."""
+    try:
+        body = orjson.loads(_stripe_file(settings).read_bytes())
+    except (FileNotFoundError, orjson.JSONDecodeError):
+        return None
+    if _managed(settings, "stripe-emulator").pid() is None:
+        return None
+    return settings.with_overrides(stripe_api_base=body["apiBase"], stripe_api_key=Secret(body["apiKey"]))
+
+
 def _clock_file(settings: Settings) -> Path:
     """The clock offset the stack's worker, API and emulator started with (`demo --at`)."""
     return settings.state_dir / "run" / "clock-offset"
@@ -215,7 +248,7 @@ def services(settings: Settings) -> list[Service]:
         Service(
             "postgres",
             f"{pg.host}:{pg.port}",
-            _managed(settings, "postgres"),
+            _postgres_managed(settings, pg),
             (pg.host, pg.port),
             signal.SIGINT,
         ),
@@ -271,20 +304,7 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
     if with_app:
         original, me = settings, [sys.executable, "-m", "stripemeter"]
         if uses_emulator(settings):
-            start_process(
-                settings,
-                "stripe-emulator",
-                [
-                    *me,
-                    "stripe-emulator",
-                    "--port",
-                    str(settings.emulator_port),
-                    "--state-file",
-                    str(emulator_file(settings)),
-                ],
-                emulator_url(settings) + "/_emulator/faults",
-                say,
-            )
+            start_emulator(settings, say)
         if settings.auth_enabled:
             from stripemeter.services.api_keys import ensure_local_key
 
@@ -311,6 +331,14 @@ def up(settings: Settings, say: Say, with_app: bool = True) -> None:
             say(f"the emulator's events (error reports, invoices) go to {wire_emulator_events(settings)}")
 
 
+def start_emulator(settings: Settings, say: Say) -> None:
+    """The Stripe emulator, and its base URL and key where commands run next to the stack find them."""
+    argv = [sys.executable, "-m", "stripemeter", "stripe-emulator", "--port", str(settings.emulator_port)]
+    argv += ["--state-file", str(emulator_file(settings))]
+    start_process(settings, "stripe-emulator", argv, emulator_url(settings) + "/_emulator/faults", say)
+    write_stack_stripe(app_settings(settings))
+
+
 def _retry_until_ready(action: Callable[[], T], attempts: int = 30) -> T:
     """The broker's port opens a moment before it serves metadata."""
     for attempt in range(attempts):
@@ -333,6 +361,7 @@ def down(settings: Settings, say: Say) -> None:
         if service.managed.stop(timeout=60, sig=service.stop_signal, gone=closed):
             say(f"stopped {service.name}")
     _clock_file(settings).unlink(missing_ok=True)
+    _stripe_file(settings).unlink(missing_ok=True)
 
 
 def status(settings: Settings) -> list[tuple[str, str, str, str]]:

@@ -1,11 +1,12 @@
-"""Batches that fill for a moment: what arrives within the linger joins the batch, up to a limit."""
+"""Batches that fill for a moment: what arrives within the linger joins the batch, up to a limit;
+the linger applies once a stage has been busy."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Any
 
-from stripemeter.adapters.kafka.batching import gather
+from stripemeter.adapters.kafka.batching import BUSY_SECONDS, gather, linger_now
 
 
 class ScriptedConsumer:
@@ -43,3 +44,10 @@ async def test_no_records_no_linger() -> None:
     consumer: Any = ScriptedConsumer()
     assert await batch_of(consumer) == {}
     assert consumer.asked == [100]
+
+
+def test_a_stage_lingers_only_once_it_has_been_busy() -> None:
+    assert linger_now(0.5, busy_seconds=0.0) == 0.0  # a burst after a quiet moment goes on at once
+    assert linger_now(0.5, busy_seconds=BUSY_SECONDS - 0.01) == 0.0  # its second batch too
+    assert linger_now(0.5, busy_seconds=BUSY_SECONDS) == 0.5  # under load batches fill as before
+    assert linger_now(0.0, busy_seconds=9.0) == 0.0
