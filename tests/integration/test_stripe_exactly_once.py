@@ -35,6 +35,7 @@ from stripemeter.domain.config import Secret, Settings
 from stripemeter.domain.periods import holding
 from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator import create_app as create_emulator
+from stripemeter.tools.stripe_emulator.meter_stream import STREAM_PATH
 from tests.integration.client import eventually, produce
 from tests.integration.harness import WorkerProcess, free_port, isolated_settings
 from tests.integration.workload import round_seed
@@ -225,10 +226,15 @@ async def hourly_summaries(
 
 
 @pytest.mark.timeout(1200)
+@pytest.mark.parametrize("stripe_api", ["v1", "v2"])
 async def test_three_workers_through_stripes_bad_day_end_with_hourly_summaries_equal_to_the_oracle(
-    stripe_env: tuple[Settings, EmulatorState, str], tmp_path: Path
+    stripe_env: tuple[Settings, EmulatorState, str], tmp_path: Path, stripe_api: str
 ) -> None:
+    """On v1, and on the v2 meter event stream (STRIPEMETER_STRIPE_API=v2: the bad day strikes its
+    requests, 100 events each)."""
     settings, state, base = stripe_env
+    settings = settings.with_overrides(stripe_api=stripe_api)
+    send_path = "/v1/billing/meter_events" if stripe_api == "v1" else STREAM_PATH
     tenant = f"x1-{uuid.uuid4().hex[:6]}"
     rng = random.Random(round_seed(20))
     started = time.monotonic()
@@ -278,7 +284,7 @@ async def test_three_workers_through_stripes_bad_day_end_with_hourly_summaries_e
         # Stripe's bad day, from the first push to the last
         state.faults.update(
             {"server_error_rate": 0.08, "landed_server_error_rate": 0.04, "lost_response_rate": 0.05,
-             "path_prefix": "/v1/billing/meter_events"}
+             "path_prefix": send_path}
         )  # fmt: skip
 
         events, too_late = workload(tenant, time.time(), rng)

@@ -234,3 +234,18 @@ async def test_a_crash_between_recording_and_sending_loses_and_doubles_nothing(
     assert await world.push() == 20
     assert {e.identifier for e in world.state.events} == recorded
     assert_held_once(world, refs)
+
+
+async def test_a_request_pending_from_v2_goes_out_on_v1_and_stripe_says_it_has_it(world: World) -> None:
+    """Back from v2 to v1 while a stream request is pending (it landed, its answer was lost): v1 sends
+    the recorded request, Stripe answers that it has the identifier, and that counts as delivered."""
+    world.writer.api = "v2"
+    refs = await customers_counted(world, 4)
+    world.state.faults.update({"lost_responses": 1, "path_prefix": STREAM_PATH})
+    assert await world.push() == 0
+    world.writer.api = "v1"
+    world.clock.advance(RETRY_AFTER_S)
+    assert await world.push() == 4
+    assert world.state.requests["POST /v1/billing/meter_events"] == 4
+    assert len(world.state.events) == 4
+    assert_held_once(world, refs)
