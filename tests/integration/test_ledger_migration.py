@@ -94,6 +94,7 @@ def bytes_per_row(conn: psycopg.Connection, partitions: list[str]) -> tuple[str,
     return f"{(table + indexes) / rows:.0f} (table {table / rows:.0f}, indexes {indexes / rows:.0f})", rows
 
 
+@pytest.mark.timeout(900)  # about 2-3 minutes here, most of it loading the rows
 async def test_a_million_row_ledger_is_partitioned_without_losing_a_row(
     schema_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
