@@ -1,4 +1,5 @@
-"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile`, `demo`."""
+"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile|failover`,
+`demo`."""
 
 from __future__ import annotations
 
@@ -50,6 +51,13 @@ def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_failover(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_failover import failover
+
+    asyncio.run(failover(settings, args.entries, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.domain.clock import Clock
     from stripemeter.tools.demo import run_demo
@@ -72,7 +80,7 @@ def instant(text: str) -> datetime:
 
 
 def add_bench(sub: Subcommands) -> None:
-    """`bench throughput|latency|stripe|replay|reconcile`."""
+    """`bench throughput|latency|stripe|replay|reconcile|failover`."""
     bench = sub.add_parser(
         "bench", help="measure the pipeline on the local broker against a plain-aiokafka baseline"
     )
@@ -128,6 +136,15 @@ def add_bench(sub: Subcommands) -> None:
     )
     br.add_argument("--customers", type=int, default=10_000, help="customers (default 10000)")
     br.add_argument("--hours", type=int, default=3, help="counted hours per customer (default 3)")
+    bf = add_command(
+        bench_sub,
+        "failover",
+        cmd_bench_failover,
+        "time for a worker to take over a partition of N dedupe entries, cold and with its store current",
+    )
+    bf.add_argument(
+        "--entries", type=int, default=1_000_000, help="dedupe entries in the partition (default 1000000)"
+    )
 
 
 def add_demo(sub: Subcommands) -> None:
