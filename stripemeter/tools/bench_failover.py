@@ -2,8 +2,9 @@
 
 The run writes N entries in the dedupe table's wire format straight to partition 0 of its changelog
 (as the meter's checkpoints would have), then times three starts of a one-partition worker until it
-reports ready (``/health/ready``: the tables recovered, the meter consuming):
-- baseline: the same worker over empty tables (process start, group join, empty recovery);
+reports ready (``/health/ready``: its tables recovered) and until it has counted an event sent just
+before it started:
+- baseline: a worker of another app id over empty tables (process start, group join, empty recovery);
 - cold: a worker with no local state, as a takeover without standby replicas: Faust restores the
   whole partition from the changelog;
 - warm: the same worker again after a clean stop, its RocksDB current: recovery reads only what the
@@ -48,7 +49,6 @@ class Start:
     ready_s: float  # until /health/ready
     counting_s: float  # until the probe event sent before the start is counted
     rss_mib: float
-    rocksdb: dict[str, float]  # the worker's RocksDB memory gauges by kind, bytes
 
 
 def entries(count: int, now_ms: int) -> Iterator[tuple[bytes, bytes]]:
@@ -142,16 +142,12 @@ async def start(env: Settings, names: TopicNames, log: Path) -> tuple[Worker, St
         if time.monotonic() > deadline or not worker.alive():
             raise RuntimeError(f"the worker did not count the probe event; see {log}")
         await asyncio.sleep(0.05)
-    counting = time.perf_counter() - started
-    rocksdb = {k: v for k, v in worker.memory_gauges().items() if k not in ("rss", "python_blocks")}
-    return worker, Start(ready, counting, worker.rss_mib(), rocksdb)
+    return worker, Start(ready, time.perf_counter() - started, worker.rss_mib())
 
 
 def timing(start: Start) -> str:
-    rocksdb = ", ".join(f"{kind} {value / 2**20:.1f}" for kind, value in sorted(start.rocksdb.items()))
     return (
         f"ready in {start.ready_s:.1f} s, counting in {start.counting_s:.1f} s, RSS {start.rss_mib:.0f} MiB"
-        f" (RocksDB MiB: {rocksdb})"
     )
 
 
