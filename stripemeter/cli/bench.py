@@ -1,5 +1,4 @@
-"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile|catchup`,
-`demo`."""
+"""Commands measuring and showing the pipeline: `bench ...` (one subcommand a benchmark) and `demo`."""
 
 from __future__ import annotations
 
@@ -64,6 +63,13 @@ def cmd_bench_catchup(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_failover(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_failover import failover
+
+    asyncio.run(failover(settings, args.entries, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.domain.clock import Clock
     from stripemeter.tools.demo import run_demo
@@ -86,7 +92,7 @@ def instant(text: str) -> datetime:
 
 
 def add_bench(sub: Subcommands) -> None:
-    """`bench throughput|latency|stripe|replay|reconcile|catchup`."""
+    """`bench ACTION`: one subcommand a benchmark."""
     bench = sub.add_parser(
         "bench", help="measure the pipeline on the local broker against a plain-aiokafka baseline"
     )
@@ -186,6 +192,15 @@ def add_bench(sub: Subcommands) -> None:
     )  # fmt: skip
     bc.add_argument(
         "--timeout", type=float, default=3600, help="give up after this many seconds (default 3600)"
+    )
+    bf = add_command(
+        bench_sub,
+        "failover",
+        cmd_bench_failover,
+        "time for a worker to take over a partition of N dedupe entries, cold and with its store current",
+    )
+    bf.add_argument(
+        "--entries", type=int, default=1_000_000, help="dedupe entries in the partition (default 1000000)"
     )
 
 

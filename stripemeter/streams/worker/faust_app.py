@@ -27,6 +27,10 @@ ROCKSDB_OPTIONS = {
 # Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
 # when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
 REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
+# No standby copies of the tables: a standby promoted to owner can miss the changelog records written
+# before it began to read (tests/integration/test_standby_takeover.py, 3 failures in 22 runs with one),
+# so a takeover restores the partition from its changelog instead (times: docs/sizing.md).
+STANDBY_REPLICAS = 0
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -56,10 +60,7 @@ def faust_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_max_fetch_size=8 * 1024 * 1024,
         consumer_auto_offset_reset="earliest",
-        # no standbys: the meter writes its tables' RocksDB directly (adapters/kafka/changelog_state.py), and
-        # a standby promoted to owner counted wrong in the two-worker rebalance test; a takeover restores the
-        # partition from its changelog instead
-        table_standby_replicas=0,
+        table_standby_replicas=STANDBY_REPLICAS,
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
         broker_session_timeout=session_timeout_seconds(settings),

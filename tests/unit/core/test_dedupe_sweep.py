@@ -96,3 +96,35 @@ def test_a_rebalance_forgets_what_the_sweep_knew_even_mid_step() -> None:
     assert not sweep.idle(0, T0 + HOUR)  # the pass spanned a rebalance: it taught nothing
     assert asyncio.run(sweep.step(0, lambda: False)) == (6, 0)
     assert sweep.idle(0, T0 + HOUR)
+
+
+def test_a_steady_stream_keeps_the_window_and_no_more_than_about_twice_it() -> None:
+    """Ten days at 10 events an hour, 24 h lateness, a sweep step every hour on an injected clock:
+    every entry a duplicate could still need stays, and the state stays under twice the window."""
+    per_hour, lateness_h, margin_h = 10, 24, 1
+    spacing = HOUR // per_hour
+    clock = [T0]
+    m, _ = make(lateness_ms=lateness_h * HOUR)
+    m.dedupe = dedupe = SortedKV()
+    sweep = DedupeSweep(
+        m, dedupe, margin_ms=margin_h * HOUR, min_step=50, chunk=20, clock_ms=lambda: clock[0]
+    )
+    held = []
+    for hour in range(240):
+        clock[0] = T0 + hour * HOUR
+        first = hour * per_hour
+        m.process(
+            0,
+            hour,
+            [item(f"e{first + i:05d}", 1, clock[0] + i * spacing, first + i) for i in range(per_hour)],
+        )
+        asyncio.run(sweep.step(0, lambda: False))
+        keys = set(dedupe.data[0])
+        watermark = clock[0] + (per_hour - 1) * spacing  # the stream's newest event
+        oldest_needed = watermark - (lateness_h + margin_h) * HOUR
+        needed = [n for n in range(first + per_hour) if T0 + n * spacing >= oldest_needed]
+        missing = [n for n in needed if f"t\x1fe{n:05d}".encode() not in keys]
+        assert not missing, f"entries inside the window gone at {hour} h: {missing[:5]}"
+        held.append(len(keys))
+    window = (lateness_h + margin_h) * per_hour
+    assert window <= max(held[48:]) <= 2 * window
