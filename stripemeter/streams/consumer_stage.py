@@ -91,12 +91,12 @@ class ConsumerStage:
                 batch = await batching.gather(
                     consumer, settings.max_records, linger, self._stopping, settings.poll_ms
                 )
-                if not batch:
-                    idle_at = time.monotonic()
                 if batch:
                     await handle(batch)
                     if settings.group_id is not None:
                         await batching.commit_handled(consumer, batch)
+                else:
+                    idle_at = time.monotonic()
                 if not self._stopping.is_set():
                     await hooks.between_batches(consumer)
         finally:

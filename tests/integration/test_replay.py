@@ -626,10 +626,10 @@ async def test_a_replay_names_each_customers_own_billing_period(env: Settings) -
         await upsert_customer(conn, tenant, "anchored", "cus_anchored", anchor)
         await upsert_customer(conn, tenant, "plain", "cus_plain", None)
         async with conn.cursor() as cur, cur.copy(f"COPY events ({columns}) FROM STDIN") as copy:
-            for i, customer in enumerate(("anchored", "plain", "unmapped")):
+            for i, customer in enumerate(("anchored", "plain", "unmapped")):  # from a source topic of its own
                 ts = hour + timedelta(minutes=10)
                 await copy.write_row(
-                    ("t", 0, i, 0, "late", tenant, "requests", customer, 1_000_000, ts, f"k{i}", False)
+                    (tenant, 0, i, 0, "late", tenant, "requests", customer, 1_000_000, ts, f"k{i}", False)
                 )
         replayer = build_replayer(env, AIOKafkaProducer(bootstrap_servers=env.kafka_bootstrap_servers))
         request = ReplayRequest(

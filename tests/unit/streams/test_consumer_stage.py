@@ -192,3 +192,19 @@ async def test_between_batches_runs_after_the_commit() -> None:
 
     await asyncio.wait_for(stage.run(handle, Hooks()), WAIT)
     assert consumer.calls == ["getmany", "handle", "commit", "between", "stop"]
+
+
+async def test_a_stage_that_was_idle_hands_a_burst_on_without_lingering() -> None:
+    """A long linger is for a stage under load; a quiet one (a replay's corrections arriving at the
+    sink) handles what it has at once."""
+    consumer = FakeConsumer(available=3)
+    settings = ConsumerSettings(("t",), "g", max_records=10, linger_seconds=60.0, poll_ms=10)
+    stage = ConsumerStage(KafkaAccess("unused:9092"), settings, consumer_factory=lambda _k, _s: consumer)
+    handled: list[int] = []
+
+    async def handle(batch: Batch) -> None:
+        handled.extend(r.offset for r in batch[TP])
+        stage.stop()
+
+    await asyncio.wait_for(stage.run(handle), WAIT)  # a 60 s linger would not be done in time
+    assert handled == [0, 1, 2]
