@@ -130,6 +130,8 @@ class Item:
     missing: list[str] = field(default_factory=list)  # what mapping is missing, if any
     late_count: int = 0  # too-late events of this item's period waiting in usage.late
     late_micros: int = 0
+    # per corrected hour: (bucket, newest correction's time, unanswered, how many may be in Stripe)
+    corrections: tuple[tuple[int, float, bool, int], ...] = ()
     shared: SharedPair | None = None  # its Stripe pair is fed by other counters too
 
     def local_total(self) -> int:

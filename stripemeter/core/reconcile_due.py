@@ -110,7 +110,8 @@ def reason(
 
 def digest(item: Item, mapping: tuple[str, str] | None, period: tuple[float, float]) -> str:
     """A digest of everything an item's verdict depends on locally: its hours (totals, the writer's
-    delivered units, state and row revisions, when each last changed, corrections), its mapping (Stripe
+    delivered units, state and row revisions, when each last changed; the corrections sent to Stripe
+    that may be in it), its mapping (Stripe
     meter event name and customer) and period bounds, its aggregation, missing mappings, a shared
     Stripe pair's members, and the too-late events waiting. Equal digests: nothing local changed."""
     hours = [
@@ -120,7 +121,7 @@ def digest(item: Item, mapping: tuple[str, str] | None, period: tuple[float, flo
     shared = (item.shared.members, sorted(item.shared.aggregations)) if item.shared else None
     state = [
         item.aggregation, mapping, period, sorted(item.missing), item.late_count, item.late_micros, shared,
-        hours,
+        hours, item.corrections,
     ]  # fmt: skip
     # changed_at may be infinite (a correction Stripe has not answered): repr keeps it exact
     return hashlib.blake2b(repr(state).encode(), digest_size=16).hexdigest()

@@ -16,7 +16,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -202,8 +202,10 @@ async def reconcile_many(
             )
             request = RunRequest(tenant, "requests", period, trigger="bench", incremental=True)
             per_change = max(1, round(customers * changed_share))
+            start = datetime.now(tz=UTC)
             for n in range(passes + 1):
-                clock = Clock(n * interval)
+                # passes start one interval apart on the application's clock, however long each takes
+                clock = Clock.starting_at(start + timedelta(seconds=n * interval))
                 reconciler.clock = clock
                 changed = [(n * per_change + k) % customers for k in range(per_change)] if n else []
                 if changed:

@@ -15,6 +15,7 @@ import psycopg
 import pytest_asyncio
 from aiohttp.test_utils import TestServer
 
+from stripemeter.adapters.postgres import reconciliation as db
 from stripemeter.domain.config import Settings
 from stripemeter.services.reconciliation.build import build_reconciler
 from stripemeter.services.reconciliation.run import Reconciler
@@ -237,3 +238,29 @@ async def test_every_item_is_read_in_the_window_before_its_period_ends(env: Sett
     assert in_window == set(world.customers)
     after_end = await world.scheduled_pass(reconciler)  # proven in the window, unchanged since
     assert len(after_end) <= 3, after_end
+
+
+async def test_a_correction_stripe_reports_dropped_is_read_in_the_next_pass(
+    env: Settings, world: World
+) -> None:
+    """c05 is one unit short in Stripe: the first pass corrects it, the next proves it. Stripe then
+    reports the correction dropped (its asynchronous error report): nothing else changed locally and its
+    sweep turn is weeks away, yet the next pass reads it, finds it short again and corrects it."""
+    reconciler = world.reconciler(env, reconcile_sweep_seconds=30 * 86400, reconcile_closing_seconds=0)
+    world.stripe_event("c05", -1)
+    await world.scheduled_pass(reconciler)
+    assert await world.status("c05") == "within_epsilon"  # corrected by one unit
+    world.clock.advance(INTERVAL)
+    assert "c05" in await world.scheduled_pass(reconciler)  # a correction is proven by the next read
+    assert await world.status("c05") == "parity"
+    world.clock.advance(INTERVAL)
+    assert "c05" not in await world.scheduled_pass(reconciler)
+    cur = await world.conn.execute(
+        "SELECT adjustment_id FROM adjustments WHERE tenant_id = %s AND customer_ref = 'c05'", (world.tenant,)
+    )
+    (identifier,) = [row[0] for row in await cur.fetchall()]
+    assert await db.drop_correction(world.conn, identifier, "meter event dropped", world.clock.utc())
+    world.stripe_event("c05", -1)  # what Stripe holds without it
+    world.clock.advance(INTERVAL)
+    assert "c05" in await world.scheduled_pass(reconciler)
+    assert await world.status("c05") == "within_epsilon"

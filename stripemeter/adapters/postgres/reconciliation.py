@@ -67,10 +67,10 @@ GROUP BY 1, 2, 3
 
 # Per hour, the reconciler's corrections that may be in Stripe (refused or dropped ones did not land):
 # the newest one's time, and whether one is still unanswered ('pending': it may have landed; the hour
-# is in flight until Stripe answers it).
+# is in flight until Stripe answers it), and how many there are (one refused or dropped since leaves).
 CORRECTIONS = """
 SELECT metric, customer_ref, bucket, extract(epoch FROM max(coalesce(applied_at, created_at))) AS at,
-       bool_or(status = 'pending') AS pending
+       bool_or(status = 'pending') AS pending, count(*) AS n
 FROM adjustments
 WHERE target = 'stripe' AND tenant_id = %(tenant)s AND bucket >= %(start)s AND bucket < %(end)s
   AND (%(metric)s::text IS NULL OR metric = %(metric)s) AND status NOT IN ('failed', 'dropped')

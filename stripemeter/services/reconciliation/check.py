@@ -348,6 +348,14 @@ def plan_items(
         item = items.get((metric, customer))
         if item is not None and bucket not in item.hours:  # a correction into an hour we never counted
             item.hours[bucket] = Hour(0, None, None, None, at)
+    marks: dict[Key, list[tuple[int, float, bool, int]]] = {}
+    for r in correction_rows:
+        key = (r["metric"], r["customer_ref"])
+        if key in items and ranges[key].holds(r["bucket"]):
+            mark = (int(r["bucket"].timestamp()), float(r["at"]), bool(r["pending"]), int(r.get("n") or 1))
+            marks.setdefault(key, []).append(mark)
+    for key, found in marks.items():
+        items[key].corrections = tuple(sorted(found))
     return list(items.values()), ranges
 
 

@@ -58,6 +58,7 @@ CHANGES = {
     "a correction sent to Stripe, applied": changed_hour(changed_at=NOW - 60),
     "a new hour": item(hours={**item().hours, B1 + 3600: Hour(1, None, None, None, NOW)}),
     "too-late events waiting": item(late_count=1, late_micros=1_000_000),
+    "a correction sent to Stripe": item(corrections=((B1, NOW - 60, False, 1),)),
     "a missing mapping": item(missing=["customer mapping"]),
     "the aggregation": item(aggregation="last"),
     "a shared Stripe pair": item(
@@ -71,6 +72,15 @@ CHANGES = {
 @pytest.mark.parametrize("changed", CHANGES.values(), ids=CHANGES.keys())
 def test_every_local_change_moves_the_digest(changed: Item) -> None:
     assert digest(changed, MAPPING, PERIOD) != BEFORE
+
+
+def test_a_correction_refused_or_reported_dropped_moves_the_digest() -> None:
+    """Two corrections of an hour may be in Stripe; Stripe reports the older one dropped: its time
+    stays the newest one's, the count does not."""
+    two = item(corrections=((B1, NOW - 60, False, 2),))
+    one = item(corrections=((B1, NOW - 60, False, 1),))
+    answered = item(corrections=((B1, NOW - 60, True, 2),))
+    assert len({digest(it, MAPPING, PERIOD) for it in (two, one, answered)}) == 3
 
 
 def test_a_mapping_or_a_billing_cycle_change_moves_the_digest_and_nothing_else_does() -> None:
