@@ -23,6 +23,10 @@
 -- On a large ledger, build events_unpartitioned_key beforehand with CREATE UNIQUE INDEX CONCURRENTLY
 -- on (source_topic, source_partition, source_offset, source_index, ledger_time) after adding the
 -- column by hand (the same statement as below); the migration keeps it.
+--
+-- It renames the old table, which releases shipping 0022 do not name (they read and write `events`,
+-- the partitioned table): they run with it.
+-- oldest-code: 0022
 ALTER TABLE events RENAME TO events_unpartitioned;
 ALTER TABLE events_unpartitioned ADD COLUMN IF NOT EXISTS ledger_time timestamptz NOT NULL
     DEFAULT '1970-01-01 00:00:00+00';
