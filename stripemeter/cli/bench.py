@@ -1,4 +1,5 @@
-"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile`, `demo`."""
+"""Commands measuring and showing the pipeline: `bench throughput|latency|stripe|replay|reconcile|cycle`,
+`demo`."""
 
 from __future__ import annotations
 
@@ -47,6 +48,14 @@ def cmd_bench_reconcile(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.tools.bench_reconcile import reconcile_many
 
     asyncio.run(reconcile_many(settings, args.customers, args.hours, say))
+    return 0
+
+
+def cmd_bench_cycle(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_cycle import CycleShape, run_cycle
+
+    shape = CycleShape(args.customers, args.days, args.minutes, args.rate, args.partitions)
+    asyncio.run(run_cycle(settings, shape, say))
     return 0
 
 
@@ -128,6 +137,28 @@ def add_bench(sub: Subcommands) -> None:
     )
     br.add_argument("--customers", type=int, default=10_000, help="customers (default 10000)")
     br.add_argument("--hours", type=int, default=3, help="counted hours per customer (default 3)")
+    add_bench_cycle(bench_sub)
+
+
+def add_bench_cycle(bench_sub: Subcommands) -> None:
+    """`bench cycle`."""
+    bc = add_command(
+        bench_sub,
+        "cycle",
+        cmd_bench_cycle,
+        "a billing cycle compressed: skewed traffic with duplicates and late events, the clock moved"
+        " across a month end, a report per tenth of the run, every item at parity at the end",
+    )
+    bc.add_argument("--customers", type=int, default=100_000, help="customers (default 100000)")
+    bc.add_argument("--days", type=int, default=35, help="days of event time (default 35)")
+    bc.add_argument("--minutes", type=float, default=30, help="wall time of the traffic (default 30)")
+    bc.add_argument(
+        "--rate",
+        type=int,
+        default=3000,
+        help="events/s asked for (default 3000); production pauses while the pipeline lags over a minute",
+    )
+    bc.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
 
 def add_demo(sub: Subcommands) -> None:
