@@ -1,20 +1,24 @@
 """`stripemeter bench cycle`: a billing cycle, compressed, end to end, with an oracle.
 
-A real worker (subprocess) on its own topics, app id, PostgreSQL schema and port meters the cycle's
-traffic (stripemeter/tools/cycle_traffic.py) and pushes it to the Stripe emulator (in this process,
-on its own port, on the same clock). The application clock stands in the month's last hour while the
-month's usage arrives, then moves across the month end (the worker restarts with the moved clock, as
-every process of a deployment reads the same offset at start) for the days after it. At each tenth of
-the run the sampler (stripemeter/tools/cycle_sampler.py) reads rates, lag, memory, bytes and Stripe
-calls. After the traffic the run waits until the counters and Stripe hold all of it, moves the clock
-past the invoice grace (the month's period closed) and reconciles every period until every item is at
-parity; then the oracle must equal, counter hour by counter hour, both the local totals and Stripe's.
+A real worker and the API (subprocesses) on their own topics, app id, PostgreSQL schema and ports
+meter the cycle's traffic (stripemeter/tools/cycle_traffic.py: most of it sent straight to
+usage.events, a tenth of the customers through the API) and push it to the Stripe emulator (in this
+process, on its own port, on the same clock; stripemeter/tools/cycle_stack.py). The application clock
+stands in the month's last hour while the month's usage arrives, then moves across the month end (the
+worker and the API restart with the moved clock, as every process of a deployment reads the same
+offset at start) for the days after it. The rate follows what the pipeline keeps up with. At each
+tenth of the run the sampler (stripemeter/tools/cycle_sampler.py) reads rates, lag, memory, bytes and
+Stripe calls. After the traffic the run waits until the counters and Stripe hold all of it, moves the
+clock past the invoice grace (the month's period closed) and reconciles every period until every item
+is at parity; then the oracle must equal, counter hour by counter hour, both the local totals and
+Stripe's.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import time
 import uuid
 from collections import Counter
@@ -26,7 +30,6 @@ from typing import Any
 
 import psycopg
 import stripe
-from aiohttp import web
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.changelog_state import send_records
@@ -54,15 +57,16 @@ from stripemeter.tools.cycle_sampler import (
     topic_bytes,
     tree_bytes,
 )
-from stripemeter.tools.cycle_traffic import HOUR_S, Tally, Timeline, Traffic
+from stripemeter.tools.cycle_stack import ApiProcess, Emulator
+from stripemeter.tools.cycle_traffic import HOUR_S, Tally, Tick, Timeline, Traffic
 from stripemeter.tools.local.kafka import LocalKafka
 from stripemeter.tools.local.procs import free_port
-from stripemeter.tools.stripe_emulator import EmulatorState, create_app
 
 Say = Callable[[str], None]
 TICK_S = 0.1
 LAG_CHECK_S = 5.0
-SLOWER, FASTER = 0.7, 1.1  # the rate's steps while the pipeline lags too far, and while it keeps up
+SLOWER, FASTER = 0.8, 1.2  # the rate's steps while the pipeline lags too far, and while it keeps up
+LOWEST_SHARE = 50  # the rate never drops below the shape's rate / this
 PARITY_ATTEMPTS = 10
 
 
@@ -79,29 +83,6 @@ class CycleShape:
     drain_minutes: float = 60.0  # after the traffic: how long the counters and Stripe may take
 
 
-class Emulator:
-    """The Stripe emulator on a port of its own, on the application's clock (an offset from now)."""
-
-    def __init__(self) -> None:
-        self.state = EmulatorState(ops_per_second=0)  # the run measures our side, not Stripe's limit
-        self.port = free_port()
-        self.runner = web.AppRunner(create_app(self.state), access_log=None)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    async def start(self) -> None:
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
-
-    def set_clock(self, clock: Clock) -> None:
-        self.state.clock_offset = clock.offset_seconds
-
-    async def stop(self) -> None:
-        await self.runner.cleanup()
-
-
 @dataclass
 class Run:
     """One run's pieces, as the phases below use them."""
@@ -114,16 +95,27 @@ class Run:
     emulator: Emulator
     meter: dict[str, Any]
     worker: Worker
+    api: ApiProcess
     kafka_data: Path
     say: Say
-    worker_log: Path
+    logs: Path  # the worker's and the API's logs go here
     started: float = 0.0
     event_time_ms: int = 0
     rate: float = 0.0  # events/s now: the shape's rate, lowered while the pipeline lags
 
-    def start_worker(self, clock: Clock) -> None:
+    def start_processes(self, clock: Clock) -> None:
+        """The worker and the API, with ``clock``."""
         self.env = self.env.with_overrides(clock_offset_seconds=clock.offset_seconds)
-        self.worker = Worker(self.env, self.worker_log)
+        self.worker = Worker(self.env, self.logs / "worker.log")
+        self.api = ApiProcess(self.env, self.logs / "api.log")
+
+    def wait_ready(self) -> None:
+        self.worker.wait_ready()
+        self.api.wait_live()
+
+    async def stop_processes(self) -> None:
+        self.worker.stop()
+        await self.api.stop()
 
     async def sample(self) -> Sample:
         lag, oldest = await lag_by_role(self.env.kafka, self.names)
@@ -135,7 +127,11 @@ class Run:
             sent=self.traffic.tally.sent,
             lag_messages=lag,
             lag_seconds=oldest,
-            rss_mib={"worker": rss_mib(self.worker.proc.pid), "bench+emulator": rss_mib(os.getpid())},
+            rss_mib={
+                "worker": rss_mib(self.worker.proc.pid),
+                "API": rss_mib(self.api.proc.pid),
+                "bench+emulator": rss_mib(os.getpid()),
+            },
             rocksdb_bytes=rocksdb,
             topic_bytes=topics,
             table_bytes=await table_bytes(self.env.database_url.value),
@@ -160,15 +156,20 @@ async def run_cycle(settings: Settings, shape: CycleShape, say: Say) -> dict[str
         reconcile_interval_seconds=0,  # the run reconciles once the cycle is over
         invoice_guard=False,  # no invoices in this account
         clock_offset_seconds=before.offset_seconds,
+        api_port=free_port(),
+        operator_metrics_port=0,
+        auth_enabled=False,
+        rate_limit_per_second=1e6,  # one tenant sends the whole cycle
     )
-    worker_log = settings.state_dir / "bench" / f"{tag}-worker.log"
+    logs = settings.state_dir / "bench" / f"{tag}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
     try:
         say(f"cycle {tag}: {shape.customers:,} customers, event time {timeline.text()}")
         meter = await _seed(env, emulator, tenant, shape.customers, before, say)
         traffic = Traffic(tenant, shape.customers, shape.partitions, env.lateness_seconds * 1000)
-        worker = Worker(env, worker_log)
-        run = Run(env, names, shape, timeline, traffic, emulator, meter, worker, kafka_data, say, worker_log)
-        await asyncio.to_thread(run.worker.wait_ready)
+        worker, api = Worker(env, logs / "worker.log"), ApiProcess(env, logs / "api.log")
+        run = Run(env, names, shape, timeline, traffic, emulator, meter, worker, api, kafka_data, say, logs)
+        await asyncio.to_thread(run.wait_ready)
         try:
             samples = await _traffic(run)
             drained = await _drain(run)
@@ -181,10 +182,11 @@ async def run_cycle(settings: Settings, shape: CycleShape, say: Say) -> dict[str
             samples.append(await run.sample())
             verdict = await _oracle_check(run)
         finally:
-            run.worker.stop()
+            await run.stop_processes()
     finally:
         await emulator.stop()
         await release(env)
+        shutil.rmtree(env.state_dir, ignore_errors=True)  # the worker's RocksDB tables (logs stay)
     return _report(run, samples, drained, reconciled, verdict)
 
 
@@ -220,7 +222,7 @@ async def _traffic(run: Run) -> list[Sample]:
     await producer.start()
     run.started = time.perf_counter()
     run.event_time_ms = timeline.event_time_ms(0)
-    run.rate = float(shape.rate)
+    run.rate = shape.rate / 4  # then up while the pipeline keeps up
     samples = [await run.sample()]
     say(
         f"  traffic: {shape.rate:,} events/s asked for {shape.minutes:g} min; the clock reads "
@@ -248,8 +250,8 @@ async def _traffic(run: Run) -> list[Sample]:
             count = int(owed)
             if count and to_ms > run.event_time_ms:
                 owed -= count
-                by_partition = run.traffic.tick(count, run.event_time_ms, to_ms, timeline.span_start * 1000)
-                await _send(producer, run.names.events, by_partition)
+                tick = run.traffic.tick(count, run.event_time_ms, to_ms, timeline.span_start * 1000)
+                await _send(producer, run.names.events, tick, run.api)
                 run.event_time_ms = to_ms
             if elapsed >= next_sample * duration / 10:
                 samples.append(await run.sample())
@@ -267,12 +269,12 @@ async def _traffic(run: Run) -> list[Sample]:
     return samples
 
 
-async def _send(producer: AIOKafkaProducer, topic: str, by_partition: dict[int, list[bytes]]) -> None:
+async def _send(producer: AIOKafkaProducer, topic: str, tick: Tick, api: ApiProcess) -> None:
     futures = []
-    for partition, messages in by_partition.items():
+    for partition, messages in tick.kafka.items():
         for future, _ in await send_records(producer, topic, partition, [(None, m) for m in messages]):
             futures.append(future)
-    await asyncio.gather(*futures)
+    await asyncio.gather(*futures, api.ingest(tick.api))
 
 
 async def _watch_lag(run: Run) -> None:
@@ -284,29 +286,31 @@ async def _watch_lag(run: Run) -> None:
         await asyncio.sleep(LAG_CHECK_S)
         _, oldest = await lag_by_role(run.env.kafka, run.names)
         if oldest > run.shape.max_lag_seconds:
-            run.rate = max(run.rate * SLOWER, 1.0)
+            run.rate = max(run.rate * SLOWER, most / LOWEST_SHARE)
         elif oldest < run.shape.max_lag_seconds / 2:
             run.rate = min(run.rate * FASTER, most)
 
 
 async def _move_clock(run: Run, clock: Clock) -> None:
-    """Across the month end: the worker restarts with the moved clock, the emulator moves with it."""
+    """Across the month end: the worker and the API restart with the moved clock (every process
+    reads the offset at start), the emulator moves with them."""
     started = time.perf_counter()
-    run.worker.stop()
+    await run.stop_processes()
     run.emulator.set_clock(clock)
-    run.start_worker(clock)
-    await asyncio.to_thread(run.worker.wait_ready)
+    run.start_processes(clock)
+    await asyncio.to_thread(run.wait_ready)
     run.say(
         f"  clock moved across the month end to {clock.utc():%Y-%m-%d %H:%M} UTC "
-        f"(worker restarted, ready in {time.perf_counter() - started:.1f} s)"
+        f"(worker and API restarted, ready in {time.perf_counter() - started:.1f} s)"
     )
 
 
 def _progress(run: Run, s: Sample, tenth: int) -> str:
-    lag = sum(s.lag_messages.values())
+    """A line per tenth while the run goes on (the table comes at the end)."""
+    lag = ", ".join(f"{role} {n:,}" for role, n in sorted(s.lag_messages.items()))
     return (
         f"  {tenth}/10: {s.wall_s:,.0f} s, event time {iso_ms(s.event_time_ms)[:16]}, {s.sent:,} sent, "
-        f"lag {lag:,} messages ({s.lag_seconds:.0f} s), asking {run.rate:,.0f} events/s, "
+        f"lag ({lag} messages, oldest {s.lag_seconds:.0f} s), asking {run.rate:,.0f} events/s, "
         f"worker RSS {s.rss_mib.get('worker', 0):,.0f} MiB"
     )
 

@@ -5,7 +5,8 @@ the cycle's span as the run's wall time does. Besides in-order events, a share o
 duplicates (an exact copy of an event already sent), late events inside the lateness window and
 events too late for it. Which is which is decided against the watermark each customer's stream has
 when the worker reads the event: the newest event time of the customer sent in an earlier tick
-(one customer's events always go to the same partition, so the worker reads them in the order sent).
+(one customer's events always take the same way to the same partition - straight to usage.events,
+or through the API for a tenth of the customers - so the worker reads them in the order sent).
 The oracle is what the pipeline must count: every event once, except the too-late ones.
 """
 
@@ -32,6 +33,9 @@ PER_MESSAGE = 1000  # events in one Kafka message at most (what intake accepts)
 # older than this much before the cycle's present: the writer must still be allowed to push its hour
 LATE_SPREAD_MS = DAY_MS
 LATE_FLOOR_MS = 2 * DAY_MS
+# one customer in this many sends its events through the API's ingest endpoint, the others straight
+# to usage.events (as any Kafka producer may); each customer keeps to one way, so to one partition
+API_EVERY = 10
 # how close to the application clock's present an event time may come (intake refuses events more
 # than an hour in the future; the writer pushes an hour only once it has begun)
 CLOCK_LEAD_S = 58 * 60
@@ -101,6 +105,14 @@ class Mix:
 
 
 @dataclass
+class Tick:
+    """One tick's events: messages (JSON arrays) by usage.events partition, and events for the API."""
+
+    kafka: dict[int, list[bytes]]
+    api: list[bytes]
+
+
+@dataclass
 class Tally:
     sent: int = 0
     counted: int = 0
@@ -136,9 +148,8 @@ class Traffic:
     def customer_ref(self, customer: int) -> str:
         return f"c{customer}"
 
-    def tick(self, events: int, from_ms: int, to_ms: int, span_start_ms: int) -> dict[int, list[bytes]]:
-        """``events`` events of event time ``from_ms .. to_ms`` (the cycle's present), as messages
-        (JSON arrays) by usage.events partition."""
+    def tick(self, events: int, from_ms: int, to_ms: int, span_start_ms: int) -> Tick:
+        """``events`` events of event time ``from_ms .. to_ms`` (the cycle's present)."""
         by_partition: dict[int, list[tuple[int, bytes]]] = {}
         raised: dict[int, int] = {}
         counted_now: list[tuple[int, bytes]] = []
@@ -184,7 +195,12 @@ class Traffic:
             self.watermark[customer] = ts_ms if mark is None else max(mark, ts_ms)
         self._recent = counted_now
         self.tally.sent += events
-        return {p: _messages([e for _, e in items]) for p, items in by_partition.items()}
+        api = [e for items in by_partition.values() for c, e in items if c % API_EVERY == API_EVERY - 1]
+        kafka = {
+            p: _messages([e for c, e in items if c % API_EVERY != API_EVERY - 1])
+            for p, items in by_partition.items()
+        }
+        return Tick({p: m for p, m in kafka.items() if m}, api)
 
     def _event(self, customer: int, ts_ms: int, quantity: int) -> bytes:
         self._seq += 1
