@@ -38,6 +38,7 @@ from stripemeter.adapters.postgres.mappings import MetricMapping, upsert_metric
 from stripemeter.adapters.stripe.budget import StripeBudget
 from stripemeter.adapters.stripe.client import make_client
 from stripemeter.adapters.stripe.reader import StripeReader
+from stripemeter.core.push_plan import MAX_AGE_S
 from stripemeter.domain.clock import Clock
 from stripemeter.domain.config import Secret, Settings
 from stripemeter.domain.timefmt import iso_ms
@@ -50,6 +51,7 @@ from stripemeter.tools.bench_reconcile import copy_rows
 from stripemeter.tools.cycle_sampler import (
     Sample,
     calls_by_kind,
+    hours_due,
     lag_by_role,
     rss_mib,
     table,
@@ -135,6 +137,7 @@ class Run:
             rocksdb_bytes=rocksdb,
             topic_bytes=topics,
             table_bytes=await table_bytes(self.env.database_url.value),
+            hours_due=await hours_due(self.env.database_url.value),
             stripe_calls=calls_by_kind(self.emulator.state.requests),
         )
 
@@ -279,30 +282,52 @@ async def _send(producer: AIOKafkaProducer, topic: str, tick: Tick, api: ApiProc
 
 async def _watch_lag(run: Run) -> None:
     """The highest rate the pipeline keeps up with: lower while any of its groups (intake, metering,
-    sink, Stripe writer) is further behind than the shape allows, higher again (up to the shape's
+    sink, Stripe writer) is further behind than the shape allows, or while the writer's hours due
+    would take it longer than that at its rate of the last seconds; higher again (up to the shape's
     rate) while all are well inside it."""
     most = float(run.shape.rate)
+    pushed, then = len(run.emulator.state.events), time.perf_counter()
     while True:
         await asyncio.sleep(LAG_CHECK_S)
         _, oldest = await lag_by_role(run.env.kafka, run.names)
-        if oldest > run.shape.max_lag_seconds:
+        due = await hours_due(run.env.database_url.value)
+        now, pushed_now = time.perf_counter(), len(run.emulator.state.events)
+        push_rate = (pushed_now - pushed) / (now - then)
+        pushed, then = pushed_now, now
+        behind = max(oldest, due / max(push_rate, 1.0))
+        if behind > run.shape.max_lag_seconds:
             run.rate = max(run.rate * SLOWER, most / LOWEST_SHARE)
-        elif oldest < run.shape.max_lag_seconds / 2:
+        elif behind < run.shape.max_lag_seconds / 2:
             run.rate = min(run.rate * FASTER, most)
 
 
 async def _move_clock(run: Run, clock: Clock) -> None:
     """Across the month end: the worker and the API restart with the moved clock (every process
-    reads the offset at start), the emulator moves with them."""
+    reads the offset at start), the emulator moves with them.
+
+    First the writer pushes every hour the moved clock would find too old for Stripe: the compressed
+    cycle moves the clock by days at once, where a real one gives the writer those days."""
     started = time.perf_counter()
+    oldest_allowed = datetime.fromtimestamp(clock() - MAX_AGE_S + HOUR_S, tz=UTC)
+    await _poll(
+        "the writer to push the hours the moved clock would find too old",
+        lambda: _none_due_before(run, oldest_allowed),
+        run.shape.drain_minutes,
+        run.say,
+    )
+    waited = time.perf_counter() - started
     await run.stop_processes()
     run.emulator.set_clock(clock)
     run.start_processes(clock)
     await asyncio.to_thread(run.wait_ready)
     run.say(
-        f"  clock moved across the month end to {clock.utc():%Y-%m-%d %H:%M} UTC "
-        f"(worker and API restarted, ready in {time.perf_counter() - started:.1f} s)"
+        f"  clock moved across the month end to {clock.utc():%Y-%m-%d %H:%M} UTC (waited {waited:.0f} s"
+        f" for the writer; worker and API restarted, ready in {time.perf_counter() - started - waited:.1f} s)"
     )
+
+
+async def _none_due_before(run: Run, oldest_allowed: datetime) -> bool:
+    return await hours_due(run.env.database_url.value, before=oldest_allowed) == 0
 
 
 def _progress(run: Run, s: Sample, tenth: int) -> str:
@@ -310,7 +335,8 @@ def _progress(run: Run, s: Sample, tenth: int) -> str:
     lag = ", ".join(f"{role} {n:,}" for role, n in sorted(s.lag_messages.items()))
     return (
         f"  {tenth}/10: {s.wall_s:,.0f} s, event time {iso_ms(s.event_time_ms)[:16]}, {s.sent:,} sent, "
-        f"lag ({lag} messages, oldest {s.lag_seconds:.0f} s), asking {run.rate:,.0f} events/s, "
+        f"lag ({lag} messages, oldest {s.lag_seconds:.0f} s), {s.hours_due:,} hours due to Stripe, "
+        f"asking {run.rate:,.0f} events/s, "
         f"worker RSS {s.rss_mib.get('worker', 0):,.0f} MiB"
     )
 

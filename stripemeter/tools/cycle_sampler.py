@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import psycopg
@@ -46,6 +47,7 @@ class Sample:
     rocksdb_bytes: int
     topic_bytes: dict[str, int]  # "changelogs" and the other topics by name
     table_bytes: dict[str, int]  # PostgreSQL table -> bytes with indexes and TOAST
+    hours_due: int  # counter hours the Stripe writer has yet to push
     stripe_calls: Counter[str] = field(default_factory=Counter)  # kind -> calls so far
 
 
@@ -109,6 +111,15 @@ async def table_bytes(database_url: str) -> dict[str, int]:
     return {str(name): int(size) for name, size in rows}
 
 
+async def hours_due(database_url: str, before: datetime | None = None) -> int:
+    """Counter hours the Stripe writer has still to push (of hours before ``before``)."""
+    query = "SELECT count(*) FROM stripe_pushes WHERE status IN ('waiting', 'pending')"
+    query += " AND bucket < %s" if before is not None else ""
+    async with await psycopg.AsyncConnection.connect(database_url, autocommit=True) as conn:
+        row = await (await conn.execute(query, (before,) if before is not None else ())).fetchone()
+    return int(row[0]) if row is not None else 0
+
+
 async def lag_by_role(kafka: KafkaAccess, names: TopicNames) -> tuple[dict[str, int], float]:
     roles = {group: role.split(" ")[0].split(":")[0] for group, role in consumer_groups(names.app_id).items()}
     messages: Counter[str] = Counter()
@@ -135,7 +146,7 @@ def table(samples: list[Sample], clock_text: Callable[[int], str]) -> Iterable[s
     yield (
         "| tenth | wall s | event time | events/s | lag (msgs: "
         + ", ".join(roles)
-        + ") | oldest lag s | RSS MiB ("
+        + ") | oldest lag s | hours due to Stripe | RSS MiB ("
         + ", ".join(processes)
         + ") | RocksDB MiB | changelogs MiB | other topics MiB | PostgreSQL MiB ("
         + ", ".join((*SHOWN_TABLES, "other"))
@@ -143,7 +154,7 @@ def table(samples: list[Sample], clock_text: Callable[[int], str]) -> Iterable[s
         + ", ".join(kinds)
         + ") |"
     )
-    yield "|" + "---|" * 12
+    yield "|" + "---|" * 13
     previous: Sample | None = None
     for i, s in enumerate(samples):
         if previous is None:
@@ -158,6 +169,7 @@ def table(samples: list[Sample], clock_text: Callable[[int], str]) -> Iterable[s
             f"| {i if i <= 10 else 'end'} | {s.wall_s:,.0f} | {clock_text(s.event_time_ms)} "
             f"| {(s.sent - previous.sent) / seconds:,.0f} "
             f"| {', '.join(f'{s.lag_messages.get(r, 0):,}' for r in roles)} | {s.lag_seconds:,.0f} "
+            f"| {s.hours_due:,} "
             f"| {', '.join(f'{s.rss_mib.get(p, 0):,.0f}' for p in processes)} "
             f"| {_mib(s.rocksdb_bytes)} | {_mib(s.topic_bytes.get('changelogs', 0))} | {_mib(others)} "
             f"| {', '.join(_mib(b) for b in (*shown, rest))} "
