@@ -156,7 +156,8 @@ def add_bench_cycle(bench_sub: Subcommands) -> None:
         "--rate",
         type=int,
         default=3000,
-        help="events/s asked for (default 3000); production pauses while the pipeline lags over a minute",
+        help="the most events/s asked for (default 3000); the rate follows what the pipeline keeps up"
+        " with, the Stripe writer included",
     )
     bc.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
