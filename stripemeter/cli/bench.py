@@ -70,6 +70,14 @@ def cmd_bench_failover(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_cycle(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_cycle import CycleShape, run_cycle
+
+    shape = CycleShape(args.customers, args.days, args.minutes, args.rate, args.partitions)
+    asyncio.run(run_cycle(settings, shape, say))
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.domain.clock import Clock
     from stripemeter.tools.demo import run_demo
@@ -202,6 +210,29 @@ def add_bench(sub: Subcommands) -> None:
     bf.add_argument(
         "--entries", type=int, default=1_000_000, help="dedupe entries in the partition (default 1000000)"
     )
+    add_bench_cycle(bench_sub)
+
+
+def add_bench_cycle(bench_sub: Subcommands) -> None:
+    """`bench cycle`."""
+    bc = add_command(
+        bench_sub,
+        "cycle",
+        cmd_bench_cycle,
+        "a billing cycle compressed: skewed traffic with duplicates and late events, the clock moved"
+        " across a month end, a report per tenth of the run, every item at parity at the end",
+    )
+    bc.add_argument("--customers", type=int, default=100_000, help="customers (default 100000)")
+    bc.add_argument("--days", type=int, default=35, help="days of event time (default 35)")
+    bc.add_argument("--minutes", type=float, default=30, help="wall time of the traffic (default 30)")
+    bc.add_argument(
+        "--rate",
+        type=int,
+        default=3000,
+        help="the most events/s asked for (default 3000); the rate follows what the pipeline keeps up"
+        " with, the Stripe writer included",
+    )
+    bc.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
 
 
 def add_demo(sub: Subcommands) -> None:
