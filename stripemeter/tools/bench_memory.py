@@ -4,8 +4,10 @@ Events are produced at ``rate`` per second (``per_message`` to a message) for ``
 process of the worker (metering, and intake and sink when they run as children) is sampled every few
 seconds. A line per minute gives each process's RSS and the events sent and counted in that minute;
 the verdict compares each process's RSS from minute ``settle`` to the end with its RSS at minute
-``settle``: flat when every sample is within +-``tolerance``. The run ends with every sent event counted
-(read back from usage.deltas), so a flat curve is never bought by dropping work.
+``settle``: flat when every sample is within +-``tolerance``. Each minute's line also gives the
+metering process's RocksDB block cache, which grows towards its budget by design. The run ends with
+every sent event counted (read back from usage.deltas), so a flat curve is never bought by dropping
+work.
 """
 
 from __future__ import annotations
@@ -142,7 +144,9 @@ async def _steady_load(
                 next_sample += SAMPLE_SECONDS
             if now - started >= minute * 60:
                 counted = watcher.sum_micros // MICROS
-                say(_minute_line(minute, samples, sent - sent_at_minute, counted - counted_at_minute))
+                cache = (await asyncio.to_thread(worker.memory_gauges)).get("block_cache", 0) / 2**20
+                line = _minute_line(minute, samples, sent - sent_at_minute, counted - counted_at_minute)
+                say(f"{line}; RocksDB block cache {cache:.0f} MiB")
                 minute, sent_at_minute, counted_at_minute = minute + 1, sent, counted
             await asyncio.sleep(TICK_SECONDS)
         await producer.flush()
