@@ -27,6 +27,22 @@ def cmd_bench_latency(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_memory(settings: Settings, args: argparse.Namespace) -> int:
+    from stripemeter.tools.bench_memory import MemoryRun, memory_run
+
+    run = MemoryRun(
+        rate=args.rate,
+        minutes=args.minutes,
+        per_message=args.per_message,
+        partitions=args.partitions,
+        stage_processes=args.stage_processes,
+        settle=args.settle,
+    )
+    report = asyncio.run(memory_run(settings, run, say))
+    flat = [entry.get("flat", True) for entry in report["processes"].values()]
+    return 0 if all(flat) else 1
+
+
 def cmd_bench_stripe(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.tools.bench import stripe_pushes
 
@@ -128,6 +144,22 @@ def add_bench(sub: Subcommands) -> None:
     lat.add_argument("--seconds", type=int, default=30, help="how long to run (default 30)")
     lat.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
     lat.add_argument("--stage-processes", action="store_true", help=STAGE_PROCESSES_BENCH)
+    mem = add_command(
+        bench_sub,
+        "memory",
+        cmd_bench_memory,
+        "each worker process's RSS per minute at a steady rate, and whether it stays flat (+-15 %)",
+    )
+    mem.add_argument("--rate", type=int, default=5000, help="events/s (default 5000)")
+    mem.add_argument("--minutes", type=int, default=60, help="how long to run (default 60)")
+    mem.add_argument(
+        "--per-message", type=int, default=1, help="events per Kafka message (default 1: single events)"
+    )
+    mem.add_argument(
+        "--settle", type=int, default=10, help="RSS from this minute to the end must stay flat (default 10)"
+    )
+    mem.add_argument("--partitions", type=int, default=4, help="partitions per topic (default 4)")
+    mem.add_argument("--stage-processes", action="store_true", help=STAGE_PROCESSES_BENCH)
     sb = add_command(
         bench_sub,
         "stripe",

@@ -8,6 +8,7 @@ from typing import Any
 import orjson
 
 from stripemeter.schemas.events import InvalidEvent
+from stripemeter.schemas.held_json import dumps_held
 
 # A dead letter carries at most this much of the raw value: a message of up to 16 MiB (which the
 # events topic takes so that it can be dead-lettered) would not fit the dead-letter topic, base64 and
@@ -44,7 +45,7 @@ def dead_letter(error: InvalidEvent, topic: str, partition: int, offset: int, ra
         except UnicodeDecodeError:
             record["raw"] = base64.b64encode(kept).decode()
             record["rawEncoding"] = "base64"
-    return orjson.dumps(record)
+    return dumps_held(record)
 
 
 def _encoded(item: Any) -> str | None:

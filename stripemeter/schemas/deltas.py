@@ -14,6 +14,7 @@ import orjson
 from stripemeter.domain.timefmt import iso_hour, parse_iso_ms
 from stripemeter.domain.units import MICROS, micros_to_number
 from stripemeter.schemas import versions
+from stripemeter.schemas.held_json import dumps_held
 
 
 class Delta(NamedTuple):
@@ -44,7 +45,7 @@ def encode_delta(delta: Delta) -> bytes:
     if delta.keyed_offset >= 0:
         record["keyedPartition"] = delta.keyed_partition
         record["keyedOffset"] = delta.keyed_offset
-    return orjson.dumps(record)
+    return dumps_held(record)
 
 
 def decode_delta(raw: bytes) -> Delta:

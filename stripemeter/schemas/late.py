@@ -13,6 +13,7 @@ import orjson
 from stripemeter.domain.timefmt import iso_ms, parse_iso_ms
 from stripemeter.schemas.event_json import event_from_json, event_json
 from stripemeter.schemas.events import UsageEvent
+from stripemeter.schemas.held_json import dumps_held
 from stripemeter.schemas.versions import object_version, stamp
 
 
@@ -28,7 +29,7 @@ def encode_late(record: LateRecord) -> bytes:
         "watermark": iso_ms(record.watermark_ms),
         "lateness": record.lateness_ms // 1000,
     }
-    return orjson.dumps(stamp(fields))
+    return dumps_held(stamp(fields))
 
 
 def decode_late(raw: bytes) -> LateRecord:

@@ -23,7 +23,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, send_records
@@ -38,6 +37,7 @@ from stripemeter.core.metering import (
 )
 from stripemeter.domain import metrics
 from stripemeter.schemas.deltas import Delta, encode_delta
+from stripemeter.schemas.held_json import dumps_held
 from stripemeter.schemas.packing import pack_arrays, payload_limit
 from stripemeter.schemas.partitioning import Partitioner, delta_routing_key
 from stripemeter.schemas.topics import TopicNames
@@ -97,7 +97,7 @@ class Checkpointer:
         persisted: list[tuple[ChangelogState, int, asyncio.Future[Any], int]] = []
 
         futures = await self._send_changelog(staged, ("dedupe", "counters"), persisted)
-        ledger = [orjson.dumps(item) for item in outcomes.ledger]
+        ledger = [dumps_held(item) for item in outcomes.ledger]
         for message in pack_arrays(ledger, self.ledger_limit):  # by bytes: the ledger topic's limit
             futures.append(await self.producer.send(self.names.ledger, message))
         for record in outcomes.late:

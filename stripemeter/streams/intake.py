@@ -19,7 +19,6 @@ from collections import defaultdict
 from functools import partial
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaProducer
 
 from stripemeter.adapters.kafka.admin import message_limits
@@ -30,6 +29,7 @@ from stripemeter.domain.clock import SYSTEM, Clock
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.schemas.dead_letters import dead_letter
 from stripemeter.schemas.events import InvalidEvent, decode_message
+from stripemeter.schemas.held_json import dumps_held
 from stripemeter.schemas.packing import pack_arrays, payload_limit
 from stripemeter.schemas.partitioning import Partitioner, keyed_routing_key
 from stripemeter.schemas.records import keyed_item
@@ -65,7 +65,7 @@ def route(
                 if isinstance(result, InvalidEvent):
                     rejected.append(dead_letter(result, msg.topic, msg.partition, msg.offset, msg.value))
                     continue
-                item = orjson.dumps(keyed_item(result, msg.partition, msg.offset, position))
+                item = dumps_held(keyed_item(result, msg.partition, msg.offset, position))
                 if len(item) > item_limit:
                     error = InvalidEvent("too_large", f"the event is {len(item)} bytes as a keyed record")
                     error.index, error.raw_item = position, None

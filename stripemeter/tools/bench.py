@@ -317,6 +317,25 @@ class Worker:
         self.log.close()
 
 
+class PeakRss:
+    """The highest RSS of each worker process, sampled every ``interval`` seconds: a batch's memory
+    comes and goes within a second, and a reading at the end would miss it."""
+
+    def __init__(self, worker: Worker, interval: float = 0.2):
+        self.worker = worker
+        self.interval = interval
+        self.peaks: dict[str, float] = {}
+
+    def sample(self) -> None:
+        for process, mib in {"metering": self.worker.rss_mib(), **self.worker.stages_rss_mib()}.items():
+            self.peaks[process] = max(mib, self.peaks.get(process, 0.0))
+
+    async def follow(self) -> None:
+        while True:
+            await asyncio.to_thread(self.sample)
+            await asyncio.sleep(self.interval)
+
+
 def _rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -357,10 +376,14 @@ async def throughput(
         await asyncio.to_thread(worker.wait_ready)
         started = time.perf_counter()
         deadline = started + 600
+        peaks = PeakRss(worker)
+        sampling = asyncio.ensure_future(peaks.follow())
         await watcher.run(
             lambda: watcher.sum_micros >= expected or time.perf_counter() > deadline or not worker.alive()
         )
         elapsed = time.perf_counter() - started
+        sampling.cancel()
+        peaks.sample()
         rss, stages_rss = worker.rss_mib(), worker.stages_rss_mib()
     finally:
         worker.stop()
@@ -372,7 +395,8 @@ async def throughput(
     rate = workload.events / elapsed
     say(
         f"  {rate:,.0f} events/s ({elapsed:.1f}s, {len(watcher.totals):,} counters; "
-        f"RSS: metering {rss:.0f} MiB{_stages_text(stages_rss)})"
+        f"RSS at the end: metering {rss:.0f} MiB{_stages_text(stages_rss)}; "
+        f"peak: {', '.join(f'{p} {mib:.0f} MiB' for p, mib in peaks.peaks.items())})"
     )
     say(f"  ratio pipeline/baseline: {rate / base_rate:.2f}")
     return {
@@ -383,6 +407,7 @@ async def throughput(
         "ratio": rate / base_rate,
         "workerRssMiB": rss,
         "stagesRssMiB": stages_rss,
+        "peakRssMiB": peaks.peaks,
     }
 
 

@@ -15,7 +15,7 @@ from stripemeter.domain.config import (
     STATIC_SESSION_TIMEOUT_SECONDS,
     Settings,
 )
-from stripemeter.schemas.topics import TABLES, TopicNames
+from stripemeter.schemas.topics import TABLES, TopicNames, topic_specs
 
 # Faust's RocksDB defaults (64 MiB x 3 memtables and a 2 GiB block cache per partition and table)
 # are sized for a big box; these keep a worker with 3 tables x a few partitions in a few hundred MiB.
@@ -31,6 +31,10 @@ REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
 # before it began to read (tests/integration/test_standby_takeover.py, 3 failures in 22 runs with one),
 # so a takeover restores the partition from its changelog instead (times: docs/sizing.md).
 STANDBY_REPLICAS = 0
+# Faust bounds the meter's read-ahead by messages; intake packs keyed messages up to the topic's
+# max.message.bytes (4 MiB), so 4096 of them could hold 16 GiB. A byte budget sets the count instead.
+KEYED_BUFFER_BYTES = 128 * 1024 * 1024
+KEYED_FETCH_BYTES = 8 * 1024 * 1024  # per partition and fetch
 
 
 def faust_app(settings: Settings) -> faust.App:
@@ -58,7 +62,7 @@ def faust_app(settings: Settings) -> faust.App:
         web_graph_enabled=False,
         web_metrics_enabled=False,
         producer_acks=-1,
-        consumer_max_fetch_size=8 * 1024 * 1024,
+        consumer_max_fetch_size=KEYED_FETCH_BYTES,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=STANDBY_REPLICAS,
         broker_commit_every=10_000,
@@ -71,7 +75,7 @@ def faust_app(settings: Settings) -> faust.App:
         # a topic missing from the broker's metadata at start (just created, or a broker still loading
         # after a restart) leaves the worker without partitions until the next refresh: 30 s, not 5 min
         consumer_metadata_max_age_ms=30_000,
-        stream_buffer_maxsize=4096,
+        stream_buffer_maxsize=keyed_buffer_messages(),
         # Faust would wait for every unacknowledged message before a rebalance or stop completes;
         # ours are acknowledged only by checkpoints, and a message left unacknowledged is simply
         # read again by the next owner (exactly, see streams/checkpoint.py), so do not wait for them.
@@ -81,6 +85,14 @@ def faust_app(settings: Settings) -> faust.App:
     app.transport = fetch_wait.Transport(app.conf.broker_consumer, app)  # before anything uses it
     prepare_table_dir(Path(app.conf.tabledir), settings.worker_data_dir)
     return app
+
+
+def keyed_buffer_messages() -> int:
+    """How many keyed messages the meter's stream may hold read ahead: the byte budget over the
+    largest keyed message."""
+    names = TopicNames()
+    largest = next(spec.max_message_bytes for spec in topic_specs(names, 1) if spec.name == names.keyed)
+    return max(8, KEYED_BUFFER_BYTES // largest)
 
 
 def session_timeout_seconds(settings: Settings) -> float:
