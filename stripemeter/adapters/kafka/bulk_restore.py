@@ -12,7 +12,8 @@ nothing, or only the records written since, to read.
 
 It runs inside Faust's recovery task, where Faust computes its start offsets (after the rebalance
 callback returned, so the consumer keeps heartbeating), and stops early enough to stay inside the
-time Faust gives that step (``broker_request_timeout``); Faust reads whatever is left.
+time Faust gives that step (``broker_request_timeout``); then it has Faust start its recovery again,
+as a new rebalance would, and goes on from the persisted offsets.
 """
 
 from __future__ import annotations
@@ -45,7 +46,10 @@ def restoring_table_manager(kafka: KafkaAccess) -> type[TableManager]:
         async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
             if title == "active" and tps:
                 budget = float(self.app.conf.broker_request_timeout) * BUDGET_SHARE
-                await restore_in_bulk(self, kafka, set(tps), destination, budget)
+                if not await restore_in_bulk(self, kafka, set(tps), destination, budget):
+                    # Faust's next step sees the signal and starts its recovery again (as for a new
+                    # rebalance), which comes back here and goes on from the persisted offsets
+                    self.signal_recovery_start.set()
             await super()._build_offsets(consumer, tps, destination, title)
 
     class RestoringTableManager(TableManager):
@@ -60,10 +64,10 @@ def restoring_table_manager(kafka: KafkaAccess) -> type[TableManager]:
 
 async def restore_in_bulk(
     recovery: Recovery, kafka: KafkaAccess, tps: set[TP], offsets: Any, budget_s: float
-) -> None:
+) -> bool:
     """Apply the changelog past each partition's persisted offset up to Faust's highwater;
     ``offsets[tp]`` (Faust's start offsets) follows what the store holds. Partitions of stores other
-    than RocksDB are left to Faust."""
+    than RocksDB are left to Faust. False when time ran out before the end."""
     tables: dict[TP, Any] = {tp: recovery.tp_to_table[tp] for tp in tps if tp in recovery.tp_to_table}
     stores = {tp: table.data for tp, table in tables.items() if hasattr(table.data, "_db_for_partition")}
     ranges = {}
@@ -74,7 +78,7 @@ async def restore_in_bulk(
             ranges[tp] = (start, end)
             log.info("restoring %s[%d] in bulk: offsets %d to %d", tp.topic, tp.partition, start, end)
     if not ranges:
-        return
+        return True
     consumer = AIOKafkaConsumer(
         **client_kwargs(kafka),
         group_id=None,
@@ -86,7 +90,7 @@ async def restore_in_bulk(
     )
     await consumer.start()
     try:
-        await _restore(consumer, stores, ranges, offsets, time.monotonic() + budget_s)
+        return await _restore(consumer, stores, ranges, offsets, time.monotonic() + budget_s)
     finally:
         await consumer.stop()
 
@@ -97,7 +101,7 @@ async def _restore(
     ranges: dict[TP, tuple[int, int]],
     offsets: Any,
     deadline: float,
-) -> None:
+) -> bool:
     parts = {TopicPartition(tp.topic, tp.partition): tp for tp in ranges}
     consumer.assign(list(parts))
     ends = {part: ranges[tp][1] for part, tp in parts.items()}
@@ -122,9 +126,10 @@ async def _restore(
         took = max(time.monotonic() - started, 1e-3)
         log.info("bulk restore: %d records applied in %.1f s (%.0f/s)", applied, took, applied / took)
     if pending:
-        log.warning(
-            "bulk restore: time is up, Faust's recovery reads the rest of %s", sorted(map(str, pending))
+        log.info(
+            "bulk restore: Faust's time for this step is up; going on in a new round: %s", sorted(pending)
         )
+    return not pending
 
 
 def apply_records(store: Any, tp: TP, records: Iterable[Any], persisted: int) -> int:
