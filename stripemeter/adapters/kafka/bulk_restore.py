@@ -18,6 +18,7 @@ as a new rebalance would, and goes on from the persisted offsets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -92,7 +93,19 @@ async def restore_in_bulk(
     try:
         return await _restore(consumer, stores, ranges, offsets, time.monotonic() + budget_s)
     finally:
+        await stop_quietly(consumer)
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop the consumer. aiokafka's stop can raise the CancelledError of one of its own tasks (seen
+    with the broker away); that must not end Faust's recovery task, unless it is being cancelled."""
+    try:
         await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("bulk restore: the changelog consumer's stop was cancelled inside aiokafka")
 
 
 async def _restore(
