@@ -8,6 +8,7 @@ import faust
 from faust.types import TopicT
 
 from stripemeter.adapters.kafka import fetch_wait, rocksdb_memory
+from stripemeter.adapters.kafka.bulk_restore import restoring_table_manager
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, prepare_table_dir
 from stripemeter.adapters.kafka.client_auth import faust_broker, faust_credentials
 from stripemeter.domain.config import (
@@ -65,6 +66,7 @@ def faust_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=KEYED_FETCH_BYTES,
         consumer_auto_offset_reset="earliest",
         table_standby_replicas=STANDBY_REPLICAS,
+        TableManager=restoring_table_manager(settings.kafka),  # changelogs restored in bulk first
         broker_commit_every=10_000,
         broker_commit_interval=0.5,
         broker_session_timeout=session_timeout_seconds(settings),

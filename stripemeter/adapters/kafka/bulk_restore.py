@@ -1,0 +1,162 @@
+"""Restore the tables' RocksDB from their changelogs in bulk, before Faust's own recovery reads them.
+
+Faust's recovery hands each changelog record through its fetcher, a queue and an event object
+(300-600 us a record here): a partition of millions of dedupe entries took minutes to hours. This
+does the same work the way the meter writes: one plain aiokafka consumer reads each active changelog
+partition from the store's persisted offset to the end Faust's recovery measured (its highwater), in large
+fetches, and applies every record as Faust's ``apply_changelog_batch`` does (raw key; a value is put,
+a tombstone deletes; the last record of a key wins), one RocksDB WriteBatch per fetch. The same
+WriteBatch sets the persisted offset to the consumer's position minus one, so the store never claims
+more than it holds, whatever stops the restore. Faust's recovery then starts at that offset and finds
+nothing, or only the records written since, to read.
+
+It runs inside Faust's recovery task, where Faust computes its start offsets (after the rebalance
+callback returned, so the consumer keeps heartbeating), and stops early enough to stay inside the
+time Faust gives that step (``broker_request_timeout``); then it has Faust start its recovery again,
+as a new rebalance would, and goes on from the persisted offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.tables.manager import TableManager
+from faust.tables.recovery import Recovery
+from faust.types import TP
+from rocksdict import WriteBatch
+
+from stripemeter.adapters.kafka.client_auth import client_kwargs
+from stripemeter.domain.kafka_access import KafkaAccess
+
+log = logging.getLogger(__name__)
+
+FETCH_BYTES = 32 * 1024 * 1024  # one partition's fetch: about 250,000 dedupe records
+BUDGET_SHARE = 0.75  # of Faust's timeout for the step that runs the restore
+PROGRESS_EVERY_S = 10.0
+
+
+def restoring_table_manager(kafka: KafkaAccess) -> type[TableManager]:
+    """Faust's table manager, with a recovery that restores active partitions in bulk first."""
+
+    class BulkRecovery(Recovery):
+        async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
+            if title == "active" and tps:
+                budget = float(self.app.conf.broker_request_timeout) * BUDGET_SHARE
+                if not await restore_in_bulk(self, kafka, set(tps), destination, budget):
+                    # Faust's next step sees the signal and starts its recovery again (as for a new
+                    # rebalance), which comes back here and goes on from the persisted offsets
+                    self.signal_recovery_start.set()
+            await super()._build_offsets(consumer, tps, destination, title)
+
+    class RestoringTableManager(TableManager):
+        @property
+        def recovery(self) -> Recovery:
+            if self._recovery is None:
+                self._recovery = BulkRecovery(self.app, self, beacon=self.beacon, loop=self.loop)
+            return self._recovery
+
+    return RestoringTableManager
+
+
+async def restore_in_bulk(
+    recovery: Recovery, kafka: KafkaAccess, tps: set[TP], offsets: Any, budget_s: float
+) -> bool:
+    """Apply the changelog past each partition's persisted offset up to Faust's highwater;
+    ``offsets[tp]`` (Faust's start offsets) follows what the store holds. Partitions of stores other
+    than RocksDB are left to Faust. False when time ran out before the end."""
+    tables: dict[TP, Any] = {tp: recovery.tp_to_table[tp] for tp in tps if tp in recovery.tp_to_table}
+    stores = {tp: table.data for tp, table in tables.items() if hasattr(table.data, "_db_for_partition")}
+    ranges = {}
+    for tp, store in stores.items():
+        persisted = store.persisted_offset(tp)
+        start, end = 0 if persisted is None else persisted + 1, recovery.active_highwaters.get(tp, -1) + 1
+        if start < end:
+            ranges[tp] = (start, end)
+            log.info("restoring %s[%d] in bulk: offsets %d to %d", tp.topic, tp.partition, start, end)
+    if not ranges:
+        return True
+    consumer = AIOKafkaConsumer(
+        **client_kwargs(kafka),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=FETCH_BYTES,
+        fetch_max_bytes=FETCH_BYTES * 2,
+        isolation_level="read_committed" if recovery.app.in_transaction else "read_uncommitted",
+    )
+    await consumer.start()
+    try:
+        return await _restore(consumer, stores, ranges, offsets, time.monotonic() + budget_s)
+    finally:
+        await stop_quietly(consumer)
+
+
+async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
+    """Stop the consumer. aiokafka's stop can raise the CancelledError of one of its own tasks (seen
+    with the broker away); that must not end Faust's recovery task, unless it is being cancelled."""
+    try:
+        await consumer.stop()
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.warning("bulk restore: the changelog consumer's stop was cancelled inside aiokafka")
+
+
+async def _restore(
+    consumer: AIOKafkaConsumer,
+    stores: dict[TP, Any],
+    ranges: dict[TP, tuple[int, int]],
+    offsets: Any,
+    deadline: float,
+) -> bool:
+    parts = {TopicPartition(tp.topic, tp.partition): tp for tp in ranges}
+    consumer.assign(list(parts))
+    ends = {part: ranges[tp][1] for part, tp in parts.items()}
+    for part, tp in parts.items():
+        consumer.seek(part, ranges[tp][0])
+    pending = set(parts)
+    started = last_said = time.monotonic()
+    applied = 0
+    while pending and time.monotonic() < deadline:
+        fetched = await consumer.getmany(*pending, timeout_ms=500)
+        for part, records in fetched.items():
+            tp = parts[part]
+            position = await consumer.position(part)
+            applied += apply_records(stores[tp], tp, records, min(position, ends[part]) - 1)
+            offsets[tp] = stores[tp].persisted_offset(tp)
+            if position >= ends[part]:
+                pending.discard(part)
+        if time.monotonic() - last_said >= PROGRESS_EVERY_S:
+            last_said = time.monotonic()
+            log.info("bulk restore: %d records applied (%.0f/s)", applied, applied / (last_said - started))
+    if applied:
+        took = max(time.monotonic() - started, 1e-3)
+        log.info("bulk restore: %d records applied in %.1f s (%.0f/s)", applied, took, applied / took)
+    if pending:
+        log.info(
+            "bulk restore: Faust's time for this step is up; going on in a new round: %s", sorted(pending)
+        )
+    return not pending
+
+
+def apply_records(store: Any, tp: TP, records: Iterable[Any], persisted: int) -> int:
+    """Write the records and the new persisted offset to the partition's RocksDB in one batch."""
+    batch = WriteBatch(raw_mode=True)
+    count = 0
+    for record in records:
+        if record.offset > persisted:
+            break  # past the end offset taken at the start: Faust's recovery reads those
+        if record.value is None:
+            batch.delete(record.key)
+        else:
+            batch.put(record.key, record.value)
+        count += 1
+    batch.put(store.offset_key, str(persisted).encode())
+    store._db_for_partition(tp.partition).write(batch)
+    return count
