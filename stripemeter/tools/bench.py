@@ -275,17 +275,17 @@ class Worker:
 
     def rss_mib(self) -> float:
         """The worker's own process: metering and its RocksDB tables."""
-        return _rss_mib(self.proc.pid)
+        return process_rss_mib(self.proc.pid)
 
     def stages_rss_mib(self) -> dict[str, float]:
         """The worker's child processes (intake, sink) by stage. Finding them reads all of /proc, so
         it is done again only when one of them is gone (restarted)."""
         if not self.stage_processes:
             return {}
-        rss = {stage: _rss_mib(pid) for stage, pid in self._children.items()}
+        rss = {stage: process_rss_mib(pid) for stage, pid in self._children.items()}
         if len(rss) < 2 or not all(rss.values()):  # both stages run as children; one may be starting
             self._children = stage_children(self.proc.pid)
-            rss = {stage: _rss_mib(pid) for stage, pid in self._children.items()}
+            rss = {stage: process_rss_mib(pid) for stage, pid in self._children.items()}
         return rss
 
     def memory_gauges(self) -> dict[str, float]:
@@ -336,7 +336,7 @@ class PeakRss:
             await asyncio.sleep(self.interval)
 
 
-def _rss_mib(pid: int) -> float:
+def process_rss_mib(pid: int) -> float:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):

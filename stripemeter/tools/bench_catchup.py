@@ -34,7 +34,7 @@ from stripemeter.domain.config import Settings
 from stripemeter.domain.kafka_access import KafkaAccess
 from stripemeter.streams.stripe_writer import StripeWriter
 from stripemeter.tools.bench import emulator_with_meter, with_search_path
-from stripemeter.tools.bench_reconcile import copy_rows
+from stripemeter.tools.bench_reconcile import copy_rows, map_customers
 from stripemeter.tools.local.procs import free_port
 from stripemeter.tools.stripe_emulator import EmulatorState
 from stripemeter.tools.stripe_emulator.meter_stream import STREAM_PATH
@@ -85,17 +85,7 @@ async def seed(
     customers: int, hour: datetime,
 ) -> None:  # fmt: skip
     """The outage's end: one due, never delivered counter hour per customer (partition 0)."""
-    await conn.execute(
-        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
-        " VALUES (%s, 'requests', %s, 'sum')",
-        (tenant, event_name),
-    )
-    ids = [state.create_customer({"email": f"c{c}@example.com"})["id"] for c in range(customers)]
-    await copy_rows(
-        conn,
-        "COPY customer_mappings (tenant_id, customer_ref, stripe_customer_id) FROM STDIN",
-        [(tenant, f"c{c}", cus) for c, cus in enumerate(ids)],
-    )
+    await map_customers(conn, state, tenant, event_name, customers)
     period = periods.holding(hour, None).start
     await copy_rows(
         conn,

@@ -46,14 +46,13 @@ from stripemeter.domain.units import MICROS
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.services.reconciliation.request import ReconcileSettings, RunRequest
 from stripemeter.services.reconciliation.run import Reconciler
-from stripemeter.tools.bench import Worker, isolated, release
+from stripemeter.tools.bench import Worker, isolated, process_rss_mib, release
 from stripemeter.tools.bench_reconcile import copy_rows
 from stripemeter.tools.cycle_sampler import (
     Sample,
     calls_by_kind,
     hours_due,
     lag_by_role,
-    rss_mib,
     table,
     table_bytes,
     topic_bytes,
@@ -130,9 +129,9 @@ class Run:
             lag_messages=lag,
             lag_seconds=oldest,
             rss_mib={
-                "worker": rss_mib(self.worker.proc.pid),
-                "API": rss_mib(self.api.proc.pid),
-                "bench+emulator": rss_mib(os.getpid()),
+                "worker": process_rss_mib(self.worker.proc.pid),
+                "API": process_rss_mib(self.api.proc.pid),
+                "bench+emulator": process_rss_mib(os.getpid()),
             },
             rocksdb_bytes=rocksdb,
             topic_bytes=topics,

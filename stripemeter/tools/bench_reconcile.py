@@ -55,6 +55,25 @@ async def copy_rows(conn: psycopg.AsyncConnection, statement: str, rows: list[tu
             await copy.write_row(row)
 
 
+async def map_customers(
+    conn: psycopg.AsyncConnection, state: EmulatorState, tenant: str, event_name: str, customers: int
+) -> list[str]:
+    """The metric `requests` mapped to ``event_name``, and customers ``c0..`` created in the emulator
+    and mapped to them; returns their Stripe ids."""
+    await conn.execute(
+        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
+        " VALUES (%s, 'requests', %s, 'sum')",
+        (tenant, event_name),
+    )
+    ids = [state.create_customer({"email": f"c{c}@example.com"})["id"] for c in range(customers)]
+    await copy_rows(
+        conn,
+        "COPY customer_mappings (tenant_id, customer_ref, stripe_customer_id) FROM STDIN",
+        [(tenant, f"c{c}", cus) for c, cus in enumerate(ids)],
+    )
+    return ids
+
+
 def units_of(customer: int) -> int:
     return 100 + customer % 50
 
@@ -69,17 +88,7 @@ async def seed(
 ) -> int:
     """Mappings, counters, writer state and Stripe's events for every customer; returns how many
     customers drift (one unit too many in Stripe, within epsilon)."""
-    await conn.execute(
-        "INSERT INTO metric_mappings (tenant_id, metric, stripe_meter_event_name, aggregation)"
-        " VALUES (%s, 'requests', %s, 'sum')",
-        (tenant, event_name),
-    )
-    ids = [state.create_customer({"email": f"c{c}@example.com"})["id"] for c in range(customers)]
-    await copy_rows(
-        conn,
-        "COPY customer_mappings (tenant_id, customer_ref, stripe_customer_id) FROM STDIN",
-        [(tenant, f"c{c}", cus) for c, cus in enumerate(ids)],
-    )
+    ids = await map_customers(conn, state, tenant, event_name, customers)
     settled = datetime.fromtimestamp(hours[-1], tz=UTC)  # changed an hour or more ago
     cells = [(c, datetime.fromtimestamp(h, tz=UTC)) for c in range(customers) for h in hours]
     await copy_rows(

@@ -65,16 +65,6 @@ def calls_by_kind(requests: Counter[str]) -> Counter[str]:
     return kinds
 
 
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except FileNotFoundError:
-        pass
-    return 0.0
-
-
 def tree_bytes(root: Path) -> int:
     total = 0
     for folder, _, files in os.walk(root):
