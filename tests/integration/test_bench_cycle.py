@@ -7,8 +7,12 @@ runs it and checks that the traffic had what the cycle is about. Timings are not
 
 from __future__ import annotations
 
+import pytest
+
 from stripemeter.domain.config import Settings
 from stripemeter.tools.bench_cycle import CycleShape, run_cycle
+
+pytestmark = pytest.mark.exactly_once  # an oracle check: never rerun by CI; repeated by ./dev soak
 
 
 async def test_a_compressed_cycle_ends_at_parity_with_the_oracle(stack: Settings) -> None:
