@@ -109,7 +109,8 @@ async def test_a_million_row_ledger_is_partitioned_without_losing_a_row(
         before = conn.execute(CHECKSUMS).fetchall()
     assert sum(r[1] for r in before) == ROWS
 
-    monkeypatch.setattr(migrator, "available", lambda: shipped)
+    # this migration alone, whatever later ones ship with it
+    monkeypatch.setattr(migrator, "available", lambda: [m for m in shipped if m.version <= PARTITIONED])
     started = time.perf_counter()
     applied = migrator.migrate(schema_url)
     seconds = time.perf_counter() - started
