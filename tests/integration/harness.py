@@ -9,10 +9,13 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol, TypeAlias
+from urllib.parse import quote
 
+import psycopg
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -139,3 +142,32 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@contextmanager
+def own_schema(base_url: str, prefix: str) -> Iterator[str]:
+    """A database URL whose tables live in a schema of their own (``prefix_`` and 8 hex digits),
+    dropped on the way out."""
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in base_url else "?"
+    try:
+        yield f"{base_url}{separator}options={quote(f'-csearch_path={schema}')}"
+    finally:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+def assigned_partitions(worker: WorkerProcess) -> int:
+    """How many partitions of the keyed topic the worker holds, from its /metrics (0 before any)."""
+    for line in worker.scrape().splitlines():
+        if line.startswith("stripemeter_worker_assigned_partitions "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def table_stores(worker: WorkerProcess, table: str) -> dict[int, Path]:
+    """The RocksDB store of each partition of ``table`` under the worker's state dir."""
+    found = worker.settings.worker_data_dir.rglob(f"{table}-*.db")
+    return {int(p.name.removesuffix(".db").rsplit("-", 1)[1]): p for p in found}

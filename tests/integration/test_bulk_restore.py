@@ -20,26 +20,13 @@ import rocksdict
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TABLES
 from tests.integration.client import eventually, outcomes_of
-from tests.integration.harness import StartWorker, WorkerProcess
+from tests.integration.harness import StartWorker, WorkerProcess, assigned_partitions, table_stores
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import build
 
 pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
 
 OFFSET_KEY = b"__faust\0offset__"  # Faust's RocksDB store: the persisted changelog offset
-
-
-def keyed_partitions(worker: WorkerProcess) -> int:
-    for line in worker.scrape().splitlines():
-        if line.startswith("stripemeter_worker_assigned_partitions "):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
-
-
-def table_stores(worker: WorkerProcess, table: str) -> dict[int, Path]:
-    """The RocksDB store of each partition of ``table`` under the worker's state dir."""
-    found = worker.settings.worker_data_dir.rglob(f"{table}-*.db")
-    return {int(p.name.removesuffix(".db").rsplit("-", 1)[1]): p for p in found}
 
 
 def contents(store: Path) -> dict[bytes, bytes]:
@@ -74,7 +61,7 @@ async def test_a_takeover_restored_in_bulk_counts_exactly_and_equals_the_owner(
 
         async def both_on_second() -> bool:
             try:
-                return keyed_partitions(takers[0]) == 2
+                return assigned_partitions(takers[0]) == 2
             except OSError:
                 return False
 

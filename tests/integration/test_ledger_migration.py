@@ -6,10 +6,8 @@ changed (count and checksums by outcome before and after), the old table kept as
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from stripemeter.adapters.postgres import migrate as migrator
 from stripemeter.adapters.postgres.ledger_partitions import upkeep
 from stripemeter.domain.config import Settings
+from tests.integration.harness import own_schema
 
 ROWS = 1_000_000
 DAY_ROWS = 200_000  # of them written again as this release's sink writes them, for their size
@@ -40,14 +39,8 @@ JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'events'::regclass AND
 
 @pytest.fixture
 def schema_url(stack: Settings) -> Iterator[str]:
-    base = stack.database_url.value
-    schema = f"ledger_million_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with own_schema(stack.database_url.value, "ledger_million") as url:
+        yield url
 
 
 def old_row(i: int, base: datetime) -> str:

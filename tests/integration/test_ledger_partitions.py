@@ -6,12 +6,10 @@ a window that touch only its partitions. Each test migrates a schema of its own 
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 import psycopg
@@ -34,6 +32,7 @@ from stripemeter.schemas.ledger_items import ledger_item
 from stripemeter.schemas.records import keyed_item
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.streams.sink import PostgresSink
+from tests.integration.harness import own_schema
 
 DAY = timedelta(days=1)
 
@@ -41,16 +40,9 @@ DAY = timedelta(days=1)
 @pytest.fixture
 def schema_url(stack: Settings) -> Iterator[str]:
     """A database URL whose tables live in a schema of their own, migrated, dropped after the test."""
-    base = stack.database_url.value
-    schema = f"ledger_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    url = f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    migrate(url)
-    yield url
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with own_schema(stack.database_url.value, "ledger") as url:
+        migrate(url)
+        yield url
 
 
 @pytest.fixture

@@ -7,9 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
-from urllib.parse import quote
 
 import psycopg
 import pytest
@@ -22,19 +20,14 @@ from stripemeter.adapters.postgres.migrate import (
     migrate,
 )
 from stripemeter.domain.config import Settings, settings_env
+from tests.integration.harness import own_schema
 
 
 @pytest.fixture
 def schema_url(stack: Settings) -> Iterator[str]:
     """A database URL whose tables live in a schema of their own, dropped after the test."""
-    base = stack.database_url.value
-    schema = f"upgrade_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    separator = "&" if "?" in base else "?"
-    yield f"{base}{separator}options={quote(f'-csearch_path={schema}')}"
-    with psycopg.connect(base, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
+    with own_schema(stack.database_url.value, "upgrade") as url:
+        yield url
 
 
 def start(command: str, stack: Settings, url: str) -> subprocess.CompletedProcess[str]:

@@ -21,7 +21,7 @@ import rocksdict
 from stripemeter.domain.config import Settings
 from stripemeter.streams.worker.faust_app import STANDBY_REPLICAS
 from tests.integration.client import eventually, outcomes_of
-from tests.integration.harness import StartWorker, WorkerProcess
+from tests.integration.harness import StartWorker, assigned_partitions, table_stores
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import build
 
@@ -29,19 +29,6 @@ pytestmark = [
     pytest.mark.exactly_once,  # never rerun by CI; repeated by ./dev soak
     pytest.mark.skipif(STANDBY_REPLICAS == 0, reason="the worker runs without standby replicas"),
 ]
-
-
-def keyed_partitions(worker: WorkerProcess) -> int:
-    for line in worker.scrape().splitlines():
-        if line.startswith("stripemeter_worker_assigned_partitions "):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
-
-
-def table_stores(worker: WorkerProcess, table: str) -> dict[int, Path]:
-    """The RocksDB store of each partition of ``table`` under the worker's state dir."""
-    found = worker.settings.worker_data_dir.rglob(f"{table}-*.db")
-    return {int(p.name.removesuffix(".db").rsplit("-", 1)[1]): p for p in found}
 
 
 def stored_keys(store: Path) -> set[bytes]:
@@ -62,7 +49,7 @@ async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_w
 
     async def one_partition_each_and_a_standby_copy() -> bool:
         try:
-            held = (keyed_partitions(first), keyed_partitions(second))
+            held = (assigned_partitions(first), assigned_partitions(second))
         except OSError:
             return False
         return held == (1, 1) and set(table_stores(second, "dedupe")) == {0, 1}
@@ -78,7 +65,7 @@ async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_w
         first.stop()  # leaves gracefully: its partition goes to the standby on the second
 
         async def all_on_second() -> bool:
-            return keyed_partitions(second) == 2
+            return assigned_partitions(second) == 2
 
         await eventually(all_on_second, timeout=60, what="the second worker holding both partitions")
 
