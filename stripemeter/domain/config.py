@@ -84,8 +84,8 @@ class Settings:
     lateness_seconds: int = 48 * 3600
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     # which API carries meter events: v1 (one a request), v2 (the meter event stream, up to 100 a
-    # request) or auto (v2 while the projected rate needs it; core/send_api.py)
-    stripe_api: str = "v1"
+    # request) or auto (v1 while a round needs at most half the calls budget, else v2; core/send_api.py)
+    stripe_api: str = "auto"
     stripe_stream_events_per_second: float = 10_000.0  # v2 stream events a second, besides the calls budget
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line (time, level, logger, message, exc_info)

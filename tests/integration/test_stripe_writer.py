@@ -65,7 +65,8 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     tenant = f"sw-{uuid.uuid4().hex[:6]}"
     customers = [f"c{i}" for i in range(5)]
     ids, meter_id = await setup_tenant(api, state, tenant, customers)
-    stripe = emulator_settings(base)
+    # the faults below strike v1's meter events; the stream's kill mid-request is test_stripe_stream's
+    stripe = {**emulator_settings(base), "stripe_api": "v1"}
     worker = start_worker("w1", slot="main", **stripe)
     worker.wait_ready()
     # a 429 storm, and 30 % of meter event calls failing with 500
