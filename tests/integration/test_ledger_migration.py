@@ -116,10 +116,16 @@ async def test_a_million_row_ledger_is_partitioned_without_losing_a_row(
         ).fetchall()
         assert placed == ROWS  # the old table is the first partition: nothing was copied
         old_bytes, _ = bytes_per_row(conn, ["events_unpartitioned"])
+        # the day the migration ran, from the bound it gave the old table (its day + 2): a run that
+        # crosses midnight UTC between loading and migrating still lines its days up with the migration's
+        [(bound,)] = conn.execute(
+            "SELECT pg_get_expr(relpartbound, oid) FROM pg_class WHERE oid = 'events_unpartitioned'::regclass"
+        ).fetchall()
+        until = datetime.fromisoformat(bound.split("TO ('")[1].split("')")[0]).astimezone(UTC)
+        today = until - timedelta(days=2)
 
     # the same rows as this release's sink writes them, into day partitions (one key, no old one)
     async with await psycopg.AsyncConnection.connect(schema_url, autocommit=True) as aconn:
-        today = datetime.combine(base.date(), datetime.min.time(), tzinfo=UTC)
         await upkeep(aconn, today, retention_days=45)
     with psycopg.connect(schema_url, autocommit=True) as conn:
         conn.execute(
