@@ -66,8 +66,8 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     customers = [f"c{i}" for i in range(5)]
     ids, meter_id = await setup_tenant(api, state, tenant, customers)
     # the faults below strike v1's meter events; the stream's kill mid-request is test_stripe_stream's
-    stripe = {**emulator_settings(base), "stripe_api": "v1"}
-    worker = start_worker("w1", slot="main", **stripe)
+    stripe = emulator_settings(base)
+    worker = start_worker("w1", slot="main", stripe_api="v1", **stripe)
     worker.wait_ready()
     # a 429 storm, and 30 % of meter event calls failing with 500
     state.faults.update(
@@ -101,7 +101,7 @@ async def test_stripe_ends_equal_to_local_counters_through_faults_and_a_kill(
     await eventually(push_in_flight, timeout=60, what="a pending push")
     worker.kill9()
     state.faults.update({"latency": 0, "server_error_rate": 0})
-    start_worker("w2", slot="main", **stripe).wait_ready()
+    start_worker("w2", slot="main", stripe_api="v1", **stripe).wait_ready()
 
     async def parity_after() -> bool:
         return await parity_at(sum(1 + i % 3 for i in range(400)))
