@@ -82,7 +82,7 @@ def cmd_bench_catchup(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_bench_failover(settings: Settings, args: argparse.Namespace) -> int:
     from stripemeter.tools.bench_failover import failover
 
-    asyncio.run(failover(settings, args.entries, say))
+    asyncio.run(failover(settings, args.entries, say, standby=args.standby))
     return 0
 
 
@@ -237,10 +237,16 @@ def add_bench(sub: Subcommands) -> None:
         bench_sub,
         "failover",
         cmd_bench_failover,
-        "time for a worker to take over a partition of N dedupe entries, cold and with its store current",
+        "time for a worker to take over a partition of N dedupe entries: cold, with its store current and"
+        " (--standby) from a standby copy",
     )
     bf.add_argument(
         "--entries", type=int, default=1_000_000, help="dedupe entries in the partition (default 1000000)"
+    )
+    bf.add_argument(
+        "--standby",
+        action="store_true",
+        help="also time a takeover by a second worker that kept a standby copy of the partition",
     )
     add_bench_cycle(bench_sub)
 

@@ -47,6 +47,15 @@ WORKER_REVOCATIONS = Counter(
     "stripemeter_worker_revocations_total",
     "Rebalances that revoked this worker's partitions (a worker joined, left or timed out)",
 )
+STANDBY_PARTITIONS = Gauge(
+    "stripemeter_standby_partitions", "Changelog partitions this worker keeps a standby copy of"
+)
+STANDBY_RECORDS = Counter(
+    "stripemeter_standby_records_total", "Changelog records applied to this worker's standby copies"
+)
+STANDBY_LAG = Gauge(
+    "stripemeter_standby_lag_records", "Changelog records not yet in this worker's standby copies"
+)
 CHECKPOINT_SECONDS = Histogram(
     "stripemeter_checkpoint_seconds",
     "Time for one checkpoint: changelogs, ledger and deltas published and acknowledged, input acked",

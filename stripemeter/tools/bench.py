@@ -13,6 +13,7 @@ The worker's resident memory is sampled throughout.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import random
 import signal
@@ -239,6 +240,26 @@ class DeltaWatcher(StageHooks):
 KIND_GAUGES = {"stripemeter_rocksdb_memory_bytes{": "", "stripemeter_heap_bytes{": "heap_"}
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent() -> Callable[[], None] | None:
+    """For ``Popen(preexec_fn=...)``: the child gets SIGTERM when the benchmark's process ends, however
+    it ends (a killed benchmark left its workers running for hours). Linux only; the signal follows the
+    thread that started the child, so start workers from the benchmark's main thread."""
+    if not sys.platform.startswith("linux"):
+        return None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)  # loaded here: the child between fork and exec imports nothing
+
+    def in_child() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent ended before the call above took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
 class Worker:
     """``stripemeter worker`` (with intake and sink as its children if ``stage_processes``)."""
 
@@ -252,7 +273,12 @@ class Worker:
         argv = [sys.executable, "-m", "stripemeter", "worker"]
         argv += ["--stage-processes"] if stage_processes else []
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+            argv,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
 
     def wait_ready(self, timeout: float = 120) -> None:

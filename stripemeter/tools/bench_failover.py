@@ -8,7 +8,11 @@ before it started:
 - cold: a worker with no local state, as a takeover without standby replicas: Faust restores the
   whole partition from the changelog;
 - warm: the same worker again after a clean stop, its RocksDB current: recovery reads only what the
-  changelog holds past the store's persisted offset, as for a caught-up standby promoted to owner.
+  changelog holds past the store's persisted offset.
+With ``standby``, it then times a takeover from a standby copy: the worker runs again as the owner, a
+second worker of the same app keeps a standby copy of the partition until the copy holds every entry,
+then the owner stops; timed from the owner's stop signal until the second worker holds the partition
+and until it has counted an event sent once the owner had exited.
 It also reports the bytes per entry in the changelog's log segments and in the partition's RocksDB
 files, and the worker's RSS after the restore.
 """
@@ -35,6 +39,7 @@ from stripemeter.schemas.dedupe import dump_entry
 from stripemeter.schemas.topics import TopicNames
 from stripemeter.tools.bench import Worker, isolated, release
 from stripemeter.tools.local.kafka import LocalKafka
+from stripemeter.tools.local.procs import free_port
 
 Say = Callable[[str], None]
 SEP = b"\x1f"
@@ -103,8 +108,8 @@ def files_bytes(root: Path, part: str, suffixes: tuple[str, ...] = ()) -> int:
     return total
 
 
-def counted(worker: Worker) -> float:
-    """The worker's counted events, from its /metrics (0 while it cannot answer)."""
+def metric(worker: Worker, series: str) -> float:
+    """One series of the worker's /metrics (0 while it cannot answer or has not reported it)."""
     url = f"http://127.0.0.1:{worker.settings.worker_web_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=2) as r:
@@ -112,9 +117,24 @@ def counted(worker: Worker) -> float:
     except OSError:
         return 0.0
     for line in text.splitlines():
-        if line.startswith('stripemeter_events_total{outcome="counted"}'):
+        if line.startswith(series + " "):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+def counted(worker: Worker) -> float:
+    """The worker's counted events."""
+    return metric(worker, 'stripemeter_events_total{outcome="counted"}')
+
+
+async def until(condition: Callable[[], bool], worker: Worker, what: str) -> float:
+    """Poll ``condition`` (a blocking call) until it holds; returns when it did (perf_counter)."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not await asyncio.to_thread(condition):
+        if time.monotonic() > deadline or not worker.alive():
+            raise RuntimeError(f"{what}: not seen in time; see {worker.log.name}")
+        await asyncio.sleep(0.05)
+    return time.perf_counter()
 
 
 async def send_probe(env: Settings, topic: str) -> None:
@@ -130,11 +150,13 @@ async def send_probe(env: Settings, topic: str) -> None:
         await producer.stop()
 
 
-async def start(env: Settings, names: TopicNames, log: Path) -> tuple[Worker, Start]:
-    """Start a worker and wait until it is ready and has counted an event sent just before."""
+async def start(env: Settings, names: TopicNames, log: Path, workers: list[Worker]) -> tuple[Worker, Start]:
+    """Start a worker (added to ``workers``) and wait until it is ready and has counted an event sent
+    just before."""
     await send_probe(env, names.events)
     started = time.perf_counter()
     worker = Worker(env, log)
+    workers.append(worker)
     await asyncio.to_thread(worker.wait_ready, READY_TIMEOUT)
     ready = time.perf_counter() - started
     deadline = time.monotonic() + READY_TIMEOUT
@@ -151,14 +173,15 @@ def timing(start: Start) -> str:
     )
 
 
-async def failover(settings: Settings, count: int, say: Say) -> None:
+async def failover(settings: Settings, count: int, say: Say, standby: bool = False) -> None:
     broker_data = LocalKafka.from_settings(settings).data_dir
     base, base_names = await isolated(settings, f"fo-base-{uuid.uuid4().hex[:6]}", partitions=1)
     env, names = await isolated(settings, f"fo-{uuid.uuid4().hex[:6]}", partitions=1)
     logs = settings.state_dir / "bench" / "logs"
+    workers: list[Worker] = []  # every worker started; all are stopped at the end, however it ends
     try:
         say("baseline: a worker over empty tables")
-        worker, baseline = await start(base, base_names, logs / f"{base.app_id}.log")
+        worker, baseline = await start(base, base_names, logs / f"{base.app_id}.log", workers)
         worker.stop()
         say(f"  {timing(baseline)}")
 
@@ -170,7 +193,7 @@ async def failover(settings: Settings, count: int, say: Say) -> None:
         say(f"changelog: {log_bytes / 2**20:,.1f} MiB in log segments, {log_bytes / count:.1f} B/entry")
 
         say("cold takeover: a worker with no local state restores the partition from the changelog")
-        worker, cold = await start(env, names, logs / f"{env.app_id}.log")
+        worker, cold = await start(env, names, logs / f"{env.app_id}.log", workers)
         worker.stop()
         restore_s = max(cold.ready_s - baseline.ready_s, 1e-3)
         say(f"  {timing(cold)}; restored {count / restore_s:,.0f} entries/s (ready time over the baseline's)")
@@ -181,16 +204,58 @@ async def failover(settings: Settings, count: int, say: Say) -> None:
             f" {total / 2**20:,.1f} MiB with its logs and manifests"
         )
 
-        say("warm takeover: the same worker again, its RocksDB current (as a caught-up standby's)")
-        worker, warm = await start(env, names, logs / f"{env.app_id}.log")
-        worker.stop()
+        say("warm start: the same worker again, its RocksDB current")
+        worker, warm = await start(env, names, logs / f"{env.app_id}.log", workers)
+        if not standby:
+            worker.stop()
         say(f"  {timing(warm)}")
-        say(
+        summary = (
             f"summary: {count:,} entries; changelog {log_bytes / count:.1f} B/entry; RocksDB SST"
             f" {sst / count:.1f} B/entry; restore {count / restore_s:,.0f} entries/s; counting after"
             f" {cold.counting_s:.1f} s cold, {warm.counting_s:.1f} s warm,"
             f" {baseline.counting_s:.1f} s baseline"
         )
+        if standby:
+            took = await standby_takeover(env, names, worker, count, logs, workers, say)
+            summary += f", {took:.1f} s from a standby copy"
+        say(summary)
     finally:
+        for worker in workers:
+            worker.stop()
         await release(base)
         await release(env)
+
+
+async def standby_takeover(
+    env: Settings, names: TopicNames, owner: Worker, count: int, logs: Path, workers: list[Worker], say: Say
+) -> float:
+    """With ``owner`` holding the partition, start a second worker that keeps a standby copy of it; once
+    the copy holds every entry, stop the owner and time the second worker's takeover. Returns the
+    seconds from the owner's stop signal until the second worker has counted an event."""
+    say("standby takeover: a second worker keeps a standby copy, then the owner stops")
+    second_env = env.with_overrides(state_dir=env.state_dir / "standby", worker_web_port=free_port())
+    second = Worker(second_env, logs / f"{env.app_id}-standby.log")
+    workers.append(second)
+    started = time.perf_counter()
+
+    def copy_current() -> bool:
+        copied = metric(second, "stripemeter_standby_records_total")
+        return copied >= count and metric(second, "stripemeter_standby_lag_records") == 0
+
+    copied_at = await until(copy_current, second, "the standby copy holding every entry")
+    copied_s = copied_at - started
+    say(f"  the copy holds every entry {copied_s:.1f} s after the second worker started")
+    stop_signal = time.perf_counter()
+    await asyncio.to_thread(owner.stop)
+    exited_s = time.perf_counter() - stop_signal
+    await send_probe(env, names.events)
+    holding_at = await until(
+        lambda: metric(second, "stripemeter_worker_assigned_partitions") >= 1, second, "the partition moving"
+    )
+    counting_at = await until(lambda: counted(second) >= 1, second, "the second worker counting")
+    took = counting_at - stop_signal
+    say(
+        f"  owner exited {exited_s:.1f} s after its stop signal; the second worker held the partition after"
+        f" {holding_at - stop_signal:.1f} s and counted after {took:.1f} s, RSS {second.rss_mib():.0f} MiB"
+    )
+    return took

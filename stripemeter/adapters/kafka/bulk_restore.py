@@ -14,28 +14,29 @@ It runs inside Faust's recovery task, where Faust computes its start offsets (af
 callback returned, so the consumer keeps heartbeating), and stops early enough to stay inside the
 time Faust gives that step (``broker_request_timeout``); then it has Faust start its recovery again,
 as a new rebalance would, and goes on from the persisted offsets.
+
+The same recovery keeps the standby partitions' stores current with our own reader instead of
+Faust's (``standby_copies.py``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables.manager import TableManager
 from faust.tables.recovery import Recovery
 from faust.types import TP
-from rocksdict import WriteBatch
+from faust.types.tables import CollectionT
 
-from stripemeter.adapters.kafka.client_auth import client_kwargs
+from stripemeter.adapters.kafka.changelog_reader import apply_records, changelog_consumer, stop_quietly
+from stripemeter.adapters.kafka.standby_copies import StandbyCopies
 from stripemeter.domain.kafka_access import KafkaAccess
 
 log = logging.getLogger(__name__)
 
-FETCH_BYTES = 32 * 1024 * 1024  # one partition's fetch: about 250,000 dedupe records
 BUDGET_SHARE = 0.75  # of Faust's timeout for the step that runs the restore
 PROGRESS_EVERY_S = 10.0
 
@@ -44,6 +45,11 @@ def restoring_table_manager(kafka: KafkaAccess) -> type[TableManager]:
     """Faust's table manager, with a recovery that restores active partitions in bulk first."""
 
     class BulkRecovery(Recovery):
+        def __init__(self, app: Any, tables: Any, **kwargs: Any) -> None:
+            super().__init__(app, tables, **kwargs)
+            self.copied_standbys: set[TP] = set()
+            self.standby_copies: StandbyCopies | None = None
+
         async def _build_offsets(self, consumer: Any, tps: Any, destination: Any, title: str) -> None:
             if title == "active" and tps:
                 budget = float(self.app.conf.broker_request_timeout) * BUDGET_SHARE
@@ -52,6 +58,40 @@ def restoring_table_manager(kafka: KafkaAccess) -> type[TableManager]:
                     # rebalance), which comes back here and goes on from the persisted offsets
                     self.signal_recovery_start.set()
             await super()._build_offsets(consumer, tps, destination, title)
+
+        # Standby partitions are copied by StandbyCopies, never by Faust's reader (see its module).
+
+        def add_standby(self, table: CollectionT, tp: TP) -> None:
+            self.tp_to_table[tp] = table
+            self.copied_standbys.add(tp)
+
+        def on_partitions_revoked(self, revoked: set[TP]) -> None:
+            self._copies().stop()  # first: a partition copied so far may be restored as active next
+            super().on_partitions_revoked(revoked)
+
+        async def on_rebalance(
+            self, assigned: set[TP], revoked: set[TP], newly_assigned: set[TP], generation_id: int = 0
+        ) -> None:
+            self._copies().stop()
+            self.copied_standbys = set()
+            await super().on_rebalance(assigned, revoked, newly_assigned, generation_id)
+
+        async def on_recovery_completed(self, generation_id: int = 0) -> None:
+            await super().on_recovery_completed(generation_id)
+            if self.app.consumer_generation_id == generation_id:
+                tables: dict[TP, Any] = {tp: self.tp_to_table[tp] for tp in self.copied_standbys}
+                self._copies().start(
+                    {tp: t.data for tp, t in tables.items() if hasattr(t.data, "_db_for_partition")}
+                )
+
+        async def on_stop(self) -> None:
+            await self._copies().close()
+            await super().on_stop()
+
+        def _copies(self) -> StandbyCopies:
+            if self.standby_copies is None:
+                self.standby_copies = StandbyCopies(kafka, read_committed=bool(self.app.in_transaction))
+            return self.standby_copies
 
     class RestoringTableManager(TableManager):
         @property
@@ -80,32 +120,12 @@ async def restore_in_bulk(
             log.info("restoring %s[%d] in bulk: offsets %d to %d", tp.topic, tp.partition, start, end)
     if not ranges:
         return True
-    consumer = AIOKafkaConsumer(
-        **client_kwargs(kafka),
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_partition_fetch_bytes=FETCH_BYTES,
-        fetch_max_bytes=FETCH_BYTES * 2,
-        isolation_level="read_committed" if recovery.app.in_transaction else "read_uncommitted",
-    )
+    consumer = changelog_consumer(kafka, read_committed=bool(recovery.app.in_transaction))
     await consumer.start()
     try:
         return await _restore(consumer, stores, ranges, offsets, time.monotonic() + budget_s)
     finally:
         await stop_quietly(consumer)
-
-
-async def stop_quietly(consumer: AIOKafkaConsumer) -> None:
-    """Stop the consumer. aiokafka's stop can raise the CancelledError of one of its own tasks (seen
-    with the broker away); that must not end Faust's recovery task, unless it is being cancelled."""
-    try:
-        await consumer.stop()
-    except asyncio.CancelledError:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            raise
-        log.warning("bulk restore: the changelog consumer's stop was cancelled inside aiokafka")
 
 
 async def _restore(
@@ -143,20 +163,3 @@ async def _restore(
             "bulk restore: Faust's time for this step is up; going on in a new round: %s", sorted(pending)
         )
     return not pending
-
-
-def apply_records(store: Any, tp: TP, records: Iterable[Any], persisted: int) -> int:
-    """Write the records and the new persisted offset to the partition's RocksDB in one batch."""
-    batch = WriteBatch(raw_mode=True)
-    count = 0
-    for record in records:
-        if record.offset > persisted:
-            break  # past the end offset taken at the start: Faust's recovery reads those
-        if record.value is None:
-            batch.delete(record.key)
-        else:
-            batch.put(record.key, record.value)
-        count += 1
-    batch.put(store.offset_key, str(persisted).encode())
-    store._db_for_partition(tp.partition).write(batch)
-    return count

@@ -28,10 +28,10 @@ ROCKSDB_OPTIONS = {
 # Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
 # when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
 REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
-# No standby copies of the tables: a standby promoted to owner can miss the changelog records written
-# before it began to read (tests/integration/test_standby_takeover.py, 3 failures in 22 runs with one),
-# so a takeover restores the partition from its changelog instead (times: docs/sizing.md).
-STANDBY_REPLICAS = 0
+# One standby copy of each table partition on another worker, kept current by our own changelog reader
+# (adapters/kafka/standby_copies.py; Faust's reader could skip a standby's first records): a takeover
+# then reads only the changelog past the copy's persisted offset (times: docs/sizing.md).
+STANDBY_REPLICAS = 1
 # Faust bounds the meter's read-ahead by messages; intake packs keyed messages up to the topic's
 # max.message.bytes (4 MiB), so 4096 of them could hold 16 GiB. A byte budget sets the count instead.
 KEYED_BUFFER_BYTES = 128 * 1024 * 1024

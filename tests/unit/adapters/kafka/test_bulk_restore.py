@@ -8,7 +8,7 @@ from typing import Any
 import rocksdict
 from faust.types import TP
 
-from stripemeter.adapters.kafka.bulk_restore import apply_records
+from stripemeter.adapters.kafka.changelog_reader import apply_records
 
 OFFSET_KEY = b"__faust\0offset__"
 
