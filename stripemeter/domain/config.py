@@ -81,6 +81,9 @@ class Settings:
     kafka_heap: str = "512m"
     store: str = "rocksdb://"
     rocksdb_memory_mb: int = 192  # block cache + memtables of all the worker's tables together
+    # copies of each table partition kept current on other workers (adapters/kafka/standby_copies.py);
+    # 0 while workers of a release without exact copies share the group (docs/upgrades.md)
+    standby_replicas: int = 1
     lateness_seconds: int = 48 * 3600
     stripe_calls_per_second: float = 20.0  # test mode allows 25 operations/s
     # which API carries meter events: v1 (one a request), v2 (the meter event stream, up to 100 a
@@ -196,6 +199,7 @@ ENV_VARS: dict[str, str] = {
     "STRIPEMETER_KAFKA_HEAP": "kafka_heap",
     "STRIPEMETER_STORE": "store",
     "STRIPEMETER_ROCKSDB_MEMORY_MB": "rocksdb_memory_mb",
+    "STRIPEMETER_STANDBY_REPLICAS": "standby_replicas",
     "STRIPEMETER_LATENESS_SECONDS": "lateness_seconds",
     "STRIPEMETER_STRIPE_CALLS_PER_SECOND": "stripe_calls_per_second",
     "STRIPEMETER_STRIPE_API": "stripe_api",
@@ -329,6 +333,8 @@ def _validate(settings: Settings) -> None:
             "STRIPEMETER_LATENESS_SECONDS",
             f"must be from 0 to {MAX_LATENESS_SECONDS} (35 days, the oldest usage Stripe takes)",
         )
+    if not 0 <= settings.standby_replicas <= 3:
+        raise ConfigError("STRIPEMETER_STANDBY_REPLICAS", "must be from 0 to 3")
     if settings.ledger_retention_days < 1:
         raise ConfigError("STRIPEMETER_LEDGER_RETENTION_DAYS", "must be at least 1")
     if not 0 <= settings.reconcile_epsilon < 1:

@@ -240,7 +240,7 @@ class DeltaWatcher(StageHooks):
 KIND_GAUGES = {"stripemeter_rocksdb_memory_bytes{": "", "stripemeter_heap_bytes{": "heap_"}
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
+PR_SET_PDEATHSIG = 1  # from Linux's prctl header
 
 
 def die_with_parent() -> Callable[[], None] | None:

@@ -7,7 +7,7 @@ the second worker's stores must hold every key the first one's held (nothing exp
 
 The copies are kept by our own changelog reader (stripemeter/adapters/kafka/standby_copies.py): with
 Faust's, this failed in 3 of 22 runs, the promoted copy missing the partition's first entries
-(docs/sizing.md, "Standby replicas"). Skipped if the worker runs without standbys.
+(docs/sizing.md, "Standby replicas"). The workers run with the default STRIPEMETER_STANDBY_REPLICAS (1).
 """
 
 from __future__ import annotations
@@ -20,16 +20,12 @@ import pytest
 import rocksdict
 
 from stripemeter.domain.config import Settings
-from stripemeter.streams.worker.faust_app import STANDBY_REPLICAS
 from tests.integration.client import eventually, outcomes_of
 from tests.integration.harness import StartWorker, assigned_partitions, table_stores
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
 from tests.integration.workload import build
 
-pytestmark = [
-    pytest.mark.exactly_once,  # never rerun by CI; repeated by ./dev soak
-    pytest.mark.skipif(STANDBY_REPLICAS == 0, reason="the worker runs without standby replicas"),
-]
+pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
 
 
 def stored_keys(store: Path) -> set[bytes]:

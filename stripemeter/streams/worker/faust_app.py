@@ -28,10 +28,6 @@ ROCKSDB_OPTIONS = {
 # Values kept in front of RocksDB for the hot, small tables (see ChangelogState): about 10 MiB each
 # when full. Dedupe keys are read once and mostly missing, so remembering them would not pay.
 REMEMBERED_VALUES = {"counters": 50_000, "watermarks": 50_000}
-# One standby copy of each table partition on another worker, kept current by our own changelog reader
-# (adapters/kafka/standby_copies.py; Faust's reader could skip a standby's first records): a takeover
-# then reads only the changelog past the copy's persisted offset (times: docs/sizing.md).
-STANDBY_REPLICAS = 1
 # Faust bounds the meter's read-ahead by messages; intake packs keyed messages up to the topic's
 # max.message.bytes (4 MiB), so 4096 of them could hold 16 GiB. A byte budget sets the count instead.
 KEYED_BUFFER_BYTES = 128 * 1024 * 1024
@@ -65,7 +61,10 @@ def faust_app(settings: Settings) -> faust.App:
         producer_acks=-1,
         consumer_max_fetch_size=KEYED_FETCH_BYTES,
         consumer_auto_offset_reset="earliest",
-        table_standby_replicas=STANDBY_REPLICAS,
+        # standby copies (STRIPEMETER_STANDBY_REPLICAS) are kept by our own changelog reader
+        # (adapters/kafka/standby_copies.py; Faust's could skip a standby's first records): a takeover
+        # then reads only the changelog past the copy's persisted offset (times: docs/sizing.md)
+        table_standby_replicas=settings.standby_replicas,
         TableManager=restoring_table_manager(settings.kafka),  # changelogs restored in bulk first
         broker_commit_every=10_000,
         broker_commit_interval=0.5,

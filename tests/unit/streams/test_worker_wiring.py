@@ -141,3 +141,10 @@ def test_the_worker_web_server_serves_only_our_pages_on_loopback(settings: Setti
     routes = sorted(r.canonical for r in server.web_app.router.resources())
     assert routes == ["/", "/health/live", "/health/ready", "/metrics"]
     assert (app.conf.web_bind, app.conf.web_host) == ("127.0.0.1", "127.0.0.1")
+
+
+def test_the_worker_keeps_as_many_standby_copies_as_set(settings: Settings) -> None:
+    assert create_app(settings).conf.table_standby_replicas == 1  # the default
+    for replicas in (0, 2):
+        app = create_app(settings.with_overrides(standby_replicas=replicas))
+        assert app.conf.table_standby_replicas == replicas
