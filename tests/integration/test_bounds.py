@@ -3,6 +3,7 @@ ingest keyed per customer."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from psycopg import sql
 from stripemeter.adapters.postgres.adjustments import list_rows as adjustment_rows
 from stripemeter.adapters.postgres.ledger_reads import events_query
 from stripemeter.adapters.postgres.mappings import page_rows
-from stripemeter.adapters.postgres.migrate import _log_notice
+from stripemeter.adapters.postgres.migrate import _log_notice, migrate
 from stripemeter.adapters.postgres.push_listing import list_pushes
 from stripemeter.adapters.postgres.replay import Scope, pending_late, stream_pending_late
 from stripemeter.core.replay_plan import PendingFold, make_plan, plan_from
@@ -26,7 +27,7 @@ from stripemeter.domain.policy import MAX_LATENESS_SECONDS
 from stripemeter.schemas.partitioning import partition_for
 from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import read_topic
-from tests.integration.harness import ApiClient
+from tests.integration.harness import ApiClient, own_schema
 
 NOW = datetime(2027, 3, 10, 12, 0, tzinfo=UTC)  # rows written straight into tables: any instant will do
 
@@ -160,9 +161,17 @@ async def test_every_list_endpoint_pages_with_limit_and_cursor(api: ApiClient, e
 
 async def test_events_list_reads_an_index_range_not_the_whole_ledger(env: Settings) -> None:
     """GET /v1/events without a metric (and with one) on a tenant with 20,000 ledger rows: the plan
-    walks an index in the page's order (no Sort of the tenant's rows)."""
+    walks an index in the page's order (no Sort of the tenant's rows). In a ledger of its own: the
+    planner's estimates for the other partitions come from whatever rows earlier runs left in a shared
+    database, and a partition it wrongly believes to hold a few of the tenant's rows gets a Sort."""
     tenant = f"le-{uuid.uuid4().hex[:6]}"
-    async with await psycopg.AsyncConnection.connect(env.database_url.value) as conn:
+    with own_schema(env.database_url.value, "ledger_plan") as url:
+        await asyncio.to_thread(migrate, url)
+        await assert_the_page_walks_an_index(url, tenant)
+
+
+async def assert_the_page_walks_an_index(url: str, tenant: str) -> None:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
         await conn.execute(
             "INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome,"
             " tenant_id, metric, customer_ref, quantity_micros, ts, idempotency_key, key_derived)"
