@@ -10,6 +10,8 @@ the oracle.
 from __future__ import annotations
 
 import asyncio
+import random
+import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,7 +30,6 @@ from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import THREE_BROKERS, deployment_specs
 from stripemeter.tools.local.kafka import LocalKafka
 from stripemeter.tools.local.kafka_cluster import LocalKafkaCluster
-from stripemeter.tools.local.procs import free_port, port_open
 from tests.integration.client import eventually
 from tests.integration.harness import StartWorker, isolated_settings
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
@@ -38,11 +39,21 @@ pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev so
 
 
 def _port_pair() -> int:
-    """A client port whose next port (the controller's) is free too."""
+    """A client port and the next one (the controller's), both free and below the kernel's ephemeral
+    range (from 32768 by default), so that no outgoing connection takes one before the broker binds it."""
     while True:
-        port = free_port()
-        if not port_open("127.0.0.1", port + 1):
+        port = random.randrange(20_000, 32_000, 2)
+        if all(_bindable(p) for p in (port, port + 1)):
             return port
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 @pytest.fixture(scope="module")
