@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
 
-import rocksdict
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
@@ -21,28 +19,12 @@ from stripemeter.adapters.kafka.client_auth import client_kwargs
 from stripemeter.adapters.kafka.standby_copies import StandbyCopies
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
+from tests.faust_store import OFFSET_KEY, Store
 from tests.integration.client import eventually
 
-OFFSET_KEY = b"__faust\0offset__"  # Faust's RocksDB store: the persisted changelog offset
 
-
-class Store:
-    """The part of Faust's RocksDB store the copy uses, over a real RocksDB."""
-
-    offset_key = OFFSET_KEY
-
-    def __init__(self, path: Path):
-        self.db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
-
-    def _db_for_partition(self, partition: int) -> Any:
-        return self.db
-
-    def persisted_offset(self, tp: TP) -> int | None:
-        raw = self.db.get(OFFSET_KEY)
-        return None if raw is None else int(raw)
-
-    def contents(self) -> dict[bytes, bytes]:
-        return {bytes(k): bytes(v) for k, v in self.db.items() if k != OFFSET_KEY}  # type: ignore[arg-type]
+def contents(store: Store) -> dict[bytes, bytes]:
+    return {bytes(k): bytes(v) for k, v in store.db.items() if k != OFFSET_KEY}  # type: ignore[arg-type]
 
 
 async def test_a_standby_copy_is_exact_across_stops(env: Settings, tmp_path: Path) -> None:
@@ -85,4 +67,4 @@ async def test_a_standby_copy_is_exact_across_stops(env: Settings, tmp_path: Pat
     finally:
         await copies.close()
         await producer.stop()
-    assert store.contents() == expected
+    assert contents(store) == expected

@@ -3,31 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
-import rocksdict
 from faust.types import TP
 
 from stripemeter.adapters.kafka.changelog_reader import apply_records
-
-OFFSET_KEY = b"__faust\0offset__"
+from tests.faust_store import OFFSET_KEY, Store
 
 
 class Record:
     def __init__(self, offset: int, key: bytes, value: bytes | None):
         self.offset, self.key, self.value = offset, key, value
-
-
-class Store:
-    """The two things of Faust's RocksDB store the bulk restore uses, over a real RocksDB."""
-
-    offset_key = OFFSET_KEY
-
-    def __init__(self, path: Path):
-        self.db = rocksdict.Rdict(str(path), options=rocksdict.Options(raw_mode=True))
-
-    def _db_for_partition(self, partition: int) -> Any:
-        return self.db
 
 
 def contents(store: Store) -> dict[bytes, bytes]:
