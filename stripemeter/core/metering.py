@@ -114,6 +114,12 @@ class Outcomes:
     counts: Counter[str] = field(default_factory=Counter)
     dead: list[bytes] = field(default_factory=list)  # dead letters: events the meter cannot count
 
+    @property
+    def awaited(self) -> bool:
+        """Corrections were applied: whoever sent them (a replay, an adjustment) waits to see them in
+        the counters."""
+        return CORRECTION in self.counts
+
     def mark(self) -> tuple[int, int, int, int, Counter[str]]:
         return len(self.ledger), len(self.late), len(self.touched), len(self.dead), self.counts.copy()
 

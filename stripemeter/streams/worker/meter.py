@@ -31,6 +31,10 @@ from stripemeter.streams.worker.upkeep import PolicyLoader
 log = logging.getLogger(WORKER_LOGGER)
 
 CHECKPOINT_INTERVAL = 0.2  # seconds; bounds produce-to-delta latency together with intake polling
+# After a correction is applied the checkpoint runs this soon rather than at the next tick: a replay or
+# an adjustment waits for the counters to show it. The moment lets the other partitions' control
+# messages of the same fetch join the checkpoint.
+AWAITED_CHECKPOINT_DELAY = 0.005
 DEDUPE_SWEEP_INTERVAL = 5.0  # between steps of the dedupe sweep (stripemeter/core/dedupe_sweep.py)
 PROGRESS_WATCH_INTERVAL = 10.0  # how often the stall check runs (streams/meter_progress.py)
 
@@ -54,6 +58,7 @@ class Meter:
         )
         self.checkpointer = Checkpointer(self.metering, states, names)
         self.producer_started = asyncio.Event()
+        self._awaited_checkpoint: asyncio.Task[None] | None = None  # a checkpoint a caller waits for
         self.progress = MeterProgress()
         self.sweep = DedupeSweep(
             self.metering, states["dedupe"], DEDUPE_MARGIN_MS, clock_ms=settings.clock.ms
@@ -95,6 +100,8 @@ class Meter:
                     if not handled:
                         metrics.POISON_MESSAGES.labels("meter").inc()
                 checkpointer.add(event)
+                if metering.outcomes.awaited:
+                    checkpoint_soon()
 
         async def checkpoint() -> None:
             if not producer_started.is_set():
@@ -104,6 +111,20 @@ class Meter:
             except Exception as exc:  # a lost write must never be acknowledged: restart instead
                 log.exception("checkpoint failed; crashing the worker so unacknowledged input is read again")
                 await app.crash(exc)
+
+        async def awaited_checkpoint() -> None:
+            """Until no applied correction waits for a checkpoint (one may arrive while one runs); a
+            checkpoint that took nothing (the worker stopping) leaves the rest to the timer."""
+            while metering.outcomes.awaited and not checkpointer.failed:
+                await asyncio.sleep(AWAITED_CHECKPOINT_DELAY)
+                waiting = metering.outcomes
+                await checkpoint()
+                if metering.outcomes is waiting:
+                    return
+
+        def checkpoint_soon() -> None:
+            if self._awaited_checkpoint is None or self._awaited_checkpoint.done():
+                self._awaited_checkpoint = asyncio.ensure_future(awaited_checkpoint())
 
         async def expire_dedupe() -> None:
             """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
@@ -197,6 +218,8 @@ class Meter:
     async def stop(self) -> None:
         """After the last checkpoint: stop the producer and, if no checkpoint ever failed, mark a clean
         stop so the next start keeps RocksDB."""
+        if self._awaited_checkpoint is not None:
+            await asyncio.wait([self._awaited_checkpoint])  # it crashes the worker itself if it fails
         if self.producer_started.is_set():
             clean = await self.checkpointer.wait_idle()
             await self.checkpointer.producer.stop()

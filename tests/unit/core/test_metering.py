@@ -343,3 +343,14 @@ def test_replayed_events_are_counted_every_way() -> None:
     assert total(counters, T0) == 3_000_000
     m.handle(0, 3, update(3, "last", since=T0), T0)
     assert total(counters, T0) == 3_000_000  # the newest of the three: the replayed one at T0 + 9
+
+
+def test_applied_corrections_are_awaited_until_a_checkpoint_takes_them() -> None:
+    """Whoever sent a correction waits to see it in the counters: the meter checkpoints at once."""
+    m, _counters = make()
+    m.handle(0, 0, encode_batch([item("a", 2_000_000, T0, 1)]), T0)
+    assert not m.outcomes.awaited  # events alone wait for the checkpoint timer
+    m.handle(0, 1, encode_control([events_correction("rp_1", "t", "m", "c", T0, [(1, T0)])]), T0)
+    assert m.outcomes.awaited
+    m.take_outcomes()
+    assert not m.outcomes.awaited
