@@ -69,6 +69,9 @@ class Meter:
         metering, checkpointer, producer_started = self.metering, self.checkpointer, self.producer_started
         settings, names, sweep, loader = self.settings, self.names, self.sweep, self.loader
 
+        def keyed_partitions() -> list[int]:
+            return [tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed]
+
         async def meter(stream: Any) -> None:
             await producer_started.wait()
             async for event in stream.noack().events():
@@ -77,7 +80,8 @@ class Meter:
                 skipped = self.progress.skipped(tp.partition, offset, committed)  # per event: no await
                 if skipped is not None:
                     await self.skipped(app, tp, offset, skipped, committed)
-                await loader.ready_for(event.message.partition)  # the mappings of a partition taken over
+                # the mappings of a partition taken over
+                await loader.ready_for(event.message.partition, keyed_partitions)
                 if event.value:
                     try:
                         with metrics.COUNTING_BATCH_SECONDS.time():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import faust
@@ -49,15 +49,21 @@ class PolicyLoader:
         self.policies = policies
         self.loaded_for: set[int] = set()  # partitions held since the last load
         self.waiting = False  # a load before counting is under way (it may be retrying PostgreSQL)
+        self.revokes = 0  # how many times ``forget`` was called
 
-    async def ready_for(self, partition: int) -> None:
+    async def ready_for(self, partition: int, held: Callable[[], Iterable[int]] = tuple) -> None:
+        """Load before the first message of ``partition``; one load serves every partition ``held()``
+        names when it begins (all of them were assigned before it), not one load per partition."""
         if partition not in self.loaded_for:
+            assigned, revokes = {partition, *held()}, self.revokes
             await self.load_until_done()
-            self.loaded_for.add(partition)
+            if revokes == self.revokes:  # else a rebalance came during the load: the next message loads
+                self.loaded_for |= assigned
 
     def forget(self) -> None:
         """Partitions are being revoked: whatever is assigned next is loaded for again."""
         self.loaded_for.clear()
+        self.revokes += 1
 
     async def load(self) -> None:
         url = self.settings.database_url.value
