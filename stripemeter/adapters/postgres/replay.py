@@ -260,11 +260,10 @@ async def mark_applied(
 
 
 async def mark_visible(conn: psycopg.AsyncConnection, replay_id: str, at: datetime | None) -> None:
-    """The counters show every correction of the apply (``at``: when; None: noticed later)."""
+    """The counters show every correction of the apply (``at``: when; None: noticed later). The stored
+    report (thousands of counters) is not rewritten: ``load`` reads it as visible from now on."""
     await conn.execute(
-        "UPDATE replays SET report = (report - 'message') || '{\"visible\": true}'::jsonb,"
-        " visible_at = coalesce(%s, now()) WHERE replay_id = %s",
-        (at, replay_id),
+        "UPDATE replays SET visible_at = coalesce(%s, now()) WHERE replay_id = %s", (at, replay_id)
     )
 
 
@@ -277,10 +276,14 @@ async def fail(conn: psycopg.AsyncConnection, replay_id: str, error: str) -> Non
 
 async def load(conn: psycopg.AsyncConnection, replay_id: str) -> dict[str, Any] | None:
     cur = await conn.execute(
-        "SELECT report, status, tenant_id, error FROM replays WHERE replay_id = %s", (replay_id,)
+        "SELECT report, status, tenant_id, error, visible_at IS NOT NULL FROM replays WHERE replay_id = %s",
+        (replay_id,),
     )
     row = await cur.fetchone()
     if row is None:
         return None
-    report, status, tenant, error = row
+    report, status, tenant, error, visible = row
+    if visible:  # see mark_visible
+        report.pop("message", None)
+        report["visible"] = True
     return {**report, "status": status, "tenantId": tenant, **({"error": error} if error else {})}
