@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from stripemeter.domain.units import MICROS
@@ -56,8 +56,8 @@ class Plan:
         return [key for _c, keys in self.new for key in keys]
 
 
-def bucket_of(ts: datetime) -> datetime:
-    return ts.replace(minute=0, second=0, microsecond=0)
+def bucket_at(bucket_ms: int) -> datetime:
+    return datetime.fromtimestamp(bucket_ms / 1000, tz=UTC)
 
 
 def correction_id(tenant: str, counter: CounterId, sources: list[Source]) -> str:
@@ -82,12 +82,14 @@ def make_plan(
     before: dict[CounterId, int],
     recorded: list[tuple[CounterId, Recorded]] | None = None,
 ) -> Plan:
-    """``rows``: pending too-late events no correction claims; ``before``: current counter totals in
-    micro-units; ``recorded``: corrections of earlier applies still to be confirmed sent, by counter."""
-    grouped: dict[CounterId, list[dict[str, Any]]] = {}
+    """``rows``: pending too-late events no correction claims (the pending-late query's columns);
+    ``before``: current counter totals in micro-units; ``recorded``: corrections of earlier applies
+    still to be confirmed sent, by counter."""
+    grouped: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
     for row in rows:
-        grouped.setdefault((row["metric"], row["customer_ref"], bucket_of(row["ts"])), []).append(row)
-    pending = {counter: pending_of(tenant, counter, events) for counter, events in grouped.items()}
+        grouped.setdefault((row["metric"], row["customer_ref"], row["bucket_ms"]), []).append(row)
+    counters = {read: (read[0], read[1], bucket_at(read[2])) for read in grouped}
+    pending = {counters[read]: pending_of(tenant, counters[read], events) for read, events in grouped.items()}
     return plan_from(pending, aggregations, before, recorded)
 
 
@@ -138,16 +140,18 @@ class PendingFold:
         self.tenant = tenant
         self.keep_keys = keep_keys
         self.done: dict[CounterId, Pending] = {}
-        self.counter: CounterId | None = None
+        self.read: tuple[str, str, int] | None = None  # the counter being read: metric, customer, bucket_ms
+        self.counter: CounterId | None = None  # the same with its bucket as a datetime
         self.events: list[dict[str, Any]] = []
 
     def add(self, row: dict[str, Any]) -> None:
-        counter = (row["metric"], row["customer_ref"], bucket_of(row["ts"]))
-        if counter != self.counter:
+        read = (row["metric"], row["customer_ref"], row["bucket_ms"])
+        if read != self.read:
             self._close()
+            counter = (read[0], read[1], bucket_at(read[2]))
             if counter in self.done:
                 raise ValueError(f"the events of counter {counter} did not arrive together")
-            self.counter = counter
+            self.read, self.counter = read, counter
         self.events.append(row)
 
     def finish(self) -> dict[CounterId, Pending]:
@@ -157,7 +161,7 @@ class PendingFold:
     def _close(self) -> None:
         if self.counter is not None and self.events:
             self.done[self.counter] = pending_of(self.tenant, self.counter, self.events, self.keep_keys)
-        self.counter, self.events = None, []
+        self.read, self.counter, self.events = None, None, []
 
 
 def counter_after(current: int, corrections: list[Correction], aggregation: str) -> int:
@@ -185,6 +189,6 @@ def new_correction(tenant: str, counter: CounterId, events: list[dict[str, Any]]
     sources: list[Source] = [
         (r["source_topic"], r["source_partition"], r["source_offset"], r["source_index"]) for r in events
     ]
-    folded = [(int(r["quantity_micros"]), int(r["ts"].timestamp() * 1000)) for r in events]
+    folded = [(int(r["quantity_micros"]), r["ts_ms"]) for r in events]
     ident = correction_id(tenant, counter, sources)
     return events_correction(ident, tenant, metric, customer, int(bucket.timestamp() * 1000), folded)

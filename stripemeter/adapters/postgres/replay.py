@@ -27,7 +27,9 @@ from stripemeter.schemas.corrections import Correction
 PENDING_LATE = f"""
 SELECT DISTINCT ON (e.idempotency_key, e.customer_ref)
        e.metric, e.customer_ref, e.ts, e.quantity_micros, e.idempotency_key,
-       e.source_topic, e.source_partition, e.source_offset, e.source_index
+       e.source_topic, e.source_partition, e.source_offset, e.source_index,
+       floor(extract(epoch FROM e.ts) * 1000)::bigint AS ts_ms,
+       floor(extract(epoch FROM e.ts) / 3600)::bigint * 3600000 AS bucket_ms
 FROM events e
 WHERE e.tenant_id = %(tenant)s AND e.outcome = 'late' AND e.metric = ANY(%(metrics)s)
   AND e.ts >= %(since)s AND e.ts < %(until)s AND {time_window("%(since)s", "%(until)s")}
@@ -45,11 +47,11 @@ ORDER BY e.idempotency_key, e.customer_ref,
 """
 
 # The same events grouped by counter (metric, customer, hour), each counter's in PENDING_LATE's order, so
-# a replay folds them one counter at a time as they stream (core/replay_plan.py PendingFold). The
-# hour is truncated in the session's time zone, as psycopg hands ``ts`` to bucket_of.
+# a replay folds them one counter at a time as they stream (core/replay_plan.py PendingFold). The hour
+# is the meter's: ``bucket_ms``, the UTC hour in epoch milliseconds, whatever the session's time zone.
 PENDING_LATE_BY_COUNTER = f"""
 SELECT * FROM ({PENDING_LATE}) pending
-ORDER BY metric, customer_ref, date_trunc('hour', ts), idempotency_key,
+ORDER BY metric, customer_ref, bucket_ms, idempotency_key,
          source_topic, source_partition, source_offset, source_index
 """
 PAGE_ROWS = 2000  # fetched from the server-side cursor at a time

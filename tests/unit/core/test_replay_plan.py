@@ -15,10 +15,14 @@ HOUR = datetime(2026, 11, 20, 14, tzinfo=UTC)
 
 
 def late(key: str, customer: str, minutes: int, quantity: int, offset: int) -> dict[str, Any]:
+    ts = HOUR + timedelta(minutes=minutes)
+    ts_ms = int(ts.timestamp() * 1000)
     return {
         "metric": "requests",
         "customer_ref": customer,
-        "ts": HOUR + timedelta(minutes=minutes),
+        "ts": ts,
+        "ts_ms": ts_ms,
+        "bucket_ms": ts_ms // 3_600_000 * 3_600_000,
         "quantity_micros": quantity * 1_000_000,
         "idempotency_key": key,
         "source_topic": "usage.events",
