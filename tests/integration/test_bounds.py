@@ -268,6 +268,28 @@ async def test_replay_streams_pending_late_events_in_pages_with_the_same_plan(en
         await conn.execute("DELETE FROM events WHERE source_topic = %s", (f"bounds-{tenant}",))
 
 
+async def test_replay_folds_by_the_meters_utc_hour_whatever_the_sessions_time_zone(env: Settings) -> None:
+    """In a session at +05:30 an hour truncated in the session's zone starts at :30 UTC: the fold
+    must group by the UTC hour the meter keys its counters by."""
+    tenant = f"tz-{uuid.uuid4().hex[:6]}"
+    scope = Scope(tenant, ["m"], None, NOW - timedelta(days=1), NOW + timedelta(hours=1))
+    async with await psycopg.AsyncConnection.connect(env.database_url.value, autocommit=True) as conn:
+        await conn.execute("SET TIME ZONE 'Asia/Kolkata'")
+        async with conn.cursor() as cur:
+            await cur.executemany(
+                "INSERT INTO events (source_topic, source_partition, source_offset, source_index, outcome,"
+                " tenant_id, metric, customer_ref, quantity_micros, ts, idempotency_key, key_derived)"
+                " VALUES (%s, 0, %s, 0, 'late', %s, 'm', 'c', 1000000, %s, %s, false)",
+                [(f"bounds-{tenant}", n, tenant, NOW - timedelta(minutes=minutes), f"k{n}")
+                 for n, minutes in enumerate((20, 40, 80))],
+            )  # fmt: skip
+        fold = PendingFold(tenant)
+        await stream_pending_late(conn, scope, fold.add)
+        buckets = {bucket: p.events for (_m, _c, bucket), p in fold.finish().items()}
+        await conn.execute("DELETE FROM events WHERE source_topic = %s", (f"bounds-{tenant}",))
+    assert buckets == {NOW - timedelta(hours=1): 2, NOW - timedelta(hours=2): 1}
+
+
 class _Explaining:
     """A connection whose cursors EXPLAIN what an adapter executes: the adapter's own SQL is planned."""
 
