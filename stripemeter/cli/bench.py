@@ -57,7 +57,14 @@ def cmd_bench_replay(settings: Settings, args: argparse.Namespace) -> int:
 
     asyncio.run(
         replay_window(
-            settings, args.events, args.late, args.customers, args.partitions, args.calls_per_second, say
+            settings,
+            args.events,
+            args.late,
+            args.customers,
+            args.partitions,
+            args.calls_per_second,
+            say,
+            args.stage_processes,
         )
     )
     return 0
@@ -193,6 +200,7 @@ def add_bench(sub: Subcommands) -> None:
         default=1000,
         help="the worker's Stripe writer limit (default 1000, Stripe's live-mode limit)",
     )
+    bp.add_argument("--stage-processes", action="store_true", help=STAGE_PROCESSES_BENCH)
     br = add_command(
         bench_sub,
         "reconcile",

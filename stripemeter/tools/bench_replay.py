@@ -182,6 +182,7 @@ async def replay_window(
     partitions: int,
     calls_per_second: float,
     say: Say,
+    stage_processes: bool = False,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:6]
     env, _names = await isolated(settings, tag, partitions)
@@ -210,7 +211,7 @@ async def replay_window(
             say(f"seeding {events:,} ledger rows ({late:,} too late), {customers:,} customers, 24 h ...")
             await map_customers(conn, env, tenant, event_name, await emulator.customers(customers))
             await seed(conn, tenant, events, late, customers, start, say)
-            worker = Worker(env, env.state_dir / "worker.log")
+            worker = Worker(env, env.state_dir / "worker.log", stage_processes)
             await asyncio.to_thread(worker.wait_ready)
             say(f"worker ready ({partitions} partitions); Stripe writer at {calls_per_second:g} calls/s")
             replayer = build_replayer(env, producer)
