@@ -152,11 +152,10 @@ class Replayer:
         try:
             sent = await send_corrections(self.producer, self.keyed_topic, plan.corrections, progress)
             targets = [shown_when_applied(s) for s in sent]
-            applied = {"applied": True, "visible": not targets}
-            report = {**report, **applied}
+            report = {**report, "applied": True, "visible": not targets}
             async with conn.transaction():
                 await db.mark_sent(conn, replay_id, sent)
-                await db.mark_applied(conn, replay_id, applied, targets)
+                await db.mark_applied(conn, replay_id, targets)
         except Exception as exc:
             await db.fail(conn, replay_id, f"{type(exc).__name__}: {exc}")
             raise

@@ -74,11 +74,14 @@ WHERE tenant_id = %(tenant)s AND metric = ANY(%(metrics)s) AND ts >= %(since)s A
   AND (%(customer)s::text IS NULL OR customer_ref = %(customer)s)
 """
 
+# The counters travel as one JSON array of [metric, customer, bucket] (psycopg would dump three lists of
+# thousands of values, datetimes among them, in Python).
 COUNTERS = """
 SELECT c.metric, c.customer_ref, c.bucket, c.total_micros
-FROM counters c
-JOIN unnest(%s::text[], %s::text[], %s::timestamptz[]) AS k(metric, customer_ref, bucket)
-  ON c.tenant_id = %s AND c.metric = k.metric AND c.customer_ref = k.customer_ref AND c.bucket = k.bucket
+FROM jsonb_array_elements(%s::jsonb) AS k (counter)
+JOIN counters c
+  ON c.tenant_id = %s AND c.metric = k.counter->>0 AND c.customer_ref = k.counter->>1
+ AND c.bucket = (k.counter->>2)::timestamptz
 """
 
 
@@ -126,9 +129,7 @@ async def counter_totals(
 ) -> dict[tuple[str, str, datetime], int]:
     if not keys:
         return {}
-    cur = await conn.execute(
-        COUNTERS, ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys], tenant)
-    )
+    cur = await conn.execute(COUNTERS, (orjson.dumps(keys).decode(), tenant))
     return {(m, c, b): int(t) for m, c, b, t in await cur.fetchall()}
 
 
@@ -248,22 +249,19 @@ async def load_targets(conn: psycopg.AsyncConnection, replay_id: str) -> list[Ap
     ]
 
 
-async def mark_applied(
-    conn: psycopg.AsyncConnection, replay_id: str, changes: dict[str, Any], targets: list[Applied]
-) -> None:
-    """The apply's corrections are all sent: its stored report gets ``changes`` (a few top-level
-    fields, merged in PostgreSQL: the report of thousands of counters is not sent again) and where
-    the corrections went (``targets``: see read your writes)."""
+async def mark_applied(conn: psycopg.AsyncConnection, replay_id: str, targets: list[Applied]) -> None:
+    """The apply's corrections are all sent, and where they went (``targets``: see read your writes).
+    The stored report (thousands of counters) is not rewritten: ``load`` reads ``applied`` from the
+    status and ``visible`` from ``visible_at``."""
     await conn.execute(
-        "UPDATE replays SET status = 'applied', report = report || %s::jsonb, targets = %s::jsonb,"
-        " finished_at = now() WHERE replay_id = %s",
-        (orjson.dumps(changes).decode(), _targets_json(targets), replay_id),
+        "UPDATE replays SET status = 'applied', targets = %s::jsonb, finished_at = now() WHERE replay_id = %s",
+        (_targets_json(targets), replay_id),
     )
 
 
 async def mark_visible(conn: psycopg.AsyncConnection, replay_id: str, at: datetime | None) -> None:
-    """The counters show every correction of the apply (``at``: when; None: noticed later). The stored
-    report (thousands of counters) is not rewritten: ``load`` reads it as visible from now on."""
+    """The counters show every correction of the apply (``at``: when; None: noticed later); ``load``
+    reads the report as visible from now on."""
     await conn.execute(
         "UPDATE replays SET visible_at = coalesce(%s, now()) WHERE replay_id = %s", (at, replay_id)
     )
@@ -285,7 +283,8 @@ async def load(conn: psycopg.AsyncConnection, replay_id: str) -> dict[str, Any] 
     if row is None:
         return None
     report, status, tenant, error, visible = row
-    if visible:  # see mark_visible
-        report.pop("message", None)
-        report["visible"] = True
+    if status == "applied":  # see mark_applied and mark_visible
+        report["applied"], report["visible"] = True, visible
+        if visible:
+            report.pop("message", None)
     return {**report, "status": status, "tenantId": tenant, **({"error": error} if error else {})}
