@@ -254,7 +254,8 @@ async def mark_applied(conn: psycopg.AsyncConnection, replay_id: str, targets: l
     The stored report (thousands of counters) is not rewritten: ``load`` reads ``applied`` from the
     status and ``visible`` from ``visible_at``."""
     await conn.execute(
-        "UPDATE replays SET status = 'applied', targets = %s::jsonb, finished_at = now() WHERE replay_id = %s",
+        "UPDATE replays SET status = 'applied', targets = %s::jsonb, finished_at = now()"
+        " WHERE replay_id = %s",
         (_targets_json(targets), replay_id),
     )
 
