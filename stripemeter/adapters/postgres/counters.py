@@ -81,7 +81,7 @@ JOIN counters c
 
 
 # How often a waiting apply looks: the sink writes a quiet pipeline's counters within tens of
-# milliseconds, and one look (an index join of the targets still missing) costs a few.
+# milliseconds; one look (a join of the targets still missing) takes 15-20 ms for 3,000 of them.
 APPLIED_POLL_SECONDS = 0.025
 
 
