@@ -8,6 +8,7 @@ the second worker's stores must hold every key the first one's held (nothing exp
 The copies are kept by our own changelog reader (stripemeter/adapters/kafka/standby_copies.py): with
 Faust's, this failed in 3 of 22 runs, the promoted copy missing the partition's first entries
 (docs/sizing.md, "Standby replicas"). The workers run with the default STRIPEMETER_STANDBY_REPLICAS (1).
+The second test changes that setting to 0 on a running pair.
 """
 
 from __future__ import annotations
@@ -76,3 +77,57 @@ async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_w
             assert not missing, (
                 f"{table} partition {partition}: {len(missing)} entries missing, e.g. {sorted(missing)[:3]}"
             )
+
+
+async def test_standbys_turned_off_while_events_stream_leave_counting_exact(
+    env: Settings, start_worker: StartWorker
+) -> None:
+    """STRIPEMETER_STANDBY_REPLICAS changed from 1 to 0 on a running pair: each worker restarts with 0
+    in turn while events stream (the copies they kept stay on disk, no longer read), then the first
+    leaves and the second takes its partition over from its stale copy and the changelog's tail. Events
+    produced right after each restart, and the counters that existed before, equal the oracle."""
+    w = build(f"sb0-{uuid.uuid4().hex[:6]}", events=8000)
+    first = start_worker("a")
+    first.wait_ready()
+    await send_anchors(env, w)
+    second = start_worker("b")
+
+    async def one_partition_each_and_a_standby_copy() -> bool:
+        try:
+            held = (assigned_partitions(first), assigned_partitions(second))
+        except OSError:
+            return False
+        return held == (1, 1) and set(table_stores(second, "dedupe")) == {0, 1}
+
+    await eventually(one_partition_each_and_a_standby_copy, timeout=120, what="a partition each, standbys")
+    await asyncio.to_thread(second.wait_ready, 120)
+
+    async def counted_more(n: int) -> None:
+        """Until ``n`` more events of the stream are counted than now."""
+        start = (await outcomes_of(env, w.tenant)).get("counted", 0)
+
+        async def counted() -> bool:
+            return (await outcomes_of(env, w.tenant)).get("counted", 0) >= start + n
+
+        await eventually(counted, timeout=90, what=f"{n} more events of the stream counted")
+
+    async def chaos() -> None:
+        nonlocal first, second
+        await counted_more(500)
+        second.stop()
+        second = start_worker("b-no-standby", slot="b", standby_replicas=0)
+        await asyncio.to_thread(second.wait_ready, 120)
+        await counted_more(800)
+        first.stop()
+        first = start_worker("a-no-standby", slot="a", standby_replicas=0)
+        await asyncio.to_thread(first.wait_ready, 120)
+        await counted_more(800)  # the first's partition moves on past what the second's copy holds
+        first.stop()
+
+        async def all_on_second() -> bool:
+            return assigned_partitions(second) == 2
+
+        await eventually(all_on_second, timeout=60, what="the second worker holding both partitions")
+
+    await during(stream_slowly(env, w, seconds=45), chaos)
+    await assert_matches_oracle(env, w)
