@@ -22,9 +22,9 @@ import rocksdict
 
 from stripemeter.domain.config import Settings
 from tests.integration.client import eventually, outcomes_of
-from tests.integration.harness import StartWorker, assigned_partitions, table_stores
+from tests.integration.harness import StartWorker, WorkerProcess, assigned_partitions, table_stores
 from tests.integration.test_exactly_once import assert_matches_oracle, during, send_anchors, stream_slowly
-from tests.integration.workload import build
+from tests.integration.workload import Workload, build
 
 pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
 
@@ -38,8 +38,10 @@ def stored_keys(store: Path) -> set[bytes]:
         db.close()
 
 
-async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_worker: StartWorker) -> None:
-    w = build(f"sb-{uuid.uuid4().hex[:6]}", events=5000)
+async def a_pair_with_standby_copies(
+    env: Settings, w: Workload, start_worker: StartWorker
+) -> tuple[WorkerProcess, WorkerProcess]:
+    """Two workers, "a" and "b", holding a partition each, "b" a copy of both; the anchors counted."""
     first = start_worker("a")
     first.wait_ready()
     await send_anchors(env, w)
@@ -54,6 +56,12 @@ async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_w
 
     await eventually(one_partition_each_and_a_standby_copy, timeout=120, what="a partition each, standbys")
     await asyncio.to_thread(second.wait_ready, 120)
+    return first, second
+
+
+async def test_a_standby_promoted_to_owner_counts_exactly(env: Settings, start_worker: StartWorker) -> None:
+    w = build(f"sb-{uuid.uuid4().hex[:6]}", events=5000)
+    first, second = await a_pair_with_standby_copies(env, w, start_worker)
 
     async def chaos() -> None:
         async def streaming() -> bool:
@@ -87,20 +95,7 @@ async def test_standbys_turned_off_while_events_stream_leave_counting_exact(
     leaves and the second takes its partition over from its stale copy and the changelog's tail. Events
     produced right after each restart, and the counters that existed before, equal the oracle."""
     w = build(f"sb0-{uuid.uuid4().hex[:6]}", events=8000)
-    first = start_worker("a")
-    first.wait_ready()
-    await send_anchors(env, w)
-    second = start_worker("b")
-
-    async def one_partition_each_and_a_standby_copy() -> bool:
-        try:
-            held = (assigned_partitions(first), assigned_partitions(second))
-        except OSError:
-            return False
-        return held == (1, 1) and set(table_stores(second, "dedupe")) == {0, 1}
-
-    await eventually(one_partition_each_and_a_standby_copy, timeout=120, what="a partition each, standbys")
-    await asyncio.to_thread(second.wait_ready, 120)
+    first, second = await a_pair_with_standby_copies(env, w, start_worker)
 
     async def counted_more(n: int) -> None:
         """Until ``n`` more events of the stream are counted than now."""
