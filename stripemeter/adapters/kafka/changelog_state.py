@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ from stripemeter.core.undo import UndoLog
 log = logging.getLogger(__name__)
 
 CLEAN_MARKER = "clean-shutdown"
+# Kafka's default delete.retention.ms (the changelogs keep it) is 24 h; an hour of margin for clocks
+# and for compaction running just then.
+STALE_AFTER_SECONDS = 23 * 3600
 _SCAN = ReadOptions()
 _SCAN.fill_cache(False)  # type: ignore[call-arg]  # rocksdict's stub omits the argument (v: bool)
 
@@ -206,14 +210,22 @@ async def send_records(
     return sent
 
 
-def prepare_table_dir(tabledir: Path, datadir: Path) -> None:
-    """Drop local table files unless the last stop was clean, then forget the marker until next stop."""
+def prepare_table_dir(tabledir: Path, datadir: Path, now: float | None = None) -> None:
+    """Drop local table files unless the last stop was clean and recent, then forget the marker until
+    the next stop. Files older than ``STALE_AFTER_SECONDS`` are dropped too: compaction may have removed
+    the tombstones of keys deleted since (after the changelogs' ``delete.retention.ms``, 24 h by
+    default), and resuming from the files would keep those keys for good."""
     marker = datadir / CLEAN_MARKER
     if marker.exists():
+        age = (time.time() if now is None else now) - marker.stat().st_mtime
         marker.unlink()
-        return
+        if age <= STALE_AFTER_SECONDS:
+            return
+        reason = f"the last stop was {age / 3600:.0f} h ago, past the changelogs' tombstone retention"
+    else:
+        reason = "the last stop was not clean"
     if tabledir.exists():
-        log.warning("last stop was not clean: rebuilding table state from the changelogs (%s)", tabledir)
+        log.warning("%s: rebuilding table state from the changelogs (%s)", reason, tabledir)
         shutil.rmtree(tabledir, ignore_errors=True)
 
 
