@@ -87,8 +87,7 @@ class ConsumerStage:
             await hooks.started(consumer)
             idle_at = time.monotonic()  # when a gather last found nothing
             while not self._stopping.is_set():
-                busy = time.monotonic() - idle_at
-                linger = batching.linger_now(settings.linger_seconds, busy, settings.linger_when_idle)
+                linger = batching.linger_now(settings.linger_seconds, time.monotonic() - idle_at)
                 batch = await batching.gather(
                     consumer, settings.max_records, linger, self._stopping, settings.poll_ms
                 )
