@@ -98,6 +98,7 @@ class Applied:
 
 
 def targets_json(targets: list[Applied]) -> str:
+    """The targets as arrays: SHOWN reads them, and a stored apply keeps them (replay.py)."""
     rows = [
         (t.tenant_id, t.metric, t.customer_ref, t.bucket, t.keyed_partition, t.keyed_offset) for t in targets
     ]

@@ -14,7 +14,7 @@ import psycopg
 from psycopg.rows import dict_row
 
 from stripemeter.adapters.kafka.corrections import Sent
-from stripemeter.adapters.postgres.counters import Applied
+from stripemeter.adapters.postgres.counters import Applied, targets_json
 from stripemeter.adapters.postgres.ledger_partitions import time_window
 from stripemeter.core.replay_plan import CounterId, Recorded
 from stripemeter.schemas.corrections import Correction
@@ -216,7 +216,7 @@ async def store(
     targets: list[Applied] | None = None,
 ) -> None:
     """The report; for an apply also where its corrections went (``targets``: see read your writes)."""
-    stored_targets = None if targets is None else _targets_json(targets)
+    stored_targets = None if targets is None else targets_json(targets)
     await conn.execute(
         "INSERT INTO replays (replay_id, tenant_id, metrics, customer_ref, since, until, mode, status,"
         " events_scanned, report, targets, finished_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
@@ -228,14 +228,6 @@ async def store(
             mode, status, report["eventsScanned"], orjson.dumps(report).decode(), stored_targets, status,
         ),
     )  # fmt: skip
-
-
-def _targets_json(targets: list[Applied]) -> str:
-    rows = [
-        [t.tenant_id, t.metric, t.customer_ref, t.bucket.isoformat(), t.keyed_partition, t.keyed_offset]
-        for t in targets
-    ]
-    return orjson.dumps(rows).decode()
 
 
 async def load_targets(conn: psycopg.AsyncConnection, replay_id: str) -> list[Applied]:
@@ -256,7 +248,7 @@ async def mark_applied(conn: psycopg.AsyncConnection, replay_id: str, targets: l
     await conn.execute(
         "UPDATE replays SET status = 'applied', targets = %s::jsonb, finished_at = now()"
         " WHERE replay_id = %s",
-        (_targets_json(targets), replay_id),
+        (targets_json(targets), replay_id),
     )
 
 

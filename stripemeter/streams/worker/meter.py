@@ -134,7 +134,7 @@ class Meter:
             """Keeps dedupe state bounded: lateness window plus a margin behind each stream's watermark."""
             if app.rebalancing or not recovery(app).completed.is_set():
                 return
-            partitions = {tp.partition for tp in app.consumer.assignment() if tp.topic == names.keyed}
+            partitions = set(keyed_partitions())
             for partition in partitions:
                 checked, expired = await sweep.step(partition, lambda: bool(app.rebalancing))
                 metrics.DEDUPE_EXPIRED.inc(expired)
