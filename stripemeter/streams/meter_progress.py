@@ -14,8 +14,9 @@ or not at all (a restart reads from the committed offset again, and exactly: see
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 
-STALL_SECONDS = 60.0
+STALL_SECONDS = 30.0
 
 
 class MeterProgress:
@@ -51,12 +52,14 @@ class MeterProgress:
             return False
         return now - self.last_read > self.stall_seconds
 
-    def behind(self, ends: dict[int, int], committed: dict[int, int | None]) -> dict[int, int]:
-        """Per partition, the messages beyond what the meter read (partitions of no known position:
-        none)."""
+    def behind(self, ends: Mapping[int, int], starts: Mapping[int, int | None]) -> dict[int, int]:
+        """Per partition, the messages beyond what the meter read; ``starts``: where the consumer
+        starts each partition it has read nothing of (its committed offset, or the earliest when none
+        was committed: a partition never committed that the meter never reads is a stall too).
+        Partitions of no known position: none."""
         out = {}
         for partition, end in ends.items():
-            position = self.expected.get(partition, committed.get(partition))
+            position = self.expected.get(partition, starts.get(partition))
             if position is not None:
                 out[partition] = max(end - position, 0)
         return out

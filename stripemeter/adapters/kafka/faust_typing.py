@@ -50,3 +50,15 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
     knows none (Faust keeps 0 as None too)."""
     offset = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
     return int(offset) if offset is not None else None
+
+
+async def start_offsets(app: faust.App, tps: list[TP]) -> dict[int, int]:
+    """Per partition of ``tps``, where the app's consumer starts reading it: the committed offset, or
+    the partition's earliest one when none was committed (the consumer resets to the earliest)."""
+    starts: dict[int, int | None] = {tp.partition: committed_offset(app, tp) for tp in tps}
+    fresh = [tp for tp in tps if starts[tp.partition] is None]
+    earliest = await app.consumer.earliest_offsets(*fresh) if fresh else {}
+    return {
+        tp.partition: start if (start := starts[tp.partition]) is not None else int(earliest.get(tp, 0))
+        for tp in tps
+    }

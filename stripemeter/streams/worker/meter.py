@@ -13,7 +13,7 @@ from faust.types import TopicT
 from stripemeter.adapters.kafka.admin import message_limits
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, mark_clean_stop
 from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.faust_typing import committed_offset, recovery, task, timer
+from stripemeter.adapters.kafka.faust_typing import committed_offset, recovery, start_offsets, task, timer
 from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.core.metering import Metering
 from stripemeter.domain import metrics
@@ -77,6 +77,11 @@ class Meter:
             async for event in stream.noack().events():
                 tp, offset = event.message.tp, event.message.offset
                 committed = committed_offset(app, tp)
+                if tp.partition not in self.progress.expected:
+                    log.info(
+                        "meter: first message of keyed partition %d since the assignment: offset %d"
+                        " (committed %s)", tp.partition, offset, committed,
+                    )  # fmt: skip
                 skipped = self.progress.skipped(tp.partition, offset, committed)  # per event: no await
                 if skipped is not None:
                     await self.skipped(app, tp, offset, skipped, committed)
@@ -151,11 +156,11 @@ class Meter:
             tps = [tp for tp in app.consumer.assignment() if tp.topic == names.keyed] if quiet else []
             try:
                 ends = await app.consumer.highwaters(*tps) if tps else {}
+                starts = await start_offsets(app, tps) if tps else {}
             except Exception as exc:  # the broker busy or away a moment: not a stall, look again later
-                log.info("could not read the keyed partitions' end offsets (%s)", exc)
-                quiet, tps, ends = False, [], {}
-            committed = {tp.partition: committed_offset(app, tp) for tp in tps}
-            behind = self.progress.behind({tp.partition: end for tp, end in ends.items()}, committed)
+                log.info("could not read the keyed partitions' offsets (%s)", exc)
+                quiet, tps, ends, starts = False, [], {}, {}
+            behind = self.progress.behind({tp.partition: end for tp, end in ends.items()}, starts)
             if self.progress.stalled(behind, quiet and bool(tps)):
                 log.error(
                     "the meter read nothing for %.0f s while keyed partitions hold unread messages %s;"

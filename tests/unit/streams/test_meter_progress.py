@@ -32,3 +32,9 @@ def test_behind_is_measured_from_the_next_expected_offset_or_the_committed_one()
     progress = MeterProgress()
     progress.skipped(0, 41, committed=40)  # (a skip, but the position is what counts here)
     assert progress.behind({0: 50, 1: 9, 2: 3}, {0: 40, 1: 5, 2: None}) == {0: 8, 1: 4}
+
+
+def test_a_partition_never_read_is_behind_from_where_its_consumer_starts() -> None:
+    progress = MeterProgress()
+    # partition 1 was never committed: it starts at its earliest offset (3), and 9 - 3 messages wait
+    assert progress.behind({0: 50, 1: 9}, {0: 50, 1: 3}) == {0: 0, 1: 6}

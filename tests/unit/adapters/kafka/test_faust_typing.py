@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
+from types import SimpleNamespace
 
 import faust
+from faust.types import TP
 
 from stripemeter.adapters.kafka import faust_typing
 
@@ -37,3 +39,25 @@ def test_timer_and_task_register_with_faust(tmp_path: Path) -> None:
 def test_recovery_is_the_table_managers(tmp_path: Path) -> None:
     app = _app(tmp_path)
     assert faust_typing.recovery(app) is app.tables.recovery  # type: ignore[attr-defined]  # Faust: not on TableManagerT
+
+
+class _Consumer:
+    """The two parts of Faust's consumer that ``start_offsets`` reads."""
+
+    def __init__(self, committed: dict[TP, int], earliest: dict[TP, int]) -> None:
+        self._committed_offset = committed
+        self.earliest = earliest
+        self.asked: list[TP] = []
+
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        self.asked += tps
+        return {tp: self.earliest[tp] for tp in tps}
+
+
+async def test_a_partition_never_committed_starts_at_its_earliest_offset() -> None:
+    keyed = [TP("keyed", 0), TP("keyed", 1)]
+    consumer = _Consumer(committed={keyed[0]: 40}, earliest={keyed[0]: 0, keyed[1]: 7})
+    app = SimpleNamespace(consumer=consumer)
+    starts = await faust_typing.start_offsets(app, keyed)  # type: ignore[arg-type]  # a stand-in app
+    assert starts == {0: 40, 1: 7}
+    assert consumer.asked == [keyed[1]]  # the broker is asked only about the partition never committed
