@@ -219,6 +219,14 @@ def new_request(
     )
 
 
+def held_once_landed(row: Row, request: Request, aggregation: str) -> int:
+    """What the hour holds once ``request`` lands, from ``row`` as read just before: a ``last`` request
+    sets it; a sum or count request adds its value to what the hour holds now. That can be less than
+    the ``to_units`` it was planned for: a report that an earlier request was dropped (push_drops)
+    lowers the hour while a request sent after it is still pending, and the rest is then still due."""
+    return request.to_units if aggregation == "last" else row.pushed_units + request.value
+
+
 def did_it_land(holds: int, without: int, landed: int, uncertain: Sequence[int]) -> str:
     """Whether a request pending for longer than Stripe keeps identifiers landed, from what Stripe's
     summary of the hour ``holds``: ``without`` it, or ``landed`` with it. Reconciliation corrections

@@ -73,6 +73,7 @@ from stripemeter.core.push_plan import (
     StripeMeterSpec,
     did_it_land,
     did_last_land,
+    held_once_landed,
     meter_problem,
     new_request,
     next_timestamp,
@@ -536,7 +537,7 @@ class StripeWriter:
         metrics.STRIPE_PUSHES.labels(result.outcome).inc()
         now = self.clock.utc()
         if result.outcome == "delivered":
-            synced = request.to_units == target
+            synced = held_once_landed(row, request, stream.aggregation) == target
             added = None if stream.aggregation == "last" else request.value
             delivery = Delivery(request.identifier, request.to_units, synced, added)
             await self.push_rows(conn).mark_delivered(row, delivery, fence, now)

@@ -372,6 +372,22 @@ async def test_a_pending_request_is_resent_unchanged_under_its_attempts_key(
     ]
 
 
+async def test_a_resent_request_is_not_synced_when_a_drop_report_lowered_the_hour_meanwhile(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The request was planned to bring the hour from 2 to 5 (value 3); before it was answered, Stripe
+    reported an earlier request of 2 units dropped and the hour went back to 0. Delivered now, it
+    leaves the hour at 3 of its target 5: not synced, so the next round sends the 2 units left."""
+    h = Harness(monkeypatch)
+    h.results = [SendResult("delivered")]
+    request = planned(5, pushed=2)
+    pending = row(5, pushed=0, version=6, pending=request, pending_attempt=1)
+
+    assert await h.push(pending) == 1
+
+    assert h.calls("mark_delivered") == [("mark_delivered", request.identifier, 5, False, 6, 3)]
+
+
 async def test_a_pending_request_is_resent_even_when_its_mapping_went_away(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
