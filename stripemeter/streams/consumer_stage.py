@@ -87,7 +87,8 @@ class ConsumerStage:
             await hooks.started(consumer)
             idle_at = time.monotonic()  # when a gather last found nothing
             while not self._stopping.is_set():
-                linger = batching.linger_now(settings.linger_seconds, time.monotonic() - idle_at)
+                busy = time.monotonic() - idle_at
+                linger = batching.linger_now(settings.linger_seconds, busy, settings.linger_when_idle)
                 batch = await batching.gather(
                     consumer, settings.max_records, linger, self._stopping, settings.poll_ms
                 )

@@ -32,6 +32,7 @@ class ConsumerSettings:
     group_id: str | None  # None: no group, nothing committed (a benchmark reading a topic whole)
     max_records: int  # records in one batch at most: the stage's work in flight
     linger_seconds: float = 0.0  # a batch waits this long after its first record to fill (gather)
+    linger_when_idle: bool = False  # linger from the first batch on, not only under load (linger_now)
     poll_ms: int = 200  # an empty poll returns after this long, so the loop sees stop and its hooks
     fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS
     max_partition_fetch_bytes: int = 1024 * 1024  # aiokafka's defaults
@@ -80,12 +81,14 @@ async def gather(
 BUSY_SECONDS = 1.0
 
 
-def linger_now(linger_seconds: float, busy_seconds: float) -> float:
+def linger_now(linger_seconds: float, busy_seconds: float, when_idle: bool = False) -> float:
     """The linger for the next batch: all of it once the stage has been busy (no poll came back empty)
     for ``BUSY_SECONDS``, none before. Under load batches still fill and stay few; a stage that was
     idle passes a burst on at once (one event, a replay's corrections: two or three batches as they
-    arrive) rather than waiting for records that are not coming."""
-    return linger_seconds if busy_seconds >= BUSY_SECONDS else 0.0
+    arrive) rather than waiting for records that are not coming. A stage that lingers ``when_idle``
+    (the Stripe writer) always waits: a burst becomes one batch, and it goes on after the stages
+    someone is waiting for (the sink writing a replay's counters) have taken theirs."""
+    return linger_seconds if when_idle or busy_seconds >= BUSY_SECONDS else 0.0
 
 
 async def commit_handled(consumer: AIOKafkaConsumer, batch: dict[Any, list[Any]]) -> None:

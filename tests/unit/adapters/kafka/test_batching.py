@@ -51,3 +51,8 @@ def test_a_stage_lingers_only_once_it_has_been_busy() -> None:
     assert linger_now(0.5, busy_seconds=BUSY_SECONDS - 0.01) == 0.0  # its second batch too
     assert linger_now(0.5, busy_seconds=BUSY_SECONDS) == 0.5  # under load batches fill as before
     assert linger_now(0.0, busy_seconds=9.0) == 0.0
+
+
+def test_a_stage_that_lingers_when_idle_waits_for_its_first_batch_too() -> None:
+    assert linger_now(0.3, busy_seconds=0.0, when_idle=True) == 0.3
+    assert linger_now(0.3, busy_seconds=BUSY_SECONDS, when_idle=True) == 0.3
