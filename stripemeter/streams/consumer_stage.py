@@ -7,7 +7,8 @@ Intake, the PostgreSQL sink, the Stripe writer and the benchmark's readers each 
   run with nothing of its batch committed, so the next owner of those partitions reads it again
   (every stage's writes are idempotent downstream);
 - a batch waits ``linger_seconds`` to fill only once the stage has been busy (no empty poll) for a
-  moment: a quiet stage passes a burst on at once (batching.linger_now);
+  moment: a quiet stage passes a burst on at once (batching.linger_now); a stage set to
+  ``linger_when_idle`` (the Stripe writer) always waits;
 - one batch is in flight at a time, at most ``max_records`` records: nothing more is fetched while
   one is handled, so a slow downstream slows the reading instead of piling records up in memory;
 - ``stop`` lets the batch being handled finish and be committed, then leaves the group.

@@ -7,8 +7,9 @@ or not at all (a restart reads from the committed offset again, and exactly: see
   offset, and each next one follows the last. Faust can resume a partition from where its fetcher was
   instead of where it seeked during a rebalance. Nothing past the hole may be counted or acknowledged.
 - **A stall**: an assigned partition holds messages beyond what the meter read, and the meter read
-  nothing for ``stall_seconds`` while no rebalance or table recovery ran: seen after a rebalance
-  that handed over a partition whose owner was killed.
+  nothing of it for ``stall_seconds`` while no rebalance or table recovery ran (whatever it read of
+  the others): seen after a rebalance that handed over a partition whose owner was killed, and for a
+  partition Faust never fetched after an assignment.
 """
 
 from __future__ import annotations
@@ -23,34 +24,43 @@ class MeterProgress:
     def __init__(self, stall_seconds: float = STALL_SECONDS) -> None:
         self.stall_seconds = stall_seconds
         self.expected: dict[int, int] = {}  # partition -> the next offset it should hand the meter
-        self.last_read = time.monotonic()
+        self.last_read: dict[int, float] = {}  # partition -> when it was last read, or seen caught up
+        self.since = time.monotonic()  # when every partition's stall clock last started again
 
     def assigned(self) -> None:
         """Partitions were (re)assigned: each starts again at its committed offset."""
         self.expected.clear()
-        self.last_read = time.monotonic()
+        self.last_read.clear()
+        self.since = time.monotonic()
 
     def skipped(
         self, partition: int, offset: int, committed: int | None, now: float | None = None
     ) -> int | None:
         """Note a message read; returns the first offset it skipped over, or None when in order. A
         message read again (an offset before the expected one, after a seek back) is in order."""
-        self.last_read = time.monotonic() if now is None else now
+        self.last_read[partition] = time.monotonic() if now is None else now
         expected = self.expected.get(partition, committed)
         self.expected[partition] = offset + 1
         if expected is not None and offset > expected:
             return expected
         return None
 
-    def stalled(self, behind: dict[int, int], quiet: bool, now: float | None = None) -> bool:
-        """``behind``: per assigned partition, messages beyond what the meter read (end offset minus
-        the next expected, or minus the committed offset when none was read); ``quiet``: no rebalance
-        or recovery running, nothing waiting on PostgreSQL."""
+    def stalled(self, behind: Mapping[int, int], quiet: bool, now: float | None = None) -> bool:
+        """``behind``: per assigned partition, messages beyond what the meter read (``behind()``);
+        ``quiet``: no rebalance or recovery running, nothing waiting on PostgreSQL. True when a
+        partition's messages wait and the meter read none of them for ``stall_seconds``."""
         now = time.monotonic() if now is None else now
-        if not quiet or not any(n > 0 for n in behind.values()):
-            self.last_read = now  # idle, or busy otherwise: the stall clock starts when messages wait
+        if not quiet:  # busy otherwise: every clock starts again
+            self.last_read.clear()
+            self.since = now
             return False
-        return now - self.last_read > self.stall_seconds
+        stalled = False
+        for partition, waiting in behind.items():
+            if not waiting:
+                self.last_read[partition] = now  # caught up: its clock starts when messages wait
+            elif now - self.last_read.get(partition, self.since) > self.stall_seconds:
+                stalled = True
+        return stalled
 
     def behind(self, ends: Mapping[int, int], starts: Mapping[int, int | None]) -> dict[int, int]:
         """Per partition, the messages beyond what the meter read; ``starts``: where the consumer

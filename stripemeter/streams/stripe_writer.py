@@ -679,20 +679,21 @@ class StripeWriter:
         )
         holds = sum(round(float(s.aggregated_value or 0)) for s in page.data)
         last = meter.formula == "last"
+        added: int | None = None  # what the hour gains if it landed: a last request replaces instead
         if last:  # the hour's newest event, or no event at all; the request was stamped after the others
             summary = holds if page.data else None
             held = row.pushed_units if row.stripe_holds else None
             without, landed = held, to_units
             verdict = did_last_land(summary, held, to_units)
-        else:
+        else:  # the hour holds what it held plus the request's value (a drop report may have lowered it)
+            added = int(raw["value"]) if "value" in raw else to_units - row.pushed_units
             corrections = await delivered_corrections(conn, row.key)
-            without, landed = row.pushed_units + corrections, to_units + corrections
+            without, landed = row.pushed_units + corrections, row.pushed_units + added + corrections
             uncertain = await uncertain_corrections(conn, row.key)
             verdict = did_it_land(holds, without, landed, uncertain)
         now = self.clock.utc()
         if verdict == "landed":
             log.info("pending %s older than 24 h had landed (Stripe holds %d)", identifier, holds)
-            added = None if last else to_units - row.pushed_units
             delivery = Delivery(identifier, to_units, False, added)
             await self.push_rows(conn).mark_delivered(row, delivery, fence, now)
         elif verdict == "not_landed":

@@ -54,11 +54,7 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
 
 async def start_offsets(app: faust.App, tps: list[TP]) -> dict[int, int]:
     """Per partition of ``tps``, where the app's consumer starts reading it: the committed offset, or
-    the partition's earliest one when none was committed (the consumer resets to the earliest)."""
-    starts: dict[int, int | None] = {tp.partition: committed_offset(app, tp) for tp in tps}
-    fresh = [tp for tp in tps if starts[tp.partition] is None]
-    earliest = await app.consumer.earliest_offsets(*fresh) if fresh else {}
-    return {
-        tp.partition: start if (start := starts[tp.partition]) is not None else int(earliest.get(tp, 0))
-        for tp in tps
-    }
+    the partition's earliest one when none was committed or retention removed the committed one (the
+    consumer resets to the earliest then)."""
+    earliest = await app.consumer.earliest_offsets(*tps) if tps else {}
+    return {tp.partition: max(committed_offset(app, tp) or 0, int(earliest.get(tp, 0))) for tp in tps}

@@ -163,8 +163,9 @@ class Meter:
             behind = self.progress.behind({tp.partition: end for tp, end in ends.items()}, starts)
             if self.progress.stalled(behind, quiet and bool(tps)):
                 log.error(
-                    "the meter read nothing for %.0f s while keyed partitions hold unread messages %s;"
-                    " restarting the worker to read them from the committed offsets",
+                    "the meter read nothing of a keyed partition for %.0f s while it holds unread"
+                    " messages (unread per partition: %s); restarting the worker to read them from the"
+                    " committed offsets",
                     self.progress.stall_seconds,
                     {p: n for p, n in behind.items() if n},
                 )

@@ -38,3 +38,12 @@ def test_a_partition_never_read_is_behind_from_where_its_consumer_starts() -> No
     progress = MeterProgress()
     # partition 1 was never committed: it starts at its earliest offset (3), and 9 - 3 messages wait
     assert progress.behind({0: 50, 1: 9}, {0: 50, 1: 3}) == {0: 0, 1: 6}
+
+
+def test_a_partition_never_read_stalls_while_the_others_are_read() -> None:
+    progress = MeterProgress(stall_seconds=30)
+    assert not progress.stalled({0: 0, 1: 0}, quiet=True, now=1000)
+    for second in range(1001, 1040):  # partition 0 is read every second; partition 1's messages wait
+        progress.skipped(0, second, committed=None, now=second)
+        stalled = progress.stalled({0: 1, 1: 5}, quiet=True, now=second)
+        assert stalled == (second > 1030), second

@@ -531,6 +531,18 @@ async def test_an_old_pending_request_may_include_uncertain_corrections(
     assert h.log == [("mark_delivered", request.identifier, 5, False, 4, 3)]
 
 
+async def test_an_old_pending_request_is_judged_from_what_the_hour_holds_now(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Planned from 2 to 5 (value 3); a drop report took the hour back to 0 since. Stripe's 3 is the
+    request landed: delivered with its value, not parked as neither 0 nor 5."""
+    h = Harness(monkeypatch)
+    h.summary = [3]
+    request = planned(5, pushed=2)
+    await h.push(row(5, pushed=0, version=6, pending=request, pending_age_s=OLD))
+    assert h.log == [("mark_delivered", request.identifier, 5, False, 6, 3)]
+
+
 async def test_an_old_last_request_ignores_corrections(monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``last`` hour holds the newest value: corrections do not add to it."""
     h = Harness(monkeypatch, meter=LAST_METER)

@@ -47,17 +47,18 @@ class _Consumer:
     def __init__(self, committed: dict[TP, int], earliest: dict[TP, int]) -> None:
         self._committed_offset = committed
         self.earliest = earliest
-        self.asked: list[TP] = []
 
     async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
-        self.asked += tps
         return {tp: self.earliest[tp] for tp in tps}
 
 
-async def test_a_partition_never_committed_starts_at_its_earliest_offset() -> None:
-    keyed = [TP("keyed", 0), TP("keyed", 1)]
-    consumer = _Consumer(committed={keyed[0]: 40}, earliest={keyed[0]: 0, keyed[1]: 7})
+async def test_a_partition_starts_at_its_committed_offset_or_else_at_its_earliest() -> None:
+    keyed = [TP("keyed", 0), TP("keyed", 1), TP("keyed", 2)]
+    consumer = _Consumer(
+        committed={keyed[0]: 40, keyed[2]: 3}, earliest={keyed[0]: 0, keyed[1]: 7, keyed[2]: 9}
+    )
     app = SimpleNamespace(consumer=consumer)
     starts = await faust_typing.start_offsets(app, keyed)  # type: ignore[arg-type]  # a stand-in app
-    assert starts == {0: 40, 1: 7}
-    assert consumer.asked == [keyed[1]]  # the broker is asked only about the partition never committed
+    # 1 was never committed; 2's committed offset is gone (retention): both start at their earliest
+    assert starts == {0: 40, 1: 7, 2: 9}
+    assert await faust_typing.start_offsets(app, []) == {}  # type: ignore[arg-type]
