@@ -155,7 +155,8 @@ def add_bench(sub: Subcommands) -> None:
         bench_sub,
         "memory",
         cmd_bench_memory,
-        "each worker process's RSS per minute at a steady rate, and whether it stays flat (+-15 %)",
+        "each worker process's RSS per minute at a steady rate, and whether it stays flat"
+        " (within 15 percent)",
     )
     mem.add_argument("--rate", type=int, default=5000, help="events/s (default 5000)")
     mem.add_argument("--minutes", type=int, default=60, help="how long to run (default 60)")
