@@ -12,7 +12,9 @@ or a dead letter's record time; see ``ledger_partitions.py``), so a record writt
 after a crash) adds nothing. The insert tries without ``ON CONFLICT`` first, in a savepoint: that
 clause looks every row up in the key before inserting it, which cost about a quarter of PostgreSQL's
 time per event, and a conflict only happens after a crash. On a unique violation the batch is
-inserted again with ``ON CONFLICT DO NOTHING``.
+inserted again with ``ON CONFLICT DO NOTHING``. Rows go in in key order, as every upsert here does:
+two sinks writing the same records (the old and the new owner during a rebalance) then wait for each
+other instead of deadlocking.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ SELECT source_topic, source_partition, source_offset, source_index, outcome, ten
        quantity_micros, to_timestamp(ts_ms / 1000.0), idempotency_key, key_derived, resource_id, meta,
        error_code, error_message, raw, to_timestamp(ledger_ms / 1000.0)
 FROM events_in
+ORDER BY source_topic, source_partition, source_offset, source_index
 ON CONFLICT DO NOTHING
 """
 
@@ -130,6 +133,7 @@ SELECT %s, source_partition, source_offset, source_index, outcome, tenant_id, me
        to_timestamp(ts_ms / 1000.0)
 FROM ({LEDGER_ITEMS}
 WHERE jsonb_typeof(e) = 'array') AS item
+ORDER BY source_partition, source_offset, source_index
 """
 INSERT_FROM_LEDGER_SKIPPING_WRITTEN = INSERT_FROM_LEDGER + "ON CONFLICT DO NOTHING\n"
 
@@ -139,6 +143,7 @@ SELECT tenant_id, metric, customer_ref, to_timestamp(max(ts_ms) / 1000.0)
 FROM ({LEDGER_ITEMS}) AS item
 WHERE outcome = 'counted'
 GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3
 ON CONFLICT (tenant_id, metric, customer_ref) DO UPDATE
 SET watermark = EXCLUDED.watermark, updated_at = now()
 WHERE watermarks.watermark < EXCLUDED.watermark
