@@ -156,7 +156,7 @@ class Meter:
             tps = [tp for tp in app.consumer.assignment() if tp.topic == names.keyed] if quiet else []
             try:
                 ends = await app.consumer.highwaters(*tps) if tps else {}
-                starts = await start_offsets(app, tps) if tps else {}
+                starts = await start_offsets(app, tps)
             except Exception as exc:  # the broker busy or away a moment: not a stall, look again later
                 log.info("could not read the keyed partitions' offsets (%s)", exc)
                 quiet, tps, ends, starts = False, [], {}, {}
