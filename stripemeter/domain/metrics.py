@@ -47,6 +47,11 @@ WORKER_REVOCATIONS = Counter(
     "stripemeter_worker_revocations_total",
     "Rebalances that revoked this worker's partitions (a worker joined, left or timed out)",
 )
+STALE_KEYED_MESSAGES = Counter(
+    "stripemeter_meter_stale_messages_total",
+    "Keyed messages the meter left uncounted because a rebalance began while they waited for the"
+    " mappings (the partition's next owner reads them again)",
+)
 STANDBY_PARTITIONS = Gauge(
     "stripemeter_standby_partitions", "Changelog partitions this worker keeps a standby copy of"
 )

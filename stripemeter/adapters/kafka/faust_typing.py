@@ -18,7 +18,7 @@ Use::
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import Any, cast
 
 import faust
 from faust.tables.manager import TableManager
@@ -50,6 +50,14 @@ def committed_offset(app: faust.App, tp: TP) -> int | None:
     knows none (Faust keeps 0 as None too)."""
     offset = app.consumer._committed_offset.get(tp)  # type: ignore[attr-defined]
     return int(offset) if offset is not None else None
+
+
+def still_current(app: faust.App, message: Any) -> bool:
+    """Whether the consumer generation that delivered ``message`` still holds its partition: the test
+    Faust's stream makes before it yields a message, made again by a caller that awaited since. A
+    rebalance that began meanwhile (flow suspended, or a new generation assigned) leaves the message to
+    whoever holds the partition next, who reads it again from the committed offset."""
+    return bool(app.flow_control.is_active()) and message.generation_id == app.consumer_generation_id
 
 
 async def start_offsets(app: faust.App, tps: list[TP]) -> dict[int, int]:

@@ -13,7 +13,14 @@ from faust.types import TopicT
 from stripemeter.adapters.kafka.admin import message_limits
 from stripemeter.adapters.kafka.changelog_state import ChangelogState, mark_clean_stop
 from stripemeter.adapters.kafka.client_auth import client_kwargs
-from stripemeter.adapters.kafka.faust_typing import committed_offset, recovery, start_offsets, task, timer
+from stripemeter.adapters.kafka.faust_typing import (
+    committed_offset,
+    recovery,
+    start_offsets,
+    still_current,
+    task,
+    timer,
+)
 from stripemeter.core.dedupe_sweep import DedupeSweep
 from stripemeter.core.metering import Metering
 from stripemeter.domain import metrics
@@ -87,6 +94,17 @@ class Meter:
                     await self.skipped(app, tp, offset, skipped, committed)
                 # the mappings of a partition taken over
                 await loader.ready_for(event.message.partition, keyed_partitions)
+                if not still_current(app, event.message):
+                    # A rebalance began while this message waited: its partition's changes have been
+                    # flushed, and counting it now would write that partition's changelogs behind the
+                    # back of its next owner (which reads it again from the committed offset).
+                    metrics.STALE_KEYED_MESSAGES.inc()
+                    log.info(
+                        "meter: keyed message %s[%d]@%d was delivered before a rebalance that began while"
+                        " it waited; left to the partition's next owner",
+                        names.keyed, tp.partition, offset,
+                    )  # fmt: skip
+                    continue
                 if event.value:
                     try:
                         with metrics.COUNTING_BATCH_SECONDS.time():
