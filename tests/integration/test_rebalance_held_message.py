@@ -9,7 +9,9 @@ changelog would hold its entries twice, and a later restore could pair counters 
 of two different views (an event counted twice after the next re-send).
 
 The first worker must leave it (stripemeter_meter_stale_messages_total), every dedupe entry must
-reach the changelog exactly once, and the counters must equal the oracle.
+reach the changelog exactly once, and the counters must equal the oracle. Whoever holds the partition
+next must read the message at once: the partition was never committed, and the records its consumer
+fetched during the rebalance were dropped (stripemeter/adapters/kafka/fetch_wait.py).
 """
 
 from __future__ import annotations
@@ -80,3 +82,5 @@ async def test_a_message_held_across_a_rebalance_is_left_to_the_next_owner(
     twice = [key for key, n in written.items() if n > 1]
     assert not twice, f"{len(twice)} dedupe entries written more than once, e.g. {twice[:3]}"
     assert metric_value(first, "stripemeter_meter_stale_messages_total") == 1, first.log_tail()
+    # the partition it held was read again at once, not after the meter's stall check restarted it
+    assert "restarting the worker" not in first.log_path.read_text(), first.log_tail()
