@@ -4,8 +4,9 @@ or not at all (a restart reads from the committed offset again, and exactly: see
 - **A skip**: the keyed topic's offsets have no holes (one idempotent producer per intake, no
   transactions), so a message whose offset lies beyond the next one expected means messages were
   left out: after an assignment, the first message of a partition must be the one at its committed
-  offset, and each next one follows the last. Faust can resume a partition from where its fetcher was
-  instead of where it seeked during a rebalance. Nothing past the hole may be counted or acknowledged.
+  offset (its earliest one when none was committed), and each next one follows the last. Faust can
+  resume a partition from where its fetcher was instead of where it seeked during a rebalance.
+  Nothing past the hole may be counted or acknowledged.
 - **A stall**: an assigned partition holds messages beyond what the meter read, and the meter read
   nothing of it for ``stall_seconds`` while no rebalance or table recovery ran (whatever it read of
   the others): seen after a rebalance that handed over a partition whose owner was killed, and for a
@@ -39,7 +40,9 @@ class MeterProgress:
         """Note a message read; returns the first offset it skipped over, or None when in order. A
         message read again (an offset before the expected one, after a seek back) is in order."""
         self.last_read[partition] = time.monotonic() if now is None else now
-        expected = self.expected.get(partition, committed)
+        # a partition never committed starts at its earliest offset: anything past 0 is checked
+        # against it (Meter.skipped), so records dropped before its first message are never passed
+        expected = self.expected.get(partition, committed or 0)
         self.expected[partition] = offset + 1
         if expected is not None and offset > expected:
             return expected

@@ -29,10 +29,11 @@ Here such a partition is sought to its beginning, where the consumer starts it a
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import aiokafka
 from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
 
 FETCH_MAX_WAIT_MS = 100
 
@@ -56,13 +57,27 @@ class _Consumer(faust_aiokafka.Consumer):
         offset: int | None = super()._new_offset(tp)
         return offset
 
-    async def seek_to_committed(self) -> Mapping[Any, int]:
-        committed: Mapping[Any, int] = await super().seek_to_committed()
-        changelogs = self.app.tables.changelog_topics  # restored by the recovery, never sought here
-        never = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
-        if never:
-            await self._thread.seek_to_beginning(*never)
-        return committed
+    async def seek_to_committed(self) -> Mapping[TP, int]:
+        changelogs = set(self.app.tables.changelog_topics)  # restored by the recovery, never sought here
+        consumer = self._thread._ensure_consumer()
+        # None where nothing was committed, as Faust's own returns (its annotation says int)
+        committed = await self._thread.call_thread(_seek_to_start, consumer, changelogs)
+        return cast(Mapping[TP, int], committed)
+
+
+async def _seek_to_start(consumer: aiokafka.AIOKafkaConsumer, changelogs: set[str]) -> dict[Any, int | None]:
+    """aiokafka's ``seek_to_committed``, seeking the partitions never committed (changelogs aside) to
+    their beginning as well. Those go first: the committed partitions are sought last, with nothing
+    awaited after them, so the window in which a fetch from the committed offset can be dropped is no
+    wider than Faust's own."""
+    committed = {tp: await consumer.committed(tp) for tp in consumer.assignment()}
+    never = [tp for tp, offset in committed.items() if not offset and tp.topic not in changelogs]
+    if never:
+        await consumer.seek_to_beginning(*never)
+    for tp, offset in committed.items():
+        if offset:
+            consumer.seek(tp, offset)
+    return committed
 
 
 class Transport(faust_aiokafka.Transport):

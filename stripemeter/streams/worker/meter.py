@@ -198,14 +198,16 @@ class Meter:
         self, app: faust.App, tp: Any, offset: int, expected: int, committed: int | None
     ) -> None:
         """Restart the worker rather than count a message that skipped others (see streams/meter_progress.py);
-        a skip over messages the broker no longer has (retention) is not one."""
+        a skip over messages the broker no longer has (retention) is not one, nor is the first message
+        of a partition never committed when it is the partition's earliest."""
         earliest = (await app.consumer.earliest_offsets(tp)).get(tp)
         if earliest is not None and earliest >= offset:
-            log.warning(
-                "keyed partition %d starts at %d: messages before it are gone (retention)",
-                tp.partition,
-                offset,
-            )
+            if committed:  # a committed offset the broker no longer has
+                log.warning(
+                    "keyed partition %d starts at %d: messages before it are gone (retention)",
+                    tp.partition,
+                    offset,
+                )
             return
         log.error(
             "keyed partition %d handed the meter offset %d while %d was next (committed %s): restarting the"

@@ -14,7 +14,11 @@ def test_a_partition_starts_at_its_committed_offset_and_goes_on_without_holes() 
     assert progress.skipped(1, 101, committed=100) == 100  # the first message after an assignment
     progress.assigned()
     assert progress.skipped(1, 95, committed=100) is None  # read again after a seek back: in order
-    assert progress.skipped(2, 7, committed=None) is None  # no committed offset known: from there
+    # none committed: the partition starts at its earliest offset; past 0 the meter asks the broker
+    # for it (Meter.skipped), and a first message past it is a skip
+    assert progress.skipped(2, 7, committed=None) == 0
+    assert progress.skipped(2, 8, committed=None) is None
+    assert progress.skipped(3, 0, committed=None) is None
 
 
 def test_only_waiting_messages_with_nothing_read_for_the_stall_time_are_a_stall() -> None:
