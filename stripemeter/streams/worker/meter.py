@@ -131,7 +131,10 @@ class Meter:
                     checkpoint_soon()
 
         async def checkpoint() -> None:
-            if not producer_started.is_set():
+            # Once the app stops (a crash included) Faust runs no revoke flush before the consumer
+            # leaves, and another worker may own the partitions soon: what is unacknowledged by then
+            # is read again from the committed offsets, so nothing is sent after that.
+            if not producer_started.is_set() or app.should_stop:
                 return
             try:
                 await checkpointer.run()
