@@ -44,7 +44,7 @@ class MeterProgress:
         # against it (Meter.skipped), so records dropped before its first message are never passed
         expected = self.expected.get(partition, committed or 0)
         self.expected[partition] = offset + 1
-        if expected is not None and offset > expected:
+        if offset > expected:
             return expected
         return None
 

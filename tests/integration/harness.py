@@ -159,12 +159,17 @@ def own_schema(base_url: str, prefix: str) -> Iterator[str]:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
+def metric_value(worker: WorkerProcess, name: str) -> float:
+    """The value of the worker's unlabelled series ``name`` on its /metrics (0 while it has none)."""
+    for line in worker.scrape().splitlines():
+        if line.startswith(name + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def assigned_partitions(worker: WorkerProcess) -> int:
     """How many partitions of the keyed topic the worker holds, from its /metrics (0 before any)."""
-    for line in worker.scrape().splitlines():
-        if line.startswith("stripemeter_worker_assigned_partitions "):
-            return int(float(line.rsplit(" ", 1)[1]))
-    return 0
+    return int(metric_value(worker, "stripemeter_worker_assigned_partitions"))
 
 
 def table_stores(worker: WorkerProcess, table: str) -> dict[int, Path]:

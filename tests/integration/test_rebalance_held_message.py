@@ -17,7 +17,6 @@ fetched during the rebalance were dropped (stripemeter/adapters/kafka/fetch_wait
 from __future__ import annotations
 
 import asyncio
-import re
 import uuid
 from collections import Counter
 
@@ -27,16 +26,11 @@ import pytest
 from stripemeter.domain.config import Settings
 from stripemeter.schemas.topics import TopicNames
 from tests.integration.client import eventually, produce, read_topic
-from tests.integration.harness import StartWorker, WorkerProcess, assigned_partitions
+from tests.integration.harness import StartWorker, assigned_partitions, metric_value
 from tests.integration.test_exactly_once import assert_matches_oracle
 from tests.integration.workload import build
 
 pytestmark = pytest.mark.exactly_once  # never rerun by CI; repeated by ./dev soak
-
-
-def metric_value(worker: WorkerProcess, name: str) -> float:
-    found = re.search(rf"^{name} (\S+)$", worker.scrape(), re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
 
 
 async def test_a_message_held_across_a_rebalance_is_left_to_the_next_owner(

@@ -1,4 +1,5 @@
-"""How long a Kafka fetch may wait at the broker for data: 100 ms for the worker's consumers.
+"""The worker's Faust consumer: a fetch waits at most 100 ms at the broker, a commit never passes a
+message not acknowledged, and every partition is sought to where it starts after an assignment.
 
 aiokafka keeps one fetch in flight per broker, and leaves out of it every partition whose records
 the application has not consumed yet. When the application is a little behind, the fetch can
@@ -20,10 +21,9 @@ offset; a message not acknowledged holds the commit back, and a restart reads it
 
 After each assignment Faust resumes the partitions, then seeks each to its committed offset, then
 lets the stream flow; whatever the consumer fetched in between is dropped. aiokafka seeks only a
-partition with a committed offset past 0, so a partition never committed stayed past the records
-dropped that way: seen as a keyed partition whose first message the meter never read (the worker
-restarted itself 30 s later) and reproduced by ``tests/integration/test_rebalance_held_message.py``.
-Here such a partition is sought to its beginning, where the consumer starts it anyway.
+partition with a committed offset past 0, which would leave a partition never committed past the
+records dropped that way, unread (``tests/integration/test_rebalance_held_message.py``). Here such
+a partition is sought to its beginning, where the consumer starts it anyway.
 """
 
 from __future__ import annotations
